@@ -1,0 +1,310 @@
+//! Settings for every payfleet process: environment variables (`PAYFLEET_*`)
+//! over an optional TOML file over defaults that point at the local services.
+//! A wrong value fails at start with a message that names the setting.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that names the optional TOML file.
+pub const CONFIG_FILE_ENV: &str = "PAYFLEET_CONFIG";
+/// Environment variables under our prefix that are not settings.
+const NOT_SETTINGS: &[&str] = &["config", "fault"];
+
+/// How stage queues are declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Classic durable queues: one RabbitMQ node.
+    Classic,
+    /// Quorum queues with a delivery limit and at-least-once dead-lettering: a cluster.
+    Quorum,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting, with its default. Field names are the TOML keys; the
+/// environment variable is `PAYFLEET_` followed by the name in capitals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// RabbitMQ URL; its vhost is where the topology lives.
+    pub amqp_url: String,
+    /// PostgreSQL URL; the database is created when missing.
+    pub database_url: String,
+    /// Redis URL (locks, velocity sets). Redis keeps nothing we cannot lose.
+    pub redis_url: String,
+    /// Prefix of every Redis key we write.
+    pub redis_key_prefix: String,
+    /// Maximum connections in the PostgreSQL pool of one process.
+    pub db_max_connections: u32,
+    /// Unacknowledged deliveries the broker may push to one stage consumer.
+    pub prefetch: u16,
+    /// Deliveries one stage consumer handles at the same time.
+    pub max_in_flight: usize,
+    /// Classic (one node) or quorum (cluster) queues.
+    pub queue_type: QueueType,
+    /// Quorum queues only: deliveries before the broker itself dead-letters.
+    pub quorum_delivery_limit: u32,
+    /// Retry delay levels in milliseconds, one delay queue per level.
+    pub retry_delays_ms: Vec<u64>,
+    /// Handling attempts before a failing message is dead-lettered as exhausted.
+    pub max_attempts: u32,
+    /// Deliveries of one message that crash the process before it is
+    /// dead-lettered as crash-loop.
+    pub crash_loop_limit: u32,
+    /// Redis lock lifetime; renewed every third of it while a handler runs.
+    pub lock_ttl_ms: u64,
+    /// Maximum length of the ingress queue; past it publishes are rejected.
+    pub ingress_max_length: u32,
+    /// Outbox rows one relay pass claims and publishes with pipelined confirms.
+    pub outbox_batch_size: u32,
+    /// How long a claimed outbox row is reserved for the relay that claimed it.
+    pub outbox_lease_ms: u64,
+    /// Fallback poll interval of the outbox relay (it also wakes on commit).
+    pub outbox_poll_ms: u64,
+    /// Bound on a graceful shutdown.
+    pub shutdown_timeout_ms: u64,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub http_addr: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log_filter: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/payfleet".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_key_prefix: "payfleet".into(),
+            db_max_connections: 16,
+            prefetch: 32,
+            max_in_flight: 16,
+            queue_type: QueueType::Classic,
+            quorum_delivery_limit: 20,
+            retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],
+            max_attempts: 8,
+            crash_loop_limit: 5,
+            lock_ttl_ms: 30_000,
+            ingress_max_length: 100_000,
+            outbox_batch_size: 256,
+            outbox_lease_ms: 30_000,
+            outbox_poll_ms: 1_000,
+            shutdown_timeout_ms: 20_000,
+            http_addr: "127.0.0.1:9464".into(),
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// A setting that could not be read or is out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting `{name}` (env PAYFLEET_{env}): {reason}")]
+    Invalid {
+        name: &'static str,
+        env: String,
+        reason: String,
+    },
+    #[error("configuration: {0}")]
+    Unreadable(String),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        env: name.to_uppercase(),
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    /// Defaults, then the TOML file (`file`, else `PAYFLEET_CONFIG` if set),
+    /// then `PAYFLEET_*` environment variables; validated.
+    pub fn load(file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let file = file.or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("PAYFLEET_").ignore(NOT_SETTINGS));
+        Self::from_figment(figment)
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|error| {
+            // figment names the key in `path`; make it the setting's name.
+            match error.path.first() {
+                Some(key) => ConfigError::Invalid {
+                    name: leak_name(key),
+                    env: key.to_uppercase(),
+                    reason: error.kind.to_string(),
+                },
+                None => ConfigError::Unreadable(error.to_string()),
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that can be checked without connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        lapin::uri::AMQPUri::from_str(&self.amqp_url).map_err(|e| invalid("amqp_url", e))?;
+        sqlx::postgres::PgConnectOptions::from_str(&self.database_url)
+            .map_err(|e| invalid("database_url", e.to_string()))?;
+        if database_name(&self.database_url).is_none() {
+            return Err(invalid("database_url", "the URL names no database"));
+        }
+        redis::Client::open(self.redis_url.as_str())
+            .map_err(|e| invalid("redis_url", e.to_string()))?;
+        SocketAddr::from_str(&self.http_addr)
+            .map_err(|e| invalid("http_addr", format!("{e}: expected host:port")))?;
+        let positive = [
+            ("db_max_connections", u64::from(self.db_max_connections)),
+            ("prefetch", u64::from(self.prefetch)),
+            ("max_in_flight", self.max_in_flight as u64),
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("crash_loop_limit", u64::from(self.crash_loop_limit)),
+            ("lock_ttl_ms", self.lock_ttl_ms),
+            ("ingress_max_length", u64::from(self.ingress_max_length)),
+            ("outbox_batch_size", u64::from(self.outbox_batch_size)),
+            ("outbox_lease_ms", self.outbox_lease_ms),
+            ("outbox_poll_ms", self.outbox_poll_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("quorum_delivery_limit", u64::from(self.quorum_delivery_limit)),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(invalid(name, "must be greater than zero"));
+            }
+        }
+        if self.retry_delays_ms.is_empty() {
+            return Err(invalid("retry_delays_ms", "needs at least one delay level"));
+        }
+        if self.retry_delays_ms.windows(2).any(|w| w[0] >= w[1]) || self.retry_delays_ms[0] == 0 {
+            return Err(invalid(
+                "retry_delays_ms",
+                "delays must be positive and strictly increasing",
+            ));
+        }
+        if self.lock_ttl_ms < 300 {
+            return Err(invalid("lock_ttl_ms", "must be at least 300 ms"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_filter)
+            .map_err(|e| invalid("log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_ttl_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+    pub fn http_socket_addr(&self) -> SocketAddr {
+        // validated in `validate`
+        SocketAddr::from_str(&self.http_addr).unwrap_or_else(|_| ([127, 0, 0, 1], 9464).into())
+    }
+    /// The RabbitMQ vhost named by `amqp_url`.
+    pub fn amqp_vhost(&self) -> String {
+        lapin::uri::AMQPUri::from_str(&self.amqp_url)
+            .map(|uri| uri.vhost)
+            .unwrap_or_else(|_| "/".into())
+    }
+}
+
+/// The database named in a PostgreSQL URL.
+pub fn database_name(url: &str) -> Option<String> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).ok()?;
+    options.get_database().map(str::to_owned)
+}
+
+/// Setting names are few and static; map figment's owned key back to one.
+fn leak_name(key: &str) -> &'static str {
+    const NAMES: &[&str] = &[
+        "amqp_url",
+        "database_url",
+        "redis_url",
+        "redis_key_prefix",
+        "db_max_connections",
+        "prefetch",
+        "max_in_flight",
+        "queue_type",
+        "quorum_delivery_limit",
+        "retry_delays_ms",
+        "max_attempts",
+        "crash_loop_limit",
+        "lock_ttl_ms",
+        "ingress_max_length",
+        "outbox_batch_size",
+        "outbox_lease_ms",
+        "outbox_poll_ms",
+        "shutdown_timeout_ms",
+        "http_addr",
+        "log_format",
+        "log_filter",
+    ];
+    NAMES
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(key))
+        .copied()
+        .unwrap_or("(unknown setting)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::from_figment(
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    #[test]
+    fn defaults_point_at_local_services() {
+        let s = with("").expect("defaults are valid");
+        assert_eq!(s.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp_vhost(), "/");
+        assert_eq!(database_name(&s.database_url).as_deref(), Some("payfleet"));
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_setting() {
+        let err = with("prefetch = \"lots\"").unwrap_err().to_string();
+        assert!(err.contains("`prefetch`") && err.contains("PAYFLEET_PREFETCH"), "{err}");
+        let err = with("amqp_url = \"http://nope\"").unwrap_err().to_string();
+        assert!(err.contains("`amqp_url`"), "{err}");
+        let err = with("retry_delays_ms = [5000, 1000]").unwrap_err().to_string();
+        assert!(err.contains("`retry_delays_ms`"), "{err}");
+        let err = with("queue_type = \"stream\"").unwrap_err().to_string();
+        assert!(err.contains("`queue_type`"), "{err}");
+        let err = with("max_in_flight = 0").unwrap_err().to_string();
+        assert!(err.contains("`max_in_flight`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let err = with("prefech = 3").unwrap_err().to_string();
+        assert!(err.contains("prefech"), "{err}");
+    }
+}

@@ -1,0 +1,201 @@
+//! One fleet process: the stage consumers it was given, the outbox relay,
+//! the dead-letter keeper and the HTTP endpoints, started together and
+//! stopped in order (consumers drain, then the relay flushes, then the
+//! connections close), within a bounded time.
+
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::Publisher,
+    config::Settings,
+    db,
+    lock::Locks,
+    outbox::{self, RelayConfig},
+    runtime::{
+        CallingStage, Shared, Stage,
+        consumer::{self, ConsumerSpec, DeliveryProcessor},
+        dead_letter::Keeper,
+        handling::{Calling, Handler, StageProcessor, Transactional},
+    },
+    telemetry::{self, Health},
+    topology::Topology,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error("stage `{0}` is not in the topology")]
+    UnknownStage(String),
+    #[error("HTTP endpoint on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Starter = Box<dyn FnOnce(Health, CancellationToken) -> Task + Send>;
+
+/// How long the relay may take to flush at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sent outbox rows are kept this long for inspection.
+const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Fleet {
+    shared: Arc<Shared>,
+    health: Health,
+    consumers: Vec<(String, Starter)>,
+    keeper: bool,
+    http: bool,
+    relay: bool,
+}
+
+impl Fleet {
+    /// Connects the pool and Redis pool; the broker connects when running.
+    pub async fn connect(settings: Settings, topology: Topology, final_stop: CancellationToken) -> Result<Self, FleetError> {
+        let pool = db::connect(&settings).await?;
+        let locks = Locks::new(&settings.redis_url, &settings.redis_key_prefix, settings.lock_ttl())?;
+        let publisher = Publisher::new(&settings.amqp_url, "payfleet-publisher", final_stop);
+        Ok(Self {
+            shared: Arc::new(Shared { settings, topology, pool, locks, publisher, outbox_wake: Arc::new(Notify::new()) }),
+            health: Health::default(),
+            consumers: Vec::new(),
+            keeper: false,
+            http: false,
+            relay: true,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Adds a consumer of a one-transaction stage.
+    pub fn stage<S: Stage>(self, stage: S) -> Result<Self, FleetError> {
+        self.handler(Transactional(stage))
+    }
+
+    /// Adds a consumer of a stage that calls a third party.
+    pub fn calling_stage<S: CallingStage>(self, stage: S) -> Result<Self, FleetError> {
+        self.handler(Calling(stage))
+    }
+
+    fn handler<H: Handler>(mut self, handler: H) -> Result<Self, FleetError> {
+        let name = handler.name().to_owned();
+        if !self.shared.topology.has_stage(&name) {
+            return Err(FleetError::UnknownStage(name));
+        }
+        let spec = self.spec(&name, self.shared.topology.input_queues(&name));
+        let processor = StageProcessor::new(handler, self.shared.clone());
+        self.consumers.push((name, starter(spec, processor)));
+        Ok(self)
+    }
+
+    /// Also drains every stage's DLQ into the dead-letter store.
+    pub fn with_keeper(mut self) -> Self {
+        self.keeper = true;
+        self
+    }
+
+    /// Also serves `/metrics`, `/healthz`, `/readyz` on `http_addr`.
+    pub fn with_http(mut self) -> Self {
+        self.http = true;
+        self
+    }
+
+    /// Leaves the outbox to other processes.
+    pub fn without_relay(mut self) -> Self {
+        self.relay = false;
+        self
+    }
+
+    fn spec(&self, name: &str, queues: Vec<String>) -> ConsumerSpec {
+        let s = &self.shared.settings;
+        ConsumerSpec {
+            name: name.to_owned(),
+            amqp_url: s.amqp_url.clone(),
+            queues,
+            prefetch: s.prefetch,
+            max_in_flight: s.max_in_flight,
+            shutdown_timeout: s.shutdown_timeout(),
+        }
+    }
+
+    /// Runs until `stop` fires, then shuts down in order. `final_stop` (given
+    /// to [`Fleet::connect`]) is cancelled here once everything is flushed.
+    pub async fn run(mut self, stop: CancellationToken, final_stop: CancellationToken) -> Result<(), FleetError> {
+        let shared = self.shared.clone();
+        if self.keeper {
+            let queues = shared.topology.stages().iter().map(|s| Topology::dead_letter_queue(s)).collect();
+            let spec = self.spec("dead-letter-keeper", queues);
+            self.consumers.push(("dead-letter-keeper".into(), starter(spec, Keeper::new(shared.pool.clone()))));
+        }
+        if self.http {
+            let addr = shared.settings.http_socket_addr();
+            let bound = telemetry::serve_http(addr, self.health.clone(), shared.pool.clone(), final_stop.clone())
+                .await
+                .map_err(|source| FleetError::Http { addr, source })?;
+            tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+        }
+
+        let mut consumers = JoinSet::new();
+        for (name, start) in self.consumers {
+            self.health.expect(&name);
+            consumers.spawn(start(self.health.clone(), stop.clone()));
+        }
+        let relay = self.relay.then(|| {
+            let config = RelayConfig {
+                batch_size: shared.settings.outbox_batch_size,
+                lease: Duration::from_millis(shared.settings.outbox_lease_ms),
+                poll: Duration::from_millis(shared.settings.outbox_poll_ms),
+                flush_timeout: FLUSH_TIMEOUT,
+            };
+            let relay_stop = CancellationToken::new();
+            let handle = tokio::spawn(outbox::run_relay(
+                shared.pool.clone(),
+                shared.publisher.clone(),
+                shared.outbox_wake.clone(),
+                config,
+                relay_stop.clone(),
+            ));
+            (relay_stop, handle)
+        });
+        let maintenance = tokio::spawn(maintain(shared.clone(), stop.clone()));
+
+        stop.cancelled().await;
+        // Consumers finish what is in flight (each bounded by shutdown_timeout).
+        while consumers.join_next().await.is_some() {}
+        if let Some((relay_stop, handle)) = relay {
+            relay_stop.cancel();
+            let _ = handle.await;
+        }
+        maintenance.abort();
+        shared.publisher.close().await;
+        final_stop.cancel();
+        shared.pool.close().await;
+        tracing::info!("fleet stopped");
+        Ok(())
+    }
+}
+
+fn starter<P: DeliveryProcessor>(spec: ConsumerSpec, processor: Arc<P>) -> Starter {
+    Box::new(move |health, stop| Box::pin(consumer::consume(spec, processor, health, stop)))
+}
+
+/// Housekeeping: prunes sent outbox rows past their retention.
+async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.cancelled() => return,
+        }
+        match outbox::prune_sent(&shared.pool, OUTBOX_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned sent outbox rows"),
+            Err(error) => tracing::warn!(%error, "pruning the outbox failed"),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! What every payfleet stage shares: configuration, the RabbitMQ topology,
+//! the broker connections, the consumer runtime (locks, inbox, outbox,
+//! retries, dead letters), PostgreSQL and telemetry.
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod fault;
+pub mod fleet;
+pub mod lock;
+pub mod outbox;
+pub mod runtime;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+pub mod transition;
+
+pub use config::Settings;
+pub use fleet::Fleet;
+pub use topology::Topology;

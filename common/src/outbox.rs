@@ -1,0 +1,256 @@
+//! The outbox: messages for the next stage and events are inserted in the
+//! same transaction as the effects that caused them, then relayed to RabbitMQ
+//! with pipelined publisher confirms and `mandatory`. A returned message is a
+//! failure: its row stays and is retried with backoff. The relay wakes on
+//! commit (and polls as a fallback); rows are claimed with a lease, so several
+//! relays share the table and a crashed relay's rows are picked up again —
+//! with the same message id, which the next stage's inbox recognises.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{self, Outgoing, PublishError, Publisher},
+    fault,
+};
+
+/// One message to publish once the transaction commits.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub message_id: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub correlation_id: Option<String>,
+    pub message_type: Option<String>,
+    pub headers: Value,
+    pub body: Vec<u8>,
+}
+
+impl OutboxMessage {
+    /// A JSON message with a fresh (time-ordered) message id.
+    pub fn json(
+        exchange: &str,
+        routing_key: &str,
+        message_type: &str,
+        correlation_id: Option<&str>,
+        body: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            correlation_id: correlation_id.map(str::to_owned),
+            message_type: Some(message_type.to_owned()),
+            headers: Value::Object(Default::default()),
+            body: serde_json::to_vec(body)?,
+        })
+    }
+}
+
+/// Inserts rows in the caller's transaction (one statement for all of them).
+pub async fn insert(conn: &mut PgConnection, messages: &[OutboxMessage]) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut exchanges = Vec::with_capacity(messages.len());
+    let mut keys = Vec::with_capacity(messages.len());
+    let mut correlations = Vec::with_capacity(messages.len());
+    let mut types = Vec::with_capacity(messages.len());
+    let mut headers = Vec::with_capacity(messages.len());
+    let mut bodies = Vec::with_capacity(messages.len());
+    for m in messages {
+        ids.push(m.message_id.clone());
+        exchanges.push(m.exchange.clone());
+        keys.push(m.routing_key.clone());
+        correlations.push(m.correlation_id.clone());
+        types.push(m.message_type.clone());
+        headers.push(m.headers.clone());
+        bodies.push(m.body.clone());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, message_type, headers, body)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[])",
+    )
+    .bind(ids)
+    .bind(exchanges)
+    .bind(keys)
+    .bind(correlations)
+    .bind(types)
+    .bind(headers)
+    .bind(bodies)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    message_id: String,
+    exchange: String,
+    routing_key: String,
+    correlation_id: Option<String>,
+    message_type: Option<String>,
+    headers: Value,
+    body: Vec<u8>,
+    publish_attempts: i32,
+}
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch_size: u32,
+    pub lease: Duration,
+    pub poll: Duration,
+    /// Bound on the final flush at shutdown.
+    pub flush_timeout: Duration,
+}
+
+/// Relays committed outbox rows until cancelled, then flushes what is left.
+pub async fn run_relay(
+    pool: PgPool,
+    publisher: Publisher,
+    wake: Arc<Notify>,
+    config: RelayConfig,
+    cancel: CancellationToken,
+) {
+    loop {
+        let relayed = match relay_once(&pool, &publisher, &config).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay pass failed");
+                0
+            }
+        };
+        if relayed as u32 >= config.batch_size {
+            continue; // more may be waiting
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(config.poll) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+    // Shutdown: publish what the last transactions committed.
+    let deadline = tokio::time::Instant::now() + config.flush_timeout;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, relay_once(&pool, &publisher, &config)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "outbox flush at shutdown failed; rows stay for the next relay");
+                break;
+            }
+        }
+    }
+}
+
+/// One pass: claim a batch, publish it pipelined, mark what was confirmed.
+/// Returns the number of rows claimed.
+pub async fn relay_once(pool: &PgPool, publisher: &Publisher, config: &RelayConfig) -> Result<usize, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2), publish_attempts = publish_attempts + 1
+         WHERE id IN (
+             SELECT id FROM outbox
+             WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())
+             ORDER BY id LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, message_id, exchange, routing_key, correlation_id, message_type, headers, body, publish_attempts",
+    )
+    .bind(i64::from(config.batch_size))
+    .bind(config.lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let claimed = rows.len();
+
+    let messages: Vec<Outgoing> = rows.iter().map(outgoing).collect();
+    let mut pending = Vec::with_capacity(rows.len());
+    for (row, message) in rows.iter().zip(&messages) {
+        let started = publisher.start(message).await;
+        let broken = started.is_err();
+        pending.push((row, message, started));
+        if broken {
+            break; // the channel is gone; the rest stay claimed until their lease ends
+        }
+    }
+    let confirms = join_all(pending.into_iter().map(|(row, message, started)| async move {
+        let result = match started {
+            Ok(confirm) => broker::confirmed(confirm, message).await,
+            Err(error) => Err(error),
+        };
+        (row, result)
+    }))
+    .await;
+
+    fault::point(fault::AFTER_PUBLISH_BEFORE_MARK_SENT);
+
+    let mut sent = Vec::new();
+    for (row, result) in confirms {
+        match result {
+            Ok(()) => sent.push(row.id),
+            Err(error) => {
+                let retry_in = publish_backoff(row.publish_attempts);
+                if matches!(error, PublishError::Returned { .. }) {
+                    metrics::counter!("payfleet_outbox_returned_total").increment(1);
+                }
+                tracing::warn!(%error, outbox_id = row.id, message_id = %row.message_id, ?retry_in,
+                    "outbox message not delivered; kept for another try");
+                sqlx::query(
+                    "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2), last_error = $3 WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(retry_in.as_secs_f64())
+                .bind(error.to_string())
+                .execute(pool)
+                .await?;
+            }
+        }
+    }
+    if !sent.is_empty() {
+        sqlx::query("UPDATE outbox SET sent_at = now(), claimed_until = NULL, last_error = NULL WHERE id = ANY($1)")
+            .bind(&sent)
+            .execute(pool)
+            .await?;
+        metrics::counter!("payfleet_outbox_sent_total").increment(sent.len() as u64);
+    }
+    Ok(claimed)
+}
+
+/// Exponential from 200 ms, capped at 10 s.
+fn publish_backoff(attempts: i32) -> Duration {
+    let exponent = attempts.clamp(1, 16) as u32 - 1;
+    Duration::from_millis((200u64 << exponent).min(10_000))
+}
+
+fn outgoing(row: &Row) -> Outgoing {
+    let mut properties = broker::properties(&row.message_id, row.correlation_id.as_deref(), row.message_type.as_deref());
+    let headers = broker::headers_from_json(&row.headers);
+    if !headers.inner().is_empty() {
+        properties = properties.with_headers(headers);
+    }
+    Outgoing {
+        exchange: row.exchange.clone(),
+        routing_key: row.routing_key.clone(),
+        body: row.body.clone(),
+        properties,
+    }
+}
+
+/// Deletes rows sent longer ago than `retention`; returns how many.
+pub async fn prune_sent(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)")
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,376 @@
+//! One delivery through a stage: the crash-loop guard, decoding, the Redis
+//! lock, the stage's transaction(s), then ack, retry through a delay level,
+//! or dead-letter.
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use sqlx::PgPool;
+use tokio::sync::RwLock;
+use tracing::Instrument;
+
+use super::{
+    Shared,
+    consumer::DeliveryProcessor,
+    dead_letter::{self, ErrorKind},
+    stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError},
+    transaction::{self, Begun},
+};
+use crate::{
+    broker::{self, Outgoing, header},
+    fault,
+    topology::Topology,
+};
+
+/// What the transactions of one delivery came to.
+#[derive(Debug)]
+pub enum Processed {
+    Committed { outcome: Outcome, emitted: usize },
+    /// The inbox already had it.
+    AlreadyProcessed,
+    /// Rolled back: it arrived before the state it needs.
+    NotYet(String),
+}
+
+/// The runtime's view of a stage, whichever form it has.
+pub trait Handler: Send + Sync + 'static {
+    type Message: Send + Sync + 'static;
+    fn name(&self) -> &str;
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, String>;
+    fn lock_key(&self, message: &Self::Message) -> Option<String>;
+    fn process(
+        &self,
+        shared: &Shared,
+        inbound: &Inbound,
+        message: &Self::Message,
+    ) -> impl Future<Output = Result<Processed, StageError>> + Send;
+}
+
+/// A [`Stage`]: one transaction.
+pub struct Transactional<S>(pub S);
+
+impl<S: Stage> Handler for Transactional<S> {
+    type Message = S::Message;
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn decode(&self, inbound: &Inbound) -> Result<S::Message, String> {
+        self.0.decode(inbound)
+    }
+    fn lock_key(&self, message: &S::Message) -> Option<String> {
+        self.0.lock_key(message)
+    }
+    async fn process(&self, shared: &Shared, inbound: &Inbound, message: &S::Message) -> Result<Processed, StageError> {
+        let mut cx = match transaction::begin(&shared.pool, shared.topology.exchanges(), inbound).await? {
+            Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
+            Begun::Fresh(cx) => cx,
+        };
+        let result = self.0.handle(&mut cx, inbound, message).await;
+        let emitted = transaction::complete(cx, inbound, &result).await?;
+        finish(result, emitted)
+    }
+}
+
+/// A [`CallingStage`]: intent, call, result.
+pub struct Calling<S>(pub S);
+
+impl<S: CallingStage> Handler for Calling<S> {
+    type Message = S::Message;
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn decode(&self, inbound: &Inbound) -> Result<S::Message, String> {
+        self.0.decode(inbound)
+    }
+    fn lock_key(&self, message: &S::Message) -> Option<String> {
+        self.0.lock_key(message)
+    }
+    async fn process(&self, shared: &Shared, inbound: &Inbound, message: &S::Message) -> Result<Processed, StageError> {
+        if transaction::already_processed(&shared.pool, inbound).await? {
+            return Ok(Processed::AlreadyProcessed);
+        }
+        let exchanges = shared.topology.exchanges();
+        let mut cx = transaction::begin_plain(&shared.pool, exchanges, inbound).await?;
+        let intent = match self.0.record_intent(&mut cx, inbound, message).await? {
+            Intent::Call(intent) => intent,
+            Intent::Finished(outcome) => {
+                // Nothing to call: this transaction is the whole of the work.
+                if !transaction::claim_inbox(&mut cx, inbound).await? {
+                    return Ok(Processed::AlreadyProcessed);
+                }
+                let result = Ok(outcome);
+                let emitted = transaction::complete(cx, inbound, &result).await?;
+                return finish(result, emitted);
+            }
+        };
+        let emitted = transaction::commit_plain(cx).await?;
+        if emitted > 0 {
+            shared.outbox_wake.notify_one();
+        }
+        // No transaction or pooled connection is held across the call.
+        let reply = self.0.call(message, &intent).await;
+        let mut cx = match transaction::begin(&shared.pool, exchanges, inbound).await? {
+            Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
+            Begun::Fresh(cx) => cx,
+        };
+        let result = self.0.record_result(&mut cx, inbound, message, intent, reply).await;
+        let emitted = transaction::complete(cx, inbound, &result).await?;
+        finish(result, emitted)
+    }
+}
+
+fn finish(result: Result<Outcome, StageError>, emitted: usize) -> Result<Processed, StageError> {
+    match result? {
+        Outcome::NotYet { reason } => Ok(Processed::NotYet(reason)),
+        outcome => Ok(Processed::Committed { outcome, emitted }),
+    }
+}
+
+/// Where a delivery goes once handled.
+#[derive(Debug)]
+enum Disposition {
+    Ack(&'static str),
+    /// A held lock: back through the shortest delay, the budget untouched.
+    LockBusy,
+    /// A transient failure: through the delay levels, counting an attempt.
+    Retry(String),
+    DeadLetter(ErrorKind, String),
+}
+
+/// Runs deliveries of one stage through its handler.
+pub struct StageProcessor<H> {
+    handler: H,
+    shared: Arc<Shared>,
+    /// Redelivered messages are handled alone, so that a crash during one is
+    /// attributed to that message only.
+    solo: RwLock<()>,
+}
+
+impl<H: Handler> StageProcessor<H> {
+    pub fn new(handler: H, shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self { handler, shared, solo: RwLock::new(()) })
+    }
+
+    async fn decide(&self, inbound: &Inbound) -> Disposition {
+        let shared = &self.shared;
+        let _gate = if inbound.redelivered {
+            match count_delivery(&shared.pool, inbound).await {
+                Ok(redeliveries) => {
+                    let deliveries = redeliveries + 1;
+                    if deliveries > i64::from(shared.settings.crash_loop_limit) {
+                        return Disposition::DeadLetter(
+                            ErrorKind::CrashLoop,
+                            format!("delivered {deliveries} times without finishing; its handling keeps ending the process"),
+                        );
+                    }
+                }
+                Err(error) => return Disposition::Retry(format!("counting deliveries: {error}")),
+            }
+            Gate::Solo(self.solo.write().await)
+        } else {
+            Gate::Shared(self.solo.read().await)
+        };
+
+        let message = match self.handler.decode(inbound) {
+            Ok(message) => message,
+            Err(reason) => return Disposition::DeadLetter(ErrorKind::Poison, reason),
+        };
+        let lock = match self.handler.lock_key(&message) {
+            Some(key) => match shared.locks.try_acquire(&inbound.stage, &key).await {
+                Ok(Some(guard)) => Some(guard),
+                Ok(None) => return Disposition::LockBusy,
+                Err(error) => return Disposition::Retry(error.to_string()),
+            },
+            None => None,
+        };
+        let processed = self.handler.process(shared, inbound, &message).await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        match processed {
+            Ok(Processed::Committed { outcome, emitted }) => {
+                if emitted > 0 {
+                    shared.outbox_wake.notify_one();
+                }
+                fault::point(fault::AFTER_COMMIT_BEFORE_ACK);
+                match outcome {
+                    Outcome::Applied => Disposition::Ack("applied"),
+                    Outcome::Stale { reason } => {
+                        tracing::info!(%reason, "stale duplicate; acked without effect");
+                        Disposition::Ack("stale")
+                    }
+                    Outcome::Exception { reason } => {
+                        tracing::warn!(%reason, "conflicting final state; recorded for review");
+                        Disposition::Ack("exception")
+                    }
+                    Outcome::NotYet { .. } => Disposition::Ack("applied"),
+                }
+            }
+            Ok(Processed::AlreadyProcessed) => Disposition::Ack("duplicate"),
+            Ok(Processed::NotYet(reason)) => Disposition::Retry(format!("arrived before the state it needs: {reason}")),
+            Err(StageError::Transient(reason)) => Disposition::Retry(reason),
+            Err(StageError::Permanent(reason)) => Disposition::DeadLetter(ErrorKind::Permanent, reason),
+        }
+    }
+
+    async fn settle(&self, delivery: &Delivery, inbound: &Inbound, disposition: Disposition) -> &'static str {
+        let shared = &self.shared;
+        let max_attempts = shared.settings.max_attempts;
+        let routed = match disposition {
+            Disposition::Ack(label) => {
+                ack(delivery).await;
+                return label;
+            }
+            Disposition::LockBusy => {
+                let mut headers = inbound.headers.clone();
+                let waits = broker::header_i64(Some(&headers), header::LOCK_WAITS).unwrap_or(0) + 1;
+                broker::set_header(&mut headers, header::LOCK_WAITS, waits);
+                self.delay(delivery, inbound, 0, headers).await.map(|()| "lock_busy")
+            }
+            Disposition::Retry(reason) => {
+                let failures = inbound.attempt + 1;
+                if failures >= max_attempts {
+                    tracing::warn!(%reason, failures, "retries exhausted; dead-lettering");
+                    self.dead_letter(delivery, inbound, ErrorKind::Exhausted, &reason, failures).await
+                } else {
+                    tracing::info!(%reason, failures, "transient failure; retrying after a delay");
+                    let headers = dead_letter::failure_headers(inbound, failures, &reason);
+                    let level = shared.topology.retry_level(failures);
+                    self.delay(delivery, inbound, level, headers).await.map(|()| "retried")
+                }
+            }
+            Disposition::DeadLetter(kind, reason) => {
+                tracing::warn!(%reason, kind = kind.as_str(), "dead-lettering");
+                self.dead_letter(delivery, inbound, kind, &reason, inbound.attempt + 1).await
+            }
+        };
+        match routed {
+            Ok(label) => {
+                ack(delivery).await;
+                label
+            }
+            Err(error) => {
+                // Not routed anywhere: give it back to the queue rather than lose it.
+                tracing::warn!(%error, "cannot route the message onwards; requeueing it");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                "requeued"
+            }
+        }
+    }
+
+    async fn delay(
+        &self,
+        delivery: &Delivery,
+        inbound: &Inbound,
+        level: usize,
+        headers: lapin::types::FieldTable,
+    ) -> Result<(), broker::PublishError> {
+        let mut properties = delivery.properties.clone().with_headers(headers);
+        if properties.message_id().is_none() {
+            properties = properties.with_message_id(inbound.message_id.as_str().into());
+        }
+        let message = Outgoing {
+            exchange: self.shared.topology.exchanges().retry.clone(),
+            routing_key: Topology::retry_routing_key(&inbound.stage, level),
+            body: inbound.body.clone(),
+            properties,
+        };
+        self.shared.publisher.publish(&message).await
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        inbound: &Inbound,
+        kind: ErrorKind,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<&'static str, broker::PublishError> {
+        let exchange = &self.shared.topology.exchanges().dead_letters;
+        dead_letter::publish(&self.shared.publisher, exchange, inbound, &delivery.properties, kind, reason, attempts).await?;
+        if inbound.redelivered {
+            let _ = sqlx::query("DELETE FROM delivery_counts WHERE stage = $1 AND message_id = $2")
+                .bind(&inbound.stage)
+                .bind(&inbound.message_id)
+                .execute(&self.shared.pool)
+                .await;
+        }
+        Ok("dead_lettered")
+    }
+}
+
+enum Gate<'a> {
+    Solo(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
+}
+
+impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
+    async fn process(&self, delivery: Delivery) {
+        let inbound = inbound(self.handler.name(), &delivery);
+        let span = tracing::info_span!(
+            "handle",
+            stage = %inbound.stage,
+            message_id = %inbound.message_id,
+            payment_id = inbound.correlation_id.as_deref().unwrap_or(""),
+            attempt = inbound.attempt,
+        );
+        async {
+            let started = Instant::now();
+            let disposition = self.decide(&inbound).await;
+            let label = self.settle(&delivery, &inbound, disposition).await;
+            let stage = inbound.stage.clone();
+            metrics::counter!("payfleet_messages_total", "stage" => stage.clone(), "result" => label).increment(1);
+            metrics::histogram!("payfleet_handle_seconds", "stage" => stage).record(started.elapsed().as_secs_f64());
+            tracing::debug!(result = label, elapsed_ms = started.elapsed().as_millis() as u64, "handled");
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone; the broker redelivers and the inbox recognises it.
+        tracing::warn!(%error, "ack failed; the redelivery will be recognised");
+    }
+}
+
+/// Counts a redelivery in PostgreSQL (committed before handling starts).
+async fn count_delivery(pool: &PgPool, inbound: &Inbound) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO delivery_counts (stage, message_id, deliveries) VALUES ($1, $2, 1)
+         ON CONFLICT (stage, message_id)
+         DO UPDATE SET deliveries = delivery_counts.deliveries + 1, last_seen_at = now()
+         RETURNING deliveries::bigint",
+    )
+    .bind(&inbound.stage)
+    .bind(&inbound.message_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// The handler's view of a delivery.
+pub fn inbound(stage: &str, delivery: &Delivery) -> Inbound {
+    let props = &delivery.properties;
+    let headers = props.headers().clone().unwrap_or_default();
+    Inbound {
+        stage: stage.to_owned(),
+        message_id: props
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| dead_letter::body_message_id(&delivery.data)),
+        correlation_id: props.correlation_id().as_ref().map(|c| c.as_str().to_owned()),
+        message_type: props.kind().as_ref().map(|t| t.as_str().to_owned()),
+        attempt: broker::header_i64(Some(&headers), header::ATTEMPT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        redelivered: delivery.redelivered,
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        headers,
+        body: delivery.data.clone(),
+    }
+}

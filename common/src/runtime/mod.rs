@@ -1,0 +1,32 @@
+//! The consumer runtime every stage runs on, written once: a stage
+//! implements [`Stage`] (or [`CallingStage`]) and returns an [`Outcome`];
+//! the runtime does acks, retries through delay queues, dead letters, the
+//! crash-loop guard, Redis locks, the inbox, the outbox, spans and metrics.
+
+pub mod consumer;
+pub mod dead_letter;
+pub mod handling;
+pub mod stage;
+pub mod transaction;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+pub use stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError};
+pub use transaction::StageTx;
+
+use crate::{broker::Publisher, config::Settings, lock::Locks, topology::Topology};
+
+/// What every consumer of one process shares.
+pub struct Shared {
+    pub settings: Settings,
+    pub topology: Topology,
+    pub pool: PgPool,
+    pub locks: Locks,
+    /// The publishing connection (separate from every consuming one).
+    pub publisher: Publisher,
+    /// Woken after each commit that wrote outbox rows.
+    pub outbox_wake: Arc<Notify>,
+}

@@ -1,0 +1,153 @@
+//! What a stage implements. A stage decodes its message, names the business
+//! key it locks, and does its work inside the transaction the runtime hands
+//! it; the runtime does acks, retries, dead letters, locks, the inbox and the
+//! outbox.
+
+use std::future::Future;
+
+use lapin::types::FieldTable;
+
+use super::transaction::StageTx;
+
+/// A delivery as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The stage handling it.
+    pub stage: String,
+    /// AMQP message id; derived from the body's hash when the publisher set none.
+    pub message_id: String,
+    /// The payment id (AMQP correlation id), when the message carries one.
+    pub correlation_id: Option<String>,
+    /// AMQP `type` property.
+    pub message_type: Option<String>,
+    /// Failed handling attempts before this one.
+    pub attempt: u32,
+    /// Whether the broker flagged this as a redelivery.
+    pub redelivered: bool,
+    pub routing_key: String,
+    pub headers: FieldTable,
+    pub body: Vec<u8>,
+}
+
+/// The result of handling one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Effects and emitted messages committed.
+    Applied,
+    /// The state is already past this step (a stale duplicate): nothing
+    /// applied, acked.
+    Stale { reason: String },
+    /// The message arrived before the state it needs: rolled back, retried.
+    NotYet { reason: String },
+    /// A conflicting final state: whatever the stage recorded for review is
+    /// committed, and the message is acked.
+    Exception { reason: String },
+}
+
+/// A failure while handling; the class decides where the message goes.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Worth retrying: a service unavailable, a serialization conflict.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help: dead-lettered at once.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl StageError {
+    pub fn transient(error: impl std::fmt::Display) -> Self {
+        StageError::Transient(error.to_string())
+    }
+    pub fn permanent(error: impl std::fmt::Display) -> Self {
+        StageError::Permanent(error.to_string())
+    }
+}
+
+impl From<sqlx::Error> for StageError {
+    /// Integrity, data and syntax errors (SQLSTATE classes 22, 23, 42) will
+    /// fail the same way again; everything else (connections, pool timeouts,
+    /// serialization failures, deadlocks) is transient.
+    fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if let Some(code) = db.code() {
+                if matches!(&code[..2], "22" | "23" | "42") {
+                    return StageError::Permanent(error.to_string());
+                }
+            }
+        }
+        if matches!(error, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::TypeNotFound { .. }) {
+            return StageError::Permanent(error.to_string());
+        }
+        StageError::Transient(error.to_string())
+    }
+}
+
+/// A stage whose work is one PostgreSQL transaction:
+/// decode → guard → effects + outbox rows → commit.
+pub trait Stage: Send + Sync + 'static {
+    type Message: Send + Sync + 'static;
+
+    /// The stage's name in the topology.
+    fn name(&self) -> &str;
+
+    /// Parses the body; an error sends the message to the DLQ at once.
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, String>;
+
+    /// The business key two workers must not work on at once (the payment id).
+    fn lock_key(&self, message: &Self::Message) -> Option<String>;
+
+    /// Applies the message inside `tx` (a transaction, or a savepoint when the
+    /// runtime batches). The inbox row is already claimed; emit the messages
+    /// for the next stage with `tx.emit…`.
+    fn handle(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &Self::Message,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+}
+
+/// What the first transaction of a calling stage decided.
+#[derive(Debug)]
+pub enum Intent<I> {
+    /// The intent is recorded: make the call.
+    Call(I),
+    /// Nothing to call (already resolved, or not yet possible).
+    Finished(Outcome),
+}
+
+/// A stage that calls a third party: commit the intent → call outside any
+/// transaction → commit the result. No transaction, row lock or pooled
+/// connection is held across the call.
+pub trait CallingStage: Send + Sync + 'static {
+    type Message: Send + Sync + 'static;
+    type Intent: Send + Sync + 'static;
+    type Reply: Send + 'static;
+
+    fn name(&self) -> &str;
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, String>;
+    fn lock_key(&self, message: &Self::Message) -> Option<String>;
+
+    /// First transaction: record what is about to be sent (e.g. an attempt
+    /// as SENDING). Messages emitted here are committed with the intent.
+    fn record_intent(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &Self::Message,
+    ) -> impl Future<Output = Result<Intent<Self::Intent>, StageError>> + Send;
+
+    /// The call, with no transaction open.
+    fn call(&self, message: &Self::Message, intent: &Self::Intent) -> impl Future<Output = Self::Reply> + Send;
+
+    /// Second transaction, with the inbox: record the reply and emit.
+    fn record_result(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &Self::Message,
+        intent: Self::Intent,
+        reply: Self::Reply,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+}
