@@ -106,7 +106,7 @@ impl Default for Settings {
             shutdown_timeout_ms: 20_000,
             http_addr: "127.0.0.1:9464".into(),
             log_format: LogFormat::Text,
-            log_filter: "info".into(),
+            log_filter: "info,sqlx=warn,lapin=warn,lapin::channel=off".into(),
         }
     }
 }

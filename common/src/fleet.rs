@@ -46,6 +46,8 @@ const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 pub struct Fleet {
     shared: Arc<Shared>,
+    /// Cancelled last, once the outbox is flushed: ends reconnect loops of the publisher.
+    final_stop: CancellationToken,
     health: Health,
     consumers: Vec<(String, Starter)>,
     keeper: bool,
@@ -55,11 +57,13 @@ pub struct Fleet {
 
 impl Fleet {
     /// Connects the pool and Redis pool; the broker connects when running.
-    pub async fn connect(settings: Settings, topology: Topology, final_stop: CancellationToken) -> Result<Self, FleetError> {
+    pub async fn connect(settings: Settings, topology: Topology) -> Result<Self, FleetError> {
+        let final_stop = CancellationToken::new();
         let pool = db::connect(&settings).await?;
         let locks = Locks::new(&settings.redis_url, &settings.redis_key_prefix, settings.lock_ttl())?;
-        let publisher = Publisher::new(&settings.amqp_url, "payfleet-publisher", final_stop);
+        let publisher = Publisher::new(&settings.amqp_url, "payfleet-publisher", final_stop.clone());
         Ok(Self {
+            final_stop,
             shared: Arc::new(Shared { settings, topology, pool, locks, publisher, outbox_wake: Arc::new(Notify::new()) }),
             health: Health::default(),
             consumers: Vec::new(),
@@ -124,9 +128,10 @@ impl Fleet {
         }
     }
 
-    /// Runs until `stop` fires, then shuts down in order. `final_stop` (given
-    /// to [`Fleet::connect`]) is cancelled here once everything is flushed.
-    pub async fn run(mut self, stop: CancellationToken, final_stop: CancellationToken) -> Result<(), FleetError> {
+    /// Runs until `stop` fires, then shuts down in order: consumers finish
+    /// what is in flight, the relay flushes the outbox, connections close.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), FleetError> {
+        let final_stop = self.final_stop.clone();
         let shared = self.shared.clone();
         if self.keeper {
             let queues = shared.topology.stages().iter().map(|s| Topology::dead_letter_queue(s)).collect();

@@ -18,3 +18,4 @@ pub mod transition;
 pub use config::Settings;
 pub use fleet::Fleet;
 pub use topology::Topology;
+pub use tokio_util::sync::CancellationToken;

@@ -51,7 +51,7 @@ pub struct TopologySpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("topology file: {0}")]
+    #[error("topology/topology.toml is invalid")]
     Parse(#[from] toml::de::Error),
     #[error("topology: {0}")]
     Invalid(String),

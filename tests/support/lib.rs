@@ -1,1 +1,422 @@
+//! The test harness: every test stands up its own isolated world on the real
+//! services — a fresh PostgreSQL database, a fresh RabbitMQ vhost with the
+//! topology applied, its own Redis key prefix — runs fleets in-process or as
+//! real worker processes, and checks the invariants at the end.
 
+pub mod probe;
+
+use std::{
+    future::Future,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use lapin::{
+    BasicProperties, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use payfleet_common::{CancellationToken, Fleet, Settings, Topology, broker, db};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use probe::{Behaviour, RECEIPT_STAGE, Receipt, ReceiptStage, TRANSFER_STAGE, Transfer, TransferStage};
+
+pub const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
+
+/// The committed topology plus the probe stages.
+pub fn probe_topology(settings: &Settings) -> anyhow::Result<Topology> {
+    Ok(Topology::from_settings(settings)?.with_stage(TRANSFER_STAGE).with_stage(RECEIPT_STAGE))
+}
+
+/// One test's isolated services.
+pub struct TestEnv {
+    pub name: String,
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub topology: Topology,
+    http: reqwest::Client,
+    torn_down: bool,
+}
+
+/// Settings for tests: short delays so retries finish in seconds.
+fn test_settings(name: &str) -> Settings {
+    Settings {
+        amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{name}"),
+        database_url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        redis_url: "redis://127.0.0.1:6379/0".into(),
+        redis_key_prefix: name.to_owned(),
+        retry_delays_ms: vec![200, 400, 800],
+        max_attempts: 4,
+        crash_loop_limit: 3,
+        lock_ttl_ms: 3_000,
+        shutdown_timeout_ms: 5_000,
+        outbox_poll_ms: 250,
+        prefetch: 16,
+        max_in_flight: 8,
+        db_max_connections: 10,
+        http_addr: "127.0.0.1:0".into(),
+        ..Settings::default()
+    }
+}
+
+impl TestEnv {
+    pub async fn new(tag: &str) -> anyhow::Result<Self> {
+        Self::with(tag, |_| {}).await
+    }
+
+    /// A fresh database, vhost and Redis prefix; `adjust` may change settings.
+    pub async fn with(tag: &str, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        let name = format!("pft_{tag}_{}", &Uuid::new_v4().simple().to_string()[..10]);
+        let mut settings = test_settings(&name);
+        adjust(&mut settings);
+        settings.validate()?;
+        let http = reqwest::Client::new();
+        let env_without_pool = |pool| TestEnv {
+            name: name.clone(),
+            settings: settings.clone(),
+            pool,
+            topology: probe_topology(&settings).expect("topology"),
+            http: http.clone(),
+            torn_down: false,
+        };
+        create_vhost(&http, &name).await?;
+        db::migrate(&settings).await.context("migrating the test database")?;
+        let pool = db::connect(&settings).await?;
+        sqlx::raw_sql(probe::PROBE_SCHEMA).execute(&pool).await.context("probe schema")?;
+        let env = env_without_pool(pool);
+        let connection = env.amqp().await?;
+        env.topology.apply(&connection).await?;
+        let _ = connection.close(200, "applied".into()).await;
+        Ok(env)
+    }
+
+    pub async fn amqp(&self) -> anyhow::Result<Connection> {
+        Ok(broker::connect_once(&self.settings.amqp_url, "payfleet-test").await?)
+    }
+
+    /// An in-process fleet with both probe stages and the keeper.
+    pub async fn fleet(&self) -> anyhow::Result<Fleet> {
+        self.fleet_with(self.settings.clone()).await
+    }
+
+    pub async fn fleet_with(&self, settings: Settings) -> anyhow::Result<Fleet> {
+        let fleet = Fleet::connect(settings, self.topology.clone()).await?;
+        let pool = fleet.shared().pool.clone();
+        Ok(fleet
+            .stage(TransferStage { may_abort: false, pool })?
+            .stage(ReceiptStage)?
+            .with_keeper())
+    }
+
+    /// Starts an in-process fleet; stop it with [`RunningFleet::stop`].
+    pub async fn start_fleet(&self) -> anyhow::Result<RunningFleet> {
+        RunningFleet::start(self.fleet().await?)
+    }
+
+    pub async fn add_account(&self, account: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO probe_accounts (account) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(account)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes with confirms to a stage's work queue.
+    pub async fn publish_to_stage(&self, stage: &str, message_id: &str, body: &[u8]) -> anyhow::Result<()> {
+        let props = broker::properties(message_id, None, Some("probe.transfer"));
+        self.publish_raw(&self.topology.exchanges().stages.clone(), stage, body, props).await
+    }
+
+    pub async fn publish_transfer(&self, transfer: &Transfer, message_id: &str) -> anyhow::Result<()> {
+        self.publish_to_stage(TRANSFER_STAGE, message_id, &serde_json::to_vec(transfer)?).await
+    }
+
+    pub async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties) -> anyhow::Result<()> {
+        let connection = self.amqp().await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let confirm = channel
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, body, props)
+            .await?
+            .await?;
+        if !matches!(confirm, lapin::Confirmation::Ack(None)) {
+            bail!("publish to {exchange}/{routing_key} not delivered: {confirm:?}");
+        }
+        let _ = connection.close(200, "published".into()).await;
+        Ok(())
+    }
+
+    /// Messages ready in a queue, as the broker counts them now.
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let connection = self.amqp().await?;
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await?;
+        let _ = connection.close(200, "counted".into()).await;
+        Ok(declared.message_count())
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await.with_context(|| sql.to_owned())?)
+    }
+
+    /// GET on the management API.
+    pub async fn management(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self.http.get(format!("{MANAGEMENT_API}{path}")).basic_auth("guest", Some("guest")).send().await?;
+        if !response.status().is_success() {
+            bail!("management API GET {path}: {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Closes every client connection of this vhost, as a broker restart would.
+    pub async fn close_broker_connections(&self) -> anyhow::Result<usize> {
+        let connections = self.management(&format!("/vhosts/{}/connections", self.name)).await?;
+        let mut closed = 0;
+        for connection in connections.as_array().into_iter().flatten() {
+            if let Some(name) = connection.get("name").and_then(Value::as_str) {
+                let encoded: String = url_encode(name);
+                let response = self
+                    .http
+                    .delete(format!("{MANAGEMENT_API}/connections/{encoded}"))
+                    .basic_auth("guest", Some("guest"))
+                    .header("X-Reason", "test: broker connection dropped")
+                    .send()
+                    .await?;
+                if response.status().is_success() {
+                    closed += 1;
+                }
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Environment for a worker process with these settings.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        settings_env(&self.settings)
+    }
+
+    /// Starts the probe worker process (`bin`: the test's
+    /// `env!("CARGO_BIN_EXE_probe-worker")`); `extra` adds environment (e.g. PAYFLEET_FAULT).
+    pub fn spawn_worker(&self, bin: &str, extra: &[(&str, &str)]) -> anyhow::Result<Worker> {
+        let mut command = tokio::process::Command::new(bin);
+        for (key, value) in self.worker_env() {
+            command.env(key, value);
+        }
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
+        Ok(Worker { child: command.spawn().context("starting probe-worker")? })
+    }
+
+    /// The invariants of the probe stages once the fleet is quiet: each
+    /// account's balance is the sum of its postings; each transfer has exactly
+    /// one posting and one receipt and is receipted; returns the transfer count.
+    pub async fn assert_quiet_invariants(&self) -> anyhow::Result<i64> {
+        let wrong_balances = self
+            .scalar_i64(
+                "SELECT count(*) FROM probe_accounts a
+                 WHERE a.balance <> COALESCE((SELECT sum(amount) FROM probe_postings p WHERE p.account = a.account), 0)",
+            )
+            .await?;
+        assert_eq!(wrong_balances, 0, "an account balance differs from the sum of its postings");
+        let double_postings = self
+            .scalar_i64("SELECT count(*) FROM (SELECT transfer_id FROM probe_postings GROUP BY transfer_id HAVING count(*) <> 1) d")
+            .await?;
+        assert_eq!(double_postings, 0, "a transfer was posted more than once");
+        let double_receipts = self
+            .scalar_i64("SELECT count(*) FROM (SELECT transfer_id FROM probe_receipts GROUP BY transfer_id HAVING count(*) <> 1) d")
+            .await?;
+        assert_eq!(double_receipts, 0, "a receipt was applied more than once");
+        let transfers = self.scalar_i64("SELECT count(*) FROM probe_transfers").await?;
+        let receipted = self.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await?;
+        let postings = self.scalar_i64("SELECT count(*) FROM probe_postings").await?;
+        let receipts = self.scalar_i64("SELECT count(*) FROM probe_receipts").await?;
+        assert_eq!(receipted, transfers, "every applied transfer ends receipted");
+        assert_eq!(postings, transfers, "one posting per transfer");
+        assert_eq!(receipts, transfers, "one receipt per transfer");
+        let unsent = self.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await?;
+        assert_eq!(unsent, 0, "the outbox is drained");
+        Ok(transfers)
+    }
+
+    /// Drops the database, the vhost and the Redis keys.
+    pub async fn teardown(mut self) -> anyhow::Result<()> {
+        self.torn_down = true;
+        self.pool.close().await;
+        cleanup(&self.name, &self.settings).await
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        // A failed test still leaves nothing behind.
+        let name = self.name.clone();
+        let settings = self.settings.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let _ = runtime.block_on(cleanup(&name, &settings));
+            }
+        })
+        .join();
+    }
+}
+
+async fn create_vhost(http: &reqwest::Client, name: &str) -> anyhow::Result<()> {
+    let put = |path: String, body: Value| {
+        http.put(format!("{MANAGEMENT_API}{path}")).basic_auth("guest", Some("guest")).json(&body).send()
+    };
+    let response = put(format!("/vhosts/{name}"), serde_json::json!({})).await.context(
+        "the RabbitMQ management API is unreachable on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
+    )?;
+    if !response.status().is_success() {
+        bail!("creating vhost {name}: {}", response.status());
+    }
+    let response = put(
+        format!("/permissions/{name}/guest"),
+        serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await?;
+    if !response.status().is_success() {
+        bail!("granting guest on vhost {name}: {}", response.status());
+    }
+    Ok(())
+}
+
+async fn cleanup(name: &str, settings: &Settings) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let _ = http.delete(format!("{MANAGEMENT_API}/vhosts/{name}")).basic_auth("guest", Some("guest")).send().await;
+    if let Ok(mut admin) = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await;
+    }
+    if let Ok(client) = redis::Client::open(settings.redis_url.as_str()) {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut conn).await.unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+use sqlx::Connection as _;
+
+/// `PAYFLEET_*` variables that reproduce `settings` in another process.
+pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
+    let value = serde_json::to_value(settings).expect("settings serialize");
+    let mut env = Vec::new();
+    if let Value::Object(map) = value {
+        for (key, value) in map {
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            env.push((format!("PAYFLEET_{}", key.to_uppercase()), text));
+        }
+    }
+    env
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A fleet running in this process.
+pub struct RunningFleet {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl RunningFleet {
+    pub fn start(fleet: Fleet) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) = fleet.run(token).await {
+                eprintln!("fleet stopped with an error: {error}");
+            }
+        });
+        Ok(Self { stop, handle })
+    }
+
+    /// Graceful stop; waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// A worker process.
+pub struct Worker {
+    pub child: tokio::process::Child,
+}
+
+impl Worker {
+    /// SIGKILL, and wait for it to be gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits for the process to end by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(within, self.child.wait()).await.context("worker did not exit in time")??)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("worker already gone")?;
+        let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns true, or fails after `within`.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A transfer of `amount` to `account` with a fresh id.
+pub fn transfer(account: &str, amount: &str) -> Transfer {
+    Transfer {
+        transfer_id: Uuid::now_v7(),
+        account: account.to_owned(),
+        amount: amount.parse().expect("decimal literal"),
+        behaviour: Behaviour::default(),
+    }
+}
