@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use payfleet_common::broker::{self, header};
-use payfleet_tests::{Behaviour, TestEnv, TRANSFER_STAGE, transfer, wait_until};
+use lapin::{options::QueueBindOptions, types::FieldTable};
+use payfleet_common::{Topology, broker::header};
+use payfleet_tests::{Behaviour, RECEIPT_STAGE, TRANSFER_STAGE, TestEnv, transfer, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -26,5 +27,233 @@ async fn a_transfer_flows_through_both_stages() -> anyhow::Result<()> {
     let balance: rust_decimal::Decimal =
         sqlx::query_scalar("SELECT balance FROM probe_accounts WHERE account = 'alice'").fetch_one(&env.pool).await?;
     assert_eq!(balance, "25.00".parse()?);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_delivered_twice_applies_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("twice").await?;
+    env.add_account("bob").await?;
+    let t = transfer("bob", "10.00");
+    env.publish_transfer(&t, "dup-1").await?;
+    env.publish_transfer(&t, "dup-1").await?;
+    let fleet = env.start_fleet().await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-transfer'").await?, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-receipt'").await?, 1);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_duplicates_on_two_consumers_apply_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("hundred").await?;
+    env.add_account("carol").await?;
+    // Two workers, each with its own connections, competing on the same queues.
+    let first = env.start_fleet().await?;
+    let second = env.start_fleet().await?;
+    let t = transfer("carol", "3.33");
+    let body = serde_json::to_vec(&t)?;
+    let publishes = (0..100).map(|_| env.publish_to_stage(TRANSFER_STAGE, "the-one", &body));
+    for result in futures_util::future::join_all(publishes).await {
+        result?;
+    }
+    env.wait_drained(WAIT).await?;
+    first.stop().await;
+    second.stop().await;
+
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM probe_postings").await?, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await?, 1, "one hand-off emitted");
+    // Downstream applied the one message, under the id the outbox row kept.
+    let (receipt_id, outbox_id): (String, String) = sqlx::query_as(
+        "SELECT (SELECT message_id FROM probe_receipts), (SELECT message_id FROM outbox)",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(receipt_id, outbox_id);
+    assert!(env.dead_letters().await?.is_empty());
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_through_increasing_delays() -> anyhow::Result<()> {
+    let env = TestEnv::new("retry").await?;
+    env.add_account("dan").await?;
+    let fleet = env.start_fleet().await?;
+    let mut t = transfer("dan", "7.00");
+    t.behaviour = Behaviour { fail_transient_until_attempt: 3, ..Behaviour::default() };
+    env.publish_transfer(&t, "flaky").await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+
+    let attempts: Vec<(i32, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT attempt, at FROM probe_attempts ORDER BY id").fetch_all(&env.pool).await?;
+    assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    let gaps: Vec<i64> = attempts.windows(2).map(|w| (w[1].1 - w[0].1).num_milliseconds()).collect();
+    // delay levels 200, 400, 800 ms
+    for (gap, level) in gaps.iter().zip([200, 400, 800]) {
+        assert!(*gap >= level, "gap {gap} ms shorter than its delay level {level} ms ({gaps:?})");
+    }
+    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "delays grow: {gaps:?}");
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    assert!(env.dead_letters().await?.is_empty());
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_is_dead_lettered_with_its_story() -> anyhow::Result<()> {
+    let env = TestEnv::new("exhaust").await?;
+    env.add_account("erin").await?;
+    let fleet = env.start_fleet().await?;
+    let mut failing = transfer("erin", "1.00");
+    failing.behaviour = Behaviour { fail_always: true, ..Behaviour::default() };
+    let failing_body = serde_json::to_vec(&failing)?;
+    env.publish_to_stage(TRANSFER_STAGE, "always-fails", &failing_body).await?;
+    let mut refused = transfer("erin", "2.00");
+    refused.behaviour = Behaviour { fail_permanent: true, ..Behaviour::default() };
+    let refused_body = serde_json::to_vec(&refused)?;
+    env.publish_to_stage(TRANSFER_STAGE, "refused", &refused_body).await?;
+    wait_until(WAIT, "two dead letters in the store", || async {
+        Ok(env.scalar_i64("SELECT count(*) FROM dead_letters").await? == 2)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+
+    let letters = env.dead_letters().await?;
+    let exhausted = letters.iter().find(|l| l.message_id == "always-fails").expect("exhausted letter");
+    assert_eq!(exhausted.stage, TRANSFER_STAGE);
+    assert_eq!(exhausted.error_kind, "exhausted");
+    assert_eq!(exhausted.attempts, 4, "max_attempts handling attempts");
+    assert!(exhausted.error_message.contains("ledger unavailable"), "{}", exhausted.error_message);
+    assert_eq!(exhausted.body, failing_body, "body kept byte for byte");
+    assert!(exhausted.first_failed_at < exhausted.last_failed_at);
+    for key in [header::STAGE, header::ERROR_KIND, header::ERROR_MESSAGE, header::ATTEMPTS, header::FIRST_FAILURE_AT, header::LAST_FAILURE_AT] {
+        assert!(exhausted.headers.get(key).is_some(), "dead letter header {key} missing: {}", exhausted.headers);
+    }
+    assert_eq!(exhausted.headers[header::ERROR_KIND], "exhausted");
+    assert_eq!(exhausted.status, "parked");
+
+    let permanent = letters.iter().find(|l| l.message_id == "refused").expect("permanent letter");
+    assert_eq!(permanent.error_kind, "permanent");
+    assert_eq!(permanent.attempts, 1, "a permanent failure is not retried");
+    assert_eq!(permanent.body, refused_body);
+
+    let tried: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT transfer_id, count(*) FROM probe_attempts GROUP BY transfer_id").fetch_all(&env.pool).await?;
+    assert!(tried.contains(&(failing.transfer_id, 4)), "{tried:?}");
+    assert!(tried.contains(&(refused.transfer_id, 1)), "{tried:?}");
+    assert_eq!(env.assert_quiet_invariants().await?, 0, "nothing applied");
+    assert_eq!(env.queue_depth(&Topology::dead_letter_queue(TRANSFER_STAGE)).await?, 0, "the keeper drained the DLQ");
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_contention_alone_never_dead_letters() -> anyhow::Result<()> {
+    // Two attempts allowed, but the lock stays busy for many retry rounds.
+    let env = TestEnv::with("lock", |s| s.max_attempts = 2).await?;
+    env.add_account("fay").await?;
+    let t = transfer("fay", "4.00");
+    let locks = payfleet_common::lock::Locks::new(&env.settings.redis_url, &env.settings.redis_key_prefix, env.settings.lock_ttl())?;
+    let key = locks.key(TRANSFER_STAGE, &t.transfer_id.to_string());
+    let client = redis::Client::open(env.settings.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("SET").arg(&key).arg("another-worker").arg("PX").arg(2_500).query_async(&mut redis).await?;
+
+    let fleet = env.start_fleet().await?;
+    env.publish_transfer(&t, "contended").await?;
+    wait_until(WAIT, "the transfer applied once the lock expired", || async {
+        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 1)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+
+    assert!(env.dead_letters().await?.is_empty(), "lock waits do not use the retry budget");
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempt FROM probe_attempts").fetch_all(&env.pool).await?;
+    assert_eq!(attempts, vec![0], "the handler ran once, on its first attempt");
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_body_is_dead_lettered_at_once_and_the_rest_flow() -> anyhow::Result<()> {
+    let env = TestEnv::with("poison", |s| {
+        s.prefetch = 1;
+        s.max_in_flight = 1;
+    })
+    .await?;
+    env.add_account("gus").await?;
+    let poison = b"{\"transfer_id\": not json".to_vec();
+    env.publish_to_stage(TRANSFER_STAGE, "poison-1", &poison).await?;
+    for i in 0..10 {
+        env.publish_transfer(&transfer("gus", "0.10"), &format!("after-{i}")).await?;
+    }
+    let fleet = env.start_fleet().await?;
+    wait_until(WAIT, "10 transfers behind the poison message", || async {
+        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 10)
+    })
+    .await?;
+    wait_until(WAIT, "the poison message in the store", || async {
+        Ok(env.scalar_i64("SELECT count(*) FROM dead_letters").await? == 1)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+
+    let letters = env.dead_letters().await?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].error_kind, "poison");
+    assert_eq!(letters[0].attempts, 1);
+    assert_eq!(letters[0].body, poison);
+    assert!(letters[0].error_message.contains("undecodable"), "{}", letters[0].error_message);
+    assert_eq!(env.assert_quiet_invariants().await?, 10);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_outbox_message_waits_for_its_binding() -> anyhow::Result<()> {
+    let env = TestEnv::new("unroutable").await?;
+    env.add_account("hal").await?;
+    let stages_exchange = env.topology.exchanges().stages.clone();
+    let receipt_queue = Topology::work_queue(RECEIPT_STAGE);
+    let connection = env.amqp().await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_unbind(receipt_queue.as_str().into(), stages_exchange.as_str().into(), RECEIPT_STAGE.into(), FieldTable::default())
+        .await?;
+
+    let fleet = env.start_fleet().await?;
+    env.publish_transfer(&transfer("hal", "5.00"), "orphan").await?;
+    wait_until(WAIT, "the relay to see the message returned", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND publish_attempts >= 2 AND last_error LIKE '%returned%'")
+            .await?
+            == 1)
+    })
+    .await?;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'applied'").await?, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM probe_receipts").await?, 0, "nothing reached the next stage");
+
+    channel
+        .queue_bind(
+            receipt_queue.as_str().into(),
+            stages_exchange.as_str().into(),
+            RECEIPT_STAGE.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    wait_until(WAIT, "the receipt once the binding is back", || async {
+        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 1)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await?, 1, "the same row was delivered, not a copy");
     env.teardown().await
 }

@@ -196,6 +196,51 @@ impl TestEnv {
         Ok(closed)
     }
 
+    /// Waits until the work and delay queues of both probe stages stay empty
+    /// for longer than the longest delay level, i.e. nothing is queued or waiting.
+    pub async fn wait_drained(&self, within: Duration) -> anyhow::Result<()> {
+        let mut queues = Vec::new();
+        for stage in [TRANSFER_STAGE, RECEIPT_STAGE] {
+            queues.push(Topology::work_queue(stage));
+            for level in 0..self.settings.retry_delays_ms.len() {
+                queues.push(Topology::retry_queue(stage, level));
+            }
+        }
+        let longest = Duration::from_millis(*self.settings.retry_delays_ms.last().unwrap_or(&1000));
+        let deadline = Instant::now() + within;
+        let mut empty_since: Option<Instant> = None;
+        loop {
+            let mut total = 0;
+            for queue in &queues {
+                total += self.queue_depth(queue).await?;
+            }
+            let unsent = self.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await?;
+            if total == 0 && unsent == 0 {
+                let since = *empty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > longest + Duration::from_millis(500) {
+                    return Ok(());
+                }
+            } else {
+                empty_since = None;
+            }
+            if Instant::now() > deadline {
+                bail!("queues not drained after {within:?}: {total} queued, {unsent} outbox rows unsent");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Dead letters in the store.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetterRow>> {
+        Ok(sqlx::query_as(
+            "SELECT stage, message_id, error_kind, error_message, attempts, first_failed_at, last_failed_at,
+                    headers, body, status
+             FROM dead_letters ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Environment for a worker process with these settings.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         settings_env(&self.settings)
@@ -335,6 +380,21 @@ fn url_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A row of the dead-letter store.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeadLetterRow {
+    pub stage: String,
+    pub message_id: String,
+    pub error_kind: String,
+    pub error_message: String,
+    pub attempts: i32,
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+    pub last_failed_at: chrono::DateTime<chrono::Utc>,
+    pub headers: Value,
+    pub body: Vec<u8>,
+    pub status: String,
 }
 
 /// A fleet running in this process.
