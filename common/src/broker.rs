@@ -34,6 +34,8 @@ pub mod header {
     pub const LAST_FAILURE_AT: &str = "x-payfleet-last-failure-at";
     /// Unique per dead-lettering: the keeper stores each once.
     pub const DEAD_LETTER_ID: &str = "x-payfleet-dead-letter-id";
+    /// Set on the delayed copy of a message suspected of ending a process.
+    pub const SUSPECT: &str = "x-payfleet-suspect";
     /// Set on a message put back from the dead-letter store.
     pub const REPLAYED_FROM: &str = "x-payfleet-replayed-from";
 }

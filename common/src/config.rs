@@ -98,7 +98,7 @@ impl Default for Settings {
             retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],
             max_attempts: 8,
             crash_loop_limit: 5,
-            lock_ttl_ms: 30_000,
+            lock_ttl_ms: 15_000,
             ingress_max_length: 100_000,
             outbox_batch_size: 256,
             outbox_lease_ms: 30_000,

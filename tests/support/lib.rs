@@ -174,26 +174,23 @@ impl TestEnv {
         Ok(response.json().await?)
     }
 
-    /// Closes every client connection of this vhost, as a broker restart would.
+    /// Closes every client connection of this vhost (`rabbitmqctl
+    /// close_all_connections -p`), as a broker restart would; returns how
+    /// many were open.
     pub async fn close_broker_connections(&self) -> anyhow::Result<usize> {
-        let connections = self.management(&format!("/vhosts/{}/connections", self.name)).await?;
-        let mut closed = 0;
-        for connection in connections.as_array().into_iter().flatten() {
-            if let Some(name) = connection.get("name").and_then(Value::as_str) {
-                let encoded: String = url_encode(name);
-                let response = self
-                    .http
-                    .delete(format!("{MANAGEMENT_API}/connections/{encoded}"))
-                    .basic_auth("guest", Some("guest"))
-                    .header("X-Reason", "test: broker connection dropped")
-                    .send()
-                    .await?;
-                if response.status().is_success() {
-                    closed += 1;
-                }
-            }
+        let listed = tokio::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "-q", "--no-table-headers", "vhost"])
+            .output()
+            .await?;
+        let open = String::from_utf8_lossy(&listed.stdout).lines().filter(|line| line.trim() == self.name).count();
+        let closed = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_all_connections", "-q", "-p", &self.name, "test: broker connection dropped"])
+            .output()
+            .await?;
+        if !closed.status.success() {
+            bail!("close_all_connections: {}", String::from_utf8_lossy(&closed.stderr));
         }
-        Ok(closed)
+        Ok(open)
     }
 
     /// Waits until the work and delay queues of both probe stages stay empty
@@ -371,15 +368,6 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         }
     }
     env
-}
-
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A row of the dead-letter store.

@@ -156,24 +156,6 @@ impl<H: Handler> StageProcessor<H> {
 
     async fn decide(&self, inbound: &Inbound) -> Disposition {
         let shared = &self.shared;
-        let _gate = if inbound.redelivered {
-            match count_delivery(&shared.pool, inbound).await {
-                Ok(redeliveries) => {
-                    let deliveries = redeliveries + 1;
-                    if deliveries > i64::from(shared.settings.crash_loop_limit) {
-                        return Disposition::DeadLetter(
-                            ErrorKind::CrashLoop,
-                            format!("delivered {deliveries} times without finishing; its handling keeps ending the process"),
-                        );
-                    }
-                }
-                Err(error) => return Disposition::Retry(format!("counting deliveries: {error}")),
-            }
-            Gate::Solo(self.solo.write().await)
-        } else {
-            Gate::Shared(self.solo.read().await)
-        };
-
         let message = match self.handler.decode(inbound) {
             Ok(message) => message,
             Err(reason) => return Disposition::DeadLetter(ErrorKind::Poison, reason),
@@ -186,9 +168,42 @@ impl<H: Handler> StageProcessor<H> {
             },
             None => None,
         };
+        // A suspect may be the message that ended a process: it is counted
+        // and handled alone, so a crash is charged to the message that caused
+        // it and to no other. The count is taken only when the handler is
+        // about to run, and forgotten as soon as a run ends without a crash.
+        let _gate = if inbound.suspect {
+            let gate = Gate::Solo(self.solo.write().await);
+            match count_delivery(&shared.pool, inbound).await {
+                Ok(counted) => {
+                    // The first delivery was not counted: it was not a suspect yet.
+                    let deliveries = counted + 1;
+                    if deliveries > i64::from(shared.settings.crash_loop_limit) {
+                        if let Some(lock) = lock {
+                            lock.release().await;
+                        }
+                        return Disposition::DeadLetter(
+                            ErrorKind::CrashLoop,
+                            format!("delivered {deliveries} times without finishing; its handling keeps ending the process"),
+                        );
+                    }
+                }
+                Err(error) => return Disposition::Retry(format!("counting deliveries: {error}")),
+            }
+            gate
+        } else {
+            Gate::Shared(self.solo.read().await)
+        };
         let processed = self.handler.process(shared, inbound, &message).await;
         if let Some(lock) = lock {
             lock.release().await;
+        }
+        let committed = matches!(processed, Ok(Processed::Committed { .. }));
+        if inbound.suspect && !committed {
+            // (a commit cleared it in its own transaction)
+            if let Err(error) = transaction::clear_delivery_count(&shared.pool, inbound).await {
+                tracing::warn!(%error, "cannot clear the delivery count");
+            }
         }
         match processed {
             Ok(Processed::Committed { outcome, emitted }) => {
@@ -228,6 +243,10 @@ impl<H: Handler> StageProcessor<H> {
                 let mut headers = inbound.headers.clone();
                 let waits = broker::header_i64(Some(&headers), header::LOCK_WAITS).unwrap_or(0) + 1;
                 broker::set_header(&mut headers, header::LOCK_WAITS, waits);
+                if inbound.suspect {
+                    // the delayed copy is a new delivery: keep it a suspect
+                    broker::set_header(&mut headers, header::SUSPECT, 1);
+                }
                 self.delay(delivery, inbound, 0, headers).await.map(|()| "lock_busy")
             }
             Disposition::Retry(reason) => {
@@ -237,7 +256,9 @@ impl<H: Handler> StageProcessor<H> {
                     self.dead_letter(delivery, inbound, ErrorKind::Exhausted, &reason, failures).await
                 } else {
                     tracing::info!(%reason, failures, "transient failure; retrying after a delay");
-                    let headers = dead_letter::failure_headers(inbound, failures, &reason);
+                    let mut headers = dead_letter::failure_headers(inbound, failures, &reason);
+                    // this run ended without a crash: the copy is no suspect
+                    headers = without(headers, header::SUSPECT);
                     let level = shared.topology.retry_level(failures);
                     self.delay(delivery, inbound, level, headers).await.map(|()| "retried")
                 }
@@ -292,12 +313,8 @@ impl<H: Handler> StageProcessor<H> {
     ) -> Result<&'static str, broker::PublishError> {
         let exchange = &self.shared.topology.exchanges().dead_letters;
         dead_letter::publish(&self.shared.publisher, exchange, inbound, &delivery.properties, kind, reason, attempts).await?;
-        if inbound.redelivered {
-            let _ = sqlx::query("DELETE FROM delivery_counts WHERE stage = $1 AND message_id = $2")
-                .bind(&inbound.stage)
-                .bind(&inbound.message_id)
-                .execute(&self.shared.pool)
-                .await;
+        if inbound.suspect {
+            let _ = transaction::clear_delivery_count(&self.shared.pool, inbound).await;
         }
         Ok("dead_lettered")
     }
@@ -330,6 +347,12 @@ impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
         .instrument(span)
         .await
     }
+}
+
+fn without(headers: lapin::types::FieldTable, key: &str) -> lapin::types::FieldTable {
+    let mut map = headers.inner().clone();
+    map.remove(key);
+    map.into()
 }
 
 async fn ack(delivery: &Delivery) {
@@ -369,6 +392,7 @@ pub fn inbound(stage: &str, delivery: &Delivery) -> Inbound {
         message_type: props.kind().as_ref().map(|t| t.as_str().to_owned()),
         attempt: broker::header_i64(Some(&headers), header::ATTEMPT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         redelivered: delivery.redelivered,
+        suspect: delivery.redelivered || headers.contains_key(header::SUSPECT),
         routing_key: delivery.routing_key.as_str().to_owned(),
         headers,
         body: delivery.data.clone(),

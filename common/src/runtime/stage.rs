@@ -24,6 +24,9 @@ pub struct Inbound {
     pub attempt: u32,
     /// Whether the broker flagged this as a redelivery.
     pub redelivered: bool,
+    /// Whether this message may have ended a process: a redelivery, or a copy
+    /// of one sent round a delay level. Suspects are counted and handled alone.
+    pub suspect: bool,
     pub routing_key: String,
     pub headers: FieldTable,
     pub body: Vec<u8>,

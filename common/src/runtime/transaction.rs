@@ -137,8 +137,8 @@ pub async fn complete(
     // A stale duplicate emits nothing, whatever the handler buffered.
     let emitted = if inbox_outcome == "stale" { Vec::new() } else { std::mem::take(&mut cx.emitted) };
     outbox::insert(&mut cx.tx, &emitted).await?;
-    if inbound.redelivered {
-        clear_delivery_count(&mut cx.tx, inbound).await?;
+    if inbound.suspect {
+        clear_delivery_count(&mut *cx.tx, inbound).await?;
     }
     cx.tx.commit().await?;
     Ok(emitted.len())
@@ -152,7 +152,8 @@ pub async fn commit_plain(mut cx: StageTx) -> Result<usize, StageError> {
     Ok(emitted.len())
 }
 
-async fn clear_delivery_count(conn: &mut PgConnection, inbound: &Inbound) -> Result<(), sqlx::Error> {
+/// Forgets a suspect's delivery count once a delivery finished without a crash.
+pub async fn clear_delivery_count(conn: impl sqlx::PgExecutor<'_>, inbound: &Inbound) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM delivery_counts WHERE stage = $1 AND message_id = $2")
         .bind(&inbound.stage)
         .bind(&inbound.message_id)
