@@ -12,10 +12,15 @@ const WORKER: &str = env!("CARGO_BIN_EXE_probe-worker");
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn receipted(env: &TestEnv) -> anyhow::Result<i64> {
-    env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await
+    env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+        .await
 }
 
-async fn publish_transfers(env: &TestEnv, count: usize, behaviour: Behaviour) -> anyhow::Result<()> {
+async fn publish_transfers(
+    env: &TestEnv,
+    count: usize,
+    behaviour: Behaviour,
+) -> anyhow::Result<()> {
     for i in 0..count {
         let mut t = transfer("acct", "1.00");
         t.behaviour = behaviour.clone();
@@ -27,7 +32,10 @@ async fn publish_transfers(env: &TestEnv, count: usize, behaviour: Behaviour) ->
 /// Waits for a worker that is expected to abort itself.
 async fn expect_abort(mut worker: Worker) -> anyhow::Result<()> {
     let status = worker.wait_exit(WAIT).await?;
-    assert!(!status.success(), "the worker was expected to abort, it exited with {status}");
+    assert!(
+        !status.success(),
+        "the worker was expected to abort, it exited with {status}"
+    );
     Ok(())
 }
 
@@ -47,10 +55,14 @@ async fn a_message_that_kills_the_process_is_dead_lettered_as_crash_loop() -> an
     env.add_account("acct").await?;
     publish_transfers(&env, 5, Behaviour::default()).await?;
     let mut killer = transfer("acct", "9.99");
-    killer.behaviour = Behaviour { abort: true, ..Behaviour::default() };
+    killer.behaviour = Behaviour {
+        abort: true,
+        ..Behaviour::default()
+    };
     env.publish_transfer(&killer, "killer").await?;
     for i in 0..5 {
-        env.publish_transfer(&transfer("acct", "1.00"), &format!("after-{i}")).await?;
+        env.publish_transfer(&transfer("acct", "1.00"), &format!("after-{i}"))
+            .await?;
     }
 
     // A supervisor: restart the worker whenever it dies, as systemd or Kubernetes would.
@@ -58,7 +70,9 @@ async fn a_message_that_kills_the_process_is_dead_lettered_as_crash_loop() -> an
     let mut restarts = 0;
     let mut worker = env.spawn_worker(WORKER, &[])?;
     loop {
-        let dead_lettered = env.scalar_i64("SELECT count(*) FROM dead_letters WHERE error_kind = 'crash-loop'").await?;
+        let dead_lettered = env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE error_kind = 'crash-loop'")
+            .await?;
         if dead_lettered == 1 && receipted(&env).await? == 10 {
             break;
         }
@@ -80,13 +94,26 @@ async fn a_message_that_kills_the_process_is_dead_lettered_as_crash_loop() -> an
     assert_eq!(letters[0].message_id, "killer");
     assert_eq!(letters[0].error_kind, "crash-loop");
     assert_eq!(letters[0].body, serde_json::to_vec(&killer)?);
-    let handled: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_attempts WHERE transfer_id = $1")
-        .bind(killer.transfer_id)
-        .fetch_one(&env.pool)
-        .await?;
-    assert_eq!(handled, 3, "handled on each of its 3 deliveries, then dead-lettered unhandled");
-    assert_eq!(env.assert_quiet_invariants().await?, 10, "the other messages flowed");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM delivery_counts").await?, 0, "counts cleared");
+    let handled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM probe_attempts WHERE transfer_id = $1")
+            .bind(killer.transfer_id)
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!(
+        handled, 3,
+        "handled on each of its 3 deliveries, then dead-lettered unhandled"
+    );
+    assert_eq!(
+        env.assert_quiet_invariants().await?,
+        10,
+        "the other messages flowed"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM delivery_counts")
+            .await?,
+        0,
+        "counts cleared"
+    );
     env.teardown().await
 }
 
@@ -98,7 +125,10 @@ async fn killed_after_commit_before_ack_nothing_is_lost_or_doubled() -> anyhow::
     let fault = format!("{}@5", fault::AFTER_COMMIT_BEFORE_ACK);
     expect_abort(env.spawn_worker(WORKER, &[("PAYFLEET_FAULT", &fault)])?).await?;
     let committed = env.scalar_i64("SELECT count(*) FROM inbox").await?;
-    assert!(committed >= 5, "the fifth commit happened before the kill ({committed} in the inbox)");
+    assert!(
+        committed >= 5,
+        "the fifth commit happened before the kill ({committed} in the inbox)"
+    );
 
     finish_with_fresh_worker(&env, "all 30 transfers after the restart", 30).await?;
     assert_eq!(env.assert_quiet_invariants().await?, 30);
@@ -107,24 +137,41 @@ async fn killed_after_commit_before_ack_nothing_is_lost_or_doubled() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_publish_and_marking_sent_the_republish_is_recognised() -> anyhow::Result<()> {
+async fn killed_between_publish_and_marking_sent_the_republish_is_recognised() -> anyhow::Result<()>
+{
     let env = TestEnv::with("killrelay", |s| {
         s.outbox_lease_ms = 1_000;
         // small relay passes, so that the third one surely has rows in it
         s.outbox_batch_size = 2;
-    }).await?;
+    })
+    .await?;
     env.add_account("acct").await?;
     publish_transfers(&env, 30, Behaviour::default()).await?;
     let fault = format!("{}@3", fault::AFTER_PUBLISH_BEFORE_MARK_SENT);
     expect_abort(env.spawn_worker(WORKER, &[("PAYFLEET_FAULT", &fault)])?).await?;
-    let unmarked = env.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND publish_attempts = 1").await?;
-    assert!(unmarked >= 1, "the crashed pass left published rows unmarked");
+    let unmarked = env
+        .scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND publish_attempts = 1")
+        .await?;
+    assert!(
+        unmarked >= 1,
+        "the crashed pass left published rows unmarked"
+    );
 
     finish_with_fresh_worker(&env, "all 30 transfers after the restart", 30).await?;
-    let republished = env.scalar_i64("SELECT count(*) FROM outbox WHERE publish_attempts >= 2").await?;
+    let republished = env
+        .scalar_i64("SELECT count(*) FROM outbox WHERE publish_attempts >= 2")
+        .await?;
     assert!(republished >= 1, "the unmarked rows were published again");
-    assert_eq!(env.assert_quiet_invariants().await?, 30, "the republished receipts applied once");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-receipt'").await?, 30);
+    assert_eq!(
+        env.assert_quiet_invariants().await?,
+        30,
+        "the republished receipts applied once"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-receipt'")
+            .await?,
+        30
+    );
     env.teardown().await
 }
 
@@ -132,9 +179,20 @@ async fn killed_between_publish_and_marking_sent_the_republish_is_recognised() -
 async fn sigkill_mid_stream_then_restart_finishes_everything() -> anyhow::Result<()> {
     let env = TestEnv::new("sigkill").await?;
     env.add_account("acct").await?;
-    publish_transfers(&env, 200, Behaviour { slow_ms: 10, ..Behaviour::default() }).await?;
+    publish_transfers(
+        &env,
+        200,
+        Behaviour {
+            slow_ms: 10,
+            ..Behaviour::default()
+        },
+    )
+    .await?;
     let worker = env.spawn_worker(WORKER, &[])?;
-    wait_until(WAIT, "some progress before the kill", || async { Ok(receipted(&env).await? >= 40) }).await?;
+    wait_until(WAIT, "some progress before the kill", || async {
+        Ok(receipted(&env).await? >= 40)
+    })
+    .await?;
     worker.kill().await;
     let at_kill = receipted(&env).await?;
     assert!(at_kill < 200, "killed mid-stream");
@@ -148,9 +206,20 @@ async fn sigkill_mid_stream_then_restart_finishes_everything() -> anyhow::Result
 async fn sigterm_mid_stream_exits_within_the_bound_and_loses_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new("sigterm").await?;
     env.add_account("acct").await?;
-    publish_transfers(&env, 200, Behaviour { slow_ms: 10, ..Behaviour::default() }).await?;
+    publish_transfers(
+        &env,
+        200,
+        Behaviour {
+            slow_ms: 10,
+            ..Behaviour::default()
+        },
+    )
+    .await?;
     let mut worker = env.spawn_worker(WORKER, &[])?;
-    wait_until(WAIT, "some progress before SIGTERM", || async { Ok(receipted(&env).await? >= 40) }).await?;
+    wait_until(WAIT, "some progress before SIGTERM", || async {
+        Ok(receipted(&env).await? >= 40)
+    })
+    .await?;
     let asked = Instant::now();
     worker.terminate()?;
     // shutdown_timeout (5 s) for in-flight work plus the outbox flush bound (5 s)
@@ -161,7 +230,9 @@ async fn sigterm_mid_stream_exits_within_the_bound_and_loses_nothing() -> anyhow
     let stopped_at = receipted(&env).await?;
     assert!(stopped_at < 200, "stopped mid-stream");
     // A graceful stop leaves nothing half-done: every applied transfer was handed on.
-    let unsent = env.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await?;
+    let unsent = env
+        .scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .await?;
     assert_eq!(unsent, 0, "the outbox was flushed before exit");
 
     finish_with_fresh_worker(&env, "all 200 transfers after the restart", 200).await?;
@@ -174,20 +245,32 @@ async fn the_keeper_killed_between_commit_and_ack_stores_one_row() -> anyhow::Re
     let env = TestEnv::new("keeper").await?;
     env.add_account("acct").await?;
     let poison = b"\xff\xfe not a transfer".to_vec();
-    env.publish_to_stage(TRANSFER_STAGE, "poison", &poison).await?;
+    env.publish_to_stage(TRANSFER_STAGE, "poison", &poison)
+        .await?;
     let fault = format!("{}@1", fault::KEEPER_AFTER_COMMIT);
     expect_abort(env.spawn_worker(WORKER, &[("PAYFLEET_FAULT", &fault)])?).await?;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await?, 1, "committed before the kill");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters").await?,
+        1,
+        "committed before the kill"
+    );
     let dlq = Topology::dead_letter_queue(TRANSFER_STAGE);
 
     let mut worker = env.spawn_worker(WORKER, &[])?;
-    wait_until(WAIT, "the DLQ drained after the restart", || async { Ok(env.queue_depth(&dlq).await? == 0) }).await?;
+    wait_until(WAIT, "the DLQ drained after the restart", || async {
+        Ok(env.queue_depth(&dlq).await? == 0)
+    })
+    .await?;
     env.wait_drained(WAIT).await?;
     worker.terminate()?;
     assert!(worker.wait_exit(Duration::from_secs(15)).await?.success());
 
     let letters = env.dead_letters().await?;
-    assert_eq!(letters.len(), 1, "the redelivered dead letter was recognised");
+    assert_eq!(
+        letters.len(),
+        1,
+        "the redelivered dead letter was recognised"
+    );
     assert_eq!(letters[0].body, poison, "bytes intact");
     assert_eq!(letters[0].error_kind, "poison");
     assert_eq!(letters[0].headers["x-payfleet-stage"], TRANSFER_STAGE);

@@ -16,16 +16,22 @@ async fn a_transfer_flows_through_both_stages() -> anyhow::Result<()> {
     env.add_account("alice").await?;
     let fleet = env.start_fleet().await?;
     for i in 0..20 {
-        env.publish_transfer(&transfer("alice", "1.25"), &format!("m-{i}")).await?;
+        env.publish_transfer(&transfer("alice", "1.25"), &format!("m-{i}"))
+            .await?;
     }
     wait_until(WAIT, "20 receipted transfers", || async {
-        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 20)
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 20)
     })
     .await?;
     fleet.stop().await;
     assert_eq!(env.assert_quiet_invariants().await?, 20);
     let balance: rust_decimal::Decimal =
-        sqlx::query_scalar("SELECT balance FROM probe_accounts WHERE account = 'alice'").fetch_one(&env.pool).await?;
+        sqlx::query_scalar("SELECT balance FROM probe_accounts WHERE account = 'alice'")
+            .fetch_one(&env.pool)
+            .await?;
     assert_eq!(balance, "25.00".parse()?);
     env.teardown().await
 }
@@ -41,8 +47,16 @@ async fn the_same_message_delivered_twice_applies_once() -> anyhow::Result<()> {
     env.wait_drained(WAIT).await?;
     fleet.stop().await;
     assert_eq!(env.assert_quiet_invariants().await?, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-transfer'").await?, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-receipt'").await?, 1);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-transfer'")
+            .await?,
+        1
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'probe-receipt'")
+            .await?,
+        1
+    );
     env.teardown().await
 }
 
@@ -64,8 +78,16 @@ async fn a_hundred_concurrent_duplicates_on_two_consumers_apply_once() -> anyhow
     second.stop().await;
 
     assert_eq!(env.assert_quiet_invariants().await?, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM probe_postings").await?, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await?, 1, "one hand-off emitted");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM probe_postings")
+            .await?,
+        1
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM outbox").await?,
+        1,
+        "one hand-off emitted"
+    );
     // Downstream applied the one message, under the id the outbox row kept.
     let (receipt_id, outbox_id): (String, String) = sqlx::query_as(
         "SELECT (SELECT message_id FROM probe_receipts), (SELECT message_id FROM outbox)",
@@ -83,20 +105,37 @@ async fn a_transient_failure_is_retried_through_increasing_delays() -> anyhow::R
     env.add_account("dan").await?;
     let fleet = env.start_fleet().await?;
     let mut t = transfer("dan", "7.00");
-    t.behaviour = Behaviour { fail_transient_until_attempt: 3, ..Behaviour::default() };
+    t.behaviour = Behaviour {
+        fail_transient_until_attempt: 3,
+        ..Behaviour::default()
+    };
     env.publish_transfer(&t, "flaky").await?;
     env.wait_drained(WAIT).await?;
     fleet.stop().await;
 
     let attempts: Vec<(i32, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT attempt, at FROM probe_attempts ORDER BY id").fetch_all(&env.pool).await?;
-    assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-    let gaps: Vec<i64> = attempts.windows(2).map(|w| (w[1].1 - w[0].1).num_milliseconds()).collect();
+        sqlx::query_as("SELECT attempt, at FROM probe_attempts ORDER BY id")
+            .fetch_all(&env.pool)
+            .await?;
+    assert_eq!(
+        attempts.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let gaps: Vec<i64> = attempts
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).num_milliseconds())
+        .collect();
     // delay levels 200, 400, 800 ms
     for (gap, level) in gaps.iter().zip([200, 400, 800]) {
-        assert!(*gap >= level, "gap {gap} ms shorter than its delay level {level} ms ({gaps:?})");
+        assert!(
+            *gap >= level,
+            "gap {gap} ms shorter than its delay level {level} ms ({gaps:?})"
+        );
     }
-    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "delays grow: {gaps:?}");
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "delays grow: {gaps:?}"
+    );
     assert_eq!(env.assert_quiet_invariants().await?, 1);
     assert!(env.dead_letters().await?.is_empty());
     env.teardown().await
@@ -108,13 +147,21 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_story() -> anyho
     env.add_account("erin").await?;
     let fleet = env.start_fleet().await?;
     let mut failing = transfer("erin", "1.00");
-    failing.behaviour = Behaviour { fail_always: true, ..Behaviour::default() };
+    failing.behaviour = Behaviour {
+        fail_always: true,
+        ..Behaviour::default()
+    };
     let failing_body = serde_json::to_vec(&failing)?;
-    env.publish_to_stage(TRANSFER_STAGE, "always-fails", &failing_body).await?;
+    env.publish_to_stage(TRANSFER_STAGE, "always-fails", &failing_body)
+        .await?;
     let mut refused = transfer("erin", "2.00");
-    refused.behaviour = Behaviour { fail_permanent: true, ..Behaviour::default() };
+    refused.behaviour = Behaviour {
+        fail_permanent: true,
+        ..Behaviour::default()
+    };
     let refused_body = serde_json::to_vec(&refused)?;
-    env.publish_to_stage(TRANSFER_STAGE, "refused", &refused_body).await?;
+    env.publish_to_stage(TRANSFER_STAGE, "refused", &refused_body)
+        .await?;
     wait_until(WAIT, "two dead letters in the store", || async {
         Ok(env.scalar_i64("SELECT count(*) FROM dead_letters").await? == 2)
     })
@@ -123,30 +170,58 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_story() -> anyho
     fleet.stop().await;
 
     let letters = env.dead_letters().await?;
-    let exhausted = letters.iter().find(|l| l.message_id == "always-fails").expect("exhausted letter");
+    let exhausted = letters
+        .iter()
+        .find(|l| l.message_id == "always-fails")
+        .expect("exhausted letter");
     assert_eq!(exhausted.stage, TRANSFER_STAGE);
     assert_eq!(exhausted.error_kind, "exhausted");
     assert_eq!(exhausted.attempts, 4, "max_attempts handling attempts");
-    assert!(exhausted.error_message.contains("ledger unavailable"), "{}", exhausted.error_message);
+    assert!(
+        exhausted.error_message.contains("ledger unavailable"),
+        "{}",
+        exhausted.error_message
+    );
     assert_eq!(exhausted.body, failing_body, "body kept byte for byte");
     assert!(exhausted.first_failed_at < exhausted.last_failed_at);
-    for key in [header::STAGE, header::ERROR_KIND, header::ERROR_MESSAGE, header::ATTEMPTS, header::FIRST_FAILURE_AT, header::LAST_FAILURE_AT] {
-        assert!(exhausted.headers.get(key).is_some(), "dead letter header {key} missing: {}", exhausted.headers);
+    for key in [
+        header::STAGE,
+        header::ERROR_KIND,
+        header::ERROR_MESSAGE,
+        header::ATTEMPTS,
+        header::FIRST_FAILURE_AT,
+        header::LAST_FAILURE_AT,
+    ] {
+        assert!(
+            exhausted.headers.get(key).is_some(),
+            "dead letter header {key} missing: {}",
+            exhausted.headers
+        );
     }
     assert_eq!(exhausted.headers[header::ERROR_KIND], "exhausted");
     assert_eq!(exhausted.status, "parked");
 
-    let permanent = letters.iter().find(|l| l.message_id == "refused").expect("permanent letter");
+    let permanent = letters
+        .iter()
+        .find(|l| l.message_id == "refused")
+        .expect("permanent letter");
     assert_eq!(permanent.error_kind, "permanent");
     assert_eq!(permanent.attempts, 1, "a permanent failure is not retried");
     assert_eq!(permanent.body, refused_body);
 
     let tried: Vec<(uuid::Uuid, i64)> =
-        sqlx::query_as("SELECT transfer_id, count(*) FROM probe_attempts GROUP BY transfer_id").fetch_all(&env.pool).await?;
+        sqlx::query_as("SELECT transfer_id, count(*) FROM probe_attempts GROUP BY transfer_id")
+            .fetch_all(&env.pool)
+            .await?;
     assert!(tried.contains(&(failing.transfer_id, 4)), "{tried:?}");
     assert!(tried.contains(&(refused.transfer_id, 1)), "{tried:?}");
     assert_eq!(env.assert_quiet_invariants().await?, 0, "nothing applied");
-    assert_eq!(env.queue_depth(&Topology::dead_letter_queue(TRANSFER_STAGE)).await?, 0, "the keeper drained the DLQ");
+    assert_eq!(
+        env.queue_depth(&Topology::dead_letter_queue(TRANSFER_STAGE))
+            .await?,
+        0,
+        "the keeper drained the DLQ"
+    );
     env.teardown().await
 }
 
@@ -156,24 +231,50 @@ async fn lock_contention_alone_never_dead_letters() -> anyhow::Result<()> {
     let env = TestEnv::with("lock", |s| s.max_attempts = 2).await?;
     env.add_account("fay").await?;
     let t = transfer("fay", "4.00");
-    let locks = payfleet_common::lock::Locks::new(&env.settings.redis_url, &env.settings.redis_key_prefix, env.settings.lock_ttl())?;
+    let locks = payfleet_common::lock::Locks::new(
+        &env.settings.redis_url,
+        &env.settings.redis_key_prefix,
+        env.settings.lock_ttl(),
+    )?;
     let key = locks.key(TRANSFER_STAGE, &t.transfer_id.to_string());
     let client = redis::Client::open(env.settings.redis_url.as_str())?;
     let mut redis = client.get_multiplexed_async_connection().await?;
-    let _: () = redis::cmd("SET").arg(&key).arg("another-worker").arg("PX").arg(2_500).query_async(&mut redis).await?;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("another-worker")
+        .arg("PX")
+        .arg(2_500)
+        .query_async(&mut redis)
+        .await?;
 
     let fleet = env.start_fleet().await?;
     env.publish_transfer(&t, "contended").await?;
-    wait_until(WAIT, "the transfer applied once the lock expired", || async {
-        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 1)
-    })
+    wait_until(
+        WAIT,
+        "the transfer applied once the lock expired",
+        || async {
+            Ok(env
+                .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+                .await?
+                == 1)
+        },
+    )
     .await?;
     env.wait_drained(WAIT).await?;
     fleet.stop().await;
 
-    assert!(env.dead_letters().await?.is_empty(), "lock waits do not use the retry budget");
-    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempt FROM probe_attempts").fetch_all(&env.pool).await?;
-    assert_eq!(attempts, vec![0], "the handler ran once, on its first attempt");
+    assert!(
+        env.dead_letters().await?.is_empty(),
+        "lock waits do not use the retry budget"
+    );
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempt FROM probe_attempts")
+        .fetch_all(&env.pool)
+        .await?;
+    assert_eq!(
+        attempts,
+        vec![0],
+        "the handler ran once, on its first attempt"
+    );
     assert_eq!(env.assert_quiet_invariants().await?, 1);
     env.teardown().await
 }
@@ -187,13 +288,18 @@ async fn an_undecodable_body_is_dead_lettered_at_once_and_the_rest_flow() -> any
     .await?;
     env.add_account("gus").await?;
     let poison = b"{\"transfer_id\": not json".to_vec();
-    env.publish_to_stage(TRANSFER_STAGE, "poison-1", &poison).await?;
+    env.publish_to_stage(TRANSFER_STAGE, "poison-1", &poison)
+        .await?;
     for i in 0..10 {
-        env.publish_transfer(&transfer("gus", "0.10"), &format!("after-{i}")).await?;
+        env.publish_transfer(&transfer("gus", "0.10"), &format!("after-{i}"))
+            .await?;
     }
     let fleet = env.start_fleet().await?;
     wait_until(WAIT, "10 transfers behind the poison message", || async {
-        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 10)
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 10)
     })
     .await?;
     wait_until(WAIT, "the poison message in the store", || async {
@@ -208,7 +314,11 @@ async fn an_undecodable_body_is_dead_lettered_at_once_and_the_rest_flow() -> any
     assert_eq!(letters[0].error_kind, "poison");
     assert_eq!(letters[0].attempts, 1);
     assert_eq!(letters[0].body, poison);
-    assert!(letters[0].error_message.contains("undecodable"), "{}", letters[0].error_message);
+    assert!(
+        letters[0].error_message.contains("undecodable"),
+        "{}",
+        letters[0].error_message
+    );
     assert_eq!(env.assert_quiet_invariants().await?, 10);
     env.teardown().await
 }
@@ -222,11 +332,17 @@ async fn an_unroutable_outbox_message_waits_for_its_binding() -> anyhow::Result<
     let connection = env.amqp().await?;
     let channel = connection.create_channel().await?;
     channel
-        .queue_unbind(receipt_queue.as_str().into(), stages_exchange.as_str().into(), RECEIPT_STAGE.into(), FieldTable::default())
+        .queue_unbind(
+            receipt_queue.as_str().into(),
+            stages_exchange.as_str().into(),
+            RECEIPT_STAGE.into(),
+            FieldTable::default(),
+        )
         .await?;
 
     let fleet = env.start_fleet().await?;
-    env.publish_transfer(&transfer("hal", "5.00"), "orphan").await?;
+    env.publish_transfer(&transfer("hal", "5.00"), "orphan")
+        .await?;
     wait_until(WAIT, "the relay to see the message returned", || async {
         Ok(env
             .scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND publish_attempts >= 2 AND last_error LIKE '%returned%'")
@@ -234,8 +350,17 @@ async fn an_unroutable_outbox_message_waits_for_its_binding() -> anyhow::Result<
             == 1)
     })
     .await?;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'applied'").await?, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM probe_receipts").await?, 0, "nothing reached the next stage");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'applied'")
+            .await?,
+        1
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM probe_receipts")
+            .await?,
+        0,
+        "nothing reached the next stage"
+    );
 
     channel
         .queue_bind(
@@ -247,13 +372,20 @@ async fn an_unroutable_outbox_message_waits_for_its_binding() -> anyhow::Result<
         )
         .await?;
     wait_until(WAIT, "the receipt once the binding is back", || async {
-        Ok(env.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await? == 1)
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 1)
     })
     .await?;
     env.wait_drained(WAIT).await?;
     fleet.stop().await;
     let _ = connection.close(200, "done".into()).await;
     assert_eq!(env.assert_quiet_invariants().await?, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await?, 1, "the same row was delivered, not a copy");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM outbox").await?,
+        1,
+        "the same row was delivered, not a copy"
+    );
     env.teardown().await
 }

@@ -10,18 +10,31 @@ use serde_json::Value;
 /// The `payfleet` binary built beside this test (`cargo nextest run --workspace` builds it).
 fn payfleet() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|deps| deps.parent()).context("test binary has no target dir")?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test binary has no target dir")?;
     let bin = dir.join("payfleet");
     if !bin.exists() {
-        bail!("{} is not built: run the tests with `cargo nextest run --workspace`", bin.display());
+        bail!(
+            "{} is not built: run the tests with `cargo nextest run --workspace`",
+            bin.display()
+        );
     }
     Ok(bin)
 }
 
 fn run(env_vars: &[(String, String)], args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(payfleet()?).args(args).envs(env_vars.iter().cloned()).env("RUST_LOG", "warn").output()?;
+    let output = Command::new(payfleet()?)
+        .args(args)
+        .envs(env_vars.iter().cloned())
+        .env("RUST_LOG", "warn")
+        .output()?;
     if !output.status.success() {
-        bail!("payfleet {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "payfleet {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8(output.stdout)?)
 }
@@ -44,20 +57,35 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
     let vhost = format!("{}_cli", env.name);
     let http = reqwest::Client::new();
     let api = payfleet_tests::MANAGEMENT_API;
-    http.put(format!("{api}/vhosts/{vhost}")).basic_auth("guest", Some("guest")).json(&serde_json::json!({})).send().await?.error_for_status()?;
+    http.put(format!("{api}/vhosts/{vhost}"))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .error_for_status()?;
     http.put(format!("{api}/permissions/{vhost}/guest"))
         .basic_auth("guest", Some("guest"))
         .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
         .send()
         .await?
         .error_for_status()?;
-    let vars = vec![("PAYFLEET_AMQP_URL".to_owned(), format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"))];
+    let vars = vec![(
+        "PAYFLEET_AMQP_URL".to_owned(),
+        format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+    )];
 
     let first = run(&vars, &["topology", "apply"])?;
     // 6 exchanges; 6 stages x (work + 5 delay levels + DLQ) + ingress + unrouted events
     assert!(first.contains("50 created, 0 already present"), "{first}");
-    for queue in ["payfleet.ingress", "payfleet.settlement.retry.4", "payfleet.notification.dlq"] {
-        assert!(first.contains(&format!("created queue {queue}\n")), "{queue} missing from:\n{first}");
+    for queue in [
+        "payfleet.ingress",
+        "payfleet.settlement.retry.4",
+        "payfleet.notification.dlq",
+    ] {
+        assert!(
+            first.contains(&format!("created queue {queue}\n")),
+            "{queue} missing from:\n{first}"
+        );
     }
     let listing = |vhost: String| {
         let http = http.clone();
@@ -78,7 +106,11 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
 
     let second = run(&vars, &["topology", "apply"])?;
     assert!(second.contains("0 created, 50 already present"), "{second}");
-    assert_eq!(queue_names(&listing(vhost.clone()).await?), queues_after_first, "a second apply changes nothing");
+    assert_eq!(
+        queue_names(&listing(vhost.clone()).await?),
+        queues_after_first,
+        "a second apply changes nothing"
+    );
     let ingress: Value = http
         .get(format!("{api}/queues/{vhost}/payfleet.ingress"))
         .basic_auth("guest", Some("guest"))
@@ -92,9 +124,26 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
     // Export for another vhost and import it with rabbitmqctl.
     let imported = format!("{}_import", env.name);
     let file = std::env::temp_dir().join(format!("{imported}.json"));
-    run(&[], &["topology", "export", "--vhost", &imported, "--output", file.to_str().unwrap()])?;
-    let status = Command::new("rabbitmqctl").arg("import_definitions").arg(&file).output()?;
-    assert!(status.status.success(), "import_definitions: {}", String::from_utf8_lossy(&status.stderr));
+    run(
+        &[],
+        &[
+            "topology",
+            "export",
+            "--vhost",
+            &imported,
+            "--output",
+            file.to_str().unwrap(),
+        ],
+    )?;
+    let status = Command::new("rabbitmqctl")
+        .arg("import_definitions")
+        .arg(&file)
+        .output()?;
+    assert!(
+        status.status.success(),
+        "import_definitions: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let mut imported_queues = Vec::new();
     for _ in 0..50 {
         if let Ok(value) = listing(imported.clone()).await {
@@ -105,10 +154,16 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert_eq!(imported_queues, queues_after_first, "the export declares the same queues");
+    assert_eq!(
+        imported_queues, queues_after_first,
+        "the export declares the same queues"
+    );
     let _ = std::fs::remove_file(&file);
     for v in [&vhost, &imported] {
-        http.delete(format!("{api}/vhosts/{v}")).basic_auth("guest", Some("guest")).send().await?;
+        http.delete(format!("{api}/vhosts/{v}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await?;
     }
     env.teardown().await
 }
@@ -117,37 +172,67 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
 async fn migrate_creates_the_database_and_is_then_a_no_op() -> anyhow::Result<()> {
     let env = TestEnv::new("migrate").await?;
     let database = format!("{}_cli", env.name);
-    let vars = vec![("PAYFLEET_DATABASE_URL".to_owned(), format!("postgres://postgres@127.0.0.1:5432/{database}"))];
+    let vars = vec![(
+        "PAYFLEET_DATABASE_URL".to_owned(),
+        format!("postgres://postgres@127.0.0.1:5432/{database}"),
+    )];
     let first = run(&vars, &["migrate"])?;
-    assert!(first.contains(&format!("created database {database}")), "{first}");
+    assert!(
+        first.contains(&format!("created database {database}")),
+        "{first}"
+    );
     assert!(first.contains("applied migration"), "{first}");
     let second = run(&vars, &["migrate"])?;
     assert_eq!(second.trim(), format!("database {database} is up to date"));
 
-    let pool = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{database}")).await?;
+    let pool =
+        sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{database}")).await?;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
     )
     .fetch_all(&pool)
     .await?;
-    for table in ["dead_letters", "delivery_counts", "inbox", "outbox", "replay_audit"] {
-        assert!(tables.iter().any(|t| t == table), "table {table} missing: {tables:?}");
+    for table in [
+        "dead_letters",
+        "delivery_counts",
+        "inbox",
+        "outbox",
+        "replay_audit",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == table),
+            "table {table} missing: {tables:?}"
+        );
     }
     pool.close().await;
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
-    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)")).execute(&mut admin).await?;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+    .await?;
+    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
     env.teardown().await
 }
 
 #[test]
 fn a_bad_setting_fails_with_its_name_and_a_bad_argument_exits_non_zero() -> anyhow::Result<()> {
-    let output = Command::new(payfleet()?).arg("migrate").env("PAYFLEET_PREFETCH", "lots").output()?;
+    let output = Command::new(payfleet()?)
+        .arg("migrate")
+        .env("PAYFLEET_PREFETCH", "lots")
+        .output()?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("prefetch") && stderr.contains("PAYFLEET_PREFETCH"), "{stderr}");
+    assert!(
+        stderr.contains("prefetch") && stderr.contains("PAYFLEET_PREFETCH"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 
-    let output = Command::new(payfleet()?).arg("topology").arg("destroy").output()?;
+    let output = Command::new(payfleet()?)
+        .arg("topology")
+        .arg("destroy")
+        .output()?;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unrecognized subcommand"));
     Ok(())

@@ -7,9 +7,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    Confirmation,
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use serde_json::{Value, json};
@@ -44,15 +43,22 @@ pub mod header {
 pub enum PublishError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
-    #[error("returned unroutable by the broker ({code} {text}): exchange `{exchange}`, routing key `{routing_key}`")]
+    #[error(
+        "returned unroutable by the broker ({code} {text}): exchange `{exchange}`, routing key `{routing_key}`"
+    )]
     Returned {
         code: u16,
         text: String,
         exchange: String,
         routing_key: String,
     },
-    #[error("negatively confirmed by the broker: exchange `{exchange}`, routing key `{routing_key}`")]
-    Nacked { exchange: String, routing_key: String },
+    #[error(
+        "negatively confirmed by the broker: exchange `{exchange}`, routing key `{routing_key}`"
+    )]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -67,7 +73,11 @@ pub fn reconnect_backoff() -> ExponentialBuilder {
 }
 
 /// Connects, retrying with backoff until it succeeds or `cancel` fires.
-pub async fn connect(url: &str, name: &str, cancel: &CancellationToken) -> Result<Connection, PublishError> {
+pub async fn connect(
+    url: &str,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<Connection, PublishError> {
     let attempt = || async {
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         Connection::connect(url, props).await
@@ -116,7 +126,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("name", &self.name).finish()
+        f.debug_struct("Publisher")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -143,7 +155,9 @@ impl Publisher {
         }
         let connection = connect(&self.url, &self.name, &self.cancel).await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         *state = Some((connection, channel.clone()));
         Ok(channel)
     }
@@ -156,7 +170,10 @@ impl Publisher {
             .basic_publish(
                 message.exchange.as_str().into(),
                 message.routing_key.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &message.body,
                 message.properties.clone(),
             )
@@ -198,12 +215,14 @@ impl Publisher {
 pub async fn confirmed(confirm: PublisherConfirm, message: &Outgoing) -> Result<(), PublishError> {
     match confirm.await? {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(PublishError::Returned {
-            code: returned.reply_code,
-            text: returned.reply_text.to_string(),
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-        }),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(PublishError::Returned {
+                code: returned.reply_code,
+                text: returned.reply_text.to_string(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            })
+        }
         Confirmation::Nack(None) => Err(PublishError::Nacked {
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
@@ -212,7 +231,11 @@ pub async fn confirmed(confirm: PublisherConfirm, message: &Outgoing) -> Result<
 }
 
 /// Persistent JSON message properties with the ids every message carries.
-pub fn properties(message_id: &str, correlation_id: Option<&str>, message_type: Option<&str>) -> BasicProperties {
+pub fn properties(
+    message_id: &str,
+    correlation_id: Option<&str>,
+    message_type: Option<&str>,
+) -> BasicProperties {
     let mut props = BasicProperties::default()
         .with_message_id(ShortString::from(message_id))
         .with_content_type("application/json".into())
@@ -247,7 +270,9 @@ pub fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
     match headers?.inner().get(key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        other => header_i64(headers, key).map(|v| v.to_string()).or_else(|| Some(format!("{other:?}"))),
+        other => header_i64(headers, key)
+            .map(|v| v.to_string())
+            .or_else(|| Some(format!("{other:?}"))),
     }
 }
 
@@ -310,7 +335,9 @@ fn value_to_json(value: &AMQPValue) -> Value {
             Ok(text) => json!(text),
             Err(_) => json!({"bytes_hex": hex::encode(s.as_bytes())}),
         },
-        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(value_to_json).collect())
+        }
         AMQPValue::Timestamp(t) => json!({"timestamp": t}),
         AMQPValue::FieldTable(t) => table_to_json(t),
         AMQPValue::ByteArray(b) => json!({"bytes_hex": hex::encode(b.as_slice())}),
@@ -350,7 +377,9 @@ fn json_to_value(value: &Value) -> Option<AMQPValue> {
         }
         Value::Object(map) => {
             if let (1, Some(Value::String(h))) = (map.len(), map.get("bytes_hex")) {
-                return hex::decode(h).ok().map(|b| AMQPValue::LongString(LongString::from(b)));
+                return hex::decode(h)
+                    .ok()
+                    .map(|b| AMQPValue::LongString(LongString::from(b)));
             }
             if let (1, Some(t)) = (map.len(), map.get("timestamp").and_then(Value::as_u64)) {
                 return Some(AMQPValue::Timestamp(t));
@@ -384,11 +413,17 @@ mod tests {
         let mut table = FieldTable::default();
         set_header(&mut table, header::ATTEMPT, 3);
         set_header(&mut table, header::ERROR_MESSAGE, "db down");
-        table.insert("raw".into(), AMQPValue::LongString(LongString::from(vec![0xff_u8, 0x00])));
+        table.insert(
+            "raw".into(),
+            AMQPValue::LongString(LongString::from(vec![0xff_u8, 0x00])),
+        );
         let json = headers_to_json(Some(&table));
         let back = headers_from_json(&json);
         assert_eq!(header_i64(Some(&back), header::ATTEMPT), Some(3));
-        assert_eq!(header_str(Some(&back), header::ERROR_MESSAGE).as_deref(), Some("db down"));
+        assert_eq!(
+            header_str(Some(&back), header::ERROR_MESSAGE).as_deref(),
+            Some("db down")
+        );
         assert_eq!(back.inner().get("raw"), table.inner().get("raw"));
     }
 }

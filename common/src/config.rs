@@ -190,7 +190,10 @@ impl Settings {
             ("outbox_lease_ms", self.outbox_lease_ms),
             ("outbox_poll_ms", self.outbox_poll_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
-            ("quorum_delivery_limit", u64::from(self.quorum_delivery_limit)),
+            (
+                "quorum_delivery_limit",
+                u64::from(self.quorum_delivery_limit),
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -291,10 +294,15 @@ mod tests {
     #[test]
     fn a_wrong_value_names_its_setting() {
         let err = with("prefetch = \"lots\"").unwrap_err().to_string();
-        assert!(err.contains("`prefetch`") && err.contains("PAYFLEET_PREFETCH"), "{err}");
+        assert!(
+            err.contains("`prefetch`") && err.contains("PAYFLEET_PREFETCH"),
+            "{err}"
+        );
         let err = with("amqp_url = \"http://nope\"").unwrap_err().to_string();
         assert!(err.contains("`amqp_url`"), "{err}");
-        let err = with("retry_delays_ms = [5000, 1000]").unwrap_err().to_string();
+        let err = with("retry_delays_ms = [5000, 1000]")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`retry_delays_ms`"), "{err}");
         let err = with("queue_type = \"stream\"").unwrap_err().to_string();
         assert!(err.contains("`queue_type`"), "{err}");

@@ -19,7 +19,10 @@ pub enum DbError {
     #[error("database_url: {0}")]
     Url(String),
     #[error("creating database `{database}`: {source}")]
-    Create { database: String, source: sqlx::Error },
+    Create {
+        database: String,
+        source: sqlx::Error,
+    },
     #[error("connecting to PostgreSQL: {0}")]
     Connect(#[source] sqlx::Error),
     #[error("running migrations: {0}")]
@@ -37,11 +40,12 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
         .await
         .map_err(DbError::Connect)?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&database)
-        .fetch_one(&mut admin)
-        .await
-        .map_err(DbError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&database)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(DbError::Connect)?;
     if exists {
         return Ok(false);
     }
@@ -56,8 +60,8 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
 
 /// A pool on the configured database (which must exist).
 pub async fn connect(settings: &Settings) -> Result<PgPool, DbError> {
-    let options =
-        PgConnectOptions::from_str(&settings.database_url).map_err(|e| DbError::Url(e.to_string()))?;
+    let options = PgConnectOptions::from_str(&settings.database_url)
+        .map_err(|e| DbError::Url(e.to_string()))?;
     PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(Duration::from_secs(10))

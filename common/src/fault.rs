@@ -29,7 +29,11 @@ fn armed() -> Option<&'static Armed> {
                 Some((point, n)) => (point.to_owned(), n.parse().unwrap_or(1)),
                 None => (spec, 1),
             };
-            Some(Armed { point, at, seen: AtomicU64::new(0) })
+            Some(Armed {
+                point,
+                at,
+                seen: AtomicU64::new(0),
+            })
         })
         .as_ref()
 }

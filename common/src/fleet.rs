@@ -33,7 +33,10 @@ pub enum FleetError {
     #[error("stage `{0}` is not in the topology")]
     UnknownStage(String),
     #[error("HTTP endpoint on {addr}: {source}")]
-    Http { addr: SocketAddr, source: std::io::Error },
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -60,11 +63,23 @@ impl Fleet {
     pub async fn connect(settings: Settings, topology: Topology) -> Result<Self, FleetError> {
         let final_stop = CancellationToken::new();
         let pool = db::connect(&settings).await?;
-        let locks = Locks::new(&settings.redis_url, &settings.redis_key_prefix, settings.lock_ttl())?;
-        let publisher = Publisher::new(&settings.amqp_url, "payfleet-publisher", final_stop.clone());
+        let locks = Locks::new(
+            &settings.redis_url,
+            &settings.redis_key_prefix,
+            settings.lock_ttl(),
+        )?;
+        let publisher =
+            Publisher::new(&settings.amqp_url, "payfleet-publisher", final_stop.clone());
         Ok(Self {
             final_stop,
-            shared: Arc::new(Shared { settings, topology, pool, locks, publisher, outbox_wake: Arc::new(Notify::new()) }),
+            shared: Arc::new(Shared {
+                settings,
+                topology,
+                pool,
+                locks,
+                publisher,
+                outbox_wake: Arc::new(Notify::new()),
+            }),
             health: Health::default(),
             consumers: Vec::new(),
             keeper: false,
@@ -134,15 +149,28 @@ impl Fleet {
         let final_stop = self.final_stop.clone();
         let shared = self.shared.clone();
         if self.keeper {
-            let queues = shared.topology.stages().iter().map(|s| Topology::dead_letter_queue(s)).collect();
+            let queues = shared
+                .topology
+                .stages()
+                .iter()
+                .map(|s| Topology::dead_letter_queue(s))
+                .collect();
             let spec = self.spec("dead-letter-keeper", queues);
-            self.consumers.push(("dead-letter-keeper".into(), starter(spec, Keeper::new(shared.pool.clone()))));
+            self.consumers.push((
+                "dead-letter-keeper".into(),
+                starter(spec, Keeper::new(shared.pool.clone())),
+            ));
         }
         if self.http {
             let addr = shared.settings.http_socket_addr();
-            let bound = telemetry::serve_http(addr, self.health.clone(), shared.pool.clone(), final_stop.clone())
-                .await
-                .map_err(|source| FleetError::Http { addr, source })?;
+            let bound = telemetry::serve_http(
+                addr,
+                self.health.clone(),
+                shared.pool.clone(),
+                final_stop.clone(),
+            )
+            .await
+            .map_err(|source| FleetError::Http { addr, source })?;
             tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
         }
 

@@ -17,5 +17,5 @@ pub mod transition;
 
 pub use config::Settings;
 pub use fleet::Fleet;
-pub use topology::Topology;
 pub use tokio_util::sync::CancellationToken;
+pub use topology::Topology;

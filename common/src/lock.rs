@@ -43,7 +43,9 @@ pub struct Locks {
 
 impl std::fmt::Debug for Locks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Locks").field("prefix", &self.prefix).finish()
+        f.debug_struct("Locks")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -80,10 +82,18 @@ impl Locks {
     }
 
     /// `Ok(None)` when another worker holds it.
-    pub async fn try_acquire(&self, stage: &str, business_key: &str) -> Result<Option<LockGuard>, LockError> {
+    pub async fn try_acquire(
+        &self,
+        stage: &str,
+        business_key: &str,
+    ) -> Result<Option<LockGuard>, LockError> {
         let key = self.key(stage, business_key);
         let token = uuid::Uuid::new_v4().to_string();
-        let mut conn = self.pool.get().await.map_err(|e| LockError::Unavailable(e.to_string()))?;
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| LockError::Unavailable(e.to_string()))?;
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(&token)
@@ -97,12 +107,24 @@ impl Locks {
             return Ok(None);
         }
         let renewal = tokio::spawn(renew_loop(self.clone(), key.clone(), token.clone()));
-        Ok(Some(LockGuard { locks: self.clone(), key, token, renewal: Some(renewal) }))
+        Ok(Some(LockGuard {
+            locks: self.clone(),
+            key,
+            token,
+            renewal: Some(renewal),
+        }))
     }
 
     async fn release_token(&self, key: &str, token: &str) {
-        let Ok(mut conn) = self.pool.get().await else { return };
-        let released: Result<i64, _> = self.release.key(key).arg(token).invoke_async(&mut *conn).await;
+        let Ok(mut conn) = self.pool.get().await else {
+            return;
+        };
+        let released: Result<i64, _> = self
+            .release
+            .key(key)
+            .arg(token)
+            .invoke_async(&mut *conn)
+            .await;
         if let Err(error) = released {
             tracing::debug!(%error, key, "lock release failed; it expires by itself");
         }
@@ -113,7 +135,9 @@ async fn renew_loop(locks: Locks, key: String, token: String) {
     let every = locks.ttl / 3;
     loop {
         tokio::time::sleep(every).await;
-        let Ok(mut conn) = locks.pool.get().await else { continue };
+        let Ok(mut conn) = locks.pool.get().await else {
+            continue;
+        };
         let renewed: Result<i64, _> = locks
             .renew
             .key(&key)
@@ -125,7 +149,10 @@ async fn renew_loop(locks: Locks, key: String, token: String) {
             Ok(1) => {}
             Ok(_) => {
                 // Lost (expired or Redis flushed): PostgreSQL still guards the effects.
-                tracing::warn!(key, "lock lost while working; PostgreSQL guards the effects");
+                tracing::warn!(
+                    key,
+                    "lock lost while working; PostgreSQL guards the effects"
+                );
                 return;
             }
             Err(error) => tracing::warn!(%error, key, "lock renewal failed"),

@@ -54,7 +54,10 @@ impl OutboxMessage {
 }
 
 /// Inserts rows in the caller's transaction (one statement for all of them).
-pub async fn insert(conn: &mut PgConnection, messages: &[OutboxMessage]) -> Result<(), sqlx::Error> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    messages: &[OutboxMessage],
+) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -154,7 +157,11 @@ pub async fn run_relay(
 
 /// One pass: claim a batch, publish it pipelined, mark what was confirmed.
 /// Returns the number of rows claimed.
-pub async fn relay_once(pool: &PgPool, publisher: &Publisher, config: &RelayConfig) -> Result<usize, sqlx::Error> {
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &Publisher,
+    config: &RelayConfig,
+) -> Result<usize, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2), publish_attempts = publish_attempts + 1
          WHERE id IN (
@@ -183,13 +190,17 @@ pub async fn relay_once(pool: &PgPool, publisher: &Publisher, config: &RelayConf
             break; // the channel is gone; the rest stay claimed until their lease ends
         }
     }
-    let confirms = join_all(pending.into_iter().map(|(row, message, started)| async move {
-        let result = match started {
-            Ok(confirm) => broker::confirmed(confirm, message).await,
-            Err(error) => Err(error),
-        };
-        (row, result)
-    }))
+    let confirms = join_all(
+        pending
+            .into_iter()
+            .map(|(row, message, started)| async move {
+                let result = match started {
+                    Ok(confirm) => broker::confirmed(confirm, message).await,
+                    Err(error) => Err(error),
+                };
+                (row, result)
+            }),
+    )
     .await;
 
     fault::point(fault::AFTER_PUBLISH_BEFORE_MARK_SENT);
@@ -233,7 +244,11 @@ fn publish_backoff(attempts: i32) -> Duration {
 }
 
 fn outgoing(row: &Row) -> Outgoing {
-    let mut properties = broker::properties(&row.message_id, row.correlation_id.as_deref(), row.message_type.as_deref());
+    let mut properties = broker::properties(
+        &row.message_id,
+        row.correlation_id.as_deref(),
+        row.message_type.as_deref(),
+    );
     let headers = broker::headers_from_json(&row.headers);
     if !headers.inner().is_empty() {
         properties = properties.with_headers(headers);
@@ -248,9 +263,10 @@ fn outgoing(row: &Row) -> Outgoing {
 
 /// Deletes rows sent longer ago than `retention`; returns how many.
 pub async fn prune_sent(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)")
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?;
+    let result =
+        sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)")
+            .bind(retention.as_secs_f64())
+            .execute(pool)
+            .await?;
     Ok(result.rows_affected())
 }

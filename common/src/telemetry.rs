@@ -24,8 +24,17 @@ pub fn init_tracing(settings: &Settings) {
             .unwrap_or_else(|_| EnvFilter::new("info"));
         let registry = tracing_subscriber::registry().with(filter);
         let _ = match settings.log_format {
-            LogFormat::Json => registry.with(fmt::layer().json().with_current_span(true).with_writer(std::io::stderr)).try_init(),
-            LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+            LogFormat::Json => registry
+                .with(
+                    fmt::layer()
+                        .json()
+                        .with_current_span(true)
+                        .with_writer(std::io::stderr),
+                )
+                .try_init(),
+            LogFormat::Text => registry
+                .with(fmt::layer().with_writer(std::io::stderr))
+                .try_init(),
         };
     });
 }
@@ -36,7 +45,9 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .expect("static bucket list is valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -55,13 +66,23 @@ pub struct Health {
 
 impl Health {
     pub fn expect(&self, consumer: &str) {
-        self.consumers.lock().expect("health lock").entry(consumer.to_owned()).or_insert(false);
+        self.consumers
+            .lock()
+            .expect("health lock")
+            .entry(consumer.to_owned())
+            .or_insert(false);
     }
     pub fn consumer_up(&self, consumer: &str) {
-        self.consumers.lock().expect("health lock").insert(consumer.to_owned(), true);
+        self.consumers
+            .lock()
+            .expect("health lock")
+            .insert(consumer.to_owned(), true);
     }
     pub fn consumer_down(&self, consumer: &str) {
-        self.consumers.lock().expect("health lock").insert(consumer.to_owned(), false);
+        self.consumers
+            .lock()
+            .expect("health lock")
+            .insert(consumer.to_owned(), false);
     }
     /// Consumers that are not connected.
     pub fn not_ready(&self) -> Vec<String> {
@@ -83,17 +104,31 @@ struct HttpState {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
-pub async fn serve_http(addr: SocketAddr, health: Health, pool: PgPool, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
-    let state = HttpState { health, pool, metrics: metrics_handle() };
+pub async fn serve_http(
+    addr: SocketAddr,
+    health: Health,
+    pool: PgPool,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let state = HttpState {
+        health,
+        pool,
+        metrics: metrics_handle(),
+    };
     let app = Router::new()
-        .route("/metrics", get(|State(s): State<HttpState>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
         if let Err(error) = served {
             tracing::warn!(%error, "HTTP endpoint stopped");
         }
@@ -104,10 +139,16 @@ pub async fn serve_http(addr: SocketAddr, health: Health, pool: PgPool, cancel: 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
     let not_ready = s.health.not_ready();
     if !not_ready.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not connected: {}\n", not_ready.join(", ")));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not connected: {}\n", not_ready.join(", ")),
+        );
     }
     match sqlx::query("SELECT 1").execute(&s.pool).await {
         Ok(_) => (StatusCode::OK, "ready\n".into()),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("PostgreSQL: {error}\n")),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("PostgreSQL: {error}\n"),
+        ),
     }
 }

@@ -255,12 +255,36 @@ impl Topology {
         let mut events_args = Args::new();
         events_args.insert("alternate-exchange", Arg::Str(x.events_unrouted.clone()));
         vec![
-            ExchangeDecl { name: x.ingress.clone(), kind: "topic", args: Args::new() },
-            ExchangeDecl { name: x.stages.clone(), kind: "direct", args: Args::new() },
-            ExchangeDecl { name: x.retry.clone(), kind: "direct", args: Args::new() },
-            ExchangeDecl { name: x.dead_letters.clone(), kind: "direct", args: Args::new() },
-            ExchangeDecl { name: x.events_unrouted.clone(), kind: "fanout", args: Args::new() },
-            ExchangeDecl { name: x.events.clone(), kind: "topic", args: events_args },
+            ExchangeDecl {
+                name: x.ingress.clone(),
+                kind: "topic",
+                args: Args::new(),
+            },
+            ExchangeDecl {
+                name: x.stages.clone(),
+                kind: "direct",
+                args: Args::new(),
+            },
+            ExchangeDecl {
+                name: x.retry.clone(),
+                kind: "direct",
+                args: Args::new(),
+            },
+            ExchangeDecl {
+                name: x.dead_letters.clone(),
+                kind: "direct",
+                args: Args::new(),
+            },
+            ExchangeDecl {
+                name: x.events_unrouted.clone(),
+                kind: "fanout",
+                args: Args::new(),
+            },
+            ExchangeDecl {
+                name: x.events.clone(),
+                kind: "topic",
+                args: events_args,
+            },
         ]
     }
 
@@ -271,10 +295,16 @@ impl Topology {
         let mut ingress = self.consumed_args(&self.spec.ingress.stage);
         ingress.insert("x-max-length", Arg::Int(i64::from(self.ingress_max_length)));
         ingress.insert("x-overflow", Arg::Str("reject-publish".into()));
-        queues.push(QueueDecl { name: self.spec.ingress.queue.clone(), args: ingress });
+        queues.push(QueueDecl {
+            name: self.spec.ingress.queue.clone(),
+            args: ingress,
+        });
 
         for stage in &self.spec.stages {
-            queues.push(QueueDecl { name: Self::work_queue(stage), args: self.consumed_args(stage) });
+            queues.push(QueueDecl {
+                name: Self::work_queue(stage),
+                args: self.consumed_args(stage),
+            });
             for (level, delay_ms) in self.retry_delays_ms.iter().enumerate() {
                 let mut args = self.durable_args();
                 args.insert("x-message-ttl", Arg::Int(*delay_ms as i64));
@@ -284,14 +314,26 @@ impl Topology {
                     args.insert("x-dead-letter-strategy", Arg::Str("at-least-once".into()));
                     args.insert("x-overflow", Arg::Str("reject-publish".into()));
                 }
-                queues.push(QueueDecl { name: Self::retry_queue(stage, level), args });
+                queues.push(QueueDecl {
+                    name: Self::retry_queue(stage, level),
+                    args,
+                });
             }
-            queues.push(QueueDecl { name: Self::dead_letter_queue(stage), args: self.durable_args() });
+            queues.push(QueueDecl {
+                name: Self::dead_letter_queue(stage),
+                args: self.durable_args(),
+            });
         }
 
         let mut unrouted = self.durable_args();
-        unrouted.insert("x-max-length", Arg::Int(i64::from(self.spec.events_unrouted.max_length)));
-        queues.push(QueueDecl { name: self.spec.events_unrouted.queue.clone(), args: unrouted });
+        unrouted.insert(
+            "x-max-length",
+            Arg::Int(i64::from(self.spec.events_unrouted.max_length)),
+        );
+        queues.push(QueueDecl {
+            name: self.spec.events_unrouted.queue.clone(),
+            args: unrouted,
+        });
         queues
     }
 
@@ -351,7 +393,10 @@ impl Topology {
                 .exchange_declare(
                     exchange.name.as_str().into(),
                     exchange_kind(exchange.kind),
-                    ExchangeDeclareOptions { passive: true, ..Default::default() },
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
                     FieldTable::default(),
                 )
                 .await
@@ -361,20 +406,30 @@ impl Topology {
                 .exchange_declare(
                     exchange.name.as_str().into(),
                     exchange_kind(exchange.kind),
-                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
                     field_table(&exchange.args),
                 )
                 .await
                 .map_err(declare_err("exchange", &exchange.name))?;
             let line = format!("exchange {} ({})", exchange.name, exchange.kind);
-            if exists { report.existing.push(line) } else { report.created.push(line) }
+            if exists {
+                report.existing.push(line)
+            } else {
+                report.created.push(line)
+            }
         }
         for queue in self.queue_decls() {
             let probe = open(connection, "queue", &queue.name).await?;
             let exists = probe
                 .queue_declare(
                     queue.name.as_str().into(),
-                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
                     FieldTable::default(),
                 )
                 .await
@@ -383,13 +438,20 @@ impl Topology {
             channel
                 .queue_declare(
                     queue.name.as_str().into(),
-                    QueueDeclareOptions { durable: true, ..Default::default() },
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
                     field_table(&queue.args),
                 )
                 .await
                 .map_err(declare_err("queue", &queue.name))?;
             let line = format!("queue {}", queue.name);
-            if exists { report.existing.push(line) } else { report.created.push(line) }
+            if exists {
+                report.existing.push(line)
+            } else {
+                report.created.push(line)
+            }
         }
         for binding in self.binding_decls() {
             channel
@@ -401,7 +463,10 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(declare_err("binding", &format!("{} -> {}", binding.exchange, binding.queue)))?;
+                .map_err(declare_err(
+                    "binding",
+                    &format!("{} -> {}", binding.exchange, binding.queue),
+                ))?;
             report.bindings += 1;
         }
         let _ = channel.close(200, "topology applied".into()).await;
@@ -412,7 +477,11 @@ impl Topology {
     /// `rabbitmqctl import_definitions` and the management API.
     pub fn export(&self, vhost: &str) -> serde_json::Value {
         let args_json = |args: &Args| -> serde_json::Value {
-            serde_json::Value::Object(args.iter().map(|(k, v)| ((*k).to_owned(), v.json())).collect())
+            serde_json::Value::Object(
+                args.iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.json()))
+                    .collect(),
+            )
         };
         let exchanges: Vec<_> = self
             .exchange_decls()
@@ -447,12 +516,19 @@ impl Topology {
     }
 }
 
-async fn open(connection: &Connection, kind: &'static str, name: &str) -> Result<Channel, TopologyError> {
-    connection.create_channel().await.map_err(|source| TopologyError::Declare {
-        kind,
-        name: name.to_owned(),
-        source,
-    })
+async fn open(
+    connection: &Connection,
+    kind: &'static str,
+    name: &str,
+) -> Result<Channel, TopologyError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|source| TopologyError::Declare {
+            kind,
+            name: name.to_owned(),
+            source,
+        })
 }
 
 fn exchange_kind(kind: &str) -> ExchangeKind {
@@ -484,7 +560,14 @@ mod tests {
     fn every_stage_has_work_delay_and_dead_letter_queues() {
         let t = topology();
         let names: Vec<String> = t.queue_decls().into_iter().map(|q| q.name).collect();
-        for stage in ["order-validation", "fund-freeze", "channel-call", "callback", "settlement", "notification"] {
+        for stage in [
+            "order-validation",
+            "fund-freeze",
+            "channel-call",
+            "callback",
+            "settlement",
+            "notification",
+        ] {
             assert!(names.contains(&format!("payfleet.{stage}")));
             assert!(names.contains(&format!("payfleet.{stage}.dlq")));
             for level in 0..5 {
@@ -499,30 +582,57 @@ mod tests {
     #[test]
     fn delay_queues_dead_letter_back_to_their_stage() {
         let t = topology();
-        let q = t.queue_decls().into_iter().find(|q| q.name == "payfleet.callback.retry.2").unwrap();
+        let q = t
+            .queue_decls()
+            .into_iter()
+            .find(|q| q.name == "payfleet.callback.retry.2")
+            .unwrap();
         assert_eq!(q.args["x-message-ttl"], Arg::Int(30_000));
-        assert_eq!(q.args["x-dead-letter-exchange"], Arg::Str("payfleet.stages".into()));
-        assert_eq!(q.args["x-dead-letter-routing-key"], Arg::Str("callback".into()));
+        assert_eq!(
+            q.args["x-dead-letter-exchange"],
+            Arg::Str("payfleet.stages".into())
+        );
+        assert_eq!(
+            q.args["x-dead-letter-routing-key"],
+            Arg::Str("callback".into())
+        );
     }
 
     #[test]
     fn ingress_rejects_publishes_when_full() {
         let t = topology();
-        let q = t.queue_decls().into_iter().find(|q| q.name == "payfleet.ingress").unwrap();
+        let q = t
+            .queue_decls()
+            .into_iter()
+            .find(|q| q.name == "payfleet.ingress")
+            .unwrap();
         assert_eq!(q.args["x-overflow"], Arg::Str("reject-publish".into()));
         assert_eq!(q.args["x-max-length"], Arg::Int(100_000));
-        assert_eq!(t.input_queues("order-validation"), vec!["payfleet.ingress", "payfleet.order-validation"]);
+        assert_eq!(
+            t.input_queues("order-validation"),
+            vec!["payfleet.ingress", "payfleet.order-validation"]
+        );
         assert_eq!(t.input_queues("settlement"), vec!["payfleet.settlement"]);
     }
 
     #[test]
     fn quorum_queues_carry_a_delivery_limit() {
-        let settings = Settings { queue_type: QueueType::Quorum, ..Settings::default() };
+        let settings = Settings {
+            queue_type: QueueType::Quorum,
+            ..Settings::default()
+        };
         let t = Topology::from_settings(&settings).unwrap();
-        let q = t.queue_decls().into_iter().find(|q| q.name == "payfleet.settlement").unwrap();
+        let q = t
+            .queue_decls()
+            .into_iter()
+            .find(|q| q.name == "payfleet.settlement")
+            .unwrap();
         assert_eq!(q.args["x-queue-type"], Arg::Str("quorum".into()));
         assert_eq!(q.args["x-delivery-limit"], Arg::Int(20));
-        assert_eq!(q.args["x-dead-letter-strategy"], Arg::Str("at-least-once".into()));
+        assert_eq!(
+            q.args["x-dead-letter-strategy"],
+            Arg::Str("at-least-once".into())
+        );
     }
 
     #[test]

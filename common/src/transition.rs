@@ -74,23 +74,42 @@ mod tests {
 
     #[test]
     fn a_duplicate_of_a_done_step_is_stale() {
-        assert_eq!(classify(Some(Attempt::Succeeded), Attempt::Unknown, Attempt::Succeeded), CasMiss::Stale);
+        assert_eq!(
+            classify(
+                Some(Attempt::Succeeded),
+                Attempt::Unknown,
+                Attempt::Succeeded
+            ),
+            CasMiss::Stale
+        );
     }
 
     #[test]
     fn a_message_before_its_row_is_too_early() {
-        assert_eq!(classify(None, Attempt::Sending, Attempt::Succeeded), CasMiss::TooEarly);
+        assert_eq!(
+            classify(None, Attempt::Sending, Attempt::Succeeded),
+            CasMiss::TooEarly
+        );
     }
 
     #[test]
     fn opposite_final_states_conflict() {
-        assert_eq!(classify(Some(Attempt::Failed), Attempt::Unknown, Attempt::Succeeded), CasMiss::Conflict);
-        assert_eq!(classify(Some(Attempt::Succeeded), Attempt::Sending, Attempt::Failed), CasMiss::Conflict);
+        assert_eq!(
+            classify(Some(Attempt::Failed), Attempt::Unknown, Attempt::Succeeded),
+            CasMiss::Conflict
+        );
+        assert_eq!(
+            classify(Some(Attempt::Succeeded), Attempt::Sending, Attempt::Failed),
+            CasMiss::Conflict
+        );
     }
 
     #[test]
     fn an_older_step_arriving_late_is_stale() {
         // Sending → Unknown arrives after the attempt already succeeded.
-        assert_eq!(classify(Some(Attempt::Succeeded), Attempt::Sending, Attempt::Unknown), CasMiss::Stale);
+        assert_eq!(
+            classify(Some(Attempt::Succeeded), Attempt::Sending, Attempt::Unknown),
+            CasMiss::Stale
+        );
     }
 }

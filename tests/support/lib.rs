@@ -23,13 +23,17 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub use probe::{Behaviour, RECEIPT_STAGE, Receipt, ReceiptStage, TRANSFER_STAGE, Transfer, TransferStage};
+pub use probe::{
+    Behaviour, RECEIPT_STAGE, Receipt, ReceiptStage, TRANSFER_STAGE, Transfer, TransferStage,
+};
 
 pub const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
 
 /// The committed topology plus the probe stages.
 pub fn probe_topology(settings: &Settings) -> anyhow::Result<Topology> {
-    Ok(Topology::from_settings(settings)?.with_stage(TRANSFER_STAGE).with_stage(RECEIPT_STAGE))
+    Ok(Topology::from_settings(settings)?
+        .with_stage(TRANSFER_STAGE)
+        .with_stage(RECEIPT_STAGE))
 }
 
 /// One test's isolated services.
@@ -84,9 +88,14 @@ impl TestEnv {
             torn_down: false,
         };
         create_vhost(&http, &name).await?;
-        db::migrate(&settings).await.context("migrating the test database")?;
+        db::migrate(&settings)
+            .await
+            .context("migrating the test database")?;
         let pool = db::connect(&settings).await?;
-        sqlx::raw_sql(probe::PROBE_SCHEMA).execute(&pool).await.context("probe schema")?;
+        sqlx::raw_sql(probe::PROBE_SCHEMA)
+            .execute(&pool)
+            .await
+            .context("probe schema")?;
         let env = env_without_pool(pool);
         let connection = env.amqp().await?;
         env.topology.apply(&connection).await?;
@@ -107,7 +116,10 @@ impl TestEnv {
         let fleet = Fleet::connect(settings, self.topology.clone()).await?;
         let pool = fleet.shared().pool.clone();
         Ok(fleet
-            .stage(TransferStage { may_abort: false, pool })?
+            .stage(TransferStage {
+                may_abort: false,
+                pool,
+            })?
             .stage(ReceiptStage)?
             .with_keeper())
     }
@@ -126,21 +138,54 @@ impl TestEnv {
     }
 
     /// Publishes with confirms to a stage's work queue.
-    pub async fn publish_to_stage(&self, stage: &str, message_id: &str, body: &[u8]) -> anyhow::Result<()> {
+    pub async fn publish_to_stage(
+        &self,
+        stage: &str,
+        message_id: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
         let props = broker::properties(message_id, None, Some("probe.transfer"));
-        self.publish_raw(&self.topology.exchanges().stages.clone(), stage, body, props).await
+        self.publish_raw(
+            &self.topology.exchanges().stages.clone(),
+            stage,
+            body,
+            props,
+        )
+        .await
     }
 
-    pub async fn publish_transfer(&self, transfer: &Transfer, message_id: &str) -> anyhow::Result<()> {
-        self.publish_to_stage(TRANSFER_STAGE, message_id, &serde_json::to_vec(transfer)?).await
+    pub async fn publish_transfer(
+        &self,
+        transfer: &Transfer,
+        message_id: &str,
+    ) -> anyhow::Result<()> {
+        self.publish_to_stage(TRANSFER_STAGE, message_id, &serde_json::to_vec(transfer)?)
+            .await
     }
 
-    pub async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties) -> anyhow::Result<()> {
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> anyhow::Result<()> {
         let connection = self.amqp().await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let confirm = channel
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, body, props)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
             .await?
             .await?;
         if !matches!(confirm, lapin::Confirmation::Ack(None)) {
@@ -155,19 +200,34 @@ impl TestEnv {
         let connection = self.amqp().await?;
         let channel = connection.create_channel().await?;
         let declared = channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
         let _ = connection.close(200, "counted".into()).await;
         Ok(declared.message_count())
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await.with_context(|| sql.to_owned())?)
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| sql.to_owned())
     }
 
     /// GET on the management API.
     pub async fn management(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self.http.get(format!("{MANAGEMENT_API}{path}")).basic_auth("guest", Some("guest")).send().await?;
+        let response = self
+            .http
+            .get(format!("{MANAGEMENT_API}{path}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await?;
         if !response.status().is_success() {
             bail!("management API GET {path}: {}", response.status());
         }
@@ -182,13 +242,25 @@ impl TestEnv {
             .args(["list_connections", "-q", "--no-table-headers", "vhost"])
             .output()
             .await?;
-        let open = String::from_utf8_lossy(&listed.stdout).lines().filter(|line| line.trim() == self.name).count();
+        let open = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|line| line.trim() == self.name)
+            .count();
         let closed = tokio::process::Command::new("rabbitmqctl")
-            .args(["close_all_connections", "-q", "-p", &self.name, "test: broker connection dropped"])
+            .args([
+                "close_all_connections",
+                "-q",
+                "-p",
+                &self.name,
+                "test: broker connection dropped",
+            ])
             .output()
             .await?;
         if !closed.status.success() {
-            bail!("close_all_connections: {}", String::from_utf8_lossy(&closed.stderr));
+            bail!(
+                "close_all_connections: {}",
+                String::from_utf8_lossy(&closed.stderr)
+            );
         }
         Ok(open)
     }
@@ -211,7 +283,9 @@ impl TestEnv {
             for queue in &queues {
                 total += self.queue_depth(queue).await?;
             }
-            let unsent = self.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await?;
+            let unsent = self
+                .scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                .await?;
             if total == 0 && unsent == 0 {
                 let since = *empty_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > longest + Duration::from_millis(500) {
@@ -221,7 +295,9 @@ impl TestEnv {
                 empty_since = None;
             }
             if Instant::now() > deadline {
-                bail!("queues not drained after {within:?}: {total} queued, {unsent} outbox rows unsent");
+                bail!(
+                    "queues not drained after {within:?}: {total} queued, {unsent} outbox rows unsent"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -253,9 +329,18 @@ impl TestEnv {
         for (key, value) in extra {
             command.env(key, value);
         }
-        command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
-        Ok(Worker { child: command.spawn().context("starting probe-worker")? })
+        command.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        Ok(Worker {
+            child: command.spawn().context("starting probe-worker")?,
+        })
     }
 
     /// The invariants of the probe stages once the fleet is quiet: each
@@ -268,7 +353,10 @@ impl TestEnv {
                  WHERE a.balance <> COALESCE((SELECT sum(amount) FROM probe_postings p WHERE p.account = a.account), 0)",
             )
             .await?;
-        assert_eq!(wrong_balances, 0, "an account balance differs from the sum of its postings");
+        assert_eq!(
+            wrong_balances, 0,
+            "an account balance differs from the sum of its postings"
+        );
         let double_postings = self
             .scalar_i64("SELECT count(*) FROM (SELECT transfer_id FROM probe_postings GROUP BY transfer_id HAVING count(*) <> 1) d")
             .await?;
@@ -277,14 +365,27 @@ impl TestEnv {
             .scalar_i64("SELECT count(*) FROM (SELECT transfer_id FROM probe_receipts GROUP BY transfer_id HAVING count(*) <> 1) d")
             .await?;
         assert_eq!(double_receipts, 0, "a receipt was applied more than once");
-        let transfers = self.scalar_i64("SELECT count(*) FROM probe_transfers").await?;
-        let receipted = self.scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'").await?;
-        let postings = self.scalar_i64("SELECT count(*) FROM probe_postings").await?;
-        let receipts = self.scalar_i64("SELECT count(*) FROM probe_receipts").await?;
-        assert_eq!(receipted, transfers, "every applied transfer ends receipted");
+        let transfers = self
+            .scalar_i64("SELECT count(*) FROM probe_transfers")
+            .await?;
+        let receipted = self
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?;
+        let postings = self
+            .scalar_i64("SELECT count(*) FROM probe_postings")
+            .await?;
+        let receipts = self
+            .scalar_i64("SELECT count(*) FROM probe_receipts")
+            .await?;
+        assert_eq!(
+            receipted, transfers,
+            "every applied transfer ends receipted"
+        );
         assert_eq!(postings, transfers, "one posting per transfer");
         assert_eq!(receipts, transfers, "one receipt per transfer");
-        let unsent = self.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await?;
+        let unsent = self
+            .scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .await?;
         assert_eq!(unsent, 0, "the outbox is drained");
         Ok(transfers)
     }
@@ -306,7 +407,10 @@ impl Drop for TestEnv {
         let name = self.name.clone();
         let settings = self.settings.clone();
         let _ = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 let _ = runtime.block_on(cleanup(&name, &settings));
             }
         })
@@ -316,7 +420,10 @@ impl Drop for TestEnv {
 
 async fn create_vhost(http: &reqwest::Client, name: &str) -> anyhow::Result<()> {
     let put = |path: String, body: Value| {
-        http.put(format!("{MANAGEMENT_API}{path}")).basic_auth("guest", Some("guest")).json(&body).send()
+        http.put(format!("{MANAGEMENT_API}{path}"))
+            .basic_auth("guest", Some("guest"))
+            .json(&body)
+            .send()
     };
     let response = put(format!("/vhosts/{name}"), serde_json::json!({})).await.context(
         "the RabbitMQ management API is unreachable on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
@@ -337,13 +444,25 @@ async fn create_vhost(http: &reqwest::Client, name: &str) -> anyhow::Result<()> 
 
 async fn cleanup(name: &str, settings: &Settings) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let _ = http.delete(format!("{MANAGEMENT_API}/vhosts/{name}")).basic_auth("guest", Some("guest")).send().await;
-    if let Ok(mut admin) = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await;
+    let _ = http
+        .delete(format!("{MANAGEMENT_API}/vhosts/{name}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
+    if let Ok(mut admin) =
+        sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await
+    {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
     }
     if let Ok(client) = redis::Client::open(settings.redis_url.as_str()) {
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut conn).await.unwrap_or_default();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{name}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
             if !keys.is_empty() {
                 let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
             }
@@ -426,14 +545,22 @@ impl Worker {
     }
 
     /// Waits for the process to end by itself.
-    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        Ok(tokio::time::timeout(within, self.child.wait()).await.context("worker did not exit in time")??)
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("worker did not exit in time")??)
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) -> anyhow::Result<()> {
         let pid = self.pid().context("worker already gone")?;
-        let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -TERM {pid} failed");
         }

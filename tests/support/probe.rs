@@ -105,7 +105,12 @@ impl Stage for TransferStage {
         Some(message.transfer_id.to_string())
     }
 
-    async fn handle(&self, tx: &mut StageTx, inbound: &Inbound, m: &Transfer) -> Result<Outcome, StageError> {
+    async fn handle(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        m: &Transfer,
+    ) -> Result<Outcome, StageError> {
         // Logged on its own connection so it survives the rollback of a failed attempt.
         sqlx::query("INSERT INTO probe_attempts (transfer_id, attempt) VALUES ($1, $2)")
             .bind(m.transfer_id)
@@ -118,7 +123,10 @@ impl Stage for TransferStage {
             std::process::abort();
         }
         if b.fail_permanent {
-            return Err(StageError::permanent(format!("transfer {} is refused for good", m.transfer_id)));
+            return Err(StageError::permanent(format!(
+                "transfer {} is refused for good",
+                m.transfer_id
+            )));
         }
         if b.fail_always || inbound.attempt < b.fail_transient_until_attempt {
             return Err(StageError::transient(format!(
@@ -139,21 +147,31 @@ impl Stage for TransferStage {
         .execute(tx.conn())
         .await?;
         if inserted.rows_affected() == 0 {
-            return Ok(Outcome::Stale { reason: format!("transfer {} already applied", m.transfer_id) });
+            return Ok(Outcome::Stale {
+                reason: format!("transfer {} already applied", m.transfer_id),
+            });
         }
-        sqlx::query("INSERT INTO probe_postings (transfer_id, account, amount) VALUES ($1, $2, $3)")
-            .bind(m.transfer_id)
-            .bind(&m.account)
-            .bind(m.amount)
-            .execute(tx.conn())
-            .await?;
+        sqlx::query(
+            "INSERT INTO probe_postings (transfer_id, account, amount) VALUES ($1, $2, $3)",
+        )
+        .bind(m.transfer_id)
+        .bind(&m.account)
+        .bind(m.amount)
+        .execute(tx.conn())
+        .await?;
         sqlx::query("UPDATE probe_accounts SET balance = balance + $2 WHERE account = $1")
             .bind(&m.account)
             .bind(m.amount)
             .execute(tx.conn())
             .await?;
         tx.set_correlation_id(&m.transfer_id.to_string());
-        tx.emit_to_stage(RECEIPT_STAGE, "probe.receipt", &Receipt { transfer_id: m.transfer_id })?;
+        tx.emit_to_stage(
+            RECEIPT_STAGE,
+            "probe.receipt",
+            &Receipt {
+                transfer_id: m.transfer_id,
+            },
+        )?;
         Ok(Outcome::Applied)
     }
 }
@@ -193,18 +211,33 @@ impl Stage for ReceiptStage {
         Some(message.transfer_id.to_string())
     }
 
-    async fn handle(&self, tx: &mut StageTx, inbound: &Inbound, m: &Receipt) -> Result<Outcome, StageError> {
-        let moved = sqlx::query("UPDATE probe_transfers SET status = 'receipted' WHERE id = $1 AND status = 'applied'")
-            .bind(m.transfer_id)
-            .execute(tx.conn())
-            .await?;
+    async fn handle(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        m: &Receipt,
+    ) -> Result<Outcome, StageError> {
+        let moved = sqlx::query(
+            "UPDATE probe_transfers SET status = 'receipted' WHERE id = $1 AND status = 'applied'",
+        )
+        .bind(m.transfer_id)
+        .execute(tx.conn())
+        .await?;
         if moved.rows_affected() == 0 {
-            let found: Option<String> = sqlx::query_scalar("SELECT status FROM probe_transfers WHERE id = $1")
-                .bind(m.transfer_id)
-                .fetch_optional(tx.conn())
-                .await?;
-            let found = found.map(|s| if s == "applied" { TransferStatus::Applied } else { TransferStatus::Receipted });
-            let miss = transition::classify(found, TransferStatus::Applied, TransferStatus::Receipted);
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT status FROM probe_transfers WHERE id = $1")
+                    .bind(m.transfer_id)
+                    .fetch_optional(tx.conn())
+                    .await?;
+            let found = found.map(|s| {
+                if s == "applied" {
+                    TransferStatus::Applied
+                } else {
+                    TransferStatus::Receipted
+                }
+            });
+            let miss =
+                transition::classify(found, TransferStatus::Applied, TransferStatus::Receipted);
             return Ok(miss.outcome(format!("receipt for transfer {}", m.transfer_id)));
         }
         sqlx::query("INSERT INTO probe_receipts (transfer_id, message_id) VALUES ($1, $2)")

@@ -13,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
     let fleet = Fleet::connect(settings, topology).await?;
     let pool = fleet.shared().pool.clone();
     let fleet = fleet
-        .stage(TransferStage { may_abort: true, pool })?
+        .stage(TransferStage {
+            may_abort: true,
+            pool,
+        })?
         .stage(ReceiptStage)?
         .with_keeper()
         .with_http();

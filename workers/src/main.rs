@@ -27,7 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the database when missing and apply pending migrations.
-    #[command(after_help = "Example:\n  PAYFLEET_DATABASE_URL=postgres://postgres@127.0.0.1/payfleet payfleet migrate")]
+    #[command(
+        after_help = "Example:\n  PAYFLEET_DATABASE_URL=postgres://postgres@127.0.0.1/payfleet payfleet migrate"
+    )]
     Migrate,
     /// Declare or export the RabbitMQ topology (exchanges, queues, delay levels, DLQs).
     #[command(subcommand)]
@@ -40,10 +42,14 @@ enum Command {
 #[derive(Subcommand)]
 enum TopologyCommand {
     /// Declare every exchange, queue and binding on the vhost of amqp_url; idempotent.
-    #[command(after_help = "Example:\n  payfleet topology apply\n  PAYFLEET_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/staging payfleet topology apply")]
+    #[command(
+        after_help = "Example:\n  payfleet topology apply\n  PAYFLEET_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/staging payfleet topology apply"
+    )]
     Apply,
     /// Write the topology as RabbitMQ definitions JSON (for `rabbitmqctl import_definitions`).
-    #[command(after_help = "Example:\n  payfleet topology export --vhost payfleet > definitions.json\n  rabbitmqctl import_definitions definitions.json")]
+    #[command(
+        after_help = "Example:\n  payfleet topology export --vhost payfleet > definitions.json\n  rabbitmqctl import_definitions definitions.json"
+    )]
     Export {
         /// Vhost named in the definitions (default: the vhost of amqp_url).
         #[arg(long)]
@@ -56,7 +62,10 @@ enum TopologyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("payfleet: cannot start the async runtime: {error}");
@@ -79,7 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let created = db::ensure_database(&settings.database_url).await?;
             let applied = db::migrate(&settings).await?;
-            let database = payfleet_common::config::database_name(&settings.database_url).unwrap_or_default();
+            let database =
+                payfleet_common::config::database_name(&settings.database_url).unwrap_or_default();
             if created {
                 println!("created database {database}");
             }
@@ -93,8 +103,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topology(TopologyCommand::Apply) => {
             let topology = Topology::from_settings(&settings)?;
-            let connection = broker::connect_once(&settings.amqp_url, "payfleet-topology").await
-                .with_context(|| format!("connecting to RabbitMQ at amqp_url (vhost {})", settings.amqp_vhost()))?;
+            let connection = broker::connect_once(&settings.amqp_url, "payfleet-topology")
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to RabbitMQ at amqp_url (vhost {})",
+                        settings.amqp_vhost()
+                    )
+                })?;
             let report = topology.apply(&connection).await?;
             let _ = connection.close(200, "done".into()).await;
             for line in &report.created {
@@ -113,7 +129,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vhost = vhost.unwrap_or_else(|| settings.amqp_vhost());
             let json = serde_json::to_string_pretty(&topology.export(&vhost))?;
             match output {
-                Some(path) => std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?,
+                Some(path) => std::fs::write(&path, json + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?,
                 None => println!("{json}"),
             }
         }

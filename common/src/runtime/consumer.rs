@@ -34,16 +34,25 @@ pub struct ConsumerSpec {
 /// Consumes until `cancel` fires; then stops taking deliveries, lets the ones
 /// in flight finish within `shutdown_timeout`, and closes the channel (the
 /// broker requeues whatever was prefetched but not started).
-pub async fn consume<P: DeliveryProcessor>(spec: ConsumerSpec, processor: Arc<P>, health: Health, cancel: CancellationToken) {
+pub async fn consume<P: DeliveryProcessor>(
+    spec: ConsumerSpec,
+    processor: Arc<P>,
+    health: Health,
+    cancel: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let in_flight = Arc::new(Semaphore::new(spec.max_in_flight));
     let mut failures: u32 = 0;
     let tag = format!("{}-{}", spec.name, uuid::Uuid::now_v7());
     while !cancel.is_cancelled() {
-        let Ok(connection) = broker::connect(&spec.amqp_url, &spec.name, &cancel).await else { break };
+        let Ok(connection) = broker::connect(&spec.amqp_url, &spec.name, &cancel).await else {
+            break;
+        };
         let subscribed = async {
             let channel = connection.create_channel().await?;
-            channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(spec.prefetch, BasicQosOptions::default())
+                .await?;
             let mut streams = Vec::new();
             for (index, queue) in spec.queues.iter().enumerate() {
                 let consumer = channel
@@ -104,10 +113,18 @@ pub async fn consume<P: DeliveryProcessor>(spec: ConsumerSpec, processor: Arc<P>
         health.consumer_down(&spec.name);
         if cancel.is_cancelled() {
             for index in 0..spec.queues.len() {
-                let _ = channel.basic_cancel(format!("{tag}-{index}").into(), BasicCancelOptions::default()).await;
+                let _ = channel
+                    .basic_cancel(
+                        format!("{tag}-{index}").into(),
+                        BasicCancelOptions::default(),
+                    )
+                    .await;
             }
             tracker.close();
-            if tokio::time::timeout(spec.shutdown_timeout, tracker.wait()).await.is_err() {
+            if tokio::time::timeout(spec.shutdown_timeout, tracker.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(consumer = %spec.name, "deliveries still running at the shutdown bound; the broker redelivers them");
             }
             let _ = channel.close(200, "shutdown".into()).await;

@@ -4,7 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{BasicProperties, message::Delivery, options::{BasicAckOptions, BasicNackOptions}, types::FieldTable};
+use lapin::{
+    BasicProperties,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::FieldTable,
+};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -83,7 +88,11 @@ pub async fn publish(
     broker::set_header(&mut headers, header::STAGE, inbound.stage.as_str());
     broker::set_header(&mut headers, header::ERROR_KIND, kind.as_str());
     broker::set_header(&mut headers, header::ATTEMPTS, i64::from(attempts));
-    broker::set_header(&mut headers, header::DEAD_LETTER_ID, uuid::Uuid::now_v7().to_string());
+    broker::set_header(
+        &mut headers,
+        header::DEAD_LETTER_ID,
+        uuid::Uuid::now_v7().to_string(),
+    );
     let mut properties = properties.clone().with_headers(headers);
     if properties.message_id().is_none() {
         properties = properties.with_message_id(inbound.message_id.as_str().into());
@@ -117,10 +126,13 @@ impl Keeper {
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_else(|| body_message_id(&delivery.data));
-        let stage = broker::header_str(headers, header::STAGE).unwrap_or_else(|| stage_from_queue(delivery));
-        let kind = broker::header_str(headers, header::ERROR_KIND).unwrap_or_else(|| ErrorKind::Broker.as_str().to_owned());
-        let error = broker::header_str(headers, header::ERROR_MESSAGE)
-            .unwrap_or_else(|| "dead-lettered by the broker (rejected or over its delivery limit)".to_owned());
+        let stage = broker::header_str(headers, header::STAGE)
+            .unwrap_or_else(|| stage_from_queue(delivery));
+        let kind = broker::header_str(headers, header::ERROR_KIND)
+            .unwrap_or_else(|| ErrorKind::Broker.as_str().to_owned());
+        let error = broker::header_str(headers, header::ERROR_MESSAGE).unwrap_or_else(|| {
+            "dead-lettered by the broker (rejected or over its delivery limit)".to_owned()
+        });
         let attempts = broker::header_i64(headers, header::ATTEMPTS)
             .or_else(|| broker::header_i64(headers, header::ATTEMPT))
             .unwrap_or(0);
@@ -136,14 +148,21 @@ impl Keeper {
         // Our dead letters carry a unique id; one the broker dead-lettered is
         // keyed by its content and death count, which a redelivery repeats.
         let key = broker::header_str(headers, header::DEAD_LETTER_ID).unwrap_or_else(|| {
-            let deaths = broker::headers_to_json(headers).get("x-death").map(|d| d.to_string()).unwrap_or_default();
+            let deaths = broker::headers_to_json(headers)
+                .get("x-death")
+                .map(|d| d.to_string())
+                .unwrap_or_default();
             let mut hash = Sha256::new();
             hash.update(message_id.as_bytes());
             hash.update(deaths.as_bytes());
             hash.update(&delivery.data);
             format!("broker:{}", hex::encode(hash.finalize()))
         });
-        let correlation_id = delivery.properties.correlation_id().as_ref().map(|c| c.as_str().to_owned());
+        let correlation_id = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_owned());
         let inserted = sqlx::query(
             "INSERT INTO dead_letters (dead_letter_key, stage, message_id, correlation_id, error_kind, error_message,
                  attempts, first_failed_at, last_failed_at, routing_key, properties, headers, body)
@@ -184,7 +203,13 @@ impl DeliveryProcessor for Keeper {
             Err(error) => {
                 tracing::warn!(%error, "cannot store dead letter; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
             }
         }
     }
@@ -193,7 +218,10 @@ impl DeliveryProcessor for Keeper {
 /// `payfleet.<stage>.dlq` → `<stage>`.
 fn stage_from_queue(delivery: &Delivery) -> String {
     let key = delivery.routing_key.as_str();
-    key.strip_prefix("payfleet.").and_then(|k| k.strip_suffix(".dlq")).unwrap_or(key).to_owned()
+    key.strip_prefix("payfleet.")
+        .and_then(|k| k.strip_suffix(".dlq"))
+        .unwrap_or(key)
+        .to_owned()
 }
 
 /// The message id of a message published without one: the body's hash, so

@@ -28,7 +28,10 @@ use crate::{
 /// What the transactions of one delivery came to.
 #[derive(Debug)]
 pub enum Processed {
-    Committed { outcome: Outcome, emitted: usize },
+    Committed {
+        outcome: Outcome,
+        emitted: usize,
+    },
     /// The inbox already had it.
     AlreadyProcessed,
     /// Rolled back: it arrived before the state it needs.
@@ -63,11 +66,17 @@ impl<S: Stage> Handler for Transactional<S> {
     fn lock_key(&self, message: &S::Message) -> Option<String> {
         self.0.lock_key(message)
     }
-    async fn process(&self, shared: &Shared, inbound: &Inbound, message: &S::Message) -> Result<Processed, StageError> {
-        let mut cx = match transaction::begin(&shared.pool, shared.topology.exchanges(), inbound).await? {
-            Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
-            Begun::Fresh(cx) => cx,
-        };
+    async fn process(
+        &self,
+        shared: &Shared,
+        inbound: &Inbound,
+        message: &S::Message,
+    ) -> Result<Processed, StageError> {
+        let mut cx =
+            match transaction::begin(&shared.pool, shared.topology.exchanges(), inbound).await? {
+                Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
+                Begun::Fresh(cx) => *cx,
+            };
         let result = self.0.handle(&mut cx, inbound, message).await;
         let emitted = transaction::complete(cx, inbound, &result).await?;
         finish(result, emitted)
@@ -88,7 +97,12 @@ impl<S: CallingStage> Handler for Calling<S> {
     fn lock_key(&self, message: &S::Message) -> Option<String> {
         self.0.lock_key(message)
     }
-    async fn process(&self, shared: &Shared, inbound: &Inbound, message: &S::Message) -> Result<Processed, StageError> {
+    async fn process(
+        &self,
+        shared: &Shared,
+        inbound: &Inbound,
+        message: &S::Message,
+    ) -> Result<Processed, StageError> {
         if transaction::already_processed(&shared.pool, inbound).await? {
             return Ok(Processed::AlreadyProcessed);
         }
@@ -114,9 +128,12 @@ impl<S: CallingStage> Handler for Calling<S> {
         let reply = self.0.call(message, &intent).await;
         let mut cx = match transaction::begin(&shared.pool, exchanges, inbound).await? {
             Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
-            Begun::Fresh(cx) => cx,
+            Begun::Fresh(cx) => *cx,
         };
-        let result = self.0.record_result(&mut cx, inbound, message, intent, reply).await;
+        let result = self
+            .0
+            .record_result(&mut cx, inbound, message, intent, reply)
+            .await;
         let emitted = transaction::complete(cx, inbound, &result).await?;
         finish(result, emitted)
     }
@@ -151,7 +168,11 @@ pub struct StageProcessor<H> {
 
 impl<H: Handler> StageProcessor<H> {
     pub fn new(handler: H, shared: Arc<Shared>) -> Arc<Self> {
-        Arc::new(Self { handler, shared, solo: RwLock::new(()) })
+        Arc::new(Self {
+            handler,
+            shared,
+            solo: RwLock::new(()),
+        })
     }
 
     async fn decide(&self, inbound: &Inbound) -> Disposition {
@@ -184,7 +205,9 @@ impl<H: Handler> StageProcessor<H> {
                         }
                         return Disposition::DeadLetter(
                             ErrorKind::CrashLoop,
-                            format!("delivered {deliveries} times without finishing; its handling keeps ending the process"),
+                            format!(
+                                "delivered {deliveries} times without finishing; its handling keeps ending the process"
+                            ),
                         );
                     }
                 }
@@ -225,13 +248,22 @@ impl<H: Handler> StageProcessor<H> {
                 }
             }
             Ok(Processed::AlreadyProcessed) => Disposition::Ack("duplicate"),
-            Ok(Processed::NotYet(reason)) => Disposition::Retry(format!("arrived before the state it needs: {reason}")),
+            Ok(Processed::NotYet(reason)) => {
+                Disposition::Retry(format!("arrived before the state it needs: {reason}"))
+            }
             Err(StageError::Transient(reason)) => Disposition::Retry(reason),
-            Err(StageError::Permanent(reason)) => Disposition::DeadLetter(ErrorKind::Permanent, reason),
+            Err(StageError::Permanent(reason)) => {
+                Disposition::DeadLetter(ErrorKind::Permanent, reason)
+            }
         }
     }
 
-    async fn settle(&self, delivery: &Delivery, inbound: &Inbound, disposition: Disposition) -> &'static str {
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        inbound: &Inbound,
+        disposition: Disposition,
+    ) -> &'static str {
         let shared = &self.shared;
         let max_attempts = shared.settings.max_attempts;
         let routed = match disposition {
@@ -247,25 +279,31 @@ impl<H: Handler> StageProcessor<H> {
                     // the delayed copy is a new delivery: keep it a suspect
                     broker::set_header(&mut headers, header::SUSPECT, 1);
                 }
-                self.delay(delivery, inbound, 0, headers).await.map(|()| "lock_busy")
+                self.delay(delivery, inbound, 0, headers)
+                    .await
+                    .map(|()| "lock_busy")
             }
             Disposition::Retry(reason) => {
                 let failures = inbound.attempt + 1;
                 if failures >= max_attempts {
                     tracing::warn!(%reason, failures, "retries exhausted; dead-lettering");
-                    self.dead_letter(delivery, inbound, ErrorKind::Exhausted, &reason, failures).await
+                    self.dead_letter(delivery, inbound, ErrorKind::Exhausted, &reason, failures)
+                        .await
                 } else {
                     tracing::info!(%reason, failures, "transient failure; retrying after a delay");
                     let mut headers = dead_letter::failure_headers(inbound, failures, &reason);
                     // this run ended without a crash: the copy is no suspect
                     headers = without(headers, header::SUSPECT);
                     let level = shared.topology.retry_level(failures);
-                    self.delay(delivery, inbound, level, headers).await.map(|()| "retried")
+                    self.delay(delivery, inbound, level, headers)
+                        .await
+                        .map(|()| "retried")
                 }
             }
             Disposition::DeadLetter(kind, reason) => {
                 tracing::warn!(%reason, kind = kind.as_str(), "dead-lettering");
-                self.dead_letter(delivery, inbound, kind, &reason, inbound.attempt + 1).await
+                self.dead_letter(delivery, inbound, kind, &reason, inbound.attempt + 1)
+                    .await
             }
         };
         match routed {
@@ -277,7 +315,13 @@ impl<H: Handler> StageProcessor<H> {
                 // Not routed anywhere: give it back to the queue rather than lose it.
                 tracing::warn!(%error, "cannot route the message onwards; requeueing it");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
                 "requeued"
             }
         }
@@ -312,7 +356,16 @@ impl<H: Handler> StageProcessor<H> {
         attempts: u32,
     ) -> Result<&'static str, broker::PublishError> {
         let exchange = &self.shared.topology.exchanges().dead_letters;
-        dead_letter::publish(&self.shared.publisher, exchange, inbound, &delivery.properties, kind, reason, attempts).await?;
+        dead_letter::publish(
+            &self.shared.publisher,
+            exchange,
+            inbound,
+            &delivery.properties,
+            kind,
+            reason,
+            attempts,
+        )
+        .await?;
         if inbound.suspect {
             let _ = transaction::clear_delivery_count(&self.shared.pool, inbound).await;
         }
@@ -388,9 +441,14 @@ pub fn inbound(stage: &str, delivery: &Delivery) -> Inbound {
             .map(|id| id.as_str().to_owned())
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| dead_letter::body_message_id(&delivery.data)),
-        correlation_id: props.correlation_id().as_ref().map(|c| c.as_str().to_owned()),
+        correlation_id: props
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_owned()),
         message_type: props.kind().as_ref().map(|t| t.as_str().to_owned()),
-        attempt: broker::header_i64(Some(&headers), header::ATTEMPT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        attempt: broker::header_i64(Some(&headers), header::ATTEMPT)
+            .unwrap_or(0)
+            .clamp(0, i64::from(u32::MAX)) as u32,
         redelivered: delivery.redelivered,
         suspect: delivery.redelivered || headers.contains_key(header::SUSPECT),
         routing_key: delivery.routing_key.as_str().to_owned(),

@@ -79,7 +79,12 @@ impl From<sqlx::Error> for StageError {
                 }
             }
         }
-        if matches!(error, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::TypeNotFound { .. }) {
+        if matches!(
+            error,
+            sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::TypeNotFound { .. }
+        ) {
             return StageError::Permanent(error.to_string());
         }
         StageError::Transient(error.to_string())
@@ -142,7 +147,11 @@ pub trait CallingStage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Intent<Self::Intent>, StageError>> + Send;
 
     /// The call, with no transaction open.
-    fn call(&self, message: &Self::Message, intent: &Self::Intent) -> impl Future<Output = Self::Reply> + Send;
+    fn call(
+        &self,
+        message: &Self::Message,
+        intent: &Self::Intent,
+    ) -> impl Future<Output = Self::Reply> + Send;
 
     /// Second transaction, with the inbox: record the reply and emit.
     fn record_result(

@@ -18,7 +18,9 @@ pub struct StageTx {
 
 impl std::fmt::Debug for StageTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StageTx").field("emitted", &self.emitted.len()).finish()
+        f.debug_struct("StageTx")
+            .field("emitted", &self.emitted.len())
+            .finish()
     }
 }
 
@@ -30,17 +32,38 @@ impl StageTx {
 
     /// Emits a JSON message to `stage`'s work queue once this commits. The
     /// payment id (correlation id) of the input travels with it.
-    pub fn emit_to_stage(&mut self, stage: &str, message_type: &str, body: &impl Serialize) -> Result<(), StageError> {
-        let message = OutboxMessage::json(&self.exchanges.stages, stage, message_type, self.correlation_id.as_deref(), body)
-            .map_err(StageError::permanent)?;
+    pub fn emit_to_stage(
+        &mut self,
+        stage: &str,
+        message_type: &str,
+        body: &impl Serialize,
+    ) -> Result<(), StageError> {
+        let message = OutboxMessage::json(
+            &self.exchanges.stages,
+            stage,
+            message_type,
+            self.correlation_id.as_deref(),
+            body,
+        )
+        .map_err(StageError::permanent)?;
         self.emitted.push(message);
         Ok(())
     }
 
     /// Emits a domain event to the events exchange once this commits.
-    pub fn emit_event(&mut self, routing_key: &str, body: &impl Serialize) -> Result<(), StageError> {
-        let message = OutboxMessage::json(&self.exchanges.events, routing_key, routing_key, self.correlation_id.as_deref(), body)
-            .map_err(StageError::permanent)?;
+    pub fn emit_event(
+        &mut self,
+        routing_key: &str,
+        body: &impl Serialize,
+    ) -> Result<(), StageError> {
+        let message = OutboxMessage::json(
+            &self.exchanges.events,
+            routing_key,
+            routing_key,
+            self.correlation_id.as_deref(),
+            body,
+        )
+        .map_err(StageError::permanent)?;
         self.emitted.push(message);
         Ok(())
     }
@@ -62,22 +85,28 @@ impl StageTx {
 
 /// How a delivery's transaction began.
 pub enum Begun {
-    Fresh(StageTx),
+    Fresh(Box<StageTx>),
     /// The inbox already holds this (stage, message id): ack without effect.
     AlreadyProcessed,
 }
 
 /// Whether the inbox already holds this message (a read, no claim).
 pub async fn already_processed(pool: &PgPool, inbound: &Inbound) -> Result<bool, StageError> {
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE stage = $1 AND message_id = $2)")
-        .bind(&inbound.stage)
-        .bind(&inbound.message_id)
-        .fetch_one(pool)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE stage = $1 AND message_id = $2)",
+    )
+    .bind(&inbound.stage)
+    .bind(&inbound.message_id)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// A transaction without an inbox claim (a calling stage's intent).
-pub async fn begin_plain(pool: &PgPool, exchanges: &ExchangeNames, inbound: &Inbound) -> Result<StageTx, StageError> {
+pub async fn begin_plain(
+    pool: &PgPool,
+    exchanges: &ExchangeNames,
+    inbound: &Inbound,
+) -> Result<StageTx, StageError> {
     Ok(StageTx {
         tx: pool.begin().await?,
         emitted: Vec::new(),
@@ -88,10 +117,14 @@ pub async fn begin_plain(pool: &PgPool, exchanges: &ExchangeNames, inbound: &Inb
 
 /// Begins the transaction and claims the inbox row. A concurrent handler of
 /// the same message waits here until the other commits, then sees the row.
-pub async fn begin(pool: &PgPool, exchanges: &ExchangeNames, inbound: &Inbound) -> Result<Begun, StageError> {
+pub async fn begin(
+    pool: &PgPool,
+    exchanges: &ExchangeNames,
+    inbound: &Inbound,
+) -> Result<Begun, StageError> {
     let mut cx = begin_plain(pool, exchanges, inbound).await?;
     if claim_inbox(&mut cx, inbound).await? {
-        Ok(Begun::Fresh(cx))
+        Ok(Begun::Fresh(Box::new(cx)))
     } else {
         cx.tx.rollback().await?;
         Ok(Begun::AlreadyProcessed)
@@ -135,7 +168,11 @@ pub async fn complete(
             .await?;
     }
     // A stale duplicate emits nothing, whatever the handler buffered.
-    let emitted = if inbox_outcome == "stale" { Vec::new() } else { std::mem::take(&mut cx.emitted) };
+    let emitted = if inbox_outcome == "stale" {
+        Vec::new()
+    } else {
+        std::mem::take(&mut cx.emitted)
+    };
     outbox::insert(&mut cx.tx, &emitted).await?;
     if inbound.suspect {
         clear_delivery_count(&mut *cx.tx, inbound).await?;
@@ -153,7 +190,10 @@ pub async fn commit_plain(mut cx: StageTx) -> Result<usize, StageError> {
 }
 
 /// Forgets a suspect's delivery count once a delivery finished without a crash.
-pub async fn clear_delivery_count(conn: impl sqlx::PgExecutor<'_>, inbound: &Inbound) -> Result<(), sqlx::Error> {
+pub async fn clear_delivery_count(
+    conn: impl sqlx::PgExecutor<'_>,
+    inbound: &Inbound,
+) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM delivery_counts WHERE stage = $1 AND message_id = $2")
         .bind(&inbound.stage)
         .bind(&inbound.message_id)
