@@ -389,3 +389,62 @@ async fn an_unroutable_outbox_message_waits_for_its_binding() -> anyhow::Result<
     );
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let env = TestEnv::with("http", |s| s.http_addr = format!("127.0.0.1:{port}")).await?;
+    env.add_account("ivy").await?;
+    let fleet = payfleet_tests::RunningFleet::start(env.fleet().await?.with_http())?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(WAIT, "/readyz once every consumer is connected", || async {
+        Ok(http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false))
+    })
+    .await?;
+    assert_eq!(
+        http.get(format!("{base}/healthz")).send().await?.status(),
+        200
+    );
+    for i in 0..3 {
+        env.publish_transfer(&transfer("ivy", "1.00"), &format!("m-{i}"))
+            .await?;
+    }
+    let mut poison_body = b"garbage".to_vec();
+    poison_body.push(0);
+    env.publish_to_stage(TRANSFER_STAGE, "garbage", &poison_body)
+        .await?;
+    env.wait_drained(WAIT).await?;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(r#"payfleet_messages_total{stage="probe-transfer",result="applied"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"payfleet_messages_total{stage="probe-receipt",result="applied"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"payfleet_dead_lettered_total{stage="probe-transfer",kind="poison"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("payfleet_handle_seconds_bucket"),
+        "{metrics}"
+    );
+    fleet.stop().await;
+    assert_eq!(env.assert_quiet_invariants().await?, 3);
+    env.teardown().await
+}

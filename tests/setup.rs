@@ -3,25 +3,13 @@
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use payfleet_tests::TestEnv;
 use serde_json::Value;
 
-/// The `payfleet` binary built beside this test (`cargo nextest run --workspace` builds it).
+/// The `payfleet` binary, built by cargo for this test.
 fn payfleet() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary has no target dir")?;
-    let bin = dir.join("payfleet");
-    if !bin.exists() {
-        bail!(
-            "{} is not built: run the tests with `cargo nextest run --workspace`",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    Ok(PathBuf::from(env!("CARGO_BIN_EXE_payfleet")))
 }
 
 fn run(env_vars: &[(String, String)], args: &[&str]) -> anyhow::Result<String> {
@@ -236,4 +224,63 @@ fn a_bad_setting_fails_with_its_name_and_a_bad_argument_exits_non_zero() -> anyh
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unrecognized subcommand"));
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_topology_is_accepted_by_the_broker() -> anyhow::Result<()> {
+    let env = TestEnv::with("quorum", |s| {
+        s.queue_type = payfleet_common::config::QueueType::Quorum
+    })
+    .await?;
+    // TestEnv applied the quorum topology; the broker accepted every argument.
+    let queue = env
+        .management(&format!("/queues/{}/payfleet.settlement", env.name))
+        .await?;
+    assert_eq!(queue["type"], "quorum");
+    assert_eq!(queue["arguments"]["x-delivery-limit"], 20);
+    let delay = env
+        .management(&format!("/queues/{}/payfleet.settlement.retry.0", env.name))
+        .await?;
+    assert_eq!(delay["type"], "quorum");
+    assert_eq!(delay["arguments"]["x-message-ttl"], 200);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ingress_queue_rejects_publishes_with_a_negative_confirm() -> anyhow::Result<()> {
+    let env = TestEnv::with("ingress", |s| s.ingress_max_length = 3).await?;
+    let connection = env.amqp().await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let mut outcomes = Vec::new();
+    for i in 0..5 {
+        let confirm = channel
+            .basic_publish(
+                "payfleet.ingress".into(),
+                "payment.requested".into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                format!("{{\"n\": {i}}}").as_bytes(),
+                payfleet_common::broker::properties(
+                    &format!("req-{i}"),
+                    None,
+                    Some("payment.requested"),
+                ),
+            )
+            .await?
+            .await?;
+        outcomes.push(confirm.is_ack());
+    }
+    assert_eq!(
+        outcomes,
+        vec![true, true, true, false, false],
+        "past max length upstream gets a nack"
+    );
+    assert_eq!(env.queue_depth("payfleet.ingress").await?, 3);
+    let _ = connection.close(200, "done".into()).await;
+    env.teardown().await
 }

@@ -5,6 +5,7 @@
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +63,20 @@ impl Fleet {
     /// Connects the pool and Redis pool; the broker connects when running.
     pub async fn connect(settings: Settings, topology: Topology) -> Result<Self, FleetError> {
         let final_stop = CancellationToken::new();
-        let pool = db::connect(&settings).await?;
+        // Services may come up after the fleet (a compose start, a failover):
+        // wait for PostgreSQL with backoff rather than fail at once.
+        let pool = (|| db::connect(&settings))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .with_max_times(15),
+            )
+            .notify(
+                |error, delay| tracing::warn!(%error, ?delay, "PostgreSQL unreachable; retrying"),
+            )
+            .await?;
         let locks = Locks::new(
             &settings.redis_url,
             &settings.redis_key_prefix,

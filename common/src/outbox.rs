@@ -182,13 +182,24 @@ pub async fn relay_once(
 
     let messages: Vec<Outgoing> = rows.iter().map(outgoing).collect();
     let mut pending = Vec::with_capacity(rows.len());
+    let mut not_started = Vec::new();
     for (row, message) in rows.iter().zip(&messages) {
-        let started = publisher.start(message).await;
-        let broken = started.is_err();
-        pending.push((row, message, started));
-        if broken {
-            break; // the channel is gone; the rest stay claimed until their lease ends
+        if pending
+            .last()
+            .is_some_and(|(_, _, started): &(_, _, Result<_, _>)| started.is_err())
+        {
+            not_started.push(row.id);
+            continue;
         }
+        let started = publisher.start(message).await;
+        pending.push((row, message, started));
+    }
+    if !not_started.is_empty() {
+        // The channel broke mid-batch: hand these back for the next pass.
+        sqlx::query("UPDATE outbox SET claimed_until = now() + interval '1 second', publish_attempts = publish_attempts - 1 WHERE id = ANY($1)")
+            .bind(&not_started)
+            .execute(pool)
+            .await?;
     }
     let confirms = join_all(
         pending

@@ -59,6 +59,7 @@ fn test_settings(name: &str) -> Settings {
         lock_ttl_ms: 3_000,
         shutdown_timeout_ms: 5_000,
         outbox_poll_ms: 250,
+        outbox_lease_ms: 2_000,
         prefetch: 16,
         max_in_flight: 8,
         db_max_connections: 10,
