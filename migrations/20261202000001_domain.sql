@@ -24,20 +24,20 @@ CREATE TABLE users (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Wallets (users) and settlement accounts (merchants, platform fees).
+-- Wallets (users) and settlement accounts (merchants, platform fees), plus
+-- the one `external` account that stands for money outside payfleet (top-ups
+-- come from it); its balance columns stay 0 and its postings sum negative.
 -- A merchant's balance is rolled up from journal postings (see settlement):
 -- payments never lock a merchant's row, so a hot merchant does not serialise the fleet.
 CREATE TABLE accounts (
     id         bigserial PRIMARY KEY,
-    owner_kind text NOT NULL CHECK (owner_kind IN ('user', 'merchant', 'platform')),
+    owner_kind text NOT NULL CHECK (owner_kind IN ('user', 'merchant', 'platform', 'external')),
     owner_id   text NOT NULL,
     currency   char(3) NOT NULL,
     status     text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'frozen', 'closed')),
     total      numeric(20, 2) NOT NULL DEFAULT 0 CHECK (total >= 0),
     available  numeric(20, 2) NOT NULL DEFAULT 0 CHECK (available >= 0),
     frozen     numeric(20, 2) NOT NULL DEFAULT 0 CHECK (frozen >= 0),
-    -- last journal posting folded into the balance (roll-up accounts)
-    rolled_up_to bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now(),
     CHECK (total = available + frozen),
     UNIQUE (owner_kind, owner_id, currency)
@@ -251,10 +251,11 @@ CREATE INDEX integration_log_payment ON integration_log (payment_id);
 -- by a constraint trigger at commit).
 CREATE TABLE journal_entries (
     id         bigserial PRIMARY KEY,
-    payment_id uuid NOT NULL REFERENCES payments(id),
-    kind       text NOT NULL CHECK (kind IN ('payment', 'refund')),
+    -- the payment settled, or for a top-up the reference it came with
+    reference  text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('payment', 'refund', 'top_up')),
     created_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (payment_id, kind)
+    UNIQUE (reference, kind)
 );
 
 CREATE TABLE postings (
@@ -264,9 +265,13 @@ CREATE TABLE postings (
     -- positive = credit (money in), negative = debit (money out)
     amount     numeric(20, 2) NOT NULL CHECK (amount <> 0),
     currency   char(3) NOT NULL,
+    -- false until the account's balance includes it: merchant and platform
+    -- accounts are rolled up asynchronously, wallets at once
+    rolled_up  boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX postings_account ON postings (account_id, id);
+CREATE INDEX postings_pending_roll_up ON postings (account_id) WHERE NOT rolled_up;
 
 CREATE FUNCTION check_entry_balances() RETURNS trigger AS $$
 BEGIN

@@ -81,6 +81,24 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log_filter: String,
+    /// How long a payment may stay unpaid before the sweeper cancels it.
+    pub payment_ttl_ms: u64,
+    /// Risk: payments of at least this many currency units are blocked.
+    pub risk_block_amount: u64,
+    /// Risk: payments of at least this many currency units are challenged.
+    pub risk_challenge_amount: u64,
+    /// Risk: more payments than this by one user within the window are challenged.
+    pub risk_velocity_limit: u32,
+    /// Risk: the velocity window.
+    pub risk_velocity_window_ms: u64,
+    /// Merchant webhook retry schedule (delay before each retry).
+    pub webhook_delays_ms: Vec<u64>,
+    /// Timeout of one webhook request.
+    pub webhook_timeout_ms: u64,
+    /// How often the expiry sweeper looks for payments past their expiry.
+    pub sweep_interval_ms: u64,
+    /// How often merchant and fee balances are rolled up from the journal.
+    pub rollup_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -107,6 +125,19 @@ impl Default for Settings {
             http_addr: "127.0.0.1:9464".into(),
             log_format: LogFormat::Text,
             log_filter: "info,sqlx=warn,lapin=warn,lapin::channel=off".into(),
+            payment_ttl_ms: 900_000,
+            risk_block_amount: 50_000,
+            risk_challenge_amount: 20_000,
+            risk_velocity_limit: 20,
+            risk_velocity_window_ms: 3_600_000,
+            // 10 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h, 12 h: about a day in all
+            webhook_delays_ms: vec![
+                10_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000, 10_800_000, 21_600_000,
+                43_200_000,
+            ],
+            webhook_timeout_ms: 5_000,
+            sweep_interval_ms: 5_000,
+            rollup_interval_ms: 1_000,
         }
     }
 }
@@ -209,6 +240,18 @@ impl Settings {
                 "delays must be positive and strictly increasing",
             ));
         }
+        if self.webhook_delays_ms.is_empty() || self.webhook_delays_ms.contains(&0) {
+            return Err(invalid(
+                "webhook_delays_ms",
+                "needs at least one positive delay",
+            ));
+        }
+        if self.risk_challenge_amount > self.risk_block_amount {
+            return Err(invalid(
+                "risk_challenge_amount",
+                "must not exceed risk_block_amount",
+            ));
+        }
         if self.lock_ttl_ms < 300 {
             return Err(invalid("lock_ttl_ms", "must be at least 300 ms"));
         }
@@ -265,6 +308,15 @@ fn leak_name(key: &str) -> &'static str {
         "http_addr",
         "log_format",
         "log_filter",
+        "payment_ttl_ms",
+        "risk_block_amount",
+        "risk_challenge_amount",
+        "risk_velocity_limit",
+        "risk_velocity_window_ms",
+        "webhook_delays_ms",
+        "webhook_timeout_ms",
+        "sweep_interval_ms",
+        "rollup_interval_ms",
     ];
     NAMES
         .iter()

@@ -42,6 +42,7 @@ pub enum FleetError {
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Starter = Box<dyn FnOnce(Health, CancellationToken) -> Task + Send>;
+type Background = Box<dyn FnOnce(Arc<Shared>, CancellationToken) -> Task + Send>;
 
 /// How long the relay may take to flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +55,7 @@ pub struct Fleet {
     final_stop: CancellationToken,
     health: Health,
     consumers: Vec<(String, Starter)>,
+    background: Vec<(String, Background)>,
     keeper: bool,
     http: bool,
     relay: bool,
@@ -96,6 +98,7 @@ impl Fleet {
             }),
             health: Health::default(),
             consumers: Vec::new(),
+            background: Vec::new(),
             keeper: false,
             http: false,
             relay: true,
@@ -125,6 +128,20 @@ impl Fleet {
         let processor = StageProcessor::new(handler, self.shared.clone());
         self.consumers.push((name, starter(spec, processor)));
         Ok(self)
+    }
+
+    /// Adds a background task (a sweeper, a roll-up) that runs until the
+    /// stop signal and is awaited before the outbox is flushed.
+    pub fn background<F, Fut>(mut self, name: &str, task: F) -> Self
+    where
+        F: FnOnce(Arc<Shared>, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background.push((
+            name.to_owned(),
+            Box::new(move |shared, stop| Box::pin(task(shared, stop))),
+        ));
+        self
     }
 
     /// Also drains every stage's DLQ into the dead-letter store.
@@ -211,10 +228,25 @@ impl Fleet {
             (relay_stop, handle)
         });
         let maintenance = tokio::spawn(maintain(shared.clone(), stop.clone()));
+        let mut background = JoinSet::new();
+        for (name, start) in self.background {
+            tracing::info!(task = %name, "starting background task");
+            background.spawn(start(shared.clone(), stop.clone()));
+        }
 
         stop.cancelled().await;
         // Consumers finish what is in flight (each bounded by shutdown_timeout).
         while consumers.join_next().await.is_some() {}
+        let bound = shared.settings.shutdown_timeout();
+        if tokio::time::timeout(bound, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("background tasks still running at the shutdown bound; stopping them");
+            background.abort_all();
+        }
         if let Some((relay_stop, handle)) = relay {
             relay_stop.cancel();
             let _ = handle.await;

@@ -8,6 +8,8 @@ pub mod db;
 pub mod fault;
 pub mod fleet;
 pub mod lock;
+pub mod messages;
+pub mod money;
 pub mod outbox;
 pub mod runtime;
 pub mod shutdown;

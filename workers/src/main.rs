@@ -34,6 +34,24 @@ enum Command {
     /// Declare or export the RabbitMQ topology (exchanges, queues, delay levels, DLQs).
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Run one or more stages as a worker process (with the outbox relay, the
+    /// dead-letter keeper, the expiry sweeper and the balance roll-up).
+    #[command(
+        after_help = "Examples:\n  payfleet worker order-validation fund-freeze\n  payfleet worker settlement   # scale one stage by starting more of these"
+    )]
+    Worker {
+        /// Stages to run in this process.
+        #[arg(required = true, value_parser = clap::builder::PossibleValuesParser::new(payfleet_workers::STAGES))]
+        stages: Vec<String>,
+    },
+    /// Run every stage and the HTTP endpoints in one process, until stopped;
+    /// with --demo, seed a demo catalogue, publish N mixed payments and summarise.
+    #[command(after_help = "Examples:\n  payfleet run --demo 2000\n  payfleet run")]
+    Run {
+        /// Publish this many demo payment requests, wait for every outcome, print a summary and exit.
+        #[arg(long, value_name = "N")]
+        demo: Option<usize>,
+    },
     /// Print the effective settings (defaults, file and environment merged).
     #[command(after_help = "Example:\n  PAYFLEET_PREFETCH=64 payfleet config")]
     Config,
@@ -82,7 +100,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config)?;
+    let mut settings = Settings::load(cli.config)?;
+    if matches!(cli.command, Command::Run { demo: Some(_) })
+        && std::env::var_os("PAYFLEET_LOG_FILTER").is_none()
+    {
+        // The demo's progress line and summary are its output; logs only for trouble.
+        settings.log_filter = "warn,lapin=error,lapin::channel=off".into();
+    }
     telemetry::init_tracing(&settings);
     match cli.command {
         Command::Migrate => {
@@ -133,6 +157,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => println!("{json}"),
             }
+        }
+        Command::Worker { stages } => {
+            let stages: Vec<&str> = stages.iter().map(String::as_str).collect();
+            let fleet = payfleet_workers::fleet(settings, &stages, true).await?;
+            fleet.run(payfleet_common::shutdown::on_signal()).await?;
+        }
+        Command::Run {
+            demo: Some(requests),
+        } => {
+            payfleet_workers::demo::run(settings, requests).await?;
+        }
+        Command::Run { demo: None } => {
+            db::migrate(&settings).await?;
+            let topology = Topology::from_settings(&settings)?;
+            let connection = broker::connect_once(&settings.amqp_url, "payfleet-setup")
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to RabbitMQ at amqp_url (vhost {})",
+                        settings.amqp_vhost()
+                    )
+                })?;
+            topology.apply(&connection).await?;
+            let _ = connection.close(200, "applied".into()).await;
+            let fleet = payfleet_workers::fleet(settings, &[], true).await?;
+            fleet.run(payfleet_common::shutdown::on_signal()).await?;
         }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&settings)?);

@@ -1,0 +1,253 @@
+//! Message contract v1: what travels on the wire. The committed JSON Schema
+//! files in `contracts/v1/` describe the same shapes for integrators; a test
+//! validates what the fleet emits against them.
+//!
+//! Amounts are decimal strings with a currency beside them; times are RFC 3339.
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Header carrying `hex(HMAC-SHA256(merchant signing key, raw body))`.
+pub const SIGNATURE_HEADER: &str = "x-payfleet-signature";
+
+/// AMQP `type` of each message.
+pub mod kind {
+    pub const PAYMENT_REQUESTED: &str = "payment.requested";
+    pub const ORDER_VALIDATED: &str = "order.validated";
+    pub const FUNDS_FROZEN: &str = "funds.frozen";
+    pub const CHANNEL_RESULT: &str = "channel.result";
+    pub const PAYMENT_RESOLVED: &str = "payment.resolved";
+    pub const PAYMENT_OUTCOME: &str = "payment.outcome";
+}
+
+/// Routing keys (and `event_type`) of BI events on `payfleet.events`.
+pub mod event {
+    pub const SUCCEEDED: &str = "payment.succeeded";
+    pub const FAILED: &str = "payment.failed";
+    pub const REJECTED: &str = "payment.rejected";
+    pub const EXCEPTION: &str = "payment.exception";
+}
+
+/// `payment.requested`: published by upstream on `payfleet.ingress`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequested {
+    pub schema_version: u32,
+    pub merchant_id: String,
+    /// The idempotency key: the same id with the same content is the same payment.
+    pub merchant_order_id: String,
+    pub user_id: String,
+    pub currency: String,
+    pub items: Vec<RequestedItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_code: Option<String>,
+    /// `balance` (the user's wallet).
+    pub payment_method: String,
+    /// What the client expects to pay after discounts; must match the catalogue.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub expected_amount: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedItem {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+/// order-validation → fund-freeze.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderValidated {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub validated_at: DateTime<Utc>,
+}
+
+/// fund-freeze → channel-call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FundsFrozen {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub channel: String,
+    pub expires_at: DateTime<Utc>,
+    pub frozen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelStatus {
+    Succeeded,
+    Failed,
+}
+
+/// channel-call (sync result), webhook ingress or a status query → callback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChannelResult {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    pub attempt_id: Uuid,
+    pub channel: String,
+    pub status: ChannelStatus,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub reported_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Confirm: deduct the freeze, post the journal.
+    Paid,
+    /// Cancel: release what Try reserved.
+    Failed,
+}
+
+/// callback (or the expiry sweeper) → settlement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PaymentResolved {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    pub resolution: Resolution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub resolved_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Rejected,
+    Exception,
+}
+
+impl Outcome {
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => event::SUCCEEDED,
+            Outcome::Failed => event::FAILED,
+            Outcome::Rejected => event::REJECTED,
+            Outcome::Exception => event::EXCEPTION,
+        }
+    }
+}
+
+/// Any stage with a final word → notification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PaymentOutcome {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub decided_at: DateTime<Utc>,
+}
+
+/// A sub-order as events report it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventSubOrder {
+    pub sub_order_id: Uuid,
+    pub seller_id: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fee: Decimal,
+}
+
+/// A BI event on `payfleet.events` (routing key = `event_type`), and the
+/// body of the merchant webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PaymentEvent {
+    pub schema_version: u32,
+    /// Stable per payment and event type: consumers deduplicate on it.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub payment_id: Uuid,
+    pub merchant_id: String,
+    pub merchant_order_id: String,
+    pub user_id: String,
+    pub status: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub sub_orders: Vec<EventSubOrder>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// `hex(HMAC-SHA256(key, body))`.
+pub fn sign(key: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Constant-time check of a hex signature.
+pub fn verify(key: &str, body: &[u8], signature_hex: &str) -> bool {
+    let Ok(signature) = hex::decode(signature_hex.trim()) else {
+        return false;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    mac.verify_slice(&signature).is_ok()
+}
+
+/// A stable id derived from parts (event ids, payment ids): the same parts
+/// always give the same id.
+pub fn stable_id(parts: &[&str]) -> Uuid {
+    use sha2::Digest;
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0u8]);
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_and_reject_tampering() {
+        let body = br#"{"merchant_id":"m1"}"#;
+        let signature = sign("secret", body);
+        assert!(verify("secret", body, &signature));
+        assert!(!verify("other", body, &signature));
+        assert!(!verify("secret", br#"{"merchant_id":"m2"}"#, &signature));
+        assert!(!verify("secret", body, "zz"));
+    }
+
+    #[test]
+    fn stable_ids_are_stable() {
+        assert_eq!(stable_id(&["a", "b"]), stable_id(&["a", "b"]));
+        assert_ne!(stable_id(&["a", "b"]), stable_id(&["ab", ""]));
+    }
+}

@@ -1,0 +1,210 @@
+//! callback: resolves a payment from its channel's result (a sync result
+//! from channel-call; later also webhooks and status queries). Statuses only
+//! move forward; duplicates change nothing; a result for an attempt not yet
+//! committed is retried; an amount or currency mismatch puts the payment in
+//! exception for review.
+
+use chrono::Utc;
+use payfleet_common::{
+    messages::{
+        ChannelResult, ChannelStatus, Outcome as Final, PaymentResolved, Resolution,
+        SCHEMA_VERSION, kind,
+    },
+    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+};
+use rust_decimal::Decimal;
+
+use crate::payment::{self, PaymentStatus};
+
+pub const NAME: &str = "callback";
+
+pub struct Callback;
+
+impl Stage for Callback {
+    type Message = ChannelResult;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn decode(&self, inbound: &Inbound) -> Result<ChannelResult, String> {
+        serde_json::from_slice(&inbound.body)
+            .map_err(|e| format!("undecodable channel.result: {e}"))
+    }
+
+    fn lock_key(&self, m: &ChannelResult) -> Option<String> {
+        Some(m.payment_id.to_string())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut StageTx,
+        _inbound: &Inbound,
+        m: &ChannelResult,
+    ) -> Result<Outcome, StageError> {
+        tx.set_correlation_id(&m.payment_id.to_string());
+        let Some(p) = payment::lock(tx.conn(), m.payment_id).await? else {
+            return Ok(Outcome::NotYet {
+                reason: format!("payment {} not found", m.payment_id),
+            });
+        };
+        let attempt: Option<(String, Decimal, String)> =
+            sqlx::query_as("SELECT status, amount, currency::text FROM payment_attempts WHERE id = $1 AND payment_id = $2")
+                .bind(m.attempt_id)
+                .bind(p.id)
+                .fetch_optional(tx.conn())
+                .await?;
+        let Some((attempt_status, _, _)) = attempt else {
+            return Ok(Outcome::NotYet {
+                reason: format!("attempt {} not committed yet", m.attempt_id),
+            });
+        };
+        let status = p.status()?;
+        if m.amount != p.amount || m.currency != p.currency {
+            if status == PaymentStatus::Exception {
+                return Ok(Outcome::Stale {
+                    reason: "already held for review".into(),
+                });
+            }
+            let detail = format!(
+                "amount_mismatch: channel reported {} {}, payment is {} {}",
+                m.amount, m.currency, p.amount, p.currency
+            );
+            if payment::transition(
+                tx.conn(),
+                p.id,
+                status,
+                PaymentStatus::Exception,
+                Some(&detail),
+            )
+            .await?
+            {
+                crate::payment::emit_outcome(tx, p.id, Final::Exception, Some("amount_mismatch"))?;
+            }
+            return Ok(Outcome::Exception { reason: detail });
+        }
+        // The attempt follows the result when it was still open (a webhook).
+        let attempt_to = match m.status {
+            ChannelStatus::Succeeded => "succeeded",
+            ChannelStatus::Failed => "failed",
+        };
+        if attempt_status == "sending" || attempt_status == "unknown" {
+            sqlx::query("UPDATE payment_attempts SET status = $2, channel_reference = $3, resolved_at = now() WHERE id = $1")
+                .bind(m.attempt_id)
+                .bind(attempt_to)
+                .bind(&m.channel_reference)
+                .execute(tx.conn())
+                .await?;
+        } else if attempt_status != attempt_to {
+            let detail = format!(
+                "attempt {} reported {attempt_to} after {attempt_status}",
+                m.attempt_id
+            );
+            if payment::transition(
+                tx.conn(),
+                p.id,
+                status,
+                PaymentStatus::Exception,
+                Some(&detail),
+            )
+            .await?
+            {
+                crate::payment::emit_outcome(
+                    tx,
+                    p.id,
+                    Final::Exception,
+                    Some("conflicting_results"),
+                )?;
+            }
+            return Ok(Outcome::Exception { reason: detail });
+        }
+
+        match (m.status, status) {
+            (ChannelStatus::Succeeded, PaymentStatus::Frozen) => {
+                payment::transition(
+                    tx.conn(),
+                    p.id,
+                    PaymentStatus::Frozen,
+                    PaymentStatus::Paid,
+                    None,
+                )
+                .await?;
+                resolve(tx, &p, Resolution::Paid, None)
+            }
+            (ChannelStatus::Failed, PaymentStatus::Frozen) => {
+                let reason = m.reason.clone().unwrap_or_else(|| "declined".to_owned());
+                resolve(tx, &p, Resolution::Failed, Some(reason))
+            }
+            (ChannelStatus::Succeeded, PaymentStatus::Paid | PaymentStatus::Settled)
+            | (ChannelStatus::Failed, PaymentStatus::Failed | PaymentStatus::Cancelled) => {
+                Ok(Outcome::Stale {
+                    reason: format!("payment {} already {}", p.id, status.as_str()),
+                })
+            }
+            (ChannelStatus::Succeeded, PaymentStatus::Failed | PaymentStatus::Cancelled)
+                if m.channel == "balance" =>
+            {
+                // A wallet capture moves nothing by itself: the released funds stay released.
+                Ok(Outcome::Stale {
+                    reason: format!(
+                        "balance capture after payment {} was {}",
+                        p.id,
+                        status.as_str()
+                    ),
+                })
+            }
+            (ChannelStatus::Succeeded, s) | (ChannelStatus::Failed, s)
+                if s == PaymentStatus::Exception =>
+            {
+                Ok(Outcome::Stale {
+                    reason: "already held for review".into(),
+                })
+            }
+            (result, s) => {
+                let detail = format!(
+                    "channel reported {result:?} but payment {} is {}",
+                    p.id,
+                    s.as_str()
+                );
+                if s != PaymentStatus::Exception
+                    && payment::transition(
+                        tx.conn(),
+                        p.id,
+                        s,
+                        PaymentStatus::Exception,
+                        Some(&detail),
+                    )
+                    .await?
+                {
+                    crate::payment::emit_outcome(
+                        tx,
+                        p.id,
+                        Final::Exception,
+                        Some("conflicting_final_state"),
+                    )?;
+                }
+                Ok(Outcome::Exception { reason: detail })
+            }
+        }
+    }
+}
+
+fn resolve(
+    tx: &mut StageTx,
+    p: &payment::Payment,
+    resolution: Resolution,
+    reason: Option<String>,
+) -> Result<Outcome, StageError> {
+    tx.emit_to_stage(
+        crate::settlement::NAME,
+        kind::PAYMENT_RESOLVED,
+        &PaymentResolved {
+            schema_version: SCHEMA_VERSION,
+            payment_id: p.id,
+            resolution,
+            reason,
+            resolved_at: Utc::now(),
+        },
+    )?;
+    Ok(Outcome::Applied)
+}

@@ -1,0 +1,834 @@
+//! `payfleet run --demo N`: seeds a demo catalogue, starts the whole fleet
+//! in this process, publishes N realistic mixed payment requests to the
+//! ingress exchange like an upstream shop would, shows a live progress line,
+//! and ends with a summary and the invariant check.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use payfleet_common::{
+    CancellationToken, Settings, Topology,
+    broker::{self, Outgoing, Publisher},
+    db,
+    messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
+    telemetry,
+};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+use crate::{
+    invariants,
+    order_validation::{self, pricing},
+    settlement,
+};
+
+pub const SHOP: &str = "demo-shop";
+pub const SHOP_KEY: &str = "demo-shop-signing-key";
+const SELLERS: [(&str, &str); 3] = [
+    ("seller-a", "0.0060"),
+    ("seller-b", "0.0100"),
+    ("seller-c", "0.0000"),
+];
+const USERS: usize = 200;
+const POOR_USERS: usize = 20;
+const BLOCKED_USER: &str = "demo-user-blocked";
+
+/// What one request was meant to exercise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Normal,
+    InsufficientBalance,
+    OutOfStock,
+    PriceMismatch,
+    BadSignature,
+    Duplicate,
+    Conflict,
+    Challenge,
+    Blocked,
+    Poison,
+}
+
+struct Catalogue {
+    products: Vec<pricing::Product>,
+    coupons: Vec<pricing::Coupon>,
+}
+
+/// Runs the demo; returns an error (non-zero exit) when it did not finish
+/// cleanly or an invariant broke.
+pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
+    if requests == 0 {
+        bail!("--demo needs at least one request");
+    }
+    telemetry::metrics_handle();
+    db::migrate(&settings)
+        .await
+        .context("applying migrations")?;
+    let topology = Topology::from_settings(&settings)?;
+    let connection = broker::connect_once(&settings.amqp_url, "payfleet-demo-setup")
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ (amqp_url, vhost {})",
+                settings.amqp_vhost()
+            )
+        })?;
+    topology.apply(&connection).await?;
+    let _ = connection.close(200, "applied".into()).await;
+    let pool = db::connect(&settings).await?;
+
+    let (webhook_url, webhooks_received) = webhook_receiver().await?;
+    let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let catalogue = seed(&pool, &run_id, &webhook_url).await?;
+    println!("payfleet demo {run_id}: {requests} requests, catalogue seeded, fleet starting");
+
+    let fleet = crate::fleet(settings.clone(), &[], true).await?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(fleet.run(stop.clone()));
+
+    let plan = plan(requests, &run_id, &catalogue);
+    let expected_payments = plan.iter().filter(|p| p.creates_payment).count() as i64;
+    let expected_refusals = plan.iter().filter(|p| p.refused).count() as i64;
+    let expected_dead = plan.iter().filter(|p| p.kind == Kind::Poison).count() as i64;
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = Publisher::new(
+        &settings.amqp_url,
+        "payfleet-demo-upstream",
+        stop.child_token(),
+    );
+    let publishing = tokio::spawn(publish_all(
+        publisher.clone(),
+        topology.exchanges().ingress.clone(),
+        plan,
+        published.clone(),
+    ));
+
+    let deadline = Instant::now() + Duration::from_secs(60 + requests as u64 / 10);
+    let like = format!("{run_id}-%");
+    let finished = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let progress = progress(&pool, &like, started_at).await?;
+        let done = progress.terminal == expected_payments
+            && progress.refused == expected_refusals
+            && progress.dead >= expected_dead
+            && publishing.is_finished();
+        print!(
+            "\r[{:>6.1}s] published {}/{} · payments {}/{} terminal (settled {}, failed {}, rejected {}) · refused {} · dead letters {}   ",
+            started.elapsed().as_secs_f64(),
+            published.load(Ordering::Relaxed),
+            requests,
+            progress.terminal,
+            expected_payments,
+            progress.settled,
+            progress.failed,
+            progress.rejected,
+            progress.refused,
+            progress.dead,
+        );
+        let _ = std::io::stdout().flush();
+        if done && quiet(&pool).await? {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    println!();
+    let elapsed = started.elapsed();
+    publishing.await.context("publisher task")??;
+    publisher.close().await;
+    stop.cancel();
+    running.await.context("fleet task")??;
+    settlement::roll_up(&pool, 1_000_000).await?;
+
+    let summary = summarize(
+        &pool,
+        &like,
+        started_at,
+        elapsed,
+        webhooks_received.load(Ordering::Relaxed),
+    )
+    .await?;
+    println!("{summary}");
+    let report = invariants::all(&pool).await?;
+    if report.ok() {
+        println!("  invariants  all {} checks hold", report.checks.len());
+    } else {
+        println!("  invariants  BROKEN: {}", report.failures().join("; "));
+    }
+    pool.close().await;
+    if !finished {
+        bail!("not every payment reached a terminal state within the deadline");
+    }
+    if !report.ok() {
+        bail!("invariants broken");
+    }
+    Ok(())
+}
+
+struct Planned {
+    kind: Kind,
+    message_id: String,
+    body: Vec<u8>,
+    signature: Option<String>,
+    creates_payment: bool,
+    refused: bool,
+}
+
+fn sign(body: &[u8]) -> Option<String> {
+    Some(messages::sign(SHOP_KEY, body))
+}
+
+fn plan(requests: usize, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut planned: Vec<Planned> = Vec::with_capacity(requests);
+    let mut previous: Vec<(String, PaymentRequested)> = Vec::new();
+    let on_sale: Vec<&pricing::Product> = catalogue
+        .products
+        .iter()
+        .filter(|p| p.on_sale && !p.sku.starts_with("demo-lux") && p.sku != "demo-rare")
+        .collect();
+    while planned.len() < requests {
+        let index = planned.len();
+        let roll = rng.u32(0..100);
+        let kind = match roll {
+            0..=62 => Kind::Normal,
+            63..=70 => Kind::InsufficientBalance,
+            71..=74 => Kind::OutOfStock,
+            75..=77 => Kind::PriceMismatch,
+            78..=81 => Kind::BadSignature,
+            82..=86 if !previous.is_empty() => Kind::Duplicate,
+            87..=90 if !previous.is_empty() => Kind::Conflict,
+            91..=92 => Kind::Challenge,
+            93 => Kind::Blocked,
+            94 => Kind::Poison,
+            _ => Kind::Normal,
+        };
+        let order_id = format!("{run_id}-{index:06}");
+        let user = match kind {
+            Kind::InsufficientBalance => format!("demo-poor-{}", rng.usize(0..POOR_USERS)),
+            Kind::Blocked => BLOCKED_USER.to_owned(),
+            _ => format!("demo-user-{}", rng.usize(0..USERS)),
+        };
+        let mut items: Vec<(&pricing::Product, u32)> = Vec::new();
+        match kind {
+            Kind::OutOfStock => items.push((
+                catalogue
+                    .products
+                    .iter()
+                    .find(|p| p.sku == "demo-rare")
+                    .expect("seeded"),
+                5,
+            )),
+            Kind::Challenge => items.push((
+                catalogue
+                    .products
+                    .iter()
+                    .find(|p| p.sku == "demo-lux-watch")
+                    .expect("seeded"),
+                1,
+            )),
+            _ => {
+                for _ in 0..rng.usize(1..5) {
+                    let product = on_sale[rng.usize(0..on_sale.len())];
+                    if !items.iter().any(|(p, _)| p.sku == product.sku) {
+                        items.push((product, rng.u32(1..4)));
+                    }
+                }
+            }
+        }
+        let gross: Decimal = pricing::price_lines(&items, Decimal::ZERO)
+            .iter()
+            .map(|l| l.amount)
+            .sum();
+        let mut coupon_code = None;
+        let mut discount = Decimal::ZERO;
+        if kind == Kind::Normal && rng.u32(0..100) < 35 {
+            let coupon = &catalogue.coupons[rng.usize(0..catalogue.coupons.len())];
+            if let Ok(off) = coupon.discount(gross, "CNY", Utc::now(), 0) {
+                if off < gross {
+                    coupon_code = Some(coupon.code.clone());
+                    discount = off;
+                }
+            }
+        }
+        let mut expected = gross - discount;
+        if kind == Kind::PriceMismatch {
+            expected -= Decimal::new(100, 2);
+        }
+        let request = PaymentRequested {
+            schema_version: SCHEMA_VERSION,
+            merchant_id: SHOP.to_owned(),
+            merchant_order_id: order_id.clone(),
+            user_id: user,
+            currency: "CNY".to_owned(),
+            items: items
+                .iter()
+                .map(|(p, q)| RequestedItem {
+                    sku: p.sku.clone(),
+                    quantity: *q,
+                })
+                .collect(),
+            coupon_code,
+            payment_method: "balance".to_owned(),
+            expected_amount: expected,
+            notify_url: None,
+            requested_at: Utc::now(),
+        };
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let entry = match kind {
+            Kind::Poison => Planned {
+                kind,
+                message_id,
+                body: format!(
+                    "{{\"merchant_id\": \"{SHOP}\", \"merchant_order_id\": {index}, truncated"
+                )
+                .into_bytes(),
+                signature: None,
+                creates_payment: false,
+                refused: false,
+            },
+            Kind::BadSignature => {
+                let body = serde_json::to_vec(&request).expect("serializable");
+                Planned {
+                    kind,
+                    message_id,
+                    signature: Some(messages::sign("a forged key", &body)),
+                    body,
+                    creates_payment: false,
+                    refused: true,
+                }
+            }
+            Kind::Duplicate => {
+                let (_, original) = &previous[rng.usize(0..previous.len())];
+                let body = serde_json::to_vec(original).expect("serializable");
+                Planned {
+                    kind,
+                    message_id,
+                    signature: sign(&body),
+                    body,
+                    creates_payment: false,
+                    refused: false,
+                }
+            }
+            Kind::Conflict => {
+                let (_, original) = &previous[rng.usize(0..previous.len())];
+                let mut changed = original.clone();
+                changed.items[0].quantity += 1;
+                let body = serde_json::to_vec(&changed).expect("serializable");
+                Planned {
+                    kind,
+                    message_id,
+                    signature: sign(&body),
+                    body,
+                    creates_payment: false,
+                    refused: true,
+                }
+            }
+            _ => {
+                let body = serde_json::to_vec(&request).expect("serializable");
+                previous.push((order_id, request));
+                Planned {
+                    kind,
+                    message_id,
+                    signature: sign(&body),
+                    body,
+                    creates_payment: true,
+                    refused: false,
+                }
+            }
+        };
+        planned.push(entry);
+    }
+    planned
+}
+
+async fn publish_all(
+    publisher: Publisher,
+    exchange: String,
+    plan: Vec<Planned>,
+    published: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    // Pipelined confirms in windows of 100, as a careful upstream would publish.
+    for window in plan.chunks(100) {
+        let mut confirms = Vec::with_capacity(window.len());
+        for planned in window {
+            let mut properties = broker::properties(
+                &planned.message_id,
+                None,
+                Some(messages::kind::PAYMENT_REQUESTED),
+            );
+            if let Some(signature) = &planned.signature {
+                let mut headers = lapin::types::FieldTable::default();
+                broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature.as_str());
+                properties = properties.with_headers(headers);
+            }
+            let message = Outgoing {
+                exchange: exchange.clone(),
+                routing_key: messages::kind::PAYMENT_REQUESTED.to_owned(),
+                body: planned.body.clone(),
+                properties,
+            };
+            let confirm = publisher.start(&message).await?;
+            confirms.push((message, confirm));
+        }
+        for (message, confirm) in confirms {
+            broker::confirmed(confirm, &message)
+                .await
+                .context("publishing a demo request")?;
+            published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+struct Progress {
+    terminal: i64,
+    settled: i64,
+    failed: i64,
+    rejected: i64,
+    refused: i64,
+    dead: i64,
+}
+
+async fn progress(
+    pool: &PgPool,
+    like: &str,
+    since: chrono::DateTime<Utc>,
+) -> anyhow::Result<Progress> {
+    let (terminal, settled, failed, rejected): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status IN ('settled', 'failed', 'cancelled', 'rejected', 'challenged', 'exception')
+                                  AND EXISTS (SELECT 1 FROM payment_events e WHERE e.payment_id = payments.id)),
+                count(*) FILTER (WHERE status = 'settled'),
+                count(*) FILTER (WHERE status IN ('failed', 'cancelled')),
+                count(*) FILTER (WHERE status IN ('rejected', 'challenged'))
+         FROM payments WHERE merchant_order_id LIKE $1",
+    )
+    .bind(like)
+    .fetch_one(pool)
+    .await?;
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM request_rejections WHERE merchant_order_id LIKE $1",
+    )
+    .bind(like)
+    .fetch_one(pool)
+    .await?;
+    let dead: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE stored_at >= $1 AND error_kind = 'poison'",
+    )
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    Ok(Progress {
+        terminal,
+        settled,
+        failed,
+        rejected,
+        refused,
+        dead,
+    })
+}
+
+/// Nothing left to relay, roll up or deliver.
+async fn quiet(pool: &PgPool) -> anyhow::Result<bool> {
+    let (unsent, unrolled, webhooks): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
+                (SELECT count(*) FROM postings WHERE NOT rolled_up),
+                (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(unsent == 0 && unrolled == 0 && webhooks == 0)
+}
+
+async fn summarize(
+    pool: &PgPool,
+    like: &str,
+    since: chrono::DateTime<Utc>,
+    elapsed: Duration,
+    webhooks: u64,
+) -> anyhow::Result<String> {
+    let by_status: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT status, split_part(reason, ':', 1), count(*) FROM payments WHERE merchant_order_id LIKE $1 GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+    )
+    .bind(like)
+    .fetch_all(pool)
+    .await?;
+    let refusals: Vec<(String, i64)> =
+        sqlx::query_as("SELECT reason, count(*) FROM request_rejections WHERE merchant_order_id LIKE $1 GROUP BY 1 ORDER BY 2 DESC")
+            .bind(like)
+            .fetch_all(pool)
+            .await?;
+    type Latency = (
+        Option<f64>,
+        Option<f64>,
+        Option<chrono::DateTime<Utc>>,
+        Option<chrono::DateTime<Utc>>,
+    );
+    let (p50, p99, first, last): Latency = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), min(requested_at), max(done_at)
+         FROM (SELECT p.requested_at, e.created_at AS done_at,
+                      extract(epoch FROM e.created_at - p.requested_at) * 1000 AS ms
+               FROM payments p JOIN payment_events e ON e.payment_id = p.id
+               WHERE p.merchant_order_id LIKE $1) t",
+    )
+    .bind(like)
+    .fetch_one(pool)
+    .await?;
+    let dead: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT stage, error_kind, count(*) FROM dead_letters WHERE stored_at >= $1 GROUP BY 1, 2 ORDER BY 3 DESC",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let payments: i64 = by_status.iter().map(|r| r.2).sum();
+    let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (status, reason, count) in &by_status {
+        let entry = grouped.entry(status.clone()).or_default();
+        match reason.as_deref() {
+            Some(reason) if !reason.is_empty() => entry.push(format!("{reason} {count}")),
+            _ => entry.push(count.to_string()),
+        }
+    }
+    let metrics = telemetry::metrics_handle().render();
+    let metric = |result: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("payfleet_messages_total{")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let span = match (first, last) {
+        (Some(first), Some(last)) => (last - first).num_milliseconds().max(1) as f64 / 1000.0,
+        _ => elapsed.as_secs_f64(),
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "payfleet demo summary ({:.1} s)\n",
+        elapsed.as_secs_f64()
+    ));
+    out.push_str(&format!("  payments    {payments}\n"));
+    for (status, parts) in &grouped {
+        out.push_str(&format!("    {status:<11} {}\n", parts.join(", ")));
+    }
+    let refused: Vec<String> = refusals.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    out.push_str(&format!(
+        "  refused     {}\n",
+        if refused.is_empty() {
+            "0".into()
+        } else {
+            refused.join(", ")
+        }
+    ));
+    out.push_str(&format!(
+        "  duplicates  {} absorbed (stale)\n",
+        metric("stale") + metric("duplicate")
+    ));
+    out.push_str(&format!(
+        "  throughput  {:.1} payments/s · end-to-end p50 {:.0} ms · p99 {:.0} ms\n",
+        payments as f64 / span,
+        p50.unwrap_or(0.0),
+        p99.unwrap_or(0.0)
+    ));
+    out.push_str(&format!(
+        "  retries     {} (lock waits {})\n",
+        metric("retried"),
+        metric("lock_busy")
+    ));
+    let dead: Vec<String> = dead
+        .iter()
+        .map(|(s, k, n)| format!("{s}/{k} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "  dead letters {}\n",
+        if dead.is_empty() {
+            "0".into()
+        } else {
+            dead.join(", ")
+        }
+    ));
+    out.push_str(&format!(
+        "  webhooks    {webhooks} received by the demo merchant"
+    ));
+    Ok(out)
+}
+
+/// A merchant endpoint for the demo's webhooks: verifies each signature and counts them.
+async fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+    use axum::{
+        Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route(
+            "/webhooks",
+            post(
+                |State(count): State<Arc<AtomicU64>>, headers: HeaderMap, body: Bytes| async move {
+                    let signature = headers
+                        .get(crate::notification::WEBHOOK_SIGNATURE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if messages::verify(SHOP_KEY, &body, signature) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    }
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/webhooks", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, received))
+}
+
+/// Seeds (or tops up) the demo catalogue. Idempotent per run.
+async fn seed(pool: &PgPool, run_id: &str, webhook_url: &str) -> anyhow::Result<Catalogue> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO merchants (id, name, signing_key, notify_url, fee_rate) VALUES ($1, 'Demo Shop', $2, $3, 0)
+         ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url",
+    )
+    .bind(SHOP)
+    .bind(SHOP_KEY)
+    .bind(webhook_url)
+    .execute(&mut *tx)
+    .await?;
+    for (seller, fee) in SELLERS {
+        sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ($1, $1, $2, $3::numeric) ON CONFLICT (id) DO NOTHING")
+            .bind(seller)
+            .bind(format!("{seller}-key"))
+            .bind(fee)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut users: Vec<(String, Decimal)> = (0..USERS)
+        .map(|i| (format!("demo-user-{i}"), Decimal::new(500_000, 2)))
+        .collect();
+    users.extend((0..POOR_USERS).map(|i| (format!("demo-poor-{i}"), Decimal::new(500, 2))));
+    users.push((BLOCKED_USER.to_owned(), Decimal::new(100_000, 2)));
+    for (user, balance) in &users {
+        sqlx::query(
+            "INSERT INTO users (id, name, blocked) VALUES ($1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(user)
+        .bind(user == BLOCKED_USER)
+        .execute(&mut *tx)
+        .await?;
+        // Wallets are topped up each run, except the poor ones, which stay short.
+        let reference = if user.starts_with("demo-poor") {
+            format!("demo-seed:{user}")
+        } else {
+            format!("demo-{run_id}:{user}")
+        };
+        settlement::top_up(&mut tx, user, "CNY", *balance, &reference)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let products: [(&str, &str, &str, &str, &str, i32); 14] = [
+        (
+            "demo-tea",
+            "seller-a",
+            "hangzhou",
+            "Longjing tea 250 g",
+            "39.90",
+            100_000,
+        ),
+        (
+            "demo-cup",
+            "seller-a",
+            "hangzhou",
+            "Celadon cup",
+            "18.50",
+            100_000,
+        ),
+        (
+            "demo-pot",
+            "seller-a",
+            "suzhou",
+            "Yixing teapot",
+            "128.00",
+            100_000,
+        ),
+        (
+            "demo-silk",
+            "seller-b",
+            "suzhou",
+            "Silk scarf",
+            "89.00",
+            100_000,
+        ),
+        (
+            "demo-fan",
+            "seller-b",
+            "suzhou",
+            "Folding fan",
+            "12.30",
+            100_000,
+        ),
+        (
+            "demo-ink",
+            "seller-b",
+            "hangzhou",
+            "Ink stick",
+            "7.77",
+            100_000,
+        ),
+        (
+            "demo-brush",
+            "seller-c",
+            "beijing",
+            "Calligraphy brush",
+            "23.33",
+            100_000,
+        ),
+        (
+            "demo-paper",
+            "seller-c",
+            "beijing",
+            "Xuan paper, 50 sheets",
+            "45.00",
+            100_000,
+        ),
+        (
+            "demo-lamp",
+            "seller-c",
+            "shanghai",
+            "Paper lantern",
+            "66.60",
+            100_000,
+        ),
+        (
+            "demo-kite",
+            "seller-a",
+            "beijing",
+            "Swallow kite",
+            "29.99",
+            100_000,
+        ),
+        (
+            "demo-knot",
+            "seller-b",
+            "shanghai",
+            "Chinese knot",
+            "9.90",
+            100_000,
+        ),
+        (
+            "demo-rare",
+            "seller-c",
+            "beijing",
+            "Antique seal (one of a kind)",
+            "999.00",
+            0,
+        ),
+        (
+            "demo-lux-watch",
+            "seller-a",
+            "shanghai",
+            "Gold watch",
+            "25000.00",
+            1_000,
+        ),
+        (
+            "demo-old",
+            "seller-b",
+            "suzhou",
+            "Discontinued vase",
+            "10.00",
+            0,
+        ),
+    ];
+    for (sku, seller, warehouse, name, price, stock) in products {
+        sqlx::query(
+            "INSERT INTO products (sku, merchant_id, name, spec, warehouse, unit_price, currency, status)
+             VALUES ($1, $2, $3, $4, $5, $6::numeric, 'CNY', $7) ON CONFLICT (sku) DO NOTHING",
+        )
+        .bind(sku)
+        .bind(seller)
+        .bind(name)
+        .bind(serde_json::json!({"name": name}))
+        .bind(warehouse)
+        .bind(price)
+        .bind(if sku == "demo-old" { "off_shelf" } else { "on_sale" })
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO UPDATE SET available = GREATEST(stock.available, EXCLUDED.available)")
+            .bind(sku)
+            .bind(stock)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO price_tiers (sku, min_quantity, unit_price) VALUES ('demo-tea', 3, 35.90), ('demo-fan', 2, 11.00) ON CONFLICT DO NOTHING")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, percent_off, cap, ladder, valid_from, valid_until, total_limit, per_user_limit)
+         VALUES ('DEMO-100-15', 'full_reduction', 'CNY', 100, 15, NULL, NULL, NULL, now() - interval '1 day', now() + interval '365 days', 1000000, 100000),
+                ('DEMO-10PCT', 'percentage', 'CNY', NULL, NULL, 10, 20, NULL, now() - interval '1 day', now() + interval '365 days', 1000000, 100000),
+                ('DEMO-LADDER', 'ladder', 'CNY', NULL, NULL, NULL, NULL,
+                 '[{\"threshold\": \"50.00\", \"amount_off\": \"5.00\"}, {\"threshold\": \"150.00\", \"amount_off\": \"18.00\"}]',
+                 now() - interval '1 day', now() + interval '365 days', 1000000, 100000)
+         ON CONFLICT (code) DO NOTHING",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let skus: Vec<String> = products.iter().map(|p| p.0.to_owned()).collect();
+    tx.commit().await?;
+
+    let mut conn = pool.acquire().await?;
+    let mut catalogue_products = Vec::new();
+    for sku in &skus {
+        let row: (String, String, serde_json::Value, Decimal, String) = sqlx::query_as(
+            "SELECT merchant_id, warehouse, spec, unit_price, status FROM products WHERE sku = $1",
+        )
+        .bind(sku)
+        .fetch_one(&mut *conn)
+        .await?;
+        let tiers: Vec<(i32, Decimal)> =
+            sqlx::query_as("SELECT min_quantity, unit_price FROM price_tiers WHERE sku = $1")
+                .bind(sku)
+                .fetch_all(&mut *conn)
+                .await?;
+        catalogue_products.push(pricing::Product {
+            sku: sku.clone(),
+            seller_id: row.0,
+            warehouse: row.1,
+            spec: row.2,
+            unit_price: row.3,
+            currency: "CNY".into(),
+            on_sale: row.4 == "on_sale",
+            tiers,
+        });
+    }
+    let mut coupons = Vec::new();
+    for code in ["DEMO-100-15", "DEMO-10PCT", "DEMO-LADDER"] {
+        if let Some(coupon) = order_validation::load_coupon(&mut conn, code)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            coupons.push(coupon);
+        }
+    }
+    Ok(Catalogue {
+        products: catalogue_products,
+        coupons,
+    })
+}

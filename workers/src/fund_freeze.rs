@@ -1,0 +1,253 @@
+//! fund-freeze: TCC Try. Freezes the wallet amount (available → frozen),
+//! reserves stock and the coupon, opens one transaction detail per sub-order
+//! and hands the payment to channel-call. Insufficient balance or stock is a
+//! business failure with a reason, and reserves nothing. A Try that arrives
+//! after its payment was cancelled (it expired while this message waited) is
+//! refused.
+
+use chrono::Utc;
+use payfleet_common::{
+    messages::{FundsFrozen, OrderValidated, Outcome as Final, SCHEMA_VERSION, kind},
+    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+    transition::{self, Status},
+};
+use rust_decimal::Decimal;
+use sqlx::{Acquire, PgConnection};
+
+use crate::payment::{self, PaymentStatus};
+
+pub const NAME: &str = "fund-freeze";
+
+pub struct FundFreeze;
+
+/// Why a Try could not reserve.
+enum Shortfall {
+    Balance(String),
+    Stock(String),
+    Coupon(String),
+}
+
+impl Stage for FundFreeze {
+    type Message = OrderValidated;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn decode(&self, inbound: &Inbound) -> Result<OrderValidated, String> {
+        serde_json::from_slice(&inbound.body)
+            .map_err(|e| format!("undecodable order.validated: {e}"))
+    }
+
+    fn lock_key(&self, m: &OrderValidated) -> Option<String> {
+        Some(m.payment_id.to_string())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut StageTx,
+        _inbound: &Inbound,
+        m: &OrderValidated,
+    ) -> Result<Outcome, StageError> {
+        tx.set_correlation_id(&m.payment_id.to_string());
+        let Some(p) = payment::lock(tx.conn(), m.payment_id).await? else {
+            return Ok(Outcome::NotYet {
+                reason: format!("payment {} not found", m.payment_id),
+            });
+        };
+        let status = p.status()?;
+        if status != PaymentStatus::Validated {
+            let miss = transition::classify(
+                Some(status),
+                PaymentStatus::Validated,
+                PaymentStatus::Frozen,
+            );
+            let why = if status == PaymentStatus::Cancelled {
+                format!(
+                    "payment {} was cancelled before its Try: refused, nothing reserved",
+                    p.id
+                )
+            } else {
+                format!("payment {} is already {}", p.id, status.as_str())
+            };
+            // A cancelled payment is past this step: nothing to do, never a conflict.
+            return Ok(if status.is_terminal() {
+                Outcome::Stale { reason: why }
+            } else {
+                miss.outcome(why)
+            });
+        }
+        if p.expires_at <= Utc::now() {
+            // Expired while the message waited: an empty rollback, recorded so
+            // that no later Try reserves anything.
+            crate::settlement::cancel(tx.conn(), &p, PaymentStatus::Cancelled, "expired").await?;
+            return payment::emit_outcome(tx, p.id, Final::Failed, Some("expired"));
+        }
+
+        let mut savepoint = tx.conn().begin().await?;
+        match reserve(&mut savepoint, &p).await? {
+            Ok(()) => savepoint.commit().await?,
+            Err(shortfall) => {
+                savepoint.rollback().await?;
+                let (reason, detail) = match shortfall {
+                    Shortfall::Balance(d) => ("insufficient_balance", d),
+                    Shortfall::Stock(d) => ("out_of_stock", d),
+                    Shortfall::Coupon(d) => ("coupon_unavailable", d),
+                };
+                let detail = format!("{reason}: {detail}");
+                payment::transition(
+                    tx.conn(),
+                    p.id,
+                    PaymentStatus::Validated,
+                    PaymentStatus::Failed,
+                    Some(&detail),
+                )
+                .await?;
+                sqlx::query("UPDATE orders SET status = 'closed' WHERE payment_id = $1")
+                    .bind(p.id)
+                    .execute(tx.conn())
+                    .await?;
+                return payment::emit_outcome(tx, p.id, Final::Failed, Some(reason));
+            }
+        }
+        let channel = p.channel.clone().unwrap_or_else(|| "balance".to_owned());
+        payment::transition(
+            tx.conn(),
+            p.id,
+            PaymentStatus::Validated,
+            PaymentStatus::Frozen,
+            None,
+        )
+        .await?;
+        tx.emit_to_stage(
+            crate::channel_call::NAME,
+            kind::FUNDS_FROZEN,
+            &FundsFrozen {
+                schema_version: SCHEMA_VERSION,
+                payment_id: p.id,
+                amount: p.amount,
+                currency: p.currency.clone(),
+                channel,
+                expires_at: p.expires_at,
+                frozen_at: Utc::now(),
+            },
+        )?;
+        Ok(Outcome::Applied)
+    }
+}
+
+/// Everything Try takes, inside a savepoint the caller rolls back on a shortfall.
+async fn reserve(
+    conn: &mut PgConnection,
+    p: &payment::Payment,
+) -> Result<Result<(), Shortfall>, StageError> {
+    // Wallet: available → frozen, never below zero.
+    let wallet: Option<(i64, Decimal, Decimal)> = sqlx::query_as(
+        "UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
+         WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
+         RETURNING id, available, frozen",
+    )
+    .bind(&p.user_id)
+    .bind(&p.currency)
+    .bind(p.amount)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((account_id, available_after, frozen_after)) = wallet else {
+        return Ok(Err(Shortfall::Balance(format!(
+            "{} {} needed",
+            p.amount, p.currency
+        ))));
+    };
+    sqlx::query(
+        "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+         VALUES ($1, $2, 'freeze', $3, $4, $5, $6)",
+    )
+    .bind(account_id)
+    .bind(p.id)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(available_after)
+    .bind(frozen_after)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO reservations (payment_id, account_id, amount, currency, status) VALUES ($1, $2, $3, $4, 'tried')")
+        .bind(p.id)
+        .bind(account_id)
+        .bind(p.amount)
+        .bind(&p.currency)
+        .execute(&mut *conn)
+        .await?;
+
+    // Stock, in SKU order so concurrent Trys never deadlock.
+    let lines: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, sum(quantity)::bigint FROM order_details WHERE payment_id = $1 GROUP BY sku ORDER BY sku",
+    )
+    .bind(p.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (sku, quantity) in &lines {
+        let reserved = sqlx::query(
+            "UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE sku = $1 AND available >= $2",
+        )
+        .bind(sku)
+        .bind(*quantity as i32)
+        .execute(&mut *conn)
+        .await?;
+        if reserved.rows_affected() == 0 {
+            return Ok(Err(Shortfall::Stock(format!("{sku}: {quantity} wanted"))));
+        }
+        sqlx::query("INSERT INTO stock_reservations (payment_id, sku, quantity, status) VALUES ($1, $2, $3, 'reserved')")
+            .bind(p.id)
+            .bind(sku)
+            .bind(*quantity as i32)
+            .execute(&mut *conn)
+            .await?;
+    }
+
+    // Coupon: one use, within the total and the per-user limits.
+    let order: (Option<String>, Decimal) =
+        sqlx::query_as("SELECT coupon_code, discount_amount FROM orders WHERE payment_id = $1")
+            .bind(p.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if let (Some(code), discount) = order {
+        let taken = sqlx::query(
+            "UPDATE coupons SET used = used + 1 WHERE code = $1 AND used < total_limit
+               AND (SELECT count(*) FROM coupon_redemptions r
+                    WHERE r.coupon_code = $1 AND r.user_id = $2 AND r.status <> 'released') < per_user_limit",
+        )
+        .bind(&code)
+        .bind(&p.user_id)
+        .execute(&mut *conn)
+        .await?;
+        if taken.rows_affected() == 0 {
+            return Ok(Err(Shortfall::Coupon(format!(
+                "{code} has no use left for {}",
+                p.user_id
+            ))));
+        }
+        sqlx::query(
+            "INSERT INTO coupon_redemptions (payment_id, coupon_code, user_id, amount, status) VALUES ($1, $2, $3, $4, 'reserved')",
+        )
+        .bind(p.id)
+        .bind(&code)
+        .bind(&p.user_id)
+        .bind(discount)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    // One transaction detail per sub-order: where the money will go.
+    sqlx::query(
+        "INSERT INTO transaction_details (payment_id, sub_order_id, seller_id, amount, fee_amount, currency, status)
+         SELECT payment_id, id, seller_id, payable_amount, fee_amount, currency, 'awaiting_payment' FROM sub_orders WHERE payment_id = $1",
+    )
+    .bind(p.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE orders SET status = 'awaiting_payment' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(()))
+}

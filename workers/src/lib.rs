@@ -1,0 +1,67 @@
+//! The six stages of the payment chain and the processes that run them.
+
+pub mod callback;
+pub mod channel_call;
+pub mod demo;
+pub mod fund_freeze;
+pub mod invariants;
+pub mod notification;
+pub mod order_validation;
+pub mod payment;
+pub mod settlement;
+pub mod sweeper;
+
+use std::sync::Arc;
+
+use payfleet_common::{Fleet, Settings, Topology, fleet::FleetError};
+
+/// Every stage, in chain order.
+pub const STAGES: [&str; 6] = [
+    order_validation::NAME,
+    fund_freeze::NAME,
+    channel_call::NAME,
+    callback::NAME,
+    settlement::NAME,
+    notification::NAME,
+];
+
+/// A fleet process running `stages` (all when empty), with the outbox
+/// relay, the dead-letter keeper, the expiry sweeper, the balance roll-up
+/// and the webhook sender.
+pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fleet, FleetError> {
+    let topology =
+        Topology::from_settings(&settings).map_err(|e| FleetError::UnknownStage(e.to_string()))?;
+    let mut fleet = Fleet::connect(settings.clone(), topology).await?;
+    let wanted = |name: &str| stages.is_empty() || stages.contains(&name);
+    if wanted(order_validation::NAME) {
+        let redis = fleet.shared().locks.pool().clone();
+        fleet = fleet.stage(order_validation::OrderValidation::new(&settings, redis))?;
+    }
+    if wanted(fund_freeze::NAME) {
+        fleet = fleet.stage(fund_freeze::FundFreeze)?;
+    }
+    if wanted(channel_call::NAME) {
+        let adapters: Vec<Arc<dyn channel_call::ChannelAdapter>> =
+            vec![Arc::new(channel_call::BalanceChannel)];
+        fleet = fleet.calling_stage(channel_call::ChannelCall::new(adapters))?;
+    }
+    if wanted(callback::NAME) {
+        fleet = fleet.stage(callback::Callback)?;
+    }
+    if wanted(settlement::NAME) {
+        fleet = fleet.stage(settlement::Settlement)?;
+    }
+    if wanted(notification::NAME) {
+        fleet = fleet
+            .stage(notification::Notification)?
+            .background("webhooks", notification::run_webhooks);
+    }
+    fleet = fleet
+        .with_keeper()
+        .background("expiry-sweeper", sweeper::run)
+        .background("balance-roll-up", sweeper::run_roll_up);
+    if http {
+        fleet = fleet.with_http();
+    }
+    Ok(fleet)
+}

@@ -1,0 +1,330 @@
+//! notification: the last stage. Publishes one versioned BI event per
+//! payment and outcome (deduplicated by a stable event id) and queues a
+//! signed webhook to the merchant's notify URL. Webhooks are sent by
+//! [`run_webhooks`], outside any transaction, on their own exponential
+//! schedule; every attempt is logged and an exhausted delivery is
+//! dead-lettered to this stage's DLQ.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use payfleet_common::{
+    CancellationToken,
+    broker::{self, Outgoing, header},
+    messages::{self, EventSubOrder, PaymentEvent, PaymentOutcome, SCHEMA_VERSION},
+    runtime::{Inbound, Outcome, Shared, Stage, StageError, StageTx},
+};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const NAME: &str = "notification";
+/// Header with the signature of a webhook body (the merchant's key, as upstream signs requests).
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "x-payfleet-signature";
+
+pub struct Notification;
+
+impl Stage for Notification {
+    type Message = PaymentOutcome;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn decode(&self, inbound: &Inbound) -> Result<PaymentOutcome, String> {
+        serde_json::from_slice(&inbound.body)
+            .map_err(|e| format!("undecodable payment.outcome: {e}"))
+    }
+
+    fn lock_key(&self, m: &PaymentOutcome) -> Option<String> {
+        Some(m.payment_id.to_string())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut StageTx,
+        _inbound: &Inbound,
+        m: &PaymentOutcome,
+    ) -> Result<Outcome, StageError> {
+        tx.set_correlation_id(&m.payment_id.to_string());
+        let event_type = m.outcome.event_type();
+        let event_id = messages::stable_id(&["event", &m.payment_id.to_string(), event_type]);
+        let new = sqlx::query("INSERT INTO payment_events (event_id, payment_id, event_type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .bind(m.payment_id)
+            .bind(event_type)
+            .execute(tx.conn())
+            .await?;
+        if new.rows_affected() == 0 {
+            return Ok(Outcome::Stale {
+                reason: format!("{event_type} for payment {} already emitted", m.payment_id),
+            });
+        }
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Decimal,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount, p.currency::text, p.reason,
+                    COALESCE(p.notify_url, m.notify_url)
+             FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
+        )
+        .bind(m.payment_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((
+            merchant_id,
+            merchant_order_id,
+            user_id,
+            status,
+            amount,
+            currency,
+            reason,
+            notify_url,
+        )) = row
+        else {
+            return Ok(Outcome::NotYet {
+                reason: format!("payment {} not found", m.payment_id),
+            });
+        };
+        let sub_orders: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT id, seller_id, payable_amount, fee_amount FROM sub_orders WHERE payment_id = $1 ORDER BY seller_id, warehouse",
+        )
+        .bind(m.payment_id)
+        .fetch_all(tx.conn())
+        .await?;
+        let event = PaymentEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id,
+            event_type: event_type.to_owned(),
+            payment_id: m.payment_id,
+            merchant_id: merchant_id.clone(),
+            merchant_order_id,
+            user_id,
+            status,
+            amount,
+            currency,
+            reason: reason.or_else(|| m.reason.clone()),
+            sub_orders: sub_orders
+                .into_iter()
+                .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
+                    sub_order_id,
+                    seller_id,
+                    amount,
+                    fee,
+                })
+                .collect(),
+            occurred_at: Utc::now(),
+        };
+        tx.emit_event(event_type, &event)?;
+        if let Some(url) = notify_url {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, payment_id, merchant_id, event_type, url, payload, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT (payment_id, event_type) DO NOTHING",
+            )
+            .bind(messages::stable_id(&["webhook", &event_id.to_string()]))
+            .bind(m.payment_id)
+            .bind(&merchant_id)
+            .bind(event_type)
+            .bind(url)
+            .bind(serde_json::to_value(&event).map_err(StageError::permanent)?)
+            .execute(tx.conn())
+            .await?;
+        }
+        Ok(Outcome::Applied)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: Uuid,
+    payment_id: Uuid,
+    url: String,
+    payload: Value,
+    attempts: i32,
+    signing_key: String,
+}
+
+/// Sends due webhooks until `stop`; claims rows with a lease so several
+/// processes share the work.
+pub async fn run_webhooks(shared: Arc<Shared>, stop: CancellationToken) {
+    let timeout = Duration::from_millis(shared.settings.webhook_timeout_ms);
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the webhook HTTP client; webhooks are not sent");
+            return;
+        }
+    };
+    loop {
+        let sent = match deliver_due(&shared, &client).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "webhook pass failed");
+                0
+            }
+        };
+        if sent > 0 {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize, sqlx::Error> {
+    let pool = &shared.pool;
+    let due: Vec<Due> = sqlx::query_as(
+        "UPDATE webhook_deliveries d SET claimed_until = now() + interval '60 seconds'
+         FROM merchants m
+         WHERE d.id IN (SELECT id FROM webhook_deliveries
+                        WHERE status = 'pending' AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+                        ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED)
+           AND m.id = d.merchant_id
+         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts, m.signing_key",
+    )
+    .fetch_all(pool)
+    .await?;
+    let count = due.len();
+    let sends = due.into_iter().map(|d| async move {
+        let body = serde_json::to_vec(&d.payload).unwrap_or_default();
+        let started = std::time::Instant::now();
+        let response = client
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .header(
+                WEBHOOK_SIGNATURE_HEADER,
+                messages::sign(&d.signing_key, &body),
+            )
+            .header(
+                "x-payfleet-event-id",
+                d.payload
+                    .get("event_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+            )
+            .body(body)
+            .send()
+            .await;
+        let elapsed = started.elapsed().as_millis() as i32;
+        let (http_status, error) = match response {
+            Ok(r) if r.status().is_success() => (Some(i32::from(r.status().as_u16())), None),
+            Ok(r) => (
+                Some(i32::from(r.status().as_u16())),
+                Some(format!("HTTP {}", r.status())),
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        (d, http_status, error, elapsed)
+    });
+    for (d, http_status, error, elapsed) in futures_util::future::join_all(sends).await {
+        let attempt = d.attempts + 1;
+        sqlx::query("INSERT INTO webhook_attempts (delivery_id, attempt, http_status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(d.id)
+            .bind(attempt)
+            .bind(http_status)
+            .bind(&error)
+            .bind(elapsed)
+            .execute(pool)
+            .await?;
+        match error {
+            None => {
+                sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $2, delivered_at = now(), claimed_until = NULL WHERE id = $1")
+                    .bind(d.id)
+                    .bind(attempt)
+                    .execute(pool)
+                    .await?;
+                metrics::counter!("payfleet_webhooks_total", "result" => "delivered").increment(1);
+            }
+            Some(error) => {
+                let schedule = &shared.settings.webhook_delays_ms;
+                match schedule.get(d.attempts as usize) {
+                    Some(delay_ms) => {
+                        sqlx::query(
+                            "UPDATE webhook_deliveries SET attempts = $2, claimed_until = NULL,
+                                    next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
+                        )
+                        .bind(d.id)
+                        .bind(attempt)
+                        .bind(*delay_ms as f64 / 1000.0)
+                        .execute(pool)
+                        .await?;
+                        metrics::counter!("payfleet_webhooks_total", "result" => "retried")
+                            .increment(1);
+                    }
+                    None => {
+                        if let Err(publish) = dead_letter_webhook(shared, &d, attempt, &error).await
+                        {
+                            // Not recorded as exhausted: the next pass tries again.
+                            tracing::warn!(%publish, delivery = %d.id, "cannot dead-letter an exhausted webhook yet");
+                            continue;
+                        }
+                        sqlx::query("UPDATE webhook_deliveries SET status = 'exhausted', attempts = $2, claimed_until = NULL WHERE id = $1")
+                            .bind(d.id)
+                            .bind(attempt)
+                            .execute(pool)
+                            .await?;
+                        metrics::counter!("payfleet_webhooks_total", "result" => "exhausted")
+                            .increment(1);
+                        tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook retries exhausted; dead-lettered");
+                    }
+                }
+            }
+        }
+    }
+    Ok(count)
+}
+
+async fn dead_letter_webhook(
+    shared: &Shared,
+    d: &Due,
+    attempts: i32,
+    error: &str,
+) -> Result<(), broker::PublishError> {
+    let mut headers = lapin::types::FieldTable::default();
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    broker::set_header(&mut headers, header::STAGE, NAME);
+    broker::set_header(&mut headers, header::ERROR_KIND, "exhausted");
+    broker::set_header(
+        &mut headers,
+        header::ERROR_MESSAGE,
+        format!("webhook to {} failed {attempts} times: {error}", d.url),
+    );
+    broker::set_header(&mut headers, header::ATTEMPTS, i64::from(attempts));
+    broker::set_header(&mut headers, header::FIRST_FAILURE_AT, now.as_str());
+    broker::set_header(&mut headers, header::LAST_FAILURE_AT, now);
+    broker::set_header(
+        &mut headers,
+        header::DEAD_LETTER_ID,
+        messages::stable_id(&["webhook-dead-letter", &d.id.to_string()]).to_string(),
+    );
+    let properties = broker::properties(
+        &d.id.to_string(),
+        Some(&d.payment_id.to_string()),
+        Some("webhook.delivery"),
+    )
+    .with_headers(headers);
+    let message = Outgoing {
+        exchange: shared.topology.exchanges().dead_letters.clone(),
+        routing_key: NAME.to_owned(),
+        body: serde_json::to_vec(&d.payload).unwrap_or_default(),
+        properties,
+    };
+    shared.publisher.publish(&message).await
+}
+
+/// Deliveries still pending (for the demo's and tests' quiet check).
+pub async fn pending_webhooks(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+        .fetch_one(pool)
+        .await
+}

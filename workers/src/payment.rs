@@ -1,0 +1,211 @@
+//! The payment (transaction record) and its status machine. Statuses only
+//! move forward; every change is a compare-and-set on the expected status.
+//!
+//! ```text
+//! validated ─ Try ─▶ frozen ─ callback ─▶ paid ─ Confirm ─▶ settled
+//!     │                 │ └──── declined / expired ─ Cancel ─▶ failed | cancelled
+//!     └ expired before Try (empty rollback) ─▶ cancelled
+//! rejected, challenged: decided by order-validation; exception: for review
+//! ```
+
+use chrono::{DateTime, Utc};
+use payfleet_common::{
+    messages::{Outcome as Final, PaymentOutcome, SCHEMA_VERSION, kind},
+    runtime::{Outcome, StageError, StageTx},
+    transition::Status,
+};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentStatus {
+    /// Accepted by order-validation; nothing reserved yet.
+    Validated,
+    /// Try done: funds, stock and coupon reserved; awaiting the channel.
+    Frozen,
+    /// The channel reported success; Confirm pending.
+    Paid,
+    /// Confirm done: money moved, ledger posted. Terminal.
+    Settled,
+    /// Business failure (insufficient balance, out of stock, declined);
+    /// anything reserved was released. Terminal.
+    Failed,
+    /// Expired before being paid; anything reserved was released. Terminal.
+    Cancelled,
+    /// The request was invalid (reason says why). Terminal.
+    Rejected,
+    /// Risk asked for step-up verification, which payfleet does not perform:
+    /// upstream verifies the user and submits a new merchant order. Terminal.
+    Challenged,
+    /// Conflicting facts (amount mismatch, success after failure): held for
+    /// manual review, reservations kept. Terminal for the fleet.
+    Exception,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 9] = [
+        PaymentStatus::Validated,
+        PaymentStatus::Frozen,
+        PaymentStatus::Paid,
+        PaymentStatus::Settled,
+        PaymentStatus::Failed,
+        PaymentStatus::Cancelled,
+        PaymentStatus::Rejected,
+        PaymentStatus::Challenged,
+        PaymentStatus::Exception,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Validated => "validated",
+            PaymentStatus::Frozen => "frozen",
+            PaymentStatus::Paid => "paid",
+            PaymentStatus::Settled => "settled",
+            PaymentStatus::Failed => "failed",
+            PaymentStatus::Cancelled => "cancelled",
+            PaymentStatus::Rejected => "rejected",
+            PaymentStatus::Challenged => "challenged",
+            PaymentStatus::Exception => "exception",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, StageError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| StageError::permanent(format!("unknown payment status `{text}`")))
+    }
+}
+
+impl Status for PaymentStatus {
+    fn rank(self) -> u8 {
+        match self {
+            PaymentStatus::Validated => 0,
+            PaymentStatus::Frozen => 1,
+            PaymentStatus::Paid => 2,
+            _ => 3,
+        }
+    }
+    fn is_terminal(self) -> bool {
+        self.rank() == 3
+    }
+}
+
+/// The columns stages read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Payment {
+    pub id: Uuid,
+    pub merchant_id: String,
+    pub merchant_order_id: String,
+    pub user_id: String,
+    pub method: String,
+    pub channel: Option<String>,
+    pub currency: String,
+    pub amount: Decimal,
+    pub status: String,
+    pub reason: Option<String>,
+    pub notify_url: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Payment {
+    pub fn status(&self) -> Result<PaymentStatus, StageError> {
+        PaymentStatus::parse(&self.status)
+    }
+}
+
+const COLUMNS: &str = "id, merchant_id, merchant_order_id, user_id, method, channel, currency, amount, status, reason, notify_url, expires_at";
+
+/// Loads and row-locks a payment for the rest of the transaction.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Payment>, StageError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Compare-and-set of the status; true when it moved.
+pub async fn transition(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: PaymentStatus,
+    to: PaymentStatus,
+    reason: Option<&str>,
+) -> Result<bool, StageError> {
+    let finished = to.is_terminal();
+    let moved = sqlx::query(
+        "UPDATE payments SET status = $3, reason = COALESCE($4, reason), updated_at = now(),
+                finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(finished)
+    .execute(conn)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// The account that owns `(kind, owner, currency)`, created when missing.
+pub async fn account_id(
+    conn: &mut PgConnection,
+    kind: &str,
+    owner: &str,
+    currency: &str,
+) -> Result<i64, StageError> {
+    let existing: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM accounts WHERE owner_kind = $1 AND owner_id = $2 AND currency = $3",
+    )
+    .bind(kind)
+    .bind(owner)
+    .bind(currency)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    Ok(sqlx::query_scalar(
+        "INSERT INTO accounts (owner_kind, owner_id, currency) VALUES ($1, $2, $3)
+         ON CONFLICT (owner_kind, owner_id, currency) DO UPDATE SET owner_id = EXCLUDED.owner_id
+         RETURNING id",
+    )
+    .bind(kind)
+    .bind(owner)
+    .bind(currency)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The platform's fee account and the external (outside world) account.
+pub const PLATFORM_FEES: &str = "fees";
+pub const EXTERNAL_WORLD: &str = "world";
+
+/// Hands a payment's final word to notification.
+pub fn emit_outcome(
+    tx: &mut StageTx,
+    id: Uuid,
+    outcome: Final,
+    reason: Option<&str>,
+) -> Result<Outcome, StageError> {
+    tx.emit_to_stage(
+        crate::notification::NAME,
+        kind::PAYMENT_OUTCOME,
+        &outcome_message(id, outcome, reason),
+    )?;
+    Ok(Outcome::Applied)
+}
+
+pub fn outcome_message(id: Uuid, outcome: Final, reason: Option<&str>) -> PaymentOutcome {
+    PaymentOutcome {
+        schema_version: SCHEMA_VERSION,
+        payment_id: id,
+        outcome,
+        reason: reason.map(str::to_owned),
+        decided_at: Utc::now(),
+    }
+}

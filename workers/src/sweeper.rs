@@ -1,0 +1,124 @@
+//! The expiry sweeper: cancels payments left unpaid past their expiry,
+//! releasing what Try reserved (or recording an empty rollback when Try never
+//! ran, so a late Try reserves nothing). Any fleet process may run it; a
+//! PostgreSQL advisory lock makes exactly one sweep run at a time.
+
+use std::{sync::Arc, time::Duration};
+
+use payfleet_common::{
+    CancellationToken,
+    messages::{Outcome as Final, kind},
+    outbox::{self, OutboxMessage},
+    runtime::Shared,
+};
+use sqlx::Acquire;
+use uuid::Uuid;
+
+use crate::{
+    payment::{self, PaymentStatus},
+    settlement,
+};
+
+/// The advisory lock key of the sweep ("PFSWEEP" in ASCII, as a number).
+pub const SWEEP_LOCK: i64 = 0x0050_4653_5745_4550;
+const BATCH: i64 = 200;
+
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_millis(shared.settings.sweep_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match sweep(&shared).await {
+            Ok(Some(n)) if n > 0 => tracing::info!(cancelled = n, "expired payments cancelled"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "expiry sweep failed"),
+        }
+    }
+}
+
+/// One sweep; `None` when another process holds the sweep lock.
+pub async fn sweep(shared: &Shared) -> Result<Option<usize>, String> {
+    let mut lock_conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SWEEP_LOCK)
+        .fetch_one(&mut *lock_conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !locked {
+        return Ok(None);
+    }
+    let result = sweep_locked(shared).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SWEEP_LOCK)
+        .execute(&mut *lock_conn)
+        .await;
+    result.map(Some)
+}
+
+async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
+    let expired: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM payments WHERE status IN ('validated', 'frozen') AND expires_at < now() ORDER BY expires_at LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&shared.pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut cancelled = 0;
+    for id in expired {
+        let mut conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
+        let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+        let Some(p) = payment::lock(&mut tx, id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let status = p.status().map_err(|e| e.to_string())?;
+        if !matches!(status, PaymentStatus::Validated | PaymentStatus::Frozen)
+            || p.expires_at > chrono::Utc::now()
+        {
+            continue; // moved on since the scan
+        }
+        if settlement::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let message = OutboxMessage::json(
+                &shared.topology.exchanges().stages,
+                crate::notification::NAME,
+                kind::PAYMENT_OUTCOME,
+                Some(&id.to_string()),
+                &payment::outcome_message(id, Final::Failed, Some("expired")),
+            )
+            .map_err(|e| e.to_string())?;
+            outbox::insert(&mut tx, &[message])
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            shared.outbox_wake.notify_one();
+            cancelled += 1;
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Folds merchant and fee postings into balances until `stop`.
+pub async fn run_roll_up(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_millis(shared.settings.rollup_interval_ms);
+    loop {
+        match settlement::roll_up(&shared.pool, 5_000).await {
+            Ok(5_000) => continue,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "roll-up failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => {
+                let _ = settlement::roll_up(&shared.pool, 100_000).await;
+                return;
+            }
+        }
+    }
+}
