@@ -1,0 +1,757 @@
+//! The payment chain end to end for wallet payments, over the real
+//! services: each scenario publishes upstream requests to the ingress
+//! exchange, waits for the outcome, and asserts exact statuses, balances,
+//! stock, ledger postings and events, then the invariants.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::{
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use payfleet_common::{
+    CancellationToken, Settings, broker,
+    messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
+};
+use payfleet_tests::{TestEnv, wait_until};
+use payfleet_workers::{invariants, order_validation, settlement};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+const SHOP: &str = "shop";
+const SHOP_KEY: &str = "shop-secret";
+const EVENTS_QUEUE: &str = "test.events";
+
+fn d(text: &str) -> Decimal {
+    text.parse().expect("decimal literal")
+}
+
+/// One scenario's world: its own database, vhost and Redis prefix, a small
+/// catalogue, and the fleet running in this process.
+struct Chain {
+    env: TestEnv,
+    stop: Option<CancellationToken>,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Chain {
+    async fn new(tag: &str) -> anyhow::Result<Self> {
+        Self::with(tag, |_| {}).await
+    }
+
+    async fn with(tag: &str, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        let env = TestEnv::with(tag, |s| {
+            s.sweep_interval_ms = 200;
+            s.rollup_interval_ms = 100;
+            adjust(s);
+        })
+        .await?;
+        seed(&env.pool).await?;
+        // A BI consumer of every event, bound before anything is published.
+        let connection = env.amqp().await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_declare(
+                EVENTS_QUEUE.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                EVENTS_QUEUE.into(),
+                "payfleet.events".into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = connection.close(200, "bound".into()).await;
+        Ok(Self {
+            env,
+            stop: None,
+            running: None,
+        })
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.env.pool
+    }
+
+    /// Starts a fleet with these stages (all when empty).
+    async fn start(&mut self, stages: &[&str]) -> anyhow::Result<()> {
+        let fleet = payfleet_workers::fleet(self.env.settings.clone(), stages, false).await?;
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        self.running = Some(tokio::spawn(async move {
+            if let Err(error) = fleet.run(token).await {
+                eprintln!("fleet failed: {error}");
+            }
+        }));
+        self.stop = Some(stop);
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+    }
+
+    async fn publish(&self, request: &PaymentRequested) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(request)?;
+        self.publish_raw(&body, Some(&messages::sign(SHOP_KEY, &body)))
+            .await
+    }
+
+    async fn publish_raw(&self, body: &[u8], signature: Option<&str>) -> anyhow::Result<()> {
+        let mut props = broker::properties(
+            &Uuid::now_v7().to_string(),
+            None,
+            Some(messages::kind::PAYMENT_REQUESTED),
+        );
+        if let Some(signature) = signature {
+            let mut headers = FieldTable::default();
+            broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature);
+            props = props.with_headers(headers);
+        }
+        self.env
+            .publish_raw(
+                "payfleet.ingress",
+                messages::kind::PAYMENT_REQUESTED,
+                body,
+                props,
+            )
+            .await
+    }
+
+    /// Waits until the payment of `order` is terminal and notified; returns its status and reason.
+    async fn outcome(&self, order: &str) -> anyhow::Result<(String, Option<String>)> {
+        let id = order_validation::payment_id(SHOP, order);
+        wait_until(WAIT, &format!("a terminal, notified payment for {order}"), || async {
+            let notified: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM payments p JOIN payment_events e ON e.payment_id = p.id
+                 WHERE p.id = $1 AND p.status IN ('settled', 'failed', 'cancelled', 'rejected', 'challenged', 'exception'))",
+            )
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?;
+            Ok(notified)
+        })
+        .await?;
+        Ok(
+            sqlx::query_as("SELECT status, reason FROM payments WHERE id = $1")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// Stops the fleet, folds the balances, and checks every invariant.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        self.env.wait_drained(WAIT).await.ok();
+        self.stop().await;
+        settlement::roll_up(self.pool(), 1_000_000).await?;
+        let report = invariants::all(self.pool()).await?;
+        assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        self.env.teardown().await
+    }
+
+    /// Every event BI received so far.
+    async fn events(&self) -> anyhow::Result<Vec<Value>> {
+        let connection = self.env.amqp().await?;
+        let channel = connection.create_channel().await?;
+        let mut events = Vec::new();
+        while let Some(message) = channel
+            .basic_get(EVENTS_QUEUE.into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            events.push(serde_json::from_slice(&message.delivery.data)?);
+        }
+        let _ = connection.close(200, "read".into()).await;
+        Ok(events)
+    }
+
+    async fn balance(
+        &self,
+        kind: &str,
+        owner: &str,
+    ) -> anyhow::Result<(Decimal, Decimal, Decimal)> {
+        Ok(sqlx::query_as("SELECT total, available, frozen FROM accounts WHERE owner_kind = $1 AND owner_id = $2 AND currency = 'CNY'")
+            .bind(kind)
+            .bind(owner)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    async fn stock(&self, sku: &str) -> anyhow::Result<(i32, i32)> {
+        Ok(
+            sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = $1")
+                .bind(sku)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+}
+
+fn request(order: &str, user: &str, items: &[(&str, u32)], expected: &str) -> PaymentRequested {
+    PaymentRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: SHOP.into(),
+        merchant_order_id: order.into(),
+        user_id: user.into(),
+        currency: "CNY".into(),
+        items: items
+            .iter()
+            .map(|(sku, quantity)| RequestedItem {
+                sku: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+        coupon_code: None,
+        payment_method: "balance".into(),
+        expected_amount: d(expected),
+        notify_url: None,
+        requested_at: Utc::now(),
+    }
+}
+
+/// Merchants m1 (fee 1 %), m2 (fee 0.5 %), m3 (no fee); users alice (1000.00),
+/// bob (5.00) and mallory (blocked); products and coupons of every kind.
+async fn seed(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "INSERT INTO merchants (id, name, signing_key) VALUES ('{SHOP}', 'Shop', '{SHOP_KEY}')"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES
+           ('m1', 'Merchant one', 'k1', 0.0100), ('m2', 'Merchant two', 'k2', 0.0050), ('m3', 'Merchant three', 'k3', 0)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO users (id, name, blocked) VALUES ('alice', 'Alice', false), ('bob', 'Bob', false), ('mallory', 'Mallory', true)")
+        .execute(&mut *tx)
+        .await?;
+    for (user, amount) in [
+        ("alice", "1000.00"),
+        ("bob", "5.00"),
+        ("mallory", "1000.00"),
+    ] {
+        settlement::top_up(&mut tx, user, "CNY", d(amount), &format!("seed:{user}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    sqlx::query(
+        "INSERT INTO products (sku, merchant_id, name, warehouse, unit_price, currency, status) VALUES
+           ('tea', 'm1', 'Tea', 'east', 30.00, 'CNY', 'on_sale'),
+           ('cup', 'm1', 'Cup', 'east', 10.00, 'CNY', 'on_sale'),
+           ('fan', 'm2', 'Fan', 'west', 20.00, 'CNY', 'on_sale'),
+           ('ink', 'm3', 'Ink', 'north', 33.33, 'CNY', 'on_sale'),
+           ('pen', 'm3', 'Pen', 'north', 33.33, 'CNY', 'on_sale'),
+           ('cap', 'm3', 'Cap', 'north', 33.34, 'CNY', 'on_sale'),
+           ('rare', 'm2', 'Rare seal', 'west', 50.00, 'CNY', 'on_sale'),
+           ('gold', 'm1', 'Gold bar', 'east', 600.00, 'CNY', 'on_sale')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO stock (sku, available) VALUES ('tea', 100), ('cup', 100), ('fan', 100), ('ink', 100), ('pen', 100),
+           ('cap', 100), ('rare', 1), ('gold', 10)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, percent_off, cap, ladder, valid_from, valid_until, total_limit, per_user_limit) VALUES
+           ('FULL50-8', 'full_reduction', 'CNY', 50, 8, NULL, NULL, NULL, now() - interval '1 day', now() + interval '1 day', 100, 5),
+           ('PCT15', 'percentage', 'CNY', NULL, NULL, 15, 9.00, NULL, now() - interval '1 day', now() + interval '1 day', 100, 5),
+           ('LADDER', 'ladder', 'CNY', NULL, NULL, NULL, NULL,
+            '[{\"threshold\": \"40.00\", \"amount_off\": \"4.00\"}, {\"threshold\": \"90.00\", \"amount_off\": \"10.00\"}]',
+            now() - interval '1 day', now() + interval '1 day', 100, 5),
+           ('OLD', 'full_reduction', 'CNY', 10, 1, NULL, NULL, NULL, now() - interval '2 days', now() - interval '1 day', 100, 5)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_payment_is_settled_with_every_cent_accounted_for() -> anyhow::Result<()> {
+    let mut chain = Chain::new("balance").await?;
+    chain.start(&[]).await?;
+    chain
+        .publish(&request("o-1", "alice", &[("tea", 2), ("cup", 1)], "70.00"))
+        .await?;
+    assert_eq!(chain.outcome("o-1").await?.0, "settled");
+    settlement::roll_up(chain.pool(), 1000).await?;
+
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("930.00"), d("930.00"), d("0.00"))
+    );
+    // m1 sells both lines: 70.00 less its 1 % fee
+    assert_eq!(
+        chain.balance("merchant", "m1").await?,
+        (d("69.30"), d("69.30"), d("0.00"))
+    );
+    assert_eq!(chain.balance("platform", "fees").await?.0, d("0.70"));
+    assert_eq!(chain.stock("tea").await?, (98, 0));
+    assert_eq!(chain.stock("cup").await?, (99, 0));
+    let postings: Vec<(String, Decimal)> = sqlx::query_as(
+        "SELECT a.owner_id, p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
+         JOIN journal_entries j ON j.id = p.entry_id WHERE j.kind = 'payment' ORDER BY p.amount",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(
+        postings,
+        vec![
+            ("alice".into(), d("-70.00")),
+            ("fees".into(), d("0.70")),
+            ("m1".into(), d("69.30"))
+        ]
+    );
+    let statements: Vec<String> = sqlx::query_scalar(
+        "SELECT s.kind FROM account_statements s JOIN accounts a ON a.id = s.account_id WHERE a.owner_id = 'alice' ORDER BY s.id",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(statements, vec!["top_up", "freeze", "debit"]);
+    let (order_status, attempt_status): (String, String) = sqlx::query_as(
+        "SELECT o.status, a.status FROM orders o JOIN payment_attempts a ON a.payment_id = o.payment_id",
+    )
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!(
+        (order_status.as_str(), attempt_status.as_str()),
+        ("paid", "succeeded")
+    );
+    let logged: i64 = chain
+        .env
+        .scalar_i64("SELECT count(*) FROM integration_log")
+        .await?;
+    assert_eq!(logged, 2, "the request and the response");
+
+    let events = chain.events().await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event_type"], "payment.succeeded");
+    assert_eq!(events[0]["amount"], "70.00");
+    assert_eq!(events[0]["currency"], "CNY");
+    assert_eq!(events[0]["sub_orders"][0]["fee"], "0.70");
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_failures_and_rejections_are_results_with_reasons() -> anyhow::Result<()> {
+    let mut chain = Chain::new("refusals").await?;
+    chain.start(&[]).await?;
+    // insufficient balance: bob has 5.00
+    chain
+        .publish(&request("poor", "bob", &[("tea", 1)], "30.00"))
+        .await?;
+    // out of stock: one rare seal left
+    chain
+        .publish(&request("oos", "alice", &[("rare", 2)], "100.00"))
+        .await?;
+    // price mismatch: the client thinks tea is cheaper
+    chain
+        .publish(&request("cheap", "alice", &[("tea", 1)], "29.00"))
+        .await?;
+    // bad signature
+    let forged = request("forged", "alice", &[("tea", 1)], "30.00");
+    let body = serde_json::to_vec(&forged)?;
+    chain
+        .publish_raw(&body, Some(&messages::sign("not the key", &body)))
+        .await?;
+    // risk: a blocked user, and an amount past the challenge limit (configured below)
+    chain
+        .publish(&request("blocked", "mallory", &[("cup", 1)], "10.00"))
+        .await?;
+
+    let (status, reason) = chain.outcome("poor").await?;
+    assert_eq!(status, "failed");
+    assert!(reason.unwrap().starts_with("insufficient_balance"));
+    let (status, reason) = chain.outcome("oos").await?;
+    assert_eq!(status, "rejected");
+    assert!(reason.unwrap().starts_with("out_of_stock"));
+    let (status, reason) = chain.outcome("cheap").await?;
+    assert_eq!(status, "rejected");
+    assert!(reason.unwrap().starts_with("price_mismatch"));
+    let (status, reason) = chain.outcome("blocked").await?;
+    assert_eq!(status, "rejected");
+    assert!(reason.unwrap().starts_with("risk_blocked"));
+    wait_until(WAIT, "the forged request refused", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM request_rejections WHERE reason = 'bad_signature'")
+            .await?
+            == 1)
+    })
+    .await?;
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments WHERE merchant_order_id = 'forged'")
+            .await?,
+        0,
+        "a forged request takes no order id"
+    );
+
+    // Nothing was reserved or moved by any of them.
+    assert_eq!(
+        chain.balance("user", "bob").await?,
+        (d("5.00"), d("5.00"), d("0.00"))
+    );
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("1000.00"), d("0.00"))
+    );
+    assert_eq!(chain.stock("rare").await?, (1, 0));
+    assert_eq!(chain.env.scalar_i64("SELECT count(*) FROM postings p JOIN journal_entries j ON j.id = p.entry_id WHERE j.kind = 'payment'").await?, 0);
+    let events = chain.events().await?;
+    let mut types: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["merchant_order_id"].as_str().unwrap_or("").to_owned(),
+                e["event_type"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        vec![
+            ("blocked".into(), "payment.rejected".into()),
+            ("cheap".into(), "payment.rejected".into()),
+            ("forged".into(), "payment.rejected".into()),
+            ("oos".into(), "payment.rejected".into()),
+            ("poor".into(), "payment.failed".into()),
+        ]
+    );
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_amount_is_challenged() -> anyhow::Result<()> {
+    let mut chain = Chain::with("challenge", |s| {
+        s.risk_challenge_amount = 500;
+        s.risk_block_amount = 5_000;
+    })
+    .await?;
+    chain.start(&[]).await?;
+    chain
+        .publish(&request("big", "alice", &[("gold", 1)], "600.00"))
+        .await?;
+    let (status, reason) = chain.outcome("big").await?;
+    assert_eq!(status, "challenged");
+    assert!(reason.unwrap().contains("amount_at_least_500"));
+    let decision: String = sqlx::query_scalar("SELECT risk_decision FROM payments")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(decision, "challenge");
+    assert_eq!(chain.balance("user", "alice").await?.1, d("1000.00"));
+    assert_eq!(chain.events().await?[0]["event_type"], "payment.rejected");
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_coupon_kind_discounts_and_allocates_exactly() -> anyhow::Result<()> {
+    let mut chain = Chain::new("coupons").await?;
+    chain.start(&[]).await?;
+    // full reduction: 60.00 ≥ 50 → 8.00 off
+    let mut full = request("full", "alice", &[("tea", 2)], "52.00");
+    full.coupon_code = Some("FULL50-8".into());
+    // percentage with a cap: 15 % of 100.00 = 15.00, capped at 9.00 → split over three lines with a remainder
+    let mut pct = request(
+        "pct",
+        "alice",
+        &[("ink", 1), ("pen", 1), ("cap", 1)],
+        "91.00",
+    );
+    pct.coupon_code = Some("PCT15".into());
+    // ladder: 100.00 reaches the 90 step → 10.00 off, over three lines → 3.33 / 3.33 / 3.34
+    let mut ladder = request(
+        "ladder",
+        "alice",
+        &[("ink", 1), ("pen", 1), ("cap", 1)],
+        "90.00",
+    );
+    ladder.coupon_code = Some("LADDER".into());
+    // an expired coupon is a rejection
+    let mut old = request("old", "alice", &[("tea", 1)], "29.00");
+    old.coupon_code = Some("OLD".into());
+    for r in [&full, &pct, &ladder, &old] {
+        chain.publish(r).await?;
+    }
+    assert_eq!(chain.outcome("full").await?.0, "settled");
+    assert_eq!(chain.outcome("pct").await?.0, "settled");
+    assert_eq!(chain.outcome("ladder").await?.0, "settled");
+    let (status, reason) = chain.outcome("old").await?;
+    assert_eq!(status, "rejected");
+    assert!(reason.unwrap().starts_with("coupon_expired"));
+
+    let discounts = |order: &'static str| {
+        let pool = chain.pool().clone();
+        async move {
+            let rows: Vec<(String, Decimal)> = sqlx::query_as(
+                "SELECT d.sku, d.discount_amount FROM order_details d JOIN orders o ON o.payment_id = d.payment_id
+                 WHERE o.merchant_order_id = $1 ORDER BY d.sku",
+            )
+            .bind(order)
+            .fetch_all(&pool)
+            .await?;
+            anyhow::Ok(rows)
+        }
+    };
+    assert_eq!(discounts("full").await?, vec![("tea".into(), d("8.00"))]);
+    let pct_parts = discounts("pct").await?;
+    assert_eq!(pct_parts.iter().map(|r| r.1).sum::<Decimal>(), d("9.00"));
+    assert_eq!(
+        pct_parts,
+        vec![
+            ("cap".into(), d("3.00")),
+            ("ink".into(), d("3.00")),
+            ("pen".into(), d("3.00"))
+        ]
+    );
+    let ladder_parts = discounts("ladder").await?;
+    assert_eq!(
+        ladder_parts.iter().map(|r| r.1).sum::<Decimal>(),
+        d("10.00")
+    );
+    assert_eq!(
+        ladder_parts,
+        vec![
+            ("cap".into(), d("3.34")),
+            ("ink".into(), d("3.33")),
+            ("pen".into(), d("3.33"))
+        ]
+    );
+
+    let uses: Vec<(String, i32)> = sqlx::query_as("SELECT code, used FROM coupons ORDER BY code")
+        .fetch_all(chain.pool())
+        .await?;
+    assert_eq!(
+        uses,
+        vec![
+            ("FULL50-8".into(), 1),
+            ("LADDER".into(), 1),
+            ("OLD".into(), 0),
+            ("PCT15".into(), 1)
+        ]
+    );
+    let consumed = chain
+        .env
+        .scalar_i64("SELECT count(*) FROM coupon_redemptions WHERE status = 'consumed'")
+        .await?;
+    assert_eq!(consumed, 3);
+    assert_eq!(
+        chain.balance("user", "alice").await?.0,
+        d("1000.00") - d("52.00") - d("91.00") - d("90.00")
+    );
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_across_three_merchants_splits_and_pays_each_less_its_fee() -> anyhow::Result<()> {
+    let mut chain = Chain::new("split").await?;
+    chain.start(&[]).await?;
+    chain
+        .publish(&request(
+            "cart",
+            "alice",
+            &[("tea", 1), ("fan", 2), ("ink", 3)],
+            "169.99",
+        ))
+        .await?;
+    assert_eq!(chain.outcome("cart").await?.0, "settled");
+    settlement::roll_up(chain.pool(), 1000).await?;
+    let subs: Vec<(String, String, Decimal, Decimal)> =
+        sqlx::query_as("SELECT seller_id, warehouse, payable_amount, fee_amount FROM sub_orders ORDER BY seller_id").fetch_all(chain.pool()).await?;
+    assert_eq!(
+        subs,
+        vec![
+            ("m1".into(), "east".into(), d("30.00"), d("0.30")),
+            ("m2".into(), "west".into(), d("40.00"), d("0.20")),
+            ("m3".into(), "north".into(), d("99.99"), d("0.00")),
+        ]
+    );
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM transaction_details WHERE status = 'paid'")
+            .await?,
+        3
+    );
+    assert_eq!(chain.balance("merchant", "m1").await?.0, d("29.70"));
+    assert_eq!(chain.balance("merchant", "m2").await?.0, d("39.80"));
+    assert_eq!(chain.balance("merchant", "m3").await?.0, d("99.99"));
+    assert_eq!(chain.balance("platform", "fees").await?.0, d("0.50"));
+    assert_eq!(chain.balance("user", "alice").await?.0, d("830.01"));
+    let events = chain.events().await?;
+    assert_eq!(events[0]["sub_orders"].as_array().map(Vec::len), Some(3));
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_concurrent_publishes_of_one_order_make_one_payment_and_other_content_conflicts()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("idem").await?;
+    chain.start(&[]).await?;
+    let order = request("same", "alice", &[("cup", 3)], "30.00");
+    let publishes = (0..5).map(|_| chain.publish(&order));
+    for result in futures_util::future::join_all(publishes).await {
+        result?;
+    }
+    assert_eq!(chain.outcome("same").await?.0, "settled");
+    let mut other = order.clone();
+    other.items[0].quantity = 4;
+    other.expected_amount = d("40.00");
+    chain.publish(&other).await?;
+    wait_until(WAIT, "the conflicting request refused", || async {
+        Ok(chain
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM request_rejections WHERE reason = 'idempotency_conflict'",
+            )
+            .await?
+            == 1)
+    })
+    .await?;
+    chain.env.wait_drained(WAIT).await?;
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments")
+            .await?,
+        1
+    );
+    assert_eq!(
+        chain.balance("user", "alice").await?.0,
+        d("970.00"),
+        "charged once"
+    );
+    assert_eq!(chain.stock("cup").await?, (97, 0));
+    let events = chain.events().await?;
+    let succeeded = events
+        .iter()
+        .filter(|e| e["event_type"] == "payment.succeeded")
+        .count();
+    let rejected = events
+        .iter()
+        .filter(|e| e["event_type"] == "payment.rejected")
+        .count();
+    assert_eq!((succeeded, rejected), (1, 1));
+    let first_still_settled: String = sqlx::query_scalar("SELECT status FROM payments")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(first_still_settled, "settled");
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_payment_is_cancelled_with_everything_released() -> anyhow::Result<()> {
+    let mut chain = Chain::with("expiry", |s| s.payment_ttl_ms = 1_500).await?;
+    // No channel-call: the payment stays frozen until it expires.
+    chain
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    let mut r = request("late", "alice", &[("tea", 2)], "52.00");
+    r.coupon_code = Some("FULL50-8".into());
+    chain.publish(&r).await?;
+    wait_until(WAIT, "the payment frozen", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments WHERE status = 'frozen'")
+            .await?
+            == 1)
+    })
+    .await?;
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("948.00"), d("52.00"))
+    );
+    assert_eq!(chain.stock("tea").await?, (98, 2));
+    let (status, reason) = chain.outcome("late").await?;
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("cancelled", Some("expired"))
+    );
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("1000.00"), d("0.00"))
+    );
+    assert_eq!(chain.stock("tea").await?, (100, 0));
+    let (used, redemption): (i32, String) =
+        sqlx::query_as("SELECT c.used, r.status FROM coupons c JOIN coupon_redemptions r ON r.coupon_code = c.code").fetch_one(chain.pool()).await?;
+    assert_eq!((used, redemption.as_str()), (0, "released"));
+    let order: String = sqlx::query_scalar("SELECT status FROM orders")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(order, "closed");
+    assert_eq!(chain.events().await?[0]["event_type"], "payment.failed");
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_try_after_cancel_reserves_nothing() -> anyhow::Result<()> {
+    let mut chain = Chain::with("latetry", |s| s.payment_ttl_ms = 1_000).await?;
+    // fund-freeze is down: the Try waits in its queue while the payment expires.
+    chain
+        .start(&["order-validation", "settlement", "notification"])
+        .await?;
+    chain
+        .publish(&request("stuck", "alice", &[("fan", 1)], "20.00"))
+        .await?;
+    let (status, _) = chain.outcome("stuck").await?;
+    assert_eq!(status, "cancelled");
+    let reservation: String = sqlx::query_scalar("SELECT status FROM reservations")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(reservation, "cancelled", "the empty rollback is recorded");
+    assert_eq!(
+        chain.env.queue_depth("payfleet.fund-freeze").await?,
+        1,
+        "the Try is still waiting"
+    );
+
+    chain.stop().await;
+    chain.start(&[]).await?;
+    wait_until(WAIT, "the late Try handled", || async {
+        Ok(chain.env.queue_depth("payfleet.fund-freeze").await? == 0)
+    })
+    .await?;
+    chain.env.wait_drained(WAIT).await?;
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("1000.00"), d("0.00"))
+    );
+    assert_eq!(chain.stock("fan").await?, (100, 0));
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM stock_reservations")
+            .await?,
+        0
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM payments")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(status, "cancelled");
+    chain.finish().await
+}
