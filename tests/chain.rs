@@ -755,3 +755,136 @@ async fn a_late_try_after_cancel_reserves_nothing() -> anyhow::Result<()> {
     assert_eq!(status, "cancelled");
     chain.finish().await
 }
+
+/// A merchant endpoint that answers `failures` times with 500, then 200,
+/// and keeps every body and signature it got.
+async fn merchant_endpoint(
+    failures: usize,
+) -> anyhow::Result<(
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, String)>>>,
+)> {
+    use axum::{
+        Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
+    };
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, String)>>>;
+    let seen: Seen = Default::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                move |State(seen): State<Seen>, headers: HeaderMap, body: Bytes| async move {
+                    let signature = headers
+                        .get("x-payfleet-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut seen = seen.lock().expect("lock");
+                    seen.push((body.to_vec(), signature));
+                    if seen.len() <= failures {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, seen))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchant_webhooks_are_signed_retried_and_dead_lettered_when_exhausted()
+-> anyhow::Result<()> {
+    let mut chain = Chain::with("webhooks", |s| s.webhook_delays_ms = vec![200, 400]).await?;
+    let (flaky_url, flaky) = merchant_endpoint(2).await?;
+    let (down_url, down) = merchant_endpoint(usize::MAX).await?;
+    chain.start(&[]).await?;
+    let mut delivered = request("hooked", "alice", &[("cup", 1)], "10.00");
+    delivered.notify_url = Some(flaky_url);
+    let mut exhausted = request("unhooked", "alice", &[("cup", 1)], "10.00");
+    exhausted.notify_url = Some(down_url);
+    chain.publish(&delivered).await?;
+    chain.publish(&exhausted).await?;
+    assert_eq!(chain.outcome("hooked").await?.0, "settled");
+    wait_until(WAIT, "both deliveries finished", || async {
+        Ok(chain.env.scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status IN ('delivered', 'exhausted')").await? == 2)
+    })
+    .await?;
+    let deliveries: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT p.merchant_order_id, d.status, d.attempts FROM webhook_deliveries d JOIN payments p ON p.id = d.payment_id ORDER BY 1",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(
+        deliveries,
+        vec![
+            ("hooked".into(), "delivered".into(), 3),
+            ("unhooked".into(), "exhausted".into(), 3)
+        ]
+    );
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM webhook_attempts")
+            .await?,
+        6,
+        "every attempt logged"
+    );
+    for (body, signature) in flaky
+        .lock()
+        .expect("lock")
+        .iter()
+        .chain(down.lock().expect("lock").iter())
+    {
+        assert!(
+            messages::verify(SHOP_KEY, body, signature),
+            "webhook signed with the merchant's key"
+        );
+        let event: Value = serde_json::from_slice(body)?;
+        assert_eq!(event["event_type"], "payment.succeeded");
+    }
+    wait_until(WAIT, "the exhausted delivery in the dead-letter store", || async {
+        Ok(chain.env.scalar_i64("SELECT count(*) FROM dead_letters WHERE stage = 'notification' AND error_kind = 'exhausted'").await? == 1)
+    })
+    .await?;
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_expiry_sweep_runs_at_a_time() -> anyhow::Result<()> {
+    let chain = Chain::new("sweeplock").await?;
+    let fleet =
+        payfleet_workers::fleet(chain.env.settings.clone(), &["notification"], false).await?;
+    let shared = fleet.shared().clone();
+    let mut holder = chain.pool().acquire().await?;
+    let _: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(payfleet_workers::sweeper::SWEEP_LOCK)
+        .fetch_one(&mut *holder)
+        .await?;
+    assert_eq!(
+        payfleet_workers::sweeper::sweep(&shared)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        None,
+        "another sweep holds the lock"
+    );
+    let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(payfleet_workers::sweeper::SWEEP_LOCK)
+        .fetch_one(&mut *holder)
+        .await?;
+    assert_eq!(
+        payfleet_workers::sweeper::sweep(&shared)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        Some(0)
+    );
+    drop(holder);
+    drop(fleet);
+    chain.finish().await
+}

@@ -628,8 +628,9 @@ async fn insert_payment(
     .bind(&r.user_id)
     .bind(&r.payment_method)
     .bind((status == PaymentStatus::Validated).then_some("balance"))
-    .bind(&r.currency)
-    .bind(r.expected_amount.max(Decimal::ZERO))
+    // a rejected request may carry an unusable currency or amount: stored as XXX / 0
+    .bind(money::currency(&r.currency).unwrap_or("XXX"))
+    .bind(money::check_amount(r.expected_amount).unwrap_or(Decimal::ZERO))
     .bind(status.as_str())
     .bind(reason)
     .bind(decision)
@@ -762,10 +763,15 @@ async fn refuse(
         merchant_order_id: request.merchant_order_id.clone(),
         user_id: parsed.map(|p| p.user_id.clone()).unwrap_or_default(),
         status: "rejected".to_owned(),
-        amount: parsed.map(|p| p.expected_amount).unwrap_or(Decimal::ZERO),
+        // Only what the contract allows travels on: an unusable amount or
+        // currency in the refused request is reported as 0 / XXX ("no currency").
+        amount: parsed
+            .and_then(|p| money::check_amount(p.expected_amount).ok())
+            .unwrap_or(Decimal::ZERO),
         currency: parsed
-            .map(|p| p.currency.clone())
-            .unwrap_or_else(|| "CNY".to_owned()),
+            .and_then(|p| money::currency(&p.currency).ok())
+            .unwrap_or("XXX")
+            .to_owned(),
         reason: Some(format!("{reason}: {detail}")),
         sub_orders: Vec::new(),
         occurred_at: Utc::now(),

@@ -1,0 +1,247 @@
+//! Hot-account benchmark: 1,000 wallet payments to ONE merchant against the
+//! same load spread over 100 merchants, through the whole chain on the real
+//! services. Prints both rates and their ratio, then checks that every
+//! rolled-up merchant balance equals its postings.
+//!
+//!     cargo bench -p payfleet-workers --bench hot_account [-- PAYMENTS]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use payfleet_common::{
+    CancellationToken, broker,
+    broker::{Outgoing, Publisher},
+    messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
+};
+use payfleet_tests::TestEnv;
+use payfleet_workers::{invariants, settlement};
+use rust_decimal::Decimal;
+
+const SHOP: &str = "bench-shop";
+const KEY: &str = "bench-key";
+const MERCHANTS: usize = 100;
+const USERS: usize = 500;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let payments: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000);
+    let env = TestEnv::with("hotbench", |s| {
+        s.prefetch = 64;
+        s.max_in_flight = 32;
+        s.db_max_connections = 24;
+        s.risk_velocity_limit = 1_000_000;
+        s.risk_challenge_amount = 1_000_000;
+        s.risk_block_amount = 1_000_000;
+        s.payment_ttl_ms = 3_600_000;
+        s.log_filter = "warn".into();
+    })
+    .await?;
+    seed(&env).await?;
+    let fleet = payfleet_workers::fleet(env.settings.clone(), &[], false).await?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(fleet.run(stop.clone()));
+    let publisher = Publisher::new(
+        &env.settings.amqp_url,
+        "bench-upstream",
+        CancellationToken::new(),
+    );
+
+    // Warm up connections and caches with a few payments of neither kind.
+    run(&env, &publisher, "warm", 50, |i| {
+        format!("p{:03}", i % MERCHANTS)
+    })
+    .await?;
+    let spread = run(&env, &publisher, "spread", payments, |i| {
+        format!("p{:03}", i % MERCHANTS)
+    })
+    .await?;
+    // The same 100 SKUs' worth of stock rows, all sold by m000: only the
+    // merchant is hot, so the comparison measures its account alone.
+    let hot = run(&env, &publisher, "hot", payments, |i| {
+        format!("h{:03}", i % MERCHANTS)
+    })
+    .await?;
+
+    stop.cancel();
+    running.await??;
+    publisher.close().await;
+    settlement::roll_up(&env.pool, 10_000_000).await?;
+    let report = invariants::all(&env.pool).await?;
+    let (balance, postings): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT a.total, (SELECT sum(amount) FROM postings p WHERE p.account_id = a.id)
+         FROM accounts a WHERE owner_kind = 'merchant' AND owner_id = 'm000'",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+
+    println!("hot-account benchmark, {payments} payments per run, whole chain, wallet channel");
+    println!(
+        "  spread over {MERCHANTS} merchants  {:>8.1} payments/s  ({:.2} s)",
+        spread.0,
+        spread.1.as_secs_f64()
+    );
+    println!(
+        "  one hot merchant          {:>8.1} payments/s  ({:.2} s)",
+        hot.0,
+        hot.1.as_secs_f64()
+    );
+    println!(
+        "  hot / spread              {:>8.1} %",
+        hot.0 / spread.0 * 100.0
+    );
+    println!(
+        "  m000 rolled-up balance {balance} = postings {postings}: {}",
+        if balance == postings {
+            "equal"
+        } else {
+            "DIFFERENT"
+        }
+    );
+    println!(
+        "  invariants: {}",
+        if report.ok() {
+            "all hold".to_owned()
+        } else {
+            report.failures().join("; ")
+        }
+    );
+    env.teardown().await?;
+    if balance != postings || !report.ok() {
+        anyhow::bail!("balances do not match the journal");
+    }
+    Ok(())
+}
+
+/// Publishes `count` payments (SKU chosen by `sku`) and waits until all are settled and notified.
+async fn run(
+    env: &TestEnv,
+    publisher: &Publisher,
+    tag: &str,
+    count: usize,
+    sku: impl Fn(usize) -> String,
+) -> anyhow::Result<(f64, Duration)> {
+    let started = Instant::now();
+    for window in (0..count).collect::<Vec<_>>().chunks(200) {
+        let mut confirms = Vec::new();
+        for i in window {
+            let request = PaymentRequested {
+                schema_version: SCHEMA_VERSION,
+                merchant_id: SHOP.into(),
+                merchant_order_id: format!("{tag}-{i}"),
+                user_id: format!("u{}", i % USERS),
+                currency: "CNY".into(),
+                items: vec![RequestedItem {
+                    sku: sku(*i),
+                    quantity: 1,
+                }],
+                coupon_code: None,
+                payment_method: "balance".into(),
+                expected_amount: Decimal::new(1000, 2),
+                notify_url: None,
+                requested_at: Utc::now(),
+            };
+            let body = serde_json::to_vec(&request)?;
+            let mut headers = lapin::types::FieldTable::default();
+            broker::set_header(
+                &mut headers,
+                messages::SIGNATURE_HEADER,
+                messages::sign(KEY, &body),
+            );
+            let properties = broker::properties(
+                &uuid::Uuid::now_v7().to_string(),
+                None,
+                Some(messages::kind::PAYMENT_REQUESTED),
+            )
+            .with_headers(headers);
+            let message = Outgoing {
+                exchange: "payfleet.ingress".into(),
+                routing_key: messages::kind::PAYMENT_REQUESTED.into(),
+                body,
+                properties,
+            };
+            let confirm = publisher.start(&message).await?;
+            confirms.push((message, confirm));
+        }
+        for (message, confirm) in confirms {
+            broker::confirmed(confirm, &message).await?;
+        }
+    }
+    let like = format!("{tag}-%");
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM payments p WHERE merchant_order_id LIKE $1 AND status = 'settled'
+               AND EXISTS (SELECT 1 FROM payment_events e WHERE e.payment_id = p.id)",
+        )
+        .bind(&like)
+        .fetch_one(&env.pool)
+        .await?;
+        if done as usize == count {
+            break;
+        }
+        let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE merchant_order_id LIKE $1 AND status <> 'settled' AND finished_at IS NOT NULL")
+            .bind(&like)
+            .fetch_one(&env.pool)
+            .await?;
+        if failed > 0 {
+            anyhow::bail!("{failed} {tag} payments did not settle");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    Ok((count as f64 / elapsed.as_secs_f64(), elapsed))
+}
+
+async fn seed(env: &TestEnv) -> anyhow::Result<()> {
+    let mut tx = env.pool.begin().await?;
+    sqlx::query("INSERT INTO merchants (id, name, signing_key) VALUES ($1, 'Bench shop', $2)")
+        .bind(SHOP)
+        .bind(KEY)
+        .execute(&mut *tx)
+        .await?;
+    for m in 0..MERCHANTS {
+        sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ($1, $1, 'k', 0.0060) ON CONFLICT DO NOTHING")
+            .bind(format!("m{m:03}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for m in 0..MERCHANTS {
+        sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ($1, $2, $1, 10.00, 'CNY')")
+            .bind(format!("p{m:03}"))
+            .bind(format!("m{m:03}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, 1000000)")
+            .bind(format!("p{m:03}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ($1, 'm000', $1, 10.00, 'CNY')")
+            .bind(format!("h{m:03}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, 1000000)")
+            .bind(format!("h{m:03}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for u in 0..USERS {
+        let user = format!("u{u}");
+        sqlx::query("INSERT INTO users (id, name) VALUES ($1, $1)")
+            .bind(&user)
+            .execute(&mut *tx)
+            .await?;
+        settlement::top_up(
+            &mut tx,
+            &user,
+            "CNY",
+            Decimal::new(10_000_000, 2),
+            &format!("bench:{user}"),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

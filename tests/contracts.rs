@@ -1,0 +1,720 @@
+//! Message contract v1: the hand-written JSON Schemas in `contracts/v1/`
+//! against the Rust types in `payfleet_common::messages`. A field renamed,
+//! added or dropped on either side, an enum variant or a wire format that
+//! changes, fails here. Plain unit tests: no services needed.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use chrono::{DateTime, Utc};
+use jsonschema::Validator;
+use payfleet_common::messages::{
+    self, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated, Outcome,
+    PaymentEvent, PaymentOutcome, PaymentRequested, PaymentResolved, RequestedItem, Resolution,
+    SCHEMA_VERSION, event, kind,
+};
+use rust_decimal::Decimal;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Every message of contract v1, by schema name.
+const MESSAGES: [&str; 7] = [
+    kind::PAYMENT_REQUESTED,
+    kind::ORDER_VALIDATED,
+    kind::FUNDS_FROZEN,
+    kind::CHANNEL_RESULT,
+    kind::PAYMENT_RESOLVED,
+    kind::PAYMENT_OUTCOME,
+    "payment.event",
+];
+
+const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+const AMOUNT_PATTERN: &str = r"^-?[0-9]+(\.[0-9]{1,2})?$";
+const NON_NEGATIVE_AMOUNT_PATTERN: &str = r"^[0-9]+(\.[0-9]{1,2})?$";
+const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
+
+/// The worked signature example of `contracts/README.md`.
+const README_SIGNING_KEY: &str = "demo-shop-signing-key";
+const README_BODY: &str = r#"{"schema_version":1,"merchant_id":"demo-shop","merchant_order_id":"DS-20261202-000043","user_id":"user-1002","currency":"CNY","items":[{"sku":"demo-silk","quantity":1}],"payment_method":"balance","expected_amount":"89.00","requested_at":"2026-12-02T09:31:05Z"}"#;
+const README_SIGNATURE: &str = "44030f1a10422f4f3c9e171441634f8d924ee3212b3ffcc5c8ea90a351444283";
+
+fn contracts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+fn schema(name: &str) -> Value {
+    read_json(&contracts_dir().join(format!("v1/{name}.schema.json")))
+}
+
+fn example_file(name: &str) -> Value {
+    read_json(&contracts_dir().join(format!("v1/examples/{name}.json")))
+}
+
+fn embedded_examples(name: &str) -> Vec<Value> {
+    let examples = schema(name)["examples"].as_array().cloned();
+    let examples = examples.unwrap_or_else(|| panic!("{name}.schema.json has no `examples`"));
+    assert!(!examples.is_empty(), "{name}.schema.json has no examples");
+    examples
+}
+
+/// A validator for a schema that is itself a valid draft 2020-12 schema,
+/// with `format` asserted (2020-12 treats it as an annotation by default).
+fn validator_for(name: &str) -> Validator {
+    let schema = schema(name);
+    if let Err(error) = jsonschema::draft202012::meta::validate(&schema) {
+        panic!("{name}.schema.json is not a valid draft 2020-12 schema: {error}");
+    }
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{name}.schema.json does not compile: {e}"))
+}
+
+fn assert_valid(name: &str, validator: &Validator, instance: &Value, what: &str) {
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("at `{}`: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match {name}.schema.json:\n  {}\n{instance:#}",
+        errors.join("\n  ")
+    );
+}
+
+fn assert_invalid(name: &str, validator: &Validator, instance: &Value, what: &str) {
+    assert!(
+        !validator.is_valid(instance),
+        "{name}.schema.json accepts {what}:\n{instance:#}"
+    );
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn strings(value: &Value) -> BTreeSet<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("not a string: {v}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// An object schema's fields match what serde writes: every field with its
+/// options set, and only the required ones with its options unset.
+fn assert_fields(object_schema: &Value, full: &Value, minimal: &Value, what: &str) {
+    let properties = keys(&object_schema["properties"]);
+    let required = strings(&object_schema["required"]);
+    assert_eq!(
+        keys(full),
+        properties,
+        "{what}: the Rust fields (left, every option set) differ from the schema's properties (right)"
+    );
+    assert_eq!(
+        keys(minimal),
+        required,
+        "{what}: the non-Option Rust fields (left) differ from the schema's `required` (right)"
+    );
+}
+
+fn d(text: &str) -> Decimal {
+    text.parse()
+        .unwrap_or_else(|e| panic!("bad decimal {text}: {e}"))
+}
+
+fn t(text: &str) -> DateTime<Utc> {
+    text.parse()
+        .unwrap_or_else(|e| panic!("bad time {text}: {e}"))
+}
+
+fn id(text: &str) -> Uuid {
+    Uuid::parse_str(text).unwrap_or_else(|e| panic!("bad uuid {text}: {e}"))
+}
+
+fn to_json<T: Serialize>(message: &T) -> Value {
+    serde_json::to_value(message).unwrap_or_else(|e| panic!("cannot serialize: {e}"))
+}
+
+/// Validates a full and a minimal value of one message type and compares
+/// their fields with the schema's. Returns the two serialized values.
+fn check_message<T: Serialize>(name: &str, full: &T, minimal: &T) -> (Value, Value) {
+    let validator = validator_for(name);
+    let (full, minimal) = (to_json(full), to_json(minimal));
+    assert_valid(
+        name,
+        &validator,
+        &full,
+        "the Rust value with every option set",
+    );
+    assert_valid(
+        name,
+        &validator,
+        &minimal,
+        "the Rust value with every option unset",
+    );
+    assert_fields(&schema(name), &full, &minimal, name);
+    (full, minimal)
+}
+
+/// Deserializes `value` into `T` and serializes it back unchanged.
+fn round_trip<T: DeserializeOwned + Serialize>(name: &str, value: &Value, what: &str) {
+    let message: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{what} does not deserialize into the {name} type: {e}"));
+    assert_eq!(
+        &to_json(&message),
+        value,
+        "{what} changes when it goes through the {name} type"
+    );
+}
+
+fn round_trip_as(name: &str, value: &Value, what: &str) {
+    match name {
+        kind::PAYMENT_REQUESTED => round_trip::<PaymentRequested>(name, value, what),
+        kind::ORDER_VALIDATED => round_trip::<OrderValidated>(name, value, what),
+        kind::FUNDS_FROZEN => round_trip::<FundsFrozen>(name, value, what),
+        kind::CHANNEL_RESULT => round_trip::<ChannelResult>(name, value, what),
+        kind::PAYMENT_RESOLVED => round_trip::<PaymentResolved>(name, value, what),
+        kind::PAYMENT_OUTCOME => round_trip::<PaymentOutcome>(name, value, what),
+        "payment.event" => round_trip::<PaymentEvent>(name, value, what),
+        other => panic!("no Rust type for {other}"),
+    }
+}
+
+/// The `enum` of a property, as a set.
+fn schema_enum(schema: &Value, property: &str) -> BTreeSet<String> {
+    strings(&schema["properties"][property]["enum"])
+}
+
+fn wire_names<T: Serialize>(variants: &[T]) -> BTreeSet<String> {
+    variants
+        .iter()
+        .map(|v| to_json(v).as_str().expect("unit variant").to_owned())
+        .collect()
+}
+
+// Exhaustive matches: a new variant does not compile until it is listed here
+// (and then the enum comparison asks for it in the schema).
+fn all_channel_statuses() -> Vec<ChannelStatus> {
+    let all = [ChannelStatus::Succeeded, ChannelStatus::Failed];
+    for v in all {
+        match v {
+            ChannelStatus::Succeeded | ChannelStatus::Failed => {}
+        }
+    }
+    all.to_vec()
+}
+
+fn all_resolutions() -> Vec<Resolution> {
+    let all = [Resolution::Paid, Resolution::Failed];
+    for v in all {
+        match v {
+            Resolution::Paid | Resolution::Failed => {}
+        }
+    }
+    all.to_vec()
+}
+
+fn all_outcomes() -> Vec<Outcome> {
+    let all = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Rejected,
+        Outcome::Exception,
+    ];
+    for v in all {
+        match v {
+            Outcome::Succeeded | Outcome::Failed | Outcome::Rejected | Outcome::Exception => {}
+        }
+    }
+    all.to_vec()
+}
+
+/// Checks the v1 conventions on every property of an object schema (and
+/// the object schemas in its `$defs`).
+fn assert_conventions(name: &str, object_schema: &Value, path: &str) {
+    assert_eq!(object_schema["type"], "object", "{name}{path}: type");
+    assert_eq!(
+        object_schema["additionalProperties"], false,
+        "{name}{path}: additionalProperties must be false"
+    );
+    let properties = object_schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{name}{path}: no properties"));
+    for field in strings(&object_schema["required"]) {
+        assert!(
+            properties.contains_key(&field),
+            "{name}{path}: `{field}` is required but not a property"
+        );
+    }
+    for (field, property) in properties {
+        let at = format!("{name}{path}.{field}");
+        let has_description = property["description"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        assert!(has_description, "{at}: no description");
+        if field == "schema_version" {
+            assert_eq!(property["const"], json!(SCHEMA_VERSION), "{at}: const");
+        } else if property["format"] == "uuid" || field == "id" || field.ends_with("_id") {
+            let is_uuid = property["format"] == "uuid";
+            // Ids chosen by merchants and users are plain strings.
+            let plain = ["merchant_id", "merchant_order_id", "user_id", "seller_id"];
+            assert!(is_uuid != plain.contains(&field.as_str()), "{at}: format");
+            if is_uuid {
+                assert_eq!(property["type"], "string", "{at}: type");
+                assert_eq!(property["pattern"], UUID_PATTERN, "{at}: uuid pattern");
+            }
+        } else if field.ends_with("_at") {
+            assert_eq!(property["type"], "string", "{at}: type");
+            assert_eq!(property["format"], "date-time", "{at}: format");
+        } else if field == "currency" {
+            assert_eq!(property["type"], "string", "{at}: type");
+            assert_eq!(property["pattern"], CURRENCY_PATTERN, "{at}: pattern");
+        } else if ["amount", "fee", "expected_amount"].contains(&field.as_str()) {
+            let pattern = if field == "expected_amount" {
+                NON_NEGATIVE_AMOUNT_PATTERN
+            } else {
+                AMOUNT_PATTERN
+            };
+            assert_eq!(property["type"], "string", "{at}: type");
+            assert_eq!(property["pattern"], pattern, "{at}: pattern");
+        }
+    }
+    if let Some(defs) = object_schema["$defs"].as_object() {
+        for (def, def_schema) in defs {
+            assert_conventions(name, def_schema, &format!("{path}.$defs.{def}"));
+        }
+    }
+}
+
+#[test]
+fn every_schema_is_draft_2020_12_and_follows_the_v1_conventions() {
+    for name in MESSAGES {
+        let schema = schema(name);
+        let _ = validator_for(name);
+        assert_eq!(
+            schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+            "{name}: $schema"
+        );
+        let id = schema["$id"].as_str().unwrap_or_default();
+        assert!(
+            id.ends_with(&format!("/contracts/v1/{name}.schema.json")),
+            "{name}: $id `{id}`"
+        );
+        assert_eq!(schema["title"], name, "{name}: title");
+        assert!(
+            schema["description"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{name}: no description"
+        );
+        assert_conventions(name, &schema, "");
+    }
+}
+
+#[test]
+fn every_example_matches_its_schema_and_every_message_has_one() {
+    let dir = contracts_dir().join("v1/examples");
+    let mut seen = BTreeSet::new();
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("directory entry").path();
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default();
+        let name = file
+            .strip_suffix(".json")
+            .and_then(|stem| MESSAGES.into_iter().find(|n| *n == stem))
+            .unwrap_or_else(|| panic!("{}: not <message>.json for a v1 message", path.display()));
+        let example = read_json(&path);
+        assert_valid(
+            name,
+            &validator_for(name),
+            &example,
+            &format!("examples/{file}"),
+        );
+        assert!(
+            embedded_examples(name).contains(&example),
+            "examples/{file} is not one of the `examples` in {name}.schema.json"
+        );
+        seen.insert(name);
+    }
+    for name in MESSAGES {
+        assert!(seen.contains(name), "no examples/{name}.json");
+        let validator = validator_for(name);
+        for (index, example) in embedded_examples(name).iter().enumerate() {
+            let what = format!("{name}.schema.json examples[{index}]");
+            assert_valid(name, &validator, example, &what);
+        }
+    }
+}
+
+#[test]
+fn every_example_deserializes_into_its_rust_type_and_back() {
+    for name in MESSAGES {
+        round_trip_as(name, &example_file(name), &format!("examples/{name}.json"));
+        for (index, example) in embedded_examples(name).iter().enumerate() {
+            round_trip_as(
+                name,
+                example,
+                &format!("{name}.schema.json examples[{index}]"),
+            );
+        }
+    }
+}
+
+#[test]
+fn every_rust_message_matches_its_schema() {
+    let payment = id("b942a61c-37b0-88f7-af96-85f022daf950");
+    let attempt = id("01a23617-172f-7a4c-b8e1-52d09c6f3e17");
+    let now = t("2026-12-02T09:30:12.204518391Z");
+
+    let item = RequestedItem {
+        sku: "demo-pot".into(),
+        quantity: 1,
+    };
+    let requested = PaymentRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: "demo-shop".into(),
+        merchant_order_id: "DS-20261202-000042".into(),
+        user_id: "user-1001".into(),
+        currency: "CNY".into(),
+        items: vec![item.clone()],
+        coupon_code: Some("DEMO-100-15".into()),
+        payment_method: "balance".into(),
+        expected_amount: d("113.00"),
+        notify_url: Some("https://shop.example/payfleet/webhooks".into()),
+        requested_at: t("2026-12-02T17:30:11+08:00"),
+    };
+    let (full, minimal) = check_message(
+        kind::PAYMENT_REQUESTED,
+        &requested,
+        &PaymentRequested {
+            coupon_code: None,
+            notify_url: None,
+            ..requested.clone()
+        },
+    );
+    let item_schema = &schema(kind::PAYMENT_REQUESTED)["$defs"]["requested_item"];
+    assert_fields(
+        item_schema,
+        &full["items"][0],
+        &minimal["items"][0],
+        "payment.requested items[]",
+    );
+
+    let validated = OrderValidated {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        amount: d("135"),
+        currency: "CNY".into(),
+        validated_at: now,
+    };
+    check_message(kind::ORDER_VALIDATED, &validated, &validated);
+
+    let frozen = FundsFrozen {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        amount: d("135.00"),
+        currency: "CNY".into(),
+        channel: "balance".into(),
+        expires_at: t("2026-12-02T09:45:12.198734Z"),
+        frozen_at: now,
+    };
+    check_message(kind::FUNDS_FROZEN, &frozen, &frozen);
+
+    let result = ChannelResult {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        attempt_id: attempt,
+        channel: "balance".into(),
+        status: ChannelStatus::Succeeded,
+        amount: d("135.00"),
+        currency: "CNY".into(),
+        channel_reference: Some(format!("balance:{attempt}")),
+        reason: Some("declined".into()),
+        reported_at: now,
+    };
+    check_message(
+        kind::CHANNEL_RESULT,
+        &result,
+        &ChannelResult {
+            channel_reference: None,
+            reason: None,
+            ..result.clone()
+        },
+    );
+    let validator = validator_for(kind::CHANNEL_RESULT);
+    for status in all_channel_statuses() {
+        let value = to_json(&ChannelResult {
+            status,
+            ..result.clone()
+        });
+        assert_valid(kind::CHANNEL_RESULT, &validator, &value, "every status");
+    }
+
+    let resolved = PaymentResolved {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        resolution: Resolution::Failed,
+        reason: Some("declined".into()),
+        resolved_at: now,
+    };
+    check_message(
+        kind::PAYMENT_RESOLVED,
+        &resolved,
+        &PaymentResolved {
+            reason: None,
+            ..resolved.clone()
+        },
+    );
+
+    let outcome = PaymentOutcome {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        outcome: Outcome::Failed,
+        reason: Some("insufficient_balance".into()),
+        decided_at: now,
+    };
+    check_message(
+        kind::PAYMENT_OUTCOME,
+        &outcome,
+        &PaymentOutcome {
+            reason: None,
+            ..outcome.clone()
+        },
+    );
+
+    let payment_event = PaymentEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &payment.to_string(), event::SUCCEEDED]),
+        event_type: Outcome::Succeeded.event_type().into(),
+        payment_id: payment,
+        merchant_id: "demo-shop".into(),
+        merchant_order_id: "DS-20261202-000042".into(),
+        user_id: "user-1001".into(),
+        status: "settled".into(),
+        amount: d("135.00"),
+        currency: "CNY".into(),
+        reason: Some("price_mismatch: expected 130.00 CNY, the catalogue says 135.00".into()),
+        sub_orders: vec![EventSubOrder {
+            sub_order_id: messages::stable_id(&["sub-order", &payment.to_string(), "seller-a"]),
+            seller_id: "seller-a".into(),
+            amount: d("135.00"),
+            fee: d("0.81"),
+        }],
+        occurred_at: now,
+    };
+    let (full, minimal) = check_message(
+        "payment.event",
+        &payment_event,
+        &PaymentEvent {
+            reason: None,
+            ..payment_event.clone()
+        },
+    );
+    let sub_order_schema = &schema("payment.event")["$defs"]["sub_order"];
+    assert_fields(
+        sub_order_schema,
+        &full["sub_orders"][0],
+        &minimal["sub_orders"][0],
+        "payment.event sub_orders[]",
+    );
+    let validator = validator_for("payment.event");
+    for outcome in all_outcomes() {
+        let value = to_json(&PaymentEvent {
+            event_type: outcome.event_type().into(),
+            sub_orders: Vec::new(),
+            ..payment_event.clone()
+        });
+        assert_valid("payment.event", &validator, &value, "every event type");
+    }
+}
+
+#[test]
+fn the_schema_enums_are_the_rust_enums() {
+    let channel_result = schema(kind::CHANNEL_RESULT);
+    assert_eq!(
+        schema_enum(&channel_result, "status"),
+        wire_names(&all_channel_statuses()),
+        "channel.result status"
+    );
+    let resolved = schema(kind::PAYMENT_RESOLVED);
+    assert_eq!(
+        schema_enum(&resolved, "resolution"),
+        wire_names(&all_resolutions()),
+        "payment.resolved resolution"
+    );
+    let outcome = schema(kind::PAYMENT_OUTCOME);
+    assert_eq!(
+        schema_enum(&outcome, "outcome"),
+        wire_names(&all_outcomes()),
+        "payment.outcome outcome"
+    );
+    let event_types: BTreeSet<String> = all_outcomes()
+        .into_iter()
+        .map(|o| o.event_type().to_owned())
+        .collect();
+    let constants: BTreeSet<String> = [
+        event::SUCCEEDED,
+        event::FAILED,
+        event::REJECTED,
+        event::EXCEPTION,
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(event_types, constants, "messages::event constants");
+    assert_eq!(
+        schema_enum(&schema("payment.event"), "event_type"),
+        event_types,
+        "payment.event event_type"
+    );
+}
+
+#[test]
+fn the_schemas_refuse_what_the_contract_forbids() {
+    let name = kind::PAYMENT_REQUESTED;
+    let validator = validator_for(name);
+    let example = example_file(name);
+    let with = |field: &str, value: Value| {
+        let mut changed = example.clone();
+        changed[field] = value;
+        changed
+    };
+    let cases = [
+        (with("surprise", json!(true)), "an unknown field"),
+        (with("schema_version", json!(2)), "schema_version 2"),
+        (
+            with("expected_amount", json!(135.0)),
+            "an amount as a number",
+        ),
+        (with("expected_amount", json!("135.001")), "three decimals"),
+        (
+            with("expected_amount", json!("-1.00")),
+            "a negative expected_amount",
+        ),
+        (with("expected_amount", json!("1e2")), "an exponent"),
+        (with("currency", json!("cny")), "a lower-case currency"),
+        (
+            with("requested_at", json!("2026-12-02 09:30")),
+            "a time that is not RFC 3339",
+        ),
+        (with("items", json!([])), "no items"),
+        (
+            with("items", json!([{"sku": "demo-pot", "quantity": 0}])),
+            "quantity 0",
+        ),
+        (
+            with("items", json!([{"sku": "demo-pot", "quantity": 1, "x": 1}])),
+            "an unknown item field",
+        ),
+        (
+            with("payment_method", json!("card")),
+            "an unknown payment method",
+        ),
+        (
+            with("notify_url", json!("ftp://shop.example/")),
+            "a notify_url that is not http(s)",
+        ),
+        (
+            with("coupon_code", Value::Null),
+            "null for an optional field",
+        ),
+    ];
+    for (instance, what) in &cases {
+        assert_invalid(name, &validator, instance, what);
+    }
+    let mut missing = example.clone();
+    missing.as_object_mut().expect("object").remove("user_id");
+    assert_invalid(name, &validator, &missing, "a missing required field");
+
+    // What the schema refuses for unknown fields, the Rust type refuses too.
+    let unknown = with("surprise", json!(true));
+    assert!(serde_json::from_value::<PaymentRequested>(unknown).is_err());
+
+    let name = "payment.event";
+    let validator = validator_for(name);
+    let example = example_file(name);
+    for (field, value, what) in [
+        (
+            "payment_id",
+            json!("B942A61C-37B0-88F7-AF96-85F022DAF950"),
+            "an upper-case uuid",
+        ),
+        (
+            "payment_id",
+            json!("b942a61c37b088f7af9685f022daf950"),
+            "a uuid without hyphens",
+        ),
+        (
+            "event_type",
+            json!("payment.settled"),
+            "an unknown event type",
+        ),
+        (
+            "occurred_at",
+            json!("yesterday"),
+            "a time that is not a date-time",
+        ),
+        (
+            "sub_orders",
+            json!([{"sub_order_id": "x", "seller_id": "s", "amount": "1", "fee": "0"}]),
+            "a sub-order id that is not a uuid",
+        ),
+    ] {
+        let mut changed = example.clone();
+        changed[field] = value;
+        assert_invalid(name, &validator, &changed, what);
+    }
+}
+
+#[test]
+fn the_readme_signature_example_is_right() {
+    assert_eq!(
+        messages::sign(README_SIGNING_KEY, README_BODY.as_bytes()),
+        README_SIGNATURE
+    );
+    assert!(messages::verify(
+        README_SIGNING_KEY,
+        README_BODY.as_bytes(),
+        README_SIGNATURE
+    ));
+    let body: Value = serde_json::from_str(README_BODY).expect("the README body is JSON");
+    let name = kind::PAYMENT_REQUESTED;
+    assert_valid(
+        name,
+        &validator_for(name),
+        &body,
+        "the README's signed body",
+    );
+    round_trip_as(name, &body, "the README's signed body");
+    let readme = contracts_dir().join("README.md");
+    let readme = fs::read_to_string(&readme)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", readme.display()));
+    for text in [README_SIGNING_KEY, README_BODY, README_SIGNATURE] {
+        assert!(
+            readme.contains(text),
+            "contracts/README.md does not show `{text}`"
+        );
+    }
+}
