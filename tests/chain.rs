@@ -154,13 +154,15 @@ impl Chain {
         )
     }
 
-    /// Stops the fleet, folds the balances, and checks every invariant.
+    /// Stops the fleet, folds the balances, checks every invariant, and
+    /// checks every message the fleet put on the wire against the contract.
     async fn finish(mut self) -> anyhow::Result<()> {
         self.env.wait_drained(WAIT).await.ok();
         self.stop().await;
         settlement::roll_up(self.pool(), 1_000_000).await?;
         let report = invariants::all(self.pool()).await?;
         assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        assert_emitted_messages_match_contracts(self.pool()).await?;
         self.env.teardown().await
     }
 
@@ -199,6 +201,47 @@ impl Chain {
                 .await?,
         )
     }
+}
+
+/// Every outbox row (each message a stage emitted, as published) validated
+/// against `contracts/v1/<type>.schema.json`: the test fails when code and
+/// the committed schemas drift.
+async fn assert_emitted_messages_match_contracts(pool: &PgPool) -> anyhow::Result<()> {
+    let rows: Vec<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT exchange, COALESCE(message_type, ''), body FROM outbox ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let mut validators: std::collections::HashMap<String, jsonschema::Validator> =
+        Default::default();
+    for (exchange, message_type, body) in rows {
+        let name = if exchange == "payfleet.events" {
+            "payment.event".to_owned()
+        } else {
+            message_type.clone()
+        };
+        if !validators.contains_key(&name) {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../contracts/v1/{name}.schema.json"));
+            let schema: Value = serde_json::from_slice(
+                &std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )?;
+            let validator = jsonschema::draft202012::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            validators.insert(name.clone(), validator);
+        }
+        let instance: Value = serde_json::from_slice(&body)?;
+        let errors: Vec<String> = validators[&name]
+            .iter_errors(&instance)
+            .map(|e| format!("at `{}`: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "emitted {message_type} does not match {name}.schema.json: {errors:?}\n{instance:#}"
+        );
+    }
+    Ok(())
 }
 
 fn request(order: &str, user: &str, items: &[(&str, u32)], expected: &str) -> PaymentRequested {

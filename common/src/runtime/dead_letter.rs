@@ -88,10 +88,24 @@ pub async fn publish(
     broker::set_header(&mut headers, header::STAGE, inbound.stage.as_str());
     broker::set_header(&mut headers, header::ERROR_KIND, kind.as_str());
     broker::set_header(&mut headers, header::ATTEMPTS, i64::from(attempts));
+    // Deterministic per dead-lettering: if the process dies between this
+    // publish and the ack, the redelivery is dead-lettered again under the
+    // same id and the keeper stores it once. A replayed message that fails
+    // again carries its replay mark, so it gets a new row.
+    let replayed_from =
+        broker::header_str(Some(&inbound.headers), header::REPLAYED_FROM).unwrap_or_default();
+    let dead_letter_id = crate::messages::stable_id(&[
+        "dead-letter",
+        &inbound.stage,
+        &inbound.message_id,
+        kind.as_str(),
+        &attempts.to_string(),
+        &replayed_from,
+    ]);
     broker::set_header(
         &mut headers,
         header::DEAD_LETTER_ID,
-        uuid::Uuid::now_v7().to_string(),
+        dead_letter_id.to_string(),
     );
     let mut properties = properties.clone().with_headers(headers);
     if properties.message_id().is_none() {
