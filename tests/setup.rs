@@ -284,3 +284,110 @@ async fn a_full_ingress_queue_rejects_publishes_with_a_negative_confirm() -> any
     let _ = connection.close(200, "done".into()).await;
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_runs_as_separate_worker_processes() -> anyhow::Result<()> {
+    use payfleet_common::{broker, messages};
+    use rust_decimal::Decimal;
+
+    let env = TestEnv::new("workers").await?;
+    let mut tx = env.pool.begin().await?;
+    sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ('shop', 'Shop', 'k', 0), ('m1', 'M1', 'k1', 0.0100)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO users (id, name) VALUES ('alice', 'Alice')")
+        .execute(&mut *tx)
+        .await?;
+    payfleet_workers::settlement::top_up(&mut tx, "alice", "CNY", Decimal::new(100_000, 2), "seed")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ('tea', 'm1', 'Tea', 12.50, 'CNY')").execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO stock (sku, available) VALUES ('tea', 100)")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    // Two processes, three stages each: the chain split across the fleet.
+    let spawn = |stages: &[&str]| {
+        let mut command = tokio::process::Command::new(payfleet().expect("binary"));
+        command
+            .arg("worker")
+            .args(stages)
+            .envs(env.worker_env())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        command.stdout(std::process::Stdio::null()).spawn()
+    };
+    let mut intake = spawn(&["order-validation", "fund-freeze", "channel-call"])?;
+    let mut settle = spawn(&["callback", "settlement", "notification"])?;
+
+    for i in 0..20 {
+        let request = messages::PaymentRequested {
+            schema_version: 1,
+            merchant_id: "shop".into(),
+            merchant_order_id: format!("w-{i}"),
+            user_id: "alice".into(),
+            currency: "CNY".into(),
+            items: vec![messages::RequestedItem {
+                sku: "tea".into(),
+                quantity: 2,
+            }],
+            coupon_code: None,
+            payment_method: "balance".into(),
+            expected_amount: Decimal::new(2500, 2),
+            notify_url: None,
+            requested_at: chrono::Utc::now(),
+        };
+        let body = serde_json::to_vec(&request)?;
+        let mut headers = lapin::types::FieldTable::default();
+        broker::set_header(
+            &mut headers,
+            messages::SIGNATURE_HEADER,
+            messages::sign("k", &body),
+        );
+        let props = broker::properties(&format!("req-{i}"), None, Some("payment.requested"))
+            .with_headers(headers);
+        env.publish_raw("payfleet.ingress", "payment.requested", &body, props)
+            .await?;
+    }
+    payfleet_tests::wait_until(std::time::Duration::from_secs(60), "20 payments settled and notified", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM payments p WHERE status = 'settled' AND EXISTS (SELECT 1 FROM payment_events e WHERE e.payment_id = p.id)")
+            .await?
+            == 20)
+    })
+    .await?;
+    for child in [&mut intake, &mut settle] {
+        let pid = child.id().expect("running");
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        let status =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await??;
+        assert!(status.success(), "a worker stops cleanly on SIGTERM");
+    }
+    payfleet_workers::settlement::roll_up(&env.pool, 100_000).await?;
+    let report = payfleet_workers::invariants::all(&env.pool).await?;
+    assert!(report.ok(), "{:?}", report.failures());
+    let wallet: Decimal = sqlx::query_scalar("SELECT total FROM accounts WHERE owner_id = 'alice'")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(wallet, Decimal::new(50_000, 2));
+    let merchant: Decimal = sqlx::query_scalar("SELECT total FROM accounts WHERE owner_id = 'm1'")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(merchant, Decimal::new(49_500, 2), "500.00 less the 1 % fee");
+    env.teardown().await
+}
+
+#[test]
+fn worker_refuses_an_unknown_stage_in_one_line() -> anyhow::Result<()> {
+    let output = Command::new(payfleet()?)
+        .args(["worker", "fund-thaw"])
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid value 'fund-thaw'"), "{stderr}");
+    Ok(())
+}
