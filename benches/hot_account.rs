@@ -139,6 +139,7 @@ async fn run(
                 }],
                 coupon_code: None,
                 payment_method: "balance".into(),
+                payer_token: None,
                 expected_amount: Decimal::new(1000, 2),
                 notify_url: None,
                 requested_at: Utc::now(),

@@ -260,6 +260,7 @@ fn request(order: &str, user: &str, items: &[(&str, u32)], expected: &str) -> Pa
             .collect(),
         coupon_code: None,
         payment_method: "balance".into(),
+        payer_token: None,
         expected_amount: d(expected),
         notify_url: None,
         requested_at: Utc::now(),

@@ -14,7 +14,7 @@ use jsonschema::Validator;
 use payfleet_common::messages::{
     self, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated, Outcome,
     PaymentEvent, PaymentOutcome, PaymentRequested, PaymentResolved, RequestedItem, Resolution,
-    SCHEMA_VERSION, event, kind,
+    SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
 };
 use rust_decimal::Decimal;
 use serde::{Serialize, de::DeserializeOwned};
@@ -22,13 +22,15 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 7] = [
+const MESSAGES: [&str; 9] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
     kind::CHANNEL_RESULT,
     kind::PAYMENT_RESOLVED,
     kind::PAYMENT_OUTCOME,
+    kind::STATUS_QUERY,
+    kind::TRADE_CLOSE,
     "payment.event",
 ];
 
@@ -41,6 +43,41 @@ const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
 const README_SIGNING_KEY: &str = "demo-shop-signing-key";
 const README_BODY: &str = r#"{"schema_version":1,"merchant_id":"demo-shop","merchant_order_id":"DS-20261202-000043","user_id":"user-1002","currency":"CNY","items":[{"sku":"demo-silk","quantity":1}],"payment_method":"balance","expected_amount":"89.00","requested_at":"2026-12-02T09:31:05Z"}"#;
 const README_SIGNATURE: &str = "44030f1a10422f4f3c9e171441634f8d924ee3212b3ffcc5c8ea90a351444283";
+/// The card request of `contracts/README.md` (the third `payment.requested` example).
+const README_CARD_BODY: &str = r#"{"schema_version":1,"merchant_id":"demo-shop","merchant_order_id":"DS-20261202-000044","user_id":"user-1003","currency":"CNY","items":[{"sku":"demo-tea","quantity":1}],"payment_method":"card","payer_token":"tok_success","expected_amount":"39.90","notify_url":"https://shop.example/payfleet/webhooks","requested_at":"2026-12-02T09:33:40Z"}"#;
+
+/// Where order-validation lists the payment methods it takes (`METHODS`):
+/// payfleet-tests does not depend on the workers crate, so it is read as text.
+const METHODS_SOURCE: &str = "../workers/src/order_validation/mod.rs";
+
+/// The payment methods order-validation takes: the strings of its
+/// `pub const METHODS: [&str; N] = [...];`.
+fn accepted_methods() -> BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(METHODS_SOURCE);
+    let source =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let (_, declaration) = source
+        .split_once("pub const METHODS")
+        .unwrap_or_else(|| panic!("{}: no `pub const METHODS`", path.display()));
+    // The value: from `=` to the `;` that ends it (the type has one too).
+    let list = declaration
+        .split_once('=')
+        .and_then(|(_, value)| value.split_once(';'))
+        .map(|(list, _)| list)
+        .unwrap_or_else(|| panic!("{}: `METHODS` has no value", path.display()));
+    let methods: BTreeSet<String> = list
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !methods.is_empty(),
+        "{}: no methods in `METHODS`",
+        path.display()
+    );
+    methods
+}
 
 fn contracts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts")
@@ -196,6 +233,8 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         kind::CHANNEL_RESULT => round_trip::<ChannelResult>(name, value, what),
         kind::PAYMENT_RESOLVED => round_trip::<PaymentResolved>(name, value, what),
         kind::PAYMENT_OUTCOME => round_trip::<PaymentOutcome>(name, value, what),
+        kind::STATUS_QUERY => round_trip::<StatusQuery>(name, value, what),
+        kind::TRADE_CLOSE => round_trip::<TradeClose>(name, value, what),
         "payment.event" => round_trip::<PaymentEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
@@ -401,7 +440,8 @@ fn every_rust_message_matches_its_schema() {
         currency: "CNY".into(),
         items: vec![item.clone()],
         coupon_code: Some("DEMO-100-15".into()),
-        payment_method: "balance".into(),
+        payment_method: "card".into(),
+        payer_token: Some("tok_success".into()),
         expected_amount: d("113.00"),
         notify_url: Some("https://shop.example/payfleet/webhooks".into()),
         requested_at: t("2026-12-02T17:30:11+08:00"),
@@ -411,10 +451,24 @@ fn every_rust_message_matches_its_schema() {
         &requested,
         &PaymentRequested {
             coupon_code: None,
+            payer_token: None,
             notify_url: None,
             ..requested.clone()
         },
     );
+    let validator = validator_for(kind::PAYMENT_REQUESTED);
+    for method in accepted_methods() {
+        let value = to_json(&PaymentRequested {
+            payment_method: method,
+            ..requested.clone()
+        });
+        assert_valid(
+            kind::PAYMENT_REQUESTED,
+            &validator,
+            &value,
+            "every payment method",
+        );
+    }
     let item_schema = &schema(kind::PAYMENT_REQUESTED)["$defs"]["requested_item"];
     assert_fields(
         item_schema,
@@ -505,6 +559,23 @@ fn every_rust_message_matches_its_schema() {
         },
     );
 
+    let query = StatusQuery {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        attempt_id: attempt,
+        query_number: 1,
+        scheduled_at: now,
+    };
+    check_message(kind::STATUS_QUERY, &query, &query);
+
+    let close = TradeClose {
+        schema_version: SCHEMA_VERSION,
+        payment_id: payment,
+        reason: "unresolved: no final answer after 4 status queries".into(),
+        requested_at: now,
+    };
+    check_message(kind::TRADE_CLOSE, &close, &close);
+
     let payment_event = PaymentEvent {
         schema_version: SCHEMA_VERSION,
         event_id: messages::stable_id(&["event", &payment.to_string(), event::SUCCEEDED]),
@@ -553,6 +624,11 @@ fn every_rust_message_matches_its_schema() {
 
 #[test]
 fn the_schema_enums_are_the_rust_enums() {
+    assert_eq!(
+        schema_enum(&schema(kind::PAYMENT_REQUESTED), "payment_method"),
+        accepted_methods(),
+        "payment.requested payment_method (order-validation's METHODS)"
+    );
     let channel_result = schema(kind::CHANNEL_RESULT);
     assert_eq!(
         schema_enum(&channel_result, "status"),
@@ -629,8 +705,17 @@ fn the_schemas_refuse_what_the_contract_forbids() {
             "an unknown item field",
         ),
         (
-            with("payment_method", json!("card")),
+            with("payment_method", json!("cash")),
             "an unknown payment method",
+        ),
+        (with("payer_token", json!("")), "an empty payer token"),
+        (
+            with("payer_token", json!("t".repeat(129))),
+            "a payer token of 129 characters",
+        ),
+        (
+            with("payer_token", json!(7)),
+            "a payer token that is a number",
         ),
         (
             with("notify_url", json!("ftp://shop.example/")),
@@ -640,6 +725,7 @@ fn the_schemas_refuse_what_the_contract_forbids() {
             with("coupon_code", Value::Null),
             "null for an optional field",
         ),
+        (with("payer_token", Value::Null), "null for the payer token"),
     ];
     for (instance, what) in &cases {
         assert_invalid(name, &validator, instance, what);
@@ -651,6 +737,65 @@ fn the_schemas_refuse_what_the_contract_forbids() {
     // What the schema refuses for unknown fields, the Rust type refuses too.
     let unknown = with("surprise", json!(true));
     assert!(serde_json::from_value::<PaymentRequested>(unknown).is_err());
+    let longest = with("payer_token", json!("t".repeat(128)));
+    assert_valid(
+        name,
+        &validator,
+        &longest,
+        "a payer token of 128 characters",
+    );
+
+    let name = kind::STATUS_QUERY;
+    let validator = validator_for(name);
+    let example = example_file(name);
+    for (field, value, what) in [
+        ("query_number", json!(0), "query number 0"),
+        ("query_number", json!(-1), "a negative query number"),
+        ("query_number", json!(1.5), "a fractional query number"),
+        ("query_number", json!("1"), "a query number as a string"),
+        (
+            "attempt_id",
+            json!("attempt-1"),
+            "an attempt id that is not a uuid",
+        ),
+        (
+            "scheduled_at",
+            json!("soon"),
+            "a time that is not a date-time",
+        ),
+        ("surprise", json!(true), "an unknown field"),
+    ] {
+        let mut changed = example.clone();
+        changed[field] = value;
+        assert_invalid(name, &validator, &changed, what);
+    }
+    let mut missing = example.clone();
+    missing
+        .as_object_mut()
+        .expect("object")
+        .remove("attempt_id");
+    assert_invalid(name, &validator, &missing, "a missing attempt_id");
+
+    let name = kind::TRADE_CLOSE;
+    let validator = validator_for(name);
+    let example = example_file(name);
+    for (field, value, what) in [
+        ("reason", json!(""), "an empty reason"),
+        ("reason", Value::Null, "a null reason"),
+        (
+            "payment_id",
+            json!("not-a-uuid"),
+            "a payment id that is not a uuid",
+        ),
+        ("surprise", json!(true), "an unknown field"),
+    ] {
+        let mut changed = example.clone();
+        changed[field] = value;
+        assert_invalid(name, &validator, &changed, what);
+    }
+    let mut missing = example.clone();
+    missing.as_object_mut().expect("object").remove("reason");
+    assert_invalid(name, &validator, &missing, "a missing reason");
 
     let name = "payment.event";
     let validator = validator_for(name);
@@ -708,13 +853,50 @@ fn the_readme_signature_example_is_right() {
         "the README's signed body",
     );
     round_trip_as(name, &body, "the README's signed body");
+    let card: Value = serde_json::from_str(README_CARD_BODY).expect("the README card body is JSON");
+    assert_valid(
+        name,
+        &validator_for(name),
+        &card,
+        "the README's card request",
+    );
+    round_trip_as(name, &card, "the README's card request");
+    assert!(
+        embedded_examples(name).contains(&card),
+        "the README's card request is not one of the `examples` in {name}.schema.json"
+    );
     let readme = contracts_dir().join("README.md");
     let readme = fs::read_to_string(&readme)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", readme.display()));
-    for text in [README_SIGNING_KEY, README_BODY, README_SIGNATURE] {
+    for text in [
+        README_SIGNING_KEY,
+        README_BODY,
+        README_SIGNATURE,
+        README_CARD_BODY,
+    ] {
         assert!(
             readme.contains(text),
             "contracts/README.md does not show `{text}`"
+        );
+    }
+}
+
+#[test]
+fn the_readme_lists_every_message_and_payment_method() {
+    let readme = contracts_dir().join("README.md");
+    let readme = fs::read_to_string(&readme)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", readme.display()));
+    for name in MESSAGES {
+        let link = format!("(v1/{name}.schema.json)");
+        assert!(
+            readme.contains(&link),
+            "contracts/README.md does not link {name}.schema.json"
+        );
+    }
+    for method in accepted_methods() {
+        assert!(
+            readme.contains(&format!("| `{method}` |")),
+            "contracts/README.md has no row for the payment method `{method}`"
         );
     }
 }

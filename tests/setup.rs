@@ -334,6 +334,7 @@ async fn the_chain_runs_as_separate_worker_processes() -> anyhow::Result<()> {
             }],
             coupon_code: None,
             payment_method: "balance".into(),
+            payer_token: None,
             expected_amount: Decimal::new(2500, 2),
             notify_url: None,
             requested_at: chrono::Utc::now(),

@@ -99,6 +99,15 @@ pub struct Settings {
     pub sweep_interval_ms: u64,
     /// How often merchant and fee balances are rolled up from the journal.
     pub rollup_interval_ms: u64,
+    /// Timeout of one call to a payment channel.
+    pub channel_timeout_ms: u64,
+    /// When to ask a channel about an attempt with no final answer: each
+    /// delay is served by the shortest delay level at least that long.
+    pub status_query_delays_ms: Vec<u64>,
+    /// The base URL channels post their webhooks to (`/callbacks/<channel>/<payment>`).
+    pub callback_base_url: String,
+    /// Accepted age of a channel webhook's timestamp, either way.
+    pub callback_tolerance_ms: u64,
 }
 
 impl Default for Settings {
@@ -138,6 +147,10 @@ impl Default for Settings {
             webhook_timeout_ms: 5_000,
             sweep_interval_ms: 5_000,
             rollup_interval_ms: 1_000,
+            channel_timeout_ms: 5_000,
+            status_query_delays_ms: vec![5_000, 30_000, 120_000, 600_000],
+            callback_base_url: "http://127.0.0.1:9464".into(),
+            callback_tolerance_ms: 300_000,
         }
     }
 }
@@ -246,6 +259,17 @@ impl Settings {
                 "needs at least one positive delay",
             ));
         }
+        if self.status_query_delays_ms.is_empty() {
+            return Err(invalid(
+                "status_query_delays_ms",
+                "needs at least one delay",
+            ));
+        }
+        if !(self.callback_base_url.starts_with("http://")
+            || self.callback_base_url.starts_with("https://"))
+        {
+            return Err(invalid("callback_base_url", "must be an http(s) URL"));
+        }
         if self.risk_challenge_amount > self.risk_block_amount {
             return Err(invalid(
                 "risk_challenge_amount",
@@ -317,6 +341,10 @@ fn leak_name(key: &str) -> &'static str {
         "webhook_timeout_ms",
         "sweep_interval_ms",
         "rollup_interval_ms",
+        "channel_timeout_ms",
+        "status_query_delays_ms",
+        "callback_base_url",
+        "callback_tolerance_ms",
     ];
     NAMES
         .iter()

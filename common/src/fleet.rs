@@ -58,6 +58,7 @@ pub struct Fleet {
     background: Vec<(String, Background)>,
     keeper: bool,
     http: bool,
+    routes: Option<axum::Router>,
     relay: bool,
 }
 
@@ -101,6 +102,7 @@ impl Fleet {
             background: Vec::new(),
             keeper: false,
             http: false,
+            routes: None,
             relay: true,
         })
     }
@@ -156,6 +158,16 @@ impl Fleet {
         self
     }
 
+    /// Serves these routes beside the telemetry endpoints (implies HTTP).
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        self.routes = Some(match self.routes.take() {
+            Some(existing) => existing.merge(routes),
+            None => routes,
+        });
+        self.http = true;
+        self
+    }
+
     /// Leaves the outbox to other processes.
     pub fn without_relay(mut self) -> Self {
         self.relay = false;
@@ -198,6 +210,7 @@ impl Fleet {
                 addr,
                 self.health.clone(),
                 shared.pool.clone(),
+                self.routes.take(),
                 final_stop.clone(),
             )
             .await

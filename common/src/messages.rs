@@ -24,6 +24,8 @@ pub mod kind {
     pub const CHANNEL_RESULT: &str = "channel.result";
     pub const PAYMENT_RESOLVED: &str = "payment.resolved";
     pub const PAYMENT_OUTCOME: &str = "payment.outcome";
+    pub const STATUS_QUERY: &str = "status.query";
+    pub const TRADE_CLOSE: &str = "trade.close";
 }
 
 /// Routing keys (and `event_type`) of BI events on `payfleet.events`.
@@ -47,8 +49,12 @@ pub struct PaymentRequested {
     pub items: Vec<RequestedItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coupon_code: Option<String>,
-    /// `balance` (the user's wallet).
+    /// `balance` (the user's wallet), `card` or `wallet` (third-party channels).
     pub payment_method: String,
+    /// The payer's token at a third-party channel (a tokenised card or
+    /// wallet account); the sandbox picks its test scenario by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer_token: Option<String>,
     /// What the client expects to pay after discounts; must match the catalogue.
     #[serde(with = "rust_decimal::serde::str")]
     pub expected_amount: Decimal,
@@ -153,6 +159,28 @@ impl Outcome {
     }
 }
 
+/// channel-call → itself through a delay level: ask the channel what became
+/// of an attempt that had no final answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusQuery {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    pub attempt_id: Uuid,
+    /// 1 for the first query.
+    pub query_number: u32,
+    pub scheduled_at: DateTime<Utc>,
+}
+
+/// The sweeper (expiry) or channel-call (queries exhausted) → channel-call:
+/// close the trade at the channel before anything is released.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TradeClose {
+    pub schema_version: u32,
+    pub payment_id: Uuid,
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
+}
+
 /// Any stage with a final word → notification.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PaymentOutcome {
@@ -214,6 +242,20 @@ pub fn verify(key: &str, body: &[u8], signature_hex: &str) -> bool {
         Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     mac.verify_slice(&signature).is_ok()
+}
+
+/// Constant-time comparison of two hex signatures.
+pub fn verify_hex(expected_hex: &str, given_hex: &str) -> bool {
+    let (Ok(expected), Ok(given)) = (hex::decode(expected_hex), hex::decode(given_hex.trim()))
+    else {
+        return false;
+    };
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(&given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// A stable id derived from parts (event ids, payment ids): the same parts

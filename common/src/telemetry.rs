@@ -104,10 +104,12 @@ struct HttpState {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
+/// `extra` adds the routes of the stages a process runs (webhook ingress).
 pub async fn serve_http(
     addr: SocketAddr,
     health: Health,
     pool: PgPool,
+    extra: Option<Router>,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let state = HttpState {
@@ -115,7 +117,7 @@ pub async fn serve_http(
         pool,
         metrics: metrics_handle(),
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/metrics",
             get(|State(s): State<HttpState>| async move { s.metrics.render() }),
@@ -123,6 +125,9 @@ pub async fn serve_http(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

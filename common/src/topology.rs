@@ -222,6 +222,14 @@ impl Topology {
         index.min(self.retry_delays_ms.len() - 1)
     }
 
+    /// The shortest delay level at least `delay_ms` long (else the longest).
+    pub fn level_for_delay(&self, delay_ms: u64) -> usize {
+        self.retry_delays_ms
+            .iter()
+            .position(|d| *d >= delay_ms)
+            .unwrap_or(self.retry_delays_ms.len() - 1)
+    }
+
     fn durable_args(&self) -> Args {
         let mut args = Args::new();
         if self.queue_type == QueueType::Quorum {

@@ -83,12 +83,52 @@ impl Stage for Callback {
             }
             return Ok(Outcome::Exception { reason: detail });
         }
+        // Paid after we gave up on it (expired, closed, failed): the money
+        // is owed back. Recorded once, and reported for review.
+        let gave_up = matches!(status, PaymentStatus::Failed | PaymentStatus::Cancelled)
+            || attempt_status == "closed";
+        if m.status == ChannelStatus::Succeeded && gave_up && m.channel != "balance" {
+            let owed = sqlx::query(
+                "INSERT INTO refunds (id, payment_id, attempt_id, channel, amount, currency, reason, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'late_success', 'owed') ON CONFLICT (attempt_id) DO NOTHING",
+            )
+            .bind(payfleet_common::messages::stable_id(&["refund", &m.attempt_id.to_string()]))
+            .bind(p.id)
+            .bind(m.attempt_id)
+            .bind(&m.channel)
+            .bind(m.amount)
+            .bind(&m.currency)
+            .execute(tx.conn())
+            .await?;
+            if owed.rows_affected() == 0 {
+                return Ok(Outcome::Stale {
+                    reason: format!("refund for attempt {} already owed", m.attempt_id),
+                });
+            }
+            sqlx::query("UPDATE payment_attempts SET status = 'succeeded', resolved_at = now() WHERE id = $1").bind(m.attempt_id).execute(tx.conn()).await?;
+            crate::payment::emit_outcome(
+                tx,
+                p.id,
+                Final::Exception,
+                Some("late_success_refund_owed"),
+            )?;
+            return Ok(Outcome::Exception {
+                reason: format!(
+                    "payment {} is {} but attempt {} succeeded: refund of {} {} owed",
+                    p.id,
+                    status.as_str(),
+                    m.attempt_id,
+                    m.amount,
+                    m.currency
+                ),
+            });
+        }
         // The attempt follows the result when it was still open (a webhook).
         let attempt_to = match m.status {
             ChannelStatus::Succeeded => "succeeded",
             ChannelStatus::Failed => "failed",
         };
-        if attempt_status == "sending" || attempt_status == "unknown" {
+        if matches!(attempt_status.as_str(), "sending" | "pending" | "unknown") {
             sqlx::query("UPDATE payment_attempts SET status = $2, channel_reference = $3, resolved_at = now() WHERE id = $1")
                 .bind(m.attempt_id)
                 .bind(attempt_to)

@@ -1,15 +1,24 @@
-//! channel-call: asks the payment's channel to take the money. The attempt
-//! is committed as SENDING first (our attempt id is the channel's idempotency
-//! key), the call is made with no transaction open, and the request, the
-//! response and the result are committed to the integration log. The balance
-//! channel resolves inside payfleet, through the same records third-party
-//! channels use.
+//! channel-call: asks the payment's channel to take the money, asks again
+//! what became of an attempt with no final answer, and closes a trade before
+//! anything is released. Every call follows intent → call → result: the
+//! attempt is committed first (our attempt id is the channel's idempotency
+//! key, `out_trade_no`), the call is made with no transaction open, and the
+//! request, the response and the result are committed to the integration
+//! log. A timeout, connection error or 5xx is UNKNOWN — never failed, never a
+//! blind second charge: status queries through the delay levels decide, and
+//! when they run out the trade is closed (or the payment is paid after all).
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
+use deadpool_redis::Pool;
 use payfleet_common::{
-    messages::{ChannelResult, ChannelStatus, FundsFrozen, SCHEMA_VERSION, kind},
+    Topology,
+    messages::{
+        ChannelResult, ChannelStatus, FundsFrozen, PaymentResolved, Resolution, SCHEMA_VERSION,
+        StatusQuery, TradeClose, kind,
+    },
+    outbox::OutboxMessage,
     runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx},
     transition::{self, Status},
 };
@@ -17,11 +26,14 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::payment::{self, PaymentStatus};
+use crate::{
+    payment::{self, PaymentStatus},
+    routing,
+};
 
 pub const NAME: &str = "channel-call";
 
-/// What we ask a channel.
+/// What we ask a channel to charge.
 #[derive(Debug, Clone)]
 pub struct ChargeRequest {
     pub attempt_id: Uuid,
@@ -29,242 +41,760 @@ pub struct ChargeRequest {
     pub user_id: String,
     pub amount: Decimal,
     pub currency: String,
+    pub payer_token: Option<String>,
+    pub notify_url: String,
 }
 
-/// What a channel answered.
+/// What a channel answered a charge or a query.
 #[derive(Debug, Clone)]
 pub enum ChannelReply {
-    /// A final answer in the response.
+    /// A final answer.
     Resolved {
         status: ChannelStatus,
+        amount: Decimal,
         reference: Option<String>,
         reason: Option<String>,
         raw: Value,
     },
-    /// No final answer: timeout, connection error, 5xx. Never failed, never re-sent blindly.
+    /// Accepted; the result comes later (webhook or query).
+    Pending {
+        reference: Option<String>,
+        raw: Value,
+    },
+    /// No answer: timeout, connection error, 5xx.
     Unknown { error: String },
 }
 
-type ReplyFuture<'a> = Pin<Box<dyn Future<Output = ChannelReply> + Send + 'a>>;
+/// What a channel answered a close.
+#[derive(Debug, Clone)]
+pub enum CloseReply {
+    /// Nothing can be paid any more.
+    Closed {
+        raw: Value,
+    },
+    /// Too late: it was paid.
+    AlreadyPaid {
+        amount: Decimal,
+        reference: Option<String>,
+        raw: Value,
+    },
+    Unknown {
+        error: String,
+    },
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A payment channel.
 pub trait ChannelAdapter: Send + Sync {
     fn name(&self) -> &str;
-    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> ReplyFuture<'a>;
+    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply>;
+    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply>;
+    fn close<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, CloseReply>;
 }
 
-/// The user's wallet: the funds were frozen by Try, so the charge succeeds at
-/// once and Confirm moves the frozen money.
+/// The user's wallet: Try froze the funds, so the charge succeeds at once and
+/// Confirm moves the frozen money. There is no trade to query or close.
 pub struct BalanceChannel;
 
 impl ChannelAdapter for BalanceChannel {
     fn name(&self) -> &str {
         "balance"
     }
-    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> ReplyFuture<'a> {
+    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply> {
         Box::pin(async move {
             ChannelReply::Resolved {
                 status: ChannelStatus::Succeeded,
+                amount: request.amount,
                 reference: Some(format!("balance:{}", request.attempt_id)),
                 reason: None,
                 raw: json!({"channel": "balance", "result": "frozen funds captured", "attempt_id": request.attempt_id}),
             }
         })
     }
+    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply> {
+        Box::pin(async move {
+            ChannelReply::Unknown {
+                error: format!("the wallet channel keeps no trade for {attempt_id}"),
+            }
+        })
+    }
+    fn close<'a>(&'a self, _attempt_id: Uuid) -> Boxed<'a, CloseReply> {
+        Box::pin(async move {
+            CloseReply::Closed {
+                raw: json!({"channel": "balance", "result": "nothing to close"}),
+            }
+        })
+    }
+}
+
+/// A channel of the sandbox gateway, over HTTP.
+pub struct SandboxChannel {
+    pub name: String,
+    pub base_url: String,
+    pub http: reqwest::Client,
+}
+
+impl SandboxChannel {
+    pub fn new(name: &str, base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            name: name.to_owned(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/channels/{}{path}", self.base_url, self.name)
+    }
+}
+
+/// A trade as the gateway reports it, read into a reply.
+fn read_trade(raw: Value) -> ChannelReply {
+    let amount = raw
+        .get("amount")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(Decimal::ZERO);
+    let reference = raw
+        .get("trade_no")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let reason = raw.get("reason").and_then(Value::as_str).map(str::to_owned);
+    match raw.get("status").and_then(Value::as_str) {
+        Some("SUCCEEDED") => ChannelReply::Resolved {
+            status: ChannelStatus::Succeeded,
+            amount,
+            reference,
+            reason,
+            raw,
+        },
+        Some("FAILED") | Some("CLOSED") => ChannelReply::Resolved {
+            status: ChannelStatus::Failed,
+            amount,
+            reference,
+            reason,
+            raw,
+        },
+        Some("PENDING") => ChannelReply::Pending { reference, raw },
+        other => ChannelReply::Unknown {
+            error: format!("unreadable trade status {other:?}"),
+        },
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Value), String> {
+    let response = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!("timeout: {e}")
+        } else {
+            format!("connection: {e}")
+        }
+    })?;
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+impl ChannelAdapter for SandboxChannel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn charge<'a>(&'a self, r: &'a ChargeRequest) -> Boxed<'a, ChannelReply> {
+        Box::pin(async move {
+            let body = json!({
+                "out_trade_no": r.attempt_id.to_string(),
+                "amount": r.amount.to_string(),
+                "currency": r.currency,
+                "payer_token": r.payer_token,
+                "notify_url": r.notify_url,
+            });
+            match send(self.http.post(self.url("/payments")).json(&body)).await {
+                Ok((status, raw)) if status.is_success() => read_trade(raw),
+                Ok((status, raw)) if status.is_server_error() => ChannelReply::Unknown {
+                    error: format!("HTTP {status}: {raw}"),
+                },
+                Ok((status, raw)) => ChannelReply::Resolved {
+                    status: ChannelStatus::Failed,
+                    amount: r.amount,
+                    reference: None,
+                    reason: Some(format!("refused by the channel: HTTP {status}")),
+                    raw,
+                },
+                Err(error) => ChannelReply::Unknown { error },
+            }
+        })
+    }
+    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply> {
+        Box::pin(async move {
+            match send(self.http.get(self.url(&format!("/payments/{attempt_id}")))).await {
+                Ok((status, raw)) if status.is_success() => read_trade(raw),
+                // never created at the channel: nothing was charged
+                Ok((reqwest::StatusCode::NOT_FOUND, raw)) => ChannelReply::Resolved {
+                    status: ChannelStatus::Failed,
+                    amount: Decimal::ZERO,
+                    reference: None,
+                    reason: Some("the channel has no such trade".into()),
+                    raw,
+                },
+                Ok((status, raw)) => ChannelReply::Unknown {
+                    error: format!("HTTP {status}: {raw}"),
+                },
+                Err(error) => ChannelReply::Unknown { error },
+            }
+        })
+    }
+    fn close<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, CloseReply> {
+        Box::pin(async move {
+            match send(
+                self.http
+                    .post(self.url(&format!("/payments/{attempt_id}/close"))),
+            )
+            .await
+            {
+                Ok((status, raw)) if status.is_success() => CloseReply::Closed { raw },
+                Ok((reqwest::StatusCode::CONFLICT, raw)) => CloseReply::AlreadyPaid {
+                    amount: raw
+                        .get("amount")
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(Decimal::ZERO),
+                    reference: raw
+                        .get("trade_no")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    raw,
+                },
+                Ok((status, raw)) => CloseReply::Unknown {
+                    error: format!("HTTP {status}: {raw}"),
+                },
+                Err(error) => CloseReply::Unknown { error },
+            }
+        })
+    }
+}
+
+/// The three kinds of work, told apart by the AMQP `type`.
+#[derive(Debug)]
+pub enum Work {
+    Charge(FundsFrozen),
+    Query(StatusQuery),
+    Close(TradeClose),
+}
+
+impl Work {
+    fn payment_id(&self) -> Uuid {
+        match self {
+            Work::Charge(m) => m.payment_id,
+            Work::Query(m) => m.payment_id,
+            Work::Close(m) => m.payment_id,
+        }
+    }
 }
 
 pub struct ChannelCall {
     adapters: HashMap<String, Arc<dyn ChannelAdapter>>,
+    topology: Topology,
+    redis: Pool,
+    redis_prefix: String,
+    callback_base_url: String,
+    query_delays_ms: Vec<u64>,
 }
 
 impl ChannelCall {
-    pub fn new(adapters: Vec<Arc<dyn ChannelAdapter>>) -> Self {
+    pub fn new(
+        adapters: Vec<Arc<dyn ChannelAdapter>>,
+        settings: &payfleet_common::Settings,
+        topology: Topology,
+        redis: Pool,
+    ) -> Self {
         Self {
             adapters: adapters
                 .into_iter()
                 .map(|a| (a.name().to_owned(), a))
                 .collect(),
+            topology,
+            redis,
+            redis_prefix: settings.redis_key_prefix.clone(),
+            callback_base_url: settings.callback_base_url.trim_end_matches('/').to_owned(),
+            query_delays_ms: settings.status_query_delays_ms.clone(),
         }
+    }
+
+    /// Adapters for every channel in the routing table.
+    pub async fn adapters(
+        pool: &sqlx::PgPool,
+        timeout: Duration,
+    ) -> Result<Vec<Arc<dyn ChannelAdapter>>, String> {
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT name, kind, base_url FROM channels")
+                .fetch_all(pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        let mut adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
+        for (name, kind, base_url) in rows {
+            match (kind.as_str(), base_url) {
+                ("balance", _) => adapters.push(Arc::new(BalanceChannel)),
+                ("sandbox", Some(url)) => adapters.push(Arc::new(
+                    SandboxChannel::new(&name, &url, timeout).map_err(|e| e.to_string())?,
+                )),
+                (kind, _) => {
+                    return Err(format!(
+                        "channel {name} of kind {kind} has no usable base_url"
+                    ));
+                }
+            }
+        }
+        Ok(adapters)
+    }
+
+    /// Schedules status query `number` (1-based) through a delay level, or
+    /// asks for the trade to be closed when the schedule has run out.
+    fn next_query(
+        &self,
+        tx: &mut StageTx,
+        payment_id: Uuid,
+        attempt_id: Uuid,
+        number: u32,
+    ) -> Result<(), StageError> {
+        match self.query_delays_ms.get(number as usize - 1) {
+            Some(delay_ms) => {
+                let level = self.topology.level_for_delay(*delay_ms);
+                let message = OutboxMessage::json(
+                    &self.topology.exchanges().retry,
+                    &Topology::retry_routing_key(NAME, level),
+                    kind::STATUS_QUERY,
+                    Some(&payment_id.to_string()),
+                    &StatusQuery {
+                        schema_version: SCHEMA_VERSION,
+                        payment_id,
+                        attempt_id,
+                        query_number: number,
+                        scheduled_at: Utc::now(),
+                    },
+                )
+                .map_err(StageError::permanent)?;
+                tx.emit(message);
+                Ok(())
+            }
+            None => tx.emit_to_stage(
+                NAME,
+                kind::TRADE_CLOSE,
+                &TradeClose {
+                    schema_version: SCHEMA_VERSION,
+                    payment_id,
+                    reason: format!(
+                        "unresolved: no final answer after {} status queries",
+                        number - 1
+                    ),
+                    requested_at: Utc::now(),
+                },
+            ),
+        }
+    }
+
+    fn adapter(&self, channel: &str) -> Result<Arc<dyn ChannelAdapter>, StageError> {
+        self.adapters
+            .get(channel)
+            .cloned()
+            .ok_or_else(|| StageError::permanent(format!("no adapter for channel `{channel}`")))
     }
 }
 
-pub struct Attempt {
-    request: ChargeRequest,
-    adapter: Arc<dyn ChannelAdapter>,
+/// What the first transaction decided to call.
+pub enum Call {
+    Charge {
+        request: ChargeRequest,
+        adapter: Arc<dyn ChannelAdapter>,
+    },
+    Query {
+        payment_id: Uuid,
+        attempt_id: Uuid,
+        number: u32,
+        adapter: Arc<dyn ChannelAdapter>,
+    },
+    Close {
+        payment_id: Uuid,
+        attempt_id: Uuid,
+        reason: String,
+        adapter: Arc<dyn ChannelAdapter>,
+    },
+}
+
+pub enum Answer {
+    Channel(ChannelReply),
+    Close(CloseReply),
 }
 
 impl CallingStage for ChannelCall {
-    type Message = FundsFrozen;
-    type Intent = Attempt;
-    type Reply = ChannelReply;
+    type Message = Work;
+    type Intent = Call;
+    type Reply = Answer;
 
     fn name(&self) -> &str {
         NAME
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<FundsFrozen, String> {
-        serde_json::from_slice(&inbound.body).map_err(|e| format!("undecodable funds.frozen: {e}"))
+    fn decode(&self, inbound: &Inbound) -> Result<Work, String> {
+        let body = &inbound.body;
+        match inbound.message_type.as_deref() {
+            Some(kind::STATUS_QUERY) => serde_json::from_slice(body).map(Work::Query),
+            Some(kind::TRADE_CLOSE) => serde_json::from_slice(body).map(Work::Close),
+            _ => serde_json::from_slice(body).map(Work::Charge),
+        }
+        .map_err(|e| {
+            format!(
+                "undecodable {} message: {e}",
+                inbound.message_type.as_deref().unwrap_or("channel-call")
+            )
+        })
     }
 
-    fn lock_key(&self, m: &FundsFrozen) -> Option<String> {
-        Some(m.payment_id.to_string())
+    fn lock_key(&self, m: &Work) -> Option<String> {
+        Some(m.payment_id().to_string())
     }
 
     async fn record_intent(
         &self,
         tx: &mut StageTx,
         _inbound: &Inbound,
-        m: &FundsFrozen,
-    ) -> Result<Intent<Attempt>, StageError> {
-        tx.set_correlation_id(&m.payment_id.to_string());
-        let Some(p) = payment::lock(tx.conn(), m.payment_id).await? else {
+        work: &Work,
+    ) -> Result<Intent<Call>, StageError> {
+        let payment_id = work.payment_id();
+        tx.set_correlation_id(&payment_id.to_string());
+        let Some(p) = payment::lock(tx.conn(), payment_id).await? else {
             return Ok(Intent::Finished(Outcome::NotYet {
-                reason: format!("payment {} not found", m.payment_id),
+                reason: format!("payment {payment_id} not found"),
             }));
         };
         let status = p.status()?;
         if status != PaymentStatus::Frozen {
-            let miss =
-                transition::classify(Some(status), PaymentStatus::Frozen, PaymentStatus::Paid);
             let reason = format!("payment {} is {}", p.id, status.as_str());
-            return Ok(Intent::Finished(match status {
-                // cancelled / failed / exception while this waited: nothing to charge
-                s if s.is_terminal() => Outcome::Stale { reason },
-                _ => miss.outcome(reason),
-            }));
+            return Ok(Intent::Finished(
+                if status.is_terminal() || status == PaymentStatus::Paid {
+                    Outcome::Stale { reason }
+                } else {
+                    transition::classify(Some(status), PaymentStatus::Frozen, PaymentStatus::Paid)
+                        .outcome(reason)
+                },
+            ));
         }
         let channel = p.channel.clone().unwrap_or_else(|| "balance".to_owned());
-        let Some(adapter) = self.adapters.get(&channel).cloned() else {
-            return Err(StageError::permanent(format!(
-                "payment {} routed to unknown channel `{channel}`",
-                p.id
-            )));
-        };
-        // An open attempt (found SENDING after a crash) is re-asked under the
-        // same id, which the channel deduplicates; a resolved one is done.
-        let open: Option<(Uuid, String)> =
+        let adapter = self.adapter(&channel)?;
+        let latest: Option<(Uuid, String)> =
             sqlx::query_as("SELECT id, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
                 .bind(p.id)
                 .fetch_optional(tx.conn())
                 .await?;
-        let attempt_id = match open {
-            Some((id, status)) if status == "sending" || status == "unknown" => id,
-            Some((id, status)) => {
-                return Ok(Intent::Finished(Outcome::Stale {
-                    reason: format!("attempt {id} already {status}"),
-                }));
-            }
-            None => {
-                let id = Uuid::now_v7();
-                sqlx::query(
-                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, $4, $5, 'sending')",
-                )
-                .bind(id)
-                .bind(p.id)
-                .bind(&channel)
-                .bind(p.amount)
-                .bind(&p.currency)
-                .execute(tx.conn())
+        let open = |s: &str| matches!(s, "sending" | "pending" | "unknown");
+        match work {
+            Work::Charge(_) => {
+                // An attempt found open after a crash is asked again under the
+                // same id, which the channel deduplicates; a resolved one is done.
+                let attempt_id = match latest {
+                    Some((id, s)) if open(&s) => id,
+                    Some((id, s)) => {
+                        return Ok(Intent::Finished(Outcome::Stale {
+                            reason: format!("attempt {id} already {s}"),
+                        }));
+                    }
+                    None => {
+                        let id = Uuid::now_v7();
+                        sqlx::query(
+                            "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, $4, $5, 'sending')",
+                        )
+                        .bind(id)
+                        .bind(p.id)
+                        .bind(&channel)
+                        .bind(p.amount)
+                        .bind(&p.currency)
+                        .execute(tx.conn())
+                        .await?;
+                        id
+                    }
+                };
+                let payer_token: Option<String> =
+                    sqlx::query_scalar("SELECT payer_token FROM payments WHERE id = $1")
+                        .bind(p.id)
+                        .fetch_one(tx.conn())
+                        .await?;
+                let request = ChargeRequest {
+                    attempt_id,
+                    payment_id: p.id,
+                    user_id: p.user_id.clone(),
+                    amount: p.amount,
+                    currency: p.currency.clone(),
+                    payer_token,
+                    notify_url: format!("{}/callbacks/{channel}/{}", self.callback_base_url, p.id),
+                };
+                log(tx, p.id, Some(attempt_id), &channel, "request", json!({
+                    "call": "charge", "out_trade_no": attempt_id, "amount": p.amount.to_string(), "currency": p.currency,
+                    "notify_url": request.notify_url,
+                }))
                 .await?;
-                id
+                Ok(Intent::Call(Call::Charge { request, adapter }))
             }
-        };
-        let request = ChargeRequest {
-            attempt_id,
-            payment_id: p.id,
-            user_id: p.user_id.clone(),
-            amount: p.amount,
-            currency: p.currency.clone(),
-        };
-        log(tx, &request, &channel, "request", json!({
-            "attempt_id": attempt_id, "amount": p.amount.to_string(), "currency": p.currency, "user_id": p.user_id,
-        }))
-        .await?;
-        Ok(Intent::Call(Attempt { request, adapter }))
+            Work::Query(q) => match latest {
+                Some((id, s)) if id == q.attempt_id && open(&s) => {
+                    log(tx, p.id, Some(id), &channel, "query", json!({"call": "query", "out_trade_no": id, "query_number": q.query_number})).await?;
+                    Ok(Intent::Call(Call::Query {
+                        payment_id: p.id,
+                        attempt_id: id,
+                        number: q.query_number,
+                        adapter,
+                    }))
+                }
+                _ => Ok(Intent::Finished(Outcome::Stale {
+                    reason: format!("attempt {} is no longer open", q.attempt_id),
+                })),
+            },
+            Work::Close(c) => match latest {
+                Some((id, s)) if open(&s) => {
+                    log(
+                        tx,
+                        p.id,
+                        Some(id),
+                        &channel,
+                        "request",
+                        json!({"call": "close", "out_trade_no": id, "reason": c.reason}),
+                    )
+                    .await?;
+                    Ok(Intent::Call(Call::Close {
+                        payment_id: p.id,
+                        attempt_id: id,
+                        reason: c.reason.clone(),
+                        adapter,
+                    }))
+                }
+                // No open trade at the channel: nothing can be paid, release now.
+                _ => {
+                    resolve_failed(tx, p.id, &c.reason)?;
+                    Ok(Intent::Finished(Outcome::Applied))
+                }
+            },
+        }
     }
 
-    async fn call(&self, _m: &FundsFrozen, attempt: &Attempt) -> ChannelReply {
-        attempt.adapter.charge(&attempt.request).await
+    async fn call(&self, _work: &Work, call: &Call) -> Answer {
+        match call {
+            Call::Charge { request, adapter } => Answer::Channel(adapter.charge(request).await),
+            Call::Query {
+                attempt_id,
+                adapter,
+                ..
+            } => Answer::Channel(adapter.query(*attempt_id).await),
+            Call::Close {
+                attempt_id,
+                adapter,
+                ..
+            } => Answer::Close(adapter.close(*attempt_id).await),
+        }
     }
 
     async fn record_result(
         &self,
         tx: &mut StageTx,
         _inbound: &Inbound,
-        m: &FundsFrozen,
-        attempt: Attempt,
-        reply: ChannelReply,
+        _work: &Work,
+        call: Call,
+        answer: Answer,
     ) -> Result<Outcome, StageError> {
-        tx.set_correlation_id(&m.payment_id.to_string());
-        let channel = attempt.adapter.name().to_owned();
-        let request = &attempt.request;
-        match reply {
-            ChannelReply::Resolved {
-                status,
-                reference,
-                reason,
-                raw,
-            } => {
-                log(tx, request, &channel, "response", raw).await?;
-                let to = match status {
-                    ChannelStatus::Succeeded => "succeeded",
-                    ChannelStatus::Failed => "failed",
-                };
-                let moved = sqlx::query(
-                    "UPDATE payment_attempts SET status = $2, channel_reference = $3, resolved_at = now()
-                     WHERE id = $1 AND status IN ('sending', 'unknown')",
-                )
-                .bind(request.attempt_id)
-                .bind(to)
-                .bind(&reference)
-                .execute(tx.conn())
+        let (payment_id, attempt_id, channel) = match &call {
+            Call::Charge { request, adapter } => (
+                request.payment_id,
+                request.attempt_id,
+                adapter.name().to_owned(),
+            ),
+            Call::Query {
+                payment_id,
+                attempt_id,
+                adapter,
+                ..
+            }
+            | Call::Close {
+                payment_id,
+                attempt_id,
+                adapter,
+                ..
+            } => (*payment_id, *attempt_id, adapter.name().to_owned()),
+        };
+        tx.set_correlation_id(&payment_id.to_string());
+        let currency: String =
+            sqlx::query_scalar("SELECT currency::text FROM payments WHERE id = $1")
+                .bind(payment_id)
+                .fetch_one(tx.conn())
                 .await?;
-                if moved.rows_affected() == 0 {
-                    return Ok(Outcome::Stale {
-                        reason: format!("attempt {} already resolved", request.attempt_id),
-                    });
+        let failed_call = matches!(
+            answer,
+            Answer::Channel(ChannelReply::Unknown { .. })
+                | Answer::Close(CloseReply::Unknown { .. })
+        );
+        if channel != "balance" {
+            routing::record(
+                &self.redis,
+                &self.redis_prefix,
+                &channel,
+                &Uuid::now_v7().to_string(),
+                failed_call,
+            )
+            .await?;
+        }
+        match (call, answer) {
+            (Call::Close { reason, .. }, Answer::Close(reply)) => match reply {
+                CloseReply::Closed { raw } => {
+                    log(tx, payment_id, Some(attempt_id), &channel, "response", raw).await?;
+                    set_attempt(tx, attempt_id, "closed", None).await?;
+                    resolve_failed(tx, payment_id, &reason)?;
+                    Ok(Outcome::Applied)
                 }
-                tx.emit_to_stage(
-                    crate::callback::NAME,
-                    kind::CHANNEL_RESULT,
-                    &ChannelResult {
-                        schema_version: SCHEMA_VERSION,
-                        payment_id: request.payment_id,
-                        attempt_id: request.attempt_id,
-                        channel,
+                CloseReply::AlreadyPaid {
+                    amount,
+                    reference,
+                    raw,
+                } => {
+                    // Paid after all: the payment goes on to settle, nothing is released.
+                    log(tx, payment_id, Some(attempt_id), &channel, "response", raw).await?;
+                    report(
+                        tx,
+                        payment_id,
+                        attempt_id,
+                        &channel,
+                        &currency,
+                        ChannelStatus::Succeeded,
+                        amount,
+                        reference,
+                        None,
+                    )?;
+                    Ok(Outcome::Applied)
+                }
+                CloseReply::Unknown { error } => Err(StageError::transient(format!(
+                    "closing attempt {attempt_id} at {channel}: {error}"
+                ))),
+            },
+            (call, Answer::Channel(reply)) => {
+                let number = match &call {
+                    Call::Query { number, .. } => *number,
+                    _ => 0,
+                };
+                match reply {
+                    ChannelReply::Resolved {
                         status,
-                        amount: request.amount,
-                        currency: request.currency.clone(),
-                        channel_reference: reference,
+                        amount,
+                        reference,
                         reason,
-                        reported_at: Utc::now(),
-                    },
-                )?;
-                Ok(Outcome::Applied)
+                        raw,
+                    } => {
+                        log(tx, payment_id, Some(attempt_id), &channel, "response", raw).await?;
+                        report(
+                            tx, payment_id, attempt_id, &channel, &currency, status, amount,
+                            reference, reason,
+                        )?;
+                        Ok(Outcome::Applied)
+                    }
+                    ChannelReply::Pending { reference, raw } => {
+                        log(tx, payment_id, Some(attempt_id), &channel, "response", raw).await?;
+                        set_attempt(tx, attempt_id, "pending", reference.as_deref()).await?;
+                        // The webhook should come; a query makes sure.
+                        self.next_query(tx, payment_id, attempt_id, number + 1)?;
+                        Ok(Outcome::Applied)
+                    }
+                    ChannelReply::Unknown { error } => {
+                        log(
+                            tx,
+                            payment_id,
+                            Some(attempt_id),
+                            &channel,
+                            "response",
+                            json!({"unknown": error}),
+                        )
+                        .await?;
+                        set_attempt(tx, attempt_id, "unknown", None).await?;
+                        tracing::warn!(%error, %attempt_id, channel, "no final answer from the channel; a status query decides");
+                        self.next_query(tx, payment_id, attempt_id, number + 1)?;
+                        Ok(Outcome::Applied)
+                    }
+                }
             }
-            ChannelReply::Unknown { error } => {
-                // Nothing is known, so nothing is recorded: the attempt stays
-                // SENDING and the retry asks again under the same attempt id,
-                // which the channel deduplicates. Never a blind second charge.
-                Err(StageError::transient(format!(
-                    "channel {channel} gave no answer for attempt {}: {error}",
-                    request.attempt_id
-                )))
-            }
+            (_, Answer::Close(_)) => Err(StageError::permanent("a close answer to another call")),
         }
     }
 }
 
+/// Hands a channel's final answer to callback (statuses move there).
+#[allow(clippy::too_many_arguments)]
+fn report(
+    tx: &mut StageTx,
+    payment_id: Uuid,
+    attempt_id: Uuid,
+    channel: &str,
+    currency: &str,
+    status: ChannelStatus,
+    amount: Decimal,
+    reference: Option<String>,
+    reason: Option<String>,
+) -> Result<(), StageError> {
+    tx.emit_to_stage(
+        crate::callback::NAME,
+        kind::CHANNEL_RESULT,
+        &ChannelResult {
+            schema_version: SCHEMA_VERSION,
+            payment_id,
+            attempt_id,
+            channel: channel.to_owned(),
+            status,
+            amount,
+            currency: currency.to_owned(),
+            channel_reference: reference,
+            reason,
+            reported_at: Utc::now(),
+        },
+    )
+}
+
+fn resolve_failed(tx: &mut StageTx, payment_id: Uuid, reason: &str) -> Result<(), StageError> {
+    tx.emit_to_stage(
+        crate::settlement::NAME,
+        kind::PAYMENT_RESOLVED,
+        &PaymentResolved {
+            schema_version: SCHEMA_VERSION,
+            payment_id,
+            resolution: Resolution::Failed,
+            reason: Some(reason.to_owned()),
+            resolved_at: Utc::now(),
+        },
+    )
+}
+
+async fn set_attempt(
+    tx: &mut StageTx,
+    attempt_id: Uuid,
+    status: &str,
+    reference: Option<&str>,
+) -> Result<(), StageError> {
+    sqlx::query(
+        "UPDATE payment_attempts SET status = $2, channel_reference = COALESCE($3, channel_reference),
+                resolved_at = CASE WHEN $2 IN ('closed') THEN now() ELSE resolved_at END
+         WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
+    )
+    .bind(attempt_id)
+    .bind(status)
+    .bind(reference)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
 async fn log(
     tx: &mut StageTx,
-    request: &ChargeRequest,
+    payment_id: Uuid,
+    attempt_id: Option<Uuid>,
     channel: &str,
     direction: &str,
     payload: Value,
 ) -> Result<(), StageError> {
     sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, $4, $5)")
-        .bind(request.payment_id)
-        .bind(request.attempt_id)
+        .bind(payment_id)
+        .bind(attempt_id)
         .bind(channel)
         .bind(direction)
         .bind(payload)

@@ -281,6 +281,7 @@ fn plan(requests: usize, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
                 .collect(),
             coupon_code,
             payment_method: "balance".to_owned(),
+            payer_token: None,
             expected_amount: expected,
             notify_url: None,
             requested_at: Utc::now(),

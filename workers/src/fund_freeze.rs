@@ -141,35 +141,41 @@ async fn reserve(
     conn: &mut PgConnection,
     p: &payment::Payment,
 ) -> Result<Result<(), Shortfall>, StageError> {
-    // Wallet: available → frozen, never below zero.
-    let wallet: Option<(i64, Decimal, Decimal)> = sqlx::query_as(
-        "UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
-         WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
-         RETURNING id, available, frozen",
-    )
-    .bind(&p.user_id)
-    .bind(&p.currency)
-    .bind(p.amount)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((account_id, available_after, frozen_after)) = wallet else {
-        return Ok(Err(Shortfall::Balance(format!(
-            "{} {} needed",
-            p.amount, p.currency
-        ))));
+    // Wallet payments: available → frozen, never below zero. A third-party
+    // channel takes the money itself, so only stock and coupon are reserved.
+    let account_id = if p.channel.as_deref().unwrap_or("balance") == "balance" {
+        let wallet: Option<(i64, Decimal, Decimal)> = sqlx::query_as(
+            "UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
+             WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
+             RETURNING id, available, frozen",
+        )
+        .bind(&p.user_id)
+        .bind(&p.currency)
+        .bind(p.amount)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((account_id, available_after, frozen_after)) = wallet else {
+            return Ok(Err(Shortfall::Balance(format!(
+                "{} {} needed",
+                p.amount, p.currency
+            ))));
+        };
+        sqlx::query(
+            "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+             VALUES ($1, $2, 'freeze', $3, $4, $5, $6)",
+        )
+        .bind(account_id)
+        .bind(p.id)
+        .bind(p.amount)
+        .bind(&p.currency)
+        .bind(available_after)
+        .bind(frozen_after)
+        .execute(&mut *conn)
+        .await?;
+        Some(account_id)
+    } else {
+        None
     };
-    sqlx::query(
-        "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
-         VALUES ($1, $2, 'freeze', $3, $4, $5, $6)",
-    )
-    .bind(account_id)
-    .bind(p.id)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(available_after)
-    .bind(frozen_after)
-    .execute(&mut *conn)
-    .await?;
     sqlx::query("INSERT INTO reservations (payment_id, account_id, amount, currency, status) VALUES ($1, $2, $3, $4, 'tried')")
         .bind(p.id)
         .bind(account_id)

@@ -1,6 +1,7 @@
 //! The six stages of the payment chain and the processes that run them.
 
 pub mod callback;
+pub mod callbacks;
 pub mod channel_call;
 pub mod demo;
 pub mod fund_freeze;
@@ -8,10 +9,10 @@ pub mod invariants;
 pub mod notification;
 pub mod order_validation;
 pub mod payment;
+pub mod routing;
+pub mod sandbox_gateway;
 pub mod settlement;
 pub mod sweeper;
-
-use std::sync::Arc;
 
 use payfleet_common::{Fleet, Settings, Topology, fleet::FleetError};
 
@@ -41,9 +42,15 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet.stage(fund_freeze::FundFreeze)?;
     }
     if wanted(channel_call::NAME) {
-        let adapters: Vec<Arc<dyn channel_call::ChannelAdapter>> =
-            vec![Arc::new(channel_call::BalanceChannel)];
-        fleet = fleet.calling_stage(channel_call::ChannelCall::new(adapters))?;
+        let timeout = std::time::Duration::from_millis(settings.channel_timeout_ms);
+        let adapters = channel_call::ChannelCall::adapters(&fleet.shared().pool, timeout)
+            .await
+            .map_err(|e| FleetError::UnknownStage(format!("channel adapters: {e}")))?;
+        let redis = fleet.shared().locks.pool().clone();
+        let topology = fleet.shared().topology.clone();
+        fleet = fleet.calling_stage(channel_call::ChannelCall::new(
+            adapters, &settings, topology, redis,
+        ))?;
     }
     if wanted(callback::NAME) {
         fleet = fleet.stage(callback::Callback)?;
@@ -61,7 +68,8 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         .background("expiry-sweeper", sweeper::run)
         .background("balance-roll-up", sweeper::run_roll_up);
     if http {
-        fleet = fleet.with_http();
+        let ingress = callbacks::router(fleet.shared().clone());
+        fleet = fleet.with_http().with_routes(ingress);
     }
     Ok(fleet)
 }

@@ -52,6 +52,19 @@ enum Command {
         #[arg(long, value_name = "N")]
         demo: Option<usize>,
     },
+    /// Run the sandbox payment gateway: a separate third-party stand-in with
+    /// its own store, several channels, signed webhooks and test scenarios.
+    #[command(
+        after_help = "Example:\n  payfleet sandbox-gateway --listen 127.0.0.1:8700\n  curl -s 127.0.0.1:8700/channels/sandbox-card/statement?date=2026-12-02"
+    )]
+    SandboxGateway {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        listen: std::net::SocketAddr,
+        /// Delay before asynchronous webhooks are sent, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        webhook_delay_ms: u64,
+    },
     /// Print the effective settings (defaults, file and environment merged).
     #[command(after_help = "Example:\n  PAYFLEET_PREFETCH=64 payfleet config")]
     Config,
@@ -183,6 +196,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = connection.close(200, "applied".into()).await;
             let fleet = payfleet_workers::fleet(settings, &[], true).await?;
             fleet.run(payfleet_common::shutdown::on_signal()).await?;
+        }
+        Command::SandboxGateway {
+            listen,
+            webhook_delay_ms,
+        } => {
+            let mut config = payfleet_workers::sandbox_gateway::GatewayConfig::standard();
+            config.webhook_delay = std::time::Duration::from_millis(webhook_delay_ms);
+            let channels: Vec<String> = config
+                .channels
+                .iter()
+                .map(|c| format!("{} ({:?}, fee {})", c.name, c.mode, c.fee_rate))
+                .collect();
+            let gateway = payfleet_workers::sandbox_gateway::Gateway::new(config);
+            let stop = payfleet_common::shutdown::on_signal();
+            let (bound, served) = gateway
+                .serve(listen, stop)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("sandbox gateway on http://{bound}: {}", channels.join(", "));
+            served.await?;
         }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&settings)?);

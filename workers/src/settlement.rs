@@ -63,7 +63,12 @@ impl Stage for Settlement {
             }
             (Resolution::Failed, PaymentStatus::Frozen | PaymentStatus::Validated) => {
                 let reason = m.reason.clone().unwrap_or_else(|| "declined".to_owned());
-                cancel(tx.conn(), &p, PaymentStatus::Failed, &reason).await?;
+                let to = if reason == "expired" {
+                    PaymentStatus::Cancelled
+                } else {
+                    PaymentStatus::Failed
+                };
+                cancel(tx.conn(), &p, to, &reason).await?;
                 payment::emit_outcome(tx, p.id, Final::Failed, Some(&reason))
             }
             (Resolution::Paid, PaymentStatus::Frozen | PaymentStatus::Validated) => {
@@ -87,38 +92,12 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
     .bind(p.id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((Some(wallet), amount)) = reservation else {
+    let Some((wallet, amount)) = reservation else {
         return Err(StageError::permanent(format!(
             "payment {} is paid but holds no open reservation",
             p.id
         )));
     };
-    let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
-        "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
-         RETURNING available, frozen",
-    )
-    .bind(wallet)
-    .bind(amount)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((available_after, frozen_after)) = debited else {
-        return Err(StageError::permanent(format!(
-            "wallet {wallet} holds less frozen than payment {} reserved",
-            p.id
-        )));
-    };
-    statement(
-        conn,
-        wallet,
-        p.id,
-        "debit",
-        amount,
-        &p.currency,
-        available_after,
-        frozen_after,
-    )
-    .await?;
-
     // One journal entry, balanced per currency (a deferred trigger checks it at commit).
     let entry: i64 = sqlx::query_scalar(
         "INSERT INTO journal_entries (reference, kind) VALUES ($1, 'payment') RETURNING id",
@@ -126,7 +105,71 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
     .bind(p.id.to_string())
     .fetch_one(&mut *conn)
     .await?;
-    post(conn, entry, wallet, -amount, &p.currency, true).await?;
+    match wallet {
+        // Paid from the wallet: the frozen funds leave it.
+        Some(wallet) => {
+            let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
+                "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
+                 RETURNING available, frozen",
+            )
+            .bind(wallet)
+            .bind(amount)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((available_after, frozen_after)) = debited else {
+                return Err(StageError::permanent(format!(
+                    "wallet {wallet} holds less frozen than payment {} reserved",
+                    p.id
+                )));
+            };
+            statement(
+                conn,
+                wallet,
+                p.id,
+                "debit",
+                amount,
+                &p.currency,
+                available_after,
+                frozen_after,
+            )
+            .await?;
+            post(conn, entry, wallet, -amount, &p.currency, true).await?;
+        }
+        // Paid at a third-party channel: the money comes from its clearing
+        // account, less the channel's fee, which is the platform's cost.
+        None => {
+            let channel = p.channel.clone().unwrap_or_default();
+            let channel_fee: Decimal =
+                sqlx::query_scalar("SELECT channel_fee FROM payments WHERE id = $1")
+                    .bind(p.id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            let clearing = payment::account_id(
+                conn,
+                "external",
+                &format!("clearing:{channel}"),
+                &p.currency,
+            )
+            .await?;
+            let cost = payment::account_id(
+                conn,
+                "external",
+                &format!("channel-fees:{channel}"),
+                &p.currency,
+            )
+            .await?;
+            post(
+                conn,
+                entry,
+                clearing,
+                -(amount - channel_fee),
+                &p.currency,
+                false,
+            )
+            .await?;
+            post(conn, entry, cost, -channel_fee, &p.currency, false).await?;
+        }
+    }
     let details: Vec<(String, Decimal, Decimal)> =
         sqlx::query_as("SELECT seller_id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id")
             .bind(p.id)
@@ -206,6 +249,13 @@ pub async fn cancel(
                 .bind(p.id)
                 .bind(p.amount)
                 .bind(&p.currency)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Some((None, _, status)) if status == "tried" => {
+            // A channel payment: no wallet was frozen.
+            sqlx::query("UPDATE reservations SET status = 'cancelled', finished_at = now() WHERE payment_id = $1")
+                .bind(p.id)
                 .execute(&mut *conn)
                 .await?;
         }

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use payfleet_common::{
     CancellationToken,
-    messages::{Outcome as Final, kind},
+    messages::{Outcome as Final, SCHEMA_VERSION, TradeClose, kind},
     outbox::{self, OutboxMessage},
     runtime::Shared,
 };
@@ -59,7 +59,9 @@ pub async fn sweep(shared: &Shared) -> Result<Option<usize>, String> {
 
 async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
     let expired: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM payments WHERE status IN ('validated', 'frozen') AND expires_at < now() ORDER BY expires_at LIMIT $1",
+        "SELECT id FROM payments WHERE status IN ('validated', 'frozen') AND expires_at < now()
+           AND (close_requested_at IS NULL OR close_requested_at < now() - interval '5 minutes')
+         ORDER BY expires_at LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(&shared.pool)
@@ -80,6 +82,37 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
             || p.expires_at > chrono::Utc::now()
         {
             continue; // moved on since the scan
+        }
+        let at_a_channel =
+            status == PaymentStatus::Frozen && p.channel.as_deref().is_some_and(|c| c != "balance");
+        if at_a_channel {
+            // A trade may exist at the channel: it is closed first, so no late
+            // success can follow the release (channel-call closes, then settlement cancels).
+            let message = OutboxMessage::json(
+                &shared.topology.exchanges().stages,
+                crate::channel_call::NAME,
+                kind::TRADE_CLOSE,
+                Some(&id.to_string()),
+                &TradeClose {
+                    schema_version: SCHEMA_VERSION,
+                    payment_id: id,
+                    reason: "expired".into(),
+                    requested_at: chrono::Utc::now(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            outbox::insert(&mut tx, &[message])
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::query("UPDATE payments SET close_requested_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            shared.outbox_wake.notify_one();
+            cancelled += 1;
+            continue;
         }
         if settlement::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
             .await

@@ -35,6 +35,8 @@ use risk::{Decision, RiskRules};
 pub const NAME: &str = "order-validation";
 const MAX_LINES: usize = 100;
 const MAX_QUANTITY: u32 = 10_000;
+/// Payment methods: the wallet, or a third-party channel.
+pub const METHODS: [&str; 3] = ["balance", "card", "wallet"];
 
 /// A request as far as it could be read before any database lookup.
 #[derive(Debug)]
@@ -189,6 +191,7 @@ impl Stage for OrderValidation {
                     PaymentStatus::Rejected,
                     Some(&detail),
                     None,
+                    None,
                     self.payment_ttl,
                 )
                 .await?;
@@ -217,6 +220,7 @@ impl Stage for OrderValidation {
                             PaymentStatus::Rejected,
                             Some(&detail),
                             risk,
+                            None,
                             self.payment_ttl,
                         )
                         .await?;
@@ -232,6 +236,7 @@ impl Stage for OrderValidation {
                             PaymentStatus::Challenged,
                             Some(&detail),
                             risk,
+                            None,
                             self.payment_ttl,
                         )
                         .await?;
@@ -251,6 +256,7 @@ impl Stage for OrderValidation {
                             PaymentStatus::Validated,
                             None,
                             risk,
+                            Some((order.route.channel.as_str(), order.channel_fee)),
                             self.payment_ttl,
                         )
                         .await?;
@@ -276,6 +282,8 @@ impl Stage for OrderValidation {
 
 /// A priced, split order that passed every check but risk.
 pub struct PricedOrder {
+    pub route: crate::routing::Route,
+    pub channel_fee: Decimal,
     pub lines: Vec<pricing::Line>,
     pub sub_orders: Vec<pricing::SubOrder>,
     pub fee_rates: std::collections::HashMap<String, Decimal>,
@@ -326,10 +334,14 @@ impl OrderValidation {
                 format!("expected_amount {}", r.expected_amount),
             );
         }
-        if r.payment_method != "balance" {
+        if !METHODS.contains(&r.payment_method.as_str()) {
             return reject(
                 "unsupported_payment_method",
-                format!("`{}` (this fleet takes: balance)", r.payment_method),
+                format!(
+                    "`{}` (this fleet takes: {})",
+                    r.payment_method,
+                    METHODS.join(", ")
+                ),
             );
         }
         if r.items.is_empty() || r.items.len() > MAX_LINES {
@@ -368,21 +380,23 @@ impl OrderValidation {
         if user_status != "active" {
             return reject("user_frozen", r.user_id.clone());
         }
-        let wallet: Option<String> =
-            sqlx::query_scalar("SELECT status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2")
-                .bind(&r.user_id)
-                .bind(&r.currency)
-                .fetch_optional(&mut *conn)
-                .await?;
-        match wallet.as_deref() {
-            None => {
-                return reject(
-                    "no_wallet",
-                    format!("user {} has no {} wallet", r.user_id, r.currency),
-                );
+        if r.payment_method == "balance" {
+            let wallet: Option<String> =
+                sqlx::query_scalar("SELECT status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2")
+                    .bind(&r.user_id)
+                    .bind(&r.currency)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            match wallet.as_deref() {
+                None => {
+                    return reject(
+                        "no_wallet",
+                        format!("user {} has no {} wallet", r.user_id, r.currency),
+                    );
+                }
+                Some("active") => {}
+                Some(status) => return reject("wallet_not_active", format!("wallet is {status}")),
             }
-            Some("active") => {}
-            Some(status) => return reject("wallet_not_active", format!("wallet is {status}")),
         }
 
         let skus: Vec<String> = r.items.iter().map(|i| i.sku.clone()).collect();
@@ -463,6 +477,16 @@ impl OrderValidation {
                 ),
             );
         }
+        let Some(route) =
+            crate::routing::choose(conn, &self.redis, &self.risk.key_prefix, &r.payment_method)
+                .await?
+        else {
+            return reject(
+                "no_channel_available",
+                format!("no healthy channel takes `{}`", r.payment_method),
+            );
+        };
+        let channel_fee = money::round(payable * route.fee_rate);
         let sub_orders = pricing::split(&lines);
         let sellers: Vec<String> = sub_orders.iter().map(|s| s.seller_id.clone()).collect();
         let fee_rates: Vec<(String, Decimal, String)> =
@@ -474,6 +498,8 @@ impl OrderValidation {
             return reject("seller_suspended", seller.clone());
         }
         Ok(Verdict::Accept(PricedOrder {
+            route,
+            channel_fee,
             lines,
             sub_orders,
             fee_rates: fee_rates
@@ -609,6 +635,7 @@ async fn insert_payment(
     status: PaymentStatus,
     reason: Option<&str>,
     risk: Option<(Decision, Vec<String>)>,
+    route: Option<(&str, Decimal)>,
     ttl: chrono::Duration,
 ) -> Result<(), StageError> {
     let (decision, reasons) = match risk {
@@ -618,8 +645,9 @@ async fn insert_payment(
     let terminal = status != PaymentStatus::Validated;
     sqlx::query(
         "INSERT INTO payments (id, merchant_id, merchant_order_id, request_hash, user_id, method, channel, currency, amount,
-                               status, reason, risk_decision, risk_reasons, notify_url, expires_at, requested_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + $15, $16, CASE WHEN $17 THEN now() END)",
+                               status, reason, risk_decision, risk_reasons, notify_url, expires_at, requested_at, finished_at,
+                               payer_token, channel_fee)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + $15, $16, CASE WHEN $17 THEN now() END, $18, $19)",
     )
     .bind(id)
     .bind(&request.merchant_id)
@@ -627,7 +655,7 @@ async fn insert_payment(
     .bind(&request.content_hash)
     .bind(&r.user_id)
     .bind(&r.payment_method)
-    .bind((status == PaymentStatus::Validated).then_some("balance"))
+    .bind(route.map(|(channel, _)| channel))
     // a rejected request may carry an unusable currency or amount: stored as XXX / 0
     .bind(money::currency(&r.currency).unwrap_or("XXX"))
     .bind(money::check_amount(r.expected_amount).unwrap_or(Decimal::ZERO))
@@ -639,6 +667,8 @@ async fn insert_payment(
     .bind(ttl)
     .bind(r.requested_at)
     .bind(terminal)
+    .bind(&r.payer_token)
+    .bind(route.map(|(_, fee)| fee).unwrap_or(Decimal::ZERO))
     .execute(conn)
     .await
     .map_err(unique_is_transient)?;

@@ -1,0 +1,712 @@
+//! Third-party channels end to end: the fleet (with its webhook ingress)
+//! and the sandbox gateway talk over real HTTP; each scenario asserts exact
+//! statuses, charges at the gateway, postings and events, then the invariants.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use payfleet_common::{
+    CancellationToken, Settings, broker,
+    messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
+};
+use payfleet_tests::{TestEnv, wait_until};
+use payfleet_workers::{
+    invariants, order_validation, routing,
+    sandbox_gateway::{
+        ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
+    },
+    settlement,
+};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+const SHOP: &str = "shop";
+const SHOP_KEY: &str = "shop-secret";
+const WALLET: &str = "sandbox-wallet";
+const CARD: &str = "sandbox-card";
+
+fn d(text: &str) -> Decimal {
+    text.parse().expect("decimal literal")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct World {
+    env: TestEnv,
+    gateway: Gateway,
+    gateway_stop: CancellationToken,
+    stop: Option<CancellationToken>,
+    running: Option<tokio::task::JoinHandle<()>>,
+    http_port: u16,
+}
+
+impl World {
+    async fn new(
+        tag: &str,
+        adjust: impl FnOnce(&mut Settings),
+        webhook_delay: Duration,
+    ) -> anyhow::Result<Self> {
+        let http_port = free_port();
+        let env = TestEnv::with(tag, |s| {
+            s.http_addr = format!("127.0.0.1:{http_port}");
+            s.callback_base_url = format!("http://127.0.0.1:{http_port}");
+            s.channel_timeout_ms = 1_000;
+            s.status_query_delays_ms = vec![200, 400, 800];
+            s.max_attempts = 8;
+            s.sweep_interval_ms = 200;
+            s.rollup_interval_ms = 100;
+            adjust(s);
+        })
+        .await?;
+        let gateway = Gateway::new(GatewayConfig {
+            channels: vec![
+                ChannelConfig {
+                    name: WALLET.into(),
+                    secret: "wallet-secret".into(),
+                    mode: Mode::Async,
+                    fee_rate: d("0.0040"),
+                },
+                ChannelConfig {
+                    name: CARD.into(),
+                    secret: "card-secret".into(),
+                    mode: Mode::Sync,
+                    fee_rate: d("0.0120"),
+                },
+            ],
+            webhook_delay,
+            slow: Duration::from_millis(300),
+            timeout_hold: Duration::from_secs(3),
+        });
+        let gateway_stop = CancellationToken::new();
+        let (bound, _) = gateway
+            .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
+            .await?;
+        seed(&env.pool, &format!("http://{bound}")).await?;
+        Ok(Self {
+            env,
+            gateway,
+            gateway_stop,
+            stop: None,
+            running: None,
+            http_port,
+        })
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.env.pool
+    }
+
+    async fn start(&mut self, stages: &[&str]) -> anyhow::Result<()> {
+        let fleet = payfleet_workers::fleet(self.env.settings.clone(), stages, true).await?;
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        self.running = Some(tokio::spawn(async move {
+            if let Err(error) = fleet.run(token).await {
+                eprintln!("fleet failed: {error}");
+            }
+        }));
+        self.stop = Some(stop);
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        wait_until(WAIT, "the fleet ready", || async {
+            Ok(reqwest::get(&url)
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false))
+        })
+        .await
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+    }
+
+    async fn pay(&self, order: &str, method: &str, token: &str) -> anyhow::Result<Uuid> {
+        let request = PaymentRequested {
+            schema_version: SCHEMA_VERSION,
+            merchant_id: SHOP.into(),
+            merchant_order_id: order.into(),
+            user_id: "alice".into(),
+            currency: "CNY".into(),
+            items: vec![
+                RequestedItem {
+                    sku: "tea".into(),
+                    quantity: 2,
+                },
+                RequestedItem {
+                    sku: "fan".into(),
+                    quantity: 1,
+                },
+            ],
+            coupon_code: None,
+            payment_method: method.into(),
+            payer_token: Some(token.into()),
+            expected_amount: d("80.00"),
+            notify_url: None,
+            requested_at: Utc::now(),
+        };
+        let body = serde_json::to_vec(&request)?;
+        let mut headers = lapin::types::FieldTable::default();
+        broker::set_header(
+            &mut headers,
+            messages::SIGNATURE_HEADER,
+            messages::sign(SHOP_KEY, &body),
+        );
+        let props = broker::properties(
+            &Uuid::now_v7().to_string(),
+            None,
+            Some(messages::kind::PAYMENT_REQUESTED),
+        )
+        .with_headers(headers);
+        self.env
+            .publish_raw(
+                "payfleet.ingress",
+                messages::kind::PAYMENT_REQUESTED,
+                &body,
+                props,
+            )
+            .await?;
+        Ok(order_validation::payment_id(SHOP, order))
+    }
+
+    async fn status(&self, id: Uuid) -> anyhow::Result<Option<(String, Option<String>)>> {
+        Ok(
+            sqlx::query_as("SELECT status, reason FROM payments WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// Waits for `id` to reach `status` with its event emitted.
+    async fn reaches(&self, id: Uuid, status: &str) -> anyhow::Result<Option<String>> {
+        wait_until(WAIT, &format!("payment {id} {status}"), || async {
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM payments p WHERE p.id = $1 AND p.status = $2
+                   AND EXISTS (SELECT 1 FROM payment_events e WHERE e.payment_id = p.id))",
+            )
+            .bind(id)
+            .bind(status)
+            .fetch_one(self.pool())
+            .await?;
+            Ok(done)
+        })
+        .await?;
+        Ok(self.status(id).await?.and_then(|s| s.1))
+    }
+
+    async fn attempt(&self, id: Uuid) -> anyhow::Result<(Uuid, String, String)> {
+        Ok(sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    fn charges(&self, channel: &str, attempt: Uuid) -> u32 {
+        self.gateway
+            .trade(channel, &attempt.to_string())
+            .map(|t| t.charges)
+            .unwrap_or(0)
+    }
+
+    /// Posts a webhook to the fleet's ingress as `channel` (signed with `secret`).
+    async fn webhook(
+        &self,
+        channel: &str,
+        secret: &str,
+        payment: Uuid,
+        notice: &Notice,
+        timestamp: i64,
+    ) -> anyhow::Result<u16> {
+        let body = serde_json::to_vec(notice)?;
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{}/callbacks/{channel}/{payment}",
+                self.http_port
+            ))
+            .header("x-sandbox-timestamp", timestamp.to_string())
+            .header("x-sandbox-signature", sign_notice(secret, timestamp, &body))
+            .body(body)
+            .send()
+            .await?;
+        Ok(response.status().as_u16())
+    }
+
+    async fn events(&self, id: Uuid) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT event_type FROM payment_events WHERE payment_id = $1 ORDER BY event_type",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn finish(mut self) -> anyhow::Result<()> {
+        self.env.wait_drained(WAIT).await.ok();
+        self.stop().await;
+        self.gateway_stop.cancel();
+        settlement::roll_up(self.pool(), 1_000_000).await?;
+        let report = invariants::all(self.pool()).await?;
+        assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        self.env.teardown().await
+    }
+}
+
+async fn seed(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "INSERT INTO merchants (id, name, signing_key) VALUES ('{SHOP}', 'Shop', '{SHOP_KEY}')"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ('m1', 'M1', 'k1', 0.0100), ('m2', 'M2', 'k2', 0)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO users (id, name) VALUES ('alice', 'Alice')")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ('tea', 'm1', 'Tea', 30.00, 'CNY'), ('fan', 'm2', 'Fan', 20.00, 'CNY')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO stock (sku, available) VALUES ('tea', 100), ('fan', 100)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate) VALUES
+           ($1, 'sandbox', $3, 'wallet-secret', ARRAY['wallet'], 0.0040),
+           ($2, 'sandbox', $3, 'card-secret', ARRAY['card'], 0.0120)",
+    )
+    .bind(WALLET)
+    .bind(CARD)
+    .bind(gateway_url)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn postings(pool: &PgPool, payment: Uuid) -> anyhow::Result<Vec<(String, Decimal)>> {
+    Ok(sqlx::query_as(
+        "SELECT a.owner_id, p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
+         JOIN journal_entries j ON j.id = p.entry_id WHERE j.reference = $1 ORDER BY a.owner_id",
+    )
+    .bind(payment.to_string())
+    .fetch_all(pool)
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_and_sync_channel_payments_settle_through_the_clearing_account() -> anyhow::Result<()>
+{
+    let mut world = World::new("chansettle", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let async_payment = world.pay("async", "wallet", "tok_success").await?;
+    let sync_payment = world.pay("sync", "card", "tok_success").await?;
+    world.reaches(async_payment, "settled").await?;
+    world.reaches(sync_payment, "settled").await?;
+
+    let (attempt, channel, status) = world.attempt(async_payment).await?;
+    assert_eq!((channel.as_str(), status.as_str()), (WALLET, "succeeded"));
+    assert_eq!(world.charges(WALLET, attempt), 1);
+    let directions: Vec<String> = sqlx::query_scalar(
+        "SELECT direction FROM integration_log WHERE attempt_id = $1 ORDER BY id",
+    )
+    .bind(attempt)
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(directions.first().map(String::as_str), Some("request"));
+    assert!(
+        directions.contains(&"callback".to_owned()),
+        "the webhook's raw payload is logged: {directions:?}"
+    );
+    // 80.00 paid at the wallet channel (fee 0.40): m1 30*2 less 1 %, m2 20, the shop's fees
+    assert_eq!(
+        postings(world.pool(), async_payment).await?,
+        vec![
+            ("channel-fees:sandbox-wallet".into(), d("-0.32")),
+            ("clearing:sandbox-wallet".into(), d("-79.68")),
+            ("fees".into(), d("0.60")),
+            ("m1".into(), d("59.40")),
+            ("m2".into(), d("20.00")),
+        ]
+    );
+    let (attempt, channel, _) = world.attempt(sync_payment).await?;
+    assert_eq!(channel, CARD);
+    assert_eq!(world.charges(CARD, attempt), 1);
+    let card_fee: Decimal = sqlx::query_scalar("SELECT channel_fee FROM payments WHERE id = $1")
+        .bind(sync_payment)
+        .fetch_one(world.pool())
+        .await?;
+    assert_eq!(card_fee, d("0.96"));
+    assert_eq!(world.events(sync_payment).await?, vec!["payment.succeeded"]);
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_fails_the_payment_and_releases_the_stock() -> anyhow::Result<()> {
+    let mut world = World::new("decline", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let id = world.pay("declined", "card", "tok_decline").await?;
+    let reason = world.reaches(id, "failed").await?;
+    assert_eq!(reason.as_deref(), Some("card_declined"));
+    let stock: (i32, i32) =
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = 'tea'")
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(stock, (100, 0));
+    let (attempt, _, status) = world.attempt(id).await?;
+    assert_eq!(status, "failed");
+    assert_eq!(world.charges(CARD, attempt), 0);
+    assert!(postings(world.pool(), id).await?.is_empty());
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_or_a_5xx_after_charging_is_resolved_by_a_status_query_with_one_charge()
+-> anyhow::Result<()> {
+    let mut world = World::new("unknown", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let timed_out = world.pay("timeout", "card", "tok_timeout").await?;
+    let erred = world.pay("5xx", "card", "tok_5xx_after_charge").await?;
+    world.reaches(timed_out, "settled").await?;
+    world.reaches(erred, "settled").await?;
+    for id in [timed_out, erred] {
+        let (attempt, _, status) = world.attempt(id).await?;
+        assert_eq!(status, "succeeded");
+        assert_eq!(
+            world.charges(CARD, attempt),
+            1,
+            "the sandbox shows one charge"
+        );
+        let attempts: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payment_attempts WHERE payment_id = $1")
+                .bind(id)
+                .fetch_one(world.pool())
+                .await?;
+        assert_eq!(attempts, 1, "never a second attempt");
+        let queries: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM integration_log WHERE attempt_id = $1 AND direction = 'query'",
+        )
+        .bind(attempt)
+        .fetch_one(world.pool())
+        .await?;
+        assert!(queries >= 1, "a status query decided");
+        assert_eq!(world.events(id).await?, vec!["payment.succeeded"]);
+    }
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_out_of_order_webhooks_change_nothing() -> anyhow::Result<()> {
+    let mut world = World::new("dupwebhook", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let duplicated = world.pay("dup", "wallet", "tok_duplicate_webhook").await?;
+    let reordered = world.pay("ooo", "wallet", "tok_out_of_order").await?;
+    world.reaches(duplicated, "settled").await?;
+    world.reaches(reordered, "settled").await?;
+    // let the second webhooks arrive and be handled
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    world.env.wait_drained(WAIT).await?;
+    for id in [duplicated, reordered] {
+        let callbacks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM integration_log WHERE payment_id = $1 AND direction = 'callback'",
+        )
+        .bind(id)
+        .fetch_one(world.pool())
+        .await?;
+        assert_eq!(callbacks, 2, "both webhooks arrived and were logged");
+        assert_eq!(
+            world.status(id).await?.map(|s| s.0).as_deref(),
+            Some("settled")
+        );
+        assert_eq!(postings(world.pool(), id).await?.len(), 5, "settled once");
+        assert_eq!(world.events(id).await?, vec!["payment.succeeded"]);
+    }
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_before_the_attempt_commit_is_retried_not_lost() -> anyhow::Result<()> {
+    let mut world = World::new("early", |_| {}, Duration::from_millis(200)).await?;
+    // channel-call is not running: the payment waits frozen, with no attempt yet
+    world
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "callback",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    let id = world.pay("early", "wallet", "tok_success").await?;
+    wait_until(WAIT, "the payment frozen", || async {
+        Ok(world.status(id).await?.map(|s| s.0).as_deref() == Some("frozen"))
+    })
+    .await?;
+    let attempt = Uuid::now_v7();
+    let notice = Notice {
+        channel: WALLET.into(),
+        out_trade_no: attempt.to_string(),
+        trade_no: "sandbox-wallet-early".into(),
+        status: TradeStatus::Succeeded,
+        amount: d("80.00"),
+        currency: "CNY".into(),
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    assert_eq!(
+        world
+            .webhook(WALLET, "wallet-secret", id, &notice, Utc::now().timestamp())
+            .await?,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        world.status(id).await?.map(|s| s.0).as_deref(),
+        Some("frozen"),
+        "nothing moves before its attempt exists"
+    );
+    // channel-call commits its attempt (as its first transaction would)
+    sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, 80.00, 'CNY', 'sending')")
+        .bind(attempt)
+        .bind(id)
+        .bind(WALLET)
+        .execute(world.pool())
+        .await?;
+    world.reaches(id, "settled").await?;
+    assert!(
+        world.env.dead_letters().await?.is_empty(),
+        "the early webhook was retried, not dead-lettered"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amount_mismatch_is_held_as_an_exception() -> anyhow::Result<()> {
+    let mut world = World::new("mismatch", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let id = world
+        .pay("mismatch", "wallet", "tok_amount_mismatch")
+        .await?;
+    let reason = world.reaches(id, "exception").await?;
+    assert!(reason.unwrap_or_default().starts_with("amount_mismatch"));
+    assert_eq!(world.events(id).await?, vec!["payment.exception"]);
+    assert!(
+        postings(world.pool(), id).await?.is_empty(),
+        "nothing settled"
+    );
+    let reserved: i32 = sqlx::query_scalar("SELECT reserved FROM stock WHERE sku = 'tea'")
+        .fetch_one(world.pool())
+        .await?;
+    assert_eq!(
+        reserved, 2,
+        "held for review: the reservation stays until ops decide"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_stale_webhooks_get_401_and_change_nothing() -> anyhow::Result<()> {
+    let mut world = World::new("forged", |_| {}, Duration::from_secs(30)).await?;
+    world.start(&[]).await?;
+    let id = world.pay("forged", "wallet", "tok_success").await?;
+    wait_until(WAIT, "the attempt pending", || async {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM payment_attempts WHERE status = 'pending'",
+        )
+        .fetch_one(world.pool())
+        .await?
+            == 1)
+    })
+    .await?;
+    let (attempt, _, _) = world.attempt(id).await?;
+    let notice = Notice {
+        channel: WALLET.into(),
+        out_trade_no: attempt.to_string(),
+        trade_no: "x".into(),
+        status: TradeStatus::Succeeded,
+        amount: d("80.00"),
+        currency: "CNY".into(),
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    let logged_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM integration_log WHERE direction = 'callback'")
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(
+        world
+            .webhook(
+                WALLET,
+                "not-the-secret",
+                id,
+                &notice,
+                Utc::now().timestamp()
+            )
+            .await?,
+        401
+    );
+    assert_eq!(
+        world
+            .webhook(
+                WALLET,
+                "wallet-secret",
+                id,
+                &notice,
+                Utc::now().timestamp() - 3_600
+            )
+            .await?,
+        401
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logged_after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM integration_log WHERE direction = 'callback'")
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(logged_after, logged_before, "nothing stored");
+    assert_eq!(
+        world.status(id).await?.map(|s| s.0).as_deref(),
+        Some("frozen")
+    );
+    world.stop().await;
+    world.gateway_stop.cancel();
+    world.env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_closes_the_trade_first_and_a_late_success_is_owed_back() -> anyhow::Result<()> {
+    // The gateway would only answer after 30 s; the payment expires after 1.5 s.
+    let mut world = World::new(
+        "expiryclose",
+        |s| {
+            s.payment_ttl_ms = 1_500;
+            s.retry_delays_ms = vec![200, 400, 800, 20_000];
+            s.status_query_delays_ms = vec![20_000];
+        },
+        Duration::from_secs(30),
+    )
+    .await?;
+    world.start(&[]).await?;
+    let id = world.pay("expiring", "wallet", "tok_success").await?;
+    let reason = world.reaches(id, "cancelled").await?;
+    assert_eq!(reason.as_deref(), Some("expired"));
+    let (attempt, _, status) = world.attempt(id).await?;
+    assert_eq!(status, "closed");
+    let trade = world
+        .gateway
+        .trade(WALLET, &attempt.to_string())
+        .expect("the trade exists at the gateway");
+    assert_eq!(
+        trade.status,
+        TradeStatus::Closed,
+        "closed at the gateway before the release"
+    );
+    let stock: (i32, i32) =
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = 'tea'")
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(stock, (100, 0), "released");
+
+    // A success that still arrives (a channel that ignored the close) is owed back.
+    let late = Notice {
+        channel: WALLET.into(),
+        out_trade_no: attempt.to_string(),
+        trade_no: trade.trade_no.clone(),
+        status: TradeStatus::Succeeded,
+        amount: d("80.00"),
+        currency: "CNY".into(),
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    assert_eq!(
+        world
+            .webhook(WALLET, "wallet-secret", id, &late, Utc::now().timestamp())
+            .await?,
+        200
+    );
+    wait_until(WAIT, "a refund owed", || async {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM refunds WHERE status = 'owed' AND amount = 80.00",
+        )
+        .fetch_one(world.pool())
+        .await?
+            == 1)
+    })
+    .await?;
+    wait_until(WAIT, "the exception reported", || async {
+        Ok(world
+            .events(id)
+            .await?
+            .contains(&"payment.exception".to_owned()))
+    })
+    .await?;
+    assert_eq!(
+        world.status(id).await?.map(|s| s.0).as_deref(),
+        Some("cancelled"),
+        "the money stays released"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_channel_is_skipped_and_the_other_ones_fee_is_posted() -> anyhow::Result<()> {
+    let mut world = World::new("routing", |_| {}, Duration::from_millis(200)).await?;
+    // both channels take cards; the wallet channel is cheaper
+    sqlx::query("UPDATE channels SET methods = ARRAY['wallet', 'card'] WHERE name = $1")
+        .bind(WALLET)
+        .execute(world.pool())
+        .await?;
+    world.start(&[]).await?;
+    let cheap = world.pay("cheap", "card", "tok_success").await?;
+    world.reaches(cheap, "settled").await?;
+    assert_eq!(
+        world.attempt(cheap).await?.1,
+        WALLET,
+        "the cheaper channel while healthy"
+    );
+
+    // recent timeouts at the wallet channel open its breaker
+    let redis = payfleet_common::lock::Locks::new(
+        &world.env.settings.redis_url,
+        &world.env.settings.redis_key_prefix,
+        Duration::from_secs(5),
+    )?;
+    for _ in 0..routing::MIN_CALLS {
+        routing::record(
+            redis.pool(),
+            &world.env.settings.redis_key_prefix,
+            WALLET,
+            &Uuid::now_v7().to_string(),
+            true,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let rerouted = world.pay("rerouted", "card", "tok_success").await?;
+    world.reaches(rerouted, "settled").await?;
+    assert_eq!(
+        world.attempt(rerouted).await?.1,
+        CARD,
+        "the unhealthy channel is skipped"
+    );
+    let fees: Vec<(String, Decimal)> = postings(world.pool(), rerouted)
+        .await?
+        .into_iter()
+        .filter(|p| p.0.starts_with("channel-fees"))
+        .collect();
+    assert_eq!(fees, vec![("channel-fees:sandbox-card".into(), d("-0.96"))]);
+    world.finish().await
+}

@@ -1,0 +1,103 @@
+//! Channel routing: a payment method goes to the cheapest active channel that
+//! takes it and is healthy. Health is a circuit breaker fed by recent
+//! failures and timeouts (kept in Redis per channel over a sliding window):
+//! a channel with at least `MIN_CALLS` recent calls of which half or more
+//! failed is skipped until its failures age out of the window.
+
+use deadpool_redis::Pool;
+use payfleet_common::runtime::StageError;
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+/// The breaker's window.
+pub const WINDOW_MS: i64 = 60_000;
+/// Calls needed in the window before the breaker may open.
+pub const MIN_CALLS: i64 = 5;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub channel: String,
+    pub fee_rate: Decimal,
+}
+
+/// The channel for `method`, or `None` when no active, healthy channel takes it.
+pub async fn choose(
+    conn: &mut PgConnection,
+    redis: &Pool,
+    prefix: &str,
+    method: &str,
+) -> Result<Option<Route>, StageError> {
+    let candidates: Vec<(String, Decimal)> = sqlx::query_as(
+        "SELECT name, fee_rate FROM channels WHERE status = 'active' AND $1 = ANY(methods) ORDER BY fee_rate, name",
+    )
+    .bind(method)
+    .fetch_all(conn)
+    .await?;
+    for (channel, fee_rate) in candidates {
+        if channel == "balance" || healthy(redis, prefix, &channel).await? {
+            return Ok(Some(Route { channel, fee_rate }));
+        }
+        tracing::info!(channel, "channel skipped: its circuit breaker is open");
+    }
+    Ok(None)
+}
+
+fn key(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:breaker:{channel}")
+}
+
+/// Records one call's result (`failed`: an error, a timeout or a 5xx; a
+/// decline is a success of the channel).
+pub async fn record(
+    redis: &Pool,
+    prefix: &str,
+    channel: &str,
+    call_id: &str,
+    failed: bool,
+) -> Result<(), StageError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut conn = redis
+        .get()
+        .await
+        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
+    let member = format!("{call_id}:{}", u8::from(failed));
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("ZADD")
+        .arg(key(prefix, channel))
+        .arg(now)
+        .arg(member)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(key(prefix, channel))
+        .arg("-inf")
+        .arg(now - WINDOW_MS)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(key(prefix, channel))
+        .arg(WINDOW_MS * 2)
+        .ignore()
+        .query_async(&mut *conn)
+        .await
+        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
+    Ok(())
+}
+
+/// Whether the breaker of `channel` is closed.
+pub async fn healthy(redis: &Pool, prefix: &str, channel: &str) -> Result<bool, StageError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut conn = redis
+        .get()
+        .await
+        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
+    let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(key(prefix, channel))
+        .arg(now - WINDOW_MS)
+        .arg("+inf")
+        .query_async(&mut *conn)
+        .await
+        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
+    let calls = members.len() as i64;
+    let failures = members.iter().filter(|m| m.ends_with(":1")).count() as i64;
+    Ok(calls < MIN_CALLS || failures * 2 < calls)
+}

@@ -1,0 +1,510 @@
+//! `payfleet sandbox-gateway`: a third-party payment gateway for tests and
+//! the demo. It keeps its own store (in memory; it never reads payfleet's
+//! database, so reconciliation against it is real), serves several channels
+//! with their own fees, modes and webhook secrets, deduplicates on our
+//! idempotency key (`out_trade_no`: a second create returns the first result
+//! and never charges twice), and behaves deterministically by the payer
+//! token in the request, the way card networks' test cards work:
+//!
+//! | payer token | behaviour |
+//! | --- | --- |
+//! | `tok_success` (or none) | charged; sync channels answer SUCCEEDED, async ones PENDING and a webhook after the delay |
+//! | `tok_decline` | declined: FAILED (`card_declined`) |
+//! | `tok_timeout` | charged, but answers only after `timeout_hold_ms` (longer than any client timeout) |
+//! | `tok_5xx_after_charge` | charged, then HTTP 500 |
+//! | `tok_slow` | charged, answers after `slow_ms` (within a client timeout) |
+//! | `tok_duplicate_webhook` | async: the success webhook is sent twice |
+//! | `tok_out_of_order` | async: the success webhook, then a stale PENDING one with an older timestamp |
+//! | `tok_amount_mismatch` | charged 0.01 less than asked, and says so |
+//! | `tok_no_webhook` | async: charged, but no webhook is ever sent (a status query finds it) |
+//!
+//! API, per channel `C`: `POST /channels/C/payments`, `GET /channels/C/payments/{out_trade_no}`,
+//! `POST /channels/C/payments/{out_trade_no}/close`, `POST /channels/C/refunds`,
+//! `GET /channels/C/statement?date=YYYY-MM-DD`. Webhooks are POSTed to the
+//! request's `notify_url` with `x-sandbox-timestamp` (Unix seconds) and
+//! `x-sandbox-signature` = hex HMAC-SHA256(channel secret, "{timestamp}.{body}").
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use payfleet_common::{CancellationToken, messages};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// How a channel answers a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The result is in the response.
+    Sync,
+    /// The response says PENDING; the result comes by webhook.
+    Async,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub secret: String,
+    pub mode: Mode,
+    /// The channel's fee, e.g. 0.0060.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fee_rate: Decimal,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub channels: Vec<ChannelConfig>,
+    pub webhook_delay: Duration,
+    pub slow: Duration,
+    pub timeout_hold: Duration,
+}
+
+impl GatewayConfig {
+    /// The channels the demo and the tests use: a cheaper async wallet and a
+    /// dearer sync card acquirer.
+    pub fn standard() -> Self {
+        Self {
+            channels: vec![
+                ChannelConfig {
+                    name: "sandbox-wallet".into(),
+                    secret: "sandbox-wallet-secret".into(),
+                    mode: Mode::Async,
+                    fee_rate: Decimal::new(40, 4),
+                },
+                ChannelConfig {
+                    name: "sandbox-card".into(),
+                    secret: "sandbox-card-secret".into(),
+                    mode: Mode::Sync,
+                    fee_rate: Decimal::new(120, 4),
+                },
+            ],
+            webhook_delay: Duration::from_millis(300),
+            slow: Duration::from_millis(1_500),
+            timeout_hold: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TradeStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Closed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trade {
+    pub channel: String,
+    pub trade_no: String,
+    pub out_trade_no: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: TradeStatus,
+    pub reason: Option<String>,
+    pub payer_token: String,
+    /// Times money was taken for this trade: never more than one.
+    pub charges: u32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fee: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub refunded: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatePayment {
+    pub out_trade_no: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    #[serde(default)]
+    pub payer_token: Option<String>,
+    #[serde(default)]
+    pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateRefund {
+    pub out_trade_no: String,
+    pub refund_no: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+}
+
+#[derive(Default)]
+struct Store {
+    trades: HashMap<(String, String), Trade>,
+    refunds: HashMap<(String, String), (String, Decimal)>,
+    sequence: u64,
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    config: Arc<GatewayConfig>,
+    store: Arc<Mutex<Store>>,
+    http: reqwest::Client,
+}
+
+/// A webhook body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Notice {
+    pub channel: String,
+    pub out_trade_no: String,
+    pub trade_no: String,
+    pub status: TradeStatus,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub reason: Option<String>,
+    /// When the gateway decided this status.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The webhook signature: hex HMAC-SHA256(secret, "{timestamp}.{body}").
+pub fn sign_notice(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut signed = format!("{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    messages::sign(secret, &signed)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            store: Default::default(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.config.channels.iter().find(|c| c.name == name)
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/channels/{channel}/payments", post(create))
+            .route("/channels/{channel}/payments/{out_trade_no}", get(query))
+            .route(
+                "/channels/{channel}/payments/{out_trade_no}/close",
+                post(close),
+            )
+            .route("/channels/{channel}/refunds", post(refund))
+            .route("/channels/{channel}/statement", get(statement))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves until `stop`; returns the bound address.
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let app = self.router();
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Ok((bound, handle))
+    }
+
+    /// A trade as the gateway sees it (tests look here for the charge count).
+    pub fn trade(&self, channel: &str, out_trade_no: &str) -> Option<Trade> {
+        self.store
+            .lock()
+            .expect("store")
+            .trades
+            .get(&(channel.to_owned(), out_trade_no.to_owned()))
+            .cloned()
+    }
+
+    fn notice(trade: &Trade, status: TradeStatus, occurred_at: DateTime<Utc>) -> Notice {
+        Notice {
+            channel: trade.channel.clone(),
+            out_trade_no: trade.out_trade_no.clone(),
+            trade_no: trade.trade_no.clone(),
+            status,
+            amount: trade.amount,
+            currency: trade.currency.clone(),
+            reason: trade.reason.clone(),
+            occurred_at,
+        }
+    }
+
+    /// Sends the webhooks a scenario calls for, after the delay, unless the
+    /// trade was closed meanwhile.
+    fn schedule_webhooks(&self, trade: Trade, final_status: TradeStatus) {
+        let Some(url) = trade.notify_url.clone() else {
+            return;
+        };
+        let Some(channel) = self.channel(&trade.channel).cloned() else {
+            return;
+        };
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(gateway.config.webhook_delay).await;
+            {
+                let mut store = gateway.store.lock().expect("store");
+                let Some(stored) = store
+                    .trades
+                    .get_mut(&(trade.channel.clone(), trade.out_trade_no.clone()))
+                else {
+                    return;
+                };
+                if stored.status == TradeStatus::Closed {
+                    return;
+                }
+                stored.status = final_status;
+                if final_status == TradeStatus::Succeeded && stored.paid_at.is_none() {
+                    stored.paid_at = Some(Utc::now());
+                }
+            }
+            let decided = Utc::now();
+            let mut notices = vec![Gateway::notice(&trade, final_status, decided)];
+            match trade.payer_token.as_str() {
+                "tok_duplicate_webhook" => notices.push(notices[0].clone()),
+                "tok_out_of_order" => notices.push(Gateway::notice(
+                    &trade,
+                    TradeStatus::Pending,
+                    trade.created_at,
+                )),
+                _ => {}
+            }
+            for notice in notices {
+                let body = serde_json::to_vec(&notice).unwrap_or_default();
+                let timestamp = Utc::now().timestamp();
+                let _ = gateway
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-sandbox-timestamp", timestamp.to_string())
+                    .header(
+                        "x-sandbox-signature",
+                        sign_notice(&channel.secret, timestamp, &body),
+                    )
+                    .timeout(Duration::from_secs(5))
+                    .body(body)
+                    .send()
+                    .await;
+            }
+        });
+    }
+}
+
+fn trade_json(trade: &Trade) -> serde_json::Value {
+    serde_json::to_value(trade).unwrap_or_default()
+}
+
+async fn create(
+    State(gw): State<Gateway>,
+    Path(channel): Path<String>,
+    Json(request): Json<CreatePayment>,
+) -> Response {
+    let Some(config) = gw.channel(&channel).cloned() else {
+        return error(StatusCode::NOT_FOUND, format!("no channel {channel}"));
+    };
+    if request.amount <= Decimal::ZERO || request.out_trade_no.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "amount must be positive and out_trade_no set",
+        );
+    }
+    let token = request
+        .payer_token
+        .clone()
+        .unwrap_or_else(|| "tok_success".into());
+    let key = (channel.clone(), request.out_trade_no.clone());
+    let (trade, new) = {
+        let mut store = gw.store.lock().expect("store");
+        if let Some(existing) = store.trades.get(&key) {
+            (existing.clone(), false)
+        } else {
+            store.sequence += 1;
+            let declined = token == "tok_decline";
+            let charged_amount = if token == "tok_amount_mismatch" {
+                request.amount - Decimal::new(1, 2)
+            } else {
+                request.amount
+            };
+            let immediate = config.mode == Mode::Sync || declined;
+            let trade = Trade {
+                channel: channel.clone(),
+                trade_no: format!("{channel}-{:08}", store.sequence),
+                out_trade_no: request.out_trade_no.clone(),
+                amount: charged_amount,
+                currency: request.currency.clone(),
+                status: match (declined, immediate) {
+                    (true, _) => TradeStatus::Failed,
+                    (false, true) => TradeStatus::Succeeded,
+                    (false, false) => TradeStatus::Pending,
+                },
+                reason: declined.then(|| "card_declined".to_owned()),
+                payer_token: token.clone(),
+                charges: u32::from(!declined),
+                fee: if declined {
+                    Decimal::ZERO
+                } else {
+                    payfleet_common::money::round(charged_amount * config.fee_rate)
+                },
+                refunded: Decimal::ZERO,
+                created_at: Utc::now(),
+                paid_at: (!declined && immediate).then(Utc::now),
+                notify_url: request.notify_url.clone(),
+            };
+            store.trades.insert(key.clone(), trade.clone());
+            (trade, true)
+        }
+    };
+    if new
+        && config.mode == Mode::Async
+        && trade.status == TradeStatus::Pending
+        && token != "tok_no_webhook"
+    {
+        gw.schedule_webhooks(trade.clone(), TradeStatus::Succeeded);
+    }
+    if new && token == "tok_no_webhook" {
+        // charged at once, but nobody is told
+        let mut store = gw.store.lock().expect("store");
+        if let Some(t) = store.trades.get_mut(&key) {
+            t.status = TradeStatus::Succeeded;
+            t.paid_at = Some(Utc::now());
+        }
+    }
+    match token.as_str() {
+        "tok_timeout" if new => tokio::time::sleep(gw.config.timeout_hold).await,
+        "tok_slow" => tokio::time::sleep(gw.config.slow).await,
+        "tok_5xx_after_charge" => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "upstream processor error",
+            );
+        }
+        _ => {}
+    }
+    let current = gw.trade(&channel, &request.out_trade_no).unwrap_or(trade);
+    let mut body = trade_json(&current);
+    if current.payer_token == "tok_no_webhook" {
+        body["status"] = json!("PENDING");
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn query(
+    State(gw): State<Gateway>,
+    Path((channel, out_trade_no)): Path<(String, String)>,
+) -> Response {
+    match gw.trade(&channel, &out_trade_no) {
+        Some(trade) => (StatusCode::OK, Json(trade_json(&trade))).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no trade {out_trade_no}")),
+    }
+}
+
+async fn close(
+    State(gw): State<Gateway>,
+    Path((channel, out_trade_no)): Path<(String, String)>,
+) -> Response {
+    let mut store = gw.store.lock().expect("store");
+    let key = (channel, out_trade_no.clone());
+    match store.trades.get_mut(&key) {
+        None => {
+            // Closing what was never created is fine: nothing can be paid later.
+            (
+                StatusCode::OK,
+                Json(json!({"out_trade_no": out_trade_no, "status": "CLOSED"})),
+            )
+                .into_response()
+        }
+        Some(trade) => match trade.status {
+            TradeStatus::Pending => {
+                trade.status = TradeStatus::Closed;
+                if trade.charges > 0 {
+                    trade.charges = 0; // the hold is released
+                    trade.fee = Decimal::ZERO;
+                }
+                (StatusCode::OK, Json(trade_json(trade))).into_response()
+            }
+            TradeStatus::Closed | TradeStatus::Failed => {
+                (StatusCode::OK, Json(trade_json(trade))).into_response()
+            }
+            TradeStatus::Succeeded => {
+                (StatusCode::CONFLICT, Json(trade_json(trade))).into_response()
+            }
+        },
+    }
+}
+
+async fn refund(
+    State(gw): State<Gateway>,
+    Path(channel): Path<String>,
+    Json(request): Json<CreateRefund>,
+) -> Response {
+    let mut store = gw.store.lock().expect("store");
+    let refund_key = (channel.clone(), request.refund_no.clone());
+    if let Some((out, amount)) = store.refunds.get(&refund_key) {
+        return (StatusCode::OK, Json(json!({"refund_no": request.refund_no, "out_trade_no": out, "amount": amount.to_string(), "status": "SUCCEEDED"}))).into_response();
+    }
+    let key = (channel, request.out_trade_no.clone());
+    let Some(trade) = store.trades.get_mut(&key) else {
+        return error(StatusCode::NOT_FOUND, "no such trade");
+    };
+    if trade.status != TradeStatus::Succeeded || trade.refunded + request.amount > trade.amount {
+        return error(StatusCode::CONFLICT, "not refundable");
+    }
+    trade.refunded += request.amount;
+    store
+        .refunds
+        .insert(refund_key, (request.out_trade_no.clone(), request.amount));
+    (StatusCode::OK, Json(json!({"refund_no": request.refund_no, "out_trade_no": request.out_trade_no, "amount": request.amount.to_string(), "status": "SUCCEEDED"}))).into_response()
+}
+
+#[derive(Deserialize)]
+struct StatementQuery {
+    date: chrono::NaiveDate,
+}
+
+/// The day's statement: every trade created that day (UTC), as the channel sees it.
+async fn statement(
+    State(gw): State<Gateway>,
+    Path(channel): Path<String>,
+    Query(q): Query<StatementQuery>,
+) -> Response {
+    let store = gw.store.lock().expect("store");
+    let mut rows: Vec<serde_json::Value> = store
+        .trades
+        .values()
+        .filter(|t| t.channel == channel && t.created_at.date_naive() == q.date)
+        .map(trade_json)
+        .collect();
+    rows.sort_by(|a, b| a["trade_no"].as_str().cmp(&b["trade_no"].as_str()));
+    (
+        StatusCode::OK,
+        Json(json!({"channel": channel, "date": q.date, "trades": rows})),
+    )
+        .into_response()
+}
