@@ -55,6 +55,35 @@ enum Kind {
     Challenge,
     Blocked,
     Poison,
+    /// A third-party channel payment: (method, sandbox payer token).
+    Channel(&'static str, &'static str),
+}
+
+/// The channel mix: (weight, method, payer token). `card` goes to the sync
+/// sandbox channel, `wallet` to the async one.
+const CHANNEL_MIX: [(u32, &str, &str); 10] = [
+    (30, "card", "tok_success"),
+    (30, "wallet", "tok_success"),
+    (8, "card", "tok_decline"),
+    (4, "card", "tok_timeout"),
+    (4, "card", "tok_5xx_after_charge"),
+    (4, "card", "tok_slow"),
+    (6, "wallet", "tok_duplicate_webhook"),
+    (6, "wallet", "tok_out_of_order"),
+    (3, "wallet", "tok_amount_mismatch"),
+    (5, "wallet", "tok_no_webhook"),
+];
+
+fn channel_kind(rng: &mut fastrand::Rng) -> Kind {
+    let total: u32 = CHANNEL_MIX.iter().map(|m| m.0).sum();
+    let mut pick = rng.u32(0..total);
+    for (weight, method, token) in CHANNEL_MIX {
+        if pick < weight {
+            return Kind::Channel(method, token);
+        }
+        pick -= weight;
+    }
+    Kind::Channel("card", "tok_success")
 }
 
 struct Catalogue {
@@ -64,9 +93,13 @@ struct Catalogue {
 
 /// Runs the demo; returns an error (non-zero exit) when it did not finish
 /// cleanly or an invariant broke.
-pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> {
     if requests == 0 {
         bail!("--demo needs at least one request");
+    }
+    if settings.callback_base_url == Settings::default().callback_base_url {
+        // the sandbox's webhooks come to this process's own HTTP endpoint
+        settings.callback_base_url = format!("http://{}", settings.http_addr);
     }
     telemetry::metrics_handle();
     db::migrate(&settings)
@@ -86,6 +119,14 @@ pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
     let pool = db::connect(&settings).await?;
 
     let (webhook_url, webhooks_received) = webhook_receiver().await?;
+    // The third party: the sandbox gateway, in this process but with its own store.
+    let gateway =
+        crate::sandbox_gateway::Gateway::new(crate::sandbox_gateway::GatewayConfig::standard());
+    let gateway_stop = CancellationToken::new();
+    let (gateway_addr, _) = gateway
+        .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
+        .await?;
+    seed_channels(&pool, &format!("http://{gateway_addr}")).await?;
     let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
     let catalogue = seed(&pool, &run_id, &webhook_url).await?;
     println!("payfleet demo {run_id}: {requests} requests, catalogue seeded, fleet starting");
@@ -149,6 +190,7 @@ pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
     publisher.close().await;
     stop.cancel();
     running.await.context("fleet task")??;
+    gateway_stop.cancel();
     settlement::roll_up(&pool, 1_000_000).await?;
 
     let summary = summarize(
@@ -202,7 +244,8 @@ fn plan(requests: usize, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
         let index = planned.len();
         let roll = rng.u32(0..100);
         let kind = match roll {
-            0..=62 => Kind::Normal,
+            0..=29 => Kind::Normal,
+            30..=62 => channel_kind(&mut rng),
             63..=70 => Kind::InsufficientBalance,
             71..=74 => Kind::OutOfStock,
             75..=77 => Kind::PriceMismatch,
@@ -253,7 +296,7 @@ fn plan(requests: usize, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
             .sum();
         let mut coupon_code = None;
         let mut discount = Decimal::ZERO;
-        if kind == Kind::Normal && rng.u32(0..100) < 35 {
+        if matches!(kind, Kind::Normal | Kind::Channel(..)) && rng.u32(0..100) < 35 {
             let coupon = &catalogue.coupons[rng.usize(0..catalogue.coupons.len())];
             if let Ok(off) = coupon.discount(gross, "CNY", Utc::now(), 0) {
                 if off < gross {
@@ -280,8 +323,14 @@ fn plan(requests: usize, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
                 })
                 .collect(),
             coupon_code,
-            payment_method: "balance".to_owned(),
-            payer_token: None,
+            payment_method: match kind {
+                Kind::Channel(method, _) => method.to_owned(),
+                _ => "balance".to_owned(),
+            },
+            payer_token: match kind {
+                Kind::Channel(_, token) => Some(token.to_owned()),
+                _ => None,
+            },
             expected_amount: expected,
             notify_url: None,
             requested_at: Utc::now(),
@@ -492,6 +541,21 @@ async fn summarize(
     .bind(since)
     .fetch_all(pool)
     .await?;
+    let by_channel: Vec<(Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT channel, count(*) FILTER (WHERE status = 'settled'), count(*) FROM payments
+         WHERE merchant_order_id LIKE $1 AND channel IS NOT NULL GROUP BY 1 ORDER BY 1",
+    )
+    .bind(like)
+    .fetch_all(pool)
+    .await?;
+    let (queries, refunds_owed): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM integration_log l JOIN payments p ON p.id = l.payment_id
+                 WHERE p.merchant_order_id LIKE $1 AND l.direction = 'query'),
+                (SELECT count(*) FROM refunds r JOIN payments p ON p.id = r.payment_id WHERE p.merchant_order_id LIKE $1)",
+    )
+    .bind(like)
+    .fetch_one(pool)
+    .await?;
     let payments: i64 = by_status.iter().map(|r| r.2).sum();
     let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (status, reason, count) in &by_status {
@@ -533,6 +597,14 @@ async fn summarize(
         } else {
             refused.join(", ")
         }
+    ));
+    let channels: Vec<String> = by_channel
+        .iter()
+        .map(|(c, settled, all)| format!("{} {settled}/{all} settled", c.as_deref().unwrap_or("?")))
+        .collect();
+    out.push_str(&format!(
+        "  channels    {} · status queries {queries} · refunds owed {refunds_owed}\n",
+        channels.join(", ")
     ));
     out.push_str(&format!(
         "  duplicates  {} absorbed (stale)\n",
@@ -598,6 +670,30 @@ async fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicU64>)> {
         let _ = axum::serve(listener, app).await;
     });
     Ok((url, received))
+}
+
+/// Points the sandbox channels of the routing table at this run's gateway.
+async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
+    for channel in crate::sandbox_gateway::GatewayConfig::standard().channels {
+        let methods = if channel.name == "sandbox-card" {
+            vec!["card"]
+        } else {
+            vec!["wallet"]
+        };
+        sqlx::query(
+            "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate) VALUES ($1, 'sandbox', $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET base_url = EXCLUDED.base_url, webhook_secret = EXCLUDED.webhook_secret,
+                                              methods = EXCLUDED.methods, fee_rate = EXCLUDED.fee_rate, status = 'active'",
+        )
+        .bind(&channel.name)
+        .bind(gateway_url)
+        .bind(&channel.secret)
+        .bind(&methods)
+        .bind(channel.fee_rate)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Seeds (or tops up) the demo catalogue. Idempotent per run.

@@ -118,7 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         && std::env::var_os("PAYFLEET_LOG_FILTER").is_none()
     {
         // The demo's progress line and summary are its output; logs only for trouble.
-        settings.log_filter = "warn,lapin=error,lapin::channel=off".into();
+        settings.log_filter = "error,lapin=off".into();
     }
     telemetry::init_tracing(&settings);
     match cli.command {
