@@ -108,6 +108,10 @@ pub struct Settings {
     pub callback_base_url: String,
     /// Accepted age of a channel webhook's timestamp, either way.
     pub callback_tolerance_ms: u64,
+    /// RabbitMQ's management API (`payfleet status`); credentials come from `amqp_url`.
+    pub management_url: String,
+    /// Purged dead letters are deleted after this many days (`payfleet dlq purge --delete-expired`).
+    pub dead_letter_retention_days: u32,
 }
 
 impl Default for Settings {
@@ -151,6 +155,8 @@ impl Default for Settings {
             status_query_delays_ms: vec![5_000, 30_000, 120_000, 600_000],
             callback_base_url: "http://127.0.0.1:9464".into(),
             callback_tolerance_ms: 300_000,
+            management_url: "http://127.0.0.1:15672".into(),
+            dead_letter_retention_days: 90,
         }
     }
 }
@@ -294,6 +300,13 @@ impl Settings {
         // validated in `validate`
         SocketAddr::from_str(&self.http_addr).unwrap_or_else(|_| ([127, 0, 0, 1], 9464).into())
     }
+    /// User and password of `amqp_url` (for the management API).
+    pub fn amqp_credentials(&self) -> (String, String) {
+        lapin::uri::AMQPUri::from_str(&self.amqp_url)
+            .map(|uri| (uri.authority.userinfo.username.clone(), uri.authority.userinfo.password.clone()))
+            .unwrap_or_else(|_| ("guest".into(), "guest".into()))
+    }
+
     /// The RabbitMQ vhost named by `amqp_url`.
     pub fn amqp_vhost(&self) -> String {
         lapin::uri::AMQPUri::from_str(&self.amqp_url)
@@ -345,6 +358,8 @@ fn leak_name(key: &str) -> &'static str {
         "status_query_delays_ms",
         "callback_base_url",
         "callback_tolerance_ms",
+        "management_url",
+        "dead_letter_retention_days",
     ];
     NAMES
         .iter()

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod fund_freeze;
 pub mod invariants;
 pub mod notification;
+pub mod ops;
 pub mod order_validation;
 pub mod payment;
 pub mod routing;

@@ -65,6 +65,36 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         webhook_delay_ms: u64,
     },
+    /// Dead letters: list, show, replay to their stage, purge (the store is filled from every DLQ first).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Per stage ready / unacked / retrying / consumers, dead letters, outbox lag, payments; exits 2 when something needs attention.
+    #[command(after_help = "Examples:\n  payfleet status\n  payfleet status --json\n  payfleet status --watch")]
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Outbox rows older than this need attention.
+        #[arg(long, default_value = "60s", value_parser = parse_age)]
+        outbox_lag: chrono::Duration,
+        /// A payment open longer than this needs attention.
+        #[arg(long, default_value = "30m", value_parser = parse_age)]
+        stuck_after: chrono::Duration,
+    },
+    /// One payment's story, and the manual actions that unstick it.
+    #[command(subcommand)]
+    Payment(PaymentCommand),
+    /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
+    #[command(after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign")]
+    Publish {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Sign the body with the merchant's key from the database.
+        #[arg(long)]
+        sign: bool,
+    },
     /// Print the effective settings (defaults, file and environment merged).
     #[command(after_help = "Example:\n  PAYFLEET_PREFETCH=64 payfleet config")]
     Config,
@@ -91,6 +121,97 @@ enum TopologyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    #[command(after_help = "Examples:\n  payfleet dlq list\n  payfleet dlq list --stage settlement --error-kind exhausted --json")]
+    List {
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, value_parser = ["poison", "permanent", "exhausted", "crash-loop", "broker"])]
+        error_kind: Option<String>,
+        /// Only those of this payment id.
+        #[arg(long)]
+        payment: Option<String>,
+        /// Also replayed and purged rows.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Headers and the pretty-printed body of one dead letter (store id or message id).
+    #[command(after_help = "Example:\n  payfleet dlq show 42")]
+    Show { id: String },
+    /// Put parked dead letters back on their stage (attempt count reset, replay mark added).
+    #[command(after_help = "Examples:\n  payfleet dlq replay --id 42 --id 43\n  payfleet dlq replay --stage fund-freeze --error-kind exhausted --dry-run\n  payfleet dlq replay --stage settlement --all --limit 500")]
+    Replay {
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_parser = ["poison", "permanent", "exhausted", "crash-loop", "broker"])]
+        error_kind: Option<String>,
+        #[arg(long, value_parser = parse_age)]
+        older_than: Option<chrono::Duration>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Mark dead letters purged (they are kept); --delete-expired deletes purged rows past dead_letter_retention_days.
+    #[command(after_help = "Examples:\n  payfleet dlq purge --id 42 --yes\n  payfleet dlq purge --stage notification --all --yes")]
+    Purge {
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Confirms the purge.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        delete_expired: bool,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PaymentCommand {
+    /// Everything about one payment in time order.
+    #[command(after_help = "Examples:\n  payfleet payment show 0195d3a2-…\n  payfleet payment show demo-shop:20261202-000042")]
+    Show { reference: String },
+    /// Settle an exception (or a stuck payment) by hand through TCC Confirm or Cancel; audited.
+    #[command(after_help = "Example:\n  payfleet payment resolve demo-shop:o-17 --as failed --reason \"channel confirmed no charge, ticket 4711\"")]
+    Resolve {
+        reference: String,
+        #[arg(long = "as", value_parser = ["paid", "failed"])]
+        outcome: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Ask the channel for the attempt's status now; a final answer goes to the callback stage.
+    #[command(after_help = "Example:\n  payfleet payment requery demo-shop:o-17")]
+    Requery {
+        reference: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+}
+
+fn parse_age(text: &str) -> Result<chrono::Duration, String> {
+    payfleet_workers::ops::parse_age(text)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +226,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<NeedsAttention>().is_some() => ExitCode::from(2),
         Err(error) => {
             eprintln!("payfleet: {error:#}");
             ExitCode::FAILURE
@@ -217,8 +339,143 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("sandbox gateway on http://{bound}: {}", channels.join(", "));
             served.await?;
         }
+        Command::Dlq(command) => dlq(&settings, command).await?,
+        Command::Status { json, watch, outbox_lag, stuck_after } => {
+            let pool = db::connect(&settings).await?;
+            let thresholds = payfleet_workers::ops::status::Thresholds { outbox_lag, stuck: stuck_after };
+            loop {
+                let status = payfleet_workers::ops::status::collect(&settings, &pool, &thresholds).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    if watch {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    payfleet_workers::ops::status::print(&status);
+                }
+                if !watch {
+                    if !status.attention.is_empty() {
+                        return Err(NeedsAttention.into());
+                    }
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        }
+        Command::Payment(command) => payment(&settings, command).await?,
+        Command::Publish { file, sign } => {
+            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pool = if sign { Some(db::connect(&settings).await?) } else { None };
+            let message_id = payfleet_workers::ops::publish::publish(&settings, pool.as_ref(), body, sign).await?;
+            println!("published {} as message {message_id} (confirmed)", file.display());
+        }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&settings)?);
+        }
+    }
+    Ok(())
+}
+
+/// `status` found something that needs attention (exit code 2).
+#[derive(Debug)]
+struct NeedsAttention;
+
+impl std::fmt::Display for NeedsAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("something needs attention")
+    }
+}
+
+impl std::error::Error for NeedsAttention {}
+
+async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops::{self, dlq::Selection};
+    let pool = db::connect(settings).await?;
+    let topology = Topology::from_settings(settings)?;
+    let mut stages: Vec<String> = topology.stages().to_vec();
+    let named = match &command {
+        DlqCommand::List { stage, .. } | DlqCommand::Replay { stage, .. } | DlqCommand::Purge { stage, .. } => stage.clone(),
+        DlqCommand::Show { .. } => None,
+    };
+    if let Some(stage) = named {
+        if !stages.contains(&stage) {
+            stages.push(stage);
+        }
+    }
+    let drained = ops::dlq::drain(settings, &pool, &stages).await?;
+    if drained > 0 {
+        eprintln!("moved {drained} dead letter(s) from the DLQs into the store");
+    }
+    match command {
+        DlqCommand::List { stage, error_kind, payment, all, limit, json } => {
+            let statuses = if all { vec!["parked", "replayed", "purged"] } else { vec!["parked"] };
+            let rows = ops::dlq::select(&pool, &Selection { stage, error_kind, payment, statuses, limit, ..Selection::default() }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                ops::dlq::print_table(&rows);
+            }
+        }
+        DlqCommand::Show { id } => ops::dlq::show(&pool, &id).await?,
+        DlqCommand::Replay { ids, stage, all, error_kind, older_than, limit, dry_run, operator } => {
+            if ids.is_empty() && stage.is_none() {
+                anyhow::bail!("say what to replay: --id ID… or --stage S with --all, --error-kind K or --older-than D");
+            }
+            if !ids.is_empty() && (stage.is_some() || all) {
+                anyhow::bail!("--id cannot be combined with --stage or --all");
+            }
+            if stage.is_some() && !all && error_kind.is_none() && older_than.is_none() {
+                anyhow::bail!("--stage needs --all, --error-kind K or --older-than D");
+            }
+            let selection = Selection { ids, stage, error_kind, older_than, statuses: vec!["parked"], limit, ..Selection::default() };
+            let operator = ops::operator(operator);
+            let replayed = ops::dlq::replay(settings, &pool, &selection, &operator, dry_run).await?;
+            if !dry_run {
+                println!("replayed {replayed} dead letter(s) as {operator} (recorded in replay_audit)");
+            }
+        }
+        DlqCommand::Purge { ids, stage, all, yes, delete_expired, operator } => {
+            if delete_expired {
+                let days = settings.dead_letter_retention_days;
+                let deleted = ops::dlq::delete_purged(&pool, chrono::Duration::days(i64::from(days))).await?;
+                println!("deleted {deleted} purged dead letter(s) older than {days} days");
+                return Ok(());
+            }
+            if ids.is_empty() && !(stage.is_some() && all) {
+                anyhow::bail!("say what to purge: --id ID… or --stage S --all");
+            }
+            if !yes {
+                anyhow::bail!("purging needs --yes (rows are kept, marked purged)");
+            }
+            let selection = Selection { ids, stage, statuses: vec!["parked", "replayed"], limit: i64::MAX, ..Selection::default() };
+            let operator = ops::operator(operator);
+            let purged = ops::dlq::purge(&pool, &selection, &operator).await?;
+            println!("purged {purged} dead letter(s) as {operator}; they stay in the store");
+        }
+    }
+    Ok(())
+}
+
+async fn payment(settings: &Settings, command: PaymentCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops;
+    let pool = db::connect(settings).await?;
+    match command {
+        PaymentCommand::Show { reference } => {
+            let id = ops::payment::parse_reference(&reference)?;
+            for (at, stage, what) in ops::payment::show(&pool, id).await? {
+                println!("{}  {:<16} {what}", at.format("%Y-%m-%d %H:%M:%S%.3f"), stage);
+            }
+        }
+        PaymentCommand::Resolve { reference, outcome, reason, operator } => {
+            let id = ops::payment::parse_reference(&reference)?;
+            let operator = ops::operator(operator);
+            let change = ops::payment::resolve(settings, &pool, id, outcome == "paid", &reason, &operator).await?;
+            println!("resolved payment {id} as {outcome} by {operator}: {} → {}", change["before"], change["after"]);
+        }
+        PaymentCommand::Requery { reference, operator } => {
+            let id = ops::payment::parse_reference(&reference)?;
+            let answer = ops::payment::requery(settings, &pool, id, &ops::operator(operator)).await?;
+            println!("payment {id}: the channel says {answer}");
         }
     }
     Ok(())

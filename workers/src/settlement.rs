@@ -224,7 +224,7 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
     Ok(())
 }
 
-/// TCC Cancel of a `validated` or `frozen` payment; moves it to `to`
+/// TCC Cancel of a `validated`, `frozen` (or, by hand, `exception`) payment; moves it to `to`
 /// (`failed` or `cancelled`). Returns false when it was not cancellable.
 pub async fn cancel(
     conn: &mut PgConnection,
@@ -233,7 +233,8 @@ pub async fn cancel(
     reason: &str,
 ) -> Result<bool, StageError> {
     let from = p.status()?;
-    if !matches!(from, PaymentStatus::Validated | PaymentStatus::Frozen) {
+    // An exception is cancelled only by hand (payfleet payment resolve).
+    if !matches!(from, PaymentStatus::Validated | PaymentStatus::Frozen | PaymentStatus::Exception) {
         return Ok(false);
     }
     let reservation: Option<(Option<i64>, Decimal, String)> = sqlx::query_as(

@@ -132,7 +132,8 @@ impl Keeper {
         Arc::new(Self { pool })
     }
 
-    async fn store(&self, delivery: &Delivery) -> Result<bool, sqlx::Error> {
+    /// Stores one dead letter; false when it was already there.
+    pub async fn store(&self, delivery: &Delivery) -> Result<bool, sqlx::Error> {
         let headers = delivery.properties.headers().as_ref();
         let message_id = delivery
             .properties

@@ -1,0 +1,335 @@
+//! The ops tooling, run as the `payfleet` binary against the real services:
+//! dead letters made by real failures, listed, replayed (one, 500 while the
+//! fleet runs, a replay killed mid-way), purged; `status --json` against the
+//! broker's own counts; `payment show`; `payment resolve`.
+
+use std::{process::Stdio, time::Duration};
+
+use payfleet_tests::{TestEnv, transfer, wait_until};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn payfleet(env: &TestEnv) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"));
+    command
+        .envs(env.worker_env())
+        .env("RUST_LOG", "warn")
+        .env("USER", "oncall-test")
+        .stdin(Stdio::null());
+    command
+}
+
+async fn run(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = payfleet(env).args(args).output().await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Transfers to an account that does not exist fail for good (a foreign-key
+/// violation is permanent) and are dead-lettered; ops fix the cause by
+/// creating the account, then replay.
+async fn dead_letter_transfers(env: &TestEnv, count: usize) -> anyhow::Result<Vec<uuid::Uuid>> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let t = transfer("missing", "1.00");
+        ids.push(t.transfer_id);
+        env.publish_transfer(&t, &format!("t-{i}")).await?;
+    }
+    wait_until(
+        WAIT,
+        &format!("{count} dead letters in the store"),
+        || async {
+            Ok(env
+                .scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+                .await?
+                == count as i64)
+        },
+    )
+    .await?;
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_with_their_reasons_and_one_replay_reprocesses_exactly_one()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("dlqone").await?;
+    let fleet = env.start_fleet().await?;
+    dead_letter_transfers(&env, 3).await?;
+    env.publish_to_stage("probe-transfer", "junk", b"not json at all")
+        .await?;
+    wait_until(WAIT, "the poison message stored", || async {
+        Ok(env.scalar_i64("SELECT count(*) FROM dead_letters").await? == 4)
+    })
+    .await?;
+
+    let (code, out, err) = run(
+        &env,
+        &["dlq", "list", "--stage", "probe-transfer", "--json"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out)?;
+    assert_eq!(rows.len(), 4);
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r["error_kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "permanent").count(), 3);
+    assert_eq!(kinds.iter().filter(|k| **k == "poison").count(), 1);
+    assert!(
+        rows.iter().any(|r| r["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("foreign key")),
+        "{out}"
+    );
+    let (code, out, _) = run(&env, &["dlq", "show", "junk"]).await?;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("not json at all") && out.contains("x-payfleet-error-kind"),
+        "{out}"
+    );
+
+    env.add_account("missing").await?;
+    let first = rows
+        .iter()
+        .find(|r| r["error_kind"] == "permanent")
+        .expect("a permanent one")["id"]
+        .as_i64()
+        .expect("id");
+    let (code, out, err) = run(&env, &["dlq", "replay", "--id", &first.to_string()]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("replayed 1 dead letter(s) as oncall-test"),
+        "{out}"
+    );
+    wait_until(WAIT, "the replayed transfer receipted", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 1)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+            .await?,
+        3,
+        "exactly that one left the store"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'replayed'")
+            .await?,
+        1
+    );
+    let (operator, count): (String, i32) =
+        sqlx::query_as("SELECT operator, count FROM replay_audit WHERE action = 'replay'")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!((operator.as_str(), count), ("oncall-test", 1));
+
+    // purge keeps the rows
+    let (code, _, _) = run(
+        &env,
+        &["dlq", "purge", "--stage", "probe-transfer", "--all"],
+    )
+    .await?;
+    assert_ne!(code, 0, "a purge without --yes is refused");
+    let (code, out, err) = run(
+        &env,
+        &[
+            "dlq",
+            "purge",
+            "--stage",
+            "probe-transfer",
+            "--all",
+            "--yes",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purged 4"), "{out}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters").await?,
+        4,
+        "purged rows are kept"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'purged'")
+            .await?,
+        4
+    );
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_500_while_the_fleet_runs_loses_none_and_doubles_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new("dlq500").await?;
+    let fleet = env.start_fleet().await?;
+    dead_letter_transfers(&env, 500).await?;
+    env.add_account("missing").await?;
+    // keep the fleet busy with fresh work while the replay runs
+    for i in 0..100 {
+        env.add_account("busy").await?;
+        env.publish_transfer(&transfer("busy", "0.50"), &format!("busy-{i}"))
+            .await?;
+    }
+    let (code, out, err) = run(
+        &env,
+        &["dlq", "replay", "--stage", "probe-transfer", "--all"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 500"), "{out}");
+    wait_until(WAIT, "600 receipted transfers", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 600)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+    assert_eq!(env.assert_quiet_invariants().await?, 600);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'replayed'")
+            .await?,
+        500
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+            .await?,
+        0
+    );
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_mid_way_and_rerun_processes_every_message_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("dlqkill").await?;
+    let fleet = env.start_fleet().await?;
+    dead_letter_transfers(&env, 300).await?;
+    env.add_account("missing").await?;
+    let mut replay = payfleet(&env)
+        .args(["dlq", "replay", "--stage", "probe-transfer", "--all"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_until(WAIT, "the replay under way", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'replayed'")
+            .await?
+            >= 30)
+    })
+    .await?;
+    replay.kill().await?;
+    let replayed_at_kill = env
+        .scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'replayed'")
+        .await?;
+    assert!(
+        replayed_at_kill < 300,
+        "killed mid-way ({replayed_at_kill} replayed)"
+    );
+    let (code, _, err) = run(
+        &env,
+        &["dlq", "replay", "--stage", "probe-transfer", "--all"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    wait_until(WAIT, "all 300 receipted", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 300)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+    assert_eq!(
+        env.assert_quiet_invariants().await?,
+        300,
+        "each processed once"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+            .await?,
+        0
+    );
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_agrees_with_the_brokers_own_counts() -> anyhow::Result<()> {
+    let env = TestEnv::new("status").await?;
+    for i in 0..7 {
+        env.publish_to_stage("fund-freeze", &format!("m-{i}"), b"{}")
+            .await?;
+    }
+    env.publish_to_stage("settlement", "s-1", b"{}").await?;
+    let broker = || async {
+        let output = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "-p",
+                &env.name,
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ])
+            .output()
+            .await?;
+        let mut counts = std::collections::BTreeMap::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [name, ready, unacked, consumers] = fields[..] {
+                counts.insert(
+                    name.to_owned(),
+                    (
+                        ready.parse::<i64>()?,
+                        unacked.parse::<i64>()?,
+                        consumers.parse::<i64>()?,
+                    ),
+                );
+            }
+        }
+        anyhow::Ok(counts)
+    };
+    let mut last = String::new();
+    let mut agreed = false;
+    for _ in 0..40 {
+        let (code, out, err) = run(&env, &["status", "--json"]).await?;
+        assert!(code == 0 || code == 2, "{err}");
+        let status: Value = serde_json::from_str(&out)?;
+        let counts = broker().await?;
+        agreed = ["fund-freeze", "settlement", "callback"]
+            .iter()
+            .all(|stage| {
+                let mine = &status["stages"][stage];
+                let theirs = counts
+                    .get(&format!("payfleet.{stage}"))
+                    .copied()
+                    .unwrap_or_default();
+                (
+                    mine["ready"].as_i64(),
+                    mine["unacked"].as_i64(),
+                    mine["consumers"].as_i64(),
+                ) == (Some(theirs.0), Some(theirs.1), Some(theirs.2))
+            })
+            && status["stages"]["fund-freeze"]["ready"] == 7;
+        last = out;
+        if agreed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // the management API refreshes every 5 s
+    }
+    assert!(agreed, "status --json never matched rabbitmqctl: {last}");
+    env.teardown().await
+}

@@ -1,0 +1,245 @@
+//! `payfleet dlq`: the dead-letter store. Every DLQ is drained into the store
+//! first (so nothing still in a queue is missed), then rows are listed,
+//! shown, replayed to their stage, or purged (marked, never deleted).
+//!
+//! Replay publishes the original body and properties back to the stage's
+//! work queue with a confirm and `mandatory`, the attempt count reset and a
+//! replay mark, then marks the row replayed. A crash in between leaves the
+//! row parked: replayed again it is at most a duplicate, which the stage's
+//! inbox absorbs (the message keeps its id).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use payfleet_common::{
+    CancellationToken, Settings, Topology,
+    broker::{self, Outgoing, Publisher, header},
+    runtime::dead_letter::Keeper,
+};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// Which rows an action applies to.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub ids: Vec<i64>,
+    pub stage: Option<String>,
+    pub error_kind: Option<String>,
+    pub payment: Option<String>,
+    pub older_than: Option<chrono::Duration>,
+    pub statuses: Vec<&'static str>,
+    pub limit: i64,
+}
+
+impl Selection {
+    fn json(&self) -> Value {
+        json!({
+            "ids": self.ids, "stage": self.stage, "error_kind": self.error_kind, "payment": self.payment,
+            "older_than_seconds": self.older_than.map(|d| d.num_seconds()), "statuses": self.statuses, "limit": self.limit,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+pub struct Row {
+    pub id: i64,
+    pub message_id: String,
+    pub correlation_id: Option<String>,
+    pub stage: String,
+    pub error_kind: String,
+    pub error_message: String,
+    pub attempts: i32,
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+    pub last_failed_at: chrono::DateTime<chrono::Utc>,
+    pub stored_at: chrono::DateTime<chrono::Utc>,
+    pub status: String,
+}
+
+/// Moves whatever sits in the DLQs of `stages` into the store (commit, then ack).
+pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> anyhow::Result<u64> {
+    let connection = broker::connect_once(&settings.amqp_url, "payfleet-dlq-drain")
+        .await
+        .with_context(|| format!("connecting to RabbitMQ (amqp_url, vhost {})", settings.amqp_vhost()))?;
+    let channel = connection.create_channel().await?;
+    let keeper = Keeper::new(pool.clone());
+    let mut drained = 0;
+    for stage in stages {
+        let queue = Topology::dead_letter_queue(stage);
+        loop {
+            let got = match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await {
+                Ok(got) => got,
+                Err(_) => break, // no such queue in this vhost
+            };
+            let Some(message) = got else { break };
+            keeper.store(&message.delivery).await.context("storing a dead letter")?;
+            message.delivery.acker.ack(BasicAckOptions::default()).await?;
+            drained += 1;
+        }
+    }
+    let _ = connection.close(200, "drained".into()).await;
+    Ok(drained)
+}
+
+pub async fn select(pool: &PgPool, s: &Selection) -> anyhow::Result<Vec<Row>> {
+    let older = s.older_than.map(|d| chrono::Utc::now() - d);
+    let statuses: Vec<String> = s.statuses.iter().map(|s| (*s).to_owned()).collect();
+    Ok(sqlx::query_as(
+        "SELECT id, message_id, correlation_id, stage, error_kind, error_message, attempts, first_failed_at, last_failed_at, stored_at, status
+         FROM dead_letters
+         WHERE (cardinality($1::bigint[]) = 0 OR id = ANY($1))
+           AND ($2::text IS NULL OR stage = $2)
+           AND ($3::text IS NULL OR error_kind = $3)
+           AND ($4::text IS NULL OR correlation_id = $4)
+           AND ($5::timestamptz IS NULL OR last_failed_at < $5)
+           AND status = ANY($6)
+         ORDER BY id LIMIT $7",
+    )
+    .bind(&s.ids)
+    .bind(&s.stage)
+    .bind(&s.error_kind)
+    .bind(&s.payment)
+    .bind(older)
+    .bind(&statuses)
+    .bind(s.limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub fn print_table(rows: &[Row]) {
+    println!("{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  error", "id", "stage", "kind", "status", "att", "age", "last failure", "payment");
+    let now = chrono::Utc::now();
+    for r in rows {
+        let age = now - r.first_failed_at;
+        let age = if age.num_hours() >= 24 {
+            format!("{}d", age.num_days())
+        } else if age.num_minutes() >= 60 {
+            format!("{}h", age.num_hours())
+        } else {
+            format!("{}m", age.num_minutes())
+        };
+        println!(
+            "{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  {}",
+            r.id,
+            r.stage,
+            r.error_kind,
+            r.status,
+            r.attempts,
+            age,
+            r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
+            r.correlation_id.as_deref().unwrap_or("-"),
+            r.error_message.chars().take(80).collect::<String>()
+        );
+    }
+    println!("{} dead letter(s)", rows.len());
+}
+
+/// `dlq show`: headers and the pretty-printed body.
+pub async fn show(pool: &PgPool, id_or_message: &str) -> anyhow::Result<()> {
+    let row: Option<(i64, String, String, String, String, Value, Value, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, stage, status, error_kind, message_id, properties, headers, body FROM dead_letters
+         WHERE id::text = $1 OR message_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id_or_message)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, stage, status, kind, message_id, properties, headers, body)) = row else {
+        bail!("no dead letter with id or message id `{id_or_message}`");
+    };
+    println!("dead letter {id}: stage {stage}, {kind}, {status}, message id {message_id}");
+    println!("properties: {}", serde_json::to_string_pretty(&properties)?);
+    println!("headers: {}", serde_json::to_string_pretty(&headers)?);
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(value) => println!("body ({} bytes, JSON):\n{}", body.len(), serde_json::to_string_pretty(&value)?),
+        Err(_) => println!("body ({} bytes, not JSON): {}", body.len(), String::from_utf8_lossy(&body)),
+    }
+    Ok(())
+}
+
+/// Replays the selected parked rows; returns how many were put back.
+pub async fn replay(settings: &Settings, pool: &PgPool, selection: &Selection, operator: &str, dry_run: bool) -> anyhow::Result<usize> {
+    let rows = select(pool, selection).await?;
+    if dry_run {
+        print_table(&rows);
+        println!("dry run: {} dead letter(s) would be replayed", rows.len());
+        return Ok(0);
+    }
+    let topology = Topology::from_settings(settings)?;
+    let publisher = Publisher::new(&settings.amqp_url, "payfleet-dlq-replay", CancellationToken::new());
+    let mut replayed = Vec::new();
+    for row in &rows {
+        let (properties, headers, body): (Value, Value, Vec<u8>) =
+            sqlx::query_as("SELECT properties, headers, body FROM dead_letters WHERE id = $1").bind(row.id).fetch_one(pool).await?;
+        let mut headers = headers;
+        if let Value::Object(map) = &mut headers {
+            for key in [
+                header::ATTEMPT,
+                header::LOCK_WAITS,
+                header::SUSPECT,
+                header::STAGE,
+                header::ERROR_KIND,
+                header::ERROR_MESSAGE,
+                header::ATTEMPTS,
+                header::FIRST_FAILURE_AT,
+                header::LAST_FAILURE_AT,
+                header::DEAD_LETTER_ID,
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason",
+            ] {
+                map.remove(key);
+            }
+            map.insert(header::REPLAYED_FROM.to_owned(), json!(row.id.to_string()));
+        }
+        let text = |key: &str| properties.get(key).and_then(Value::as_str).map(str::to_owned);
+        let props = broker::properties(&row.message_id, text("correlation_id").as_deref(), text("type").as_deref())
+            .with_headers(broker::headers_from_json(&headers));
+        let message = Outgoing { exchange: topology.exchanges().stages.clone(), routing_key: row.stage.clone(), body, properties: props };
+        tokio::time::timeout(Duration::from_secs(30), publisher.publish(&message))
+            .await
+            .context("publishing a replay timed out")?
+            .with_context(|| format!("replaying dead letter {} to stage {}", row.id, row.stage))?;
+        sqlx::query("UPDATE dead_letters SET status = 'replayed', status_changed_at = now() WHERE id = $1 AND status = 'parked'")
+            .bind(row.id)
+            .execute(pool)
+            .await?;
+        replayed.push(row.id);
+    }
+    publisher.close().await;
+    audit(pool, "replay", operator, selection, &replayed).await?;
+    Ok(replayed.len())
+}
+
+/// Marks the selected rows purged; nothing is deleted.
+pub async fn purge(pool: &PgPool, selection: &Selection, operator: &str) -> anyhow::Result<usize> {
+    let rows = select(pool, selection).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    sqlx::query("UPDATE dead_letters SET status = 'purged', status_changed_at = now() WHERE id = ANY($1) AND status <> 'purged'")
+        .bind(&ids)
+        .execute(pool)
+        .await?;
+    audit(pool, "purge", operator, selection, &ids).await?;
+    Ok(ids.len())
+}
+
+async fn audit(pool: &PgPool, action: &str, operator: &str, selection: &Selection, ids: &[i64]) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO replay_audit (action, operator, selection, dead_letter_ids, count) VALUES ($1, $2, $3, $4, $5)")
+        .bind(action)
+        .bind(operator)
+        .bind(selection.json())
+        .bind(ids)
+        .bind(ids.len() as i32)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes purged rows older than `retention` (the retention setting).
+pub async fn delete_purged(pool: &PgPool, retention: chrono::Duration) -> anyhow::Result<u64> {
+    Ok(sqlx::query("DELETE FROM dead_letters WHERE status = 'purged' AND status_changed_at < $1")
+        .bind(chrono::Utc::now() - retention)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

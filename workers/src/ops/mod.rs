@@ -1,0 +1,41 @@
+//! The ops tooling behind `payfleet dlq`, `status`, `payment` and `publish`:
+//! what on-call needs at 3 a.m., every action on record.
+
+pub mod dlq;
+pub mod payment;
+pub mod publish;
+pub mod status;
+
+/// Who is acting: `--operator`, else `$USER`, else `unknown`.
+pub fn operator(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|o| !o.trim().is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Parses `30s`, `15m`, `2h`, `7d` (a bare number is seconds).
+pub fn parse_age(text: &str) -> Result<chrono::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: i64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 2h or 7d"))?;
+    Ok(match unit {
+        "" | "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (s, m, h, d)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ages_parse_with_units() {
+        assert_eq!(super::parse_age("90").unwrap(), chrono::Duration::seconds(90));
+        assert_eq!(super::parse_age("15m").unwrap(), chrono::Duration::minutes(15));
+        assert_eq!(super::parse_age("2d").unwrap(), chrono::Duration::days(2));
+        assert!(super::parse_age("soon").is_err());
+        assert!(super::parse_age("3w").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! `payfleet payment`: one payment's whole story in time order, and the
+//! manual actions that unstick it — each audited with operator, reason and
+//! the state before and after, and each going through the fleet's own code
+//! (TCC Confirm / Cancel, the channel adapters), never a direct table edit.
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use payfleet_common::{
+    Settings, Topology,
+    messages::{ChannelResult, Outcome as Final, SCHEMA_VERSION, kind},
+    outbox::{self, OutboxMessage},
+};
+use serde_json::{Value, json};
+use sqlx::{Acquire, PgPool};
+use uuid::Uuid;
+
+use crate::{
+    channel_call::{ChannelCall, ChannelReply},
+    order_validation,
+    payment::{self, PaymentStatus},
+    settlement,
+};
+
+/// `<payment id>` or `<merchant id>:<merchant order id>`.
+pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
+    if let Ok(id) = reference.parse::<Uuid>() {
+        return Ok(id);
+    }
+    match reference.split_once(':') {
+        Some((merchant, order)) if !merchant.is_empty() && !order.is_empty() => Ok(order_validation::payment_id(merchant, order)),
+        _ => bail!("`{reference}` is neither a payment id nor merchant-id:merchant-order-id"),
+    }
+}
+
+/// The timeline: every row that carries the payment's id, by time.
+pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>, String, String)>> {
+    let exists: Option<(String, String, String, String, rust_decimal::Decimal, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT merchant_id, merchant_order_id, user_id, status, amount, currency::text, reason, channel FROM payments WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((merchant, order, user, status, amount, currency, reason, channel)) = exists else {
+        bail!("no payment {id}");
+    };
+    println!("payment {id}: {merchant}:{order}, user {user}, {amount} {currency}, channel {}, status {status}{}",
+        channel.as_deref().unwrap_or("-"),
+        reason.map(|r| format!(" ({r})")).unwrap_or_default());
+    let id_text = id.to_string();
+    let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
+        "SELECT at, stage, what FROM (
+           SELECT created_at AS at, 'order-validation' AS stage,
+                  'payment accepted (risk ' || COALESCE(risk_decision, '-') || '), now ' || status || COALESCE(' — ' || reason, '') AS what
+             FROM payments WHERE id = $1
+           UNION ALL SELECT o.created_at, 'order-validation', 'order ' || o.gross_amount || ' - ' || o.discount_amount || ' = ' || o.payable_amount
+                  || COALESCE(' coupon ' || o.coupon_code, '') || ', now ' || o.status FROM orders o WHERE o.payment_id = $1
+           UNION ALL SELECT o.created_at, 'order-validation', 'sub-order ' || s.seller_id || '/' || s.warehouse || ' ' || s.payable_amount || ' fee ' || s.fee_amount
+                  FROM sub_orders s JOIN orders o ON o.payment_id = s.payment_id WHERE s.payment_id = $1
+           UNION ALL SELECT created_at, 'fund-freeze', 'reservation ' || amount || ' ' || status FROM reservations WHERE payment_id = $1
+           UNION ALL SELECT r.created_at, 'fund-freeze', 'stock ' || s.sku || ' x' || s.quantity || ' ' || s.status FROM stock_reservations s JOIN reservations r USING (payment_id) WHERE s.payment_id = $1
+           UNION ALL SELECT created_at, 'fund-freeze', 'coupon ' || coupon_code || ' ' || amount || ' ' || status FROM coupon_redemptions WHERE payment_id = $1
+           UNION ALL SELECT created_at, 'channel-call', 'attempt ' || id || ' at ' || channel || ': ' || status || COALESCE(' ref ' || channel_reference, '') FROM payment_attempts WHERE payment_id = $1
+           UNION ALL SELECT created_at, 'integration-log', channel || ' ' || direction || ' ' || payload::text FROM integration_log WHERE payment_id = $1
+           UNION ALL SELECT p.created_at, 'settlement', 'posting ' || a.owner_kind || ':' || a.owner_id || ' ' || p.amount || ' ' || p.currency
+                  FROM postings p JOIN journal_entries j ON j.id = p.entry_id JOIN accounts a ON a.id = p.account_id WHERE j.reference = $2
+           UNION ALL SELECT created_at, 'notification', 'event ' || event_type || ' ' || event_id FROM payment_events WHERE payment_id = $1
+           UNION ALL SELECT a.at, 'notification', 'webhook attempt ' || a.attempt || ' to ' || d.url || ': ' || COALESCE(a.http_status::text, a.error)
+                  FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.payment_id = $1
+           UNION ALL SELECT stored_at, stage, 'dead letter ' || id || ' (' || error_kind || ', ' || status || '): ' || error_message FROM dead_letters WHERE correlation_id = $2
+           UNION ALL SELECT created_at, 'callback', 'refund owed ' || amount || ' ' || currency || ' (' || status || ')' FROM refunds WHERE payment_id = $1
+           UNION ALL SELECT at, 'ops', action || ' by ' || operator || ': ' || reason || ' — ' || before::text || ' → ' || after::text FROM manual_actions WHERE payment_id = $1
+         ) t ORDER BY at, stage",
+    )
+    .bind(id)
+    .bind(&id_text)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Value> {
+    let (status, reason, reservation): (String, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT p.status, p.reason, r.status FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?;
+    Ok(json!({"status": status, "reason": reason, "reservation": reservation}))
+}
+
+/// `payment resolve --as paid|failed`: settles an exception (or a payment
+/// stuck frozen or paid) through Confirm or Cancel, then notifies.
+pub async fn resolve(settings: &Settings, pool: &PgPool, id: Uuid, paid: bool, reason: &str, operator: &str) -> anyhow::Result<Value> {
+    if reason.trim().is_empty() {
+        bail!("--reason must say why");
+    }
+    let topology = Topology::from_settings(settings)?;
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let Some(p) = payment::lock(&mut tx, id).await.map_err(|e| anyhow::anyhow!("{e}"))? else { bail!("no payment {id}") };
+    let status = p.status().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let before = snapshot(&mut tx, id).await?;
+    if !matches!(status, PaymentStatus::Exception | PaymentStatus::Frozen | PaymentStatus::Paid) {
+        bail!("payment {id} is {}: only an exception, frozen or paid payment can be resolved by hand", status.as_str());
+    }
+    let detail = format!("resolved by {operator}: {reason}");
+    let outcome = if paid {
+        if status != PaymentStatus::Paid {
+            payment::transition(&mut tx, id, status, PaymentStatus::Paid, Some(&detail)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let p = payment::lock(&mut tx, id).await.map_err(|e| anyhow::anyhow!("{e}"))?.context("payment vanished")?;
+        settlement::confirm(&mut tx, &p).await.map_err(|e| anyhow::anyhow!("Confirm: {e}"))?;
+        Final::Succeeded
+    } else {
+        if status == PaymentStatus::Paid {
+            bail!("payment {id} is paid at its channel: resolve it as paid, or refund it");
+        }
+        if !settlement::cancel(&mut tx, &p, PaymentStatus::Failed, &detail).await.map_err(|e| anyhow::anyhow!("Cancel: {e}"))? {
+            bail!("payment {id} could not be cancelled from {}", status.as_str());
+        }
+        Final::Failed
+    };
+    let message = OutboxMessage::json(
+        &topology.exchanges().stages,
+        crate::notification::NAME,
+        kind::PAYMENT_OUTCOME,
+        Some(&id.to_string()),
+        &payment::outcome_message(id, outcome, Some(&detail)),
+    )?;
+    outbox::insert(&mut tx, &[message]).await?;
+    let after = snapshot(&mut tx, id).await?;
+    sqlx::query("INSERT INTO manual_actions (payment_id, action, operator, reason, before, after) VALUES ($1, 'resolve', $2, $3, $4, $5)")
+        .bind(id)
+        .bind(operator)
+        .bind(reason)
+        .bind(&before)
+        .bind(&after)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(json!({"payment_id": id, "before": before, "after": after}))
+}
+
+/// `payment requery`: asks the channel about the open attempt now; a final
+/// answer goes to the callback stage like any status query's.
+pub async fn requery(settings: &Settings, pool: &PgPool, id: Uuid, operator: &str) -> anyhow::Result<String> {
+    let topology = Topology::from_settings(settings)?;
+    let attempt: Option<(Uuid, String, String)> =
+        sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let Some((attempt_id, channel, attempt_status)) = attempt else { bail!("payment {id} has no attempt at a channel") };
+    let adapters = ChannelCall::adapters(pool, std::time::Duration::from_millis(settings.channel_timeout_ms)).await.map_err(anyhow::Error::msg)?;
+    let adapter = adapters.into_iter().find(|a| a.name() == channel).with_context(|| format!("no adapter for channel {channel}"))?;
+    let reply = adapter.query(attempt_id).await;
+    let currency: String = sqlx::query_scalar("SELECT currency::text FROM payments WHERE id = $1").bind(id).fetch_one(pool).await?;
+    let (answer, result) = match &reply {
+        ChannelReply::Resolved { status, amount, reference, reason, .. } => (
+            format!("{status:?} ({amount} {currency})"),
+            Some(ChannelResult {
+                schema_version: SCHEMA_VERSION,
+                payment_id: id,
+                attempt_id,
+                channel: channel.clone(),
+                status: *status,
+                amount: *amount,
+                currency: currency.clone(),
+                channel_reference: reference.clone(),
+                reason: reason.clone(),
+                reported_at: Utc::now(),
+            }),
+        ),
+        ChannelReply::Pending { .. } => ("still pending".to_owned(), None),
+        ChannelReply::Unknown { error } => (format!("no answer: {error}"), None),
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'query', $4)")
+        .bind(id)
+        .bind(attempt_id)
+        .bind(&channel)
+        .bind(json!({"call": "manual requery", "operator": operator, "answer": answer}))
+        .execute(&mut *tx)
+        .await?;
+    if let Some(result) = result {
+        let message = OutboxMessage::json(&topology.exchanges().stages, crate::callback::NAME, kind::CHANNEL_RESULT, Some(&id.to_string()), &result)?;
+        outbox::insert(&mut tx, &[message]).await?;
+    }
+    sqlx::query("INSERT INTO manual_actions (payment_id, action, operator, reason, before, after) VALUES ($1, 'requery', $2, 'status asked by hand', $3, $4)")
+        .bind(id)
+        .bind(operator)
+        .bind(json!({"attempt": attempt_id, "attempt_status": attempt_status}))
+        .bind(json!({"answer": answer}))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(answer)
+}
