@@ -18,6 +18,7 @@ use payfleet_workers::{
     settlement,
 };
 use rust_decimal::Decimal;
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -708,5 +709,194 @@ async fn an_unhealthy_channel_is_skipped_and_the_other_ones_fee_is_posted() -> a
         .filter(|p| p.0.starts_with("channel-fees"))
         .collect();
     assert_eq!(fees, vec![("channel-fees:sandbox-card".into(), d("-0.96"))]);
+    world.finish().await
+}
+
+async fn cli(world: &World, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"))
+        .args(args)
+        .envs(world.env.worker_env())
+        .env("RUST_LOG", "warn")
+        .env("USER", "oncall-test")
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_follow_a_payment_through_every_stage_and_resolve_an_exception_through_cancel()
+-> anyhow::Result<()> {
+    let mut world = World::new("opspayment", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let settled = world.pay("followed", "wallet", "tok_success").await?;
+    let held = world.pay("held", "wallet", "tok_amount_mismatch").await?;
+    world.reaches(settled, "settled").await?;
+    world.reaches(held, "exception").await?;
+
+    let (code, out, err) = cli(&world, &["payment", "show", &format!("{SHOP}:followed")]).await?;
+    assert_eq!(code, 0, "{err}");
+    for stage in [
+        "order-validation",
+        "fund-freeze",
+        "channel-call",
+        "integration-log",
+        "settlement",
+        "notification",
+    ] {
+        assert!(out.contains(stage), "`payment show` lacks {stage}:\n{out}");
+    }
+    assert!(
+        out.contains("callback"),
+        "the webhook's payload is in the story:\n{out}"
+    );
+
+    let (code, _, err) = cli(
+        &world,
+        &[
+            "payment",
+            "resolve",
+            &format!("{SHOP}:held"),
+            "--as",
+            "failed",
+            "--reason",
+            "",
+        ],
+    )
+    .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("--reason"), "{err}");
+    let (code, out, err) = cli(
+        &world,
+        &[
+            "payment",
+            "resolve",
+            &format!("{SHOP}:held"),
+            "--as",
+            "failed",
+            "--reason",
+            "channel confirmed no charge",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("resolved payment"), "{out}");
+    assert_eq!(
+        world.status(held).await?.map(|s| s.0).as_deref(),
+        Some("failed")
+    );
+    let reservation: String =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE payment_id = $1")
+            .bind(held)
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(reservation, "cancelled", "released through TCC Cancel");
+    let stock: (i32, i32) =
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = 'tea'")
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(stock, (98, 0), "only the settled payment's tea is gone");
+    let (operator, before, after): (String, Value, Value) =
+        sqlx::query_as("SELECT operator, before, after FROM manual_actions WHERE payment_id = $1")
+            .bind(held)
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(operator, "oncall-test");
+    assert_eq!(
+        (before["status"].as_str(), after["status"].as_str()),
+        (Some("exception"), Some("failed"))
+    );
+    wait_until(WAIT, "the failed event", || async {
+        Ok(world
+            .events(held)
+            .await?
+            .contains(&"payment.failed".to_owned()))
+    })
+    .await?;
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Result<()> {
+    let mut world = World::new("reconcile", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let card = world.pay("card-ok", "card", "tok_success").await?;
+    let declined = world.pay("card-declined", "card", "tok_decline").await?;
+    let wallet = world.pay("wallet-ok", "wallet", "tok_success").await?;
+    let short = world
+        .pay("wallet-short", "wallet", "tok_amount_mismatch")
+        .await?;
+    world.reaches(card, "settled").await?;
+    world.reaches(declined, "failed").await?;
+    world.reaches(wallet, "settled").await?;
+    world.reaches(short, "exception").await?;
+    world.env.wait_drained(WAIT).await?;
+
+    // missing on our side: a trade the channel has and we never made
+    let gateway_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+        .bind(CARD)
+        .fetch_one(world.pool())
+        .await?;
+    let stranger = Uuid::now_v7();
+    reqwest::Client::new()
+        .post(format!("{gateway_url}/channels/{CARD}/payments"))
+        .json(&serde_json::json!({"out_trade_no": stranger.to_string(), "amount": "5.00", "currency": "CNY"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    // missing on theirs: an attempt we believe succeeded that the channel never saw
+    let phantom = Uuid::now_v7();
+    sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, 80.00, 'CNY', 'succeeded')")
+        .bind(phantom)
+        .bind(card)
+        .bind(CARD)
+        .execute(world.pool())
+        .await?;
+    // status mismatch: our record of the wallet payment's attempt disagrees with the channel
+    let (wallet_attempt, _, _) = world.attempt(wallet).await?;
+    sqlx::query("UPDATE payment_attempts SET status = 'failed' WHERE id = $1")
+        .bind(wallet_attempt)
+        .execute(world.pool())
+        .await?;
+
+    let today = Utc::now().date_naive().to_string();
+    let (code, out, err) = cli(&world, &["reconcile", "--date", &today, "--json"]).await?;
+    assert_eq!(code, 1, "a mismatch exits non-zero: {err}");
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut matched = 0;
+    for summary in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+        let summary = summary?;
+        matched += summary["counts"]["matched"].as_i64().unwrap_or(0);
+        for m in summary["mismatches"].as_array().into_iter().flatten() {
+            found.push((
+                m["kind"].as_str().unwrap_or("").to_owned(),
+                m["attempt_id"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    found.sort();
+    let (short_attempt, _, _) = world.attempt(short).await?;
+    let mut expected = vec![
+        ("amount_mismatch".to_owned(), short_attempt.to_string()),
+        ("missing_ours".to_owned(), stranger.to_string()),
+        ("missing_theirs".to_owned(), phantom.to_string()),
+        ("status_mismatch".to_owned(), wallet_attempt.to_string()),
+    ];
+    expected.sort();
+    assert_eq!(found, expected, "every planted mismatch, and nothing else");
+    assert_eq!(matched, 2, "the good card payment and the decline match");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reconciliation_items WHERE kind <> 'matched'")
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(stored, 4, "the result is stored");
+    // the planted rows are not the fleet's doing: put them back before the invariants
+    sqlx::query("DELETE FROM payment_attempts WHERE id = $1")
+        .bind(phantom)
+        .execute(world.pool())
+        .await?;
     world.finish().await
 }

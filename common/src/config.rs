@@ -303,7 +303,12 @@ impl Settings {
     /// User and password of `amqp_url` (for the management API).
     pub fn amqp_credentials(&self) -> (String, String) {
         lapin::uri::AMQPUri::from_str(&self.amqp_url)
-            .map(|uri| (uri.authority.userinfo.username.clone(), uri.authority.userinfo.password.clone()))
+            .map(|uri| {
+                (
+                    uri.authority.userinfo.username.clone(),
+                    uri.authority.userinfo.password.clone(),
+                )
+            })
             .unwrap_or_else(|_| ("guest".into(), "guest".into()))
     }
 

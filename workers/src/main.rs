@@ -69,7 +69,9 @@ enum Command {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Per stage ready / unacked / retrying / consumers, dead letters, outbox lag, payments; exits 2 when something needs attention.
-    #[command(after_help = "Examples:\n  payfleet status\n  payfleet status --json\n  payfleet status --watch")]
+    #[command(
+        after_help = "Examples:\n  payfleet status\n  payfleet status --json\n  payfleet status --watch"
+    )]
     Status {
         #[arg(long)]
         json: bool,
@@ -87,13 +89,28 @@ enum Command {
     #[command(subcommand)]
     Payment(PaymentCommand),
     /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
-    #[command(after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign")]
+    #[command(
+        after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign"
+    )]
     Publish {
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
         /// Sign the body with the merchant's key from the database.
         #[arg(long)]
         sign: bool,
+    },
+    /// Compare a channel's statement for a day with our attempts; stores the result, exits 1 on any mismatch.
+    #[command(
+        after_help = "Examples:\n  payfleet reconcile --date 2026-12-02\n  payfleet reconcile --date 2026-12-02 --channel sandbox-card --json"
+    )]
+    Reconcile {
+        #[arg(long)]
+        date: chrono::NaiveDate,
+        /// One channel (default: every channel with a statement).
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the effective settings (defaults, file and environment merged).
     #[command(after_help = "Example:\n  PAYFLEET_PREFETCH=64 payfleet config")]
@@ -124,7 +141,9 @@ enum TopologyCommand {
 #[derive(Subcommand)]
 enum DlqCommand {
     /// List dead letters.
-    #[command(after_help = "Examples:\n  payfleet dlq list\n  payfleet dlq list --stage settlement --error-kind exhausted --json")]
+    #[command(
+        after_help = "Examples:\n  payfleet dlq list\n  payfleet dlq list --stage settlement --error-kind exhausted --json"
+    )]
     List {
         #[arg(long)]
         stage: Option<String>,
@@ -145,7 +164,9 @@ enum DlqCommand {
     #[command(after_help = "Example:\n  payfleet dlq show 42")]
     Show { id: String },
     /// Put parked dead letters back on their stage (attempt count reset, replay mark added).
-    #[command(after_help = "Examples:\n  payfleet dlq replay --id 42 --id 43\n  payfleet dlq replay --stage fund-freeze --error-kind exhausted --dry-run\n  payfleet dlq replay --stage settlement --all --limit 500")]
+    #[command(
+        after_help = "Examples:\n  payfleet dlq replay --id 42 --id 43\n  payfleet dlq replay --stage fund-freeze --error-kind exhausted --dry-run\n  payfleet dlq replay --stage settlement --all --limit 500"
+    )]
     Replay {
         #[arg(long = "id")]
         ids: Vec<i64>,
@@ -165,7 +186,9 @@ enum DlqCommand {
         operator: Option<String>,
     },
     /// Mark dead letters purged (they are kept); --delete-expired deletes purged rows past dead_letter_retention_days.
-    #[command(after_help = "Examples:\n  payfleet dlq purge --id 42 --yes\n  payfleet dlq purge --stage notification --all --yes")]
+    #[command(
+        after_help = "Examples:\n  payfleet dlq purge --id 42 --yes\n  payfleet dlq purge --stage notification --all --yes"
+    )]
     Purge {
         #[arg(long = "id")]
         ids: Vec<i64>,
@@ -186,10 +209,14 @@ enum DlqCommand {
 #[derive(Subcommand)]
 enum PaymentCommand {
     /// Everything about one payment in time order.
-    #[command(after_help = "Examples:\n  payfleet payment show 0195d3a2-…\n  payfleet payment show demo-shop:20261202-000042")]
+    #[command(
+        after_help = "Examples:\n  payfleet payment show 0195d3a2-…\n  payfleet payment show demo-shop:20261202-000042"
+    )]
     Show { reference: String },
     /// Settle an exception (or a stuck payment) by hand through TCC Confirm or Cancel; audited.
-    #[command(after_help = "Example:\n  payfleet payment resolve demo-shop:o-17 --as failed --reason \"channel confirmed no charge, ticket 4711\"")]
+    #[command(
+        after_help = "Example:\n  payfleet payment resolve demo-shop:o-17 --as failed --reason \"channel confirmed no charge, ticket 4711\""
+    )]
     Resolve {
         reference: String,
         #[arg(long = "as", value_parser = ["paid", "failed"])]
@@ -340,11 +367,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             served.await?;
         }
         Command::Dlq(command) => dlq(&settings, command).await?,
-        Command::Status { json, watch, outbox_lag, stuck_after } => {
+        Command::Status {
+            json,
+            watch,
+            outbox_lag,
+            stuck_after,
+        } => {
             let pool = db::connect(&settings).await?;
-            let thresholds = payfleet_workers::ops::status::Thresholds { outbox_lag, stuck: stuck_after };
+            let thresholds = payfleet_workers::ops::status::Thresholds {
+                outbox_lag,
+                stuck: stuck_after,
+            };
             loop {
-                let status = payfleet_workers::ops::status::collect(&settings, &pool, &thresholds).await?;
+                let status =
+                    payfleet_workers::ops::status::collect(&settings, &pool, &thresholds).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                 } else {
@@ -363,11 +399,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Payment(command) => payment(&settings, command).await?,
+        Command::Reconcile {
+            date,
+            channel,
+            json,
+        } => {
+            let pool = db::connect(&settings).await?;
+            let channels: Vec<String> = match channel {
+                Some(channel) => vec![channel],
+                None => {
+                    sqlx::query_scalar(
+                        "SELECT name FROM channels WHERE base_url IS NOT NULL ORDER BY name",
+                    )
+                    .fetch_all(&pool)
+                    .await?
+                }
+            };
+            let mut clean = true;
+            for channel in channels {
+                let summary =
+                    payfleet_workers::ops::reconcile::reconcile(&pool, &channel, date).await?;
+                clean &= summary.clean();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                } else {
+                    let counts: Vec<String> = summary
+                        .counts
+                        .iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect();
+                    println!(
+                        "{channel} {date}: {}",
+                        if counts.is_empty() {
+                            "no trades".into()
+                        } else {
+                            counts.join(", ")
+                        }
+                    );
+                    for m in &summary.mismatches {
+                        println!(
+                            "  {} attempt {} ours {} theirs {}",
+                            m["kind"], m["attempt_id"], m["ours"], m["theirs"]
+                        );
+                    }
+                }
+            }
+            if !clean {
+                anyhow::bail!("the statement and our records disagree");
+            }
+        }
         Command::Publish { file, sign } => {
-            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let pool = if sign { Some(db::connect(&settings).await?) } else { None };
-            let message_id = payfleet_workers::ops::publish::publish(&settings, pool.as_ref(), body, sign).await?;
-            println!("published {} as message {message_id} (confirmed)", file.display());
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pool = if sign {
+                Some(db::connect(&settings).await?)
+            } else {
+                None
+            };
+            let message_id =
+                payfleet_workers::ops::publish::publish(&settings, pool.as_ref(), body, sign)
+                    .await?;
+            println!(
+                "published {} as message {message_id} (confirmed)",
+                file.display()
+            );
         }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&settings)?);
@@ -394,7 +489,9 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
     let topology = Topology::from_settings(settings)?;
     let mut stages: Vec<String> = topology.stages().to_vec();
     let named = match &command {
-        DlqCommand::List { stage, .. } | DlqCommand::Replay { stage, .. } | DlqCommand::Purge { stage, .. } => stage.clone(),
+        DlqCommand::List { stage, .. }
+        | DlqCommand::Replay { stage, .. }
+        | DlqCommand::Purge { stage, .. } => stage.clone(),
         DlqCommand::Show { .. } => None,
     };
     if let Some(stage) = named {
@@ -407,9 +504,31 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
         eprintln!("moved {drained} dead letter(s) from the DLQs into the store");
     }
     match command {
-        DlqCommand::List { stage, error_kind, payment, all, limit, json } => {
-            let statuses = if all { vec!["parked", "replayed", "purged"] } else { vec!["parked"] };
-            let rows = ops::dlq::select(&pool, &Selection { stage, error_kind, payment, statuses, limit, ..Selection::default() }).await?;
+        DlqCommand::List {
+            stage,
+            error_kind,
+            payment,
+            all,
+            limit,
+            json,
+        } => {
+            let statuses = if all {
+                vec!["parked", "replayed", "purged"]
+            } else {
+                vec!["parked"]
+            };
+            let rows = ops::dlq::select(
+                &pool,
+                &Selection {
+                    stage,
+                    error_kind,
+                    payment,
+                    statuses,
+                    limit,
+                    ..Selection::default()
+                },
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -417,9 +536,20 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
             }
         }
         DlqCommand::Show { id } => ops::dlq::show(&pool, &id).await?,
-        DlqCommand::Replay { ids, stage, all, error_kind, older_than, limit, dry_run, operator } => {
+        DlqCommand::Replay {
+            ids,
+            stage,
+            all,
+            error_kind,
+            older_than,
+            limit,
+            dry_run,
+            operator,
+        } => {
             if ids.is_empty() && stage.is_none() {
-                anyhow::bail!("say what to replay: --id ID… or --stage S with --all, --error-kind K or --older-than D");
+                anyhow::bail!(
+                    "say what to replay: --id ID… or --stage S with --all, --error-kind K or --older-than D"
+                );
             }
             if !ids.is_empty() && (stage.is_some() || all) {
                 anyhow::bail!("--id cannot be combined with --stage or --all");
@@ -427,17 +557,36 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
             if stage.is_some() && !all && error_kind.is_none() && older_than.is_none() {
                 anyhow::bail!("--stage needs --all, --error-kind K or --older-than D");
             }
-            let selection = Selection { ids, stage, error_kind, older_than, statuses: vec!["parked"], limit, ..Selection::default() };
+            let selection = Selection {
+                ids,
+                stage,
+                error_kind,
+                older_than,
+                statuses: vec!["parked"],
+                limit,
+                ..Selection::default()
+            };
             let operator = ops::operator(operator);
-            let replayed = ops::dlq::replay(settings, &pool, &selection, &operator, dry_run).await?;
+            let replayed =
+                ops::dlq::replay(settings, &pool, &selection, &operator, dry_run).await?;
             if !dry_run {
-                println!("replayed {replayed} dead letter(s) as {operator} (recorded in replay_audit)");
+                println!(
+                    "replayed {replayed} dead letter(s) as {operator} (recorded in replay_audit)"
+                );
             }
         }
-        DlqCommand::Purge { ids, stage, all, yes, delete_expired, operator } => {
+        DlqCommand::Purge {
+            ids,
+            stage,
+            all,
+            yes,
+            delete_expired,
+            operator,
+        } => {
             if delete_expired {
                 let days = settings.dead_letter_retention_days;
-                let deleted = ops::dlq::delete_purged(&pool, chrono::Duration::days(i64::from(days))).await?;
+                let deleted =
+                    ops::dlq::delete_purged(&pool, chrono::Duration::days(i64::from(days))).await?;
                 println!("deleted {deleted} purged dead letter(s) older than {days} days");
                 return Ok(());
             }
@@ -447,7 +596,13 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
             if !yes {
                 anyhow::bail!("purging needs --yes (rows are kept, marked purged)");
             }
-            let selection = Selection { ids, stage, statuses: vec!["parked", "replayed"], limit: i64::MAX, ..Selection::default() };
+            let selection = Selection {
+                ids,
+                stage,
+                statuses: vec!["parked", "replayed"],
+                limit: i64::MAX,
+                ..Selection::default()
+            };
             let operator = ops::operator(operator);
             let purged = ops::dlq::purge(&pool, &selection, &operator).await?;
             println!("purged {purged} dead letter(s) as {operator}; they stay in the store");
@@ -463,18 +618,36 @@ async fn payment(settings: &Settings, command: PaymentCommand) -> anyhow::Result
         PaymentCommand::Show { reference } => {
             let id = ops::payment::parse_reference(&reference)?;
             for (at, stage, what) in ops::payment::show(&pool, id).await? {
-                println!("{}  {:<16} {what}", at.format("%Y-%m-%d %H:%M:%S%.3f"), stage);
+                println!(
+                    "{}  {:<16} {what}",
+                    at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    stage
+                );
             }
         }
-        PaymentCommand::Resolve { reference, outcome, reason, operator } => {
+        PaymentCommand::Resolve {
+            reference,
+            outcome,
+            reason,
+            operator,
+        } => {
             let id = ops::payment::parse_reference(&reference)?;
             let operator = ops::operator(operator);
-            let change = ops::payment::resolve(settings, &pool, id, outcome == "paid", &reason, &operator).await?;
-            println!("resolved payment {id} as {outcome} by {operator}: {} → {}", change["before"], change["after"]);
+            let change =
+                ops::payment::resolve(settings, &pool, id, outcome == "paid", &reason, &operator)
+                    .await?;
+            println!(
+                "resolved payment {id} as {outcome} by {operator}: {} → {}",
+                change["before"], change["after"]
+            );
         }
-        PaymentCommand::Requery { reference, operator } => {
+        PaymentCommand::Requery {
+            reference,
+            operator,
+        } => {
             let id = ops::payment::parse_reference(&reference)?;
-            let answer = ops::payment::requery(settings, &pool, id, &ops::operator(operator)).await?;
+            let answer =
+                ops::payment::requery(settings, &pool, id, &ops::operator(operator)).await?;
             println!("payment {id}: the channel says {answer}");
         }
     }

@@ -234,7 +234,10 @@ pub async fn cancel(
 ) -> Result<bool, StageError> {
     let from = p.status()?;
     // An exception is cancelled only by hand (payfleet payment resolve).
-    if !matches!(from, PaymentStatus::Validated | PaymentStatus::Frozen | PaymentStatus::Exception) {
+    if !matches!(
+        from,
+        PaymentStatus::Validated | PaymentStatus::Frozen | PaymentStatus::Exception
+    ) {
         return Ok(false);
     }
     let reservation: Option<(Option<i64>, Decimal, String)> = sqlx::query_as(

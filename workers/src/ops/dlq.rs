@@ -60,20 +60,35 @@ pub struct Row {
 pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> anyhow::Result<u64> {
     let connection = broker::connect_once(&settings.amqp_url, "payfleet-dlq-drain")
         .await
-        .with_context(|| format!("connecting to RabbitMQ (amqp_url, vhost {})", settings.amqp_vhost()))?;
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ (amqp_url, vhost {})",
+                settings.amqp_vhost()
+            )
+        })?;
     let channel = connection.create_channel().await?;
     let keeper = Keeper::new(pool.clone());
     let mut drained = 0;
     for stage in stages {
         let queue = Topology::dead_letter_queue(stage);
         loop {
-            let got = match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await {
+            let got = match channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+            {
                 Ok(got) => got,
                 Err(_) => break, // no such queue in this vhost
             };
             let Some(message) = got else { break };
-            keeper.store(&message.delivery).await.context("storing a dead letter")?;
-            message.delivery.acker.ack(BasicAckOptions::default()).await?;
+            keeper
+                .store(&message.delivery)
+                .await
+                .context("storing a dead letter")?;
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await?;
             drained += 1;
         }
     }
@@ -107,7 +122,10 @@ pub async fn select(pool: &PgPool, s: &Selection) -> anyhow::Result<Vec<Row>> {
 }
 
 pub fn print_table(rows: &[Row]) {
-    println!("{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  error", "id", "stage", "kind", "status", "att", "age", "last failure", "payment");
+    println!(
+        "{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  error",
+        "id", "stage", "kind", "status", "att", "age", "last failure", "payment"
+    );
     let now = chrono::Utc::now();
     for r in rows {
         let age = now - r.first_failed_at;
@@ -150,14 +168,28 @@ pub async fn show(pool: &PgPool, id_or_message: &str) -> anyhow::Result<()> {
     println!("properties: {}", serde_json::to_string_pretty(&properties)?);
     println!("headers: {}", serde_json::to_string_pretty(&headers)?);
     match serde_json::from_slice::<Value>(&body) {
-        Ok(value) => println!("body ({} bytes, JSON):\n{}", body.len(), serde_json::to_string_pretty(&value)?),
-        Err(_) => println!("body ({} bytes, not JSON): {}", body.len(), String::from_utf8_lossy(&body)),
+        Ok(value) => println!(
+            "body ({} bytes, JSON):\n{}",
+            body.len(),
+            serde_json::to_string_pretty(&value)?
+        ),
+        Err(_) => println!(
+            "body ({} bytes, not JSON): {}",
+            body.len(),
+            String::from_utf8_lossy(&body)
+        ),
     }
     Ok(())
 }
 
 /// Replays the selected parked rows; returns how many were put back.
-pub async fn replay(settings: &Settings, pool: &PgPool, selection: &Selection, operator: &str, dry_run: bool) -> anyhow::Result<usize> {
+pub async fn replay(
+    settings: &Settings,
+    pool: &PgPool,
+    selection: &Selection,
+    operator: &str,
+    dry_run: bool,
+) -> anyhow::Result<usize> {
     let rows = select(pool, selection).await?;
     if dry_run {
         print_table(&rows);
@@ -165,11 +197,18 @@ pub async fn replay(settings: &Settings, pool: &PgPool, selection: &Selection, o
         return Ok(0);
     }
     let topology = Topology::from_settings(settings)?;
-    let publisher = Publisher::new(&settings.amqp_url, "payfleet-dlq-replay", CancellationToken::new());
+    let publisher = Publisher::new(
+        &settings.amqp_url,
+        "payfleet-dlq-replay",
+        CancellationToken::new(),
+    );
     let mut replayed = Vec::new();
     for row in &rows {
         let (properties, headers, body): (Value, Value, Vec<u8>) =
-            sqlx::query_as("SELECT properties, headers, body FROM dead_letters WHERE id = $1").bind(row.id).fetch_one(pool).await?;
+            sqlx::query_as("SELECT properties, headers, body FROM dead_letters WHERE id = $1")
+                .bind(row.id)
+                .fetch_one(pool)
+                .await?;
         let mut headers = headers;
         if let Value::Object(map) = &mut headers {
             for key in [
@@ -192,10 +231,24 @@ pub async fn replay(settings: &Settings, pool: &PgPool, selection: &Selection, o
             }
             map.insert(header::REPLAYED_FROM.to_owned(), json!(row.id.to_string()));
         }
-        let text = |key: &str| properties.get(key).and_then(Value::as_str).map(str::to_owned);
-        let props = broker::properties(&row.message_id, text("correlation_id").as_deref(), text("type").as_deref())
-            .with_headers(broker::headers_from_json(&headers));
-        let message = Outgoing { exchange: topology.exchanges().stages.clone(), routing_key: row.stage.clone(), body, properties: props };
+        let text = |key: &str| {
+            properties
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let props = broker::properties(
+            &row.message_id,
+            text("correlation_id").as_deref(),
+            text("type").as_deref(),
+        )
+        .with_headers(broker::headers_from_json(&headers));
+        let message = Outgoing {
+            exchange: topology.exchanges().stages.clone(),
+            routing_key: row.stage.clone(),
+            body,
+            properties: props,
+        };
         tokio::time::timeout(Duration::from_secs(30), publisher.publish(&message))
             .await
             .context("publishing a replay timed out")?
@@ -223,7 +276,13 @@ pub async fn purge(pool: &PgPool, selection: &Selection, operator: &str) -> anyh
     Ok(ids.len())
 }
 
-async fn audit(pool: &PgPool, action: &str, operator: &str, selection: &Selection, ids: &[i64]) -> anyhow::Result<()> {
+async fn audit(
+    pool: &PgPool,
+    action: &str,
+    operator: &str,
+    selection: &Selection,
+    ids: &[i64],
+) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO replay_audit (action, operator, selection, dead_letter_ids, count) VALUES ($1, $2, $3, $4, $5)")
         .bind(action)
         .bind(operator)
@@ -237,9 +296,11 @@ async fn audit(pool: &PgPool, action: &str, operator: &str, selection: &Selectio
 
 /// Deletes purged rows older than `retention` (the retention setting).
 pub async fn delete_purged(pool: &PgPool, retention: chrono::Duration) -> anyhow::Result<u64> {
-    Ok(sqlx::query("DELETE FROM dead_letters WHERE status = 'purged' AND status_changed_at < $1")
-        .bind(chrono::Utc::now() - retention)
-        .execute(pool)
-        .await?
-        .rows_affected())
+    Ok(
+        sqlx::query("DELETE FROM dead_letters WHERE status = 'purged' AND status_changed_at < $1")
+            .bind(chrono::Utc::now() - retention)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }

@@ -4,6 +4,7 @@
 pub mod dlq;
 pub mod payment;
 pub mod publish;
+pub mod reconcile;
 pub mod status;
 
 /// Who is acting: `--operator`, else `$USER`, else `unknown`.
@@ -17,8 +18,13 @@ pub fn operator(given: Option<String>) -> String {
 /// Parses `30s`, `15m`, `2h`, `7d` (a bare number is seconds).
 pub fn parse_age(text: &str) -> Result<chrono::Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: i64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 2h or 7d"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 2h or 7d"))?;
     Ok(match unit {
         "" | "s" => chrono::Duration::seconds(n),
         "m" => chrono::Duration::minutes(n),
@@ -32,8 +38,14 @@ pub fn parse_age(text: &str) -> Result<chrono::Duration, String> {
 mod tests {
     #[test]
     fn ages_parse_with_units() {
-        assert_eq!(super::parse_age("90").unwrap(), chrono::Duration::seconds(90));
-        assert_eq!(super::parse_age("15m").unwrap(), chrono::Duration::minutes(15));
+        assert_eq!(
+            super::parse_age("90").unwrap(),
+            chrono::Duration::seconds(90)
+        );
+        assert_eq!(
+            super::parse_age("15m").unwrap(),
+            chrono::Duration::minutes(15)
+        );
         assert_eq!(super::parse_age("2d").unwrap(), chrono::Duration::days(2));
         assert!(super::parse_age("soon").is_err());
         assert!(super::parse_age("3w").is_err());

@@ -27,7 +27,9 @@ pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
         return Ok(id);
     }
     match reference.split_once(':') {
-        Some((merchant, order)) if !merchant.is_empty() && !order.is_empty() => Ok(order_validation::payment_id(merchant, order)),
+        Some((merchant, order)) if !merchant.is_empty() && !order.is_empty() => {
+            Ok(order_validation::payment_id(merchant, order))
+        }
         _ => bail!("`{reference}` is neither a payment id nor merchant-id:merchant-order-id"),
     }
 }
@@ -43,9 +45,11 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>,
     let Some((merchant, order, user, status, amount, currency, reason, channel)) = exists else {
         bail!("no payment {id}");
     };
-    println!("payment {id}: {merchant}:{order}, user {user}, {amount} {currency}, channel {}, status {status}{}",
+    println!(
+        "payment {id}: {merchant}:{order}, user {user}, {amount} {currency}, channel {}, status {status}{}",
         channel.as_deref().unwrap_or("-"),
-        reason.map(|r| format!(" ({r})")).unwrap_or_default());
+        reason.map(|r| format!(" ({r})")).unwrap_or_default()
+    );
     let id_text = id.to_string();
     let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
         "SELECT at, stage, what FROM (
@@ -90,33 +94,64 @@ async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Val
 
 /// `payment resolve --as paid|failed`: settles an exception (or a payment
 /// stuck frozen or paid) through Confirm or Cancel, then notifies.
-pub async fn resolve(settings: &Settings, pool: &PgPool, id: Uuid, paid: bool, reason: &str, operator: &str) -> anyhow::Result<Value> {
+pub async fn resolve(
+    settings: &Settings,
+    pool: &PgPool,
+    id: Uuid,
+    paid: bool,
+    reason: &str,
+    operator: &str,
+) -> anyhow::Result<Value> {
     if reason.trim().is_empty() {
         bail!("--reason must say why");
     }
     let topology = Topology::from_settings(settings)?;
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    let Some(p) = payment::lock(&mut tx, id).await.map_err(|e| anyhow::anyhow!("{e}"))? else { bail!("no payment {id}") };
+    let Some(p) = payment::lock(&mut tx, id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    else {
+        bail!("no payment {id}")
+    };
     let status = p.status().map_err(|e| anyhow::anyhow!("{e}"))?;
     let before = snapshot(&mut tx, id).await?;
-    if !matches!(status, PaymentStatus::Exception | PaymentStatus::Frozen | PaymentStatus::Paid) {
-        bail!("payment {id} is {}: only an exception, frozen or paid payment can be resolved by hand", status.as_str());
+    if !matches!(
+        status,
+        PaymentStatus::Exception | PaymentStatus::Frozen | PaymentStatus::Paid
+    ) {
+        bail!(
+            "payment {id} is {}: only an exception, frozen or paid payment can be resolved by hand",
+            status.as_str()
+        );
     }
     let detail = format!("resolved by {operator}: {reason}");
     let outcome = if paid {
         if status != PaymentStatus::Paid {
-            payment::transition(&mut tx, id, status, PaymentStatus::Paid, Some(&detail)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            payment::transition(&mut tx, id, status, PaymentStatus::Paid, Some(&detail))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let p = payment::lock(&mut tx, id).await.map_err(|e| anyhow::anyhow!("{e}"))?.context("payment vanished")?;
-        settlement::confirm(&mut tx, &p).await.map_err(|e| anyhow::anyhow!("Confirm: {e}"))?;
+        let p = payment::lock(&mut tx, id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .context("payment vanished")?;
+        settlement::confirm(&mut tx, &p)
+            .await
+            .map_err(|e| anyhow::anyhow!("Confirm: {e}"))?;
         Final::Succeeded
     } else {
         if status == PaymentStatus::Paid {
             bail!("payment {id} is paid at its channel: resolve it as paid, or refund it");
         }
-        if !settlement::cancel(&mut tx, &p, PaymentStatus::Failed, &detail).await.map_err(|e| anyhow::anyhow!("Cancel: {e}"))? {
-            bail!("payment {id} could not be cancelled from {}", status.as_str());
+        if !settlement::cancel(&mut tx, &p, PaymentStatus::Failed, &detail)
+            .await
+            .map_err(|e| anyhow::anyhow!("Cancel: {e}"))?
+        {
+            bail!(
+                "payment {id} could not be cancelled from {}",
+                status.as_str()
+            );
         }
         Final::Failed
     };
@@ -143,20 +178,44 @@ pub async fn resolve(settings: &Settings, pool: &PgPool, id: Uuid, paid: bool, r
 
 /// `payment requery`: asks the channel about the open attempt now; a final
 /// answer goes to the callback stage like any status query's.
-pub async fn requery(settings: &Settings, pool: &PgPool, id: Uuid, operator: &str) -> anyhow::Result<String> {
+pub async fn requery(
+    settings: &Settings,
+    pool: &PgPool,
+    id: Uuid,
+    operator: &str,
+) -> anyhow::Result<String> {
     let topology = Topology::from_settings(settings)?;
     let attempt: Option<(Uuid, String, String)> =
         sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
             .bind(id)
             .fetch_optional(pool)
             .await?;
-    let Some((attempt_id, channel, attempt_status)) = attempt else { bail!("payment {id} has no attempt at a channel") };
-    let adapters = ChannelCall::adapters(pool, std::time::Duration::from_millis(settings.channel_timeout_ms)).await.map_err(anyhow::Error::msg)?;
-    let adapter = adapters.into_iter().find(|a| a.name() == channel).with_context(|| format!("no adapter for channel {channel}"))?;
+    let Some((attempt_id, channel, attempt_status)) = attempt else {
+        bail!("payment {id} has no attempt at a channel")
+    };
+    let adapters = ChannelCall::adapters(
+        pool,
+        std::time::Duration::from_millis(settings.channel_timeout_ms),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let adapter = adapters
+        .into_iter()
+        .find(|a| a.name() == channel)
+        .with_context(|| format!("no adapter for channel {channel}"))?;
     let reply = adapter.query(attempt_id).await;
-    let currency: String = sqlx::query_scalar("SELECT currency::text FROM payments WHERE id = $1").bind(id).fetch_one(pool).await?;
+    let currency: String = sqlx::query_scalar("SELECT currency::text FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
     let (answer, result) = match &reply {
-        ChannelReply::Resolved { status, amount, reference, reason, .. } => (
+        ChannelReply::Resolved {
+            status,
+            amount,
+            reference,
+            reason,
+            ..
+        } => (
             format!("{status:?} ({amount} {currency})"),
             Some(ChannelResult {
                 schema_version: SCHEMA_VERSION,
@@ -183,7 +242,13 @@ pub async fn requery(settings: &Settings, pool: &PgPool, id: Uuid, operator: &st
         .execute(&mut *tx)
         .await?;
     if let Some(result) = result {
-        let message = OutboxMessage::json(&topology.exchanges().stages, crate::callback::NAME, kind::CHANNEL_RESULT, Some(&id.to_string()), &result)?;
+        let message = OutboxMessage::json(
+            &topology.exchanges().stages,
+            crate::callback::NAME,
+            kind::CHANNEL_RESULT,
+            Some(&id.to_string()),
+            &result,
+        )?;
         outbox::insert(&mut tx, &[message]).await?;
     }
     sqlx::query("INSERT INTO manual_actions (payment_id, action, operator, reason, before, after) VALUES ($1, 'requery', $2, 'status asked by hand', $3, $4)")

@@ -11,32 +11,61 @@ use payfleet_common::{
 use serde_json::Value;
 use sqlx::PgPool;
 
-pub async fn publish(settings: &Settings, pool: Option<&PgPool>, body: Vec<u8>, sign: bool) -> anyhow::Result<String> {
+pub async fn publish(
+    settings: &Settings,
+    pool: Option<&PgPool>,
+    body: Vec<u8>,
+    sign: bool,
+) -> anyhow::Result<String> {
     let value: Value = serde_json::from_slice(&body).context("the file is not JSON")?;
-    let merchant = value.get("merchant_id").and_then(Value::as_str).context("the request has no merchant_id")?;
+    let merchant = value
+        .get("merchant_id")
+        .and_then(Value::as_str)
+        .context("the request has no merchant_id")?;
     let message_id = uuid::Uuid::now_v7().to_string();
-    let mut properties = broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED));
+    let mut properties =
+        broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED));
     if sign {
         let pool = pool.context("--sign needs the database")?;
-        let key: Option<String> = sqlx::query_scalar("SELECT signing_key FROM merchants WHERE id = $1").bind(merchant).fetch_optional(pool).await?;
-        let Some(key) = key else { bail!("--sign: no merchant `{merchant}` in the database") };
+        let key: Option<String> =
+            sqlx::query_scalar("SELECT signing_key FROM merchants WHERE id = $1")
+                .bind(merchant)
+                .fetch_optional(pool)
+                .await?;
+        let Some(key) = key else {
+            bail!("--sign: no merchant `{merchant}` in the database")
+        };
         let mut headers = lapin::types::FieldTable::default();
-        broker::set_header(&mut headers, messages::SIGNATURE_HEADER, messages::sign(&key, &body));
+        broker::set_header(
+            &mut headers,
+            messages::SIGNATURE_HEADER,
+            messages::sign(&key, &body),
+        );
         properties = properties.with_headers(headers);
     }
     let topology = Topology::from_settings(settings)?;
-    let publisher = Publisher::new(&settings.amqp_url, "payfleet-publish", CancellationToken::new());
+    let publisher = Publisher::new(
+        &settings.amqp_url,
+        "payfleet-publish",
+        CancellationToken::new(),
+    );
     let message = Outgoing {
         exchange: topology.exchanges().ingress.clone(),
         routing_key: messages::kind::PAYMENT_REQUESTED.to_owned(),
         body,
         properties,
     };
-    let published = tokio::time::timeout(std::time::Duration::from_secs(30), publisher.publish(&message)).await;
+    let published = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        publisher.publish(&message),
+    )
+    .await;
     publisher.close().await;
     match published {
         Ok(Ok(())) => Ok(message_id),
-        Ok(Err(broker::PublishError::Nacked { .. })) => bail!("the broker refused the request (the ingress queue is full): publish again later"),
+        Ok(Err(broker::PublishError::Nacked { .. })) => {
+            bail!("the broker refused the request (the ingress queue is full): publish again later")
+        }
         Ok(Err(error)) => Err(error).context("publishing the request"),
         Err(_) => bail!("no confirm from the broker within 30 s"),
     }

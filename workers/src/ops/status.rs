@@ -40,11 +40,19 @@ pub struct Thresholds {
     pub stuck: chrono::Duration,
 }
 
-pub async fn collect(settings: &Settings, pool: &PgPool, thresholds: &Thresholds) -> anyhow::Result<FleetStatus> {
+pub async fn collect(
+    settings: &Settings,
+    pool: &PgPool,
+    thresholds: &Thresholds,
+) -> anyhow::Result<FleetStatus> {
     let topology = Topology::from_settings(settings)?;
     let vhost = settings.amqp_vhost();
     let (user, password) = settings.amqp_credentials();
-    let url = format!("{}/api/queues/{}", settings.management_url.trim_end_matches('/'), encode(&vhost));
+    let url = format!(
+        "{}/api/queues/{}",
+        settings.management_url.trim_end_matches('/'),
+        encode(&vhost)
+    );
     let queues: Vec<Value> = reqwest::Client::new()
         .get(&url)
         .basic_auth(user, Some(password))
@@ -55,12 +63,23 @@ pub async fn collect(settings: &Settings, pool: &PgPool, thresholds: &Thresholds
         .context("RabbitMQ management API")?
         .json()
         .await?;
-    let by_name: BTreeMap<String, &Value> =
-        queues.iter().filter_map(|q| Some((q.get("name")?.as_str()?.to_owned(), q))).collect();
-    let count = |queue: &str, field: &str| by_name.get(queue).and_then(|q| q.get(field)).and_then(Value::as_i64).unwrap_or(0);
+    let by_name: BTreeMap<String, &Value> = queues
+        .iter()
+        .filter_map(|q| Some((q.get("name")?.as_str()?.to_owned(), q)))
+        .collect();
+    let count = |queue: &str, field: &str| {
+        by_name
+            .get(queue)
+            .and_then(|q| q.get(field))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
 
-    let parked: Vec<(String, i64)> =
-        sqlx::query_as("SELECT stage, count(*) FROM dead_letters WHERE status = 'parked' GROUP BY stage").fetch_all(pool).await?;
+    let parked: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stage, count(*) FROM dead_letters WHERE status = 'parked' GROUP BY stage",
+    )
+    .fetch_all(pool)
+    .await?;
     let mut stages = BTreeMap::new();
     for stage in topology.stages() {
         let work = Topology::work_queue(stage);
@@ -70,9 +89,15 @@ pub async fn collect(settings: &Settings, pool: &PgPool, thresholds: &Thresholds
                 ready: count(&work, "messages_ready"),
                 unacked: count(&work, "messages_unacknowledged"),
                 consumers: count(&work, "consumers"),
-                retrying: (0..topology.retry_delays_ms.len()).map(|level| count(&Topology::retry_queue(stage, level), "messages_ready")).collect(),
+                retrying: (0..topology.retry_delays_ms.len())
+                    .map(|level| count(&Topology::retry_queue(stage, level), "messages_ready"))
+                    .collect(),
                 dlq_ready: count(&Topology::dead_letter_queue(stage), "messages_ready"),
-                dead_letters_parked: parked.iter().find(|(s, _)| s == stage).map(|(_, n)| *n).unwrap_or(0),
+                dead_letters_parked: parked
+                    .iter()
+                    .find(|(s, _)| s == stage)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0),
             },
         );
     }
@@ -80,22 +105,32 @@ pub async fn collect(settings: &Settings, pool: &PgPool, thresholds: &Thresholds
         sqlx::query_as("SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE sent_at IS NULL")
             .fetch_one(pool)
             .await?;
-    let by_status: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status").fetch_all(pool).await?;
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status")
+            .fetch_all(pool)
+            .await?;
     let oldest_open: Option<(uuid::Uuid, String, f64)> = sqlx::query_as(
         "SELECT id, status, extract(epoch FROM now() - created_at)::float8 FROM payments
          WHERE status IN ('validated', 'frozen', 'paid') ORDER BY created_at LIMIT 1",
     )
     .fetch_optional(pool)
     .await?;
-    let refunds_owed: i64 = sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'owed'").fetch_one(pool).await?;
+    let refunds_owed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'owed'")
+            .fetch_one(pool)
+            .await?;
 
     let mut attention = Vec::new();
     let parked_total: i64 = parked.iter().map(|(_, n)| n).sum();
     if parked_total > 0 {
-        attention.push(format!("{parked_total} dead letter(s) parked (payfleet dlq list)"));
+        attention.push(format!(
+            "{parked_total} dead letter(s) parked (payfleet dlq list)"
+        ));
     }
     if let Some(age) = oldest.filter(|age| *age > thresholds.outbox_lag.num_seconds() as f64) {
-        attention.push(format!("outbox lagging: oldest unsent row is {age:.0} s old"));
+        attention.push(format!(
+            "outbox lagging: oldest unsent row is {age:.0} s old"
+        ));
     }
     if let Some((id, status, age)) = &oldest_open {
         if *age > thresholds.stuck.num_seconds() as f64 {
@@ -103,7 +138,9 @@ pub async fn collect(settings: &Settings, pool: &PgPool, thresholds: &Thresholds
         }
     }
     if refunds_owed > 0 {
-        attention.push(format!("{refunds_owed} refund(s) owed after a late success"));
+        attention.push(format!(
+            "{refunds_owed} refund(s) owed after a late success"
+        ));
     }
     Ok(FleetStatus {
         ingress_ready: count(&topology.spec.ingress.queue, "messages_ready"),
@@ -119,24 +156,55 @@ pub async fn collect(settings: &Settings, pool: &PgPool, thresholds: &Thresholds
 }
 
 pub fn print(status: &FleetStatus) {
-    println!("payfleet on vhost {} — ingress ready {}", status.vhost, status.ingress_ready);
-    println!("{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}", "stage", "ready", "unacked", "consumers", "retrying (per level)", "dlq", "parked");
+    println!(
+        "payfleet on vhost {} — ingress ready {}",
+        status.vhost, status.ingress_ready
+    );
+    println!(
+        "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
+        "stage", "ready", "unacked", "consumers", "retrying (per level)", "dlq", "parked"
+    );
     for (stage, s) in &status.stages {
         let retrying: Vec<String> = s.retrying.iter().map(i64::to_string).collect();
         println!(
             "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
-            stage, s.ready, s.unacked, s.consumers, retrying.join("/"), s.dlq_ready, s.dead_letters_parked
+            stage,
+            s.ready,
+            s.unacked,
+            s.consumers,
+            retrying.join("/"),
+            s.dlq_ready,
+            s.dead_letters_parked
         );
     }
     println!(
         "outbox: {} unsent{}",
         status.outbox_backlog,
-        status.outbox_oldest_seconds.map(|a| format!(", oldest {a:.1} s")).unwrap_or_default()
+        status
+            .outbox_oldest_seconds
+            .map(|a| format!(", oldest {a:.1} s"))
+            .unwrap_or_default()
     );
-    let payments: Vec<String> = status.payments_by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("payments: {}", if payments.is_empty() { "none".into() } else { payments.join(", ") });
+    let payments: Vec<String> = status
+        .payments_by_status
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    println!(
+        "payments: {}",
+        if payments.is_empty() {
+            "none".into()
+        } else {
+            payments.join(", ")
+        }
+    );
     if let Some(oldest) = &status.oldest_open_payment {
-        println!("oldest open payment: {} ({}, {:.0} s)", oldest["payment_id"].as_str().unwrap_or(""), oldest["status"].as_str().unwrap_or(""), oldest["age_seconds"].as_f64().unwrap_or(0.0));
+        println!(
+            "oldest open payment: {} ({}, {:.0} s)",
+            oldest["payment_id"].as_str().unwrap_or(""),
+            oldest["status"].as_str().unwrap_or(""),
+            oldest["age_seconds"].as_f64().unwrap_or(0.0)
+        );
     }
     if status.attention.is_empty() {
         println!("ok: nothing needs attention");
@@ -151,7 +219,9 @@ fn encode(vhost: &str) -> String {
     vhost
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
