@@ -154,7 +154,8 @@ pub fn print_table(rows: &[Row]) {
 
 /// `dlq show`: headers and the pretty-printed body.
 pub async fn show(pool: &PgPool, id_or_message: &str) -> anyhow::Result<()> {
-    let row: Option<(i64, String, String, String, String, Value, Value, Vec<u8>)> = sqlx::query_as(
+    type Stored = (i64, String, String, String, String, Value, Value, Vec<u8>);
+    let row: Option<Stored> = sqlx::query_as(
         "SELECT id, stage, status, error_kind, message_id, properties, headers, body FROM dead_letters
          WHERE id::text = $1 OR message_id = $1 ORDER BY id DESC LIMIT 1",
     )

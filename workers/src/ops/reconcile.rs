@@ -73,13 +73,8 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
     .fetch_all(pool)
     .await?;
 
-    let mut items: Vec<(
-        &'static str,
-        String,
-        Option<Uuid>,
-        Option<Value>,
-        Option<Value>,
-    )> = Vec::new();
+    type Item = (&'static str, String, Option<Uuid>, Option<Value>, Option<Value>);
+    let mut items: Vec<Item> = Vec::new();
     for (attempt, payment, amount, status) in &ours {
         let mine = json!({"amount": amount.to_string(), "status": status});
         match theirs.remove(&attempt.to_string()) {
