@@ -932,3 +932,103 @@ async fn only_one_expiry_sweep_runs_at_a_time() -> anyhow::Result<()> {
     drop(fleet);
     chain.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolving_a_wallet_exception_as_failed_releases_the_freeze_through_cancel()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("resolve").await?;
+    // channel-call is not running: the payment waits frozen
+    chain
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "callback",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    chain
+        .publish(&request("odd", "alice", &[("tea", 1)], "30.00"))
+        .await?;
+    let id = order_validation::payment_id(SHOP, "odd");
+    wait_until(WAIT, "the payment frozen", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments WHERE status = 'frozen'")
+            .await?
+            == 1)
+    })
+    .await?;
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("970.00"), d("30.00"))
+    );
+    // the channel reports a different amount than was asked: an exception
+    let attempt = Uuid::now_v7();
+    sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, 'balance', 30.00, 'CNY', 'sending')")
+        .bind(attempt)
+        .bind(id)
+        .execute(chain.pool())
+        .await?;
+    let result = messages::ChannelResult {
+        schema_version: SCHEMA_VERSION,
+        payment_id: id,
+        attempt_id: attempt,
+        channel: "balance".into(),
+        status: messages::ChannelStatus::Succeeded,
+        amount: d("31.00"),
+        currency: "CNY".into(),
+        channel_reference: None,
+        reason: None,
+        reported_at: Utc::now(),
+    };
+    let props = broker::properties(
+        &Uuid::now_v7().to_string(),
+        Some(&id.to_string()),
+        Some(messages::kind::CHANNEL_RESULT),
+    );
+    chain
+        .env
+        .publish_raw(
+            "payfleet.stages",
+            "callback",
+            &serde_json::to_vec(&result)?,
+            props,
+        )
+        .await?;
+    let (status, reason) = chain.outcome("odd").await?;
+    assert_eq!(status, "exception");
+    assert!(reason.unwrap_or_default().starts_with("amount_mismatch"));
+    assert_eq!(
+        chain.balance("user", "alice").await?.2,
+        d("30.00"),
+        "held while in review"
+    );
+
+    let change = payfleet_workers::ops::payment::resolve(
+        &chain.env.settings,
+        chain.pool(),
+        id,
+        false,
+        "wallet never captured",
+        "tester",
+    )
+    .await?;
+    assert_eq!(change["after"]["status"], "failed");
+    assert_eq!(change["after"]["reservation"], "cancelled");
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("1000.00"), d("0.00")),
+        "the freeze is released"
+    );
+    assert_eq!(chain.stock("tea").await?, (100, 0));
+    wait_until(WAIT, "the failed event", || async {
+        Ok(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM payment_events WHERE payment_id = $1 AND event_type = 'payment.failed'")
+            .bind(id)
+            .fetch_one(chain.pool())
+            .await?
+            == 1)
+    })
+    .await?;
+    chain.finish().await
+}

@@ -392,3 +392,59 @@ fn worker_refuses_an_unknown_stage_in_one_line() -> anyhow::Result<()> {
     assert!(stderr.contains("invalid value 'fund-thaw'"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn every_subcommand_has_help_with_an_example_and_bad_arguments_get_one_line() -> anyhow::Result<()>
+{
+    let commands: &[&[&str]] = &[
+        &[],
+        &["migrate"],
+        &["topology"],
+        &["topology", "apply"],
+        &["topology", "export"],
+        &["worker"],
+        &["run"],
+        &["sandbox-gateway"],
+        &["dlq"],
+        &["dlq", "list"],
+        &["dlq", "show"],
+        &["dlq", "replay"],
+        &["dlq", "purge"],
+        &["status"],
+        &["payment"],
+        &["payment", "show"],
+        &["payment", "resolve"],
+        &["payment", "requery"],
+        &["publish"],
+        &["reconcile"],
+        &["config"],
+    ];
+    for command in commands {
+        let output = Command::new(payfleet()?)
+            .args(*command)
+            .arg("--help")
+            .output()?;
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command:?} --help failed");
+        assert!(
+            help.contains("Example"),
+            "{command:?} --help has no example:\n{help}"
+        );
+    }
+    for bad in [
+        &["dlq", "replay", "--id", "forty-two"][..],
+        &["status", "--outbox-lag", "soon"],
+        &["reconcile", "--date", "yesterday"],
+        &["frobnicate"],
+    ] {
+        let output = Command::new(payfleet()?).args(bad).output()?;
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{bad:?}: one line, got:\n{stderr}"
+        );
+    }
+    Ok(())
+}

@@ -10,6 +10,7 @@ use payfleet_common::{Settings, Topology, broker, db, telemetry};
 #[command(
     name = "payfleet",
     version,
+    after_help = "Examples:\n  payfleet run --demo 2000\n  payfleet worker settlement\n  payfleet status",
     about = "A fleet of workers that carries payments through RabbitMQ",
     long_about = "A fleet of workers that carries payments through RabbitMQ: order-validation → fund-freeze → \
 channel-call → callback → settlement → notification.\n\nSettings come from PAYFLEET_* environment variables, \
@@ -32,7 +33,10 @@ enum Command {
     )]
     Migrate,
     /// Declare or export the RabbitMQ topology (exchanges, queues, delay levels, DLQs).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet topology apply\n  payfleet topology export --vhost payfleet > definitions.json"
+    )]
     Topology(TopologyCommand),
     /// Run one or more stages as a worker process (with the outbox relay, the
     /// dead-letter keeper, the expiry sweeper and the balance roll-up).
@@ -66,7 +70,10 @@ enum Command {
         webhook_delay_ms: u64,
     },
     /// Dead letters: list, show, replay to their stage, purge (the store is filled from every DLQ first).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet dlq list --stage settlement\n  payfleet dlq replay --id 42"
+    )]
     Dlq(DlqCommand),
     /// Per stage ready / unacked / retrying / consumers, dead letters, outbox lag, payments; exits 2 when something needs attention.
     #[command(
@@ -86,7 +93,10 @@ enum Command {
         stuck_after: chrono::Duration,
     },
     /// One payment's story, and the manual actions that unstick it.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet payment show demo-shop:20261202-000042\n  payfleet payment resolve <id> --as failed --reason \"…\""
+    )]
     Payment(PaymentCommand),
     /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
     #[command(
@@ -240,7 +250,30 @@ fn parse_age(text: &str) -> Result<chrono::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            error.exit()
+        }
+        Err(error) => {
+            // One line: what is wrong; `--help` has the rest.
+            let rendered = error.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("payfleet: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -36,7 +36,16 @@ pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
 
 /// The timeline: every row that carries the payment's id, by time.
 pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>, String, String)>> {
-    type Head = (String, String, String, String, rust_decimal::Decimal, String, Option<String>, Option<String>);
+    type Head = (
+        String,
+        String,
+        String,
+        String,
+        rust_decimal::Decimal,
+        String,
+        Option<String>,
+        Option<String>,
+    );
     let exists: Option<Head> = sqlx::query_as(
         "SELECT merchant_id, merchant_order_id, user_id, status, amount, currency::text, reason, channel FROM payments WHERE id = $1",
     )

@@ -73,7 +73,13 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
     .fetch_all(pool)
     .await?;
 
-    type Item = (&'static str, String, Option<Uuid>, Option<Value>, Option<Value>);
+    type Item = (
+        &'static str,
+        String,
+        Option<Uuid>,
+        Option<Value>,
+        Option<Value>,
+    );
     let mut items: Vec<Item> = Vec::new();
     for (attempt, payment, amount, status) in &ours {
         let mine = json!({"amount": amount.to_string(), "status": status});
