@@ -28,8 +28,7 @@ impl Stage for Callback {
     }
 
     fn decode(&self, inbound: &Inbound) -> Result<ChannelResult, String> {
-        serde_json::from_slice(&inbound.body)
-            .map_err(|e| format!("undecodable channel.result: {e}"))
+        payfleet_common::runtime::decode_json(inbound)
     }
 
     fn lock_key(&self, m: &ChannelResult) -> Option<String> {

@@ -105,17 +105,8 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     db::migrate(&settings)
         .await
         .context("applying migrations")?;
+    crate::apply_topology(&settings).await?;
     let topology = Topology::from_settings(&settings)?;
-    let connection = broker::connect_once(&settings.amqp_url, "payfleet-demo-setup")
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ (amqp_url, vhost {})",
-                settings.amqp_vhost()
-            )
-        })?;
-    topology.apply(&connection).await?;
-    let _ = connection.close(200, "applied".into()).await;
     let pool = db::connect(&settings).await?;
 
     let (webhook_url, webhooks_received) = webhook_receiver().await?;

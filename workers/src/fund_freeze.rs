@@ -35,8 +35,7 @@ impl Stage for FundFreeze {
     }
 
     fn decode(&self, inbound: &Inbound) -> Result<OrderValidated, String> {
-        serde_json::from_slice(&inbound.body)
-            .map_err(|e| format!("undecodable order.validated: {e}"))
+        payfleet_common::runtime::decode_json(inbound)
     }
 
     fn lock_key(&self, m: &OrderValidated) -> Option<String> {

@@ -27,6 +27,25 @@ pub const STAGES: [&str; 6] = [
     notification::NAME,
 ];
 
+/// Declares the committed topology on the vhost of `amqp_url` (idempotent).
+pub async fn apply_topology(
+    settings: &Settings,
+) -> anyhow::Result<payfleet_common::topology::ApplyReport> {
+    use anyhow::Context;
+    let topology = Topology::from_settings(settings)?;
+    let connection = payfleet_common::broker::connect_once(&settings.amqp_url, "payfleet-setup")
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at amqp_url (vhost {})",
+                settings.amqp_vhost()
+            )
+        })?;
+    let report = topology.apply(&connection).await;
+    let _ = connection.close(200, "applied".into()).await;
+    Ok(report?)
+}
+
 /// A fleet process running `stages` (all when empty), with the outbox
 /// relay, the dead-letter keeper, the expiry sweeper, the balance roll-up
 /// and the webhook sender.

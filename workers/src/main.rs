@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use payfleet_common::{Settings, Topology, broker, db, telemetry};
+use payfleet_common::{Settings, Topology, db, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -321,17 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Topology(TopologyCommand::Apply) => {
-            let topology = Topology::from_settings(&settings)?;
-            let connection = broker::connect_once(&settings.amqp_url, "payfleet-topology")
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to RabbitMQ at amqp_url (vhost {})",
-                        settings.amqp_vhost()
-                    )
-                })?;
-            let report = topology.apply(&connection).await?;
-            let _ = connection.close(200, "done".into()).await;
+            let report = payfleet_workers::apply_topology(&settings).await?;
             for line in &report.created {
                 println!("created {line}");
             }
@@ -365,17 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { demo: None } => {
             db::migrate(&settings).await?;
-            let topology = Topology::from_settings(&settings)?;
-            let connection = broker::connect_once(&settings.amqp_url, "payfleet-setup")
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to RabbitMQ at amqp_url (vhost {})",
-                        settings.amqp_vhost()
-                    )
-                })?;
-            topology.apply(&connection).await?;
-            let _ = connection.close(200, "applied".into()).await;
+            payfleet_workers::apply_topology(&settings).await?;
             let fleet = payfleet_workers::fleet(settings, &[], true).await?;
             fleet.run(payfleet_common::shutdown::on_signal()).await?;
         }

@@ -33,8 +33,7 @@ impl Stage for Notification {
     }
 
     fn decode(&self, inbound: &Inbound) -> Result<PaymentOutcome, String> {
-        serde_json::from_slice(&inbound.body)
-            .map_err(|e| format!("undecodable payment.outcome: {e}"))
+        payfleet_common::runtime::decode_json(inbound)
     }
 
     fn lock_key(&self, m: &PaymentOutcome) -> Option<String> {

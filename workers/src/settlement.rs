@@ -35,8 +35,7 @@ impl Stage for Settlement {
     }
 
     fn decode(&self, inbound: &Inbound) -> Result<PaymentResolved, String> {
-        serde_json::from_slice(&inbound.body)
-            .map_err(|e| format!("undecodable payment.resolved: {e}"))
+        payfleet_common::runtime::decode_json(inbound)
     }
 
     fn lock_key(&self, m: &PaymentResolved) -> Option<String> {

@@ -32,6 +32,14 @@ pub struct Inbound {
     pub body: Vec<u8>,
 }
 
+/// Decodes a JSON body; the error names the message type, for the dead letter.
+pub fn decode_json<T: serde::de::DeserializeOwned>(inbound: &Inbound) -> Result<T, String> {
+    serde_json::from_slice(&inbound.body).map_err(|e| {
+        let kind = inbound.message_type.as_deref().unwrap_or("message");
+        format!("undecodable {kind} for {}: {e}", inbound.stage)
+    })
+}
+
 /// The result of handling one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
