@@ -66,6 +66,8 @@ impl Fleet {
     /// Connects the pool and Redis pool; the broker connects when running.
     pub async fn connect(settings: Settings, topology: Topology) -> Result<Self, FleetError> {
         let final_stop = CancellationToken::new();
+        // The recorder first, so that everything registered from here on is kept.
+        telemetry::metrics_handle();
         // Services may come up after the fleet (a compose start, a failover):
         // wait for PostgreSQL with backoff rather than fail at once.
         let pool = (|| db::connect(&settings))

@@ -53,6 +53,13 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // A second recorder in the same process (tests) keeps the first.
             let _ = metrics::set_global_recorder(recorder);
+            metrics::describe_counter!("payfleet_messages_total", "Deliveries handled per stage, by result (applied, stale, duplicate, exception, retried, lock_busy, dead_lettered, requeued)");
+            metrics::describe_counter!("payfleet_dead_lettered_total", "Messages dead-lettered per stage and error kind");
+            metrics::describe_histogram!("payfleet_handle_seconds", "Time to handle one delivery, per stage");
+            metrics::describe_counter!("payfleet_outbox_sent_total", "Outbox rows published and confirmed");
+            metrics::describe_counter!("payfleet_outbox_returned_total", "Outbox publishes returned unroutable");
+            metrics::describe_counter!("payfleet_webhooks_total", "Merchant webhook attempts by result");
+            metrics::describe_counter!("payfleet_webhooks_in_total", "Channel webhooks received by result");
             handle
         })
         .clone()

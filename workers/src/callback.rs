@@ -59,29 +59,6 @@ impl Stage for Callback {
             });
         };
         let status = p.status()?;
-        if m.amount != p.amount || m.currency != p.currency {
-            if status == PaymentStatus::Exception {
-                return Ok(Outcome::Stale {
-                    reason: "already held for review".into(),
-                });
-            }
-            let detail = format!(
-                "amount_mismatch: channel reported {} {}, payment is {} {}",
-                m.amount, m.currency, p.amount, p.currency
-            );
-            if payment::transition(
-                tx.conn(),
-                p.id,
-                status,
-                PaymentStatus::Exception,
-                Some(&detail),
-            )
-            .await?
-            {
-                crate::payment::emit_outcome(tx, p.id, Final::Exception, Some("amount_mismatch"))?;
-            }
-            return Ok(Outcome::Exception { reason: detail });
-        }
         // Paid after we gave up on it (expired, closed, failed): the money
         // is owed back. Recorded once, and reported for review.
         let gave_up = matches!(status, PaymentStatus::Failed | PaymentStatus::Cancelled)
@@ -122,6 +99,36 @@ impl Stage for Callback {
                 ),
             });
         }
+        // A success for another amount or currency than asked: held for
+        // review. A failure carries no money, so its amount is not compared.
+        // A payment already final keeps its status; the exception is reported.
+        if m.status == ChannelStatus::Succeeded
+            && (m.amount != p.amount || m.currency != p.currency)
+        {
+            if status == PaymentStatus::Exception {
+                return Ok(Outcome::Stale {
+                    reason: "already held for review".into(),
+                });
+            }
+            let detail = format!(
+                "amount_mismatch: channel reported {} {}, payment is {} {}",
+                m.amount, m.currency, p.amount, p.currency
+            );
+            let open = matches!(status, PaymentStatus::Frozen | PaymentStatus::Paid);
+            if !open
+                || payment::transition(
+                    tx.conn(),
+                    p.id,
+                    status,
+                    PaymentStatus::Exception,
+                    Some(&detail),
+                )
+                .await?
+            {
+                crate::payment::emit_outcome(tx, p.id, Final::Exception, Some("amount_mismatch"))?;
+            }
+            return Ok(Outcome::Exception { reason: detail });
+        }
         // The attempt follows the result when it was still open (a webhook).
         let attempt_to = match m.status {
             ChannelStatus::Succeeded => "succeeded",
@@ -134,19 +141,25 @@ impl Stage for Callback {
                 .bind(&m.channel_reference)
                 .execute(tx.conn())
                 .await?;
+        } else if attempt_status == "closed" && m.status == ChannelStatus::Failed {
+            return Ok(Outcome::Stale {
+                reason: format!("attempt {} was closed: nothing was paid", m.attempt_id),
+            });
         } else if attempt_status != attempt_to {
             let detail = format!(
                 "attempt {} reported {attempt_to} after {attempt_status}",
                 m.attempt_id
             );
-            if payment::transition(
-                tx.conn(),
-                p.id,
-                status,
-                PaymentStatus::Exception,
-                Some(&detail),
-            )
-            .await?
+            let open = matches!(status, PaymentStatus::Frozen | PaymentStatus::Paid);
+            if !open
+                || payment::transition(
+                    tx.conn(),
+                    p.id,
+                    status,
+                    PaymentStatus::Exception,
+                    Some(&detail),
+                )
+                .await?
             {
                 crate::payment::emit_outcome(
                     tx,
@@ -205,15 +218,17 @@ impl Stage for Callback {
                     p.id,
                     s.as_str()
                 );
+                let open = matches!(s, PaymentStatus::Frozen | PaymentStatus::Paid);
                 if s != PaymentStatus::Exception
-                    && payment::transition(
-                        tx.conn(),
-                        p.id,
-                        s,
-                        PaymentStatus::Exception,
-                        Some(&detail),
-                    )
-                    .await?
+                    && (!open
+                        || payment::transition(
+                            tx.conn(),
+                            p.id,
+                            s,
+                            PaymentStatus::Exception,
+                            Some(&detail),
+                        )
+                        .await?)
                 {
                     crate::payment::emit_outcome(
                         tx,

@@ -211,15 +211,10 @@ impl ChannelAdapter for SandboxChannel {
             });
             match send(self.http.post(self.url("/payments")).json(&body)).await {
                 Ok((status, raw)) if status.is_success() => read_trade(raw),
-                Ok((status, raw)) if status.is_server_error() => ChannelReply::Unknown {
+                // Not a result: a 5xx, a 408 or 429, a 409 on a re-sent create
+                // of a trade that may be paid. A status query decides.
+                Ok((status, raw)) => ChannelReply::Unknown {
                     error: format!("HTTP {status}: {raw}"),
-                },
-                Ok((status, raw)) => ChannelReply::Resolved {
-                    status: ChannelStatus::Failed,
-                    amount: r.amount,
-                    reference: None,
-                    reason: Some(format!("refused by the channel: HTTP {status}")),
-                    raw,
                 },
                 Err(error) => ChannelReply::Unknown { error },
             }
@@ -229,14 +224,8 @@ impl ChannelAdapter for SandboxChannel {
         Box::pin(async move {
             match send(self.http.get(self.url(&format!("/payments/{attempt_id}")))).await {
                 Ok((status, raw)) if status.is_success() => read_trade(raw),
-                // never created at the channel: nothing was charged
-                Ok((reqwest::StatusCode::NOT_FOUND, raw)) => ChannelReply::Resolved {
-                    status: ChannelStatus::Failed,
-                    amount: Decimal::ZERO,
-                    reference: None,
-                    reason: Some("the channel has no such trade".into()),
-                    raw,
-                },
+                // No trade (yet): a create may still be in flight, so this is
+                // no answer; when the queries run out, the close decides.
                 Ok((status, raw)) => ChannelReply::Unknown {
                     error: format!("HTTP {status}: {raw}"),
                 },
@@ -489,6 +478,17 @@ impl CallingStage for ChannelCall {
         let open = |s: &str| matches!(s, "sending" | "pending" | "unknown");
         match work {
             Work::Charge(_) => {
+                let closing: bool = sqlx::query_scalar(
+                    "SELECT close_requested_at IS NOT NULL FROM payments WHERE id = $1",
+                )
+                .bind(p.id)
+                .fetch_one(tx.conn())
+                .await?;
+                if closing {
+                    return Ok(Intent::Finished(Outcome::Stale {
+                        reason: format!("payment {} is being closed: no charge", p.id),
+                    }));
+                }
                 // An attempt found open after a crash is asked again under the
                 // same id, which the channel deduplicates; a resolved one is done.
                 let attempt_id = match latest {
@@ -566,8 +566,22 @@ impl CallingStage for ChannelCall {
                         adapter,
                     }))
                 }
-                // No open trade at the channel: nothing can be paid, release now.
+                // No open trade at the channel: nothing can be paid, release now,
+                // and leave a closed attempt so a charge arriving late is refused.
                 _ => {
+                    if latest.is_none() {
+                        sqlx::query(
+                            "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
+                             VALUES ($1, $2, $3, $4, $5, 'closed', now())",
+                        )
+                        .bind(Uuid::now_v7())
+                        .bind(p.id)
+                        .bind(&channel)
+                        .bind(p.amount)
+                        .bind(&p.currency)
+                        .execute(tx.conn())
+                        .await?;
+                    }
                     resolve_failed(tx, p.id, &c.reason)?;
                     Ok(Intent::Finished(Outcome::Applied))
                 }

@@ -216,15 +216,28 @@ async fn reserve(
             .fetch_one(&mut *conn)
             .await?;
     if let (Some(code), discount) = order {
-        let taken = sqlx::query(
-            "UPDATE coupons SET used = used + 1 WHERE code = $1 AND used < total_limit
-               AND (SELECT count(*) FROM coupon_redemptions r
-                    WHERE r.coupon_code = $1 AND r.user_id = $2 AND r.status <> 'released') < per_user_limit",
+        // The coupon row lock serialises concurrent Trys of the same coupon,
+        // so the per-user count below sees every committed redemption.
+        let limits: (i32, i32, i32) = sqlx::query_as(
+            "SELECT used, total_limit, per_user_limit FROM coupons WHERE code = $1 FOR UPDATE",
+        )
+        .bind(&code)
+        .fetch_one(&mut *conn)
+        .await?;
+        let user_uses: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
         )
         .bind(&code)
         .bind(&p.user_id)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?;
+        let (used, total_limit, per_user_limit) = limits;
+        let available = used < total_limit && user_uses < i64::from(per_user_limit);
+        let taken = sqlx::query("UPDATE coupons SET used = used + 1 WHERE code = $1 AND $2")
+            .bind(&code)
+            .bind(available)
+            .execute(&mut *conn)
+            .await?;
         if taken.rows_affected() == 0 {
             return Ok(Err(Shortfall::Coupon(format!(
                 "{code} has no use left for {}",

@@ -168,6 +168,10 @@ pub struct StageProcessor<H> {
 
 impl<H: Handler> StageProcessor<H> {
     pub fn new(handler: H, shared: Arc<Shared>) -> Arc<Self> {
+        // Register the stage's series at start, so dashboards see zeros, not gaps.
+        for result in ["applied", "stale", "duplicate", "retried", "dead_lettered"] {
+            metrics::counter!("payfleet_messages_total", "stage" => handler.name().to_owned(), "result" => result).increment(0);
+        }
         Arc::new(Self {
             handler,
             shared,

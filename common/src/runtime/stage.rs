@@ -76,13 +76,14 @@ impl StageError {
 }
 
 impl From<sqlx::Error> for StageError {
-    /// Integrity, data and syntax errors (SQLSTATE classes 22, 23, 42) will
-    /// fail the same way again; everything else (connections, pool timeouts,
-    /// serialization failures, deadlocks) is transient.
+    /// Integrity, data, syntax and trigger errors (SQLSTATE classes 22, 23,
+    /// 42, P0) will fail the same way again; everything else (connections,
+    /// pool timeouts, serialization failures, deadlocks) is transient.
     fn from(error: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &error {
             if let Some(code) = db.code() {
-                if matches!(&code[..2], "22" | "23" | "42") {
+                // P0: a check raised by a trigger (an unbalanced journal entry)
+                if matches!(&code[..2], "22" | "23" | "42" | "P0") {
                     return StageError::Permanent(error.to_string());
                 }
             }
