@@ -1032,3 +1032,49 @@ async fn resolving_a_wallet_exception_as_failed_releases_the_freeze_through_canc
     .await?;
     chain.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_never_use_a_coupon_past_its_per_user_limit() -> anyhow::Result<()> {
+    let mut chain = Chain::new("couponrace").await?;
+    sqlx::query(
+        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, valid_from, valid_until, total_limit, per_user_limit)
+         VALUES ('ONCE', 'full_reduction', 'CNY', 10, 2, now() - interval '1 day', now() + interval '1 day', 100, 1)",
+    )
+    .execute(chain.pool())
+    .await?;
+    chain.start(&[]).await?;
+    let orders: Vec<PaymentRequested> = (0..6)
+        .map(|i| {
+            let mut r = request(&format!("once-{i}"), "alice", &[("cup", 2)], "18.00");
+            r.coupon_code = Some("ONCE".into());
+            r
+        })
+        .collect();
+    for result in futures_util::future::join_all(orders.iter().map(|r| chain.publish(r))).await {
+        result?;
+    }
+    let mut settled = 0;
+    for i in 0..6 {
+        let (status, _) = chain.outcome(&format!("once-{i}")).await?;
+        if status == "settled" {
+            settled += 1;
+        }
+    }
+    assert_eq!(
+        settled, 1,
+        "one order gets the once-per-user coupon, the others are refused"
+    );
+    let (used, live): (i32, i64) = sqlx::query_as(
+        "SELECT c.used, (SELECT count(*) FROM coupon_redemptions r WHERE r.coupon_code = c.code AND r.status <> 'released')
+         FROM coupons c WHERE c.code = 'ONCE'",
+    )
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!((used, live), (1, 1));
+    assert_eq!(
+        chain.balance("user", "alice").await?.0,
+        d("982.00"),
+        "charged once, with the discount"
+    );
+    chain.finish().await
+}
