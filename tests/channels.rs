@@ -621,7 +621,11 @@ async fn expiry_closes_the_trade_first_and_a_late_success_is_owed_back() -> anyh
             .await?;
     assert_eq!(stock, (100, 0), "released");
 
-    // A success that still arrives (a channel that ignored the close) is owed back.
+    // A channel that ignored the close charges anyway and says so: the money is owed back.
+    world
+        .gateway
+        .charge_late(WALLET, &attempt.to_string())
+        .expect("the trade");
     let late = Notice {
         channel: WALLET.into(),
         out_trade_no: attempt.to_string(),
@@ -638,15 +642,23 @@ async fn expiry_closes_the_trade_first_and_a_late_success_is_owed_back() -> anyh
             .await?,
         200
     );
-    wait_until(WAIT, "a refund owed", || async {
+    wait_until(WAIT, "the late charge refunded at the channel", || async {
         Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM refunds WHERE status = 'owed' AND amount = 80.00",
+            "SELECT count(*) FROM refunds WHERE status = 'succeeded' AND amount = 80.00",
         )
         .fetch_one(world.pool())
         .await?
             == 1)
     })
     .await?;
+    assert_eq!(
+        world
+            .gateway
+            .trade(WALLET, &attempt.to_string())
+            .map(|t| t.refunded),
+        Some(d("80.00")),
+        "refunded once, in full"
+    );
     wait_until(WAIT, "the exception reported", || async {
         Ok(world
             .events(id)

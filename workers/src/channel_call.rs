@@ -91,6 +91,14 @@ pub trait ChannelAdapter: Send + Sync {
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply>;
     fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply>;
     fn close<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, CloseReply>;
+    /// Gives `amount` of a charged attempt back; `refund_id` is the channel's
+    /// idempotency key, so a re-send refunds once.
+    fn refund<'a>(
+        &'a self,
+        attempt_id: Uuid,
+        refund_id: Uuid,
+        amount: Decimal,
+    ) -> Boxed<'a, Result<Value, String>>;
 }
 
 /// The user's wallet: Try froze the funds, so the charge succeeds at once and
@@ -124,6 +132,18 @@ impl ChannelAdapter for BalanceChannel {
             CloseReply::Closed {
                 raw: json!({"channel": "balance", "result": "nothing to close"}),
             }
+        })
+    }
+    fn refund<'a>(
+        &'a self,
+        attempt_id: Uuid,
+        _refund_id: Uuid,
+        _amount: Decimal,
+    ) -> Boxed<'a, Result<Value, String>> {
+        Box::pin(async move {
+            Err(format!(
+                "the wallet channel took no money for {attempt_id}: nothing to refund there"
+            ))
         })
     }
 }
@@ -258,6 +278,21 @@ impl ChannelAdapter for SandboxChannel {
                     error: format!("HTTP {status}: {raw}"),
                 },
                 Err(error) => CloseReply::Unknown { error },
+            }
+        })
+    }
+    fn refund<'a>(
+        &'a self,
+        attempt_id: Uuid,
+        refund_id: Uuid,
+        amount: Decimal,
+    ) -> Boxed<'a, Result<Value, String>> {
+        Box::pin(async move {
+            let body = json!({"out_trade_no": attempt_id.to_string(), "refund_no": refund_id.to_string(), "amount": amount.to_string()});
+            match send(self.http.post(self.url("/refunds")).json(&body)).await {
+                Ok((status, raw)) if status.is_success() => Ok(raw),
+                Ok((status, raw)) => Err(format!("HTTP {status}: {raw}")),
+                Err(error) => Err(error),
             }
         })
     }

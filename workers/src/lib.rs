@@ -10,6 +10,7 @@ pub mod notification;
 pub mod ops;
 pub mod order_validation;
 pub mod payment;
+pub mod refunds;
 pub mod routing;
 pub mod sandbox_gateway;
 pub mod settlement;
@@ -71,6 +72,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet.calling_stage(channel_call::ChannelCall::new(
             adapters, &settings, topology, redis,
         ))?;
+        fleet = fleet.background("refund-sender", refunds::run);
     }
     if wanted(callback::NAME) {
         fleet = fleet.stage(callback::Callback)?;

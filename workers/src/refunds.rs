@@ -1,0 +1,101 @@
+//! Refunds owed after a late success (a channel charged a payment we had
+//! already given up) are sent back through the channel automatically: a
+//! sender leases each owed row, calls the channel outside any transaction
+//! with the refund id as the idempotency key, and records the answer. A
+//! failed send stays owed and is tried again later; `payfleet status`
+//! reports what is still owed.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use payfleet_common::{CancellationToken, runtime::Shared};
+use rust_decimal::Decimal;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::channel_call::{ChannelAdapter, ChannelCall};
+
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let timeout = Duration::from_millis(shared.settings.channel_timeout_ms);
+    let adapters: HashMap<String, Arc<dyn ChannelAdapter>> = match ChannelCall::adapters(
+        &shared.pool,
+        timeout,
+    )
+    .await
+    {
+        Ok(adapters) => adapters
+            .into_iter()
+            .map(|a| (a.name().to_owned(), a))
+            .collect(),
+        Err(error) => {
+            tracing::error!(%error, "refund sender cannot build its channel adapters; refunds stay owed");
+            return;
+        }
+    };
+    loop {
+        if let Err(error) = send_owed(&shared, &adapters).await {
+            tracing::warn!(%error, "refund pass failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn send_owed(
+    shared: &Shared,
+    adapters: &HashMap<String, Arc<dyn ChannelAdapter>>,
+) -> Result<(), sqlx::Error> {
+    let pool = &shared.pool;
+    let owed: Vec<(Uuid, Uuid, Uuid, String, Decimal)> = sqlx::query_as(
+        "UPDATE refunds SET claimed_until = now() + interval '60 seconds', sends = sends + 1
+         WHERE id IN (SELECT id FROM refunds WHERE status = 'owed' AND (claimed_until IS NULL OR claimed_until < now())
+                      ORDER BY created_at LIMIT 16 FOR UPDATE SKIP LOCKED)
+         RETURNING id, payment_id, attempt_id, channel, amount",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (refund_id, payment_id, attempt_id, channel, amount) in owed {
+        let answer = match adapters.get(&channel) {
+            Some(adapter) => adapter.refund(attempt_id, refund_id, amount).await,
+            None => Err(format!("no adapter for channel {channel}")),
+        };
+        let payload = match &answer {
+            Ok(raw) => {
+                json!({"call": "refund", "refund_no": refund_id, "amount": amount.to_string(), "answer": raw})
+            }
+            Err(error) => {
+                json!({"call": "refund", "refund_no": refund_id, "amount": amount.to_string(), "error": error})
+            }
+        };
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'request', $4)")
+            .bind(payment_id)
+            .bind(attempt_id)
+            .bind(&channel)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+        match answer {
+            Ok(_) => {
+                sqlx::query("UPDATE refunds SET status = 'succeeded', refunded_at = now(), claimed_until = NULL, last_error = NULL WHERE id = $1")
+                    .bind(refund_id)
+                    .execute(&mut *tx)
+                    .await?;
+                metrics::counter!("payfleet_refunds_total", "result" => "succeeded").increment(1);
+                tracing::info!(%payment_id, %refund_id, %amount, channel, "late charge refunded");
+            }
+            Err(error) => {
+                sqlx::query("UPDATE refunds SET claimed_until = now() + interval '30 seconds', last_error = $2 WHERE id = $1")
+                    .bind(refund_id)
+                    .bind(&error)
+                    .execute(&mut *tx)
+                    .await?;
+                metrics::counter!("payfleet_refunds_total", "result" => "retried").increment(1);
+                tracing::warn!(%payment_id, %refund_id, %error, "refund not accepted by the channel; trying again later");
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
