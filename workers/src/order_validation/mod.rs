@@ -124,6 +124,20 @@ impl Stage for OrderValidation {
         inbound: &Inbound,
         request: &Request,
     ) -> Result<Outcome, StageError> {
+        // The ingress binds refund requests too; their stage does not exist
+        // yet, so they are refused for what they are, never read as payments.
+        if inbound.routing_key == "refund.requested"
+            || inbound.message_type.as_deref() == Some("refund.requested")
+        {
+            return refuse(
+                tx,
+                inbound,
+                request,
+                "unsupported_message",
+                "refund requests are not handled by this fleet yet",
+            )
+            .await;
+        }
         let merchant: Option<(String, String)> =
             sqlx::query_as("SELECT signing_key, status FROM merchants WHERE id = $1")
                 .bind(&request.merchant_id)
