@@ -448,3 +448,23 @@ async fn metrics_health_and_readiness_are_served() -> anyhow::Result<()> {
     assert_eq!(env.assert_quiet_invariants().await?, 3);
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_rows_past_their_retention_are_pruned_and_recent_ones_kept() -> anyhow::Result<()> {
+    let env = TestEnv::new("inboxprune").await?;
+    sqlx::query(
+        "INSERT INTO inbox (stage, message_id, outcome, processed_at) VALUES
+           ('probe-transfer', 'old', 'applied', now() - interval '40 days'),
+           ('probe-transfer', 'recent', 'applied', now() - interval '1 day')",
+    )
+    .execute(&env.pool)
+    .await?;
+    let pruned =
+        payfleet_common::fleet::prune_inbox(&env.pool, Duration::from_secs(30 * 86_400)).await?;
+    assert_eq!(pruned, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT message_id FROM inbox")
+        .fetch_all(&env.pool)
+        .await?;
+    assert_eq!(left, vec!["recent"]);
+    env.teardown().await
+}

@@ -112,6 +112,9 @@ pub struct Settings {
     pub management_url: String,
     /// Purged dead letters are deleted after this many days (`payfleet dlq purge --delete-expired`).
     pub dead_letter_retention_days: u32,
+    /// Inbox rows (processed message ids) are kept this many days: the
+    /// window in which a redelivered or replayed message is recognised.
+    pub inbox_retention_days: u32,
 }
 
 impl Default for Settings {
@@ -157,6 +160,7 @@ impl Default for Settings {
             callback_tolerance_ms: 300_000,
             management_url: "http://127.0.0.1:15672".into(),
             dead_letter_retention_days: 90,
+            inbox_retention_days: 30,
         }
     }
 }
@@ -365,6 +369,7 @@ fn leak_name(key: &str) -> &'static str {
         "callback_tolerance_ms",
         "management_url",
         "dead_letter_retention_days",
+        "inbox_retention_days",
     ];
     NAMES
         .iter()

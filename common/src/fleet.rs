@@ -279,7 +279,19 @@ fn starter<P: DeliveryProcessor>(spec: ConsumerSpec, processor: Arc<P>) -> Start
     Box::new(move |health, stop| Box::pin(consumer::consume(spec, processor, health, stop)))
 }
 
-/// Housekeeping: prunes sent outbox rows past their retention.
+/// Deletes inbox rows processed longer ago than `retention`, in bounded batches.
+pub async fn prune_inbox(pool: &sqlx::PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        "DELETE FROM inbox WHERE ctid IN (
+             SELECT ctid FROM inbox WHERE processed_at < now() - make_interval(secs => $1) LIMIT 10000)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Housekeeping: prunes sent outbox rows and inbox rows past their retention.
 async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -290,6 +302,13 @@ async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned sent outbox rows"),
             Err(error) => tracing::warn!(%error, "pruning the outbox failed"),
+        }
+        let inbox_retention =
+            Duration::from_secs(u64::from(shared.settings.inbox_retention_days) * 86_400);
+        match prune_inbox(&shared.pool, inbox_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned inbox rows past their retention"),
+            Err(error) => tracing::warn!(%error, "pruning the inbox failed"),
         }
     }
 }
