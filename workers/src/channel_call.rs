@@ -434,12 +434,14 @@ pub enum Call {
     Query {
         payment_id: Uuid,
         attempt_id: Uuid,
+        currency: String,
         number: u32,
         adapter: Arc<dyn ChannelAdapter>,
     },
     Close {
         payment_id: Uuid,
         attempt_id: Uuid,
+        currency: String,
         reason: String,
         adapter: Arc<dyn ChannelAdapter>,
     },
@@ -513,12 +515,7 @@ impl CallingStage for ChannelCall {
         let open = |s: &str| matches!(s, "sending" | "pending" | "unknown");
         match work {
             Work::Charge(_) => {
-                let closing: bool = sqlx::query_scalar(
-                    "SELECT close_requested_at IS NOT NULL FROM payments WHERE id = $1",
-                )
-                .bind(p.id)
-                .fetch_one(tx.conn())
-                .await?;
+                let closing = p.close_requested_at.is_some();
                 if closing {
                     return Ok(Intent::Finished(Outcome::Stale {
                         reason: format!("payment {} is being closed: no charge", p.id),
@@ -548,18 +545,13 @@ impl CallingStage for ChannelCall {
                         id
                     }
                 };
-                let payer_token: Option<String> =
-                    sqlx::query_scalar("SELECT payer_token FROM payments WHERE id = $1")
-                        .bind(p.id)
-                        .fetch_one(tx.conn())
-                        .await?;
                 let request = ChargeRequest {
                     attempt_id,
                     payment_id: p.id,
                     user_id: p.user_id.clone(),
                     amount: p.amount,
                     currency: p.currency.clone(),
-                    payer_token,
+                    payer_token: p.payer_token.clone(),
                     notify_url: format!("{}/callbacks/{channel}/{}", self.callback_base_url, p.id),
                 };
                 log(tx, p.id, Some(attempt_id), &channel, "request", json!({
@@ -575,6 +567,7 @@ impl CallingStage for ChannelCall {
                     Ok(Intent::Call(Call::Query {
                         payment_id: p.id,
                         attempt_id: id,
+                        currency: p.currency.clone(),
                         number: q.query_number,
                         adapter,
                     }))
@@ -597,6 +590,7 @@ impl CallingStage for ChannelCall {
                     Ok(Intent::Call(Call::Close {
                         payment_id: p.id,
                         attempt_id: id,
+                        currency: p.currency.clone(),
                         reason: c.reason.clone(),
                         adapter,
                     }))
@@ -648,31 +642,34 @@ impl CallingStage for ChannelCall {
         call: Call,
         answer: Answer,
     ) -> Result<Outcome, StageError> {
-        let (payment_id, attempt_id, channel) = match &call {
+        let (payment_id, attempt_id, channel, currency) = match &call {
             Call::Charge { request, adapter } => (
                 request.payment_id,
                 request.attempt_id,
                 adapter.name().to_owned(),
+                request.currency.clone(),
             ),
             Call::Query {
                 payment_id,
                 attempt_id,
                 adapter,
+                currency,
                 ..
             }
             | Call::Close {
                 payment_id,
                 attempt_id,
                 adapter,
+                currency,
                 ..
-            } => (*payment_id, *attempt_id, adapter.name().to_owned()),
+            } => (
+                *payment_id,
+                *attempt_id,
+                adapter.name().to_owned(),
+                currency.clone(),
+            ),
         };
         tx.set_correlation_id(&payment_id.to_string());
-        let currency: String =
-            sqlx::query_scalar("SELECT currency::text FROM payments WHERE id = $1")
-                .bind(payment_id)
-                .fetch_one(tx.conn())
-                .await?;
         let failed_call = matches!(
             answer,
             Answer::Channel(ChannelReply::Unknown { .. })

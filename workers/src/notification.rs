@@ -9,14 +9,15 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use payfleet_common::{
-    CancellationToken,
-    broker::{self, Outgoing, header},
+    CancellationToken, broker,
     messages::{self, EventSubOrder, PaymentEvent, PaymentOutcome, SCHEMA_VERSION},
-    runtime::{Inbound, Outcome, Shared, Stage, StageError, StageTx},
+    runtime::{
+        Inbound, Outcome, Shared, Stage, StageError, StageTx,
+        dead_letter::{self, ErrorKind},
+    },
 };
 use rust_decimal::Decimal;
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 pub const NAME: &str = "notification";
@@ -289,41 +290,33 @@ async fn dead_letter_webhook(
     attempts: i32,
     error: &str,
 ) -> Result<(), broker::PublishError> {
-    let mut headers = lapin::types::FieldTable::default();
-    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    broker::set_header(&mut headers, header::STAGE, NAME);
-    broker::set_header(&mut headers, header::ERROR_KIND, "exhausted");
-    broker::set_header(
-        &mut headers,
-        header::ERROR_MESSAGE,
-        format!("webhook to {} failed {attempts} times: {error}", d.url),
-    );
-    broker::set_header(&mut headers, header::ATTEMPTS, i64::from(attempts));
-    broker::set_header(&mut headers, header::FIRST_FAILURE_AT, now.as_str());
-    broker::set_header(&mut headers, header::LAST_FAILURE_AT, now);
-    broker::set_header(
-        &mut headers,
-        header::DEAD_LETTER_ID,
-        messages::stable_id(&["webhook-dead-letter", &d.id.to_string()]).to_string(),
-    );
-    let properties = broker::properties(
-        &d.id.to_string(),
-        Some(&d.payment_id.to_string()),
-        Some("webhook.delivery"),
-    )
-    .with_headers(headers);
-    let message = Outgoing {
-        exchange: shared.topology.exchanges().dead_letters.clone(),
+    // The delivery goes to this stage's DLQ through the runtime's own
+    // dead-lettering, as the message it would have been.
+    let inbound = Inbound {
+        stage: NAME.to_owned(),
+        message_id: d.id.to_string(),
+        correlation_id: Some(d.payment_id.to_string()),
+        message_type: Some("webhook.delivery".to_owned()),
+        attempt: 0,
+        redelivered: false,
+        suspect: false,
         routing_key: NAME.to_owned(),
+        headers: lapin::types::FieldTable::default(),
         body: serde_json::to_vec(&d.payload).unwrap_or_default(),
-        properties,
     };
-    shared.publisher.publish(&message).await
-}
-
-/// Deliveries still pending (for the demo's and tests' quiet check).
-pub async fn pending_webhooks(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
-        .fetch_one(pool)
-        .await
+    let properties = broker::properties(
+        &inbound.message_id,
+        inbound.correlation_id.as_deref(),
+        inbound.message_type.as_deref(),
+    );
+    dead_letter::publish(
+        &shared.publisher,
+        &shared.topology.exchanges().dead_letters,
+        &inbound,
+        &properties,
+        ErrorKind::Exhausted,
+        &format!("webhook to {} failed {attempts} times: {error}", d.url),
+        attempts.max(0) as u32,
+    )
+    .await
 }

@@ -107,6 +107,11 @@ pub struct Payment {
     pub reason: Option<String>,
     pub notify_url: Option<String>,
     pub expires_at: DateTime<Utc>,
+    pub payer_token: Option<String>,
+    /// What the chosen channel charges for this payment.
+    pub channel_fee: Decimal,
+    /// Set when the sweeper asked for the trade to be closed.
+    pub close_requested_at: Option<DateTime<Utc>>,
 }
 
 impl Payment {
@@ -115,7 +120,8 @@ impl Payment {
     }
 }
 
-const COLUMNS: &str = "id, merchant_id, merchant_order_id, user_id, method, channel, currency, amount, status, reason, notify_url, expires_at";
+const COLUMNS: &str = "id, merchant_id, merchant_order_id, user_id, method, channel, currency, amount, status, reason, notify_url, expires_at,
+     payer_token, channel_fee, close_requested_at";
 
 /// Loads and row-locks a payment for the rest of the transaction.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Payment>, StageError> {

@@ -138,11 +138,7 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
         // account, less the channel's fee, which is the platform's cost.
         None => {
             let channel = p.channel.clone().unwrap_or_default();
-            let channel_fee: Decimal =
-                sqlx::query_scalar("SELECT channel_fee FROM payments WHERE id = $1")
-                    .bind(p.id)
-                    .fetch_one(&mut *conn)
-                    .await?;
+            let channel_fee = p.channel_fee;
             let clearing = payment::account_id(
                 conn,
                 "external",
