@@ -43,20 +43,7 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
     // A fresh vhost without the topology the harness applies for other tests.
     let env = TestEnv::new("topology").await?;
     let vhost = format!("{}_cli", env.name);
-    let http = reqwest::Client::new();
-    let api = payfleet_tests::MANAGEMENT_API;
-    http.put(format!("{api}/vhosts/{vhost}"))
-        .basic_auth("guest", Some("guest"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await?
-        .error_for_status()?;
-    http.put(format!("{api}/permissions/{vhost}/guest"))
-        .basic_auth("guest", Some("guest"))
-        .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-        .send()
-        .await?
-        .error_for_status()?;
+    payfleet_tests::create_vhost(&vhost).await?;
     let vars = vec![(
         "PAYFLEET_AMQP_URL".to_owned(),
         format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
@@ -75,19 +62,17 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
             "{queue} missing from:\n{first}"
         );
     }
-    let listing = |vhost: String| {
-        let http = http.clone();
-        async move {
-            let value: Value = http
-                .get(format!("{api}/queues/{vhost}"))
-                .basic_auth("guest", Some("guest"))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            anyhow::Ok(value)
-        }
+    let listing = |vhost: String| async move {
+        let listed = payfleet_tests::rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &vhost,
+            "name",
+            "--formatter",
+            "json",
+        ])
+        .await?;
+        anyhow::Ok(serde_json::from_str::<Value>(&listed)?)
     };
     let queues_after_first = queue_names(&listing(vhost.clone()).await?);
     assert_eq!(queues_after_first.len(), 44);
@@ -99,13 +84,7 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
         queues_after_first,
         "a second apply changes nothing"
     );
-    let ingress: Value = http
-        .get(format!("{api}/queues/{vhost}/payfleet.ingress"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let ingress = payfleet_tests::queue_info(&vhost, "payfleet.ingress").await?;
     assert_eq!(ingress["arguments"]["x-overflow"], "reject-publish");
     assert_eq!(ingress["durable"], true);
 
@@ -148,10 +127,7 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
     );
     let _ = std::fs::remove_file(&file);
     for v in [&vhost, &imported] {
-        http.delete(format!("{api}/vhosts/{v}"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await?;
+        payfleet_tests::delete_vhost(v).await;
     }
     env.teardown().await
 }
@@ -233,14 +209,10 @@ async fn quorum_topology_is_accepted_by_the_broker() -> anyhow::Result<()> {
     })
     .await?;
     // TestEnv applied the quorum topology; the broker accepted every argument.
-    let queue = env
-        .management(&format!("/queues/{}/payfleet.settlement", env.name))
-        .await?;
+    let queue = env.queue_info("payfleet.settlement").await?;
     assert_eq!(queue["type"], "quorum");
     assert_eq!(queue["arguments"]["x-delivery-limit"], 20);
-    let delay = env
-        .management(&format!("/queues/{}/payfleet.settlement.retry.0", env.name))
-        .await?;
+    let delay = env.queue_info("payfleet.settlement.retry.0").await?;
     assert_eq!(delay["type"], "quorum");
     assert_eq!(delay["arguments"]["x-message-ttl"], 200);
     env.teardown().await

@@ -27,8 +27,6 @@ pub use probe::{
     Behaviour, RECEIPT_STAGE, Receipt, ReceiptStage, TRANSFER_STAGE, Transfer, TransferStage,
 };
 
-pub const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
-
 /// The committed topology plus the probe stages.
 pub fn probe_topology(settings: &Settings) -> anyhow::Result<Topology> {
     Ok(Topology::from_settings(settings)?
@@ -42,7 +40,6 @@ pub struct TestEnv {
     pub settings: Settings,
     pub pool: PgPool,
     pub topology: Topology,
-    http: reqwest::Client,
     torn_down: bool,
 }
 
@@ -79,16 +76,14 @@ impl TestEnv {
         let mut settings = test_settings(&name);
         adjust(&mut settings);
         settings.validate()?;
-        let http = reqwest::Client::new();
         let env_without_pool = |pool| TestEnv {
             name: name.clone(),
             settings: settings.clone(),
             pool,
             topology: probe_topology(&settings).expect("topology"),
-            http: http.clone(),
             torn_down: false,
         };
-        create_vhost(&http, &name).await?;
+        create_vhost(&name).await?;
         db::migrate(&settings)
             .await
             .context("migrating the test database")?;
@@ -221,18 +216,9 @@ impl TestEnv {
             .with_context(|| sql.to_owned())
     }
 
-    /// GET on the management API.
-    pub async fn management(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .get(format!("{MANAGEMENT_API}{path}"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("management API GET {path}: {}", response.status());
-        }
-        Ok(response.json().await?)
+    /// A queue of this test's vhost (see [`queue_info`]).
+    pub async fn queue_info(&self, queue: &str) -> anyhow::Result<Value> {
+        queue_info(&self.name, queue).await
     }
 
     /// Closes every client connection of this vhost (`rabbitmqctl
@@ -419,37 +405,72 @@ impl Drop for TestEnv {
     }
 }
 
-async fn create_vhost(http: &reqwest::Client, name: &str) -> anyhow::Result<()> {
-    let put = |path: String, body: Value| {
-        http.put(format!("{MANAGEMENT_API}{path}"))
-            .basic_auth("guest", Some("guest"))
-            .json(&body)
-            .send()
-    };
-    let response = put(format!("/vhosts/{name}"), serde_json::json!({})).await.context(
-        "the RabbitMQ management API is unreachable on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
-    )?;
-    if !response.status().is_success() {
-        bail!("creating vhost {name}: {}", response.status());
+/// Runs `rabbitmqctl` (the broker's own CLI, present wherever the broker
+/// is, unlike the management plugin) and returns its standard output.
+pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .arg("-q")
+        .output()
+        .await
+        .context("running rabbitmqctl (it comes with the RabbitMQ server)")?;
+    if !output.status.success() {
+        bail!(
+            "rabbitmqctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
-    let response = put(
-        format!("/permissions/{name}/guest"),
-        serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
-    )
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A queue of `vhost` as `rabbitmqctl list_queues` reports it (name, type,
+/// durable, arguments): no management API needed.
+pub async fn queue_info(vhost: &str, queue: &str) -> anyhow::Result<Value> {
+    let listed = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "type",
+        "durable",
+        "arguments",
+        "--formatter",
+        "json",
+    ])
     .await?;
-    if !response.status().is_success() {
-        bail!("granting guest on vhost {name}: {}", response.status());
+    let queues: Vec<Value> = serde_json::from_str(&listed)
+        .with_context(|| format!("rabbitmqctl list_queues output: {listed}"))?;
+    let mut found = queues
+        .into_iter()
+        .find(|q| q["name"] == queue)
+        .with_context(|| format!("queue {queue} not found in vhost {vhost}"))?;
+    // rabbitmqctl lists arguments as [name, type, value] triples; make them
+    // the object the management API shows.
+    if let Some(triples) = found["arguments"].as_array() {
+        let arguments: serde_json::Map<String, Value> = triples
+            .iter()
+            .filter_map(|t| Some((t.get(0)?.as_str()?.to_owned(), t.get(2)?.clone())))
+            .collect();
+        found["arguments"] = Value::Object(arguments);
     }
+    Ok(found)
+}
+
+/// A vhost of its own for one test, open to the `guest` user.
+pub async fn create_vhost(name: &str) -> anyhow::Result<()> {
+    rabbitmqctl(&["add_vhost", name]).await?;
+    rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]).await?;
     Ok(())
 }
 
+/// Deletes a vhost and everything in it; a missing vhost is not an error.
+pub async fn delete_vhost(name: &str) {
+    let _ = rabbitmqctl(&["delete_vhost", name]).await;
+}
+
 async fn cleanup(name: &str, settings: &Settings) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let _ = http
-        .delete(format!("{MANAGEMENT_API}/vhosts/{name}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await;
+    delete_vhost(name).await;
     if let Ok(mut admin) =
         sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await
     {

@@ -1,7 +1,10 @@
-//! `payfleet status`: the fleet at a glance, from the broker's management
-//! API and from PostgreSQL; a non-zero exit when something needs attention
-//! (parked dead letters, an outbox lagging, a payment stuck), so it can drive
-//! an alert.
+//! `payfleet status`: the fleet at a glance, from the broker and from
+//! PostgreSQL; a non-zero exit when something needs attention (parked dead
+//! letters, an outbox lagging, a payment stuck), so it can drive an alert.
+//!
+//! Queue figures come from the RabbitMQ management API when it is enabled,
+//! and otherwise from AMQP passive declares, which give ready and consumer
+//! counts but not unacked ones: those are then shown as unavailable.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +17,8 @@ use sqlx::PgPool;
 #[derive(Debug, Default, Serialize)]
 pub struct StageStatus {
     pub ready: i64,
-    pub unacked: i64,
+    /// Only the management API knows it; `None` without it.
+    pub unacked: Option<i64>,
     pub consumers: i64,
     /// Messages waiting in each delay level.
     pub retrying: Vec<i64>,
@@ -25,6 +29,10 @@ pub struct StageStatus {
 #[derive(Debug, Serialize)]
 pub struct FleetStatus {
     pub vhost: String,
+    /// Where the queue figures came from: `management_api` or `amqp`.
+    pub queue_source: &'static str,
+    /// What could not be shown, and why.
+    pub unavailable: Vec<String>,
     pub stages: BTreeMap<String, StageStatus>,
     pub ingress_ready: i64,
     pub outbox_backlog: i64,
@@ -47,33 +55,17 @@ pub async fn collect(
 ) -> anyhow::Result<FleetStatus> {
     let topology = Topology::from_settings(settings)?;
     let vhost = settings.amqp_vhost();
-    let (user, password) = settings.amqp_credentials();
-    let url = format!(
-        "{}/api/queues/{}",
-        settings.management_url.trim_end_matches('/'),
-        encode(&vhost)
-    );
-    let queues: Vec<Value> = reqwest::Client::new()
-        .get(&url)
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .with_context(|| format!("RabbitMQ management API at management_url ({url}); enable it with `rabbitmq-plugins enable rabbitmq_management`"))?
-        .error_for_status()
-        .context("RabbitMQ management API")?
-        .json()
-        .await?;
-    let by_name: BTreeMap<String, &Value> = queues
-        .iter()
-        .filter_map(|q| Some((q.get("name")?.as_str()?.to_owned(), q)))
-        .collect();
-    let count = |queue: &str, field: &str| {
-        by_name
-            .get(queue)
-            .and_then(|q| q.get(field))
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
+    let mut unavailable = Vec::new();
+    let queues = match from_management_api(settings, &vhost).await {
+        Ok(queues) => queues,
+        Err(why) => {
+            unavailable.push(format!(
+                "unacked counts: {why}; enable it with `rabbitmq-plugins enable rabbitmq_management`"
+            ));
+            from_passive_declares(settings, &topology).await?
+        }
     };
+    let count = |queue: &str| queues.get(queue).copied().unwrap_or_default();
 
     let parked: Vec<(String, i64)> = sqlx::query_as(
         "SELECT stage, count(*) FROM dead_letters WHERE status = 'parked' GROUP BY stage",
@@ -86,13 +78,13 @@ pub async fn collect(
         stages.insert(
             stage.clone(),
             StageStatus {
-                ready: count(&work, "messages_ready"),
-                unacked: count(&work, "messages_unacknowledged"),
-                consumers: count(&work, "consumers"),
+                ready: count(&work).ready,
+                unacked: count(&work).unacked,
+                consumers: count(&work).consumers,
                 retrying: (0..topology.retry_delays_ms.len())
-                    .map(|level| count(&Topology::retry_queue(stage, level), "messages_ready"))
+                    .map(|level| count(&Topology::retry_queue(stage, level)).ready)
                     .collect(),
-                dlq_ready: count(&Topology::dead_letter_queue(stage), "messages_ready"),
+                dlq_ready: count(&Topology::dead_letter_queue(stage)).ready,
                 dead_letters_parked: parked
                     .iter()
                     .find(|(s, _)| s == stage)
@@ -143,8 +135,14 @@ pub async fn collect(
         ));
     }
     Ok(FleetStatus {
-        ingress_ready: count(&topology.spec.ingress.queue, "messages_ready"),
+        ingress_ready: count(&topology.spec.ingress.queue).ready,
         vhost,
+        queue_source: if unavailable.is_empty() {
+            "management_api"
+        } else {
+            "amqp"
+        },
+        unavailable,
         stages,
         outbox_backlog: backlog,
         outbox_oldest_seconds: oldest,
@@ -153,6 +151,109 @@ pub async fn collect(
         refunds_owed,
         attention,
     })
+}
+
+/// One queue's figures.
+#[derive(Debug, Default, Clone, Copy)]
+struct QueueCounts {
+    ready: i64,
+    unacked: Option<i64>,
+    consumers: i64,
+}
+
+/// Every queue of the vhost from the management API, or why it could not
+/// be asked.
+async fn from_management_api(
+    settings: &Settings,
+    vhost: &str,
+) -> Result<BTreeMap<String, QueueCounts>, String> {
+    let (user, password) = settings.amqp_credentials();
+    let url = format!(
+        "{}/api/queues/{}",
+        settings.management_url.trim_end_matches('/'),
+        encode(vhost)
+    );
+    let unreachable = |e: reqwest::Error| {
+        format!("the RabbitMQ management API at management_url ({url}) answered no: {e}")
+    };
+    let queues: Vec<Value> = reqwest::Client::new()
+        .get(&url)
+        .basic_auth(user, Some(password))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(unreachable)?
+        .json()
+        .await
+        .map_err(unreachable)?;
+    let field = |q: &Value, name: &str| q.get(name).and_then(Value::as_i64);
+    Ok(queues
+        .iter()
+        .filter_map(|q| {
+            let counts = QueueCounts {
+                ready: field(q, "messages_ready").unwrap_or(0),
+                unacked: Some(field(q, "messages_unacknowledged").unwrap_or(0)),
+                consumers: field(q, "consumers").unwrap_or(0),
+            };
+            Some((q.get("name")?.as_str()?.to_owned(), counts))
+        })
+        .collect())
+}
+
+/// The topology's queues by AMQP passive declares: ready and consumer
+/// counts, straight from the broker, without the management plugin.
+async fn from_passive_declares(
+    settings: &Settings,
+    topology: &Topology,
+) -> anyhow::Result<BTreeMap<String, QueueCounts>> {
+    let connection = payfleet_common::broker::connect_once(&settings.amqp_url, "payfleet-status")
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at amqp_url (vhost {})",
+                settings.amqp_vhost()
+            )
+        })?;
+    let mut queues = vec![topology.spec.ingress.queue.clone()];
+    for stage in topology.stages() {
+        queues.push(Topology::work_queue(stage));
+        queues.push(Topology::dead_letter_queue(stage));
+        for level in 0..topology.retry_delays_ms.len() {
+            queues.push(Topology::retry_queue(stage, level));
+        }
+    }
+    let mut counts = BTreeMap::new();
+    let mut channel = connection.create_channel().await?;
+    for queue in queues {
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                counts.insert(
+                    queue,
+                    QueueCounts {
+                        ready: i64::from(q.message_count()),
+                        unacked: None,
+                        consumers: i64::from(q.consumer_count()),
+                    },
+                );
+            }
+            // A missing queue closes the channel: count it as empty (as the
+            // management API's listing would, by leaving it out) and go on.
+            Err(_) => channel = connection.create_channel().await?,
+        }
+    }
+    let _ = connection.close(200, "status read".into()).await;
+    Ok(counts)
 }
 
 pub fn print(status: &FleetStatus) {
@@ -170,7 +271,8 @@ pub fn print(status: &FleetStatus) {
             "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
             stage,
             s.ready,
-            s.unacked,
+            s.unacked
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
             s.consumers,
             retrying.join("/"),
             s.dlq_ready,
@@ -205,6 +307,9 @@ pub fn print(status: &FleetStatus) {
             oldest["status"].as_str().unwrap_or(""),
             oldest["age_seconds"].as_f64().unwrap_or(0.0)
         );
+    }
+    for line in &status.unavailable {
+        println!("not shown: {line}");
     }
     if status.attention.is_empty() {
         println!("ok: nothing needs attention");
