@@ -46,6 +46,9 @@ struct World {
     stop: Option<CancellationToken>,
     running: Option<tokio::task::JoinHandle<()>>,
     http_port: u16,
+    /// Trades a test planted at the gateway behind the fleet's back: left
+    /// out of the books-against-statement check (reconcile must find them).
+    planted_trades: Vec<String>,
 }
 
 impl World {
@@ -97,6 +100,7 @@ impl World {
             stop: None,
             running: None,
             http_port,
+            planted_trades: Vec::new(),
         })
     }
 
@@ -260,7 +264,89 @@ impl World {
         settlement::roll_up(self.pool(), 1_000_000).await?;
         let report = invariants::all(self.pool()).await?;
         assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        self.assert_books_match_the_channels_statements().await?;
         self.env.teardown().await
+    }
+
+    /// The books against the independent party: for each channel, the
+    /// sandbox's own statement (its store, never our rows) says what it
+    /// handed over — Σ (amount − fee) of its succeeded trades — what it kept
+    /// as its fee and what it paid back as refunds. Our clearing account
+    /// must show exactly that received and paid back, the channel's fee
+    /// must be the platform's cost, and the platform's accounts together
+    /// must hold the platform fees of settled payments less those costs.
+    async fn assert_books_match_the_channels_statements(&self) -> anyhow::Result<()> {
+        let mut all_fees = Decimal::ZERO;
+        for channel in [WALLET, CARD] {
+            let (mut handed_over, mut fees, mut refunded) =
+                (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+            let base_url: String =
+                sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+                    .bind(channel)
+                    .fetch_one(self.pool())
+                    .await?;
+            let today = Utc::now().date_naive();
+            for day in [today.pred_opt().unwrap_or(today), today] {
+                let statement: Value = reqwest::get(format!(
+                    "{base_url}/channels/{channel}/statement?date={day}"
+                ))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+                for trade in statement["trades"].as_array().into_iter().flatten() {
+                    let out = trade["out_trade_no"].as_str().unwrap_or_default();
+                    if trade["status"] != "SUCCEEDED"
+                        || self.planted_trades.iter().any(|p| p == out)
+                    {
+                        continue;
+                    }
+                    let money = |field: &str| -> anyhow::Result<Decimal> {
+                        Ok(trade[field].as_str().unwrap_or_default().parse()?)
+                    };
+                    handed_over += money("amount")? - money("fee")?;
+                    fees += money("fee")?;
+                    refunded += money("refunded")?;
+                }
+            }
+            all_fees += fees;
+            let (received, paid_back): (Decimal, Decimal) = sqlx::query_as(
+                "SELECT COALESCE(-sum(p.amount) FILTER (WHERE p.amount < 0), 0),
+                        COALESCE(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
+                 FROM postings p JOIN accounts a ON a.id = p.account_id
+                 WHERE a.owner_id = 'clearing:' || $1",
+            )
+            .bind(channel)
+            .fetch_one(self.pool())
+            .await?;
+            assert_eq!(
+                (received, paid_back),
+                (handed_over, refunded),
+                "{channel}: the clearing account received / paid back what the channel's statement says"
+            );
+            let cost: Decimal = sqlx::query_scalar(
+                "SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                 WHERE a.owner_kind = 'platform_cost' AND a.owner_id = 'channel-costs:' || $1",
+            )
+            .bind(channel)
+            .fetch_one(self.pool())
+            .await?;
+            assert_eq!(cost, -fees, "{channel}: its fee is the platform's cost");
+        }
+        let (platform, seller_fees): (Decimal, Decimal) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                      WHERE a.owner_kind IN ('platform', 'platform_cost')),
+                    (SELECT COALESCE(sum(d.fee_amount), 0) FROM transaction_details d
+                      JOIN payments p ON p.id = d.payment_id WHERE p.status = 'settled')",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        assert_eq!(
+            platform,
+            seller_fees - all_fees,
+            "the platform earned its fees less the channels' fees"
+        );
+        Ok(())
     }
 }
 
@@ -337,7 +423,7 @@ async fn async_and_sync_channel_payments_settle_through_the_clearing_account() -
     assert_eq!(
         postings(world.pool(), async_payment).await?,
         vec![
-            ("channel-fees:sandbox-wallet".into(), d("-0.32")),
+            ("channel-costs:sandbox-wallet".into(), d("-0.32")),
             ("clearing:sandbox-wallet".into(), d("-79.68")),
             ("fees".into(), d("0.60")),
             ("m1".into(), d("59.40")),
@@ -718,9 +804,12 @@ async fn an_unhealthy_channel_is_skipped_and_the_other_ones_fee_is_posted() -> a
     let fees: Vec<(String, Decimal)> = postings(world.pool(), rerouted)
         .await?
         .into_iter()
-        .filter(|p| p.0.starts_with("channel-fees"))
+        .filter(|p| p.0.starts_with("channel-costs"))
         .collect();
-    assert_eq!(fees, vec![("channel-fees:sandbox-card".into(), d("-0.96"))]);
+    assert_eq!(
+        fees,
+        vec![("channel-costs:sandbox-card".into(), d("-0.96"))]
+    );
     world.finish().await
 }
 
@@ -859,6 +948,7 @@ async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Re
         .send()
         .await?
         .error_for_status()?;
+    world.planted_trades.push(stranger.to_string());
     // missing on theirs: an attempt we believe succeeded that the channel never saw
     let phantom = Uuid::now_v7();
     sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, 80.00, 'CNY', 'succeeded')")
@@ -871,6 +961,19 @@ async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Re
     let (wallet_attempt, _, _) = world.attempt(wallet).await?;
     sqlx::query("UPDATE payment_attempts SET status = 'failed' WHERE id = $1")
         .bind(wallet_attempt)
+        .execute(world.pool())
+        .await?;
+
+    // fee mismatch: the channel took another fee than the one we booked
+    let (card_attempt, _, _) = world.attempt(card).await?;
+    sqlx::query("UPDATE payment_attempts SET fee = fee + 0.01 WHERE id = $1")
+        .bind(card_attempt)
+        .execute(world.pool())
+        .await?;
+    // currency mismatch: our record says another currency than the channel's
+    let (declined_attempt, _, _) = world.attempt(declined).await?;
+    sqlx::query("UPDATE payment_attempts SET currency = 'USD' WHERE id = $1")
+        .bind(declined_attempt)
         .execute(world.pool())
         .await?;
 
@@ -896,19 +999,188 @@ async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Re
         ("missing_ours".to_owned(), stranger.to_string()),
         ("missing_theirs".to_owned(), phantom.to_string()),
         ("status_mismatch".to_owned(), wallet_attempt.to_string()),
+        ("fee_mismatch".to_owned(), card_attempt.to_string()),
+        ("currency_mismatch".to_owned(), declined_attempt.to_string()),
     ];
     expected.sort();
     assert_eq!(found, expected, "every planted mismatch, and nothing else");
-    assert_eq!(matched, 2, "the good card payment and the decline match");
+    assert_eq!(matched, 0, "every trade carries a planted mismatch");
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM reconciliation_items WHERE kind <> 'matched'")
             .fetch_one(world.pool())
             .await?;
-    assert_eq!(stored, 4, "the result is stored");
+    assert_eq!(stored, 6, "the result is stored");
     // the planted rows are not the fleet's doing: put them back before the invariants
     sqlx::query("DELETE FROM payment_attempts WHERE id = $1")
         .bind(phantom)
         .execute(world.pool())
         .await?;
+    sqlx::query("UPDATE payment_attempts SET fee = fee - 0.01 WHERE id = $1")
+        .bind(card_attempt)
+        .execute(world.pool())
+        .await?;
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channel_fee_is_the_platforms_cost_even_above_its_platform_fee() -> anyhow::Result<()> {
+    // On a fresh database, the first card payment: 80.00 with a card fee of
+    // 0.96 and platform fees of only 0.60 (m1's 1 % of 60.00). The platform
+    // loses 0.36 on it, its cost account goes below zero, and the roll-up of
+    // every other account goes on regardless.
+    let mut world = World::new("channelcost", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let id = world.pay("first-card", "card", "tok_success").await?;
+    world.reaches(id, "settled").await?;
+    assert_eq!(
+        postings(world.pool(), id).await?,
+        vec![
+            ("channel-costs:sandbox-card".into(), d("-0.96")),
+            ("clearing:sandbox-card".into(), d("-79.04")),
+            ("fees".into(), d("0.60")),
+            ("m1".into(), d("59.40")),
+            ("m2".into(), d("20.00")),
+        ]
+    );
+    wait_until(WAIT, "every posting rolled up", || async {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM postings WHERE NOT rolled_up")
+                .fetch_one(world.pool())
+                .await?
+                == 0,
+        )
+    })
+    .await?;
+    let balances: Vec<(String, String, Decimal)> = sqlx::query_as(
+        "SELECT owner_kind, owner_id, total FROM accounts
+         WHERE owner_kind IN ('platform', 'platform_cost', 'merchant') ORDER BY owner_kind, owner_id",
+    )
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(
+        balances,
+        vec![
+            ("merchant".into(), "m1".into(), d("59.40")),
+            ("merchant".into(), "m2".into(), d("20.00")),
+            ("platform".into(), "fees".into(), d("0.60")),
+            (
+                "platform_cost".into(),
+                "channel-costs:sandbox-card".into(),
+                d("-0.96")
+            ),
+        ]
+    );
+    world.finish().await
+}
+
+/// Resolves `payment` by hand through the CLI.
+async fn resolve_by_hand(world: &World, order: &str, to: &str) -> anyhow::Result<String> {
+    let (code, out, err) = cli(
+        world,
+        &[
+            "payment",
+            "resolve",
+            &format!("{SHOP}:{order}"),
+            "--as",
+            to,
+            "--reason",
+            "checked with the channel",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(code == 0, "resolve {order} as {to}: {err}");
+    Ok(out)
+}
+
+/// Waits until the channel shows `amount` refunded on `payment`'s trade.
+async fn refunded_at_the_channel(
+    world: &World,
+    payment: Uuid,
+    amount: Decimal,
+) -> anyhow::Result<()> {
+    let (attempt, channel, _) = world.attempt(payment).await?;
+    wait_until(WAIT, &format!("{amount} refunded at {channel}"), || async {
+        Ok(world
+            .gateway
+            .trade(&channel, &attempt.to_string())
+            .is_some_and(|t| t.refunded == amount))
+    })
+    .await?;
+    wait_until(WAIT, "the refund recorded", || async {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM refunds WHERE payment_id = $1 AND status = 'succeeded' AND amount = $2",
+        )
+        .bind(payment)
+        .bind(amount)
+        .fetch_one(world.pool())
+        .await?
+            == 1)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_payment_is_resolved_by_what_the_channel_holds() -> anyhow::Result<()> {
+    let mut world = World::new("mismatchexit", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    // 79.99 charged for 80.00, three ways out; 80.01 charged for 80.00.
+    let refused = world
+        .pay("short-failed", "wallet", "tok_amount_mismatch")
+        .await?;
+    let accepted = world
+        .pay("short-paid", "wallet", "tok_amount_mismatch")
+        .await?;
+    let over = world.pay("over-paid", "wallet", "tok_over_charge").await?;
+    for id in [refused, accepted, over] {
+        world.reaches(id, "exception").await?;
+        let (_, _, status) = world.attempt(id).await?;
+        assert_eq!(status, "succeeded", "the channel took money for it");
+    }
+
+    // Failed: the channel holds 79.99 of the payer's: all of it goes back.
+    resolve_by_hand(&world, "short-failed", "failed").await?;
+    refunded_at_the_channel(&world, refused, d("79.99")).await?;
+    assert_eq!(
+        world.status(refused).await?.map(|s| s.0).as_deref(),
+        Some("failed")
+    );
+
+    // Paid with a shortfall: what was charged is settled, the 0.01 short
+    // taken from the sub-orders by exact allocation (m1 60.00, m2 20.00).
+    resolve_by_hand(&world, "short-paid", "paid").await?;
+    world.reaches(accepted, "settled").await?;
+    let details: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT seller_id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id",
+    )
+    .bind(accepted)
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(
+        details
+            .iter()
+            .map(|(_, amount, _)| *amount)
+            .sum::<Decimal>(),
+        d("79.99"),
+        "the sub-orders settle what was charged: {details:?}"
+    );
+    let merchant_credits: Decimal = postings(world.pool(), accepted)
+        .await?
+        .iter()
+        .filter(|(owner, _)| owner == "m1" || owner == "m2" || owner == "fees")
+        .map(|(_, amount)| *amount)
+        .sum();
+    assert_eq!(merchant_credits, d("79.99"));
+
+    // Over-charged: the payment's 80.00 is settled, the 0.01 excess refunded.
+    resolve_by_hand(&world, "over-paid", "paid").await?;
+    world.reaches(over, "settled").await?;
+    refunded_at_the_channel(&world, over, d("0.01")).await?;
+    let over_credits: Decimal = postings(world.pool(), over)
+        .await?
+        .iter()
+        .filter(|(owner, _)| owner == "m1" || owner == "m2" || owner == "fees")
+        .map(|(_, amount)| *amount)
+        .sum();
+    assert_eq!(over_credits, d("80.00"));
     world.finish().await
 }
