@@ -260,11 +260,20 @@ impl World {
     async fn finish(mut self) -> anyhow::Result<()> {
         self.env.wait_drained(WAIT).await.ok();
         self.stop().await;
-        self.gateway_stop.cancel();
         settlement::roll_up(self.pool(), 1_000_000).await?;
         let report = invariants::all(self.pool()).await?;
         assert!(report.ok(), "invariants broken: {:?}", report.failures());
         self.assert_books_match_the_channels_statements().await?;
+        if self.planted_trades.is_empty() {
+            let since = chrono::DateTime::<Utc>::UNIX_EPOCH;
+            let report = invariants::against_channel_statements(self.pool(), since).await?;
+            assert!(
+                report.ok(),
+                "books against statements: {:?}",
+                report.failures()
+            );
+        }
+        self.gateway_stop.cancel();
         self.env.teardown().await
     }
 
@@ -543,11 +552,28 @@ async fn a_webhook_before_the_attempt_commit_is_retried_not_lost() -> anyhow::Re
         Ok(world.status(id).await?.map(|s| s.0).as_deref() == Some("frozen"))
     })
     .await?;
+    // The channel really charged (no webhook of its own), and its notice
+    // reaches us before our attempt is committed.
     let attempt = Uuid::now_v7();
+    let gateway_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+        .bind(WALLET)
+        .fetch_one(world.pool())
+        .await?;
+    let trade: Value = reqwest::Client::new()
+        .post(format!("{gateway_url}/channels/{WALLET}/payments"))
+        .json(
+            &serde_json::json!({"out_trade_no": attempt.to_string(), "amount": "80.00",
+                                  "currency": "CNY", "payer_token": "tok_no_webhook"}),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     let notice = Notice {
         channel: WALLET.into(),
         out_trade_no: attempt.to_string(),
-        trade_no: "sandbox-wallet-early".into(),
+        trade_no: trade["trade_no"].as_str().unwrap_or_default().to_owned(),
         status: TradeStatus::Succeeded,
         amount: d("80.00"),
         currency: "CNY".into(),
@@ -949,6 +975,7 @@ async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Re
         .await?
         .error_for_status()?;
     world.planted_trades.push(stranger.to_string());
+    let (card_attempt, _, _) = world.attempt(card).await?;
     // missing on theirs: an attempt we believe succeeded that the channel never saw
     let phantom = Uuid::now_v7();
     sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, 80.00, 'CNY', 'succeeded')")
@@ -965,7 +992,6 @@ async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Re
         .await?;
 
     // fee mismatch: the channel took another fee than the one we booked
-    let (card_attempt, _, _) = world.attempt(card).await?;
     sqlx::query("UPDATE payment_attempts SET fee = fee + 0.01 WHERE id = $1")
         .bind(card_attempt)
         .execute(world.pool())

@@ -14,7 +14,10 @@ use payfleet_common::{
 };
 use rust_decimal::Decimal;
 
-use crate::payment::{self, PaymentStatus};
+use crate::{
+    ledger::ChannelCharge,
+    payment::{self, PaymentStatus},
+};
 
 pub const NAME: &str = "callback";
 
@@ -64,23 +67,17 @@ impl Stage for Callback {
         let gave_up = matches!(status, PaymentStatus::Failed | PaymentStatus::Cancelled)
             || attempt_status == "closed";
         if m.status == ChannelStatus::Succeeded && gave_up && m.channel != "balance" {
-            let owed = sqlx::query(
-                "INSERT INTO refunds (id, payment_id, attempt_id, channel, amount, currency, reason, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'late_success', 'owed') ON CONFLICT (attempt_id) DO NOTHING",
-            )
-            .bind(payfleet_common::messages::stable_id(&["refund", &m.attempt_id.to_string()]))
-            .bind(p.id)
-            .bind(m.attempt_id)
-            .bind(&m.channel)
-            .bind(m.amount)
-            .bind(&m.currency)
-            .execute(tx.conn())
-            .await?;
-            if owed.rows_affected() == 0 {
+            let already_owed: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE attempt_id = $1)")
+                    .bind(m.attempt_id)
+                    .fetch_one(tx.conn())
+                    .await?;
+            if already_owed {
                 return Ok(Outcome::Stale {
                     reason: format!("refund for attempt {} already owed", m.attempt_id),
                 });
             }
+            charge(&p, m).owe_back(tx.conn(), "late_success").await?;
             sqlx::query("UPDATE payment_attempts SET status = 'succeeded', resolved_at = now() WHERE id = $1").bind(m.attempt_id).execute(tx.conn()).await?;
             crate::payment::emit_outcome(
                 tx,
@@ -114,6 +111,20 @@ impl Stage for Callback {
                 "amount_mismatch: channel reported {} {}, payment is {} {}",
                 m.amount, m.currency, p.amount, p.currency
             );
+            // The channel holds this money whatever ops decide: the attempt
+            // says so, and the books keep it in suspense until the review.
+            sqlx::query(
+                "UPDATE payment_attempts SET status = 'succeeded', channel_reference = COALESCE($2, channel_reference),
+                        resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
+            )
+            .bind(m.attempt_id)
+            .bind(&m.channel_reference)
+            .execute(tx.conn())
+            .await?;
+            // (A wallet capture moves nothing: the money is the wallet's freeze.)
+            if m.channel != "balance" {
+                charge(&p, m).hold(tx.conn()).await?;
+            }
             let open = matches!(status, PaymentStatus::Frozen | PaymentStatus::Paid);
             if !open
                 || payment::transition(
@@ -169,6 +180,19 @@ impl Stage for Callback {
                 )?;
             }
             return Ok(Outcome::Exception { reason: detail });
+        }
+
+        if m.status == ChannelStatus::Succeeded && m.channel != "balance" {
+            // What the channel says it charged, for settlement and reconciliation.
+            sqlx::query(
+                "UPDATE payment_attempts SET charged_amount = $2, charged_currency = $3
+                 WHERE id = $1 AND status = 'succeeded' AND charged_amount IS NULL",
+            )
+            .bind(m.attempt_id)
+            .bind(m.amount)
+            .bind(&m.currency)
+            .execute(tx.conn())
+            .await?;
         }
 
         match (m.status, status) {
@@ -240,6 +264,17 @@ impl Stage for Callback {
                 Ok(Outcome::Exception { reason: detail })
             }
         }
+    }
+}
+
+/// The money the channel says it took for this attempt.
+fn charge(p: &payment::Payment, m: &ChannelResult) -> ChannelCharge {
+    ChannelCharge {
+        payment_id: p.id,
+        attempt_id: m.attempt_id,
+        channel: m.channel.clone(),
+        amount: m.amount,
+        currency: m.currency.clone(),
     }
 }
 

@@ -181,7 +181,6 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     publisher.close().await;
     stop.cancel();
     running.await.context("fleet task")??;
-    gateway_stop.cancel();
     settlement::roll_up(&pool, 1_000_000).await?;
 
     let summary = summarize(
@@ -193,7 +192,23 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     )
     .await?;
     println!("{summary}");
-    let report = invariants::all(&pool).await?;
+    let mut report = invariants::all(&pool).await?;
+    // The books against the sandbox's own store, while it still runs.
+    let statements = invariants::against_channel_statements(&pool, started_at).await;
+    gateway_stop.cancel();
+    report.checks.extend(statements?.checks);
+    let (fees, costs): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'platform'), 0),
+                COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
+         FROM postings p JOIN accounts a ON a.id = p.account_id
+         WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = 'CNY'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!(
+        "  platform    fees {fees} CNY - channel costs {costs} CNY = earned {} CNY",
+        fees - costs
+    );
     if report.ok() {
         println!("  invariants  all {} checks hold", report.checks.len());
     } else {

@@ -1,14 +1,20 @@
-//! The invariants of ARCHITECTURE.md rule 7, as queries. The first set
-//! holds at every commit (constraints enforce it; checked anyway); the second
-//! once the fleet is quiet (nothing in flight, roll-ups done). The demo and
-//! every end-to-end test run both.
+//! The invariants of docs/ARCHITECTURE.md, as queries. The first set holds
+//! at every commit (constraints enforce it; checked anyway); the second once
+//! the fleet is quiet (nothing in flight, roll-ups done). The demo and every
+//! end-to-end test run both. [`against_channel_statements`] checks the books
+//! against the independent party: each channel's own statement.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
 
 use sqlx::PgPool;
 
 /// One named check and how many rows break it.
 #[derive(Debug, Clone)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: std::borrow::Cow<'static, str>,
     pub violations: i64,
 }
 
@@ -33,7 +39,8 @@ impl Report {
 const AT_EVERY_COMMIT: &[(&str, &str)] = &[
     (
         "account total = available + frozen, none negative",
-        "SELECT count(*) FROM accounts WHERE owner_kind <> 'external' AND (total <> available + frozen OR total < 0 OR available < 0 OR frozen < 0)",
+        "SELECT count(*) FROM accounts WHERE owner_kind <> 'external' AND (total <> available + frozen OR frozen < 0
+           OR (owner_kind <> 'platform_cost' AND (total < 0 OR available < 0)))",
     ),
     (
         "stock never negative",
@@ -74,6 +81,25 @@ const WHEN_QUIET: &[(&str, &str)] = &[
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
             COALESCE((SELECT sum(d.fee_amount) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
                       WHERE d.currency = a.currency AND p.status = 'settled'), 0)"),
+    ("the platform's accounts hold its fees less the channels' fees",
+     "SELECT count(*) FROM (SELECT DISTINCT currency FROM accounts WHERE owner_kind IN ('platform', 'platform_cost')) c
+        WHERE (SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = c.currency) <>
+              (SELECT COALESCE(sum(d.fee_amount), 0) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
+                WHERE p.status = 'settled' AND d.currency = c.currency)
+            - (SELECT COALESCE(sum(t.fee), 0) FROM payment_attempts t
+                WHERE t.fee IS NOT NULL AND t.charged_currency = c.currency)"),
+    ("payer refunds payable equal the refunds still owed",
+     "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'payable' AND a.owner_id LIKE 'payer-refunds:%'
+        AND a.total <> COALESCE((SELECT sum(r.amount) FROM refunds r WHERE r.status = 'owed'
+                                  AND 'payer-refunds:' || r.channel = a.owner_id AND r.currency = a.currency), 0)"),
+    ("suspense holds exactly the charges of payments under review",
+     "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'payable' AND a.owner_id LIKE 'suspense:%'
+        AND a.total <> COALESCE((SELECT sum(t.charged_amount) FROM payment_attempts t JOIN payments p ON p.id = t.payment_id
+                                  WHERE p.status = 'exception' AND 'suspense:' || t.channel = a.owner_id
+                                    AND t.charged_currency = a.currency
+                                    AND EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = t.id::text AND j.kind = 'charge_held')
+                                    AND NOT EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = t.id::text AND j.kind = 'charge_owed_back')), 0)"),
     ("every finished payment has its one outcome event",
      "SELECT count(*) FROM payments p WHERE NOT EXISTS (
         SELECT 1 FROM payment_events e WHERE e.payment_id = p.id AND e.event_type = CASE
@@ -91,7 +117,10 @@ async fn run(
 ) -> Result<(), sqlx::Error> {
     for (name, sql) in checks {
         let violations: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
-        report.checks.push(Check { name, violations });
+        report.checks.push(Check {
+            name: (*name).into(),
+            violations,
+        });
     }
     Ok(())
 }
@@ -107,5 +136,146 @@ pub async fn at_every_commit(pool: &PgPool) -> Result<Report, sqlx::Error> {
 pub async fn all(pool: &PgPool) -> Result<Report, sqlx::Error> {
     let mut report = at_every_commit(pool).await?;
     run(pool, WHEN_QUIET, &mut report).await?;
+    Ok(report)
+}
+
+/// What a channel's statement says it did on one day, over its succeeded
+/// trades.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Handed {
+    /// Σ (amount − fee): what it handed over to us.
+    received: Decimal,
+    /// Σ fee: what it kept.
+    fees: Decimal,
+    /// Σ refunded: what it paid back to payers on our behalf.
+    refunded: Decimal,
+}
+
+/// The books against each sandbox channel's own statement, per channel and
+/// day of trade: the clearing account received Σ (amount − fee) of the
+/// channel's succeeded trades and paid back Σ refunded, and the platform's
+/// cost account for the channel holds −Σ fee. Channels without a statement
+/// endpoint (the wallet) are skipped. Only attempts made since `since` are
+/// compared: a sandbox keeps its store in memory, so it knows the trades of
+/// its own run only.
+pub async fn against_channel_statements(
+    pool: &PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Report> {
+    let channels: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, base_url FROM channels WHERE kind = 'sandbox' AND base_url IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let mut report = Report::default();
+    for (channel, base_url) in channels {
+        let days: Vec<NaiveDate> = sqlx::query_scalar(
+            "SELECT DISTINCT d::date FROM payment_attempts a,
+                    LATERAL (VALUES ((a.created_at AT TIME ZONE 'UTC')::date), ((a.created_at AT TIME ZONE 'UTC')::date + 1)) v(d)
+             WHERE a.channel = $1 AND a.created_at >= $2 ORDER BY 1",
+        )
+        .bind(&channel)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        let mut theirs: BTreeMap<NaiveDate, Handed> = BTreeMap::new();
+        let mut day_of_trade: HashMap<String, NaiveDate> = HashMap::new();
+        for day in days {
+            let url = format!(
+                "{}/channels/{channel}/statement?date={day}",
+                base_url.trim_end_matches('/')
+            );
+            let statement: serde_json::Value = http
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            for trade in statement["trades"].as_array().into_iter().flatten() {
+                if trade["status"] != "SUCCEEDED" {
+                    continue;
+                }
+                let money = |field: &str| -> anyhow::Result<Decimal> {
+                    trade[field]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| anyhow::anyhow!("{url}: trade without a readable {field}"))
+                };
+                let handed = theirs.entry(day).or_default();
+                handed.received += money("amount")? - money("fee")?;
+                handed.fees += money("fee")?;
+                handed.refunded += money("refunded")?;
+                if let Some(out) = trade["out_trade_no"].as_str() {
+                    day_of_trade.insert(out.to_owned(), day);
+                }
+            }
+        }
+        // Our postings on the channel's accounts, by the attempt they moved money for.
+        let booked: Vec<(Option<uuid::Uuid>, Decimal, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT j.attempt_id,
+                    COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount < 0), 0),
+                    COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount > 0), 0),
+                    COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
+             FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.id = p.entry_id
+             WHERE ((a.owner_kind = 'external' AND a.owner_id = 'clearing:' || $1)
+                    OR (a.owner_kind = 'platform_cost' AND a.owner_id = 'channel-costs:' || $1))
+               AND j.created_at >= $2
+             GROUP BY j.attempt_id",
+        )
+        .bind(&channel)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        let mut ours: BTreeMap<NaiveDate, Handed> = BTreeMap::new();
+        let mut unlisted = 0;
+        for (attempt, received, paid_back, fees) in booked {
+            let Some(day) = attempt.and_then(|a| day_of_trade.get(&a.to_string())) else {
+                unlisted += 1;
+                continue;
+            };
+            let handed = ours.entry(*day).or_default();
+            handed.received += received;
+            handed.refunded += paid_back;
+            handed.fees += fees;
+        }
+        let days: std::collections::BTreeSet<NaiveDate> =
+            theirs.keys().chain(ours.keys()).copied().collect();
+        let differing = |field: fn(&Handed) -> Decimal| {
+            days.iter()
+                .filter(|d| {
+                    field(&theirs.get(d).copied().unwrap_or_default())
+                        != field(&ours.get(d).copied().unwrap_or_default())
+                })
+                .count() as i64
+        };
+        report.checks.push(Check {
+            name: format!(
+                "{channel}: per day, the clearing account received Σ (amount − fee) of the channel's statement"
+            ).into(),
+            violations: differing(|h| h.received),
+        });
+        report.checks.push(Check {
+            name: format!(
+                "{channel}: per day, the clearing account paid back what the statement shows refunded"
+            ).into(),
+            violations: differing(|h| h.refunded),
+        });
+        report.checks.push(Check {
+            name: format!(
+                "{channel}: per day, the platform's cost equals the fees on the statement"
+            )
+            .into(),
+            violations: differing(|h| h.fees),
+        });
+        report.checks.push(Check {
+            name: format!("{channel}: no money booked for a trade the channel does not list")
+                .into(),
+            violations: unlisted,
+        });
+    }
     Ok(report)
 }

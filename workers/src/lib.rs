@@ -6,6 +6,7 @@ pub mod channel_call;
 pub mod demo;
 pub mod fund_freeze;
 pub mod invariants;
+pub mod ledger;
 pub mod notification;
 pub mod ops;
 pub mod order_validation;

@@ -3,7 +3,8 @@
 //! sender leases each owed row, calls the channel outside any transaction
 //! with the refund id as the idempotency key, and records the answer. A
 //! failed send stays owed and is tried again later; `payfleet status`
-//! reports what is still owed.
+//! reports what is still owed. A refund the channel paid posts its journal
+//! entry (payer refunds → the channel's clearing account) with the answer.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -45,17 +46,17 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 async fn send_owed(
     shared: &Shared,
     adapters: &HashMap<String, Arc<dyn ChannelAdapter>>,
-) -> Result<(), sqlx::Error> {
+) -> anyhow::Result<()> {
     let pool = &shared.pool;
-    let owed: Vec<(Uuid, Uuid, Uuid, String, Decimal)> = sqlx::query_as(
+    let owed: Vec<(Uuid, Uuid, Uuid, String, Decimal, String)> = sqlx::query_as(
         "UPDATE refunds SET claimed_until = now() + interval '60 seconds', sends = sends + 1
          WHERE id IN (SELECT id FROM refunds WHERE status = 'owed' AND (claimed_until IS NULL OR claimed_until < now())
                       ORDER BY created_at LIMIT 16 FOR UPDATE SKIP LOCKED)
-         RETURNING id, payment_id, attempt_id, channel, amount",
+         RETURNING id, payment_id, attempt_id, channel, amount, currency::text",
     )
     .fetch_all(pool)
     .await?;
-    for (refund_id, payment_id, attempt_id, channel, amount) in owed {
+    for (refund_id, payment_id, attempt_id, channel, amount, currency) in owed {
         let answer = match adapters.get(&channel) {
             Some(adapter) => adapter.refund(attempt_id, refund_id, amount).await,
             None => Err(format!("no adapter for channel {channel}")),
@@ -78,10 +79,17 @@ async fn send_owed(
             .await?;
         match answer {
             Ok(_) => {
-                sqlx::query("UPDATE refunds SET status = 'succeeded', refunded_at = now(), claimed_until = NULL, last_error = NULL WHERE id = $1")
+                let sent = sqlx::query("UPDATE refunds SET status = 'succeeded', refunded_at = now(), claimed_until = NULL, last_error = NULL WHERE id = $1 AND status = 'owed'")
                     .bind(refund_id)
                     .execute(&mut *tx)
                     .await?;
+                if sent.rows_affected() == 1 {
+                    crate::ledger::refund_sent(
+                        &mut tx, refund_id, attempt_id, &channel, amount, &currency,
+                    )
+                    .await
+                    .map_err(|error| anyhow::anyhow!("booking refund {refund_id}: {error}"))?;
+                }
                 metrics::counter!("payfleet_refunds_total", "result" => "succeeded").increment(1);
                 tracing::info!(%payment_id, %refund_id, %amount, channel, "late charge refunded");
             }

@@ -16,6 +16,7 @@
 //! | `tok_duplicate_webhook` | async: the success webhook is sent twice |
 //! | `tok_out_of_order` | async: the success webhook, then a stale PENDING one with an older timestamp |
 //! | `tok_amount_mismatch` | charged 0.01 less than asked, and says so |
+//! | `tok_over_charge` | charged 0.01 more than asked, and says so |
 //! | `tok_no_webhook` | async: charged, but no webhook is ever sent (a status query finds it) |
 //!
 //! API, per channel `C`: `POST /channels/C/payments`, `GET /channels/C/payments/{out_trade_no}`,
@@ -254,6 +255,15 @@ impl Gateway {
         trade.status = TradeStatus::Succeeded;
         trade.charges = 1;
         trade.paid_at = Some(Utc::now());
+        // a success costs the channel's fee, late or not
+        let rate = self
+            .config
+            .channels
+            .iter()
+            .find(|c| c.name == channel)
+            .map(|c| c.fee_rate)
+            .unwrap_or_default();
+        trade.fee = payfleet_common::money::round(trade.amount * rate);
         Some(trade.clone())
     }
 
@@ -360,10 +370,10 @@ async fn create(
         } else {
             store.sequence += 1;
             let declined = token == "tok_decline";
-            let charged_amount = if token == "tok_amount_mismatch" {
-                request.amount - Decimal::new(1, 2)
-            } else {
-                request.amount
+            let charged_amount = match token.as_str() {
+                "tok_amount_mismatch" => request.amount - Decimal::new(1, 2),
+                "tok_over_charge" => request.amount + Decimal::new(1, 2),
+                _ => request.amount,
             };
             let immediate = config.mode == Mode::Sync || declined;
             let trade = Trade {

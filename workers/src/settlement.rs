@@ -1,8 +1,9 @@
 //! settlement: TCC Confirm and Cancel, each idempotent.
 //!
 //! Confirm deducts the frozen funds from the payer's wallet, posts one
-//! balanced journal entry (payer → each seller's account per sub-order, less
-//! its fee; the fees → the platform's fee account), deducts the reserved
+//! balanced journal entry (payer or channel → each seller's account per
+//! sub-order, less its fee; the fees → the platform's fee account; a
+//! channel's fee → the platform's cost), deducts the reserved
 //! stock, consumes the coupon and marks the order paid. Cancel releases the
 //! freeze, the stock and the coupon and closes the order; run before its Try
 //! (an empty rollback) it records itself so the late Try reserves nothing.
@@ -15,13 +16,18 @@
 
 use payfleet_common::{
     messages::{Outcome as Final, PaymentResolved, Resolution},
+    money,
     runtime::{Inbound, Outcome, Stage, StageError, StageTx},
 };
 use rust_decimal::Decimal;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::payment::{self, EXTERNAL_WORLD, PLATFORM_FEES, Payment, PaymentStatus};
+pub use crate::ledger::{roll_up, top_up};
+use crate::{
+    ledger::{Account, ChannelCharge, Entry, EntryKind},
+    payment::{self, Payment, PaymentStatus},
+};
 
 pub const NAME: &str = "settlement";
 
@@ -83,6 +89,10 @@ impl Stage for Settlement {
 }
 
 /// TCC Confirm of a `paid` payment; moves it to `settled`.
+///
+/// A channel payment settles what the channel actually charged: a shortfall
+/// is taken from the sub-orders by exact allocation, an excess is owed back
+/// to the payer. A charge in another currency cannot settle the payment.
 pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageError> {
     let reservation: Option<(Option<i64>, Decimal)> = sqlx::query_as(
         "UPDATE reservations SET status = 'confirmed', finished_at = now() WHERE payment_id = $1 AND status = 'tried'
@@ -97,16 +107,33 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
             p.id
         )));
     };
-    // One journal entry, balanced per currency (a deferred trigger checks it at commit).
-    let entry: i64 = sqlx::query_scalar(
-        "INSERT INTO journal_entries (reference, kind) VALUES ($1, 'payment') RETURNING id",
-    )
-    .bind(p.id.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
-    match wallet {
+    // Paid at a third-party channel: what it actually charged.
+    let charge = match wallet {
+        Some(_) => None,
+        None => Some(match ChannelCharge::of_payment(conn, p.id).await? {
+            Some(charge) => charge,
+            // Resolved as paid by hand with no success on record: ops vouch
+            // for the payment's own amount at its channel.
+            None => ChannelCharge {
+                payment_id: p.id,
+                attempt_id: latest_attempt(conn, p.id).await?,
+                channel: p.channel.clone().unwrap_or_default(),
+                amount,
+                currency: p.currency.clone(),
+            },
+        }),
+    };
+    let attempt = charge.as_ref().map(|c| c.attempt_id);
+    let Some(entry) = Entry::open(conn, &p.id.to_string(), EntryKind::Payment, attempt).await?
+    else {
+        return Err(StageError::permanent(format!(
+            "payment {} already has its journal entry",
+            p.id
+        )));
+    };
+    let settled = match (wallet, charge) {
         // Paid from the wallet: the frozen funds leave it.
-        Some(wallet) => {
+        (Some(wallet), _) => {
             let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
                 "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
                  RETURNING available, frozen",
@@ -132,52 +159,71 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
                 frozen_after,
             )
             .await?;
-            post(conn, entry, wallet, -amount, &p.currency, true).await?;
+            entry
+                .post(conn, Account::Wallet(&p.user_id), -amount, &p.currency)
+                .await?;
+            amount
         }
-        // Paid at a third-party channel: the money comes from its clearing
-        // account, less the channel's fee, which is the platform's cost.
-        None => {
-            let channel = p.channel.clone().unwrap_or_default();
-            let channel_fee = p.channel_fee;
-            let clearing = payment::account_id(
-                conn,
-                "external",
-                &format!("clearing:{channel}"),
-                &p.currency,
-            )
-            .await?;
-            let cost = payment::account_id(
-                conn,
-                "external",
-                &format!("channel-fees:{channel}"),
-                &p.currency,
-            )
-            .await?;
-            post(
-                conn,
-                entry,
-                clearing,
-                -(amount - channel_fee),
-                &p.currency,
-                false,
-            )
-            .await?;
-            post(conn, entry, cost, -channel_fee, &p.currency, false).await?;
+        // Paid at a third-party channel: what it charged comes in (from the
+        // channel, or from suspense after a review); the channel's fee is
+        // the platform's cost.
+        (None, Some(charge)) => {
+            if charge.currency != p.currency {
+                return Err(StageError::permanent(format!(
+                    "payment {} is in {} but its channel charged {} {}: it cannot settle",
+                    p.id, p.currency, charge.amount, charge.currency
+                )));
+            }
+            let fee = if charge.amount == p.amount {
+                p.channel_fee
+            } else {
+                money::round(p.channel_fee * charge.amount / p.amount)
+            };
+            charge.bring_in(conn, &entry, fee).await?;
+            let settled = charge.amount.min(amount);
+            charge
+                .owe_back_excess(conn, &entry, charge.amount - settled)
+                .await?;
+            if settled < amount {
+                take_shortfall(conn, p.id, amount - settled).await?;
+            }
+            settled
         }
-    }
+        (None, None) => {
+            return Err(StageError::permanent(format!(
+                "payment {} has neither a wallet freeze nor a channel charge",
+                p.id
+            )));
+        }
+    };
     let details: Vec<(String, Decimal, Decimal)> =
         sqlx::query_as("SELECT seller_id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id")
             .bind(p.id)
             .fetch_all(&mut *conn)
             .await?;
     let mut fees = Decimal::ZERO;
+    let mut credited = Decimal::ZERO;
     for (seller, payable, fee) in &details {
-        let account = payment::account_id(conn, "merchant", seller, &p.currency).await?;
-        post(conn, entry, account, *payable - *fee, &p.currency, false).await?;
+        entry
+            .post(
+                conn,
+                Account::Merchant(seller),
+                *payable - *fee,
+                &p.currency,
+            )
+            .await?;
         fees += *fee;
+        credited += *payable;
     }
-    let fee_account = payment::account_id(conn, "platform", PLATFORM_FEES, &p.currency).await?;
-    post(conn, entry, fee_account, fees, &p.currency, false).await?;
+    entry
+        .post(conn, Account::PlatformFees, fees, &p.currency)
+        .await?;
+    if credited != settled {
+        return Err(StageError::permanent(format!(
+            "payment {}: sub-orders sum to {credited} but {settled} is settled",
+            p.id
+        )));
+    }
 
     sqlx::query(
         "UPDATE stock s SET reserved = s.reserved - r.quantity FROM stock_reservations r
@@ -325,25 +371,48 @@ pub async fn cancel(
     payment::transition(conn, p.id, from, to, Some(reason)).await
 }
 
-async fn post(
+/// The latest attempt of a payment (the channel's idempotency key).
+async fn latest_attempt(conn: &mut PgConnection, payment: Uuid) -> Result<Uuid, StageError> {
+    let attempt: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(payment)
+    .fetch_optional(conn)
+    .await?;
+    attempt.ok_or_else(|| {
+        StageError::permanent(format!(
+            "payment {payment} is paid at a channel but has no attempt"
+        ))
+    })
+}
+
+/// The channel charged less than the payment: the shortfall is taken from
+/// the sub-orders in proportion (largest remainder, so the parts sum to it
+/// exactly); their platform fees stay as agreed.
+async fn take_shortfall(
     conn: &mut PgConnection,
-    entry: i64,
-    account: i64,
-    amount: Decimal,
-    currency: &str,
-    rolled_up: bool,
+    payment: Uuid,
+    shortfall: Decimal,
 ) -> Result<(), StageError> {
-    if amount.is_zero() {
-        return Ok(());
+    let details: Vec<(i64, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id, id FOR UPDATE",
+    )
+    .bind(payment)
+    .fetch_all(&mut *conn)
+    .await?;
+    let weights: Vec<Decimal> = details.iter().map(|(_, amount, _)| *amount).collect();
+    for ((id, amount, fee), part) in details.iter().zip(money::allocate(shortfall, &weights)) {
+        if *amount - part < *fee {
+            return Err(StageError::permanent(format!(
+                "payment {payment}: a shortfall of {shortfall} leaves a sub-order below its fee"
+            )));
+        }
+        sqlx::query("UPDATE transaction_details SET amount = $2 WHERE id = $1")
+            .bind(id)
+            .bind(*amount - part)
+            .execute(&mut *conn)
+            .await?;
     }
-    sqlx::query("INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up) VALUES ($1, $2, $3, $4, $5)")
-        .bind(entry)
-        .bind(account)
-        .bind(amount)
-        .bind(currency)
-        .bind(rolled_up)
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
@@ -372,68 +441,6 @@ async fn statement(
     .bind(currency)
     .bind(available_after)
     .bind(frozen_after)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Folds postings not yet in their account's balance into it, in one
-/// statement per batch (postings are claimed with SKIP LOCKED, so several
-/// roll-ups never count one twice). Returns the postings folded.
-pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
-    let folded: i64 = sqlx::query_scalar(
-        "WITH picked AS (
-             SELECT id FROM postings WHERE NOT rolled_up ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
-         marked AS (
-             UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id RETURNING p.account_id, p.amount),
-         sums AS (SELECT account_id, sum(amount) AS amount, count(*) AS n FROM marked GROUP BY account_id),
-         applied AS (
-             UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
-             FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external' RETURNING a.id)
-         SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint",
-    )
-    .bind(batch)
-    .fetch_one(pool)
-    .await?;
-    Ok(folded as u64)
-}
-
-/// Credits a wallet from outside payfleet (a top-up), journaled against the
-/// external account so balances stay equal to their postings.
-pub async fn top_up(
-    conn: &mut PgConnection,
-    user_id: &str,
-    currency: &str,
-    amount: Decimal,
-    reference: &str,
-) -> Result<(), StageError> {
-    let wallet = payment::account_id(conn, "user", user_id, currency).await?;
-    let world = payment::account_id(conn, "external", EXTERNAL_WORLD, currency).await?;
-    let entry: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO journal_entries (reference, kind) VALUES ($1, 'top_up') ON CONFLICT (reference, kind) DO NOTHING RETURNING id",
-    )
-    .bind(reference)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(entry) = entry else { return Ok(()) };
-    post(conn, entry, wallet, amount, currency, true).await?;
-    post(conn, entry, world, -amount, currency, true).await?;
-    let (available, frozen): (Decimal, Decimal) = sqlx::query_as(
-        "UPDATE accounts SET total = total + $2, available = available + $2, updated_at = now() WHERE id = $1 RETURNING available, frozen",
-    )
-    .bind(wallet)
-    .bind(amount)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO account_statements (account_id, kind, amount, currency, available_after, frozen_after)
-         VALUES ($1, 'top_up', $2, $3, $4, $5)",
-    )
-    .bind(wallet)
-    .bind(amount)
-    .bind(currency)
-    .bind(available)
-    .bind(frozen)
     .execute(conn)
     .await?;
     Ok(())

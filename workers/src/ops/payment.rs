@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     channel_call::{ChannelCall, ChannelReply},
+    ledger::ChannelCharge,
     order_validation,
     payment::{self, PaymentStatus},
     settlement,
@@ -103,7 +104,11 @@ async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Val
 }
 
 /// `payment resolve --as paid|failed`: settles an exception (or a payment
-/// stuck frozen or paid) through Confirm or Cancel, then notifies.
+/// stuck frozen or paid) through Confirm or Cancel, then notifies. What the
+/// channel actually charged decides: failed → the whole charge is owed back
+/// to the payer; paid → the charge is settled (a shortfall taken from the
+/// sub-orders, an excess owed back); a charge in another currency cannot be
+/// settled.
 pub async fn resolve(
     settings: &Settings,
     pool: &PgPool,
@@ -136,7 +141,19 @@ pub async fn resolve(
         );
     }
     let detail = format!("resolved by {operator}: {reason}");
+    // What the channel actually holds for this payment decides the way out.
+    let charge = ChannelCharge::of_payment(&mut tx, id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let outcome = if paid {
+        if let Some(charge) = charge.as_ref().filter(|c| c.currency != p.currency) {
+            bail!(
+                "payment {id} is in {} but its channel charged {} {}: it cannot be settled; resolve it as failed (the charge is refunded)",
+                p.currency,
+                charge.amount,
+                charge.currency
+            );
+        }
         if status != PaymentStatus::Paid {
             payment::transition(&mut tx, id, status, PaymentStatus::Paid, Some(&detail))
                 .await
@@ -162,6 +179,13 @@ pub async fn resolve(
                 "payment {id} could not be cancelled from {}",
                 status.as_str()
             );
+        }
+        // The channel took money for it: all of it goes back to the payer.
+        if let Some(charge) = &charge {
+            charge
+                .owe_back(&mut tx, "resolved_failed")
+                .await
+                .map_err(|e| anyhow::anyhow!("owing the charge back: {e}"))?;
         }
         Final::Failed
     };

@@ -1,7 +1,7 @@
 //! `payfleet reconcile`: downloads a channel's statement for a day and
 //! compares it with our attempts at that channel: matched, missing on our
-//! side, missing on theirs, amount mismatch, status mismatch. The result is
-//! stored (`reconciliation_runs`, `reconciliation_items`).
+//! side, missing on theirs, amount, currency, status or fee mismatch. The
+//! result is stored (`reconciliation_runs`, `reconciliation_items`).
 
 use std::collections::BTreeMap;
 
@@ -65,8 +65,13 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
             theirs.insert(out.to_owned(), trade.clone());
         }
     }
-    let ours: Vec<(Uuid, Uuid, Decimal, String)> = sqlx::query_as(
-        "SELECT id, payment_id, amount, status FROM payment_attempts WHERE channel = $1 AND created_at::date = $2",
+    // Our fee for an attempt: the one booked with its money, else what a
+    // success would cost at the payment's agreed fee; nothing for the rest.
+    let ours: Vec<(Uuid, Uuid, Decimal, String, String, Decimal)> = sqlx::query_as(
+        "SELECT a.id, a.payment_id, a.amount, a.currency::text, a.status,
+                COALESCE(a.fee, CASE WHEN a.status = 'succeeded' THEN p.channel_fee ELSE 0 END)
+         FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
+         WHERE a.channel = $1 AND a.created_at::date = $2",
     )
     .bind(channel)
     .bind(day)
@@ -81,8 +86,8 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
         Option<Value>,
     );
     let mut items: Vec<Item> = Vec::new();
-    for (attempt, payment, amount, status) in &ours {
-        let mine = json!({"amount": amount.to_string(), "status": status});
+    for (attempt, payment, amount, currency, status, fee) in &ours {
+        let mine = json!({"amount": amount.to_string(), "currency": currency, "status": status, "fee": fee.to_string()});
         match theirs.remove(&attempt.to_string()) {
             None if status == "succeeded" => items.push((
                 "missing_theirs",
@@ -94,15 +99,18 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
             // never reached the channel (declined before, or failed to send): nothing to match
             None => {}
             Some(trade) => {
-                let their_amount: Decimal = trade["amount"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or_default();
+                let money = |field: &str| -> Option<Decimal> {
+                    trade[field].as_str().and_then(|a| a.parse().ok())
+                };
                 let their_status = trade["status"].as_str().unwrap_or("");
-                let kind = if their_amount != *amount {
+                let kind = if money("amount") != Some(*amount) {
                     "amount_mismatch"
+                } else if trade["currency"].as_str() != Some(currency.as_str()) {
+                    "currency_mismatch"
                 } else if !same_status(status, their_status) {
                     "status_mismatch"
+                } else if money("fee") != Some(*fee) {
+                    "fee_mismatch"
                 } else {
                     "matched"
                 };

@@ -1,0 +1,455 @@
+//! The journal: balanced entries of postings, the accounts they move, and
+//! the hot-account roll-up. Every entry kind, with who gains and who loses,
+//! is listed in docs/ARCHITECTURE.md ("The books"); this module is the only
+//! place that writes postings.
+//!
+//! Channel money: a channel hands over what it charged less its fee (its
+//! clearing account), the fee is the platform's cost, and what the channel
+//! took that is not the merchants' waits in a payable account — suspense
+//! while a mismatched payment is reviewed, payer refunds while a refund is
+//! owed — until it is settled or sent back.
+
+use payfleet_common::{money, runtime::StageError};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::payment::{self, EXTERNAL_WORLD, PLATFORM_FEES};
+
+/// An account by its business meaning.
+#[derive(Debug, Clone, Copy)]
+pub enum Account<'a> {
+    /// A user's wallet.
+    Wallet(&'a str),
+    /// What the platform owes a merchant (seller).
+    Merchant(&'a str),
+    /// The platform's fee income.
+    PlatformFees,
+    /// The platform's cost of a channel: its fees. May go below zero.
+    ChannelCosts(&'a str),
+    /// What a channel owes us (negative: it handed money over; positive: we
+    /// sent money back through it).
+    Clearing(&'a str),
+    /// Money a channel took for a payment under review.
+    Suspense(&'a str),
+    /// Money owed back to payers through a channel.
+    PayerRefunds(&'a str),
+    /// Money outside payfleet (top-ups come from it).
+    World,
+}
+
+impl Account<'_> {
+    fn key(&self) -> (&'static str, String) {
+        match self {
+            Account::Wallet(user) => ("user", (*user).to_owned()),
+            Account::Merchant(seller) => ("merchant", (*seller).to_owned()),
+            Account::PlatformFees => ("platform", PLATFORM_FEES.to_owned()),
+            Account::ChannelCosts(channel) => ("platform_cost", format!("channel-costs:{channel}")),
+            Account::Clearing(channel) => ("external", format!("clearing:{channel}")),
+            Account::Suspense(channel) => ("payable", format!("suspense:{channel}")),
+            Account::PayerRefunds(channel) => ("payable", format!("payer-refunds:{channel}")),
+            Account::World => ("external", EXTERNAL_WORLD.to_owned()),
+        }
+    }
+
+    /// Wallets are updated in the payment's transaction (the freeze must see
+    /// them); every other account is rolled up from its postings.
+    fn rolled_up_at_once(&self) -> bool {
+        matches!(self, Account::Wallet(_))
+    }
+}
+
+/// The kinds of journal entry (docs/ARCHITECTURE.md lists each one's legs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Payment,
+    TopUp,
+    ChargeHeld,
+    ChargeOwedBack,
+    Refund,
+}
+
+impl EntryKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Payment => "payment",
+            EntryKind::TopUp => "top_up",
+            EntryKind::ChargeHeld => "charge_held",
+            EntryKind::ChargeOwedBack => "charge_owed_back",
+            EntryKind::Refund => "refund",
+        }
+    }
+}
+
+/// One journal entry being written; its postings must balance per currency
+/// (a deferred trigger checks it at commit).
+pub struct Entry {
+    id: i64,
+}
+
+impl Entry {
+    /// Opens the entry `(reference, kind)`; `None` when it already exists, so
+    /// an entry is written once however often its cause is redelivered.
+    pub async fn open(
+        conn: &mut PgConnection,
+        reference: &str,
+        kind: EntryKind,
+        attempt: Option<Uuid>,
+    ) -> Result<Option<Entry>, StageError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO journal_entries (reference, kind, attempt_id) VALUES ($1, $2, $3)
+             ON CONFLICT (reference, kind) DO NOTHING RETURNING id",
+        )
+        .bind(reference)
+        .bind(kind.as_str())
+        .bind(attempt)
+        .fetch_optional(conn)
+        .await?;
+        Ok(id.map(|id| Entry { id }))
+    }
+
+    /// One leg: positive credits the account (it gains), negative debits it.
+    pub async fn post(
+        &self,
+        conn: &mut PgConnection,
+        account: Account<'_>,
+        amount: Decimal,
+        currency: &str,
+    ) -> Result<(), StageError> {
+        if amount.is_zero() {
+            return Ok(());
+        }
+        let (kind, owner) = account.key();
+        let account_id = payment::account_id(conn, kind, &owner, currency).await?;
+        sqlx::query("INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up) VALUES ($1, $2, $3, $4, $5)")
+            .bind(self.id)
+            .bind(account_id)
+            .bind(amount)
+            .bind(currency)
+            .bind(account.rolled_up_at_once())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// What a channel charged for one attempt.
+#[derive(Debug, Clone)]
+pub struct ChannelCharge {
+    pub payment_id: Uuid,
+    pub attempt_id: Uuid,
+    pub channel: String,
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+impl ChannelCharge {
+    /// The charge of a payment's succeeded attempt at a third-party channel,
+    /// as the channel reported it (the asked amount where the channel's own
+    /// figure was not recorded). Wallet payments have none: their money is
+    /// the wallet's freeze.
+    pub async fn of_payment(
+        conn: &mut PgConnection,
+        payment_id: Uuid,
+    ) -> Result<Option<ChannelCharge>, StageError> {
+        let row: Option<(Uuid, String, Decimal, String)> = sqlx::query_as(
+            "SELECT id, channel, COALESCE(charged_amount, amount), COALESCE(charged_currency, currency)::text
+             FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded' AND channel <> 'balance'
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(payment_id)
+        .fetch_optional(conn)
+        .await?;
+        Ok(
+            row.map(|(attempt_id, channel, amount, currency)| ChannelCharge {
+                payment_id,
+                attempt_id,
+                channel,
+                amount,
+                currency,
+            }),
+        )
+    }
+
+    /// Whether this charge already waits in suspense for review.
+    pub async fn is_held(&self, conn: &mut PgConnection) -> Result<bool, StageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM journal_entries WHERE reference = $1 AND kind = 'charge_held')",
+        )
+        .bind(self.attempt_id.to_string())
+        .fetch_one(conn)
+        .await?)
+    }
+
+    /// Posts what the channel handed over for this charge: its clearing
+    /// account pays the charge less the channel's fee, and the fee is the
+    /// platform's cost. The caller credits the whole charge elsewhere.
+    /// Returns the fee, also recorded on the attempt.
+    async fn receive(
+        &self,
+        conn: &mut PgConnection,
+        entry: &Entry,
+        fee: Decimal,
+    ) -> Result<(), StageError> {
+        entry
+            .post(
+                conn,
+                Account::Clearing(&self.channel),
+                -(self.amount - fee),
+                &self.currency,
+            )
+            .await?;
+        entry
+            .post(
+                conn,
+                Account::ChannelCosts(&self.channel),
+                -fee,
+                &self.currency,
+            )
+            .await?;
+        sqlx::query(
+            "UPDATE payment_attempts SET charged_amount = $2, charged_currency = $3, fee = $4 WHERE id = $1",
+        )
+        .bind(self.attempt_id)
+        .bind(self.amount)
+        .bind(&self.currency)
+        .bind(fee)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The channel's fee for this charge at its current rate.
+    async fn fee_at_rate(&self, conn: &mut PgConnection) -> Result<Decimal, StageError> {
+        let rate: Option<Decimal> =
+            sqlx::query_scalar("SELECT fee_rate FROM channels WHERE name = $1")
+                .bind(&self.channel)
+                .fetch_optional(conn)
+                .await?;
+        Ok(money::round(self.amount * rate.unwrap_or_default()))
+    }
+
+    /// A charge that does not match its payment (amount or currency): the
+    /// money the channel handed over waits in suspense until ops decide.
+    pub async fn hold(&self, conn: &mut PgConnection) -> Result<(), StageError> {
+        let reference = self.attempt_id.to_string();
+        let Some(entry) = Entry::open(
+            conn,
+            &reference,
+            EntryKind::ChargeHeld,
+            Some(self.attempt_id),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        let fee = self.fee_at_rate(conn).await?;
+        self.receive(conn, &entry, fee).await?;
+        entry
+            .post(
+                conn,
+                Account::Suspense(&self.channel),
+                self.amount,
+                &self.currency,
+            )
+            .await
+    }
+
+    /// A charge payfleet does not keep (a late success after the payment was
+    /// given up, or a held charge resolved as failed): all of it is owed back
+    /// to the payer, and a refund is recorded for the sender.
+    pub async fn owe_back(&self, conn: &mut PgConnection, reason: &str) -> Result<(), StageError> {
+        let reference = self.attempt_id.to_string();
+        let held = self.is_held(conn).await?;
+        let Some(entry) = Entry::open(
+            conn,
+            &reference,
+            EntryKind::ChargeOwedBack,
+            Some(self.attempt_id),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        if held {
+            entry
+                .post(
+                    conn,
+                    Account::Suspense(&self.channel),
+                    -self.amount,
+                    &self.currency,
+                )
+                .await?;
+        } else {
+            let fee = self.fee_at_rate(conn).await?;
+            self.receive(conn, &entry, fee).await?;
+        }
+        entry
+            .post(
+                conn,
+                Account::PayerRefunds(&self.channel),
+                self.amount,
+                &self.currency,
+            )
+            .await?;
+        owe_refund(conn, self, self.amount, reason).await
+    }
+
+    /// The legs of a settled channel payment's entry that bring the money
+    /// in: from suspense when the charge was held for review, else from the
+    /// channel (clearing less its fee, the fee as the platform's cost).
+    pub async fn bring_in(
+        &self,
+        conn: &mut PgConnection,
+        entry: &Entry,
+        booked_fee: Decimal,
+    ) -> Result<(), StageError> {
+        if self.is_held(conn).await? {
+            entry
+                .post(
+                    conn,
+                    Account::Suspense(&self.channel),
+                    -self.amount,
+                    &self.currency,
+                )
+                .await
+        } else {
+            self.receive(conn, entry, booked_fee).await
+        }
+    }
+
+    /// What was charged beyond what is settled goes back to the payer.
+    pub async fn owe_back_excess(
+        &self,
+        conn: &mut PgConnection,
+        entry: &Entry,
+        excess: Decimal,
+    ) -> Result<(), StageError> {
+        if excess <= Decimal::ZERO {
+            return Ok(());
+        }
+        entry
+            .post(
+                conn,
+                Account::PayerRefunds(&self.channel),
+                excess,
+                &self.currency,
+            )
+            .await?;
+        owe_refund(conn, self, excess, "over_charge").await
+    }
+}
+
+/// Records a refund owed on the charge's attempt (one per attempt), for the
+/// refund sender.
+async fn owe_refund(
+    conn: &mut PgConnection,
+    charge: &ChannelCharge,
+    amount: Decimal,
+    reason: &str,
+) -> Result<(), StageError> {
+    sqlx::query(
+        "INSERT INTO refunds (id, payment_id, attempt_id, channel, amount, currency, reason, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'owed') ON CONFLICT (attempt_id) DO NOTHING",
+    )
+    .bind(payfleet_common::messages::stable_id(&[
+        "refund",
+        &charge.attempt_id.to_string(),
+    ]))
+    .bind(charge.payment_id)
+    .bind(charge.attempt_id)
+    .bind(&charge.channel)
+    .bind(amount)
+    .bind(&charge.currency)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The channel paid a refund back to the payer: the payer-refunds payable
+/// is settled through the channel's clearing account.
+pub async fn refund_sent(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    attempt_id: Uuid,
+    channel: &str,
+    amount: Decimal,
+    currency: &str,
+) -> Result<(), StageError> {
+    let Some(entry) = Entry::open(
+        conn,
+        &refund_id.to_string(),
+        EntryKind::Refund,
+        Some(attempt_id),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    entry
+        .post(conn, Account::PayerRefunds(channel), -amount, currency)
+        .await?;
+    entry
+        .post(conn, Account::Clearing(channel), amount, currency)
+        .await
+}
+
+/// Folds postings not yet in their account's balance into it, in one
+/// statement per batch (postings are claimed with SKIP LOCKED, so several
+/// roll-ups never count one twice). Returns the postings folded.
+pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+    let folded: i64 = sqlx::query_scalar(
+        "WITH picked AS (
+             SELECT id FROM postings WHERE NOT rolled_up ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+         marked AS (
+             UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id RETURNING p.account_id, p.amount),
+         sums AS (SELECT account_id, sum(amount) AS amount, count(*) AS n FROM marked GROUP BY account_id),
+         applied AS (
+             UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
+             FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external' RETURNING a.id)
+         SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint",
+    )
+    .bind(batch)
+    .fetch_one(pool)
+    .await?;
+    Ok(folded as u64)
+}
+
+/// Credits a wallet from outside payfleet (a top-up), journaled against the
+/// external account so balances stay equal to their postings.
+pub async fn top_up(
+    conn: &mut PgConnection,
+    user_id: &str,
+    currency: &str,
+    amount: Decimal,
+    reference: &str,
+) -> Result<(), StageError> {
+    let Some(entry) = Entry::open(conn, reference, EntryKind::TopUp, None).await? else {
+        return Ok(());
+    };
+    entry
+        .post(conn, Account::Wallet(user_id), amount, currency)
+        .await?;
+    entry.post(conn, Account::World, -amount, currency).await?;
+    let wallet = payment::account_id(conn, "user", user_id, currency).await?;
+    let (available, frozen): (Decimal, Decimal) = sqlx::query_as(
+        "UPDATE accounts SET total = total + $2, available = available + $2, updated_at = now() WHERE id = $1 RETURNING available, frozen",
+    )
+    .bind(wallet)
+    .bind(amount)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO account_statements (account_id, kind, amount, currency, available_after, frozen_after)
+         VALUES ($1, 'top_up', $2, $3, $4, $5)",
+    )
+    .bind(wallet)
+    .bind(amount)
+    .bind(currency)
+    .bind(available)
+    .bind(frozen)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
