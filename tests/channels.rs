@@ -137,7 +137,19 @@ impl World {
         }
     }
 
+    /// Two teas and a fan: 80.00 CNY.
     async fn pay(&self, order: &str, method: &str, token: &str) -> anyhow::Result<Uuid> {
+        self.pay_for(order, method, token, 1).await
+    }
+
+    /// Two teas (30.00 each) and `fans` fans (20.00 each), in CNY.
+    async fn pay_for(
+        &self,
+        order: &str,
+        method: &str,
+        token: &str,
+        fans: u32,
+    ) -> anyhow::Result<Uuid> {
         let request = PaymentRequested {
             schema_version: SCHEMA_VERSION,
             merchant_id: SHOP.into(),
@@ -151,13 +163,13 @@ impl World {
                 },
                 RequestedItem {
                     sku: "fan".into(),
-                    quantity: 1,
+                    quantity: fans,
                 },
             ],
             coupon_code: None,
             payment_method: method.into(),
             payer_token: Some(token.into()),
-            expected_amount: d("80.00"),
+            expected_amount: d("60.00") + d("20.00") * Decimal::from(fans),
             notify_url: None,
             requested_at: Utc::now(),
         };
@@ -627,6 +639,56 @@ async fn an_amount_mismatch_is_held_as_an_exception() -> anyhow::Result<()> {
     assert_eq!(
         reserved, 2,
         "held for review: the reservation stays until ops decide"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_currency_the_channel_did_not_charge_in_sends_the_payment_to_exception()
+-> anyhow::Result<()> {
+    let mut world = World::new("currency", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    // 100.00 CNY at the sync card channel, which answers in the response
+    // that it charged 100.00 USD: the same figure, another currency.
+    let id = world
+        .pay_for("usd", "card", "tok_currency_mismatch", 2)
+        .await?;
+    world.reaches(id, "exception").await?;
+    assert_eq!(world.events(id).await?, vec!["payment.exception"]);
+    let asked: (Decimal, String) =
+        sqlx::query_as("SELECT amount, currency::text FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(asked, (d("100.00"), "CNY".to_owned()));
+    let (attempt, channel, _) = world.attempt(id).await?;
+    assert_eq!(channel, CARD);
+    let trade = world
+        .gateway
+        .trade(CARD, &attempt.to_string())
+        .expect("the trade exists at the gateway");
+    assert_eq!(
+        (trade.status, trade.amount, trade.currency.as_str()),
+        (TradeStatus::Succeeded, d("100.00"), "USD")
+    );
+    let answer: Value = sqlx::query_scalar(
+        "SELECT payload FROM integration_log WHERE attempt_id = $1 AND direction = 'response'",
+    )
+    .bind(attempt)
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(
+        (
+            answer["status"].as_str(),
+            answer["amount"].as_str(),
+            answer["currency"].as_str()
+        ),
+        (Some("SUCCEEDED"), Some("100.00"), Some("USD")),
+        "the channel's answer: {answer}"
+    );
+    assert!(
+        postings(world.pool(), id).await?.is_empty(),
+        "nothing settled"
     );
     world.finish().await
 }

@@ -17,6 +17,7 @@
 //! | `tok_out_of_order` | async: the success webhook, then a stale PENDING one with an older timestamp |
 //! | `tok_amount_mismatch` | charged 0.01 less than asked, and says so |
 //! | `tok_over_charge` | charged 0.01 more than asked, and says so |
+//! | `tok_currency_mismatch` | charged the amount asked in another currency (USD; EUR when USD was asked), and says so |
 //! | `tok_no_webhook` | async: charged, but no webhook is ever sent (a status query finds it) |
 //!
 //! API, per channel `C`: `POST /channels/C/payments`, `GET /channels/C/payments/{out_trade_no}`,
@@ -340,6 +341,11 @@ impl Gateway {
     }
 }
 
+/// The currency a `tok_currency_mismatch` trade is charged in.
+fn other_currency(asked: &str) -> String {
+    if asked == "USD" { "EUR" } else { "USD" }.to_owned()
+}
+
 fn trade_json(trade: &Trade) -> serde_json::Value {
     serde_json::to_value(trade).unwrap_or_default()
 }
@@ -375,13 +381,18 @@ async fn create(
                 "tok_over_charge" => request.amount + Decimal::new(1, 2),
                 _ => request.amount,
             };
+            let charged_currency = if token == "tok_currency_mismatch" {
+                other_currency(&request.currency)
+            } else {
+                request.currency.clone()
+            };
             let immediate = config.mode == Mode::Sync || declined;
             let trade = Trade {
                 channel: channel.clone(),
                 trade_no: format!("{channel}-{:08}", store.sequence),
                 out_trade_no: request.out_trade_no.clone(),
                 amount: charged_amount,
-                currency: request.currency.clone(),
+                currency: charged_currency,
                 status: match (declined, immediate) {
                     (true, _) => TradeStatus::Failed,
                     (false, true) => TradeStatus::Succeeded,
