@@ -73,9 +73,16 @@ async fn receive(
         metrics::counter!("payfleet_webhooks_in_total", "result" => "stale").increment(1);
         return (StatusCode::UNAUTHORIZED, "stale timestamp\n");
     }
+    // A notice without a readable amount and currency is no answer: the
+    // channel sends it again, or a status query decides.
     let Ok(notice) = serde_json::from_slice::<Notice>(&body) else {
         return (StatusCode::BAD_REQUEST, "unreadable notice\n");
     };
+    if notice.amount.scale() > payfleet_common::money::MINOR_DIGITS
+        || !crate::channel_call::is_currency_code(&notice.currency)
+    {
+        return (StatusCode::BAD_REQUEST, "unreadable amount or currency\n");
+    }
     let Ok(attempt_id) = notice.out_trade_no.parse::<Uuid>() else {
         return (StatusCode::BAD_REQUEST, "unknown out_trade_no\n");
     };

@@ -48,10 +48,12 @@ pub struct ChargeRequest {
 /// What a channel answered a charge or a query.
 #[derive(Debug, Clone)]
 pub enum ChannelReply {
-    /// A final answer.
+    /// A final answer, with the amount and currency as the channel states
+    /// them (never assumed from our request).
     Resolved {
         status: ChannelStatus,
         amount: Decimal,
+        currency: String,
         reference: Option<String>,
         reason: Option<String>,
         raw: Value,
@@ -72,9 +74,10 @@ pub enum CloseReply {
     Closed {
         raw: Value,
     },
-    /// Too late: it was paid.
+    /// Too late: it was paid, this amount in this currency.
     AlreadyPaid {
         amount: Decimal,
+        currency: String,
         reference: Option<String>,
         raw: Value,
     },
@@ -114,6 +117,7 @@ impl ChannelAdapter for BalanceChannel {
             ChannelReply::Resolved {
                 status: ChannelStatus::Succeeded,
                 amount: request.amount,
+                currency: request.currency.clone(),
                 reference: Some(format!("balance:{}", request.attempt_id)),
                 reason: None,
                 raw: json!({"channel": "balance", "result": "frozen funds captured", "attempt_id": request.attempt_id}),
@@ -169,36 +173,59 @@ impl SandboxChannel {
     }
 }
 
-/// A trade as the gateway reports it, read into a reply.
-fn read_trade(raw: Value) -> ChannelReply {
+/// The amount (a decimal string with at most two decimal places, never a
+/// float) and the currency (an ISO 4217 code) a channel states in an
+/// answer; `None` when either cannot be read.
+fn read_money(raw: &Value) -> Option<(Decimal, String)> {
     let amount = raw
-        .get("amount")
-        .and_then(Value::as_str)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(Decimal::ZERO);
+        .get("amount")?
+        .as_str()?
+        .trim()
+        .parse::<Decimal>()
+        .ok()?;
+    if amount.scale() > payfleet_common::money::MINOR_DIGITS {
+        return None;
+    }
+    let currency = raw.get("currency")?.as_str()?;
+    is_currency_code(currency).then(|| (amount, currency.to_owned()))
+}
+
+/// Whether `code` reads as an ISO 4217 code. One we do not accept is still
+/// readable: it differs from the payment's, and callback holds it for review.
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// A trade as the gateway reports it, read into a reply. A final status
+/// without a readable amount and currency is no answer: a status query
+/// decides, so nothing is ever settled on an amount we did not read.
+fn read_trade(raw: Value) -> ChannelReply {
     let reference = raw
         .get("trade_no")
         .and_then(Value::as_str)
         .map(str::to_owned);
     let reason = raw.get("reason").and_then(Value::as_str).map(str::to_owned);
-    match raw.get("status").and_then(Value::as_str) {
-        Some("SUCCEEDED") => ChannelReply::Resolved {
-            status: ChannelStatus::Succeeded,
+    let status = match raw.get("status").and_then(Value::as_str) {
+        Some("SUCCEEDED") => ChannelStatus::Succeeded,
+        Some("FAILED") | Some("CLOSED") => ChannelStatus::Failed,
+        Some("PENDING") => return ChannelReply::Pending { reference, raw },
+        other => {
+            return ChannelReply::Unknown {
+                error: format!("unreadable trade status {other:?}"),
+            };
+        }
+    };
+    match read_money(&raw) {
+        Some((amount, currency)) => ChannelReply::Resolved {
+            status,
             amount,
+            currency,
             reference,
             reason,
             raw,
         },
-        Some("FAILED") | Some("CLOSED") => ChannelReply::Resolved {
-            status: ChannelStatus::Failed,
-            amount,
-            reference,
-            reason,
-            raw,
-        },
-        Some("PENDING") => ChannelReply::Pending { reference, raw },
-        other => ChannelReply::Unknown {
-            error: format!("unreadable trade status {other:?}"),
+        None => ChannelReply::Unknown {
+            error: format!("a {status:?} answer without a readable amount and currency: {raw}"),
         },
     }
 }
@@ -262,17 +289,22 @@ impl ChannelAdapter for SandboxChannel {
             .await
             {
                 Ok((status, raw)) if status.is_success() => CloseReply::Closed { raw },
-                Ok((reqwest::StatusCode::CONFLICT, raw)) => CloseReply::AlreadyPaid {
-                    amount: raw
-                        .get("amount")
-                        .and_then(Value::as_str)
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or(Decimal::ZERO),
-                    reference: raw
-                        .get("trade_no")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                    raw,
+                Ok((reqwest::StatusCode::CONFLICT, raw)) => match read_money(&raw) {
+                    Some((amount, currency)) => CloseReply::AlreadyPaid {
+                        amount,
+                        currency,
+                        reference: raw
+                            .get("trade_no")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        raw,
+                    },
+                    // Paid, but for what we cannot read: asked again.
+                    None => CloseReply::Unknown {
+                        error: format!(
+                            "already paid, without a readable amount and currency: {raw}"
+                        ),
+                    },
                 },
                 Ok((status, raw)) => CloseReply::Unknown {
                     error: format!("HTTP {status}: {raw}"),
@@ -434,14 +466,12 @@ pub enum Call {
     Query {
         payment_id: Uuid,
         attempt_id: Uuid,
-        currency: String,
         number: u32,
         adapter: Arc<dyn ChannelAdapter>,
     },
     Close {
         payment_id: Uuid,
         attempt_id: Uuid,
-        currency: String,
         reason: String,
         adapter: Arc<dyn ChannelAdapter>,
     },
@@ -567,7 +597,6 @@ impl CallingStage for ChannelCall {
                     Ok(Intent::Call(Call::Query {
                         payment_id: p.id,
                         attempt_id: id,
-                        currency: p.currency.clone(),
                         number: q.query_number,
                         adapter,
                     }))
@@ -590,7 +619,6 @@ impl CallingStage for ChannelCall {
                     Ok(Intent::Call(Call::Close {
                         payment_id: p.id,
                         attempt_id: id,
-                        currency: p.currency.clone(),
                         reason: c.reason.clone(),
                         adapter,
                     }))
@@ -642,32 +670,24 @@ impl CallingStage for ChannelCall {
         call: Call,
         answer: Answer,
     ) -> Result<Outcome, StageError> {
-        let (payment_id, attempt_id, channel, currency) = match &call {
+        let (payment_id, attempt_id, channel) = match &call {
             Call::Charge { request, adapter } => (
                 request.payment_id,
                 request.attempt_id,
                 adapter.name().to_owned(),
-                request.currency.clone(),
             ),
             Call::Query {
                 payment_id,
                 attempt_id,
                 adapter,
-                currency,
                 ..
             }
             | Call::Close {
                 payment_id,
                 attempt_id,
                 adapter,
-                currency,
                 ..
-            } => (
-                *payment_id,
-                *attempt_id,
-                adapter.name().to_owned(),
-                currency.clone(),
-            ),
+            } => (*payment_id, *attempt_id, adapter.name().to_owned()),
         };
         tx.set_correlation_id(&payment_id.to_string());
         let failed_call = matches!(
@@ -695,6 +715,7 @@ impl CallingStage for ChannelCall {
                 }
                 CloseReply::AlreadyPaid {
                     amount,
+                    currency,
                     reference,
                     raw,
                 } => {
@@ -726,6 +747,7 @@ impl CallingStage for ChannelCall {
                     ChannelReply::Resolved {
                         status,
                         amount,
+                        currency,
                         reference,
                         reason,
                         raw,
@@ -766,7 +788,8 @@ impl CallingStage for ChannelCall {
     }
 }
 
-/// Hands a channel's final answer to callback (statuses move there).
+/// Hands a channel's final answer, in the amount and currency the channel
+/// stated, to callback (statuses move there; callback compares them).
 #[allow(clippy::too_many_arguments)]
 fn report(
     tx: &mut StageTx,
@@ -847,4 +870,70 @@ async fn log(
         .execute(tx.conn())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(reply: ChannelReply) -> Option<(ChannelStatus, Decimal, String)> {
+        match reply {
+            ChannelReply::Resolved {
+                status,
+                amount,
+                currency,
+                ..
+            } => Some((status, amount, currency)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_final_answer_carries_the_channels_amount_and_currency() {
+        let reply =
+            read_trade(json!({"status": "SUCCEEDED", "amount": "100.00", "currency": "USD"}));
+        assert_eq!(
+            resolved(reply),
+            Some((
+                ChannelStatus::Succeeded,
+                Decimal::new(10000, 2),
+                "USD".into()
+            ))
+        );
+        let reply = read_trade(
+            json!({"status": "FAILED", "amount": "5.00", "currency": "CNY", "reason": "card_declined"}),
+        );
+        assert_eq!(
+            resolved(reply),
+            Some((ChannelStatus::Failed, Decimal::new(500, 2), "CNY".into()))
+        );
+    }
+
+    #[test]
+    fn a_final_answer_without_a_readable_amount_or_currency_is_unknown() {
+        for raw in [
+            json!({"status": "SUCCEEDED", "currency": "CNY"}),
+            json!({"status": "SUCCEEDED", "amount": "", "currency": "CNY"}),
+            json!({"status": "SUCCEEDED", "amount": 80.0, "currency": "CNY"}),
+            json!({"status": "SUCCEEDED", "amount": "eighty", "currency": "CNY"}),
+            json!({"status": "SUCCEEDED", "amount": "79.999", "currency": "CNY"}),
+            json!({"status": "SUCCEEDED", "amount": "80.00"}),
+            json!({"status": "SUCCEEDED", "amount": "80.00", "currency": ""}),
+            json!({"status": "SUCCEEDED", "amount": "80.00", "currency": "cny"}),
+            json!({"status": "FAILED", "amount": "80.00", "currency": "YUAN"}),
+        ] {
+            assert!(
+                matches!(read_trade(raw.clone()), ChannelReply::Unknown { .. }),
+                "{raw} must be no answer"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pending_answer_needs_no_amount() {
+        assert!(matches!(
+            read_trade(json!({"status": "PENDING", "trade_no": "t-1"})),
+            ChannelReply::Pending { .. }
+        ));
+    }
 }

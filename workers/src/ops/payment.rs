@@ -238,14 +238,11 @@ pub async fn requery(
         .find(|a| a.name() == channel)
         .with_context(|| format!("no adapter for channel {channel}"))?;
     let reply = adapter.query(attempt_id).await;
-    let currency: String = sqlx::query_scalar("SELECT currency::text FROM payments WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
     let (answer, result) = match &reply {
         ChannelReply::Resolved {
             status,
             amount,
+            currency,
             reference,
             reason,
             ..
