@@ -762,6 +762,217 @@ async fn forged_and_stale_webhooks_get_401_and_change_nothing() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_resolves_only_its_own_payments_attempt_at_its_own_channel() -> anyhow::Result<()>
+{
+    // Webhooks come after 30 s and status queries after 20 s: the attempts
+    // stay open while misdirected notices are posted.
+    let mut world = World::new(
+        "misdirected",
+        |s| {
+            s.retry_delays_ms = vec![200, 400, 800, 20_000];
+            s.status_query_delays_ms = vec![20_000];
+        },
+        Duration::from_secs(30),
+    )
+    .await?;
+    world.start(&[]).await?;
+    let a = world.pay("a", "wallet", "tok_success").await?;
+    let b = world.pay("b", "wallet", "tok_success").await?;
+    wait_until(WAIT, "both attempts pending", || async {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM payment_attempts WHERE status = 'pending'",
+        )
+        .fetch_one(world.pool())
+        .await?
+            == 2)
+    })
+    .await?;
+    let genuine = |payment: Uuid| {
+        let world = &world;
+        async move {
+            let (attempt, _, _) = world.attempt(payment).await?;
+            let trade = world
+                .gateway
+                .trade(WALLET, &attempt.to_string())
+                .expect("the trade exists at the gateway");
+            anyhow::Ok(Notice {
+                channel: WALLET.into(),
+                out_trade_no: attempt.to_string(),
+                trade_no: trade.trade_no,
+                status: TradeStatus::Succeeded,
+                amount: trade.amount,
+                currency: trade.currency,
+                reason: None,
+                occurred_at: Utc::now(),
+            })
+        }
+    };
+    let now = Utc::now().timestamp();
+
+    // B's genuine notice, posted at A's address
+    let of_b = genuine(b).await?;
+    let code = world
+        .webhook(WALLET, "wallet-secret", a, &of_b, now)
+        .await?;
+    assert!(
+        (400..500).contains(&code),
+        "another payment's notice is refused, got {code}"
+    );
+    // a notice from the card channel about A's attempt at the wallet channel
+    let mut from_card = genuine(a).await?;
+    from_card.channel = CARD.into();
+    let code = world
+        .webhook(CARD, "card-secret", a, &from_card, now)
+        .await?;
+    assert!(
+        (400..500).contains(&code),
+        "another channel's notice is refused, got {code}"
+    );
+    // a notice naming the wallet channel, posted and signed as the card channel
+    let of_a = genuine(a).await?;
+    let code = world.webhook(CARD, "card-secret", a, &of_a, now).await?;
+    assert!(
+        (400..500).contains(&code),
+        "a notice for another channel than its address is refused, got {code}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM integration_log WHERE direction = 'callback' AND payment_id IN ($1, $2)",
+    )
+    .bind(a)
+    .bind(b)
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(
+        logged, 0,
+        "a refused notice is in no payment's integration log"
+    );
+    for id in [a, b] {
+        assert_eq!(
+            world.status(id).await?.map(|s| s.0).as_deref(),
+            Some("frozen"),
+            "nothing resolved payment {id}"
+        );
+        assert_eq!(world.attempt(id).await?.2, "pending");
+    }
+    assert!(world.env.dead_letters().await?.is_empty());
+
+    // The channel charges both; each notice at its own address settles its payment.
+    for id in [a, b] {
+        let (attempt, _, _) = world.attempt(id).await?;
+        world
+            .gateway
+            .charge_late(WALLET, &attempt.to_string())
+            .expect("the trade");
+        let notice = genuine(id).await?;
+        assert_eq!(
+            world
+                .webhook(WALLET, "wallet-secret", id, &notice, Utc::now().timestamp())
+                .await?,
+            200
+        );
+    }
+    world.reaches(a, "settled").await?;
+    world.reaches(b, "settled").await?;
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_from_another_channel_than_the_attempts_is_dead_lettered_unapplied()
+-> anyhow::Result<()> {
+    let mut world = World::new(
+        "otherchannel",
+        |s| {
+            s.retry_delays_ms = vec![200, 400, 800, 20_000];
+            s.status_query_delays_ms = vec![20_000];
+        },
+        Duration::from_secs(30),
+    )
+    .await?;
+    world.start(&[]).await?;
+    let id = world.pay("wallet", "wallet", "tok_success").await?;
+    wait_until(WAIT, "the attempt pending", || async {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM payment_attempts WHERE status = 'pending'",
+        )
+        .fetch_one(world.pool())
+        .await?
+            == 1)
+    })
+    .await?;
+    let (attempt, _, _) = world.attempt(id).await?;
+    // past the ingress: a result on the stage's queue, as the card channel's
+    let result = messages::ChannelResult {
+        schema_version: SCHEMA_VERSION,
+        payment_id: id,
+        attempt_id: attempt,
+        channel: CARD.into(),
+        status: messages::ChannelStatus::Succeeded,
+        amount: d("80.00"),
+        currency: "CNY".into(),
+        channel_reference: None,
+        reason: None,
+        reported_at: Utc::now(),
+    };
+    world
+        .env
+        .publish_raw(
+            &world.env.topology.exchanges().stages.clone(),
+            "callback",
+            &serde_json::to_vec(&result)?,
+            broker::properties(
+                &Uuid::now_v7().to_string(),
+                Some(&id.to_string()),
+                Some(messages::kind::CHANNEL_RESULT),
+            ),
+        )
+        .await?;
+    wait_until(WAIT, "the result dead-lettered", || async {
+        Ok(world
+            .env
+            .dead_letters()
+            .await?
+            .iter()
+            .any(|dl| dl.stage == "callback" && dl.error_message.contains("refused")))
+    })
+    .await?;
+    assert_eq!(
+        world.status(id).await?.map(|s| s.0).as_deref(),
+        Some("frozen")
+    );
+    assert_eq!(world.attempt(id).await?.2, "pending");
+
+    // the wallet channel's own notice settles it
+    world
+        .gateway
+        .charge_late(WALLET, &attempt.to_string())
+        .expect("the trade");
+    let trade = world
+        .gateway
+        .trade(WALLET, &attempt.to_string())
+        .expect("the trade");
+    let notice = Notice {
+        channel: WALLET.into(),
+        out_trade_no: attempt.to_string(),
+        trade_no: trade.trade_no,
+        status: TradeStatus::Succeeded,
+        amount: trade.amount,
+        currency: trade.currency,
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    assert_eq!(
+        world
+            .webhook(WALLET, "wallet-secret", id, &notice, Utc::now().timestamp())
+            .await?,
+        200
+    );
+    world.reaches(id, "settled").await?;
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_closes_the_trade_first_and_a_late_success_is_owed_back() -> anyhow::Result<()> {
     // The gateway would only answer after 30 s; the payment expires after 1.5 s.
     let mut world = World::new(
