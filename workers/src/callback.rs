@@ -2,7 +2,8 @@
 //! from channel-call; later also webhooks and status queries). Statuses only
 //! move forward; duplicates change nothing; a result for an attempt not yet
 //! committed is retried; an amount or currency mismatch puts the payment in
-//! exception for review.
+//! exception for review. A result is taken only for an attempt of its own
+//! payment at the channel that reported it.
 
 use chrono::Utc;
 use payfleet_common::{
@@ -50,6 +51,7 @@ impl Stage for Callback {
                 reason: format!("payment {} not found", m.payment_id),
             });
         };
+        refuse_misdirected(tx, m).await?;
         let attempt: Option<(String, Decimal, String)> =
             sqlx::query_as("SELECT status, amount, currency::text FROM payment_attempts WHERE id = $1 AND payment_id = $2")
                 .bind(m.attempt_id)
@@ -275,6 +277,26 @@ fn charge(p: &payment::Payment, m: &ChannelResult) -> ChannelCharge {
         channel: m.channel.clone(),
         amount: m.amount,
         currency: m.currency.clone(),
+    }
+}
+
+/// A result for another payment's attempt, or reported by another channel
+/// than the attempt's, resolves nothing: the ingress refuses such notices,
+/// and whatever sent this one, it is dead-lettered for review.
+async fn refuse_misdirected(tx: &mut StageTx, m: &ChannelResult) -> Result<(), StageError> {
+    let attempt: Option<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT payment_id, channel FROM payment_attempts WHERE id = $1")
+            .bind(m.attempt_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    match attempt {
+        Some((payment_id, channel)) if payment_id != m.payment_id || channel != m.channel => {
+            Err(StageError::permanent(format!(
+                "refused: a result from {} for payment {} names attempt {}, which is payment {payment_id}'s at {channel}",
+                m.channel, m.payment_id, m.attempt_id
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -5,6 +5,10 @@
 //! changes nothing; a PENDING notice is logged and acknowledged (statuses
 //! never move backwards). A webhook for an attempt not yet committed is
 //! published all the same: the callback stage retries it until it is.
+//! A notice is taken only for an attempt of the payment in its address, at
+//! the channel of its address, which is also the channel it names; anything
+//! else is refused with a 4xx, counted and logged as refused, and kept out
+//! of every payment's integration log.
 
 use std::sync::Arc;
 
@@ -25,6 +29,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::sandbox_gateway::{Notice, TradeStatus, sign_notice};
+
+/// The payment's route, and the owner and channel of the notice's attempt
+/// when it is committed.
+type Owner = (Option<String>, Option<Uuid>, Option<String>);
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -86,6 +94,46 @@ async fn receive(
     let Ok(attempt_id) = notice.out_trade_no.parse::<Uuid>() else {
         return (StatusCode::BAD_REQUEST, "unknown out_trade_no\n");
     };
+    if notice.channel != channel {
+        return refuse(
+            &channel,
+            payment_id,
+            attempt_id,
+            StatusCode::CONFLICT,
+            "the notice names another channel\n",
+        );
+    }
+    // The attempt as we committed it; one the notice overtook is held to
+    // the payment's route here, and to its own row by callback.
+    let owner = sqlx::query_as::<_, Owner>(
+        "SELECT p.channel, a.payment_id, a.channel
+         FROM payments p LEFT JOIN payment_attempts a ON a.id = $2 WHERE p.id = $1",
+    )
+    .bind(payment_id)
+    .bind(attempt_id)
+    .fetch_optional(&shared.pool)
+    .await;
+    let refusal = match owner {
+        Err(error) => {
+            tracing::warn!(%error, "webhook ingress: database unavailable");
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+        }
+        Ok(None) => Some((StatusCode::NOT_FOUND, "unknown payment\n")),
+        Ok(Some((_, Some(owner), _))) if owner != payment_id => Some((
+            StatusCode::CONFLICT,
+            "the attempt belongs to another payment\n",
+        )),
+        Ok(Some((_, Some(_), at))) if at.as_deref() != Some(channel.as_str()) => {
+            Some((StatusCode::CONFLICT, "the attempt is at another channel\n"))
+        }
+        Ok(Some((routed, None, _))) if routed.as_deref() != Some(channel.as_str()) => {
+            Some((StatusCode::CONFLICT, "the payment is at another channel\n"))
+        }
+        Ok(Some(_)) => None,
+    };
+    if let Some((status, why)) = refusal {
+        return refuse(&channel, payment_id, attempt_id, status, why);
+    }
     let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let logged = sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'callback', $4)")
         .bind(payment_id)
@@ -144,4 +192,24 @@ async fn receive(
             (StatusCode::SERVICE_UNAVAILABLE, "try again\n")
         }
     }
+}
+
+/// A genuine but misdirected notice: answered with `status`, counted and
+/// logged as refused, stored nowhere.
+fn refuse(
+    channel: &str,
+    payment_id: Uuid,
+    attempt_id: Uuid,
+    status: StatusCode,
+    why: &'static str,
+) -> (StatusCode, &'static str) {
+    metrics::counter!("payfleet_webhooks_in_total", "result" => "refused").increment(1);
+    tracing::warn!(
+        channel,
+        %payment_id,
+        %attempt_id,
+        why = why.trim_end(),
+        "webhook refused"
+    );
+    (status, why)
 }
