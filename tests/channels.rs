@@ -27,6 +27,9 @@ const SHOP: &str = "shop";
 const SHOP_KEY: &str = "shop-secret";
 const WALLET: &str = "sandbox-wallet";
 const CARD: &str = "sandbox-card";
+/// Served by the gateway, but in the routing table only once a test adds them.
+const NEW_CARD: &str = "sandbox-card-new";
+const NEW_WALLET: &str = "sandbox-wallet-new";
 
 fn d(text: &str) -> Decimal {
     text.parse().expect("decimal literal")
@@ -83,6 +86,18 @@ impl World {
                     mode: Mode::Sync,
                     fee_rate: d("0.0120"),
                 },
+                ChannelConfig {
+                    name: NEW_CARD.into(),
+                    secret: "new-card-secret".into(),
+                    mode: Mode::Sync,
+                    fee_rate: d("0.0060"),
+                },
+                ChannelConfig {
+                    name: NEW_WALLET.into(),
+                    secret: "new-wallet-secret".into(),
+                    mode: Mode::Async,
+                    fee_rate: d("0.0020"),
+                },
             ],
             webhook_delay,
             slow: Duration::from_millis(300),
@@ -106,6 +121,28 @@ impl World {
 
     fn pool(&self) -> &PgPool {
         &self.env.pool
+    }
+
+    /// Adds a channel to the routing table, at the gateway the others use.
+    async fn add_channel(
+        &self,
+        name: &str,
+        secret: &str,
+        method: &str,
+        fee_rate: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate)
+             SELECT $1, 'sandbox', base_url, $2, ARRAY[$3], $4::numeric FROM channels WHERE name = $5",
+        )
+        .bind(name)
+        .bind(secret)
+        .bind(method)
+        .bind(fee_rate)
+        .bind(CARD)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     async fn start(&mut self, stages: &[&str]) -> anyhow::Result<()> {
@@ -969,6 +1006,122 @@ async fn a_result_from_another_channel_than_the_attempts_is_dead_lettered_unappl
         200
     );
     world.reaches(id, "settled").await?;
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_added_while_the_fleet_runs_is_routed_to_and_charged() -> anyhow::Result<()> {
+    let mut world = World::new("newcard", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    // Added after start-up: a card channel cheaper than the first, and a
+    // cheaper still that no adapter can call (a sandbox row with no base_url).
+    world
+        .add_channel(NEW_CARD, "new-card-secret", "card", "0.0060")
+        .await?;
+    sqlx::query(
+        "INSERT INTO channels (name, kind, methods, fee_rate) VALUES ('sandbox-nowhere', 'sandbox', ARRAY['card'], 0.0010)",
+    )
+    .execute(world.pool())
+    .await?;
+    let id = world.pay("new-card", "card", "tok_success").await?;
+    world.reaches(id, "settled").await?;
+    let (attempt, channel, status) = world.attempt(id).await?;
+    assert_eq!(
+        (channel.as_str(), status.as_str()),
+        (NEW_CARD, "succeeded"),
+        "the new channel, never the one without an adapter"
+    );
+    assert_eq!(world.charges(NEW_CARD, attempt), 1);
+    let fee: Decimal = sqlx::query_scalar("SELECT channel_fee FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(world.pool())
+        .await?;
+    assert_eq!(fee, d("0.48"));
+    assert!(world.env.dead_letters().await?.is_empty());
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_added_while_the_fleet_runs_closes_an_expired_trade_and_refunds_a_late_charge()
+-> anyhow::Result<()> {
+    // The gateway would only send its webhook after 30 s; the payment expires after 1.5 s.
+    let mut world = World::new(
+        "newwallet",
+        |s| {
+            s.payment_ttl_ms = 1_500;
+            s.retry_delays_ms = vec![200, 400, 800, 20_000];
+            s.status_query_delays_ms = vec![20_000];
+        },
+        Duration::from_secs(30),
+    )
+    .await?;
+    world.start(&[]).await?;
+    world
+        .add_channel(NEW_WALLET, "new-wallet-secret", "wallet", "0.0020")
+        .await?;
+    let id = world.pay("new-wallet", "wallet", "tok_success").await?;
+    let reason = world.reaches(id, "cancelled").await?;
+    assert_eq!(reason.as_deref(), Some("expired"));
+    let (attempt, channel, status) = world.attempt(id).await?;
+    assert_eq!((channel.as_str(), status.as_str()), (NEW_WALLET, "closed"));
+    let trade = world
+        .gateway
+        .trade(NEW_WALLET, &attempt.to_string())
+        .expect("the trade exists at the new channel");
+    assert_eq!(
+        trade.status,
+        TradeStatus::Closed,
+        "closed at the new channel"
+    );
+
+    world
+        .gateway
+        .charge_late(NEW_WALLET, &attempt.to_string())
+        .expect("the trade");
+    let late = Notice {
+        channel: NEW_WALLET.into(),
+        out_trade_no: attempt.to_string(),
+        trade_no: trade.trade_no.clone(),
+        status: TradeStatus::Succeeded,
+        amount: trade.amount,
+        currency: trade.currency.clone(),
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    assert_eq!(
+        world
+            .webhook(
+                NEW_WALLET,
+                "new-wallet-secret",
+                id,
+                &late,
+                Utc::now().timestamp()
+            )
+            .await?,
+        200
+    );
+    wait_until(
+        WAIT,
+        "the late charge refunded at the new channel",
+        || async {
+            Ok(sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM refunds WHERE status = 'succeeded' AND channel = $1",
+            )
+            .bind(NEW_WALLET)
+            .fetch_one(world.pool())
+            .await?
+                == 1)
+        },
+    )
+    .await?;
+    assert_eq!(
+        world
+            .gateway
+            .trade(NEW_WALLET, &attempt.to_string())
+            .map(|t| t.refunded),
+        Some(d("80.00"))
+    );
+    assert!(world.env.dead_letters().await?.is_empty());
     world.finish().await
 }
 
