@@ -11,6 +11,7 @@ use payfleet_common::{
 };
 use payfleet_tests::{TestEnv, wait_until};
 use payfleet_workers::{
+    adapters::{AdapterError, Adapters},
     invariants, order_validation, routing,
     sandbox_gateway::{
         ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
@@ -1123,6 +1124,58 @@ async fn a_channel_added_while_the_fleet_runs_closes_an_expired_trade_and_refund
     );
     assert!(world.env.dead_letters().await?.is_empty());
     world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_is_built_when_first_needed_and_again_when_its_row_changes() -> anyhow::Result<()>
+{
+    let env = TestEnv::new("adapters").await?;
+    let adapters = Adapters::new(Duration::from_secs(1));
+    assert!(matches!(
+        adapters.get(&env.pool, NEW_CARD).await,
+        Err(AdapterError::Unknown(_))
+    ));
+    sqlx::query(
+        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods) VALUES ($1, 'sandbox', 'http://127.0.0.1:8701', 's', ARRAY['card'])",
+    )
+    .bind(NEW_CARD)
+    .execute(&env.pool)
+    .await?;
+    let first = adapters.get(&env.pool, NEW_CARD).await?;
+    assert_eq!(first.name(), NEW_CARD);
+    let again = adapters.get(&env.pool, NEW_CARD).await?;
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "kept while its row is unchanged"
+    );
+    let relocate = |url: Option<&'static str>| {
+        sqlx::query("UPDATE channels SET base_url = $2 WHERE name = $1")
+            .bind(NEW_CARD)
+            .bind(url)
+            .execute(&env.pool)
+    };
+    relocate(Some("http://127.0.0.1:8702")).await?;
+    let moved = adapters.get(&env.pool, NEW_CARD).await?;
+    assert!(
+        !std::sync::Arc::ptr_eq(&first, &moved),
+        "built anew for the changed row"
+    );
+    relocate(None).await?;
+    assert!(matches!(
+        adapters.get(&env.pool, NEW_CARD).await,
+        Err(AdapterError::Unbuildable { .. })
+    ));
+    sqlx::query("DELETE FROM channels WHERE name = $1")
+        .bind(NEW_CARD)
+        .execute(&env.pool)
+        .await?;
+    assert!(matches!(
+        adapters.get(&env.pool, NEW_CARD).await,
+        Err(AdapterError::Unknown(_))
+    ));
+    let report = invariants::all(&env.pool).await?;
+    assert!(report.ok(), "invariants broken: {:?}", report.failures());
+    env.teardown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //! blind second charge: status queries through the delay levels decide, and
 //! when they run out the trade is closed (or the payment is paid after all).
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use deadpool_redis::Pool;
@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
+    adapters::Adapters,
     payment::{self, PaymentStatus},
     routing,
 };
@@ -349,7 +350,8 @@ impl Work {
 }
 
 pub struct ChannelCall {
-    adapters: HashMap<String, Arc<dyn ChannelAdapter>>,
+    /// Built on demand: a channel added while the fleet runs is served.
+    adapters: Adapters,
     topology: Topology,
     redis: Pool,
     redis_prefix: String,
@@ -358,50 +360,15 @@ pub struct ChannelCall {
 }
 
 impl ChannelCall {
-    pub fn new(
-        adapters: Vec<Arc<dyn ChannelAdapter>>,
-        settings: &payfleet_common::Settings,
-        topology: Topology,
-        redis: Pool,
-    ) -> Self {
+    pub fn new(settings: &payfleet_common::Settings, topology: Topology, redis: Pool) -> Self {
         Self {
-            adapters: adapters
-                .into_iter()
-                .map(|a| (a.name().to_owned(), a))
-                .collect(),
+            adapters: Adapters::new(Duration::from_millis(settings.channel_timeout_ms)),
             topology,
             redis,
             redis_prefix: settings.redis_key_prefix.clone(),
             callback_base_url: settings.callback_base_url.trim_end_matches('/').to_owned(),
             query_delays_ms: settings.status_query_delays_ms.clone(),
         }
-    }
-
-    /// Adapters for every channel in the routing table.
-    pub async fn adapters(
-        pool: &sqlx::PgPool,
-        timeout: Duration,
-    ) -> Result<Vec<Arc<dyn ChannelAdapter>>, String> {
-        let rows: Vec<(String, String, Option<String>)> =
-            sqlx::query_as("SELECT name, kind, base_url FROM channels")
-                .fetch_all(pool)
-                .await
-                .map_err(|e| e.to_string())?;
-        let mut adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
-        for (name, kind, base_url) in rows {
-            match (kind.as_str(), base_url) {
-                ("balance", _) => adapters.push(Arc::new(BalanceChannel)),
-                ("sandbox", Some(url)) => adapters.push(Arc::new(
-                    SandboxChannel::new(&name, &url, timeout).map_err(|e| e.to_string())?,
-                )),
-                (kind, _) => {
-                    return Err(format!(
-                        "channel {name} of kind {kind} has no usable base_url"
-                    ));
-                }
-            }
-        }
-        Ok(adapters)
     }
 
     /// Schedules status query `number` (1-based) through a delay level, or
@@ -447,13 +414,6 @@ impl ChannelCall {
                 },
             ),
         }
-    }
-
-    fn adapter(&self, channel: &str) -> Result<Arc<dyn ChannelAdapter>, StageError> {
-        self.adapters
-            .get(channel)
-            .cloned()
-            .ok_or_else(|| StageError::permanent(format!("no adapter for channel `{channel}`")))
     }
 }
 
@@ -536,7 +496,7 @@ impl CallingStage for ChannelCall {
             ));
         }
         let channel = p.channel.clone().unwrap_or_else(|| "balance".to_owned());
-        let adapter = self.adapter(&channel)?;
+        let adapter = self.adapters.get(tx.conn(), &channel).await?;
         let latest: Option<(Uuid, String)> =
             sqlx::query_as("SELECT id, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
                 .bind(p.id)

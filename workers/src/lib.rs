@@ -1,5 +1,6 @@
 //! The six stages of the payment chain and the processes that run them.
 
+pub mod adapters;
 pub mod callback;
 pub mod callbacks;
 pub mod channel_call;
@@ -64,15 +65,9 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet.stage(fund_freeze::FundFreeze)?;
     }
     if wanted(channel_call::NAME) {
-        let timeout = std::time::Duration::from_millis(settings.channel_timeout_ms);
-        let adapters = channel_call::ChannelCall::adapters(&fleet.shared().pool, timeout)
-            .await
-            .map_err(|e| FleetError::UnknownStage(format!("channel adapters: {e}")))?;
         let redis = fleet.shared().locks.pool().clone();
         let topology = fleet.shared().topology.clone();
-        fleet = fleet.calling_stage(channel_call::ChannelCall::new(
-            adapters, &settings, topology, redis,
-        ))?;
+        fleet = fleet.calling_stage(channel_call::ChannelCall::new(&settings, topology, redis))?;
         fleet = fleet.background("refund-sender", refunds::run);
     }
     if wanted(callback::NAME) {

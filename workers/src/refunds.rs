@@ -6,32 +6,18 @@
 //! reports what is still owed. A refund the channel paid posts its journal
 //! entry (payer refunds → the channel's clearing account) with the answer.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use payfleet_common::{CancellationToken, runtime::Shared};
 use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::channel_call::{ChannelAdapter, ChannelCall};
+use crate::adapters::Adapters;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let timeout = Duration::from_millis(shared.settings.channel_timeout_ms);
-    let adapters: HashMap<String, Arc<dyn ChannelAdapter>> = match ChannelCall::adapters(
-        &shared.pool,
-        timeout,
-    )
-    .await
-    {
-        Ok(adapters) => adapters
-            .into_iter()
-            .map(|a| (a.name().to_owned(), a))
-            .collect(),
-        Err(error) => {
-            tracing::error!(%error, "refund sender cannot build its channel adapters; refunds stay owed");
-            return;
-        }
-    };
+    // Built on demand: a channel added while the fleet runs is refunded through too.
+    let adapters = Adapters::new(Duration::from_millis(shared.settings.channel_timeout_ms));
     loop {
         if let Err(error) = send_owed(&shared, &adapters).await {
             tracing::warn!(%error, "refund pass failed");
@@ -43,10 +29,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn send_owed(
-    shared: &Shared,
-    adapters: &HashMap<String, Arc<dyn ChannelAdapter>>,
-) -> anyhow::Result<()> {
+async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
     let pool = &shared.pool;
     let owed: Vec<(Uuid, Uuid, Uuid, String, Decimal, String)> = sqlx::query_as(
         "UPDATE refunds SET claimed_until = now() + interval '60 seconds', sends = sends + 1
@@ -57,9 +40,9 @@ async fn send_owed(
     .fetch_all(pool)
     .await?;
     for (refund_id, payment_id, attempt_id, channel, amount, currency) in owed {
-        let answer = match adapters.get(&channel) {
-            Some(adapter) => adapter.refund(attempt_id, refund_id, amount).await,
-            None => Err(format!("no adapter for channel {channel}")),
+        let answer = match adapters.get(pool, &channel).await {
+            Ok(adapter) => adapter.refund(attempt_id, refund_id, amount).await,
+            Err(error) => Err(error.to_string()),
         };
         let payload = match &answer {
             Ok(raw) => {

@@ -1,5 +1,5 @@
 //! Channel routing: a payment method goes to the cheapest active channel that
-//! takes it and is healthy. Health is a circuit breaker fed by recent
+//! takes it, that an adapter can call, and is healthy. Health is a circuit breaker fed by recent
 //! failures and timeouts (kept in Redis per channel over a sliding window):
 //! a channel with at least `MIN_CALLS` recent calls of which half or more
 //! failed is skipped until its failures age out of the window.
@@ -20,20 +20,26 @@ pub struct Route {
     pub fee_rate: Decimal,
 }
 
-/// The channel for `method`, or `None` when no active, healthy channel takes it.
+/// The channel for `method`, or `None` when no active, callable, healthy
+/// channel takes it.
 pub async fn choose(
     conn: &mut PgConnection,
     redis: &Pool,
     prefix: &str,
     method: &str,
 ) -> Result<Option<Route>, StageError> {
-    let candidates: Vec<(String, Decimal)> = sqlx::query_as(
-        "SELECT name, fee_rate FROM channels WHERE status = 'active' AND $1 = ANY(methods) ORDER BY fee_rate, name",
+    let candidates: Vec<(String, Decimal, String, Option<String>)> = sqlx::query_as(
+        "SELECT name, fee_rate, kind, base_url FROM channels WHERE status = 'active' AND $1 = ANY(methods) ORDER BY fee_rate, name",
     )
     .bind(method)
     .fetch_all(conn)
     .await?;
-    for (channel, fee_rate) in candidates {
+    for (channel, fee_rate, kind, base_url) in candidates {
+        // A payment routed where no adapter can call could be neither charged nor closed.
+        if !crate::adapters::buildable(&kind, base_url.as_deref()) {
+            tracing::warn!(channel, kind, "channel skipped: no adapter can call it");
+            continue;
+        }
         if channel == "balance" || healthy(redis, prefix, &channel).await? {
             return Ok(Some(Route { channel, fee_rate }));
         }

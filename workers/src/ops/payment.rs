@@ -15,7 +15,8 @@ use sqlx::{Acquire, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    channel_call::{ChannelCall, ChannelReply},
+    adapters::Adapters,
+    channel_call::ChannelReply,
     ledger::ChannelCharge,
     order_validation,
     payment::{self, PaymentStatus},
@@ -227,16 +228,11 @@ pub async fn requery(
     let Some((attempt_id, channel, attempt_status)) = attempt else {
         bail!("payment {id} has no attempt at a channel")
     };
-    let adapters = ChannelCall::adapters(
-        pool,
-        std::time::Duration::from_millis(settings.channel_timeout_ms),
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    let adapter = adapters
-        .into_iter()
-        .find(|a| a.name() == channel)
-        .with_context(|| format!("no adapter for channel {channel}"))?;
+    let adapter = Adapters::new(std::time::Duration::from_millis(
+        settings.channel_timeout_ms,
+    ))
+    .get(pool, &channel)
+    .await?;
     let reply = adapter.query(attempt_id).await;
     let (answer, result) = match &reply {
         ChannelReply::Resolved {
