@@ -335,15 +335,17 @@ impl World {
     /// must be the platform's cost, and the platform's accounts together
     /// must hold the platform fees of settled payments less those costs.
     async fn assert_books_match_the_channels_statements(&self) -> anyhow::Result<()> {
-        let mut all_fees = Decimal::ZERO;
-        for channel in [WALLET, CARD] {
-            let (mut handed_over, mut fees, mut refunded) =
-                (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
-            let base_url: String =
-                sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
-                    .bind(channel)
-                    .fetch_one(self.pool())
-                    .await?;
+        use std::collections::BTreeMap;
+        // per currency: what each channel kept as its fee
+        let mut channel_fees: BTreeMap<String, Decimal> = BTreeMap::new();
+        let channels: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, base_url FROM channels WHERE kind = 'sandbox' AND base_url IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        for (channel, base_url) in channels {
+            // per currency: (handed over, fees, refunded) as the channel says
+            let mut theirs: BTreeMap<String, (Decimal, Decimal, Decimal)> = BTreeMap::new();
             let today = Utc::now().date_naive();
             for day in [today.pred_opt().unwrap_or(today), today] {
                 let statement: Value = reqwest::get(format!(
@@ -363,48 +365,56 @@ impl World {
                     let money = |field: &str| -> anyhow::Result<Decimal> {
                         Ok(trade[field].as_str().unwrap_or_default().parse()?)
                     };
-                    handed_over += money("amount")? - money("fee")?;
-                    fees += money("fee")?;
-                    refunded += money("refunded")?;
+                    let currency = trade["currency"].as_str().unwrap_or_default().to_owned();
+                    let sums = theirs.entry(currency.clone()).or_default();
+                    sums.0 += money("amount")? - money("fee")?;
+                    sums.1 += money("fee")?;
+                    sums.2 += money("refunded")?;
+                    *channel_fees.entry(currency).or_default() += money("fee")?;
                 }
             }
-            all_fees += fees;
-            let (received, paid_back): (Decimal, Decimal) = sqlx::query_as(
-                "SELECT COALESCE(-sum(p.amount) FILTER (WHERE p.amount < 0), 0),
-                        COALESCE(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
+            let ours: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+                "SELECT a.currency::text,
+                        COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount < 0), 0),
+                        COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0),
+                        COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount > 0), 0)
                  FROM postings p JOIN accounts a ON a.id = p.account_id
-                 WHERE a.owner_id = 'clearing:' || $1",
+                 WHERE a.owner_id IN ('clearing:' || $1, 'channel-costs:' || $1)
+                 GROUP BY a.currency",
             )
-            .bind(channel)
-            .fetch_one(self.pool())
+            .bind(&channel)
+            .fetch_all(self.pool())
             .await?;
+            let ours: BTreeMap<String, (Decimal, Decimal, Decimal)> = ours
+                .into_iter()
+                .map(|(currency, received, fees, paid_back)| {
+                    (currency, (received, fees, paid_back))
+                })
+                .filter(|(_, sums)| *sums != Default::default())
+                .collect();
             assert_eq!(
-                (received, paid_back),
-                (handed_over, refunded),
-                "{channel}: the clearing account received / paid back what the channel's statement says"
+                ours, theirs,
+                "{channel}: per currency, the clearing account received (charge - fee), the platform bore the fee, \
+                 and the clearing account paid back the refunds, as the channel's statement says"
             );
-            let cost: Decimal = sqlx::query_scalar(
-                "SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-                 WHERE a.owner_kind = 'platform_cost' AND a.owner_id = 'channel-costs:' || $1",
-            )
-            .bind(channel)
-            .fetch_one(self.pool())
-            .await?;
-            assert_eq!(cost, -fees, "{channel}: its fee is the platform's cost");
         }
-        let (platform, seller_fees): (Decimal, Decimal) = sqlx::query_as(
-            "SELECT (SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-                      WHERE a.owner_kind IN ('platform', 'platform_cost')),
+        let platform: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT c.currency::text,
+                    (SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                      WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = c.currency),
                     (SELECT COALESCE(sum(d.fee_amount), 0) FROM transaction_details d
-                      JOIN payments p ON p.id = d.payment_id WHERE p.status = 'settled')",
+                      JOIN payments p ON p.id = d.payment_id WHERE p.status = 'settled' AND d.currency = c.currency)
+             FROM (SELECT DISTINCT currency FROM accounts WHERE owner_kind IN ('platform', 'platform_cost')) c",
         )
-        .fetch_one(self.pool())
+        .fetch_all(self.pool())
         .await?;
-        assert_eq!(
-            platform,
-            seller_fees - all_fees,
-            "the platform earned its fees less the channels' fees"
-        );
+        for (currency, earned, seller_fees) in platform {
+            assert_eq!(
+                earned,
+                seller_fees - channel_fees.get(&currency).copied().unwrap_or_default(),
+                "{currency}: the platform earned its fees less the channels' fees"
+            );
+        }
         Ok(())
     }
 }
