@@ -1699,3 +1699,63 @@ async fn a_mismatched_payment_is_resolved_by_what_the_channel_holds() -> anyhow:
     assert_eq!(over_credits, d("80.00"));
     world.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_in_another_currency_cannot_settle_and_is_refunded_in_its_currency()
+-> anyhow::Result<()> {
+    let mut world = World::new("othercurrency", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let id = world.pay("in-usd", "card", "tok_currency_mismatch").await?;
+    world.reaches(id, "exception").await?;
+    let (code, _, err) = cli(
+        &world,
+        &[
+            "payment",
+            "resolve",
+            &format!("{SHOP}:in-usd"),
+            "--as",
+            "paid",
+            "--reason",
+            "try",
+        ],
+    )
+    .await?;
+    assert_ne!(code, 0, "a USD charge cannot settle a CNY payment");
+    assert!(err.contains("cannot be settled"), "{err}");
+    assert_eq!(
+        world.status(id).await?.map(|s| s.0).as_deref(),
+        Some("exception"),
+        "a refused resolve changes nothing"
+    );
+    resolve_by_hand(&world, "in-usd", "failed").await?;
+    refunded_at_the_channel(&world, id, d("80.00")).await?;
+    let refund_currency: String =
+        sqlx::query_scalar("SELECT currency::text FROM refunds WHERE payment_id = $1")
+            .bind(id)
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(refund_currency, "USD", "refunded in what was charged");
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_are_append_only_and_a_correction_is_a_new_entry() -> anyhow::Result<()> {
+    let mut world = World::new("appendonly", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let id = world.pay("booked", "card", "tok_success").await?;
+    world.reaches(id, "settled").await?;
+    let entry: i64 = sqlx::query_scalar("SELECT id FROM journal_entries WHERE reference = $1")
+        .bind(id.to_string())
+        .fetch_one(world.pool())
+        .await?;
+    for change in [
+        "UPDATE postings SET amount = amount * 2 WHERE entry_id = $1",
+        "UPDATE postings SET account_id = (SELECT min(id) FROM accounts) WHERE entry_id = $1",
+        "DELETE FROM postings WHERE entry_id = $1",
+    ] {
+        let refused = sqlx::query(change).bind(entry).execute(world.pool()).await;
+        let error = refused.expect_err(change).to_string();
+        assert!(error.contains("append-only"), "{change}: {error}");
+    }
+    world.finish().await
+}
