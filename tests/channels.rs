@@ -9,7 +9,7 @@ use payfleet_common::{
     CancellationToken, Settings, broker,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
-use payfleet_tests::{TestEnv, wait_until};
+use payfleet_tests::{TestEnv, free_port, wait_until};
 use payfleet_workers::{
     adapters::{AdapterError, Adapters},
     invariants, order_validation, routing,
@@ -34,13 +34,6 @@ const NEW_WALLET: &str = "sandbox-wallet-new";
 
 fn d(text: &str) -> Decimal {
     text.parse().expect("decimal literal")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 struct World {
@@ -211,27 +204,7 @@ impl World {
             notify_url: None,
             requested_at: Utc::now(),
         };
-        let body = serde_json::to_vec(&request)?;
-        let mut headers = lapin::types::FieldTable::default();
-        broker::set_header(
-            &mut headers,
-            messages::SIGNATURE_HEADER,
-            messages::sign(SHOP_KEY, &body),
-        );
-        let props = broker::properties(
-            &Uuid::now_v7().to_string(),
-            None,
-            Some(messages::kind::PAYMENT_REQUESTED),
-        )
-        .with_headers(headers);
-        self.env
-            .publish_raw(
-                "payfleet.ingress",
-                messages::kind::PAYMENT_REQUESTED,
-                &body,
-                props,
-            )
-            .await?;
+        self.env.publish_payment_request(SHOP_KEY, &request).await?;
         Ok(order_validation::payment_id(SHOP, order))
     }
 

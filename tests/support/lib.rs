@@ -17,7 +17,10 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use payfleet_common::{CancellationToken, Fleet, Settings, Topology, broker, db};
+use payfleet_common::{
+    CancellationToken, Fleet, Settings, Topology, broker, db,
+    messages::{self, PaymentRequested},
+};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -189,6 +192,35 @@ impl TestEnv {
         }
         let _ = connection.close(200, "published".into()).await;
         Ok(())
+    }
+
+    /// Publishes `request` to the ingress as its merchant would: signed
+    /// with `signing_key`, under a fresh message id.
+    pub async fn publish_payment_request(
+        &self,
+        signing_key: &str,
+        request: &PaymentRequested,
+    ) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(request)?;
+        let mut headers = FieldTable::default();
+        broker::set_header(
+            &mut headers,
+            messages::SIGNATURE_HEADER,
+            messages::sign(signing_key, &body),
+        );
+        let props = broker::properties(
+            &Uuid::now_v7().to_string(),
+            None,
+            Some(messages::kind::PAYMENT_REQUESTED),
+        )
+        .with_headers(headers);
+        self.publish_raw(
+            "payfleet.ingress",
+            messages::kind::PAYMENT_REQUESTED,
+            &body,
+            props,
+        )
+        .await
     }
 
     /// Messages ready in a queue, as the broker counts them now.
@@ -588,6 +620,14 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// A TCP port nothing listens on right now (for a fleet's HTTP address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Polls `check` until it returns true, or fails after `within`.
