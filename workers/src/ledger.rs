@@ -171,6 +171,21 @@ impl ChannelCharge {
         )
     }
 
+    /// The charge's own entry of `kind` (referenced by its attempt), once.
+    async fn open_entry(
+        &self,
+        conn: &mut PgConnection,
+        kind: EntryKind,
+    ) -> Result<Option<Entry>, StageError> {
+        Entry::open(
+            conn,
+            &self.attempt_id.to_string(),
+            kind,
+            Some(self.attempt_id),
+        )
+        .await
+    }
+
     /// Whether this charge already waits in suspense for review.
     pub async fn is_held(&self, conn: &mut PgConnection) -> Result<bool, StageError> {
         Ok(sqlx::query_scalar(
@@ -232,15 +247,7 @@ impl ChannelCharge {
     /// A charge that does not match its payment (amount or currency): the
     /// money the channel handed over waits in suspense until ops decide.
     pub async fn hold(&self, conn: &mut PgConnection) -> Result<(), StageError> {
-        let reference = self.attempt_id.to_string();
-        let Some(entry) = Entry::open(
-            conn,
-            &reference,
-            EntryKind::ChargeHeld,
-            Some(self.attempt_id),
-        )
-        .await?
-        else {
+        let Some(entry) = self.open_entry(conn, EntryKind::ChargeHeld).await? else {
             return Ok(());
         };
         let fee = self.fee_at_rate(conn).await?;
@@ -259,16 +266,8 @@ impl ChannelCharge {
     /// given up, or a held charge resolved as failed): all of it is owed back
     /// to the payer, and a refund is recorded for the sender.
     pub async fn owe_back(&self, conn: &mut PgConnection, reason: &str) -> Result<(), StageError> {
-        let reference = self.attempt_id.to_string();
         let held = self.is_held(conn).await?;
-        let Some(entry) = Entry::open(
-            conn,
-            &reference,
-            EntryKind::ChargeOwedBack,
-            Some(self.attempt_id),
-        )
-        .await?
-        else {
+        let Some(entry) = self.open_entry(conn, EntryKind::ChargeOwedBack).await? else {
             return Ok(());
         };
         if held {
