@@ -800,6 +800,78 @@ async fn a_late_try_after_cancel_reserves_nothing() -> anyhow::Result<()> {
     chain.finish().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_capture_after_the_payment_was_cancelled_changes_nothing() -> anyhow::Result<()> {
+    let mut chain = Chain::with("stalecapture", |s| s.payment_ttl_ms = 3_000).await?;
+    // callback is down: the wallet's capture waits in its queue while the payment expires.
+    chain
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "channel-call",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    chain
+        .publish(&request("captured-late", "alice", &[("tea", 1)], "30.00"))
+        .await?;
+    wait_until(WAIT, "the capture waiting for callback", || async {
+        Ok(chain.env.queue_depth("payfleet.callback").await? == 1)
+    })
+    .await?;
+    let (status, reason) = chain.outcome("captured-late").await?;
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("cancelled", Some("expired"))
+    );
+
+    chain.stop().await;
+    chain.start(&[]).await?;
+    wait_until(WAIT, "the late capture handled", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM inbox WHERE stage = 'callback'")
+            .await?
+            == 1)
+    })
+    .await?;
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM inbox WHERE stage = 'callback'")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(outcome, "stale", "a capture after the cancel is stale");
+    let (payment, attempt): (String, String) = sqlx::query_as(
+        "SELECT p.status, a.status FROM payments p JOIN payment_attempts a ON a.payment_id = p.id",
+    )
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!(payment, "cancelled");
+    assert_ne!(
+        attempt, "succeeded",
+        "a stale capture changes nothing: the released funds were never taken"
+    );
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("1000.00"), d("0.00"))
+    );
+    assert_eq!(chain.stock("tea").await?, (100, 0));
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM journal_entries WHERE kind = 'payment'")
+            .await?,
+        0
+    );
+    let events: Vec<String> = chain
+        .events()
+        .await?
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(events, vec!["payment.failed"]);
+    chain.finish().await
+}
+
 /// A merchant endpoint that answers `failures` times with 500, then 200,
 /// and keeps every body and signature it got.
 async fn merchant_endpoint(
