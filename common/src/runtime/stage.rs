@@ -45,8 +45,9 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(inbound: &Inbound) -> Result<
 pub enum Outcome {
     /// Effects and emitted messages committed.
     Applied,
-    /// The state is already past this step (a stale duplicate): nothing
-    /// applied, acked.
+    /// The state is already past this step (a stale duplicate): acked, and
+    /// nothing the handler wrote or emitted is committed; the inbox alone
+    /// records the message.
     Stale { reason: String },
     /// The message arrived before the state it needs: rolled back, retried.
     NotYet { reason: String },

@@ -11,6 +11,8 @@ use crate::topology::ExchangeNames;
 /// The transaction a handler works in, and the messages it emits.
 pub struct StageTx {
     tx: Transaction<'static, Postgres>,
+    /// For the inbox row of a stale message, written after its effects rolled back.
+    pool: PgPool,
     emitted: Vec<OutboxMessage>,
     exchanges: ExchangeNames,
     correlation_id: Option<String>,
@@ -109,6 +111,7 @@ pub async fn begin_plain(
 ) -> Result<StageTx, StageError> {
     Ok(StageTx {
         tx: pool.begin().await?,
+        pool: pool.clone(),
         emitted: Vec::new(),
         exchanges: exchanges.clone(),
         correlation_id: inbound.correlation_id.clone(),
@@ -152,7 +155,7 @@ pub async fn complete(
 ) -> Result<usize, StageError> {
     let inbox_outcome = match result {
         Ok(Outcome::Applied) => "applied",
-        Ok(Outcome::Stale { .. }) => "stale",
+        Ok(Outcome::Stale { .. }) => return complete_stale(cx, inbound).await,
         Ok(Outcome::Exception { .. }) => "exception",
         Ok(Outcome::NotYet { .. }) | Err(_) => {
             cx.tx.rollback().await?;
@@ -167,18 +170,35 @@ pub async fn complete(
             .execute(&mut *cx.tx)
             .await?;
     }
-    // A stale duplicate emits nothing, whatever the handler buffered.
-    let emitted = if inbox_outcome == "stale" {
-        Vec::new()
-    } else {
-        std::mem::take(&mut cx.emitted)
-    };
+    let emitted = std::mem::take(&mut cx.emitted);
     outbox::insert(&mut cx.tx, &emitted).await?;
     if inbound.suspect {
         clear_delivery_count(&mut *cx.tx, inbound).await?;
     }
     cx.tx.commit().await?;
     Ok(emitted.len())
+}
+
+/// A stale message changes nothing, whatever the handler wrote or buffered
+/// before it knew (a row updated ahead of the status check): its transaction
+/// rolls back, and only the inbox remembers the message, in a transaction of
+/// its own.
+async fn complete_stale(cx: StageTx, inbound: &Inbound) -> Result<usize, StageError> {
+    let StageTx { tx, pool, .. } = cx;
+    tx.rollback().await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO inbox (stage, message_id, outcome) VALUES ($1, $2, 'stale') ON CONFLICT DO NOTHING",
+    )
+    .bind(&inbound.stage)
+    .bind(&inbound.message_id)
+    .execute(&mut *tx)
+    .await?;
+    if inbound.suspect {
+        clear_delivery_count(&mut *tx, inbound).await?;
+    }
+    tx.commit().await?;
+    Ok(0)
 }
 
 /// Commits a calling stage's intent with what it emitted.
