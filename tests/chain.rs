@@ -509,6 +509,66 @@ async fn a_large_amount_is_challenged() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_thresholds_follow_the_payments_currency() -> anyhow::Result<()> {
+    // Default thresholds: the same 3,000 is small in CNY and large in USD.
+    let mut chain = Chain::new("riskcurrency").await?;
+    let mut tx = chain.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO products (sku, merchant_id, name, warehouse, unit_price, currency, status) VALUES
+           ('ring', 'm1', 'Ring', 'east', 8000.00, 'USD', 'on_sale'),
+           ('watch', 'm1', 'Watch', 'east', 3000.00, 'USD', 'on_sale'),
+           ('mug', 'm1', 'Mug', 'east', 12.00, 'USD', 'on_sale')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO stock (sku, available) VALUES ('ring', 5), ('watch', 5), ('mug', 5)")
+        .execute(&mut *tx)
+        .await?;
+    settlement::top_up(&mut tx, "alice", "USD", d("20000.00"), "seed:alice:usd")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    settlement::top_up(&mut tx, "alice", "CNY", d("5000.00"), "seed:alice:more")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await?;
+    chain.start(&[]).await?;
+
+    let usd = |order: &str, sku: &str, expected: &str| {
+        let mut r = request(order, "alice", &[(sku, 1)], expected);
+        r.currency = "USD".into();
+        r
+    };
+    chain.publish(&usd("usd-8000", "ring", "8000.00")).await?;
+    chain.publish(&usd("usd-3000", "watch", "3000.00")).await?;
+    chain.publish(&usd("usd-12", "mug", "12.00")).await?;
+    chain
+        .publish(&request("cny-3000", "alice", &[("gold", 5)], "3000.00"))
+        .await?;
+
+    let (status, reason) = chain.outcome("usd-8000").await?;
+    assert_eq!(status, "rejected", "{reason:?}");
+    assert!(
+        reason.as_deref().unwrap_or("").starts_with("risk_blocked"),
+        "{reason:?}"
+    );
+    let (status, reason) = chain.outcome("usd-3000").await?;
+    assert_eq!(status, "challenged", "{reason:?}");
+    assert_eq!(chain.outcome("usd-12").await?.0, "settled");
+    assert_eq!(
+        chain.outcome("cny-3000").await?.0,
+        "settled",
+        "3,000 CNY is below the CNY thresholds"
+    );
+    let usd_wallet: Decimal = sqlx::query_scalar(
+        "SELECT total FROM accounts WHERE owner_kind = 'user' AND owner_id = 'alice' AND currency = 'USD'",
+    )
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!(usd_wallet, d("19988.00"));
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_coupon_kind_discounts_and_allocates_exactly() -> anyhow::Result<()> {
     let mut chain = Chain::new("coupons").await?;
     chain.start(&[]).await?;
