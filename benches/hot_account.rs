@@ -33,8 +33,8 @@ async fn main() -> anyhow::Result<()> {
         s.max_in_flight = 32;
         s.db_max_connections = 24;
         s.risk_velocity_limit = 1_000_000;
-        s.risk_challenge_amount = 1_000_000;
-        s.risk_block_amount = 1_000_000;
+        s.risk_challenge_amount.insert("CNY".into(), 1_000_000);
+        s.risk_block_amount.insert("CNY".into(), 1_000_000);
         s.payment_ttl_ms = 3_600_000;
         s.log_filter = "warn".into();
     })

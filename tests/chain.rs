@@ -488,8 +488,8 @@ async fn business_failures_and_rejections_are_results_with_reasons() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_amount_is_challenged() -> anyhow::Result<()> {
     let mut chain = Chain::with("challenge", |s| {
-        s.risk_challenge_amount = 500;
-        s.risk_block_amount = 5_000;
+        s.risk_challenge_amount.insert("CNY".into(), 500);
+        s.risk_block_amount.insert("CNY".into(), 5_000);
     })
     .await?;
     chain.start(&[]).await?;

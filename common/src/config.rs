@@ -2,7 +2,7 @@
 //! over an optional TOML file over defaults that point at the local services.
 //! A wrong value fails at start with a message that names the setting.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use figment::{
     Figment,
@@ -83,10 +83,12 @@ pub struct Settings {
     pub log_filter: String,
     /// How long a payment may stay unpaid before the sweeper cancels it.
     pub payment_ttl_ms: u64,
-    /// Risk: payments of at least this many currency units are blocked.
-    pub risk_block_amount: u64,
-    /// Risk: payments of at least this many currency units are challenged.
-    pub risk_challenge_amount: u64,
+    /// Risk: per currency, payments of at least this many whole units are
+    /// blocked. A currency with no entry takes no payments (`unsupported_currency`).
+    pub risk_block_amount: BTreeMap<String, u64>,
+    /// Risk: per currency, payments of at least this many whole units are
+    /// challenged. Names the same currencies as `risk_block_amount`.
+    pub risk_challenge_amount: BTreeMap<String, u64>,
     /// Risk: more payments than this by one user within the window are challenged.
     pub risk_velocity_limit: u32,
     /// Risk: the velocity window.
@@ -142,8 +144,23 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             log_filter: "info,sqlx=warn,lapin=warn,lapin::channel=off".into(),
             payment_ttl_ms: 900_000,
-            risk_block_amount: 50_000,
-            risk_challenge_amount: 20_000,
+            // About the same value in every currency: 50,000 / 20,000 CNY.
+            risk_block_amount: per_currency(&[
+                ("CNY", 50_000),
+                ("USD", 7_000),
+                ("EUR", 6_500),
+                ("GBP", 5_500),
+                ("HKD", 55_000),
+                ("SGD", 9_500),
+            ]),
+            risk_challenge_amount: per_currency(&[
+                ("CNY", 20_000),
+                ("USD", 2_800),
+                ("EUR", 2_600),
+                ("GBP", 2_200),
+                ("HKD", 22_000),
+                ("SGD", 3_800),
+            ]),
             risk_velocity_limit: 20,
             risk_velocity_window_ms: 3_600_000,
             // 10 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h, 12 h: about a day in all
@@ -280,17 +297,65 @@ impl Settings {
         {
             return Err(invalid("callback_base_url", "must be an http(s) URL"));
         }
-        if self.risk_challenge_amount > self.risk_block_amount {
-            return Err(invalid(
-                "risk_challenge_amount",
-                "must not exceed risk_block_amount",
-            ));
-        }
+        self.validate_risk_thresholds()?;
         if self.lock_ttl_ms < 300 {
             return Err(invalid("lock_ttl_ms", "must be at least 300 ms"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map_err(|e| invalid("log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Both threshold maps name the same accepted currencies, with positive
+    /// amounts, and no challenge threshold above its block threshold.
+    fn validate_risk_thresholds(&self) -> Result<(), ConfigError> {
+        for (name, map) in [
+            ("risk_block_amount", &self.risk_block_amount),
+            ("risk_challenge_amount", &self.risk_challenge_amount),
+        ] {
+            for (currency, amount) in map {
+                if crate::money::currency(currency).is_err() {
+                    return Err(invalid(
+                        name,
+                        format!(
+                            "`{currency}` is not an accepted currency ({})",
+                            crate::money::CURRENCIES.join(", ")
+                        ),
+                    ));
+                }
+                if *amount == 0 {
+                    return Err(invalid(
+                        name,
+                        format!("{currency}: must be greater than zero"),
+                    ));
+                }
+            }
+        }
+        for currency in self.risk_block_amount.keys() {
+            if !self.risk_challenge_amount.contains_key(currency) {
+                return Err(invalid(
+                    "risk_challenge_amount",
+                    format!("has no {currency} entry, but risk_block_amount has"),
+                ));
+            }
+        }
+        for (currency, challenge) in &self.risk_challenge_amount {
+            match self.risk_block_amount.get(currency) {
+                None => {
+                    return Err(invalid(
+                        "risk_block_amount",
+                        format!("has no {currency} entry, but risk_challenge_amount has"),
+                    ));
+                }
+                Some(block) if challenge > block => {
+                    return Err(invalid(
+                        "risk_challenge_amount",
+                        format!("{currency}: {challenge} exceeds risk_block_amount's {block}"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -322,6 +387,13 @@ impl Settings {
             .map(|uri| uri.vhost)
             .unwrap_or_else(|_| "/".into())
     }
+}
+
+fn per_currency(entries: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    entries
+        .iter()
+        .map(|(currency, amount)| ((*currency).to_owned(), *amount))
+        .collect()
 }
 
 /// The database named in a PostgreSQL URL.
@@ -413,6 +485,43 @@ mod tests {
         assert!(err.contains("`queue_type`"), "{err}");
         let err = with("max_in_flight = 0").unwrap_err().to_string();
         assert!(err.contains("`max_in_flight`"), "{err}");
+    }
+
+    #[test]
+    fn risk_thresholds_are_per_currency_and_a_bad_one_names_its_setting() {
+        let s = with("").expect("defaults are valid");
+        for currency in crate::money::CURRENCIES {
+            assert!(s.risk_block_amount.contains_key(*currency), "{currency}");
+            assert!(
+                s.risk_challenge_amount.contains_key(*currency),
+                "{currency}"
+            );
+        }
+        // An entry replaces that currency's default and keeps the others.
+        let s = with("risk_block_amount = { USD = 9000 }").expect("valid");
+        assert_eq!(s.risk_block_amount["USD"], 9_000);
+        assert_eq!(s.risk_block_amount["CNY"], 50_000);
+
+        let cases = [
+            ("risk_block_amount = 50000", "`risk_block_amount`"),
+            (
+                "risk_block_amount = { USD = \"lots\" }",
+                "`risk_block_amount`",
+            ),
+            ("risk_block_amount = { XYZ = 100 }", "`risk_block_amount`"),
+            (
+                "risk_challenge_amount = { EUR = 0 }",
+                "`risk_challenge_amount`",
+            ),
+            (
+                "risk_challenge_amount = { USD = 8000 }",
+                "`risk_challenge_amount`",
+            ),
+        ];
+        for (toml, named) in cases {
+            let err = with(toml).unwrap_err().to_string();
+            assert!(err.contains(named), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -535,6 +535,15 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         for (key, value) in map {
             let text = match value {
                 Value::String(s) => s,
+                // figment reads a map from the environment as `{key=value,...}`
+                Value::Object(entries) => format!(
+                    "{{{}}}",
+                    entries
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
                 other => other.to_string(),
             };
             env.push((format!("PAYFLEET_{}", key.to_uppercase()), text));

@@ -60,13 +60,7 @@ impl OrderValidation {
     pub fn new(settings: &payfleet_common::Settings, redis: Pool) -> Self {
         Self {
             redis,
-            risk: RiskRules {
-                block_amount: Decimal::from(settings.risk_block_amount),
-                challenge_amount: Decimal::from(settings.risk_challenge_amount),
-                velocity_limit: settings.risk_velocity_limit,
-                velocity_window_ms: settings.risk_velocity_window_ms,
-                key_prefix: settings.redis_key_prefix.clone(),
-            },
+            risk: RiskRules::new(settings),
             payment_ttl: chrono::Duration::milliseconds(settings.payment_ttl_ms as i64),
         }
     }
@@ -219,6 +213,7 @@ impl Stage for OrderValidation {
                     order.user_blocked,
                     id,
                     order.payable,
+                    &parsed.currency,
                 )
                 .await
                 .map_err(StageError::Transient)?;
@@ -341,6 +336,12 @@ impl OrderValidation {
         }
         if money::currency(&r.currency).is_err() {
             return reject("unsupported_currency", r.currency.clone());
+        }
+        if self.risk.thresholds(&r.currency).is_none() {
+            return reject(
+                "unsupported_currency",
+                format!("{}: no risk thresholds are configured for it", r.currency),
+            );
         }
         if money::check_amount(r.expected_amount).is_err() {
             return reject(

@@ -1,7 +1,9 @@
-//! The rule-based risk decision: block lists and amount limits, and a
-//! per-user velocity kept in Redis as a set of payment ids (a redelivery adds
-//! the same member again, so it never counts twice). The decision is stored
-//! with the payment and never recomputed.
+//! The rule-based risk decision: block lists, amount limits per currency,
+//! and a per-user velocity kept in Redis as a set of payment ids (a
+//! redelivery adds the same member again, so it never counts twice). The
+//! decision is stored with the payment and never recomputed.
+
+use std::collections::HashMap;
 
 use deadpool_redis::Pool;
 use rust_decimal::Decimal;
@@ -24,13 +26,80 @@ impl Decision {
     }
 }
 
+/// An amount limit in one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub block: Decimal,
+    pub challenge: Decimal,
+}
+
 #[derive(Debug, Clone)]
 pub struct RiskRules {
-    pub block_amount: Decimal,
-    pub challenge_amount: Decimal,
+    /// Per currency: an amount means nothing without its currency.
+    pub thresholds: HashMap<String, Thresholds>,
     pub velocity_limit: u32,
     pub velocity_window_ms: u64,
     pub key_prefix: String,
+}
+
+impl RiskRules {
+    pub fn new(settings: &payfleet_common::Settings) -> Self {
+        // Validated at start: both maps name the same currencies.
+        let thresholds = settings
+            .risk_block_amount
+            .iter()
+            .filter_map(|(currency, block)| {
+                let challenge = settings.risk_challenge_amount.get(currency)?;
+                Some((
+                    currency.clone(),
+                    Thresholds {
+                        block: Decimal::from(*block),
+                        challenge: Decimal::from(*challenge),
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            thresholds,
+            velocity_limit: settings.risk_velocity_limit,
+            velocity_window_ms: settings.risk_velocity_window_ms,
+            key_prefix: settings.redis_key_prefix.clone(),
+        }
+    }
+
+    /// The limits of `currency`; `None` when none are configured, and then
+    /// order-validation takes no payment in it.
+    pub fn thresholds(&self, currency: &str) -> Option<Thresholds> {
+        self.thresholds.get(currency).copied()
+    }
+}
+
+/// The amount rule alone: `Block` or `Challenge` with the rule that fired, or
+/// `None`. A currency without limits is blocked, never let through unchecked.
+pub fn amount_rule(
+    rules: &RiskRules,
+    currency: &str,
+    amount: Decimal,
+) -> Option<(Decision, String)> {
+    let Some(limits) = rules.thresholds(currency) else {
+        return Some((
+            Decision::Block,
+            format!("no_risk_thresholds_for_{currency}"),
+        ));
+    };
+    if amount >= limits.block {
+        Some((
+            Decision::Block,
+            format!("amount_at_least_{}_{currency}", limits.block),
+        ))
+    } else if amount >= limits.challenge {
+        Some((
+            Decision::Challenge,
+            format!("amount_at_least_{}_{currency}", limits.challenge),
+        ))
+    } else {
+        None
+    }
 }
 
 /// The decision and the rules that fired.
@@ -41,19 +110,21 @@ pub async fn decide(
     user_blocked: bool,
     payment_id: Uuid,
     amount: Decimal,
+    currency: &str,
 ) -> Result<(Decision, Vec<String>), String> {
     let mut reasons = Vec::new();
     if user_blocked {
         reasons.push("user_on_block_list".to_owned());
     }
-    if amount >= rules.block_amount {
-        reasons.push(format!("amount_at_least_{}", rules.block_amount));
+    let by_amount = amount_rule(rules, currency, amount);
+    if let Some((Decision::Block, reason)) = &by_amount {
+        reasons.push(reason.clone());
     }
     if !reasons.is_empty() {
         return Ok((Decision::Block, reasons));
     }
-    if amount >= rules.challenge_amount {
-        reasons.push(format!("amount_at_least_{}", rules.challenge_amount));
+    if let Some((_, reason)) = by_amount {
+        reasons.push(reason);
     }
     let window = (chrono::Utc::now().timestamp_millis().max(0) as u64) / rules.velocity_window_ms;
     let key = format!("{}:risk:velocity:{user_id}:{window}", rules.key_prefix);
@@ -84,5 +155,47 @@ pub async fn decide(
         Ok((Decision::Allow, reasons))
     } else {
         Ok((Decision::Challenge, reasons))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> RiskRules {
+        RiskRules::new(&payfleet_common::Settings::default())
+    }
+
+    fn d(text: &str) -> Decimal {
+        text.parse().expect("decimal literal")
+    }
+
+    #[test]
+    fn the_same_number_is_judged_in_its_own_currency() {
+        let rules = rules();
+        assert_eq!(amount_rule(&rules, "CNY", d("3000.00")), None);
+        assert_eq!(
+            amount_rule(&rules, "USD", d("3000.00")),
+            Some((Decision::Challenge, "amount_at_least_2800_USD".into()))
+        );
+        assert_eq!(
+            amount_rule(&rules, "USD", d("7000.00")),
+            Some((Decision::Block, "amount_at_least_7000_USD".into()))
+        );
+        assert_eq!(
+            amount_rule(&rules, "CNY", d("49999.99")),
+            Some((Decision::Challenge, "amount_at_least_20000_CNY".into()))
+        );
+    }
+
+    #[test]
+    fn a_currency_without_thresholds_is_blocked() {
+        let mut rules = rules();
+        rules.thresholds.remove("SGD");
+        assert_eq!(rules.thresholds("SGD"), None);
+        assert_eq!(
+            amount_rule(&rules, "SGD", d("0.01")),
+            Some((Decision::Block, "no_risk_thresholds_for_SGD".into()))
+        );
     }
 }
