@@ -861,6 +861,75 @@ async fn a_late_try_after_cancel_reserves_nothing() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_that_expires_before_try_fails_the_payment_and_reserves_nothing()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("couponexpiry").await?;
+    // fund-freeze is down: the Try waits in its queue (as in a retry queue).
+    chain
+        .start(&["order-validation", "settlement", "notification"])
+        .await?;
+    let mut r = request("expiring", "alice", &[("tea", 2)], "52.00");
+    r.coupon_code = Some("FULL50-8".into());
+    chain.publish(&r).await?;
+    wait_until(WAIT, "the Try waiting", || async {
+        Ok(chain.env.queue_depth("payfleet.fund-freeze").await? == 1)
+    })
+    .await?;
+    // The coupon was valid at validation and runs out while the Try waits.
+    sqlx::query(
+        "UPDATE coupons SET valid_until = now() - interval '1 second' WHERE code = 'FULL50-8'",
+    )
+    .execute(chain.pool())
+    .await?;
+
+    chain.stop().await;
+    chain.start(&[]).await?;
+    let (status, reason) = chain.outcome("expiring").await?;
+    assert_eq!(status, "failed", "{reason:?}");
+    assert!(
+        reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("coupon_expired"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("1000.00"), d("1000.00"), d("0.00"))
+    );
+    assert_eq!(chain.stock("tea").await?, (100, 0));
+    let (used, redemptions): (i32, i64) = sqlx::query_as(
+        "SELECT used, (SELECT count(*) FROM coupon_redemptions WHERE status <> 'released') FROM coupons WHERE code = 'FULL50-8'",
+    )
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!((used, redemptions), (0, 0), "no coupon use is held");
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM reservations WHERE status = 'tried'")
+            .await?,
+        0
+    );
+    let order: String = sqlx::query_scalar("SELECT status FROM orders")
+        .fetch_one(chain.pool())
+        .await?;
+    assert_eq!(order, "closed");
+    let events = chain.events().await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event_type"], "payment.failed");
+    assert!(
+        events[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("coupon_expired"),
+        "{:?}",
+        events[0]["reason"]
+    );
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wallet_capture_after_the_payment_was_cancelled_changes_nothing() -> anyhow::Result<()> {
     let mut chain = Chain::with("stalecapture", |s| s.payment_ttl_ms = 3_000).await?;
     // callback is down: the wallet's capture waits in its queue while the payment expires.
