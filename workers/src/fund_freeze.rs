@@ -1,11 +1,12 @@
 //! fund-freeze: TCC Try. Freezes the wallet amount (available → frozen),
 //! reserves stock and the coupon, opens one transaction detail per sub-order
 //! and hands the payment to channel-call. Insufficient balance or stock is a
-//! business failure with a reason, and reserves nothing. A Try that arrives
+//! business failure with a reason, and reserves nothing; so is a coupon
+//! outside its validity window by the time the Try runs. A Try that arrives
 //! after its payment was cancelled (it expired while this message waited) is
 //! refused.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use payfleet_common::{
     messages::{FundsFrozen, OrderValidated, Outcome as Final, SCHEMA_VERSION, kind},
     runtime::{Inbound, Outcome, Stage, StageError, StageTx},
@@ -25,6 +26,8 @@ enum Shortfall {
     Balance(String),
     Stock(String),
     Coupon(String),
+    /// Outside its validity window now (it ran out while the Try waited).
+    CouponWindow(&'static str, String),
 }
 
 impl Stage for FundFreeze {
@@ -92,6 +95,7 @@ impl Stage for FundFreeze {
                     Shortfall::Balance(d) => ("insufficient_balance", d),
                     Shortfall::Stock(d) => ("out_of_stock", d),
                     Shortfall::Coupon(d) => ("coupon_unavailable", d),
+                    Shortfall::CouponWindow(reason, d) => (reason, d),
                 };
                 let detail = format!("{reason}: {detail}");
                 payment::transition(
@@ -218,12 +222,33 @@ async fn reserve(
     if let (Some(code), discount) = order {
         // The coupon row lock serialises concurrent Trys of the same coupon,
         // so the per-user count below sees every committed redemption.
-        let limits: (i32, i32, i32) = sqlx::query_as(
-            "SELECT used, total_limit, per_user_limit FROM coupons WHERE code = $1 FOR UPDATE",
+        let (used, total_limit, per_user_limit, valid_from, valid_until): (
+            i32,
+            i32,
+            i32,
+            DateTime<Utc>,
+            DateTime<Utc>,
+        ) = sqlx::query_as(
+            "SELECT used, total_limit, per_user_limit, valid_from, valid_until FROM coupons WHERE code = $1 FOR UPDATE",
         )
         .bind(&code)
         .fetch_one(&mut *conn)
         .await?;
+        // Validation saw the coupon valid, but the Try may come much later
+        // (a retry queue, an outage): the window is judged again now.
+        let now = Utc::now();
+        if now < valid_from {
+            return Ok(Err(Shortfall::CouponWindow(
+                "coupon_not_yet_valid",
+                format!("{code} is valid from {valid_from}"),
+            )));
+        }
+        if now >= valid_until {
+            return Ok(Err(Shortfall::CouponWindow(
+                "coupon_expired",
+                format!("{code} expired at {valid_until}"),
+            )));
+        }
         let user_uses: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
         )
@@ -231,7 +256,6 @@ async fn reserve(
         .bind(&p.user_id)
         .fetch_one(&mut *conn)
         .await?;
-        let (used, total_limit, per_user_limit) = limits;
         let available = used < total_limit && user_uses < i64::from(per_user_limit);
         let taken = sqlx::query("UPDATE coupons SET used = used + 1 WHERE code = $1 AND $2")
             .bind(&code)
