@@ -504,6 +504,55 @@ async fn a_decline_fails_the_payment_and_releases_the_stock() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_channel_call_counts_once_in_the_circuit_breaker() -> anyhow::Result<()> {
+    let mut world = World::new("breakerretry", |_| {}, Duration::from_millis(200)).await?;
+    // The first result of a call fails to commit (after the channel answered),
+    // so channel-call handles the message again: the same call, asked again.
+    // A sequence, not a table: its count survives the rollback it causes.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE fault_once;
+         CREATE FUNCTION fail_first_response() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.direction = 'response' AND nextval('fault_once') = 1 THEN
+             RAISE EXCEPTION 'injected: the result commit failed' USING ERRCODE = '40001';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_first_response BEFORE INSERT ON integration_log
+           FOR EACH ROW EXECUTE FUNCTION fail_first_response();",
+    )
+    .execute(world.pool())
+    .await?;
+    world.start(&[]).await?;
+    let id = world.pay("declined-twice", "card", "tok_decline").await?;
+    let reason = world.reaches(id, "failed").await?;
+    assert_eq!(reason.as_deref(), Some("card_declined"));
+    let (attempt, _, status) = world.attempt(id).await?;
+    assert_eq!(status, "failed");
+    let requests: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM integration_log WHERE attempt_id = $1 AND direction = 'request'",
+    )
+    .bind(attempt)
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(requests, 2, "the charge was handled twice");
+
+    let locks = payfleet_common::lock::Locks::new(
+        &world.env.settings.redis_url,
+        &world.env.settings.redis_key_prefix,
+        Duration::from_secs(5),
+    )?;
+    let mut redis = locks.pool().get().await?;
+    let key = format!("{}:breaker:{CARD}", world.env.settings.redis_key_prefix);
+    let counted: i64 = redis::cmd("ZCARD")
+        .arg(&key)
+        .query_async(&mut *redis)
+        .await?;
+    assert_eq!(counted, 1, "one call at the channel, counted once");
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_or_a_5xx_after_charging_is_resolved_by_a_status_query_with_one_charge()
 -> anyhow::Result<()> {
     let mut world = World::new("unknown", |_| {}, Duration::from_millis(200)).await?;
