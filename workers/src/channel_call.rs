@@ -656,11 +656,18 @@ impl CallingStage for ChannelCall {
                 | Answer::Close(CloseReply::Unknown { .. })
         );
         if channel != "balance" {
+            // Keyed by the call, not this handling of it: written before the
+            // commit, it must count once when the message is handled again.
+            let call_id = match &call {
+                Call::Charge { .. } => format!("{attempt_id}:charge"),
+                Call::Query { number, .. } => format!("{attempt_id}:query:{number}"),
+                Call::Close { .. } => format!("{attempt_id}:close"),
+            };
             routing::record(
                 &self.redis,
                 &self.redis_prefix,
                 &channel,
-                &Uuid::now_v7().to_string(),
+                &call_id,
                 failed_call,
             )
             .await?;

@@ -48,12 +48,18 @@ pub async fn choose(
     Ok(None)
 }
 
-fn key(prefix: &str, channel: &str) -> String {
-    format!("{prefix}:breaker:{channel}")
+/// The calls in the window, and those of them whose last result failed.
+fn keys(prefix: &str, channel: &str) -> (String, String) {
+    let calls = format!("{prefix}:breaker:{channel}");
+    let failed = format!("{calls}:failed");
+    (calls, failed)
 }
 
 /// Records one call's result (`failed`: an error, a timeout or a 5xx; a
-/// decline is a success of the channel).
+/// decline is a success of the channel). `call_id` names the call itself
+/// (attempt and kind of call), not this handling of it: a message handled
+/// again after its commit failed asks the same call again and is counted
+/// once, with its latest result.
 pub async fn record(
     redis: &Pool,
     prefix: &str,
@@ -66,23 +72,35 @@ pub async fn record(
         .get()
         .await
         .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
-    let member = format!("{call_id}:{}", u8::from(failed));
-    let _: () = redis::pipe()
-        .atomic()
+    let (calls, failures) = keys(prefix, channel);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
         .cmd("ZADD")
-        .arg(key(prefix, channel))
+        .arg(&calls)
         .arg(now)
-        .arg(member)
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(key(prefix, channel))
-        .arg("-inf")
-        .arg(now - WINDOW_MS)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(key(prefix, channel))
-        .arg(WINDOW_MS * 2)
-        .ignore()
+        .arg(call_id)
+        .ignore();
+    if failed {
+        pipe.cmd("ZADD")
+            .arg(&failures)
+            .arg(now)
+            .arg(call_id)
+            .ignore();
+    } else {
+        pipe.cmd("ZREM").arg(&failures).arg(call_id).ignore();
+    }
+    for key in [&calls, &failures] {
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(now - WINDOW_MS)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(WINDOW_MS * 2)
+            .ignore();
+    }
+    let _: () = pipe
         .query_async(&mut *conn)
         .await
         .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
@@ -96,14 +114,18 @@ pub async fn healthy(redis: &Pool, prefix: &str, channel: &str) -> Result<bool, 
         .get()
         .await
         .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
-    let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(key(prefix, channel))
+    let (calls, failures) = keys(prefix, channel);
+    let (calls, failures): (i64, i64) = redis::pipe()
+        .cmd("ZCOUNT")
+        .arg(&calls)
+        .arg(now - WINDOW_MS)
+        .arg("+inf")
+        .cmd("ZCOUNT")
+        .arg(&failures)
         .arg(now - WINDOW_MS)
         .arg("+inf")
         .query_async(&mut *conn)
         .await
         .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
-    let calls = members.len() as i64;
-    let failures = members.iter().filter(|m| m.ends_with(":1")).count() as i64;
     Ok(calls < MIN_CALLS || failures * 2 < calls)
 }
