@@ -860,6 +860,153 @@ async fn a_late_try_after_cancel_reserves_nothing() -> anyhow::Result<()> {
     chain.finish().await
 }
 
+/// The default `request_max_age_ms`: how old a request may be at its first receipt.
+const REQUEST_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Waits until the wall clock is past `instant`.
+async fn wait_past(instant: chrono::DateTime<Utc>) {
+    while Utc::now() <= instant {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_replayed_after_its_freshness_window_creates_no_payment()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("replayexpired").await?;
+    sqlx::query("UPDATE merchants SET status = 'suspended' WHERE id = $1")
+        .bind(SHOP)
+        .execute(chain.pool())
+        .await?;
+    chain.start(&[]).await?;
+    // Fresh when it first arrives, and refused: the merchant is suspended.
+    let mut r = request("replayed", "alice", &[("tea", 1)], "30.00");
+    r.requested_at = Utc::now() - REQUEST_MAX_AGE + chrono::TimeDelta::seconds(10);
+    chain.publish(&r).await?;
+    wait_until(WAIT, "the request refused", || async {
+        Ok(chain
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM request_rejections WHERE reason = 'merchant_suspended'",
+            )
+            .await?
+            == 1)
+    })
+    .await?;
+
+    // Reactivated; the same signed body is published again once it is stale.
+    sqlx::query("UPDATE merchants SET status = 'active' WHERE id = $1")
+        .bind(SHOP)
+        .execute(chain.pool())
+        .await?;
+    wait_past(r.requested_at + REQUEST_MAX_AGE + chrono::TimeDelta::seconds(1)).await;
+    chain.publish(&r).await?;
+    wait_until(WAIT, "the replay handled", || async {
+        Ok(chain
+            .env
+            .scalar_i64(
+                "SELECT (SELECT count(*) FROM request_rejections) + (SELECT count(*) FROM payments)",
+            )
+            .await?
+            == 2)
+    })
+    .await?;
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments")
+            .await?,
+        0,
+        "a stale replay creates no payment"
+    );
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM request_rejections ORDER BY id")
+            .fetch_all(chain.pool())
+            .await?;
+    assert_eq!(reasons, vec!["merchant_suspended", "request_expired"]);
+    assert_eq!(chain.balance("user", "alice").await?.0, d("1000.00"));
+    chain.env.wait_drained(WAIT).await?;
+    let events = chain.events().await?;
+    assert_eq!(events.len(), 2);
+    assert!(
+        events[1]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("request_expired"),
+        "{:?}",
+        events[1]["reason"]
+    );
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_first_arrived_in_time_is_judged_by_that_when_replayed_later()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("replayfresh").await?;
+    // An outage: no payment can be written, so the request is retried and
+    // dead-lettered.
+    sqlx::raw_sql(
+        "CREATE TABLE outage (since timestamptz);
+         INSERT INTO outage VALUES (now());
+         CREATE FUNCTION refuse_during_outage() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM outage) THEN
+             RAISE EXCEPTION 'injected: database unavailable' USING ERRCODE = '40001';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_during_outage BEFORE INSERT ON payments
+           FOR EACH ROW EXECUTE FUNCTION refuse_during_outage();",
+    )
+    .execute(chain.pool())
+    .await?;
+    chain.start(&[]).await?;
+    let mut r = request("in-time", "alice", &[("tea", 1)], "30.00");
+    r.requested_at = Utc::now() - REQUEST_MAX_AGE + chrono::TimeDelta::seconds(10);
+    chain.publish(&r).await?;
+    wait_until(WAIT, "the request dead-lettered", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE stage = 'order-validation'")
+            .await?
+            == 1)
+    })
+    .await?;
+
+    // Replayed by ops once the outage is over and the request is past its
+    // window: it came in time, so it is paid.
+    wait_past(r.requested_at + REQUEST_MAX_AGE + chrono::TimeDelta::seconds(1)).await;
+    sqlx::query("DELETE FROM outage")
+        .execute(chain.pool())
+        .await?;
+    let dead_letter: i64 =
+        sqlx::query_scalar("SELECT id FROM dead_letters WHERE stage = 'order-validation'")
+            .fetch_one(chain.pool())
+            .await?;
+    let selection = payfleet_workers::ops::dlq::Selection {
+        ids: vec![dead_letter],
+        stage: None,
+        error_kind: None,
+        payment: None,
+        older_than: None,
+        statuses: vec!["parked"],
+        limit: 10,
+    };
+    let replayed = payfleet_workers::ops::dlq::replay(
+        &chain.env.settings,
+        chain.pool(),
+        &selection,
+        "oncall-test",
+        false,
+    )
+    .await?;
+    assert_eq!(replayed, 1);
+    let (status, reason) = chain.outcome("in-time").await?;
+    assert_eq!(status, "settled", "{reason:?}");
+    assert_eq!(chain.balance("user", "alice").await?.0, d("970.00"));
+    chain.finish().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coupon_that_expires_before_try_fails_the_payment_and_reserves_nothing()
 -> anyhow::Result<()> {
