@@ -117,6 +117,9 @@ pub struct Settings {
     /// Inbox rows (processed message ids) are kept this many days: the
     /// window in which a redelivered or replayed message is recognised.
     pub inbox_retention_days: u32,
+    /// How much older than its first receipt a request's `requested_at` may
+    /// be (either way); longer than the whole retry schedule.
+    pub request_max_age_ms: u64,
 }
 
 impl Default for Settings {
@@ -178,6 +181,7 @@ impl Default for Settings {
             management_url: "http://127.0.0.1:15672".into(),
             dead_letter_retention_days: 90,
             inbox_retention_days: 30,
+            request_max_age_ms: 3_600_000,
         }
     }
 }
@@ -280,6 +284,16 @@ impl Settings {
                 "delays must be positive and strictly increasing",
             ));
         }
+        let schedule = self.retry_schedule_ms();
+        if self.request_max_age_ms <= schedule {
+            return Err(invalid(
+                "request_max_age_ms",
+                format!(
+                    "must be longer than the whole retry schedule: {schedule} ms ({} retries over retry_delays_ms)",
+                    self.max_attempts.saturating_sub(1)
+                ),
+            ));
+        }
         if self.webhook_delays_ms.is_empty() || self.webhook_delays_ms.contains(&0) {
             return Err(invalid(
                 "webhook_delays_ms",
@@ -304,6 +318,18 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map_err(|e| invalid("log_filter", e.to_string()))?;
         Ok(())
+    }
+
+    /// How long a message can spend in delay queues before it is
+    /// dead-lettered as exhausted: the delays of its `max_attempts - 1`
+    /// retries (each on the level of its attempt count, the last repeated).
+    pub fn retry_schedule_ms(&self) -> u64 {
+        let Some(last) = self.retry_delays_ms.len().checked_sub(1) else {
+            return 0;
+        };
+        (1..self.max_attempts)
+            .map(|failures| self.retry_delays_ms[(failures as usize - 1).min(last)])
+            .fold(0, u64::saturating_add)
     }
 
     /// Both threshold maps name the same accepted currencies, with positive
@@ -442,6 +468,7 @@ fn leak_name(key: &str) -> &'static str {
         "management_url",
         "dead_letter_retention_days",
         "inbox_retention_days",
+        "request_max_age_ms",
     ];
     NAMES
         .iter()
@@ -522,6 +549,26 @@ mod tests {
             let err = with(toml).unwrap_err().to_string();
             assert!(err.contains(named), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn the_request_window_outlasts_the_retry_schedule() {
+        let s = with("").expect("defaults are valid");
+        // 1 s + 5 s + 30 s + 120 s + 3 x 600 s: seven retries
+        assert_eq!(s.retry_schedule_ms(), 1_956_000);
+        assert!(s.request_max_age_ms > s.retry_schedule_ms());
+        let err = with("request_max_age_ms = 1956000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`request_max_age_ms`") && err.contains("1956000 ms"),
+            "{err}"
+        );
+        let err = with("retry_delays_ms = [1000, 7200000]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`request_max_age_ms`"), "{err}");
+        assert!(with("retry_delays_ms = [1000, 7200000]\nrequest_max_age_ms = 86400000").is_ok());
     }
 
     #[test]

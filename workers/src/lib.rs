@@ -59,7 +59,9 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
     let wanted = |name: &str| stages.is_empty() || stages.contains(&name);
     if wanted(order_validation::NAME) {
         let redis = fleet.shared().locks.pool().clone();
-        fleet = fleet.stage(order_validation::OrderValidation::new(&settings, redis))?;
+        fleet = fleet
+            .stage(order_validation::OrderValidation::new(&settings, redis))?
+            .background("request-receipts", order_validation::run_receipt_pruning);
     }
     if wanted(fund_freeze::NAME) {
         fleet = fleet.stage(fund_freeze::FundFreeze)?;

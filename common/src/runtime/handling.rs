@@ -72,6 +72,9 @@ impl<S: Stage> Handler for Transactional<S> {
         inbound: &Inbound,
         message: &S::Message,
     ) -> Result<Processed, StageError> {
+        self.0
+            .before_transaction(&shared.pool, inbound, message)
+            .await?;
         let mut cx =
             match transaction::begin(&shared.pool, shared.topology.exchanges(), inbound).await? {
                 Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),

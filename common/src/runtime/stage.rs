@@ -6,6 +6,7 @@
 use std::future::Future;
 
 use lapin::types::FieldTable;
+use sqlx::PgPool;
 
 use super::transaction::StageTx;
 
@@ -114,6 +115,18 @@ pub trait Stage: Send + Sync + 'static {
 
     /// The business key two workers must not work on at once (the payment id).
     fn lock_key(&self, message: &Self::Message) -> Option<String>;
+
+    /// Work committed on its own before the stage's transaction begins, so
+    /// that neither a rollback nor a retry undoes it (order-validation notes
+    /// when it first received a request). Nothing by default.
+    fn before_transaction(
+        &self,
+        _pool: &PgPool,
+        _inbound: &Inbound,
+        _message: &Self::Message,
+    ) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Applies the message inside `tx` (a transaction, or a savepoint when the
     /// runtime batches). The inbox row is already claimed; emit the messages

@@ -12,15 +12,15 @@
 pub mod pricing;
 pub mod risk;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use deadpool_redis::Pool;
 use payfleet_common::{
-    broker,
+    CancellationToken, broker,
     messages::{self, Outcome as Final, PaymentRequested, SCHEMA_VERSION, kind},
     money,
-    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+    runtime::{Inbound, Outcome, Shared, Stage, StageError, StageTx},
 };
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -54,6 +54,8 @@ pub struct OrderValidation {
     pub redis: Pool,
     pub risk: RiskRules,
     pub payment_ttl: chrono::Duration,
+    /// `request_max_age_ms`: how far `requested_at` may be from the first receipt.
+    pub request_max_age: chrono::Duration,
 }
 
 impl OrderValidation {
@@ -62,6 +64,73 @@ impl OrderValidation {
             redis,
             risk: RiskRules::new(settings),
             payment_ttl: chrono::Duration::milliseconds(settings.payment_ttl_ms as i64),
+            request_max_age: chrono::Duration::milliseconds(
+                i64::try_from(settings.request_max_age_ms).unwrap_or(i64::MAX),
+            ),
+        }
+    }
+}
+
+/// Judges a request's `requested_at` against its first receipt: the refusal
+/// reason and detail when it is too old (or too far ahead), `None` when fresh.
+pub fn freshness(
+    requested_at: DateTime<Utc>,
+    first_received_at: DateTime<Utc>,
+    max_age: chrono::Duration,
+) -> Option<(&'static str, String)> {
+    let limit_ms = max_age.num_milliseconds();
+    if first_received_at - requested_at > max_age {
+        return Some((
+            "request_expired",
+            format!(
+                "requested at {requested_at}, first received at {first_received_at}: older than request_max_age_ms ({limit_ms} ms); send a new request"
+            ),
+        ));
+    }
+    if requested_at - first_received_at > max_age {
+        return Some((
+            "invalid_requested_at",
+            format!(
+                "requested at {requested_at}, first received at {first_received_at}: later by more than request_max_age_ms ({limit_ms} ms); check the sender's clock"
+            ),
+        ));
+    }
+    None
+}
+
+/// Deletes request receipts older than `older_than`, in a bounded batch.
+pub async fn prune_receipts(
+    pool: &sqlx::PgPool,
+    older_than: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        "DELETE FROM request_receipts WHERE ctid IN (
+             SELECT ctid FROM request_receipts WHERE first_received_at < now() - make_interval(secs => $1) LIMIT 10000)",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Prunes request receipts an hour before the inbox rows of the same
+/// messages go (`inbox_retention_days`): a first receipt must never outlive
+/// the inbox row, or a replay the inbox no longer recognises would be judged
+/// by a receipt from when it was fresh. Without its receipt, a replay gets a
+/// new one, and its old `requested_at` is refused as `request_expired`.
+pub async fn run_receipt_pruning(shared: Arc<Shared>, stop: CancellationToken) {
+    let retention =
+        std::time::Duration::from_secs(u64::from(shared.settings.inbox_retention_days) * 86_400)
+            .saturating_sub(std::time::Duration::from_secs(3_600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            _ = stop.cancelled() => return,
+        }
+        match prune_receipts(&shared.pool, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned request receipts past their retention"),
+            Err(error) => tracing::warn!(%error, "pruning request receipts failed"),
         }
     }
 }
@@ -110,6 +179,23 @@ impl Stage for OrderValidation {
             "order:{}:{}",
             request.merchant_id, request.merchant_order_id
         ))
+    }
+
+    /// Notes the first receipt of this message id, committed on its own so
+    /// that a retry or a replay keeps the first one.
+    async fn before_transaction(
+        &self,
+        pool: &sqlx::PgPool,
+        inbound: &Inbound,
+        _request: &Request,
+    ) -> Result<(), StageError> {
+        sqlx::query(
+            "INSERT INTO request_receipts (message_id) VALUES ($1) ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(&inbound.message_id)
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 
     async fn handle(
@@ -174,6 +260,23 @@ impl Stage for OrderValidation {
                 &format!("merchant order already used by payment {id} with different content"),
             )
             .await;
+        }
+        // A signed request is no licence to replay it later (after the
+        // merchant is reactivated, say): it must be fresh at its first receipt.
+        if let Ok(parsed) = &request.parsed {
+            let first: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT first_received_at FROM request_receipts WHERE message_id = $1",
+            )
+            .bind(&inbound.message_id)
+            .fetch_optional(tx.conn())
+            .await?;
+            // (written before this transaction; if pruned since, this is its first receipt)
+            let first = first.unwrap_or_else(Utc::now);
+            if let Some((reason, detail)) =
+                freshness(parsed.requested_at, first, self.request_max_age)
+            {
+                return refuse(tx, inbound, request, reason, &detail).await;
+            }
         }
         if merchant_status != "active" {
             return refuse(
@@ -824,4 +927,31 @@ async fn refuse(
     tx.emit_event(messages::event::REJECTED, &event)?;
     tracing::info!(reason, detail, "request refused");
     Ok(Outcome::Applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_judged_by_its_first_receipt_either_way() {
+        let hour = chrono::Duration::hours(1);
+        let first = Utc::now();
+        assert_eq!(freshness(first - hour, first, hour), None, "at the limit");
+        assert_eq!(freshness(first + hour, first, hour), None);
+        let (reason, detail) = freshness(
+            first - hour - chrono::Duration::milliseconds(1),
+            first,
+            hour,
+        )
+        .expect("too old");
+        assert_eq!(reason, "request_expired");
+        assert!(
+            detail.contains("request_max_age_ms (3600000 ms)"),
+            "{detail}"
+        );
+        let (reason, _) =
+            freshness(first + hour + chrono::Duration::seconds(1), first, hour).expect("ahead");
+        assert_eq!(reason, "invalid_requested_at");
+    }
 }
