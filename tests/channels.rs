@@ -1781,3 +1781,121 @@ async fn postings_are_append_only_and_a_correction_is_a_new_entry() -> anyhow::R
     }
     world.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_refuses_to_vouch_for_a_charge_the_channel_has_not_answered() -> anyhow::Result<()>
+{
+    // The webhook comes after 3 s, the first status query after 20 s: the
+    // attempt is still open when ops try to resolve the payment.
+    let mut world = World::new(
+        "vouch",
+        |s| {
+            s.retry_delays_ms = vec![200, 400, 800, 20_000];
+            s.status_query_delays_ms = vec![20_000];
+        },
+        Duration::from_secs(3),
+    )
+    .await?;
+    world.start(&[]).await?;
+    let id = world.pay("open", "wallet", "tok_success").await?;
+    wait_until(WAIT, "the attempt pending", || async {
+        Ok(world
+            .attempt(id)
+            .await
+            .map(|a| a.2 == "pending")
+            .unwrap_or(false))
+    })
+    .await?;
+    let (code, _, err) = cli(
+        &world,
+        &[
+            "payment",
+            "resolve",
+            &format!("{SHOP}:open"),
+            "--as",
+            "paid",
+            "--reason",
+            "the shop says it was paid",
+        ],
+    )
+    .await?;
+    assert_ne!(code, 0, "nothing is settled on an unanswered charge");
+    assert!(err.contains("requery"), "{err}");
+    // The channel's own answer then settles it, once.
+    world.reaches(id, "settled").await?;
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_are_checked_against_each_trade_and_currency_not_only_daily_totals()
+-> anyhow::Result<()> {
+    let mut world = World::new("pertrade", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let first = world.pay("first", "card", "tok_success").await?;
+    let second = world.pay("second", "card", "tok_success").await?;
+    world.reaches(first, "settled").await?;
+    world.reaches(second, "settled").await?;
+    world.env.wait_drained(WAIT).await?;
+    let since = chrono::DateTime::<Utc>::UNIX_EPOCH;
+    assert!(
+        invariants::against_channel_statements(world.pool(), since)
+            .await?
+            .ok(),
+        "the honest books match"
+    );
+    // A trade the channel made that we never booked (0.40 CNY, too small for
+    // a fee), and its money booked by mistake on another trade: the day's
+    // totals still agree, each trade does not.
+    let gateway_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+        .bind(CARD)
+        .fetch_one(world.pool())
+        .await?;
+    reqwest::Client::new()
+        .post(format!("{gateway_url}/channels/{CARD}/payments"))
+        .json(&serde_json::json!({"out_trade_no": Uuid::now_v7().to_string(), "amount": "0.40", "currency": "CNY"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (a, _, _) = world.attempt(first).await?;
+    let account = |kind: &'static str, owner: &'static str| {
+        let pool = world.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT id FROM accounts WHERE owner_kind = $1 AND owner_id = $2 AND currency = 'CNY'",
+            )
+            .bind(kind)
+            .bind(owner)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    let clearing = account("external", "clearing:sandbox-card").await?;
+    let fees = account("platform", "fees").await?;
+    let mut tx = world.pool().begin().await?;
+    let entry: i64 = sqlx::query_scalar(
+        "INSERT INTO journal_entries (reference, kind, attempt_id) VALUES ('misbooked', 'correction', $1) RETURNING id",
+    )
+    .bind(a)
+    .fetch_one(&mut *tx)
+    .await?;
+    for (account, amount) in [(clearing, "-0.40"), (fees, "0.40")] {
+        sqlx::query("INSERT INTO postings (entry_id, account_id, amount, currency) VALUES ($1, $2, $3, 'CNY')")
+            .bind(entry)
+            .bind(account)
+            .bind(d(amount))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let report = invariants::against_channel_statements(world.pool(), since).await?;
+    let failures = report.failures();
+    assert!(
+        failures.iter().any(|f| f.contains("sandbox-card")),
+        "the wrong bookings are seen: {failures:?}"
+    );
+    // The planted entries cannot be taken back (postings are append-only):
+    // this scenario ends here, its books knowingly wrong.
+    world.stop().await;
+    world.gateway_stop.cancel();
+    world.env.teardown().await
+}

@@ -420,3 +420,121 @@ fn every_subcommand_has_help_with_an_example_and_bad_arguments_get_one_line() ->
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_migration_gives_earlier_refunds_their_entries() -> anyhow::Result<()> {
+    use std::borrow::Cow;
+
+    use payfleet_common::db;
+    use payfleet_workers::{invariants, ledger, settlement};
+    use rust_decimal::Decimal;
+    use sqlx::Connection as _;
+    use uuid::Uuid;
+
+    // A database as the fleet left it before the books migration: a late
+    // success refunded (owed, and one already sent), neither with an entry.
+    let env = TestEnv::new("oldbooks").await?;
+    let name = env.name.clone();
+    env.teardown().await?;
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    db::ensure_database(&url).await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    let before_books = sqlx::migrate::Migrator {
+        migrations: Cow::Owned(
+            db::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261206000001)
+                .cloned()
+                .collect(),
+        ),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    before_books.run(&pool).await?;
+    sqlx::raw_sql(
+        "INSERT INTO merchants (id, name, signing_key) VALUES ('shop', 'Shop', 'k');
+         INSERT INTO channels (name, kind, base_url, methods, fee_rate)
+           VALUES ('sandbox-card', 'sandbox', 'http://127.0.0.1:9', ARRAY['card'], 0.0120);",
+    )
+    .execute(&pool)
+    .await?;
+    let mut refunds = Vec::new();
+    for (order, status) in [("owed", "owed"), ("sent", "succeeded")] {
+        let payment = Uuid::now_v7();
+        let attempt = Uuid::now_v7();
+        let refund = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO payments (id, merchant_id, merchant_order_id, request_hash, user_id, method, channel, currency,
+                                   amount, status, reason, expires_at, requested_at, channel_fee)
+             VALUES ($1, 'shop', $2, 'h', 'alice', 'card', 'sandbox-card', 'CNY', 50.00, 'cancelled', 'expired',
+                     now(), now(), 0.60)",
+        )
+        .bind(payment)
+        .bind(order)
+        .execute(&pool)
+        .await?;
+        sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, 'sandbox-card', 50.00, 'CNY', 'succeeded')")
+            .bind(attempt)
+            .bind(payment)
+            .execute(&pool)
+            .await?;
+        sqlx::query("INSERT INTO refunds (id, payment_id, attempt_id, channel, amount, currency, reason, status) VALUES ($1, $2, $3, 'sandbox-card', 50.00, 'CNY', 'late_success', $4)")
+            .bind(refund)
+            .bind(payment)
+            .bind(attempt)
+            .bind(status)
+            .execute(&pool)
+            .await?;
+        refunds.push((refund, attempt));
+    }
+
+    // The books migration, then the sender pays the owed refund as it would.
+    db::MIGRATOR.run(&pool).await?;
+    let (owed, owed_attempt) = refunds[0];
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE refunds SET status = 'succeeded' WHERE id = $1")
+        .bind(owed)
+        .execute(&mut *tx)
+        .await?;
+    ledger::refund_sent(
+        &mut tx,
+        owed,
+        owed_attempt,
+        "sandbox-card",
+        Decimal::new(5000, 2),
+        "CNY",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await?;
+    settlement::roll_up(&pool, 1_000)
+        .await
+        .map_err(|e| anyhow::anyhow!("the roll-up must go on: {e}"))?;
+    let report = invariants::all(&pool).await?;
+    assert!(report.ok(), "invariants broken: {:?}", report.failures());
+    // Each charge came in once (less the channel's 0.60) and went back once.
+    let clearing: Vec<Decimal> = sqlx::query_scalar(
+        "SELECT p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
+         WHERE a.owner_id = 'clearing:sandbox-card' ORDER BY p.amount",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        clearing,
+        [
+            Decimal::new(-4940, 2),
+            Decimal::new(-4940, 2),
+            Decimal::new(5000, 2),
+            Decimal::new(5000, 2)
+        ]
+    );
+    pool.close().await;
+    let mut admin =
+        sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}

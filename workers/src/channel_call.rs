@@ -897,6 +897,17 @@ mod tests {
     }
 
     #[test]
+    fn a_success_for_nothing_or_less_is_unknown() {
+        for amount in ["0.00", "0", "-5.00"] {
+            let raw = json!({"status": "SUCCEEDED", "amount": amount, "currency": "CNY"});
+            assert!(
+                matches!(read_trade(raw.clone()), ChannelReply::Unknown { .. }),
+                "{raw} must be no answer"
+            );
+        }
+    }
+
+    #[test]
     fn a_pending_answer_needs_no_amount() {
         assert!(matches!(
             read_trade(json!({"status": "PENDING", "trade_no": "t-1"})),
