@@ -475,6 +475,11 @@ async fn the_books_migration_gives_earlier_refunds_their_entries() -> anyhow::Re
         .bind(order)
         .execute(&pool)
         .await?;
+        sqlx::query("INSERT INTO payment_events (event_id, payment_id, event_type) VALUES ($1, $2, 'payment.failed')")
+            .bind(Uuid::now_v7())
+            .bind(payment)
+            .execute(&pool)
+            .await?;
         sqlx::query("INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, 'sandbox-card', 50.00, 'CNY', 'succeeded')")
             .bind(attempt)
             .bind(payment)

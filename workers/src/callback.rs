@@ -104,28 +104,42 @@ impl Stage for Callback {
         if m.status == ChannelStatus::Succeeded
             && (m.amount != p.amount || m.currency != p.currency)
         {
-            if status == PaymentStatus::Exception {
-                return Ok(Outcome::Stale {
-                    reason: "already held for review".into(),
-                });
-            }
             let detail = format!(
                 "amount_mismatch: channel reported {} {}, payment is {} {}",
                 m.amount, m.currency, p.amount, p.currency
             );
             // The channel holds this money whatever ops decide: the attempt
-            // says so, and the books keep it in suspense until the review.
-            sqlx::query(
-                "UPDATE payment_attempts SET status = 'succeeded', channel_reference = COALESCE($2, channel_reference),
-                        resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
-            )
-            .bind(m.attempt_id)
-            .bind(&m.channel_reference)
-            .execute(tx.conn())
-            .await?;
-            // (A wallet capture moves nothing: the money is the wallet's freeze.)
-            if m.channel != "balance" {
-                charge(&p, m).hold(tx.conn()).await?;
+            // says so, and the books keep it in suspense until the review. A
+            // payment already settled or given up is not reopened: its
+            // exception is reported and nothing is booked twice. (A wallet
+            // capture moves nothing: the money is the wallet's freeze.)
+            let holds = m.channel != "balance"
+                && matches!(
+                    status,
+                    PaymentStatus::Frozen | PaymentStatus::Paid | PaymentStatus::Exception
+                );
+            let newly_held = holds
+                && {
+                    sqlx::query(
+                    "UPDATE payment_attempts SET status = 'succeeded', channel_reference = COALESCE($2, channel_reference),
+                            resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
+                )
+                .bind(m.attempt_id)
+                .bind(&m.channel_reference)
+                .execute(tx.conn())
+                .await?;
+                    charge(&p, m).hold(tx.conn()).await?
+                };
+            if status == PaymentStatus::Exception {
+                // Already under review: a charge not yet on record (an
+                // exception from before charges were held) is recorded now.
+                return Ok(if newly_held {
+                    Outcome::Exception { reason: detail }
+                } else {
+                    Outcome::Stale {
+                        reason: "already held for review".into(),
+                    }
+                });
             }
             let open = matches!(status, PaymentStatus::Frozen | PaymentStatus::Paid);
             if !open

@@ -87,6 +87,7 @@ async fn receive(
         return (StatusCode::BAD_REQUEST, "unreadable notice\n");
     };
     if notice.amount.scale() > payfleet_common::money::MINOR_DIGITS
+        || notice.amount <= rust_decimal::Decimal::ZERO
         || !crate::channel_call::is_currency_code(&notice.currency)
     {
         return (StatusCode::BAD_REQUEST, "unreadable amount or currency\n");

@@ -184,7 +184,8 @@ fn read_money(raw: &Value) -> Option<(Decimal, String)> {
         .trim()
         .parse::<Decimal>()
         .ok()?;
-    if amount.scale() > payfleet_common::money::MINOR_DIGITS {
+    // at most two decimals, and a trade is for something
+    if amount.scale() > payfleet_common::money::MINOR_DIGITS || amount <= Decimal::ZERO {
         return None;
     }
     let currency = raw.get("currency")?.as_str()?;

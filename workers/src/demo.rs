@@ -168,7 +168,7 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
             progress.dead,
         );
         let _ = std::io::stdout().flush();
-        if done && quiet(&pool).await? {
+        if done && quiet(&pool, started_at).await? {
             break true;
         }
         if Instant::now() > deadline {
@@ -496,15 +496,19 @@ async fn progress(
 }
 
 /// Nothing left to relay, roll up or deliver.
-async fn quiet(pool: &PgPool) -> anyhow::Result<bool> {
-    let (unsent, unrolled, webhooks): (i64, i64, i64) = sqlx::query_as(
+/// Nothing in flight: the outbox sent, postings rolled up, webhooks
+/// delivered, and this run's refunds paid back (its sandbox is gone after it).
+async fn quiet(pool: &PgPool, since: chrono::DateTime<Utc>) -> anyhow::Result<bool> {
+    let (unsent, unrolled, webhooks, refunds): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
                 (SELECT count(*) FROM postings WHERE NOT rolled_up),
-                (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')",
+                (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
+                (SELECT count(*) FROM refunds WHERE status = 'owed' AND created_at >= $1)",
     )
+    .bind(since)
     .fetch_one(pool)
     .await?;
-    Ok(unsent == 0 && unrolled == 0 && webhooks == 0)
+    Ok(unsent == 0 && unrolled == 0 && webhooks == 0 && refunds == 0)
 }
 
 async fn summarize(

@@ -139,25 +139,27 @@ pub async fn all(pool: &PgPool) -> Result<Report, sqlx::Error> {
     Ok(report)
 }
 
-/// What a channel's statement says it did on one day, over its succeeded
-/// trades.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Handed {
-    /// Σ (amount − fee): what it handed over to us.
+/// What one trade moved, in its currency: as the channel's statement says,
+/// or as our postings on its accounts say.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Moved {
+    currency: String,
+    /// amount − fee: what the channel handed over.
     received: Decimal,
-    /// Σ fee: what it kept.
+    /// What it kept as its fee (the platform's cost).
     fees: Decimal,
-    /// Σ refunded: what it paid back to payers on our behalf.
-    refunded: Decimal,
+    /// What it paid back to the payer on our behalf.
+    paid_back: Decimal,
 }
 
-/// The books against each sandbox channel's own statement, per channel and
-/// day of trade: the clearing account received Σ (amount − fee) of the
-/// channel's succeeded trades and paid back Σ refunded, and the platform's
-/// cost account for the channel holds −Σ fee. Channels without a statement
-/// endpoint (the wallet) are skipped. Only attempts made since `since` are
-/// compared: a sandbox keeps its store in memory, so it knows the trades of
-/// its own run only.
+/// The books against each sandbox channel's own statement, trade by trade
+/// (so per day too): for every succeeded trade the clearing account received
+/// exactly amount − fee and paid back exactly what was refunded, in the
+/// trade's currency, and the platform's cost account bore exactly its fee;
+/// no money is booked for a trade the channel does not list. Channels
+/// without a statement endpoint (the wallet) are skipped. Only attempts
+/// made since `since` are compared: a sandbox keeps its store in memory, so
+/// it knows the trades of its own run only.
 pub async fn against_channel_statements(
     pool: &PgPool,
     since: chrono::DateTime<chrono::Utc>,
@@ -172,6 +174,13 @@ pub async fn against_channel_statements(
         .build()?;
     let mut report = Report::default();
     for (channel, base_url) in channels {
+        let ours_since: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM payment_attempts WHERE channel = $1 AND created_at >= $2",
+        )
+        .bind(&channel)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
         let days: Vec<NaiveDate> = sqlx::query_scalar(
             "SELECT DISTINCT d::date FROM payment_attempts a,
                     LATERAL (VALUES ((a.created_at AT TIME ZONE 'UTC')::date), ((a.created_at AT TIME ZONE 'UTC')::date + 1)) v(d)
@@ -181,8 +190,7 @@ pub async fn against_channel_statements(
         .bind(since)
         .fetch_all(pool)
         .await?;
-        let mut theirs: BTreeMap<NaiveDate, Handed> = BTreeMap::new();
-        let mut day_of_trade: HashMap<String, NaiveDate> = HashMap::new();
+        let mut theirs: HashMap<String, Moved> = HashMap::new();
         for day in days {
             let url = format!(
                 "{}/channels/{channel}/statement?date={day}",
@@ -205,77 +213,97 @@ pub async fn against_channel_statements(
                         .and_then(|v| v.parse().ok())
                         .ok_or_else(|| anyhow::anyhow!("{url}: trade without a readable {field}"))
                 };
-                let handed = theirs.entry(day).or_default();
-                handed.received += money("amount")? - money("fee")?;
-                handed.fees += money("fee")?;
-                handed.refunded += money("refunded")?;
-                if let Some(out) = trade["out_trade_no"].as_str() {
-                    day_of_trade.insert(out.to_owned(), day);
-                }
+                let out = trade["out_trade_no"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                theirs.insert(
+                    out,
+                    Moved {
+                        currency: trade["currency"].as_str().unwrap_or_default().to_owned(),
+                        received: money("amount")? - money("fee")?,
+                        fees: money("fee")?,
+                        paid_back: money("refunded")?,
+                    },
+                );
             }
         }
+        // Trades of our attempts from before `since` belong to an earlier
+        // run's books; a trade we have no attempt for at all stays in.
+        let listed: Vec<String> = theirs.keys().cloned().collect();
+        let known_before: Vec<String> = sqlx::query_scalar(
+            "SELECT id::text FROM payment_attempts WHERE id::text = ANY($1) AND created_at < $2",
+        )
+        .bind(&listed)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        for out in known_before {
+            theirs.remove(&out);
+        }
         // Our postings on the channel's accounts, by the attempt they moved money for.
-        let booked: Vec<(Option<uuid::Uuid>, Decimal, Decimal, Decimal)> = sqlx::query_as(
-            "SELECT j.attempt_id,
+        let booked: Vec<(Option<uuid::Uuid>, String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT j.attempt_id, a.currency::text,
                     COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount < 0), 0),
                     COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount > 0), 0),
                     COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
              FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.id = p.entry_id
              WHERE ((a.owner_kind = 'external' AND a.owner_id = 'clearing:' || $1)
                     OR (a.owner_kind = 'platform_cost' AND a.owner_id = 'channel-costs:' || $1))
-               AND j.created_at >= $2
-             GROUP BY j.attempt_id",
+               AND (j.attempt_id = ANY($2) OR (j.attempt_id IS NULL AND j.created_at >= $3))
+             GROUP BY j.attempt_id, a.currency",
         )
         .bind(&channel)
+        .bind(&ours_since)
         .bind(since)
         .fetch_all(pool)
         .await?;
-        let mut ours: BTreeMap<NaiveDate, Handed> = BTreeMap::new();
-        let mut unlisted = 0;
-        for (attempt, received, paid_back, fees) in booked {
-            let Some(day) = attempt.and_then(|a| day_of_trade.get(&a.to_string())) else {
-                unlisted += 1;
-                continue;
-            };
-            let handed = ours.entry(*day).or_default();
-            handed.received += received;
-            handed.refunded += paid_back;
-            handed.fees += fees;
+        let mut ours: BTreeMap<String, Vec<Moved>> = BTreeMap::new();
+        for (attempt, currency, received, paid_back, fees) in booked {
+            let key = attempt.map(|a| a.to_string()).unwrap_or_default();
+            ours.entry(key).or_default().push(Moved {
+                currency,
+                received,
+                fees,
+                paid_back,
+            });
         }
-        let days: std::collections::BTreeSet<NaiveDate> =
-            theirs.keys().chain(ours.keys()).copied().collect();
-        let differing = |field: fn(&Handed) -> Decimal| {
-            days.iter()
-                .filter(|d| {
-                    field(&theirs.get(d).copied().unwrap_or_default())
-                        != field(&ours.get(d).copied().unwrap_or_default())
-                })
-                .count() as i64
-        };
-        report.checks.push(Check {
-            name: format!(
-                "{channel}: per day, the clearing account received Σ (amount − fee) of the channel's statement"
-            ).into(),
-            violations: differing(|h| h.received),
-        });
-        report.checks.push(Check {
-            name: format!(
-                "{channel}: per day, the clearing account paid back what the statement shows refunded"
-            ).into(),
-            violations: differing(|h| h.refunded),
-        });
-        report.checks.push(Check {
-            name: format!(
-                "{channel}: per day, the platform's cost equals the fees on the statement"
-            )
-            .into(),
-            violations: differing(|h| h.fees),
-        });
-        report.checks.push(Check {
-            name: format!("{channel}: no money booked for a trade the channel does not list")
-                .into(),
-            violations: unlisted,
-        });
+        let (mut received, mut paid_back, mut fees, mut unlisted) = (0, 0, 0, 0);
+        for (out, their) in &theirs {
+            let mine = match ours.remove(out).as_deref() {
+                Some([one]) => one.clone(),
+                // nothing booked, or booked in more than one currency
+                Some(_) | None => Moved::default(),
+            };
+            let same_currency = mine.currency == their.currency;
+            received += i64::from(!same_currency || mine.received != their.received);
+            paid_back += i64::from(!same_currency || mine.paid_back != their.paid_back);
+            fees += i64::from(!same_currency || mine.fees != their.fees);
+        }
+        unlisted += ours.len() as i64;
+        for (name, violations) in [
+            (
+                "per trade and day, the clearing account received amount − fee of the channel's statement, in its currency",
+                received,
+            ),
+            (
+                "per trade and day, the clearing account paid back what the statement shows refunded",
+                paid_back,
+            ),
+            (
+                "per trade and day, the platform's cost is the fee on the statement",
+                fees,
+            ),
+            (
+                "no money booked for a trade the channel does not list",
+                unlisted,
+            ),
+        ] {
+            report.checks.push(Check {
+                name: format!("{channel}: {name}").into(),
+                violations,
+            });
+        }
     }
     Ok(report)
 }

@@ -206,6 +206,27 @@ impl ChannelCharge {
         entry: &Entry,
         fee: Decimal,
     ) -> Result<(), StageError> {
+        // A charge comes in once: its attempt records the fee when it does.
+        let booked: Option<Option<Decimal>> =
+            sqlx::query_scalar("SELECT fee FROM payment_attempts WHERE id = $1 FOR UPDATE")
+                .bind(self.attempt_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match booked {
+            None => {
+                return Err(StageError::permanent(format!(
+                    "no attempt {} for the charge of payment {}",
+                    self.attempt_id, self.payment_id
+                )));
+            }
+            Some(Some(_)) => {
+                return Err(StageError::permanent(format!(
+                    "the charge of attempt {} (payment {}) is already booked: it cannot come in twice",
+                    self.attempt_id, self.payment_id
+                )));
+            }
+            Some(None) => {}
+        }
         entry
             .post(
                 conn,
@@ -246,9 +267,10 @@ impl ChannelCharge {
 
     /// A charge that does not match its payment (amount or currency): the
     /// money the channel handed over waits in suspense until ops decide.
-    pub async fn hold(&self, conn: &mut PgConnection) -> Result<(), StageError> {
+    /// Returns whether it was booked now (false: it already was).
+    pub async fn hold(&self, conn: &mut PgConnection) -> Result<bool, StageError> {
         let Some(entry) = self.open_entry(conn, EntryKind::ChargeHeld).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let fee = self.fee_at_rate(conn).await?;
         self.receive(conn, &entry, fee).await?;
@@ -259,7 +281,8 @@ impl ChannelCharge {
                 self.amount,
                 &self.currency,
             )
-            .await
+            .await?;
+        Ok(true)
     }
 
     /// A charge payfleet does not keep (a late success after the payment was

@@ -52,6 +52,16 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
                 json!({"call": "refund", "refund_no": refund_id, "amount": amount.to_string(), "error": error})
             }
         };
+        // Only a refund the channel says it paid, for the amount asked, is
+        // booked; anything else (accepted, processing, another amount) stays
+        // owed and is asked again with the same refund id.
+        let answer = match answer {
+            Ok(raw) if paid_in_full(&raw, amount) => Ok(raw),
+            Ok(raw) => Err(format!(
+                "the channel did not confirm a refund of {amount}: {raw}"
+            )),
+            Err(error) => Err(error),
+        };
         let mut tx = pool.begin().await?;
         sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'request', $4)")
             .bind(payment_id)
@@ -89,4 +99,35 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
         tx.commit().await?;
     }
     Ok(())
+}
+
+/// Whether a channel's refund answer says it paid `amount` back.
+fn paid_in_full(raw: &serde_json::Value, amount: Decimal) -> bool {
+    raw["status"] == "SUCCEEDED"
+        && raw["amount"]
+            .as_str()
+            .and_then(|a| a.parse::<Decimal>().ok())
+            == Some(amount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refund_paid_in_full_is_booked() {
+        let asked = Decimal::new(8000, 2);
+        assert!(paid_in_full(
+            &json!({"status": "SUCCEEDED", "amount": "80.00"}),
+            asked
+        ));
+        for raw in [
+            json!({"status": "PROCESSING", "amount": "80.00"}),
+            json!({"status": "SUCCEEDED", "amount": "79.99"}),
+            json!({"status": "SUCCEEDED"}),
+            json!({}),
+        ] {
+            assert!(!paid_in_full(&raw, asked), "{raw}");
+        }
+    }
 }

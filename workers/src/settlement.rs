@@ -110,18 +110,17 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
     // Paid at a third-party channel: what it actually charged.
     let charge = match wallet {
         Some(_) => None,
-        None => Some(match ChannelCharge::of_payment(conn, p.id).await? {
-            Some(charge) => charge,
-            // Resolved as paid by hand with no success on record: ops vouch
-            // for the payment's own amount at its channel.
-            None => ChannelCharge {
-                payment_id: p.id,
-                attempt_id: latest_attempt(conn, p.id).await?,
-                channel: p.channel.clone().unwrap_or_default(),
-                amount,
-                currency: p.currency.clone(),
-            },
-        }),
+        // Paid at a channel: only what it reported charging can settle.
+        None => Some(
+            ChannelCharge::of_payment(conn, p.id)
+                .await?
+                .ok_or_else(|| {
+                    StageError::permanent(format!(
+                        "payment {} has no succeeded attempt at its channel: nothing to settle",
+                        p.id
+                    ))
+                })?,
+        ),
     };
     let attempt = charge.as_ref().map(|c| c.attempt_id);
     let Some(entry) = Entry::open(conn, &p.id.to_string(), EntryKind::Payment, attempt).await?
@@ -369,21 +368,6 @@ pub async fn cancel(
         .execute(&mut *conn)
         .await?;
     payment::transition(conn, p.id, from, to, Some(reason)).await
-}
-
-/// The latest attempt of a payment (the channel's idempotency key).
-async fn latest_attempt(conn: &mut PgConnection, payment: Uuid) -> Result<Uuid, StageError> {
-    let attempt: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(payment)
-    .fetch_optional(conn)
-    .await?;
-    attempt.ok_or_else(|| {
-        StageError::permanent(format!(
-            "payment {payment} is paid at a channel but has no attempt"
-        ))
-    })
 }
 
 /// The channel charged less than the payment: the shortfall is taken from

@@ -141,6 +141,22 @@ pub async fn resolve(
             status.as_str()
         );
     }
+    // Never vouch for a charge the channel has not answered: its own word
+    // (a status query) must be on record first.
+    let open_attempt: Option<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, channel, status FROM payment_attempts
+         WHERE payment_id = $1 AND channel <> 'balance' AND status IN ('sending', 'pending', 'unknown')
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((attempt, channel, attempt_status)) = open_attempt {
+        bail!(
+            "payment {id}: attempt {attempt} at {channel} is still {attempt_status}, the channel has not answered; \
+             run `payfleet payment requery {id}` first (or let its status queries decide)"
+        );
+    }
     let detail = format!("resolved by {operator}: {reason}");
     // What the channel actually holds for this payment decides the way out.
     let charge = ChannelCharge::of_payment(&mut tx, id)
