@@ -363,3 +363,29 @@ async fn status_json_agrees_with_the_brokers_own_counts() -> anyhow::Result<()> 
     }
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_all_says_and_enforces_that_it_needs_a_stage() -> anyhow::Result<()> {
+    let env = TestEnv::new("dlqall").await?;
+    let (code, out, err) = run(&env, &["dlq", "replay", "--help"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let all = out
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("--all"))
+        .take_while(|line| !line.trim_start().starts_with("--error-kind"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        all.contains("--stage"),
+        "the help of --all names --stage:\n{out}"
+    );
+    let (code, _, err) = run(&env, &["dlq", "replay", "--all"]).await?;
+    assert_eq!(code, 2, "a usage error: {err}");
+    assert!(err.contains("--stage"), "{err}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM replay_audit").await?,
+        0
+    );
+    assert_eq!(env.assert_quiet_invariants().await?, 0);
+    env.teardown().await
+}
