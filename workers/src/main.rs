@@ -178,20 +178,28 @@ enum DlqCommand {
         after_help = "Examples:\n  payfleet dlq replay --id 42 --id 43\n  payfleet dlq replay --stage fund-freeze --error-kind exhausted --dry-run\n  payfleet dlq replay --stage settlement --all --limit 500"
     )]
     Replay {
-        #[arg(long = "id")]
+        /// These store ids (repeatable); not with --stage.
+        #[arg(long = "id", conflicts_with_all = ["stage", "all"])]
         ids: Vec<i64>,
+        /// The stage whose parked dead letters to replay; with --all, --error-kind or --older-than.
         #[arg(long)]
         stage: Option<String>,
-        #[arg(long)]
+        /// Every parked dead letter of the stage (requires --stage).
+        #[arg(long, requires = "stage")]
         all: bool,
-        #[arg(long, value_parser = ["poison", "permanent", "exhausted", "crash-loop", "broker"])]
+        /// Only those of this kind (requires --stage).
+        #[arg(long, requires = "stage", value_parser = ["poison", "permanent", "exhausted", "crash-loop", "broker"])]
         error_kind: Option<String>,
-        #[arg(long, value_parser = parse_age)]
+        /// Only those that last failed longer ago than this (requires --stage).
+        #[arg(long, requires = "stage", value_parser = parse_age)]
         older_than: Option<chrono::Duration>,
+        /// At most this many rows.
         #[arg(long, default_value_t = 1000)]
         limit: i64,
+        /// List what would be replayed; replay nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Who replays, for the audit (default: $USER).
         #[arg(long)]
         operator: Option<String>,
     },
@@ -204,7 +212,8 @@ enum DlqCommand {
         ids: Vec<i64>,
         #[arg(long)]
         stage: Option<String>,
-        #[arg(long)]
+        /// Every dead letter of the stage (requires --stage).
+        #[arg(long, requires = "stage")]
         all: bool,
         /// Confirms the purge.
         #[arg(long)]
@@ -265,11 +274,20 @@ fn main() -> ExitCode {
         Err(error) => {
             // One line: what is wrong; `--help` has the rest.
             let rendered = error.render().to_string();
-            let first = rendered
-                .lines()
+            let mut lines = rendered.lines();
+            let mut first = lines
                 .next()
                 .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .trim_start_matches("error: ")
+                .to_owned();
+            // A list that follows (the missing arguments) belongs to the line.
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|line| line.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                first = format!("{first} {}", listed.join(", "));
+            }
             eprintln!("payfleet: {first} (see --help)");
             return ExitCode::from(2);
         }
