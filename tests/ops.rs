@@ -389,3 +389,88 @@ async fn replay_all_says_and_enforces_that_it_needs_a_stage() -> anyhow::Result<
     assert_eq!(env.assert_quiet_invariants().await?, 0);
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_shown_and_reported_without_their_passwords() -> anyhow::Result<()> {
+    let env = TestEnv::new("redact").await?;
+    let secrets = [
+        (
+            "PAYFLEET_AMQP_URL",
+            "amqp://payfleet-ops:amqp-S3cret@127.0.0.1:5672/nowhere",
+        ),
+        (
+            "PAYFLEET_DATABASE_URL",
+            "postgres://postgres:pg-S3cret@127.0.0.1:5432/nowhere",
+        ),
+        (
+            "PAYFLEET_REDIS_URL",
+            "redis://:redis-S3cret@127.0.0.1:6379/0",
+        ),
+        (
+            "PAYFLEET_MANAGEMENT_URL",
+            "http://admin:mgmt-S3cret@127.0.0.1:9",
+        ),
+    ];
+    let with_secrets = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut command = payfleet(&env);
+        command.envs(secrets).envs(extra.iter().copied()).args(args);
+        command
+    };
+    let output = with_secrets(&["config"], &[]).output().await?;
+    assert!(output.status.success());
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(!shown.contains("S3cret"), "a password shown:\n{shown}");
+    assert!(
+        shown.contains("amqp://payfleet-ops:***@127.0.0.1:5672/nowhere")
+            && shown.contains("postgres://postgres:***@127.0.0.1:5432/nowhere")
+            && shown.contains("redis://:***@127.0.0.1:6379/0"),
+        "the rest of each URL is shown:\n{shown}"
+    );
+    // Errors and logs that name a setting or a connection, at the most verbose level.
+    let database = format!("postgres://postgres:pg-S3cret@127.0.0.1:5432/{}", env.name);
+    for (args, extra) in [
+        (
+            &["dlq", "list"][..],
+            &[
+                ("RUST_LOG", "trace"),
+                ("PAYFLEET_DATABASE_URL", database.as_str()),
+            ][..],
+        ),
+        (&["status", "--json"][..], &[("RUST_LOG", "debug")][..]),
+        (
+            &["config"][..],
+            &[(
+                "PAYFLEET_AMQP_URL",
+                "amqp://payfleet-ops:amqp-S3cret@127.0.0.1:notaport/x",
+            )][..],
+        ),
+        (
+            &["config"][..],
+            &[(
+                "PAYFLEET_DATABASE_URL",
+                "postgres://postgres:pg-S3cret@127.0.0.1:5432/",
+            )][..],
+        ),
+    ] {
+        let output = with_secrets(args, extra).output().await?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !said.contains("S3cret"),
+            "{args:?} {extra:?}: a password shown:\n{said}"
+        );
+    }
+    let debugged = format!(
+        "{:?}",
+        payfleet_common::Settings {
+            database_url: "postgres://postgres:pg-S3cret@127.0.0.1:5432/x".into(),
+            ..env.settings.clone()
+        }
+    );
+    assert!(!debugged.contains("S3cret"), "{debugged}");
+    assert_eq!(env.assert_quiet_invariants().await?, 0);
+    env.teardown().await
+}
