@@ -306,7 +306,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<NeedsAttention>().is_some() => ExitCode::from(2),
         Err(error) => {
-            eprintln!("payfleet: {error:#}");
+            eprintln!(
+                "payfleet: {}",
+                payfleet_common::config::redact(&format!("{error:#}"))
+            );
             ExitCode::FAILURE
         }
     }
@@ -496,7 +499,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&settings)?);
+            // Passwords in URLs and secrets are never shown.
+            let shown: Settings = serde_json::from_value(settings.redacted())?;
+            print!("{}", toml::to_string_pretty(&shown)?);
         }
     }
     Ok(())
