@@ -1899,3 +1899,90 @@ async fn the_books_are_checked_against_each_trade_and_currency_not_only_daily_to
     world.gateway_stop.cancel();
     world.env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_notice_is_kept_as_received_and_verifies_again_from_the_stored_bytes()
+-> anyhow::Result<()> {
+    let mut world = World::new("evidence", |_| {}, Duration::from_millis(200)).await?;
+    world.start(&[]).await?;
+    let id = world.pay("evidence", "wallet", "tok_success").await?;
+    world.reaches(id, "settled").await?;
+    // The same notice again, laid out as a channel may lay it out: spacing
+    // and key order that re-encoded JSON does not keep.
+    let (attempt, _, _) = world.attempt(id).await?;
+    let reference: String =
+        sqlx::query_scalar("SELECT channel_reference FROM payment_attempts WHERE id = $1")
+            .bind(attempt)
+            .fetch_one(world.pool())
+            .await?;
+    let notice = Notice {
+        channel: WALLET.into(),
+        out_trade_no: attempt.to_string(),
+        trade_no: reference,
+        status: TradeStatus::Succeeded,
+        amount: d("80.00"),
+        currency: "CNY".into(),
+        reason: None,
+        occurred_at: Utc::now(),
+    };
+    let body = serde_json::to_vec_pretty(&notice)?;
+    let timestamp = Utc::now().timestamp();
+    let status = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/callbacks/{WALLET}/{id}",
+            world.http_port
+        ))
+        .header("x-sandbox-timestamp", timestamp.to_string())
+        .header(
+            "x-sandbox-signature",
+            sign_notice("wallet-secret", timestamp, &body),
+        )
+        .body(body.clone())
+        .send()
+        .await?
+        .status();
+    assert_eq!(status.as_u16(), 200);
+
+    type Kept = (Value, Option<Vec<u8>>, Option<String>, Option<String>);
+    let kept: Vec<Kept> = sqlx::query_as(
+        "SELECT payload, raw_body, signed_timestamp, signature FROM integration_log
+         WHERE payment_id = $1 AND direction = 'callback' ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(kept.len(), 2, "the gateway's notice and ours");
+    for (payload, raw, timestamp, signature) in &kept {
+        let (Some(raw), Some(timestamp), Some(signature)) = (raw, timestamp, signature) else {
+            panic!("a notice kept without its raw bytes or headers: {payload}");
+        };
+        let timestamp: i64 = timestamp.parse()?;
+        assert!(
+            payfleet_common::messages::verify_hex(
+                &sign_notice("wallet-secret", timestamp, raw),
+                signature
+            ),
+            "the stored notice verifies again from its stored bytes"
+        );
+    }
+    let (_, raw, _, signature) = &kept[1];
+    assert_eq!(raw.as_deref(), Some(body.as_slice()), "kept byte for byte");
+    let reencoded = serde_json::to_vec(&kept[1].0)?;
+    assert!(
+        !payfleet_common::messages::verify_hex(
+            &sign_notice("wallet-secret", timestamp, &reencoded),
+            signature.as_deref().unwrap_or_default()
+        ),
+        "re-encoded JSON would not have verified"
+    );
+    let (code, out, err) = cli(&world, &["payment", "show", &format!("{SHOP}:evidence")]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "signature {}",
+            kept[1].3.as_deref().unwrap_or_default()
+        )) && out.contains(&format!("timestamp {timestamp}")),
+        "`payment show` shows the evidence:\n{out}"
+    );
+    world.finish().await
+}
