@@ -1,7 +1,8 @@
 //! Webhook ingress: `POST /callbacks/<channel>/<payment id>`. Verifies the
 //! channel's signature and the timestamp window, stores the raw payload in
-//! the integration log, publishes the result to the callback stage with a
-//! confirm, and answers 200 fast. A bad or stale signature gets 401 and
+//! the integration log (with the body byte for byte and the timestamp and
+//! signature headers, so it can be verified again), publishes the result to
+//! the callback stage with a confirm, and answers 200 fast. A bad or stale signature gets 401 and
 //! changes nothing; a PENDING notice is logged and acknowledged (statuses
 //! never move backwards). A webhook for an attempt not yet committed is
 //! published all the same: the callback stage retries it until it is.
@@ -29,6 +30,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::sandbox_gateway::{Notice, TradeStatus, sign_notice};
+
+/// The headers a channel signs its notices with (kept with each notice).
+const TIMESTAMP_HEADER: &str = "x-sandbox-timestamp";
+const SIGNATURE_HEADER: &str = "x-sandbox-signature";
 
 /// The payment's route, and the owner and channel of the notice's attempt
 /// when it is committed.
@@ -68,11 +73,11 @@ async fn receive(
     let Some(Some(secret)) = secret else {
         return (StatusCode::NOT_FOUND, "unknown channel\n");
     };
-    let timestamp: i64 = header("x-sandbox-timestamp").parse().unwrap_or(0);
+    let timestamp: i64 = header(TIMESTAMP_HEADER).parse().unwrap_or(0);
     let age_ms = (Utc::now().timestamp() - timestamp).abs() * 1000;
     if !payfleet_common::messages::verify_hex(
         &sign_notice(&secret, timestamp, &body),
-        &header("x-sandbox-signature"),
+        &header(SIGNATURE_HEADER),
     ) {
         metrics::counter!("payfleet_webhooks_in_total", "result" => "bad_signature").increment(1);
         return (StatusCode::UNAUTHORIZED, "bad signature\n");
@@ -135,14 +140,22 @@ async fn receive(
     if let Some((status, why)) = refusal {
         return refuse(&channel, payment_id, attempt_id, status, why);
     }
+    // The notice as received: the signed bytes and both headers as sent, so
+    // the signature can be checked again later (the JSON is for reading).
     let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let logged = sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'callback', $4)")
-        .bind(payment_id)
-        .bind(attempt_id)
-        .bind(&channel)
-        .bind(&raw)
-        .execute(&shared.pool)
-        .await;
+    let logged = sqlx::query(
+        "INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload, raw_body, signed_timestamp, signature)
+         VALUES ($1, $2, $3, 'callback', $4, $5, $6, $7)",
+    )
+    .bind(payment_id)
+    .bind(attempt_id)
+    .bind(&channel)
+    .bind(&raw)
+    .bind(body.as_ref())
+    .bind(header(TIMESTAMP_HEADER))
+    .bind(header(SIGNATURE_HEADER))
+    .execute(&shared.pool)
+    .await;
     if logged.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
     }

@@ -77,6 +77,9 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>,
            UNION ALL SELECT created_at, 'fund-freeze', 'coupon ' || coupon_code || ' ' || amount || ' ' || status FROM coupon_redemptions WHERE payment_id = $1
            UNION ALL SELECT created_at, 'channel-call', 'attempt ' || id || ' at ' || channel || ': ' || status || COALESCE(' ref ' || channel_reference, '') FROM payment_attempts WHERE payment_id = $1
            UNION ALL SELECT created_at, 'integration-log', channel || ' ' || direction || ' ' || payload::text FROM integration_log WHERE payment_id = $1
+           UNION ALL SELECT created_at, 'integration-log', channel || ' ' || direction || ' as received: timestamp ' || signed_timestamp || ', signature ' || signature
+                  || ', ' || octet_length(raw_body) || ' bytes ' || replace(replace(encode(raw_body, 'escape'), E'\\n', '\\n'), E'\\r', '\\r')
+                  FROM integration_log WHERE payment_id = $1 AND raw_body IS NOT NULL
            UNION ALL SELECT p.created_at, 'settlement', 'posting ' || a.owner_kind || ':' || a.owner_id || ' ' || p.amount || ' ' || p.currency
                   FROM postings p JOIN journal_entries j ON j.id = p.entry_id JOIN accounts a ON a.id = p.account_id WHERE j.reference = $2
            UNION ALL SELECT created_at, 'notification', 'event ' || event_type || ' ' || event_id FROM payment_events WHERE payment_id = $1

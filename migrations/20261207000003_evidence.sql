@@ -1,0 +1,9 @@
+-- A channel notice as it was received, so that it can be verified again
+-- later: the body byte for byte (the payload column is re-encoded JSON and
+-- does not keep the signed bytes), and the timestamp and signature headers
+-- as they were sent. Set on callback rows; nullable, so adding them
+-- rewrites nothing.
+ALTER TABLE integration_log
+    ADD COLUMN raw_body         bytea,
+    ADD COLUMN signed_timestamp text,
+    ADD COLUMN signature        text;
