@@ -474,3 +474,158 @@ async fn settings_are_shown_and_reported_without_their_passwords() -> anyhow::Re
     assert_eq!(env.assert_quiet_invariants().await?, 0);
     env.teardown().await
 }
+
+/// Ready messages in the probe transfer stage's work queue.
+async fn transfers_queued(env: &TestEnv) -> anyhow::Result<i64> {
+    Ok(i64::from(
+        env.queue_depth(&payfleet_common::Topology::work_queue(
+            payfleet_tests::TRANSFER_STAGE,
+        ))
+        .await?,
+    ))
+}
+
+/// Rows marked replayed that no replay audit names, and rows named twice.
+async fn unaudited_and_doubly_audited(env: &TestEnv) -> anyhow::Result<(i64, i64)> {
+    let unaudited = env
+        .scalar_i64(
+            "SELECT count(*) FROM dead_letters d WHERE d.status <> 'parked'
+               AND NOT EXISTS (SELECT 1 FROM replay_audit a WHERE a.action = 'replay' AND d.id = ANY(a.dead_letter_ids))",
+        )
+        .await?;
+    let doubled = env
+        .scalar_i64(
+            "SELECT count(*) FROM (SELECT u.dl FROM replay_audit, unnest(dead_letter_ids) AS u(dl)
+               WHERE action = 'replay' GROUP BY u.dl HAVING count(*) > 1) d",
+        )
+        .await?;
+    Ok((unaudited, doubled))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replays_started_together_publish_each_row_once_and_every_row_is_audited_as_it_goes()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("dlqtwo").await?;
+    let fleet = env.start_fleet().await?;
+    dead_letter_transfers(&env, 300).await?;
+    env.add_account("missing").await?;
+    // The fleet stopped, whatever a replay publishes stays countable in the queue.
+    fleet.stop().await;
+    assert_eq!(transfers_queued(&env).await?, 0);
+
+    // A replay killed mid-way has audited every row it marked replayed.
+    let mut killed = payfleet(&env)
+        .args(["dlq", "replay", "--stage", "probe-transfer", "--all"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_until(WAIT, "the replay under way", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'replayed'")
+            .await?
+            >= 30)
+    })
+    .await?;
+    killed.kill().await?;
+    assert_eq!(
+        unaudited_and_doubly_audited(&env).await?,
+        (0, 0),
+        "each replayed row is audited when it is marked"
+    );
+
+    // Two replays of the same rows at the same moment: each row published once.
+    let queued_before = transfers_queued(&env).await?;
+    let parked = env
+        .scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+        .await?;
+    let spawn = || {
+        payfleet(&env)
+            .args(["dlq", "replay", "--stage", "probe-transfer", "--all"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let (first, second) = (spawn()?, spawn()?);
+    let (first, second) = tokio::join!(first.wait_with_output(), second.wait_with_output());
+    let mut told = 0;
+    for output in [first?, second?] {
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        told += out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("a replay count in {out}"));
+    }
+    assert_eq!(
+        told, parked,
+        "between them the two replays replayed each parked row once"
+    );
+    assert_eq!(
+        transfers_queued(&env).await? - queued_before,
+        parked,
+        "each row published exactly once"
+    );
+    assert_eq!(unaudited_and_doubly_audited(&env).await?, (0, 0));
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+            .await?,
+        0
+    );
+
+    let fleet = env.start_fleet().await?;
+    wait_until(WAIT, "all 300 receipted", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM probe_transfers WHERE status = 'receipted'")
+            .await?
+            == 300)
+    })
+    .await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+
+    // Deleting purged rows past their retention is audited too.
+    let (code, _, err) = run(
+        &env,
+        &[
+            "dlq",
+            "purge",
+            "--stage",
+            "probe-transfer",
+            "--all",
+            "--yes",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    sqlx::query(
+        "UPDATE dead_letters SET status_changed_at = now() - interval '100 days' WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT 10)",
+    )
+    .execute(&env.pool)
+    .await?;
+    let (code, out, err) = run(&env, &["dlq", "purge", "--delete-expired"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted 10"), "{out}");
+    let (operator, count, ids): (String, i32, Vec<i64>) = sqlx::query_as(
+        "SELECT operator, count, dead_letter_ids FROM replay_audit WHERE action = 'delete'",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(
+        (operator.as_str(), count, ids.len()),
+        ("oncall-test", 10, 10)
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters").await?,
+        290
+    );
+    assert_eq!(
+        env.assert_quiet_invariants().await?,
+        300,
+        "each processed once"
+    );
+    env.teardown().await
+}
