@@ -7,3 +7,9 @@ ALTER TABLE integration_log
     ADD COLUMN raw_body         bytea,
     ADD COLUMN signed_timestamp text,
     ADD COLUMN signature        text;
+
+-- Deleting purged dead letters past their retention is audited like a
+-- replay or a purge: who, when, which rows.
+ALTER TABLE replay_audit DROP CONSTRAINT replay_audit_action_check;
+ALTER TABLE replay_audit ADD CONSTRAINT replay_audit_action_check
+    CHECK (action IN ('replay', 'purge', 'delete'));

@@ -621,9 +621,16 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
         } => {
             if delete_expired {
                 let days = settings.dead_letter_retention_days;
-                let deleted =
-                    ops::dlq::delete_purged(&pool, chrono::Duration::days(i64::from(days))).await?;
-                println!("deleted {deleted} purged dead letter(s) older than {days} days");
+                let operator = ops::operator(operator);
+                let deleted = ops::dlq::delete_purged(
+                    &pool,
+                    chrono::Duration::days(i64::from(days)),
+                    &operator,
+                )
+                .await?;
+                println!(
+                    "deleted {deleted} purged dead letter(s) older than {days} days as {operator} (recorded in replay_audit)"
+                );
                 return Ok(());
             }
             if ids.is_empty() && !(stage.is_some() && all) {

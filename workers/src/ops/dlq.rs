@@ -1,12 +1,17 @@
 //! `payfleet dlq`: the dead-letter store. Every DLQ is drained into the store
 //! first (so nothing still in a queue is missed), then rows are listed,
-//! shown, replayed to their stage, or purged (marked, never deleted).
+//! shown, replayed to their stage, or purged (marked; deleted only past the
+//! retention, by `purge --delete-expired`). Every replay, purge and deletion
+//! is in `replay_audit`.
 //!
-//! Replay publishes the original body and properties back to the stage's
-//! work queue with a confirm and `mandatory`, the attempt count reset and a
-//! replay mark, then marks the row replayed. A crash in between leaves the
-//! row parked: replayed again it is at most a duplicate, which the stage's
-//! inbox absorbs (the message keeps its id).
+//! Replay claims each parked row (`FOR UPDATE SKIP LOCKED`), publishes the
+//! original body and properties back to the stage's work queue with a
+//! confirm and `mandatory`, the attempt count reset and a replay mark, then
+//! marks the row replayed and audits it in the claim's transaction: two
+//! replays at once never both publish a row, and a replay stopped half-way
+//! has audited every row it marked. A crash between the publish and the
+//! commit leaves the row parked: replayed again it is at most a duplicate,
+//! which the stage's inbox absorbs (the message keeps its id).
 
 use std::time::Duration;
 
@@ -205,11 +210,22 @@ pub async fn replay(
     );
     let mut replayed = Vec::new();
     for row in &rows {
-        let (properties, headers, body): (Value, Value, Vec<u8>) =
-            sqlx::query_as("SELECT properties, headers, body FROM dead_letters WHERE id = $1")
-                .bind(row.id)
-                .fetch_one(pool)
-                .await?;
+        // Claim the row for the publish: a replay running at the same time
+        // skips it while it is held, and finds it replayed once this one
+        // commits. The mark and its audit commit together, row by row, so a
+        // replay stopped half-way has audited everything it marked.
+        let mut tx = pool.begin().await?;
+        let claimed: Option<(Value, Value, Vec<u8>)> = sqlx::query_as(
+            "SELECT properties, headers, body FROM dead_letters
+             WHERE id = $1 AND status = 'parked' FOR UPDATE SKIP LOCKED",
+        )
+        .bind(row.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((properties, headers, body)) = claimed else {
+            tx.rollback().await?;
+            continue; // replayed, purged or being replayed by another
+        };
         let mut headers = headers;
         if let Value::Object(map) = &mut headers {
             for key in [
@@ -250,58 +266,82 @@ pub async fn replay(
             body,
             properties: props,
         };
+        // A failed publish rolls the claim back: the row stays parked.
         tokio::time::timeout(Duration::from_secs(30), publisher.publish(&message))
             .await
             .context("publishing a replay timed out")?
             .with_context(|| format!("replaying dead letter {} to stage {}", row.id, row.stage))?;
-        sqlx::query("UPDATE dead_letters SET status = 'replayed', status_changed_at = now() WHERE id = $1 AND status = 'parked'")
-            .bind(row.id)
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "UPDATE dead_letters SET status = 'replayed', status_changed_at = now() WHERE id = $1",
+        )
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, "replay", operator, &selection.json(), &[row.id]).await?;
+        tx.commit().await?;
         replayed.push(row.id);
     }
     publisher.close().await;
-    audit(pool, "replay", operator, selection, &replayed).await?;
     Ok(replayed.len())
 }
 
-/// Marks the selected rows purged; nothing is deleted.
+/// Marks the selected rows purged, with their audit in the same
+/// transaction; nothing is deleted.
 pub async fn purge(pool: &PgPool, selection: &Selection, operator: &str) -> anyhow::Result<usize> {
     let rows = select(pool, selection).await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    sqlx::query("UPDATE dead_letters SET status = 'purged', status_changed_at = now() WHERE id = ANY($1) AND status <> 'purged'")
-        .bind(&ids)
-        .execute(pool)
-        .await?;
-    audit(pool, "purge", operator, selection, &ids).await?;
-    Ok(ids.len())
+    let mut tx = pool.begin().await?;
+    let purged: Vec<i64> = sqlx::query_scalar(
+        "UPDATE dead_letters SET status = 'purged', status_changed_at = now()
+         WHERE id = ANY($1) AND status <> 'purged' RETURNING id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    audit(&mut tx, "purge", operator, &selection.json(), &purged).await?;
+    tx.commit().await?;
+    Ok(purged.len())
 }
 
 async fn audit(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     action: &str,
     operator: &str,
-    selection: &Selection,
+    selection: &Value,
     ids: &[i64],
 ) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO replay_audit (action, operator, selection, dead_letter_ids, count) VALUES ($1, $2, $3, $4, $5)")
         .bind(action)
         .bind(operator)
-        .bind(selection.json())
+        .bind(selection)
         .bind(ids)
         .bind(ids.len() as i32)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Deletes purged rows older than `retention` (the retention setting).
-pub async fn delete_purged(pool: &PgPool, retention: chrono::Duration) -> anyhow::Result<u64> {
-    Ok(
-        sqlx::query("DELETE FROM dead_letters WHERE status = 'purged' AND status_changed_at < $1")
-            .bind(chrono::Utc::now() - retention)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+/// Deletes purged rows older than `retention` (the retention setting); the
+/// deleted ids are audited in the same transaction.
+pub async fn delete_purged(
+    pool: &PgPool,
+    retention: chrono::Duration,
+    operator: &str,
+) -> anyhow::Result<u64> {
+    let before = chrono::Utc::now() - retention;
+    let mut tx = pool.begin().await?;
+    let deleted: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM dead_letters WHERE status = 'purged' AND status_changed_at < $1 RETURNING id",
     )
+    .bind(before)
+    .fetch_all(&mut *tx)
+    .await?;
+    let selection = json!({
+        "statuses": ["purged"],
+        "purged_before": before,
+        "retention_days": retention.num_days(),
+    });
+    audit(&mut tx, "delete", operator, &selection, &deleted).await?;
+    tx.commit().await?;
+    Ok(deleted.len() as u64)
 }
