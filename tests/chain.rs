@@ -1196,6 +1196,7 @@ async fn merchant_webhooks_are_signed_retried_and_dead_lettered_when_exhausted()
     let mut chain = Chain::with("webhooks", |s| s.webhook_delays_ms = vec![200, 400]).await?;
     let (flaky_url, flaky) = merchant_endpoint(2).await?;
     let (down_url, down) = merchant_endpoint(usize::MAX).await?;
+    register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
     chain.start(&[]).await?;
     let mut delivered = request("hooked", "alice", &[("cup", 1)], "10.00");
     delivered.notify_url = Some(flaky_url);
@@ -1466,5 +1467,198 @@ async fn a_refund_request_is_refused_for_what_it_is_and_never_read_as_a_payment(
         .await?;
     assert_eq!(status, "settled", "the paid payment is untouched");
     assert_eq!(chain.balance("user", "alice").await?.0, d("990.00"));
+    chain.finish().await
+}
+
+/// Registers the hosts the shop's webhooks may go to (its merchant record).
+async fn register_notify_hosts(pool: &PgPool, hosts: &[&str]) -> anyhow::Result<()> {
+    sqlx::query("UPDATE merchants SET notify_hosts = $2 WHERE id = $1")
+        .bind(SHOP)
+        .bind(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// An endpoint that answers every request with a redirect to `to`.
+async fn redirecting_endpoint(to: &str) -> anyhow::Result<String> {
+    use axum::{Router, http::StatusCode, routing::post};
+    let to = to.to_owned();
+    let app = Router::new().route(
+        "/hook",
+        post(move || {
+            let to = to.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchant_webhooks_cannot_be_aimed_inward() -> anyhow::Result<()> {
+    // Deny by default: loopback is not allowed here (only the demo and the
+    // other tests allow it, for their receivers on 127.0.0.1).
+    let mut chain = Chain::with("ssrf", |s| {
+        s.webhook_delays_ms = vec![100, 100];
+        s.webhook_allow_loopback = false;
+    })
+    .await?;
+    let (inside_url, inside) = merchant_endpoint(0).await?;
+    let port = inside_url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/hook")
+        .to_owned();
+    // Every host below is registered, so only the address check can refuse them.
+    register_notify_hosts(
+        chain.pool(),
+        &[
+            "127.0.0.1",
+            "localhost",
+            "[::1]",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "[fd00::1]",
+        ],
+    )
+    .await?;
+    chain.start(&[]).await?;
+    let targets = [
+        ("loopback", inside_url.clone()),
+        ("name-to-loopback", format!("http://localhost:{port}/hook")),
+        ("loopback-v6", format!("http://[::1]:{port}/hook")),
+        ("private", "http://10.1.2.3/hook".to_owned()),
+        ("private-192", "http://192.168.0.1/hook".to_owned()),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+        ),
+        ("unspecified", format!("http://0.0.0.0:{port}/hook")),
+        ("unique-local", "http://[fd00::1]/hook".to_owned()),
+        ("unregistered", "http://shop.example/hook".to_owned()),
+    ];
+    for (order, url) in &targets {
+        let mut r = request(order, "alice", &[("cup", 1)], "10.00");
+        r.notify_url = Some(url.clone());
+        chain.publish(&r).await?;
+    }
+    for (order, _) in &targets {
+        assert_eq!(chain.outcome(order).await?.0, "settled", "{order}");
+    }
+    let expected = targets.len() as i64;
+    wait_until(WAIT, "every delivery refused", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status = 'refused'")
+            .await?
+            == expected)
+    })
+    .await?;
+    // Refused once each, recorded, and not retried: a refusal is permanent.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let attempts: Vec<(String, i32, Option<i32>, Option<String>)> = sqlx::query_as(
+        "SELECT p.merchant_order_id, a.attempt, a.http_status, a.error
+         FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+         JOIN payments p ON p.id = d.payment_id ORDER BY 1, 2",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(
+        attempts.len(),
+        targets.len(),
+        "one attempt each: {attempts:?}"
+    );
+    for (order, attempt, http_status, error) in &attempts {
+        assert_eq!((*attempt, *http_status), (1, None), "{order}");
+        let error = error.as_deref().unwrap_or("");
+        assert!(error.starts_with("refused"), "{order}: {error}");
+    }
+    assert!(
+        inside.lock().expect("lock").is_empty(),
+        "nothing reached the loopback receiver"
+    );
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE stage = 'notification'")
+            .await?,
+        0,
+        "a refusal is on record in webhook_attempts, not retried into the dead letters"
+    );
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_follows_no_redirect_and_a_refused_url_is_never_a_target() -> anyhow::Result<()> {
+    let mut chain = Chain::with("redirects", |s| s.webhook_delays_ms = vec![100]).await?;
+    let (inside_url, inside) = merchant_endpoint(0).await?;
+    let (merchant_url, merchant) = merchant_endpoint(0).await?;
+    let redirect_url = redirecting_endpoint(&inside_url).await?;
+    sqlx::query("UPDATE merchants SET notify_url = $2 WHERE id = $1")
+        .bind(SHOP)
+        .bind(&merchant_url)
+        .execute(chain.pool())
+        .await?;
+    register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
+    chain.start(&[]).await?;
+    let mut redirected = request("redirected", "alice", &[("cup", 1)], "10.00");
+    redirected.notify_url = Some(redirect_url.clone());
+    chain.publish(&redirected).await?;
+    // Refused as invalid_notify_url: its URL must never be a delivery target.
+    let refused_url = format!("ftp://{}", inside_url.trim_start_matches("http://"));
+    let mut refused = request("refused-url", "alice", &[("cup", 1)], "10.00");
+    refused.notify_url = Some(refused_url.clone());
+    chain.publish(&refused).await?;
+    let (status, reason) = chain.outcome("refused-url").await?;
+    assert_eq!(status, "rejected");
+    assert!(
+        reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("invalid_notify_url"),
+        "{reason:?}"
+    );
+    assert_eq!(chain.outcome("redirected").await?.0, "settled");
+    wait_until(WAIT, "both deliveries finished", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status <> 'pending'")
+            .await?
+            == 2)
+    })
+    .await?;
+    let deliveries: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT p.merchant_order_id, d.url, d.status FROM webhook_deliveries d
+         JOIN payments p ON p.id = d.payment_id ORDER BY 1",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(
+        deliveries,
+        vec![
+            ("redirected".into(), redirect_url, "exhausted".into()),
+            ("refused-url".into(), merchant_url, "delivered".into()),
+        ],
+        "the refused payment's rejection goes to the merchant's registered URL"
+    );
+    let redirects = chain
+        .env
+        .scalar_i64("SELECT count(*) FROM webhook_attempts WHERE http_status = 307")
+        .await?;
+    assert_eq!(
+        redirects, 2,
+        "each attempt saw the redirect and did not follow it"
+    );
+    assert!(
+        inside.lock().expect("lock").is_empty(),
+        "the redirect target was never called"
+    );
+    assert_eq!(merchant.lock().expect("lock").len(), 1);
     chain.finish().await
 }
