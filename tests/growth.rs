@@ -163,7 +163,7 @@ async fn merchant_endpoint() -> anyhow::Result<String> {
 /// wallet is nearly empty; the history brings everything else.
 async fn seed(env: &TestEnv, gateway_url: &str) -> anyhow::Result<()> {
     let mut tx = env.pool.begin().await?;
-    sqlx::query("INSERT INTO merchants (id, name, signing_key) VALUES ($1, 'Shop', $2)")
+    sqlx::query("INSERT INTO merchants (id, name, signing_key, notify_hosts) VALUES ($1, 'Shop', $2, '{127.0.0.1}')")
         .bind(SHOP)
         .bind(SHOP_KEY)
         .execute(&mut *tx)

@@ -99,6 +99,10 @@ pub struct Settings {
     pub webhook_delays_ms: Vec<u64>,
     /// Timeout of one webhook request.
     pub webhook_timeout_ms: u64,
+    /// Lets merchant webhooks go to loopback addresses (127.0.0.0/8, ::1).
+    /// For the demo and tests only, whose receivers listen on 127.0.0.1;
+    /// private, link-local and unique-local addresses are refused regardless.
+    pub webhook_allow_loopback: bool,
     /// How often the expiry sweeper looks for payments past their expiry.
     pub sweep_interval_ms: u64,
     /// How often merchant and fee balances are rolled up from the journal.
@@ -174,6 +178,7 @@ impl Default for Settings {
                 43_200_000,
             ],
             webhook_timeout_ms: 5_000,
+            webhook_allow_loopback: false,
             sweep_interval_ms: 5_000,
             rollup_interval_ms: 1_000,
             channel_timeout_ms: 5_000,
@@ -573,6 +578,7 @@ fn leak_name(key: &str) -> &'static str {
         "risk_velocity_window_ms",
         "webhook_delays_ms",
         "webhook_timeout_ms",
+        "webhook_allow_loopback",
         "sweep_interval_ms",
         "rollup_interval_ms",
         "channel_timeout_ms",

@@ -101,6 +101,8 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
         // the sandbox's webhooks come to this process's own HTTP endpoint
         settings.callback_base_url = format!("http://{}", settings.http_addr);
     }
+    // the demo merchant's webhook receiver listens on 127.0.0.1
+    settings.webhook_allow_loopback = true;
     telemetry::metrics_handle();
     db::migrate(&settings)
         .await

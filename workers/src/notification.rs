@@ -3,7 +3,9 @@
 //! signed webhook to the merchant's notify URL. Webhooks are sent by
 //! [`run_webhooks`], outside any transaction, on their own exponential
 //! schedule; every attempt is logged and an exhausted delivery is
-//! dead-lettered to this stage's DLQ.
+//! dead-lettered to this stage's DLQ. Targets are checked by
+//! [`crate::webhook_target`] (deny by default); a refused one is recorded
+//! once and marked `refused`, never retried.
 
 use std::{sync::Arc, time::Duration};
 
@@ -70,10 +72,11 @@ impl Stage for Notification {
             String,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
         let row: Option<Row> = sqlx::query_as(
             "SELECT p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount, p.currency::text, p.reason,
-                    COALESCE(p.notify_url, m.notify_url)
+                    p.notify_url, m.notify_url
              FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
         )
         .bind(m.payment_id)
@@ -87,7 +90,8 @@ impl Stage for Notification {
             amount,
             currency,
             reason,
-            notify_url,
+            payment_notify_url,
+            merchant_notify_url,
         )) = row
         else {
             return Ok(Outcome::NotYet {
@@ -100,6 +104,17 @@ impl Stage for Notification {
         .bind(m.payment_id)
         .fetch_all(tx.conn())
         .await?;
+        let reason = reason.or_else(|| m.reason.clone());
+        // A URL refused as invalid_notify_url is never a delivery target:
+        // the rejection goes to the merchant's registered URL, if any.
+        let refused_url = reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("invalid_notify_url"));
+        let notify_url = if refused_url {
+            merchant_notify_url
+        } else {
+            payment_notify_url.or(merchant_notify_url)
+        };
         let event = PaymentEvent {
             schema_version: SCHEMA_VERSION,
             event_id,
@@ -111,7 +126,7 @@ impl Stage for Notification {
             status,
             amount,
             currency,
-            reason: reason.or_else(|| m.reason.clone()),
+            reason,
             sub_orders: sub_orders
                 .into_iter()
                 .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
@@ -150,13 +165,18 @@ struct Due {
     payload: Value,
     attempts: i32,
     signing_key: String,
+    notify_hosts: Vec<String>,
+    merchant_url: Option<String>,
 }
 
 /// Sends due webhooks until `stop`; claims rows with a lease so several
 /// processes share the work.
 pub async fn run_webhooks(shared: Arc<Shared>, stop: CancellationToken) {
     let timeout = Duration::from_millis(shared.settings.webhook_timeout_ms);
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    let client = match crate::webhook_target::client(
+        timeout,
+        shared.settings.webhook_allow_loopback,
+    ) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot build the webhook HTTP client; webhooks are not sent");
@@ -190,16 +210,27 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                         WHERE status = 'pending' AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
                         ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED)
            AND m.id = d.merchant_id
-         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts, m.signing_key",
+         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts, m.signing_key,
+                   m.notify_hosts, m.notify_url AS merchant_url",
     )
     .fetch_all(pool)
     .await?;
     let count = due.len();
+    let allow_loopback = shared.settings.webhook_allow_loopback;
     let sends = due.into_iter().map(|d| async move {
         let body = serde_json::to_vec(&d.payload).unwrap_or_default();
         let started = std::time::Instant::now();
+        let target = match crate::webhook_target::check(
+            &d.url,
+            &d.notify_hosts,
+            d.merchant_url.as_deref(),
+            allow_loopback,
+        ) {
+            Ok(target) => target,
+            Err(refused) => return (d, None, Some(refused.to_string()), true, 0),
+        };
         let response = client
-            .post(&d.url)
+            .post(target)
             .header("content-type", "application/json")
             .header(
                 WEBHOOK_SIGNATURE_HEADER,
@@ -216,17 +247,21 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
             .send()
             .await;
         let elapsed = started.elapsed().as_millis() as i32;
-        let (http_status, error) = match response {
-            Ok(r) if r.status().is_success() => (Some(i32::from(r.status().as_u16())), None),
+        let (http_status, error, refused) = match response {
+            Ok(r) if r.status().is_success() => (Some(i32::from(r.status().as_u16())), None, false),
             Ok(r) => (
                 Some(i32::from(r.status().as_u16())),
                 Some(format!("HTTP {}", r.status())),
+                false,
             ),
-            Err(e) => (None, Some(e.to_string())),
+            Err(e) => match crate::webhook_target::refusal(&e) {
+                Some(refused) => (None, Some(refused), true),
+                None => (None, Some(e.to_string()), false),
+            },
         };
-        (d, http_status, error, elapsed)
+        (d, http_status, error, refused, elapsed)
     });
-    for (d, http_status, error, elapsed) in futures_util::future::join_all(sends).await {
+    for (d, http_status, error, refused, elapsed) in futures_util::future::join_all(sends).await {
         let attempt = d.attempts + 1;
         sqlx::query("INSERT INTO webhook_attempts (delivery_id, attempt, http_status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
             .bind(d.id)
@@ -244,6 +279,16 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                     .execute(pool)
                     .await?;
                 metrics::counter!("payfleet_webhooks_total", "result" => "delivered").increment(1);
+            }
+            Some(error) if refused => {
+                // Permanent: on record in webhook_attempts, not retried.
+                sqlx::query("UPDATE webhook_deliveries SET status = 'refused', attempts = $2, claimed_until = NULL WHERE id = $1")
+                    .bind(d.id)
+                    .bind(attempt)
+                    .execute(pool)
+                    .await?;
+                metrics::counter!("payfleet_webhooks_total", "result" => "refused").increment(1);
+                tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook target refused");
             }
             Some(error) => {
                 let schedule = &shared.settings.webhook_delays_ms;
