@@ -3,7 +3,7 @@
 //! exchange, waits for the outcome, and asserts exact statuses, balances,
 //! stock, ledger postings and events, then the invariants.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::Utc;
 use lapin::{
@@ -1148,31 +1148,27 @@ async fn a_wallet_capture_after_the_payment_was_cancelled_changes_nothing() -> a
     chain.finish().await
 }
 
+/// What a merchant endpoint received: each body with its headers.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, BTreeMap<String, String>)>>>;
+
 /// A merchant endpoint that answers `failures` times with 500, then 200,
-/// and keeps every body and signature it got.
-async fn merchant_endpoint(
-    failures: usize,
-) -> anyhow::Result<(
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, String)>>>,
-)> {
+/// and keeps every body and its headers.
+async fn merchant_endpoint(failures: usize) -> anyhow::Result<(String, Seen)> {
     use axum::{
         Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
     };
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, String)>>>;
     let seen: Seen = Default::default();
     let app = Router::new()
         .route(
             "/hook",
             post(
                 move |State(seen): State<Seen>, headers: HeaderMap, body: Bytes| async move {
-                    let signature = headers
-                        .get("x-payfleet-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
                     let mut seen = seen.lock().expect("lock");
-                    seen.push((body.to_vec(), signature));
+                    seen.push((body.to_vec(), headers));
                     if seen.len() <= failures {
                         StatusCode::INTERNAL_SERVER_ERROR
                     } else {
@@ -1229,15 +1225,20 @@ async fn merchant_webhooks_are_signed_retried_and_dead_lettered_when_exhausted()
         6,
         "every attempt logged"
     );
-    for (body, signature) in flaky
+    let secrets = webhook_secrets(chain.pool()).await?;
+    for (body, headers) in flaky
         .lock()
         .expect("lock")
         .iter()
         .chain(down.lock().expect("lock").iter())
     {
         assert!(
-            messages::verify(SHOP_KEY, body, signature),
-            "webhook signed with the merchant's key"
+            !headers.contains_key("x-payfleet-signature"),
+            "not signed with the merchant's request-signing key"
+        );
+        assert!(
+            messages::verify_webhook(&secrets[0], headers, body),
+            "webhook signed with the merchant's webhook secret: {headers:?}"
         );
         let event: Value = serde_json::from_slice(body)?;
         assert_eq!(event["event_type"], "payment.succeeded");
@@ -1660,5 +1661,195 @@ async fn a_webhook_follows_no_redirect_and_a_refused_url_is_never_a_target() -> 
         "the redirect target was never called"
     );
     assert_eq!(merchant.lock().expect("lock").len(), 1);
+    chain.finish().await
+}
+
+/// The shop's active webhook secrets, newest first.
+async fn webhook_secrets(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT secret FROM merchant_webhook_secrets
+         WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now())
+         ORDER BY created_at DESC",
+    )
+    .bind(SHOP)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The `standardwebhooks` package from PyPI, installed once under the
+/// target directory when missing; returns the directory for PYTHONPATH.
+fn standardwebhooks_python() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-py");
+    if !dir.join("standardwebhooks").join("__init__.py").exists() {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg("standardwebhooks")
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "pip install standardwebhooks failed: {status}"
+        );
+    }
+    Ok(dir)
+}
+
+/// Verifies each case with the `standardwebhooks` Python library; returns
+/// "ok" or the library's error for each. `shift_s` moves the verifier's
+/// clock (a replay that long after the webhook was sent).
+fn verify_with_standardwebhooks(cases: &[Value]) -> anyhow::Result<Vec<String>> {
+    const SCRIPT: &str = r#"
+import base64, json, sys
+from datetime import datetime, timedelta, timezone
+import standardwebhooks.webhooks as wh
+
+real = datetime
+out = []
+for case in json.load(open(sys.argv[1])):
+    shift = timedelta(seconds=case["shift_s"])
+    class Shifted(real):
+        @classmethod
+        def now(cls, tz=None):
+            return real.now(tz) + shift
+    wh.datetime = Shifted
+    try:
+        wh.Webhook(case["secret"]).verify(base64.b64decode(case["body"]), case["headers"])
+        out.append("ok")
+    except wh.WebhookVerificationError as e:
+        out.append("refused: " + str(e))
+print(json.dumps(out))
+"#;
+    let dir = standardwebhooks_python()?;
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let script = tmp.join(format!("verify-{}.py", Uuid::now_v7()));
+    let input = tmp.join(format!("cases-{}.json", Uuid::now_v7()));
+    std::fs::write(&script, SCRIPT)?;
+    std::fs::write(&input, serde_json::to_vec(cases)?)?;
+    let output = std::process::Command::new("python3")
+        .env("PYTHONPATH", &dir)
+        .arg(&script)
+        .arg(&input)
+        .output()?;
+    let _ = std::fs::remove_file(&script);
+    let _ = std::fs::remove_file(&input);
+    anyhow::ensure!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn case(secret: &str, body: &[u8], headers: &BTreeMap<String, String>, shift_s: i64) -> Value {
+    use base64::Engine;
+    serde_json::json!({
+        "secret": secret,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "headers": headers,
+        "shift_s": shift_s,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchant_webhooks_verify_with_the_standard_webhooks_library_across_a_secret_rotation()
+-> anyhow::Result<()> {
+    let mut chain = Chain::with("stdhooks", |s| s.webhook_delays_ms = vec![1_100, 1_100]).await?;
+    let (url, seen) = merchant_endpoint(1).await?;
+    register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
+    let before = webhook_secrets(chain.pool()).await?;
+    assert_eq!(before.len(), 1, "every merchant has a webhook secret");
+    let old_secret = before[0].clone();
+    assert!(old_secret.starts_with("whsec_"), "{old_secret}");
+    assert_ne!(old_secret, SHOP_KEY);
+    chain.start(&[]).await?;
+
+    // Before the rotation: one failed attempt, then a retry.
+    let mut first = request("std-1", "alice", &[("cup", 1)], "10.00");
+    first.notify_url = Some(url.clone());
+    chain.publish(&first).await?;
+    wait_until(WAIT, "the first webhook retried and delivered", || async {
+        Ok(seen.lock().expect("lock").len() == 2)
+    })
+    .await?;
+
+    // A rotation with a grace period: the previous secret stays active.
+    let new_secret = payfleet_workers::notification::rotate_webhook_secret(
+        chain.pool(),
+        SHOP,
+        chrono::Duration::hours(1),
+    )
+    .await?;
+    assert!(new_secret.starts_with("whsec_") && new_secret != old_secret);
+    let mut second = request("std-2", "alice", &[("cup", 1)], "10.00");
+    second.notify_url = Some(url.clone());
+    chain.publish(&second).await?;
+    wait_until(WAIT, "the second webhook delivered", || async {
+        Ok(seen.lock().expect("lock").len() == 3)
+    })
+    .await?;
+    let seen = seen.lock().expect("lock").clone();
+    let (retry_a, retry_b, rotated) = (&seen[0], &seen[1], &seen[2]);
+
+    // webhook-id is stable across retries; timestamp and signature per attempt.
+    let event_id = serde_json::from_slice::<Value>(&retry_a.0)?["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(retry_a.1["webhook-id"], retry_b.1["webhook-id"]);
+    assert!(
+        retry_a.1["webhook-id"].contains(&event_id),
+        "{:?}",
+        retry_a.1
+    );
+    assert_ne!(
+        retry_a.1["webhook-timestamp"],
+        retry_b.1["webhook-timestamp"]
+    );
+    assert_ne!(
+        retry_a.1["webhook-signature"],
+        retry_b.1["webhook-signature"]
+    );
+    assert_ne!(retry_a.1["webhook-id"], rotated.1["webhook-id"]);
+    assert_eq!(
+        rotated.1["webhook-signature"].split(' ').count(),
+        2,
+        "signed with both active secrets during the rotation"
+    );
+
+    let results = verify_with_standardwebhooks(&[
+        case(&old_secret, &retry_a.0, &retry_a.1, 0),
+        case(&old_secret, &retry_b.0, &retry_b.1, 0),
+        // during the rotation: the current and the previous secret verify
+        case(&new_secret, &rotated.0, &rotated.1, 0),
+        case(&old_secret, &rotated.0, &rotated.1, 0),
+        // a replay outside the tolerance (5 minutes) is refused
+        case(&old_secret, &retry_b.0, &retry_b.1, 600),
+        // the new secret did not sign what came before the rotation
+        case(&new_secret, &retry_a.0, &retry_a.1, 0),
+        // the merchant's request-signing key is not the webhook secret
+        case(
+            &format!("whsec_{}", {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(SHOP_KEY)
+            }),
+            &rotated.0,
+            &rotated.1,
+            0,
+        ),
+        // a changed body is refused
+        case(&new_secret, b"{\"amount\":\"0.01\"}", &rotated.1, 0),
+    ])?;
+    assert_eq!(&results[..4], &["ok", "ok", "ok", "ok"], "{results:?}");
+    assert!(results[4].contains("too old"), "{results:?}");
+    for refused in &results[5..] {
+        assert!(refused.starts_with("refused"), "{results:?}");
+    }
     chain.finish().await
 }
