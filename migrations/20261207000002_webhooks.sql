@@ -8,3 +8,33 @@ ALTER TABLE merchants ADD COLUMN notify_hosts text[] NOT NULL DEFAULT '{}';
 ALTER TABLE webhook_deliveries DROP CONSTRAINT webhook_deliveries_status_check;
 ALTER TABLE webhook_deliveries ADD CONSTRAINT webhook_deliveries_status_check
     CHECK (status IN ('pending', 'delivered', 'exhausted', 'refused'));
+
+-- Merchant webhooks are signed to the Standard Webhooks specification with
+-- webhook secrets (`whsec_<base64>`), separate from the key a merchant signs
+-- its requests with. Every merchant has one; a rotation adds a new one and
+-- keeps the previous ones until `expires_at` (the grace period), signing
+-- with every active secret meanwhile. NULL expires_at: current.
+CREATE FUNCTION new_webhook_secret() RETURNS text LANGUAGE sql VOLATILE AS $$
+    SELECT 'whsec_' || encode(decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'), 'base64')
+$$;
+
+CREATE TABLE merchant_webhook_secrets (
+    merchant_id text NOT NULL REFERENCES merchants(id),
+    secret      text NOT NULL CHECK (secret LIKE 'whsec\_%'),
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at  timestamptz,
+    PRIMARY KEY (merchant_id, secret)
+);
+
+CREATE FUNCTION merchant_first_webhook_secret() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO merchant_webhook_secrets (merchant_id, secret) VALUES (NEW.id, new_webhook_secret());
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER merchants_webhook_secret AFTER INSERT ON merchants
+    FOR EACH ROW EXECUTE FUNCTION merchant_first_webhook_secret();
+
+INSERT INTO merchant_webhook_secrets (merchant_id, secret)
+    SELECT id, new_webhook_secret() FROM merchants;

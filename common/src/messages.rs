@@ -225,6 +225,84 @@ pub struct PaymentEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// Standard Webhooks (standardwebhooks.com) headers of a merchant webhook.
+pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
+pub const WEBHOOK_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
+/// How far a webhook's timestamp may be from now when verified (the
+/// specification's and its libraries' default).
+pub const WEBHOOK_TOLERANCE_S: i64 = 300;
+
+/// The key bytes of a `whsec_<base64>` webhook secret.
+fn webhook_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
+/// One Standard Webhooks signature: `v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`.
+pub fn sign_webhook(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let key = webhook_key(secret)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    Some(format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// The `webhook-signature` header: one signature per active secret,
+/// space-separated (several during a rotation).
+pub fn webhook_signatures(secrets: &[String], id: &str, timestamp: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .filter_map(|secret| sign_webhook(secret, id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Verifies a received webhook as a merchant would: one of the signatures
+/// matches (constant time) and the timestamp is within
+/// [`WEBHOOK_TOLERANCE_S`] of now. `headers` are keyed in lower case.
+pub fn verify_webhook(
+    secret: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    body: &[u8],
+) -> bool {
+    use base64::Engine;
+    let (Some(id), Some(timestamp), Some(signatures), Some(key)) = (
+        headers.get(WEBHOOK_ID_HEADER),
+        headers.get(WEBHOOK_TIMESTAMP_HEADER),
+        headers.get(WEBHOOK_SIGNATURE_HEADER),
+        webhook_key(secret),
+    ) else {
+        return false;
+    };
+    let Ok(at) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    if (Utc::now().timestamp() - at).abs() > WEBHOOK_TOLERANCE_S {
+        return false;
+    }
+    signatures.split(' ').any(|versioned| {
+        let Some(given) = versioned
+            .strip_prefix("v1,")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        else {
+            return false;
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        mac.verify_slice(&given).is_ok()
+    })
+}
+
 /// `hex(HMAC-SHA256(key, body))`.
 pub fn sign(key: &str, body: &[u8]) -> String {
     let mut mac =
@@ -285,6 +363,55 @@ mod tests {
         assert!(!verify("other", body, &signature));
         assert!(!verify("secret", br#"{"merchant_id":"m2"}"#, &signature));
         assert!(!verify("secret", body, "zz"));
+    }
+
+    /// The worked example in contracts/README.md (computed independently
+    /// with Python's hmac and checked with the `standardwebhooks` library).
+    #[test]
+    fn the_documented_webhook_test_vector_holds() {
+        let secret = "whsec_cGF5ZmxlZXQtd2ViaG9vay10ZXN0LXNlY3JldC0wMQ==";
+        let body = br#"{"event_type":"payment.succeeded","payment_id":"0193a9b2-4c1e-7d2a-9f00-5e1c2b3a4d5f"}"#;
+        let id = "5f0c6a3e-2b1d-8c4e-9a7f-0d3e5b6c7a81";
+        assert_eq!(
+            sign_webhook(secret, id, 1_796_200_000, body).as_deref(),
+            Some("v1,zcQleceDgadUUSR7bk1PKh2jEmXdgNCmxyqcV2jjsXI=")
+        );
+        let now = Utc::now().timestamp();
+        let other = "whsec_b3RoZXI=".to_owned();
+        let signatures = webhook_signatures(&[other.clone(), secret.to_owned()], id, now, body);
+        let headers: std::collections::BTreeMap<String, String> = [
+            (WEBHOOK_ID_HEADER, id.to_owned()),
+            (WEBHOOK_TIMESTAMP_HEADER, now.to_string()),
+            (WEBHOOK_SIGNATURE_HEADER, signatures),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert!(verify_webhook(secret, &headers, body));
+        assert!(verify_webhook(&other, &headers, body));
+        assert!(!verify_webhook("whsec_bm9wZQ==", &headers, body));
+        assert!(!verify_webhook(secret, &headers, b"{}"));
+        let mut old = headers.clone();
+        let then = now - WEBHOOK_TOLERANCE_S - 1;
+        old.insert(WEBHOOK_TIMESTAMP_HEADER.into(), then.to_string());
+        old.insert(
+            WEBHOOK_SIGNATURE_HEADER.into(),
+            webhook_signatures(&[secret.to_owned()], id, then, body),
+        );
+        assert!(!verify_webhook(secret, &old, body), "outside the tolerance");
+        let readme = include_str!("../../contracts/README.md");
+        for documented in [
+            secret,
+            id,
+            "webhook-timestamp: 1796200000",
+            "v1,zcQleceDgadUUSR7bk1PKh2jEmXdgNCmxyqcV2jjsXI=",
+            std::str::from_utf8(body).expect("utf-8"),
+        ] {
+            assert!(
+                readme.contains(documented),
+                "{documented} not in contracts/README.md"
+            );
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     let topology = Topology::from_settings(&settings)?;
     let pool = db::connect(&settings).await?;
 
-    let (webhook_url, webhooks_received) = webhook_receiver().await?;
+    let (webhook_url, webhooks_received, webhook_secrets) = webhook_receiver().await?;
     // The third party: the sandbox gateway, in this process but with its own store.
     let gateway =
         crate::sandbox_gateway::Gateway::new(crate::sandbox_gateway::GatewayConfig::standard());
@@ -122,6 +122,12 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     seed_channels(&pool, &format!("http://{gateway_addr}")).await?;
     let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
     let catalogue = seed(&pool, &run_id, &webhook_url).await?;
+    *webhook_secrets.write().expect("lock") = sqlx::query_scalar(
+        "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(SHOP)
+    .fetch_all(&pool)
+    .await?;
     println!("payfleet demo {run_id}: {requests} requests, catalogue seeded, fleet starting");
 
     let fleet = crate::fleet(settings.clone(), &[], true).await?;
@@ -651,22 +657,34 @@ async fn summarize(
     Ok(out)
 }
 
-/// A merchant endpoint for the demo's webhooks: verifies each signature and counts them.
-async fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+/// The demo merchant's webhook secrets, known once the merchant is seeded.
+type Secrets = Arc<std::sync::RwLock<Vec<String>>>;
+
+/// A merchant endpoint for the demo's webhooks: verifies each one (Standard
+/// Webhooks, with the merchant's webhook secrets) and counts them.
+async fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicU64>, Secrets)> {
     use axum::{
         Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
     };
     let received = Arc::new(AtomicU64::new(0));
+    let secrets: Secrets = Default::default();
     let app = Router::new()
         .route(
             "/webhooks",
             post(
-                |State(count): State<Arc<AtomicU64>>, headers: HeaderMap, body: Bytes| async move {
-                    let signature = headers
-                        .get(crate::notification::WEBHOOK_SIGNATURE_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    if messages::verify(SHOP_KEY, &body, signature) {
+                |State((count, secrets)): State<(Arc<AtomicU64>, Secrets)>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let headers: std::collections::BTreeMap<String, String> = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    let verified = secrets
+                        .read()
+                        .expect("lock")
+                        .iter()
+                        .any(|secret| messages::verify_webhook(secret, &headers, &body));
+                    if verified {
                         count.fetch_add(1, Ordering::Relaxed);
                         StatusCode::OK
                     } else {
@@ -675,13 +693,13 @@ async fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicU64>)> {
                 },
             ),
         )
-        .with_state(received.clone());
+        .with_state((received.clone(), secrets.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhooks", listener.local_addr()?);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((url, received))
+    Ok((url, received, secrets))
 }
 
 /// Points the sandbox channels of the routing table at this run's gateway.

@@ -23,8 +23,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub const NAME: &str = "notification";
-/// Header with the signature of a webhook body (the merchant's key, as upstream signs requests).
-pub const WEBHOOK_SIGNATURE_HEADER: &str = "x-payfleet-signature";
+/// Merchant webhooks follow the Standard Webhooks specification
+/// (standardwebhooks.com): `webhook-id` (the event id: stable across retries
+/// and resends), `webhook-timestamp` and `webhook-signature` (one
+/// `v1,<base64 HMAC-SHA256>` of `id.timestamp.body` per active webhook
+/// secret), made fresh for each attempt.
+pub use payfleet_common::messages::{
+    WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
+};
 
 pub struct Notification;
 
@@ -164,7 +170,7 @@ struct Due {
     url: String,
     payload: Value,
     attempts: i32,
-    signing_key: String,
+    secrets: Vec<String>,
     notify_hosts: Vec<String>,
     merchant_url: Option<String>,
 }
@@ -210,7 +216,10 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                         WHERE status = 'pending' AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
                         ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED)
            AND m.id = d.merchant_id
-         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts, m.signing_key,
+         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts,
+                   ARRAY(SELECT s.secret FROM merchant_webhook_secrets s
+                         WHERE s.merchant_id = m.id AND (s.expires_at IS NULL OR s.expires_at > now())
+                         ORDER BY s.created_at DESC) AS secrets,
                    m.notify_hosts, m.notify_url AS merchant_url",
     )
     .fetch_all(pool)
@@ -229,20 +238,24 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
             Ok(target) => target,
             Err(refused) => return (d, None, Some(refused.to_string()), true, 0),
         };
+        let id = webhook_id(&d);
+        let timestamp = Utc::now().timestamp();
+        let signatures = messages::webhook_signatures(&d.secrets, &id, timestamp, &body);
+        if signatures.is_empty() {
+            return (
+                d,
+                None,
+                Some("no active webhook secret".to_owned()),
+                false,
+                0,
+            );
+        }
         let response = client
             .post(target)
             .header("content-type", "application/json")
-            .header(
-                WEBHOOK_SIGNATURE_HEADER,
-                messages::sign(&d.signing_key, &body),
-            )
-            .header(
-                "x-payfleet-event-id",
-                d.payload
-                    .get("event_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or(""),
-            )
+            .header(WEBHOOK_ID_HEADER, id)
+            .header(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string())
+            .header(WEBHOOK_SIGNATURE_HEADER, signatures)
             .body(body)
             .send()
             .await;
@@ -327,6 +340,50 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
         }
     }
     Ok(count)
+}
+
+/// The `webhook-id` of a delivery: its event id, the same for every attempt
+/// and resend, so a merchant deduplicates on it.
+fn webhook_id(d: &Due) -> String {
+    d.payload
+        .get("event_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| d.id.to_string())
+}
+
+/// Rotates a merchant's webhook secret: a new current secret, and every
+/// other active one kept for `grace` (webhooks are signed with each
+/// meanwhile). Returns the new secret.
+pub async fn rotate_webhook_secret(
+    pool: &sqlx::PgPool,
+    merchant_id: &str,
+    grace: chrono::Duration,
+) -> Result<String, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One rotation of a merchant at a time.
+    sqlx::query_scalar::<_, String>("SELECT id FROM merchants WHERE id = $1 FOR UPDATE")
+        .bind(merchant_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    let grace_s = grace.num_milliseconds().max(0) as f64 / 1000.0;
+    sqlx::query(
+        "UPDATE merchant_webhook_secrets SET expires_at = now() + make_interval(secs => $2)
+         WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now() + make_interval(secs => $2))",
+    )
+    .bind(merchant_id)
+    .bind(grace_s)
+    .execute(&mut *tx)
+    .await?;
+    let secret: String = sqlx::query_scalar(
+        "INSERT INTO merchant_webhook_secrets (merchant_id, secret) VALUES ($1, new_webhook_secret()) RETURNING secret",
+    )
+    .bind(merchant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(secret)
 }
 
 async fn dead_letter_webhook(
