@@ -3,7 +3,11 @@
 //! exchange, waits for the outcome, and asserts exact statuses, balances,
 //! stock, ledger postings and events, then the invariants.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use chrono::Utc;
 use lapin::{
@@ -1851,5 +1855,219 @@ async fn merchant_webhooks_verify_with_the_standard_webhooks_library_across_a_se
     for refused in &results[5..] {
         assert!(refused.starts_with("refused"), "{results:?}");
     }
+    chain.finish().await
+}
+
+/// A merchant endpoint that answers 500 while `down` is set, else 200, and
+/// keeps every body with its headers.
+async fn switchable_endpoint() -> anyhow::Result<(String, Seen, std::sync::Arc<AtomicBool>)> {
+    use axum::{
+        Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
+    };
+    let seen: Seen = Default::default();
+    let down = std::sync::Arc::new(AtomicBool::new(true));
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                move |State((seen, down)): State<(Seen, std::sync::Arc<AtomicBool>)>,
+                      headers: HeaderMap,
+                      body: Bytes| async move {
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    seen.lock().expect("lock").push((body.to_vec(), headers));
+                    if down.load(Ordering::SeqCst) {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    }
+                },
+            ),
+        )
+        .with_state((seen.clone(), down.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, seen, down))
+}
+
+/// Runs the `payfleet` binary against the chain's services.
+async fn payfleet_cli(chain: &Chain, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"))
+        .envs(chain.env.worker_env())
+        .env("RUST_LOG", "warn")
+        .env("USER", "oncall-test")
+        .stdin(std::process::Stdio::null())
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay()
+-> anyhow::Result<()> {
+    let mut chain = Chain::with("resend", |s| s.webhook_delays_ms = vec![100]).await?;
+    let (url, seen, down) = switchable_endpoint().await?;
+    register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
+    chain.start(&[]).await?;
+    for order in ["resend-a", "resend-b"] {
+        let mut r = request(order, "alice", &[("cup", 1)], "10.00");
+        r.notify_url = Some(url.clone());
+        chain.publish(&r).await?;
+    }
+    wait_until(WAIT, "both webhooks exhausted and dead-lettered", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status = 'exhausted'")
+            .await?
+            == 2
+            && chain
+                .env
+                .scalar_i64("SELECT count(*) FROM dead_letters WHERE stage = 'notification' AND status = 'parked'")
+                .await?
+                == 2)
+    })
+    .await?;
+    let (a, b) = (
+        order_validation::payment_id(SHOP, "resend-a"),
+        order_validation::payment_id(SHOP, "resend-b"),
+    );
+    let first_id = |payment: Uuid| {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .find(|(body, _)| {
+                serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v["payment_id"].as_str().map(|p| p == payment.to_string()))
+                    == Some(true)
+            })
+            .map(|(_, headers)| headers["webhook-id"].clone())
+            .expect("a webhook for the payment")
+    };
+    let (id_a, id_b) = (first_id(a), first_id(b));
+    down.store(false, Ordering::SeqCst);
+
+    // Bad arguments: one line, non-zero exit; --help shows an example.
+    for bad in [
+        &["webhook", "resend"][..],
+        &["webhook", "resend", "--since", "soon"],
+        &["webhook", "list", "--payment", "not-a-payment"],
+        &["webhook", "frobnicate"],
+    ] {
+        let (code, out, err) = payfleet_cli(&chain, bad).await?;
+        assert_ne!(code, 0, "{bad:?}: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: one line: {err}");
+    }
+    for help in [&["webhook", "--help"][..], &["webhook", "resend", "--help"]] {
+        let (code, out, _) = payfleet_cli(&chain, help).await?;
+        assert_eq!(code, 0);
+        assert!(out.contains("Example"), "{help:?}: {out}");
+    }
+
+    // list by merchant and time
+    let (code, out, err) = payfleet_cli(
+        &chain,
+        &[
+            "webhook",
+            "list",
+            "--merchant",
+            SHOP,
+            "--since",
+            "1h",
+            "--json",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out)?;
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r["status"] == "exhausted"), "{out}");
+
+    // resend by payment
+    let (code, out, err) =
+        payfleet_cli(&chain, &["webhook", "resend", "--payment", &a.to_string()]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("resent 1 webhook"), "{out}");
+    let delivered = |payment: Uuid| {
+        let pool = chain.pool().clone();
+        async move {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE payment_id = $1")
+                    .bind(payment)
+                    .fetch_one(&pool)
+                    .await?;
+            Ok(status == "delivered")
+        }
+    };
+    wait_until(WAIT, "the resent webhook delivered", || delivered(a)).await?;
+
+    // dlq replay of the other one's dead letter does the same
+    let dead_letter: i64 = sqlx::query_scalar(
+        "SELECT id FROM dead_letters WHERE stage = 'notification' AND correlation_id = $1",
+    )
+    .bind(b.to_string())
+    .fetch_one(chain.pool())
+    .await?;
+    let (code, out, err) =
+        payfleet_cli(&chain, &["dlq", "replay", "--id", &dead_letter.to_string()]).await?;
+    assert_eq!(code, 0, "{out} {err}");
+    wait_until(WAIT, "the replayed webhook delivered", || delivered(b)).await?;
+
+    // The same webhook-id as before, so the merchant deduplicates.
+    let last = |payment: Uuid| {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .rev()
+            .find(|(body, _)| {
+                serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v["payment_id"].as_str().map(|p| p == payment.to_string()))
+                    == Some(true)
+            })
+            .map(|(_, headers)| headers["webhook-id"].clone())
+            .expect("a webhook for the payment")
+    };
+    assert_eq!(last(a), id_a);
+    assert_eq!(last(b), id_b);
+    let attempts: Vec<(i32,)> = sqlx::query_as(
+        "SELECT a.attempt FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+         WHERE d.payment_id = $1 ORDER BY a.attempt",
+    )
+    .bind(a)
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(attempts, vec![(1,), (2,), (3,)], "the attempt log goes on");
+    let resends = chain
+        .env
+        .scalar_i64("SELECT count(*) FROM webhook_resends WHERE operator = 'oncall-test'")
+        .await?;
+    assert_eq!(resends, 2, "both resends on record");
+    // Nothing dead-lettered as poison; the replayed row is marked replayed.
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE stage = 'notification' AND error_kind <> 'exhausted'")
+            .await?,
+        0
+    );
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE stage = 'notification' AND status = 'parked'")
+            .await?,
+        0,
+        "both dead letters answered"
+    );
     chain.finish().await
 }
