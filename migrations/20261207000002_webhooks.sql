@@ -38,3 +38,21 @@ CREATE TRIGGER merchants_webhook_secret AFTER INSERT ON merchants
 
 INSERT INTO merchant_webhook_secrets (merchant_id, secret)
     SELECT id, new_webhook_secret() FROM merchants;
+
+-- Sending a webhook again (`payfleet webhook resend`, or `dlq replay` of its
+-- dead letter) resets the delivery to pending: the attempt log goes on and
+-- the retry schedule starts again from `schedule_from` (the attempts made
+-- before the resend). Every resend is on record.
+ALTER TABLE webhook_deliveries ADD COLUMN schedule_from integer NOT NULL DEFAULT 0;
+CREATE INDEX webhook_deliveries_merchant ON webhook_deliveries (merchant_id, created_at);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at);
+
+CREATE TABLE webhook_resends (
+    id           bigserial PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT now(),
+    operator     text NOT NULL,
+    via          text NOT NULL,
+    selection    jsonb NOT NULL,
+    delivery_ids uuid[] NOT NULL,
+    count        integer NOT NULL
+);

@@ -75,6 +75,12 @@ enum Command {
         after_help = "Examples:\n  payfleet dlq list --stage settlement\n  payfleet dlq replay --id 42"
     )]
     Dlq(DlqCommand),
+    /// Merchant webhooks: list deliveries, send them again, rotate a merchant's webhook secret.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet webhook list --merchant demo-shop --status exhausted --since 24h\n  payfleet webhook resend --payment demo-shop:DS-20261202-000042\n  payfleet webhook resend --merchant demo-shop --since 2026-12-02T00:00:00Z --until 2026-12-03T00:00:00Z\n  payfleet webhook rotate-secret --merchant demo-shop --grace 24h"
+    )]
+    Webhook(WebhookCommand),
     /// Per stage ready / unacked / retrying / consumers, dead letters, outbox lag, payments; exits 2 when something needs attention.
     #[command(
         after_help = "Examples:\n  payfleet status\n  payfleet status --json\n  payfleet status --watch"
@@ -226,6 +232,72 @@ enum DlqCommand {
 }
 
 #[derive(Subcommand)]
+enum WebhookCommand {
+    /// List webhook deliveries with their status, attempts and last error.
+    #[command(
+        after_help = "Examples:\n  payfleet webhook list --status exhausted\n  payfleet webhook list --merchant demo-shop --since 2h --json\n  payfleet webhook list --payment demo-shop:DS-20261202-000042"
+    )]
+    List {
+        /// A payment id or merchant-id:merchant-order-id.
+        #[arg(long)]
+        payment: Option<String>,
+        #[arg(long)]
+        merchant: Option<String>,
+        /// Created at or after: an age (30m, 2h, 7d) or a time (RFC 3339, or a date).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Created before: an age or a time.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_parser = ["pending", "delivered", "exhausted", "refused"])]
+        status: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send webhooks again (by payment, merchant and/or time): each delivery is
+    /// reset to pending with the same webhook-id, and its dead letter marked replayed.
+    #[command(
+        after_help = "Examples:\n  payfleet webhook resend --payment demo-shop:DS-20261202-000042\n  payfleet webhook resend --merchant demo-shop --since 24h --dry-run\n  payfleet webhook resend --merchant demo-shop --status delivered --since 2026-12-02 --until 2026-12-03"
+    )]
+    Resend {
+        /// A payment id or merchant-id:merchant-order-id.
+        #[arg(long)]
+        payment: Option<String>,
+        #[arg(long)]
+        merchant: Option<String>,
+        /// Created at or after: an age (30m, 2h, 7d) or a time (RFC 3339, or a date).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Created before: an age or a time.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Which deliveries to send again (default: exhausted).
+        #[arg(long, value_parser = ["delivered", "exhausted", "refused"])]
+        status: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Give a merchant a new webhook secret; the previous ones stay active for
+    /// the grace period (webhooks carry a signature with each meanwhile).
+    #[command(
+        after_help = "Example:\n  payfleet webhook rotate-secret --merchant demo-shop --grace 24h"
+    )]
+    RotateSecret {
+        #[arg(long)]
+        merchant: String,
+        /// How long the previous secrets stay active (30m, 2h, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_age)]
+        grace: chrono::Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum PaymentCommand {
     /// Everything about one payment in time order.
     #[command(
@@ -256,6 +328,10 @@ enum PaymentCommand {
 
 fn parse_age(text: &str) -> Result<chrono::Duration, String> {
     payfleet_workers::ops::parse_age(text)
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    payfleet_workers::ops::webhook::parse_time(text)
 }
 
 fn main() -> ExitCode {
@@ -433,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Payment(command) => payment(&settings, command).await?,
+        Command::Webhook(command) => webhook(&settings, command).await?,
         Command::Reconcile {
             date,
             channel,
@@ -649,6 +726,101 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
             let operator = ops::operator(operator);
             let purged = ops::dlq::purge(&pool, &selection, &operator).await?;
             println!("purged {purged} dead letter(s) as {operator}; they stay in the store");
+        }
+    }
+    Ok(())
+}
+
+async fn webhook(settings: &Settings, command: WebhookCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops::{self, webhook::Filter};
+    let payment = |reference: Option<String>| -> anyhow::Result<Option<uuid::Uuid>> {
+        reference
+            .map(|r| ops::payment::parse_reference(&r))
+            .transpose()
+    };
+    match command {
+        WebhookCommand::List {
+            payment: reference,
+            merchant,
+            since,
+            until,
+            status,
+            limit,
+            json,
+        } => {
+            let filter = Filter {
+                payment: payment(reference)?,
+                merchant,
+                since,
+                until,
+                statuses: status,
+                limit,
+            };
+            let pool = db::connect(settings).await?;
+            let rows = ops::webhook::list(&pool, &filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                ops::webhook::print_table(&rows);
+            }
+        }
+        WebhookCommand::Resend {
+            payment: reference,
+            merchant,
+            since,
+            until,
+            status,
+            limit,
+            dry_run,
+            operator,
+        } => {
+            if reference.is_none() && merchant.is_none() && since.is_none() && until.is_none() {
+                anyhow::bail!("say which webhooks: --payment, --merchant, --since and/or --until");
+            }
+            let filter = Filter {
+                payment: payment(reference)?,
+                merchant,
+                since,
+                until,
+                statuses: if status.is_empty() {
+                    vec!["exhausted".to_owned()]
+                } else {
+                    status
+                },
+                limit,
+            };
+            let pool = db::connect(settings).await?;
+            let rows = ops::webhook::list(&pool, &filter).await?;
+            if dry_run {
+                ops::webhook::print_table(&rows);
+                println!("dry run: {} webhook(s) would be sent again", rows.len());
+                return Ok(());
+            }
+            let ids: Vec<uuid::Uuid> = rows.iter().map(|d| d.id).collect();
+            let operator = ops::operator(operator);
+            let reset = ops::webhook::resend(
+                &pool,
+                &ids,
+                &operator,
+                "webhook resend",
+                serde_json::to_value(&filter)?,
+            )
+            .await?;
+            println!(
+                "resent {} webhook(s) as {operator} (recorded in webhook_resends)",
+                reset.len()
+            );
+        }
+        WebhookCommand::RotateSecret { merchant, grace } => {
+            let pool = db::connect(settings).await?;
+            let secret =
+                payfleet_workers::notification::rotate_webhook_secret(&pool, &merchant, grace)
+                    .await
+                    .with_context(|| format!("rotating the webhook secret of `{merchant}`"))?;
+            println!(
+                "merchant {merchant}: new webhook secret {secret}; the previous ones stay active for {}h",
+                grace.num_hours()
+            );
         }
     }
     Ok(())

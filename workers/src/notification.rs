@@ -23,6 +23,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub const NAME: &str = "notification";
+/// AMQP `type` of an exhausted webhook's dead letter (its body is the event);
+/// `dlq replay` of one resets the delivery instead of publishing it.
+pub const WEBHOOK_DELIVERY_TYPE: &str = "webhook.delivery";
 /// Merchant webhooks follow the Standard Webhooks specification
 /// (standardwebhooks.com): `webhook-id` (the event id: stable across retries
 /// and resends), `webhook-timestamp` and `webhook-signature` (one
@@ -170,6 +173,7 @@ struct Due {
     url: String,
     payload: Value,
     attempts: i32,
+    schedule_from: i32,
     secrets: Vec<String>,
     notify_hosts: Vec<String>,
     merchant_url: Option<String>,
@@ -216,7 +220,7 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                         WHERE status = 'pending' AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
                         ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED)
            AND m.id = d.merchant_id
-         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts,
+         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts, d.schedule_from,
                    ARRAY(SELECT s.secret FROM merchant_webhook_secrets s
                          WHERE s.merchant_id = m.id AND (s.expires_at IS NULL OR s.expires_at > now())
                          ORDER BY s.created_at DESC) AS secrets,
@@ -305,7 +309,8 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
             }
             Some(error) => {
                 let schedule = &shared.settings.webhook_delays_ms;
-                match schedule.get(d.attempts as usize) {
+                // A resend starts the schedule again.
+                match schedule.get((d.attempts - d.schedule_from).max(0) as usize) {
                     Some(delay_ms) => {
                         sqlx::query(
                             "UPDATE webhook_deliveries SET attempts = $2, claimed_until = NULL,
@@ -398,7 +403,7 @@ async fn dead_letter_webhook(
         stage: NAME.to_owned(),
         message_id: d.id.to_string(),
         correlation_id: Some(d.payment_id.to_string()),
-        message_type: Some("webhook.delivery".to_owned()),
+        message_type: Some(WEBHOOK_DELIVERY_TYPE.to_owned()),
         attempt: 0,
         redelivered: false,
         suspect: false,

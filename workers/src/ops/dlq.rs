@@ -12,6 +12,10 @@
 //! has audited every row it marked. A crash between the publish and the
 //! commit leaves the row parked: replayed again it is at most a duplicate,
 //! which the stage's inbox absorbs (the message keeps its id).
+//!
+//! An exhausted merchant webhook (type `webhook.delivery`) is not published:
+//! its delivery is reset and the webhook sender sends it again (see
+//! `payfleet webhook resend`).
 
 use std::time::Duration;
 
@@ -254,6 +258,24 @@ pub async fn replay(
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        // An exhausted webhook: send it again by resetting its delivery.
+        if text("type").as_deref() == Some(crate::notification::WEBHOOK_DELIVERY_TYPE) {
+            let delivery = row
+                .message_id
+                .parse::<uuid::Uuid>()
+                .with_context(|| format!("dead letter {}: not a webhook delivery id", row.id))?;
+            // The resend marks this dead letter replayed in its own
+            // transaction: let go of the claim first (resetting a delivery
+            // twice only sends it again, with the same webhook-id).
+            tx.rollback().await?;
+            let resent = json!({ "dead_letter_id": row.id });
+            crate::ops::webhook::resend(pool, &[delivery], operator, "dlq replay", resent).await?;
+            let mut tx = pool.begin().await?;
+            audit(&mut tx, "replay", operator, &selection.json(), &[row.id]).await?;
+            tx.commit().await?;
+            replayed.push(row.id);
+            continue;
+        }
         let props = broker::properties(
             &row.message_id,
             text("correlation_id").as_deref(),

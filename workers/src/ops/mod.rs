@@ -1,4 +1,4 @@
-//! The ops tooling behind `payfleet dlq`, `status`, `payment` and `publish`:
+//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `publish` and `webhook`:
 //! what on-call needs at 3 a.m., every action on record.
 
 pub mod dlq;
@@ -6,6 +6,7 @@ pub mod payment;
 pub mod publish;
 pub mod reconcile;
 pub mod status;
+pub mod webhook;
 
 /// Who is acting: `--operator`, else `$USER`, else `unknown`.
 pub fn operator(given: Option<String>) -> String {
