@@ -462,6 +462,51 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
         let id = ops::payment::parse_reference(&format!("{SHOP}:{order}"))?;
         ops::payment::show(&ops_pool, id).await?;
     }
+    // `payfleet webhook list|resend`: by payment, merchant, time, status.
+    let g4 = ops::payment::parse_reference(&format!("{SHOP}:g-4"))?;
+    let day_ago = Utc::now() - chrono::Duration::days(1);
+    for filter in [
+        ops::webhook::Filter {
+            payment: Some(g4),
+            ..Default::default()
+        },
+        ops::webhook::Filter {
+            merchant: Some(SHOP.into()),
+            since: Some(day_ago),
+            ..Default::default()
+        },
+        ops::webhook::Filter {
+            since: Some(day_ago),
+            until: Some(Utc::now()),
+            ..Default::default()
+        },
+        ops::webhook::Filter {
+            statuses: vec!["exhausted".into()],
+            ..Default::default()
+        },
+        ops::webhook::Filter {
+            merchant: Some(SHOP.into()),
+            statuses: vec!["refused".into()],
+            ..Default::default()
+        },
+    ] {
+        let filter = ops::webhook::Filter {
+            limit: 100,
+            ..filter
+        };
+        ops::webhook::list(&ops_pool, &filter).await?;
+    }
+    let resent = ops::webhook::list(
+        &ops_pool,
+        &ops::webhook::Filter {
+            payment: Some(g4),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ids: Vec<uuid::Uuid> = resent.iter().map(|d| d.id).collect();
+    ops::webhook::resend(&ops_pool, &ids, "growth", "webhook resend", Value::Null).await?;
     let today = Utc::now().date_naive();
     for channel in GatewayConfig::standard().channels {
         ops::reconcile::reconcile(&ops_pool, &channel.name, today).await?;
