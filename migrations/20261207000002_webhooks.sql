@@ -46,6 +46,7 @@ INSERT INTO merchant_webhook_secrets (merchant_id, secret)
 ALTER TABLE webhook_deliveries ADD COLUMN schedule_from integer NOT NULL DEFAULT 0;
 CREATE INDEX webhook_deliveries_merchant ON webhook_deliveries (merchant_id, created_at);
 CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at);
+CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, created_at);
 
 CREATE TABLE webhook_resends (
     id           bigserial PRIMARY KEY,
