@@ -1784,13 +1784,34 @@ async fn merchant_webhooks_verify_with_the_standard_webhooks_library_across_a_se
     .await?;
 
     // A rotation with a grace period: the previous secret stays active.
-    let new_secret = payfleet_workers::notification::rotate_webhook_secret(
-        chain.pool(),
-        SHOP,
-        chrono::Duration::hours(1),
+    let (code, out, err) = payfleet_cli(
+        &chain,
+        &[
+            "webhook",
+            "rotate-secret",
+            "--merchant",
+            SHOP,
+            "--grace",
+            "1h",
+        ],
     )
     .await?;
+    assert_eq!(code, 0, "{err}");
+    let secrets = webhook_secrets(chain.pool()).await?;
+    assert_eq!(secrets.len(), 2, "the new and the previous secret");
+    let new_secret = secrets[0].clone();
     assert!(new_secret.starts_with("whsec_") && new_secret != old_secret);
+    assert!(
+        out.contains(&new_secret),
+        "the new secret is handed to ops: {out}"
+    );
+    let (code, _, err) = payfleet_cli(
+        &chain,
+        &["webhook", "rotate-secret", "--merchant", "nobody"],
+    )
+    .await?;
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     let mut second = request("std-2", "alice", &[("cup", 1)], "10.00");
     second.notify_url = Some(url.clone());
     chain.publish(&second).await?;
