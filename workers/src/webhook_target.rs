@@ -209,6 +209,77 @@ mod tests {
         assert!(!address_allowed("10.0.0.1".parse().unwrap(), true));
     }
 
+    /// A listener that answers 200 to every request and counts connections.
+    async fn counting_listener() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (addr, count)
+    }
+
+    /// Proxy variables are ignored. Runs itself again as a child process
+    /// that sets `HTTP_PROXY` and `ALL_PROXY`, so no other test sees them; a
+    /// client with a proxy does reach the proxy (the check is not vacuous).
+    #[tokio::test]
+    async fn the_webhook_client_uses_no_proxy() {
+        use std::sync::atomic::Ordering::SeqCst;
+        const CHILD: &str = "PAYFLEET_TEST_PROXY_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let output = tokio::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "webhook_target::tests::the_webhook_client_uses_no_proxy",
+                    "--exact",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy")
+                .output()
+                .await
+                .unwrap();
+            let out = String::from_utf8_lossy(&output.stdout);
+            let err = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{out}{err}");
+            assert!(out.contains("1 passed"), "{out}");
+            return;
+        }
+        let (direct, direct_count) = counting_listener().await;
+        let (proxy, proxy_count) = counting_listener().await;
+        let proxy_url = format!("http://{proxy}");
+        // SAFETY: this child process runs this one test only.
+        unsafe {
+            for name in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+                std::env::set_var(name, &proxy_url);
+            }
+        }
+        let url = format!("http://{direct}/hook");
+        // Control: a client that honours the proxy variables goes to the proxy.
+        let plain = reqwest::Client::builder().build().unwrap();
+        let _ = plain.post(&url).body("x").send().await;
+        assert_eq!(
+            proxy_count.load(SeqCst),
+            1,
+            "the control went through the proxy"
+        );
+        let guarded = client(Duration::from_secs(5), true).unwrap();
+        let response = guarded.post(&url).body("x").send().await.unwrap();
+        assert!(response.status().is_success());
+        assert_eq!(direct_count.load(SeqCst), 1, "sent directly");
+        assert_eq!(proxy_count.load(SeqCst), 1, "not through the proxy");
+    }
+
     #[test]
     fn a_target_must_be_a_registered_http_host() {
         let hosts = vec!["shop.example".to_owned()];
