@@ -2092,3 +2092,402 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
     );
     chain.finish().await
 }
+
+// ---------------------------------------------------------------------------
+// The ingress enforces its committed schema. The cases below are generated
+// from contracts/v1/payment.requested.schema.json itself: every constraint
+// of every property (and of an item) is broken once, alone, in an otherwise
+// payable request.
+
+/// One generated violation: the JSON pointer of the value that breaks it,
+/// the keyword broken, and the whole body.
+struct Violation {
+    pointer: String,
+    keyword: String,
+    body: Value,
+}
+
+fn ingress_schema() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contracts/v1/payment.requested.schema.json");
+    serde_json::from_slice(&std::fs::read(path).expect("the committed schema")).expect("JSON")
+}
+
+fn ingress_validator(schema: &Value) -> jsonschema::Validator {
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .expect("the schema compiles")
+}
+
+/// Sets the value at `pointer` (whose parent exists); `None` removes it.
+fn put(body: &mut Value, pointer: &str, value: Option<Value>) {
+    let (parent, last) = pointer.rsplit_once('/').expect("a pointer below the root");
+    let parent = body.pointer_mut(parent).expect("the parent exists");
+    match parent {
+        Value::Object(map) => match value {
+            Some(value) => {
+                map.insert(last.to_owned(), value);
+            }
+            None => {
+                map.remove(last);
+            }
+        },
+        Value::Array(list) => {
+            let index: usize = last.parse().expect("an index");
+            match value {
+                Some(value) => list[index] = value,
+                None => {
+                    list.remove(index);
+                }
+            }
+        }
+        _ => panic!("{pointer}: parent is no container"),
+    }
+}
+
+/// Values that break `keyword` of `sub` (a property's schema).
+fn breaking_values(keyword: &str, sub: &Value) -> Vec<Value> {
+    use serde_json::json;
+    let single = |v: &Value| {
+        jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&json!({ keyword: sub[keyword].clone() }))
+            .expect("a one-keyword schema")
+            .is_valid(v)
+    };
+    let candidates: Vec<Value> = match keyword {
+        "type" => vec![
+            Value::Null,
+            json!(7),
+            json!("1"),
+            json!(1.5),
+            json!(true),
+            json!([]),
+            json!({}),
+        ],
+        "const" => vec![json!(2), json!("1")],
+        "enum" => vec![json!("cash"), json!("Balance")],
+        "minLength" => vec![json!("")],
+        "maxLength" => {
+            let max = sub["maxLength"].as_u64().expect("a length") as usize;
+            vec![
+                json!("a".repeat(max + 1)),
+                json!(format!("https://a/{}", "a".repeat(max))),
+            ]
+        }
+        "pattern" => [
+            "+39.90",
+            "39.900",
+            "0.001",
+            "-1.00",
+            "1e3",
+            " 39.90",
+            "cny",
+            "CNYY",
+            "ftp://shop.example/",
+            "x\u{0}y",
+            "x\u{1f}y",
+        ]
+        .iter()
+        .map(|s| json!(s))
+        .collect(),
+        "format" => vec![
+            json!("2026-12-02 09:30:11"),
+            json!("2026-13-02T09:30:11Z"),
+            json!("not a uri"),
+        ],
+        "minItems" => vec![json!([])],
+        "maxItems" => {
+            let max = sub["maxItems"].as_u64().expect("a count");
+            vec![Value::Array(
+                (0..=max)
+                    .map(|n| json!({"sku": format!("sku-{n}"), "quantity": 1}))
+                    .collect(),
+            )]
+        }
+        "minimum" => vec![json!(sub["minimum"].as_i64().expect("a bound") - 1)],
+        "maximum" => vec![json!(sub["maximum"].as_i64().expect("a bound") + 1)],
+        _ => Vec::new(),
+    };
+    // a candidate must break this keyword; for `pattern`, `format` and the
+    // lengths it must still be a string, so that the keyword is what it breaks
+    candidates
+        .into_iter()
+        .filter(|v| !single(v))
+        .filter(|v| !matches!(keyword, "pattern" | "format") || v.is_string())
+        .collect()
+}
+
+/// Every constraint of the object schema `object` (at `pointer` in `base`)
+/// broken once.
+fn violations_of(
+    schema: &Value,
+    object: &Value,
+    pointer: &str,
+    base: &Value,
+    out: &mut Vec<Violation>,
+) {
+    let mut with = |pointer: String, keyword: &str, value: Option<Value>| {
+        let mut body = base.clone();
+        put(&mut body, &pointer, value);
+        out.push(Violation {
+            pointer,
+            keyword: keyword.to_owned(),
+            body,
+        });
+    };
+    for name in object["required"].as_array().expect("required") {
+        let name = name.as_str().expect("a name");
+        with(format!("{pointer}/{name}"), "required", None);
+    }
+    if object["additionalProperties"] == Value::Bool(false) {
+        with(
+            format!("{pointer}/unexpected"),
+            "additionalProperties",
+            Some(Value::Bool(true)),
+        );
+    }
+    let properties = object["properties"].as_object().expect("properties");
+    let mut nested = Vec::new();
+    for (name, sub) in properties {
+        let at = format!("{pointer}/{name}");
+        for keyword in sub.as_object().expect("a schema").keys() {
+            if keyword == "items" {
+                let target = sub["items"]["$ref"]
+                    .as_str()
+                    .expect("items by $ref")
+                    .trim_start_matches("#/");
+                let item = schema
+                    .pointer(&format!("/{target}"))
+                    .expect("the $ref resolves");
+                nested.push((item.clone(), format!("{at}/0")));
+                continue;
+            }
+            for value in breaking_values(keyword, sub) {
+                with(at.clone(), keyword, Some(value));
+            }
+        }
+    }
+    for (_, at) in &nested {
+        // the item itself not an object
+        with(at.clone(), "type", Some(serde_json::json!(["cup", 1])));
+        with(at.clone(), "type", Some(Value::Null));
+    }
+    for (item, at) in nested {
+        violations_of(schema, &item, &at, base, out);
+    }
+}
+
+fn schema_violations(base: &Value) -> Vec<Violation> {
+    let schema = ingress_schema();
+    let mut out = Vec::new();
+    violations_of(&schema, &schema, "", base, &mut out);
+    out
+}
+
+#[test]
+fn the_generator_breaks_every_constraint_of_the_ingress_schema() {
+    let schema = ingress_schema();
+    let validator = ingress_validator(&schema);
+    let base = serde_json::to_value(request("base", "alice", &[("cup", 1)], "10.00")).unwrap();
+    assert!(validator.is_valid(&base), "the base request is valid");
+    let cases = schema_violations(&base);
+    // every keyword of every property of the request and of an item is broken
+    let mut expected = std::collections::BTreeSet::new();
+    for (object, at) in [
+        (&schema, String::new()),
+        (&schema["$defs"]["requested_item"], "/items/0".to_owned()),
+    ] {
+        for (name, sub) in object["properties"].as_object().unwrap() {
+            for keyword in sub.as_object().unwrap().keys() {
+                if !matches!(keyword.as_str(), "description" | "items" | "title") {
+                    expected.insert(format!("{at}/{name} {keyword}"));
+                }
+            }
+        }
+        for name in object["required"].as_array().unwrap() {
+            expected.insert(format!("{at}/{} required", name.as_str().unwrap()));
+        }
+        expected.insert(format!("{at}/unexpected additionalProperties"));
+    }
+    let broken: std::collections::BTreeSet<String> = cases
+        .iter()
+        .map(|c| format!("{} {}", c.pointer, c.keyword))
+        .collect();
+    let missing: Vec<_> = expected.difference(&broken).collect();
+    assert!(missing.is_empty(), "constraints never broken: {missing:?}");
+    for case in &cases {
+        assert!(
+            !validator.is_valid(&case.body),
+            "{} {} does not break the schema: {}",
+            case.pointer,
+            case.keyword,
+            case.body
+        );
+    }
+    // the reported examples are among them
+    for amount in ["+39.90", "39.900", "0.001"] {
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.pointer == "/expected_amount" && c.body["expected_amount"] == amount)
+        );
+    }
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.pointer == "/coupon_code" && c.body["coupon_code"].is_null())
+    );
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.pointer == "/items/0" && c.body["items"][0].is_array())
+    );
+}
+
+/// What the contract promises for a body that breaks the schema at `pointer`:
+/// `None` when the message cannot be answered (no usable merchant or order
+/// id: dead-lettered), else the refusal's reason code.
+fn documented_answer(pointer: &str) -> Option<&'static str> {
+    if pointer.starts_with("/merchant_id") || pointer.starts_with("/merchant_order_id") {
+        None
+    } else if pointer == "/schema_version" {
+        Some("unsupported_schema_version")
+    } else {
+        Some("invalid_request")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_schema_violation_is_refused_with_its_pointer_and_creates_no_payment()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("schemaviol").await?;
+    chain.start(&[]).await?;
+    // the base request is payable
+    chain
+        .publish(&request("base", "alice", &[("cup", 1)], "10.00"))
+        .await?;
+    assert_eq!(chain.outcome("base").await?.0, "settled");
+
+    let mut cases = Vec::new();
+    let mut dead = Vec::new();
+    for (n, case) in schema_violations(&serde_json::to_value(request(
+        "x",
+        "alice",
+        &[("cup", 1)],
+        "10.00",
+    ))?)
+    .into_iter()
+    .enumerate()
+    {
+        let mut body = case.body;
+        let order = format!("bad-{n}");
+        if !case.pointer.starts_with("/merchant_order_id") {
+            body["merchant_order_id"] = Value::String(order.clone());
+        }
+        let bytes = serde_json::to_vec(&body)?;
+        let message_id = Uuid::now_v7().to_string();
+        let mut headers = FieldTable::default();
+        broker::set_header(
+            &mut headers,
+            messages::SIGNATURE_HEADER,
+            messages::sign(SHOP_KEY, &bytes),
+        );
+        let props = broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED))
+            .with_headers(headers);
+        chain
+            .env
+            .publish_raw(
+                "payfleet.ingress",
+                messages::kind::PAYMENT_REQUESTED,
+                &bytes,
+                props,
+            )
+            .await?;
+        match documented_answer(&case.pointer) {
+            Some(reason) => cases.push((order, message_id, reason, case.pointer, case.keyword)),
+            None => dead.push((message_id, case.pointer, case.keyword)),
+        }
+    }
+    // every message handled: committed by order-validation, or dead-lettered
+    let ids: Vec<String> = cases
+        .iter()
+        .map(|c| c.1.clone())
+        .chain(dead.iter().map(|d| d.0.clone()))
+        .collect();
+    let total = ids.len() as i64;
+    wait_until(WAIT, "every violation handled", || async {
+        let handled: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM inbox WHERE stage = 'order-validation' AND message_id = ANY($1))
+                  + (SELECT count(*) FROM dead_letters WHERE message_id = ANY($1))",
+        )
+        .bind(&ids)
+        .fetch_one(chain.pool())
+        .await?;
+        Ok(handled >= total)
+    })
+    .await?;
+    chain.env.wait_drained(WAIT).await.ok();
+
+    let mut wrong = Vec::new();
+    for (order, message_id, reason, pointer, keyword) in &cases {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT reason, detail FROM request_rejections WHERE message_id = $1")
+                .bind(message_id)
+                .fetch_optional(chain.pool())
+                .await?;
+        match row {
+            Some((got, detail))
+                if got == *reason && detail.starts_with(&format!("at {pointer}:")) => {}
+            other => wrong.push(format!("{order} {pointer} {keyword}: {other:?}")),
+        }
+    }
+    let letters = chain.env.dead_letters().await?;
+    for (message_id, pointer, keyword) in &dead {
+        match letters.iter().find(|l| &l.message_id == message_id) {
+            Some(l) if l.error_kind == "poison" && l.stage == order_validation::NAME => {}
+            other => wrong.push(format!(
+                "{pointer} {keyword}: {:?}",
+                other.map(|l| (&l.error_kind, &l.error_message))
+            )),
+        }
+    }
+    assert!(
+        letters.len() == dead.len(),
+        "only the unanswerable are dead-lettered: {:?}",
+        letters
+            .iter()
+            .map(|l| (&l.error_kind, &l.error_message))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {} violations not answered as documented:\n{}",
+        wrong.len(),
+        cases.len() + dead.len(),
+        wrong.join("\n")
+    );
+    // none of them became a payment; the refusals reached BI with the pointer
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments")
+            .await?,
+        1
+    );
+    let events = chain.events().await?;
+    for (order, _, reason, pointer, _) in &cases {
+        let event = events
+            .iter()
+            .find(|e| e["merchant_order_id"] == order.as_str())
+            .unwrap_or_else(|| panic!("no event for {order}"));
+        assert_eq!(event["status"], "rejected");
+        let text = event["reason"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with(&format!("{reason}: at {pointer}:")),
+            "{order}: {text}"
+        );
+    }
+    chain.finish().await
+}
