@@ -11,6 +11,7 @@
 
 pub mod pricing;
 pub mod risk;
+pub mod schema;
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -47,7 +48,50 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Hash of the canonical JSON content (key order and spacing do not matter).
     pub content_hash: String,
-    pub parsed: Result<PaymentRequested, String>,
+    /// The request, or why it is refused before it becomes a payment: the
+    /// reason code and a detail that starts with the JSON pointer.
+    pub parsed: Result<PaymentRequested, (&'static str, String)>,
+}
+
+/// A usable merchant or merchant order id: 1 to 128 bytes, no control
+/// characters. Without both, a request cannot be answered.
+fn usable_id(value: &Value, name: &str) -> Result<String, String> {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("payment.requested has no usable `{name}`"))
+}
+
+/// Reads a JSON body as a `payment.requested`: a missing `schema_version`, or
+/// one other than this fleet's, is `unsupported_schema_version`; anything else the committed
+/// schema refuses is `invalid_request`, with the pointer of the first violation.
+pub fn read_request(value: Value) -> Result<PaymentRequested, (&'static str, String)> {
+    match value.get("schema_version") {
+        Some(version) if version == &Value::from(SCHEMA_VERSION) => {}
+        version => {
+            let given = version.map_or_else(|| "missing".to_owned(), Value::to_string);
+            return Err((
+                "unsupported_schema_version",
+                format!(
+                    "at /schema_version: {} (this fleet speaks {SCHEMA_VERSION})",
+                    schema::printable(&given)
+                ),
+            ));
+        }
+    }
+    if let Some(violation) = schema::first_violation(&value) {
+        return Err(("invalid_request", violation.to_string()));
+    }
+    // What the schema lets through and the type cannot hold (an amount past
+    // Decimal's range, say) is refused the same way.
+    serde_json::from_value(value).map_err(|e| {
+        (
+            "invalid_request",
+            format!("at : {}", schema::printable(&e.to_string())),
+        )
+    })
 }
 
 pub struct OrderValidation {
@@ -147,21 +191,14 @@ impl Stage for OrderValidation {
         NAME
     }
 
-    /// Only a body that is not JSON, or names no merchant and order, is
-    /// undecodable (poison). Anything else is judged in `handle`.
+    /// Only a body that is not JSON, or names no usable merchant and order,
+    /// is undecodable (poison): it cannot be answered. Anything else is
+    /// judged in `handle`, a body the schema refuses included.
     fn decode(&self, inbound: &Inbound) -> Result<Request, String> {
         let value: Value = serde_json::from_slice(&inbound.body)
             .map_err(|e| format!("payment.requested is not JSON: {e}"))?;
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty() && s.len() <= 128)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("payment.requested has no usable `{name}`"))
-        };
-        let merchant_id = field("merchant_id")?;
-        let merchant_order_id = field("merchant_order_id")?;
+        let merchant_id = usable_id(&value, "merchant_id")?;
+        let merchant_order_id = usable_id(&value, "merchant_order_id")?;
         // serde_json's map is ordered by key: this is a canonical form.
         let canonical = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
         Ok(Request {
@@ -169,7 +206,7 @@ impl Stage for OrderValidation {
             merchant_order_id,
             signature: broker::header_str(Some(&inbound.headers), messages::SIGNATURE_HEADER),
             content_hash: hex::encode(Sha256::digest(&canonical)),
-            parsed: serde_json::from_value(value).map_err(|e| e.to_string()),
+            parsed: read_request(value),
             body: inbound.body.clone(),
         })
     }
@@ -290,7 +327,7 @@ impl Stage for OrderValidation {
         }
         let parsed = match &request.parsed {
             Ok(parsed) => parsed,
-            Err(error) => return refuse(tx, inbound, request, "invalid_request", error).await,
+            Err((reason, detail)) => return refuse(tx, inbound, request, reason, detail).await,
         };
         match self.judge(tx.conn(), id, parsed, request).await? {
             Verdict::Reject { reason, detail } => {
