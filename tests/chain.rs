@@ -2493,3 +2493,225 @@ async fn every_schema_violation_is_refused_with_its_pointer_and_creates_no_payme
     }
     chain.finish().await
 }
+
+// ---------------------------------------------------------------------------
+// Sizes and internal headers at the ingress.
+
+async fn publish_with_headers(
+    chain: &Chain,
+    body: &[u8],
+    extra: &[(&str, lapin::types::AMQPValue)],
+) -> anyhow::Result<String> {
+    let message_id = Uuid::now_v7().to_string();
+    let mut headers = FieldTable::default();
+    broker::set_header(
+        &mut headers,
+        messages::SIGNATURE_HEADER,
+        messages::sign(SHOP_KEY, body),
+    );
+    for (name, value) in extra {
+        headers.insert((*name).into(), value.clone());
+    }
+    let props = broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED))
+        .with_headers(headers);
+    chain
+        .env
+        .publish_raw(
+            "payfleet.ingress",
+            messages::kind::PAYMENT_REQUESTED,
+            body,
+            props,
+        )
+        .await?;
+    Ok(message_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_too_long_or_with_control_characters_are_invalid_requests() -> anyhow::Result<()> {
+    let mut chain = Chain::new("idlimits").await?;
+    chain.start(&[]).await?;
+    let long = "a".repeat(129);
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let base = || serde_json::to_value(request("x", "alice", &[("cup", 1)], "10.00")).unwrap();
+    let mut body = base();
+    body["user_id"] = Value::from(long.clone());
+    cases.push(("/user_id", body));
+    let mut body = base();
+    body["user_id"] = Value::from("ali\u{0}ce");
+    cases.push(("/user_id", body));
+    let mut body = base();
+    body["user_id"] = Value::from("ali\u{7}ce");
+    cases.push(("/user_id", body));
+    let mut body = base();
+    body["items"][0]["sku"] = Value::from(long.clone());
+    cases.push(("/items/0/sku", body));
+    let mut body = base();
+    body["items"][0]["sku"] = Value::from("cu\u{0}p");
+    cases.push(("/items/0/sku", body));
+    let mut body = base();
+    body["coupon_code"] = Value::from(long.clone());
+    cases.push(("/coupon_code", body));
+    let mut body = base();
+    body["coupon_code"] = Value::from("PCT\u{0}15");
+    cases.push(("/coupon_code", body));
+    let mut body = base();
+    body["payer_token"] = Value::from("tok\u{0}");
+    cases.push(("/payer_token", body));
+    let mut ids = Vec::new();
+    for (n, (pointer, mut body)) in cases.into_iter().enumerate() {
+        let order = format!("limits-{n}");
+        body["merchant_order_id"] = Value::from(order.clone());
+        let id = publish_with_headers(&chain, &serde_json::to_vec(&body)?, &[]).await?;
+        ids.push((id, order, pointer));
+    }
+    // an order id with a NUL cannot be answered: dead-lettered, never a database error
+    let mut body = base();
+    body["merchant_order_id"] = Value::from("limits\u{0}x");
+    let unanswerable = publish_with_headers(&chain, &serde_json::to_vec(&body)?, &[]).await?;
+    let all: Vec<String> = ids
+        .iter()
+        .map(|i| i.0.clone())
+        .chain([unanswerable.clone()])
+        .collect();
+    let total = all.len() as i64;
+    wait_until(WAIT, "every request handled", || async {
+        let handled: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM inbox WHERE stage = 'order-validation' AND message_id = ANY($1))
+                  + (SELECT count(*) FROM dead_letters WHERE message_id = ANY($1))",
+        )
+        .bind(&all)
+        .fetch_one(chain.pool())
+        .await?;
+        Ok(handled >= total)
+    })
+    .await?;
+    let mut wrong = Vec::new();
+    for (id, order, pointer) in &ids {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT reason, detail FROM request_rejections WHERE message_id = $1")
+                .bind(id)
+                .fetch_optional(chain.pool())
+                .await?;
+        match row {
+            Some((reason, detail))
+                if reason == "invalid_request" && detail.starts_with(&format!("at {pointer}:")) => {
+            }
+            other => wrong.push(format!("{order} {pointer}: {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not refused as invalid:\n{}",
+        wrong.join("\n")
+    );
+    let letters = chain.env.dead_letters().await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].message_id, unanswerable);
+    assert_eq!(
+        letters[0].error_kind, "poison",
+        "{}",
+        letters[0].error_message
+    );
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments")
+            .await?,
+        0
+    );
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_size_cap_is_dead_lettered_unread() -> anyhow::Result<()> {
+    let mut chain = Chain::new("bodycap").await?;
+    chain.start(&[]).await?;
+    // well-formed JSON, 200 KiB: read, it would be refused for its unknown field
+    let mut body = serde_json::to_value(request("big", "alice", &[("cup", 1)], "10.00"))?;
+    body["padding"] = Value::from("p".repeat(200 * 1024));
+    let id = publish_with_headers(&chain, &serde_json::to_vec(&body)?, &[]).await?;
+    wait_until(WAIT, "the big body dead-lettered", || async {
+        Ok(chain.env.dead_letters().await?.len() == 1)
+    })
+    .await?;
+    let letter = &chain.env.dead_letters().await?[0];
+    assert_eq!(letter.message_id, id);
+    assert_eq!(letter.error_kind, "poison");
+    assert!(
+        letter.error_message.contains("ingress_max_body_bytes"),
+        "{}",
+        letter.error_message
+    );
+    assert_eq!(
+        chain
+            .env
+            .scalar_i64("SELECT count(*) FROM request_rejections")
+            .await?,
+        0
+    );
+    // a request of the largest shape the schema allows is under the cap
+    let mut largest = serde_json::to_value(request("largest", "alice", &[("cup", 1)], "10.00"))?;
+    largest["items"] = Value::Array(
+        (0..100)
+            .map(|n| serde_json::json!({"sku": format!("{n:0>128}"), "quantity": 10000}))
+            .collect(),
+    );
+    largest["notify_url"] = Value::from(format!("https://shop.example/{}", "n".repeat(2000)));
+    largest["payer_token"] = Value::from("t".repeat(128));
+    largest["coupon_code"] = Value::from("c".repeat(64));
+    let id = publish_with_headers(&chain, &serde_json::to_vec(&largest)?, &[]).await?;
+    wait_until(WAIT, "the largest request judged", || async {
+        Ok(chain
+            .env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM inbox WHERE stage = 'order-validation' AND message_id = '{id}'"
+            ))
+            .await?
+            == 1)
+    })
+    .await?;
+    assert_eq!(chain.env.dead_letters().await?.len(), 1);
+    chain.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_headers_set_by_upstream_are_stripped_at_the_ingress() -> anyhow::Result<()> {
+    use lapin::types::{AMQPValue, LongString};
+    let mut chain = Chain::new("hdrstrip").await?;
+    chain.start(&[]).await?;
+    let forged = [
+        ("x-payfleet-attempt", AMQPValue::LongLongInt(99)),
+        ("x-payfleet-suspect", AMQPValue::LongLongInt(1)),
+        (
+            "x-payfleet-replayed-from",
+            AMQPValue::LongString(LongString::from("42")),
+        ),
+        ("x-payfleet-lock-waits", AMQPValue::LongLongInt(1_000_000)),
+    ];
+    // a payable request with forged counters is paid as any other
+    let body = serde_json::to_vec(&request("forged", "alice", &[("cup", 1)], "10.00"))?;
+    publish_with_headers(&chain, &body, &forged).await?;
+    assert_eq!(chain.outcome("forged").await?.0, "settled");
+    // a poison message with them is dead-lettered after one attempt, and its
+    // dead letter keeps none of upstream's internal headers
+    let id = publish_with_headers(&chain, b"not json", &forged).await?;
+    wait_until(WAIT, "the poison dead-lettered", || async {
+        Ok(chain.env.dead_letters().await?.len() == 1)
+    })
+    .await?;
+    let letter = &chain.env.dead_letters().await?[0];
+    assert_eq!(letter.message_id, id);
+    assert_eq!(letter.attempts, 1, "upstream's attempt counter is ignored");
+    for (name, _) in &forged[1..] {
+        assert!(
+            letter.headers.get(*name).is_none(),
+            "{name} kept: {}",
+            letter.headers
+        );
+    }
+    assert!(
+        letter.headers.get(messages::SIGNATURE_HEADER).is_some(),
+        "the signature is upstream's own: kept"
+    );
+    chain.finish().await
+}

@@ -374,6 +374,7 @@ fn every_subcommand_has_help_with_an_example_and_bad_arguments_get_one_line() ->
         &["topology"],
         &["topology", "apply"],
         &["topology", "export"],
+        &["topology", "upstream-user"],
         &["worker"],
         &["run"],
         &["sandbox-gateway"],
@@ -542,4 +543,111 @@ async fn the_books_migration_gives_earlier_refunds_their_entries() -> anyhow::Re
         .execute(&mut admin)
         .await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_user_may_publish_to_the_ingress_only() -> anyhow::Result<()> {
+    use lapin::{
+        BasicProperties, Connection, ConnectionProperties,
+        options::{BasicPublishOptions, ConfirmSelectOptions},
+    };
+    let env = TestEnv::new("upstreamuser").await?;
+    let vars = payfleet_tests::settings_env(&env.settings);
+    let user = format!("{}_upstream", env.name);
+    // --print shows the rabbitmqctl commands and changes nothing
+    let printed = run(
+        &vars,
+        &[
+            "topology",
+            "upstream-user",
+            "--user",
+            &user,
+            "--password",
+            "upstream-pw",
+            "--print",
+        ],
+    )?;
+    assert!(
+        printed.contains(&format!("rabbitmqctl add_user '{user}'")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(r"'^$' '^payfleet\.ingress$' '^$'"),
+        "{printed}"
+    );
+    let users = payfleet_tests::rabbitmqctl(&["list_users"]).await?;
+    assert!(!users.contains(&user), "--print creates nothing");
+    // --create makes it; a second --create is a no-op
+    run(
+        &vars,
+        &[
+            "topology",
+            "upstream-user",
+            "--user",
+            &user,
+            "--password",
+            "upstream-pw",
+            "--create",
+        ],
+    )?;
+    run(
+        &vars,
+        &[
+            "topology",
+            "upstream-user",
+            "--user",
+            &user,
+            "--password",
+            "upstream-pw",
+            "--create",
+        ],
+    )?;
+    let vhost = env
+        .settings
+        .amqp_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let url = format!("amqp://{user}:upstream-pw@127.0.0.1:5672/{vhost}");
+    let publish = |exchange: &'static str, key: &'static str| {
+        let url = url.clone();
+        async move {
+            let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    b"{}",
+                    BasicProperties::default(),
+                )
+                .await?
+                .await?;
+            let _ = connection.close(200, "done".into()).await;
+            anyhow::Ok(confirm)
+        }
+    };
+    let ingress = publish("payfleet.ingress", "payment.requested").await?;
+    assert!(ingress.is_ack(), "{ingress:?}");
+    for (exchange, key) in [
+        ("payfleet.stages", "fund-freeze"),
+        ("payfleet.retry", "order-validation.0"),
+        ("payfleet.dlx", "order-validation"),
+        ("payfleet.events", "payment.succeeded"),
+        ("", "payfleet.settlement"),
+    ] {
+        let refused = publish(exchange, key).await;
+        let text = format!("{refused:?}");
+        assert!(
+            refused.is_err() && text.contains("ACCESS_REFUSED"),
+            "{exchange}: {text}"
+        );
+    }
+    let _ = payfleet_tests::rabbitmqctl(&["delete_user", &user]).await;
+    env.teardown().await
 }
