@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Our own headers (never `x-death`, which the broker rewrites).
 pub mod header {
+    /// Every internal header starts so; the ingress strips them from what
+    /// upstream publishes (all but the request's signature).
+    pub const INTERNAL_PREFIX: &str = "x-payfleet-";
     /// Failed handling attempts so far; 0 on a first delivery.
     pub const ATTEMPT: &str = "x-payfleet-attempt";
     /// Times the message waited for a busy lock (does not use the retry budget).

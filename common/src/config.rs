@@ -69,6 +69,9 @@ pub struct Settings {
     pub lock_ttl_ms: u64,
     /// Maximum length of the ingress queue; past it publishes are rejected.
     pub ingress_max_length: u32,
+    /// Largest request body the ingress stage reads, in bytes; a larger one
+    /// is dead-lettered unread. A compact UTF-8 body the schema allows is under 60 KiB.
+    pub ingress_max_body_bytes: u32,
     /// Outbox rows one relay pass claims and publishes with pipelined confirms.
     pub outbox_batch_size: u32,
     /// How long a claimed outbox row is reserved for the relay that claimed it.
@@ -145,6 +148,7 @@ impl Default for Settings {
             crash_loop_limit: 5,
             lock_ttl_ms: 15_000,
             ingress_max_length: 100_000,
+            ingress_max_body_bytes: 131_072,
             outbox_batch_size: 256,
             outbox_lease_ms: 30_000,
             outbox_poll_ms: 1_000,
@@ -380,6 +384,10 @@ impl Settings {
             ("crash_loop_limit", u64::from(self.crash_loop_limit)),
             ("lock_ttl_ms", self.lock_ttl_ms),
             ("ingress_max_length", u64::from(self.ingress_max_length)),
+            (
+                "ingress_max_body_bytes",
+                u64::from(self.ingress_max_body_bytes),
+            ),
             ("outbox_batch_size", u64::from(self.outbox_batch_size)),
             ("outbox_lease_ms", self.outbox_lease_ms),
             ("outbox_poll_ms", self.outbox_poll_ms),
@@ -564,6 +572,7 @@ fn leak_name(key: &str) -> &'static str {
         "crash_loop_limit",
         "lock_ttl_ms",
         "ingress_max_length",
+        "ingress_max_body_bytes",
         "outbox_batch_size",
         "outbox_lease_ms",
         "outbox_poll_ms",

@@ -17,6 +17,7 @@ pub mod routing;
 pub mod sandbox_gateway;
 pub mod settlement;
 pub mod sweeper;
+pub mod upstream_user;
 pub mod webhook_target;
 
 use payfleet_common::{Fleet, Settings, Topology, fleet::FleetError};

@@ -152,6 +152,28 @@ enum TopologyCommand {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// The RabbitMQ user for upstream systems: it may publish to the ingress
+    /// exchange and do nothing else (no configure, no read, no other exchange).
+    #[command(
+        after_help = "Examples:\n  payfleet topology upstream-user --print\n  payfleet topology upstream-user --user shop-upstream --password \"$UPSTREAM_PW\" --create"
+    )]
+    UpstreamUser {
+        /// The user's name.
+        #[arg(long, default_value = "payfleet-upstream")]
+        user: String,
+        /// Its password (needed by --create; --print shows a placeholder without it).
+        #[arg(long)]
+        password: Option<String>,
+        /// Vhost it is given (default: the vhost of amqp_url).
+        #[arg(long)]
+        vhost: Option<String>,
+        /// Print the rabbitmqctl commands and change nothing.
+        #[arg(long, conflicts_with = "create", required_unless_present = "create")]
+        print: bool,
+        /// Run them with the local rabbitmqctl (idempotent: an existing user gets the password and permissions).
+        #[arg(long)]
+        create: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -438,6 +460,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => std::fs::write(&path, json + "\n")
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => println!("{json}"),
+            }
+        }
+        Command::Topology(TopologyCommand::UpstreamUser {
+            user,
+            password,
+            vhost,
+            print,
+            create,
+        }) => {
+            let topology = Topology::from_settings(&settings)?;
+            let vhost = vhost.unwrap_or_else(|| settings.amqp_vhost());
+            let user_spec = payfleet_workers::upstream_user::UpstreamUser::new(
+                &user,
+                &vhost,
+                &topology.exchanges().ingress,
+            );
+            if print {
+                let shown = password.as_deref().unwrap_or("<password>");
+                for command in user_spec.commands(shown) {
+                    println!("{}", payfleet_workers::upstream_user::shell_line(&command));
+                }
+            } else if create {
+                let password = password.context("--create needs --password")?;
+                for line in user_spec.create(&password)? {
+                    println!("{line}");
+                }
             }
         }
         Command::Worker { stages } => {

@@ -387,7 +387,11 @@ enum Gate<'a> {
 
 impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
     async fn process(&self, delivery: Delivery) {
-        let inbound = inbound(self.handler.name(), &delivery);
+        let inbound = inbound(
+            self.handler.name(),
+            &delivery,
+            &self.shared.topology.exchanges().ingress,
+        );
         let span = tracing::info_span!(
             "handle",
             stage = %inbound.stage,
@@ -407,6 +411,16 @@ impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
         .instrument(span)
         .await
     }
+}
+
+/// Upstream's headers without the fleet's internal ones.
+pub fn from_upstream(headers: lapin::types::FieldTable) -> lapin::types::FieldTable {
+    let mut map = headers.inner().clone();
+    map.retain(|key, _| {
+        let key = key.as_str().to_ascii_lowercase();
+        !key.starts_with(header::INTERNAL_PREFIX) || key == crate::messages::SIGNATURE_HEADER
+    });
+    map.into()
 }
 
 fn without(headers: lapin::types::FieldTable, key: &str) -> lapin::types::FieldTable {
@@ -436,10 +450,18 @@ async fn count_delivery(pool: &PgPool, inbound: &Inbound) -> Result<i64, sqlx::E
     .await
 }
 
-/// The handler's view of a delivery.
-pub fn inbound(stage: &str, delivery: &Delivery) -> Inbound {
+/// The handler's view of a delivery. What upstream published to the ingress
+/// exchange keeps none of the fleet's internal `x-payfleet-*` headers (the
+/// attempt and suspect counters, failure and replay marks), only its
+/// signature: upstream cannot spend a message's retries or force the
+/// crash-loop path. The fleet's own retries and replays arrive through the
+/// stages exchange, their headers intact.
+pub fn inbound(stage: &str, delivery: &Delivery, ingress_exchange: &str) -> Inbound {
     let props = &delivery.properties;
-    let headers = props.headers().clone().unwrap_or_default();
+    let mut headers = props.headers().clone().unwrap_or_default();
+    if delivery.exchange.as_str() == ingress_exchange {
+        headers = from_upstream(headers);
+    }
     Inbound {
         stage: stage.to_owned(),
         message_id: props

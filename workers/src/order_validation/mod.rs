@@ -100,6 +100,8 @@ pub struct OrderValidation {
     pub payment_ttl: chrono::Duration,
     /// `request_max_age_ms`: how far `requested_at` may be from the first receipt.
     pub request_max_age: chrono::Duration,
+    /// `ingress_max_body_bytes`: a larger body is not read at all.
+    pub max_body_bytes: usize,
 }
 
 impl OrderValidation {
@@ -111,6 +113,7 @@ impl OrderValidation {
             request_max_age: chrono::Duration::milliseconds(
                 i64::try_from(settings.request_max_age_ms).unwrap_or(i64::MAX),
             ),
+            max_body_bytes: settings.ingress_max_body_bytes as usize,
         }
     }
 }
@@ -195,6 +198,14 @@ impl Stage for OrderValidation {
     /// is undecodable (poison): it cannot be answered. Anything else is
     /// judged in `handle`, a body the schema refuses included.
     fn decode(&self, inbound: &Inbound) -> Result<Request, String> {
+        // Capped before it is parsed: a body past the cap cannot be answered.
+        if inbound.body.len() > self.max_body_bytes {
+            return Err(format!(
+                "payment.requested body of {} bytes is larger than ingress_max_body_bytes ({}); not read",
+                inbound.body.len(),
+                self.max_body_bytes
+            ));
+        }
         let value: Value = serde_json::from_slice(&inbound.body)
             .map_err(|e| format!("payment.requested is not JSON: {e}"))?;
         let merchant_id = usable_id(&value, "merchant_id")?;
