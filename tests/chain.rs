@@ -2715,3 +2715,58 @@ async fn internal_headers_set_by_upstream_are_stripped_at_the_ingress() -> anyho
     );
     chain.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_schema_accepts_is_read_and_what_the_books_cannot_hold_is_refused()
+-> anyhow::Result<()> {
+    let mut chain = Chain::new("schemaedge").await?;
+    chain.start(&[]).await?;
+    // JSON Schema counts 1.0 as an integer: a quantity written so is read
+    let mut body = serde_json::to_value(request("float-qty", "alice", &[("cup", 2)], "20.00"))?;
+    body["items"][0]["quantity"] = serde_json::json!(2.0);
+    publish_with_headers(&chain, &serde_json::to_vec(&body)?, &[]).await?;
+    assert_eq!(chain.outcome("float-qty").await?.0, "settled");
+    // amounts past what the books hold (numeric(20, 2)) are invalid requests,
+    // never a database error
+    let mut ids = Vec::new();
+    for (n, amount) in ["1000000000000000000.00", "99999999999999999999999999999"]
+        .into_iter()
+        .enumerate()
+    {
+        let order = format!("huge-{n}");
+        let mut body = serde_json::to_value(request(&order, "alice", &[("cup", 1)], "10.00"))?;
+        body["expected_amount"] = Value::from(amount);
+        ids.push(publish_with_headers(&chain, &serde_json::to_vec(&body)?, &[]).await?);
+    }
+    let total = ids.len() as i64;
+    wait_until(WAIT, "the huge amounts handled", || async {
+        let handled: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM inbox WHERE stage = 'order-validation' AND message_id = ANY($1))
+                  + (SELECT count(*) FROM dead_letters WHERE message_id = ANY($1))",
+        )
+        .bind(&ids)
+        .fetch_one(chain.pool())
+        .await?;
+        Ok(handled >= total)
+    })
+    .await?;
+    let letters = chain.env.dead_letters().await?;
+    assert!(
+        letters.is_empty(),
+        "{:?}",
+        letters
+            .iter()
+            .map(|l| (&l.error_kind, &l.error_message))
+            .collect::<Vec<_>>()
+    );
+    for id in &ids {
+        let (reason, detail): (String, String) =
+            sqlx::query_as("SELECT reason, detail FROM request_rejections WHERE message_id = $1")
+                .bind(id)
+                .fetch_one(chain.pool())
+                .await?;
+        assert_eq!(reason, "invalid_request");
+        assert!(detail.starts_with("at /expected_amount:"), "{detail}");
+    }
+    chain.finish().await
+}
