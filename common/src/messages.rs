@@ -67,7 +67,27 @@ pub struct PaymentRequested {
 #[serde(deny_unknown_fields)]
 pub struct RequestedItem {
     pub sku: String,
+    /// An integer, as JSON Schema counts them: `2.0` is read as 2.
+    #[serde(deserialize_with = "whole_number")]
     pub quantity: u32,
+}
+
+/// A `u32` written as a JSON integer or as a number with no fraction
+/// (`2.0`), which JSON Schema's `integer` accepts too.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(whole) = number.as_u64() {
+        return u32::try_from(whole).map_err(serde::de::Error::custom);
+    }
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) => {
+            Ok(value as u32)
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a whole number from 0 to {}",
+            u32::MAX
+        ))),
+    }
 }
 
 /// order-validation → fund-freeze.
