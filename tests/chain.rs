@@ -2770,3 +2770,36 @@ async fn what_the_schema_accepts_is_read_and_what_the_books_cannot_hold_is_refus
     }
     chain.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_headers_are_stripped_when_the_ingress_queue_is_reached_directly()
+-> anyhow::Result<()> {
+    use lapin::types::AMQPValue;
+    let mut chain = Chain::new("hdrdirect").await?;
+    chain.start(&[]).await?;
+    // straight to the ingress queue through the default exchange (a user
+    // with more rights than the upstream user could do this)
+    let message_id = Uuid::now_v7().to_string();
+    let mut headers = FieldTable::default();
+    headers.insert("x-payfleet-attempt".into(), AMQPValue::LongLongInt(99));
+    headers.insert("x-payfleet-suspect".into(), AMQPValue::LongLongInt(1));
+    let props = broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED))
+        .with_headers(headers);
+    chain
+        .env
+        .publish_raw("", "payfleet.ingress", b"not json", props)
+        .await?;
+    wait_until(WAIT, "the poison dead-lettered", || async {
+        Ok(chain.env.dead_letters().await?.len() == 1)
+    })
+    .await?;
+    let letter = &chain.env.dead_letters().await?[0];
+    assert_eq!(letter.message_id, message_id);
+    assert_eq!(letter.attempts, 1, "upstream's attempt counter is ignored");
+    assert!(
+        letter.headers.get("x-payfleet-suspect").is_none(),
+        "{}",
+        letter.headers
+    );
+    chain.finish().await
+}
