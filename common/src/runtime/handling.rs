@@ -454,12 +454,17 @@ async fn count_delivery(pool: &PgPool, inbound: &Inbound) -> Result<i64, sqlx::E
 /// exchange keeps none of the fleet's internal `x-payfleet-*` headers (the
 /// attempt and suspect counters, failure and replay marks), only its
 /// signature: upstream cannot spend a message's retries or force the
-/// crash-loop path. The fleet's own retries and replays arrive through the
-/// stages exchange, their headers intact.
+/// crash-loop path. The same holds for a message put straight on a queue
+/// through the default exchange. The fleet's own retries and replays arrive
+/// through the stages exchange, their headers intact.
 pub fn inbound(stage: &str, delivery: &Delivery, ingress_exchange: &str) -> Inbound {
     let props = &delivery.properties;
     let mut headers = props.headers().clone().unwrap_or_default();
-    if delivery.exchange.as_str() == ingress_exchange {
+    // The fleet publishes only through named exchanges: what came through
+    // the ingress exchange, or straight to a queue through the default
+    // exchange, is not the fleet's own.
+    let exchange = delivery.exchange.as_str();
+    if exchange == ingress_exchange || exchange.is_empty() {
         headers = from_upstream(headers);
     }
     Inbound {
