@@ -113,6 +113,25 @@ impl World {
         })
     }
 
+    /// A world whose first status query comes after 20 s, so an attempt
+    /// stays open until its webhook (after `webhook_delay`) or the test acts.
+    async fn with_open_attempts(
+        tag: &str,
+        adjust: impl FnOnce(&mut Settings),
+        webhook_delay: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::new(
+            tag,
+            |s| {
+                s.retry_delays_ms = vec![200, 400, 800, 20_000];
+                s.status_query_delays_ms = vec![20_000];
+                adjust(s);
+            },
+            webhook_delay,
+        )
+        .await
+    }
+
     fn pool(&self) -> &PgPool {
         &self.env.pool
     }
@@ -836,15 +855,8 @@ async fn a_notice_resolves_only_its_own_payments_attempt_at_its_own_channel() ->
 {
     // Webhooks come after 30 s and status queries after 20 s: the attempts
     // stay open while misdirected notices are posted.
-    let mut world = World::new(
-        "misdirected",
-        |s| {
-            s.retry_delays_ms = vec![200, 400, 800, 20_000];
-            s.status_query_delays_ms = vec![20_000];
-        },
-        Duration::from_secs(30),
-    )
-    .await?;
+    let mut world =
+        World::with_open_attempts("misdirected", |_| {}, Duration::from_secs(30)).await?;
     world.start(&[]).await?;
     let a = world.pay("a", "wallet", "tok_success").await?;
     let b = world.pay("b", "wallet", "tok_success").await?;
@@ -951,15 +963,8 @@ async fn a_notice_resolves_only_its_own_payments_attempt_at_its_own_channel() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_from_another_channel_than_the_attempts_is_dead_lettered_unapplied()
 -> anyhow::Result<()> {
-    let mut world = World::new(
-        "otherchannel",
-        |s| {
-            s.retry_delays_ms = vec![200, 400, 800, 20_000];
-            s.status_query_delays_ms = vec![20_000];
-        },
-        Duration::from_secs(30),
-    )
-    .await?;
+    let mut world =
+        World::with_open_attempts("otherchannel", |_| {}, Duration::from_secs(30)).await?;
     world.start(&[]).await?;
     let id = world.pay("wallet", "wallet", "tok_success").await?;
     wait_until(WAIT, "the attempt pending", || async {
@@ -1078,13 +1083,9 @@ async fn a_channel_added_while_the_fleet_runs_is_routed_to_and_charged() -> anyh
 async fn a_channel_added_while_the_fleet_runs_closes_an_expired_trade_and_refunds_a_late_charge()
 -> anyhow::Result<()> {
     // The gateway would only send its webhook after 30 s; the payment expires after 1.5 s.
-    let mut world = World::new(
+    let mut world = World::with_open_attempts(
         "newwallet",
-        |s| {
-            s.payment_ttl_ms = 1_500;
-            s.retry_delays_ms = vec![200, 400, 800, 20_000];
-            s.status_query_delays_ms = vec![20_000];
-        },
+        |s| s.payment_ttl_ms = 1_500,
         Duration::from_secs(30),
     )
     .await?;
@@ -1213,13 +1214,9 @@ async fn an_adapter_is_built_when_first_needed_and_again_when_its_row_changes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_closes_the_trade_first_and_a_late_success_is_owed_back() -> anyhow::Result<()> {
     // The gateway would only answer after 30 s; the payment expires after 1.5 s.
-    let mut world = World::new(
+    let mut world = World::with_open_attempts(
         "expiryclose",
-        |s| {
-            s.payment_ttl_ms = 1_500;
-            s.retry_delays_ms = vec![200, 400, 800, 20_000];
-            s.status_query_delays_ms = vec![20_000];
-        },
+        |s| s.payment_ttl_ms = 1_500,
         Duration::from_secs(30),
     )
     .await?;
@@ -1787,15 +1784,7 @@ async fn resolve_refuses_to_vouch_for_a_charge_the_channel_has_not_answered() ->
 {
     // The webhook comes after 3 s, the first status query after 20 s: the
     // attempt is still open when ops try to resolve the payment.
-    let mut world = World::new(
-        "vouch",
-        |s| {
-            s.retry_delays_ms = vec![200, 400, 800, 20_000];
-            s.status_query_delays_ms = vec![20_000];
-        },
-        Duration::from_secs(3),
-    )
-    .await?;
+    let mut world = World::with_open_attempts("vouch", |_| {}, Duration::from_secs(3)).await?;
     world.start(&[]).await?;
     let id = world.pay("open", "wallet", "tok_success").await?;
     wait_until(WAIT, "the attempt pending", || async {

@@ -293,19 +293,7 @@ impl ChannelCharge {
         let Some(entry) = self.open_entry(conn, EntryKind::ChargeOwedBack).await? else {
             return Ok(());
         };
-        if held {
-            entry
-                .post(
-                    conn,
-                    Account::Suspense(&self.channel),
-                    -self.amount,
-                    &self.currency,
-                )
-                .await?;
-        } else {
-            let fee = self.fee_at_rate(conn).await?;
-            self.receive(conn, &entry, fee).await?;
-        }
+        self.bring_in_held_or(conn, &entry, held, None).await?;
         entry
             .post(
                 conn,
@@ -326,18 +314,35 @@ impl ChannelCharge {
         entry: &Entry,
         booked_fee: Decimal,
     ) -> Result<(), StageError> {
-        if self.is_held(conn).await? {
-            entry
+        let held = self.is_held(conn).await?;
+        self.bring_in_held_or(conn, entry, held, Some(booked_fee))
+            .await
+    }
+
+    /// A held charge leaves suspense; any other comes in from the channel,
+    /// with `fee` as its cost (`None`: at the channel's current rate).
+    async fn bring_in_held_or(
+        &self,
+        conn: &mut PgConnection,
+        entry: &Entry,
+        held: bool,
+        fee: Option<Decimal>,
+    ) -> Result<(), StageError> {
+        if held {
+            return entry
                 .post(
                     conn,
                     Account::Suspense(&self.channel),
                     -self.amount,
                     &self.currency,
                 )
-                .await
-        } else {
-            self.receive(conn, entry, booked_fee).await
+                .await;
         }
+        let fee = match fee {
+            Some(fee) => fee,
+            None => self.fee_at_rate(conn).await?,
+        };
+        self.receive(conn, entry, fee).await
     }
 
     /// What was charged beyond what is settled goes back to the payer.

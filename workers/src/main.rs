@@ -253,6 +253,43 @@ enum DlqCommand {
     },
 }
 
+/// Which webhook deliveries, for `webhook list` and `webhook resend`.
+#[derive(clap::Args)]
+struct WebhookSelection {
+    /// A payment id or merchant-id:merchant-order-id.
+    #[arg(long)]
+    payment: Option<String>,
+    #[arg(long)]
+    merchant: Option<String>,
+    /// Created at or after: an age (30m, 2h, 7d) or a time (RFC 3339, or a date).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before: an age or a time.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl WebhookSelection {
+    fn filter(
+        self,
+        statuses: Vec<String>,
+        limit: i64,
+    ) -> anyhow::Result<payfleet_workers::ops::webhook::Filter> {
+        Ok(payfleet_workers::ops::webhook::Filter {
+            payment: self
+                .payment
+                .as_deref()
+                .map(payfleet_workers::ops::payment::parse_reference)
+                .transpose()?,
+            merchant: self.merchant,
+            since: self.since,
+            until: self.until,
+            statuses,
+            limit,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum WebhookCommand {
     /// List webhook deliveries with their status, attempts and last error.
@@ -260,17 +297,8 @@ enum WebhookCommand {
         after_help = "Examples:\n  payfleet webhook list --status exhausted\n  payfleet webhook list --merchant demo-shop --since 2h --json\n  payfleet webhook list --payment demo-shop:DS-20261202-000042"
     )]
     List {
-        /// A payment id or merchant-id:merchant-order-id.
-        #[arg(long)]
-        payment: Option<String>,
-        #[arg(long)]
-        merchant: Option<String>,
-        /// Created at or after: an age (30m, 2h, 7d) or a time (RFC 3339, or a date).
-        #[arg(long, value_parser = parse_time)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Created before: an age or a time.
-        #[arg(long, value_parser = parse_time)]
-        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        which: WebhookSelection,
         #[arg(long, value_parser = ["pending", "delivered", "exhausted", "refused"])]
         status: Vec<String>,
         #[arg(long, default_value_t = 100)]
@@ -284,17 +312,8 @@ enum WebhookCommand {
         after_help = "Examples:\n  payfleet webhook resend --payment demo-shop:DS-20261202-000042\n  payfleet webhook resend --merchant demo-shop --since 24h --dry-run\n  payfleet webhook resend --merchant demo-shop --status delivered --since 2026-12-02 --until 2026-12-03"
     )]
     Resend {
-        /// A payment id or merchant-id:merchant-order-id.
-        #[arg(long)]
-        payment: Option<String>,
-        #[arg(long)]
-        merchant: Option<String>,
-        /// Created at or after: an age (30m, 2h, 7d) or a time (RFC 3339, or a date).
-        #[arg(long, value_parser = parse_time)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Created before: an age or a time.
-        #[arg(long, value_parser = parse_time)]
-        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        which: WebhookSelection,
         /// Which deliveries to send again (default: exhausted).
         #[arg(long, value_parser = ["delivered", "exhausted", "refused"])]
         status: Vec<String>,
@@ -780,30 +799,15 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
 }
 
 async fn webhook(settings: &Settings, command: WebhookCommand) -> anyhow::Result<()> {
-    use payfleet_workers::ops::{self, webhook::Filter};
-    let payment = |reference: Option<String>| -> anyhow::Result<Option<uuid::Uuid>> {
-        reference
-            .map(|r| ops::payment::parse_reference(&r))
-            .transpose()
-    };
+    use payfleet_workers::ops;
     match command {
         WebhookCommand::List {
-            payment: reference,
-            merchant,
-            since,
-            until,
+            which,
             status,
             limit,
             json,
         } => {
-            let filter = Filter {
-                payment: payment(reference)?,
-                merchant,
-                since,
-                until,
-                statuses: status,
-                limit,
-            };
+            let filter = which.filter(status, limit)?;
             let pool = db::connect(settings).await?;
             let rows = ops::webhook::list(&pool, &filter).await?;
             if json {
@@ -813,30 +817,25 @@ async fn webhook(settings: &Settings, command: WebhookCommand) -> anyhow::Result
             }
         }
         WebhookCommand::Resend {
-            payment: reference,
-            merchant,
-            since,
-            until,
+            which,
             status,
             limit,
             dry_run,
             operator,
         } => {
-            if reference.is_none() && merchant.is_none() && since.is_none() && until.is_none() {
+            if which.payment.is_none()
+                && which.merchant.is_none()
+                && which.since.is_none()
+                && which.until.is_none()
+            {
                 anyhow::bail!("say which webhooks: --payment, --merchant, --since and/or --until");
             }
-            let filter = Filter {
-                payment: payment(reference)?,
-                merchant,
-                since,
-                until,
-                statuses: if status.is_empty() {
-                    vec!["exhausted".to_owned()]
-                } else {
-                    status
-                },
-                limit,
+            let statuses = if status.is_empty() {
+                vec!["exhausted".to_owned()]
+            } else {
+                status
             };
+            let filter = which.filter(statuses, limit)?;
             let pool = db::connect(settings).await?;
             let rows = ops::webhook::list(&pool, &filter).await?;
             if dry_run {
