@@ -14,7 +14,7 @@ use payfleet_common::{
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
 use payfleet_tests::TestEnv;
-use payfleet_workers::{invariants, settlement};
+use payfleet_workers::{domain::ledger, invariants};
 use rust_decimal::Decimal;
 
 const SHOP: &str = "bench-shop";
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     running.await??;
     publisher.close().await;
-    settlement::roll_up(&env.pool, 10_000_000).await?;
+    ledger::roll_up(&env.pool, 10_000_000).await?;
     let report = invariants::all(&env.pool).await?;
     let (balance, postings): (Decimal, Decimal) = sqlx::query_as(
         "SELECT a.total, (SELECT sum(amount) FROM postings p WHERE p.account_id = a.id)
@@ -233,7 +233,7 @@ async fn seed(env: &TestEnv) -> anyhow::Result<()> {
             .bind(&user)
             .execute(&mut *tx)
             .await?;
-        settlement::top_up(
+        ledger::top_up(
             &mut tx,
             &user,
             "CNY",

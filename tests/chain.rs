@@ -19,7 +19,7 @@ use payfleet_common::{
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
 use payfleet_tests::{TestEnv, wait_until};
-use payfleet_workers::{invariants, order_validation, settlement};
+use payfleet_workers::{domain::ledger, invariants, order_validation};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -163,7 +163,7 @@ impl Chain {
     async fn finish(mut self) -> anyhow::Result<()> {
         self.env.wait_drained(WAIT).await.ok();
         self.stop().await;
-        settlement::roll_up(self.pool(), 1_000_000).await?;
+        ledger::roll_up(self.pool(), 1_000_000).await?;
         let report = invariants::all(self.pool()).await?;
         assert!(report.ok(), "invariants broken: {:?}", report.failures());
         assert_emitted_messages_match_contracts(self.pool()).await?;
@@ -294,7 +294,7 @@ async fn seed(pool: &PgPool) -> anyhow::Result<()> {
         ("bob", "5.00"),
         ("mallory", "1000.00"),
     ] {
-        settlement::top_up(&mut tx, user, "CNY", d(amount), &format!("seed:{user}"))
+        ledger::top_up(&mut tx, user, "CNY", d(amount), &format!("seed:{user}"))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -340,7 +340,7 @@ async fn a_balance_payment_is_settled_with_every_cent_accounted_for() -> anyhow:
         .publish(&request("o-1", "alice", &[("tea", 2), ("cup", 1)], "70.00"))
         .await?;
     assert_eq!(chain.outcome("o-1").await?.0, "settled");
-    settlement::roll_up(chain.pool(), 1000).await?;
+    ledger::roll_up(chain.pool(), 1000).await?;
 
     assert_eq!(
         chain.balance("user", "alice").await?,
@@ -528,10 +528,10 @@ async fn risk_thresholds_follow_the_payments_currency() -> anyhow::Result<()> {
     sqlx::query("INSERT INTO stock (sku, available) VALUES ('ring', 5), ('watch', 5), ('mug', 5)")
         .execute(&mut *tx)
         .await?;
-    settlement::top_up(&mut tx, "alice", "USD", d("20000.00"), "seed:alice:usd")
+    ledger::top_up(&mut tx, "alice", "USD", d("20000.00"), "seed:alice:usd")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    settlement::top_up(&mut tx, "alice", "CNY", d("5000.00"), "seed:alice:more")
+    ledger::top_up(&mut tx, "alice", "CNY", d("5000.00"), "seed:alice:more")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tx.commit().await?;
@@ -683,7 +683,7 @@ async fn a_cart_across_three_merchants_splits_and_pays_each_less_its_fee() -> an
         ))
         .await?;
     assert_eq!(chain.outcome("cart").await?.0, "settled");
-    settlement::roll_up(chain.pool(), 1000).await?;
+    ledger::roll_up(chain.pool(), 1000).await?;
     let subs: Vec<(String, String, Decimal, Decimal)> =
         sqlx::query_as("SELECT seller_id, warehouse, payable_amount, fee_amount FROM sub_orders ORDER BY seller_id").fetch_all(chain.pool()).await?;
     assert_eq!(

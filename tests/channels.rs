@@ -12,11 +12,11 @@ use payfleet_common::{
 use payfleet_tests::{TestEnv, free_port, wait_until};
 use payfleet_workers::{
     adapters::{AdapterError, Adapters},
+    domain::ledger,
     invariants, order_validation, routing,
     sandbox_gateway::{
         ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
     },
-    settlement,
 };
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -302,7 +302,7 @@ impl World {
     async fn finish(mut self) -> anyhow::Result<()> {
         self.env.wait_drained(WAIT).await.ok();
         self.stop().await;
-        settlement::roll_up(self.pool(), 1_000_000).await?;
+        ledger::roll_up(self.pool(), 1_000_000).await?;
         let report = invariants::all(self.pool()).await?;
         assert!(report.ok(), "invariants broken: {:?}", report.failures());
         self.assert_books_match_the_channels_statements().await?;

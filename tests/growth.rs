@@ -30,9 +30,9 @@ use chrono::Utc;
 use payfleet_common::messages::{PaymentRequested, RequestedItem, SCHEMA_VERSION};
 use payfleet_tests::{RunningFleet, TestEnv, free_port, wait_until};
 use payfleet_workers::{
+    domain::ledger,
     invariants, ops,
     sandbox_gateway::{Gateway, GatewayConfig},
-    settlement,
 };
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -189,7 +189,7 @@ async fn seed(env: &TestEnv, gateway_url: &str) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO users (id, name) VALUES ('poor', 'Poor')")
         .execute(&mut *tx)
         .await?;
-    settlement::top_up(&mut tx, "poor", "CNY", d("5.00"), "seed:poor")
+    ledger::top_up(&mut tx, "poor", "CNY", d("5.00"), "seed:poor")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tx.commit().await?;
@@ -595,7 +595,7 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
         "the balance trigger's nested query was captured"
     );
 
-    settlement::roll_up(&env.pool, 1_000_000).await?;
+    ledger::roll_up(&env.pool, 1_000_000).await?;
     let report = invariants::all(&env.pool).await?;
     assert!(report.ok(), "invariants broken: {:?}", report.failures());
     let books = invariants::against_channel_statements(&env.pool, since).await?;

@@ -270,9 +270,15 @@ async fn the_chain_runs_as_separate_worker_processes() -> anyhow::Result<()> {
     sqlx::query("INSERT INTO users (id, name) VALUES ('alice', 'Alice')")
         .execute(&mut *tx)
         .await?;
-    payfleet_workers::settlement::top_up(&mut tx, "alice", "CNY", Decimal::new(100_000, 2), "seed")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    payfleet_workers::domain::ledger::top_up(
+        &mut tx,
+        "alice",
+        "CNY",
+        Decimal::new(100_000, 2),
+        "seed",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ('tea', 'm1', 'Tea', 12.50, 'CNY')").execute(&mut *tx).await?;
     sqlx::query("INSERT INTO stock (sku, available) VALUES ('tea', 100)")
         .execute(&mut *tx)
@@ -340,7 +346,7 @@ async fn the_chain_runs_as_separate_worker_processes() -> anyhow::Result<()> {
             tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await??;
         assert!(status.success(), "a worker stops cleanly on SIGTERM");
     }
-    payfleet_workers::settlement::roll_up(&env.pool, 100_000).await?;
+    payfleet_workers::domain::ledger::roll_up(&env.pool, 100_000).await?;
     let report = payfleet_workers::invariants::all(&env.pool).await?;
     assert!(report.ok(), "{:?}", report.failures());
     let wallet: Decimal = sqlx::query_scalar("SELECT total FROM accounts WHERE owner_id = 'alice'")
@@ -427,7 +433,7 @@ async fn the_books_migration_gives_earlier_refunds_their_entries() -> anyhow::Re
     use std::borrow::Cow;
 
     use payfleet_common::db;
-    use payfleet_workers::{invariants, ledger, settlement};
+    use payfleet_workers::{domain::ledger, invariants};
     use rust_decimal::Decimal;
     use sqlx::Connection as _;
     use uuid::Uuid;
@@ -515,7 +521,7 @@ async fn the_books_migration_gives_earlier_refunds_their_entries() -> anyhow::Re
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     tx.commit().await?;
-    settlement::roll_up(&pool, 1_000)
+    ledger::roll_up(&pool, 1_000)
         .await
         .map_err(|e| anyhow::anyhow!("the roll-up must go on: {e}"))?;
     let report = invariants::all(&pool).await?;

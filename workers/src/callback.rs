@@ -15,12 +15,12 @@ use payfleet_common::{
 };
 use rust_decimal::Decimal;
 
-use crate::{
+use crate::domain::{
     ledger::ChannelCharge,
     payment::{self, PaymentStatus},
 };
 
-pub const NAME: &str = "callback";
+pub const NAME: &str = crate::domain::handoff::CALLBACK;
 
 pub struct Callback;
 
@@ -81,7 +81,7 @@ impl Stage for Callback {
             }
             charge(&p, m).owe_back(tx.conn(), "late_success").await?;
             sqlx::query("UPDATE payment_attempts SET status = 'succeeded', resolved_at = now() WHERE id = $1").bind(m.attempt_id).execute(tx.conn()).await?;
-            crate::payment::emit_outcome(
+            crate::domain::payment::emit_outcome(
                 tx,
                 p.id,
                 Final::Exception,
@@ -152,7 +152,12 @@ impl Stage for Callback {
                 )
                 .await?
             {
-                crate::payment::emit_outcome(tx, p.id, Final::Exception, Some("amount_mismatch"))?;
+                crate::domain::payment::emit_outcome(
+                    tx,
+                    p.id,
+                    Final::Exception,
+                    Some("amount_mismatch"),
+                )?;
             }
             return Ok(Outcome::Exception { reason: detail });
         }
@@ -188,7 +193,7 @@ impl Stage for Callback {
                 )
                 .await?
             {
-                crate::payment::emit_outcome(
+                crate::domain::payment::emit_outcome(
                     tx,
                     p.id,
                     Final::Exception,
@@ -270,7 +275,7 @@ impl Stage for Callback {
                         )
                         .await?)
                 {
-                    crate::payment::emit_outcome(
+                    crate::domain::payment::emit_outcome(
                         tx,
                         p.id,
                         Final::Exception,
@@ -321,7 +326,7 @@ fn resolve(
     reason: Option<String>,
 ) -> Result<Outcome, StageError> {
     tx.emit_to_stage(
-        crate::settlement::NAME,
+        crate::domain::handoff::SETTLEMENT,
         kind::PAYMENT_RESOLVED,
         &PaymentResolved {
             schema_version: SCHEMA_VERSION,

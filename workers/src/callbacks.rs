@@ -188,7 +188,7 @@ async fn receive(
     ]);
     let message = Outgoing {
         exchange: shared.topology.exchanges().stages.clone(),
-        routing_key: crate::callback::NAME.to_owned(),
+        routing_key: crate::domain::handoff::CALLBACK.to_owned(),
         body,
         properties: broker::properties(
             &message_id.to_string(),

@@ -28,11 +28,11 @@ use uuid::Uuid;
 
 use crate::{
     adapters::Adapters,
-    payment::{self, PaymentStatus},
+    domain::payment::{self, PaymentStatus},
     routing,
 };
 
-pub const NAME: &str = "channel-call";
+pub const NAME: &str = crate::domain::handoff::CHANNEL_CALL;
 
 /// What we ask a channel to charge.
 #[derive(Debug, Clone)]
@@ -771,7 +771,7 @@ fn report(
     reason: Option<String>,
 ) -> Result<(), StageError> {
     tx.emit_to_stage(
-        crate::callback::NAME,
+        crate::domain::handoff::CALLBACK,
         kind::CHANNEL_RESULT,
         &ChannelResult {
             schema_version: SCHEMA_VERSION,
@@ -790,7 +790,7 @@ fn report(
 
 fn resolve_failed(tx: &mut StageTx, payment_id: Uuid, reason: &str) -> Result<(), StageError> {
     tx.emit_to_stage(
-        crate::settlement::NAME,
+        crate::domain::handoff::SETTLEMENT,
         kind::PAYMENT_RESOLVED,
         &PaymentResolved {
             schema_version: SCHEMA_VERSION,

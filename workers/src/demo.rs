@@ -26,9 +26,9 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 
 use crate::{
+    domain::ledger,
     invariants,
     order_validation::{self, pricing},
-    settlement,
 };
 
 pub const SHOP: &str = "demo-shop";
@@ -189,7 +189,7 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     publisher.close().await;
     stop.cancel();
     running.await.context("fleet task")??;
-    settlement::roll_up(&pool, 1_000_000).await?;
+    ledger::roll_up(&pool, 1_000_000).await?;
 
     let summary = summarize(
         &pool,
@@ -765,7 +765,7 @@ async fn seed(pool: &PgPool, run_id: &str, webhook_url: &str) -> anyhow::Result<
         } else {
             format!("demo-{run_id}:{user}")
         };
-        settlement::top_up(&mut tx, user, "CNY", *balance, &reference)
+        ledger::top_up(&mut tx, user, "CNY", *balance, &reference)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }

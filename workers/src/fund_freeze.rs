@@ -15,9 +15,9 @@ use payfleet_common::{
 use rust_decimal::Decimal;
 use sqlx::{Acquire, PgConnection};
 
-use crate::payment::{self, PaymentStatus};
+use crate::domain::payment::{self, PaymentStatus};
 
-pub const NAME: &str = "fund-freeze";
+pub const NAME: &str = crate::domain::handoff::FUND_FREEZE;
 
 pub struct FundFreeze;
 
@@ -82,7 +82,7 @@ impl Stage for FundFreeze {
         if p.expires_at <= Utc::now() {
             // Expired while the message waited: an empty rollback, recorded so
             // that no later Try reserves anything.
-            crate::settlement::cancel(tx.conn(), &p, PaymentStatus::Cancelled, "expired").await?;
+            crate::domain::tcc::cancel(tx.conn(), &p, PaymentStatus::Cancelled, "expired").await?;
             return payment::emit_outcome(tx, p.id, Final::Failed, Some("expired"));
         }
 
@@ -123,7 +123,7 @@ impl Stage for FundFreeze {
         )
         .await?;
         tx.emit_to_stage(
-            crate::channel_call::NAME,
+            crate::domain::handoff::CHANNEL_CALL,
             kind::FUNDS_FROZEN,
             &FundsFrozen {
                 schema_version: SCHEMA_VERSION,

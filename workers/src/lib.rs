@@ -5,13 +5,12 @@ pub mod callback;
 pub mod callbacks;
 pub mod channel_call;
 pub mod demo;
+pub mod domain;
 pub mod fund_freeze;
 pub mod invariants;
-pub mod ledger;
 pub mod notification;
 pub mod ops;
 pub mod order_validation;
-pub mod payment;
 pub mod refunds;
 pub mod routing;
 pub mod sandbox_gateway;
@@ -23,14 +22,7 @@ pub mod webhook_target;
 use payfleet_common::{Fleet, Settings, Topology, fleet::FleetError};
 
 /// Every stage, in chain order.
-pub const STAGES: [&str; 6] = [
-    order_validation::NAME,
-    fund_freeze::NAME,
-    channel_call::NAME,
-    callback::NAME,
-    settlement::NAME,
-    notification::NAME,
-];
+pub const STAGES: [&str; 6] = domain::handoff::STAGES;
 
 /// Declares the committed topology on the vhost of `amqp_url` (idempotent).
 pub async fn apply_topology(

@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub const NAME: &str = "notification";
+pub const NAME: &str = crate::domain::handoff::NOTIFICATION;
 /// AMQP `type` of an exhausted webhook's dead letter (its body is the event);
 /// `dlq replay` of one resets the delivery instead of publishing it.
 pub const WEBHOOK_DELIVERY_TYPE: &str = "webhook.delivery";

@@ -77,7 +77,7 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
                     .execute(&mut *tx)
                     .await?;
                 if sent.rows_affected() == 1 {
-                    crate::ledger::refund_sent(
+                    crate::domain::ledger::refund_sent(
                         &mut tx, refund_id, attempt_id, &channel, amount, &currency,
                     )
                     .await

@@ -8,15 +8,16 @@ use std::{sync::Arc, time::Duration};
 use payfleet_common::{
     CancellationToken,
     messages::{Outcome as Final, SCHEMA_VERSION, TradeClose, kind},
-    outbox::{self, OutboxMessage},
+    outbox,
     runtime::Shared,
 };
 use sqlx::Acquire;
 use uuid::Uuid;
 
-use crate::{
+use crate::domain::{
+    handoff, ledger,
     payment::{self, PaymentStatus},
-    settlement,
+    tcc,
 };
 
 /// The advisory lock key of the sweep ("PFSWEEP" in ASCII, as a number).
@@ -88,11 +89,11 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
         if at_a_channel {
             // A trade may exist at the channel: it is closed first, so no late
             // success can follow the release (channel-call closes, then settlement cancels).
-            let message = OutboxMessage::json(
-                &shared.topology.exchanges().stages,
-                crate::channel_call::NAME,
+            let message = handoff::to_stage(
+                &shared.topology,
+                handoff::CHANNEL_CALL,
                 kind::TRADE_CLOSE,
-                Some(&id.to_string()),
+                id,
                 &TradeClose {
                     schema_version: SCHEMA_VERSION,
                     payment_id: id,
@@ -114,15 +115,15 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
             cancelled += 1;
             continue;
         }
-        if settlement::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
+        if tcc::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
             .await
             .map_err(|e| e.to_string())?
         {
-            let message = OutboxMessage::json(
-                &shared.topology.exchanges().stages,
-                crate::notification::NAME,
+            let message = handoff::to_stage(
+                &shared.topology,
+                handoff::NOTIFICATION,
                 kind::PAYMENT_OUTCOME,
-                Some(&id.to_string()),
+                id,
                 &payment::outcome_message(id, Final::Failed, Some("expired")),
             )
             .map_err(|e| e.to_string())?;
@@ -141,7 +142,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
 pub async fn run_roll_up(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.settings.rollup_interval_ms);
     loop {
-        match settlement::roll_up(&shared.pool, 5_000).await {
+        match ledger::roll_up(&shared.pool, 5_000).await {
             Ok(5_000) => continue,
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "roll-up failed"),
@@ -149,7 +150,7 @@ pub async fn run_roll_up(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => {
-                let _ = settlement::roll_up(&shared.pool, 100_000).await;
+                let _ = ledger::roll_up(&shared.pool, 100_000).await;
                 return;
             }
         }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use payfleet_common::{
     Settings, Topology,
     messages::{ChannelResult, Outcome as Final, SCHEMA_VERSION, kind},
-    outbox::{self, OutboxMessage},
+    outbox,
 };
 use serde_json::{Value, json};
 use sqlx::{Acquire, PgPool};
@@ -17,10 +17,13 @@ use uuid::Uuid;
 use crate::{
     adapters::Adapters,
     channel_call::ChannelReply,
-    ledger::ChannelCharge,
+    domain::{
+        handoff,
+        ledger::ChannelCharge,
+        payment::{self, PaymentStatus},
+        tcc,
+    },
     order_validation,
-    payment::{self, PaymentStatus},
-    settlement,
 };
 
 /// `<payment id>` or `<merchant id>:<merchant order id>`.
@@ -183,7 +186,7 @@ pub async fn resolve(
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .context("payment vanished")?;
-        settlement::confirm(&mut tx, &p)
+        tcc::confirm(&mut tx, &p)
             .await
             .map_err(|e| anyhow::anyhow!("Confirm: {e}"))?;
         Final::Succeeded
@@ -191,7 +194,7 @@ pub async fn resolve(
         if status == PaymentStatus::Paid {
             bail!("payment {id} is paid at its channel: resolve it as paid, or refund it");
         }
-        if !settlement::cancel(&mut tx, &p, PaymentStatus::Failed, &detail)
+        if !tcc::cancel(&mut tx, &p, PaymentStatus::Failed, &detail)
             .await
             .map_err(|e| anyhow::anyhow!("Cancel: {e}"))?
         {
@@ -209,11 +212,11 @@ pub async fn resolve(
         }
         Final::Failed
     };
-    let message = OutboxMessage::json(
-        &topology.exchanges().stages,
-        crate::notification::NAME,
+    let message = handoff::to_stage(
+        &topology,
+        handoff::NOTIFICATION,
         kind::PAYMENT_OUTCOME,
-        Some(&id.to_string()),
+        id,
         &payment::outcome_message(id, outcome, Some(&detail)),
     )?;
     outbox::insert(&mut tx, &[message]).await?;
@@ -288,11 +291,11 @@ pub async fn requery(
         .execute(&mut *tx)
         .await?;
     if let Some(result) = result {
-        let message = OutboxMessage::json(
-            &topology.exchanges().stages,
-            crate::callback::NAME,
+        let message = handoff::to_stage(
+            &topology,
+            handoff::CALLBACK,
             kind::CHANNEL_RESULT,
-            Some(&id.to_string()),
+            id,
             &result,
         )?;
         outbox::insert(&mut tx, &[message]).await?;

@@ -127,7 +127,7 @@ pub async fn resend(
          WHERE message_id = ANY($1) AND stage = $2 AND status = 'parked'",
     )
     .bind(&message_ids)
-    .bind(crate::notification::NAME)
+    .bind(crate::domain::handoff::NOTIFICATION)
     .execute(&mut *tx)
     .await?;
     sqlx::query(

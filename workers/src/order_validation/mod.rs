@@ -29,11 +29,11 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::payment::PaymentStatus;
+use crate::domain::payment::PaymentStatus;
 use pricing::{Coupon, CouponRule, LadderStep, Product};
 use risk::{Decision, RiskRules};
 
-pub const NAME: &str = "order-validation";
+pub const NAME: &str = crate::domain::handoff::ORDER_VALIDATION;
 const MAX_LINES: usize = 100;
 const MAX_QUANTITY: u32 = 10_000;
 /// Payment methods: the wallet, or a third-party channel.
@@ -354,7 +354,7 @@ impl Stage for OrderValidation {
                     self.payment_ttl,
                 )
                 .await?;
-                crate::payment::emit_outcome(tx, id, Final::Rejected, Some(reason))
+                crate::domain::payment::emit_outcome(tx, id, Final::Rejected, Some(reason))
             }
             Verdict::Accept(order) => {
                 let (decision, reasons) = risk::decide(
@@ -384,7 +384,12 @@ impl Stage for OrderValidation {
                             self.payment_ttl,
                         )
                         .await?;
-                        crate::payment::emit_outcome(tx, id, Final::Rejected, Some("risk_blocked"))
+                        crate::domain::payment::emit_outcome(
+                            tx,
+                            id,
+                            Final::Rejected,
+                            Some("risk_blocked"),
+                        )
                     }
                     Decision::Challenge => {
                         let detail = format!("risk_challenge: {}", reasons.join(", "));
@@ -400,7 +405,7 @@ impl Stage for OrderValidation {
                             self.payment_ttl,
                         )
                         .await?;
-                        crate::payment::emit_outcome(
+                        crate::domain::payment::emit_outcome(
                             tx,
                             id,
                             Final::Rejected,
@@ -422,7 +427,7 @@ impl Stage for OrderValidation {
                         .await?;
                         insert_order(tx.conn(), id, parsed, &order).await?;
                         tx.emit_to_stage(
-                            crate::fund_freeze::NAME,
+                            crate::domain::handoff::FUND_FREEZE,
                             kind::ORDER_VALIDATED,
                             &messages::OrderValidated {
                                 schema_version: SCHEMA_VERSION,

@@ -199,7 +199,7 @@ pub fn emit_outcome(
     reason: Option<&str>,
 ) -> Result<Outcome, StageError> {
     tx.emit_to_stage(
-        crate::notification::NAME,
+        crate::domain::handoff::NOTIFICATION,
         kind::PAYMENT_OUTCOME,
         &outcome_message(id, outcome, reason),
     )?;

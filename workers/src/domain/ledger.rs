@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::payment::{self, EXTERNAL_WORLD, PLATFORM_FEES};
+use crate::domain::payment::{self, EXTERNAL_WORLD, PLATFORM_FEES};
 
 /// An account by its business meaning.
 #[derive(Debug, Clone, Copy)]

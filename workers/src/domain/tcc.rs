@@ -1,0 +1,364 @@
+//! TCC, the three steps that keep a payment's reservations and its money
+//! consistent, each idempotent: Confirm and Cancel, used by settlement, by
+//! fund-freeze (a Try that comes too late), by the expiry sweeper and by
+//! the operator's `payment resolve`.
+//!
+//! Confirm deducts the frozen funds from the payer's wallet, posts one
+//! balanced journal entry (payer or channel → each seller's account per
+//! sub-order, less its fee; the fees → the platform's fee account; a
+//! channel's fee → the platform's cost), deducts the reserved
+//! stock, consumes the coupon and marks the order paid. Cancel releases the
+//! freeze, the stock and the coupon and closes the order; run before its Try
+//! (an empty rollback) it records itself so the late Try reserves nothing.
+
+use payfleet_common::{money, runtime::StageError};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{
+    ledger::{Account, ChannelCharge, Entry, EntryKind},
+    payment::{self, Payment, PaymentStatus},
+};
+
+/// TCC Confirm of a `paid` payment; moves it to `settled`.
+///
+/// A channel payment settles what the channel actually charged: a shortfall
+/// is taken from the sub-orders by exact allocation, an excess is owed back
+/// to the payer. A charge in another currency cannot settle the payment.
+pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageError> {
+    let reservation: Option<(Option<i64>, Decimal)> = sqlx::query_as(
+        "UPDATE reservations SET status = 'confirmed', finished_at = now() WHERE payment_id = $1 AND status = 'tried'
+         RETURNING account_id, amount",
+    )
+    .bind(p.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((wallet, amount)) = reservation else {
+        return Err(StageError::permanent(format!(
+            "payment {} is paid but holds no open reservation",
+            p.id
+        )));
+    };
+    // Paid at a third-party channel: what it actually charged.
+    let charge = match wallet {
+        Some(_) => None,
+        // Paid at a channel: only what it reported charging can settle.
+        None => Some(
+            ChannelCharge::of_payment(conn, p.id)
+                .await?
+                .ok_or_else(|| {
+                    StageError::permanent(format!(
+                        "payment {} has no succeeded attempt at its channel: nothing to settle",
+                        p.id
+                    ))
+                })?,
+        ),
+    };
+    let attempt = charge.as_ref().map(|c| c.attempt_id);
+    let Some(entry) = Entry::open(conn, &p.id.to_string(), EntryKind::Payment, attempt).await?
+    else {
+        return Err(StageError::permanent(format!(
+            "payment {} already has its journal entry",
+            p.id
+        )));
+    };
+    let settled = match (wallet, charge) {
+        // Paid from the wallet: the frozen funds leave it.
+        (Some(wallet), _) => {
+            let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
+                "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
+                 RETURNING available, frozen",
+            )
+            .bind(wallet)
+            .bind(amount)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((available_after, frozen_after)) = debited else {
+                return Err(StageError::permanent(format!(
+                    "wallet {wallet} holds less frozen than payment {} reserved",
+                    p.id
+                )));
+            };
+            statement(
+                conn,
+                wallet,
+                p.id,
+                "debit",
+                amount,
+                &p.currency,
+                available_after,
+                frozen_after,
+            )
+            .await?;
+            entry
+                .post(conn, Account::Wallet(&p.user_id), -amount, &p.currency)
+                .await?;
+            amount
+        }
+        // Paid at a third-party channel: what it charged comes in (from the
+        // channel, or from suspense after a review); the channel's fee is
+        // the platform's cost.
+        (None, Some(charge)) => {
+            if charge.currency != p.currency {
+                return Err(StageError::permanent(format!(
+                    "payment {} is in {} but its channel charged {} {}: it cannot settle",
+                    p.id, p.currency, charge.amount, charge.currency
+                )));
+            }
+            let fee = if charge.amount == p.amount {
+                p.channel_fee
+            } else {
+                money::round(p.channel_fee * charge.amount / p.amount)
+            };
+            charge.bring_in(conn, &entry, fee).await?;
+            let settled = charge.amount.min(amount);
+            charge
+                .owe_back_excess(conn, &entry, charge.amount - settled)
+                .await?;
+            if settled < amount {
+                take_shortfall(conn, p.id, amount - settled).await?;
+            }
+            settled
+        }
+        (None, None) => {
+            return Err(StageError::permanent(format!(
+                "payment {} has neither a wallet freeze nor a channel charge",
+                p.id
+            )));
+        }
+    };
+    let details: Vec<(String, Decimal, Decimal)> =
+        sqlx::query_as("SELECT seller_id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id")
+            .bind(p.id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut fees = Decimal::ZERO;
+    let mut credited = Decimal::ZERO;
+    for (seller, payable, fee) in &details {
+        entry
+            .post(
+                conn,
+                Account::Merchant(seller),
+                *payable - *fee,
+                &p.currency,
+            )
+            .await?;
+        fees += *fee;
+        credited += *payable;
+    }
+    entry
+        .post(conn, Account::PlatformFees, fees, &p.currency)
+        .await?;
+    if credited != settled {
+        return Err(StageError::permanent(format!(
+            "payment {}: sub-orders sum to {credited} but {settled} is settled",
+            p.id
+        )));
+    }
+
+    sqlx::query(
+        "UPDATE stock s SET reserved = s.reserved - r.quantity FROM stock_reservations r
+         WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
+    )
+    .bind(p.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE stock_reservations SET status = 'deducted' WHERE payment_id = $1 AND status = 'reserved'")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE transaction_details SET status = 'paid' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE orders SET status = 'paid' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    if !payment::transition(
+        conn,
+        p.id,
+        PaymentStatus::Paid,
+        PaymentStatus::Settled,
+        None,
+    )
+    .await?
+    {
+        return Err(StageError::transient(format!(
+            "payment {} left `paid` during Confirm",
+            p.id
+        )));
+    }
+    Ok(())
+}
+
+/// TCC Cancel of a `validated`, `frozen` (or, by hand, `exception`) payment; moves it to `to`
+/// (`failed` or `cancelled`). Returns false when it was not cancellable.
+pub async fn cancel(
+    conn: &mut PgConnection,
+    p: &Payment,
+    to: PaymentStatus,
+    reason: &str,
+) -> Result<bool, StageError> {
+    let from = p.status()?;
+    // An exception is cancelled only by hand (payfleet payment resolve).
+    if !matches!(
+        from,
+        PaymentStatus::Validated | PaymentStatus::Frozen | PaymentStatus::Exception
+    ) {
+        return Ok(false);
+    }
+    let reservation: Option<(Option<i64>, Decimal, String)> = sqlx::query_as(
+        "SELECT account_id, amount, status FROM reservations WHERE payment_id = $1 FOR UPDATE",
+    )
+    .bind(p.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match reservation {
+        None => {
+            // Empty rollback: Try never ran. Recorded, so a late Try is refused.
+            sqlx::query("INSERT INTO reservations (payment_id, amount, currency, status, finished_at) VALUES ($1, $2, $3, 'cancelled', now())")
+                .bind(p.id)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Some((None, _, status)) if status == "tried" => {
+            // A channel payment: no wallet was frozen.
+            sqlx::query("UPDATE reservations SET status = 'cancelled', finished_at = now() WHERE payment_id = $1")
+                .bind(p.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Some((Some(wallet), amount, status)) if status == "tried" => {
+            let released: (Decimal, Decimal) = sqlx::query_as(
+                "UPDATE accounts SET available = available + $2, frozen = frozen - $2, updated_at = now()
+                 WHERE id = $1 AND frozen >= $2 RETURNING available, frozen",
+            )
+            .bind(wallet)
+            .bind(amount)
+            .fetch_one(&mut *conn)
+            .await?;
+            statement(
+                conn,
+                wallet,
+                p.id,
+                "unfreeze",
+                amount,
+                &p.currency,
+                released.0,
+                released.1,
+            )
+            .await?;
+            sqlx::query("UPDATE reservations SET status = 'cancelled', finished_at = now() WHERE payment_id = $1")
+                .bind(p.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Some((_, _, status)) if status == "cancelled" => {}
+        Some((_, _, status)) => {
+            return Err(StageError::permanent(format!(
+                "payment {} cannot be cancelled: its reservation is {status}",
+                p.id
+            )));
+        }
+    }
+    sqlx::query(
+        "UPDATE stock s SET available = s.available + r.quantity, reserved = s.reserved - r.quantity FROM stock_reservations r
+         WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
+    )
+    .bind(p.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE stock_reservations SET status = 'released' WHERE payment_id = $1 AND status = 'reserved'")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    let released_coupon: Option<String> = sqlx::query_scalar(
+        "UPDATE coupon_redemptions SET status = 'released' WHERE payment_id = $1 AND status = 'reserved' RETURNING coupon_code",
+    )
+    .bind(p.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(code) = released_coupon {
+        sqlx::query("UPDATE coupons SET used = used - 1 WHERE code = $1")
+            .bind(code)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("UPDATE transaction_details SET status = 'cancelled' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE orders SET status = 'closed' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    payment::transition(conn, p.id, from, to, Some(reason)).await
+}
+
+/// The channel charged less than the payment: the shortfall is taken from
+/// the sub-orders in proportion (largest remainder, so the parts sum to it
+/// exactly); their platform fees stay as agreed.
+async fn take_shortfall(
+    conn: &mut PgConnection,
+    payment: Uuid,
+    shortfall: Decimal,
+) -> Result<(), StageError> {
+    let details: Vec<(i64, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id, id FOR UPDATE",
+    )
+    .bind(payment)
+    .fetch_all(&mut *conn)
+    .await?;
+    let weights: Vec<Decimal> = details.iter().map(|(_, amount, _)| *amount).collect();
+    for ((id, amount, fee), part) in details.iter().zip(money::allocate(shortfall, &weights)) {
+        if *amount - part < *fee {
+            return Err(StageError::permanent(format!(
+                "payment {payment}: a shortfall of {shortfall} leaves a sub-order below its fee"
+            )));
+        }
+        sqlx::query("UPDATE transaction_details SET amount = $2 WHERE id = $1")
+            .bind(id)
+            .bind(*amount - part)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn statement(
+    conn: &mut PgConnection,
+    account: i64,
+    payment_id: Uuid,
+    kind: &str,
+    amount: Decimal,
+    currency: &str,
+    available_after: Decimal,
+    frozen_after: Decimal,
+) -> Result<(), StageError> {
+    if amount.is_zero() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(account)
+    .bind(payment_id)
+    .bind(kind)
+    .bind(amount)
+    .bind(currency)
+    .bind(available_after)
+    .bind(frozen_after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
