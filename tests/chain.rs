@@ -19,7 +19,7 @@ use payfleet_common::{
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
 use payfleet_tests::{TestEnv, wait_until};
-use payfleet_workers::{domain::ledger, invariants, order_validation};
+use payfleet_workers::{domain::ledger, invariants, stages::order_validation};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -1262,22 +1262,22 @@ async fn only_one_expiry_sweep_runs_at_a_time() -> anyhow::Result<()> {
     let shared = fleet.shared().clone();
     let mut holder = chain.pool().acquire().await?;
     let _: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(payfleet_workers::sweeper::SWEEP_LOCK)
+        .bind(payfleet_workers::jobs::sweeper::SWEEP_LOCK)
         .fetch_one(&mut *holder)
         .await?;
     assert_eq!(
-        payfleet_workers::sweeper::sweep(&shared)
+        payfleet_workers::jobs::sweeper::sweep(&shared)
             .await
             .map_err(anyhow::Error::msg)?,
         None,
         "another sweep holds the lock"
     );
     let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-        .bind(payfleet_workers::sweeper::SWEEP_LOCK)
+        .bind(payfleet_workers::jobs::sweeper::SWEEP_LOCK)
         .fetch_one(&mut *holder)
         .await?;
     assert_eq!(
-        payfleet_workers::sweeper::sweep(&shared)
+        payfleet_workers::jobs::sweeper::sweep(&shared)
             .await
             .map_err(anyhow::Error::msg)?,
         Some(0)

@@ -13,10 +13,11 @@ use payfleet_tests::{TestEnv, free_port, wait_until};
 use payfleet_workers::{
     adapters::{AdapterError, Adapters},
     domain::ledger,
-    invariants, order_validation, routing,
+    invariants, routing,
     sandbox_gateway::{
         ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
     },
+    stages::order_validation,
 };
 use rust_decimal::Decimal;
 use serde_json::Value;

@@ -48,7 +48,7 @@ const README_CARD_BODY: &str = r#"{"schema_version":1,"merchant_id":"demo-shop",
 
 /// Where order-validation lists the payment methods it takes (`METHODS`):
 /// payfleet-tests does not depend on the workers crate, so it is read as text.
-const METHODS_SOURCE: &str = "../workers/src/order_validation/mod.rs";
+const METHODS_SOURCE: &str = "../workers/src/stages/order_validation/mod.rs";
 
 /// The payment methods order-validation takes: the strings of its
 /// `pub const METHODS: [&str; N] = [...];`.

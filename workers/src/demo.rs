@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use crate::{
     domain::ledger,
     invariants,
-    order_validation::{self, pricing},
+    stages::order_validation::{self, pricing},
 };
 
 pub const SHOP: &str = "demo-shop";

@@ -1,25 +1,21 @@
 //! The six stages of the payment chain and the processes that run them.
 
 pub mod adapters;
-pub mod callback;
 pub mod callbacks;
-pub mod channel_call;
 pub mod demo;
 pub mod domain;
-pub mod fund_freeze;
 pub mod invariants;
-pub mod notification;
+pub mod jobs;
 pub mod ops;
-pub mod order_validation;
-pub mod refunds;
 pub mod routing;
 pub mod sandbox_gateway;
-pub mod settlement;
-pub mod sweeper;
+pub mod stages;
 pub mod upstream_user;
 pub mod webhook_target;
 
+use jobs::{refunds, sweeper};
 use payfleet_common::{Fleet, Settings, Topology, fleet::FleetError};
+use stages::{callback, channel_call, fund_freeze, notification, order_validation, settlement};
 
 /// Every stage, in chain order.
 pub const STAGES: [&str; 6] = domain::handoff::STAGES;

@@ -860,10 +860,11 @@ async fn webhook(settings: &Settings, command: WebhookCommand) -> anyhow::Result
         }
         WebhookCommand::RotateSecret { merchant, grace } => {
             let pool = db::connect(settings).await?;
-            let secret =
-                payfleet_workers::notification::rotate_webhook_secret(&pool, &merchant, grace)
-                    .await
-                    .with_context(|| format!("rotating the webhook secret of `{merchant}`"))?;
+            let secret = payfleet_workers::stages::notification::rotate_webhook_secret(
+                &pool, &merchant, grace,
+            )
+            .await
+            .with_context(|| format!("rotating the webhook secret of `{merchant}`"))?;
             println!(
                 "merchant {merchant}: new webhook secret {secret}; the previous ones stay active for {}h",
                 grace.num_hours()

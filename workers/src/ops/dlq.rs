@@ -259,7 +259,7 @@ pub async fn replay(
                 .map(str::to_owned)
         };
         // An exhausted webhook: send it again by resetting its delivery.
-        if text("type").as_deref() == Some(crate::notification::WEBHOOK_DELIVERY_TYPE) {
+        if text("type").as_deref() == Some(crate::stages::notification::WEBHOOK_DELIVERY_TYPE) {
             let delivery = row
                 .message_id
                 .parse::<uuid::Uuid>()

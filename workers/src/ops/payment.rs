@@ -16,14 +16,14 @@ use uuid::Uuid;
 
 use crate::{
     adapters::Adapters,
-    channel_call::ChannelReply,
     domain::{
         handoff,
         ledger::ChannelCharge,
         payment::{self, PaymentStatus},
         tcc,
     },
-    order_validation,
+    stages::channel_call::ChannelReply,
+    stages::order_validation,
 };
 
 /// `<payment id>` or `<merchant id>:<merchant order id>`.

@@ -21,7 +21,7 @@ use jsonschema::{Validator, error::ValidationErrorKind};
 use serde_json::Value;
 
 /// The committed schema, as the binary was built with it.
-pub const SCHEMA: &str = include_str!("../../../contracts/v1/payment.requested.schema.json");
+pub const SCHEMA: &str = include_str!("../../../../contracts/v1/payment.requested.schema.json");
 
 static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| {
     let schema: Value = serde_json::from_str(SCHEMA).expect("the committed schema is JSON");
