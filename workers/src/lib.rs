@@ -13,6 +13,7 @@ pub mod stages;
 pub mod upstream_user;
 pub mod webhook_target;
 
+use domain::step::OnPayment;
 use jobs::{refunds, sweeper};
 use payfleet_common::{Fleet, Settings, Topology, fleet::FleetError};
 use stages::{callback, channel_call, fund_freeze, notification, order_validation, settlement};
@@ -54,7 +55,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
             .background("request-receipts", order_validation::run_receipt_pruning);
     }
     if wanted(fund_freeze::NAME) {
-        fleet = fleet.stage(fund_freeze::FundFreeze)?;
+        fleet = fleet.stage(OnPayment(fund_freeze::FundFreeze))?;
     }
     if wanted(channel_call::NAME) {
         let redis = fleet.shared().locks.pool().clone();
@@ -63,10 +64,10 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet.background("refund-sender", refunds::run);
     }
     if wanted(callback::NAME) {
-        fleet = fleet.stage(callback::Callback)?;
+        fleet = fleet.stage(OnPayment(callback::Callback))?;
     }
     if wanted(settlement::NAME) {
-        fleet = fleet.stage(settlement::Settlement)?;
+        fleet = fleet.stage(OnPayment(settlement::Settlement))?;
     }
     if wanted(notification::NAME) {
         fleet = fleet

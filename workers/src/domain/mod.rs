@@ -6,4 +6,5 @@
 pub mod handoff;
 pub mod ledger;
 pub mod payment;
+pub mod step;
 pub mod tcc;

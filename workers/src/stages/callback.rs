@@ -11,46 +11,31 @@ use payfleet_common::{
         ChannelResult, ChannelStatus, Outcome as Final, PaymentResolved, Resolution,
         SCHEMA_VERSION, kind,
     },
-    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+    runtime::{Outcome, StageError, StageTx},
 };
 use rust_decimal::Decimal;
 
 use crate::domain::{
     ledger::ChannelCharge,
-    payment::{self, PaymentStatus},
+    payment::{self, Payment, PaymentStatus},
+    step::PaymentStep,
 };
 
 pub const NAME: &str = crate::domain::handoff::CALLBACK;
 
 pub struct Callback;
 
-impl Stage for Callback {
+impl PaymentStep for Callback {
     type Message = ChannelResult;
 
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn decode(&self, inbound: &Inbound) -> Result<ChannelResult, String> {
-        payfleet_common::runtime::decode_json(inbound)
-    }
-
-    fn lock_key(&self, m: &ChannelResult) -> Option<String> {
-        Some(m.payment_id.to_string())
-    }
+    const NAME: &'static str = NAME;
 
     async fn handle(
         &self,
         tx: &mut StageTx,
-        _inbound: &Inbound,
         m: &ChannelResult,
+        p: Payment,
     ) -> Result<Outcome, StageError> {
-        tx.set_correlation_id(&m.payment_id.to_string());
-        let Some(p) = payment::lock(tx.conn(), m.payment_id).await? else {
-            return Ok(Outcome::NotYet {
-                reason: format!("payment {} not found", m.payment_id),
-            });
-        };
         refuse_misdirected(tx, m).await?;
         let attempt: Option<(String, Decimal, String)> =
             sqlx::query_as("SELECT status, amount, currency::text FROM payment_attempts WHERE id = $1 AND payment_id = $2")

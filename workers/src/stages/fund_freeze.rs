@@ -9,13 +9,16 @@
 use chrono::{DateTime, Utc};
 use payfleet_common::{
     messages::{FundsFrozen, OrderValidated, Outcome as Final, SCHEMA_VERSION, kind},
-    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+    runtime::{Outcome, StageError, StageTx},
     transition::{self, Status},
 };
 use rust_decimal::Decimal;
 use sqlx::{Acquire, PgConnection};
 
-use crate::domain::payment::{self, PaymentStatus};
+use crate::domain::{
+    payment::{self, Payment, PaymentStatus},
+    step::PaymentStep,
+};
 
 pub const NAME: &str = crate::domain::handoff::FUND_FREEZE;
 
@@ -30,33 +33,17 @@ enum Shortfall {
     CouponWindow(&'static str, String),
 }
 
-impl Stage for FundFreeze {
+impl PaymentStep for FundFreeze {
     type Message = OrderValidated;
 
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn decode(&self, inbound: &Inbound) -> Result<OrderValidated, String> {
-        payfleet_common::runtime::decode_json(inbound)
-    }
-
-    fn lock_key(&self, m: &OrderValidated) -> Option<String> {
-        Some(m.payment_id.to_string())
-    }
+    const NAME: &'static str = NAME;
 
     async fn handle(
         &self,
         tx: &mut StageTx,
-        _inbound: &Inbound,
-        m: &OrderValidated,
+        _m: &OrderValidated,
+        p: Payment,
     ) -> Result<Outcome, StageError> {
-        tx.set_correlation_id(&m.payment_id.to_string());
-        let Some(p) = payment::lock(tx.conn(), m.payment_id).await? else {
-            return Ok(Outcome::NotYet {
-                reason: format!("payment {} not found", m.payment_id),
-            });
-        };
         let status = p.status()?;
         if status != PaymentStatus::Validated {
             let miss = transition::classify(

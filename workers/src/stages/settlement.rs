@@ -10,12 +10,13 @@
 
 use payfleet_common::{
     messages::{Outcome as Final, PaymentResolved, Resolution},
-    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+    runtime::{Outcome, StageError, StageTx},
 };
 
 use crate::domain::{
     handoff,
-    payment::{self, PaymentStatus},
+    payment::{self, Payment, PaymentStatus},
+    step::PaymentStep,
     tcc::{cancel, confirm},
 };
 
@@ -23,33 +24,17 @@ pub const NAME: &str = handoff::SETTLEMENT;
 
 pub struct Settlement;
 
-impl Stage for Settlement {
+impl PaymentStep for Settlement {
     type Message = PaymentResolved;
 
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn decode(&self, inbound: &Inbound) -> Result<PaymentResolved, String> {
-        payfleet_common::runtime::decode_json(inbound)
-    }
-
-    fn lock_key(&self, m: &PaymentResolved) -> Option<String> {
-        Some(m.payment_id.to_string())
-    }
+    const NAME: &'static str = NAME;
 
     async fn handle(
         &self,
         tx: &mut StageTx,
-        _inbound: &Inbound,
         m: &PaymentResolved,
+        p: Payment,
     ) -> Result<Outcome, StageError> {
-        tx.set_correlation_id(&m.payment_id.to_string());
-        let Some(p) = payment::lock(tx.conn(), m.payment_id).await? else {
-            return Ok(Outcome::NotYet {
-                reason: format!("payment {} not found", m.payment_id),
-            });
-        };
         let status = p.status()?;
         match (m.resolution, status) {
             (Resolution::Paid, PaymentStatus::Paid) => {
