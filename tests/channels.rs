@@ -11,9 +11,12 @@ use payfleet_common::{
 };
 use payfleet_tests::{TestEnv, free_port, wait_until};
 use payfleet_workers::{
-    adapters::{AdapterError, Adapters},
+    channels::{
+        registry::{AdapterError, Adapters},
+        routing,
+    },
     domain::ledger,
-    invariants, routing,
+    invariants,
     sandbox_gateway::{
         ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
     },

@@ -93,7 +93,7 @@ async fn receive(
     };
     if notice.amount.scale() > payfleet_common::money::MINOR_DIGITS
         || notice.amount <= rust_decimal::Decimal::ZERO
-        || !crate::stages::channel_call::is_currency_code(&notice.currency)
+        || !crate::channels::is_currency_code(&notice.currency)
     {
         return (StatusCode::BAD_REQUEST, "unreadable amount or currency\n");
     }

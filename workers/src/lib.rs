@@ -1,13 +1,12 @@
 //! The six stages of the payment chain and the processes that run them.
 
-pub mod adapters;
 pub mod callbacks;
+pub mod channels;
 pub mod demo;
 pub mod domain;
 pub mod invariants;
 pub mod jobs;
 pub mod ops;
-pub mod routing;
 pub mod sandbox_gateway;
 pub mod stages;
 pub mod upstream_user;

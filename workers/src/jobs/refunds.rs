@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::adapters::Adapters;
+use crate::channels::Adapters;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     // Built on demand: a channel added while the fleet runs is refunded through too.

@@ -15,14 +15,13 @@ use sqlx::{Acquire, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    adapters::Adapters,
+    channels::{Adapters, ChannelReply},
     domain::{
         handoff,
         ledger::ChannelCharge,
         payment::{self, PaymentStatus},
         tcc,
     },
-    stages::channel_call::ChannelReply,
     stages::order_validation,
 };
 

@@ -447,7 +447,7 @@ impl Stage for OrderValidation {
 
 /// A priced, split order that passed every check but risk.
 pub struct PricedOrder {
-    pub route: crate::routing::Route,
+    pub route: crate::channels::routing::Route,
     pub channel_fee: Decimal,
     pub lines: Vec<pricing::Line>,
     pub sub_orders: Vec<pricing::SubOrder>,
@@ -648,9 +648,13 @@ impl OrderValidation {
                 ),
             );
         }
-        let Some(route) =
-            crate::routing::choose(conn, &self.redis, &self.risk.key_prefix, &r.payment_method)
-                .await?
+        let Some(route) = crate::channels::routing::choose(
+            conn,
+            &self.redis,
+            &self.risk.key_prefix,
+            &r.payment_method,
+        )
+        .await?
         else {
             return reject(
                 "no_channel_available",

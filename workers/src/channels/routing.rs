@@ -36,7 +36,7 @@ pub async fn choose(
     .await?;
     for (channel, fee_rate, kind, base_url) in candidates {
         // A payment routed where no adapter can call could be neither charged nor closed.
-        if !crate::adapters::buildable(&kind, base_url.as_deref()) {
+        if !crate::channels::registry::buildable(&kind, base_url.as_deref()) {
             tracing::warn!(channel, kind, "channel skipped: no adapter can call it");
             continue;
         }

@@ -15,7 +15,7 @@ use std::{
 use payfleet_common::runtime::StageError;
 use sqlx::PgExecutor;
 
-use crate::stages::channel_call::{BalanceChannel, ChannelAdapter, SandboxChannel};
+use crate::channels::{BalanceChannel, ChannelAdapter, SandboxChannel};
 
 /// What an adapter is built from: a channel's row, as far as it matters.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -1,0 +1,56 @@
+//! The user's wallet as a channel.
+
+use payfleet_common::messages::ChannelStatus;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply};
+
+/// The user's wallet: Try froze the funds, so the charge succeeds at once and
+/// Confirm moves the frozen money. There is no trade to query or close.
+pub struct BalanceChannel;
+
+impl ChannelAdapter for BalanceChannel {
+    fn name(&self) -> &str {
+        "balance"
+    }
+    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply> {
+        Box::pin(async move {
+            ChannelReply::Resolved {
+                status: ChannelStatus::Succeeded,
+                amount: request.amount,
+                currency: request.currency.clone(),
+                reference: Some(format!("balance:{}", request.attempt_id)),
+                reason: None,
+                raw: json!({"channel": "balance", "result": "frozen funds captured", "attempt_id": request.attempt_id}),
+            }
+        })
+    }
+    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply> {
+        Box::pin(async move {
+            ChannelReply::Unknown {
+                error: format!("the wallet channel keeps no trade for {attempt_id}"),
+            }
+        })
+    }
+    fn close<'a>(&'a self, _attempt_id: Uuid) -> Boxed<'a, CloseReply> {
+        Box::pin(async move {
+            CloseReply::Closed {
+                raw: json!({"channel": "balance", "result": "nothing to close"}),
+            }
+        })
+    }
+    fn refund<'a>(
+        &'a self,
+        attempt_id: Uuid,
+        _refund_id: Uuid,
+        _amount: Decimal,
+    ) -> Boxed<'a, Result<Value, String>> {
+        Box::pin(async move {
+            Err(format!(
+                "the wallet channel took no money for {attempt_id}: nothing to refund there"
+            ))
+        })
+    }
+}
