@@ -10,7 +10,6 @@ pub mod ops;
 pub mod sandbox_gateway;
 pub mod stages;
 pub mod upstream_user;
-pub mod webhook_target;
 
 use domain::step::OnPayment;
 use jobs::{refunds, sweeper};

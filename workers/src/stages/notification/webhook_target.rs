@@ -239,7 +239,7 @@ mod tests {
         if std::env::var_os(CHILD).is_none() {
             let output = tokio::process::Command::new(std::env::current_exe().unwrap())
                 .args([
-                    "webhook_target::tests::the_webhook_client_uses_no_proxy",
+                    "stages::notification::webhook_target::tests::the_webhook_client_uses_no_proxy",
                     "--exact",
                     "--nocapture",
                 ])

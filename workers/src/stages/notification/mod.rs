@@ -4,8 +4,10 @@
 //! [`run_webhooks`], outside any transaction, on their own exponential
 //! schedule; every attempt is logged and an exhausted delivery is
 //! dead-lettered to this stage's DLQ. Targets are checked by
-//! [`crate::webhook_target`] (deny by default); a refused one is recorded
+//! [`webhook_target`] (deny by default); a refused one is recorded
 //! once and marked `refused`, never retried.
+
+pub mod webhook_target;
 
 use std::{sync::Arc, time::Duration};
 
@@ -183,10 +185,7 @@ struct Due {
 /// processes share the work.
 pub async fn run_webhooks(shared: Arc<Shared>, stop: CancellationToken) {
     let timeout = Duration::from_millis(shared.settings.webhook_timeout_ms);
-    let client = match crate::webhook_target::client(
-        timeout,
-        shared.settings.webhook_allow_loopback,
-    ) {
+    let client = match webhook_target::client(timeout, shared.settings.webhook_allow_loopback) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot build the webhook HTTP client; webhooks are not sent");
@@ -233,7 +232,7 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
     let sends = due.into_iter().map(|d| async move {
         let body = serde_json::to_vec(&d.payload).unwrap_or_default();
         let started = std::time::Instant::now();
-        let target = match crate::webhook_target::check(
+        let target = match webhook_target::check(
             &d.url,
             &d.notify_hosts,
             d.merchant_url.as_deref(),
@@ -271,7 +270,7 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                 Some(format!("HTTP {}", r.status())),
                 false,
             ),
-            Err(e) => match crate::webhook_target::refusal(&e) {
+            Err(e) => match webhook_target::refusal(&e) {
                 Some(refused) => (None, Some(refused), true),
                 None => (None, Some(e.to_string()), false),
             },
