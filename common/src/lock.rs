@@ -6,6 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+
+use crate::tls::ExtraCa;
 use redis::Script;
 use tokio::task::JoinHandle;
 
@@ -60,9 +62,42 @@ pub struct LockGuard {
 
 impl Locks {
     pub fn new(redis_url: &str, prefix: &str, ttl: Duration) -> Result<Self, LockError> {
-        let pool = PoolConfig::from_url(redis_url)
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| LockError::Config(e.to_string()))?;
+        Self::with_extra_ca(redis_url, prefix, ttl, &ExtraCa::default())
+    }
+
+    /// [`Locks::new`] for a `rediss://` Redis whose certificate comes from
+    /// the CA of `tls_ca_file`. The Redis client takes one trust store, so
+    /// when that CA is set it replaces the platform's roots for Redis.
+    pub fn with_extra_ca(
+        redis_url: &str,
+        prefix: &str,
+        ttl: Duration,
+        extra_ca: &ExtraCa,
+    ) -> Result<Self, LockError> {
+        crate::tls::install_crypto_provider();
+        let pool = match extra_ca.pem() {
+            Some(pem) if redis_url.starts_with("rediss://") => {
+                let client = redis::Client::build_with_tls(
+                    redis_url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.as_bytes().to_vec()),
+                    },
+                )
+                .map_err(|e| LockError::Config(e.to_string()))?;
+                // The manager keeps the TLS parameters of the connection
+                // info (deadpool's own Config would drop them).
+                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                    .map_err(|e| LockError::Config(e.to_string()))?;
+                Pool::builder(manager)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| LockError::Config(e.to_string()))?
+            }
+            _ => PoolConfig::from_url(redis_url)
+                .create_pool(Some(Runtime::Tokio1))
+                .map_err(|e| LockError::Config(e.to_string()))?,
+        };
         Ok(Self {
             pool,
             prefix: prefix.into(),

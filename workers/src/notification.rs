@@ -186,6 +186,7 @@ pub async fn run_webhooks(shared: Arc<Shared>, stop: CancellationToken) {
     let client = match crate::webhook_target::client(
         timeout,
         shared.settings.webhook_allow_loopback,
+        &shared.extra_ca,
     ) {
         Ok(client) => client,
         Err(error) => {
@@ -273,7 +274,8 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
             ),
             Err(e) => match crate::webhook_target::refusal(&e) {
                 Some(refused) => (None, Some(refused), true),
-                None => (None, Some(e.to_string()), false),
+                // the whole chain: the cause (a refused certificate, a reset) is at its end
+                None => (None, Some(format!("{:#}", anyhow::Error::new(e))), false),
             },
         };
         (d, http_status, error, refused, elapsed)
