@@ -92,7 +92,8 @@ impl Fleet {
             &settings.redis_key_prefix,
             settings.lock_ttl(),
             &extra_ca,
-        )?;
+        )?
+        .with_fallback(pool.clone());
         let publisher = Publisher::new(
             broker::Endpoint {
                 url: settings.amqp_url.clone(),
