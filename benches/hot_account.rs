@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let running = tokio::spawn(fleet.run(stop.clone()));
     let publisher = Publisher::new(
-        &env.settings.amqp_url,
+        payfleet_common::broker::Endpoint::from_settings(&env.settings)?,
         "bench-upstream",
         CancellationToken::new(),
     );

@@ -1158,6 +1158,79 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, BTreeMap<String, Strin
 /// A merchant endpoint that answers `failures` times with 500, then 200,
 /// and keeps every body and its headers.
 async fn merchant_endpoint(failures: usize) -> anyhow::Result<(String, Seen)> {
+    let (app, seen) = merchant_receiver(failures);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, seen))
+}
+
+/// A merchant's receiver over https on `localhost`, with `certificate`.
+async fn merchant_endpoint_https(
+    certificate: &payfleet_tests::services::ServerCertificate,
+) -> anyhow::Result<(String, Seen)> {
+    let (app, seen) = merchant_receiver(0);
+    let listener = TlsListener::bind(certificate).await?;
+    let url = format!(
+        "https://localhost:{}/hook",
+        listener.tcp.local_addr()?.port()
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, seen))
+}
+
+/// TCP with a TLS handshake per connection; a client that refuses the
+/// certificate simply never becomes a connection.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    async fn bind(
+        certificate: &payfleet_tests::services::ServerCertificate,
+    ) -> anyhow::Result<Self> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        payfleet_common::tls::install_crypto_provider();
+        let chain = CertificateDer::pem_file_iter(&certificate.cert_file)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(&certificate.key_file)?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        Ok(Self {
+            tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, peer)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Records every webhook; answers 500 to the first `failures`, then 200.
+fn merchant_receiver(failures: usize) -> (axum::Router, Seen) {
     use axum::{
         Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
     };
@@ -1182,12 +1255,68 @@ async fn merchant_endpoint(failures: usize) -> anyhow::Result<(String, Seen)> {
             ),
         )
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((url, seen))
+    (app, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchant_webhooks_go_over_https_to_receivers_the_configured_ca_signed()
+-> anyhow::Result<()> {
+    use payfleet_tests::services::{TempDir, TestCa};
+    let dir = TempDir::new("webhook-tls")?;
+    let trusted = TestCa::new(&dir.0, "trusted")?;
+    let other = TestCa::new(&dir.0, "other")?;
+    let (trusted_url, trusted_seen) = merchant_endpoint_https(&trusted.issue("shop")?).await?;
+    let (other_url, other_seen) = merchant_endpoint_https(&other.issue("shop")?).await?;
+    let ca_file = trusted.pem_file.display().to_string();
+    let mut chain = Chain::with("webhooktls", |s| {
+        s.webhook_delays_ms = vec![100, 100];
+        s.tls_ca_file = Some(ca_file);
+    })
+    .await?;
+    register_notify_hosts(chain.pool(), &["localhost"]).await?;
+    chain.start(&[]).await?;
+    let mut signed = request("tls-trusted", "alice", &[("cup", 1)], "10.00");
+    signed.notify_url = Some(trusted_url);
+    let mut unknown = request("tls-other", "alice", &[("cup", 1)], "10.00");
+    unknown.notify_url = Some(other_url);
+    chain.publish(&signed).await?;
+    chain.publish(&unknown).await?;
+    wait_until(WAIT, "both deliveries finished", || async {
+        Ok(chain.env.scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status IN ('delivered', 'exhausted')").await? == 2)
+    })
+    .await?;
+    let deliveries: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT p.merchant_order_id, d.status, d.attempts FROM webhook_deliveries d JOIN payments p ON p.id = d.payment_id ORDER BY 1",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(
+        deliveries,
+        vec![
+            ("tls-other".into(), "exhausted".into(), 3),
+            ("tls-trusted".into(), "delivered".into(), 1)
+        ]
+    );
+    assert_eq!(trusted_seen.lock().expect("lock").len(), 1);
+    assert!(
+        other_seen.lock().expect("lock").is_empty(),
+        "nothing is sent to a receiver whose certificate no trusted CA signed"
+    );
+    let errors: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT a.error FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+         JOIN payments p ON p.id = d.payment_id WHERE p.merchant_order_id = 'tls-other'",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    assert_eq!(errors.len(), 3);
+    for error in errors {
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("certificate") || error.contains("UnknownIssuer"),
+            "the attempt says the certificate was refused: {error}"
+        );
+    }
+    chain.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

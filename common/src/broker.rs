@@ -75,16 +75,53 @@ pub fn reconnect_backoff() -> ExponentialBuilder {
         .without_max_times()
 }
 
+/// Where RabbitMQ is and how to trust it: `amqps://` URLs verify the
+/// broker against the platform's roots and the CA of `tls_ca_file`.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub url: String,
+    pub tls: crate::tls::ExtraCa,
+}
+
+impl Endpoint {
+    /// `amqp_url` with the CA of `tls_ca_file`.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            url: settings.amqp_url.clone(),
+            tls: settings.extra_ca()?,
+        })
+    }
+
+    /// A URL trusted through the platform's roots alone.
+    pub fn plain(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            tls: crate::tls::ExtraCa::default(),
+        }
+    }
+
+    async fn open(&self, name: &str) -> Result<Connection, lapin::Error> {
+        crate::tls::install_crypto_provider();
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+        Connection::connect_with_config(
+            &self.url,
+            props,
+            self.tls.amqp(),
+            lapin::runtime::default_runtime()?,
+        )
+        .await
+    }
+}
+
 /// Connects, retrying with backoff until it succeeds or `cancel` fires.
 pub async fn connect(
-    url: &str,
+    endpoint: &Endpoint,
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<Connection, PublishError> {
-    let attempt = || async {
-        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        Connection::connect(url, props).await
-    };
+    let attempt = || endpoint.open(name);
     tokio::select! {
         result = attempt
             .retry(reconnect_backoff())
@@ -96,9 +133,8 @@ pub async fn connect(
 }
 
 /// One connection attempt, for commands that should fail fast.
-pub async fn connect_once(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
+pub async fn connect_once(endpoint: &Endpoint, name: &str) -> Result<Connection, lapin::Error> {
+    tokio::time::timeout(Duration::from_secs(10), endpoint.open(name))
         .await
         .unwrap_or_else(|_| {
             Err(lapin::Error::from(std::io::Error::new(
@@ -121,7 +157,7 @@ pub struct Outgoing {
 /// Cloning shares the connection.
 #[derive(Clone)]
 pub struct Publisher {
-    url: Arc<str>,
+    endpoint: Arc<Endpoint>,
     name: Arc<str>,
     cancel: CancellationToken,
     state: Arc<Mutex<Option<(Connection, Channel)>>>,
@@ -136,9 +172,9 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn new(url: &str, name: &str, cancel: CancellationToken) -> Self {
+    pub fn new(endpoint: Endpoint, name: &str, cancel: CancellationToken) -> Self {
         Self {
-            url: url.into(),
+            endpoint: Arc::new(endpoint),
             name: name.into(),
             cancel,
             state: Arc::new(Mutex::new(None)),
@@ -156,7 +192,7 @@ impl Publisher {
         if let Some((connection, _)) = state.take() {
             let _ = connection.close(200, "reconnecting".into()).await;
         }
-        let connection = connect(&self.url, &self.name, &self.cancel).await?;
+        let connection = connect(&self.endpoint, &self.name, &self.cancel).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

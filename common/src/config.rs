@@ -129,6 +129,10 @@ pub struct Settings {
     /// How much older than its first receipt a request's `requested_at` may
     /// be (either way); longer than the whole retry schedule.
     pub request_max_age_ms: u64,
+    /// A PEM file of CA certificates trusted, beside the platform's roots,
+    /// for every TLS connection: `postgres://…?sslmode=verify-full`,
+    /// `rediss://`, `amqps://` and https merchant webhooks.
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for Settings {
@@ -193,6 +197,7 @@ impl Default for Settings {
             dead_letter_retention_days: 90,
             inbox_retention_days: 30,
             request_max_age_ms: 3_600_000,
+            tls_ca_file: None,
         }
     }
 }
@@ -374,6 +379,7 @@ impl Settings {
         }
         redis::Client::open(self.redis_url.as_str())
             .map_err(|e| invalid("redis_url", e.to_string()))?;
+        self.extra_ca()?;
         SocketAddr::from_str(&self.http_addr)
             .map_err(|e| invalid("http_addr", format!("{e}: expected host:port")))?;
         let positive = [
@@ -512,6 +518,12 @@ impl Settings {
         Ok(())
     }
 
+    /// The CA of `tls_ca_file`, read and checked (empty when not set).
+    pub fn extra_ca(&self) -> Result<crate::tls::ExtraCa, ConfigError> {
+        crate::tls::ExtraCa::load(self.tls_ca_file.as_deref().map(std::path::Path::new))
+            .map_err(|e| invalid("tls_ca_file", e.to_string()))
+    }
+
     pub fn lock_ttl(&self) -> Duration {
         Duration::from_millis(self.lock_ttl_ms)
     }
@@ -598,6 +610,7 @@ fn leak_name(key: &str) -> &'static str {
         "dead_letter_retention_days",
         "inbox_retention_days",
         "request_max_age_ms",
+        "tls_ca_file",
     ];
     NAMES
         .iter()
@@ -641,6 +654,27 @@ mod tests {
         assert!(err.contains("`queue_type`"), "{err}");
         let err = with("max_in_flight = 0").unwrap_err().to_string();
         assert!(err.contains("`max_in_flight`"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_ca_file_must_be_readable_and_hold_certificates() {
+        let err = with("tls_ca_file = \"/nonexistent/ca.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`tls_ca_file`") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        let empty = std::env::temp_dir().join(format!("payfleet-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "no certificate here\n").expect("temp file");
+        let err = with(&format!("tls_ca_file = {:?}", empty.display().to_string()))
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&empty);
+        assert!(
+            err.contains("`tls_ca_file`") && err.contains("no PEM certificate"),
+            "{err}"
+        );
     }
 
     #[test]

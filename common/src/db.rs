@@ -23,6 +23,8 @@ pub enum DbError {
         database: String,
         source: sqlx::Error,
     },
+    #[error("{0}")]
+    Tls(String),
     #[error("connecting to PostgreSQL: {0}")]
     Connect(#[source] sqlx::Error),
     #[error("running migrations: {0}")]
@@ -33,6 +35,12 @@ pub enum DbError {
 /// Returns whether it was created.
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     let options = PgConnectOptions::from_str(url).map_err(|e| DbError::Url(e.to_string()))?;
+    ensure_database_with(&options).await
+}
+
+/// [`ensure_database`] with the connect options of [`connect_options`].
+pub async fn ensure_database_with(options: &PgConnectOptions) -> Result<bool, DbError> {
+    crate::tls::install_crypto_provider();
     let database = options
         .get_database()
         .ok_or_else(|| DbError::Url("the URL names no database".into()))?
@@ -58,10 +66,24 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     }
 }
 
-/// A pool on the configured database (which must exist).
-pub async fn connect(settings: &Settings) -> Result<PgPool, DbError> {
+/// How to reach `database_url`: TLS as its `sslmode` asks, trusting the
+/// platform's roots and the CA of `tls_ca_file`.
+pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, DbError> {
     let options = PgConnectOptions::from_str(&settings.database_url)
         .map_err(|e| DbError::Url(e.to_string()))?;
+    let extra_ca = settings
+        .extra_ca()
+        .map_err(|e| DbError::Tls(e.to_string()))?;
+    Ok(match extra_ca.pem() {
+        Some(pem) => options.ssl_root_cert_from_pem(pem.as_bytes().to_vec()),
+        None => options,
+    })
+}
+
+/// A pool on the configured database (which must exist).
+pub async fn connect(settings: &Settings) -> Result<PgPool, DbError> {
+    crate::tls::install_crypto_provider();
+    let options = connect_options(settings)?;
     PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -73,7 +95,7 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, DbError> {
 /// Creates the database if needed and applies pending migrations.
 /// Returns the versions applied by this call (empty when up to date).
 pub async fn migrate(settings: &Settings) -> Result<Vec<i64>, DbError> {
-    ensure_database(&settings.database_url).await?;
+    ensure_database_with(&connect_options(settings)?).await?;
     let pool = connect(settings).await?;
     let before: Vec<i64> = applied_versions(&pool).await;
     MIGRATOR.run(&pool).await?;

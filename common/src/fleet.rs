@@ -10,7 +10,7 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Publisher,
+    broker::{self, Publisher},
     config::Settings,
     db,
     lock::Locks,
@@ -31,6 +31,8 @@ pub enum FleetError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error("{0}")]
+    Tls(String),
     #[error("stage `{0}` is not in the topology")]
     UnknownStage(String),
     #[error("HTTP endpoint on {addr}: {source}")]
@@ -82,13 +84,24 @@ impl Fleet {
                 |error, delay| tracing::warn!(%error, ?delay, "PostgreSQL unreachable; retrying"),
             )
             .await?;
-        let locks = Locks::new(
+        let extra_ca = settings
+            .extra_ca()
+            .map_err(|e| FleetError::Tls(e.to_string()))?;
+        let locks = Locks::with_extra_ca(
             &settings.redis_url,
             &settings.redis_key_prefix,
             settings.lock_ttl(),
-        )?;
-        let publisher =
-            Publisher::new(&settings.amqp_url, "payfleet-publisher", final_stop.clone());
+            &extra_ca,
+        )?
+        .with_fallback(pool.clone());
+        let publisher = Publisher::new(
+            broker::Endpoint {
+                url: settings.amqp_url.clone(),
+                tls: extra_ca.clone(),
+            },
+            "payfleet-publisher",
+            final_stop.clone(),
+        );
         Ok(Self {
             final_stop,
             shared: Arc::new(Shared {
@@ -96,6 +109,7 @@ impl Fleet {
                 topology,
                 pool,
                 locks,
+                extra_ca,
                 publisher,
                 outbox_wake: Arc::new(Notify::new()),
             }),
@@ -180,7 +194,10 @@ impl Fleet {
         let s = &self.shared.settings;
         ConsumerSpec {
             name: name.to_owned(),
-            amqp_url: s.amqp_url.clone(),
+            amqp: broker::Endpoint {
+                url: s.amqp_url.clone(),
+                tls: self.shared.extra_ca.clone(),
+            },
             queues,
             prefetch: s.prefetch,
             max_in_flight: s.max_in_flight,

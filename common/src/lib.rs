@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod transition;
 

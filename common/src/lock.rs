@@ -2,10 +2,25 @@
 //! renewed while the handler runs, released by compare-and-delete. It only
 //! keeps two workers off the same payment at once; PostgreSQL decides what
 //! is applied, so a lost lock (Redis flushed or restarted) never doubles an effect.
+//!
+//! When Redis is unreachable the fleet is *degraded*, not stopped: a lease
+//! row in PostgreSQL (`lock_leases`) stands in for the lock, taken and
+//! released by compare-and-set, so no pooled connection is held across the
+//! handler. Redis is probed again every [`PROBE_EVERY`] and used as soon as it answers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sqlx::PgPool;
 
 use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+
+use crate::tls::ExtraCa;
 use redis::Script;
 use tokio::task::JoinHandle;
 
@@ -31,6 +46,12 @@ end
 return 0
 "#;
 
+/// How often a degraded fleet tries Redis again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// The gauge that says the locks are on the PostgreSQL stand-in (1) or on Redis (0).
+pub const DEGRADED_GAUGE: &str = "payfleet_locks_degraded";
+
 /// Takes and releases locks; cheap to clone.
 #[derive(Clone)]
 pub struct Locks {
@@ -39,6 +60,54 @@ pub struct Locks {
     ttl: Duration,
     renew: Arc<Script>,
     release: Arc<Script>,
+    fallback: Option<PgPool>,
+    health: Arc<RedisHealth>,
+}
+
+/// Whether Redis answered last time, and when it was last tried.
+#[derive(Debug)]
+struct RedisHealth {
+    degraded: AtomicBool,
+    started: Instant,
+    last_probe_ms: AtomicU64,
+}
+
+impl Default for RedisHealth {
+    fn default() -> Self {
+        Self {
+            degraded: AtomicBool::new(false),
+            started: Instant::now(),
+            last_probe_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RedisHealth {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Degraded and tried less than [`PROBE_EVERY`] ago: go straight to the stand-in.
+    fn skip_redis(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+            && self.now_ms()
+                < self.last_probe_ms.load(Ordering::Relaxed) + PROBE_EVERY.as_millis() as u64
+    }
+
+    fn redis_answered(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::warn!("Redis is back: locks are taken in Redis again");
+            metrics::gauge!(DEGRADED_GAUGE).set(0.0);
+        }
+    }
+
+    fn redis_failed(&self, error: &LockError) {
+        self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "Redis unreachable: the fleet is degraded, locks are leases in PostgreSQL");
+            metrics::gauge!(DEGRADED_GAUGE).set(1.0);
+        }
+    }
 }
 
 impl std::fmt::Debug for Locks {
@@ -53,23 +122,83 @@ impl std::fmt::Debug for Locks {
 /// [`LockGuard::release`] releases it and waits.
 pub struct LockGuard {
     locks: Locks,
-    key: String,
-    token: String,
+    held: Held,
     renewal: Option<JoinHandle<()>>,
+}
+
+/// Where a lock is held: a Redis key, or a lease row while degraded.
+#[derive(Clone, Debug)]
+enum Held {
+    Redis {
+        key: String,
+        token: String,
+    },
+    Lease {
+        stage: String,
+        business_key: String,
+        token: uuid::Uuid,
+    },
 }
 
 impl Locks {
     pub fn new(redis_url: &str, prefix: &str, ttl: Duration) -> Result<Self, LockError> {
-        let pool = PoolConfig::from_url(redis_url)
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| LockError::Config(e.to_string()))?;
+        Self::with_extra_ca(redis_url, prefix, ttl, &ExtraCa::default())
+    }
+
+    /// [`Locks::new`] for a `rediss://` Redis whose certificate comes from
+    /// the CA of `tls_ca_file`. The Redis client takes one trust store, so
+    /// when that CA is set it replaces the platform's roots for Redis.
+    pub fn with_extra_ca(
+        redis_url: &str,
+        prefix: &str,
+        ttl: Duration,
+        extra_ca: &ExtraCa,
+    ) -> Result<Self, LockError> {
+        crate::tls::install_crypto_provider();
+        let pool = match extra_ca.pem() {
+            Some(pem) if redis_url.starts_with("rediss://") => {
+                let client = redis::Client::build_with_tls(
+                    redis_url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.as_bytes().to_vec()),
+                    },
+                )
+                .map_err(|e| LockError::Config(e.to_string()))?;
+                // The manager keeps the TLS parameters of the connection
+                // info (deadpool's own Config would drop them).
+                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                    .map_err(|e| LockError::Config(e.to_string()))?;
+                Pool::builder(manager)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| LockError::Config(e.to_string()))?
+            }
+            _ => PoolConfig::from_url(redis_url)
+                .create_pool(Some(Runtime::Tokio1))
+                .map_err(|e| LockError::Config(e.to_string()))?,
+        };
         Ok(Self {
             pool,
             prefix: prefix.into(),
             ttl,
             renew: Arc::new(Script::new(RENEW)),
             release: Arc::new(Script::new(RELEASE)),
+            fallback: None,
+            health: Arc::default(),
         })
+    }
+
+    /// Leases in this database stand in for the lock while Redis is unreachable.
+    pub fn with_fallback(mut self, pool: PgPool) -> Self {
+        metrics::gauge!(DEGRADED_GAUGE).set(0.0);
+        self.fallback = Some(pool);
+        self
+    }
+
+    /// True while locks are leases in PostgreSQL because Redis did not answer.
+    pub fn degraded(&self) -> bool {
+        self.health.degraded.load(Ordering::Relaxed)
     }
 
     /// The Redis key of a lock (exposed so tests can hold one by hand).
@@ -83,6 +212,29 @@ impl Locks {
 
     /// `Ok(None)` when another worker holds it.
     pub async fn try_acquire(
+        &self,
+        stage: &str,
+        business_key: &str,
+    ) -> Result<Option<LockGuard>, LockError> {
+        let Some(fallback) = &self.fallback else {
+            return self.try_redis(stage, business_key).await;
+        };
+        if self.health.skip_redis() {
+            return self.try_lease(fallback, stage, business_key).await;
+        }
+        match self.try_redis(stage, business_key).await {
+            Ok(guard) => {
+                self.health.redis_answered();
+                Ok(guard)
+            }
+            Err(error) => {
+                self.health.redis_failed(&error);
+                self.try_lease(fallback, stage, business_key).await
+            }
+        }
+    }
+
+    async fn try_redis(
         &self,
         stage: &str,
         business_key: &str,
@@ -106,13 +258,112 @@ impl Locks {
         if set.is_none() {
             return Ok(None);
         }
-        let renewal = tokio::spawn(renew_loop(self.clone(), key.clone(), token.clone()));
-        Ok(Some(LockGuard {
-            locks: self.clone(),
-            key,
-            token,
-            renewal: Some(renewal),
+        Ok(Some(self.guard(Held::Redis { key, token })))
+    }
+
+    /// The stand-in: a lease row taken when free or expired.
+    async fn try_lease(
+        &self,
+        pool: &PgPool,
+        stage: &str,
+        business_key: &str,
+    ) -> Result<Option<LockGuard>, LockError> {
+        let token = uuid::Uuid::new_v4();
+        let taken: Option<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO lock_leases (stage, business_key, token, expires_at)
+             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
+             ON CONFLICT (stage, business_key) DO UPDATE
+                SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+              WHERE lock_leases.expires_at < now()
+             RETURNING token",
+        )
+        .bind(stage)
+        .bind(business_key)
+        .bind(token)
+        .bind(self.ttl.as_millis() as f64)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| LockError::Unavailable(format!("Redis and the lease table: {e}")))?;
+        Ok(taken.map(|token| {
+            self.guard(Held::Lease {
+                stage: stage.to_owned(),
+                business_key: business_key.to_owned(),
+                token,
+            })
         }))
+    }
+
+    fn guard(&self, held: Held) -> LockGuard {
+        let renewal = tokio::spawn(renew_loop(self.clone(), held.clone()));
+        LockGuard {
+            locks: self.clone(),
+            held,
+            renewal: Some(renewal),
+        }
+    }
+
+    /// Extends a held lock; `Ok(false)` when it was lost.
+    async fn renew(&self, held: &Held) -> Result<bool, String> {
+        match held {
+            Held::Redis { key, token } => {
+                let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+                let renewed: i64 = self
+                    .renew
+                    .key(key)
+                    .arg(token)
+                    .arg(self.ttl.as_millis() as u64)
+                    .invoke_async(&mut *conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(renewed == 1)
+            }
+            Held::Lease {
+                stage,
+                business_key,
+                token,
+            } => {
+                let Some(pool) = &self.fallback else {
+                    return Ok(false);
+                };
+                let renewed = sqlx::query(
+                    "UPDATE lock_leases SET expires_at = now() + $4 * interval '1 millisecond'
+                     WHERE stage = $1 AND business_key = $2 AND token = $3",
+                )
+                .bind(stage)
+                .bind(business_key)
+                .bind(token)
+                .bind(self.ttl.as_millis() as f64)
+                .execute(pool)
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(renewed.rows_affected() == 1)
+            }
+        }
+    }
+
+    async fn release_held(&self, held: &Held) {
+        match held {
+            Held::Redis { key, token } => self.release_token(key, token).await,
+            Held::Lease {
+                stage,
+                business_key,
+                token,
+            } => {
+                if let Some(pool) = &self.fallback {
+                    let released = sqlx::query(
+                        "DELETE FROM lock_leases WHERE stage = $1 AND business_key = $2 AND token = $3",
+                    )
+                    .bind(stage)
+                    .bind(business_key)
+                    .bind(token)
+                    .execute(pool)
+                    .await;
+                    if let Err(error) = released {
+                        tracing::debug!(%error, stage, business_key, "lease release failed; it expires by itself");
+                    }
+                }
+            }
+        }
     }
 
     async fn release_token(&self, key: &str, token: &str) {
@@ -131,31 +382,21 @@ impl Locks {
     }
 }
 
-async fn renew_loop(locks: Locks, key: String, token: String) {
+async fn renew_loop(locks: Locks, held: Held) {
     let every = locks.ttl / 3;
     loop {
         tokio::time::sleep(every).await;
-        let Ok(mut conn) = locks.pool.get().await else {
-            continue;
-        };
-        let renewed: Result<i64, _> = locks
-            .renew
-            .key(&key)
-            .arg(&token)
-            .arg(locks.ttl.as_millis() as u64)
-            .invoke_async(&mut *conn)
-            .await;
-        match renewed {
-            Ok(1) => {}
-            Ok(_) => {
+        match locks.renew(&held).await {
+            Ok(true) => {}
+            Ok(false) => {
                 // Lost (expired or Redis flushed): PostgreSQL still guards the effects.
                 tracing::warn!(
-                    key,
+                    ?held,
                     "lock lost while working; PostgreSQL guards the effects"
                 );
                 return;
             }
-            Err(error) => tracing::warn!(%error, key, "lock renewal failed"),
+            Err(error) => tracing::warn!(%error, ?held, "lock renewal failed"),
         }
     }
 }
@@ -165,7 +406,7 @@ impl LockGuard {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
-        self.locks.release_token(&self.key, &self.token).await;
+        self.locks.release_held(&self.held).await;
     }
 }
 
@@ -174,10 +415,9 @@ impl Drop for LockGuard {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
             let locks = self.locks.clone();
-            let key = std::mem::take(&mut self.key);
-            let token = std::mem::take(&mut self.token);
+            let held = self.held.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { locks.release_token(&key, &token).await });
+                handle.spawn(async move { locks.release_held(&held).await });
             }
         }
     }

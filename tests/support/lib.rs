@@ -4,6 +4,7 @@
 //! real worker processes, and checks the invariants at the end.
 
 pub mod probe;
+pub mod services;
 
 use std::{
     future::Future,
@@ -105,7 +106,11 @@ impl TestEnv {
     }
 
     pub async fn amqp(&self) -> anyhow::Result<Connection> {
-        Ok(broker::connect_once(&self.settings.amqp_url, "payfleet-test").await?)
+        Ok(broker::connect_once(
+            &broker::Endpoint::from_settings(&self.settings)?,
+            "payfleet-test",
+        )
+        .await?)
     }
 
     /// An in-process fleet with both probe stages and the keeper.
@@ -536,6 +541,8 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
     if let Value::Object(map) = value {
         for (key, value) in map {
             let text = match value {
+                // an unset optional setting is left out, as a user would
+                Value::Null => continue,
                 Value::String(s) => s,
                 // figment reads a map from the environment as `{key=value,...}`
                 Value::Object(entries) => format!(

@@ -142,7 +142,7 @@ pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> 
     let started_at = Utc::now();
     let published = Arc::new(AtomicU64::new(0));
     let publisher = Publisher::new(
-        &settings.amqp_url,
+        broker::Endpoint::from_settings(&settings)?,
         "payfleet-demo-upstream",
         stop.child_token(),
     );

@@ -25,14 +25,17 @@ pub async fn apply_topology(
 ) -> anyhow::Result<payfleet_common::topology::ApplyReport> {
     use anyhow::Context;
     let topology = Topology::from_settings(settings)?;
-    let connection = payfleet_common::broker::connect_once(&settings.amqp_url, "payfleet-setup")
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ at amqp_url (vhost {})",
-                settings.amqp_vhost()
-            )
-        })?;
+    let connection = payfleet_common::broker::connect_once(
+        &payfleet_common::broker::Endpoint::from_settings(settings)?,
+        "payfleet-setup",
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to RabbitMQ at amqp_url (vhost {})",
+            settings.amqp_vhost()
+        )
+    })?;
     let report = topology.apply(&connection).await;
     let _ = connection.close(200, "applied".into()).await;
     Ok(report?)

@@ -376,6 +376,8 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 }
 
 fn main() -> ExitCode {
+    // One rustls crypto provider for every TLS client in the process.
+    payfleet_common::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error)
@@ -443,7 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_tracing(&settings);
     match cli.command {
         Command::Migrate => {
-            let created = db::ensure_database(&settings.database_url).await?;
+            let created = db::ensure_database_with(&db::connect_options(&settings)?).await?;
             let applied = db::migrate(&settings).await?;
             let database =
                 payfleet_common::config::database_name(&settings.database_url).unwrap_or_default();

@@ -24,7 +24,7 @@ pub trait DeliveryProcessor: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     pub name: String,
-    pub amqp_url: String,
+    pub amqp: broker::Endpoint,
     pub queues: Vec<String>,
     pub prefetch: u16,
     pub max_in_flight: usize,
@@ -45,7 +45,7 @@ pub async fn consume<P: DeliveryProcessor>(
     let mut failures: u32 = 0;
     let tag = format!("{}-{}", spec.name, uuid::Uuid::now_v7());
     while !cancel.is_cancelled() {
-        let Ok(connection) = broker::connect(&spec.amqp_url, &spec.name, &cancel).await else {
+        let Ok(connection) = broker::connect(&spec.amqp, &spec.name, &cancel).await else {
             break;
         };
         let subscribed = async {

@@ -25,6 +25,8 @@ pub struct Shared {
     pub topology: Topology,
     pub pool: PgPool,
     pub locks: Locks,
+    /// The CA of `tls_ca_file`, read once at start, for every TLS client.
+    pub extra_ca: crate::tls::ExtraCa,
     /// The publishing connection (separate from every consuming one).
     pub publisher: Publisher,
     /// Woken after each commit that wrote outbox rows.

@@ -67,14 +67,17 @@ pub struct Row {
 
 /// Moves whatever sits in the DLQs of `stages` into the store (commit, then ack).
 pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> anyhow::Result<u64> {
-    let connection = broker::connect_once(&settings.amqp_url, "payfleet-dlq-drain")
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ (amqp_url, vhost {})",
-                settings.amqp_vhost()
-            )
-        })?;
+    let connection = broker::connect_once(
+        &payfleet_common::broker::Endpoint::from_settings(settings)?,
+        "payfleet-dlq-drain",
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to RabbitMQ (amqp_url, vhost {})",
+            settings.amqp_vhost()
+        )
+    })?;
     let channel = connection.create_channel().await?;
     let keeper = Keeper::new(pool.clone());
     let mut drained = 0;
@@ -208,7 +211,7 @@ pub async fn replay(
     }
     let topology = Topology::from_settings(settings)?;
     let publisher = Publisher::new(
-        &settings.amqp_url,
+        broker::Endpoint::from_settings(settings)?,
         "payfleet-dlq-replay",
         CancellationToken::new(),
     );

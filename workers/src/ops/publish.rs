@@ -45,7 +45,7 @@ pub async fn publish(
     }
     let topology = Topology::from_settings(settings)?;
     let publisher = Publisher::new(
-        &settings.amqp_url,
+        broker::Endpoint::from_settings(settings)?,
         "payfleet-publish",
         CancellationToken::new(),
     );

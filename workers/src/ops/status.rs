@@ -207,14 +207,17 @@ async fn from_passive_declares(
     settings: &Settings,
     topology: &Topology,
 ) -> anyhow::Result<BTreeMap<String, QueueCounts>> {
-    let connection = payfleet_common::broker::connect_once(&settings.amqp_url, "payfleet-status")
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ at amqp_url (vhost {})",
-                settings.amqp_vhost()
-            )
-        })?;
+    let connection = payfleet_common::broker::connect_once(
+        &payfleet_common::broker::Endpoint::from_settings(settings)?,
+        "payfleet-status",
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to RabbitMQ at amqp_url (vhost {})",
+            settings.amqp_vhost()
+        )
+    })?;
     let mut queues = vec![topology.spec.ingress.queue.clone()];
     for stage in topology.stages() {
         queues.push(Topology::work_queue(stage));

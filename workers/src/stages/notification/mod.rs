@@ -185,7 +185,11 @@ struct Due {
 /// processes share the work.
 pub async fn run_webhooks(shared: Arc<Shared>, stop: CancellationToken) {
     let timeout = Duration::from_millis(shared.settings.webhook_timeout_ms);
-    let client = match webhook_target::client(timeout, shared.settings.webhook_allow_loopback) {
+    let client = match webhook_target::client(
+        timeout,
+        shared.settings.webhook_allow_loopback,
+        &shared.extra_ca,
+    ) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot build the webhook HTTP client; webhooks are not sent");
@@ -272,7 +276,8 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
             ),
             Err(e) => match webhook_target::refusal(&e) {
                 Some(refused) => (None, Some(refused), true),
-                None => (None, Some(e.to_string()), false),
+                // the whole chain: the cause (a refused certificate, a reset) is at its end
+                None => (None, Some(format!("{:#}", anyhow::Error::new(e))), false),
             },
         };
         (d, http_status, error, refused, elapsed)

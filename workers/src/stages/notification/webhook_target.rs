@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use payfleet_common::tls::ExtraCa;
 use reqwest::{
     Url,
     dns::{Addrs, Name, Resolve, Resolving},
@@ -154,8 +155,14 @@ impl Resolve for GuardedResolver {
 
 /// The HTTP client for merchant webhooks: addresses checked in its own DNS
 /// resolution, no redirects followed, no proxy.
-pub fn client(timeout: Duration, allow_loopback: bool) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// https receivers are verified against the platform's roots and `extra_ca`.
+pub fn client(
+    timeout: Duration,
+    allow_loopback: bool,
+    extra_ca: &ExtraCa,
+) -> reqwest::Result<reqwest::Client> {
+    extra_ca
+        .trusted_by(reqwest::Client::builder())?
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -273,7 +280,7 @@ mod tests {
             1,
             "the control went through the proxy"
         );
-        let guarded = client(Duration::from_secs(5), true).unwrap();
+        let guarded = client(Duration::from_secs(5), true, &ExtraCa::default()).unwrap();
         let response = guarded.post(&url).body("x").send().await.unwrap();
         assert!(response.status().is_success());
         assert_eq!(direct_count.load(SeqCst), 1, "sent directly");
