@@ -1,9 +1,9 @@
 //! The six stages of the payment chain and the processes that run them.
 
-pub mod callbacks;
 pub mod channels;
 pub mod demo;
 pub mod domain;
+pub mod ingress;
 pub mod invariants;
 pub mod jobs;
 pub mod ops;
@@ -80,7 +80,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         .background("expiry-sweeper", sweeper::run)
         .background("balance-roll-up", sweeper::run_roll_up);
     if http {
-        let ingress = callbacks::router(fleet.shared().clone());
+        let ingress = ingress::router(fleet.shared().clone());
         fleet = fleet.with_http().with_routes(ingress);
     }
     Ok(fleet)

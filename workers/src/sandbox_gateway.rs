@@ -181,6 +181,11 @@ pub struct Notice {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// The headers a webhook carries its timestamp (Unix seconds) and its
+/// signature in.
+pub const TIMESTAMP_HEADER: &str = "x-sandbox-timestamp";
+pub const SIGNATURE_HEADER: &str = "x-sandbox-signature";
+
 /// The webhook signature: hex HMAC-SHA256(secret, "{timestamp}.{body}").
 pub fn sign_notice(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut signed = format!("{timestamp}.").into_bytes();
@@ -327,9 +332,9 @@ impl Gateway {
                     .http
                     .post(&url)
                     .header("content-type", "application/json")
-                    .header("x-sandbox-timestamp", timestamp.to_string())
+                    .header(TIMESTAMP_HEADER, timestamp.to_string())
                     .header(
-                        "x-sandbox-signature",
+                        SIGNATURE_HEADER,
                         sign_notice(&channel.secret, timestamp, &body),
                     )
                     .timeout(Duration::from_secs(5))

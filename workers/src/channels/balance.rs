@@ -5,7 +5,13 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+use super::{
+    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, WebhookNotice, WebhookRefusal,
+};
 
 /// The user's wallet: Try froze the funds, so the charge succeeds at once and
 /// Confirm moves the frozen money. There is no trade to query or close.
@@ -52,5 +58,14 @@ impl ChannelAdapter for BalanceChannel {
                 "the wallet channel took no money for {attempt_id}: nothing to refund there"
             ))
         })
+    }
+    fn verify_webhook(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+        _tolerance: Duration,
+    ) -> Result<WebhookNotice, WebhookRefusal> {
+        // The wallet answers every charge at once: nobody posts its results.
+        Err(WebhookRefusal::NotTaken)
     }
 }

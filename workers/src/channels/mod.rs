@@ -1,13 +1,15 @@
 //! Channels: the [`ChannelAdapter`] trait every payment channel implements
-//! (charge, query, close, refund), the adapters (the user's wallet,
+//! (charge, query, close, refund, verify a webhook), the adapters (the user's wallet,
 //! [`balance`]; the sandbox gateway over HTTP, [`sandbox`]), the registry
 //! that builds them from the `channels` table ([`registry`]) and routing
 //! with its circuit breaker ([`routing`]). Stages and the ingress reach a
 //! channel only through this module.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, time::Duration};
 
+use chrono::{DateTime, Utc};
 use payfleet_common::messages::ChannelStatus;
+use reqwest::header::HeaderMap;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use uuid::Uuid;
@@ -74,6 +76,51 @@ pub enum CloseReply {
     },
 }
 
+/// A channel's webhook notice, verified and read.
+#[derive(Debug, Clone)]
+pub struct WebhookNotice {
+    /// The attempt the notice is for (our idempotency key at the channel).
+    pub attempt_id: Uuid,
+    /// The channel the notice names itself.
+    pub channel: String,
+    /// The result; `None` for a notice that decides nothing yet (pending).
+    pub status: Option<ChannelStatus>,
+    /// The amount and currency as the channel states them.
+    pub amount: Decimal,
+    pub currency: String,
+    /// The channel's own reference of the trade.
+    pub reference: String,
+    /// What the notice says of the trade, in the channel's words: with
+    /// `reference`, one notice sent twice is told from another.
+    pub event: String,
+    pub reason: Option<String>,
+    /// When the channel decided this status.
+    pub occurred_at: DateTime<Utc>,
+    /// The signed timestamp and the signature as sent, kept with the raw
+    /// body so the notice can be verified again later.
+    pub signed_timestamp: String,
+    pub signature: String,
+}
+
+/// Why a webhook is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookRefusal {
+    #[error("the channel takes no webhooks")]
+    NotTaken,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("stale timestamp")]
+    Stale,
+    #[error("unreadable notice")]
+    Unreadable,
+    /// A notice without a readable amount and currency is no answer: the
+    /// channel sends it again, or a status query decides.
+    #[error("unreadable amount or currency")]
+    UnreadableMoney,
+    #[error("unknown attempt")]
+    UnknownAttempt,
+}
+
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A payment channel.
@@ -90,6 +137,14 @@ pub trait ChannelAdapter: Send + Sync {
         refund_id: Uuid,
         amount: Decimal,
     ) -> Boxed<'a, Result<Value, String>>;
+    /// Verifies a webhook the channel posted (its signature, and that it
+    /// was signed within `tolerance` of now) and reads it.
+    fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        tolerance: Duration,
+    ) -> Result<WebhookNotice, WebhookRefusal>;
 }
 
 /// Whether `code` reads as an ISO 4217 code. One we do not accept is still

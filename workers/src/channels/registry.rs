@@ -22,6 +22,7 @@ use crate::channels::{BalanceChannel, ChannelAdapter, SandboxChannel};
 pub struct ChannelRow {
     pub kind: String,
     pub base_url: Option<String>,
+    pub webhook_secret: Option<String>,
 }
 
 /// Whether an adapter can be built for a channel of `kind` at `base_url`:
@@ -94,7 +95,7 @@ impl Adapters {
         channel: &str,
     ) -> Result<Arc<dyn ChannelAdapter>, AdapterError> {
         let row: Option<ChannelRow> =
-            sqlx::query_as("SELECT kind, base_url FROM channels WHERE name = $1")
+            sqlx::query_as("SELECT kind, base_url, webhook_secret FROM channels WHERE name = $1")
                 .bind(channel)
                 .fetch_optional(db)
                 .await
@@ -131,12 +132,14 @@ fn build(
         });
     }
     match (row.kind.as_str(), row.base_url.as_deref()) {
-        ("sandbox", Some(url)) => SandboxChannel::new(channel, url, timeout)
-            .map(|adapter| Arc::new(adapter) as Arc<dyn ChannelAdapter>)
-            .map_err(|e| AdapterError::Build {
-                channel: channel.to_owned(),
-                error: e.to_string(),
-            }),
+        ("sandbox", Some(url)) => {
+            SandboxChannel::new(channel, url, row.webhook_secret.as_deref(), timeout)
+                .map(|adapter| Arc::new(adapter) as Arc<dyn ChannelAdapter>)
+                .map_err(|e| AdapterError::Build {
+                    channel: channel.to_owned(),
+                    error: e.to_string(),
+                })
+        }
         _ => Ok(Arc::new(BalanceChannel)),
     }
 }
@@ -149,6 +152,7 @@ mod tests {
         ChannelRow {
             kind: kind.into(),
             base_url: base_url.map(str::to_owned),
+            webhook_secret: None,
         }
     }
 

@@ -1,26 +1,43 @@
-//! A channel of the sandbox gateway, over HTTP.
+//! A channel of the sandbox gateway, over HTTP; its webhooks are signed
+//! with the channel's secret in the `x-sandbox-*` headers.
 
 use std::time::Duration;
 
-use payfleet_common::messages::ChannelStatus;
+use chrono::Utc;
+use payfleet_common::messages::{self, ChannelStatus};
+use reqwest::header::HeaderMap;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, is_currency_code};
+use super::{
+    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, WebhookNotice, WebhookRefusal,
+    is_currency_code,
+};
+use crate::sandbox_gateway::{
+    Notice, SIGNATURE_HEADER, TIMESTAMP_HEADER, TradeStatus, sign_notice,
+};
 
 /// A channel of the sandbox gateway, over HTTP.
 pub struct SandboxChannel {
     pub name: String,
     pub base_url: String,
+    /// What its webhooks are signed with; none, and it takes no webhooks.
+    pub webhook_secret: Option<String>,
     pub http: reqwest::Client,
 }
 
 impl SandboxChannel {
-    pub fn new(name: &str, base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        webhook_secret: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             name: name.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
+            webhook_secret: webhook_secret.map(str::to_owned),
             http: reqwest::Client::builder().timeout(timeout).build()?,
         })
     }
@@ -93,6 +110,44 @@ async fn send(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, 
     let status = response.status();
     let body = response.json::<Value>().await.unwrap_or(Value::Null);
     Ok((status, body))
+}
+
+/// Reads a webhook whose signature held: a notice of a readable amount and
+/// currency, for an attempt of ours.
+fn read_notice(
+    body: &[u8],
+    signed_timestamp: String,
+    signature: String,
+) -> Result<WebhookNotice, WebhookRefusal> {
+    let notice = serde_json::from_slice::<Notice>(body).map_err(|_| WebhookRefusal::Unreadable)?;
+    if notice.amount.scale() > payfleet_common::money::MINOR_DIGITS
+        || notice.amount <= Decimal::ZERO
+        || !is_currency_code(&notice.currency)
+    {
+        return Err(WebhookRefusal::UnreadableMoney);
+    }
+    let attempt_id = notice
+        .out_trade_no
+        .parse::<Uuid>()
+        .map_err(|_| WebhookRefusal::UnknownAttempt)?;
+    let status = match notice.status {
+        TradeStatus::Succeeded => Some(ChannelStatus::Succeeded),
+        TradeStatus::Failed | TradeStatus::Closed => Some(ChannelStatus::Failed),
+        TradeStatus::Pending => None,
+    };
+    Ok(WebhookNotice {
+        attempt_id,
+        channel: notice.channel,
+        status,
+        amount: notice.amount,
+        currency: notice.currency,
+        reference: notice.trade_no,
+        event: format!("{:?}", notice.status),
+        reason: notice.reason,
+        occurred_at: notice.occurred_at,
+        signed_timestamp,
+        signature,
+    })
 }
 
 impl ChannelAdapter for SandboxChannel {
@@ -179,6 +234,33 @@ impl ChannelAdapter for SandboxChannel {
                 Err(error) => Err(error),
             }
         })
+    }
+    fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        tolerance: Duration,
+    ) -> Result<WebhookNotice, WebhookRefusal> {
+        let Some(secret) = &self.webhook_secret else {
+            return Err(WebhookRefusal::NotTaken);
+        };
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (signed_timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
+        let timestamp: i64 = signed_timestamp.parse().unwrap_or(0);
+        let age_ms = (Utc::now().timestamp() - timestamp).abs() * 1000;
+        if !messages::verify_hex(&sign_notice(secret, timestamp, body), &signature) {
+            return Err(WebhookRefusal::BadSignature);
+        }
+        if age_ms as u64 > u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX) {
+            return Err(WebhookRefusal::Stale);
+        }
+        read_notice(body, signed_timestamp, signature)
     }
 }
 
