@@ -1,5 +1,6 @@
 //! The payment (transaction record) and its status machine. Statuses only
-//! move forward; every change is a compare-and-set on the expected status.
+//! move forward, along the one table of moves ([`MOVES`]) that the stages
+//! consult; every change is a compare-and-set on the expected status.
 //!
 //! ```text
 //! validated ─ Try ─▶ frozen ─ callback ─▶ paid ─ Confirm ─▶ settled
@@ -78,6 +79,51 @@ impl PaymentStatus {
     }
 }
 
+/// Every move a payment's status may make, and what makes it: the one table
+/// the stages consult, and [`transition`] refuses any other. A payment is
+/// created `validated`, `rejected` or `challenged` by order-validation.
+pub const MOVES: [(PaymentStatus, PaymentStatus, &str); 11] = {
+    use PaymentStatus::*;
+    [
+        (Validated, Frozen, "Try"),
+        (
+            Validated,
+            Failed,
+            "Try refused (insufficient balance, out of stock), or Cancel",
+        ),
+        (
+            Validated,
+            Cancelled,
+            "expired before Try: an empty rollback",
+        ),
+        (
+            Frozen,
+            Paid,
+            "the channel reported success (or `payment resolve --as paid`)",
+        ),
+        (
+            Frozen,
+            Failed,
+            "Cancel: declined, or the trade closed unresolved",
+        ),
+        (Frozen, Cancelled, "Cancel: expired"),
+        (Frozen, Exception, "conflicting facts: held for review"),
+        (Paid, Settled, "Confirm"),
+        (Paid, Exception, "conflicting facts: held for review"),
+        (Exception, Paid, "`payment resolve --as paid`"),
+        (Exception, Failed, "`payment resolve --as failed`: Cancel"),
+    ]
+};
+
+impl PaymentStatus {
+    /// Whether [`MOVES`] lets a payment go from `self` to `to`.
+    pub fn may_move_to(self, to: PaymentStatus) -> bool {
+        MOVES
+            .iter()
+            .any(|&(from, into, _)| from == self && into == to)
+    }
+}
+
 impl Status for PaymentStatus {
     fn rank(self) -> u8 {
         match self {
@@ -133,7 +179,8 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Payment>, 
     .await?)
 }
 
-/// Compare-and-set of the status; true when it moved.
+/// Compare-and-set of the status; true when it moved. A move [`MOVES`]
+/// does not list is refused before anything is written.
 pub async fn transition(
     conn: &mut PgConnection,
     id: Uuid,
@@ -141,6 +188,13 @@ pub async fn transition(
     to: PaymentStatus,
     reason: Option<&str>,
 ) -> Result<bool, StageError> {
+    if !from.may_move_to(to) {
+        return Err(StageError::permanent(format!(
+            "payment {id}: no move from {} to {}",
+            from.as_str(),
+            to.as_str()
+        )));
+    }
     let finished = to.is_terminal();
     let moved = sqlx::query(
         "UPDATE payments SET status = $3, reason = COALESCE($4, reason), updated_at = now(),
@@ -213,5 +267,26 @@ pub fn outcome_message(id: Uuid, outcome: Final, reason: Option<&str>) -> Paymen
         outcome,
         reason: reason.map(str::to_owned),
         decided_at: Utc::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_only_move_forward_and_only_an_exception_is_reopened() {
+        for (from, to, _) in MOVES {
+            if from == PaymentStatus::Exception {
+                // by hand, to settle it or to cancel it
+                assert!(matches!(to, PaymentStatus::Paid | PaymentStatus::Failed));
+                continue;
+            }
+            assert!(!from.is_terminal(), "{from:?} is terminal");
+            assert!(from.rank() < to.rank(), "{from:?} -> {to:?} goes back");
+        }
+        for status in PaymentStatus::ALL {
+            assert_eq!(PaymentStatus::parse(status.as_str()).ok(), Some(status));
+        }
     }
 }

@@ -21,6 +21,45 @@ use crate::domain::{
     payment::{self, Payment, PaymentStatus},
 };
 
+/// A payment's reservation of its amount (the wallet's freeze, or a mark
+/// for a channel payment): Try leaves it `tried`, Confirm or Cancel finish
+/// it. A Cancel before Try records it `cancelled` (an empty rollback), so a
+/// late Try reserves nothing. The SQL that moves it is a compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservationStatus {
+    Tried,
+    Confirmed,
+    Cancelled,
+}
+
+impl ReservationStatus {
+    pub const ALL: [ReservationStatus; 3] = [
+        ReservationStatus::Tried,
+        ReservationStatus::Confirmed,
+        ReservationStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Tried => "tried",
+            ReservationStatus::Confirmed => "confirmed",
+            ReservationStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, StageError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| StageError::permanent(format!("unknown reservation status `{text}`")))
+    }
+
+    /// Confirmed or cancelled: nothing is held any more.
+    pub fn is_terminal(self) -> bool {
+        self != ReservationStatus::Tried
+    }
+}
+
 /// TCC Confirm of a `paid` payment; moves it to `settled`.
 ///
 /// A channel payment settles what the channel actually charged: a shortfall
@@ -207,10 +246,7 @@ pub async fn cancel(
 ) -> Result<bool, StageError> {
     let from = p.status()?;
     // An exception is cancelled only by hand (payfleet payment resolve).
-    if !matches!(
-        from,
-        PaymentStatus::Validated | PaymentStatus::Frozen | PaymentStatus::Exception
-    ) {
+    if !from.may_move_to(to) {
         return Ok(false);
     }
     let reservation: Option<(Option<i64>, Decimal, String)> = sqlx::query_as(
@@ -219,6 +255,12 @@ pub async fn cancel(
     .bind(p.id)
     .fetch_optional(&mut *conn)
     .await?;
+    let reservation = match reservation {
+        Some((wallet, amount, status)) => {
+            Some((wallet, amount, ReservationStatus::parse(&status)?))
+        }
+        None => None,
+    };
     match reservation {
         None => {
             // Empty rollback: Try never ran. Recorded, so a late Try is refused.
@@ -229,14 +271,14 @@ pub async fn cancel(
                 .execute(&mut *conn)
                 .await?;
         }
-        Some((None, _, status)) if status == "tried" => {
+        Some((None, _, ReservationStatus::Tried)) => {
             // A channel payment: no wallet was frozen.
             sqlx::query("UPDATE reservations SET status = 'cancelled', finished_at = now() WHERE payment_id = $1")
                 .bind(p.id)
                 .execute(&mut *conn)
                 .await?;
         }
-        Some((Some(wallet), amount, status)) if status == "tried" => {
+        Some((Some(wallet), amount, ReservationStatus::Tried)) => {
             let released: (Decimal, Decimal) = sqlx::query_as(
                 "UPDATE accounts SET available = available + $2, frozen = frozen - $2, updated_at = now()
                  WHERE id = $1 AND frozen >= $2 RETURNING available, frozen",
@@ -261,11 +303,12 @@ pub async fn cancel(
                 .execute(&mut *conn)
                 .await?;
         }
-        Some((_, _, status)) if status == "cancelled" => {}
-        Some((_, _, status)) => {
+        Some((_, _, ReservationStatus::Cancelled)) => {}
+        Some((_, _, status @ ReservationStatus::Confirmed)) => {
             return Err(StageError::permanent(format!(
-                "payment {} cannot be cancelled: its reservation is {status}",
-                p.id
+                "payment {} cannot be cancelled: its reservation is {}",
+                p.id,
+                status.as_str()
             )));
         }
     }

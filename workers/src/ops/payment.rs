@@ -137,10 +137,7 @@ pub async fn resolve(
     };
     let status = p.status().map_err(|e| anyhow::anyhow!("{e}"))?;
     let before = snapshot(&mut tx, id).await?;
-    if !matches!(
-        status,
-        PaymentStatus::Exception | PaymentStatus::Frozen | PaymentStatus::Paid
-    ) {
+    if status != PaymentStatus::Paid && !status.may_move_to(PaymentStatus::Paid) {
         bail!(
             "payment {id} is {}: only an exception, frozen or paid payment can be resolved by hand",
             status.as_str()

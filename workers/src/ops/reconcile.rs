@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::attempt::AttemptStatus;
+
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub channel: String,
@@ -29,15 +31,15 @@ impl Summary {
 
 /// Our attempt status and the channel's, seen as the same thing?
 fn same_status(ours: &str, theirs: &str) -> bool {
-    matches!(
-        (ours, theirs),
-        ("succeeded", "SUCCEEDED")
-            | ("failed", "FAILED")
-            | ("closed", "CLOSED")
-            | ("failed", "CLOSED")
-            | ("closed", "FAILED")
-            | ("sending" | "pending" | "unknown", "PENDING")
-    )
+    let Ok(ours) = AttemptStatus::parse(ours) else {
+        return false;
+    };
+    match theirs {
+        "SUCCEEDED" => ours == AttemptStatus::Succeeded,
+        "FAILED" | "CLOSED" => matches!(ours, AttemptStatus::Failed | AttemptStatus::Closed),
+        "PENDING" => ours.is_open(),
+        _ => false,
+    }
 }
 
 pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::Result<Summary> {
@@ -91,7 +93,7 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
     for (attempt, payment, amount, currency, status, fee) in &ours {
         let mine = json!({"amount": amount.to_string(), "currency": currency, "status": status, "fee": fee.to_string()});
         match theirs.remove(&attempt.to_string()) {
-            None if status == "succeeded" => items.push((
+            None if status == AttemptStatus::Succeeded.as_str() => items.push((
                 "missing_theirs",
                 attempt.to_string(),
                 Some(*payment),

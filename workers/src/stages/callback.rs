@@ -14,8 +14,10 @@ use payfleet_common::{
     runtime::{Outcome, StageError, StageTx},
 };
 use rust_decimal::Decimal;
+use uuid::Uuid;
 
 use crate::domain::{
+    attempt::AttemptStatus,
     ledger::ChannelCharge,
     payment::{self, Payment, PaymentStatus},
     step::PaymentStep,
@@ -48,146 +50,25 @@ impl PaymentStep for Callback {
                 reason: format!("attempt {} not committed yet", m.attempt_id),
             });
         };
+        let attempt_status = AttemptStatus::parse(&attempt_status)?;
         let status = p.status()?;
         // Paid after we gave up on it (expired, closed, failed): the money
         // is owed back. Recorded once, and reported for review.
         let gave_up = matches!(status, PaymentStatus::Failed | PaymentStatus::Cancelled)
-            || attempt_status == "closed";
+            || attempt_status == AttemptStatus::Closed;
         if m.status == ChannelStatus::Succeeded && gave_up && m.channel != "balance" {
-            let already_owed: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE attempt_id = $1)")
-                    .bind(m.attempt_id)
-                    .fetch_one(tx.conn())
-                    .await?;
-            if already_owed {
-                return Ok(Outcome::Stale {
-                    reason: format!("refund for attempt {} already owed", m.attempt_id),
-                });
-            }
-            charge(&p, m).owe_back(tx.conn(), "late_success").await?;
-            sqlx::query("UPDATE payment_attempts SET status = 'succeeded', resolved_at = now() WHERE id = $1").bind(m.attempt_id).execute(tx.conn()).await?;
-            crate::domain::payment::emit_outcome(
-                tx,
-                p.id,
-                Final::Exception,
-                Some("late_success_refund_owed"),
-            )?;
-            return Ok(Outcome::Exception {
-                reason: format!(
-                    "payment {} is {} but attempt {} succeeded: refund of {} {} owed",
-                    p.id,
-                    status.as_str(),
-                    m.attempt_id,
-                    m.amount,
-                    m.currency
-                ),
-            });
+            return owe_back_late_success(tx, m, &p, status).await;
         }
         // A success for another amount or currency than asked: held for
         // review. A failure carries no money, so its amount is not compared.
-        // A payment already final keeps its status; the exception is reported.
         if m.status == ChannelStatus::Succeeded
             && (m.amount != p.amount || m.currency != p.currency)
         {
-            let detail = format!(
-                "amount_mismatch: channel reported {} {}, payment is {} {}",
-                m.amount, m.currency, p.amount, p.currency
-            );
-            // The channel holds this money whatever ops decide: the attempt
-            // says so, and the books keep it in suspense until the review. A
-            // payment already settled or given up is not reopened: its
-            // exception is reported and nothing is booked twice. (A wallet
-            // capture moves nothing: the money is the wallet's freeze.)
-            let holds = m.channel != "balance"
-                && matches!(
-                    status,
-                    PaymentStatus::Frozen | PaymentStatus::Paid | PaymentStatus::Exception
-                );
-            let newly_held = holds
-                && {
-                    sqlx::query(
-                    "UPDATE payment_attempts SET status = 'succeeded', channel_reference = COALESCE($2, channel_reference),
-                            resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
-                )
-                .bind(m.attempt_id)
-                .bind(&m.channel_reference)
-                .execute(tx.conn())
-                .await?;
-                    charge(&p, m).hold(tx.conn()).await?
-                };
-            if status == PaymentStatus::Exception {
-                // Already under review: a charge not yet on record (an
-                // exception from before charges were held) is recorded now.
-                return Ok(if newly_held {
-                    Outcome::Exception { reason: detail }
-                } else {
-                    Outcome::Stale {
-                        reason: "already held for review".into(),
-                    }
-                });
-            }
-            let open = matches!(status, PaymentStatus::Frozen | PaymentStatus::Paid);
-            if !open
-                || payment::transition(
-                    tx.conn(),
-                    p.id,
-                    status,
-                    PaymentStatus::Exception,
-                    Some(&detail),
-                )
-                .await?
-            {
-                crate::domain::payment::emit_outcome(
-                    tx,
-                    p.id,
-                    Final::Exception,
-                    Some("amount_mismatch"),
-                )?;
-            }
-            return Ok(Outcome::Exception { reason: detail });
+            return hold_mismatch(tx, m, &p, status).await;
         }
-        // The attempt follows the result when it was still open (a webhook).
-        let attempt_to = match m.status {
-            ChannelStatus::Succeeded => "succeeded",
-            ChannelStatus::Failed => "failed",
-        };
-        if matches!(attempt_status.as_str(), "sending" | "pending" | "unknown") {
-            sqlx::query("UPDATE payment_attempts SET status = $2, channel_reference = $3, resolved_at = now() WHERE id = $1")
-                .bind(m.attempt_id)
-                .bind(attempt_to)
-                .bind(&m.channel_reference)
-                .execute(tx.conn())
-                .await?;
-        } else if attempt_status == "closed" && m.status == ChannelStatus::Failed {
-            return Ok(Outcome::Stale {
-                reason: format!("attempt {} was closed: nothing was paid", m.attempt_id),
-            });
-        } else if attempt_status != attempt_to {
-            let detail = format!(
-                "attempt {} reported {attempt_to} after {attempt_status}",
-                m.attempt_id
-            );
-            let open = matches!(status, PaymentStatus::Frozen | PaymentStatus::Paid);
-            if !open
-                || payment::transition(
-                    tx.conn(),
-                    p.id,
-                    status,
-                    PaymentStatus::Exception,
-                    Some(&detail),
-                )
-                .await?
-            {
-                crate::domain::payment::emit_outcome(
-                    tx,
-                    p.id,
-                    Final::Exception,
-                    Some("conflicting_results"),
-                )?;
-            }
-            return Ok(Outcome::Exception { reason: detail });
+        if let Some(outcome) = follow_attempt(tx, m, &p, status, attempt_status).await? {
+            return Ok(outcome);
         }
-
         if m.status == ChannelStatus::Succeeded && m.channel != "balance" {
             // What the channel says it charged, for settlement and reconciliation.
             sqlx::query(
@@ -200,77 +81,206 @@ impl PaymentStep for Callback {
             .execute(tx.conn())
             .await?;
         }
+        apply(tx, m, &p, status).await
+    }
+}
 
-        match (m.status, status) {
-            (ChannelStatus::Succeeded, PaymentStatus::Frozen) => {
-                payment::transition(
-                    tx.conn(),
+/// A success after the payment was given up: the charge is owed back to
+/// the payer (once), and the payment is reported for review.
+async fn owe_back_late_success(
+    tx: &mut StageTx,
+    m: &ChannelResult,
+    p: &Payment,
+    status: PaymentStatus,
+) -> Result<Outcome, StageError> {
+    let already_owed: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE attempt_id = $1)")
+            .bind(m.attempt_id)
+            .fetch_one(tx.conn())
+            .await?;
+    if already_owed {
+        return Ok(Outcome::Stale {
+            reason: format!("refund for attempt {} already owed", m.attempt_id),
+        });
+    }
+    charge(p, m).owe_back(tx.conn(), "late_success").await?;
+    sqlx::query(
+        "UPDATE payment_attempts SET status = 'succeeded', resolved_at = now() WHERE id = $1",
+    )
+    .bind(m.attempt_id)
+    .execute(tx.conn())
+    .await?;
+    payment::emit_outcome(tx, p.id, Final::Exception, Some("late_success_refund_owed"))?;
+    Ok(Outcome::Exception {
+        reason: format!(
+            "payment {} is {} but attempt {} succeeded: refund of {} {} owed",
+            p.id,
+            status.as_str(),
+            m.attempt_id,
+            m.amount,
+            m.currency
+        ),
+    })
+}
+
+/// A success for another amount or currency than asked. The channel holds
+/// this money whatever ops decide: the attempt says so, and the books keep
+/// it in suspense until the review. A payment already settled or given up
+/// is not reopened: its exception is reported and nothing is booked twice.
+/// (A wallet capture moves nothing: the money is the wallet's freeze.)
+async fn hold_mismatch(
+    tx: &mut StageTx,
+    m: &ChannelResult,
+    p: &Payment,
+    status: PaymentStatus,
+) -> Result<Outcome, StageError> {
+    let detail = format!(
+        "amount_mismatch: channel reported {} {}, payment is {} {}",
+        m.amount, m.currency, p.amount, p.currency
+    );
+    let holds = m.channel != "balance"
+        && matches!(
+            status,
+            PaymentStatus::Frozen | PaymentStatus::Paid | PaymentStatus::Exception
+        );
+    let newly_held = holds
+        && {
+            sqlx::query(
+                "UPDATE payment_attempts SET status = 'succeeded', channel_reference = COALESCE($2, channel_reference),
+                        resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
+            )
+            .bind(m.attempt_id)
+            .bind(&m.channel_reference)
+            .execute(tx.conn())
+            .await?;
+            charge(p, m).hold(tx.conn()).await?
+        };
+    if status == PaymentStatus::Exception {
+        // Already under review: a charge not yet on record (an exception
+        // from before charges were held) is recorded now.
+        return Ok(if newly_held {
+            Outcome::Exception { reason: detail }
+        } else {
+            Outcome::Stale {
+                reason: "already held for review".into(),
+            }
+        });
+    }
+    hold_for_review(tx, p.id, status, detail, "amount_mismatch").await
+}
+
+/// The attempt follows the result when it was still open (a webhook). A
+/// failure of a closed attempt is stale; a result that contradicts the
+/// attempt's own is held for review. `None`: go on.
+async fn follow_attempt(
+    tx: &mut StageTx,
+    m: &ChannelResult,
+    p: &Payment,
+    status: PaymentStatus,
+    attempt_status: AttemptStatus,
+) -> Result<Option<Outcome>, StageError> {
+    let attempt_to = AttemptStatus::of(m.status);
+    if attempt_status.is_open() {
+        sqlx::query("UPDATE payment_attempts SET status = $2, channel_reference = $3, resolved_at = now() WHERE id = $1")
+            .bind(m.attempt_id)
+            .bind(attempt_to.as_str())
+            .bind(&m.channel_reference)
+            .execute(tx.conn())
+            .await?;
+    } else if attempt_status == AttemptStatus::Closed && m.status == ChannelStatus::Failed {
+        return Ok(Some(Outcome::Stale {
+            reason: format!("attempt {} was closed: nothing was paid", m.attempt_id),
+        }));
+    } else if attempt_status != attempt_to {
+        let detail = format!(
+            "attempt {} reported {attempt_to} after {attempt_status}",
+            m.attempt_id
+        );
+        return hold_for_review(tx, p.id, status, detail, "conflicting_results")
+            .await
+            .map(Some);
+    }
+    Ok(None)
+}
+
+/// What the channel's result does to the payment in `status`.
+async fn apply(
+    tx: &mut StageTx,
+    m: &ChannelResult,
+    p: &Payment,
+    status: PaymentStatus,
+) -> Result<Outcome, StageError> {
+    match (m.status, status) {
+        (ChannelStatus::Succeeded, PaymentStatus::Frozen) => {
+            payment::transition(
+                tx.conn(),
+                p.id,
+                PaymentStatus::Frozen,
+                PaymentStatus::Paid,
+                None,
+            )
+            .await?;
+            resolve(tx, p, Resolution::Paid, None)
+        }
+        (ChannelStatus::Failed, PaymentStatus::Frozen) => {
+            let reason = m.reason.clone().unwrap_or_else(|| "declined".to_owned());
+            resolve(tx, p, Resolution::Failed, Some(reason))
+        }
+        (ChannelStatus::Succeeded, PaymentStatus::Paid | PaymentStatus::Settled)
+        | (ChannelStatus::Failed, PaymentStatus::Failed | PaymentStatus::Cancelled) => {
+            Ok(Outcome::Stale {
+                reason: format!("payment {} already {}", p.id, status.as_str()),
+            })
+        }
+        (ChannelStatus::Succeeded, PaymentStatus::Failed | PaymentStatus::Cancelled)
+            if m.channel == "balance" =>
+        {
+            // A wallet capture moves nothing by itself: the released funds stay released.
+            Ok(Outcome::Stale {
+                reason: format!(
+                    "balance capture after payment {} was {}",
                     p.id,
-                    PaymentStatus::Frozen,
-                    PaymentStatus::Paid,
-                    None,
-                )
-                .await?;
-                resolve(tx, &p, Resolution::Paid, None)
-            }
-            (ChannelStatus::Failed, PaymentStatus::Frozen) => {
-                let reason = m.reason.clone().unwrap_or_else(|| "declined".to_owned());
-                resolve(tx, &p, Resolution::Failed, Some(reason))
-            }
-            (ChannelStatus::Succeeded, PaymentStatus::Paid | PaymentStatus::Settled)
-            | (ChannelStatus::Failed, PaymentStatus::Failed | PaymentStatus::Cancelled) => {
-                Ok(Outcome::Stale {
-                    reason: format!("payment {} already {}", p.id, status.as_str()),
-                })
-            }
-            (ChannelStatus::Succeeded, PaymentStatus::Failed | PaymentStatus::Cancelled)
-                if m.channel == "balance" =>
-            {
-                // A wallet capture moves nothing by itself: the released funds stay released.
-                Ok(Outcome::Stale {
-                    reason: format!(
-                        "balance capture after payment {} was {}",
-                        p.id,
-                        status.as_str()
-                    ),
-                })
-            }
-            (ChannelStatus::Succeeded, s) | (ChannelStatus::Failed, s)
-                if s == PaymentStatus::Exception =>
-            {
-                Ok(Outcome::Stale {
-                    reason: "already held for review".into(),
-                })
-            }
-            (result, s) => {
-                let detail = format!(
-                    "channel reported {result:?} but payment {} is {}",
-                    p.id,
-                    s.as_str()
-                );
-                let open = matches!(s, PaymentStatus::Frozen | PaymentStatus::Paid);
-                if s != PaymentStatus::Exception
-                    && (!open
-                        || payment::transition(
-                            tx.conn(),
-                            p.id,
-                            s,
-                            PaymentStatus::Exception,
-                            Some(&detail),
-                        )
-                        .await?)
-                {
-                    crate::domain::payment::emit_outcome(
-                        tx,
-                        p.id,
-                        Final::Exception,
-                        Some("conflicting_final_state"),
-                    )?;
-                }
-                Ok(Outcome::Exception { reason: detail })
-            }
+                    status.as_str()
+                ),
+            })
+        }
+        (_, PaymentStatus::Exception) => Ok(Outcome::Stale {
+            reason: "already held for review".into(),
+        }),
+        (result, s) => {
+            let detail = format!(
+                "channel reported {result:?} but payment {} is {}",
+                p.id,
+                s.as_str()
+            );
+            hold_for_review(tx, p.id, s, detail, "conflicting_final_state").await
         }
     }
+}
+
+/// Moves a payment that may still move to `exception` there, for review,
+/// and reports its exception once; a payment already final keeps its
+/// status, and its exception is reported.
+async fn hold_for_review(
+    tx: &mut StageTx,
+    id: Uuid,
+    status: PaymentStatus,
+    detail: String,
+    reason: &str,
+) -> Result<Outcome, StageError> {
+    if !status.may_move_to(PaymentStatus::Exception)
+        || payment::transition(
+            tx.conn(),
+            id,
+            status,
+            PaymentStatus::Exception,
+            Some(&detail),
+        )
+        .await?
+    {
+        payment::emit_outcome(tx, id, Final::Exception, Some(reason))?;
+    }
+    Ok(Outcome::Exception { reason: detail })
 }
 
 /// The money the channel says it took for this attempt.
@@ -288,7 +298,7 @@ fn charge(p: &payment::Payment, m: &ChannelResult) -> ChannelCharge {
 /// than the attempt's, resolves nothing: the ingress refuses such notices,
 /// and whatever sent this one, it is dead-lettered for review.
 async fn refuse_misdirected(tx: &mut StageTx, m: &ChannelResult) -> Result<(), StageError> {
-    let attempt: Option<(uuid::Uuid, String)> =
+    let attempt: Option<(Uuid, String)> =
         sqlx::query_as("SELECT payment_id, channel FROM payment_attempts WHERE id = $1")
             .bind(m.attempt_id)
             .fetch_optional(tx.conn())

@@ -28,7 +28,10 @@ use uuid::Uuid;
 
 use crate::{
     channels::{Adapters, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, routing},
-    domain::payment::{self, PaymentStatus},
+    domain::{
+        attempt::AttemptStatus,
+        payment::{self, PaymentStatus},
+    },
 };
 
 pub const NAME: &str = crate::domain::handoff::CHANNEL_CALL;
@@ -204,7 +207,10 @@ impl CallingStage for ChannelCall {
                 .bind(p.id)
                 .fetch_optional(tx.conn())
                 .await?;
-        let open = |s: &str| matches!(s, "sending" | "pending" | "unknown");
+        let latest = match latest {
+            Some((id, s)) => Some((id, AttemptStatus::parse(&s)?)),
+            None => None,
+        };
         match work {
             Work::Charge(_) => {
                 let closing = p.close_requested_at.is_some();
@@ -216,7 +222,7 @@ impl CallingStage for ChannelCall {
                 // An attempt found open after a crash is asked again under the
                 // same id, which the channel deduplicates; a resolved one is done.
                 let attempt_id = match latest {
-                    Some((id, s)) if open(&s) => id,
+                    Some((id, s)) if s.is_open() => id,
                     Some((id, s)) => {
                         return Ok(Intent::Finished(Outcome::Stale {
                             reason: format!("attempt {id} already {s}"),
@@ -254,7 +260,7 @@ impl CallingStage for ChannelCall {
                 Ok(Intent::Call(Call::Charge { request, adapter }))
             }
             Work::Query(q) => match latest {
-                Some((id, s)) if id == q.attempt_id && open(&s) => {
+                Some((id, s)) if id == q.attempt_id && s.is_open() => {
                     log(tx, p.id, Some(id), &channel, "query", json!({"call": "query", "out_trade_no": id, "query_number": q.query_number})).await?;
                     Ok(Intent::Call(Call::Query {
                         payment_id: p.id,
@@ -268,7 +274,7 @@ impl CallingStage for ChannelCall {
                 })),
             },
             Work::Close(c) => match latest {
-                Some((id, s)) if open(&s) => {
+                Some((id, s)) if s.is_open() => {
                     log(
                         tx,
                         p.id,
@@ -378,7 +384,7 @@ impl CallingStage for ChannelCall {
             (Call::Close { reason, .. }, Answer::Close(reply)) => match reply {
                 CloseReply::Closed { raw } => {
                     log(tx, payment_id, Some(attempt_id), &channel, "response", raw).await?;
-                    set_attempt(tx, attempt_id, "closed", None).await?;
+                    set_attempt(tx, attempt_id, AttemptStatus::Closed, None).await?;
                     resolve_failed(tx, payment_id, &reason)?;
                     Ok(Outcome::Applied)
                 }
@@ -430,7 +436,8 @@ impl CallingStage for ChannelCall {
                     }
                     ChannelReply::Pending { reference, raw } => {
                         log(tx, payment_id, Some(attempt_id), &channel, "response", raw).await?;
-                        set_attempt(tx, attempt_id, "pending", reference.as_deref()).await?;
+                        set_attempt(tx, attempt_id, AttemptStatus::Pending, reference.as_deref())
+                            .await?;
                         // The webhook should come; a query makes sure.
                         self.next_query(tx, payment_id, attempt_id, number + 1)?;
                         Ok(Outcome::Applied)
@@ -445,7 +452,7 @@ impl CallingStage for ChannelCall {
                             json!({"unknown": error}),
                         )
                         .await?;
-                        set_attempt(tx, attempt_id, "unknown", None).await?;
+                        set_attempt(tx, attempt_id, AttemptStatus::Unknown, None).await?;
                         tracing::warn!(%error, %attempt_id, channel, "no final answer from the channel; a status query decides");
                         self.next_query(tx, payment_id, attempt_id, number + 1)?;
                         Ok(Outcome::Applied)
@@ -506,7 +513,7 @@ fn resolve_failed(tx: &mut StageTx, payment_id: Uuid, reason: &str) -> Result<()
 async fn set_attempt(
     tx: &mut StageTx,
     attempt_id: Uuid,
-    status: &str,
+    status: AttemptStatus,
     reference: Option<&str>,
 ) -> Result<(), StageError> {
     sqlx::query(
@@ -515,7 +522,7 @@ async fn set_attempt(
          WHERE id = $1 AND status IN ('sending', 'pending', 'unknown')",
     )
     .bind(attempt_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(reference)
     .execute(tx.conn())
     .await?;

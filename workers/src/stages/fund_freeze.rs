@@ -45,7 +45,7 @@ impl PaymentStep for FundFreeze {
         p: Payment,
     ) -> Result<Outcome, StageError> {
         let status = p.status()?;
-        if status != PaymentStatus::Validated {
+        if !status.may_move_to(PaymentStatus::Frozen) {
             let miss = transition::classify(
                 Some(status),
                 PaymentStatus::Validated,
