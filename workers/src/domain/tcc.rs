@@ -104,62 +104,11 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
     };
     let settled = match (wallet, charge) {
         // Paid from the wallet: the frozen funds leave it.
-        (Some(wallet), _) => {
-            let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
-                "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
-                 RETURNING available, frozen",
-            )
-            .bind(wallet)
-            .bind(amount)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some((available_after, frozen_after)) = debited else {
-                return Err(StageError::permanent(format!(
-                    "wallet {wallet} holds less frozen than payment {} reserved",
-                    p.id
-                )));
-            };
-            statement(
-                conn,
-                wallet,
-                p.id,
-                "debit",
-                amount,
-                &p.currency,
-                available_after,
-                frozen_after,
-            )
-            .await?;
-            entry
-                .post(conn, Account::Wallet(&p.user_id), -amount, &p.currency)
-                .await?;
-            amount
-        }
+        (Some(wallet), _) => debit_wallet(conn, p, &entry, wallet, amount).await?,
         // Paid at a third-party channel: what it charged comes in (from the
         // channel, or from suspense after a review); the channel's fee is
         // the platform's cost.
-        (None, Some(charge)) => {
-            if charge.currency != p.currency {
-                return Err(StageError::permanent(format!(
-                    "payment {} is in {} but its channel charged {} {}: it cannot settle",
-                    p.id, p.currency, charge.amount, charge.currency
-                )));
-            }
-            let fee = if charge.amount == p.amount {
-                p.channel_fee
-            } else {
-                money::round(p.channel_fee * charge.amount / p.amount)
-            };
-            charge.bring_in(conn, &entry, fee).await?;
-            let settled = charge.amount.min(amount);
-            charge
-                .owe_back_excess(conn, &entry, charge.amount - settled)
-                .await?;
-            if settled < amount {
-                take_shortfall(conn, p.id, amount - settled).await?;
-            }
-            settled
-        }
+        (None, Some(charge)) => bring_in_charge(conn, p, &entry, amount, &charge).await?,
         (None, None) => {
             return Err(StageError::permanent(format!(
                 "payment {} has neither a wallet freeze nor a channel charge",
@@ -167,6 +116,103 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
             )));
         }
     };
+    credit_sellers(conn, p, &entry, settled).await?;
+    deduct_reservations(conn, p.id).await?;
+    if !payment::transition(
+        conn,
+        p.id,
+        PaymentStatus::Paid,
+        PaymentStatus::Settled,
+        None,
+    )
+    .await?
+    {
+        return Err(StageError::transient(format!(
+            "payment {} left `paid` during Confirm",
+            p.id
+        )));
+    }
+    Ok(())
+}
+
+/// The frozen funds of a wallet payment leave the wallet; what is settled.
+async fn debit_wallet(
+    conn: &mut PgConnection,
+    p: &Payment,
+    entry: &Entry,
+    wallet: i64,
+    amount: Decimal,
+) -> Result<Decimal, StageError> {
+    let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
+        "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
+         RETURNING available, frozen",
+    )
+    .bind(wallet)
+    .bind(amount)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((available_after, frozen_after)) = debited else {
+        return Err(StageError::permanent(format!(
+            "wallet {wallet} holds less frozen than payment {} reserved",
+            p.id
+        )));
+    };
+    statement(
+        conn,
+        wallet,
+        p.id,
+        "debit",
+        amount,
+        &p.currency,
+        available_after,
+        frozen_after,
+    )
+    .await?;
+    entry
+        .post(conn, Account::Wallet(&p.user_id), -amount, &p.currency)
+        .await?;
+    Ok(amount)
+}
+
+/// What a channel charged for a payment of `amount` comes in; an excess is
+/// owed back, a shortfall taken from the sub-orders. What is settled.
+async fn bring_in_charge(
+    conn: &mut PgConnection,
+    p: &Payment,
+    entry: &Entry,
+    amount: Decimal,
+    charge: &ChannelCharge,
+) -> Result<Decimal, StageError> {
+    if charge.currency != p.currency {
+        return Err(StageError::permanent(format!(
+            "payment {} is in {} but its channel charged {} {}: it cannot settle",
+            p.id, p.currency, charge.amount, charge.currency
+        )));
+    }
+    let fee = if charge.amount == p.amount {
+        p.channel_fee
+    } else {
+        money::round(p.channel_fee * charge.amount / p.amount)
+    };
+    charge.bring_in(conn, entry, fee).await?;
+    let settled = charge.amount.min(amount);
+    charge
+        .owe_back_excess(conn, entry, charge.amount - settled)
+        .await?;
+    if settled < amount {
+        take_shortfall(conn, p.id, amount - settled).await?;
+    }
+    Ok(settled)
+}
+
+/// Each seller gains its sub-orders less their fees, the platform the
+/// fees; together exactly what is settled.
+async fn credit_sellers(
+    conn: &mut PgConnection,
+    p: &Payment,
+    entry: &Entry,
+    settled: Decimal,
+) -> Result<(), StageError> {
     let details: Vec<(String, Decimal, Decimal)> =
         sqlx::query_as("SELECT seller_id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id")
             .bind(p.id)
@@ -195,44 +241,34 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
             p.id
         )));
     }
+    Ok(())
+}
 
+/// The reserved stock is deducted, the coupon consumed, the order paid.
+async fn deduct_reservations(conn: &mut PgConnection, id: Uuid) -> Result<(), StageError> {
     sqlx::query(
         "UPDATE stock s SET reserved = s.reserved - r.quantity FROM stock_reservations r
          WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
     )
-    .bind(p.id)
+    .bind(id)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE stock_reservations SET status = 'deducted' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(p.id)
+        .bind(id)
         .execute(&mut *conn)
         .await?;
     sqlx::query("UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(p.id)
+        .bind(id)
         .execute(&mut *conn)
         .await?;
     sqlx::query("UPDATE transaction_details SET status = 'paid' WHERE payment_id = $1")
-        .bind(p.id)
+        .bind(id)
         .execute(&mut *conn)
         .await?;
     sqlx::query("UPDATE orders SET status = 'paid' WHERE payment_id = $1")
-        .bind(p.id)
+        .bind(id)
         .execute(&mut *conn)
         .await?;
-    if !payment::transition(
-        conn,
-        p.id,
-        PaymentStatus::Paid,
-        PaymentStatus::Settled,
-        None,
-    )
-    .await?
-    {
-        return Err(StageError::transient(format!(
-            "payment {} left `paid` during Confirm",
-            p.id
-        )));
-    }
     Ok(())
 }
 
@@ -249,6 +285,22 @@ pub async fn cancel(
     if !from.may_move_to(to) {
         return Ok(false);
     }
+    release_reservation(conn, p).await?;
+    release_stock_and_coupon(conn, p.id).await?;
+    sqlx::query("UPDATE transaction_details SET status = 'cancelled' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE orders SET status = 'closed' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    payment::transition(conn, p.id, from, to, Some(reason)).await
+}
+
+/// Releases the payment's reservation (unfreezing the wallet), or records
+/// an empty rollback when Try never ran, so a late Try reserves nothing.
+async fn release_reservation(conn: &mut PgConnection, p: &Payment) -> Result<(), StageError> {
     let reservation: Option<(Option<i64>, Decimal, String)> = sqlx::query_as(
         "SELECT account_id, amount, status FROM reservations WHERE payment_id = $1 FOR UPDATE",
     )
@@ -312,21 +364,26 @@ pub async fn cancel(
             )));
         }
     }
+    Ok(())
+}
+
+/// Releases the reserved stock and the coupon's use.
+async fn release_stock_and_coupon(conn: &mut PgConnection, id: Uuid) -> Result<(), StageError> {
     sqlx::query(
         "UPDATE stock s SET available = s.available + r.quantity, reserved = s.reserved - r.quantity FROM stock_reservations r
          WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
     )
-    .bind(p.id)
+    .bind(id)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE stock_reservations SET status = 'released' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(p.id)
+        .bind(id)
         .execute(&mut *conn)
         .await?;
     let released_coupon: Option<String> = sqlx::query_scalar(
         "UPDATE coupon_redemptions SET status = 'released' WHERE payment_id = $1 AND status = 'reserved' RETURNING coupon_code",
     )
-    .bind(p.id)
+    .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(code) = released_coupon {
@@ -335,15 +392,7 @@ pub async fn cancel(
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("UPDATE transaction_details SET status = 'cancelled' WHERE payment_id = $1")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE orders SET status = 'closed' WHERE payment_id = $1")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
-    payment::transition(conn, p.id, from, to, Some(reason)).await
+    Ok(())
 }
 
 /// The channel charged less than the payment: the shortfall is taken from

@@ -134,35 +134,10 @@ async fn reserve(
     // Wallet payments: available → frozen, never below zero. A third-party
     // channel takes the money itself, so only stock and coupon are reserved.
     let account_id = if p.channel.as_deref().unwrap_or("balance") == "balance" {
-        let wallet: Option<(i64, Decimal, Decimal)> = sqlx::query_as(
-            "UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
-             WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
-             RETURNING id, available, frozen",
-        )
-        .bind(&p.user_id)
-        .bind(&p.currency)
-        .bind(p.amount)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((account_id, available_after, frozen_after)) = wallet else {
-            return Ok(Err(Shortfall::Balance(format!(
-                "{} {} needed",
-                p.amount, p.currency
-            ))));
-        };
-        sqlx::query(
-            "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
-             VALUES ($1, $2, 'freeze', $3, $4, $5, $6)",
-        )
-        .bind(account_id)
-        .bind(p.id)
-        .bind(p.amount)
-        .bind(&p.currency)
-        .bind(available_after)
-        .bind(frozen_after)
-        .execute(&mut *conn)
-        .await?;
-        Some(account_id)
+        match freeze_wallet(conn, p).await? {
+            Ok(account_id) => Some(account_id),
+            Err(shortfall) => return Ok(Err(shortfall)),
+        }
     } else {
         None
     };
@@ -173,8 +148,76 @@ async fn reserve(
         .bind(&p.currency)
         .execute(&mut *conn)
         .await?;
+    if let Err(shortfall) = reserve_stock(conn, p).await? {
+        return Ok(Err(shortfall));
+    }
+    // Coupon: one use, within the total and the per-user limits.
+    let order: (Option<String>, Decimal) =
+        sqlx::query_as("SELECT coupon_code, discount_amount FROM orders WHERE payment_id = $1")
+            .bind(p.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if let (Some(code), discount) = order {
+        if let Err(shortfall) = reserve_coupon(conn, p, &code, discount).await? {
+            return Ok(Err(shortfall));
+        }
+    }
+    // One transaction detail per sub-order: where the money will go.
+    sqlx::query(
+        "INSERT INTO transaction_details (payment_id, sub_order_id, seller_id, amount, fee_amount, currency, status)
+         SELECT payment_id, id, seller_id, payable_amount, fee_amount, currency, 'awaiting_payment' FROM sub_orders WHERE payment_id = $1",
+    )
+    .bind(p.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE orders SET status = 'awaiting_payment' WHERE payment_id = $1")
+        .bind(p.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(()))
+}
 
-    // Stock, in SKU order so concurrent Trys never deadlock.
+/// Freezes the payment's amount in the payer's wallet; the wallet's id.
+async fn freeze_wallet(
+    conn: &mut PgConnection,
+    p: &payment::Payment,
+) -> Result<Result<i64, Shortfall>, StageError> {
+    let wallet: Option<(i64, Decimal, Decimal)> = sqlx::query_as(
+        "UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
+         WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
+         RETURNING id, available, frozen",
+    )
+    .bind(&p.user_id)
+    .bind(&p.currency)
+    .bind(p.amount)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((account_id, available_after, frozen_after)) = wallet else {
+        return Ok(Err(Shortfall::Balance(format!(
+            "{} {} needed",
+            p.amount, p.currency
+        ))));
+    };
+    sqlx::query(
+        "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+         VALUES ($1, $2, 'freeze', $3, $4, $5, $6)",
+    )
+    .bind(account_id)
+    .bind(p.id)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(available_after)
+    .bind(frozen_after)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(account_id))
+}
+
+/// Reserves each SKU's stock, in SKU order so concurrent Trys never deadlock.
+async fn reserve_stock(
+    conn: &mut PgConnection,
+    p: &payment::Payment,
+) -> Result<Result<(), Shortfall>, StageError> {
     let lines: Vec<(String, i64)> = sqlx::query_as(
         "SELECT sku, sum(quantity)::bigint FROM order_details WHERE payment_id = $1 GROUP BY sku ORDER BY sku",
     )
@@ -199,84 +242,73 @@ async fn reserve(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(Ok(()))
+}
 
-    // Coupon: one use, within the total and the per-user limits.
-    let order: (Option<String>, Decimal) =
-        sqlx::query_as("SELECT coupon_code, discount_amount FROM orders WHERE payment_id = $1")
-            .bind(p.id)
-            .fetch_one(&mut *conn)
-            .await?;
-    if let (Some(code), discount) = order {
-        // The coupon row lock serialises concurrent Trys of the same coupon,
-        // so the per-user count below sees every committed redemption.
-        let (used, total_limit, per_user_limit, valid_from, valid_until): (
-            i32,
-            i32,
-            i32,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        ) = sqlx::query_as(
-            "SELECT used, total_limit, per_user_limit, valid_from, valid_until FROM coupons WHERE code = $1 FOR UPDATE",
-        )
-        .bind(&code)
-        .fetch_one(&mut *conn)
-        .await?;
-        // Validation saw the coupon valid, but the Try may come much later
-        // (a retry queue, an outage): the window is judged again now.
-        let now = Utc::now();
-        if now < valid_from {
-            return Ok(Err(Shortfall::CouponWindow(
-                "coupon_not_yet_valid",
-                format!("{code} is valid from {valid_from}"),
-            )));
-        }
-        if now >= valid_until {
-            return Ok(Err(Shortfall::CouponWindow(
-                "coupon_expired",
-                format!("{code} expired at {valid_until}"),
-            )));
-        }
-        let user_uses: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
-        )
-        .bind(&code)
-        .bind(&p.user_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        let available = used < total_limit && user_uses < i64::from(per_user_limit);
-        let taken = sqlx::query("UPDATE coupons SET used = used + 1 WHERE code = $1 AND $2")
-            .bind(&code)
-            .bind(available)
-            .execute(&mut *conn)
-            .await?;
-        if taken.rows_affected() == 0 {
-            return Ok(Err(Shortfall::Coupon(format!(
-                "{code} has no use left for {}",
-                p.user_id
-            ))));
-        }
-        sqlx::query(
-            "INSERT INTO coupon_redemptions (payment_id, coupon_code, user_id, amount, status) VALUES ($1, $2, $3, $4, 'reserved')",
-        )
-        .bind(p.id)
-        .bind(&code)
-        .bind(&p.user_id)
-        .bind(discount)
+/// Takes one use of coupon `code`, within its window and its total and
+/// per-user limits.
+async fn reserve_coupon(
+    conn: &mut PgConnection,
+    p: &payment::Payment,
+    code: &str,
+    discount: Decimal,
+) -> Result<Result<(), Shortfall>, StageError> {
+    // The coupon row lock serialises concurrent Trys of the same coupon,
+    // so the per-user count below sees every committed redemption.
+    let (used, total_limit, per_user_limit, valid_from, valid_until): (
+        i32,
+        i32,
+        i32,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    ) = sqlx::query_as(
+        "SELECT used, total_limit, per_user_limit, valid_from, valid_until FROM coupons WHERE code = $1 FOR UPDATE",
+    )
+    .bind(code)
+    .fetch_one(&mut *conn)
+    .await?;
+    // Validation saw the coupon valid, but the Try may come much later
+    // (a retry queue, an outage): the window is judged again now.
+    let now = Utc::now();
+    if now < valid_from {
+        return Ok(Err(Shortfall::CouponWindow(
+            "coupon_not_yet_valid",
+            format!("{code} is valid from {valid_from}"),
+        )));
+    }
+    if now >= valid_until {
+        return Ok(Err(Shortfall::CouponWindow(
+            "coupon_expired",
+            format!("{code} expired at {valid_until}"),
+        )));
+    }
+    let user_uses: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
+    )
+    .bind(code)
+    .bind(&p.user_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let available = used < total_limit && user_uses < i64::from(per_user_limit);
+    let taken = sqlx::query("UPDATE coupons SET used = used + 1 WHERE code = $1 AND $2")
+        .bind(code)
+        .bind(available)
         .execute(&mut *conn)
         .await?;
+    if taken.rows_affected() == 0 {
+        return Ok(Err(Shortfall::Coupon(format!(
+            "{code} has no use left for {}",
+            p.user_id
+        ))));
     }
-
-    // One transaction detail per sub-order: where the money will go.
     sqlx::query(
-        "INSERT INTO transaction_details (payment_id, sub_order_id, seller_id, amount, fee_amount, currency, status)
-         SELECT payment_id, id, seller_id, payable_amount, fee_amount, currency, 'awaiting_payment' FROM sub_orders WHERE payment_id = $1",
+        "INSERT INTO coupon_redemptions (payment_id, coupon_code, user_id, amount, status) VALUES ($1, $2, $3, $4, 'reserved')",
     )
     .bind(p.id)
+    .bind(code)
+    .bind(&p.user_id)
+    .bind(discount)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE orders SET status = 'awaiting_payment' WHERE payment_id = $1")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
     Ok(Ok(()))
 }

@@ -74,81 +74,12 @@ impl Stage for Notification {
                 reason: format!("{event_type} for payment {} already emitted", m.payment_id),
             });
         }
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            Decimal,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount, p.currency::text, p.reason,
-                    p.notify_url, m.notify_url
-             FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
-        )
-        .bind(m.payment_id)
-        .fetch_optional(tx.conn())
-        .await?;
-        let Some((
-            merchant_id,
-            merchant_order_id,
-            user_id,
-            status,
-            amount,
-            currency,
-            reason,
-            payment_notify_url,
-            merchant_notify_url,
-        )) = row
-        else {
+        let Some((event, notify_url)) = load_event(tx, m, event_id, event_type).await? else {
             return Ok(Outcome::NotYet {
                 reason: format!("payment {} not found", m.payment_id),
             });
         };
-        let sub_orders: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
-            "SELECT id, seller_id, payable_amount, fee_amount FROM sub_orders WHERE payment_id = $1 ORDER BY seller_id, warehouse",
-        )
-        .bind(m.payment_id)
-        .fetch_all(tx.conn())
-        .await?;
-        let reason = reason.or_else(|| m.reason.clone());
-        // A URL refused as invalid_notify_url is never a delivery target:
-        // the rejection goes to the merchant's registered URL, if any.
-        let refused_url = reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("invalid_notify_url"));
-        let notify_url = if refused_url {
-            merchant_notify_url
-        } else {
-            payment_notify_url.or(merchant_notify_url)
-        };
-        let event = PaymentEvent {
-            schema_version: SCHEMA_VERSION,
-            event_id,
-            event_type: event_type.to_owned(),
-            payment_id: m.payment_id,
-            merchant_id: merchant_id.clone(),
-            merchant_order_id,
-            user_id,
-            status,
-            amount,
-            currency,
-            reason,
-            sub_orders: sub_orders
-                .into_iter()
-                .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
-                    sub_order_id,
-                    seller_id,
-                    amount,
-                    fee,
-                })
-                .collect(),
-            occurred_at: Utc::now(),
-        };
+        let merchant_id = &event.merchant_id;
         tx.emit_event(event_type, &event)?;
         if let Some(url) = notify_url {
             sqlx::query(
@@ -157,7 +88,7 @@ impl Stage for Notification {
             )
             .bind(messages::stable_id(&["webhook", &event_id.to_string()]))
             .bind(m.payment_id)
-            .bind(&merchant_id)
+            .bind(merchant_id)
             .bind(event_type)
             .bind(url)
             .bind(serde_json::to_value(&event).map_err(StageError::permanent)?)
@@ -166,6 +97,90 @@ impl Stage for Notification {
         }
         Ok(Outcome::Applied)
     }
+}
+
+/// The event of a payment's outcome, as the payment reads now, and where
+/// its webhook goes (if anywhere); `None` while the payment is not found.
+async fn load_event(
+    tx: &mut StageTx,
+    m: &PaymentOutcome,
+    event_id: Uuid,
+    event_type: &str,
+) -> Result<Option<(PaymentEvent, Option<String>)>, StageError> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        Decimal,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount, p.currency::text, p.reason,
+                p.notify_url, m.notify_url
+         FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
+    )
+    .bind(m.payment_id)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some((
+        merchant_id,
+        merchant_order_id,
+        user_id,
+        status,
+        amount,
+        currency,
+        reason,
+        payment_notify_url,
+        merchant_notify_url,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let sub_orders: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT id, seller_id, payable_amount, fee_amount FROM sub_orders WHERE payment_id = $1 ORDER BY seller_id, warehouse",
+    )
+    .bind(m.payment_id)
+    .fetch_all(tx.conn())
+    .await?;
+    let reason = reason.or_else(|| m.reason.clone());
+    // A URL refused as invalid_notify_url is never a delivery target:
+    // the rejection goes to the merchant's registered URL, if any.
+    let refused_url = reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("invalid_notify_url"));
+    let notify_url = if refused_url {
+        merchant_notify_url
+    } else {
+        payment_notify_url.or(merchant_notify_url)
+    };
+    let event = PaymentEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id,
+        event_type: event_type.to_owned(),
+        payment_id: m.payment_id,
+        merchant_id,
+        merchant_order_id,
+        user_id,
+        status,
+        amount,
+        currency,
+        reason,
+        sub_orders: sub_orders
+            .into_iter()
+            .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
+                sub_order_id,
+                seller_id,
+                amount,
+                fee,
+            })
+            .collect(),
+        occurred_at: Utc::now(),
+    };
+    Ok(Some((event, notify_url)))
 }
 
 #[derive(sqlx::FromRow)]
@@ -233,122 +248,143 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
     .await?;
     let count = due.len();
     let allow_loopback = shared.settings.webhook_allow_loopback;
-    let sends = due.into_iter().map(|d| async move {
-        let body = serde_json::to_vec(&d.payload).unwrap_or_default();
-        let started = std::time::Instant::now();
-        let target = match webhook_target::check(
-            &d.url,
-            &d.notify_hosts,
-            d.merchant_url.as_deref(),
-            allow_loopback,
-        ) {
-            Ok(target) => target,
-            Err(refused) => return (d, None, Some(refused.to_string()), true, 0),
-        };
-        let id = webhook_id(&d);
-        let timestamp = Utc::now().timestamp();
-        let signatures = messages::webhook_signatures(&d.secrets, &id, timestamp, &body);
-        if signatures.is_empty() {
-            return (
-                d,
-                None,
-                Some("no active webhook secret".to_owned()),
-                false,
-                0,
-            );
-        }
-        let response = client
-            .post(target)
-            .header("content-type", "application/json")
-            .header(WEBHOOK_ID_HEADER, id)
-            .header(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string())
-            .header(WEBHOOK_SIGNATURE_HEADER, signatures)
-            .body(body)
-            .send()
-            .await;
-        let elapsed = started.elapsed().as_millis() as i32;
-        let (http_status, error, refused) = match response {
-            Ok(r) if r.status().is_success() => (Some(i32::from(r.status().as_u16())), None, false),
-            Ok(r) => (
-                Some(i32::from(r.status().as_u16())),
-                Some(format!("HTTP {}", r.status())),
-                false,
-            ),
-            Err(e) => match webhook_target::refusal(&e) {
-                Some(refused) => (None, Some(refused), true),
-                // the whole chain: the cause (a refused certificate, a reset) is at its end
-                None => (None, Some(format!("{:#}", anyhow::Error::new(e))), false),
-            },
-        };
-        (d, http_status, error, refused, elapsed)
-    });
+    let sends = due.into_iter().map(|d| send(client, allow_loopback, d));
     for (d, http_status, error, refused, elapsed) in futures_util::future::join_all(sends).await {
-        let attempt = d.attempts + 1;
-        sqlx::query("INSERT INTO webhook_attempts (delivery_id, attempt, http_status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
-            .bind(d.id)
-            .bind(attempt)
-            .bind(http_status)
-            .bind(&error)
-            .bind(elapsed)
-            .execute(pool)
-            .await?;
-        match error {
-            None => {
-                sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $2, delivered_at = now(), claimed_until = NULL WHERE id = $1")
+        record(shared, &d, http_status, error, refused, elapsed).await?;
+    }
+    Ok(count)
+}
+
+/// What one webhook send came to: the delivery, the HTTP status, the error,
+/// whether the target was refused (never retried) and the time taken.
+type Sent = (Due, Option<i32>, Option<String>, bool, i32);
+
+/// Sends one due webhook, signed, to its checked target.
+async fn send(client: &reqwest::Client, allow_loopback: bool, d: Due) -> Sent {
+    let body = serde_json::to_vec(&d.payload).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let target = match webhook_target::check(
+        &d.url,
+        &d.notify_hosts,
+        d.merchant_url.as_deref(),
+        allow_loopback,
+    ) {
+        Ok(target) => target,
+        Err(refused) => return (d, None, Some(refused.to_string()), true, 0),
+    };
+    let id = webhook_id(&d);
+    let timestamp = Utc::now().timestamp();
+    let signatures = messages::webhook_signatures(&d.secrets, &id, timestamp, &body);
+    if signatures.is_empty() {
+        return (
+            d,
+            None,
+            Some("no active webhook secret".to_owned()),
+            false,
+            0,
+        );
+    }
+    let response = client
+        .post(target)
+        .header("content-type", "application/json")
+        .header(WEBHOOK_ID_HEADER, id)
+        .header(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string())
+        .header(WEBHOOK_SIGNATURE_HEADER, signatures)
+        .body(body)
+        .send()
+        .await;
+    let elapsed = started.elapsed().as_millis() as i32;
+    let (http_status, error, refused) = match response {
+        Ok(r) if r.status().is_success() => (Some(i32::from(r.status().as_u16())), None, false),
+        Ok(r) => (
+            Some(i32::from(r.status().as_u16())),
+            Some(format!("HTTP {}", r.status())),
+            false,
+        ),
+        Err(e) => match webhook_target::refusal(&e) {
+            Some(refused) => (None, Some(refused), true),
+            // the whole chain: the cause (a refused certificate, a reset) is at its end
+            None => (None, Some(format!("{:#}", anyhow::Error::new(e))), false),
+        },
+    };
+    (d, http_status, error, refused, elapsed)
+}
+
+/// Records an attempt and moves its delivery: delivered, refused, retried
+/// later, or exhausted (dead-lettered).
+async fn record(
+    shared: &Shared,
+    d: &Due,
+    http_status: Option<i32>,
+    error: Option<String>,
+    refused: bool,
+    elapsed: i32,
+) -> Result<(), sqlx::Error> {
+    let pool = &shared.pool;
+    let attempt = d.attempts + 1;
+    sqlx::query("INSERT INTO webhook_attempts (delivery_id, attempt, http_status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
+        .bind(d.id)
+        .bind(attempt)
+        .bind(http_status)
+        .bind(&error)
+        .bind(elapsed)
+        .execute(pool)
+        .await?;
+    match error {
+        None => {
+            sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $2, delivered_at = now(), claimed_until = NULL WHERE id = $1")
+                .bind(d.id)
+                .bind(attempt)
+                .execute(pool)
+                .await?;
+            metrics::counter!("payfleet_webhooks_total", "result" => "delivered").increment(1);
+        }
+        Some(error) if refused => {
+            // Permanent: on record in webhook_attempts, not retried.
+            sqlx::query("UPDATE webhook_deliveries SET status = 'refused', attempts = $2, claimed_until = NULL WHERE id = $1")
+                .bind(d.id)
+                .bind(attempt)
+                .execute(pool)
+                .await?;
+            metrics::counter!("payfleet_webhooks_total", "result" => "refused").increment(1);
+            tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook target refused");
+        }
+        Some(error) => {
+            let schedule = &shared.settings.webhook_delays_ms;
+            // A resend starts the schedule again.
+            match schedule.get((d.attempts - d.schedule_from).max(0) as usize) {
+                Some(delay_ms) => {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET attempts = $2, claimed_until = NULL,
+                                next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
+                    )
                     .bind(d.id)
                     .bind(attempt)
+                    .bind(*delay_ms as f64 / 1000.0)
                     .execute(pool)
                     .await?;
-                metrics::counter!("payfleet_webhooks_total", "result" => "delivered").increment(1);
-            }
-            Some(error) if refused => {
-                // Permanent: on record in webhook_attempts, not retried.
-                sqlx::query("UPDATE webhook_deliveries SET status = 'refused', attempts = $2, claimed_until = NULL WHERE id = $1")
-                    .bind(d.id)
-                    .bind(attempt)
-                    .execute(pool)
-                    .await?;
-                metrics::counter!("payfleet_webhooks_total", "result" => "refused").increment(1);
-                tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook target refused");
-            }
-            Some(error) => {
-                let schedule = &shared.settings.webhook_delays_ms;
-                // A resend starts the schedule again.
-                match schedule.get((d.attempts - d.schedule_from).max(0) as usize) {
-                    Some(delay_ms) => {
-                        sqlx::query(
-                            "UPDATE webhook_deliveries SET attempts = $2, claimed_until = NULL,
-                                    next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
-                        )
+                    metrics::counter!("payfleet_webhooks_total", "result" => "retried")
+                        .increment(1);
+                }
+                None => {
+                    if let Err(publish) = dead_letter_webhook(shared, d, attempt, &error).await {
+                        // Not recorded as exhausted: the next pass tries again.
+                        tracing::warn!(%publish, delivery = %d.id, "cannot dead-letter an exhausted webhook yet");
+                        return Ok(());
+                    }
+                    sqlx::query("UPDATE webhook_deliveries SET status = 'exhausted', attempts = $2, claimed_until = NULL WHERE id = $1")
                         .bind(d.id)
                         .bind(attempt)
-                        .bind(*delay_ms as f64 / 1000.0)
                         .execute(pool)
                         .await?;
-                        metrics::counter!("payfleet_webhooks_total", "result" => "retried")
-                            .increment(1);
-                    }
-                    None => {
-                        if let Err(publish) = dead_letter_webhook(shared, &d, attempt, &error).await
-                        {
-                            // Not recorded as exhausted: the next pass tries again.
-                            tracing::warn!(%publish, delivery = %d.id, "cannot dead-letter an exhausted webhook yet");
-                            continue;
-                        }
-                        sqlx::query("UPDATE webhook_deliveries SET status = 'exhausted', attempts = $2, claimed_until = NULL WHERE id = $1")
-                            .bind(d.id)
-                            .bind(attempt)
-                            .execute(pool)
-                            .await?;
-                        metrics::counter!("payfleet_webhooks_total", "result" => "exhausted")
-                            .increment(1);
-                        tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook retries exhausted; dead-lettered");
-                    }
+                    metrics::counter!("payfleet_webhooks_total", "result" => "exhausted")
+                        .increment(1);
+                    tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook retries exhausted; dead-lettered");
                 }
             }
         }
     }
-    Ok(count)
+    Ok(())
 }
 
 /// The `webhook-id` of a delivery: its event id, the same for every attempt

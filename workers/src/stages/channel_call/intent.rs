@@ -1,0 +1,178 @@
+//! The first transaction of a call: what to ask the channel, committed
+//! before the call (a new attempt is `sending` before the channel hears of
+//! it), or the outcome when there is nothing to ask.
+
+use std::sync::Arc;
+
+use payfleet_common::{
+    messages::{StatusQuery, TradeClose},
+    runtime::{Intent, Outcome, StageError, StageTx},
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    Call, ChannelCall,
+    result::{log, resolve_failed},
+};
+use crate::{
+    channels::{ChannelAdapter, ChargeRequest},
+    domain::{attempt::AttemptStatus, payment::Payment},
+};
+
+/// The payment's latest attempt and its status.
+pub(super) async fn latest_attempt(
+    tx: &mut StageTx,
+    payment_id: Uuid,
+) -> Result<Option<(Uuid, AttemptStatus)>, StageError> {
+    let latest: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
+            .bind(payment_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    match latest {
+        Some((id, s)) => Ok(Some((id, AttemptStatus::parse(&s)?))),
+        None => Ok(None),
+    }
+}
+
+impl ChannelCall {
+    /// A charge: under the open attempt's id when there is one (after a
+    /// crash; the channel deduplicates it), else under a new attempt.
+    pub(super) async fn intend_charge(
+        &self,
+        tx: &mut StageTx,
+        p: &Payment,
+        channel: &str,
+        adapter: Arc<dyn ChannelAdapter>,
+        latest: Option<(Uuid, AttemptStatus)>,
+    ) -> Result<Intent<Call>, StageError> {
+        let closing = p.close_requested_at.is_some();
+        if closing {
+            return Ok(Intent::Finished(Outcome::Stale {
+                reason: format!("payment {} is being closed: no charge", p.id),
+            }));
+        }
+        // An attempt found open after a crash is asked again under the
+        // same id, which the channel deduplicates; a resolved one is done.
+        let attempt_id = match latest {
+            Some((id, s)) if s.is_open() => id,
+            Some((id, s)) => {
+                return Ok(Intent::Finished(Outcome::Stale {
+                    reason: format!("attempt {id} already {s}"),
+                }));
+            }
+            None => {
+                let id = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, $4, $5, 'sending')",
+                )
+                .bind(id)
+                .bind(p.id)
+                .bind(channel)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .execute(tx.conn())
+                .await?;
+                id
+            }
+        };
+        let request = ChargeRequest {
+            attempt_id,
+            payment_id: p.id,
+            user_id: p.user_id.clone(),
+            amount: p.amount,
+            currency: p.currency.clone(),
+            payer_token: p.payer_token.clone(),
+            notify_url: format!("{}/callbacks/{channel}/{}", self.callback_base_url, p.id),
+        };
+        log(tx, p.id, Some(attempt_id), channel, "request", json!({
+            "call": "charge", "out_trade_no": attempt_id, "amount": p.amount.to_string(), "currency": p.currency,
+            "notify_url": request.notify_url,
+        }))
+        .await?;
+        Ok(Intent::Call(Call::Charge { request, adapter }))
+    }
+}
+
+/// A status query, while the attempt it asks about is the open one.
+pub(super) async fn intend_query(
+    tx: &mut StageTx,
+    p: &Payment,
+    channel: &str,
+    adapter: Arc<dyn ChannelAdapter>,
+    latest: Option<(Uuid, AttemptStatus)>,
+    q: &StatusQuery,
+) -> Result<Intent<Call>, StageError> {
+    match latest {
+        Some((id, s)) if id == q.attempt_id && s.is_open() => {
+            log(
+                tx,
+                p.id,
+                Some(id),
+                channel,
+                "query",
+                json!({"call": "query", "out_trade_no": id, "query_number": q.query_number}),
+            )
+            .await?;
+            Ok(Intent::Call(Call::Query {
+                payment_id: p.id,
+                attempt_id: id,
+                number: q.query_number,
+                adapter,
+            }))
+        }
+        _ => Ok(Intent::Finished(Outcome::Stale {
+            reason: format!("attempt {} is no longer open", q.attempt_id),
+        })),
+    }
+}
+
+/// A close of the open attempt's trade; with none open, nothing can be paid.
+pub(super) async fn intend_close(
+    tx: &mut StageTx,
+    p: &Payment,
+    channel: &str,
+    adapter: Arc<dyn ChannelAdapter>,
+    latest: Option<(Uuid, AttemptStatus)>,
+    c: &TradeClose,
+) -> Result<Intent<Call>, StageError> {
+    match latest {
+        Some((id, s)) if s.is_open() => {
+            log(
+                tx,
+                p.id,
+                Some(id),
+                channel,
+                "request",
+                json!({"call": "close", "out_trade_no": id, "reason": c.reason}),
+            )
+            .await?;
+            Ok(Intent::Call(Call::Close {
+                payment_id: p.id,
+                attempt_id: id,
+                reason: c.reason.clone(),
+                adapter,
+            }))
+        }
+        // No open trade at the channel: nothing can be paid, release now,
+        // and leave a closed attempt so a charge arriving late is refused.
+        _ => {
+            if latest.is_none() {
+                sqlx::query(
+                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
+                     VALUES ($1, $2, $3, $4, $5, 'closed', now())",
+                )
+                .bind(Uuid::now_v7())
+                .bind(p.id)
+                .bind(channel)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .execute(tx.conn())
+                .await?;
+            }
+            resolve_failed(tx, p.id, &c.reason)?;
+            Ok(Intent::Finished(Outcome::Applied))
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! channel-call: asks the payment's channel to take the money, asks again
+//! what became of an attempt with no final answer, and closes a trade before
+//! anything is released. Every call follows intent → call → result: the
+//! attempt is committed first (our attempt id is the channel's idempotency
+//! key, `out_trade_no`), the call is made with no transaction open, and the
+//! request, the response and the result are committed to the integration
+//! log. A timeout, connection error or 5xx is UNKNOWN — never failed, never a
+//! blind second charge: status queries through the delay levels decide, and
+//! when they run out the trade is closed (or the payment is paid after all).
+
+mod intent;
+mod result;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use deadpool_redis::Pool;
+use payfleet_common::{
+    Topology,
+    messages::{FundsFrozen, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
+    outbox::OutboxMessage,
+    runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx},
+    transition::{self, Status},
+};
+use uuid::Uuid;
+
+use crate::{
+    channels::{Adapters, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply},
+    domain::payment::{self, PaymentStatus},
+};
+
+pub const NAME: &str = crate::domain::handoff::CHANNEL_CALL;
+
+/// The three kinds of work, told apart by the AMQP `type`.
+#[derive(Debug)]
+pub enum Work {
+    Charge(FundsFrozen),
+    Query(StatusQuery),
+    Close(TradeClose),
+}
+
+impl Work {
+    fn payment_id(&self) -> Uuid {
+        match self {
+            Work::Charge(m) => m.payment_id,
+            Work::Query(m) => m.payment_id,
+            Work::Close(m) => m.payment_id,
+        }
+    }
+}
+
+pub struct ChannelCall {
+    /// Built on demand: a channel added while the fleet runs is served.
+    adapters: Adapters,
+    topology: Topology,
+    redis: Pool,
+    redis_prefix: String,
+    callback_base_url: String,
+    query_delays_ms: Vec<u64>,
+}
+
+impl ChannelCall {
+    pub fn new(settings: &payfleet_common::Settings, topology: Topology, redis: Pool) -> Self {
+        Self {
+            adapters: Adapters::new(Duration::from_millis(settings.channel_timeout_ms)),
+            topology,
+            redis,
+            redis_prefix: settings.redis_key_prefix.clone(),
+            callback_base_url: settings.callback_base_url.trim_end_matches('/').to_owned(),
+            query_delays_ms: settings.status_query_delays_ms.clone(),
+        }
+    }
+
+    /// Schedules status query `number` (1-based) through a delay level, or
+    /// asks for the trade to be closed when the schedule has run out.
+    fn next_query(
+        &self,
+        tx: &mut StageTx,
+        payment_id: Uuid,
+        attempt_id: Uuid,
+        number: u32,
+    ) -> Result<(), StageError> {
+        match self.query_delays_ms.get(number as usize - 1) {
+            Some(delay_ms) => {
+                let level = self.topology.level_for_delay(*delay_ms);
+                let message = OutboxMessage::json(
+                    &self.topology.exchanges().retry,
+                    &Topology::retry_routing_key(NAME, level),
+                    kind::STATUS_QUERY,
+                    Some(&payment_id.to_string()),
+                    &StatusQuery {
+                        schema_version: SCHEMA_VERSION,
+                        payment_id,
+                        attempt_id,
+                        query_number: number,
+                        scheduled_at: Utc::now(),
+                    },
+                )
+                .map_err(StageError::permanent)?;
+                tx.emit(message);
+                Ok(())
+            }
+            None => tx.emit_to_stage(
+                NAME,
+                kind::TRADE_CLOSE,
+                &TradeClose {
+                    schema_version: SCHEMA_VERSION,
+                    payment_id,
+                    reason: format!(
+                        "unresolved: no final answer after {} status queries",
+                        number - 1
+                    ),
+                    requested_at: Utc::now(),
+                },
+            ),
+        }
+    }
+}
+
+/// What the first transaction decided to call.
+pub enum Call {
+    Charge {
+        request: ChargeRequest,
+        adapter: Arc<dyn ChannelAdapter>,
+    },
+    Query {
+        payment_id: Uuid,
+        attempt_id: Uuid,
+        number: u32,
+        adapter: Arc<dyn ChannelAdapter>,
+    },
+    Close {
+        payment_id: Uuid,
+        attempt_id: Uuid,
+        reason: String,
+        adapter: Arc<dyn ChannelAdapter>,
+    },
+}
+
+pub enum Answer {
+    Channel(ChannelReply),
+    Close(CloseReply),
+}
+
+impl CallingStage for ChannelCall {
+    type Message = Work;
+    type Intent = Call;
+    type Reply = Answer;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn decode(&self, inbound: &Inbound) -> Result<Work, String> {
+        let body = &inbound.body;
+        match inbound.message_type.as_deref() {
+            Some(kind::STATUS_QUERY) => serde_json::from_slice(body).map(Work::Query),
+            Some(kind::TRADE_CLOSE) => serde_json::from_slice(body).map(Work::Close),
+            _ => serde_json::from_slice(body).map(Work::Charge),
+        }
+        .map_err(|e| {
+            format!(
+                "undecodable {} message: {e}",
+                inbound.message_type.as_deref().unwrap_or("channel-call")
+            )
+        })
+    }
+
+    fn lock_key(&self, m: &Work) -> Option<String> {
+        Some(m.payment_id().to_string())
+    }
+
+    async fn record_intent(
+        &self,
+        tx: &mut StageTx,
+        _inbound: &Inbound,
+        work: &Work,
+    ) -> Result<Intent<Call>, StageError> {
+        let payment_id = work.payment_id();
+        tx.set_correlation_id(&payment_id.to_string());
+        let Some(p) = payment::lock(tx.conn(), payment_id).await? else {
+            return Ok(Intent::Finished(Outcome::NotYet {
+                reason: format!("payment {payment_id} not found"),
+            }));
+        };
+        let status = p.status()?;
+        if status != PaymentStatus::Frozen {
+            let reason = format!("payment {} is {}", p.id, status.as_str());
+            return Ok(Intent::Finished(
+                if status.is_terminal() || status == PaymentStatus::Paid {
+                    Outcome::Stale { reason }
+                } else {
+                    transition::classify(Some(status), PaymentStatus::Frozen, PaymentStatus::Paid)
+                        .outcome(reason)
+                },
+            ));
+        }
+        let channel = p.channel.clone().unwrap_or_else(|| "balance".to_owned());
+        let adapter = self.adapters.get(tx.conn(), &channel).await?;
+        let latest = intent::latest_attempt(tx, p.id).await?;
+        match work {
+            Work::Charge(_) => self.intend_charge(tx, &p, &channel, adapter, latest).await,
+            Work::Query(q) => intent::intend_query(tx, &p, &channel, adapter, latest, q).await,
+            Work::Close(c) => intent::intend_close(tx, &p, &channel, adapter, latest, c).await,
+        }
+    }
+
+    async fn call(&self, _work: &Work, call: &Call) -> Answer {
+        match call {
+            Call::Charge { request, adapter } => Answer::Channel(adapter.charge(request).await),
+            Call::Query {
+                attempt_id,
+                adapter,
+                ..
+            } => Answer::Channel(adapter.query(*attempt_id).await),
+            Call::Close {
+                attempt_id,
+                adapter,
+                ..
+            } => Answer::Close(adapter.close(*attempt_id).await),
+        }
+    }
+
+    async fn record_result(
+        &self,
+        tx: &mut StageTx,
+        _inbound: &Inbound,
+        _work: &Work,
+        call: Call,
+        answer: Answer,
+    ) -> Result<Outcome, StageError> {
+        let (payment_id, attempt_id, channel) = call.ids();
+        tx.set_correlation_id(&payment_id.to_string());
+        self.count_call(&call, &answer, attempt_id, &channel)
+            .await?;
+        match (call, answer) {
+            (Call::Close { reason, .. }, Answer::Close(reply)) => {
+                result::record_close(tx, payment_id, attempt_id, &channel, &reason, reply).await
+            }
+            (call, Answer::Channel(reply)) => {
+                let number = match &call {
+                    Call::Query { number, .. } => *number,
+                    _ => 0,
+                };
+                self.record_reply(tx, (payment_id, attempt_id), &channel, number, reply)
+                    .await
+            }
+            (_, Answer::Close(_)) => Err(StageError::permanent("a close answer to another call")),
+        }
+    }
+}

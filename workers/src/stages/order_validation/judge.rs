@@ -1,0 +1,457 @@
+//! Judging a signed, fresh request against the catalogue and the books:
+//! its shape, the payer, the products, prices and stock, the coupon, the
+//! channel and the sellers. The first refusal is the verdict.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use payfleet_common::{
+    messages::{PaymentRequested, SCHEMA_VERSION},
+    money,
+    runtime::StageError,
+};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::{
+    MAX_LINES, MAX_QUANTITY, METHODS, OrderValidation,
+    pricing::{self, Coupon, CouponRule, LadderStep, Product},
+};
+
+/// A priced, split order that passed every check but risk.
+pub struct PricedOrder {
+    pub route: crate::channels::routing::Route,
+    pub channel_fee: Decimal,
+    pub lines: Vec<pricing::Line>,
+    pub sub_orders: Vec<pricing::SubOrder>,
+    pub fee_rates: HashMap<String, Decimal>,
+    pub gross: Decimal,
+    pub discount: Decimal,
+    pub payable: Decimal,
+    pub user_blocked: bool,
+}
+
+pub(super) enum Verdict {
+    Reject {
+        reason: &'static str,
+        detail: String,
+    },
+    Accept(PricedOrder),
+}
+
+/// Why judging stopped before a priced order: the request is refused (the
+/// reason code and a detail), or the stage failed.
+enum Stop {
+    Refused(&'static str, String),
+    Failed(StageError),
+}
+
+impl From<StageError> for Stop {
+    fn from(error: StageError) -> Self {
+        Stop::Failed(error)
+    }
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(error: sqlx::Error) -> Self {
+        Stop::Failed(error.into())
+    }
+}
+
+fn reject<T>(reason: &'static str, detail: impl Into<String>) -> Result<T, Stop> {
+    Err(Stop::Refused(
+        reason,
+        format!("{reason}: {}", detail.into()),
+    ))
+}
+
+impl OrderValidation {
+    pub(super) async fn judge(
+        &self,
+        conn: &mut PgConnection,
+        r: &PaymentRequested,
+    ) -> Result<Verdict, StageError> {
+        match self.price(conn, r).await {
+            Ok(order) => Ok(Verdict::Accept(order)),
+            Err(Stop::Refused(reason, detail)) => Ok(Verdict::Reject { reason, detail }),
+            Err(Stop::Failed(error)) => Err(error),
+        }
+    }
+
+    async fn price(
+        &self,
+        conn: &mut PgConnection,
+        r: &PaymentRequested,
+    ) -> Result<PricedOrder, Stop> {
+        self.check_shape(r)?;
+        let user_blocked = check_payer(conn, r).await?;
+        let skus: Vec<String> = r.items.iter().map(|i| i.sku.clone()).collect();
+        let products = load_products(conn, &skus).await?;
+        let priced_items = on_sale(&products, r)?;
+        check_stock(conn, r, &skus).await?;
+
+        let undiscounted = pricing::price_lines(&priced_items, Decimal::ZERO);
+        let gross: Decimal = undiscounted.iter().map(|l| l.amount).sum();
+        let discount = match &r.coupon_code {
+            None => Decimal::ZERO,
+            Some(code) => coupon_discount(conn, r, code, gross).await?,
+        };
+        let lines = pricing::price_lines(&priced_items, discount);
+        let payable = gross - discount;
+        if payable <= Decimal::ZERO {
+            return reject(
+                "nothing_to_pay",
+                format!("the discount covers the whole {gross} {}", r.currency),
+            );
+        }
+        if payable != r.expected_amount {
+            return reject(
+                "price_mismatch",
+                format!(
+                    "expected {} {}, the catalogue says {payable}",
+                    r.expected_amount, r.currency
+                ),
+            );
+        }
+        let Some(route) = crate::channels::routing::choose(
+            conn,
+            &self.redis,
+            &self.risk.key_prefix,
+            &r.payment_method,
+        )
+        .await?
+        else {
+            return reject(
+                "no_channel_available",
+                format!("no healthy channel takes `{}`", r.payment_method),
+            );
+        };
+        let channel_fee = money::round(payable * route.fee_rate);
+        let sub_orders = pricing::split(&lines);
+        let fee_rates = seller_fee_rates(conn, &sub_orders).await?;
+        Ok(PricedOrder {
+            route,
+            channel_fee,
+            lines,
+            sub_orders,
+            fee_rates,
+            gross,
+            discount,
+            payable,
+            user_blocked,
+        })
+    }
+
+    /// What can be judged from the request alone.
+    fn check_shape(&self, r: &PaymentRequested) -> Result<(), Stop> {
+        if r.schema_version != SCHEMA_VERSION {
+            return reject(
+                "unsupported_schema_version",
+                format!(
+                    "schema_version {} (this fleet speaks {SCHEMA_VERSION})",
+                    r.schema_version
+                ),
+            );
+        }
+        if money::currency(&r.currency).is_err() {
+            return reject("unsupported_currency", r.currency.clone());
+        }
+        if self.risk.thresholds(&r.currency).is_none() {
+            return reject(
+                "unsupported_currency",
+                format!("{}: no risk thresholds are configured for it", r.currency),
+            );
+        }
+        if money::check_amount(r.expected_amount).is_err() {
+            return reject(
+                "invalid_amount",
+                format!("expected_amount {}", r.expected_amount),
+            );
+        }
+        if !METHODS.contains(&r.payment_method.as_str()) {
+            return reject(
+                "unsupported_payment_method",
+                format!(
+                    "`{}` (this fleet takes: {})",
+                    r.payment_method,
+                    METHODS.join(", ")
+                ),
+            );
+        }
+        check_items(r)?;
+        if let Some(url) = &r.notify_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+                return reject("invalid_notify_url", url.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1 to [`MAX_LINES`] lines of distinct SKUs, each of 1 to [`MAX_QUANTITY`].
+fn check_items(r: &PaymentRequested) -> Result<(), Stop> {
+    if r.items.is_empty() || r.items.len() > MAX_LINES {
+        return reject(
+            "invalid_items",
+            format!("{} lines (1 to {MAX_LINES})", r.items.len()),
+        );
+    }
+    let mut seen = HashSet::new();
+    for item in &r.items {
+        if item.quantity == 0 || item.quantity > MAX_QUANTITY {
+            return reject(
+                "invalid_quantity",
+                format!("{} x {}", item.sku, item.quantity),
+            );
+        }
+        if !seen.insert(item.sku.as_str()) {
+            return reject("duplicate_sku", item.sku.clone());
+        }
+    }
+    Ok(())
+}
+
+/// The payer is an active user, with an active wallet in the currency when
+/// paying from it. Whether risk blocks the user is risk's to decide.
+async fn check_payer(conn: &mut PgConnection, r: &PaymentRequested) -> Result<bool, Stop> {
+    let user: Option<(String, bool)> =
+        sqlx::query_as("SELECT status, blocked FROM users WHERE id = $1")
+            .bind(&r.user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((user_status, user_blocked)) = user else {
+        return reject("unknown_user", r.user_id.clone());
+    };
+    if user_status != "active" {
+        return reject("user_frozen", r.user_id.clone());
+    }
+    if r.payment_method == "balance" {
+        let wallet: Option<String> =
+            sqlx::query_scalar("SELECT status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2")
+                .bind(&r.user_id)
+                .bind(&r.currency)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match wallet.as_deref() {
+            None => {
+                return reject(
+                    "no_wallet",
+                    format!("user {} has no {} wallet", r.user_id, r.currency),
+                );
+            }
+            Some("active") => {}
+            Some(status) => return reject("wallet_not_active", format!("wallet is {status}")),
+        }
+    }
+    Ok(user_blocked)
+}
+
+/// Each line's product, on sale and priced in the request's currency.
+fn on_sale<'p>(
+    products: &'p [Product],
+    r: &PaymentRequested,
+) -> Result<Vec<(&'p Product, u32)>, Stop> {
+    let mut priced_items = Vec::with_capacity(r.items.len());
+    for item in &r.items {
+        let Some(product) = products.iter().find(|p| p.sku == item.sku) else {
+            return reject("unknown_product", item.sku.clone());
+        };
+        if !product.on_sale {
+            return reject("product_off_shelf", item.sku.clone());
+        }
+        if product.currency != r.currency {
+            return reject(
+                "currency_mismatch",
+                format!("{} is priced in {}", item.sku, product.currency),
+            );
+        }
+        priced_items.push((product, item.quantity));
+    }
+    Ok(priced_items)
+}
+
+/// Enough stock for every line (Try reserves it; this refuses early).
+async fn check_stock(
+    conn: &mut PgConnection,
+    r: &PaymentRequested,
+    skus: &[String],
+) -> Result<(), Stop> {
+    let stock: Vec<(String, i32)> =
+        sqlx::query_as("SELECT sku, available FROM stock WHERE sku = ANY($1)")
+            .bind(skus)
+            .fetch_all(&mut *conn)
+            .await?;
+    for item in &r.items {
+        let available = stock
+            .iter()
+            .find(|(sku, _)| *sku == item.sku)
+            .map(|(_, a)| *a)
+            .unwrap_or(0);
+        if i64::from(available) < i64::from(item.quantity) {
+            return reject(
+                "out_of_stock",
+                format!(
+                    "{}: {} wanted, {} available",
+                    item.sku, item.quantity, available
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The discount of coupon `code` on `gross`, or why it does not apply.
+async fn coupon_discount(
+    conn: &mut PgConnection,
+    r: &PaymentRequested,
+    code: &str,
+    gross: Decimal,
+) -> Result<Decimal, Stop> {
+    let Some(coupon) = load_coupon(conn, code).await? else {
+        return reject("unknown_coupon", code.to_owned());
+    };
+    let user_uses: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
+    )
+    .bind(code)
+    .bind(&r.user_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    match coupon.discount(gross, &r.currency, Utc::now(), user_uses) {
+        Ok(discount) => Ok(discount),
+        Err(refusal) => reject(refusal.reason(), code.to_owned()),
+    }
+}
+
+/// Each seller's fee rate; every seller must be active.
+async fn seller_fee_rates(
+    conn: &mut PgConnection,
+    sub_orders: &[pricing::SubOrder],
+) -> Result<HashMap<String, Decimal>, Stop> {
+    let sellers: Vec<String> = sub_orders.iter().map(|s| s.seller_id.clone()).collect();
+    let fee_rates: Vec<(String, Decimal, String)> =
+        sqlx::query_as("SELECT id, fee_rate, status FROM merchants WHERE id = ANY($1)")
+            .bind(&sellers)
+            .fetch_all(&mut *conn)
+            .await?;
+    if let Some((seller, _, _)) = fee_rates.iter().find(|(_, _, status)| status != "active") {
+        return reject("seller_suspended", seller.clone());
+    }
+    Ok(fee_rates
+        .into_iter()
+        .map(|(id, rate, _)| (id, rate))
+        .collect())
+}
+
+async fn load_products(
+    conn: &mut PgConnection,
+    skus: &[String],
+) -> Result<Vec<Product>, StageError> {
+    let rows: Vec<(String, String, String, Value, Decimal, String, String)> = sqlx::query_as(
+        "SELECT sku, merchant_id, warehouse, spec, unit_price, currency::text, status FROM products WHERE sku = ANY($1)",
+    )
+    .bind(skus)
+    .fetch_all(&mut *conn)
+    .await?;
+    let tiers: Vec<(String, i32, Decimal)> =
+        sqlx::query_as("SELECT sku, min_quantity, unit_price FROM price_tiers WHERE sku = ANY($1)")
+            .bind(skus)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sku, seller_id, warehouse, spec, unit_price, currency, status)| Product {
+                tiers: tiers
+                    .iter()
+                    .filter(|t| t.0 == sku)
+                    .map(|t| (t.1, t.2))
+                    .collect(),
+                sku,
+                seller_id,
+                warehouse,
+                spec,
+                unit_price,
+                currency,
+                on_sale: status == "on_sale",
+            },
+        )
+        .collect())
+}
+
+type CouponRow = (
+    String,
+    String,
+    String,
+    Option<Decimal>,
+    Option<Decimal>,
+    Option<Decimal>,
+    Option<Decimal>,
+    Option<Value>,
+    chrono::DateTime<Utc>,
+    chrono::DateTime<Utc>,
+    i32,
+    i32,
+    i32,
+);
+
+pub async fn load_coupon(
+    conn: &mut PgConnection,
+    code: &str,
+) -> Result<Option<Coupon>, StageError> {
+    let row: Option<CouponRow> = sqlx::query_as(
+        "SELECT code, kind, currency::text, threshold, amount_off, percent_off, cap, ladder, valid_from, valid_until,
+                total_limit, per_user_limit, used
+         FROM coupons WHERE code = $1",
+    )
+    .bind(code)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((
+        code,
+        kind,
+        currency,
+        threshold,
+        amount_off,
+        percent_off,
+        cap,
+        ladder,
+        valid_from,
+        valid_until,
+        total_limit,
+        per_user_limit,
+        used,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let broken =
+        |what: &str| StageError::permanent(format!("coupon {code} is misconfigured: {what}"));
+    let rule = match kind.as_str() {
+        "full_reduction" => CouponRule::FullReduction {
+            threshold: threshold.ok_or_else(|| broken("no threshold"))?,
+            amount_off: amount_off.ok_or_else(|| broken("no amount_off"))?,
+        },
+        "percentage" => CouponRule::Percentage {
+            percent_off: percent_off.ok_or_else(|| broken("no percent_off"))?,
+            cap,
+        },
+        _ => {
+            let steps: Vec<LadderStep> =
+                serde_json::from_value(ladder.ok_or_else(|| broken("no ladder"))?)
+                    .map_err(|e| broken(&e.to_string()))?;
+            CouponRule::Ladder(steps)
+        }
+    };
+    Ok(Some(Coupon {
+        code,
+        currency,
+        rule,
+        valid_from,
+        valid_until,
+        total_limit,
+        per_user_limit,
+        used,
+    }))
+}
