@@ -9,6 +9,8 @@ pub mod domain;
 pub mod ingress;
 pub mod invariants;
 pub mod jobs;
+#[cfg(test)]
+mod layout;
 pub mod ops;
 pub mod sandbox_gateway;
 #[deny(clippy::too_many_lines)]

@@ -41,116 +41,14 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
-use payfleet_common::{CancellationToken, messages};
+use payfleet_common::CancellationToken;
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
-/// How a channel answers a create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The result is in the response.
-    Sync,
-    /// The response says PENDING; the result comes by webhook.
-    Async,
-}
+mod protocol;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChannelConfig {
-    pub name: String,
-    pub secret: String,
-    pub mode: Mode,
-    /// The channel's fee, e.g. 0.0060.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub fee_rate: Decimal,
-}
-
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    pub channels: Vec<ChannelConfig>,
-    pub webhook_delay: Duration,
-    pub slow: Duration,
-    pub timeout_hold: Duration,
-}
-
-impl GatewayConfig {
-    /// The channels the demo and the tests use: a cheaper async wallet and a
-    /// dearer sync card acquirer.
-    pub fn standard() -> Self {
-        Self {
-            channels: vec![
-                ChannelConfig {
-                    name: "sandbox-wallet".into(),
-                    secret: "sandbox-wallet-secret".into(),
-                    mode: Mode::Async,
-                    fee_rate: Decimal::new(40, 4),
-                },
-                ChannelConfig {
-                    name: "sandbox-card".into(),
-                    secret: "sandbox-card-secret".into(),
-                    mode: Mode::Sync,
-                    fee_rate: Decimal::new(120, 4),
-                },
-            ],
-            webhook_delay: Duration::from_millis(300),
-            slow: Duration::from_millis(1_500),
-            timeout_hold: Duration::from_secs(30),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TradeStatus {
-    Pending,
-    Succeeded,
-    Failed,
-    Closed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Trade {
-    pub channel: String,
-    pub trade_no: String,
-    pub out_trade_no: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
-    pub status: TradeStatus,
-    pub reason: Option<String>,
-    pub payer_token: String,
-    /// Times money was taken for this trade: never more than one.
-    pub charges: u32,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub fee: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub refunded: Decimal,
-    pub created_at: DateTime<Utc>,
-    pub paid_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
-    pub notify_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CreatePayment {
-    pub out_trade_no: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
-    #[serde(default)]
-    pub payer_token: Option<String>,
-    #[serde(default)]
-    pub notify_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CreateRefund {
-    pub out_trade_no: String,
-    pub refund_no: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-}
+pub use protocol::*;
 
 #[derive(Default)]
 struct Store {
@@ -164,33 +62,6 @@ pub struct Gateway {
     config: Arc<GatewayConfig>,
     store: Arc<Mutex<Store>>,
     http: reqwest::Client,
-}
-
-/// A webhook body.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Notice {
-    pub channel: String,
-    pub out_trade_no: String,
-    pub trade_no: String,
-    pub status: TradeStatus,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
-    pub reason: Option<String>,
-    /// When the gateway decided this status.
-    pub occurred_at: DateTime<Utc>,
-}
-
-/// The headers a webhook carries its timestamp (Unix seconds) and its
-/// signature in.
-pub const TIMESTAMP_HEADER: &str = "x-sandbox-timestamp";
-pub const SIGNATURE_HEADER: &str = "x-sandbox-signature";
-
-/// The webhook signature: hex HMAC-SHA256(secret, "{timestamp}.{body}").
-pub fn sign_notice(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut signed = format!("{timestamp}.").into_bytes();
-    signed.extend_from_slice(body);
-    messages::sign(secret, &signed)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

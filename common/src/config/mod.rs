@@ -2,12 +2,13 @@
 //! over an optional TOML file over defaults that point at the local services.
 //! A wrong value fails at start with a message that names the setting.
 
+mod load;
+mod redact;
+
+pub use redact::{REDACTED, redact};
+
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable that names the optional TOML file.
@@ -225,150 +226,7 @@ fn invalid(name: &'static str, reason: impl ToString) -> ConfigError {
     }
 }
 
-/// What stands in for a password or a secret wherever settings are shown.
-pub const REDACTED: &str = "***";
-
-/// `text` with the password of every URL in it (`scheme://user:password@host`,
-/// or a `password=` query parameter) replaced by [`REDACTED`]; the rest kept.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>') || c.is_whitespace()
-            })
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(user_end) => {
-                let userinfo = &authority[..user_end];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..=colon]);
-                        out.push_str(REDACTED);
-                    }
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&authority[user_end..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    redact_parameters(&out)
-}
-
-/// `password=…` (and other secret-named parameters) in a query string.
-fn redact_parameters(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    loop {
-        let lower = rest.to_ascii_lowercase();
-        let found = ["password=", "passwd=", "secret=", "token="]
-            .iter()
-            .filter_map(|key| lower.find(key).map(|at| (at, key.len())))
-            .min();
-        let Some((at, len)) = found else { break };
-        out.push_str(&rest[..at + len]);
-        let tail = &rest[at + len..];
-        let end = tail
-            .find(|c: char| matches!(c, '&' | '#' | '"' | '\'' | ';') || c.is_whitespace())
-            .unwrap_or(tail.len());
-        if end > 0 {
-            out.push_str(REDACTED);
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Is a setting of this name a secret as a whole (not a URL with one in it)?
-fn secret_named(name: &str) -> bool {
-    [
-        "secret",
-        "password",
-        "passwd",
-        "token",
-        "private_key",
-        "api_key",
-    ]
-    .iter()
-    .any(|word| name.contains(word))
-}
-
-fn redact_value(name: &str, value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::String(text) => {
-            *text = if secret_named(name) && !text.is_empty() {
-                REDACTED.to_owned()
-            } else {
-                redact(text)
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_value(name, v)),
-        serde_json::Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                let key = key.to_ascii_lowercase();
-                redact_value(&key, v);
-            }
-        }
-        _ => {}
-    }
-}
-
 impl Settings {
-    /// The settings as they may be shown or logged: every URL's password and
-    /// every secret-named value replaced by [`REDACTED`].
-    pub fn redacted(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        redact_value("", &mut value);
-        value
-    }
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Settings {}", self.redacted())
-    }
-}
-
-impl Settings {
-    /// Defaults, then the TOML file (`file`, else `PAYFLEET_CONFIG` if set),
-    /// then `PAYFLEET_*` environment variables; validated.
-    pub fn load(file: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let file = file.or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::MissingFile(path));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        figment = figment.merge(Env::prefixed("PAYFLEET_").ignore(NOT_SETTINGS));
-        Self::from_figment(figment)
-    }
-
-    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(|error| {
-            // figment names the key in `path`; make it the setting's name.
-            match error.path.first() {
-                Some(key) => ConfigError::Invalid {
-                    name: leak_name(key),
-                    env: key.to_uppercase(),
-                    reason: redact(&error.kind.to_string()),
-                },
-                None => ConfigError::Unreadable(redact(&error.to_string())),
-            }
-        })?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
     /// Checks every value that can be checked without connecting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         lapin::uri::AMQPUri::from_str(&self.amqp_url).map_err(|e| invalid("amqp_url", e))?;
@@ -567,60 +425,13 @@ pub fn database_name(url: &str) -> Option<String> {
     options.get_database().map(str::to_owned)
 }
 
-/// Setting names are few and static; map figment's owned key back to one.
-fn leak_name(key: &str) -> &'static str {
-    const NAMES: &[&str] = &[
-        "amqp_url",
-        "database_url",
-        "redis_url",
-        "redis_key_prefix",
-        "db_max_connections",
-        "prefetch",
-        "max_in_flight",
-        "queue_type",
-        "quorum_delivery_limit",
-        "retry_delays_ms",
-        "max_attempts",
-        "crash_loop_limit",
-        "lock_ttl_ms",
-        "ingress_max_length",
-        "ingress_max_body_bytes",
-        "outbox_batch_size",
-        "outbox_lease_ms",
-        "outbox_poll_ms",
-        "shutdown_timeout_ms",
-        "http_addr",
-        "log_format",
-        "log_filter",
-        "payment_ttl_ms",
-        "risk_block_amount",
-        "risk_challenge_amount",
-        "risk_velocity_limit",
-        "risk_velocity_window_ms",
-        "webhook_delays_ms",
-        "webhook_timeout_ms",
-        "webhook_allow_loopback",
-        "sweep_interval_ms",
-        "rollup_interval_ms",
-        "channel_timeout_ms",
-        "status_query_delays_ms",
-        "callback_base_url",
-        "callback_tolerance_ms",
-        "management_url",
-        "dead_letter_retention_days",
-        "inbox_retention_days",
-        "request_max_age_ms",
-        "tls_ca_file",
-    ];
-    NAMES
-        .iter()
-        .find(|name| name.eq_ignore_ascii_case(key))
-        .copied()
-        .unwrap_or("(unknown setting)")
-}
-
 #[cfg(test)]
 mod tests {
+    use figment::{
+        Figment,
+        providers::{Format, Serialized, Toml},
+    };
+
     use super::*;
 
     fn with(toml: &str) -> Result<Settings, ConfigError> {
