@@ -47,10 +47,7 @@ impl AttemptStatus {
     }
 
     pub fn parse(text: &str) -> Result<Self, StageError> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| StageError::permanent(format!("unknown attempt status `{text}`")))
+        super::parse_status(&Self::ALL, Self::as_str, text, "attempt")
     }
 
     /// Whether the channel's word on it is final.

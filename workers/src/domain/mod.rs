@@ -10,3 +10,18 @@ pub mod ledger;
 pub mod payment;
 pub mod step;
 pub mod tcc;
+
+use payfleet_common::runtime::StageError;
+
+/// A status stored as text, read back: the one of `all` named `text`.
+fn parse_status<S: Copy>(
+    all: &[S],
+    name: fn(S) -> &'static str,
+    text: &str,
+    what: &str,
+) -> Result<S, StageError> {
+    all.iter()
+        .copied()
+        .find(|status| name(*status) == text)
+        .ok_or_else(|| StageError::permanent(format!("unknown {what} status `{text}`")))
+}

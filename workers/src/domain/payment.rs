@@ -72,10 +72,7 @@ impl PaymentStatus {
     }
 
     pub fn parse(text: &str) -> Result<Self, StageError> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| StageError::permanent(format!("unknown payment status `{text}`")))
+        super::parse_status(&Self::ALL, Self::as_str, text, "payment")
     }
 }
 

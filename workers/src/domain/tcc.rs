@@ -48,16 +48,29 @@ impl ReservationStatus {
     }
 
     pub fn parse(text: &str) -> Result<Self, StageError> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| StageError::permanent(format!("unknown reservation status `{text}`")))
+        super::parse_status(&Self::ALL, Self::as_str, text, "reservation")
     }
 
     /// Confirmed or cancelled: nothing is held any more.
     pub fn is_terminal(self) -> bool {
         self != ReservationStatus::Tried
     }
+}
+
+/// The uses of coupon `code` by `user_id` that still count (reserved or
+/// consumed): order-validation judges by them, Try takes a use by them.
+pub async fn coupon_uses(
+    conn: &mut PgConnection,
+    code: &str,
+    user_id: &str,
+) -> Result<i64, StageError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
+    )
+    .bind(code)
+    .bind(user_id)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// TCC Confirm of a `paid` payment; moves it to `settled`.
@@ -425,8 +438,9 @@ async fn take_shortfall(
     Ok(())
 }
 
+/// A line of a wallet's statement: what moved, and the balances after it.
 #[allow(clippy::too_many_arguments)]
-async fn statement(
+pub async fn statement(
     conn: &mut PgConnection,
     account: i64,
     payment_id: Uuid,

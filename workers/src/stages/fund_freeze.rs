@@ -18,6 +18,7 @@ use sqlx::{Acquire, PgConnection};
 use crate::domain::{
     payment::{self, Payment, PaymentStatus},
     step::PaymentStep,
+    tcc,
 };
 
 pub const NAME: &str = crate::domain::handoff::FUND_FREEZE;
@@ -69,7 +70,7 @@ impl PaymentStep for FundFreeze {
         if p.expires_at <= Utc::now() {
             // Expired while the message waited: an empty rollback, recorded so
             // that no later Try reserves anything.
-            crate::domain::tcc::cancel(tx.conn(), &p, PaymentStatus::Cancelled, "expired").await?;
+            tcc::cancel(tx.conn(), &p, PaymentStatus::Cancelled, "expired").await?;
             return payment::emit_outcome(tx, p.id, Final::Failed, Some("expired"));
         }
 
@@ -198,17 +199,16 @@ async fn freeze_wallet(
             p.amount, p.currency
         ))));
     };
-    sqlx::query(
-        "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
-         VALUES ($1, $2, 'freeze', $3, $4, $5, $6)",
+    tcc::statement(
+        conn,
+        account_id,
+        p.id,
+        "freeze",
+        p.amount,
+        &p.currency,
+        available_after,
+        frozen_after,
     )
-    .bind(account_id)
-    .bind(p.id)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(available_after)
-    .bind(frozen_after)
-    .execute(&mut *conn)
     .await?;
     Ok(Ok(account_id))
 }
@@ -282,13 +282,7 @@ async fn reserve_coupon(
             format!("{code} expired at {valid_until}"),
         )));
     }
-    let user_uses: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
-    )
-    .bind(code)
-    .bind(&p.user_id)
-    .fetch_one(&mut *conn)
-    .await?;
+    let user_uses = tcc::coupon_uses(conn, code, &p.user_id).await?;
     let available = used < total_limit && user_uses < i64::from(per_user_limit);
     let taken = sqlx::query("UPDATE coupons SET used = used + 1 WHERE code = $1 AND $2")
         .bind(code)

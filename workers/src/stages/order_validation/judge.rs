@@ -311,13 +311,7 @@ async fn coupon_discount(
     let Some(coupon) = load_coupon(conn, code).await? else {
         return reject("unknown_coupon", code.to_owned());
     };
-    let user_uses: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
-    )
-    .bind(code)
-    .bind(&r.user_id)
-    .fetch_one(&mut *conn)
-    .await?;
+    let user_uses = crate::domain::tcc::coupon_uses(conn, code, &r.user_id).await?;
     match coupon.discount(gross, &r.currency, Utc::now(), user_uses) {
         Ok(discount) => Ok(discount),
         Err(refusal) => reject(refusal.reason(), code.to_owned()),
