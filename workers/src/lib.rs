@@ -50,7 +50,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
     let mut fleet = Fleet::connect(settings.clone(), topology).await?;
     let wanted = |name: &str| stages.is_empty() || stages.contains(&name);
     if wanted(order_validation::NAME) {
-        let redis = fleet.shared().locks.pool().clone();
+        let redis = fleet.shared().locks.clone();
         fleet = fleet
             .stage(order_validation::OrderValidation::new(&settings, redis))?
             .background("request-receipts", order_validation::run_receipt_pruning);
@@ -59,7 +59,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet.stage(OnPayment(fund_freeze::FundFreeze))?;
     }
     if wanted(channel_call::NAME) {
-        let redis = fleet.shared().locks.pool().clone();
+        let redis = fleet.shared().locks.clone();
         let topology = fleet.shared().topology.clone();
         fleet = fleet.calling_stage(channel_call::ChannelCall::new(&settings, topology, redis))?;
         fleet = fleet.background("refund-sender", refunds::run);

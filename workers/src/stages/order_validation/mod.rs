@@ -16,7 +16,7 @@ pub mod schema;
 use std::{collections::HashSet, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::Pool;
+use payfleet_common::lock::Locks;
 use payfleet_common::{
     CancellationToken, broker,
     messages::{self, Outcome as Final, PaymentRequested, SCHEMA_VERSION, kind},
@@ -95,7 +95,7 @@ pub fn read_request(value: Value) -> Result<PaymentRequested, (&'static str, Str
 }
 
 pub struct OrderValidation {
-    pub redis: Pool,
+    pub redis: Locks,
     pub risk: RiskRules,
     pub payment_ttl: chrono::Duration,
     /// `request_max_age_ms`: how far `requested_at` may be from the first receipt.
@@ -105,7 +105,7 @@ pub struct OrderValidation {
 }
 
 impl OrderValidation {
-    pub fn new(settings: &payfleet_common::Settings, redis: Pool) -> Self {
+    pub fn new(settings: &payfleet_common::Settings, redis: Locks) -> Self {
         Self {
             redis,
             risk: RiskRules::new(settings),
@@ -366,8 +366,7 @@ impl Stage for OrderValidation {
                     order.payable,
                     &parsed.currency,
                 )
-                .await
-                .map_err(StageError::Transient)?;
+                .await;
                 let risk = Some((decision, reasons.clone()));
                 match decision {
                     Decision::Block => {
