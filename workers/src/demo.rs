@@ -94,20 +94,7 @@ struct Catalogue {
 /// Runs the demo; returns an error (non-zero exit) when it did not finish
 /// cleanly or an invariant broke.
 pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
-    let mut load = Load::prepare(settings, requests, PLAN_SEED).await?;
-    println!(
-        "payfleet demo {}: {requests} requests, catalogue seeded, fleet starting",
-        load.run_id
-    );
-    let fleet = crate::fleet(load.settings.clone(), &[], true).await?;
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(fleet.run(stop.clone()));
-    let publishing = load.publish(stop.child_token())?;
-    let finished = load.wait(load.deadline(), true).await?;
-    publishing.await.context("publisher task")??;
-    stop.cancel();
-    running.await.context("fleet task")??;
-    let verdict = load.verify().await?;
+    let (finished, verdict) = carry(settings, requests, true).await?;
     println!("{}", verdict.summary);
     if !finished {
         bail!("not every payment reached a terminal state within the deadline");
@@ -116,6 +103,31 @@ pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
         bail!("invariants broken");
     }
     Ok(())
+}
+
+/// The demo load carried by a fleet in this process: whether it finished
+/// within its deadline, and what the check found. `live` draws the progress line.
+pub async fn carry(
+    settings: Settings,
+    requests: usize,
+    live: bool,
+) -> anyhow::Result<(bool, Verdict)> {
+    let mut load = Load::prepare(settings, requests, PLAN_SEED).await?;
+    if live {
+        println!(
+            "payfleet demo {}: {requests} requests, catalogue seeded, fleet starting",
+            load.run_id
+        );
+    }
+    let fleet = crate::fleet(load.settings.clone(), &[], true).await?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(fleet.run(stop.clone()));
+    let publishing = load.publish(stop.child_token())?;
+    let finished = load.wait(load.deadline(), live).await?;
+    publishing.await.context("publisher task")??;
+    stop.cancel();
+    running.await.context("fleet task")??;
+    Ok((finished, load.verify().await?))
 }
 
 /// The seed of the demo's request mix (`payfleet run --demo` always sends the same mix).
@@ -555,37 +567,70 @@ async fn publish_all(
     plan: Vec<Planned>,
     published: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    // Pipelined confirms in windows of 100, as a careful upstream would publish.
-    for window in plan.chunks(100) {
-        let mut confirms = Vec::with_capacity(window.len());
-        for planned in window {
-            let mut properties = broker::properties(
-                &planned.message_id,
-                None,
-                Some(messages::kind::PAYMENT_REQUESTED),
-            );
-            if let Some(signature) = &planned.signature {
+    publish_requests(
+        &publisher,
+        &exchange,
+        plan.into_iter()
+            .map(|p| (p.message_id, p.body, p.signature)),
+        &published,
+        None,
+    )
+    .await
+}
+
+/// Publishes payment requests (message id, body, signature) to the ingress
+/// exchange as a careful upstream would: pipelined confirms in windows of
+/// 100, or one at a time at `rate` per second (each request is taken from
+/// the iterator at its moment, so it is made when it is sent). Counts each
+/// confirmed one.
+pub(crate) async fn publish_requests(
+    publisher: &Publisher,
+    exchange: &str,
+    mut requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
+    published: &AtomicU64,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let window = if rate.is_some() { 1 } else { 100 };
+    let mut ticker = rate.map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    loop {
+        let mut confirms = Vec::with_capacity(window);
+        while confirms.len() < window {
+            if let Some(ticker) = ticker.as_mut() {
+                ticker.tick().await;
+            }
+            let Some((message_id, body, signature)) = requests.next() else {
+                break;
+            };
+            let mut properties =
+                broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED));
+            if let Some(signature) = signature {
                 let mut headers = lapin::types::FieldTable::default();
                 broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature.as_str());
                 properties = properties.with_headers(headers);
             }
             let message = Outgoing {
-                exchange: exchange.clone(),
+                exchange: exchange.to_owned(),
                 routing_key: messages::kind::PAYMENT_REQUESTED.to_owned(),
-                body: planned.body.clone(),
+                body,
                 properties,
             };
             let confirm = publisher.start(&message).await?;
             confirms.push((message, confirm));
         }
+        if confirms.is_empty() {
+            return Ok(());
+        }
         for (message, confirm) in confirms {
             broker::confirmed(confirm, &message)
                 .await
-                .context("publishing a demo request")?;
+                .context("publishing a payment request")?;
             published.fetch_add(1, Ordering::Relaxed);
         }
     }
-    Ok(())
 }
 
 /// Where a load stands: its payments by outcome, its refusals and its poison dead letters.
@@ -850,7 +895,7 @@ async fn webhook_receiver() -> anyhow::Result<(String, Arc<WebhookCount>)> {
 }
 
 /// Points the sandbox channels of the routing table at this run's gateway.
-async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
+pub(crate) async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
     for channel in crate::sandbox_gateway::GatewayConfig::standard().channels {
         let methods = if channel.name == "sandbox-card" {
             vec!["card"]
@@ -1048,7 +1093,12 @@ async fn seed_catalogue(
         .bind(if sku == "demo-old" { "off_shelf" } else { "on_sale" })
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO UPDATE SET available = GREATEST(stock.available, EXCLUDED.available)")
+        // Topped up to at least `stock` units available (inserting into the view adds units).
+        sqlx::query(
+            "INSERT INTO stock (sku, available)
+             SELECT $1, $2 - COALESCE((SELECT sum(available) FROM stock_buckets WHERE sku = $1), 0)::integer
+             WHERE $2 > COALESCE((SELECT sum(available) FROM stock_buckets WHERE sku = $1), 0)",
+        )
             .bind(sku)
             .bind(stock)
             .execute(&mut *tx)

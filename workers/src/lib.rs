@@ -1,5 +1,6 @@
 //! The six stages of the payment chain and the processes that run them.
 
+pub mod bench;
 pub mod callbacks;
 pub mod channels;
 pub mod demo;

@@ -56,6 +56,39 @@ enum Command {
         #[arg(long, value_name = "N")]
         demo: Option<usize>,
     },
+    /// Measure the fleet against the broker's own limit (a null pipeline of six
+    /// pass-through hops), in a shadow environment: `bench_…` vhosts and
+    /// databases of its own on the configured servers, removed afterwards.
+    #[command(
+        after_help = "Examples:\n  payfleet bench\n  payfleet bench --payments 5000 --runs 3\n  payfleet bench --hot\n  payfleet bench --mix wallet,card,async,carts,coupons\n  payfleet bench --rate 60 --payments 1800\n  payfleet bench --json > bench.json"
+    )]
+    Bench {
+        /// Payments per run.
+        #[arg(long, default_value_t = 3000, value_name = "N")]
+        payments: usize,
+        /// Interleaved runs of the null pipeline and the fleet; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The kinds of payment, taken in turn.
+        #[arg(long, value_delimiter = ',', default_value = "wallet")]
+        mix: Vec<payfleet_workers::bench::Kind>,
+        /// Send every payment to one shop and one SKU.
+        #[arg(long)]
+        hot: bool,
+        /// Open loop: publish at this many requests per second while the fleet runs
+        /// (default: drain, everything queued before the fleet starts).
+        #[arg(long, value_name = "PER_SECOND")]
+        rate: Option<f64>,
+        /// Keep the shadow vhosts and databases.
+        #[arg(long)]
+        keep: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seed of the request mix.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Run the sandbox payment gateway: a separate third-party stand-in with
     /// its own store, several channels, signed webhooks and test scenarios.
     #[command(
@@ -524,6 +557,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             payfleet_workers::apply_topology(&settings).await?;
             let fleet = payfleet_workers::fleet(settings, &[], true).await?;
             fleet.run(payfleet_common::shutdown::on_signal()).await?;
+        }
+        Command::Bench {
+            payments,
+            runs,
+            mix,
+            hot,
+            rate,
+            keep,
+            json,
+            seed,
+        } => {
+            if rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                anyhow::bail!("--rate must be a positive number of requests per second");
+            }
+            use std::io::IsTerminal;
+            let options = payfleet_workers::bench::Options {
+                payments,
+                mix,
+                hot,
+                runs,
+                rate,
+                keep,
+                progress: !json && std::io::stdout().is_terminal(),
+                seed,
+            };
+            let report = payfleet_workers::bench::run(&settings, options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if !report.invariants_hold() {
+                anyhow::bail!("invariants broken during the benchmark");
+            }
         }
         Command::SandboxGateway {
             listen,

@@ -7,4 +7,5 @@ pub mod handoff;
 pub mod ledger;
 pub mod payment;
 pub mod step;
+pub mod stock;
 pub mod tcc;

@@ -157,17 +157,7 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
         )));
     }
 
-    sqlx::query(
-        "UPDATE stock s SET reserved = s.reserved - r.quantity FROM stock_reservations r
-         WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
-    )
-    .bind(p.id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE stock_reservations SET status = 'deducted' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
+    super::stock::deduct(&mut *conn, p.id).await?;
     sqlx::query("UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'")
         .bind(p.id)
         .execute(&mut *conn)
@@ -269,17 +259,7 @@ pub async fn cancel(
             )));
         }
     }
-    sqlx::query(
-        "UPDATE stock s SET available = s.available + r.quantity, reserved = s.reserved - r.quantity FROM stock_reservations r
-         WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
-    )
-    .bind(p.id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE stock_reservations SET status = 'released' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
+    super::stock::release(&mut *conn, p.id).await?;
     let released_coupon: Option<String> = sqlx::query_scalar(
         "UPDATE coupon_redemptions SET status = 'released' WHERE payment_id = $1 AND status = 'reserved' RETURNING coupon_code",
     )
