@@ -132,10 +132,8 @@ async fn a_transient_failure_is_retried_through_increasing_delays() -> anyhow::R
             "gap {gap} ms shorter than its delay level {level} ms ({gaps:?})"
         );
     }
-    assert!(
-        gaps[0] < gaps[1] && gaps[1] < gaps[2],
-        "delays grow: {gaps:?}"
-    );
+    // Each wait is at least its own, growing, level; how much longer a wait
+    // took depends on the machine's load, so the gaps are not compared.
     assert_eq!(env.assert_quiet_invariants().await?, 1);
     assert!(env.dead_letters().await?.is_empty());
     env.teardown().await

@@ -3,10 +3,16 @@
 //! keeps two workers off the same payment at once; PostgreSQL decides what
 //! is applied, so a lost lock (Redis flushed or restarted) never doubles an effect.
 //!
-//! When Redis is unreachable the fleet is *degraded*, not stopped: a lease
+//! When Redis is unreachable or does not answer within
+//! [`REDIS_ANSWER_WITHIN`], the fleet is *degraded*, not stopped: a lease
 //! row in PostgreSQL (`lock_leases`) stands in for the lock, taken and
 //! released by compare-and-set, so no pooled connection is held across the
-//! handler. Redis is probed again every [`PROBE_EVERY`] and used as soon as it answers.
+//! handler. While degraded, Redis is tried again every [`PROBE_EVERY`] (other
+//! calls fail fast) and used as soon as it answers; for one lock TTL after
+//! that, a key whose lease is still live counts as held, so a handler that
+//! took its lease while Redis was away is not joined by one that took the
+//! Redis lock. Other users of Redis (the risk velocity, the circuit
+//! breaker) go through [`Locks::query`] and share this state.
 
 use std::{
     sync::{
@@ -49,8 +55,12 @@ return 0
 /// How often a degraded fleet tries Redis again.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// The gauge that says the locks are on the PostgreSQL stand-in (1) or on Redis (0).
-pub const DEGRADED_GAUGE: &str = "payfleet_locks_degraded";
+/// A Redis call (connection included) that takes longer counts as Redis not answering.
+pub const REDIS_ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// The gauge that says Redis is not answering (1: locks are leases in
+/// PostgreSQL, velocity and breaker in their degraded modes) or is (0).
+pub const DEGRADED_GAUGE: &str = "payfleet_redis_degraded";
 
 /// Takes and releases locks; cheap to clone.
 #[derive(Clone)]
@@ -70,6 +80,8 @@ struct RedisHealth {
     degraded: AtomicBool,
     started: Instant,
     last_probe_ms: AtomicU64,
+    /// When Redis last came back; `u64::MAX` when it never went away.
+    recovered_ms: AtomicU64,
 }
 
 impl Default for RedisHealth {
@@ -78,6 +90,7 @@ impl Default for RedisHealth {
             degraded: AtomicBool::new(false),
             started: Instant::now(),
             last_probe_ms: AtomicU64::new(0),
+            recovered_ms: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -94,9 +107,16 @@ impl RedisHealth {
                 < self.last_probe_ms.load(Ordering::Relaxed) + PROBE_EVERY.as_millis() as u64
     }
 
+    /// Within `window` of Redis coming back: leases taken while it was away may still be held.
+    fn recently_recovered(&self, window: Duration) -> bool {
+        let recovered = self.recovered_ms.load(Ordering::Relaxed);
+        recovered != u64::MAX && self.now_ms() < recovered.saturating_add(window.as_millis() as u64)
+    }
+
     fn redis_answered(&self) {
         if self.degraded.swap(false, Ordering::Relaxed) {
-            tracing::warn!("Redis is back: locks are taken in Redis again");
+            self.recovered_ms.store(self.now_ms(), Ordering::Relaxed);
+            tracing::warn!("Redis answers again: the fleet is no longer degraded");
             metrics::gauge!(DEGRADED_GAUGE).set(0.0);
         }
     }
@@ -104,7 +124,11 @@ impl RedisHealth {
     fn redis_failed(&self, error: &LockError) {
         self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%error, "Redis unreachable: the fleet is degraded, locks are leases in PostgreSQL");
+            tracing::warn!(
+                %error,
+                "Redis does not answer: the fleet is degraded (locks are leases in PostgreSQL, \
+                 the risk velocity and the circuit breaker run in their degraded modes)"
+            );
             metrics::gauge!(DEGRADED_GAUGE).set(1.0);
         }
     }
@@ -210,6 +234,49 @@ impl Locks {
         &self.pool
     }
 
+    /// Runs `pipe` on Redis within [`REDIS_ANSWER_WITHIN`]. While Redis is
+    /// known not to answer and no probe is due, fails at once; every outcome
+    /// updates the shared degraded state.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, LockError> {
+        self.redis(async |conn| pipe.query_async(conn).await).await
+    }
+
+    async fn redis<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, LockError> {
+        if self.health.skip_redis() {
+            return Err(LockError::Unavailable(
+                "not answering (the fleet is degraded; it is tried again shortly)".into(),
+            ));
+        }
+        let answer = tokio::time::timeout(REDIS_ANSWER_WITHIN, async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| LockError::Unavailable(e.to_string()))?;
+            call(&mut conn)
+                .await
+                .map_err(|e| LockError::Unavailable(e.to_string()))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(LockError::Unavailable(format!(
+                "no answer within {} ms",
+                REDIS_ANSWER_WITHIN.as_millis()
+            )))
+        });
+        match &answer {
+            Ok(_) => self.health.redis_answered(),
+            Err(error) => self.health.redis_failed(error),
+        }
+        answer
+    }
+
     /// `Ok(None)` when another worker holds it.
     pub async fn try_acquire(
         &self,
@@ -219,18 +286,16 @@ impl Locks {
         let Some(fallback) = &self.fallback else {
             return self.try_redis(stage, business_key).await;
         };
-        if self.health.skip_redis() {
-            return self.try_lease(fallback, stage, business_key).await;
-        }
         match self.try_redis(stage, business_key).await {
-            Ok(guard) => {
-                self.health.redis_answered();
-                Ok(guard)
+            Ok(Some(guard)) if self.health.recently_recovered(self.ttl) => {
+                if self.lease_live(fallback, stage, business_key).await? {
+                    guard.release().await;
+                    return Ok(None);
+                }
+                Ok(Some(guard))
             }
-            Err(error) => {
-                self.health.redis_failed(&error);
-                self.try_lease(fallback, stage, business_key).await
-            }
+            Ok(guard) => Ok(guard),
+            Err(_) => self.try_lease(fallback, stage, business_key).await,
         }
     }
 
@@ -241,24 +306,36 @@ impl Locks {
     ) -> Result<Option<LockGuard>, LockError> {
         let key = self.key(stage, business_key);
         let token = uuid::Uuid::new_v4().to_string();
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| LockError::Unavailable(e.to_string()))?;
-        let set: Option<String> = redis::cmd("SET")
+        let mut set = redis::pipe();
+        set.cmd("SET")
             .arg(&key)
             .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .query_async(&mut *conn)
-            .await
-            .map_err(|e| LockError::Unavailable(e.to_string()))?;
+            .arg(self.ttl.as_millis() as u64);
+        let (set,): (Option<String>,) = self.query(&set).await?;
         if set.is_none() {
             return Ok(None);
         }
         Ok(Some(self.guard(Held::Redis { key, token })))
+    }
+
+    /// Whether a lease taken while Redis was away still holds this key.
+    async fn lease_live(
+        &self,
+        pool: &PgPool,
+        stage: &str,
+        business_key: &str,
+    ) -> Result<bool, LockError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM lock_leases
+                             WHERE stage = $1 AND business_key = $2 AND expires_at > now())",
+        )
+        .bind(stage)
+        .bind(business_key)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| LockError::Unavailable(format!("the lease table: {e}")))
     }
 
     /// The stand-in: a lease row taken when free or expired.
@@ -306,13 +383,15 @@ impl Locks {
     async fn renew(&self, held: &Held) -> Result<bool, String> {
         match held {
             Held::Redis { key, token } => {
-                let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
                 let renewed: i64 = self
-                    .renew
-                    .key(key)
-                    .arg(token)
-                    .arg(self.ttl.as_millis() as u64)
-                    .invoke_async(&mut *conn)
+                    .redis(async |conn| {
+                        self.renew
+                            .key(key)
+                            .arg(token)
+                            .arg(self.ttl.as_millis() as u64)
+                            .invoke_async(conn)
+                            .await
+                    })
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(renewed == 1)
@@ -367,14 +446,8 @@ impl Locks {
     }
 
     async fn release_token(&self, key: &str, token: &str) {
-        let Ok(mut conn) = self.pool.get().await else {
-            return;
-        };
         let released: Result<i64, _> = self
-            .release
-            .key(key)
-            .arg(token)
-            .invoke_async(&mut *conn)
+            .redis(async |conn| self.release.key(key).arg(token).invoke_async(conn).await)
             .await;
         if let Err(error) = released {
             tracing::debug!(%error, key, "lock release failed; it expires by itself");

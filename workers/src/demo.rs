@@ -93,143 +93,287 @@ struct Catalogue {
 
 /// Runs the demo; returns an error (non-zero exit) when it did not finish
 /// cleanly or an invariant broke.
-pub async fn run(mut settings: Settings, requests: usize) -> anyhow::Result<()> {
-    if requests == 0 {
-        bail!("--demo needs at least one request");
-    }
-    if settings.callback_base_url == Settings::default().callback_base_url {
-        // the sandbox's webhooks come to this process's own HTTP endpoint
-        settings.callback_base_url = format!("http://{}", settings.http_addr);
-    }
-    // the demo merchant's webhook receiver listens on 127.0.0.1
-    settings.webhook_allow_loopback = true;
-    telemetry::metrics_handle();
-    db::migrate(&settings)
-        .await
-        .context("applying migrations")?;
-    crate::apply_topology(&settings).await?;
-    let topology = Topology::from_settings(&settings)?;
-    let pool = db::connect(&settings).await?;
-
-    let (webhook_url, webhooks_received, webhook_secrets) = webhook_receiver().await?;
-    // The third party: the sandbox gateway, in this process but with its own store.
-    let gateway =
-        crate::sandbox_gateway::Gateway::new(crate::sandbox_gateway::GatewayConfig::standard());
-    let gateway_stop = CancellationToken::new();
-    let (gateway_addr, _) = gateway
-        .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
-        .await?;
-    seed_channels(&pool, &format!("http://{gateway_addr}")).await?;
-    let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
-    let catalogue = seed(&pool, &run_id, &webhook_url).await?;
-    *webhook_secrets.write().expect("lock") = sqlx::query_scalar(
-        "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now())",
-    )
-    .bind(SHOP)
-    .fetch_all(&pool)
-    .await?;
-    println!("payfleet demo {run_id}: {requests} requests, catalogue seeded, fleet starting");
-
-    let fleet = crate::fleet(settings.clone(), &[], true).await?;
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(fleet.run(stop.clone()));
-
-    let plan = plan(requests, &run_id, &catalogue);
-    let expected_payments = plan.iter().filter(|p| p.creates_payment).count() as i64;
-    let expected_refusals = plan.iter().filter(|p| p.refused).count() as i64;
-    let expected_dead = plan.iter().filter(|p| p.kind == Kind::Poison).count() as i64;
-    let started = Instant::now();
-    let started_at = Utc::now();
-    let published = Arc::new(AtomicU64::new(0));
-    let publisher = Publisher::new(
-        broker::Endpoint::from_settings(&settings)?,
-        "payfleet-demo-upstream",
-        stop.child_token(),
-    );
-    let publishing = tokio::spawn(publish_all(
-        publisher.clone(),
-        topology.exchanges().ingress.clone(),
-        plan,
-        published.clone(),
-    ));
-
-    let deadline = Instant::now() + Duration::from_secs(60 + requests as u64 / 10);
-    let like = format!("{run_id}-%");
-    let finished = loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let progress = progress(&pool, &like, started_at).await?;
-        let done = progress.terminal == expected_payments
-            && progress.refused == expected_refusals
-            && progress.dead >= expected_dead
-            && publishing.is_finished();
-        print!(
-            "\r[{:>6.1}s] published {}/{} · payments {}/{} terminal (settled {}, failed {}, rejected {}) · refused {} · dead letters {}   ",
-            started.elapsed().as_secs_f64(),
-            published.load(Ordering::Relaxed),
-            requests,
-            progress.terminal,
-            expected_payments,
-            progress.settled,
-            progress.failed,
-            progress.rejected,
-            progress.refused,
-            progress.dead,
-        );
-        let _ = std::io::stdout().flush();
-        if done && quiet(&pool, started_at).await? {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-    };
-    println!();
-    let elapsed = started.elapsed();
-    publishing.await.context("publisher task")??;
-    publisher.close().await;
-    stop.cancel();
-    running.await.context("fleet task")??;
-    ledger::roll_up(&pool, 1_000_000).await?;
-
-    let summary = summarize(
-        &pool,
-        &like,
-        started_at,
-        elapsed,
-        webhooks_received.load(Ordering::Relaxed),
-    )
-    .await?;
-    println!("{summary}");
-    let mut report = invariants::all(&pool).await?;
-    // The books against the sandbox's own store, while it still runs.
-    let statements = invariants::against_channel_statements(&pool, started_at).await;
-    gateway_stop.cancel();
-    report.checks.extend(statements?.checks);
-    let (fees, costs): (Decimal, Decimal) = sqlx::query_as(
-        "SELECT COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'platform'), 0),
-                COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
-         FROM postings p JOIN accounts a ON a.id = p.account_id
-         WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = 'CNY'",
-    )
-    .fetch_one(&pool)
-    .await?;
-    println!(
-        "  platform    fees {fees} CNY - channel costs {costs} CNY = earned {} CNY",
-        fees - costs
-    );
-    if report.ok() {
-        println!("  invariants  all {} checks hold", report.checks.len());
-    } else {
-        println!("  invariants  BROKEN: {}", report.failures().join("; "));
-    }
-    pool.close().await;
+pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
+    let (finished, verdict) = carry(settings, requests, true).await?;
+    println!("{}", verdict.summary);
     if !finished {
         bail!("not every payment reached a terminal state within the deadline");
     }
-    if !report.ok() {
+    if !verdict.invariants.ok() {
         bail!("invariants broken");
     }
     Ok(())
+}
+
+/// The demo load carried by a fleet in this process: whether it finished
+/// within its deadline, and what the check found. `live` draws the progress line.
+pub async fn carry(
+    settings: Settings,
+    requests: usize,
+    live: bool,
+) -> anyhow::Result<(bool, Verdict)> {
+    let mut load = Load::prepare(settings, requests, PLAN_SEED).await?;
+    if live {
+        println!(
+            "payfleet demo {}: {requests} requests, catalogue seeded, fleet starting",
+            load.run_id
+        );
+    }
+    let fleet = crate::fleet(load.settings.clone(), &[], true).await?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(fleet.run(stop.clone()));
+    let publishing = load.publish(stop.child_token())?;
+    let finished = load.wait(load.deadline(), live).await?;
+    publishing.await.context("publisher task")??;
+    stop.cancel();
+    running.await.context("fleet task")??;
+    Ok((finished, load.verify().await?))
+}
+
+/// The seed of the demo's request mix (`payfleet run --demo` always sends the same mix).
+pub const PLAN_SEED: u64 = 42;
+
+/// A demo load against the database and broker of `settings`: the sandbox
+/// gateway and the demo merchant's webhook receiver run in this process,
+/// the catalogue is seeded and the requests are planned. The fleet that
+/// carries the load runs wherever the caller starts it (in this process for
+/// `payfleet run --demo`, as worker processes for the chaos suite).
+pub struct Load {
+    /// The settings the fleet must run with: the sandbox calls back to
+    /// `http_addr`, and the merchant's webhooks go to loopback.
+    pub settings: Settings,
+    pub run_id: String,
+    pub requests: usize,
+    pool: PgPool,
+    topology: Topology,
+    like: String,
+    plan: Vec<Planned>,
+    expected_payments: i64,
+    expected_refusals: i64,
+    expected_dead: i64,
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+    published: Arc<AtomicU64>,
+    webhooks: Arc<WebhookCount>,
+    gateway_stop: CancellationToken,
+}
+
+/// What a finished load found.
+pub struct Verdict {
+    /// The printed summary (statuses, channels, throughput, retries, dead letters, webhooks).
+    pub summary: String,
+    /// Every invariant, and the books against the sandbox's own store.
+    pub invariants: invariants::Report,
+    /// Webhooks the demo merchant accepted, and how many distinct webhook ids they had.
+    pub webhooks_received: u64,
+    pub webhook_ids: u64,
+    /// Payments of this run that reached a terminal status.
+    pub payments: i64,
+}
+
+impl Load {
+    /// Migrates, applies the topology, starts the sandbox gateway and the
+    /// merchant's receiver, seeds the catalogue and plans `requests`
+    /// requests from `seed`.
+    pub async fn prepare(
+        mut settings: Settings,
+        requests: usize,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        if requests == 0 {
+            bail!("--demo needs at least one request");
+        }
+        if settings.callback_base_url == Settings::default().callback_base_url {
+            // the sandbox's webhooks come to the fleet's own HTTP endpoint
+            settings.callback_base_url = format!("http://{}", settings.http_addr);
+        }
+        // the demo merchant's webhook receiver listens on 127.0.0.1
+        settings.webhook_allow_loopback = true;
+        telemetry::metrics_handle();
+        db::migrate(&settings)
+            .await
+            .context("applying migrations")?;
+        crate::apply_topology(&settings).await?;
+        let topology = Topology::from_settings(&settings)?;
+        let pool = db::connect(&settings).await?;
+
+        let (webhook_url, webhooks) = webhook_receiver().await?;
+        // The third party: the sandbox gateway, in this process but with its own store.
+        let gateway =
+            crate::sandbox_gateway::Gateway::new(crate::sandbox_gateway::GatewayConfig::standard());
+        let gateway_stop = CancellationToken::new();
+        let (gateway_addr, _) = gateway
+            .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
+            .await?;
+        seed_channels(&pool, &format!("http://{gateway_addr}")).await?;
+        let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
+        let catalogue = seed_catalogue(&pool, &run_id, &webhook_url).await?;
+        *webhooks.secrets.write().expect("lock") = sqlx::query_scalar(
+            "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .bind(SHOP)
+        .fetch_all(&pool)
+        .await?;
+        let plan = plan(requests, seed, &run_id, &catalogue);
+        Ok(Self {
+            expected_payments: plan.iter().filter(|p| p.creates_payment).count() as i64,
+            expected_refusals: plan.iter().filter(|p| p.refused).count() as i64,
+            expected_dead: plan.iter().filter(|p| p.kind == Kind::Poison).count() as i64,
+            like: format!("{run_id}-%"),
+            settings,
+            run_id,
+            requests,
+            pool,
+            topology,
+            plan,
+            started: Instant::now(),
+            started_at: Utc::now(),
+            published: Arc::new(AtomicU64::new(0)),
+            webhooks,
+            gateway_stop,
+        })
+    }
+
+    /// Payments the plan creates (the rest are refused, duplicates or poison).
+    pub fn expected_payments(&self) -> i64 {
+        self.expected_payments
+    }
+
+    /// How long a healthy fleet may take: a minute plus a tenth of a second per request.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(60 + self.requests as u64 / 10)
+    }
+
+    /// Publishes the planned requests to the ingress exchange like an
+    /// upstream would (pipelined confirms), in the background.
+    pub fn publish(
+        &mut self,
+        stop: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        self.started = Instant::now();
+        self.started_at = Utc::now();
+        let publisher = Publisher::new(
+            broker::Endpoint::from_settings(&self.settings)?,
+            "payfleet-demo-upstream",
+            stop,
+        );
+        let exchange = self.topology.exchanges().ingress.clone();
+        let plan = std::mem::take(&mut self.plan);
+        let published = self.published.clone();
+        Ok(tokio::spawn(async move {
+            let sent = publish_all(publisher.clone(), exchange, plan, published).await;
+            publisher.close().await;
+            sent
+        }))
+    }
+
+    /// Where the run stands now.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        progress(&self.pool, &self.like, self.started_at).await
+    }
+
+    /// Every planned request has its outcome and nothing is in flight.
+    pub async fn finished(&self) -> anyhow::Result<bool> {
+        let progress = self.progress().await?;
+        Ok(self.complete(&progress) && quiet(&self.pool, self.started_at).await?)
+    }
+
+    fn complete(&self, progress: &Progress) -> bool {
+        progress.terminal == self.expected_payments
+            && progress.refused == self.expected_refusals
+            && progress.dead >= self.expected_dead
+            && self.published.load(Ordering::Relaxed) == self.requests as u64
+    }
+
+    /// Waits until the run is finished (`true`) or `within` has passed
+    /// (`false`), drawing the live progress line when `live` is set.
+    pub async fn wait(&self, within: Duration, live: bool) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + within;
+        let finished = loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let progress = self.progress().await?;
+            if live {
+                print!(
+                    "\r[{:>6.1}s] published {}/{} · payments {}/{} terminal (settled {}, failed {}, rejected {}) · refused {} · dead letters {}   ",
+                    self.started.elapsed().as_secs_f64(),
+                    self.published.load(Ordering::Relaxed),
+                    self.requests,
+                    progress.terminal,
+                    self.expected_payments,
+                    progress.settled,
+                    progress.failed,
+                    progress.rejected,
+                    progress.refused,
+                    progress.dead,
+                );
+                let _ = std::io::stdout().flush();
+            }
+            if self.complete(&progress) && quiet(&self.pool, self.started_at).await? {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
+        if live {
+            println!();
+        }
+        Ok(finished)
+    }
+
+    /// Rolls up the balances, checks every invariant and the books against
+    /// the sandbox's own store, stops the sandbox and summarizes.
+    pub async fn verify(self) -> anyhow::Result<Verdict> {
+        let elapsed = self.started.elapsed();
+        ledger::roll_up(&self.pool, 1_000_000).await?;
+        let webhooks_received = self.webhooks.received.load(Ordering::Relaxed);
+        let mut summary = summarize(
+            &self.pool,
+            &self.like,
+            self.started_at,
+            elapsed,
+            webhooks_received,
+        )
+        .await?;
+        let mut report = invariants::all(&self.pool).await?;
+        // The books against the sandbox's own store, while it still runs.
+        let statements = invariants::against_channel_statements(&self.pool, self.started_at).await;
+        self.gateway_stop.cancel();
+        report.checks.extend(statements?.checks);
+        let (fees, costs): (Decimal, Decimal) = sqlx::query_as(
+            "SELECT COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'platform'), 0),
+                    COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
+             FROM postings p JOIN accounts a ON a.id = p.account_id
+             WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = 'CNY'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        summary.push_str(&format!(
+            "\n  platform    fees {fees} CNY - channel costs {costs} CNY = earned {} CNY",
+            fees - costs
+        ));
+        if report.ok() {
+            summary.push_str(&format!(
+                "\n  invariants  all {} checks hold",
+                report.checks.len()
+            ));
+        } else {
+            summary.push_str(&format!(
+                "\n  invariants  BROKEN: {}",
+                report.failures().join("; ")
+            ));
+        }
+        let payments = self.progress().await?.terminal;
+        self.pool.close().await;
+        let webhook_ids = self.webhooks.ids.lock().expect("lock").len() as u64;
+        Ok(Verdict {
+            summary,
+            invariants: report,
+            webhooks_received,
+            webhook_ids,
+            payments,
+        })
+    }
 }
 
 struct Planned {
@@ -245,8 +389,8 @@ fn sign(body: &[u8]) -> Option<String> {
     Some(messages::sign(SHOP_KEY, body))
 }
 
-fn plan(requests: usize, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
-    let mut rng = fastrand::Rng::with_seed(42);
+fn plan(requests: usize, seed: u64, run_id: &str, catalogue: &Catalogue) -> Vec<Planned> {
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut planned: Vec<Planned> = Vec::with_capacity(requests);
     let mut previous: Vec<(String, PaymentRequested)> = Vec::new();
     let on_sale: Vec<&pricing::Product> = catalogue
@@ -423,46 +567,81 @@ async fn publish_all(
     plan: Vec<Planned>,
     published: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    // Pipelined confirms in windows of 100, as a careful upstream would publish.
-    for window in plan.chunks(100) {
-        let mut confirms = Vec::with_capacity(window.len());
-        for planned in window {
-            let mut properties = broker::properties(
-                &planned.message_id,
-                None,
-                Some(messages::kind::PAYMENT_REQUESTED),
-            );
-            if let Some(signature) = &planned.signature {
+    publish_requests(
+        &publisher,
+        &exchange,
+        plan.into_iter()
+            .map(|p| (p.message_id, p.body, p.signature)),
+        &published,
+        None,
+    )
+    .await
+}
+
+/// Publishes payment requests (message id, body, signature) to the ingress
+/// exchange as a careful upstream would: pipelined confirms in windows of
+/// 100, or one at a time at `rate` per second (each request is taken from
+/// the iterator at its moment, so it is made when it is sent). Counts each
+/// confirmed one.
+pub(crate) async fn publish_requests(
+    publisher: &Publisher,
+    exchange: &str,
+    mut requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
+    published: &AtomicU64,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let window = if rate.is_some() { 1 } else { 100 };
+    let mut ticker = rate.map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    loop {
+        let mut confirms = Vec::with_capacity(window);
+        while confirms.len() < window {
+            if let Some(ticker) = ticker.as_mut() {
+                ticker.tick().await;
+            }
+            let Some((message_id, body, signature)) = requests.next() else {
+                break;
+            };
+            let mut properties =
+                broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED));
+            if let Some(signature) = signature {
                 let mut headers = lapin::types::FieldTable::default();
                 broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature.as_str());
                 properties = properties.with_headers(headers);
             }
             let message = Outgoing {
-                exchange: exchange.clone(),
+                exchange: exchange.to_owned(),
                 routing_key: messages::kind::PAYMENT_REQUESTED.to_owned(),
-                body: planned.body.clone(),
+                body,
                 properties,
             };
             let confirm = publisher.start(&message).await?;
             confirms.push((message, confirm));
         }
+        if confirms.is_empty() {
+            return Ok(());
+        }
         for (message, confirm) in confirms {
             broker::confirmed(confirm, &message)
                 .await
-                .context("publishing a demo request")?;
+                .context("publishing a payment request")?;
             published.fetch_add(1, Ordering::Relaxed);
         }
     }
-    Ok(())
 }
 
-struct Progress {
-    terminal: i64,
-    settled: i64,
-    failed: i64,
-    rejected: i64,
-    refused: i64,
-    dead: i64,
+/// Where a load stands: its payments by outcome, its refusals and its poison dead letters.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub terminal: i64,
+    pub settled: i64,
+    pub failed: i64,
+    pub rejected: i64,
+    pub refused: i64,
+    pub dead: i64,
 }
 
 async fn progress(
@@ -624,21 +803,27 @@ async fn summarize(
         "  channels    {} · status queries {queries} · refunds owed {refunds_owed}\n",
         channels.join(", ")
     ));
-    out.push_str(&format!(
-        "  duplicates  {} absorbed (stale)\n",
-        metric("stale") + metric("duplicate")
-    ));
+    // Counted by the fleet's metrics: known here only when it ran in this process.
+    let fleet_here = metrics.contains("payfleet_messages_total{");
+    if fleet_here {
+        out.push_str(&format!(
+            "  duplicates  {} absorbed (stale)\n",
+            metric("stale") + metric("duplicate")
+        ));
+    }
     out.push_str(&format!(
         "  throughput  {:.1} payments/s · end-to-end p50 {:.0} ms · p99 {:.0} ms\n",
         payments as f64 / span,
         p50.unwrap_or(0.0),
         p99.unwrap_or(0.0)
     ));
-    out.push_str(&format!(
-        "  retries     {} (lock waits {})\n",
-        metric("retried"),
-        metric("lock_busy")
-    ));
+    if fleet_here {
+        out.push_str(&format!(
+            "  retries     {} (lock waits {})\n",
+            metric("retried"),
+            metric("lock_busy")
+        ));
+    }
     let dead: Vec<String> = dead
         .iter()
         .map(|(s, k, n)| format!("{s}/{k} {n}"))
@@ -657,53 +842,60 @@ async fn summarize(
     Ok(out)
 }
 
-/// The demo merchant's webhook secrets, known once the merchant is seeded.
-type Secrets = Arc<std::sync::RwLock<Vec<String>>>;
+/// What the demo merchant's endpoint has accepted: verified webhooks, their
+/// distinct ids (a webhook delivered again keeps its id), and the secrets it
+/// verifies with (known once the merchant is seeded).
+#[derive(Default)]
+struct WebhookCount {
+    received: AtomicU64,
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    secrets: std::sync::RwLock<Vec<String>>,
+}
 
 /// A merchant endpoint for the demo's webhooks: verifies each one (Standard
 /// Webhooks, with the merchant's webhook secrets) and counts them.
-async fn webhook_receiver() -> anyhow::Result<(String, Arc<AtomicU64>, Secrets)> {
+async fn webhook_receiver() -> anyhow::Result<(String, Arc<WebhookCount>)> {
     use axum::{
         Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post,
     };
-    let received = Arc::new(AtomicU64::new(0));
-    let secrets: Secrets = Default::default();
+    let count = Arc::new(WebhookCount::default());
     let app = Router::new()
         .route(
             "/webhooks",
             post(
-                |State((count, secrets)): State<(Arc<AtomicU64>, Secrets)>,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
+                |State(count): State<Arc<WebhookCount>>, headers: HeaderMap, body: Bytes| async move {
                     let headers: std::collections::BTreeMap<String, String> = headers
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                         .collect();
-                    let verified = secrets
+                    let verified = count
+                        .secrets
                         .read()
                         .expect("lock")
                         .iter()
                         .any(|secret| messages::verify_webhook(secret, &headers, &body));
-                    if verified {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        StatusCode::OK
-                    } else {
-                        StatusCode::UNAUTHORIZED
+                    if !verified {
+                        return StatusCode::UNAUTHORIZED;
                     }
+                    count.received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = headers.get("webhook-id") {
+                        count.ids.lock().expect("lock").insert(id.clone());
+                    }
+                    StatusCode::OK
                 },
             ),
         )
-        .with_state((received.clone(), secrets.clone()));
+        .with_state(count.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhooks", listener.local_addr()?);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((url, received, secrets))
+    Ok((url, count))
 }
 
 /// Points the sandbox channels of the routing table at this run's gateway.
-async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
+pub(crate) async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
     for channel in crate::sandbox_gateway::GatewayConfig::standard().channels {
         let methods = if channel.name == "sandbox-card" {
             vec!["card"]
@@ -727,7 +919,11 @@ async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
 }
 
 /// Seeds (or tops up) the demo catalogue. Idempotent per run.
-async fn seed(pool: &PgPool, run_id: &str, webhook_url: &str) -> anyhow::Result<Catalogue> {
+async fn seed_catalogue(
+    pool: &PgPool,
+    run_id: &str,
+    webhook_url: &str,
+) -> anyhow::Result<Catalogue> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO merchants (id, name, signing_key, notify_url, fee_rate) VALUES ($1, 'Demo Shop', $2, $3, 0)
@@ -897,7 +1093,12 @@ async fn seed(pool: &PgPool, run_id: &str, webhook_url: &str) -> anyhow::Result<
         .bind(if sku == "demo-old" { "off_shelf" } else { "on_sale" })
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO UPDATE SET available = GREATEST(stock.available, EXCLUDED.available)")
+        // Topped up to at least `stock` units available (inserting into the view adds units).
+        sqlx::query(
+            "INSERT INTO stock (sku, available)
+             SELECT $1, $2 - COALESCE((SELECT sum(available) FROM stock_buckets WHERE sku = $1), 0)::integer
+             WHERE $2 > COALESCE((SELECT sum(available) FROM stock_buckets WHERE sku = $1), 0)",
+        )
             .bind(sku)
             .bind(stock)
             .execute(&mut *tx)

@@ -60,6 +60,15 @@ const WHEN_QUIET: &[(&str, &str)] = &[
     ("frozen amounts equal the open freezes",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'user'
         AND a.frozen <> COALESCE((SELECT sum(amount) FROM reservations r WHERE r.account_id = a.id AND r.status = 'tried'), 0)"),
+    ("each stock bucket's reserved units are the open reservations it gave",
+     "SELECT count(*) FROM stock_buckets b
+        WHERE b.reserved <> COALESCE((SELECT sum(rb.quantity) FROM stock_reservation_buckets rb
+                                        JOIN stock_reservations r ON r.payment_id = rb.payment_id AND r.sku = rb.sku
+                                       WHERE rb.sku = b.sku AND rb.bucket = b.bucket AND r.status = 'reserved'), 0)"),
+    ("each stock reservation came from buckets that gave exactly its units",
+     "SELECT count(*) FROM stock_reservations r
+        WHERE r.quantity <> COALESCE((SELECT sum(quantity) FROM stock_reservation_buckets rb
+                                       WHERE rb.payment_id = r.payment_id AND rb.sku = r.sku), 0)"),
     ("reserved stock equals the open reservations",
      "SELECT count(*) FROM stock s
         WHERE s.reserved <> COALESCE((SELECT sum(quantity) FROM stock_reservations r WHERE r.sku = s.sku AND r.status = 'reserved'), 0)"),

@@ -1,5 +1,6 @@
 //! The six stages of the payment chain and the processes that run them.
 
+pub mod bench;
 pub mod channels;
 pub mod demo;
 // A stage reads as decode → guard → one transaction → emit: no function of
@@ -56,7 +57,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
     let mut fleet = Fleet::connect(settings.clone(), topology).await?;
     let wanted = |name: &str| stages.is_empty() || stages.contains(&name);
     if wanted(order_validation::NAME) {
-        let redis = fleet.shared().locks.pool().clone();
+        let redis = fleet.shared().locks.clone();
         fleet = fleet
             .stage(order_validation::OrderValidation::new(&settings, redis))?
             .background("request-receipts", order_validation::run_receipt_pruning);
@@ -65,7 +66,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet.stage(OnPayment(fund_freeze::FundFreeze))?;
     }
     if wanted(channel_call::NAME) {
-        let redis = fleet.shared().locks.pool().clone();
+        let redis = fleet.shared().locks.clone();
         let topology = fleet.shared().topology.clone();
         fleet = fleet.calling_stage(channel_call::ChannelCall::new(&settings, topology, redis))?;
         fleet = fleet.background("refund-sender", refunds::run);

@@ -3,8 +3,13 @@
 //! failures and timeouts (kept in Redis per channel over a sliding window):
 //! a channel with at least `MIN_CALLS` recent calls of which half or more
 //! failed is skipped until its failures age out of the window.
+//!
+//! While Redis does not answer the breaker neither counts nor opens: every
+//! channel counts as healthy, so payments keep flowing, and a failing
+//! channel costs each payment its call timeout and the retry budget bounds
+//! the rest (a balance-backed channel never needed the breaker).
 
-use deadpool_redis::Pool;
+use payfleet_common::lock::Locks;
 use payfleet_common::runtime::StageError;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
@@ -24,7 +29,7 @@ pub struct Route {
 /// channel takes it.
 pub async fn choose(
     conn: &mut PgConnection,
-    redis: &Pool,
+    redis: &Locks,
     prefix: &str,
     method: &str,
 ) -> Result<Option<Route>, StageError> {
@@ -40,7 +45,7 @@ pub async fn choose(
             tracing::warn!(channel, kind, "channel skipped: no adapter can call it");
             continue;
         }
-        if channel == "balance" || healthy(redis, prefix, &channel).await? {
+        if channel == "balance" || healthy(redis, prefix, &channel).await {
             return Ok(Some(Route { channel, fee_rate }));
         }
         tracing::info!(channel, "channel skipped: its circuit breaker is open");
@@ -60,18 +65,8 @@ fn keys(prefix: &str, channel: &str) -> (String, String) {
 /// (attempt and kind of call), not this handling of it: a message handled
 /// again after its commit failed asks the same call again and is counted
 /// once, with its latest result.
-pub async fn record(
-    redis: &Pool,
-    prefix: &str,
-    channel: &str,
-    call_id: &str,
-    failed: bool,
-) -> Result<(), StageError> {
+pub async fn record(redis: &Locks, prefix: &str, channel: &str, call_id: &str, failed: bool) {
     let now = chrono::Utc::now().timestamp_millis();
-    let mut conn = redis
-        .get()
-        .await
-        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
     let (calls, failures) = keys(prefix, channel);
     let mut pipe = redis::pipe();
     pipe.atomic()
@@ -100,22 +95,17 @@ pub async fn record(
             .arg(WINDOW_MS * 2)
             .ignore();
     }
-    let _: () = pipe
-        .query_async(&mut *conn)
-        .await
-        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
-    Ok(())
+    if let Err(error) = redis.query::<()>(&pipe).await {
+        tracing::debug!(%error, channel, "breaker not fed: Redis does not answer");
+    }
 }
 
 /// Whether the breaker of `channel` is closed.
-pub async fn healthy(redis: &Pool, prefix: &str, channel: &str) -> Result<bool, StageError> {
+pub async fn healthy(redis: &Locks, prefix: &str, channel: &str) -> bool {
     let now = chrono::Utc::now().timestamp_millis();
-    let mut conn = redis
-        .get()
-        .await
-        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
     let (calls, failures) = keys(prefix, channel);
-    let (calls, failures): (i64, i64) = redis::pipe()
+    let mut counts = redis::pipe();
+    counts
         .cmd("ZCOUNT")
         .arg(&calls)
         .arg(now - WINDOW_MS)
@@ -123,9 +113,35 @@ pub async fn healthy(redis: &Pool, prefix: &str, channel: &str) -> Result<bool, 
         .cmd("ZCOUNT")
         .arg(&failures)
         .arg(now - WINDOW_MS)
-        .arg("+inf")
-        .query_async(&mut *conn)
-        .await
-        .map_err(|e| StageError::transient(format!("Redis unavailable: {e}")))?;
-    Ok(calls < MIN_CALLS || failures * 2 < calls)
+        .arg("+inf");
+    match redis.query::<(i64, i64)>(&counts).await {
+        Ok((calls, failures)) => calls < MIN_CALLS || failures * 2 < calls,
+        Err(error) => {
+            tracing::debug!(%error, channel, "breaker counted as closed: Redis does not answer");
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_redis_the_breaker_neither_counts_nor_opens() {
+        let redis = Locks::new(
+            "redis://127.0.0.1:1/0",
+            "breaker-test",
+            std::time::Duration::from_secs(5),
+        )
+        .expect("a valid URL");
+        for n in 0..MIN_CALLS * 2 {
+            record(&redis, "breaker-test", "sandbox-card", &n.to_string(), true).await;
+        }
+        assert!(healthy(&redis, "breaker-test", "sandbox-card").await);
+        assert!(
+            redis.degraded(),
+            "the failed calls marked the fleet degraded"
+        );
+    }
 }

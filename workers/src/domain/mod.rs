@@ -9,6 +9,7 @@ pub mod handoff;
 pub mod ledger;
 pub mod payment;
 pub mod step;
+pub mod stock;
 pub mod tcc;
 
 use payfleet_common::runtime::StageError;

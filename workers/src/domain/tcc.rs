@@ -259,17 +259,7 @@ async fn credit_sellers(
 
 /// The reserved stock is deducted, the coupon consumed, the order paid.
 async fn deduct_reservations(conn: &mut PgConnection, id: Uuid) -> Result<(), StageError> {
-    sqlx::query(
-        "UPDATE stock s SET reserved = s.reserved - r.quantity FROM stock_reservations r
-         WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE stock_reservations SET status = 'deducted' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    super::stock::deduct(&mut *conn, id).await?;
     sqlx::query("UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'")
         .bind(id)
         .execute(&mut *conn)
@@ -382,17 +372,7 @@ async fn release_reservation(conn: &mut PgConnection, p: &Payment) -> Result<(),
 
 /// Releases the reserved stock and the coupon's use.
 async fn release_stock_and_coupon(conn: &mut PgConnection, id: Uuid) -> Result<(), StageError> {
-    sqlx::query(
-        "UPDATE stock s SET available = s.available + r.quantity, reserved = s.reserved - r.quantity FROM stock_reservations r
-         WHERE r.payment_id = $1 AND r.status = 'reserved' AND s.sku = r.sku",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE stock_reservations SET status = 'released' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    super::stock::release(&mut *conn, id).await?;
     let released_coupon: Option<String> = sqlx::query_scalar(
         "UPDATE coupon_redemptions SET status = 'released' WHERE payment_id = $1 AND status = 'reserved' RETURNING coupon_code",
     )

@@ -225,22 +225,9 @@ async fn reserve_stock(
     .fetch_all(&mut *conn)
     .await?;
     for (sku, quantity) in &lines {
-        let reserved = sqlx::query(
-            "UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE sku = $1 AND available >= $2",
-        )
-        .bind(sku)
-        .bind(*quantity as i32)
-        .execute(&mut *conn)
-        .await?;
-        if reserved.rows_affected() == 0 {
+        if !crate::domain::stock::reserve(&mut *conn, p.id, sku, *quantity as i32).await? {
             return Ok(Err(Shortfall::Stock(format!("{sku}: {quantity} wanted"))));
         }
-        sqlx::query("INSERT INTO stock_reservations (payment_id, sku, quantity, status) VALUES ($1, $2, $3, 'reserved')")
-            .bind(p.id)
-            .bind(sku)
-            .bind(*quantity as i32)
-            .execute(&mut *conn)
-            .await?;
     }
     Ok(Ok(()))
 }

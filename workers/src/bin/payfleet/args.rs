@@ -54,6 +54,13 @@ pub(crate) enum Command {
         #[arg(long, value_name = "N")]
         demo: Option<usize>,
     },
+    /// Measure the fleet against the broker's own limit (a null pipeline of six
+    /// pass-through hops), in a shadow environment: `bench_…` vhosts and
+    /// databases of its own on the configured servers, removed afterwards.
+    #[command(
+        after_help = "Examples:\n  payfleet bench\n  payfleet bench --payments 5000 --runs 3\n  payfleet bench --hot\n  payfleet bench --mix wallet,card,async,carts,coupons\n  payfleet bench --rate 60 --payments 1800\n  payfleet bench --json > bench.json"
+    )]
+    Bench(BenchArgs),
     /// Run the sandbox payment gateway: a separate third-party stand-in with
     /// its own store, several channels, signed webhooks and test scenarios.
     #[command(
@@ -371,4 +378,34 @@ pub(crate) fn parse_age(text: &str) -> Result<chrono::Duration, String> {
 
 pub(crate) fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     payfleet_workers::ops::webhook::parse_time(text)
+}
+
+/// What `payfleet bench` measures.
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Payments per run.
+    #[arg(long, default_value_t = 3000, value_name = "N")]
+    pub payments: usize,
+    /// Interleaved runs of the null pipeline and the fleet; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The kinds of payment, taken in turn.
+    #[arg(long, value_delimiter = ',', default_value = "wallet")]
+    pub mix: Vec<payfleet_workers::bench::Kind>,
+    /// Send every payment to one shop and one SKU.
+    #[arg(long)]
+    pub hot: bool,
+    /// Open loop: publish at this many requests per second while the fleet runs
+    /// (default: drain, everything queued before the fleet starts).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// Keep the shadow vhosts and databases.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the request mix.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }

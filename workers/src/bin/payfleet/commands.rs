@@ -4,7 +4,7 @@
 use anyhow::Context;
 use payfleet_common::{Settings, Topology, db};
 
-use crate::args::{DlqCommand, PaymentCommand, WebhookCommand};
+use crate::args::{BenchArgs, DlqCommand, PaymentCommand, WebhookCommand};
 
 pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
     use payfleet_workers::ops::{self, dlq::Selection};
@@ -256,6 +256,33 @@ pub(crate) async fn payment(settings: &Settings, command: PaymentCommand) -> any
                 ops::payment::requery(settings, &pool, id, &ops::operator(operator)).await?;
             println!("payment {id}: the channel says {answer}");
         }
+    }
+    Ok(())
+}
+
+pub(crate) async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        anyhow::bail!("--rate must be a positive number of requests per second");
+    }
+    let options = payfleet_workers::bench::Options {
+        payments: args.payments,
+        mix: args.mix,
+        hot: args.hot,
+        runs: args.runs,
+        rate: args.rate,
+        keep: args.keep,
+        progress: !args.json && std::io::stdout().is_terminal(),
+        seed: args.seed,
+    };
+    let report = payfleet_workers::bench::run(settings, options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if !report.invariants_hold() {
+        anyhow::bail!("invariants broken during the benchmark");
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use args::{Cli, Command, TopologyCommand};
 use clap::Parser;
-use commands::{dlq, payment, webhook};
+use commands::{bench, dlq, payment, webhook};
 use payfleet_common::{Settings, Topology, db, telemetry};
 
 fn main() -> ExitCode {
@@ -161,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let fleet = payfleet_workers::fleet(settings, &[], true).await?;
             fleet.run(payfleet_common::shutdown::on_signal()).await?;
         }
+        Command::Bench(args) => bench(&settings, args).await?,
         Command::SandboxGateway {
             listen,
             webhook_delay_ms,

@@ -14,7 +14,7 @@ mod result;
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use deadpool_redis::Pool;
+use payfleet_common::lock::Locks;
 use payfleet_common::{
     Topology,
     messages::{FundsFrozen, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
@@ -53,14 +53,14 @@ pub struct ChannelCall {
     /// Built on demand: a channel added while the fleet runs is served.
     adapters: Adapters,
     topology: Topology,
-    redis: Pool,
+    redis: Locks,
     redis_prefix: String,
     callback_base_url: String,
     query_delays_ms: Vec<u64>,
 }
 
 impl ChannelCall {
-    pub fn new(settings: &payfleet_common::Settings, topology: Topology, redis: Pool) -> Self {
+    pub fn new(settings: &payfleet_common::Settings, topology: Topology, redis: Locks) -> Self {
         Self {
             adapters: Adapters::new(Duration::from_millis(settings.channel_timeout_ms)),
             topology,

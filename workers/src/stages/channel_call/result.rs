@@ -73,7 +73,7 @@ impl ChannelCall {
             &call_id,
             failed_call,
         )
-        .await?;
+        .await;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub mod risk;
 pub mod schema;
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::Pool;
+use payfleet_common::lock::Locks;
 use payfleet_common::{
     broker,
     messages::{self, Outcome as Final, PaymentRequested, SCHEMA_VERSION, kind},
@@ -60,7 +60,7 @@ pub struct Request {
 }
 
 pub struct OrderValidation {
-    pub redis: Pool,
+    pub redis: Locks,
     pub risk: RiskRules,
     pub payment_ttl: chrono::Duration,
     /// `request_max_age_ms`: how far `requested_at` may be from the first receipt.
@@ -70,7 +70,7 @@ pub struct OrderValidation {
 }
 
 impl OrderValidation {
-    pub fn new(settings: &payfleet_common::Settings, redis: Pool) -> Self {
+    pub fn new(settings: &payfleet_common::Settings, redis: Locks) -> Self {
         Self {
             redis,
             risk: RiskRules::new(settings),
@@ -319,8 +319,7 @@ impl OrderValidation {
             order.payable,
             &parsed.currency,
         )
-        .await
-        .map_err(StageError::Transient)?;
+        .await;
         let risk = Some((decision, reasons.clone()));
         let (status, reason) = match decision {
             Decision::Block => (PaymentStatus::Rejected, "risk_blocked"),

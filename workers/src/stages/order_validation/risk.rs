@@ -2,10 +2,15 @@
 //! and a per-user velocity kept in Redis as a set of payment ids (a
 //! redelivery adds the same member again, so it never counts twice). The
 //! decision is stored with the payment and never recomputed.
+//!
+//! While Redis does not answer the velocity cannot be counted, and the
+//! decision degrades to a stricter amount rule instead: a payment of at least
+//! a tenth of its currency's challenge amount is challenged, with the reason
+//! `velocity_unavailable_…`; smaller ones are allowed.
 
 use std::collections::HashMap;
 
-use deadpool_redis::Pool;
+use payfleet_common::lock::Locks;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -102,16 +107,19 @@ pub fn amount_rule(
     }
 }
 
+/// Without the velocity, payments from this fraction of the challenge amount are challenged.
+pub const DEGRADED_CHALLENGE_DIVISOR: u32 = 10;
+
 /// The decision and the rules that fired.
 pub async fn decide(
     rules: &RiskRules,
-    redis: &Pool,
+    redis: &Locks,
     user_id: &str,
     user_blocked: bool,
     payment_id: Uuid,
     amount: Decimal,
     currency: &str,
-) -> Result<(Decision, Vec<String>), String> {
+) -> (Decision, Vec<String>) {
     let mut reasons = Vec::new();
     if user_blocked {
         reasons.push("user_on_block_list".to_owned());
@@ -121,18 +129,15 @@ pub async fn decide(
         reasons.push(reason.clone());
     }
     if !reasons.is_empty() {
-        return Ok((Decision::Block, reasons));
+        return (Decision::Block, reasons);
     }
     if let Some((_, reason)) = by_amount {
         reasons.push(reason);
     }
     let window = (chrono::Utc::now().timestamp_millis().max(0) as u64) / rules.velocity_window_ms;
     let key = format!("{}:risk:velocity:{user_id}:{window}", rules.key_prefix);
-    let mut conn = redis
-        .get()
-        .await
-        .map_err(|e| format!("Redis unavailable: {e}"))?;
-    let (_, count, _): (i64, i64, i64) = redis::pipe()
+    let mut velocity = redis::pipe();
+    velocity
         .atomic()
         .cmd("SADD")
         .arg(&key)
@@ -141,21 +146,37 @@ pub async fn decide(
         .arg(&key)
         .cmd("PEXPIRE")
         .arg(&key)
-        .arg(rules.velocity_window_ms * 2)
-        .query_async(&mut *conn)
-        .await
-        .map_err(|e| format!("Redis unavailable: {e}"))?;
-    if count > i64::from(rules.velocity_limit) {
-        reasons.push(format!(
-            "more_than_{}_payments_per_window",
-            rules.velocity_limit
-        ));
+        .arg(rules.velocity_window_ms * 2);
+    match redis.query::<(i64, i64, i64)>(&velocity).await {
+        Ok((_, count, _)) => {
+            if count > i64::from(rules.velocity_limit) {
+                reasons.push(format!(
+                    "more_than_{}_payments_per_window",
+                    rules.velocity_limit
+                ));
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "risk velocity not counted: Redis does not answer");
+            if let Some(reason) = degraded_amount_rule(rules, currency, amount)
+                && reasons.is_empty()
+            {
+                reasons.push(reason);
+            }
+        }
     }
     if reasons.is_empty() {
-        Ok((Decision::Allow, reasons))
+        (Decision::Allow, reasons)
     } else {
-        Ok((Decision::Challenge, reasons))
+        (Decision::Challenge, reasons)
     }
+}
+
+/// The stricter amount rule that stands in for the velocity while it cannot be counted.
+pub fn degraded_amount_rule(rules: &RiskRules, currency: &str, amount: Decimal) -> Option<String> {
+    let limits = rules.thresholds(currency)?;
+    let floor = limits.challenge / Decimal::from(DEGRADED_CHALLENGE_DIVISOR);
+    (amount >= floor).then(|| format!("velocity_unavailable_amount_at_least_{floor}_{currency}"))
 }
 
 #[cfg(test)]
@@ -197,5 +218,51 @@ mod tests {
             amount_rule(&rules, "SGD", d("0.01")),
             Some((Decision::Block, "no_risk_thresholds_for_SGD".into()))
         );
+    }
+
+    /// Locks on a port where nothing listens: Redis refuses at once.
+    fn unreachable_redis() -> Locks {
+        Locks::new(
+            "redis://127.0.0.1:1/0",
+            "risk-test",
+            std::time::Duration::from_secs(5),
+        )
+        .expect("a valid URL")
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_tenth_of_the_challenge_amount_is_challenged() {
+        let rules = rules();
+        let redis = unreachable_redis();
+        let (decision, reasons) = decide(
+            &rules,
+            &redis,
+            "u1",
+            false,
+            Uuid::now_v7(),
+            d("2000.00"),
+            "CNY",
+        )
+        .await;
+        assert_eq!(decision, Decision::Challenge);
+        assert_eq!(
+            reasons,
+            vec!["velocity_unavailable_amount_at_least_2000_CNY".to_owned()]
+        );
+        let (decision, reasons) = decide(
+            &rules,
+            &redis,
+            "u1",
+            false,
+            Uuid::now_v7(),
+            d("1999.99"),
+            "CNY",
+        )
+        .await;
+        assert_eq!((decision, reasons), (Decision::Allow, vec![]));
+        // the amount and block rules still apply as they are
+        let (decision, _) =
+            decide(&rules, &redis, "u1", true, Uuid::now_v7(), d("1.00"), "CNY").await;
+        assert_eq!(decision, Decision::Block);
     }
 }

@@ -1,0 +1,148 @@
+//! Stock reservations over a SKU's buckets (see the `stock_buckets`
+//! migration): a Try takes its units from one free bucket that has them
+//! without waiting on anyone, and only when there is none locks every bucket
+//! of the SKU in order and takes from several. Confirm and Cancel lock the
+//! buckets a reservation used, in (sku, bucket) order, so no two
+//! transactions wait on each other in a cycle.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Reserves `quantity` units of `sku` for `payment`; `false` when the SKU
+/// has fewer units available in all.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    payment: Uuid,
+    sku: &str,
+    quantity: i32,
+) -> Result<bool, sqlx::Error> {
+    // Start the search at a bucket of the payment's own, so concurrent Trys spread.
+    let start = (payment.as_u128() % 8) as i16;
+    let one: Option<i16> = sqlx::query_scalar(
+        "UPDATE stock_buckets b SET available = b.available - $2, reserved = b.reserved + $2
+         FROM (SELECT bucket FROM stock_buckets
+                WHERE sku = $1 AND available >= $2
+                ORDER BY (bucket - $3 + 8) % 8
+                LIMIT 1 FOR UPDATE SKIP LOCKED) free
+         WHERE b.sku = $1 AND b.bucket = free.bucket
+         RETURNING b.bucket",
+    )
+    .bind(sku)
+    .bind(quantity)
+    .bind(start)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let taken: Vec<(i16, i32)> = match one {
+        Some(bucket) => vec![(bucket, quantity)],
+        None => {
+            // No free bucket holds them all: wait for every bucket, then
+            // take from as many as it needs.
+            let buckets: Vec<(i16, i32)> = sqlx::query_as(
+                "SELECT bucket, available FROM stock_buckets WHERE sku = $1 ORDER BY bucket FOR UPDATE",
+            )
+            .bind(sku)
+            .fetch_all(&mut *conn)
+            .await?;
+            if buckets.iter().map(|(_, a)| i64::from(*a)).sum::<i64>() < i64::from(quantity) {
+                return Ok(false);
+            }
+            let mut wanted = quantity;
+            let mut taken = Vec::new();
+            for (bucket, available) in buckets {
+                let take = available.min(wanted);
+                if take > 0 {
+                    taken.push((bucket, take));
+                    wanted -= take;
+                }
+                if wanted == 0 {
+                    break;
+                }
+            }
+            for (bucket, take) in &taken {
+                sqlx::query(
+                    "UPDATE stock_buckets SET available = available - $3, reserved = reserved + $3
+                     WHERE sku = $1 AND bucket = $2",
+                )
+                .bind(sku)
+                .bind(bucket)
+                .bind(take)
+                .execute(&mut *conn)
+                .await?;
+            }
+            taken
+        }
+    };
+    sqlx::query(
+        "INSERT INTO stock_reservations (payment_id, sku, quantity, status) VALUES ($1, $2, $3, 'reserved')",
+    )
+    .bind(payment)
+    .bind(sku)
+    .bind(quantity)
+    .execute(&mut *conn)
+    .await?;
+    for (bucket, take) in taken {
+        sqlx::query(
+            "INSERT INTO stock_reservation_buckets (payment_id, sku, bucket, quantity) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(payment)
+        .bind(sku)
+        .bind(bucket)
+        .bind(take)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
+}
+
+/// Confirm: the payment's reserved units leave the stock for good.
+pub async fn deduct(conn: &mut PgConnection, payment: Uuid) -> Result<(), sqlx::Error> {
+    settle(conn, payment, false).await?;
+    sqlx::query("UPDATE stock_reservations SET status = 'deducted' WHERE payment_id = $1 AND status = 'reserved'")
+        .bind(payment)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Cancel: the payment's reserved units are available again, in the buckets they came from.
+pub async fn release(conn: &mut PgConnection, payment: Uuid) -> Result<(), sqlx::Error> {
+    settle(conn, payment, true).await?;
+    sqlx::query("UPDATE stock_reservations SET status = 'released' WHERE payment_id = $1 AND status = 'reserved'")
+        .bind(payment)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the open reservation's units out of `reserved`, back into
+/// `available` when `give_back`; buckets locked in (sku, bucket) order first.
+async fn settle(
+    conn: &mut PgConnection,
+    payment: Uuid,
+    give_back: bool,
+) -> Result<(), sqlx::Error> {
+    let used: Vec<(String, i16, i32)> = sqlx::query_as(
+        "SELECT rb.sku, rb.bucket, rb.quantity
+         FROM stock_reservation_buckets rb
+         JOIN stock_reservations r ON r.payment_id = rb.payment_id AND r.sku = rb.sku
+         WHERE rb.payment_id = $1 AND r.status = 'reserved'
+         ORDER BY rb.sku, rb.bucket",
+    )
+    .bind(payment)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (sku, bucket, quantity) in used {
+        sqlx::query(
+            "UPDATE stock_buckets SET reserved = reserved - $3,
+                    available = available + CASE WHEN $4 THEN $3 ELSE 0 END
+             WHERE sku = $1 AND bucket = $2",
+        )
+        .bind(sku)
+        .bind(bucket)
+        .bind(quantity)
+        .bind(give_back)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
