@@ -1,0 +1,329 @@
+//! `payfleet run --demo N`: seeds a demo catalogue, starts the whole fleet
+//! in this process, publishes N realistic mixed payment requests to the
+//! ingress exchange like an upstream shop would, shows a live progress line,
+//! and ends with a summary and the invariant check.
+
+mod merchant;
+mod plan;
+mod publish;
+mod report;
+mod seed;
+
+pub(crate) use publish::publish_requests;
+pub use report::Progress;
+pub(crate) use seed::seed_channels;
+
+use merchant::{WebhookCount, webhook_receiver};
+use plan::{Kind, Planned, plan};
+use publish::publish_all;
+use report::{progress, quiet, summarize};
+use seed::seed_catalogue;
+
+use std::{
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use payfleet_common::{
+    CancellationToken, Settings, Topology,
+    broker::{self, Publisher},
+    db, telemetry,
+};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+use crate::{domain::ledger, invariants};
+
+pub const SHOP: &str = "demo-shop";
+pub const SHOP_KEY: &str = "demo-shop-signing-key";
+
+/// Runs the demo; returns an error (non-zero exit) when it did not finish
+/// cleanly or an invariant broke.
+pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
+    let (finished, verdict) = carry(settings, requests, true).await?;
+    println!("{}", verdict.summary);
+    if !finished {
+        bail!("not every payment reached a terminal state within the deadline");
+    }
+    if !verdict.invariants.ok() {
+        bail!("invariants broken");
+    }
+    Ok(())
+}
+
+/// The demo load carried by a fleet in this process: whether it finished
+/// within its deadline, and what the check found. `live` draws the progress line.
+pub async fn carry(
+    settings: Settings,
+    requests: usize,
+    live: bool,
+) -> anyhow::Result<(bool, Verdict)> {
+    let mut load = Load::prepare(settings, requests, PLAN_SEED).await?;
+    if live {
+        println!(
+            "payfleet demo {}: {requests} requests, catalogue seeded, fleet starting",
+            load.run_id
+        );
+    }
+    let fleet = crate::fleet(load.settings.clone(), &[], true).await?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(fleet.run(stop.clone()));
+    let publishing = load.publish(stop.child_token())?;
+    let finished = load.wait(load.deadline(), live).await?;
+    publishing.await.context("publisher task")??;
+    stop.cancel();
+    running.await.context("fleet task")??;
+    Ok((finished, load.verify().await?))
+}
+
+/// The seed of the demo's request mix (`payfleet run --demo` always sends the same mix).
+pub const PLAN_SEED: u64 = 42;
+
+/// A demo load against the database and broker of `settings`: the sandbox
+/// gateway and the demo merchant's webhook receiver run in this process,
+/// the catalogue is seeded and the requests are planned. The fleet that
+/// carries the load runs wherever the caller starts it (in this process for
+/// `payfleet run --demo`, as worker processes for the chaos suite).
+pub struct Load {
+    /// The settings the fleet must run with: the sandbox calls back to
+    /// `http_addr`, and the merchant's webhooks go to loopback.
+    pub settings: Settings,
+    pub run_id: String,
+    pub requests: usize,
+    pool: PgPool,
+    topology: Topology,
+    like: String,
+    plan: Vec<Planned>,
+    expected_payments: i64,
+    expected_refusals: i64,
+    expected_dead: i64,
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+    published: Arc<AtomicU64>,
+    webhooks: Arc<WebhookCount>,
+    gateway_stop: CancellationToken,
+}
+
+/// What a finished load found.
+pub struct Verdict {
+    /// The printed summary (statuses, channels, throughput, retries, dead letters, webhooks).
+    pub summary: String,
+    /// Every invariant, and the books against the sandbox's own store.
+    pub invariants: invariants::Report,
+    /// Webhooks the demo merchant accepted, and how many distinct webhook ids they had.
+    pub webhooks_received: u64,
+    pub webhook_ids: u64,
+    /// Payments of this run that reached a terminal status.
+    pub payments: i64,
+}
+
+impl Load {
+    /// Migrates, applies the topology, starts the sandbox gateway and the
+    /// merchant's receiver, seeds the catalogue and plans `requests`
+    /// requests from `seed`.
+    pub async fn prepare(
+        mut settings: Settings,
+        requests: usize,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        if requests == 0 {
+            bail!("--demo needs at least one request");
+        }
+        if settings.callback_base_url == Settings::default().callback_base_url {
+            // the sandbox's webhooks come to the fleet's own HTTP endpoint
+            settings.callback_base_url = format!("http://{}", settings.http_addr);
+        }
+        // the demo merchant's webhook receiver listens on 127.0.0.1
+        settings.webhook_allow_loopback = true;
+        telemetry::metrics_handle();
+        db::migrate(&settings)
+            .await
+            .context("applying migrations")?;
+        crate::apply_topology(&settings).await?;
+        let topology = Topology::from_settings(&settings)?;
+        let pool = db::connect(&settings).await?;
+
+        let (webhook_url, webhooks) = webhook_receiver().await?;
+        // The third party: the sandbox gateway, in this process but with its own store.
+        let gateway =
+            crate::sandbox_gateway::Gateway::new(crate::sandbox_gateway::GatewayConfig::standard());
+        let gateway_stop = CancellationToken::new();
+        let (gateway_addr, _) = gateway
+            .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
+            .await?;
+        seed_channels(&pool, &format!("http://{gateway_addr}")).await?;
+        let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
+        let catalogue = seed_catalogue(&pool, &run_id, &webhook_url).await?;
+        *webhooks.secrets.write().expect("lock") = sqlx::query_scalar(
+            "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .bind(SHOP)
+        .fetch_all(&pool)
+        .await?;
+        let plan = plan(requests, seed, &run_id, &catalogue);
+        Ok(Self {
+            expected_payments: plan.iter().filter(|p| p.creates_payment).count() as i64,
+            expected_refusals: plan.iter().filter(|p| p.refused).count() as i64,
+            expected_dead: plan.iter().filter(|p| p.kind == Kind::Poison).count() as i64,
+            like: format!("{run_id}-%"),
+            settings,
+            run_id,
+            requests,
+            pool,
+            topology,
+            plan,
+            started: Instant::now(),
+            started_at: Utc::now(),
+            published: Arc::new(AtomicU64::new(0)),
+            webhooks,
+            gateway_stop,
+        })
+    }
+
+    /// Payments the plan creates (the rest are refused, duplicates or poison).
+    pub fn expected_payments(&self) -> i64 {
+        self.expected_payments
+    }
+
+    /// How long a healthy fleet may take: a minute plus a tenth of a second per request.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(60 + self.requests as u64 / 10)
+    }
+
+    /// Publishes the planned requests to the ingress exchange like an
+    /// upstream would (pipelined confirms), in the background.
+    pub fn publish(
+        &mut self,
+        stop: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        self.started = Instant::now();
+        self.started_at = Utc::now();
+        let publisher = Publisher::new(
+            broker::Endpoint::from_settings(&self.settings)?,
+            "payfleet-demo-upstream",
+            stop,
+        );
+        let exchange = self.topology.exchanges().ingress.clone();
+        let plan = std::mem::take(&mut self.plan);
+        let published = self.published.clone();
+        Ok(tokio::spawn(async move {
+            let sent = publish_all(publisher.clone(), exchange, plan, published).await;
+            publisher.close().await;
+            sent
+        }))
+    }
+
+    /// Where the run stands now.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        progress(&self.pool, &self.like, self.started_at).await
+    }
+
+    /// Every planned request has its outcome and nothing is in flight.
+    pub async fn finished(&self) -> anyhow::Result<bool> {
+        let progress = self.progress().await?;
+        Ok(self.complete(&progress) && quiet(&self.pool, self.started_at).await?)
+    }
+
+    fn complete(&self, progress: &Progress) -> bool {
+        progress.terminal == self.expected_payments
+            && progress.refused == self.expected_refusals
+            && progress.dead >= self.expected_dead
+            && self.published.load(Ordering::Relaxed) == self.requests as u64
+    }
+
+    /// Waits until the run is finished (`true`) or `within` has passed
+    /// (`false`), drawing the live progress line when `live` is set.
+    pub async fn wait(&self, within: Duration, live: bool) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + within;
+        let finished = loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let progress = self.progress().await?;
+            if live {
+                print!(
+                    "\r[{:>6.1}s] published {}/{} · payments {}/{} terminal (settled {}, failed {}, rejected {}) · refused {} · dead letters {}   ",
+                    self.started.elapsed().as_secs_f64(),
+                    self.published.load(Ordering::Relaxed),
+                    self.requests,
+                    progress.terminal,
+                    self.expected_payments,
+                    progress.settled,
+                    progress.failed,
+                    progress.rejected,
+                    progress.refused,
+                    progress.dead,
+                );
+                let _ = std::io::stdout().flush();
+            }
+            if self.complete(&progress) && quiet(&self.pool, self.started_at).await? {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
+        if live {
+            println!();
+        }
+        Ok(finished)
+    }
+
+    /// Rolls up the balances, checks every invariant and the books against
+    /// the sandbox's own store, stops the sandbox and summarizes.
+    pub async fn verify(self) -> anyhow::Result<Verdict> {
+        let elapsed = self.started.elapsed();
+        ledger::roll_up(&self.pool, 1_000_000).await?;
+        let webhooks_received = self.webhooks.received.load(Ordering::Relaxed);
+        let mut summary = summarize(
+            &self.pool,
+            &self.like,
+            self.started_at,
+            elapsed,
+            webhooks_received,
+        )
+        .await?;
+        let mut report = invariants::all(&self.pool).await?;
+        // The books against the sandbox's own store, while it still runs.
+        let statements = invariants::against_channel_statements(&self.pool, self.started_at).await;
+        self.gateway_stop.cancel();
+        report.checks.extend(statements?.checks);
+        let (fees, costs): (Decimal, Decimal) = sqlx::query_as(
+            "SELECT COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'platform'), 0),
+                    COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
+             FROM postings p JOIN accounts a ON a.id = p.account_id
+             WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = 'CNY'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        summary.push_str(&format!(
+            "\n  platform    fees {fees} CNY - channel costs {costs} CNY = earned {} CNY",
+            fees - costs
+        ));
+        if report.ok() {
+            summary.push_str(&format!(
+                "\n  invariants  all {} checks hold",
+                report.checks.len()
+            ));
+        } else {
+            summary.push_str(&format!(
+                "\n  invariants  BROKEN: {}",
+                report.failures().join("; ")
+            ));
+        }
+        let payments = self.progress().await?.terminal;
+        self.pool.close().await;
+        let webhook_ids = self.webhooks.ids.lock().expect("lock").len() as u64;
+        Ok(Verdict {
+            summary,
+            invariants: report,
+            webhooks_received,
+            webhook_ids,
+            payments,
+        })
+    }
+}

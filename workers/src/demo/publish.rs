@@ -1,0 +1,89 @@
+//! Publishing requests to the ingress exchange as an upstream would.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use payfleet_common::{
+    broker::{self, Outgoing, Publisher},
+    messages,
+};
+
+use super::plan::Planned;
+
+pub(super) async fn publish_all(
+    publisher: Publisher,
+    exchange: String,
+    plan: Vec<Planned>,
+    published: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    publish_requests(
+        &publisher,
+        &exchange,
+        plan.into_iter()
+            .map(|p| (p.message_id, p.body, p.signature)),
+        &published,
+        None,
+    )
+    .await
+}
+
+/// Publishes payment requests (message id, body, signature) to the ingress
+/// exchange as a careful upstream would: pipelined confirms in windows of
+/// 100, or one at a time at `rate` per second (each request is taken from
+/// the iterator at its moment, so it is made when it is sent). Counts each
+/// confirmed one.
+pub(crate) async fn publish_requests(
+    publisher: &Publisher,
+    exchange: &str,
+    mut requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
+    published: &AtomicU64,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let window = if rate.is_some() { 1 } else { 100 };
+    let mut ticker = rate.map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    loop {
+        let mut confirms = Vec::with_capacity(window);
+        while confirms.len() < window {
+            if let Some(ticker) = ticker.as_mut() {
+                ticker.tick().await;
+            }
+            let Some((message_id, body, signature)) = requests.next() else {
+                break;
+            };
+            let mut properties =
+                broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED));
+            if let Some(signature) = signature {
+                let mut headers = lapin::types::FieldTable::default();
+                broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature.as_str());
+                properties = properties.with_headers(headers);
+            }
+            let message = Outgoing {
+                exchange: exchange.to_owned(),
+                routing_key: messages::kind::PAYMENT_REQUESTED.to_owned(),
+                body,
+                properties,
+            };
+            let confirm = publisher.start(&message).await?;
+            confirms.push((message, confirm));
+        }
+        if confirms.is_empty() {
+            return Ok(());
+        }
+        for (message, confirm) in confirms {
+            broker::confirmed(confirm, &message)
+                .await
+                .context("publishing a payment request")?;
+            published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
