@@ -641,11 +641,18 @@ impl Worker {
 }
 
 /// A TCP port nothing listens on right now (for a fleet's HTTP address).
+///
+/// Picked below the kernel's ephemeral range (32768 and up on Linux), so
+/// that no outgoing connection of a test running beside this one is given
+/// the port between the moment it is chosen and the moment it is bound.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1_000 {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// Polls `check` until it returns true, or fails after `within`.
