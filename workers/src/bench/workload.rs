@@ -103,6 +103,8 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("topping up {user}: {e}"))?;
     }
     tx.commit().await?;
+    // Statistics for the planner, as a database in service has them.
+    sqlx::query("ANALYZE").execute(pool).await?;
     Ok(())
 }
 
