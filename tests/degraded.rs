@@ -152,3 +152,29 @@ async fn while_redis_is_away_leases_exclude_each_other_and_expire() -> anyhow::R
     assert!(one.try_acquire("settlement", "p-1").await?.is_some());
     env.teardown().await
 }
+
+/// A process with no traffic learns that Redis is back on its own: the
+/// degraded state (and its gauge) does not wait for the next lock.
+#[tokio::test]
+async fn an_idle_process_sees_redis_return_without_taking_a_lock() -> anyhow::Result<()> {
+    let env = TestEnv::new("idleprobe").await?;
+    let mut redis = OwnRedis::start(None).await?;
+    let locks = payfleet_common::lock::Locks::new(
+        &format!("redis://127.0.0.1:{}/0", redis.port),
+        "idle",
+        Duration::from_secs(5),
+    )?
+    .with_fallback(env.pool.clone());
+    redis.stop().await;
+    drop(locks.try_acquire("settlement", "p-1").await?);
+    assert!(locks.degraded(), "Redis refused: degraded");
+    redis.start_again().await?;
+    // No call at all from here on: the probe alone must notice.
+    tokio::time::sleep(payfleet_common::lock::PROBE_EVERY * 2 + Duration::from_millis(500)).await;
+    assert!(
+        !locks.degraded(),
+        "Redis answers again and nobody had to ask"
+    );
+    drop(redis);
+    env.teardown().await
+}
