@@ -121,9 +121,11 @@ impl RedisHealth {
         }
     }
 
-    fn redis_failed(&self, error: &LockError) {
+    /// Records a failure; `true` when it is the one that made the fleet degraded.
+    fn redis_failed(&self, error: &LockError) -> bool {
         self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
-        if !self.degraded.swap(true, Ordering::Relaxed) {
+        let newly = !self.degraded.swap(true, Ordering::Relaxed);
+        if newly {
             tracing::warn!(
                 %error,
                 "Redis does not answer: the fleet is degraded (locks are leases in PostgreSQL, \
@@ -131,6 +133,7 @@ impl RedisHealth {
             );
             metrics::gauge!(DEGRADED_GAUGE).set(1.0);
         }
+        newly
     }
 }
 
@@ -253,7 +256,25 @@ impl Locks {
                 "not answering (the fleet is degraded; it is tried again shortly)".into(),
             ));
         }
-        let answer = tokio::time::timeout(REDIS_ANSWER_WITHIN, async {
+        let answer = self.timed(call).await;
+        match &answer {
+            Ok(_) => self.health.redis_answered(),
+            Err(error) => {
+                if self.health.redis_failed(error) {
+                    // A process with no traffic must still see Redis return.
+                    tokio::spawn(probe_until_answered(self.clone()));
+                }
+            }
+        }
+        answer
+    }
+
+    /// One Redis call (connection included) within [`REDIS_ANSWER_WITHIN`].
+    async fn timed<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, LockError> {
+        tokio::time::timeout(REDIS_ANSWER_WITHIN, async {
             let mut conn = self
                 .pool
                 .get()
@@ -269,12 +290,7 @@ impl Locks {
                 "no answer within {} ms",
                 REDIS_ANSWER_WITHIN.as_millis()
             )))
-        });
-        match &answer {
-            Ok(_) => self.health.redis_answered(),
-            Err(error) => self.health.redis_failed(error),
-        }
-        answer
+        })
     }
 
     /// `Ok(None)` when another worker holds it.
@@ -451,6 +467,23 @@ impl Locks {
             .await;
         if let Err(error) = released {
             tracing::debug!(%error, key, "lock release failed; it expires by itself");
+        }
+    }
+}
+
+/// While degraded, asks Redis every [`PROBE_EVERY`] until it answers, so the
+/// degraded state (and its gauge) clears without waiting for the next lock.
+async fn probe_until_answered(locks: Locks) {
+    while locks.degraded() {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let ping = locks
+            .timed(async |conn| redis::cmd("PING").query_async::<String>(conn).await)
+            .await;
+        match ping {
+            Ok(_) => locks.health.redis_answered(),
+            Err(error) => {
+                locks.health.redis_failed(&error);
+            }
         }
     }
 }
