@@ -137,6 +137,20 @@ impl Chain {
     }
 
     /// Waits until the payment of `order` is terminal and notified; returns its status and reason.
+    /// Waits until `count` webhook deliveries are finished (delivered or
+    /// exhausted); then each as (merchant order id, status, attempts).
+    async fn finished_deliveries(&self, count: i64) -> anyhow::Result<Vec<(String, String, i32)>> {
+        wait_until(WAIT, "the deliveries finished", || async {
+            Ok(self.env.scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status IN ('delivered', 'exhausted')").await? == count)
+        })
+        .await?;
+        Ok(sqlx::query_as(
+            "SELECT p.merchant_order_id, d.status, d.attempts FROM webhook_deliveries d JOIN payments p ON p.id = d.payment_id ORDER BY 1",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     async fn outcome(&self, order: &str) -> anyhow::Result<(String, Option<String>)> {
         let id = order_validation::payment_id(SHOP, order);
         wait_until(WAIT, &format!("a terminal, notified payment for {order}"), || async {
@@ -1281,15 +1295,7 @@ async fn merchant_webhooks_go_over_https_to_receivers_the_configured_ca_signed()
     unknown.notify_url = Some(other_url);
     chain.publish(&signed).await?;
     chain.publish(&unknown).await?;
-    wait_until(WAIT, "both deliveries finished", || async {
-        Ok(chain.env.scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status IN ('delivered', 'exhausted')").await? == 2)
-    })
-    .await?;
-    let deliveries: Vec<(String, String, i32)> = sqlx::query_as(
-        "SELECT p.merchant_order_id, d.status, d.attempts FROM webhook_deliveries d JOIN payments p ON p.id = d.payment_id ORDER BY 1",
-    )
-    .fetch_all(chain.pool())
-    .await?;
+    let deliveries = chain.finished_deliveries(2).await?;
     assert_eq!(
         deliveries,
         vec![
@@ -1334,15 +1340,7 @@ async fn merchant_webhooks_are_signed_retried_and_dead_lettered_when_exhausted()
     chain.publish(&delivered).await?;
     chain.publish(&exhausted).await?;
     assert_eq!(chain.outcome("hooked").await?.0, "settled");
-    wait_until(WAIT, "both deliveries finished", || async {
-        Ok(chain.env.scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE status IN ('delivered', 'exhausted')").await? == 2)
-    })
-    .await?;
-    let deliveries: Vec<(String, String, i32)> = sqlx::query_as(
-        "SELECT p.merchant_order_id, d.status, d.attempts FROM webhook_deliveries d JOIN payments p ON p.id = d.payment_id ORDER BY 1",
-    )
-    .fetch_all(chain.pool())
-    .await?;
+    let deliveries = chain.finished_deliveries(2).await?;
     assert_eq!(
         deliveries,
         vec![

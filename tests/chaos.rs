@@ -290,11 +290,7 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         "invariants (seed {seed}): {}",
         verdict.invariants.failures().join("; ")
     );
-    let unexpected: Vec<String> = dead
-        .iter()
-        .filter(|d| d.error_kind != "poison")
-        .map(|d| format!("{} {}: {}", d.stage, d.error_kind, d.error_message))
-        .collect();
+    let unexpected = env.unexpected_dead_letters().await?;
     assert!(
         unexpected.is_empty(),
         "only the deliberate poison is dead-lettered (seed {seed}): {unexpected:?}"

@@ -88,12 +88,7 @@ async fn payments_keep_settling_while_redis_is_down_and_nothing_applies_twice() 
         "each payment notified, under one webhook id"
     );
 
-    let dead = env.dead_letters().await?;
-    let unexpected: Vec<_> = dead
-        .iter()
-        .filter(|d| d.error_kind != "poison")
-        .map(|d| format!("{} {}: {}", d.stage, d.error_kind, d.error_message))
-        .collect();
+    let unexpected = env.unexpected_dead_letters().await?;
     assert!(
         unexpected.is_empty(),
         "only the demo's deliberate poison is dead-lettered: {unexpected:?}"

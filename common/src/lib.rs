@@ -11,6 +11,7 @@ pub mod lock;
 pub mod messages;
 pub mod money;
 pub mod outbox;
+pub mod rabbitmqctl;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

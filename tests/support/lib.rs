@@ -340,6 +340,18 @@ impl TestEnv {
         .await?)
     }
 
+    /// Dead letters other than the deliberate poison (undecodable bodies),
+    /// each as "stage kind: message": what a scenario must not produce.
+    pub async fn unexpected_dead_letters(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .dead_letters()
+            .await?
+            .into_iter()
+            .filter(|d| d.error_kind != "poison")
+            .map(|d| format!("{} {}: {}", d.stage, d.error_kind, d.error_message))
+            .collect())
+    }
+
     /// Environment for a worker process with these settings.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         settings_env(&self.settings)
@@ -444,24 +456,7 @@ impl Drop for TestEnv {
     }
 }
 
-/// Runs `rabbitmqctl` (the broker's own CLI, present wherever the broker
-/// is, unlike the management plugin) and returns its standard output.
-pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .arg("-q")
-        .output()
-        .await
-        .context("running rabbitmqctl (it comes with the RabbitMQ server)")?;
-    if !output.status.success() {
-        bail!(
-            "rabbitmqctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
+pub use payfleet_common::rabbitmqctl::rabbitmqctl;
 
 /// A queue of `vhost` as `rabbitmqctl list_queues` reports it (name, type,
 /// durable, arguments): no management API needed.

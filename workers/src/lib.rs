@@ -27,14 +27,13 @@ use stages::{callback, channel_call, fund_freeze, notification, order_validation
 pub const STAGES: [&str; 6] = domain::handoff::STAGES;
 
 /// Declares the committed topology on the vhost of `amqp_url` (idempotent).
-pub async fn apply_topology(
-    settings: &Settings,
-) -> anyhow::Result<payfleet_common::topology::ApplyReport> {
+/// One connection to the broker of `settings` for a command, failing fast
+/// with the vhost it tried.
+pub async fn connect_broker(settings: &Settings, name: &str) -> anyhow::Result<lapin::Connection> {
     use anyhow::Context;
-    let topology = Topology::from_settings(settings)?;
-    let connection = payfleet_common::broker::connect_once(
+    payfleet_common::broker::connect_once(
         &payfleet_common::broker::Endpoint::from_settings(settings)?,
-        "payfleet-setup",
+        name,
     )
     .await
     .with_context(|| {
@@ -42,7 +41,14 @@ pub async fn apply_topology(
             "connecting to RabbitMQ at amqp_url (vhost {})",
             settings.amqp_vhost()
         )
-    })?;
+    })
+}
+
+pub async fn apply_topology(
+    settings: &Settings,
+) -> anyhow::Result<payfleet_common::topology::ApplyReport> {
+    let topology = Topology::from_settings(settings)?;
+    let connection = connect_broker(settings, "payfleet-setup").await?;
     let report = topology.apply(&connection).await;
     let _ = connection.close(200, "applied".into()).await;
     Ok(report?)

@@ -310,7 +310,7 @@ impl Locks {
         .bind(stage)
         .bind(business_key)
         .bind(token)
-        .bind(self.ttl.as_millis() as f64)
+        .bind(self.ttl.as_millis() as i64)
         .fetch_optional(pool)
         .await
         .map_err(|e| LockError::Unavailable(format!("Redis and the lease table: {e}")))?;
@@ -364,7 +364,7 @@ impl Locks {
                 .bind(stage)
                 .bind(business_key)
                 .bind(token)
-                .bind(self.ttl.as_millis() as f64)
+                .bind(self.ttl.as_millis() as i64)
                 .execute(pool)
                 .await
                 .map_err(|e| e.to_string())?;

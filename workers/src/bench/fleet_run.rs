@@ -216,7 +216,7 @@ async fn measure(
     stop.cancel();
     running.await.context("fleet task")??;
 
-    let payments = done.max(1) as f64;
+    let finished_count = done.max(1) as f64;
     let latency: (Option<f64>, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
@@ -259,7 +259,7 @@ async fn measure(
             .collect(),
         cpu_ms_per_payment: cpu
             .iter()
-            .map(|(g, ms)| ((*g).to_owned(), ms / payments))
+            .map(|(g, ms)| ((*g).to_owned(), ms / finished_count))
             .collect(),
         cpu_percent: cpu
             .iter()
@@ -270,10 +270,10 @@ async fn measure(
             .iter()
             .map(|(g, kib)| ((*g).to_owned(), *kib as f64 / 1024.0))
             .collect(),
-        commits_per_payment: (commits_after - commits_before) as f64 / payments,
+        commits_per_payment: (commits_after - commits_before) as f64 / finished_count,
         statements_per_payment: statements_before
             .zip(statements_after)
-            .map(|(b, a)| (a - b) as f64 / payments),
+            .map(|(b, a)| (a - b) as f64 / finished_count),
         invariant_checks: report.checks.len(),
         invariant_failures: report.failures(),
     })

@@ -4,7 +4,7 @@
 //! afterwards unless kept.
 
 use anyhow::{Context, bail};
-use payfleet_common::{Settings, db};
+use payfleet_common::{Settings, db, rabbitmqctl::rabbitmqctl};
 use sqlx::{Connection, PgConnection};
 
 /// Where a benchmark's names start; nothing else is ever created or removed.
@@ -84,22 +84,4 @@ fn with_path(url: &str, name: &str, setting: &str) -> anyhow::Result<String> {
     let mut parsed = url::Url::parse(url).with_context(|| format!("{setting} is not a URL"))?;
     parsed.set_path(&format!("/{name}"));
     Ok(parsed.to_string())
-}
-
-/// `rabbitmqctl` (it comes with the RabbitMQ server; the management plugin is not needed).
-pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .arg("-q")
-        .output()
-        .await
-        .context("running rabbitmqctl: the benchmark makes its shadow vhost with it, so it runs where the broker runs")?;
-    if !output.status.success() {
-        bail!(
-            "rabbitmqctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

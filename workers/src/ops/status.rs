@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use payfleet_common::{Settings, Topology};
 use serde::Serialize;
 use serde_json::Value;
@@ -207,17 +206,7 @@ async fn from_passive_declares(
     settings: &Settings,
     topology: &Topology,
 ) -> anyhow::Result<BTreeMap<String, QueueCounts>> {
-    let connection = payfleet_common::broker::connect_once(
-        &payfleet_common::broker::Endpoint::from_settings(settings)?,
-        "payfleet-status",
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "connecting to RabbitMQ at amqp_url (vhost {})",
-            settings.amqp_vhost()
-        )
-    })?;
+    let connection = crate::connect_broker(settings, "payfleet-status").await?;
     let mut queues = vec![topology.spec.ingress.queue.clone()];
     for stage in topology.stages() {
         queues.push(Topology::work_queue(stage));
