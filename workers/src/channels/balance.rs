@@ -13,13 +13,17 @@ use super::{
     Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, WebhookNotice, WebhookRefusal,
 };
 
+/// The wallet's channel: its name in the routing table, its kind, and the
+/// payment method that pays from the wallet.
+pub const BALANCE: &str = "balance";
+
 /// The user's wallet: Try froze the funds, so the charge succeeds at once and
 /// Confirm moves the frozen money. There is no trade to query or close.
 pub struct BalanceChannel;
 
 impl ChannelAdapter for BalanceChannel {
     fn name(&self) -> &str {
-        "balance"
+        BALANCE
     }
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply> {
         Box::pin(async move {
@@ -29,7 +33,7 @@ impl ChannelAdapter for BalanceChannel {
                 currency: request.currency.clone(),
                 reference: Some(format!("balance:{}", request.attempt_id)),
                 reason: None,
-                raw: json!({"channel": "balance", "result": "frozen funds captured", "attempt_id": request.attempt_id}),
+                raw: json!({"channel": BALANCE, "result": "frozen funds captured", "attempt_id": request.attempt_id}),
             }
         })
     }
@@ -43,7 +47,7 @@ impl ChannelAdapter for BalanceChannel {
     fn close<'a>(&'a self, _attempt_id: Uuid) -> Boxed<'a, CloseReply> {
         Box::pin(async move {
             CloseReply::Closed {
-                raw: json!({"channel": "balance", "result": "nothing to close"}),
+                raw: json!({"channel": BALANCE, "result": "nothing to close"}),
             }
         })
     }

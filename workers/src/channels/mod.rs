@@ -19,7 +19,7 @@ pub mod registry;
 pub mod routing;
 pub mod sandbox;
 
-pub use balance::BalanceChannel;
+pub use balance::{BALANCE, BalanceChannel};
 pub use registry::{AdapterError, Adapters};
 pub use sandbox::SandboxChannel;
 

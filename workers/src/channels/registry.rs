@@ -29,7 +29,7 @@ pub struct ChannelRow {
 /// the wallet needs nothing, a sandbox channel needs where to call.
 pub fn buildable(kind: &str, base_url: Option<&str>) -> bool {
     match kind {
-        "balance" => true,
+        super::BALANCE => true,
         "sandbox" => base_url.is_some_and(|url| !url.trim().is_empty()),
         _ => false,
     }
@@ -160,7 +160,7 @@ mod tests {
     fn an_adapter_is_built_exactly_for_what_routing_may_offer() {
         let timeout = Duration::from_secs(1);
         for (kind, url) in [
-            ("balance", None),
+            (crate::channels::BALANCE, None),
             ("sandbox", Some("http://127.0.0.1:8700")),
             ("sandbox", None),
             ("sandbox", Some(" ")),

@@ -45,7 +45,7 @@ pub async fn choose(
             tracing::warn!(channel, kind, "channel skipped: no adapter can call it");
             continue;
         }
-        if channel == "balance" || healthy(redis, prefix, &channel).await {
+        if channel == super::BALANCE || healthy(redis, prefix, &channel).await {
             return Ok(Some(Route { channel, fee_rate }));
         }
         tracing::info!(channel, "channel skipped: its circuit breaker is open");

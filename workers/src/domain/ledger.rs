@@ -377,7 +377,7 @@ async fn owe_refund(
 ) -> Result<(), StageError> {
     sqlx::query(
         "INSERT INTO refunds (id, payment_id, attempt_id, channel, amount, currency, reason, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'owed') ON CONFLICT (attempt_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (attempt_id) DO NOTHING",
     )
     .bind(payfleet_common::messages::stable_id(&[
         "refund",
@@ -389,6 +389,7 @@ async fn owe_refund(
     .bind(amount)
     .bind(&charge.currency)
     .bind(reason)
+    .bind(super::refund::RefundStatus::Owed.as_str())
     .execute(conn)
     .await?;
     Ok(())

@@ -8,9 +8,11 @@ pub mod attempt;
 pub mod handoff;
 pub mod ledger;
 pub mod payment;
+pub mod refund;
 pub mod step;
 pub mod stock;
 pub mod tcc;
+pub mod webhook_delivery;
 
 use payfleet_common::runtime::StageError;
 

@@ -13,7 +13,10 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::channels::Adapters;
+use crate::{
+    channels::Adapters,
+    domain::refund::{self, RefundStatus},
+};
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     // Built on demand: a channel added while the fleet runs is refunded through too.
@@ -72,11 +75,15 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
             .await?;
         match answer {
             Ok(_) => {
-                let sent = sqlx::query("UPDATE refunds SET status = 'succeeded', refunded_at = now(), claimed_until = NULL, last_error = NULL WHERE id = $1 AND status = 'owed'")
-                    .bind(refund_id)
-                    .execute(&mut *tx)
-                    .await?;
-                if sent.rows_affected() == 1 {
+                let paid = refund::transition(
+                    &mut tx,
+                    refund_id,
+                    RefundStatus::Owed,
+                    RefundStatus::Succeeded,
+                )
+                .await
+                .map_err(|error| anyhow::anyhow!("refund {refund_id}: {error}"))?;
+                if paid {
                     crate::domain::ledger::refund_sent(
                         &mut tx, refund_id, attempt_id, &channel, amount, &currency,
                     )

@@ -14,6 +14,7 @@ use payfleet_common::{
 use sqlx::Acquire;
 use uuid::Uuid;
 
+use crate::channels::BALANCE;
 use crate::domain::{
     handoff, ledger,
     payment::{self, PaymentStatus},
@@ -85,7 +86,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
             continue; // moved on since the scan
         }
         let at_a_channel =
-            status == PaymentStatus::Frozen && p.channel.as_deref().is_some_and(|c| c != "balance");
+            status == PaymentStatus::Frozen && p.channel.as_deref().is_some_and(|c| c != BALANCE);
         if at_a_channel {
             // A trade may exist at the channel: it is closed first, so no late
             // success can follow the release (channel-call closes, then settlement cancels).

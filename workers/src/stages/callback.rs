@@ -16,6 +16,7 @@ use payfleet_common::{
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use crate::channels::BALANCE;
 use crate::domain::{
     attempt::AttemptStatus,
     ledger::ChannelCharge,
@@ -56,7 +57,7 @@ impl PaymentStep for Callback {
         // is owed back. Recorded once, and reported for review.
         let gave_up = matches!(status, PaymentStatus::Failed | PaymentStatus::Cancelled)
             || attempt_status == AttemptStatus::Closed;
-        if m.status == ChannelStatus::Succeeded && gave_up && m.channel != "balance" {
+        if m.status == ChannelStatus::Succeeded && gave_up && m.channel != BALANCE {
             return owe_back_late_success(tx, m, &p, status).await;
         }
         // A success for another amount or currency than asked: held for
@@ -69,7 +70,7 @@ impl PaymentStep for Callback {
         if let Some(outcome) = follow_attempt(tx, m, &p, status, attempt_status).await? {
             return Ok(outcome);
         }
-        if m.status == ChannelStatus::Succeeded && m.channel != "balance" {
+        if m.status == ChannelStatus::Succeeded && m.channel != BALANCE {
             // What the channel says it charged, for settlement and reconciliation.
             sqlx::query(
                 "UPDATE payment_attempts SET charged_amount = $2, charged_currency = $3
@@ -138,7 +139,7 @@ async fn hold_mismatch(
         "amount_mismatch: channel reported {} {}, payment is {} {}",
         m.amount, m.currency, p.amount, p.currency
     );
-    let holds = m.channel != "balance"
+    let holds = m.channel != BALANCE
         && matches!(
             status,
             PaymentStatus::Frozen | PaymentStatus::Paid | PaymentStatus::Exception
@@ -233,7 +234,7 @@ async fn apply(
             })
         }
         (ChannelStatus::Succeeded, PaymentStatus::Failed | PaymentStatus::Cancelled)
-            if m.channel == "balance" =>
+            if m.channel == BALANCE =>
         {
             // A wallet capture moves nothing by itself: the released funds stay released.
             Ok(Outcome::Stale {

@@ -15,6 +15,7 @@ use payfleet_common::{
 use rust_decimal::Decimal;
 use sqlx::{Acquire, PgConnection};
 
+use crate::channels::BALANCE;
 use crate::domain::{
     payment::{self, Payment, PaymentStatus},
     step::PaymentStep,
@@ -101,7 +102,7 @@ impl PaymentStep for FundFreeze {
                 return payment::emit_outcome(tx, p.id, Final::Failed, Some(reason));
             }
         }
-        let channel = p.channel.clone().unwrap_or_else(|| "balance".to_owned());
+        let channel = p.channel.clone().unwrap_or_else(|| BALANCE.to_owned());
         payment::transition(
             tx.conn(),
             p.id,
@@ -134,7 +135,7 @@ async fn reserve(
 ) -> Result<Result<(), Shortfall>, StageError> {
     // Wallet payments: available → frozen, never below zero. A third-party
     // channel takes the money itself, so only stock and coupon are reserved.
-    let account_id = if p.channel.as_deref().unwrap_or("balance") == "balance" {
+    let account_id = if p.channel.as_deref().unwrap_or(BALANCE) == BALANCE {
         match freeze_wallet(conn, p).await? {
             Ok(account_id) => Some(account_id),
             Err(shortfall) => return Ok(Err(shortfall)),

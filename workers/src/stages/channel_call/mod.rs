@@ -24,6 +24,7 @@ use payfleet_common::{
 };
 use uuid::Uuid;
 
+use crate::channels::BALANCE;
 use crate::{
     channels::{Adapters, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply},
     domain::payment::{self, PaymentStatus},
@@ -195,7 +196,7 @@ impl CallingStage for ChannelCall {
                 },
             ));
         }
-        let channel = p.channel.clone().unwrap_or_else(|| "balance".to_owned());
+        let channel = p.channel.clone().unwrap_or_else(|| BALANCE.to_owned());
         let adapter = self.adapters.get(tx.conn(), &channel).await?;
         let latest = intent::latest_attempt(tx, p.id).await?;
         match work {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Answer, Call, ChannelCall};
+use crate::channels::BALANCE;
 use crate::{
     channels::{ChannelReply, CloseReply, routing},
     domain::attempt::AttemptStatus,
@@ -51,7 +52,7 @@ impl ChannelCall {
         attempt_id: Uuid,
         channel: &str,
     ) -> Result<(), StageError> {
-        if channel == "balance" {
+        if channel == BALANCE {
             return Ok(());
         }
         let failed_call = matches!(

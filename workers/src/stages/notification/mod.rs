@@ -24,6 +24,8 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::domain::webhook_delivery::{self, DeliveryStatus};
+
 pub const NAME: &str = crate::domain::handoff::NOTIFICATION;
 /// AMQP `type` of an exhausted webhook's dead letter (its body is the event);
 /// `dlq replay` of one resets the delivery instead of publishing it.
@@ -84,7 +86,7 @@ impl Stage for Notification {
         if let Some(url) = notify_url {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (id, payment_id, merchant_id, event_type, url, payload, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending') ON CONFLICT (payment_id, event_type) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (payment_id, event_type) DO NOTHING",
             )
             .bind(messages::stable_id(&["webhook", &event_id.to_string()]))
             .bind(m.payment_id)
@@ -92,6 +94,7 @@ impl Stage for Notification {
             .bind(event_type)
             .bind(url)
             .bind(serde_json::to_value(&event).map_err(StageError::permanent)?)
+            .bind(DeliveryStatus::Pending.as_str())
             .execute(tx.conn())
             .await?;
         }
@@ -332,20 +335,12 @@ async fn record(
         .await?;
     match error {
         None => {
-            sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $2, delivered_at = now(), claimed_until = NULL WHERE id = $1")
-                .bind(d.id)
-                .bind(attempt)
-                .execute(pool)
-                .await?;
+            webhook_delivery::finish(pool, d.id, attempt, DeliveryStatus::Delivered).await?;
             metrics::counter!("payfleet_webhooks_total", "result" => "delivered").increment(1);
         }
         Some(error) if refused => {
             // Permanent: on record in webhook_attempts, not retried.
-            sqlx::query("UPDATE webhook_deliveries SET status = 'refused', attempts = $2, claimed_until = NULL WHERE id = $1")
-                .bind(d.id)
-                .bind(attempt)
-                .execute(pool)
-                .await?;
+            webhook_delivery::finish(pool, d.id, attempt, DeliveryStatus::Refused).await?;
             metrics::counter!("payfleet_webhooks_total", "result" => "refused").increment(1);
             tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook target refused");
         }
@@ -372,10 +367,7 @@ async fn record(
                         tracing::warn!(%publish, delivery = %d.id, "cannot dead-letter an exhausted webhook yet");
                         return Ok(());
                     }
-                    sqlx::query("UPDATE webhook_deliveries SET status = 'exhausted', attempts = $2, claimed_until = NULL WHERE id = $1")
-                        .bind(d.id)
-                        .bind(attempt)
-                        .execute(pool)
+                    webhook_delivery::finish(pool, d.id, attempt, DeliveryStatus::Exhausted)
                         .await?;
                     metrics::counter!("payfleet_webhooks_total", "result" => "exhausted")
                         .increment(1);

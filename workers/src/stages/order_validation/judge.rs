@@ -18,6 +18,7 @@ use super::{
     MAX_LINES, MAX_QUANTITY, METHODS, OrderValidation,
     pricing::{self, Coupon, CouponRule, LadderStep, Product},
 };
+use crate::channels::BALANCE;
 
 /// A priced, split order that passed every check but risk.
 pub struct PricedOrder {
@@ -226,7 +227,7 @@ async fn check_payer(conn: &mut PgConnection, r: &PaymentRequested) -> Result<bo
     if user_status != "active" {
         return reject("user_frozen", r.user_id.clone());
     }
-    if r.payment_method == "balance" {
+    if r.payment_method == BALANCE {
         let wallet: Option<String> =
             sqlx::query_scalar("SELECT status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2")
                 .bind(&r.user_id)

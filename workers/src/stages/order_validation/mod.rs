@@ -30,6 +30,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::channels::BALANCE;
 use crate::domain::payment::{self, PaymentStatus};
 use judge::Verdict;
 pub use judge::{PricedOrder, load_coupon};
@@ -43,7 +44,7 @@ pub const NAME: &str = crate::domain::handoff::ORDER_VALIDATION;
 const MAX_LINES: usize = 100;
 const MAX_QUANTITY: u32 = 10_000;
 /// Payment methods: the wallet, or a third-party channel.
-pub const METHODS: [&str; 3] = ["balance", "card", "wallet"];
+pub const METHODS: [&str; 3] = [BALANCE, "card", "wallet"];
 
 /// A request as far as it could be read before any database lookup.
 #[derive(Debug)]
