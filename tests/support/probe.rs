@@ -6,7 +6,7 @@
 //! wrong balance or a second receipt.
 
 use payfleet_common::{
-    runtime::{Inbound, Outcome, Stage, StageError, StageTx},
+    runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable},
     transition::{self, Status},
 };
 use rust_decimal::Decimal;
@@ -97,8 +97,8 @@ impl Stage for TransferStage {
         TRANSFER_STAGE
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<Transfer, String> {
-        serde_json::from_slice(&inbound.body).map_err(|e| format!("undecodable transfer: {e}"))
+    fn decode(&self, inbound: &Inbound) -> Result<Transfer, Undecodable> {
+        serde_json::from_slice(&inbound.body).map_err(|e| Undecodable::json(inbound, "transfer", e))
     }
 
     fn lock_key(&self, message: &Transfer) -> Option<String> {
@@ -203,8 +203,8 @@ impl Stage for ReceiptStage {
         RECEIPT_STAGE
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<Receipt, String> {
-        serde_json::from_slice(&inbound.body).map_err(|e| format!("undecodable receipt: {e}"))
+    fn decode(&self, inbound: &Inbound) -> Result<Receipt, Undecodable> {
+        serde_json::from_slice(&inbound.body).map_err(|e| Undecodable::json(inbound, "receipt", e))
     }
 
     fn lock_key(&self, message: &Receipt) -> Option<String> {

@@ -16,7 +16,7 @@ use super::{
     Shared,
     consumer::DeliveryProcessor,
     dead_letter::{self, ErrorKind},
-    stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError},
+    stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError, Undecodable},
     transaction::{self, Begun},
 };
 use crate::{
@@ -42,7 +42,7 @@ pub enum Processed {
 pub trait Handler: Send + Sync + 'static {
     type Message: Send + Sync + 'static;
     fn name(&self) -> &str;
-    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, String>;
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable>;
     fn lock_key(&self, message: &Self::Message) -> Option<String>;
     fn process(
         &self,
@@ -60,7 +60,7 @@ impl<S: Stage> Handler for Transactional<S> {
     fn name(&self) -> &str {
         self.0.name()
     }
-    fn decode(&self, inbound: &Inbound) -> Result<S::Message, String> {
+    fn decode(&self, inbound: &Inbound) -> Result<S::Message, Undecodable> {
         self.0.decode(inbound)
     }
     fn lock_key(&self, message: &S::Message) -> Option<String> {
@@ -94,7 +94,7 @@ impl<S: CallingStage> Handler for Calling<S> {
     fn name(&self) -> &str {
         self.0.name()
     }
-    fn decode(&self, inbound: &Inbound) -> Result<S::Message, String> {
+    fn decode(&self, inbound: &Inbound) -> Result<S::Message, Undecodable> {
         self.0.decode(inbound)
     }
     fn lock_key(&self, message: &S::Message) -> Option<String> {
@@ -186,7 +186,9 @@ impl<H: Handler> StageProcessor<H> {
         let shared = &self.shared;
         let message = match self.handler.decode(inbound) {
             Ok(message) => message,
-            Err(reason) => return Disposition::DeadLetter(ErrorKind::Poison, reason),
+            Err(undecodable) => {
+                return Disposition::DeadLetter(ErrorKind::Poison, undecodable.to_string());
+            }
         };
         let lock = match self.handler.lock_key(&message) {
             Some(key) => match shared.locks.try_acquire(&inbound.stage, &key).await {

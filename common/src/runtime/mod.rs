@@ -14,7 +14,9 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-pub use stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError, decode_json};
+pub use stage::{
+    CallingStage, Inbound, Intent, Outcome, Stage, StageError, Undecodable, decode_json,
+};
 pub use transaction::StageTx;
 
 use crate::{broker::Publisher, config::Settings, lock::Locks, topology::Topology};

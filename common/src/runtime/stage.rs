@@ -33,12 +33,48 @@ pub struct Inbound {
     pub body: Vec<u8>,
 }
 
+/// Why a body cannot be read: the message is poison, and goes to its
+/// stage's dead-letter queue at once with this as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Undecodable {
+    /// Not the JSON of what the stage reads.
+    #[error("undecodable {kind} for {stage}: {source}")]
+    Json {
+        kind: String,
+        stage: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Larger than the stage reads at all.
+    #[error("{kind} body of {bytes} bytes is larger than {setting} ({limit}); not read")]
+    TooLarge {
+        kind: &'static str,
+        bytes: usize,
+        setting: &'static str,
+        limit: usize,
+    },
+    /// JSON, but without a field it must carry to be answered at all.
+    #[error("{kind} has no usable `{field}`")]
+    MissingField { kind: &'static str, field: String },
+}
+
+impl Undecodable {
+    /// A JSON error on `inbound`, named by its message type (or `fallback`).
+    pub fn json(inbound: &Inbound, fallback: &str, source: serde_json::Error) -> Self {
+        Undecodable::Json {
+            kind: inbound
+                .message_type
+                .clone()
+                .unwrap_or_else(|| fallback.to_owned()),
+            stage: inbound.stage.clone(),
+            source,
+        }
+    }
+}
+
 /// Decodes a JSON body; the error names the message type, for the dead letter.
-pub fn decode_json<T: serde::de::DeserializeOwned>(inbound: &Inbound) -> Result<T, String> {
-    serde_json::from_slice(&inbound.body).map_err(|e| {
-        let kind = inbound.message_type.as_deref().unwrap_or("message");
-        format!("undecodable {kind} for {}: {e}", inbound.stage)
-    })
+pub fn decode_json<T: serde::de::DeserializeOwned>(inbound: &Inbound) -> Result<T, Undecodable> {
+    serde_json::from_slice(&inbound.body).map_err(|e| Undecodable::json(inbound, "message", e))
 }
 
 /// The result of handling one message.
@@ -111,7 +147,7 @@ pub trait Stage: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Parses the body; an error sends the message to the DLQ at once.
-    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, String>;
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable>;
 
     /// The business key two workers must not work on at once (the payment id).
     fn lock_key(&self, message: &Self::Message) -> Option<String>;
@@ -157,7 +193,7 @@ pub trait CallingStage: Send + Sync + 'static {
     type Reply: Send + 'static;
 
     fn name(&self) -> &str;
-    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, String>;
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable>;
     fn lock_key(&self, message: &Self::Message) -> Option<String>;
 
     /// First transaction: record what is about to be sent (e.g. an attempt

@@ -11,7 +11,7 @@
 
 use payfleet_common::{
     messages::{ChannelResult, OrderValidated, PaymentResolved},
-    runtime::{Inbound, Outcome, Stage, StageError, StageTx, decode_json},
+    runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable, decode_json},
 };
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -66,7 +66,7 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
         S::NAME
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<S::Message, String> {
+    fn decode(&self, inbound: &Inbound) -> Result<S::Message, Undecodable> {
         decode_json(inbound)
     }
 

@@ -19,7 +19,7 @@ use payfleet_common::{
     Topology,
     messages::{FundsFrozen, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
     outbox::OutboxMessage,
-    runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx},
+    runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx, Undecodable},
     transition::{self, Status},
 };
 use uuid::Uuid;
@@ -152,19 +152,14 @@ impl CallingStage for ChannelCall {
         NAME
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<Work, String> {
+    fn decode(&self, inbound: &Inbound) -> Result<Work, Undecodable> {
         let body = &inbound.body;
         match inbound.message_type.as_deref() {
             Some(kind::STATUS_QUERY) => serde_json::from_slice(body).map(Work::Query),
             Some(kind::TRADE_CLOSE) => serde_json::from_slice(body).map(Work::Close),
             _ => serde_json::from_slice(body).map(Work::Charge),
         }
-        .map_err(|e| {
-            format!(
-                "undecodable {} message: {e}",
-                inbound.message_type.as_deref().unwrap_or("channel-call")
-            )
-        })
+        .map_err(|e| Undecodable::json(inbound, "channel-call", e))
     }
 
     fn lock_key(&self, m: &Work) -> Option<String> {

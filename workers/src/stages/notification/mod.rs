@@ -16,7 +16,7 @@ use payfleet_common::{
     CancellationToken, broker,
     messages::{self, EventSubOrder, PaymentEvent, PaymentOutcome, SCHEMA_VERSION},
     runtime::{
-        Inbound, Outcome, Shared, Stage, StageError, StageTx,
+        Inbound, Outcome, Shared, Stage, StageError, StageTx, Undecodable,
         dead_letter::{self, ErrorKind},
     },
 };
@@ -48,7 +48,7 @@ impl Stage for Notification {
         NAME
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<PaymentOutcome, String> {
+    fn decode(&self, inbound: &Inbound) -> Result<PaymentOutcome, Undecodable> {
         payfleet_common::runtime::decode_json(inbound)
     }
 

@@ -2,20 +2,26 @@
 //! must carry to be answered, the committed schema, and how fresh it is.
 
 use chrono::{DateTime, Utc};
-use payfleet_common::messages::{PaymentRequested, SCHEMA_VERSION};
+use payfleet_common::{
+    messages::{PaymentRequested, SCHEMA_VERSION, kind},
+    runtime::Undecodable,
+};
 use serde_json::Value;
 
 use super::schema;
 
 /// A usable merchant or merchant order id: 1 to 128 bytes, no control
 /// characters. Without both, a request cannot be answered.
-pub(super) fn usable_id(value: &Value, name: &str) -> Result<String, String> {
+pub(super) fn usable_id(value: &Value, name: &str) -> Result<String, Undecodable> {
     value
         .get(name)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control))
         .map(str::to_owned)
-        .ok_or_else(|| format!("payment.requested has no usable `{name}`"))
+        .ok_or_else(|| Undecodable::MissingField {
+            kind: kind::PAYMENT_REQUESTED,
+            field: name.to_owned(),
+        })
 }
 
 /// Reads a JSON body as a `payment.requested`: a missing `schema_version`, or
