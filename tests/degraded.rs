@@ -117,7 +117,16 @@ async fn while_redis_is_away_leases_exclude_each_other_and_expire() -> anyhow::R
             .map(|l| l.with_fallback(env.pool.clone()))
     };
     let (one, other) = (locks("one")?, locks("other")?);
-    let held = one.try_acquire("settlement", "p-1").await?;
+    // The first lease waits until every process could see that this one
+    // leases (payfleet_common::lock::lease): a short fence.
+    let mut held = None;
+    for _ in 0..40 {
+        held = one.try_acquire("settlement", "p-1").await?;
+        if held.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(held.is_some(), "a free key is leased");
     assert!(one.degraded(), "Redis refused: degraded");
     assert!(
@@ -171,5 +180,66 @@ async fn an_idle_process_sees_redis_return_without_taking_a_lock() -> anyhow::Re
         "Redis answers again and nobody had to ask"
     );
     drop(redis);
+    env.teardown().await
+}
+
+/// Redis is away for one process only (a partition, or the first to
+/// notice an outage): the process that still reaches Redis and the one
+/// that leases in PostgreSQL never hold the same key at once, whichever
+/// took it first.
+#[tokio::test]
+async fn a_process_cut_off_from_redis_never_shares_a_key_with_one_that_reaches_it()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("splitlock").await?;
+    let ttl = Duration::from_millis(900);
+    let locks = |url: &str| {
+        payfleet_common::lock::Locks::new(url, &env.name, ttl)
+            .map(|l| l.with_fallback(env.pool.clone()))
+    };
+    let reaching = locks("redis://127.0.0.1:6379/0")?;
+    // Nothing listens on port 1: this one sees no Redis at all.
+    let cut_off = locks("redis://127.0.0.1:1/0")?;
+    let key = ("settlement", "p-1");
+    let tries = 12;
+
+    // Held in Redis first: the cut-off process must not lease it.
+    let held = reaching.try_acquire(key.0, key.1).await?;
+    assert!(held.is_some(), "a free key is locked in Redis");
+    for _ in 0..tries {
+        assert!(
+            cut_off.try_acquire(key.0, key.1).await?.is_none(),
+            "the cut-off process leased a key held in Redis"
+        );
+        tokio::time::sleep(ttl / 3).await;
+    }
+    assert!(cut_off.degraded(), "Redis refused: degraded");
+    held.expect("held").release().await;
+
+    // Released: the cut-off process takes it, as a lease.
+    let mut leased = None;
+    for _ in 0..60 {
+        leased = cut_off.try_acquire(key.0, key.1).await?;
+        if leased.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        leased.is_some(),
+        "the cut-off process leases the released key"
+    );
+
+    // Leased first: the process that reaches Redis must not lock it there.
+    for _ in 0..tries {
+        assert!(
+            reaching.try_acquire(key.0, key.1).await?.is_none(),
+            "a key leased in PostgreSQL was locked in Redis too"
+        );
+        tokio::time::sleep(ttl / 3).await;
+    }
+    leased.expect("leased").release().await;
+    let again = reaching.try_acquire(key.0, key.1).await?;
+    assert!(again.is_some(), "free again once the lease is released");
+    again.expect("held").release().await;
     env.teardown().await
 }

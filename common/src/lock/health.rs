@@ -1,4 +1,5 @@
-//! Whether Redis answers: shared by every user of [`super::Locks`] in a process.
+//! Whether Redis answers, and whether some process leases instead: shared
+//! by every user of [`super::Locks`] in a process.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,6 +16,15 @@ pub(super) struct RedisHealth {
     last_probe_ms: AtomicU64,
     /// When Redis last came back; `u64::MAX` when it never went away.
     recovered_ms: AtomicU64,
+    /// This process's id in the lease table's signal rows.
+    pub(super) process: uuid::Uuid,
+    /// Until when some lease (ours or another process's) was last read live.
+    leases_live_until_ms: AtomicU64,
+    /// From when this degraded process may lease: `u64::MAX` until its
+    /// signal is up and every process has had time to see it.
+    fence_ms: AtomicU64,
+    /// The first read of the lease table, before this process's first lock.
+    pub(super) reader: tokio::sync::OnceCell<()>,
 }
 
 impl Default for RedisHealth {
@@ -24,6 +34,10 @@ impl Default for RedisHealth {
             started: Instant::now(),
             last_probe_ms: AtomicU64::new(0),
             recovered_ms: AtomicU64::new(u64::MAX),
+            process: uuid::Uuid::new_v4(),
+            leases_live_until_ms: AtomicU64::new(0),
+            fence_ms: AtomicU64::new(u64::MAX),
+            reader: tokio::sync::OnceCell::new(),
         }
     }
 }
@@ -46,6 +60,36 @@ impl RedisHealth {
         recovered != u64::MAX && self.now_ms() < recovered.saturating_add(window.as_millis() as u64)
     }
 
+    /// Whether a lease may be live somewhere: read live lately, or Redis
+    /// came back to this process less than `window` ago.
+    pub(super) fn leases_may_be_live(&self, window: Duration) -> bool {
+        self.now_ms() < self.leases_live_until_ms.load(Ordering::Relaxed)
+            || self.recently_recovered(window)
+    }
+
+    /// What the lease table said: the latest live lease runs `for_` longer.
+    pub(super) fn leases_live_for(&self, for_: Duration) {
+        let until = if for_.is_zero() {
+            0
+        } else {
+            self.now_ms() + for_.as_millis() as u64
+        };
+        self.leases_live_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// This process's signal is up: it may lease once `after` has passed.
+    pub(super) fn signal_up(&self, after: Duration) {
+        let fence = self.now_ms() + after.as_millis() as u64;
+        let _ =
+            self.fence_ms
+                .compare_exchange(u64::MAX, fence, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether this degraded process's fence has passed.
+    pub(super) fn may_lease(&self) -> bool {
+        self.now_ms() >= self.fence_ms.load(Ordering::Relaxed)
+    }
+
     pub(super) fn redis_answered(&self) {
         if self.degraded.swap(false, Ordering::Relaxed) {
             self.recovered_ms.store(self.now_ms(), Ordering::Relaxed);
@@ -59,6 +103,8 @@ impl RedisHealth {
         self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
         let newly = !self.degraded.swap(true, Ordering::Relaxed);
         if newly {
+            // No lease until a new signal is up and seen.
+            self.fence_ms.store(u64::MAX, Ordering::Relaxed);
             tracing::warn!(
                 %error,
                 "Redis does not answer: the fleet is degraded (locks are leases in PostgreSQL, \

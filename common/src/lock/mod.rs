@@ -4,18 +4,16 @@
 //! is applied, so a lost lock (Redis flushed or restarted) never doubles an effect.
 //!
 //! When Redis is unreachable or does not answer within
-//! [`REDIS_ANSWER_WITHIN`], the fleet is *degraded*, not stopped: a lease
-//! row in PostgreSQL (`lock_leases`) stands in for the lock, taken and
-//! released by compare-and-set, so no pooled connection is held across the
-//! handler. While degraded, Redis is tried again every [`PROBE_EVERY`] (other
-//! calls fail fast) and used as soon as it answers; for one lock TTL after
-//! that, a key whose lease is still live counts as held, so a handler that
-//! took its lease while Redis was away is not joined by one that took the
-//! Redis lock. Other users of Redis (the risk velocity, the circuit
-//! breaker) go through [`Locks::query`] and share this state.
+//! [`REDIS_ANSWER_WITHIN`], the process is *degraded*, not stopped: a lease
+//! row in PostgreSQL stands in for the lock ([`lease`]), and processes that
+//! still reach Redis lease too while any lease is live, so the two kinds of
+//! lock never let two processes hold one key. While degraded, Redis is tried
+//! again every [`PROBE_EVERY`] (other calls fail fast) and used as soon as it
+//! answers. Other users of Redis (the risk velocity, the circuit breaker) go
+//! through [`Locks::query`] and share this state.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, Weak, atomic::Ordering},
     time::Duration,
 };
 
@@ -28,6 +26,7 @@ use redis::Script;
 use tokio::task::JoinHandle;
 
 mod health;
+pub mod lease;
 use health::RedisHealth;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,22 +85,20 @@ impl std::fmt::Debug for Locks {
 /// [`LockGuard::release`] releases it and waits.
 pub struct LockGuard {
     locks: Locks,
-    held: Held,
+    holding: Arc<Mutex<Holding>>,
     renewal: Option<JoinHandle<()>>,
 }
 
-/// Where a lock is held: a Redis key, or a lease row while degraded.
+/// Where a lock is held: in Redis, as a lease row, or both (while some
+/// process leases).
 #[derive(Clone, Debug)]
-enum Held {
-    Redis {
-        key: String,
-        token: String,
-    },
-    Lease {
-        stage: String,
-        business_key: String,
-        token: uuid::Uuid,
-    },
+struct Holding {
+    stage: String,
+    business_key: String,
+    /// The Redis key and our token in it.
+    redis: Option<(String, String)>,
+    /// Our lease row's token.
+    lease: Option<uuid::Uuid>,
 }
 
 impl Locks {
@@ -236,27 +233,88 @@ impl Locks {
         stage: &str,
         business_key: &str,
     ) -> Result<Option<LockGuard>, LockError> {
-        let Some(fallback) = &self.fallback else {
-            return self.try_redis(stage, business_key).await;
+        let mut holding = Holding {
+            stage: stage.to_owned(),
+            business_key: business_key.to_owned(),
+            redis: None,
+            lease: None,
         };
+        let Some(fallback) = &self.fallback else {
+            holding.redis = self.try_redis(stage, business_key).await?;
+            return Ok(holding.redis.is_some().then(|| self.guard(holding)));
+        };
+        self.read_leases(fallback).await;
         match self.try_redis(stage, business_key).await {
-            Ok(Some(guard)) if self.health.recently_recovered(self.ttl) => {
-                if self.lease_live(fallback, stage, business_key).await? {
-                    guard.release().await;
-                    return Ok(None);
+            Ok(None) => Ok(None),
+            Ok(Some(redis)) => {
+                holding.redis = Some(redis);
+                if self.health.leases_may_be_live(self.ttl) {
+                    // Some process may lease: the key must be free there too.
+                    match lease::take(fallback, stage, business_key, self.ttl).await {
+                        Ok(Some(token)) => holding.lease = Some(token),
+                        taken_or_failed => {
+                            self.release_holding(&holding).await;
+                            return taken_or_failed.map(|_| None);
+                        }
+                    }
                 }
-                Ok(Some(guard))
+                Ok(Some(self.guard(holding)))
             }
-            Ok(guard) => Ok(guard),
-            Err(_) => self.try_lease(fallback, stage, business_key).await,
+            Err(error) => {
+                // Just degraded: wait (holding the delivery, so that nothing
+                // is reordered) until every process can have seen our signal.
+                if !self.fenced().await {
+                    return Err(error);
+                }
+                holding.lease = lease::take(fallback, stage, business_key, self.ttl).await?;
+                Ok(holding.lease.is_some().then(|| self.guard(holding)))
+            }
         }
     }
 
+    /// Waits until this degraded process may lease; false when its signal
+    /// could not be put up in time.
+    async fn fenced(&self) -> bool {
+        let give_up = tokio::time::Instant::now() + self.fence() + REDIS_ANSWER_WITHIN;
+        while !self.health.may_lease() {
+            if tokio::time::Instant::now() > give_up {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// How long a degraded process waits before its first lease: one read
+    /// of the lease table by every process, one renewal of every lock they
+    /// hold, and a margin.
+    fn fence(&self) -> Duration {
+        lease::READ_EVERY + self.ttl / 3 + Duration::from_millis(250)
+    }
+
+    /// Reads the lease table once before this process's first lock, then
+    /// every [`lease::READ_EVERY`] in the background.
+    async fn read_leases(&self, pool: &PgPool) {
+        self.health
+            .reader
+            .get_or_init(|| async {
+                if let Ok(live) = lease::live_for(pool, true).await {
+                    self.health.leases_live_for(live);
+                }
+                tokio::spawn(keep_reading_leases(
+                    Arc::downgrade(&self.health),
+                    pool.clone(),
+                ));
+            })
+            .await;
+    }
+
+    /// Our Redis key and token, or `None` when another worker holds it.
     async fn try_redis(
         &self,
         stage: &str,
         business_key: &str,
-    ) -> Result<Option<LockGuard>, LockError> {
+    ) -> Result<Option<(String, String)>, LockError> {
         let key = self.key(stage, business_key);
         let token = uuid::Uuid::new_v4().to_string();
         let mut set = redis::pipe();
@@ -267,151 +325,101 @@ impl Locks {
             .arg("PX")
             .arg(self.ttl.as_millis() as u64);
         let (set,): (Option<String>,) = self.query(&set).await?;
-        if set.is_none() {
-            return Ok(None);
-        }
-        Ok(Some(self.guard(Held::Redis { key, token })))
+        Ok(set.map(|_| (key, token)))
     }
 
-    /// Whether a lease taken while Redis was away still holds this key.
-    async fn lease_live(
-        &self,
-        pool: &PgPool,
-        stage: &str,
-        business_key: &str,
-    ) -> Result<bool, LockError> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM lock_leases
-                             WHERE stage = $1 AND business_key = $2 AND expires_at > now())",
-        )
-        .bind(stage)
-        .bind(business_key)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| LockError::Unavailable(format!("the lease table: {e}")))
-    }
-
-    /// The stand-in: a lease row taken when free or expired.
-    async fn try_lease(
-        &self,
-        pool: &PgPool,
-        stage: &str,
-        business_key: &str,
-    ) -> Result<Option<LockGuard>, LockError> {
-        let token = uuid::Uuid::new_v4();
-        let taken: Option<uuid::Uuid> = sqlx::query_scalar(
-            "INSERT INTO lock_leases (stage, business_key, token, expires_at)
-             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
-             ON CONFLICT (stage, business_key) DO UPDATE
-                SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
-              WHERE lock_leases.expires_at < now()
-             RETURNING token",
-        )
-        .bind(stage)
-        .bind(business_key)
-        .bind(token)
-        .bind(self.ttl.as_millis() as i64)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| LockError::Unavailable(format!("Redis and the lease table: {e}")))?;
-        Ok(taken.map(|token| {
-            self.guard(Held::Lease {
-                stage: stage.to_owned(),
-                business_key: business_key.to_owned(),
-                token,
-            })
-        }))
-    }
-
-    fn guard(&self, held: Held) -> LockGuard {
-        let renewal = tokio::spawn(renew_loop(self.clone(), held.clone()));
+    fn guard(&self, holding: Holding) -> LockGuard {
+        let holding = Arc::new(Mutex::new(holding));
+        let renewal = tokio::spawn(renew_loop(self.clone(), holding.clone()));
         LockGuard {
             locks: self.clone(),
-            held,
+            holding,
             renewal: Some(renewal),
         }
     }
 
-    /// Extends a held lock; `Ok(false)` when it was lost.
-    async fn renew(&self, held: &Held) -> Result<bool, String> {
-        match held {
-            Held::Redis { key, token } => {
-                let renewed: i64 = self
-                    .redis(async |conn| {
-                        self.renew
-                            .key(key)
-                            .arg(token)
-                            .arg(self.ttl.as_millis() as u64)
-                            .invoke_async(conn)
-                            .await
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(renewed == 1)
-            }
-            Held::Lease {
-                stage,
-                business_key,
-                token,
-            } => {
-                let Some(pool) = &self.fallback else {
-                    return Ok(false);
-                };
-                let renewed = sqlx::query(
-                    "UPDATE lock_leases SET expires_at = now() + $4 * interval '1 millisecond'
-                     WHERE stage = $1 AND business_key = $2 AND token = $3",
-                )
-                .bind(stage)
-                .bind(business_key)
-                .bind(token)
-                .bind(self.ttl.as_millis() as i64)
-                .execute(pool)
-                .await
-                .map_err(|e| e.to_string())?;
-                Ok(renewed.rows_affected() == 1)
+    /// Extends a held lock; `Ok(false)` when it was lost. A Redis lock taken
+    /// before some process began to lease is leased too, here.
+    async fn renew(&self, holding: &Mutex<Holding>) -> Result<bool, LockError> {
+        let held = lock_holding(holding).clone();
+        if let (Some(pool), None) = (&self.fallback, held.lease)
+            && self.health.leases_may_be_live(self.ttl)
+        {
+            let taken = lease::take(pool, &held.stage, &held.business_key, self.ttl).await?;
+            match taken {
+                Some(token) => lock_holding(holding).lease = Some(token),
+                None => tracing::warn!(
+                    ?held,
+                    "another process leases a key held here in Redis; PostgreSQL guards the effects"
+                ),
             }
         }
-    }
-
-    async fn release_held(&self, held: &Held) {
-        match held {
-            Held::Redis { key, token } => self.release_token(key, token).await,
-            Held::Lease {
-                stage,
-                business_key,
-                token,
-            } => {
-                if let Some(pool) = &self.fallback {
-                    let released = sqlx::query(
-                        "DELETE FROM lock_leases WHERE stage = $1 AND business_key = $2 AND token = $3",
-                    )
-                    .bind(stage)
-                    .bind(business_key)
-                    .bind(token)
-                    .execute(pool)
-                    .await;
-                    if let Err(error) = released {
-                        tracing::debug!(%error, stage, business_key, "lease release failed; it expires by itself");
-                    }
-                }
+        let mut kept = true;
+        if let Some((key, token)) = &held.redis {
+            let renewed: i64 = self
+                .redis(async |conn| {
+                    self.renew
+                        .key(key)
+                        .arg(token)
+                        .arg(self.ttl.as_millis() as u64)
+                        .invoke_async(conn)
+                        .await
+                })
+                .await?;
+            kept &= renewed == 1;
+        }
+        let lease_token = lock_holding(holding).lease;
+        if let (Some(pool), Some(token)) = (&self.fallback, lease_token) {
+            kept &= lease::renew(pool, &held.stage, &held.business_key, token, self.ttl).await?;
+            if held.redis.is_none() {
+                // Held instead of a Redis lock: others must keep leasing too.
+                lease::signal(pool, self.health.process, self.signal_lasts()).await?;
             }
         }
+        Ok(kept)
     }
 
-    async fn release_token(&self, key: &str, token: &str) {
-        let released: Result<i64, _> = self
-            .redis(async |conn| self.release.key(key).arg(token).invoke_async(conn).await)
-            .await;
-        if let Err(error) = released {
-            tracing::debug!(%error, key, "lock release failed; it expires by itself");
+    async fn release_holding(&self, held: &Holding) {
+        if let Some((key, token)) = &held.redis {
+            let released: Result<i64, _> = self
+                .redis(async |conn| self.release.key(key).arg(token).invoke_async(conn).await)
+                .await;
+            if let Err(error) = released {
+                tracing::debug!(%error, key, "lock release failed; it expires by itself");
+            }
+        }
+        if let (Some(pool), Some(token)) = (&self.fallback, held.lease) {
+            lease::release(pool, &held.stage, &held.business_key, token).await;
         }
     }
 }
 
-/// While degraded, asks Redis every [`PROBE_EVERY`] until it answers, so the
-/// degraded state (and its gauge) clears without waiting for the next lock.
+fn lock_holding(holding: &Mutex<Holding>) -> std::sync::MutexGuard<'_, Holding> {
+    holding
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Locks {
+    /// How long a signal lasts: past its next refresh (a probe, or a
+    /// renewal of a lease held instead of a Redis lock), with a margin.
+    fn signal_lasts(&self) -> Duration {
+        (2 * PROBE_EVERY + REDIS_ANSWER_WITHIN).max(self.ttl)
+    }
+}
+
+/// While degraded: keeps this process's signal up, and asks Redis every
+/// [`PROBE_EVERY`] until it answers, so the degraded state (and its gauge)
+/// clears without waiting for the next lock.
 async fn probe_until_answered(locks: Locks) {
+    let fence = locks.fence();
     while locks.degraded() {
+        if let Some(pool) = &locks.fallback {
+            match lease::signal(pool, locks.health.process, locks.signal_lasts()).await {
+                Ok(()) => locks.health.signal_up(fence),
+                Err(error) => tracing::warn!(%error, "cannot signal that this process leases"),
+            }
+        }
         tokio::time::sleep(PROBE_EVERY).await;
         let ping = locks
             .timed(async |conn| redis::cmd("PING").query_async::<String>(conn).await)
@@ -425,21 +433,40 @@ async fn probe_until_answered(locks: Locks) {
     }
 }
 
-async fn renew_loop(locks: Locks, held: Held) {
+/// Reads every [`lease::READ_EVERY`] whether any lease is live, for as long
+/// as this process's locks exist; sweeps long-expired rows now and then.
+async fn keep_reading_leases(health: Weak<RedisHealth>, pool: PgPool) {
+    for read in 1_u64.. {
+        tokio::time::sleep(lease::READ_EVERY).await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        match lease::live_for(&pool, read % 120 == 0).await {
+            Ok(live) => health.leases_live_for(live),
+            Err(error) => tracing::debug!(%error, "cannot read the lease table"),
+        }
+    }
+}
+
+async fn renew_loop(locks: Locks, holding: Arc<Mutex<Holding>>) {
     let every = locks.ttl / 3;
     loop {
         tokio::time::sleep(every).await;
-        match locks.renew(&held).await {
+        match locks.renew(&holding).await {
             Ok(true) => {}
             Ok(false) => {
                 // Lost (expired or Redis flushed): PostgreSQL still guards the effects.
+                let held = lock_holding(&holding).clone();
                 tracing::warn!(
                     ?held,
                     "lock lost while working; PostgreSQL guards the effects"
                 );
                 return;
             }
-            Err(error) => tracing::warn!(%error, ?held, "lock renewal failed"),
+            Err(error) => {
+                let held = lock_holding(&holding).clone();
+                tracing::warn!(%error, ?held, "lock renewal failed");
+            }
         }
     }
 }
@@ -449,7 +476,8 @@ impl LockGuard {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
-        self.locks.release_held(&self.held).await;
+        let held = lock_holding(&self.holding).clone();
+        self.locks.release_holding(&held).await;
     }
 }
 
@@ -458,9 +486,9 @@ impl Drop for LockGuard {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
             let locks = self.locks.clone();
-            let held = self.held.clone();
+            let held = lock_holding(&self.holding).clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { locks.release_held(&held).await });
+                handle.spawn(async move { locks.release_holding(&held).await });
             }
         }
     }
