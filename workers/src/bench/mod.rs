@@ -99,9 +99,9 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<Report
     let gateway_stop = CancellationToken::new();
     let gateway_url = if needs_sandbox {
         // The sandbox with no webhook delay, calling back to this process.
-        let mut config = crate::sandbox_gateway::GatewayConfig::standard();
+        let mut config = payfleet_sandbox_gateway::GatewayConfig::standard();
         config.webhook_delay = std::time::Duration::ZERO;
-        let gateway = crate::sandbox_gateway::Gateway::new(config);
+        let gateway = payfleet_sandbox_gateway::Gateway::new(config);
         let (addr, _) = gateway
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
             .await?;

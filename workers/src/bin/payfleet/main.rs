@@ -166,14 +166,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             webhook_delay_ms,
         } => {
-            let mut config = payfleet_workers::sandbox_gateway::GatewayConfig::standard();
+            let mut config = payfleet_sandbox_gateway::GatewayConfig::standard();
             config.webhook_delay = std::time::Duration::from_millis(webhook_delay_ms);
             let channels: Vec<String> = config
                 .channels
                 .iter()
                 .map(|c| format!("{} ({:?}, fee {})", c.name, c.mode, c.fee_rate))
                 .collect();
-            let gateway = payfleet_workers::sandbox_gateway::Gateway::new(config);
+            let gateway = payfleet_sandbox_gateway::Gateway::new(config);
             let stop = payfleet_common::shutdown::on_signal();
             let (bound, served) = gateway
                 .serve(listen, stop)
