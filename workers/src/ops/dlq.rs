@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use payfleet_common::{
     CancellationToken, Settings, Topology,
@@ -133,82 +133,40 @@ pub async fn select(pool: &PgPool, s: &Selection) -> anyhow::Result<Vec<Row>> {
     .await?)
 }
 
-pub fn print_table(rows: &[Row]) {
-    println!(
-        "{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  error",
-        "id", "stage", "kind", "status", "att", "age", "last failure", "payment"
-    );
-    let now = chrono::Utc::now();
-    for r in rows {
-        let age = now - r.first_failed_at;
-        let age = if age.num_hours() >= 24 {
-            format!("{}d", age.num_days())
-        } else if age.num_minutes() >= 60 {
-            format!("{}h", age.num_hours())
-        } else {
-            format!("{}m", age.num_minutes())
-        };
-        println!(
-            "{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  {}",
-            r.id,
-            r.stage,
-            r.error_kind,
-            r.status,
-            r.attempts,
-            age,
-            r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
-            r.correlation_id.as_deref().unwrap_or("-"),
-            r.error_message.chars().take(80).collect::<String>()
-        );
-    }
-    println!("{} dead letter(s)", rows.len());
+/// One stored dead letter, whole: what `dlq show` shows.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub stage: String,
+    pub status: String,
+    pub error_kind: String,
+    pub message_id: String,
+    pub properties: Value,
+    pub headers: Value,
+    pub body: Vec<u8>,
 }
 
-/// `dlq show`: headers and the pretty-printed body.
-pub async fn show(pool: &PgPool, id_or_message: &str) -> anyhow::Result<()> {
-    type Stored = (i64, String, String, String, String, Value, Value, Vec<u8>);
-    let row: Option<Stored> = sqlx::query_as(
+/// `dlq show`: the dead letter with this id or message id (the latest).
+pub async fn show(pool: &PgPool, id_or_message: &str) -> anyhow::Result<DeadLetter> {
+    let row: Option<DeadLetter> = sqlx::query_as(
         "SELECT id, stage, status, error_kind, message_id, properties, headers, body FROM dead_letters
          WHERE id::text = $1 OR message_id = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(id_or_message)
     .fetch_optional(pool)
     .await?;
-    let Some((id, stage, status, kind, message_id, properties, headers, body)) = row else {
-        bail!("no dead letter with id or message id `{id_or_message}`");
-    };
-    println!("dead letter {id}: stage {stage}, {kind}, {status}, message id {message_id}");
-    println!("properties: {}", serde_json::to_string_pretty(&properties)?);
-    println!("headers: {}", serde_json::to_string_pretty(&headers)?);
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(value) => println!(
-            "body ({} bytes, JSON):\n{}",
-            body.len(),
-            serde_json::to_string_pretty(&value)?
-        ),
-        Err(_) => println!(
-            "body ({} bytes, not JSON): {}",
-            body.len(),
-            String::from_utf8_lossy(&body)
-        ),
-    }
-    Ok(())
+    row.with_context(|| format!("no dead letter with id or message id `{id_or_message}`"))
 }
 
-/// Replays the selected parked rows; returns how many were put back.
+/// Replays the selected parked rows; returns how many were put back. What
+/// a replay would take is [`select`] of the same selection.
 pub async fn replay(
     settings: &Settings,
     pool: &PgPool,
     selection: &Selection,
     operator: &str,
-    dry_run: bool,
 ) -> anyhow::Result<usize> {
     let rows = select(pool, selection).await?;
-    if dry_run {
-        print_table(&rows);
-        println!("dry run: {} dead letter(s) would be replayed", rows.len());
-        return Ok(0);
-    }
     let topology = Topology::from_settings(settings)?;
     let publisher = Publisher::new(
         broker::Endpoint::from_settings(settings)?,

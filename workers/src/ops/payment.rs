@@ -7,10 +7,10 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use payfleet_common::{
     Settings, Topology,
-    messages::{ChannelResult, Outcome as Final, SCHEMA_VERSION, kind},
+    messages::{ChannelResult, ChannelStatus, Outcome as Final, SCHEMA_VERSION, kind},
     outbox,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{Acquire, PgPool};
 use uuid::Uuid;
 
@@ -38,8 +38,32 @@ pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
     }
 }
 
-/// The timeline: every row that carries the payment's id, by time.
-pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>, String, String)>> {
+/// What `payment show` tells of a payment: its head, then every row that
+/// carries its id, by time.
+#[derive(Debug)]
+pub struct Story {
+    pub id: Uuid,
+    pub merchant_id: String,
+    pub merchant_order_id: String,
+    pub user_id: String,
+    pub amount: rust_decimal::Decimal,
+    pub currency: String,
+    pub channel: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub timeline: Vec<Event>,
+}
+
+/// One line of a payment's timeline: when, by which stage, what.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub stage: String,
+    pub what: String,
+}
+
+/// The story of payment `id`.
+pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Story> {
     type Head = (
         String,
         String,
@@ -56,16 +80,13 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>,
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let Some((merchant, order, user, status, amount, currency, reason, channel)) = exists else {
+    let Some((merchant_id, merchant_order_id, user_id, status, amount, currency, reason, channel)) =
+        exists
+    else {
         bail!("no payment {id}");
     };
-    println!(
-        "payment {id}: {merchant}:{order}, user {user}, {amount} {currency}, channel {}, status {status}{}",
-        channel.as_deref().unwrap_or("-"),
-        reason.map(|r| format!(" ({r})")).unwrap_or_default()
-    );
     let id_text = id.to_string();
-    let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
+    let timeline: Vec<Event> = sqlx::query_as(
         "SELECT at, stage, what FROM (
            SELECT created_at AS at, 'order-validation' AS stage,
                   'payment accepted (risk ' || COALESCE(risk_decision, '-') || '), now ' || status || COALESCE(' — ' || reason, '') AS what
@@ -96,17 +117,44 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>,
     .bind(&id_text)
     .fetch_all(pool)
     .await?;
-    Ok(rows)
+    Ok(Story {
+        id,
+        merchant_id,
+        merchant_order_id,
+        user_id,
+        amount,
+        currency,
+        channel,
+        status,
+        reason,
+        timeline,
+    })
 }
 
-async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Value> {
-    let (status, reason, reservation): (String, Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT p.status, p.reason, r.status FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
+/// A payment's state as a manual action found it and left it (in
+/// `manual_actions`; its fields in the order the record has always had).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Snapshot {
+    pub reason: Option<String>,
+    pub reservation: Option<String>,
+    pub status: String,
+}
+
+/// What `payment resolve` did: the payment before and after.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolution {
+    pub payment_id: Uuid,
+    pub before: Snapshot,
+    pub after: Snapshot,
+}
+
+async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Snapshot> {
+    Ok(sqlx::query_as(
+        "SELECT p.status, p.reason, r.status AS reservation FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
     )
     .bind(id)
     .fetch_one(conn)
-    .await?;
-    Ok(json!({"status": status, "reason": reason, "reservation": reservation}))
+    .await?)
 }
 
 /// `payment resolve --as paid|failed`: settles an exception (or a payment
@@ -122,7 +170,7 @@ pub async fn resolve(
     paid: bool,
     reason: &str,
     operator: &str,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Resolution> {
     if reason.trim().is_empty() {
         bail!("--reason must say why");
     }
@@ -221,12 +269,44 @@ pub async fn resolve(
         .bind(id)
         .bind(operator)
         .bind(reason)
-        .bind(&before)
-        .bind(&after)
+        .bind(json!(before))
+        .bind(json!(after))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(json!({"payment_id": id, "before": before, "after": after}))
+    Ok(Resolution {
+        payment_id: id,
+        before,
+        after,
+    })
+}
+
+/// What a channel said to `payment requery`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Resolved {
+        status: ChannelStatus,
+        amount: rust_decimal::Decimal,
+        currency: String,
+    },
+    Pending,
+    /// No answer: why.
+    Unknown(String),
+}
+
+/// As the answer is put on record (`integration_log`, `manual_actions`).
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Resolved {
+                status,
+                amount,
+                currency,
+            } => write!(f, "{status:?} ({amount} {currency})"),
+            Answer::Pending => f.write_str("still pending"),
+            Answer::Unknown(error) => write!(f, "no answer: {error}"),
+        }
+    }
 }
 
 /// `payment requery`: asks the channel about the open attempt now; a final
@@ -236,7 +316,7 @@ pub async fn requery(
     pool: &PgPool,
     id: Uuid,
     operator: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Answer> {
     let topology = Topology::from_settings(settings)?;
     let attempt: Option<(Uuid, String, String)> =
         sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
@@ -261,7 +341,11 @@ pub async fn requery(
             reason,
             ..
         } => (
-            format!("{status:?} ({amount} {currency})"),
+            Answer::Resolved {
+                status: *status,
+                amount: *amount,
+                currency: currency.clone(),
+            },
             Some(ChannelResult {
                 schema_version: SCHEMA_VERSION,
                 payment_id: id,
@@ -275,15 +359,16 @@ pub async fn requery(
                 reported_at: Utc::now(),
             }),
         ),
-        ChannelReply::Pending { .. } => ("still pending".to_owned(), None),
-        ChannelReply::Unknown { error } => (format!("no answer: {error}"), None),
+        ChannelReply::Pending { .. } => (Answer::Pending, None),
+        ChannelReply::Unknown { error } => (Answer::Unknown(error.clone()), None),
     };
+    let said = answer.to_string();
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'query', $4)")
         .bind(id)
         .bind(attempt_id)
         .bind(&channel)
-        .bind(json!({"call": "manual requery", "operator": operator, "answer": answer}))
+        .bind(json!({"call": "manual requery", "operator": operator, "answer": said}))
         .execute(&mut *tx)
         .await?;
     if let Some(result) = result {
@@ -300,7 +385,7 @@ pub async fn requery(
         .bind(id)
         .bind(operator)
         .bind(json!({"attempt": attempt_id, "attempt_status": attempt_status}))
-        .bind(json!({"answer": answer}))
+        .bind(json!({"answer": said}))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

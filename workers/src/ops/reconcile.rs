@@ -42,6 +42,15 @@ fn same_status(ours: &str, theirs: &str) -> bool {
     }
 }
 
+/// The channels with a statement to download (a `base_url`), by name.
+pub async fn statement_channels(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM channels WHERE base_url IS NOT NULL ORDER BY name")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::Result<Summary> {
     let base_url: Option<Option<String>> =
         sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")

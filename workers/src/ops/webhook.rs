@@ -76,32 +76,6 @@ pub async fn list(pool: &PgPool, f: &Filter) -> anyhow::Result<Vec<Delivery>> {
     .await?)
 }
 
-pub fn print_table(rows: &[Delivery]) {
-    println!(
-        "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  last error",
-        "payment", "merchant", "event", "status", "att", "created", "url"
-    );
-    for d in rows {
-        println!(
-            "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  {}",
-            d.payment_id,
-            d.merchant_id,
-            d.event_type,
-            d.status,
-            d.attempts,
-            d.created_at.format("%Y-%m-%d %H:%M:%S"),
-            d.url,
-            d.last_error
-                .as_deref()
-                .unwrap_or("-")
-                .chars()
-                .take(80)
-                .collect::<String>()
-        );
-    }
-    println!("{} webhook(s)", rows.len());
-}
-
 /// Resets these deliveries (those not pending) so the webhook sender sends
 /// them again now; marks their parked dead letters replayed; records the
 /// resend. Returns the deliveries reset.

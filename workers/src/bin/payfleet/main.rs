@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod render;
 
 use std::process::ExitCode;
 
@@ -203,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if watch {
                         print!("\x1b[2J\x1b[H");
                     }
-                    payfleet_workers::ops::status::print(&status);
+                    render::status(&status);
                 }
                 if !watch {
                     if !status.attention.is_empty() {
@@ -222,15 +223,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let pool = db::connect(&settings).await?;
-            let channels: Vec<String> = match channel {
+            let channels = match channel {
                 Some(channel) => vec![channel],
-                None => {
-                    sqlx::query_scalar(
-                        "SELECT name FROM channels WHERE base_url IS NOT NULL ORDER BY name",
-                    )
-                    .fetch_all(&pool)
-                    .await?
-                }
+                None => payfleet_workers::ops::reconcile::statement_channels(&pool).await?,
             };
             let mut clean = true;
             for channel in channels {
@@ -240,25 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&summary)?);
                 } else {
-                    let counts: Vec<String> = summary
-                        .counts
-                        .iter()
-                        .map(|(k, n)| format!("{k} {n}"))
-                        .collect();
-                    println!(
-                        "{channel} {date}: {}",
-                        if counts.is_empty() {
-                            "no trades".into()
-                        } else {
-                            counts.join(", ")
-                        }
-                    );
-                    for m in &summary.mismatches {
-                        println!(
-                            "  {} attempt {} ours {} theirs {}",
-                            m["kind"], m["attempt_id"], m["ours"], m["theirs"]
-                        );
-                    }
+                    render::reconciliation(&summary);
                 }
             }
             if !clean {
