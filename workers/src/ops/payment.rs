@@ -3,7 +3,6 @@
 //! the state before and after, and each going through the fleet's own code
 //! (TCC Confirm / Cancel, the channel adapters), never a direct table edit.
 
-use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use payfleet_common::{
     Settings, Topology,
@@ -14,6 +13,7 @@ use serde_json::json;
 use sqlx::{Acquire, PgPool};
 use uuid::Uuid;
 
+use super::{Error, Result};
 use crate::{
     channels::{Adapters, ChannelReply},
     domain::{
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// `<payment id>` or `<merchant id>:<merchant order id>`.
-pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
+pub fn parse_reference(reference: &str) -> Result<Uuid> {
     if let Ok(id) = reference.parse::<Uuid>() {
         return Ok(id);
     }
@@ -34,7 +34,9 @@ pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
         Some((merchant, order)) if !merchant.is_empty() && !order.is_empty() => {
             Ok(order_validation::payment_id(merchant, order))
         }
-        _ => bail!("`{reference}` is neither a payment id nor merchant-id:merchant-order-id"),
+        _ => Err(Error::refused(format!(
+            "`{reference}` is neither a payment id nor merchant-id:merchant-order-id"
+        ))),
     }
 }
 
@@ -63,7 +65,7 @@ pub struct Event {
 }
 
 /// The story of payment `id`.
-pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Story> {
+pub async fn show(pool: &PgPool, id: Uuid) -> Result<Story> {
     type Head = (
         String,
         String,
@@ -83,7 +85,7 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Story> {
     let Some((merchant_id, merchant_order_id, user_id, status, amount, currency, reason, channel)) =
         exists
     else {
-        bail!("no payment {id}");
+        return Err(Error::not_found(format!("no payment {id}")));
     };
     let id_text = id.to_string();
     let timeline: Vec<Event> = sqlx::query_as(
@@ -148,7 +150,7 @@ pub struct Resolution {
     pub after: Snapshot,
 }
 
-async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Snapshot> {
+async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Snapshot> {
     Ok(sqlx::query_as(
         "SELECT p.status, p.reason, r.status AS reservation FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
     )
@@ -170,26 +172,23 @@ pub async fn resolve(
     paid: bool,
     reason: &str,
     operator: &str,
-) -> anyhow::Result<Resolution> {
+) -> Result<Resolution> {
     if reason.trim().is_empty() {
-        bail!("--reason must say why");
+        return Err(Error::refused("--reason must say why"));
     }
     let topology = Topology::from_settings(settings)?;
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    let Some(p) = payment::lock(&mut tx, id)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-    else {
-        bail!("no payment {id}")
+    let Some(p) = payment::lock(&mut tx, id).await.map_err(Error::told)? else {
+        return Err(Error::not_found(format!("no payment {id}")));
     };
-    let status = p.status().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let status = p.status().map_err(Error::told)?;
     let before = snapshot(&mut tx, id).await?;
     if status != PaymentStatus::Paid && !status.may_move_to(PaymentStatus::Paid) {
-        bail!(
+        return Err(Error::refused(format!(
             "payment {id} is {}: only an exception, frozen or paid payment can be resolved by hand",
             status.as_str()
-        );
+        )));
     }
     // Never vouch for a charge the channel has not answered: its own word
     // (a status query) must be on record first.
@@ -202,57 +201,57 @@ pub async fn resolve(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some((attempt, channel, attempt_status)) = open_attempt {
-        bail!(
+        return Err(Error::refused(format!(
             "payment {id}: attempt {attempt} at {channel} is still {attempt_status}, the channel has not answered; \
              run `payfleet payment requery {id}` first (or let its status queries decide)"
-        );
+        )));
     }
     let detail = format!("resolved by {operator}: {reason}");
     // What the channel actually holds for this payment decides the way out.
     let charge = ChannelCharge::of_payment(&mut tx, id)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(Error::told)?;
     let outcome = if paid {
         if let Some(charge) = charge.as_ref().filter(|c| c.currency != p.currency) {
-            bail!(
+            return Err(Error::refused(format!(
                 "payment {id} is in {} but its channel charged {} {}: it cannot be settled; resolve it as failed (the charge is refunded)",
-                p.currency,
-                charge.amount,
-                charge.currency
-            );
+                p.currency, charge.amount, charge.currency
+            )));
         }
         if status != PaymentStatus::Paid {
             payment::transition(&mut tx, id, status, PaymentStatus::Paid, Some(&detail))
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(Error::told)?;
         }
         let p = payment::lock(&mut tx, id)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .context("payment vanished")?;
+            .map_err(Error::told)?
+            .ok_or_else(|| Error::told("payment vanished"))?;
         tcc::confirm(&mut tx, &p)
             .await
-            .map_err(|e| anyhow::anyhow!("Confirm: {e}"))?;
+            .map_err(|e| Error::told(format!("Confirm: {e}")))?;
         Final::Succeeded
     } else {
         if status == PaymentStatus::Paid {
-            bail!("payment {id} is paid at its channel: resolve it as paid, or refund it");
+            return Err(Error::refused(format!(
+                "payment {id} is paid at its channel: resolve it as paid, or refund it"
+            )));
         }
         if !tcc::cancel(&mut tx, &p, PaymentStatus::Failed, &detail)
             .await
-            .map_err(|e| anyhow::anyhow!("Cancel: {e}"))?
+            .map_err(|e| Error::told(format!("Cancel: {e}")))?
         {
-            bail!(
+            return Err(Error::refused(format!(
                 "payment {id} could not be cancelled from {}",
                 status.as_str()
-            );
+            )));
         }
         // The channel took money for it: all of it goes back to the payer.
         if let Some(charge) = &charge {
             charge
                 .owe_back(&mut tx, "resolved_failed")
                 .await
-                .map_err(|e| anyhow::anyhow!("owing the charge back: {e}"))?;
+                .map_err(|e| Error::told(format!("owing the charge back: {e}")))?;
         }
         Final::Failed
     };
@@ -316,7 +315,7 @@ pub async fn requery(
     pool: &PgPool,
     id: Uuid,
     operator: &str,
-) -> anyhow::Result<Answer> {
+) -> Result<Answer> {
     let topology = Topology::from_settings(settings)?;
     let attempt: Option<(Uuid, String, String)> =
         sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
@@ -324,7 +323,9 @@ pub async fn requery(
             .fetch_optional(pool)
             .await?;
     let Some((attempt_id, channel, attempt_status)) = attempt else {
-        bail!("payment {id} has no attempt at a channel")
+        return Err(Error::not_found(format!(
+            "payment {id} has no attempt at a channel"
+        )));
     };
     let adapter = Adapters::new(std::time::Duration::from_millis(
         settings.channel_timeout_ms,

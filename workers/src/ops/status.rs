@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::Result;
+
 #[derive(Debug, Default, Serialize)]
 pub struct StageStatus {
     pub ready: i64,
@@ -60,7 +62,7 @@ pub async fn collect(
     settings: &Settings,
     pool: &PgPool,
     thresholds: &Thresholds,
-) -> anyhow::Result<FleetStatus> {
+) -> Result<FleetStatus> {
     let topology = Topology::from_settings(settings)?;
     let vhost = settings.amqp_vhost();
     let mut unavailable = Vec::new();
@@ -218,7 +220,7 @@ async fn from_management_api(
 async fn from_passive_declares(
     settings: &Settings,
     topology: &Topology,
-) -> anyhow::Result<BTreeMap<String, QueueCounts>> {
+) -> Result<BTreeMap<String, QueueCounts>> {
     let connection = crate::connect_broker(settings, "payfleet-status").await?;
     let mut queues = vec![topology.spec.ingress.queue.clone()];
     for stage in topology.stages() {
