@@ -3,7 +3,8 @@
 //! count), a stage names no other stage, and the sandbox gateway (its own
 //! crate, the third party) is named only by itself and by what stands it
 //! up: the binary, the demo and the benchmark. Its channel adapter speaks
-//! its HTTP API without naming it.
+//! its HTTP API without naming it. `ops` prints nothing: it returns data,
+//! and the binary renders it.
 
 use std::{
     fs,
@@ -149,4 +150,23 @@ fn the_sandbox_gateway_links_to_no_fleet_crate() {
         .filter(|name| manifest.contains(name))
         .collect();
     assert!(fleet.is_empty(), "the gateway depends on {fleet:?}");
+}
+
+#[test]
+fn ops_prints_nothing() {
+    let printing: Vec<String> = source_files()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("workers/src/ops/"))
+        .filter(|(_, text)| {
+            ["println!", "print!", "eprintln!", "eprint!", "stdout()"]
+                .iter()
+                .any(|p| text.contains(p))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        printing.is_empty(),
+        "ops returns data; the binary (bin/payfleet/render.rs) prints:\n{}",
+        printing.join("\n")
+    );
 }
