@@ -154,7 +154,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             demo: Some(requests),
         } => {
-            payfleet_workers::demo::run(settings, requests).await?;
+            let (finished, verdict) =
+                payfleet_workers::demo::carry(settings, requests, render::demo_live).await?;
+            println!("{}", verdict.summary);
+            verdict.outcome(finished)?;
         }
         Command::Run { demo: None } => {
             db::migrate(&settings).await?;

@@ -1,8 +1,11 @@
 //! How the operator commands show what `payfleet_workers::ops` returns:
 //! tables and text for people (`--json` output is the value itself,
-//! serialized where the command runs). `ops` returns data; only the binary
-//! prints.
+//! serialized where the command runs), and the demo's live progress line.
+//! `ops` and the demo return data; only the binary prints.
 
+use std::io::Write;
+
+use payfleet_workers::demo::Live;
 use payfleet_workers::ops::{
     dlq,
     payment::{Resolution, Story},
@@ -224,5 +227,31 @@ pub(crate) fn status(status: &FleetStatus) {
         for line in &status.attention {
             println!("ATTENTION: {line}");
         }
+    }
+}
+
+/// `run --demo`: its opening line, then one progress line drawn over itself.
+pub(crate) fn demo_live(live: Live<'_>) {
+    match live {
+        Live::Started { run_id, requests } => println!(
+            "payfleet demo {run_id}: {requests} requests, catalogue seeded, fleet starting"
+        ),
+        Live::Tick(t) => {
+            print!(
+                "\r[{:>6.1}s] published {}/{} · payments {}/{} terminal (settled {}, failed {}, rejected {}) · refused {} · dead letters {}   ",
+                t.elapsed.as_secs_f64(),
+                t.published,
+                t.requests,
+                t.progress.terminal,
+                t.expected_payments,
+                t.progress.settled,
+                t.progress.failed,
+                t.progress.rejected,
+                t.progress.refused,
+                t.progress.dead,
+            );
+            let _ = std::io::stdout().flush();
+        }
+        Live::Ended => println!(),
     }
 }
