@@ -267,10 +267,15 @@ pub(crate) async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Resul
         runs: args.runs,
         rate: args.rate,
         keep: args.keep,
-        progress: !args.json && std::io::stdout().is_terminal(),
         seed: args.seed,
     };
-    let report = payfleet_workers::bench::run(settings, options).await?;
+    let progress = !args.json && std::io::stdout().is_terminal();
+    let report = payfleet_workers::bench::run(settings, options, |live| {
+        if progress {
+            render::bench_live(live);
+        }
+    })
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

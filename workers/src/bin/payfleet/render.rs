@@ -1,11 +1,11 @@
 //! How the operator commands show what `payfleet_workers::ops` returns:
 //! tables and text for people (`--json` output is the value itself,
-//! serialized where the command runs), and the demo's live progress line.
-//! `ops` and the demo return data; only the binary prints.
+//! serialized where the command runs), and the live progress of the demo
+//! and the benchmark. `ops`, the demo and the benchmark return data and
+//! report progress; only the binary prints.
 
 use std::io::Write;
 
-use payfleet_workers::demo::Live;
 use payfleet_workers::ops::{
     dlq,
     payment::{Resolution, Story},
@@ -13,6 +13,7 @@ use payfleet_workers::ops::{
     status::FleetStatus,
     webhook,
 };
+use payfleet_workers::{bench, demo::Live};
 
 /// `dlq list` (and a replay's dry run): one dead letter a line.
 pub(crate) fn dead_letters(rows: &[dlq::Row]) {
@@ -253,5 +254,31 @@ pub(crate) fn demo_live(live: Live<'_>) {
             let _ = std::io::stdout().flush();
         }
         Live::Ended => println!(),
+    }
+}
+
+/// `bench`: a line per measured run, and a fleet run's progress drawn over itself.
+pub(crate) fn bench_live(live: bench::Live<'_>) {
+    match live {
+        bench::Live::NullRun { run, per_second } => {
+            println!("  null  run {run}: {per_second:.0} messages/s through 6 hops");
+        }
+        bench::Live::FleetTick {
+            run_id,
+            done,
+            payments,
+            elapsed,
+        } => {
+            print!(
+                "\r  fleet {run_id}: {done}/{payments} payments final · {:.1} s   ",
+                elapsed.as_secs_f64()
+            );
+            let _ = std::io::stdout().flush();
+        }
+        bench::Live::FleetDone => println!(),
+        bench::Live::FleetRun { run, measured } => println!(
+            "  fleet run {run}: {:.0} payments/s, {} of {} settled",
+            measured.per_second, measured.settled, measured.payments
+        ),
     }
 }
