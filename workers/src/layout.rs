@@ -3,8 +3,9 @@
 //! count), a stage names no other stage, and the sandbox gateway (its own
 //! crate, the third party) is named only by itself and by what stands it
 //! up: the binary, the demo and the benchmark. Its channel adapter speaks
-//! its HTTP API without naming it. `ops` prints nothing: it returns data,
-//! and the binary renders it.
+//! its HTTP API without naming it. `ops`, the demo and the benchmark print
+//! nothing: they return data and report progress, and the binary renders
+//! them.
 
 use std::{
     fs,
@@ -153,10 +154,18 @@ fn the_sandbox_gateway_links_to_no_fleet_crate() {
 }
 
 #[test]
-fn ops_prints_nothing() {
+fn ops_the_demo_and_the_bench_print_nothing() {
     let printing: Vec<String> = source_files()
         .into_iter()
-        .filter(|(name, _)| name.starts_with("workers/src/ops/"))
+        .filter(|(name, _)| {
+            [
+                "workers/src/ops/",
+                "workers/src/demo/",
+                "workers/src/bench/",
+            ]
+            .iter()
+            .any(|dir| name.starts_with(dir))
+        })
         .filter(|(_, text)| {
             ["println!", "print!", "eprintln!", "eprint!", "stdout()"]
                 .iter()
@@ -166,7 +175,7 @@ fn ops_prints_nothing() {
         .collect();
     assert!(
         printing.is_empty(),
-        "ops returns data; the binary (bin/payfleet/render.rs) prints:\n{}",
+        "these return data; the binary (bin/payfleet/render.rs) prints:\n{}",
         printing.join("\n")
     );
 }
