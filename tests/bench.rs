@@ -23,10 +23,9 @@ async fn a_short_bench_of_every_kind_settles_everything_and_leaves_nothing_behin
         runs: 1,
         rate: None,
         keep: false,
-        progress: false,
         seed: 7,
     };
-    let report = bench::run(&env.settings, options).await?;
+    let report = bench::run(&env.settings, options, |_| {}).await?;
     println!("{report}");
     assert!(report.invariants_hold(), "{report}");
     let run = &report.fleet[0];
@@ -48,10 +47,9 @@ async fn a_short_bench_of_every_kind_settles_everything_and_leaves_nothing_behin
         runs: 1,
         rate: Some(40.0),
         keep: false,
-        progress: false,
         seed: 8,
     };
-    let report = bench::run(&env.settings, hot).await?;
+    let report = bench::run(&env.settings, hot, |_| {}).await?;
     println!("{report}");
     assert!(report.invariants_hold(), "{report}");
     assert_eq!(report.fleet[0].settled, 30);

@@ -1015,7 +1015,6 @@ async fn a_request_that_first_arrived_in_time_is_judged_by_that_when_replayed_la
         chain.pool(),
         &selection,
         "oncall-test",
-        false,
     )
     .await?;
     assert_eq!(replayed, 1);
@@ -1495,8 +1494,8 @@ async fn resolving_a_wallet_exception_as_failed_releases_the_freeze_through_canc
         "tester",
     )
     .await?;
-    assert_eq!(change["after"]["status"], "failed");
-    assert_eq!(change["after"]["reservation"], "cancelled");
+    assert_eq!(change.after.status, "failed");
+    assert_eq!(change.after.reservation.as_deref(), Some("cancelled"));
     assert_eq!(
         chain.balance("user", "alice").await?,
         (d("1000.00"), d("1000.00"), d("0.00")),

@@ -9,6 +9,9 @@ use payfleet_common::{
     CancellationToken, Settings, broker,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
+use payfleet_sandbox_gateway::{
+    ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
+};
 use payfleet_tests::{TestEnv, free_port, wait_until};
 use payfleet_workers::{
     channels::{
@@ -17,9 +20,6 @@ use payfleet_workers::{
     },
     domain::ledger,
     invariants,
-    sandbox_gateway::{
-        ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
-    },
     stages::order_validation,
 };
 use rust_decimal::Decimal;

@@ -252,7 +252,7 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         ));
     }
 
-    let finished = load.wait(load.deadline(), false).await?;
+    let finished = load.wait(load.deadline(), |_| {}).await?;
     let elapsed = started.elapsed();
     let mut retries = 0;
     for process in &processes {

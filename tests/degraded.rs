@@ -43,7 +43,7 @@ async fn payments_keep_settling_while_redis_is_down_and_nothing_applies_twice() 
     let load = tokio::spawn(payfleet_workers::demo::carry(
         env.settings.clone(),
         800,
-        false,
+        |_| {},
     ));
     wait_until(
         Duration::from_secs(120),

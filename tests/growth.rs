@@ -28,12 +28,9 @@ use std::{
 
 use chrono::Utc;
 use payfleet_common::messages::{PaymentRequested, RequestedItem, SCHEMA_VERSION};
+use payfleet_sandbox_gateway::{Gateway, GatewayConfig};
 use payfleet_tests::{RunningFleet, TestEnv, free_port, wait_until};
-use payfleet_workers::{
-    domain::ledger,
-    invariants, ops,
-    sandbox_gateway::{Gateway, GatewayConfig},
-};
+use payfleet_workers::{domain::ledger, invariants, ops};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};

@@ -1,7 +1,11 @@
 //! The layout's rules, checked on the sources: no source file outside the
 //! tests runs past [`MAX_LINES`] (a file's own unit tests at its end do not
-//! count), a stage names no other stage, and the sandbox gateway is named
-//! only by itself, its channel adapter and the binary.
+//! count), a stage names no other stage, and the sandbox gateway (its own
+//! crate, the third party) is named only by itself and by what stands it
+//! up: the binary, the demo and the benchmark. Its channel adapter speaks
+//! its HTTP API without naming it. `ops`, the demo and the benchmark print
+//! nothing: they return data and report progress, and the binary renders
+//! them.
 
 use std::{
     fs,
@@ -11,17 +15,18 @@ use std::{
 /// The most lines a source file may have.
 const MAX_LINES: usize = 500;
 
-/// Where the gateway may be named: itself, its adapter, the binary, the demo and the benchmark.
+/// Where the gateway may be named: itself, the binary, the demo and the benchmark.
 const MAY_NAME_THE_SANDBOX: &[&str] = &[
-    "workers/src/sandbox_gateway/",
-    "workers/src/channels/sandbox.rs",
+    "sandbox-gateway/",
     "workers/src/bin/",
     "workers/src/demo/",
     // the benchmark, like the demo, stands the sandbox up as the third party
     "workers/src/bench/",
-    "workers/src/lib.rs",
     "workers/src/layout.rs",
 ];
+
+/// How the gateway is named: its crate, and the module it once was.
+const SANDBOX_NAMES: &[&str] = &["payfleet_sandbox_gateway", "sandbox_gateway"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,7 +53,12 @@ fn sources(dir: &Path, found: &mut Vec<PathBuf>) {
 fn source_files() -> Vec<(String, String)> {
     let root = root();
     let mut found = Vec::new();
-    for dir in ["common/src", "workers/src", "benches"] {
+    for dir in [
+        "common/src",
+        "sandbox-gateway/src",
+        "workers/src",
+        "benches",
+    ] {
         sources(&root.join(dir), &mut found);
     }
     assert!(!found.is_empty(), "no sources under {}", root.display());
@@ -118,7 +128,7 @@ fn a_stage_names_no_other_stage() {
 }
 
 #[test]
-fn only_the_gateway_its_adapter_and_the_binary_name_the_sandbox_gateway() {
+fn only_the_gateway_and_what_stands_it_up_name_the_sandbox_gateway() {
     let named: Vec<String> = source_files()
         .into_iter()
         .filter(|(name, _)| {
@@ -126,8 +136,46 @@ fn only_the_gateway_its_adapter_and_the_binary_name_the_sandbox_gateway() {
                 .iter()
                 .any(|allowed| name.starts_with(allowed))
         })
-        .filter(|(_, text)| text.contains("sandbox_gateway"))
+        .filter(|(_, text)| SANDBOX_NAMES.iter().any(|n| text.contains(n)))
         .map(|(name, _)| name)
         .collect();
     assert!(named.is_empty(), "{}", named.join("\n"));
+}
+
+#[test]
+fn the_sandbox_gateway_links_to_no_fleet_crate() {
+    let manifest = fs::read_to_string(root().join("sandbox-gateway/Cargo.toml"))
+        .expect("the gateway's manifest reads");
+    let fleet: Vec<&str> = ["payfleet-common", "payfleet-workers", "payfleet-tests"]
+        .into_iter()
+        .filter(|name| manifest.contains(name))
+        .collect();
+    assert!(fleet.is_empty(), "the gateway depends on {fleet:?}");
+}
+
+#[test]
+fn ops_the_demo_and_the_bench_print_nothing() {
+    let printing: Vec<String> = source_files()
+        .into_iter()
+        .filter(|(name, _)| {
+            [
+                "workers/src/ops/",
+                "workers/src/demo/",
+                "workers/src/bench/",
+            ]
+            .iter()
+            .any(|dir| name.starts_with(dir))
+        })
+        .filter(|(_, text)| {
+            ["println!", "print!", "eprintln!", "eprint!", "stdout()"]
+                .iter()
+                .any(|p| text.contains(p))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        printing.is_empty(),
+        "these return data; the binary (bin/payfleet/render.rs) prints:\n{}",
+        printing.join("\n")
+    );
 }

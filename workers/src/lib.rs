@@ -13,7 +13,6 @@ pub mod jobs;
 #[cfg(test)]
 mod layout;
 pub mod ops;
-pub mod sandbox_gateway;
 #[deny(clippy::too_many_lines)]
 pub mod stages;
 pub mod upstream_user;

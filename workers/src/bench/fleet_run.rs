@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
 };
@@ -17,7 +16,7 @@ use payfleet_common::{
 };
 use sqlx::PgPool;
 
-use super::{Options, resources, shadow::Shadow, workload};
+use super::{Live, Options, resources, shadow::Shadow, workload};
 use crate::invariants;
 
 /// What one fleet run measured.
@@ -112,9 +111,10 @@ pub async fn run(
     options: &Options,
     seed: u64,
     gateway_url: Option<&str>,
+    live: &mut (impl FnMut(Live<'_>) + Send),
 ) -> anyhow::Result<FleetRun> {
     let shadow = Shadow::create(base, name).await?;
-    let measured = measure(&shadow.settings, name, options, seed, gateway_url).await;
+    let measured = measure(&shadow.settings, name, options, seed, gateway_url, live).await;
     if !options.keep {
         shadow.remove().await?;
     }
@@ -127,6 +127,7 @@ async fn measure(
     options: &Options,
     seed: u64,
     gateway_url: Option<&str>,
+    live: &mut (impl FnMut(Live<'_>) + Send),
 ) -> anyhow::Result<FleetRun> {
     crate::apply_topology(settings).await?;
     let topology = Topology::from_settings(settings)?;
@@ -184,14 +185,12 @@ async fn measure(
     let (done, settled) = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (done, settled) = finished(&pool, &like).await?;
-        if options.progress {
-            print!(
-                "\r  fleet {run_id}: {done}/{} payments final · {:.1} s   ",
-                options.payments,
-                started.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stdout().flush();
-        }
+        live(Live::FleetTick {
+            run_id,
+            done,
+            payments: options.payments,
+            elapsed: started.elapsed(),
+        });
         if done >= options.payments as i64 {
             break (done, settled);
         }
@@ -207,9 +206,7 @@ async fn measure(
     let after = resources::sample();
     let (commits_after, statements_after) = counters(&pool).await?;
     let handled_after = handle_sums();
-    if options.progress {
-        println!();
-    }
+    live(Live::FleetDone);
     if let Some(publishing) = publishing {
         publishing.await.context("publisher task")??;
     }

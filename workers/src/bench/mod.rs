@@ -5,6 +5,8 @@
 //! and the report gives the fleet's payments/s as a share of the null
 //! pipeline's messages/s, with latency, per-stage handling time, CPU per
 //! process group, commits per payment, peak memory and the invariant check.
+//! It prints nothing: it reports its progress ([`Live`]) to the caller, and
+//! the report is a value (shown through its `Display`, or as JSON).
 
 pub mod fleet_run;
 pub mod null_pipeline;
@@ -36,10 +38,25 @@ pub struct Options {
     pub rate: Option<f64>,
     /// Keep the shadow vhosts and databases.
     pub keep: bool,
-    /// Draw a progress line.
-    #[serde(skip)]
-    pub progress: bool,
     pub seed: u64,
+}
+
+/// What a benchmark reports as it goes, for a live display.
+#[derive(Debug, Clone, Copy)]
+pub enum Live<'a> {
+    /// A null pipeline run (numbered from 1) is done.
+    NullRun { run: usize, per_second: f64 },
+    /// Where a fleet run stands, every 50 ms.
+    FleetTick {
+        run_id: &'a str,
+        done: i64,
+        payments: usize,
+        elapsed: std::time::Duration,
+    },
+    /// Every payment of the fleet run is final.
+    FleetDone,
+    /// A fleet run (numbered from 1) is measured.
+    FleetRun { run: usize, measured: &'a FleetRun },
 }
 
 /// What `payfleet bench` found.
@@ -74,8 +91,13 @@ fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Runs the benchmark on the servers of `settings`, in shadow environments.
-pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<Report> {
+/// Runs the benchmark on the servers of `settings`, in shadow environments;
+/// `live` hears how it goes.
+pub async fn run(
+    settings: &Settings,
+    options: Options,
+    mut live: impl FnMut(Live<'_>) + Send,
+) -> anyhow::Result<Report> {
     if options.payments == 0 {
         bail!("--payments must be at least 1");
     }
@@ -99,9 +121,9 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<Report
     let gateway_stop = CancellationToken::new();
     let gateway_url = if needs_sandbox {
         // The sandbox with no webhook delay, calling back to this process.
-        let mut config = crate::sandbox_gateway::GatewayConfig::standard();
+        let mut config = payfleet_sandbox_gateway::GatewayConfig::standard();
         config.webhook_delay = std::time::Duration::ZERO;
-        let gateway = crate::sandbox_gateway::Gateway::new(config);
+        let gateway = payfleet_sandbox_gateway::Gateway::new(config);
         let (addr, _) = gateway
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
             .await?;
@@ -124,12 +146,10 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<Report
             null_shadow.remove().await?;
         }
         let rate = options.payments as f64 / elapsed?.as_secs_f64();
-        if options.progress {
-            println!(
-                "  null  run {}: {rate:.0} messages/s through 6 hops",
-                run + 1
-            );
-        }
+        live(Live::NullRun {
+            run: run + 1,
+            per_second: rate,
+        });
         null_per_second.push(rate);
         let measured = fleet_run::run(
             &base,
@@ -137,17 +157,13 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<Report
             &options,
             options.seed.wrapping_add(run as u64),
             gateway_url.as_deref(),
+            &mut live,
         )
         .await?;
-        if options.progress {
-            println!(
-                "  fleet run {}: {:.0} payments/s, {} of {} settled",
-                run + 1,
-                measured.per_second,
-                measured.settled,
-                measured.payments
-            );
-        }
+        live(Live::FleetRun {
+            run: run + 1,
+            measured: &measured,
+        });
         fleet.push(measured);
     }
     gateway_stop.cancel();

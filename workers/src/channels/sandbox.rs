@@ -1,22 +1,72 @@
 //! A channel of the sandbox gateway, over HTTP; its webhooks are signed
 //! with the channel's secret in the `x-sandbox-*` headers.
+//!
+//! The adapter is a client of the gateway's documented HTTP API and links
+//! to none of the gateway's code: it has its own reading of the webhook
+//! notice, its own header names and its own signature check, as a real
+//! integration implements a provider's protocol. The tests in
+//! `tests/channels.rs`, which drive the gateway's server against the
+//! fleet, are the contract check between the two implementations.
 
 use std::time::Duration;
 
-use chrono::Utc;
-use payfleet_common::messages::{self, ChannelStatus};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use payfleet_common::messages::ChannelStatus;
 use reqwest::header::HeaderMap;
 use rust_decimal::Decimal;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use super::{
     Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, WebhookNotice, WebhookRefusal,
     is_currency_code,
 };
-use crate::sandbox_gateway::{
-    Notice, SIGNATURE_HEADER, TIMESTAMP_HEADER, TradeStatus, sign_notice,
-};
+
+/// The header a webhook carries its timestamp (Unix seconds) in.
+const TIMESTAMP_HEADER: &str = "x-sandbox-timestamp";
+/// The header a webhook carries its signature in.
+const SIGNATURE_HEADER: &str = "x-sandbox-signature";
+
+/// A trade's status as the gateway states it in a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum TradeStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Closed,
+}
+
+/// A webhook body, as the gateway documents it.
+#[derive(Debug, Deserialize)]
+struct Notice {
+    channel: String,
+    out_trade_no: String,
+    trade_no: String,
+    status: TradeStatus,
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    currency: String,
+    reason: Option<String>,
+    /// When the gateway decided this status.
+    occurred_at: DateTime<Utc>,
+}
+
+/// Whether `signature` (hex) is HMAC-SHA256(secret, "{timestamp}.{body}"),
+/// compared in constant time.
+fn signature_holds(secret: &str, timestamp: i64, body: &[u8], signature: &str) -> bool {
+    let Ok(given) = hex::decode(signature.trim()) else {
+        return false;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
 
 /// A channel of the sandbox gateway, over HTTP.
 pub struct SandboxChannel {
@@ -254,7 +304,7 @@ impl ChannelAdapter for SandboxChannel {
         let (signed_timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
         let timestamp: i64 = signed_timestamp.parse().unwrap_or(0);
         let age_ms = (Utc::now().timestamp() - timestamp).abs() * 1000;
-        if !messages::verify_hex(&sign_notice(secret, timestamp, body), &signature) {
+        if !signature_holds(secret, timestamp, body, &signature) {
             return Err(WebhookRefusal::BadSignature);
         }
         if age_ms as u64 > u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX) {
@@ -330,6 +380,49 @@ mod tests {
                 "{raw} must be no answer"
             );
         }
+    }
+
+    #[test]
+    fn a_signature_is_hex_hmac_sha256_of_timestamp_dot_body() {
+        // computed apart from both implementations
+        let signature = "1adaf11cef45ff74143e01f896abe485e46e5cb6b3f38ca749ebe43c36a46cb0";
+        let body = br#"{"a":1}"#;
+        assert!(signature_holds(
+            "wallet-secret",
+            1_700_000_000,
+            body,
+            signature
+        ));
+        assert!(signature_holds(
+            "wallet-secret",
+            1_700_000_000,
+            body,
+            &format!(" {} ", signature.to_uppercase())
+        ));
+        assert!(!signature_holds(
+            "card-secret",
+            1_700_000_000,
+            body,
+            signature
+        ));
+        assert!(!signature_holds(
+            "wallet-secret",
+            1_700_000_001,
+            body,
+            signature
+        ));
+        assert!(!signature_holds(
+            "wallet-secret",
+            1_700_000_000,
+            body,
+            &signature[..62]
+        ));
+        assert!(!signature_holds(
+            "wallet-secret",
+            1_700_000_000,
+            body,
+            "not hex"
+        ));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `payfleet run --demo N`: seeds a demo catalogue, starts the whole fleet
 //! in this process, publishes N realistic mixed payment requests to the
-//! ingress exchange like an upstream shop would, shows a live progress line,
-//! and ends with a summary and the invariant check.
+//! ingress exchange like an upstream shop would, reports its progress as it
+//! goes ([`Live`]), and ends with a summary and the invariant check. It
+//! prints nothing itself: the binary draws the progress line and prints
+//! the summary.
 
 mod merchant;
 mod plan;
@@ -20,7 +22,6 @@ use report::{progress, quiet, summarize};
 use seed::seed_catalogue;
 
 use std::{
-    io::Write,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -43,39 +44,51 @@ use crate::{domain::ledger, invariants};
 pub const SHOP: &str = "demo-shop";
 pub const SHOP_KEY: &str = "demo-shop-signing-key";
 
-/// Runs the demo; returns an error (non-zero exit) when it did not finish
-/// cleanly or an invariant broke.
+/// Runs the demo quietly; returns an error when it did not finish cleanly
+/// or an invariant broke.
 pub async fn run(settings: Settings, requests: usize) -> anyhow::Result<()> {
-    let (finished, verdict) = carry(settings, requests, true).await?;
-    println!("{}", verdict.summary);
-    if !finished {
-        bail!("not every payment reached a terminal state within the deadline");
-    }
-    if !verdict.invariants.ok() {
-        bail!("invariants broken");
-    }
-    Ok(())
+    let (finished, verdict) = carry(settings, requests, |_| {}).await?;
+    verdict.outcome(finished)
+}
+
+/// What a demo run reports as it goes, for a live display.
+#[derive(Debug, Clone, Copy)]
+pub enum Live<'a> {
+    /// The catalogue is seeded and the fleet is starting.
+    Started { run_id: &'a str, requests: usize },
+    /// Where the run stands, four times a second.
+    Tick(Tick),
+    /// The wait is over (finished or out of time).
+    Ended,
+}
+
+/// Where a run stands at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    pub elapsed: Duration,
+    pub published: u64,
+    pub requests: usize,
+    pub expected_payments: i64,
+    pub progress: Progress,
 }
 
 /// The demo load carried by a fleet in this process: whether it finished
-/// within its deadline, and what the check found. `live` draws the progress line.
+/// within its deadline, and what the check found. `live` hears how it goes.
 pub async fn carry(
     settings: Settings,
     requests: usize,
-    live: bool,
+    mut live: impl FnMut(Live<'_>) + Send,
 ) -> anyhow::Result<(bool, Verdict)> {
     let mut load = Load::prepare(settings, requests, PLAN_SEED).await?;
-    if live {
-        println!(
-            "payfleet demo {}: {requests} requests, catalogue seeded, fleet starting",
-            load.run_id
-        );
-    }
+    live(Live::Started {
+        run_id: &load.run_id,
+        requests,
+    });
     let fleet = crate::fleet(load.settings.clone(), &[], true).await?;
     let stop = CancellationToken::new();
     let running = tokio::spawn(fleet.run(stop.clone()));
     let publishing = load.publish(stop.child_token())?;
-    let finished = load.wait(load.deadline(), live).await?;
+    let finished = load.wait(load.deadline(), &mut live).await?;
     publishing.await.context("publisher task")??;
     stop.cancel();
     running.await.context("fleet task")??;
@@ -112,7 +125,7 @@ pub struct Load {
 
 /// What a finished load found.
 pub struct Verdict {
-    /// The printed summary (statuses, channels, throughput, retries, dead letters, webhooks).
+    /// The summary to show (statuses, channels, throughput, retries, dead letters, webhooks).
     pub summary: String,
     /// Every invariant, and the books against the sandbox's own store.
     pub invariants: invariants::Report,
@@ -121,6 +134,20 @@ pub struct Verdict {
     pub webhook_ids: u64,
     /// Payments of this run that reached a terminal status.
     pub payments: i64,
+}
+
+impl Verdict {
+    /// An error when the run did not finish within its deadline or an
+    /// invariant broke.
+    pub fn outcome(&self, finished: bool) -> anyhow::Result<()> {
+        if !finished {
+            bail!("not every payment reached a terminal state within the deadline");
+        }
+        if !self.invariants.ok() {
+            bail!("invariants broken");
+        }
+        Ok(())
+    }
 }
 
 impl Load {
@@ -151,8 +178,9 @@ impl Load {
 
         let (webhook_url, webhooks) = webhook_receiver().await?;
         // The third party: the sandbox gateway, in this process but with its own store.
-        let gateway =
-            crate::sandbox_gateway::Gateway::new(crate::sandbox_gateway::GatewayConfig::standard());
+        let gateway = payfleet_sandbox_gateway::Gateway::new(
+            payfleet_sandbox_gateway::GatewayConfig::standard(),
+        );
         let gateway_stop = CancellationToken::new();
         let (gateway_addr, _) = gateway
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
@@ -238,28 +266,23 @@ impl Load {
     }
 
     /// Waits until the run is finished (`true`) or `within` has passed
-    /// (`false`), drawing the live progress line when `live` is set.
-    pub async fn wait(&self, within: Duration, live: bool) -> anyhow::Result<bool> {
+    /// (`false`), telling `live` where it stands as it goes.
+    pub async fn wait(
+        &self,
+        within: Duration,
+        mut live: impl FnMut(Live<'_>) + Send,
+    ) -> anyhow::Result<bool> {
         let deadline = Instant::now() + within;
         let finished = loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let progress = self.progress().await?;
-            if live {
-                print!(
-                    "\r[{:>6.1}s] published {}/{} · payments {}/{} terminal (settled {}, failed {}, rejected {}) · refused {} · dead letters {}   ",
-                    self.started.elapsed().as_secs_f64(),
-                    self.published.load(Ordering::Relaxed),
-                    self.requests,
-                    progress.terminal,
-                    self.expected_payments,
-                    progress.settled,
-                    progress.failed,
-                    progress.rejected,
-                    progress.refused,
-                    progress.dead,
-                );
-                let _ = std::io::stdout().flush();
-            }
+            live(Live::Tick(Tick {
+                elapsed: self.started.elapsed(),
+                published: self.published.load(Ordering::Relaxed),
+                requests: self.requests,
+                expected_payments: self.expected_payments,
+                progress,
+            }));
             if self.complete(&progress) && quiet(&self.pool, self.started_at).await? {
                 break true;
             }
@@ -267,9 +290,7 @@ impl Load {
                 break false;
             }
         };
-        if live {
-            println!();
-        }
+        live(Live::Ended);
         Ok(finished)
     }
 

@@ -26,7 +26,7 @@ pub(super) struct Catalogue {
 
 /// Points the sandbox channels of the routing table at this run's gateway.
 pub(crate) async fn seed_channels(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
-    for channel in crate::sandbox_gateway::GatewayConfig::standard().channels {
+    for channel in payfleet_sandbox_gateway::GatewayConfig::standard().channels {
         let methods = if channel.name == "sandbox-card" {
             vec!["card"]
         } else {

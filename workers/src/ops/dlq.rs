@@ -19,7 +19,6 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use payfleet_common::{
     CancellationToken, Settings, Topology,
@@ -28,6 +27,8 @@ use payfleet_common::{
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
+
+use super::{Error, Result, error::Doing};
 
 /// Which rows an action applies to.
 #[derive(Debug, Clone, Default)]
@@ -66,13 +67,13 @@ pub struct Row {
 }
 
 /// Moves whatever sits in the DLQs of `stages` into the store (commit, then ack).
-pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> anyhow::Result<u64> {
+pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> Result<u64> {
     let connection = broker::connect_once(
         &payfleet_common::broker::Endpoint::from_settings(settings)?,
         "payfleet-dlq-drain",
     )
     .await
-    .with_context(|| {
+    .doing_with(|| {
         format!(
             "connecting to RabbitMQ (amqp_url, vhost {})",
             settings.amqp_vhost()
@@ -95,7 +96,7 @@ pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> any
             keeper
                 .store(&message.delivery)
                 .await
-                .context("storing a dead letter")?;
+                .doing("storing a dead letter")?;
             message
                 .delivery
                 .acker
@@ -108,7 +109,7 @@ pub async fn drain(settings: &Settings, pool: &PgPool, stages: &[String]) -> any
     Ok(drained)
 }
 
-pub async fn select(pool: &PgPool, s: &Selection) -> anyhow::Result<Vec<Row>> {
+pub async fn select(pool: &PgPool, s: &Selection) -> Result<Vec<Row>> {
     let older = s.older_than.map(|d| chrono::Utc::now() - d);
     let statuses: Vec<String> = s.statuses.iter().map(|s| (*s).to_owned()).collect();
     Ok(sqlx::query_as(
@@ -133,82 +134,44 @@ pub async fn select(pool: &PgPool, s: &Selection) -> anyhow::Result<Vec<Row>> {
     .await?)
 }
 
-pub fn print_table(rows: &[Row]) {
-    println!(
-        "{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  error",
-        "id", "stage", "kind", "status", "att", "age", "last failure", "payment"
-    );
-    let now = chrono::Utc::now();
-    for r in rows {
-        let age = now - r.first_failed_at;
-        let age = if age.num_hours() >= 24 {
-            format!("{}d", age.num_days())
-        } else if age.num_minutes() >= 60 {
-            format!("{}h", age.num_hours())
-        } else {
-            format!("{}m", age.num_minutes())
-        };
-        println!(
-            "{:>6}  {:<16} {:<12} {:<10} {:>4}  {:<8}  {:<20}  {:<36}  {}",
-            r.id,
-            r.stage,
-            r.error_kind,
-            r.status,
-            r.attempts,
-            age,
-            r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
-            r.correlation_id.as_deref().unwrap_or("-"),
-            r.error_message.chars().take(80).collect::<String>()
-        );
-    }
-    println!("{} dead letter(s)", rows.len());
+/// One stored dead letter, whole: what `dlq show` shows.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub stage: String,
+    pub status: String,
+    pub error_kind: String,
+    pub message_id: String,
+    pub properties: Value,
+    pub headers: Value,
+    pub body: Vec<u8>,
 }
 
-/// `dlq show`: headers and the pretty-printed body.
-pub async fn show(pool: &PgPool, id_or_message: &str) -> anyhow::Result<()> {
-    type Stored = (i64, String, String, String, String, Value, Value, Vec<u8>);
-    let row: Option<Stored> = sqlx::query_as(
+/// `dlq show`: the dead letter with this id or message id (the latest).
+pub async fn show(pool: &PgPool, id_or_message: &str) -> Result<DeadLetter> {
+    let row: Option<DeadLetter> = sqlx::query_as(
         "SELECT id, stage, status, error_kind, message_id, properties, headers, body FROM dead_letters
          WHERE id::text = $1 OR message_id = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(id_or_message)
     .fetch_optional(pool)
     .await?;
-    let Some((id, stage, status, kind, message_id, properties, headers, body)) = row else {
-        bail!("no dead letter with id or message id `{id_or_message}`");
-    };
-    println!("dead letter {id}: stage {stage}, {kind}, {status}, message id {message_id}");
-    println!("properties: {}", serde_json::to_string_pretty(&properties)?);
-    println!("headers: {}", serde_json::to_string_pretty(&headers)?);
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(value) => println!(
-            "body ({} bytes, JSON):\n{}",
-            body.len(),
-            serde_json::to_string_pretty(&value)?
-        ),
-        Err(_) => println!(
-            "body ({} bytes, not JSON): {}",
-            body.len(),
-            String::from_utf8_lossy(&body)
-        ),
-    }
-    Ok(())
+    row.ok_or_else(|| {
+        Error::not_found(format!(
+            "no dead letter with id or message id `{id_or_message}`"
+        ))
+    })
 }
 
-/// Replays the selected parked rows; returns how many were put back.
+/// Replays the selected parked rows; returns how many were put back. What
+/// a replay would take is [`select`] of the same selection.
 pub async fn replay(
     settings: &Settings,
     pool: &PgPool,
     selection: &Selection,
     operator: &str,
-    dry_run: bool,
-) -> anyhow::Result<usize> {
+) -> Result<usize> {
     let rows = select(pool, selection).await?;
-    if dry_run {
-        print_table(&rows);
-        println!("dry run: {} dead letter(s) would be replayed", rows.len());
-        return Ok(0);
-    }
     let topology = Topology::from_settings(settings)?;
     let publisher = Publisher::new(
         broker::Endpoint::from_settings(settings)?,
@@ -266,7 +229,7 @@ pub async fn replay(
             let delivery = row
                 .message_id
                 .parse::<uuid::Uuid>()
-                .with_context(|| format!("dead letter {}: not a webhook delivery id", row.id))?;
+                .doing_with(|| format!("dead letter {}: not a webhook delivery id", row.id))?;
             // The resend marks this dead letter replayed in its own
             // transaction: let go of the claim first (resetting a delivery
             // twice only sends it again, with the same webhook-id).
@@ -294,8 +257,8 @@ pub async fn replay(
         // A failed publish rolls the claim back: the row stays parked.
         tokio::time::timeout(Duration::from_secs(30), publisher.publish(&message))
             .await
-            .context("publishing a replay timed out")?
-            .with_context(|| format!("replaying dead letter {} to stage {}", row.id, row.stage))?;
+            .map_err(|_| Error::told("publishing a replay timed out"))?
+            .doing_with(|| format!("replaying dead letter {} to stage {}", row.id, row.stage))?;
         sqlx::query(
             "UPDATE dead_letters SET status = 'replayed', status_changed_at = now() WHERE id = $1",
         )
@@ -312,7 +275,7 @@ pub async fn replay(
 
 /// Marks the selected rows purged, with their audit in the same
 /// transaction; nothing is deleted.
-pub async fn purge(pool: &PgPool, selection: &Selection, operator: &str) -> anyhow::Result<usize> {
+pub async fn purge(pool: &PgPool, selection: &Selection, operator: &str) -> Result<usize> {
     let rows = select(pool, selection).await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let mut tx = pool.begin().await?;
@@ -334,7 +297,7 @@ async fn audit(
     operator: &str,
     selection: &Value,
     ids: &[i64],
-) -> anyhow::Result<()> {
+) -> Result<()> {
     sqlx::query("INSERT INTO replay_audit (action, operator, selection, dead_letter_ids, count) VALUES ($1, $2, $3, $4, $5)")
         .bind(action)
         .bind(operator)
@@ -352,7 +315,7 @@ pub async fn delete_purged(
     pool: &PgPool,
     retention: chrono::Duration,
     operator: &str,
-) -> anyhow::Result<u64> {
+) -> Result<u64> {
     let before = chrono::Utc::now() - retention;
     let mut tx = pool.begin().await?;
     let deleted: Vec<i64> = sqlx::query_scalar(

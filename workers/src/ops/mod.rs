@@ -2,11 +2,14 @@
 //! what on-call needs at 3 a.m., every action on record.
 
 pub mod dlq;
+mod error;
 pub mod payment;
 pub mod publish;
 pub mod reconcile;
 pub mod status;
 pub mod webhook;
+
+pub use error::{BoxError, Error, Result};
 
 /// Who is acting: `--operator`, else `$USER`, else `unknown`.
 pub fn operator(given: Option<String>) -> String {

@@ -3,17 +3,17 @@
 //! the state before and after, and each going through the fleet's own code
 //! (TCC Confirm / Cancel, the channel adapters), never a direct table edit.
 
-use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use payfleet_common::{
     Settings, Topology,
-    messages::{ChannelResult, Outcome as Final, SCHEMA_VERSION, kind},
+    messages::{ChannelResult, ChannelStatus, Outcome as Final, SCHEMA_VERSION, kind},
     outbox,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{Acquire, PgPool};
 use uuid::Uuid;
 
+use super::{Error, Result};
 use crate::{
     channels::{Adapters, ChannelReply},
     domain::{
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// `<payment id>` or `<merchant id>:<merchant order id>`.
-pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
+pub fn parse_reference(reference: &str) -> Result<Uuid> {
     if let Ok(id) = reference.parse::<Uuid>() {
         return Ok(id);
     }
@@ -34,12 +34,38 @@ pub fn parse_reference(reference: &str) -> anyhow::Result<Uuid> {
         Some((merchant, order)) if !merchant.is_empty() && !order.is_empty() => {
             Ok(order_validation::payment_id(merchant, order))
         }
-        _ => bail!("`{reference}` is neither a payment id nor merchant-id:merchant-order-id"),
+        _ => Err(Error::refused(format!(
+            "`{reference}` is neither a payment id nor merchant-id:merchant-order-id"
+        ))),
     }
 }
 
-/// The timeline: every row that carries the payment's id, by time.
-pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>, String, String)>> {
+/// What `payment show` tells of a payment: its head, then every row that
+/// carries its id, by time.
+#[derive(Debug)]
+pub struct Story {
+    pub id: Uuid,
+    pub merchant_id: String,
+    pub merchant_order_id: String,
+    pub user_id: String,
+    pub amount: rust_decimal::Decimal,
+    pub currency: String,
+    pub channel: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub timeline: Vec<Event>,
+}
+
+/// One line of a payment's timeline: when, by which stage, what.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub stage: String,
+    pub what: String,
+}
+
+/// The story of payment `id`.
+pub async fn show(pool: &PgPool, id: Uuid) -> Result<Story> {
     type Head = (
         String,
         String,
@@ -56,16 +82,13 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>,
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let Some((merchant, order, user, status, amount, currency, reason, channel)) = exists else {
-        bail!("no payment {id}");
+    let Some((merchant_id, merchant_order_id, user_id, status, amount, currency, reason, channel)) =
+        exists
+    else {
+        return Err(Error::not_found(format!("no payment {id}")));
     };
-    println!(
-        "payment {id}: {merchant}:{order}, user {user}, {amount} {currency}, channel {}, status {status}{}",
-        channel.as_deref().unwrap_or("-"),
-        reason.map(|r| format!(" ({r})")).unwrap_or_default()
-    );
     let id_text = id.to_string();
-    let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
+    let timeline: Vec<Event> = sqlx::query_as(
         "SELECT at, stage, what FROM (
            SELECT created_at AS at, 'order-validation' AS stage,
                   'payment accepted (risk ' || COALESCE(risk_decision, '-') || '), now ' || status || COALESCE(' — ' || reason, '') AS what
@@ -96,17 +119,44 @@ pub async fn show(pool: &PgPool, id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>,
     .bind(&id_text)
     .fetch_all(pool)
     .await?;
-    Ok(rows)
+    Ok(Story {
+        id,
+        merchant_id,
+        merchant_order_id,
+        user_id,
+        amount,
+        currency,
+        channel,
+        status,
+        reason,
+        timeline,
+    })
 }
 
-async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> anyhow::Result<Value> {
-    let (status, reason, reservation): (String, Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT p.status, p.reason, r.status FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
+/// A payment's state as a manual action found it and left it (in
+/// `manual_actions`; its fields in the order the record has always had).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Snapshot {
+    pub reason: Option<String>,
+    pub reservation: Option<String>,
+    pub status: String,
+}
+
+/// What `payment resolve` did: the payment before and after.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolution {
+    pub payment_id: Uuid,
+    pub before: Snapshot,
+    pub after: Snapshot,
+}
+
+async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Snapshot> {
+    Ok(sqlx::query_as(
+        "SELECT p.status, p.reason, r.status AS reservation FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
     )
     .bind(id)
     .fetch_one(conn)
-    .await?;
-    Ok(json!({"status": status, "reason": reason, "reservation": reservation}))
+    .await?)
 }
 
 /// `payment resolve --as paid|failed`: settles an exception (or a payment
@@ -122,26 +172,23 @@ pub async fn resolve(
     paid: bool,
     reason: &str,
     operator: &str,
-) -> anyhow::Result<Value> {
+) -> Result<Resolution> {
     if reason.trim().is_empty() {
-        bail!("--reason must say why");
+        return Err(Error::refused("--reason must say why"));
     }
     let topology = Topology::from_settings(settings)?;
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    let Some(p) = payment::lock(&mut tx, id)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-    else {
-        bail!("no payment {id}")
+    let Some(p) = payment::lock(&mut tx, id).await.map_err(Error::told)? else {
+        return Err(Error::not_found(format!("no payment {id}")));
     };
-    let status = p.status().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let status = p.status().map_err(Error::told)?;
     let before = snapshot(&mut tx, id).await?;
     if status != PaymentStatus::Paid && !status.may_move_to(PaymentStatus::Paid) {
-        bail!(
+        return Err(Error::refused(format!(
             "payment {id} is {}: only an exception, frozen or paid payment can be resolved by hand",
             status.as_str()
-        );
+        )));
     }
     // Never vouch for a charge the channel has not answered: its own word
     // (a status query) must be on record first.
@@ -154,57 +201,57 @@ pub async fn resolve(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some((attempt, channel, attempt_status)) = open_attempt {
-        bail!(
+        return Err(Error::refused(format!(
             "payment {id}: attempt {attempt} at {channel} is still {attempt_status}, the channel has not answered; \
              run `payfleet payment requery {id}` first (or let its status queries decide)"
-        );
+        )));
     }
     let detail = format!("resolved by {operator}: {reason}");
     // What the channel actually holds for this payment decides the way out.
     let charge = ChannelCharge::of_payment(&mut tx, id)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(Error::told)?;
     let outcome = if paid {
         if let Some(charge) = charge.as_ref().filter(|c| c.currency != p.currency) {
-            bail!(
+            return Err(Error::refused(format!(
                 "payment {id} is in {} but its channel charged {} {}: it cannot be settled; resolve it as failed (the charge is refunded)",
-                p.currency,
-                charge.amount,
-                charge.currency
-            );
+                p.currency, charge.amount, charge.currency
+            )));
         }
         if status != PaymentStatus::Paid {
             payment::transition(&mut tx, id, status, PaymentStatus::Paid, Some(&detail))
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(Error::told)?;
         }
         let p = payment::lock(&mut tx, id)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .context("payment vanished")?;
+            .map_err(Error::told)?
+            .ok_or_else(|| Error::told("payment vanished"))?;
         tcc::confirm(&mut tx, &p)
             .await
-            .map_err(|e| anyhow::anyhow!("Confirm: {e}"))?;
+            .map_err(|e| Error::told(format!("Confirm: {e}")))?;
         Final::Succeeded
     } else {
         if status == PaymentStatus::Paid {
-            bail!("payment {id} is paid at its channel: resolve it as paid, or refund it");
+            return Err(Error::refused(format!(
+                "payment {id} is paid at its channel: resolve it as paid, or refund it"
+            )));
         }
         if !tcc::cancel(&mut tx, &p, PaymentStatus::Failed, &detail)
             .await
-            .map_err(|e| anyhow::anyhow!("Cancel: {e}"))?
+            .map_err(|e| Error::told(format!("Cancel: {e}")))?
         {
-            bail!(
+            return Err(Error::refused(format!(
                 "payment {id} could not be cancelled from {}",
                 status.as_str()
-            );
+            )));
         }
         // The channel took money for it: all of it goes back to the payer.
         if let Some(charge) = &charge {
             charge
                 .owe_back(&mut tx, "resolved_failed")
                 .await
-                .map_err(|e| anyhow::anyhow!("owing the charge back: {e}"))?;
+                .map_err(|e| Error::told(format!("owing the charge back: {e}")))?;
         }
         Final::Failed
     };
@@ -221,12 +268,44 @@ pub async fn resolve(
         .bind(id)
         .bind(operator)
         .bind(reason)
-        .bind(&before)
-        .bind(&after)
+        .bind(json!(before))
+        .bind(json!(after))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(json!({"payment_id": id, "before": before, "after": after}))
+    Ok(Resolution {
+        payment_id: id,
+        before,
+        after,
+    })
+}
+
+/// What a channel said to `payment requery`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Resolved {
+        status: ChannelStatus,
+        amount: rust_decimal::Decimal,
+        currency: String,
+    },
+    Pending,
+    /// No answer: why.
+    Unknown(String),
+}
+
+/// As the answer is put on record (`integration_log`, `manual_actions`).
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Resolved {
+                status,
+                amount,
+                currency,
+            } => write!(f, "{status:?} ({amount} {currency})"),
+            Answer::Pending => f.write_str("still pending"),
+            Answer::Unknown(error) => write!(f, "no answer: {error}"),
+        }
+    }
 }
 
 /// `payment requery`: asks the channel about the open attempt now; a final
@@ -236,7 +315,7 @@ pub async fn requery(
     pool: &PgPool,
     id: Uuid,
     operator: &str,
-) -> anyhow::Result<String> {
+) -> Result<Answer> {
     let topology = Topology::from_settings(settings)?;
     let attempt: Option<(Uuid, String, String)> =
         sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
@@ -244,7 +323,9 @@ pub async fn requery(
             .fetch_optional(pool)
             .await?;
     let Some((attempt_id, channel, attempt_status)) = attempt else {
-        bail!("payment {id} has no attempt at a channel")
+        return Err(Error::not_found(format!(
+            "payment {id} has no attempt at a channel"
+        )));
     };
     let adapter = Adapters::new(std::time::Duration::from_millis(
         settings.channel_timeout_ms,
@@ -261,7 +342,11 @@ pub async fn requery(
             reason,
             ..
         } => (
-            format!("{status:?} ({amount} {currency})"),
+            Answer::Resolved {
+                status: *status,
+                amount: *amount,
+                currency: currency.clone(),
+            },
             Some(ChannelResult {
                 schema_version: SCHEMA_VERSION,
                 payment_id: id,
@@ -275,15 +360,16 @@ pub async fn requery(
                 reported_at: Utc::now(),
             }),
         ),
-        ChannelReply::Pending { .. } => ("still pending".to_owned(), None),
-        ChannelReply::Unknown { error } => (format!("no answer: {error}"), None),
+        ChannelReply::Pending { .. } => (Answer::Pending, None),
+        ChannelReply::Unknown { error } => (Answer::Unknown(error.clone()), None),
     };
+    let said = answer.to_string();
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload) VALUES ($1, $2, $3, 'query', $4)")
         .bind(id)
         .bind(attempt_id)
         .bind(&channel)
-        .bind(json!({"call": "manual requery", "operator": operator, "answer": answer}))
+        .bind(json!({"call": "manual requery", "operator": operator, "answer": said}))
         .execute(&mut *tx)
         .await?;
     if let Some(result) = result {
@@ -300,7 +386,7 @@ pub async fn requery(
         .bind(id)
         .bind(operator)
         .bind(json!({"attempt": attempt_id, "attempt_status": attempt_status}))
-        .bind(json!({"answer": answer}))
+        .bind(json!({"answer": said}))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, bail};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -13,6 +12,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::{Error, Result, error::Doing};
 use crate::domain::attempt::AttemptStatus;
 
 #[derive(Debug, Default, Serialize)]
@@ -42,14 +42,25 @@ fn same_status(ours: &str, theirs: &str) -> bool {
     }
 }
 
-pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::Result<Summary> {
+/// The channels with a statement to download (a `base_url`), by name.
+pub async fn statement_channels(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM channels WHERE base_url IS NOT NULL ORDER BY name")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<Summary> {
     let base_url: Option<Option<String>> =
         sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
             .bind(channel)
             .fetch_optional(pool)
             .await?;
     let Some(Some(base_url)) = base_url else {
-        bail!("channel `{channel}` has no statement to download (not a sandbox channel)")
+        return Err(Error::refused(format!(
+            "channel `{channel}` has no statement to download (not a sandbox channel)"
+        )));
     };
     let url = format!(
         "{}/channels/{channel}/statement?date={day}",
@@ -57,7 +68,7 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> anyhow::
     );
     let statement: Value = reqwest::get(&url)
         .await
-        .with_context(|| format!("downloading {url}"))?
+        .doing_with(|| format!("downloading {url}"))?
         .error_for_status()?
         .json()
         .await?;

@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::Result;
+
 #[derive(Debug, Default, Serialize)]
 pub struct StageStatus {
     pub ready: i64,
@@ -37,9 +39,18 @@ pub struct FleetStatus {
     pub outbox_backlog: i64,
     pub outbox_oldest_seconds: Option<f64>,
     pub payments_by_status: BTreeMap<String, i64>,
-    pub oldest_open_payment: Option<Value>,
+    pub oldest_open_payment: Option<OpenPayment>,
     pub refunds_owed: i64,
     pub attention: Vec<String>,
+}
+
+/// The payment open longest (its fields in the order `--json` has always
+/// shown them).
+#[derive(Debug, Serialize)]
+pub struct OpenPayment {
+    pub age_seconds: f64,
+    pub payment_id: uuid::Uuid,
+    pub status: String,
 }
 
 pub struct Thresholds {
@@ -51,7 +62,7 @@ pub async fn collect(
     settings: &Settings,
     pool: &PgPool,
     thresholds: &Thresholds,
-) -> anyhow::Result<FleetStatus> {
+) -> Result<FleetStatus> {
     let topology = Topology::from_settings(settings)?;
     let vhost = settings.amqp_vhost();
     let mut unavailable = Vec::new();
@@ -146,7 +157,11 @@ pub async fn collect(
         outbox_backlog: backlog,
         outbox_oldest_seconds: oldest,
         payments_by_status: by_status.into_iter().collect(),
-        oldest_open_payment: oldest_open.map(|(id, status, age)| serde_json::json!({"payment_id": id, "status": status, "age_seconds": age})),
+        oldest_open_payment: oldest_open.map(|(payment_id, status, age_seconds)| OpenPayment {
+            age_seconds,
+            payment_id,
+            status,
+        }),
         refunds_owed,
         attention,
     })
@@ -205,7 +220,7 @@ async fn from_management_api(
 async fn from_passive_declares(
     settings: &Settings,
     topology: &Topology,
-) -> anyhow::Result<BTreeMap<String, QueueCounts>> {
+) -> Result<BTreeMap<String, QueueCounts>> {
     let connection = crate::connect_broker(settings, "payfleet-status").await?;
     let mut queues = vec![topology.spec.ingress.queue.clone()];
     for stage in topology.stages() {
@@ -246,70 +261,6 @@ async fn from_passive_declares(
     }
     let _ = connection.close(200, "status read".into()).await;
     Ok(counts)
-}
-
-pub fn print(status: &FleetStatus) {
-    println!(
-        "payfleet on vhost {} — ingress ready {}",
-        status.vhost, status.ingress_ready
-    );
-    println!(
-        "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
-        "stage", "ready", "unacked", "consumers", "retrying (per level)", "dlq", "parked"
-    );
-    for (stage, s) in &status.stages {
-        let retrying: Vec<String> = s.retrying.iter().map(i64::to_string).collect();
-        println!(
-            "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
-            stage,
-            s.ready,
-            s.unacked
-                .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
-            s.consumers,
-            retrying.join("/"),
-            s.dlq_ready,
-            s.dead_letters_parked
-        );
-    }
-    println!(
-        "outbox: {} unsent{}",
-        status.outbox_backlog,
-        status
-            .outbox_oldest_seconds
-            .map(|a| format!(", oldest {a:.1} s"))
-            .unwrap_or_default()
-    );
-    let payments: Vec<String> = status
-        .payments_by_status
-        .iter()
-        .map(|(s, n)| format!("{s} {n}"))
-        .collect();
-    println!(
-        "payments: {}",
-        if payments.is_empty() {
-            "none".into()
-        } else {
-            payments.join(", ")
-        }
-    );
-    if let Some(oldest) = &status.oldest_open_payment {
-        println!(
-            "oldest open payment: {} ({}, {:.0} s)",
-            oldest["payment_id"].as_str().unwrap_or(""),
-            oldest["status"].as_str().unwrap_or(""),
-            oldest["age_seconds"].as_f64().unwrap_or(0.0)
-        );
-    }
-    for line in &status.unavailable {
-        println!("not shown: {line}");
-    }
-    if status.attention.is_empty() {
-        println!("ok: nothing needs attention");
-    } else {
-        for line in &status.attention {
-            println!("ATTENTION: {line}");
-        }
-    }
 }
 
 fn encode(vhost: &str) -> String {

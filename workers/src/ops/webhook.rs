@@ -11,6 +11,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Result;
+
 /// Which deliveries.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Filter {
@@ -53,7 +55,7 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
-pub async fn list(pool: &PgPool, f: &Filter) -> anyhow::Result<Vec<Delivery>> {
+pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<Delivery>> {
     Ok(sqlx::query_as(
         "SELECT d.id, d.payment_id, d.merchant_id, d.event_type, d.url, d.status, d.attempts, d.created_at, d.delivered_at,
                 (SELECT COALESCE(a.error, a.http_status::text) FROM webhook_attempts a
@@ -76,32 +78,6 @@ pub async fn list(pool: &PgPool, f: &Filter) -> anyhow::Result<Vec<Delivery>> {
     .await?)
 }
 
-pub fn print_table(rows: &[Delivery]) {
-    println!(
-        "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  last error",
-        "payment", "merchant", "event", "status", "att", "created", "url"
-    );
-    for d in rows {
-        println!(
-            "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  {}",
-            d.payment_id,
-            d.merchant_id,
-            d.event_type,
-            d.status,
-            d.attempts,
-            d.created_at.format("%Y-%m-%d %H:%M:%S"),
-            d.url,
-            d.last_error
-                .as_deref()
-                .unwrap_or("-")
-                .chars()
-                .take(80)
-                .collect::<String>()
-        );
-    }
-    println!("{} webhook(s)", rows.len());
-}
-
 /// Resets these deliveries (those not pending) so the webhook sender sends
 /// them again now; marks their parked dead letters replayed; records the
 /// resend. Returns the deliveries reset.
@@ -111,7 +87,7 @@ pub async fn resend(
     operator: &str,
     via: &str,
     selection: Value,
-) -> anyhow::Result<Vec<Uuid>> {
+) -> Result<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
     let reset: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE webhook_deliveries SET status = 'pending', schedule_from = attempts, next_attempt_at = now(),

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+// Ages (`30s`, `15m`, `2h`, `7d`) and times are read the one way ops reads them.
+use payfleet_workers::ops::{parse_age, webhook::parse_time};
 
 #[derive(Parser)]
 #[command(
@@ -370,14 +372,6 @@ pub(crate) enum PaymentCommand {
         #[arg(long)]
         operator: Option<String>,
     },
-}
-
-pub(crate) fn parse_age(text: &str) -> Result<chrono::Duration, String> {
-    payfleet_workers::ops::parse_age(text)
-}
-
-pub(crate) fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    payfleet_workers::ops::webhook::parse_time(text)
 }
 
 /// What `payfleet bench` measures.

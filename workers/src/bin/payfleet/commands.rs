@@ -1,10 +1,13 @@
 //! The operator commands of `payfleet` (`dlq`, `webhook`, `payment`):
-//! they call `payfleet_workers::ops` and print what it returns.
+//! they call `payfleet_workers::ops` and show what it returns (render.rs).
 
 use anyhow::Context;
 use payfleet_common::{Settings, Topology, db};
 
-use crate::args::{BenchArgs, DlqCommand, PaymentCommand, WebhookCommand};
+use crate::{
+    args::{BenchArgs, DlqCommand, PaymentCommand, WebhookCommand},
+    render,
+};
 
 pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
     use payfleet_workers::ops::{self, dlq::Selection};
@@ -55,10 +58,10 @@ pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Res
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                ops::dlq::print_table(&rows);
+                render::dead_letters(&rows);
             }
         }
-        DlqCommand::Show { id } => ops::dlq::show(&pool, &id).await?,
+        DlqCommand::Show { id } => render::dead_letter(&ops::dlq::show(&pool, &id).await?)?,
         DlqCommand::Replay {
             ids,
             stage,
@@ -89,14 +92,15 @@ pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Res
                 limit,
                 ..Selection::default()
             };
-            let operator = ops::operator(operator);
-            let replayed =
-                ops::dlq::replay(settings, &pool, &selection, &operator, dry_run).await?;
-            if !dry_run {
-                println!(
-                    "replayed {replayed} dead letter(s) as {operator} (recorded in replay_audit)"
-                );
+            if dry_run {
+                let rows = ops::dlq::select(&pool, &selection).await?;
+                render::dead_letters(&rows);
+                println!("dry run: {} dead letter(s) would be replayed", rows.len());
+                return Ok(());
             }
+            let operator = ops::operator(operator);
+            let replayed = ops::dlq::replay(settings, &pool, &selection, &operator).await?;
+            println!("replayed {replayed} dead letter(s) as {operator} (recorded in replay_audit)");
         }
         DlqCommand::Purge {
             ids,
@@ -156,7 +160,7 @@ pub(crate) async fn webhook(settings: &Settings, command: WebhookCommand) -> any
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                ops::webhook::print_table(&rows);
+                render::webhooks(&rows);
             }
         }
         WebhookCommand::Resend {
@@ -182,7 +186,7 @@ pub(crate) async fn webhook(settings: &Settings, command: WebhookCommand) -> any
             let pool = db::connect(settings).await?;
             let rows = ops::webhook::list(&pool, &filter).await?;
             if dry_run {
-                ops::webhook::print_table(&rows);
+                render::webhooks(&rows);
                 println!("dry run: {} webhook(s) would be sent again", rows.len());
                 return Ok(());
             }
@@ -223,13 +227,7 @@ pub(crate) async fn payment(settings: &Settings, command: PaymentCommand) -> any
     match command {
         PaymentCommand::Show { reference } => {
             let id = ops::payment::parse_reference(&reference)?;
-            for (at, stage, what) in ops::payment::show(&pool, id).await? {
-                println!(
-                    "{}  {:<16} {what}",
-                    at.format("%Y-%m-%d %H:%M:%S%.3f"),
-                    stage
-                );
-            }
+            render::story(&ops::payment::show(&pool, id).await?);
         }
         PaymentCommand::Resolve {
             reference,
@@ -239,13 +237,10 @@ pub(crate) async fn payment(settings: &Settings, command: PaymentCommand) -> any
         } => {
             let id = ops::payment::parse_reference(&reference)?;
             let operator = ops::operator(operator);
-            let change =
+            let resolution =
                 ops::payment::resolve(settings, &pool, id, outcome == "paid", &reason, &operator)
                     .await?;
-            println!(
-                "resolved payment {id} as {outcome} by {operator}: {} → {}",
-                change["before"], change["after"]
-            );
+            render::resolution(&resolution, &outcome, &operator)?;
         }
         PaymentCommand::Requery {
             reference,
@@ -272,10 +267,15 @@ pub(crate) async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Resul
         runs: args.runs,
         rate: args.rate,
         keep: args.keep,
-        progress: !args.json && std::io::stdout().is_terminal(),
         seed: args.seed,
     };
-    let report = payfleet_workers::bench::run(settings, options).await?;
+    let progress = !args.json && std::io::stdout().is_terminal();
+    let report = payfleet_workers::bench::run(settings, options, |live| {
+        if progress {
+            render::bench_live(live);
+        }
+    })
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod render;
 
 use std::process::ExitCode;
 
@@ -153,7 +154,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             demo: Some(requests),
         } => {
-            payfleet_workers::demo::run(settings, requests).await?;
+            let (finished, verdict) =
+                payfleet_workers::demo::carry(settings, requests, render::demo_live).await?;
+            println!("{}", verdict.summary);
+            verdict.outcome(finished)?;
         }
         Command::Run { demo: None } => {
             db::migrate(&settings).await?;
@@ -166,14 +170,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             webhook_delay_ms,
         } => {
-            let mut config = payfleet_workers::sandbox_gateway::GatewayConfig::standard();
+            let mut config = payfleet_sandbox_gateway::GatewayConfig::standard();
             config.webhook_delay = std::time::Duration::from_millis(webhook_delay_ms);
             let channels: Vec<String> = config
                 .channels
                 .iter()
                 .map(|c| format!("{} ({:?}, fee {})", c.name, c.mode, c.fee_rate))
                 .collect();
-            let gateway = payfleet_workers::sandbox_gateway::Gateway::new(config);
+            let gateway = payfleet_sandbox_gateway::Gateway::new(config);
             let stop = payfleet_common::shutdown::on_signal();
             let (bound, served) = gateway
                 .serve(listen, stop)
@@ -203,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if watch {
                         print!("\x1b[2J\x1b[H");
                     }
-                    payfleet_workers::ops::status::print(&status);
+                    render::status(&status);
                 }
                 if !watch {
                     if !status.attention.is_empty() {
@@ -222,15 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let pool = db::connect(&settings).await?;
-            let channels: Vec<String> = match channel {
+            let channels = match channel {
                 Some(channel) => vec![channel],
-                None => {
-                    sqlx::query_scalar(
-                        "SELECT name FROM channels WHERE base_url IS NOT NULL ORDER BY name",
-                    )
-                    .fetch_all(&pool)
-                    .await?
-                }
+                None => payfleet_workers::ops::reconcile::statement_channels(&pool).await?,
             };
             let mut clean = true;
             for channel in channels {
@@ -240,25 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&summary)?);
                 } else {
-                    let counts: Vec<String> = summary
-                        .counts
-                        .iter()
-                        .map(|(k, n)| format!("{k} {n}"))
-                        .collect();
-                    println!(
-                        "{channel} {date}: {}",
-                        if counts.is_empty() {
-                            "no trades".into()
-                        } else {
-                            counts.join(", ")
-                        }
-                    );
-                    for m in &summary.mismatches {
-                        println!(
-                            "  {} attempt {} ours {} theirs {}",
-                            m["kind"], m["attempt_id"], m["ours"], m["theirs"]
-                        );
-                    }
+                    render::reconciliation(&summary);
                 }
             }
             if !clean {

@@ -1,5 +1,5 @@
-//! `payfleet sandbox-gateway`: a third-party payment gateway for tests and
-//! the demo. It keeps its own store (in memory; it never reads payfleet's
+//! `payfleet sandbox-gateway`: a third-party payment gateway for tests,
+//! the demo and the benchmark. It keeps its own store (in memory; it never reads payfleet's
 //! database, so reconciliation against it is real), serves several channels
 //! with their own fees, modes and webhook secrets, deduplicates on our
 //! idempotency key (`out_trade_no`: a second create returns the first result
@@ -41,10 +41,10 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
-use payfleet_common::CancellationToken;
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 mod protocol;
 
@@ -62,6 +62,11 @@ pub struct Gateway {
     config: Arc<GatewayConfig>,
     store: Arc<Mutex<Store>>,
     http: reqwest::Client,
+}
+
+/// A channel's fee on `amount`, to the cent (half away from zero).
+fn fee(amount: Decimal, rate: Decimal) -> Decimal {
+    (amount * rate).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -140,7 +145,7 @@ impl Gateway {
             .find(|c| c.name == channel)
             .map(|c| c.fee_rate)
             .unwrap_or_default();
-        trade.fee = payfleet_common::money::round(trade.amount * rate);
+        trade.fee = fee(trade.amount, rate);
         Some(trade.clone())
     }
 
@@ -280,7 +285,7 @@ async fn create(
                 fee: if declined {
                     Decimal::ZERO
                 } else {
-                    payfleet_common::money::round(charged_amount * config.fee_rate)
+                    fee(charged_amount, config.fee_rate)
                 },
                 refunded: Decimal::ZERO,
                 created_at: Utc::now(),

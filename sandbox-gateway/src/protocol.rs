@@ -1,13 +1,16 @@
 //! What the sandbox gateway speaks: its channels' configuration, its
 //! trades and requests, and its webhooks (the notice, its headers and its
-//! signature). The sandbox channel adapter reads the same types.
+//! signature). The fleet's sandbox channel adapter does not link to these:
+//! it implements the same wire protocol on its own, as a real integration
+//! implements a provider's documented API.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use payfleet_common::messages;
+use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 /// How a channel answers a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +140,9 @@ pub const SIGNATURE_HEADER: &str = "x-sandbox-signature";
 
 /// The webhook signature: hex HMAC-SHA256(secret, "{timestamp}.{body}").
 pub fn sign_notice(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut signed = format!("{timestamp}.").into_bytes();
-    signed.extend_from_slice(body);
-    messages::sign(secret, &signed)
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
 }
