@@ -14,6 +14,7 @@ pub mod jobs;
 mod layout;
 pub mod ops;
 pub mod sandbox_gateway;
+pub mod seed;
 #[deny(clippy::too_many_lines)]
 pub mod stages;
 pub mod upstream_user;
