@@ -35,19 +35,7 @@ struct Chain {
     fleet: Harness,
 }
 
-impl std::ops::Deref for Chain {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.fleet
-    }
-}
-
-impl std::ops::DerefMut for Chain {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.fleet
-    }
-}
+fleet::on_harness!(Chain);
 
 impl Chain {
     async fn new(tag: &str) -> anyhow::Result<Self> {

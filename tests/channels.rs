@@ -47,19 +47,7 @@ struct World {
     planted_trades: Vec<String>,
 }
 
-impl std::ops::Deref for World {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.fleet
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.fleet
-    }
-}
+fleet::on_harness!(World);
 
 impl World {
     async fn new(

@@ -30,7 +30,7 @@ use std::{
 
 use chrono::Utc;
 use payfleet_common::messages::{PaymentRequested, RequestedItem, SCHEMA_VERSION};
-use payfleet_tests::{TestEnv, free_port, wait_until};
+use payfleet_tests::{TestEnv, wait_until};
 use payfleet_workers::{
     domain::ledger,
     invariants, ops,
@@ -333,17 +333,14 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
         plans: plans.clone(),
     })?;
 
-    let http_port = free_port();
-    let env = TestEnv::with("growth", |s| {
-        s.http_addr = format!("127.0.0.1:{http_port}");
-        s.callback_base_url = format!("http://127.0.0.1:{http_port}");
+    let harness = fleet::Harness::new("growth", true, |s| {
         s.channel_timeout_ms = 1_000;
         s.status_query_delays_ms = vec![200, 400, 800];
         s.max_attempts = 8;
-        s.sweep_interval_ms = 200;
-        s.rollup_interval_ms = 100;
     })
     .await?;
+    let http_port = harness.http_port;
+    let env = harness.env;
     let gateway = Gateway::new(GatewayConfig {
         webhook_delay: Duration::from_millis(200),
         slow: Duration::from_millis(300),
@@ -386,7 +383,7 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
     // The fleet and the ops commands explain every statement they run.
     let mut fleet_settings = env.settings.clone();
     fleet_settings.database_url = explained(&env.settings.database_url);
-    let fleet = fleet::start_fleet(fleet_settings.clone(), &[], Some(http_port)).await?;
+    let fleet = fleet::start_fleet(fleet_settings.clone(), &[], http_port).await?;
 
     let scenario_started = Instant::now();
     let since = Utc::now();

@@ -251,18 +251,50 @@ impl Harness {
     /// Runs the `payfleet` CLI against this scenario's services, as an
     /// operator; its exit code, stdout and stderr.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"))
-            .envs(self.env.worker_env())
-            .env("RUST_LOG", "warn")
-            .env("USER", "oncall-test")
-            .stdin(std::process::Stdio::null())
-            .args(args)
-            .output()
-            .await?;
-        Ok((
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
+        cli(&self.env, args).await
     }
 }
+
+/// The `payfleet` binary set up against `env`'s services, as an operator runs it.
+pub fn payfleet(env: &TestEnv) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"));
+    command
+        .envs(env.worker_env())
+        .env("RUST_LOG", "warn")
+        .env("USER", "oncall-test")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs `payfleet <args>` against `env`'s services; its exit code, stdout and stderr.
+pub async fn cli(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = payfleet(env).args(args).output().await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Lets a scenario type whose field `fleet` is its [`Harness`] be used as
+/// one (`world.start(..)`, `world.env`, …).
+#[allow(unused_macros)]
+macro_rules! on_harness {
+    ($world:ty) => {
+        impl std::ops::Deref for $world {
+            type Target = fleet::Harness;
+
+            fn deref(&self) -> &fleet::Harness {
+                &self.fleet
+            }
+        }
+
+        impl std::ops::DerefMut for $world {
+            fn deref_mut(&mut self) -> &mut fleet::Harness {
+                &mut self.fleet
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_harness;
