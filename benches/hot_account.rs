@@ -14,7 +14,7 @@ use payfleet_common::{
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
 use payfleet_tests::TestEnv;
-use payfleet_workers::{domain::ledger, invariants};
+use payfleet_workers::{domain::ledger, invariants, seed};
 use rust_decimal::Decimal;
 
 const SHOP: &str = "bench-shop";
@@ -195,54 +195,28 @@ async fn run(
     Ok((count as f64 / elapsed.as_secs_f64(), elapsed))
 }
 
+/// The shop, merchants m000… (fee 0.6 %) with one SKU p000… each, the hot
+/// SKUs h000… all of m000, and users u0… with ample wallets.
 async fn seed(env: &TestEnv) -> anyhow::Result<()> {
-    let mut tx = env.pool.begin().await?;
-    sqlx::query("INSERT INTO merchants (id, name, signing_key) VALUES ($1, 'Bench shop', $2)")
-        .bind(SHOP)
-        .bind(KEY)
-        .execute(&mut *tx)
-        .await?;
-    for m in 0..MERCHANTS {
-        sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ($1, $1, 'k', 0.0060) ON CONFLICT DO NOTHING")
-            .bind(format!("m{m:03}"))
-            .execute(&mut *tx)
-            .await?;
-    }
-    for m in 0..MERCHANTS {
-        sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ($1, $2, $1, 10.00, 'CNY')")
-            .bind(format!("p{m:03}"))
-            .bind(format!("m{m:03}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, 1000000)")
-            .bind(format!("p{m:03}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ($1, 'm000', $1, 10.00, 'CNY')")
-            .bind(format!("h{m:03}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, 1000000)")
-            .bind(format!("h{m:03}"))
-            .execute(&mut *tx)
-            .await?;
-    }
-    for u in 0..USERS {
+    let sku = |sku: String, seller: &str| {
+        seed::product(&sku, seller, Decimal::new(1_000, 2)).stock(1_000_000)
+    };
+    let merchants = (0..MERCHANTS)
+        .map(|m| seed::merchant(&format!("m{m:03}"), "k").fee_rate(Decimal::new(60, 4)));
+    let spread = (0..MERCHANTS).map(|m| sku(format!("p{m:03}"), &format!("m{m:03}")));
+    let hot = (0..MERCHANTS).map(|m| sku(format!("h{m:03}"), "m000"));
+    let users = (0..USERS).map(|u| {
         let user = format!("u{u}");
-        sqlx::query("INSERT INTO users (id, name) VALUES ($1, $1)")
-            .bind(&user)
-            .execute(&mut *tx)
-            .await?;
-        ledger::top_up(
-            &mut tx,
-            &user,
-            "CNY",
-            Decimal::new(10_000_000, 2),
-            &format!("bench:{user}"),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        seed::user(&user).wallet("CNY", Decimal::new(10_000_000, 2), &format!("bench:{user}"))
+    });
+    seed::Catalogue {
+        merchants: std::iter::once(seed::merchant(SHOP, KEY).name("Bench shop"))
+            .chain(merchants)
+            .collect(),
+        products: spread.chain(hot).collect(),
+        users: users.collect(),
+        ..Default::default()
     }
-    tx.commit().await?;
-    Ok(())
+    .seed(&env.pool)
+    .await
 }

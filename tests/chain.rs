@@ -3,6 +3,8 @@
 //! exchange, waits for the outcome, and asserts exact statuses, balances,
 //! stock, ledger postings and events, then the invariants.
 
+mod fleet;
+
 use std::{
     collections::BTreeMap,
     sync::atomic::{AtomicBool, Ordering},
@@ -10,37 +12,30 @@ use std::{
 };
 
 use chrono::Utc;
-use lapin::{
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use fleet::{Harness, SHOP, SHOP_KEY, WAIT, d};
+use lapin::types::FieldTable;
 use payfleet_common::{
-    CancellationToken, Settings, broker,
+    Settings, broker,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
-use payfleet_tests::{TestEnv, wait_until};
-use payfleet_workers::{domain::ledger, invariants, stages::order_validation};
+use payfleet_tests::wait_until;
+use payfleet_workers::{
+    domain::ledger,
+    seed::{self, CouponRule, LadderStep},
+    stages::order_validation,
+};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(30);
-const SHOP: &str = "shop";
-const SHOP_KEY: &str = "shop-secret";
-const EVENTS_QUEUE: &str = "test.events";
-
-fn d(text: &str) -> Decimal {
-    text.parse().expect("decimal literal")
-}
-
 /// One scenario's world: its own database, vhost and Redis prefix, a small
-/// catalogue, and the fleet running in this process.
+/// catalogue, BI's queue of every event, and the fleet running in this process.
 struct Chain {
-    env: TestEnv,
-    stop: Option<CancellationToken>,
-    running: Option<tokio::task::JoinHandle<()>>,
+    fleet: Harness,
 }
+
+fleet::on_harness!(Chain);
 
 impl Chain {
     async fn new(tag: &str) -> anyhow::Result<Self> {
@@ -48,95 +43,13 @@ impl Chain {
     }
 
     async fn with(tag: &str, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
-        let env = TestEnv::with(tag, |s| {
-            s.sweep_interval_ms = 200;
-            s.rollup_interval_ms = 100;
-            adjust(s);
-        })
-        .await?;
-        seed(&env.pool).await?;
+        let fleet = Harness::new(tag, false, adjust).await?;
+        seed(fleet.pool()).await?;
         // A BI consumer of every event, bound before anything is published.
-        let connection = env.amqp().await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .queue_declare(
-                EVENTS_QUEUE.into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                EVENTS_QUEUE.into(),
-                "payfleet.events".into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let _ = connection.close(200, "bound".into()).await;
-        Ok(Self {
-            env,
-            stop: None,
-            running: None,
-        })
+        fleet.bind_events().await?;
+        Ok(Self { fleet })
     }
 
-    fn pool(&self) -> &PgPool {
-        &self.env.pool
-    }
-
-    /// Starts a fleet with these stages (all when empty).
-    async fn start(&mut self, stages: &[&str]) -> anyhow::Result<()> {
-        let fleet = payfleet_workers::fleet(self.env.settings.clone(), stages, false).await?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        self.running = Some(tokio::spawn(async move {
-            if let Err(error) = fleet.run(token).await {
-                eprintln!("fleet failed: {error}");
-            }
-        }));
-        self.stop = Some(stop);
-        Ok(())
-    }
-
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
-        }
-        if let Some(running) = self.running.take() {
-            let _ = running.await;
-        }
-    }
-
-    async fn publish(&self, request: &PaymentRequested) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(request)?;
-        self.publish_raw(&body, Some(&messages::sign(SHOP_KEY, &body)))
-            .await
-    }
-
-    async fn publish_raw(&self, body: &[u8], signature: Option<&str>) -> anyhow::Result<()> {
-        let mut props = broker::properties(
-            &Uuid::now_v7().to_string(),
-            None,
-            Some(messages::kind::PAYMENT_REQUESTED),
-        );
-        if let Some(signature) = signature {
-            let mut headers = FieldTable::default();
-            broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature);
-            props = props.with_headers(headers);
-        }
-        self.env
-            .publish_raw(
-                "payfleet.ingress",
-                messages::kind::PAYMENT_REQUESTED,
-                body,
-                props,
-            )
-            .await
-    }
-
-    /// Waits until the payment of `order` is terminal and notified; returns its status and reason.
     /// Waits until `count` webhook deliveries are finished (delivered or
     /// exhausted); then each as (merchant order id, status, attempts).
     async fn finished_deliveries(&self, count: i64) -> anyhow::Result<Vec<(String, String, i32)>> {
@@ -151,52 +64,12 @@ impl Chain {
         .await?)
     }
 
-    async fn outcome(&self, order: &str) -> anyhow::Result<(String, Option<String>)> {
-        let id = order_validation::payment_id(SHOP, order);
-        wait_until(WAIT, &format!("a terminal, notified payment for {order}"), || async {
-            let notified: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM payments p JOIN payment_events e ON e.payment_id = p.id
-                 WHERE p.id = $1 AND p.status IN ('settled', 'failed', 'cancelled', 'rejected', 'challenged', 'exception'))",
-            )
-            .bind(id)
-            .fetch_one(self.pool())
-            .await?;
-            Ok(notified)
-        })
-        .await?;
-        Ok(
-            sqlx::query_as("SELECT status, reason FROM payments WHERE id = $1")
-                .bind(id)
-                .fetch_one(self.pool())
-                .await?,
-        )
-    }
-
     /// Stops the fleet, folds the balances, checks every invariant, and
     /// checks every message the fleet put on the wire against the contract.
     async fn finish(mut self) -> anyhow::Result<()> {
-        self.env.wait_drained(WAIT).await.ok();
-        self.stop().await;
-        ledger::roll_up(self.pool(), 1_000_000).await?;
-        let report = invariants::all(self.pool()).await?;
-        assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        self.stop_and_check().await?;
         assert_emitted_messages_match_contracts(self.pool()).await?;
-        self.env.teardown().await
-    }
-
-    /// Every event BI received so far.
-    async fn events(&self) -> anyhow::Result<Vec<Value>> {
-        let connection = self.env.amqp().await?;
-        let channel = connection.create_channel().await?;
-        let mut events = Vec::new();
-        while let Some(message) = channel
-            .basic_get(EVENTS_QUEUE.into(), BasicGetOptions { no_ack: true })
-            .await?
-        {
-            events.push(serde_json::from_slice(&message.delivery.data)?);
-        }
-        let _ = connection.close(200, "read".into()).await;
-        Ok(events)
+        self.fleet.env.teardown().await
     }
 
     async fn balance(
@@ -288,62 +161,83 @@ fn request(order: &str, user: &str, items: &[(&str, u32)], expected: &str) -> Pa
 /// Merchants m1 (fee 1 %), m2 (fee 0.5 %), m3 (no fee); users alice (1000.00),
 /// bob (5.00) and mallory (blocked); products and coupons of every kind.
 async fn seed(pool: &PgPool) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!(
-        "INSERT INTO merchants (id, name, signing_key) VALUES ('{SHOP}', 'Shop', '{SHOP_KEY}')"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES
-           ('m1', 'Merchant one', 'k1', 0.0100), ('m2', 'Merchant two', 'k2', 0.0050), ('m3', 'Merchant three', 'k3', 0)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO users (id, name, blocked) VALUES ('alice', 'Alice', false), ('bob', 'Bob', false), ('mallory', 'Mallory', true)")
-        .execute(&mut *tx)
-        .await?;
-    for (user, amount) in [
-        ("alice", "1000.00"),
-        ("bob", "5.00"),
-        ("mallory", "1000.00"),
-    ] {
-        ledger::top_up(&mut tx, user, "CNY", d(amount), &format!("seed:{user}"))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let merchant = |id, name, key, fee| seed::merchant(id, key).name(name).fee_rate(d(fee));
+    let user = |id, name, blocked, amount| {
+        seed::user(id)
+            .name(name)
+            .blocked(blocked)
+            .wallet("CNY", d(amount), &format!("seed:{id}"))
+    };
+    let product = |sku, seller, name, warehouse, price, stock| {
+        seed::product(sku, seller, d(price))
+            .name(name)
+            .warehouse(warehouse)
+            .stock(stock)
+    };
+    let coupon = |code, kind| seed::coupon(code, kind).limits(100, 5);
+    seed::Catalogue {
+        merchants: vec![
+            merchant(SHOP, "Shop", SHOP_KEY, "0"),
+            merchant("m1", "Merchant one", "k1", "0.0100"),
+            merchant("m2", "Merchant two", "k2", "0.0050"),
+            merchant("m3", "Merchant three", "k3", "0"),
+        ],
+        users: vec![
+            user("alice", "Alice", false, "1000.00"),
+            user("bob", "Bob", false, "5.00"),
+            user("mallory", "Mallory", true, "1000.00"),
+        ],
+        products: vec![
+            product("tea", "m1", "Tea", "east", "30.00", 100),
+            product("cup", "m1", "Cup", "east", "10.00", 100),
+            product("fan", "m2", "Fan", "west", "20.00", 100),
+            product("ink", "m3", "Ink", "north", "33.33", 100),
+            product("pen", "m3", "Pen", "north", "33.33", 100),
+            product("cap", "m3", "Cap", "north", "33.34", 100),
+            product("rare", "m2", "Rare seal", "west", "50.00", 1),
+            product("gold", "m1", "Gold bar", "east", "600.00", 10),
+        ],
+        coupons: vec![
+            coupon(
+                "FULL50-8",
+                CouponRule::FullReduction {
+                    threshold: d("50"),
+                    amount_off: d("8"),
+                },
+            ),
+            coupon(
+                "PCT15",
+                CouponRule::Percentage {
+                    percent_off: d("15"),
+                    cap: Some(d("9.00")),
+                },
+            ),
+            coupon(
+                "LADDER",
+                CouponRule::Ladder(vec![
+                    LadderStep {
+                        threshold: d("40.00"),
+                        amount_off: d("4.00"),
+                    },
+                    LadderStep {
+                        threshold: d("90.00"),
+                        amount_off: d("10.00"),
+                    },
+                ]),
+            ),
+            coupon(
+                "OLD",
+                CouponRule::FullReduction {
+                    threshold: d("10"),
+                    amount_off: d("1"),
+                },
+            )
+            .valid_days(-2, -1),
+        ],
+        channels: Vec::new(),
     }
-    sqlx::query(
-        "INSERT INTO products (sku, merchant_id, name, warehouse, unit_price, currency, status) VALUES
-           ('tea', 'm1', 'Tea', 'east', 30.00, 'CNY', 'on_sale'),
-           ('cup', 'm1', 'Cup', 'east', 10.00, 'CNY', 'on_sale'),
-           ('fan', 'm2', 'Fan', 'west', 20.00, 'CNY', 'on_sale'),
-           ('ink', 'm3', 'Ink', 'north', 33.33, 'CNY', 'on_sale'),
-           ('pen', 'm3', 'Pen', 'north', 33.33, 'CNY', 'on_sale'),
-           ('cap', 'm3', 'Cap', 'north', 33.34, 'CNY', 'on_sale'),
-           ('rare', 'm2', 'Rare seal', 'west', 50.00, 'CNY', 'on_sale'),
-           ('gold', 'm1', 'Gold bar', 'east', 600.00, 'CNY', 'on_sale')",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO stock (sku, available) VALUES ('tea', 100), ('cup', 100), ('fan', 100), ('ink', 100), ('pen', 100),
-           ('cap', 100), ('rare', 1), ('gold', 10)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, percent_off, cap, ladder, valid_from, valid_until, total_limit, per_user_limit) VALUES
-           ('FULL50-8', 'full_reduction', 'CNY', 50, 8, NULL, NULL, NULL, now() - interval '1 day', now() + interval '1 day', 100, 5),
-           ('PCT15', 'percentage', 'CNY', NULL, NULL, 15, 9.00, NULL, now() - interval '1 day', now() + interval '1 day', 100, 5),
-           ('LADDER', 'ladder', 'CNY', NULL, NULL, NULL, NULL,
-            '[{\"threshold\": \"40.00\", \"amount_off\": \"4.00\"}, {\"threshold\": \"90.00\", \"amount_off\": \"10.00\"}]',
-            now() - interval '1 day', now() + interval '1 day', 100, 5),
-           ('OLD', 'full_reduction', 'CNY', 10, 1, NULL, NULL, NULL, now() - interval '2 days', now() - interval '1 day', 100, 5)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    .seed(pool)
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,25 +424,28 @@ async fn a_large_amount_is_challenged() -> anyhow::Result<()> {
 async fn risk_thresholds_follow_the_payments_currency() -> anyhow::Result<()> {
     // Default thresholds: the same 3,000 is small in CNY and large in USD.
     let mut chain = Chain::new("riskcurrency").await?;
-    let mut tx = chain.pool().begin().await?;
-    sqlx::query(
-        "INSERT INTO products (sku, merchant_id, name, warehouse, unit_price, currency, status) VALUES
-           ('ring', 'm1', 'Ring', 'east', 8000.00, 'USD', 'on_sale'),
-           ('watch', 'm1', 'Watch', 'east', 3000.00, 'USD', 'on_sale'),
-           ('mug', 'm1', 'Mug', 'east', 12.00, 'USD', 'on_sale')",
-    )
-    .execute(&mut *tx)
+    let usd_product = |sku, name, price| {
+        seed::product(sku, "m1", d(price))
+            .name(name)
+            .warehouse("east")
+            .currency("USD")
+            .stock(5)
+    };
+    seed::Catalogue {
+        products: vec![
+            usd_product("ring", "Ring", "8000.00"),
+            usd_product("watch", "Watch", "3000.00"),
+            usd_product("mug", "Mug", "12.00"),
+        ],
+        users: vec![
+            seed::user("alice")
+                .wallet("USD", d("20000.00"), "seed:alice:usd")
+                .wallet("CNY", d("5000.00"), "seed:alice:more"),
+        ],
+        ..Default::default()
+    }
+    .seed(chain.pool())
     .await?;
-    sqlx::query("INSERT INTO stock (sku, available) VALUES ('ring', 5), ('watch', 5), ('mug', 5)")
-        .execute(&mut *tx)
-        .await?;
-    ledger::top_up(&mut tx, "alice", "USD", d("20000.00"), "seed:alice:usd")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    ledger::top_up(&mut tx, "alice", "CNY", d("5000.00"), "seed:alice:more")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tx.commit().await?;
     chain.start(&[]).await?;
 
     let usd = |order: &str, sku: &str, expected: &str| {
@@ -1516,12 +1413,14 @@ async fn resolving_a_wallet_exception_as_failed_releases_the_freeze_through_canc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_orders_never_use_a_coupon_past_its_per_user_limit() -> anyhow::Result<()> {
     let mut chain = Chain::new("couponrace").await?;
-    sqlx::query(
-        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, valid_from, valid_until, total_limit, per_user_limit)
-         VALUES ('ONCE', 'full_reduction', 'CNY', 10, 2, now() - interval '1 day', now() + interval '1 day', 100, 1)",
-    )
-    .execute(chain.pool())
-    .await?;
+    let once = seed::coupon(
+        "ONCE",
+        CouponRule::FullReduction {
+            threshold: d("10"),
+            amount_off: d("2"),
+        },
+    );
+    seed::coupons(&mut *chain.pool().acquire().await?, &[once]).await?;
     chain.start(&[]).await?;
     let orders: Vec<PaymentRequested> = (0..6)
         .map(|i| {
@@ -1912,18 +1811,16 @@ async fn merchant_webhooks_verify_with_the_standard_webhooks_library_across_a_se
     .await?;
 
     // A rotation with a grace period: the previous secret stays active.
-    let (code, out, err) = payfleet_cli(
-        &chain,
-        &[
+    let (code, out, err) = chain
+        .cli(&[
             "webhook",
             "rotate-secret",
             "--merchant",
             SHOP,
             "--grace",
             "1h",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     assert_eq!(code, 0, "{err}");
     let secrets = webhook_secrets(chain.pool()).await?;
     assert_eq!(secrets.len(), 2, "the new and the previous secret");
@@ -1933,11 +1830,9 @@ async fn merchant_webhooks_verify_with_the_standard_webhooks_library_across_a_se
         out.contains(&new_secret),
         "the new secret is handed to ops: {out}"
     );
-    let (code, _, err) = payfleet_cli(
-        &chain,
-        &["webhook", "rotate-secret", "--merchant", "nobody"],
-    )
-    .await?;
+    let (code, _, err) = chain
+        .cli(&["webhook", "rotate-secret", "--merchant", "nobody"])
+        .await?;
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let mut second = request("std-2", "alice", &[("cup", 1)], "10.00");
@@ -2045,22 +1940,6 @@ async fn switchable_endpoint() -> anyhow::Result<(String, Seen, std::sync::Arc<A
 }
 
 /// Runs the `payfleet` binary against the chain's services.
-async fn payfleet_cli(chain: &Chain, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"))
-        .envs(chain.env.worker_env())
-        .env("RUST_LOG", "warn")
-        .env("USER", "oncall-test")
-        .stdin(std::process::Stdio::null())
-        .args(args)
-        .output()
-        .await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay()
 -> anyhow::Result<()> {
@@ -2113,20 +1992,19 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
         &["webhook", "list", "--payment", "not-a-payment"],
         &["webhook", "frobnicate"],
     ] {
-        let (code, out, err) = payfleet_cli(&chain, bad).await?;
+        let (code, out, err) = chain.cli(bad).await?;
         assert_ne!(code, 0, "{bad:?}: {out}");
         assert_eq!(err.trim().lines().count(), 1, "{bad:?}: one line: {err}");
     }
     for help in [&["webhook", "--help"][..], &["webhook", "resend", "--help"]] {
-        let (code, out, _) = payfleet_cli(&chain, help).await?;
+        let (code, out, _) = chain.cli(help).await?;
         assert_eq!(code, 0);
         assert!(out.contains("Example"), "{help:?}: {out}");
     }
 
     // list by merchant and time
-    let (code, out, err) = payfleet_cli(
-        &chain,
-        &[
+    let (code, out, err) = chain
+        .cli(&[
             "webhook",
             "list",
             "--merchant",
@@ -2134,17 +2012,17 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
             "--since",
             "1h",
             "--json",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     assert_eq!(code, 0, "{err}");
     let rows: Vec<Value> = serde_json::from_str(&out)?;
     assert_eq!(rows.len(), 2, "{out}");
     assert!(rows.iter().all(|r| r["status"] == "exhausted"), "{out}");
 
     // resend by payment
-    let (code, out, err) =
-        payfleet_cli(&chain, &["webhook", "resend", "--payment", &a.to_string()]).await?;
+    let (code, out, err) = chain
+        .cli(&["webhook", "resend", "--payment", &a.to_string()])
+        .await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("resent 1 webhook"), "{out}");
     let delivered = |payment: Uuid| {
@@ -2167,8 +2045,9 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
     .bind(b.to_string())
     .fetch_one(chain.pool())
     .await?;
-    let (code, out, err) =
-        payfleet_cli(&chain, &["dlq", "replay", "--id", &dead_letter.to_string()]).await?;
+    let (code, out, err) = chain
+        .cli(&["dlq", "replay", "--id", &dead_letter.to_string()])
+        .await?;
     assert_eq!(code, 0, "{out} {err}");
     wait_until(WAIT, "the replayed webhook delivered", || delivered(b)).await?;
 

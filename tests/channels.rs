@@ -2,9 +2,12 @@
 //! and the sandbox gateway talk over real HTTP; each scenario asserts exact
 //! statuses, charges at the gateway, postings and events, then the invariants.
 
+mod fleet;
+
 use std::time::Duration;
 
 use chrono::Utc;
+use fleet::{Harness, SHOP, SHOP_KEY, WAIT, d};
 use payfleet_common::{
     CancellationToken, Settings, broker,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
@@ -12,14 +15,13 @@ use payfleet_common::{
 use payfleet_sandbox_gateway::{
     ChannelConfig, Gateway, GatewayConfig, Mode, Notice, TradeStatus, sign_notice,
 };
-use payfleet_tests::{TestEnv, free_port, wait_until};
+use payfleet_tests::{TestEnv, wait_until};
 use payfleet_workers::{
     channels::{
         registry::{AdapterError, Adapters},
         routing,
     },
-    domain::ledger,
-    invariants,
+    invariants, seed,
     stages::order_validation,
 };
 use rust_decimal::Decimal;
@@ -27,30 +29,24 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(30);
-const SHOP: &str = "shop";
-const SHOP_KEY: &str = "shop-secret";
 const WALLET: &str = "sandbox-wallet";
 const CARD: &str = "sandbox-card";
 /// Served by the gateway, but in the routing table only once a test adds them.
 const NEW_CARD: &str = "sandbox-card-new";
 const NEW_WALLET: &str = "sandbox-wallet-new";
 
-fn d(text: &str) -> Decimal {
-    text.parse().expect("decimal literal")
-}
-
+/// A scenario's fleet (with its HTTP listener) and the sandbox gateway it
+/// calls, serving the routing table's channels.
 struct World {
-    env: TestEnv,
+    fleet: Harness,
     gateway: Gateway,
     gateway_stop: CancellationToken,
-    stop: Option<CancellationToken>,
-    running: Option<tokio::task::JoinHandle<()>>,
-    http_port: u16,
     /// Trades a test planted at the gateway behind the fleet's back: left
     /// out of the books-against-statement check (reconcile must find them).
     planted_trades: Vec<String>,
 }
+
+fleet::on_harness!(World);
 
 impl World {
     async fn new(
@@ -58,15 +54,10 @@ impl World {
         adjust: impl FnOnce(&mut Settings),
         webhook_delay: Duration,
     ) -> anyhow::Result<Self> {
-        let http_port = free_port();
-        let env = TestEnv::with(tag, |s| {
-            s.http_addr = format!("127.0.0.1:{http_port}");
-            s.callback_base_url = format!("http://127.0.0.1:{http_port}");
+        let fleet = Harness::new(tag, true, |s| {
             s.channel_timeout_ms = 1_000;
             s.status_query_delays_ms = vec![200, 400, 800];
             s.max_attempts = 8;
-            s.sweep_interval_ms = 200;
-            s.rollup_interval_ms = 100;
             adjust(s);
         })
         .await?;
@@ -105,14 +96,11 @@ impl World {
         let (bound, _) = gateway
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
             .await?;
-        seed(&env.pool, &format!("http://{bound}")).await?;
+        seed(fleet.pool(), &format!("http://{bound}")).await?;
         Ok(Self {
-            env,
+            fleet,
             gateway,
             gateway_stop,
-            stop: None,
-            running: None,
-            http_port,
             planted_trades: Vec::new(),
         })
     }
@@ -136,8 +124,9 @@ impl World {
         .await
     }
 
-    fn pool(&self) -> &PgPool {
-        &self.env.pool
+    /// The port the fleet's HTTP listener is on.
+    fn http_port(&self) -> u16 {
+        self.fleet.http_port.expect("the world's fleet listens")
     }
 
     /// Adds a channel to the routing table, at the gateway the others use.
@@ -160,35 +149,6 @@ impl World {
         .execute(self.pool())
         .await?;
         Ok(())
-    }
-
-    async fn start(&mut self, stages: &[&str]) -> anyhow::Result<()> {
-        let fleet = payfleet_workers::fleet(self.env.settings.clone(), stages, true).await?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        self.running = Some(tokio::spawn(async move {
-            if let Err(error) = fleet.run(token).await {
-                eprintln!("fleet failed: {error}");
-            }
-        }));
-        self.stop = Some(stop);
-        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
-        wait_until(WAIT, "the fleet ready", || async {
-            Ok(reqwest::get(&url)
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false))
-        })
-        .await
-    }
-
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
-        }
-        if let Some(running) = self.running.take() {
-            let _ = running.await;
-        }
     }
 
     /// Two teas and a fan: 80.00 CNY.
@@ -227,34 +187,8 @@ impl World {
             notify_url: None,
             requested_at: Utc::now(),
         };
-        self.env.publish_payment_request(SHOP_KEY, &request).await?;
+        self.publish(&request).await?;
         Ok(order_validation::payment_id(SHOP, order))
-    }
-
-    async fn status(&self, id: Uuid) -> anyhow::Result<Option<(String, Option<String>)>> {
-        Ok(
-            sqlx::query_as("SELECT status, reason FROM payments WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?,
-        )
-    }
-
-    /// Waits for `id` to reach `status` with its event emitted.
-    async fn reaches(&self, id: Uuid, status: &str) -> anyhow::Result<Option<String>> {
-        wait_until(WAIT, &format!("payment {id} {status}"), || async {
-            let done: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM payments p WHERE p.id = $1 AND p.status = $2
-                   AND EXISTS (SELECT 1 FROM payment_events e WHERE e.payment_id = p.id))",
-            )
-            .bind(id)
-            .bind(status)
-            .fetch_one(self.pool())
-            .await?;
-            Ok(done)
-        })
-        .await?;
-        Ok(self.status(id).await?.and_then(|s| s.1))
     }
 
     async fn attempt(&self, id: Uuid) -> anyhow::Result<(Uuid, String, String)> {
@@ -284,7 +218,7 @@ impl World {
         let response = reqwest::Client::new()
             .post(format!(
                 "http://127.0.0.1:{}/callbacks/{channel}/{payment}",
-                self.http_port
+                self.http_port()
             ))
             .header("x-sandbox-timestamp", timestamp.to_string())
             .header("x-sandbox-signature", sign_notice(secret, timestamp, &body))
@@ -304,11 +238,7 @@ impl World {
     }
 
     async fn finish(mut self) -> anyhow::Result<()> {
-        self.env.wait_drained(WAIT).await.ok();
-        self.stop().await;
-        ledger::roll_up(self.pool(), 1_000_000).await?;
-        let report = invariants::all(self.pool()).await?;
-        assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        self.stop_and_check().await?;
         self.assert_books_match_the_channels_statements().await?;
         if self.planted_trades.is_empty() {
             let since = chrono::DateTime::<Utc>::UNIX_EPOCH;
@@ -320,7 +250,7 @@ impl World {
             );
         }
         self.gateway_stop.cancel();
-        self.env.teardown().await
+        self.fleet.env.teardown().await
     }
 
     /// The books against the independent party: for each channel, the
@@ -415,39 +345,36 @@ impl World {
     }
 }
 
+/// The shop, sellers m1 (fee 1 %) and m2 (no fee), alice (no wallet), tea
+/// and fans, and the wallet and card channels at `gateway_url`.
 async fn seed(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!(
-        "INSERT INTO merchants (id, name, signing_key) VALUES ('{SHOP}', 'Shop', '{SHOP_KEY}')"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ('m1', 'M1', 'k1', 0.0100), ('m2', 'M2', 'k2', 0)")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO users (id, name) VALUES ('alice', 'Alice')")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ('tea', 'm1', 'Tea', 30.00, 'CNY'), ('fan', 'm2', 'Fan', 20.00, 'CNY')",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO stock (sku, available) VALUES ('tea', 100), ('fan', 100)")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate) VALUES
-           ($1, 'sandbox', $3, 'wallet-secret', ARRAY['wallet'], 0.0040),
-           ($2, 'sandbox', $3, 'card-secret', ARRAY['card'], 0.0120)",
-    )
-    .bind(WALLET)
-    .bind(CARD)
-    .bind(gateway_url)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    let product =
+        |sku, seller, name, price| seed::product(sku, seller, d(price)).name(name).stock(100);
+    seed::Catalogue {
+        merchants: vec![
+            seed::merchant(SHOP, SHOP_KEY).name("Shop"),
+            seed::merchant("m1", "k1").name("M1").fee_rate(d("0.0100")),
+            seed::merchant("m2", "k2").name("M2"),
+        ],
+        users: vec![seed::user("alice").name("Alice")],
+        products: vec![
+            product("tea", "m1", "Tea", "30.00"),
+            product("fan", "m2", "Fan", "20.00"),
+        ],
+        coupons: Vec::new(),
+        channels: vec![
+            seed::sandbox_channel(
+                WALLET,
+                gateway_url,
+                "wallet-secret",
+                &["wallet"],
+                d("0.0040"),
+            ),
+            seed::sandbox_channel(CARD, gateway_url, "card-secret", &["card"], d("0.0120")),
+        ],
+    }
+    .seed(pool)
+    .await
 }
 
 async fn postings(pool: &PgPool, payment: Uuid) -> anyhow::Result<Vec<(String, Decimal)>> {
@@ -851,7 +778,7 @@ async fn forged_and_stale_webhooks_get_401_and_change_nothing() -> anyhow::Resul
     );
     world.stop().await;
     world.gateway_stop.cancel();
-    world.env.teardown().await
+    world.fleet.env.teardown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1350,21 +1277,6 @@ async fn an_unhealthy_channel_is_skipped_and_the_other_ones_fee_is_posted() -> a
     world.finish().await
 }
 
-async fn cli(world: &World, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"))
-        .args(args)
-        .envs(world.env.worker_env())
-        .env("RUST_LOG", "warn")
-        .env("USER", "oncall-test")
-        .output()
-        .await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_follow_a_payment_through_every_stage_and_resolve_an_exception_through_cancel()
 -> anyhow::Result<()> {
@@ -1375,7 +1287,9 @@ async fn ops_follow_a_payment_through_every_stage_and_resolve_an_exception_throu
     world.reaches(settled, "settled").await?;
     world.reaches(held, "exception").await?;
 
-    let (code, out, err) = cli(&world, &["payment", "show", &format!("{SHOP}:followed")]).await?;
+    let (code, out, err) = world
+        .cli(&["payment", "show", &format!("{SHOP}:followed")])
+        .await?;
     assert_eq!(code, 0, "{err}");
     for stage in [
         "order-validation",
@@ -1392,9 +1306,8 @@ async fn ops_follow_a_payment_through_every_stage_and_resolve_an_exception_throu
         "the webhook's payload is in the story:\n{out}"
     );
 
-    let (code, _, err) = cli(
-        &world,
-        &[
+    let (code, _, err) = world
+        .cli(&[
             "payment",
             "resolve",
             &format!("{SHOP}:held"),
@@ -1402,14 +1315,12 @@ async fn ops_follow_a_payment_through_every_stage_and_resolve_an_exception_throu
             "failed",
             "--reason",
             "",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     assert_ne!(code, 0);
     assert!(err.contains("--reason"), "{err}");
-    let (code, out, err) = cli(
-        &world,
-        &[
+    let (code, out, err) = world
+        .cli(&[
             "payment",
             "resolve",
             &format!("{SHOP}:held"),
@@ -1417,9 +1328,8 @@ async fn ops_follow_a_payment_through_every_stage_and_resolve_an_exception_throu
             "failed",
             "--reason",
             "channel confirmed no charge",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("resolved payment"), "{out}");
     assert_eq!(
@@ -1515,7 +1425,9 @@ async fn reconcile_finds_every_planted_mismatch_and_nothing_else() -> anyhow::Re
         .await?;
 
     let today = Utc::now().date_naive().to_string();
-    let (code, out, err) = cli(&world, &["reconcile", "--date", &today, "--json"]).await?;
+    let (code, out, err) = world
+        .cli(&["reconcile", "--date", &today, "--json"])
+        .await?;
     assert_eq!(code, 1, "a mismatch exits non-zero: {err}");
     let mut found: Vec<(String, String)> = Vec::new();
     let mut matched = 0;
@@ -1612,9 +1524,8 @@ async fn the_channel_fee_is_the_platforms_cost_even_above_its_platform_fee() -> 
 
 /// Resolves `payment` by hand through the CLI.
 async fn resolve_by_hand(world: &World, order: &str, to: &str) -> anyhow::Result<String> {
-    let (code, out, err) = cli(
-        world,
-        &[
+    let (code, out, err) = world
+        .cli(&[
             "payment",
             "resolve",
             &format!("{SHOP}:{order}"),
@@ -1622,9 +1533,8 @@ async fn resolve_by_hand(world: &World, order: &str, to: &str) -> anyhow::Result
             to,
             "--reason",
             "checked with the channel",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     anyhow::ensure!(code == 0, "resolve {order} as {to}: {err}");
     Ok(out)
 }
@@ -1729,9 +1639,8 @@ async fn a_charge_in_another_currency_cannot_settle_and_is_refunded_in_its_curre
     world.start(&[]).await?;
     let id = world.pay("in-usd", "card", "tok_currency_mismatch").await?;
     world.reaches(id, "exception").await?;
-    let (code, _, err) = cli(
-        &world,
-        &[
+    let (code, _, err) = world
+        .cli(&[
             "payment",
             "resolve",
             &format!("{SHOP}:in-usd"),
@@ -1739,9 +1648,8 @@ async fn a_charge_in_another_currency_cannot_settle_and_is_refunded_in_its_curre
             "paid",
             "--reason",
             "try",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     assert_ne!(code, 0, "a USD charge cannot settle a CNY payment");
     assert!(err.contains("cannot be settled"), "{err}");
     assert_eq!(
@@ -1798,9 +1706,8 @@ async fn resolve_refuses_to_vouch_for_a_charge_the_channel_has_not_answered() ->
             .unwrap_or(false))
     })
     .await?;
-    let (code, _, err) = cli(
-        &world,
-        &[
+    let (code, _, err) = world
+        .cli(&[
             "payment",
             "resolve",
             &format!("{SHOP}:open"),
@@ -1808,9 +1715,8 @@ async fn resolve_refuses_to_vouch_for_a_charge_the_channel_has_not_answered() ->
             "paid",
             "--reason",
             "the shop says it was paid",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     assert_ne!(code, 0, "nothing is settled on an unanswered charge");
     assert!(err.contains("requery"), "{err}");
     // The channel's own answer then settles it, once.
@@ -1889,7 +1795,7 @@ async fn the_books_are_checked_against_each_trade_and_currency_not_only_daily_to
     // this scenario ends here, its books knowingly wrong.
     world.stop().await;
     world.gateway_stop.cancel();
-    world.env.teardown().await
+    world.fleet.env.teardown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1922,7 +1828,7 @@ async fn a_channel_notice_is_kept_as_received_and_verifies_again_from_the_stored
     let status = reqwest::Client::new()
         .post(format!(
             "http://127.0.0.1:{}/callbacks/{WALLET}/{id}",
-            world.http_port
+            world.http_port()
         ))
         .header("x-sandbox-timestamp", timestamp.to_string())
         .header(
@@ -1967,7 +1873,9 @@ async fn a_channel_notice_is_kept_as_received_and_verifies_again_from_the_stored
         ),
         "re-encoded JSON would not have verified"
     );
-    let (code, out, err) = cli(&world, &["payment", "show", &format!("{SHOP}:evidence")]).await?;
+    let (code, out, err) = world
+        .cli(&["payment", "show", &format!("{SHOP}:evidence")])
+        .await?;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!(

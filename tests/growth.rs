@@ -20,6 +20,8 @@
 //! differ between installations, and writes nothing into a log other
 //! sessions share.
 
+mod fleet;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
@@ -29,8 +31,8 @@ use std::{
 use chrono::Utc;
 use payfleet_common::messages::{PaymentRequested, RequestedItem, SCHEMA_VERSION};
 use payfleet_sandbox_gateway::{Gateway, GatewayConfig};
-use payfleet_tests::{RunningFleet, TestEnv, free_port, wait_until};
-use payfleet_workers::{domain::ledger, invariants, ops};
+use payfleet_tests::{TestEnv, wait_until};
+use payfleet_workers::{domain::ledger, invariants, ops, seed};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
@@ -159,38 +161,22 @@ async fn merchant_endpoint() -> anyhow::Result<String> {
 /// The merchant, the two sandbox channels at `gateway_url`, and a user whose
 /// wallet is nearly empty; the history brings everything else.
 async fn seed(env: &TestEnv, gateway_url: &str) -> anyhow::Result<()> {
-    let mut tx = env.pool.begin().await?;
-    sqlx::query("INSERT INTO merchants (id, name, signing_key, notify_hosts) VALUES ($1, 'Shop', $2, '{127.0.0.1}')")
-        .bind(SHOP)
-        .bind(SHOP_KEY)
-        .execute(&mut *tx)
-        .await?;
-    for channel in &GatewayConfig::standard().channels {
-        let method = if channel.name.contains("wallet") {
-            "wallet"
-        } else {
-            "card"
-        };
-        sqlx::query(
-            "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate)
-             VALUES ($1, 'sandbox', $2, $3, ARRAY[$4], $5)",
-        )
-        .bind(&channel.name)
-        .bind(gateway_url)
-        .bind(&channel.secret)
-        .bind(method)
-        .bind(channel.fee_rate)
-        .execute(&mut *tx)
-        .await?;
+    seed::Catalogue {
+        merchants: vec![
+            seed::merchant(SHOP, SHOP_KEY)
+                .name("Shop")
+                .notify_hosts(&["127.0.0.1"]),
+        ],
+        users: vec![
+            seed::user("poor")
+                .name("Poor")
+                .wallet("CNY", d("5.00"), "seed:poor"),
+        ],
+        channels: payfleet_workers::demo::sandbox_channels(gateway_url),
+        ..Default::default()
     }
-    sqlx::query("INSERT INTO users (id, name) VALUES ('poor', 'Poor')")
-        .execute(&mut *tx)
-        .await?;
-    ledger::top_up(&mut tx, "poor", "CNY", d("5.00"), "seed:poor")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tx.commit().await?;
-    Ok(())
+    .seed(&env.pool)
+    .await
 }
 
 /// The history, on one session with triggers off for the bulk load (see the
@@ -343,17 +329,14 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
         plans: plans.clone(),
     })?;
 
-    let http_port = free_port();
-    let env = TestEnv::with("growth", |s| {
-        s.http_addr = format!("127.0.0.1:{http_port}");
-        s.callback_base_url = format!("http://127.0.0.1:{http_port}");
+    let harness = fleet::Harness::new("growth", true, |s| {
         s.channel_timeout_ms = 1_000;
         s.status_query_delays_ms = vec![200, 400, 800];
         s.max_attempts = 8;
-        s.sweep_interval_ms = 200;
-        s.rollup_interval_ms = 100;
     })
     .await?;
+    let http_port = harness.http_port;
+    let env = harness.env;
     let gateway = Gateway::new(GatewayConfig {
         webhook_delay: Duration::from_millis(200),
         slow: Duration::from_millis(300),
@@ -396,16 +379,7 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
     // The fleet and the ops commands explain every statement they run.
     let mut fleet_settings = env.settings.clone();
     fleet_settings.database_url = explained(&env.settings.database_url);
-    let fleet =
-        RunningFleet::start(payfleet_workers::fleet(fleet_settings.clone(), &[], true).await?)?;
-    let ready = format!("http://127.0.0.1:{http_port}/readyz");
-    wait_until(WAIT, "the fleet ready", || async {
-        Ok(reqwest::get(&ready)
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false))
-    })
-    .await?;
+    let fleet = fleet::start_fleet(fleet_settings.clone(), &[], http_port).await?;
 
     let scenario_started = Instant::now();
     let since = Utc::now();

@@ -3,31 +3,15 @@
 //! fleet runs, a replay killed mid-way), purged; `status --json` against the
 //! broker's own counts; `payment show`; `payment resolve`.
 
+mod fleet;
+
 use std::{process::Stdio, time::Duration};
 
+use fleet::{cli as run, payfleet};
 use payfleet_tests::{TestEnv, transfer, wait_until};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn payfleet(env: &TestEnv) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"));
-    command
-        .envs(env.worker_env())
-        .env("RUST_LOG", "warn")
-        .env("USER", "oncall-test")
-        .stdin(Stdio::null());
-    command
-}
-
-async fn run(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = payfleet(env).args(args).output().await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
-}
 
 /// Transfers to an account that does not exist fail for good (a foreign-key
 /// violation is permanent) and are dead-lettered; ops fix the cause by

@@ -263,27 +263,28 @@ async fn the_chain_runs_as_separate_worker_processes() -> anyhow::Result<()> {
     use rust_decimal::Decimal;
 
     let env = TestEnv::new("workers").await?;
-    let mut tx = env.pool.begin().await?;
-    sqlx::query("INSERT INTO merchants (id, name, signing_key, fee_rate) VALUES ('shop', 'Shop', 'k', 0), ('m1', 'M1', 'k1', 0.0100)")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO users (id, name) VALUES ('alice', 'Alice')")
-        .execute(&mut *tx)
-        .await?;
-    payfleet_workers::domain::ledger::top_up(
-        &mut tx,
-        "alice",
-        "CNY",
-        Decimal::new(100_000, 2),
-        "seed",
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    sqlx::query("INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ('tea', 'm1', 'Tea', 12.50, 'CNY')").execute(&mut *tx).await?;
-    sqlx::query("INSERT INTO stock (sku, available) VALUES ('tea', 100)")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    use payfleet_workers::seed;
+    seed::Catalogue {
+        merchants: vec![
+            seed::merchant("shop", "k").name("Shop"),
+            seed::merchant("m1", "k1")
+                .name("M1")
+                .fee_rate(Decimal::new(100, 4)),
+        ],
+        users: vec![seed::user("alice").name("Alice").wallet(
+            "CNY",
+            Decimal::new(100_000, 2),
+            "seed",
+        )],
+        products: vec![
+            seed::product("tea", "m1", Decimal::new(1_250, 2))
+                .name("Tea")
+                .stock(100),
+        ],
+        ..Default::default()
+    }
+    .seed(&env.pool)
+    .await?;
 
     // Two processes, three stages each: the chain split across the fleet.
     let spawn = |stages: &[&str]| {

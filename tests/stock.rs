@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use payfleet_tests::TestEnv;
-use payfleet_workers::domain::stock;
+use payfleet_workers::{domain::stock, seed};
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 async fn payment(env: &TestEnv, n: usize) -> anyhow::Result<Uuid> {
@@ -35,12 +36,16 @@ async fn totals(env: &TestEnv) -> anyhow::Result<(i32, i32, i32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_trys_never_oversell_the_last_units() -> anyhow::Result<()> {
     let env = TestEnv::new("stockrace").await?;
-    sqlx::raw_sql(
-        "INSERT INTO merchants (id, name, signing_key) VALUES ('shop', 'Shop', 'k');
-         INSERT INTO products (sku, merchant_id, name, unit_price, currency) VALUES ('last', 'shop', 'Last units', 1, 'CNY');
-         INSERT INTO stock (sku, available) VALUES ('last', 13);",
-    )
-    .execute(&env.pool)
+    seed::Catalogue {
+        merchants: vec![seed::merchant("shop", "k").name("Shop")],
+        products: vec![
+            seed::product("last", "shop", Decimal::ONE)
+                .name("Last units")
+                .stock(13),
+        ],
+        ..Default::default()
+    }
+    .seed(&env.pool)
     .await?;
     let spread: Vec<i32> = sqlx::query_scalar(
         "SELECT available FROM stock_buckets WHERE sku = 'last' ORDER BY bucket",

@@ -13,6 +13,7 @@ pub mod jobs;
 #[cfg(test)]
 mod layout;
 pub mod ops;
+pub mod seed;
 #[deny(clippy::too_many_lines)]
 pub mod stages;
 pub mod upstream_user;

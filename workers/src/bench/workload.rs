@@ -7,7 +7,7 @@ use payfleet_common::messages::{self, PaymentRequested, RequestedItem, SCHEMA_VE
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 
-use crate::domain::ledger;
+use crate::seed;
 
 pub const SHOPS: usize = 20;
 pub const SELLERS: usize = 100;
@@ -47,63 +47,56 @@ fn price(index: usize) -> Decimal {
     Decimal::new(1_000 + (index as i64 * 7_919) % 8_999, 2)
 }
 
-/// Seeds the catalogue set-based, tops up every user's wallet, and a
-/// coupon any cart of 20.00 or more may use.
-pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO merchants (id, name, signing_key, fee_rate)
-         SELECT 'bench-shop-' || i, 'Bench shop ' || i, 'bench-shop-' || i || '-key', 0
-         FROM generate_series(0, $1 - 1) i
-         UNION ALL
-         SELECT 'bench-seller-' || i, 'Bench seller ' || i, 'bench-seller-' || i || '-key', 0.0060
-         FROM generate_series(0, $2 - 1) i",
-    )
-    .bind(SHOPS as i32)
-    .bind(SELLERS as i32)
-    .execute(&mut *tx)
-    .await?;
-    let prices: Vec<Decimal> = (0..SKUS).map(price).collect();
-    sqlx::query(
-        "INSERT INTO products (sku, merchant_id, name, warehouse, unit_price, currency)
-         SELECT 'bench-sku-' || (n - 1), 'bench-seller-' || ((n - 1) % $1),
-                'Bench item ' || (n - 1), 'wh-' || ((n - 1) % 4), p, 'CNY'
-         FROM unnest($2::numeric[]) WITH ORDINALITY AS t(p, n)",
-    )
-    .bind(SELLERS as i32)
-    .bind(&prices)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO stock (sku, available) SELECT sku, 100000000 FROM products WHERE sku LIKE 'bench-sku-%'",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, valid_from, valid_until, total_limit, per_user_limit)
-         VALUES ($1, 'full_reduction', 'CNY', 20.00, 5.00, now() - interval '1 day', now() + interval '30 days', 2000000000, 2000000000)",
-    )
-    .bind(COUPON)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO users (id, name) SELECT 'bench-user-' || i, 'Bench user ' || i FROM generate_series(0, $1 - 1) i")
-        .bind(USERS as i32)
-        .execute(&mut *tx)
-        .await?;
-    for user in 0..USERS {
-        let user = format!("bench-user-{user}");
-        ledger::top_up(
-            &mut tx,
-            &user,
+/// The catalogue: the shops, the sellers, their SKUs (each in ample
+/// stock), every user's wallet topped up, and a coupon any cart of 20.00 or
+/// more may use.
+fn catalogue() -> seed::Catalogue {
+    let shops = (0..SHOPS).map(|i| {
+        let (id, key) = shop(i);
+        seed::merchant(&id, &key).name(&format!("Bench shop {i}"))
+    });
+    let sellers = (0..SELLERS).map(|i| {
+        let id = format!("bench-seller-{i}");
+        seed::merchant(&id, &format!("{id}-key"))
+            .name(&format!("Bench seller {i}"))
+            .fee_rate(Decimal::new(60, 4))
+    });
+    let products = (0..SKUS).map(|i| {
+        seed::product(&sku(i), &format!("bench-seller-{}", i % SELLERS), price(i))
+            .name(&format!("Bench item {i}"))
+            .warehouse(&format!("wh-{}", i % 4))
+            .stock(100_000_000)
+    });
+    let users = (0..USERS).map(|i| {
+        let user = format!("bench-user-{i}");
+        seed::user(&user).name(&format!("Bench user {i}")).wallet(
             "CNY",
             Decimal::new(100_000_000, 2),
             &format!("bench-seed:{user}"),
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("topping up {user}: {e}"))?;
+    });
+    let coupon = seed::coupon(
+        COUPON,
+        seed::CouponRule::FullReduction {
+            threshold: Decimal::new(2_000, 2),
+            amount_off: Decimal::new(500, 2),
+        },
+    )
+    .valid_days(-1, 30)
+    .limits(2_000_000_000, 2_000_000_000);
+    seed::Catalogue {
+        merchants: shops.chain(sellers).collect(),
+        users: users.collect(),
+        products: products.collect(),
+        coupons: vec![coupon],
+        channels: Vec::new(),
     }
-    tx.commit().await?;
-    // Statistics for the planner, as a database in service has them.
+}
+
+/// Seeds the catalogue, then gathers statistics for the planner, as a
+/// database in service has them.
+pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
+    catalogue().seed(pool).await?;
     sqlx::query("ANALYZE").execute(pool).await?;
     Ok(())
 }

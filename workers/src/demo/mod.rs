@@ -13,6 +13,7 @@ mod seed;
 
 pub(crate) use publish::publish_requests;
 pub use report::Progress;
+pub use seed::sandbox_channels;
 pub(crate) use seed::seed_channels;
 
 use merchant::{WebhookCount, webhook_receiver};

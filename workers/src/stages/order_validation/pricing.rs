@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use payfleet_common::money;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A catalogue product as pricing needs it.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl Product {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LadderStep {
     #[serde(with = "rust_decimal::serde::str")]
     pub threshold: Decimal,

@@ -1,0 +1,300 @@
+//! The harness of the fleet tests: one scenario's own services (a
+//! [`TestEnv`]: database, vhost, Redis prefix), the payfleet fleet started
+//! and stopped in this process (all stages or some, with or without its
+//! HTTP listener), a BI queue of every event, requests published to the
+//! ingress as the shop would sign them, the waits on a payment, the
+//! `payfleet` CLI against the scenario, and the closing checks: drained,
+//! stopped, rolled up, every invariant holding.
+//!
+//! Each fleet test file includes it (`mod fleet;`) and wraps [`Harness`]
+//! with what is its own (the chain's contract check, the channels' gateway).
+
+// Each test file uses its own part of the harness.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use lapin::{
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use payfleet_common::{
+    Settings, broker,
+    messages::{self, PaymentRequested},
+};
+use payfleet_tests::{RunningFleet, TestEnv, free_port, wait_until};
+use payfleet_workers::{domain::ledger, invariants, stages::order_validation};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+/// The shop every scenario's requests come from, and its signing key.
+pub const SHOP: &str = "shop";
+pub const SHOP_KEY: &str = "shop-secret";
+/// BI's queue of every event (see [`Harness::bind_events`]).
+const EVENTS_QUEUE: &str = "test.events";
+
+pub fn d(text: &str) -> Decimal {
+    text.parse().expect("decimal literal")
+}
+
+/// Starts the payfleet fleet of `settings` in this process with these
+/// stages (all when empty); with an HTTP listener on `http_port`, returns
+/// once it answers ready.
+pub async fn start_fleet(
+    settings: Settings,
+    stages: &[&str],
+    http_port: Option<u16>,
+) -> anyhow::Result<RunningFleet> {
+    let fleet = payfleet_workers::fleet(settings, stages, http_port.is_some()).await?;
+    let running = RunningFleet::start(fleet)?;
+    if let Some(port) = http_port {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        wait_until(WAIT, "the fleet ready", || async {
+            Ok(reqwest::get(&url)
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false))
+        })
+        .await?;
+    }
+    Ok(running)
+}
+
+/// A scenario's services and the fleet it runs in this process.
+pub struct Harness {
+    pub env: TestEnv,
+    /// The port of the fleet's HTTP listener (health, webhooks from the
+    /// channels), when the fleet serves one.
+    pub http_port: Option<u16>,
+    running: Option<RunningFleet>,
+}
+
+impl Harness {
+    /// A scenario's own services, with a quick expiry sweep and roll-up;
+    /// with `http`, the fleet will listen on a free port of its own.
+    pub async fn new(
+        tag: &str,
+        http: bool,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
+        let http_port = http.then(free_port);
+        let env = TestEnv::with(tag, |s| {
+            if let Some(port) = http_port {
+                s.http_addr = format!("127.0.0.1:{port}");
+                s.callback_base_url = format!("http://127.0.0.1:{port}");
+            }
+            s.sweep_interval_ms = 200;
+            s.rollup_interval_ms = 100;
+            adjust(s);
+        })
+        .await?;
+        Ok(Self {
+            env,
+            http_port,
+            running: None,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.env.pool
+    }
+
+    /// Starts a fleet with these stages (all when empty); with the HTTP
+    /// listener, returns once it answers ready.
+    pub async fn start(&mut self, stages: &[&str]) -> anyhow::Result<()> {
+        let settings = self.env.settings.clone();
+        self.running = Some(start_fleet(settings, stages, self.http_port).await?);
+        Ok(())
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Lets what is queued finish, stops the fleet, folds the balances and
+    /// checks every invariant; the services stay up for the caller's checks.
+    pub async fn stop_and_check(&mut self) -> anyhow::Result<()> {
+        self.env.wait_drained(WAIT).await.ok();
+        self.stop().await;
+        ledger::roll_up(self.pool(), 1_000_000).await?;
+        let report = invariants::all(self.pool()).await?;
+        assert!(report.ok(), "invariants broken: {:?}", report.failures());
+        Ok(())
+    }
+
+    /// Binds BI's queue to every event; before anything is published.
+    pub async fn bind_events(&self) -> anyhow::Result<()> {
+        let connection = self.env.amqp().await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_declare(
+                EVENTS_QUEUE.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                EVENTS_QUEUE.into(),
+                "payfleet.events".into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = connection.close(200, "bound".into()).await;
+        Ok(())
+    }
+
+    /// Every event BI received so far.
+    pub async fn events(&self) -> anyhow::Result<Vec<Value>> {
+        let connection = self.env.amqp().await?;
+        let channel = connection.create_channel().await?;
+        let mut events = Vec::new();
+        while let Some(message) = channel
+            .basic_get(EVENTS_QUEUE.into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            events.push(serde_json::from_slice(&message.delivery.data)?);
+        }
+        let _ = connection.close(200, "read".into()).await;
+        Ok(events)
+    }
+
+    /// Publishes `request` to the ingress, signed by the shop.
+    pub async fn publish(&self, request: &PaymentRequested) -> anyhow::Result<()> {
+        self.env.publish_payment_request(SHOP_KEY, request).await
+    }
+
+    /// Publishes `body` to the ingress as a payment request, with this
+    /// signature header (none when `None`).
+    pub async fn publish_raw(&self, body: &[u8], signature: Option<&str>) -> anyhow::Result<()> {
+        let mut props = broker::properties(
+            &Uuid::now_v7().to_string(),
+            None,
+            Some(messages::kind::PAYMENT_REQUESTED),
+        );
+        if let Some(signature) = signature {
+            let mut headers = FieldTable::default();
+            broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature);
+            props = props.with_headers(headers);
+        }
+        self.env
+            .publish_raw(
+                "payfleet.ingress",
+                messages::kind::PAYMENT_REQUESTED,
+                body,
+                props,
+            )
+            .await
+    }
+
+    pub async fn status(&self, id: Uuid) -> anyhow::Result<Option<(String, Option<String>)>> {
+        Ok(
+            sqlx::query_as("SELECT status, reason FROM payments WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// Waits until payment `id` is in one of `statuses` with an event
+    /// emitted; returns its status and reason.
+    pub async fn wait_for(
+        &self,
+        id: Uuid,
+        statuses: &[&str],
+        what: &str,
+    ) -> anyhow::Result<(String, Option<String>)> {
+        wait_until(WAIT, what, || async {
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM payments p WHERE p.id = $1 AND p.status = ANY($2)
+                   AND EXISTS (SELECT 1 FROM payment_events e WHERE e.payment_id = p.id))",
+            )
+            .bind(id)
+            .bind(statuses)
+            .fetch_one(self.pool())
+            .await?;
+            Ok(done)
+        })
+        .await?;
+        Ok(self.status(id).await?.unwrap_or_default())
+    }
+
+    /// Waits until the payment of the shop's `order` is terminal and
+    /// notified; returns its status and reason.
+    pub async fn outcome(&self, order: &str) -> anyhow::Result<(String, Option<String>)> {
+        let id = order_validation::payment_id(SHOP, order);
+        let terminal = [
+            "settled",
+            "failed",
+            "cancelled",
+            "rejected",
+            "challenged",
+            "exception",
+        ];
+        let what = format!("a terminal, notified payment for {order}");
+        self.wait_for(id, &terminal, &what).await
+    }
+
+    /// Waits for `id` to reach `status` with its event emitted; returns its reason.
+    pub async fn reaches(&self, id: Uuid, status: &str) -> anyhow::Result<Option<String>> {
+        let what = format!("payment {id} {status}");
+        Ok(self.wait_for(id, &[status], &what).await?.1)
+    }
+
+    /// Runs the `payfleet` CLI against this scenario's services, as an
+    /// operator; its exit code, stdout and stderr.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        cli(&self.env, args).await
+    }
+}
+
+/// The `payfleet` binary set up against `env`'s services, as an operator runs it.
+pub fn payfleet(env: &TestEnv) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payfleet"));
+    command
+        .envs(env.worker_env())
+        .env("RUST_LOG", "warn")
+        .env("USER", "oncall-test")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs `payfleet <args>` against `env`'s services; its exit code, stdout and stderr.
+pub async fn cli(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = payfleet(env).args(args).output().await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Lets a scenario type whose field `fleet` is its [`Harness`] be used as
+/// one (`world.start(..)`, `world.env`, …).
+#[allow(unused_macros)]
+macro_rules! on_harness {
+    ($world:ty) => {
+        impl std::ops::Deref for $world {
+            type Target = fleet::Harness;
+
+            fn deref(&self) -> &fleet::Harness {
+                &self.fleet
+            }
+        }
+
+        impl std::ops::DerefMut for $world {
+            fn deref_mut(&mut self) -> &mut fleet::Harness {
+                &mut self.fleet
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_harness;

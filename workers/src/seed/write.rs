@@ -1,0 +1,216 @@
+//! The writers of the seeder: one set-based statement per row kind.
+
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+use super::{Channel, Coupon, CouponRule, Merchant, Product, User};
+use crate::domain::ledger;
+
+/// Writes merchants; an existing one gets the notify URL described.
+pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Merchant) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url, notify_hosts)
+         SELECT id, name, key, fee, url, string_to_array(hosts, ' ')
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[])
+              AS t(id, name, key, fee, url, hosts)
+         ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url",
+    )
+    .bind(column(|m| m.id.clone()))
+    .bind(column(|m| m.name.clone()))
+    .bind(column(|m| m.signing_key.clone()))
+    .bind(rows.iter().map(|m| m.fee_rate).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|m| m.notify_url.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|m| m.notify_hosts.join(" ")))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes users, then tops up their wallets through the books.
+pub async fn users(conn: &mut PgConnection, rows: &[User]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO users (id, name, blocked)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|u| u.id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.name.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.blocked).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    for user in rows {
+        for top_up in &user.top_ups {
+            ledger::top_up(
+                conn,
+                &user.id,
+                &top_up.currency,
+                top_up.amount,
+                &top_up.reference,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("topping up {}: {e}", user.id))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes products, tops their stock up to at least what is described,
+/// and writes their price tiers.
+pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let skus: Vec<String> = rows.iter().map(|p| p.sku.clone()).collect();
+    sqlx::query(
+        "INSERT INTO products (sku, merchant_id, name, spec, warehouse, unit_price, currency, status)
+         SELECT sku, seller, name, COALESCE(spec::jsonb, '{}'), COALESCE(warehouse, 'main'), price, currency,
+                CASE WHEN on_sale THEN 'on_sale' ELSE 'off_shelf' END
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::boolean[])
+              AS t(sku, seller, name, spec, warehouse, price, currency, on_sale)
+         ON CONFLICT (sku) DO NOTHING",
+    )
+    .bind(&skus)
+    .bind(rows.iter().map(|p| p.merchant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.spec.as_ref().map(|s| s.to_string())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.warehouse.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.unit_price).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.currency.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.on_sale).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    // Inserting into the stock view adds units (spread over the SKU's buckets).
+    sqlx::query(
+        "INSERT INTO stock (sku, available)
+         SELECT t.sku, t.units - COALESCE(b.units, 0)
+         FROM unnest($1::text[], $2::integer[]) AS t(sku, units)
+         LEFT JOIN (SELECT sku, sum(available)::integer AS units FROM stock_buckets
+                    WHERE sku = ANY($1) GROUP BY sku) b ON b.sku = t.sku
+         WHERE t.units > COALESCE(b.units, 0)",
+    )
+    .bind(&skus)
+    .bind(rows.iter().map(|p| p.stock).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    let tiers: Vec<(&str, i32, Decimal)> = rows
+        .iter()
+        .flat_map(|p| {
+            p.tiers
+                .iter()
+                .map(|(q, price)| (p.sku.as_str(), *q, *price))
+        })
+        .collect();
+    if !tiers.is_empty() {
+        sqlx::query(
+            "INSERT INTO price_tiers (sku, min_quantity, unit_price)
+             SELECT * FROM unnest($1::text[], $2::integer[], $3::numeric[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tiers.iter().map(|t| t.0).collect::<Vec<_>>())
+        .bind(tiers.iter().map(|t| t.1).collect::<Vec<_>>())
+        .bind(tiers.iter().map(|t| t.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The coupon's columns: (kind, threshold, amount off, percent off, cap, ladder).
+type CouponColumns = (
+    &'static str,
+    Option<Decimal>,
+    Option<Decimal>,
+    Option<Decimal>,
+    Option<Decimal>,
+    Option<String>,
+);
+
+fn coupon_columns(rule: &CouponRule) -> CouponColumns {
+    match rule {
+        CouponRule::FullReduction {
+            threshold,
+            amount_off,
+        } => (
+            "full_reduction",
+            Some(*threshold),
+            Some(*amount_off),
+            None,
+            None,
+            None,
+        ),
+        CouponRule::Percentage { percent_off, cap } => {
+            ("percentage", None, None, Some(*percent_off), *cap, None)
+        }
+        CouponRule::Ladder(steps) => {
+            let ladder = serde_json::to_string(steps).expect("a ladder serializes");
+            ("ladder", None, None, None, None, Some(ladder))
+        }
+    }
+}
+
+/// Writes coupons; an existing code is left as it is.
+pub async fn coupons(conn: &mut PgConnection, rows: &[Coupon]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<CouponColumns> = rows.iter().map(|c| coupon_columns(&c.rule)).collect();
+    sqlx::query(
+        "INSERT INTO coupons (code, kind, currency, threshold, amount_off, percent_off, cap, ladder,
+                              valid_from, valid_until, total_limit, per_user_limit)
+         SELECT code, kind, currency, threshold, amount_off, percent_off, cap, ladder::jsonb,
+                now() + from_s * interval '1 second', now() + until_s * interval '1 second', total, per_user
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[],
+                     $7::numeric[], $8::text[], $9::bigint[], $10::bigint[], $11::integer[], $12::integer[])
+              AS t(code, kind, currency, threshold, amount_off, percent_off, cap, ladder, from_s, until_s, total, per_user)
+         ON CONFLICT (code) DO NOTHING",
+    )
+    .bind(rows.iter().map(|c| c.code.clone()).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.currency.clone()).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.1).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.2).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.3).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.4).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.5.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.valid_from_s).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.valid_until_s).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.total_limit).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.per_user_limit).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes channels; an existing one is pointed where described and made active.
+pub async fn channels(conn: &mut PgConnection, rows: &[Channel]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate)
+         SELECT name, 'sandbox', url, secret, string_to_array(methods, ' '), fee
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
+              AS t(name, url, secret, methods, fee)
+         ON CONFLICT (name) DO UPDATE SET base_url = EXCLUDED.base_url, webhook_secret = EXCLUDED.webhook_secret,
+                                          methods = EXCLUDED.methods, fee_rate = EXCLUDED.fee_rate, status = 'active'",
+    )
+    .bind(rows.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.base_url.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.webhook_secret.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.methods.join(" ")).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.fee_rate).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
