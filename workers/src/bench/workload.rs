@@ -141,7 +141,7 @@ pub fn requests(
         let (method, token) = match kind {
             Kind::Card => ("card", Some("tok_success")),
             Kind::Async => ("wallet", Some("tok_success")),
-            _ => ("balance", None),
+            _ => (crate::channels::BALANCE, None),
         };
         let request = PaymentRequested {
             schema_version: SCHEMA_VERSION,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 
 use super::{
-    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, WebhookNotice, WebhookRefusal,
+    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, RefundError, WebhookNotice,
+    WebhookRefusal,
 };
 
 /// The wallet's channel: its name in the routing table, its kind, and the
@@ -56,11 +57,12 @@ impl ChannelAdapter for BalanceChannel {
         attempt_id: Uuid,
         _refund_id: Uuid,
         _amount: Decimal,
-    ) -> Boxed<'a, Result<Value, String>> {
+    ) -> Boxed<'a, Result<Value, RefundError>> {
         Box::pin(async move {
-            Err(format!(
-                "the wallet channel took no money for {attempt_id}: nothing to refund there"
-            ))
+            Err(RefundError::NothingCharged {
+                channel: BALANCE.to_owned(),
+                attempt_id,
+            })
         })
     }
     fn verify_webhook(

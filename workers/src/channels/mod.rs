@@ -123,6 +123,49 @@ pub enum WebhookRefusal {
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Why a refund was not paid back (yet): the refund stays owed and is
+/// asked again with the same refund id.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    /// No answer: a timeout or a connection error.
+    #[error("{0}")]
+    Unreachable(#[from] Unreachable),
+    /// The channel answered with an error status.
+    #[error("HTTP {status}: {body}")]
+    Refused {
+        status: reqwest::StatusCode,
+        body: Value,
+    },
+    /// The channel answered, but not that it paid back this amount.
+    #[error("the channel did not confirm a refund of {amount}: {answer}")]
+    Unconfirmed { amount: Decimal, answer: Value },
+    /// The channel never took money for this attempt.
+    #[error("the {channel} channel took no money for {attempt_id}: nothing to refund there")]
+    NothingCharged { channel: String, attempt_id: Uuid },
+    /// No adapter for the channel.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+}
+
+/// A channel call that got no answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("timeout: {0}")]
+    Timeout(reqwest::Error),
+    #[error("connection: {0}")]
+    Connection(reqwest::Error),
+}
+
+impl From<reqwest::Error> for Unreachable {
+    fn from(error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Unreachable::Timeout(error)
+        } else {
+            Unreachable::Connection(error)
+        }
+    }
+}
+
 /// A payment channel.
 pub trait ChannelAdapter: Send + Sync {
     fn name(&self) -> &str;
@@ -136,7 +179,7 @@ pub trait ChannelAdapter: Send + Sync {
         attempt_id: Uuid,
         refund_id: Uuid,
         amount: Decimal,
-    ) -> Boxed<'a, Result<Value, String>>;
+    ) -> Boxed<'a, Result<Value, RefundError>>;
     /// Verifies a webhook the channel posted (its signature, and that it
     /// was signed within `tolerance` of now) and reads it.
     fn verify_webhook(

@@ -21,8 +21,8 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::{
-    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, WebhookNotice, WebhookRefusal,
-    is_currency_code,
+    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, RefundError, Unreachable,
+    WebhookNotice, WebhookRefusal, is_currency_code,
 };
 
 /// The header a webhook carries its timestamp (Unix seconds) in.
@@ -149,14 +149,10 @@ fn read_trade(raw: Value) -> ChannelReply {
     }
 }
 
-async fn send(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Value), String> {
-    let response = request.send().await.map_err(|e| {
-        if e.is_timeout() {
-            format!("timeout: {e}")
-        } else {
-            format!("connection: {e}")
-        }
-    })?;
+async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, Value), Unreachable> {
+    let response = request.send().await?;
     let status = response.status();
     let body = response.json::<Value>().await.unwrap_or(Value::Null);
     Ok((status, body))
@@ -220,7 +216,9 @@ impl ChannelAdapter for SandboxChannel {
                 Ok((status, raw)) => ChannelReply::Unknown {
                     error: format!("HTTP {status}: {raw}"),
                 },
-                Err(error) => ChannelReply::Unknown { error },
+                Err(error) => ChannelReply::Unknown {
+                    error: error.to_string(),
+                },
             }
         })
     }
@@ -233,7 +231,9 @@ impl ChannelAdapter for SandboxChannel {
                 Ok((status, raw)) => ChannelReply::Unknown {
                     error: format!("HTTP {status}: {raw}"),
                 },
-                Err(error) => ChannelReply::Unknown { error },
+                Err(error) => ChannelReply::Unknown {
+                    error: error.to_string(),
+                },
             }
         })
     }
@@ -266,7 +266,9 @@ impl ChannelAdapter for SandboxChannel {
                 Ok((status, raw)) => CloseReply::Unknown {
                     error: format!("HTTP {status}: {raw}"),
                 },
-                Err(error) => CloseReply::Unknown { error },
+                Err(error) => CloseReply::Unknown {
+                    error: error.to_string(),
+                },
             }
         })
     }
@@ -275,13 +277,13 @@ impl ChannelAdapter for SandboxChannel {
         attempt_id: Uuid,
         refund_id: Uuid,
         amount: Decimal,
-    ) -> Boxed<'a, Result<Value, String>> {
+    ) -> Boxed<'a, Result<Value, RefundError>> {
         Box::pin(async move {
             let body = json!({"out_trade_no": attempt_id.to_string(), "refund_no": refund_id.to_string(), "amount": amount.to_string()});
             match send(self.http.post(self.url("/refunds")).json(&body)).await {
                 Ok((status, raw)) if status.is_success() => Ok(raw),
-                Ok((status, raw)) => Err(format!("HTTP {status}: {raw}")),
-                Err(error) => Err(error),
+                Ok((status, body)) => Err(RefundError::Refused { status, body }),
+                Err(error) => Err(error.into()),
             }
         })
     }

@@ -167,7 +167,7 @@ pub(super) fn plan(
             coupon_code,
             payment_method: match kind {
                 Kind::Channel(method, _) => method.to_owned(),
-                _ => "balance".to_owned(),
+                _ => crate::channels::BALANCE.to_owned(),
             },
             payer_token: match kind {
                 Kind::Channel(_, token) => Some(token.to_owned()),

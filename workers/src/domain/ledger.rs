@@ -154,10 +154,11 @@ impl ChannelCharge {
     ) -> Result<Option<ChannelCharge>, StageError> {
         let row: Option<(Uuid, String, Decimal, String)> = sqlx::query_as(
             "SELECT id, channel, COALESCE(charged_amount, amount), COALESCE(charged_currency, currency)::text
-             FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded' AND channel <> 'balance'
+             FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded' AND channel <> $2
              ORDER BY created_at DESC LIMIT 1",
         )
         .bind(payment_id)
+        .bind(crate::channels::BALANCE)
         .fetch_optional(conn)
         .await?;
         Ok(

@@ -92,6 +92,27 @@ pub async fn finish(
     Ok(moved.rows_affected() == 1)
 }
 
+/// Reopens these deliveries for an operator's resend: each finished one
+/// goes back to `pending`, due now, its retry schedule started again.
+/// Returns those reopened (a pending one is already on its way).
+pub async fn reopen(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let reopenable: Vec<&str> = MOVES
+        .iter()
+        .filter(|(_, to, _)| *to == DeliveryStatus::Pending)
+        .map(|(from, _, _)| from.as_str())
+        .collect();
+    sqlx::query_scalar(
+        "UPDATE webhook_deliveries SET status = $3, schedule_from = attempts, next_attempt_at = now(),
+                claimed_until = NULL, delivered_at = NULL
+         WHERE id = ANY($1) AND status = ANY($2) RETURNING id",
+    )
+    .bind(ids)
+    .bind(&reopenable)
+    .bind(DeliveryStatus::Pending.as_str())
+    .fetch_all(executor)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

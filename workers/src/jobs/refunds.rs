@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    channels::Adapters,
+    channels::{Adapters, RefundError},
     domain::refund::{self, RefundStatus},
 };
 
@@ -45,14 +45,14 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
     for (refund_id, payment_id, attempt_id, channel, amount, currency) in owed {
         let answer = match adapters.get(pool, &channel).await {
             Ok(adapter) => adapter.refund(attempt_id, refund_id, amount).await,
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error.into()),
         };
         let payload = match &answer {
             Ok(raw) => {
                 json!({"call": "refund", "refund_no": refund_id, "amount": amount.to_string(), "answer": raw})
             }
             Err(error) => {
-                json!({"call": "refund", "refund_no": refund_id, "amount": amount.to_string(), "error": error})
+                json!({"call": "refund", "refund_no": refund_id, "amount": amount.to_string(), "error": error.to_string()})
             }
         };
         // Only a refund the channel says it paid, for the amount asked, is
@@ -60,9 +60,7 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
         // owed and is asked again with the same refund id.
         let answer = match answer {
             Ok(raw) if paid_in_full(&raw, amount) => Ok(raw),
-            Ok(raw) => Err(format!(
-                "the channel did not confirm a refund of {amount}: {raw}"
-            )),
+            Ok(answer) => Err(RefundError::Unconfirmed { amount, answer }),
             Err(error) => Err(error),
         };
         let mut tx = pool.begin().await?;
@@ -96,7 +94,7 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
             Err(error) => {
                 sqlx::query("UPDATE refunds SET claimed_until = now() + interval '30 seconds', last_error = $2 WHERE id = $1")
                     .bind(refund_id)
-                    .bind(&error)
+                    .bind(error.to_string())
                     .execute(&mut *tx)
                     .await?;
                 metrics::counter!("payfleet_refunds_total", "result" => "retried").increment(1);

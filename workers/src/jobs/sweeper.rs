@@ -9,7 +9,7 @@ use payfleet_common::{
     CancellationToken,
     messages::{Outcome as Final, SCHEMA_VERSION, TradeClose, kind},
     outbox,
-    runtime::Shared,
+    runtime::{Shared, StageError},
 };
 use sqlx::Acquire;
 use uuid::Uuid;
@@ -41,13 +41,13 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// One sweep; `None` when another process holds the sweep lock.
-pub async fn sweep(shared: &Shared) -> Result<Option<usize>, String> {
-    let mut lock_conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
+pub async fn sweep(shared: &Shared) -> Result<Option<usize>, StageError> {
+    let mut lock_conn = shared.pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SWEEP_LOCK)
         .fetch_one(&mut *lock_conn)
         .await
-        .map_err(|e| e.to_string())?;
+        ?;
     if !locked {
         return Ok(None);
     }
@@ -59,7 +59,7 @@ pub async fn sweep(shared: &Shared) -> Result<Option<usize>, String> {
     result.map(Some)
 }
 
-async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
+async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
     let expired: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM payments WHERE status IN ('validated', 'frozen') AND expires_at < now()
            AND (close_requested_at IS NULL OR close_requested_at < now() - interval '5 minutes')
@@ -68,18 +68,17 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
     .bind(BATCH)
     .fetch_all(&shared.pool)
     .await
-    .map_err(|e| e.to_string())?;
+    ?;
     let mut cancelled = 0;
     for id in expired {
-        let mut conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
-        let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+        let mut conn = shared.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
         let Some(p) = payment::lock(&mut tx, id)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         else {
             continue;
         };
-        let status = p.status().map_err(|e| e.to_string())?;
+        let status = p.status()?;
         if !matches!(status, PaymentStatus::Validated | PaymentStatus::Frozen)
             || p.expires_at > chrono::Utc::now()
         {
@@ -102,23 +101,20 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
                     requested_at: chrono::Utc::now(),
                 },
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(StageError::permanent)?;
             outbox::insert(&mut tx, &[message])
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             sqlx::query("UPDATE payments SET close_requested_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
+                .await?;
+            tx.commit().await?;
             shared.outbox_wake.notify_one();
             cancelled += 1;
             continue;
         }
         if tcc::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         {
             let message = handoff::to_stage(
                 &shared.topology,
@@ -127,11 +123,10 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, String> {
                 id,
                 &payment::outcome_message(id, Final::Failed, Some("expired")),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(StageError::permanent)?;
             outbox::insert(&mut tx, &[message])
-                .await
-                .map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
+                .await?;
+            tx.commit().await?;
             shared.outbox_wake.notify_one();
             cancelled += 1;
         }

@@ -194,10 +194,11 @@ pub async fn resolve(
     // (a status query) must be on record first.
     let open_attempt: Option<(Uuid, String, String)> = sqlx::query_as(
         "SELECT id, channel, status FROM payment_attempts
-         WHERE payment_id = $1 AND channel <> 'balance' AND status IN ('sending', 'pending', 'unknown')
+         WHERE payment_id = $1 AND channel <> $2 AND status IN ('sending', 'pending', 'unknown')
          ORDER BY created_at DESC LIMIT 1",
     )
     .bind(id)
+    .bind(crate::channels::BALANCE)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some((attempt, channel, attempt_status)) = open_attempt {

@@ -89,14 +89,7 @@ pub async fn resend(
     selection: Value,
 ) -> Result<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
-    let reset: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE webhook_deliveries SET status = 'pending', schedule_from = attempts, next_attempt_at = now(),
-                claimed_until = NULL, delivered_at = NULL
-         WHERE id = ANY($1) AND status <> 'pending' RETURNING id",
-    )
-    .bind(ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let reset = crate::domain::webhook_delivery::reopen(&mut *tx, ids).await?;
     let message_ids: Vec<String> = reset.iter().map(Uuid::to_string).collect();
     sqlx::query(
         "UPDATE dead_letters SET status = 'replayed', status_changed_at = now()
