@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         s.risk_velocity_limit = 1_000_000;
         s.risk_challenge_amount.insert("CNY".into(), 1_000_000);
         s.risk_block_amount.insert("CNY".into(), 1_000_000);
-        s.payment_ttl_ms = 3_600_000;
+        s.payment_ttl = std::time::Duration::from_millis(3_600_000);
         s.log_filter = "warn".into();
     })
     .await?;

@@ -680,7 +680,10 @@ async fn five_concurrent_publishes_of_one_order_make_one_payment_and_other_conte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_payment_is_cancelled_with_everything_released() -> anyhow::Result<()> {
-    let mut chain = Chain::with("expiry", |s| s.payment_ttl_ms = 1_500).await?;
+    let mut chain = Chain::with("expiry", |s| {
+        s.payment_ttl = std::time::Duration::from_millis(1_500)
+    })
+    .await?;
     // No channel-call: the payment stays frozen until it expires.
     chain
         .start(&[
@@ -729,7 +732,10 @@ async fn an_expired_payment_is_cancelled_with_everything_released() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_try_after_cancel_reserves_nothing() -> anyhow::Result<()> {
-    let mut chain = Chain::with("latetry", |s| s.payment_ttl_ms = 1_000).await?;
+    let mut chain = Chain::with("latetry", |s| {
+        s.payment_ttl = std::time::Duration::from_millis(1_000)
+    })
+    .await?;
     // fund-freeze is down: the Try waits in its queue while the payment expires.
     chain
         .start(&["order-validation", "settlement", "notification"])
@@ -992,7 +998,10 @@ async fn a_coupon_that_expires_before_try_fails_the_payment_and_reserves_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wallet_capture_after_the_payment_was_cancelled_changes_nothing() -> anyhow::Result<()> {
-    let mut chain = Chain::with("stalecapture", |s| s.payment_ttl_ms = 3_000).await?;
+    let mut chain = Chain::with("stalecapture", |s| {
+        s.payment_ttl = std::time::Duration::from_millis(3_000)
+    })
+    .await?;
     // callback is down: the wallet's capture waits in its queue while the payment expires.
     chain
         .start(&[
@@ -1179,7 +1188,7 @@ async fn merchant_webhooks_go_over_https_to_receivers_the_configured_ca_signed()
     let (other_url, other_seen) = merchant_endpoint_https(&other.issue("shop")?).await?;
     let ca_file = trusted.pem_file.display().to_string();
     let mut chain = Chain::with("webhooktls", |s| {
-        s.webhook_delays_ms = vec![100, 100];
+        s.webhook_delays = payfleet_common::config::millis(&[100, 100]);
         s.tls_ca_file = Some(ca_file);
     })
     .await?;
@@ -1224,7 +1233,10 @@ async fn merchant_webhooks_go_over_https_to_receivers_the_configured_ca_signed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merchant_webhooks_are_signed_retried_and_dead_lettered_when_exhausted()
 -> anyhow::Result<()> {
-    let mut chain = Chain::with("webhooks", |s| s.webhook_delays_ms = vec![200, 400]).await?;
+    let mut chain = Chain::with("webhooks", |s| {
+        s.webhook_delays = payfleet_common::config::millis(&[200, 400])
+    })
+    .await?;
     let (flaky_url, flaky) = merchant_endpoint(2).await?;
     let (down_url, down) = merchant_endpoint(usize::MAX).await?;
     register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
@@ -1534,7 +1546,7 @@ async fn merchant_webhooks_cannot_be_aimed_inward() -> anyhow::Result<()> {
     // Deny by default: loopback is not allowed here (only the demo and the
     // other tests allow it, for their receivers on 127.0.0.1).
     let mut chain = Chain::with("ssrf", |s| {
-        s.webhook_delays_ms = vec![100, 100];
+        s.webhook_delays = payfleet_common::config::millis(&[100, 100]);
         s.webhook_allow_loopback = false;
     })
     .await?;
@@ -1626,7 +1638,10 @@ async fn merchant_webhooks_cannot_be_aimed_inward() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_follows_no_redirect_and_a_refused_url_is_never_a_target() -> anyhow::Result<()> {
-    let mut chain = Chain::with("redirects", |s| s.webhook_delays_ms = vec![100]).await?;
+    let mut chain = Chain::with("redirects", |s| {
+        s.webhook_delays = payfleet_common::config::millis(&[100])
+    })
+    .await?;
     let (inside_url, inside) = merchant_endpoint(0).await?;
     let (merchant_url, merchant) = merchant_endpoint(0).await?;
     let redirect_url = redirecting_endpoint(&inside_url).await?;
@@ -1791,7 +1806,10 @@ fn case(secret: &str, body: &[u8], headers: &BTreeMap<String, String>, shift_s: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merchant_webhooks_verify_with_the_standard_webhooks_library_across_a_secret_rotation()
 -> anyhow::Result<()> {
-    let mut chain = Chain::with("stdhooks", |s| s.webhook_delays_ms = vec![1_100, 1_100]).await?;
+    let mut chain = Chain::with("stdhooks", |s| {
+        s.webhook_delays = payfleet_common::config::millis(&[1_100, 1_100])
+    })
+    .await?;
     let (url, seen) = merchant_endpoint(1).await?;
     register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
     let before = webhook_secrets(chain.pool()).await?;
@@ -1943,7 +1961,10 @@ async fn switchable_endpoint() -> anyhow::Result<(String, Seen, std::sync::Arc<A
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay()
 -> anyhow::Result<()> {
-    let mut chain = Chain::with("resend", |s| s.webhook_delays_ms = vec![100]).await?;
+    let mut chain = Chain::with("resend", |s| {
+        s.webhook_delays = payfleet_common::config::millis(&[100])
+    })
+    .await?;
     let (url, seen, down) = switchable_endpoint().await?;
     register_notify_hosts(chain.pool(), &["127.0.0.1"]).await?;
     chain.start(&[]).await?;

@@ -55,8 +55,8 @@ impl World {
         webhook_delay: Duration,
     ) -> anyhow::Result<Self> {
         let fleet = Harness::new(tag, true, |s| {
-            s.channel_timeout_ms = 1_000;
-            s.status_query_delays_ms = vec![200, 400, 800];
+            s.channel_timeout = std::time::Duration::from_millis(1_000);
+            s.status_query_delays = payfleet_common::config::millis(&[200, 400, 800]);
             s.max_attempts = 8;
             adjust(s);
         })
@@ -115,8 +115,8 @@ impl World {
         Self::new(
             tag,
             |s| {
-                s.retry_delays_ms = vec![200, 400, 800, 20_000];
-                s.status_query_delays_ms = vec![20_000];
+                s.retry_delays = payfleet_common::config::millis(&[200, 400, 800, 20_000]);
+                s.status_query_delays = payfleet_common::config::millis(&[20_000]);
                 adjust(s);
             },
             webhook_delay,
@@ -1016,7 +1016,7 @@ async fn a_channel_added_while_the_fleet_runs_closes_an_expired_trade_and_refund
     // The gateway would only send its webhook after 30 s; the payment expires after 1.5 s.
     let mut world = World::with_open_attempts(
         "newwallet",
-        |s| s.payment_ttl_ms = 1_500,
+        |s| s.payment_ttl = std::time::Duration::from_millis(1_500),
         Duration::from_secs(30),
     )
     .await?;
@@ -1147,7 +1147,7 @@ async fn expiry_closes_the_trade_first_and_a_late_success_is_owed_back() -> anyh
     // The gateway would only answer after 30 s; the payment expires after 1.5 s.
     let mut world = World::with_open_attempts(
         "expiryclose",
-        |s| s.payment_ttl_ms = 1_500,
+        |s| s.payment_ttl = std::time::Duration::from_millis(1_500),
         Duration::from_secs(30),
     )
     .await?;

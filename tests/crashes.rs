@@ -140,7 +140,7 @@ async fn killed_after_commit_before_ack_nothing_is_lost_or_doubled() -> anyhow::
 async fn killed_between_publish_and_marking_sent_the_republish_is_recognised() -> anyhow::Result<()>
 {
     let env = TestEnv::with("killrelay", |s| {
-        s.outbox_lease_ms = 1_000;
+        s.outbox_lease = std::time::Duration::from_millis(1_000);
         // small relay passes, so that the third one surely has rows in it
         s.outbox_batch_size = 2;
     })

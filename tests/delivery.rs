@@ -232,7 +232,7 @@ async fn lock_contention_alone_never_dead_letters() -> anyhow::Result<()> {
     let locks = payfleet_common::lock::Locks::new(
         &env.settings.redis_url,
         &env.settings.redis_key_prefix,
-        env.settings.lock_ttl(),
+        env.settings.lock_ttl,
     )?;
     let key = locks.key(TRANSFER_STAGE, &t.transfer_id.to_string());
     let client = redis::Client::open(env.settings.redis_url.as_str())?;

@@ -330,8 +330,8 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
     })?;
 
     let harness = fleet::Harness::new("growth", true, |s| {
-        s.channel_timeout_ms = 1_000;
-        s.status_query_delays_ms = vec![200, 400, 800];
+        s.channel_timeout = std::time::Duration::from_millis(1_000);
+        s.status_query_delays = payfleet_common::config::millis(&[200, 400, 800]);
         s.max_attempts = 8;
     })
     .await?;

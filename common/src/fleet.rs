@@ -90,7 +90,7 @@ impl Fleet {
         let locks = Locks::with_extra_ca(
             &settings.redis_url,
             &settings.redis_key_prefix,
-            settings.lock_ttl(),
+            settings.lock_ttl,
             &extra_ca,
         )?
         .with_fallback(pool.clone());
@@ -201,7 +201,7 @@ impl Fleet {
             queues,
             prefetch: s.prefetch,
             max_in_flight: s.max_in_flight,
-            shutdown_timeout: s.shutdown_timeout(),
+            shutdown_timeout: s.shutdown_timeout,
         }
     }
 
@@ -245,8 +245,8 @@ impl Fleet {
         let relay = self.relay.then(|| {
             let config = RelayConfig {
                 batch_size: shared.settings.outbox_batch_size,
-                lease: Duration::from_millis(shared.settings.outbox_lease_ms),
-                poll: Duration::from_millis(shared.settings.outbox_poll_ms),
+                lease: shared.settings.outbox_lease,
+                poll: shared.settings.outbox_poll,
                 flush_timeout: FLUSH_TIMEOUT,
             };
             let relay_stop = CancellationToken::new();
@@ -269,7 +269,7 @@ impl Fleet {
         stop.cancelled().await;
         // Consumers finish what is in flight (each bounded by shutdown_timeout).
         while consumers.join_next().await.is_some() {}
-        let bound = shared.settings.shutdown_timeout();
+        let bound = shared.settings.shutdown_timeout;
         if tokio::time::timeout(bound, async {
             while background.join_next().await.is_some() {}
         })

@@ -86,8 +86,8 @@ impl Harness {
                 s.http_addr = format!("127.0.0.1:{port}");
                 s.callback_base_url = format!("http://127.0.0.1:{port}");
             }
-            s.sweep_interval_ms = 200;
-            s.rollup_interval_ms = 100;
+            s.sweep_interval = std::time::Duration::from_millis(200);
+            s.rollup_interval = std::time::Duration::from_millis(100);
             adjust(s);
         })
         .await?;

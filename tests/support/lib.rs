@@ -54,13 +54,13 @@ fn test_settings(name: &str) -> Settings {
         database_url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
         redis_url: "redis://127.0.0.1:6379/0".into(),
         redis_key_prefix: name.to_owned(),
-        retry_delays_ms: vec![200, 400, 800],
+        retry_delays: payfleet_common::config::millis(&[200, 400, 800]),
         max_attempts: 4,
         crash_loop_limit: 3,
-        lock_ttl_ms: 3_000,
-        shutdown_timeout_ms: 5_000,
-        outbox_poll_ms: 250,
-        outbox_lease_ms: 2_000,
+        lock_ttl: std::time::Duration::from_millis(3_000),
+        shutdown_timeout: std::time::Duration::from_millis(5_000),
+        outbox_poll: std::time::Duration::from_millis(250),
+        outbox_lease: std::time::Duration::from_millis(2_000),
         prefetch: 16,
         max_in_flight: 8,
         db_max_connections: 10,
@@ -297,11 +297,16 @@ impl TestEnv {
         let mut queues = Vec::new();
         for stage in [TRANSFER_STAGE, RECEIPT_STAGE] {
             queues.push(Topology::work_queue(stage));
-            for level in 0..self.settings.retry_delays_ms.len() {
+            for level in 0..self.settings.retry_delays.len() {
                 queues.push(Topology::retry_queue(stage, level));
             }
         }
-        let longest = Duration::from_millis(*self.settings.retry_delays_ms.last().unwrap_or(&1000));
+        let longest = self
+            .settings
+            .retry_delays
+            .last()
+            .copied()
+            .unwrap_or(Duration::from_secs(1));
         let deadline = Instant::now() + within;
         let mut empty_since: Option<Instant> = None;
         loop {

@@ -13,7 +13,7 @@
 //! names; anything else is refused with a 4xx, counted and logged as
 //! refused, and kept out of every payment's integration log.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -44,7 +44,7 @@ struct Ingress {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    let adapters = Adapters::new(Duration::from_millis(shared.settings.channel_timeout_ms));
+    let adapters = Adapters::new(shared.settings.channel_timeout);
     Router::new()
         .route("/callbacks/{channel}/{payment_id}", post(receive))
         .with_state(Arc::new(Ingress { shared, adapters }))
@@ -119,7 +119,7 @@ async fn verify(
             return Err((StatusCode::SERVICE_UNAVAILABLE, "try again\n"));
         }
     };
-    let tolerance = Duration::from_millis(ingress.shared.settings.callback_tolerance_ms);
+    let tolerance = ingress.shared.settings.callback_tolerance;
     adapter
         .verify_webhook(headers, body, tolerance)
         .map_err(|refusal| match refusal {

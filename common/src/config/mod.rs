@@ -10,6 +10,7 @@ pub use redact::{REDACTED, redact};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use serde_with::{DurationMilliSeconds, serde_as};
 
 /// Environment variable that names the optional TOML file.
 pub const CONFIG_FILE_ENV: &str = "PAYFLEET_CONFIG";
@@ -34,10 +35,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whole milliseconds of a duration setting (for the zero checks).
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Delays given in milliseconds, as the `_ms` list settings are written.
+pub fn millis(values: &[u64]) -> Vec<Duration> {
+    values.iter().copied().map(Duration::from_millis).collect()
+}
+
 /// Every setting, with its default. Field names are the TOML keys; the
 /// environment variable is `PAYFLEET_` followed by the name in capitals.
 /// Shown (`payfleet config`, `{:?}`) only through [`Settings::redacted`]:
 /// the password of every URL and every secret-named value is replaced.
+#[serde_as]
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -60,14 +72,18 @@ pub struct Settings {
     /// Quorum queues only: deliveries before the broker itself dead-letters.
     pub quorum_delivery_limit: u32,
     /// Retry delay levels in milliseconds, one delay queue per level.
-    pub retry_delays_ms: Vec<u64>,
+    #[serde(rename = "retry_delays_ms")]
+    #[serde_as(as = "Vec<DurationMilliSeconds<u64>>")]
+    pub retry_delays: Vec<Duration>,
     /// Handling attempts before a failing message is dead-lettered as exhausted.
     pub max_attempts: u32,
     /// Deliveries of one message that crash the process before it is
     /// dead-lettered as crash-loop.
     pub crash_loop_limit: u32,
     /// Redis lock lifetime; renewed every third of it while a handler runs.
-    pub lock_ttl_ms: u64,
+    #[serde(rename = "lock_ttl_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub lock_ttl: Duration,
     /// Maximum length of the ingress queue; past it publishes are rejected.
     pub ingress_max_length: u32,
     /// Largest request body the ingress stage reads, in bytes; a larger one
@@ -76,11 +92,17 @@ pub struct Settings {
     /// Outbox rows one relay pass claims and publishes with pipelined confirms.
     pub outbox_batch_size: u32,
     /// How long a claimed outbox row is reserved for the relay that claimed it.
-    pub outbox_lease_ms: u64,
+    #[serde(rename = "outbox_lease_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub outbox_lease: Duration,
     /// Fallback poll interval of the outbox relay (it also wakes on commit).
-    pub outbox_poll_ms: u64,
+    #[serde(rename = "outbox_poll_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub outbox_poll: Duration,
     /// Bound on a graceful shutdown.
-    pub shutdown_timeout_ms: u64,
+    #[serde(rename = "shutdown_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub shutdown_timeout: Duration,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub http_addr: String,
     /// `text` or `json` log lines.
@@ -88,7 +110,9 @@ pub struct Settings {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log_filter: String,
     /// How long a payment may stay unpaid before the sweeper cancels it.
-    pub payment_ttl_ms: u64,
+    #[serde(rename = "payment_ttl_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub payment_ttl: Duration,
     /// Risk: per currency, payments of at least this many whole units are
     /// blocked. A currency with no entry takes no payments (`unsupported_currency`).
     pub risk_block_amount: BTreeMap<String, u64>,
@@ -98,28 +122,44 @@ pub struct Settings {
     /// Risk: more payments than this by one user within the window are challenged.
     pub risk_velocity_limit: u32,
     /// Risk: the velocity window.
-    pub risk_velocity_window_ms: u64,
+    #[serde(rename = "risk_velocity_window_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub risk_velocity_window: Duration,
     /// Merchant webhook retry schedule (delay before each retry).
-    pub webhook_delays_ms: Vec<u64>,
+    #[serde(rename = "webhook_delays_ms")]
+    #[serde_as(as = "Vec<DurationMilliSeconds<u64>>")]
+    pub webhook_delays: Vec<Duration>,
     /// Timeout of one webhook request.
-    pub webhook_timeout_ms: u64,
+    #[serde(rename = "webhook_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub webhook_timeout: Duration,
     /// Lets merchant webhooks go to loopback addresses (127.0.0.0/8, ::1).
     /// For the demo and tests only, whose receivers listen on 127.0.0.1;
     /// private, link-local and unique-local addresses are refused regardless.
     pub webhook_allow_loopback: bool,
     /// How often the expiry sweeper looks for payments past their expiry.
-    pub sweep_interval_ms: u64,
+    #[serde(rename = "sweep_interval_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub sweep_interval: Duration,
     /// How often merchant and fee balances are rolled up from the journal.
-    pub rollup_interval_ms: u64,
+    #[serde(rename = "rollup_interval_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub rollup_interval: Duration,
     /// Timeout of one call to a payment channel.
-    pub channel_timeout_ms: u64,
+    #[serde(rename = "channel_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub channel_timeout: Duration,
     /// When to ask a channel about an attempt with no final answer: each
     /// delay is served by the shortest delay level at least that long.
-    pub status_query_delays_ms: Vec<u64>,
+    #[serde(rename = "status_query_delays_ms")]
+    #[serde_as(as = "Vec<DurationMilliSeconds<u64>>")]
+    pub status_query_delays: Vec<Duration>,
     /// The base URL channels post their webhooks to (`/callbacks/<channel>/<payment>`).
     pub callback_base_url: String,
     /// Accepted age of a channel webhook's timestamp, either way.
-    pub callback_tolerance_ms: u64,
+    #[serde(rename = "callback_tolerance_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub callback_tolerance: Duration,
     /// RabbitMQ's management API (`payfleet status`); credentials come from `amqp_url`.
     pub management_url: String,
     /// Purged dead letters are deleted after this many days (`payfleet dlq purge --delete-expired`).
@@ -129,7 +169,9 @@ pub struct Settings {
     pub inbox_retention_days: u32,
     /// How much older than its first receipt a request's `requested_at` may
     /// be (either way); longer than the whole retry schedule.
-    pub request_max_age_ms: u64,
+    #[serde(rename = "request_max_age_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub request_max_age: Duration,
     /// A PEM file of CA certificates trusted, beside the platform's roots,
     /// for every TLS connection: `postgres://…?sslmode=verify-full`,
     /// `rediss://`, `amqps://` and https merchant webhooks.
@@ -148,20 +190,20 @@ impl Default for Settings {
             max_in_flight: 16,
             queue_type: QueueType::Classic,
             quorum_delivery_limit: 20,
-            retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],
+            retry_delays: millis(&[1_000, 5_000, 30_000, 120_000, 600_000]),
             max_attempts: 8,
             crash_loop_limit: 5,
-            lock_ttl_ms: 15_000,
+            lock_ttl: Duration::from_millis(15_000),
             ingress_max_length: 100_000,
             ingress_max_body_bytes: 131_072,
             outbox_batch_size: 256,
-            outbox_lease_ms: 30_000,
-            outbox_poll_ms: 1_000,
-            shutdown_timeout_ms: 20_000,
+            outbox_lease: Duration::from_millis(30_000),
+            outbox_poll: Duration::from_millis(1_000),
+            shutdown_timeout: Duration::from_millis(20_000),
             http_addr: "127.0.0.1:9464".into(),
             log_format: LogFormat::Text,
             log_filter: "info,sqlx=warn,lapin=warn,lapin::channel=off".into(),
-            payment_ttl_ms: 900_000,
+            payment_ttl: Duration::from_millis(900_000),
             // About the same value in every currency: 50,000 / 20,000 CNY.
             risk_block_amount: per_currency(&[
                 ("CNY", 50_000),
@@ -180,24 +222,24 @@ impl Default for Settings {
                 ("SGD", 3_800),
             ]),
             risk_velocity_limit: 20,
-            risk_velocity_window_ms: 3_600_000,
+            risk_velocity_window: Duration::from_millis(3_600_000),
             // 10 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h, 12 h: about a day in all
-            webhook_delays_ms: vec![
+            webhook_delays: millis(&[
                 10_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000, 10_800_000, 21_600_000,
                 43_200_000,
-            ],
-            webhook_timeout_ms: 5_000,
+            ]),
+            webhook_timeout: Duration::from_millis(5_000),
             webhook_allow_loopback: false,
-            sweep_interval_ms: 5_000,
-            rollup_interval_ms: 1_000,
-            channel_timeout_ms: 5_000,
-            status_query_delays_ms: vec![5_000, 30_000, 120_000, 600_000],
+            sweep_interval: Duration::from_millis(5_000),
+            rollup_interval: Duration::from_millis(1_000),
+            channel_timeout: Duration::from_millis(5_000),
+            status_query_delays: millis(&[5_000, 30_000, 120_000, 600_000]),
             callback_base_url: "http://127.0.0.1:9464".into(),
-            callback_tolerance_ms: 300_000,
+            callback_tolerance: Duration::from_millis(300_000),
             management_url: "http://127.0.0.1:15672".into(),
             dead_letter_retention_days: 90,
             inbox_retention_days: 30,
-            request_max_age_ms: 3_600_000,
+            request_max_age: Duration::from_millis(3_600_000),
             tls_ca_file: None,
         }
     }
@@ -246,16 +288,16 @@ impl Settings {
             ("max_in_flight", self.max_in_flight as u64),
             ("max_attempts", u64::from(self.max_attempts)),
             ("crash_loop_limit", u64::from(self.crash_loop_limit)),
-            ("lock_ttl_ms", self.lock_ttl_ms),
+            ("lock_ttl_ms", millis_of(self.lock_ttl)),
             ("ingress_max_length", u64::from(self.ingress_max_length)),
             (
                 "ingress_max_body_bytes",
                 u64::from(self.ingress_max_body_bytes),
             ),
             ("outbox_batch_size", u64::from(self.outbox_batch_size)),
-            ("outbox_lease_ms", self.outbox_lease_ms),
-            ("outbox_poll_ms", self.outbox_poll_ms),
-            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("outbox_lease_ms", millis_of(self.outbox_lease)),
+            ("outbox_poll_ms", millis_of(self.outbox_poll)),
+            ("shutdown_timeout_ms", millis_of(self.shutdown_timeout)),
             (
                 "quorum_delivery_limit",
                 u64::from(self.quorum_delivery_limit),
@@ -266,32 +308,33 @@ impl Settings {
                 return Err(invalid(name, "must be greater than zero"));
             }
         }
-        if self.retry_delays_ms.is_empty() {
+        if self.retry_delays.is_empty() {
             return Err(invalid("retry_delays_ms", "needs at least one delay level"));
         }
-        if self.retry_delays_ms.windows(2).any(|w| w[0] >= w[1]) || self.retry_delays_ms[0] == 0 {
+        if self.retry_delays.windows(2).any(|w| w[0] >= w[1]) || self.retry_delays[0].is_zero() {
             return Err(invalid(
                 "retry_delays_ms",
                 "delays must be positive and strictly increasing",
             ));
         }
-        let schedule = self.retry_schedule_ms();
-        if self.request_max_age_ms <= schedule {
+        let schedule = self.retry_schedule();
+        if self.request_max_age <= schedule {
             return Err(invalid(
                 "request_max_age_ms",
                 format!(
-                    "must be longer than the whole retry schedule: {schedule} ms ({} retries over retry_delays_ms)",
+                    "must be longer than the whole retry schedule: {} ms ({} retries over retry_delays_ms)",
+                    schedule.as_millis(),
                     self.max_attempts.saturating_sub(1)
                 ),
             ));
         }
-        if self.webhook_delays_ms.is_empty() || self.webhook_delays_ms.contains(&0) {
+        if self.webhook_delays.is_empty() || self.webhook_delays.iter().any(Duration::is_zero) {
             return Err(invalid(
                 "webhook_delays_ms",
                 "needs at least one positive delay",
             ));
         }
-        if self.status_query_delays_ms.is_empty() {
+        if self.status_query_delays.is_empty() {
             return Err(invalid(
                 "status_query_delays_ms",
                 "needs at least one delay",
@@ -303,7 +346,7 @@ impl Settings {
             return Err(invalid("callback_base_url", "must be an http(s) URL"));
         }
         self.validate_risk_thresholds()?;
-        if self.lock_ttl_ms < 300 {
+        if self.lock_ttl < Duration::from_millis(300) {
             return Err(invalid("lock_ttl_ms", "must be at least 300 ms"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
@@ -314,13 +357,13 @@ impl Settings {
     /// How long a message can spend in delay queues before it is
     /// dead-lettered as exhausted: the delays of its `max_attempts - 1`
     /// retries (each on the level of its attempt count, the last repeated).
-    pub fn retry_schedule_ms(&self) -> u64 {
-        let Some(last) = self.retry_delays_ms.len().checked_sub(1) else {
-            return 0;
+    pub fn retry_schedule(&self) -> Duration {
+        let Some(last) = self.retry_delays.len().checked_sub(1) else {
+            return Duration::ZERO;
         };
         (1..self.max_attempts)
-            .map(|failures| self.retry_delays_ms[(failures as usize - 1).min(last)])
-            .fold(0, u64::saturating_add)
+            .map(|failures| self.retry_delays[(failures as usize - 1).min(last)])
+            .fold(Duration::ZERO, Duration::saturating_add)
     }
 
     /// Both threshold maps name the same accepted currencies, with positive
@@ -382,12 +425,6 @@ impl Settings {
             .map_err(|e| invalid("tls_ca_file", e.to_string()))
     }
 
-    pub fn lock_ttl(&self) -> Duration {
-        Duration::from_millis(self.lock_ttl_ms)
-    }
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
-    }
     pub fn http_socket_addr(&self) -> SocketAddr {
         // validated in `validate`
         SocketAddr::from_str(&self.http_addr).unwrap_or_else(|_| ([127, 0, 0, 1], 9464).into())
@@ -529,8 +566,8 @@ mod tests {
     fn the_request_window_outlasts_the_retry_schedule() {
         let s = with("").expect("defaults are valid");
         // 1 s + 5 s + 30 s + 120 s + 3 x 600 s: seven retries
-        assert_eq!(s.retry_schedule_ms(), 1_956_000);
-        assert!(s.request_max_age_ms > s.retry_schedule_ms());
+        assert_eq!(s.retry_schedule(), Duration::from_millis(1_956_000));
+        assert!(s.request_max_age > s.retry_schedule());
         let err = with("request_max_age_ms = 1956000")
             .unwrap_err()
             .to_string();

@@ -110,7 +110,7 @@ pub struct BindingDecl {
 pub struct Topology {
     pub spec: TopologySpec,
     pub queue_type: QueueType,
-    pub retry_delays_ms: Vec<u64>,
+    pub retry_delays: Vec<std::time::Duration>,
     pub ingress_max_length: u32,
     pub quorum_delivery_limit: u32,
 }
@@ -160,7 +160,7 @@ impl Topology {
         Self {
             spec,
             queue_type: settings.queue_type,
-            retry_delays_ms: settings.retry_delays_ms.clone(),
+            retry_delays: settings.retry_delays.clone(),
             ingress_max_length: settings.ingress_max_length,
             quorum_delivery_limit: settings.quorum_delivery_limit,
         }
@@ -217,15 +217,15 @@ impl Topology {
     /// level, the last level repeats.
     pub fn retry_level(&self, attempt: u32) -> usize {
         let index = attempt.saturating_sub(1) as usize;
-        index.min(self.retry_delays_ms.len() - 1)
+        index.min(self.retry_delays.len() - 1)
     }
 
-    /// The shortest delay level at least `delay_ms` long (else the longest).
-    pub fn level_for_delay(&self, delay_ms: u64) -> usize {
-        self.retry_delays_ms
+    /// The shortest delay level at least `delay` long (else the longest).
+    pub fn level_for_delay(&self, delay: std::time::Duration) -> usize {
+        self.retry_delays
             .iter()
-            .position(|d| *d >= delay_ms)
-            .unwrap_or(self.retry_delays_ms.len() - 1)
+            .position(|d| *d >= delay)
+            .unwrap_or(self.retry_delays.len() - 1)
     }
 
     fn durable_args(&self) -> Args {
@@ -311,9 +311,10 @@ impl Topology {
                 name: Self::work_queue(stage),
                 args: self.consumed_args(stage),
             });
-            for (level, delay_ms) in self.retry_delays_ms.iter().enumerate() {
+            for (level, delay) in self.retry_delays.iter().enumerate() {
                 let mut args = self.durable_args();
-                args.insert("x-message-ttl", Arg::Int(*delay_ms as i64));
+                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                args.insert("x-message-ttl", Arg::Int(delay_ms));
                 args.insert("x-dead-letter-exchange", Arg::Str(x.stages.clone()));
                 args.insert("x-dead-letter-routing-key", Arg::Str(stage.clone()));
                 if self.queue_type == QueueType::Quorum {
@@ -362,7 +363,7 @@ impl Topology {
                 queue: Self::work_queue(stage),
                 routing_key: stage.clone(),
             });
-            for level in 0..self.retry_delays_ms.len() {
+            for level in 0..self.retry_delays.len() {
                 bindings.push(BindingDecl {
                     exchange: x.retry.clone(),
                     queue: Self::retry_queue(stage, level),

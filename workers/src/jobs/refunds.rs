@@ -20,7 +20,7 @@ use crate::{
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     // Built on demand: a channel added while the fleet runs is refunded through too.
-    let adapters = Adapters::new(Duration::from_millis(shared.settings.channel_timeout_ms));
+    let adapters = Adapters::new(shared.settings.channel_timeout);
     loop {
         if let Err(error) = send_owed(&shared, &adapters).await {
             tracing::warn!(%error, "refund pass failed");

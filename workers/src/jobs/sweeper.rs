@@ -3,7 +3,7 @@
 //! ran, so a late Try reserves nothing). Any fleet process may run it; a
 //! PostgreSQL advisory lock makes exactly one sweep run at a time.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use payfleet_common::{
     CancellationToken,
@@ -26,7 +26,7 @@ pub const SWEEP_LOCK: i64 = 0x0050_4653_5745_4550;
 const BATCH: i64 = 200;
 
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = Duration::from_millis(shared.settings.sweep_interval_ms);
+    let every = shared.settings.sweep_interval;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -46,8 +46,7 @@ pub async fn sweep(shared: &Shared) -> Result<Option<usize>, StageError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SWEEP_LOCK)
         .fetch_one(&mut *lock_conn)
-        .await
-        ?;
+        .await?;
     if !locked {
         return Ok(None);
     }
@@ -67,15 +66,12 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
     )
     .bind(BATCH)
     .fetch_all(&shared.pool)
-    .await
-    ?;
+    .await?;
     let mut cancelled = 0;
     for id in expired {
         let mut conn = shared.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let Some(p) = payment::lock(&mut tx, id)
-            .await?
-        else {
+        let Some(p) = payment::lock(&mut tx, id).await? else {
             continue;
         };
         let status = p.status()?;
@@ -102,8 +98,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
                 },
             )
             .map_err(StageError::permanent)?;
-            outbox::insert(&mut tx, &[message])
-                .await?;
+            outbox::insert(&mut tx, &[message]).await?;
             sqlx::query("UPDATE payments SET close_requested_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -113,9 +108,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
             cancelled += 1;
             continue;
         }
-        if tcc::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
-            .await?
-        {
+        if tcc::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired").await? {
             let message = handoff::to_stage(
                 &shared.topology,
                 handoff::NOTIFICATION,
@@ -124,8 +117,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
                 &payment::outcome_message(id, Final::Failed, Some("expired")),
             )
             .map_err(StageError::permanent)?;
-            outbox::insert(&mut tx, &[message])
-                .await?;
+            outbox::insert(&mut tx, &[message]).await?;
             tx.commit().await?;
             shared.outbox_wake.notify_one();
             cancelled += 1;
@@ -136,7 +128,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
 
 /// Folds merchant and fee postings into balances until `stop`.
 pub async fn run_roll_up(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = Duration::from_millis(shared.settings.rollup_interval_ms);
+    let every = shared.settings.rollup_interval;
     loop {
         match ledger::roll_up(&shared.pool, 5_000).await {
             Ok(5_000) => continue,

@@ -328,11 +328,9 @@ pub async fn requery(
             "payment {id} has no attempt at a channel"
         )));
     };
-    let adapter = Adapters::new(std::time::Duration::from_millis(
-        settings.channel_timeout_ms,
-    ))
-    .get(pool, &channel)
-    .await?;
+    let adapter = Adapters::new(settings.channel_timeout)
+        .get(pool, &channel)
+        .await?;
     let reply = adapter.query(attempt_id).await;
     let (answer, result) = match &reply {
         ChannelReply::Resolved {

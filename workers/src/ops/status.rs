@@ -91,7 +91,7 @@ pub async fn collect(
                 ready: count(&work).ready,
                 unacked: count(&work).unacked,
                 consumers: count(&work).consumers,
-                retrying: (0..topology.retry_delays_ms.len())
+                retrying: (0..topology.retry_delays.len())
                     .map(|level| count(&Topology::retry_queue(stage, level)).ready)
                     .collect(),
                 dlq_ready: count(&Topology::dead_letter_queue(stage)).ready,
@@ -226,7 +226,7 @@ async fn from_passive_declares(
     for stage in topology.stages() {
         queues.push(Topology::work_queue(stage));
         queues.push(Topology::dead_letter_queue(stage));
-        for level in 0..topology.retry_delays_ms.len() {
+        for level in 0..topology.retry_delays.len() {
             queues.push(Topology::retry_queue(stage, level));
         }
     }

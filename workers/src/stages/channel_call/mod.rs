@@ -57,18 +57,18 @@ pub struct ChannelCall {
     redis: Locks,
     redis_prefix: String,
     callback_base_url: String,
-    query_delays_ms: Vec<u64>,
+    query_delays: Vec<Duration>,
 }
 
 impl ChannelCall {
     pub fn new(settings: &payfleet_common::Settings, topology: Topology, redis: Locks) -> Self {
         Self {
-            adapters: Adapters::new(Duration::from_millis(settings.channel_timeout_ms)),
+            adapters: Adapters::new(settings.channel_timeout),
             topology,
             redis,
             redis_prefix: settings.redis_key_prefix.clone(),
             callback_base_url: settings.callback_base_url.trim_end_matches('/').to_owned(),
-            query_delays_ms: settings.status_query_delays_ms.clone(),
+            query_delays: settings.status_query_delays.clone(),
         }
     }
 
@@ -81,9 +81,9 @@ impl ChannelCall {
         attempt_id: Uuid,
         number: u32,
     ) -> Result<(), StageError> {
-        match self.query_delays_ms.get(number as usize - 1) {
-            Some(delay_ms) => {
-                let level = self.topology.level_for_delay(*delay_ms);
+        match self.query_delays.get(number as usize - 1) {
+            Some(delay) => {
+                let level = self.topology.level_for_delay(*delay);
                 let message = OutboxMessage::json(
                     &self.topology.exchanges().retry,
                     &Topology::retry_routing_key(NAME, level),

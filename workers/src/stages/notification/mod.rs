@@ -202,7 +202,7 @@ struct Due {
 /// Sends due webhooks until `stop`; claims rows with a lease so several
 /// processes share the work.
 pub async fn run_webhooks(shared: Arc<Shared>, stop: CancellationToken) {
-    let timeout = Duration::from_millis(shared.settings.webhook_timeout_ms);
+    let timeout = shared.settings.webhook_timeout;
     let client = match webhook_target::client(
         timeout,
         shared.settings.webhook_allow_loopback,
@@ -345,17 +345,17 @@ async fn record(
             tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook target refused");
         }
         Some(error) => {
-            let schedule = &shared.settings.webhook_delays_ms;
+            let schedule = &shared.settings.webhook_delays;
             // A resend starts the schedule again.
             match schedule.get((d.attempts - d.schedule_from).max(0) as usize) {
-                Some(delay_ms) => {
+                Some(delay) => {
                     sqlx::query(
                         "UPDATE webhook_deliveries SET attempts = $2, claimed_until = NULL,
                                 next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
                     )
                     .bind(d.id)
                     .bind(attempt)
-                    .bind(*delay_ms as f64 / 1000.0)
+                    .bind(delay.as_secs_f64())
                     .execute(pool)
                     .await?;
                     metrics::counter!("payfleet_webhooks_total", "result" => "retried")

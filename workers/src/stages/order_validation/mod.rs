@@ -76,10 +76,10 @@ impl OrderValidation {
         Self {
             redis,
             risk: RiskRules::new(settings),
-            payment_ttl: chrono::Duration::milliseconds(settings.payment_ttl_ms as i64),
-            request_max_age: chrono::Duration::milliseconds(
-                i64::try_from(settings.request_max_age_ms).unwrap_or(i64::MAX),
-            ),
+            payment_ttl: chrono::Duration::from_std(settings.payment_ttl)
+                .unwrap_or(chrono::Duration::MAX),
+            request_max_age: chrono::Duration::from_std(settings.request_max_age)
+                .unwrap_or(chrono::Duration::MAX),
             max_body_bytes: settings.ingress_max_body_bytes as usize,
         }
     }

@@ -67,7 +67,9 @@ impl RiskRules {
         Self {
             thresholds,
             velocity_limit: settings.risk_velocity_limit,
-            velocity_window_ms: settings.risk_velocity_window_ms,
+            velocity_window_ms: u64::try_from(settings.risk_velocity_window.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             key_prefix: settings.redis_key_prefix.clone(),
         }
     }
