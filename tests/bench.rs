@@ -24,6 +24,7 @@ async fn a_short_bench_of_every_kind_settles_everything_and_leaves_nothing_behin
         rate: None,
         keep: false,
         seed: 7,
+        history: 0,
     };
     let report = bench::run(&env.settings, options, |_| {}).await?;
     println!("{report}");
@@ -39,7 +40,8 @@ async fn a_short_bench_of_every_kind_settles_everything_and_leaves_nothing_behin
         run.handle_ms
     );
 
-    // Open loop, hot: one shop and one SKU, published at a rate.
+    // Open loop, hot: one shop and one SKU, published at a rate, over a
+    // small history (every invariant then covers the history's rows too).
     let hot = Options {
         payments: 30,
         mix: vec![Kind::Wallet],
@@ -48,6 +50,7 @@ async fn a_short_bench_of_every_kind_settles_everything_and_leaves_nothing_behin
         rate: Some(40.0),
         keep: false,
         seed: 8,
+        history: 2_000,
     };
     let report = bench::run(&env.settings, hot, |_| {}).await?;
     println!("{report}");

@@ -1,6 +1,6 @@
 //! Growth: with 100,000 payments of history in the database, the fleet must
 //! not read any large table in full. The test loads the history set-based
-//! (tests/growth_history.sql), runs a chain scenario over the sandbox
+//! (workers/src/bench/history.sql, as `payfleet bench --history` does), runs a chain scenario over the sandbox
 //! gateway with every statement's plan captured by `auto_explain`, and fails
 //! on any sequential scan of a table holding more than 10,000 rows — the
 //! sizes come from `pg_class` after the load, so no hand-picked list decides
@@ -47,7 +47,7 @@ use tracing::{
 const HISTORY_PAYMENTS: u32 = 100_000;
 /// A sequential scan of a table with more rows than this fails the test.
 const LARGE_TABLE_ROWS: f32 = 10_000.0;
-const HISTORY: &str = include_str!("growth_history.sql");
+const HISTORY: &str = payfleet_workers::bench::history::SQL;
 const WAIT: Duration = Duration::from_secs(60);
 const SHOP: &str = "shop";
 const SHOP_KEY: &str = "shop-secret";

@@ -133,6 +133,10 @@ async fn measure(
     let topology = Topology::from_settings(settings)?;
     let pool = db::connect(settings).await?;
     workload::seed(&pool).await?;
+    if options.history > 0 {
+        let loaded_in = super::history::load(settings, &pool, options.history).await?;
+        tracing::info!(payments = options.history, ?loaded_in, "history loaded");
+    }
     if let Some(url) = gateway_url {
         crate::demo::seed_channels(&pool, url).await?;
     }

@@ -9,6 +9,7 @@
 //! the report is a value (shown through its `Display`, or as JSON).
 
 pub mod fleet_run;
+pub mod history;
 pub mod null_pipeline;
 pub mod resources;
 pub mod shadow;
@@ -39,6 +40,8 @@ pub struct Options {
     /// Keep the shadow vhosts and databases.
     pub keep: bool,
     pub seed: u64,
+    /// Payments of history loaded into each fleet run's database first.
+    pub history: u64,
 }
 
 /// What a benchmark reports as it goes, for a live display.
@@ -207,7 +210,7 @@ impl std::fmt::Display for Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "payfleet bench: {} payments × {} runs · mix {} · {} · {mode}",
+            "payfleet bench: {} payments × {} runs · mix {} · {} · {mode}{}",
             o.payments,
             o.runs,
             mix.join("+"),
@@ -215,6 +218,11 @@ impl std::fmt::Display for Report {
                 "hot (one shop, one SKU)"
             } else {
                 "spread"
+            },
+            if o.history > 0 {
+                format!(" · {} payments of history", o.history)
+            } else {
+                String::new()
             }
         );
         let runs = |v: Vec<f64>| {

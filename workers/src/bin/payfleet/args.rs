@@ -402,4 +402,8 @@ pub(crate) struct BenchArgs {
     /// Seed of the request mix.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Load this many payments of history (25 days of them, every row the
+    /// fleet writes) into each fleet run's database before it is measured.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub history: u64,
 }

@@ -268,6 +268,7 @@ pub(crate) async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Resul
         rate: args.rate,
         keep: args.keep,
         seed: args.seed,
+        history: args.history,
     };
     let progress = !args.json && std::io::stdout().is_terminal();
     let report = payfleet_workers::bench::run(settings, options, |live| {

@@ -1,4 +1,5 @@
--- History for tests/growth.rs: `growth.payments` payments by the merchant
+-- History for `payfleet bench --history N` and tests/growth.rs:
+-- `growth.payments` payments by the merchant
 -- `shop` over the last 25 days, with every row the fleet writes for them,
 -- shaped as the stages write it (see order_validation, fund_freeze,
 -- channel_call, callback, settlement, ledger, notification), so that the
@@ -35,7 +36,8 @@ SELECT 'p' || lpad(i::text, 3, '0'), 's' || lpad((1 + i % 40)::text, 3, '0'), 'P
        9.90 + (i * 37 % 1900) / 10.0, 'CNY'
 FROM generate_series(0, 199) i;
 -- (into the buckets directly: the view's insert trigger is off in replica mode)
-INSERT INTO stock_buckets (sku, bucket, available) SELECT sku, b, 125000 FROM products, generate_series(0, 7) b;
+INSERT INTO stock_buckets (sku, bucket, available)
+SELECT sku, b, 125000 FROM products, generate_series(0, 7) b WHERE sku ~ '^p[0-9]{3}$';
 
 INSERT INTO coupons (code, kind, currency, threshold, amount_off, valid_from, valid_until, total_limit, per_user_limit)
 VALUES ('HIST-5', 'full_reduction', 'CNY', 50, 5, now() - interval '60 days', now() + interval '365 days', 10000000, 100000);

@@ -1,0 +1,42 @@
+//! `payfleet bench --history N`: N payments of history (25 days of them,
+//! with every row the fleet writes for a payment) loaded set-based into the
+//! shadow database before a run, then vacuumed and analyzed, so that a
+//! database after months of service is measured in minutes.
+
+use std::time::{Duration, Instant};
+
+use payfleet_common::Settings;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::seed;
+
+/// The history script (also loaded by the growth test).
+pub const SQL: &str = include_str!("history.sql");
+
+/// The merchant the history's payments belong to.
+const HISTORY_SHOP: &str = "shop";
+
+/// Loads `payments` of history into the database of `settings`; returns how
+/// long loading, vacuuming and analyzing took.
+pub async fn load(settings: &Settings, pool: &PgPool, payments: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    // The script's merchant and channels, as the live catalogue has them.
+    seed::Catalogue {
+        merchants: vec![seed::merchant(HISTORY_SHOP, "shop-secret").name("History shop")],
+        channels: crate::demo::sandbox_channels("http://127.0.0.1:9"),
+        ..Default::default()
+    }
+    .seed(pool)
+    .await?;
+    // One session with triggers off for the bulk load (see the script's header).
+    let mut conn = PgConnection::connect(&settings.database_url).await?;
+    sqlx::raw_sql(&format!(
+        "SET session_replication_role = replica; SET growth.payments = {payments}"
+    ))
+    .execute(&mut conn)
+    .await?;
+    sqlx::raw_sql(SQL).execute(&mut conn).await?;
+    conn.close().await?;
+    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    Ok(started.elapsed())
+}
