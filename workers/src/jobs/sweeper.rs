@@ -6,13 +6,12 @@
 use std::{sync::Arc, time::Duration};
 
 use payfleet_common::{
-    CancellationToken,
+    CancellationToken, PaymentId,
     messages::{Outcome as Final, SCHEMA_VERSION, TradeClose, kind},
     outbox,
     runtime::{Shared, StageError},
 };
 use sqlx::Acquire;
-use uuid::Uuid;
 
 use crate::channels::BALANCE;
 use crate::domain::{
@@ -46,8 +45,7 @@ pub async fn sweep(shared: &Shared) -> Result<Option<usize>, StageError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SWEEP_LOCK)
         .fetch_one(&mut *lock_conn)
-        .await
-        ?;
+        .await?;
     if !locked {
         return Ok(None);
     }
@@ -60,22 +58,19 @@ pub async fn sweep(shared: &Shared) -> Result<Option<usize>, StageError> {
 }
 
 async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
-    let expired: Vec<Uuid> = sqlx::query_scalar(
+    let expired: Vec<PaymentId> = sqlx::query_scalar(
         "SELECT id FROM payments WHERE status IN ('validated', 'frozen') AND expires_at < now()
            AND (close_requested_at IS NULL OR close_requested_at < now() - interval '5 minutes')
          ORDER BY expires_at LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(&shared.pool)
-    .await
-    ?;
+    .await?;
     let mut cancelled = 0;
     for id in expired {
         let mut conn = shared.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let Some(p) = payment::lock(&mut tx, id)
-            .await?
-        else {
+        let Some(p) = payment::lock(&mut tx, id).await? else {
             continue;
         };
         let status = p.status()?;
@@ -102,8 +97,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
                 },
             )
             .map_err(StageError::permanent)?;
-            outbox::insert(&mut tx, &[message])
-                .await?;
+            outbox::insert(&mut tx, &[message]).await?;
             sqlx::query("UPDATE payments SET close_requested_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -113,9 +107,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
             cancelled += 1;
             continue;
         }
-        if tcc::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired")
-            .await?
-        {
+        if tcc::cancel(&mut tx, &p, PaymentStatus::Cancelled, "expired").await? {
             let message = handoff::to_stage(
                 &shared.topology,
                 handoff::NOTIFICATION,
@@ -124,8 +116,7 @@ async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
                 &payment::outcome_message(id, Final::Failed, Some("expired")),
             )
             .map_err(StageError::permanent)?;
-            outbox::insert(&mut tx, &[message])
-                .await?;
+            outbox::insert(&mut tx, &[message]).await?;
             tx.commit().await?;
             shared.outbox_wake.notify_one();
             cancelled += 1;
