@@ -15,7 +15,7 @@ use chrono::Utc;
 use fleet::{Harness, SHOP, SHOP_KEY, WAIT, d};
 use lapin::types::FieldTable;
 use payfleet_common::{
-    Settings, broker,
+    PaymentId, Settings, broker,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
 use payfleet_tests::wait_until;
@@ -1362,7 +1362,7 @@ async fn resolving_a_wallet_exception_as_failed_releases_the_freeze_through_canc
     let result = messages::ChannelResult {
         schema_version: SCHEMA_VERSION,
         payment_id: id,
-        attempt_id: attempt,
+        attempt_id: attempt.into(),
         channel: "balance".into(),
         status: messages::ChannelStatus::Succeeded,
         amount: d("31.00"),
@@ -1990,7 +1990,7 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
         order_validation::payment_id(SHOP, "resend-a"),
         order_validation::payment_id(SHOP, "resend-b"),
     );
-    let first_id = |payment: Uuid| {
+    let first_id = |payment: PaymentId| {
         seen.lock()
             .expect("lock")
             .iter()
@@ -2046,7 +2046,7 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
         .await?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("resent 1 webhook"), "{out}");
-    let delivered = |payment: Uuid| {
+    let delivered = |payment: PaymentId| {
         let pool = chain.pool().clone();
         async move {
             let status: String =
@@ -2073,7 +2073,7 @@ async fn an_exhausted_webhook_is_sent_again_by_webhook_resend_and_by_dlq_replay(
     wait_until(WAIT, "the replayed webhook delivered", || delivered(b)).await?;
 
     // The same webhook-id as before, so the merchant deduplicates.
-    let last = |payment: Uuid| {
+    let last = |payment: PaymentId| {
         seen.lock()
             .expect("lock")
             .iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet::{Harness, SHOP, SHOP_KEY, WAIT, d};
 use payfleet_common::{
-    CancellationToken, Settings, broker,
+    AttemptId, CancellationToken, PaymentId, Settings, broker,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
 use payfleet_sandbox_gateway::{
@@ -152,7 +152,7 @@ impl World {
     }
 
     /// Two teas and a fan: 80.00 CNY.
-    async fn pay(&self, order: &str, method: &str, token: &str) -> anyhow::Result<Uuid> {
+    async fn pay(&self, order: &str, method: &str, token: &str) -> anyhow::Result<PaymentId> {
         self.pay_for(order, method, token, 1).await
     }
 
@@ -163,7 +163,7 @@ impl World {
         method: &str,
         token: &str,
         fans: u32,
-    ) -> anyhow::Result<Uuid> {
+    ) -> anyhow::Result<PaymentId> {
         let request = PaymentRequested {
             schema_version: SCHEMA_VERSION,
             merchant_id: SHOP.into(),
@@ -191,14 +191,14 @@ impl World {
         Ok(order_validation::payment_id(SHOP, order))
     }
 
-    async fn attempt(&self, id: Uuid) -> anyhow::Result<(Uuid, String, String)> {
+    async fn attempt(&self, id: PaymentId) -> anyhow::Result<(AttemptId, String, String)> {
         Ok(sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
             .bind(id)
             .fetch_one(self.pool())
             .await?)
     }
 
-    fn charges(&self, channel: &str, attempt: Uuid) -> u32 {
+    fn charges(&self, channel: &str, attempt: AttemptId) -> u32 {
         self.gateway
             .trade(channel, &attempt.to_string())
             .map(|t| t.charges)
@@ -210,7 +210,7 @@ impl World {
         &self,
         channel: &str,
         secret: &str,
-        payment: Uuid,
+        payment: PaymentId,
         notice: &Notice,
         timestamp: i64,
     ) -> anyhow::Result<u16> {
@@ -228,7 +228,7 @@ impl World {
         Ok(response.status().as_u16())
     }
 
-    async fn events(&self, id: Uuid) -> anyhow::Result<Vec<String>> {
+    async fn events(&self, id: PaymentId) -> anyhow::Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT event_type FROM payment_events WHERE payment_id = $1 ORDER BY event_type",
         )
@@ -377,7 +377,7 @@ async fn seed(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
     .await
 }
 
-async fn postings(pool: &PgPool, payment: Uuid) -> anyhow::Result<Vec<(String, Decimal)>> {
+async fn postings(pool: &PgPool, payment: PaymentId) -> anyhow::Result<Vec<(String, Decimal)>> {
     Ok(sqlx::query_as(
         "SELECT a.owner_id, p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
          JOIN journal_entries j ON j.id = p.entry_id WHERE j.reference = $1 ORDER BY a.owner_id",
@@ -800,7 +800,7 @@ async fn a_notice_resolves_only_its_own_payments_attempt_at_its_own_channel() ->
             == 2)
     })
     .await?;
-    let genuine = |payment: Uuid| {
+    let genuine = |payment: PaymentId| {
         let world = &world;
         async move {
             let (attempt, _, _) = world.attempt(payment).await?;
@@ -1542,7 +1542,7 @@ async fn resolve_by_hand(world: &World, order: &str, to: &str) -> anyhow::Result
 /// Waits until the channel shows `amount` refunded on `payment`'s trade.
 async fn refunded_at_the_channel(
     world: &World,
-    payment: Uuid,
+    payment: PaymentId,
     amount: Decimal,
 ) -> anyhow::Result<()> {
     let (attempt, channel, _) = world.attempt(payment).await?;

@@ -12,9 +12,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use jsonschema::Validator;
 use payfleet_common::messages::{
-    self, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated, Outcome,
-    PaymentEvent, PaymentOutcome, PaymentRequested, PaymentResolved, RequestedItem, Resolution,
-    SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
+    self, AttemptId, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated,
+    Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
+    RequestedItem, Resolution, SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
 };
 use rust_decimal::Decimal;
 use serde::{Serialize, de::DeserializeOwned};
@@ -424,8 +424,8 @@ fn every_example_deserializes_into_its_rust_type_and_back() {
 
 #[test]
 fn every_rust_message_matches_its_schema() {
-    let payment = id("b942a61c-37b0-88f7-af96-85f022daf950");
-    let attempt = id("01a23617-172f-7a4c-b8e1-52d09c6f3e17");
+    let payment = PaymentId::from(id("b942a61c-37b0-88f7-af96-85f022daf950"));
+    let attempt = AttemptId::from(id("01a23617-172f-7a4c-b8e1-52d09c6f3e17"));
     let now = t("2026-12-02T09:30:12.204518391Z");
 
     let item = RequestedItem {

@@ -514,7 +514,7 @@ async fn the_books_migration_gives_earlier_refunds_their_entries() -> anyhow::Re
     ledger::refund_sent(
         &mut tx,
         owed,
-        owed_attempt,
+        owed_attempt.into(),
         "sandbox-card",
         Decimal::new(5000, 2),
         "CNY",

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use payfleet_common::PaymentId;
 use payfleet_tests::TestEnv;
 use payfleet_workers::{domain::stock, seed};
 use rust_decimal::Decimal;
-use uuid::Uuid;
 
-async fn payment(env: &TestEnv, n: usize) -> anyhow::Result<Uuid> {
-    let id = Uuid::now_v7();
+async fn payment(env: &TestEnv, n: usize) -> anyhow::Result<PaymentId> {
+    let id = PaymentId::new();
     sqlx::query(
         "INSERT INTO payments (id, merchant_id, merchant_order_id, request_hash, user_id, method, currency, amount,
                                status, expires_at, requested_at)

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod fault;
 pub mod fleet;
+pub mod ids;
 pub mod lock;
 pub mod messages;
 pub mod money;
@@ -21,5 +22,6 @@ pub mod transition;
 
 pub use config::Settings;
 pub use fleet::Fleet;
+pub use ids::{AttemptId, PaymentId};
 pub use tokio_util::sync::CancellationToken;
 pub use topology::Topology;

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
+pub use crate::ids::{AttemptId, PaymentId};
+
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Header carrying `hex(HMAC-SHA256(merchant signing key, raw body))`.
@@ -94,7 +96,7 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OrderValidated {
     pub schema_version: u32,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
@@ -105,7 +107,7 @@ pub struct OrderValidated {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FundsFrozen {
     pub schema_version: u32,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
@@ -125,8 +127,8 @@ pub enum ChannelStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChannelResult {
     pub schema_version: u32,
-    pub payment_id: Uuid,
-    pub attempt_id: Uuid,
+    pub payment_id: PaymentId,
+    pub attempt_id: AttemptId,
     pub channel: String,
     pub status: ChannelStatus,
     #[serde(with = "rust_decimal::serde::str")]
@@ -152,7 +154,7 @@ pub enum Resolution {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PaymentResolved {
     pub schema_version: u32,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub resolution: Resolution,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -184,8 +186,8 @@ impl Outcome {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatusQuery {
     pub schema_version: u32,
-    pub payment_id: Uuid,
-    pub attempt_id: Uuid,
+    pub payment_id: PaymentId,
+    pub attempt_id: AttemptId,
     /// 1 for the first query.
     pub query_number: u32,
     pub scheduled_at: DateTime<Utc>,
@@ -196,7 +198,7 @@ pub struct StatusQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TradeClose {
     pub schema_version: u32,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub reason: String,
     pub requested_at: DateTime<Utc>,
 }
@@ -205,7 +207,7 @@ pub struct TradeClose {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PaymentOutcome {
     pub schema_version: u32,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -231,7 +233,7 @@ pub struct PaymentEvent {
     /// Stable per payment and event type: consumers deduplicate on it.
     pub event_id: Uuid,
     pub event_type: String,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub merchant_id: String,
     pub merchant_order_id: String,
     pub user_id: String,

@@ -19,7 +19,7 @@ use lapin::{
     types::FieldTable,
 };
 use payfleet_common::{
-    Settings, broker,
+    PaymentId, Settings, broker,
     messages::{self, PaymentRequested},
 };
 use payfleet_tests::{RunningFleet, TestEnv, free_port, wait_until};
@@ -194,7 +194,7 @@ impl Harness {
             .await
     }
 
-    pub async fn status(&self, id: Uuid) -> anyhow::Result<Option<(String, Option<String>)>> {
+    pub async fn status(&self, id: PaymentId) -> anyhow::Result<Option<(String, Option<String>)>> {
         Ok(
             sqlx::query_as("SELECT status, reason FROM payments WHERE id = $1")
                 .bind(id)
@@ -207,7 +207,7 @@ impl Harness {
     /// emitted; returns its status and reason.
     pub async fn wait_for(
         &self,
-        id: Uuid,
+        id: PaymentId,
         statuses: &[&str],
         what: &str,
     ) -> anyhow::Result<(String, Option<String>)> {
@@ -243,7 +243,7 @@ impl Harness {
     }
 
     /// Waits for `id` to reach `status` with its event emitted; returns its reason.
-    pub async fn reaches(&self, id: Uuid, status: &str) -> anyhow::Result<Option<String>> {
+    pub async fn reaches(&self, id: PaymentId, status: &str) -> anyhow::Result<Option<String>> {
         let what = format!("payment {id} {status}");
         Ok(self.wait_for(id, &[status], &what).await?.1)
     }

@@ -23,18 +23,18 @@ use axum::{
     routing::post,
 };
 use payfleet_common::{
+    AttemptId, PaymentId,
     broker::{self, Outgoing},
     messages::{ChannelResult, ChannelStatus, SCHEMA_VERSION, kind},
     runtime::Shared,
 };
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::channels::{AdapterError, Adapters, WebhookNotice, WebhookRefusal};
 
 /// The payment's route, and the owner and channel of the notice's attempt
 /// when it is committed.
-type Owner = (Option<String>, Option<Uuid>, Option<String>);
+type Owner = (Option<String>, Option<PaymentId>, Option<String>);
 
 type Answer = (StatusCode, &'static str);
 
@@ -52,7 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn receive(
     State(ingress): State<Arc<Ingress>>,
-    Path((channel, payment_id)): Path<(String, Uuid)>,
+    Path((channel, payment_id)): Path<(String, PaymentId)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
@@ -148,8 +148,8 @@ async fn verify(
 async fn misdirected(
     shared: &Shared,
     channel: &str,
-    payment_id: Uuid,
-    attempt_id: Uuid,
+    payment_id: PaymentId,
+    attempt_id: AttemptId,
 ) -> Result<Option<Answer>, Answer> {
     let owner = sqlx::query_as::<_, Owner>(
         "SELECT p.channel, a.payment_id, a.channel
@@ -183,7 +183,7 @@ async fn misdirected(
 async fn publish(
     shared: &Shared,
     channel: &str,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     status: ChannelStatus,
     notice: WebhookNotice,
 ) -> Answer {
@@ -235,8 +235,8 @@ async fn publish(
 /// logged as refused, stored nowhere.
 fn refuse(
     channel: &str,
-    payment_id: Uuid,
-    attempt_id: Uuid,
+    payment_id: PaymentId,
+    attempt_id: AttemptId,
     status: StatusCode,
     why: &'static str,
 ) -> (StatusCode, &'static str) {

@@ -183,7 +183,7 @@ pub async fn against_channel_statements(
         .build()?;
     let mut report = Report::default();
     for (channel, base_url) in channels {
-        let ours_since: Vec<uuid::Uuid> = sqlx::query_scalar(
+        let ours_since: Vec<payfleet_common::AttemptId> = sqlx::query_scalar(
             "SELECT id FROM payment_attempts WHERE channel = $1 AND created_at >= $2",
         )
         .bind(&channel)
@@ -251,7 +251,7 @@ pub async fn against_channel_statements(
             theirs.remove(&out);
         }
         // Our postings on the channel's accounts, by the attempt they moved money for.
-        let booked: Vec<(Option<uuid::Uuid>, String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+        let booked: Vec<(Option<payfleet_common::AttemptId>, String, Decimal, Decimal, Decimal)> = sqlx::query_as(
             "SELECT j.attempt_id, a.currency::text,
                     COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount < 0), 0),
                     COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount > 0), 0),

@@ -1,6 +1,6 @@
 //! The user's wallet as a channel.
 
-use payfleet_common::messages::ChannelStatus;
+use payfleet_common::{AttemptId, messages::ChannelStatus};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -38,14 +38,14 @@ impl ChannelAdapter for BalanceChannel {
             }
         })
     }
-    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply> {
+    fn query<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, ChannelReply> {
         Box::pin(async move {
             ChannelReply::Unknown {
                 error: format!("the wallet channel keeps no trade for {attempt_id}"),
             }
         })
     }
-    fn close<'a>(&'a self, _attempt_id: Uuid) -> Boxed<'a, CloseReply> {
+    fn close<'a>(&'a self, _attempt_id: AttemptId) -> Boxed<'a, CloseReply> {
         Box::pin(async move {
             CloseReply::Closed {
                 raw: json!({"channel": BALANCE, "result": "nothing to close"}),
@@ -54,7 +54,7 @@ impl ChannelAdapter for BalanceChannel {
     }
     fn refund<'a>(
         &'a self,
-        attempt_id: Uuid,
+        attempt_id: AttemptId,
         _refund_id: Uuid,
         _amount: Decimal,
     ) -> Boxed<'a, Result<Value, RefundError>> {

@@ -8,7 +8,7 @@
 use std::{future::Future, pin::Pin, time::Duration};
 
 use chrono::{DateTime, Utc};
-use payfleet_common::messages::ChannelStatus;
+use payfleet_common::{AttemptId, PaymentId, messages::ChannelStatus};
 use reqwest::header::HeaderMap;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -26,8 +26,8 @@ pub use sandbox::SandboxChannel;
 /// What we ask a channel to charge.
 #[derive(Debug, Clone)]
 pub struct ChargeRequest {
-    pub attempt_id: Uuid,
-    pub payment_id: Uuid,
+    pub attempt_id: AttemptId,
+    pub payment_id: PaymentId,
     pub user_id: String,
     pub amount: Decimal,
     pub currency: String,
@@ -80,7 +80,7 @@ pub enum CloseReply {
 #[derive(Debug, Clone)]
 pub struct WebhookNotice {
     /// The attempt the notice is for (our idempotency key at the channel).
-    pub attempt_id: Uuid,
+    pub attempt_id: AttemptId,
     /// The channel the notice names itself.
     pub channel: String,
     /// The result; `None` for a notice that decides nothing yet (pending).
@@ -141,7 +141,10 @@ pub enum RefundError {
     Unconfirmed { amount: Decimal, answer: Value },
     /// The channel never took money for this attempt.
     #[error("the {channel} channel took no money for {attempt_id}: nothing to refund there")]
-    NothingCharged { channel: String, attempt_id: Uuid },
+    NothingCharged {
+        channel: String,
+        attempt_id: AttemptId,
+    },
     /// No adapter for the channel.
     #[error(transparent)]
     Adapter(#[from] AdapterError),
@@ -170,13 +173,13 @@ impl From<reqwest::Error> for Unreachable {
 pub trait ChannelAdapter: Send + Sync {
     fn name(&self) -> &str;
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply>;
-    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply>;
-    fn close<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, CloseReply>;
+    fn query<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, ChannelReply>;
+    fn close<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, CloseReply>;
     /// Gives `amount` of a charged attempt back; `refund_id` is the channel's
     /// idempotency key, so a re-send refunds once.
     fn refund<'a>(
         &'a self,
-        attempt_id: Uuid,
+        attempt_id: AttemptId,
         refund_id: Uuid,
         amount: Decimal,
     ) -> Boxed<'a, Result<Value, RefundError>>;

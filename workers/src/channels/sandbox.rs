@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use payfleet_common::messages::ChannelStatus;
+use payfleet_common::{AttemptId, messages::ChannelStatus};
 use reqwest::header::HeaderMap;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -174,7 +174,7 @@ fn read_notice(
     }
     let attempt_id = notice
         .out_trade_no
-        .parse::<Uuid>()
+        .parse::<AttemptId>()
         .map_err(|_| WebhookRefusal::UnknownAttempt)?;
     let status = match notice.status {
         TradeStatus::Succeeded => Some(ChannelStatus::Succeeded),
@@ -222,7 +222,7 @@ impl ChannelAdapter for SandboxChannel {
             }
         })
     }
-    fn query<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, ChannelReply> {
+    fn query<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, ChannelReply> {
         Box::pin(async move {
             match send(self.http.get(self.url(&format!("/payments/{attempt_id}")))).await {
                 Ok((status, raw)) if status.is_success() => read_trade(raw),
@@ -237,7 +237,7 @@ impl ChannelAdapter for SandboxChannel {
             }
         })
     }
-    fn close<'a>(&'a self, attempt_id: Uuid) -> Boxed<'a, CloseReply> {
+    fn close<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, CloseReply> {
         Box::pin(async move {
             match send(
                 self.http
@@ -274,7 +274,7 @@ impl ChannelAdapter for SandboxChannel {
     }
     fn refund<'a>(
         &'a self,
-        attempt_id: Uuid,
+        attempt_id: AttemptId,
         refund_id: Uuid,
         amount: Decimal,
     ) -> Boxed<'a, Result<Value, RefundError>> {

@@ -3,9 +3,8 @@
 //! and the outbox message for a hand-off made outside a stage's
 //! transaction (the sweeper, the operator's commands).
 
-use payfleet_common::{Topology, outbox::OutboxMessage};
+use payfleet_common::{PaymentId, Topology, outbox::OutboxMessage};
 use serde::Serialize;
-use uuid::Uuid;
 
 pub const ORDER_VALIDATION: &str = "order-validation";
 pub const FUND_FREEZE: &str = "fund-freeze";
@@ -31,7 +30,7 @@ pub fn to_stage(
     topology: &Topology,
     stage: &str,
     message_type: &str,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     body: &impl Serialize,
 ) -> Result<OutboxMessage, serde_json::Error> {
     OutboxMessage::json(

@@ -9,7 +9,7 @@
 //! while a mismatched payment is reviewed, payer refunds while a refund is
 //! owed — until it is settled or sent back.
 
-use payfleet_common::{money, runtime::StageError};
+use payfleet_common::{AttemptId, PaymentId, money, runtime::StageError};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -94,7 +94,7 @@ impl Entry {
         conn: &mut PgConnection,
         reference: &str,
         kind: EntryKind,
-        attempt: Option<Uuid>,
+        attempt: Option<AttemptId>,
     ) -> Result<Option<Entry>, StageError> {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO journal_entries (reference, kind, attempt_id) VALUES ($1, $2, $3)
@@ -136,8 +136,8 @@ impl Entry {
 /// What a channel charged for one attempt.
 #[derive(Debug, Clone)]
 pub struct ChannelCharge {
-    pub payment_id: Uuid,
-    pub attempt_id: Uuid,
+    pub payment_id: PaymentId,
+    pub attempt_id: AttemptId,
     pub channel: String,
     pub amount: Decimal,
     pub currency: String,
@@ -150,9 +150,9 @@ impl ChannelCharge {
     /// the wallet's freeze.
     pub async fn of_payment(
         conn: &mut PgConnection,
-        payment_id: Uuid,
+        payment_id: PaymentId,
     ) -> Result<Option<ChannelCharge>, StageError> {
-        let row: Option<(Uuid, String, Decimal, String)> = sqlx::query_as(
+        let row: Option<(AttemptId, String, Decimal, String)> = sqlx::query_as(
             "SELECT id, channel, COALESCE(charged_amount, amount), COALESCE(charged_currency, currency)::text
              FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded' AND channel <> $2
              ORDER BY created_at DESC LIMIT 1",
@@ -401,7 +401,7 @@ async fn owe_refund(
 pub async fn refund_sent(
     conn: &mut PgConnection,
     refund_id: Uuid,
-    attempt_id: Uuid,
+    attempt_id: AttemptId,
     channel: &str,
     amount: Decimal,
     currency: &str,

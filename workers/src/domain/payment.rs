@@ -11,13 +11,13 @@
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
+    PaymentId,
     messages::{Outcome as Final, PaymentOutcome, SCHEMA_VERSION, kind},
     runtime::{Outcome, StageError, StageTx},
     transition::Status,
 };
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {
@@ -138,7 +138,7 @@ impl Status for PaymentStatus {
 /// The columns stages read.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Payment {
-    pub id: Uuid,
+    pub id: PaymentId,
     pub merchant_id: String,
     pub merchant_order_id: String,
     pub user_id: String,
@@ -167,7 +167,7 @@ const COLUMNS: &str = "id, merchant_id, merchant_order_id, user_id, method, chan
      payer_token, channel_fee, close_requested_at";
 
 /// Loads and row-locks a payment for the rest of the transaction.
-pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Payment>, StageError> {
+pub async fn lock(conn: &mut PgConnection, id: PaymentId) -> Result<Option<Payment>, StageError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
     ))
@@ -180,7 +180,7 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Payment>, 
 /// does not list is refused before anything is written.
 pub async fn transition(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: PaymentId,
     from: PaymentStatus,
     to: PaymentStatus,
     reason: Option<&str>,
@@ -245,7 +245,7 @@ pub const EXTERNAL_WORLD: &str = "world";
 /// Hands a payment's final word to notification.
 pub fn emit_outcome(
     tx: &mut StageTx,
-    id: Uuid,
+    id: PaymentId,
     outcome: Final,
     reason: Option<&str>,
 ) -> Result<Outcome, StageError> {
@@ -257,7 +257,7 @@ pub fn emit_outcome(
     Ok(Outcome::Applied)
 }
 
-pub fn outcome_message(id: Uuid, outcome: Final, reason: Option<&str>) -> PaymentOutcome {
+pub fn outcome_message(id: PaymentId, outcome: Final, reason: Option<&str>) -> PaymentOutcome {
     PaymentOutcome {
         schema_version: SCHEMA_VERSION,
         payment_id: id,

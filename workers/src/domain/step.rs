@@ -10,33 +10,33 @@
 //! because it needs the payment, which the runtime does not know.
 
 use payfleet_common::{
+    PaymentId,
     messages::{ChannelResult, OrderValidated, PaymentResolved},
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable, decode_json},
 };
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
 use crate::domain::payment::{self, Payment};
 
 /// A message about one payment.
 pub trait ForPayment {
-    fn payment_id(&self) -> Uuid;
+    fn payment_id(&self) -> PaymentId;
 }
 
 impl ForPayment for OrderValidated {
-    fn payment_id(&self) -> Uuid {
+    fn payment_id(&self) -> PaymentId {
         self.payment_id
     }
 }
 
 impl ForPayment for ChannelResult {
-    fn payment_id(&self) -> Uuid {
+    fn payment_id(&self) -> PaymentId {
         self.payment_id
     }
 }
 
 impl ForPayment for PaymentResolved {
-    fn payment_id(&self) -> Uuid {
+    fn payment_id(&self) -> PaymentId {
         self.payment_id
     }
 }

@@ -5,19 +5,19 @@
 //! buckets a reservation used, in (sku, bucket) order, so no two
 //! transactions wait on each other in a cycle.
 
+use payfleet_common::PaymentId;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 /// Reserves `quantity` units of `sku` for `payment`; `false` when the SKU
 /// has fewer units available in all.
 pub async fn reserve(
     conn: &mut PgConnection,
-    payment: Uuid,
+    payment: PaymentId,
     sku: &str,
     quantity: i32,
 ) -> Result<bool, sqlx::Error> {
     // Start the search at a bucket of the payment's own, so concurrent Trys spread.
-    let start = (payment.as_u128() % 8) as i16;
+    let start = (payment.as_uuid().as_u128() % 8) as i16;
     let one: Option<i16> = sqlx::query_scalar(
         "UPDATE stock_buckets b SET available = b.available - $2, reserved = b.reserved + $2
          FROM (SELECT bucket FROM stock_buckets
@@ -95,7 +95,7 @@ pub async fn reserve(
 }
 
 /// Confirm: the payment's reserved units leave the stock for good.
-pub async fn deduct(conn: &mut PgConnection, payment: Uuid) -> Result<(), sqlx::Error> {
+pub async fn deduct(conn: &mut PgConnection, payment: PaymentId) -> Result<(), sqlx::Error> {
     settle(conn, payment, false).await?;
     sqlx::query("UPDATE stock_reservations SET status = 'deducted' WHERE payment_id = $1 AND status = 'reserved'")
         .bind(payment)
@@ -105,7 +105,7 @@ pub async fn deduct(conn: &mut PgConnection, payment: Uuid) -> Result<(), sqlx::
 }
 
 /// Cancel: the payment's reserved units are available again, in the buckets they came from.
-pub async fn release(conn: &mut PgConnection, payment: Uuid) -> Result<(), sqlx::Error> {
+pub async fn release(conn: &mut PgConnection, payment: PaymentId) -> Result<(), sqlx::Error> {
     settle(conn, payment, true).await?;
     sqlx::query("UPDATE stock_reservations SET status = 'released' WHERE payment_id = $1 AND status = 'reserved'")
         .bind(payment)
@@ -118,7 +118,7 @@ pub async fn release(conn: &mut PgConnection, payment: Uuid) -> Result<(), sqlx:
 /// `available` when `give_back`; buckets locked in (sku, bucket) order first.
 async fn settle(
     conn: &mut PgConnection,
-    payment: Uuid,
+    payment: PaymentId,
     give_back: bool,
 ) -> Result<(), sqlx::Error> {
     let used: Vec<(String, i16, i32)> = sqlx::query_as(

@@ -11,10 +11,9 @@
 //! freeze, the stock and the coupon and closes the order; run before its Try
 //! (an empty rollback) it records itself so the late Try reserves nothing.
 
-use payfleet_common::{money, runtime::StageError};
+use payfleet_common::{PaymentId, money, runtime::StageError};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use crate::domain::{
     ledger::{Account, ChannelCharge, Entry, EntryKind},
@@ -258,7 +257,7 @@ async fn credit_sellers(
 }
 
 /// The reserved stock is deducted, the coupon consumed, the order paid.
-async fn deduct_reservations(conn: &mut PgConnection, id: Uuid) -> Result<(), StageError> {
+async fn deduct_reservations(conn: &mut PgConnection, id: PaymentId) -> Result<(), StageError> {
     super::stock::deduct(&mut *conn, id).await?;
     sqlx::query("UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'")
         .bind(id)
@@ -371,7 +370,10 @@ async fn release_reservation(conn: &mut PgConnection, p: &Payment) -> Result<(),
 }
 
 /// Releases the reserved stock and the coupon's use.
-async fn release_stock_and_coupon(conn: &mut PgConnection, id: Uuid) -> Result<(), StageError> {
+async fn release_stock_and_coupon(
+    conn: &mut PgConnection,
+    id: PaymentId,
+) -> Result<(), StageError> {
     super::stock::release(&mut *conn, id).await?;
     let released_coupon: Option<String> = sqlx::query_scalar(
         "UPDATE coupon_redemptions SET status = 'released' WHERE payment_id = $1 AND status = 'reserved' RETURNING coupon_code",
@@ -393,7 +395,7 @@ async fn release_stock_and_coupon(conn: &mut PgConnection, id: Uuid) -> Result<(
 /// exactly); their platform fees stay as agreed.
 async fn take_shortfall(
     conn: &mut PgConnection,
-    payment: Uuid,
+    payment: PaymentId,
     shortfall: Decimal,
 ) -> Result<(), StageError> {
     let details: Vec<(i64, Decimal, Decimal)> = sqlx::query_as(
@@ -423,7 +425,7 @@ async fn take_shortfall(
 pub async fn statement(
     conn: &mut PgConnection,
     account: i64,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     kind: &str,
     amount: Decimal,
     currency: &str,

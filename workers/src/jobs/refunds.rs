@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use payfleet_common::{CancellationToken, runtime::Shared};
+use payfleet_common::{AttemptId, CancellationToken, PaymentId, runtime::Shared};
 use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
@@ -34,7 +34,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 
 async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
     let pool = &shared.pool;
-    let owed: Vec<(Uuid, Uuid, Uuid, String, Decimal, String)> = sqlx::query_as(
+    let owed: Vec<(Uuid, PaymentId, AttemptId, String, Decimal, String)> = sqlx::query_as(
         "UPDATE refunds SET claimed_until = now() + interval '60 seconds', sends = sends + 1
          WHERE id IN (SELECT id FROM refunds WHERE status = 'owed' AND (claimed_until IS NULL OR claimed_until < now())
                       ORDER BY created_at LIMIT 16 FOR UPDATE SKIP LOCKED)

@@ -6,13 +6,12 @@
 use std::sync::Arc;
 
 use payfleet_common::{
-    CancellationToken,
+    CancellationToken, PaymentId,
     messages::{Outcome as Final, SCHEMA_VERSION, TradeClose, kind},
     outbox,
     runtime::{Shared, StageError},
 };
 use sqlx::Acquire;
-use uuid::Uuid;
 
 use crate::channels::BALANCE;
 use crate::domain::{
@@ -59,7 +58,7 @@ pub async fn sweep(shared: &Shared) -> Result<Option<usize>, StageError> {
 }
 
 async fn sweep_locked(shared: &Shared) -> Result<usize, StageError> {
-    let expired: Vec<Uuid> = sqlx::query_scalar(
+    let expired: Vec<PaymentId> = sqlx::query_scalar(
         "SELECT id FROM payments WHERE status IN ('validated', 'frozen') AND expires_at < now()
            AND (close_requested_at IS NULL OR close_requested_at < now() - interval '5 minutes')
          ORDER BY expires_at LIMIT $1",

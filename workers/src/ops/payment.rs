@@ -5,13 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
-    Settings, Topology,
+    AttemptId, PaymentId, Settings, Topology,
     messages::{ChannelResult, ChannelStatus, Outcome as Final, SCHEMA_VERSION, kind},
     outbox,
 };
 use serde_json::json;
 use sqlx::{Acquire, PgPool};
-use uuid::Uuid;
 
 use super::{Error, Result};
 use crate::{
@@ -26,8 +25,8 @@ use crate::{
 };
 
 /// `<payment id>` or `<merchant id>:<merchant order id>`.
-pub fn parse_reference(reference: &str) -> Result<Uuid> {
-    if let Ok(id) = reference.parse::<Uuid>() {
+pub fn parse_reference(reference: &str) -> Result<PaymentId> {
+    if let Ok(id) = reference.parse::<PaymentId>() {
         return Ok(id);
     }
     match reference.split_once(':') {
@@ -44,7 +43,7 @@ pub fn parse_reference(reference: &str) -> Result<Uuid> {
 /// carries its id, by time.
 #[derive(Debug)]
 pub struct Story {
-    pub id: Uuid,
+    pub id: PaymentId,
     pub merchant_id: String,
     pub merchant_order_id: String,
     pub user_id: String,
@@ -65,7 +64,7 @@ pub struct Event {
 }
 
 /// The story of payment `id`.
-pub async fn show(pool: &PgPool, id: Uuid) -> Result<Story> {
+pub async fn show(pool: &PgPool, id: PaymentId) -> Result<Story> {
     type Head = (
         String,
         String,
@@ -145,12 +144,12 @@ pub struct Snapshot {
 /// What `payment resolve` did: the payment before and after.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Resolution {
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub before: Snapshot,
     pub after: Snapshot,
 }
 
-async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Snapshot> {
+async fn snapshot(conn: &mut sqlx::PgConnection, id: PaymentId) -> Result<Snapshot> {
     Ok(sqlx::query_as(
         "SELECT p.status, p.reason, r.status AS reservation FROM payments p LEFT JOIN reservations r ON r.payment_id = p.id WHERE p.id = $1",
     )
@@ -168,7 +167,7 @@ async fn snapshot(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Snapshot> {
 pub async fn resolve(
     settings: &Settings,
     pool: &PgPool,
-    id: Uuid,
+    id: PaymentId,
     paid: bool,
     reason: &str,
     operator: &str,
@@ -192,7 +191,7 @@ pub async fn resolve(
     }
     // Never vouch for a charge the channel has not answered: its own word
     // (a status query) must be on record first.
-    let open_attempt: Option<(Uuid, String, String)> = sqlx::query_as(
+    let open_attempt: Option<(AttemptId, String, String)> = sqlx::query_as(
         "SELECT id, channel, status FROM payment_attempts
          WHERE payment_id = $1 AND channel <> $2 AND status IN ('sending', 'pending', 'unknown')
          ORDER BY created_at DESC LIMIT 1",
@@ -314,11 +313,11 @@ impl std::fmt::Display for Answer {
 pub async fn requery(
     settings: &Settings,
     pool: &PgPool,
-    id: Uuid,
+    id: PaymentId,
     operator: &str,
 ) -> Result<Answer> {
     let topology = Topology::from_settings(settings)?;
-    let attempt: Option<(Uuid, String, String)> =
+    let attempt: Option<(AttemptId, String, String)> =
         sqlx::query_as("SELECT id, channel, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
             .bind(id)
             .fetch_optional(pool)

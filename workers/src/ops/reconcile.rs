@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
+use payfleet_common::{AttemptId, PaymentId};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::{Error, Result, error::Doing};
 use crate::domain::attempt::AttemptStatus;
@@ -82,7 +82,7 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     // success would cost at the payment's agreed fee; nothing for the rest.
     // The day is a range of created_at (in the session's time zone, as
     // `created_at::date` was), so the (channel, created_at) index serves it.
-    let ours: Vec<(Uuid, Uuid, Decimal, String, String, Decimal)> = sqlx::query_as(
+    let ours: Vec<(AttemptId, PaymentId, Decimal, String, String, Decimal)> = sqlx::query_as(
         "SELECT a.id, a.payment_id, a.amount, a.currency::text, a.status,
                 COALESCE(a.fee, CASE WHEN a.status = 'succeeded' THEN p.channel_fee ELSE 0 END)
          FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
@@ -96,7 +96,7 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     type Item = (
         &'static str,
         String,
-        Option<Uuid>,
+        Option<PaymentId>,
         Option<Value>,
         Option<Value>,
     );

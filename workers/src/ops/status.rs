@@ -49,7 +49,7 @@ pub struct FleetStatus {
 #[derive(Debug, Serialize)]
 pub struct OpenPayment {
     pub age_seconds: f64,
-    pub payment_id: uuid::Uuid,
+    pub payment_id: payfleet_common::PaymentId,
     pub status: String,
 }
 
@@ -111,7 +111,7 @@ pub async fn collect(
         sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status")
             .fetch_all(pool)
             .await?;
-    let oldest_open: Option<(uuid::Uuid, String, f64)> = sqlx::query_as(
+    let oldest_open: Option<(payfleet_common::PaymentId, String, f64)> = sqlx::query_as(
         "SELECT id, status, extract(epoch FROM now() - created_at)::float8 FROM payments
          WHERE status IN ('validated', 'frozen', 'paid') ORDER BY created_at LIMIT 1",
     )

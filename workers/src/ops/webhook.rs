@@ -7,6 +7,7 @@
 //! `webhook_resends`. `dlq replay` of a webhook's dead letter does the same.
 
 use chrono::{DateTime, Utc};
+use payfleet_common::PaymentId;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -16,7 +17,7 @@ use super::Result;
 /// Which deliveries.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Filter {
-    pub payment: Option<Uuid>,
+    pub payment: Option<PaymentId>,
     pub merchant: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -27,7 +28,7 @@ pub struct Filter {
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Delivery {
     pub id: Uuid,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub merchant_id: String,
     pub event_type: String,
     pub url: String,

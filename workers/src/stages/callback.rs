@@ -7,6 +7,7 @@
 
 use chrono::Utc;
 use payfleet_common::{
+    PaymentId,
     messages::{
         ChannelResult, ChannelStatus, Outcome as Final, PaymentResolved, Resolution,
         SCHEMA_VERSION, kind,
@@ -14,7 +15,6 @@ use payfleet_common::{
     runtime::{Outcome, StageError, StageTx},
 };
 use rust_decimal::Decimal;
-use uuid::Uuid;
 
 use crate::channels::BALANCE;
 use crate::domain::{
@@ -264,7 +264,7 @@ async fn apply(
 /// status, and its exception is reported.
 async fn hold_for_review(
     tx: &mut StageTx,
-    id: Uuid,
+    id: PaymentId,
     status: PaymentStatus,
     detail: String,
     reason: &str,
@@ -299,7 +299,7 @@ fn charge(p: &payment::Payment, m: &ChannelResult) -> ChannelCharge {
 /// than the attempt's, resolves nothing: the ingress refuses such notices,
 /// and whatever sent this one, it is dead-lettered for review.
 async fn refuse_misdirected(tx: &mut StageTx, m: &ChannelResult) -> Result<(), StageError> {
-    let attempt: Option<(Uuid, String)> =
+    let attempt: Option<(PaymentId, String)> =
         sqlx::query_as("SELECT payment_id, channel FROM payment_attempts WHERE id = $1")
             .bind(m.attempt_id)
             .fetch_optional(tx.conn())

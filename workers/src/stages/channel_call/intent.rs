@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use payfleet_common::{
+    AttemptId, PaymentId,
     messages::{StatusQuery, TradeClose},
     runtime::{Intent, Outcome, StageError, StageTx},
 };
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{
     Call, ChannelCall,
@@ -23,9 +23,9 @@ use crate::{
 /// The payment's latest attempt and its status.
 pub(super) async fn latest_attempt(
     tx: &mut StageTx,
-    payment_id: Uuid,
-) -> Result<Option<(Uuid, AttemptStatus)>, StageError> {
-    let latest: Option<(Uuid, String)> =
+    payment_id: PaymentId,
+) -> Result<Option<(AttemptId, AttemptStatus)>, StageError> {
+    let latest: Option<(AttemptId, String)> =
         sqlx::query_as("SELECT id, status FROM payment_attempts WHERE payment_id = $1 ORDER BY created_at DESC LIMIT 1")
             .bind(payment_id)
             .fetch_optional(tx.conn())
@@ -45,7 +45,7 @@ impl ChannelCall {
         p: &Payment,
         channel: &str,
         adapter: Arc<dyn ChannelAdapter>,
-        latest: Option<(Uuid, AttemptStatus)>,
+        latest: Option<(AttemptId, AttemptStatus)>,
     ) -> Result<Intent<Call>, StageError> {
         let closing = p.close_requested_at.is_some();
         if closing {
@@ -63,7 +63,7 @@ impl ChannelCall {
                 }));
             }
             None => {
-                let id = Uuid::now_v7();
+                let id = AttemptId::new();
                 sqlx::query(
                     "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, $4, $5, 'sending')",
                 )
@@ -101,7 +101,7 @@ pub(super) async fn intend_query(
     p: &Payment,
     channel: &str,
     adapter: Arc<dyn ChannelAdapter>,
-    latest: Option<(Uuid, AttemptStatus)>,
+    latest: Option<(AttemptId, AttemptStatus)>,
     q: &StatusQuery,
 ) -> Result<Intent<Call>, StageError> {
     match latest {
@@ -134,7 +134,7 @@ pub(super) async fn intend_close(
     p: &Payment,
     channel: &str,
     adapter: Arc<dyn ChannelAdapter>,
-    latest: Option<(Uuid, AttemptStatus)>,
+    latest: Option<(AttemptId, AttemptStatus)>,
     c: &TradeClose,
 ) -> Result<Intent<Call>, StageError> {
     match latest {
@@ -163,7 +163,7 @@ pub(super) async fn intend_close(
                     "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
                      VALUES ($1, $2, $3, $4, $5, 'closed', now())",
                 )
-                .bind(Uuid::now_v7())
+                .bind(AttemptId::new())
                 .bind(p.id)
                 .bind(channel)
                 .bind(p.amount)

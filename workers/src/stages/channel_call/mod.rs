@@ -16,13 +16,12 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use payfleet_common::lock::Locks;
 use payfleet_common::{
-    Topology,
+    AttemptId, PaymentId, Topology,
     messages::{FundsFrozen, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
     outbox::OutboxMessage,
     runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx, Undecodable},
     transition::{self, Status},
 };
-use uuid::Uuid;
 
 use crate::channels::BALANCE;
 use crate::{
@@ -41,7 +40,7 @@ pub enum Work {
 }
 
 impl Work {
-    fn payment_id(&self) -> Uuid {
+    fn payment_id(&self) -> PaymentId {
         match self {
             Work::Charge(m) => m.payment_id,
             Work::Query(m) => m.payment_id,
@@ -77,8 +76,8 @@ impl ChannelCall {
     fn next_query(
         &self,
         tx: &mut StageTx,
-        payment_id: Uuid,
-        attempt_id: Uuid,
+        payment_id: PaymentId,
+        attempt_id: AttemptId,
         number: u32,
     ) -> Result<(), StageError> {
         match self.query_delays.get(number as usize - 1) {
@@ -125,14 +124,14 @@ pub enum Call {
         adapter: Arc<dyn ChannelAdapter>,
     },
     Query {
-        payment_id: Uuid,
-        attempt_id: Uuid,
+        payment_id: PaymentId,
+        attempt_id: AttemptId,
         number: u32,
         adapter: Arc<dyn ChannelAdapter>,
     },
     Close {
-        payment_id: Uuid,
-        attempt_id: Uuid,
+        payment_id: PaymentId,
+        attempt_id: AttemptId,
         reason: String,
         adapter: Arc<dyn ChannelAdapter>,
     },

@@ -4,12 +4,12 @@
 
 use chrono::Utc;
 use payfleet_common::{
+    AttemptId, PaymentId,
     messages::{ChannelResult, ChannelStatus, PaymentResolved, Resolution, SCHEMA_VERSION, kind},
     runtime::{Outcome, StageError, StageTx},
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::{Answer, Call, ChannelCall};
 use crate::channels::BALANCE;
@@ -20,7 +20,7 @@ use crate::{
 
 impl Call {
     /// The payment, the attempt and the channel the call was for.
-    pub(super) fn ids(&self) -> (Uuid, Uuid, String) {
+    pub(super) fn ids(&self) -> (PaymentId, AttemptId, String) {
         match self {
             Call::Charge { request, adapter } => (
                 request.payment_id,
@@ -49,7 +49,7 @@ impl ChannelCall {
         &self,
         call: &Call,
         answer: &Answer,
-        attempt_id: Uuid,
+        attempt_id: AttemptId,
         channel: &str,
     ) -> Result<(), StageError> {
         if channel == BALANCE {
@@ -82,7 +82,7 @@ impl ChannelCall {
     pub(super) async fn record_reply(
         &self,
         tx: &mut StageTx,
-        (payment_id, attempt_id): (Uuid, Uuid),
+        (payment_id, attempt_id): (PaymentId, AttemptId),
         channel: &str,
         number: u32,
         reply: ChannelReply,
@@ -133,8 +133,8 @@ impl ChannelCall {
 /// or no answer (asked again).
 pub(super) async fn record_close(
     tx: &mut StageTx,
-    payment_id: Uuid,
-    attempt_id: Uuid,
+    payment_id: PaymentId,
+    attempt_id: AttemptId,
     channel: &str,
     reason: &str,
     reply: CloseReply,
@@ -178,8 +178,8 @@ pub(super) async fn record_close(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn report(
     tx: &mut StageTx,
-    payment_id: Uuid,
-    attempt_id: Uuid,
+    payment_id: PaymentId,
+    attempt_id: AttemptId,
     channel: &str,
     currency: &str,
     status: ChannelStatus,
@@ -207,7 +207,7 @@ pub(super) fn report(
 
 pub(super) fn resolve_failed(
     tx: &mut StageTx,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     reason: &str,
 ) -> Result<(), StageError> {
     tx.emit_to_stage(
@@ -225,7 +225,7 @@ pub(super) fn resolve_failed(
 
 pub(super) async fn set_attempt(
     tx: &mut StageTx,
-    attempt_id: Uuid,
+    attempt_id: AttemptId,
     status: AttemptStatus,
     reference: Option<&str>,
 ) -> Result<(), StageError> {
@@ -244,8 +244,8 @@ pub(super) async fn set_attempt(
 
 pub(super) async fn log(
     tx: &mut StageTx,
-    payment_id: Uuid,
-    attempt_id: Option<Uuid>,
+    payment_id: PaymentId,
+    attempt_id: Option<AttemptId>,
     channel: &str,
     direction: &str,
     payload: Value,

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use payfleet_common::{
-    CancellationToken, broker,
+    CancellationToken, PaymentId, broker,
     messages::{self, EventSubOrder, PaymentEvent, PaymentOutcome, SCHEMA_VERSION},
     runtime::{
         Inbound, Outcome, Shared, Stage, StageError, StageTx, Undecodable,
@@ -189,7 +189,7 @@ async fn load_event(
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     url: String,
     payload: Value,
     attempts: i32,

@@ -20,7 +20,7 @@ pub mod schema;
 use chrono::{DateTime, Utc};
 use payfleet_common::lock::Locks;
 use payfleet_common::{
-    broker,
+    PaymentId, broker,
     messages::{self, Outcome as Final, PaymentRequested, SCHEMA_VERSION, kind},
     money,
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable},
@@ -28,7 +28,6 @@ use payfleet_common::{
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::domain::payment::{self, PaymentStatus};
 use judge::Verdict;
@@ -86,8 +85,12 @@ impl OrderValidation {
 }
 
 /// The payment id of a merchant order: the same order always maps to it.
-pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> Uuid {
-    messages::stable_id(&["payment", merchant_id, merchant_order_id])
+pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
+    PaymentId::from(messages::stable_id(&[
+        "payment",
+        merchant_id,
+        merchant_order_id,
+    ]))
 }
 
 impl Stage for OrderValidation {
@@ -258,7 +261,7 @@ impl OrderValidation {
         tx: &mut StageTx,
         inbound: &Inbound,
         request: &Request,
-        id: Uuid,
+        id: PaymentId,
     ) -> Result<Option<Outcome>, StageError> {
         let existing: Option<(String, String)> =
             sqlx::query_as("SELECT request_hash, status FROM payments WHERE id = $1")
@@ -308,7 +311,7 @@ impl OrderValidation {
     async fn accept(
         &self,
         tx: &mut StageTx,
-        id: Uuid,
+        id: PaymentId,
         parsed: &PaymentRequested,
         request: &Request,
         order: PricedOrder,
@@ -392,7 +395,10 @@ async fn refuse(
     .bind(detail)
     .execute(tx.conn())
     .await?;
-    let refusal_id = messages::stable_id(&["refused-request", &inbound.message_id]);
+    let refusal_id = PaymentId::from(messages::stable_id(&[
+        "refused-request",
+        &inbound.message_id,
+    ]));
     tx.set_correlation_id(&refusal_id.to_string());
     let parsed = request.parsed.as_ref().ok();
     let event = messages::PaymentEvent {

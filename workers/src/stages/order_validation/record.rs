@@ -2,13 +2,13 @@
 //! challenged) and, for a validated one, its order, sub-orders and lines.
 
 use payfleet_common::{
+    PaymentId,
     messages::{self, PaymentRequested},
     money,
     runtime::StageError,
 };
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::{PricedOrder, Request, risk::Decision};
 use crate::domain::payment::PaymentStatus;
@@ -16,7 +16,7 @@ use crate::domain::payment::PaymentStatus;
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn insert_payment(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: PaymentId,
     r: &PaymentRequested,
     request: &Request,
     status: PaymentStatus,
@@ -75,7 +75,7 @@ fn unique_is_transient(error: sqlx::Error) -> StageError {
 
 pub(super) async fn insert_order(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: PaymentId,
     r: &PaymentRequested,
     order: &PricedOrder,
 ) -> Result<(), StageError> {

@@ -10,9 +10,8 @@
 
 use std::collections::HashMap;
 
-use payfleet_common::lock::Locks;
+use payfleet_common::{PaymentId, lock::Locks};
 use rust_decimal::Decimal;
-use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -118,7 +117,7 @@ pub async fn decide(
     redis: &Locks,
     user_id: &str,
     user_blocked: bool,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     amount: Decimal,
     currency: &str,
 ) -> (Decision, Vec<String>) {
@@ -241,7 +240,7 @@ mod tests {
             &redis,
             "u1",
             false,
-            Uuid::now_v7(),
+            PaymentId::new(),
             d("2000.00"),
             "CNY",
         )
@@ -256,15 +255,23 @@ mod tests {
             &redis,
             "u1",
             false,
-            Uuid::now_v7(),
+            PaymentId::new(),
             d("1999.99"),
             "CNY",
         )
         .await;
         assert_eq!((decision, reasons), (Decision::Allow, vec![]));
         // the amount and block rules still apply as they are
-        let (decision, _) =
-            decide(&rules, &redis, "u1", true, Uuid::now_v7(), d("1.00"), "CNY").await;
+        let (decision, _) = decide(
+            &rules,
+            &redis,
+            "u1",
+            true,
+            PaymentId::new(),
+            d("1.00"),
+            "CNY",
+        )
+        .await;
         assert_eq!(decision, Decision::Block);
     }
 }
