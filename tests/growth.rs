@@ -35,7 +35,7 @@ use payfleet_tests::{TestEnv, wait_until};
 use payfleet_workers::{domain::ledger, invariants, ops, seed};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use tracing::{
     Event, Level, Metadata,
     field::{Field, Visit},
@@ -47,7 +47,6 @@ use tracing::{
 const HISTORY_PAYMENTS: u32 = 100_000;
 /// A sequential scan of a table with more rows than this fails the test.
 const LARGE_TABLE_ROWS: f32 = 10_000.0;
-const HISTORY: &str = payfleet_workers::bench::history::SQL;
 const WAIT: Duration = Duration::from_secs(60);
 const SHOP: &str = "shop";
 const SHOP_KEY: &str = "shop-secret";
@@ -179,18 +178,14 @@ async fn seed(env: &TestEnv, gateway_url: &str) -> anyhow::Result<()> {
     .await
 }
 
-/// The history, on one session with triggers off for the bulk load (see the
-/// script's header); returns how long it took.
+/// The history (bench::history's script); returns how long it took.
 async fn load_history(env: &TestEnv) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut conn = PgConnection::connect(&env.settings.database_url).await?;
-    sqlx::raw_sql(&format!(
-        "SET session_replication_role = replica; SET growth.payments = {HISTORY_PAYMENTS}"
-    ))
-    .execute(&mut conn)
+    payfleet_workers::bench::history::load_script(
+        &env.settings.database_url,
+        HISTORY_PAYMENTS as u64,
+    )
     .await?;
-    sqlx::raw_sql(HISTORY).execute(&mut conn).await?;
-    conn.close().await?;
     Ok(started.elapsed())
 }
 

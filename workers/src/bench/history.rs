@@ -28,8 +28,16 @@ pub async fn load(settings: &Settings, pool: &PgPool, payments: u64) -> anyhow::
     }
     .seed(pool)
     .await?;
-    // One session with triggers off for the bulk load (see the script's header).
-    let mut conn = PgConnection::connect(&settings.database_url).await?;
+    load_script(&settings.database_url, payments).await?;
+    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    Ok(started.elapsed())
+}
+
+/// Runs the history script for `payments` on one session with triggers off
+/// for the bulk load (see the script's header); the catalogue it refers to
+/// must be seeded first.
+pub async fn load_script(database_url: &str, payments: u64) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(database_url).await?;
     sqlx::raw_sql(&format!(
         "SET session_replication_role = replica; SET growth.payments = {payments}"
     ))
@@ -37,6 +45,5 @@ pub async fn load(settings: &Settings, pool: &PgPool, payments: u64) -> anyhow::
     .await?;
     sqlx::raw_sql(SQL).execute(&mut conn).await?;
     conn.close().await?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
-    Ok(started.elapsed())
+    Ok(())
 }
