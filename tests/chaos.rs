@@ -207,12 +207,14 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         Fault::CloseBrokerConnections,
     ];
     rng.shuffle(&mut faults);
-    let mut log: Vec<String> = Vec::new();
+    // Printed as it happens: a run stopped by the harness still shows its faults.
+    println!("chaos: faults injected");
+    let log = |line: String| println!("  {line}");
     let mut recoveries: Vec<f64> = Vec::new();
     for fault in faults {
         tokio::time::sleep(Duration::from_millis(rng.u64(1_500..4_000))).await;
         if load.progress().await?.terminal >= load.expected_payments() {
-            log.push(format!("{fault:?}: not injected, the load had finished"));
+            log(format!("{fault:?}: not injected, the load had finished"));
             continue;
         }
         let at = started.elapsed().as_secs_f64();
@@ -247,12 +249,16 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         };
         let recovered = time_to_recover(&load, &processes).await?;
         recoveries.push(recovered);
-        log.push(format!(
+        log(format!(
             "[{at:>6.1}s] {what}; recovered in {recovered:.2} s"
         ));
     }
 
-    let finished = load.wait(load.deadline(), |_| {}).await?;
+    // Ends before the harness's six minutes, so a failure prints its summary.
+    let within = load
+        .deadline()
+        .min(Duration::from_secs(300).saturating_sub(started.elapsed()));
+    let finished = load.wait(within, |_| {}).await?;
     let elapsed = started.elapsed();
     let mut retries = 0;
     for process in &processes {
@@ -264,10 +270,6 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         process.kill().await;
     }
 
-    println!("chaos: faults injected");
-    for line in &log {
-        println!("  {line}");
-    }
     println!("{}", verdict.summary);
     println!(
         "chaos: {} payments terminal in {:.1} s · retries {retries} · dead letters {} · \

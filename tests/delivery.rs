@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lapin::{options::QueueBindOptions, types::FieldTable};
-use payfleet_common::{Topology, broker::header};
+use payfleet_common::{Topology, broker::header, retention};
 use payfleet_tests::{Behaviour, RECEIPT_STAGE, TRANSFER_STAGE, TestEnv, transfer, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -448,21 +448,65 @@ async fn metrics_health_and_readiness_are_served() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inbox_rows_past_their_retention_are_pruned_and_recent_ones_kept() -> anyhow::Result<()> {
-    let env = TestEnv::new("inboxprune").await?;
-    sqlx::query(
-        "INSERT INTO inbox (stage, message_id, outcome, processed_at) VALUES
-           ('probe-transfer', 'old', 'applied', now() - interval '40 days'),
-           ('probe-transfer', 'recent', 'applied', now() - interval '1 day')",
-    )
+async fn rows_past_their_retention_are_pruned_in_batches_and_everything_else_kept()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("retention").await?;
+    let old = 2 * retention::BATCH + 17;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO inbox (stage, message_id, outcome, processed_at)
+           SELECT 'probe-transfer', 'old-' || n, 'applied', now() - interval '40 days'
+           FROM generate_series(1, {old}) n;
+         INSERT INTO inbox (stage, message_id, outcome, processed_at) VALUES
+           ('probe-transfer', 'recent', 'applied', now() - interval '29 days');
+         INSERT INTO outbox (message_id, exchange, routing_key, body, created_at, sent_at)
+           SELECT 'sent-' || n, 'x', 'k', '\\x7b7d', now() - interval '3 days', now() - interval '2 days'
+           FROM generate_series(1, {old}) n;
+         INSERT INTO outbox (message_id, exchange, routing_key, body, created_at, sent_at) VALUES
+           ('sent-recently', 'x', 'k', '\\x7b7d', now() - interval '2 hours', now() - interval '1 hour'),
+           ('never-sent', 'x', 'k', '\\x7b7d', now() - interval '3 days', NULL);
+         INSERT INTO delivery_counts (stage, message_id, deliveries, first_seen_at, last_seen_at) VALUES
+           ('probe-transfer', 'gone', 2, now() - interval '3 days', now() - interval '2 days'),
+           ('probe-transfer', 'looping', 2, now() - interval '5 minutes', now());"
+    ))
     .execute(&env.pool)
     .await?;
-    let pruned =
-        payfleet_common::fleet::prune_inbox(&env.pool, Duration::from_secs(30 * 86_400)).await?;
-    assert_eq!(pruned, 1);
-    let left: Vec<String> = sqlx::query_scalar("SELECT message_id FROM inbox")
-        .fetch_all(&env.pool)
+    let started = std::time::Instant::now();
+    let pruned = retention::prune(&env.pool, &env.settings).await?;
+    println!(
+        "pruned {} inbox and {} outbox rows in {:.2} s",
+        pruned.inbox,
+        pruned.outbox,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        pruned,
+        retention::Pruned {
+            inbox: old as u64,
+            outbox: old as u64,
+            delivery_counts: 1
+        }
+    );
+    let left = |table: &str| {
+        format!("SELECT string_agg(message_id, ',' ORDER BY message_id) FROM {table}")
+    };
+    let inbox: String = sqlx::query_scalar(&left("inbox"))
+        .fetch_one(&env.pool)
         .await?;
-    assert_eq!(left, vec!["recent"]);
+    assert_eq!(inbox, "recent");
+    let outbox: String = sqlx::query_scalar(&left("outbox"))
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(
+        outbox, "never-sent,sent-recently",
+        "an unsent row is never pruned"
+    );
+    let counts: String = sqlx::query_scalar(&left("delivery_counts"))
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(counts, "looping");
+    assert_eq!(
+        retention::prune(&env.pool, &env.settings).await?,
+        retention::Pruned::default()
+    );
     env.teardown().await
 }

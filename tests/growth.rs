@@ -477,8 +477,8 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
     for channel in GatewayConfig::standard().channels {
         ops::reconcile::reconcile(&ops_pool, &channel.name, today).await?;
     }
-    payfleet_common::fleet::prune_inbox(&ops_pool, Duration::from_secs(30 * 86_400)).await?;
-    payfleet_common::outbox::prune_sent(&ops_pool, Duration::from_secs(86_400)).await?;
+    payfleet_common::retention::prune_inbox(&ops_pool, Duration::from_secs(30 * 86_400)).await?;
+    payfleet_common::retention::prune_sent_outbox(&ops_pool, Duration::from_secs(86_400)).await?;
     ops_pool.close().await;
     fleet.stop().await;
 

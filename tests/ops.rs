@@ -8,6 +8,7 @@ mod fleet;
 use std::{process::Stdio, time::Duration};
 
 use fleet::{cli as run, payfleet};
+use payfleet_common::retention;
 use payfleet_tests::{TestEnv, transfer, wait_until};
 use serde_json::Value;
 
@@ -611,5 +612,69 @@ async fn two_replays_started_together_publish_each_row_once_and_every_row_is_aud
         300,
         "each processed once"
     );
+    env.teardown().await
+}
+
+/// A message dead-lettered once and applied from a second copy: past the
+/// duplicate window, its inbox row stays while the dead letter is parked,
+/// so replaying that old dead letter is recognised and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_dead_letter_of_an_applied_message_is_still_recognised_when_replayed()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("oldreplay").await?;
+    let fleet = env.start_fleet().await?;
+    let t = transfer("late", "7.00");
+    // the first copy finds no account and is dead-lettered
+    env.publish_transfer(&t, "m-twice").await?;
+    wait_until(WAIT, "the first copy parked", || async {
+        Ok(env
+            .scalar_i64("SELECT count(*) FROM dead_letters WHERE status = 'parked'")
+            .await?
+            == 1)
+    })
+    .await?;
+    // the account appears, and a second copy of the message is applied
+    env.add_account("late").await?;
+    env.publish_transfer(&t, "m-twice").await?;
+    env.wait_drained(WAIT).await?;
+    let balance = || async {
+        sqlx::query_scalar::<_, rust_decimal::Decimal>(
+            "SELECT balance FROM probe_accounts WHERE account = 'late'",
+        )
+        .fetch_one(&env.pool)
+        .await
+    };
+    assert_eq!(balance().await?, "7.00".parse()?);
+    // forty days later, past the inbox's thirty
+    sqlx::query("UPDATE inbox SET processed_at = processed_at - interval '40 days'")
+        .execute(&env.pool)
+        .await?;
+    let pruned = retention::prune(&env.pool, &env.settings).await?;
+    let kept: Vec<(String, String)> =
+        sqlx::query_as("SELECT stage, message_id FROM inbox ORDER BY stage")
+            .fetch_all(&env.pool)
+            .await?;
+    assert_eq!(
+        kept,
+        vec![("probe-transfer".to_owned(), "m-twice".to_owned())],
+        "only the row the parked dead letter needs is kept (pruned {pruned:?})"
+    );
+    let (code, out, err) = run(
+        &env,
+        &["dlq", "replay", "--stage", "probe-transfer", "--all"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 1"), "{out}");
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+    assert_eq!(
+        balance().await?,
+        "7.00".parse()?,
+        "the replay changed nothing"
+    );
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
+    // replayed, the dead letter no longer holds the row back
+    assert_eq!(retention::prune(&env.pool, &env.settings).await?.inbox, 1);
     env.teardown().await
 }

@@ -40,6 +40,9 @@ pub mod header {
     pub const SUSPECT: &str = "x-payfleet-suspect";
     /// Set on a message put back from the dead-letter store.
     pub const REPLAYED_FROM: &str = "x-payfleet-replayed-from";
+    /// Milliseconds since the Unix epoch when the outbox relay published the
+    /// message: the next stage measures how long it waited in its queue.
+    pub const RELAYED_AT_MS: &str = "x-payfleet-relayed-at-ms";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use crate::{
     db,
     lock::Locks,
     outbox::{self, RelayConfig},
+    retention,
     runtime::{
         CallingStage, Shared, Stage,
         consumer::{self, ConsumerSpec, DeliveryProcessor},
@@ -48,8 +49,8 @@ type Background = Box<dyn FnOnce(Arc<Shared>, CancellationToken) -> Task + Send>
 
 /// How long the relay may take to flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Sent outbox rows are kept this long for inspection.
-const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often the runtime's tables are pruned past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Fleet {
     shared: Arc<Shared>,
@@ -259,7 +260,12 @@ impl Fleet {
             ));
             (relay_stop, handle)
         });
-        let maintenance = tokio::spawn(maintain(shared.clone(), stop.clone()));
+        let maintenance = tokio::spawn(retention::run(
+            shared.pool.clone(),
+            shared.settings.clone(),
+            PRUNE_EVERY,
+            stop.clone(),
+        ));
         let mut background = JoinSet::new();
         for (name, start) in self.background {
             tracing::info!(task = %name, "starting background task");
@@ -294,38 +300,4 @@ impl Fleet {
 
 fn starter<P: DeliveryProcessor>(spec: ConsumerSpec, processor: Arc<P>) -> Starter {
     Box::new(move |health, stop| Box::pin(consumer::consume(spec, processor, health, stop)))
-}
-
-/// Deletes inbox rows processed longer ago than `retention`, in bounded batches.
-pub async fn prune_inbox(pool: &sqlx::PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
-        "DELETE FROM inbox WHERE ctid IN (
-             SELECT ctid FROM inbox WHERE processed_at < now() - make_interval(secs => $1) LIMIT 10000)",
-    )
-    .bind(retention.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-/// Housekeeping: prunes sent outbox rows and inbox rows past their retention.
-async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-            _ = stop.cancelled() => return,
-        }
-        match outbox::prune_sent(&shared.pool, OUTBOX_RETENTION).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "pruned sent outbox rows"),
-            Err(error) => tracing::warn!(%error, "pruning the outbox failed"),
-        }
-        let inbox_retention =
-            Duration::from_secs(u64::from(shared.settings.inbox_retention_days) * 86_400);
-        match prune_inbox(&shared.pool, inbox_retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "pruned inbox rows past their retention"),
-            Err(error) => tracing::warn!(%error, "pruning the inbox failed"),
-        }
-    }
 }

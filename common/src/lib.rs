@@ -13,6 +13,7 @@ pub mod messages;
 pub mod money;
 pub mod outbox;
 pub mod rabbitmqctl;
+pub mod retention;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

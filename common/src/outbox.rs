@@ -260,24 +260,16 @@ fn outgoing(row: &Row) -> Outgoing {
         row.correlation_id.as_deref(),
         row.message_type.as_deref(),
     );
-    let headers = broker::headers_from_json(&row.headers);
-    if !headers.inner().is_empty() {
-        properties = properties.with_headers(headers);
-    }
+    let mut headers = broker::headers_from_json(&row.headers);
+    headers.insert(
+        broker::header::RELAYED_AT_MS.into(),
+        lapin::types::AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+    );
+    properties = properties.with_headers(headers);
     Outgoing {
         exchange: row.exchange.clone(),
         routing_key: row.routing_key.clone(),
         body: row.body.clone(),
         properties,
     }
-}
-
-/// Deletes rows sent longer ago than `retention`; returns how many.
-pub async fn prune_sent(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let result =
-        sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)")
-            .bind(retention.as_secs_f64())
-            .execute(pool)
-            .await?;
-    Ok(result.rows_affected())
 }

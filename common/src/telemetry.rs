@@ -56,6 +56,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_counter!("payfleet_messages_total", "Deliveries handled per stage, by result (applied, stale, duplicate, exception, retried, lock_busy, dead_lettered, requeued)");
             metrics::describe_counter!("payfleet_dead_lettered_total", "Messages dead-lettered per stage and error kind");
             metrics::describe_histogram!("payfleet_handle_seconds", "Time to handle one delivery, per stage");
+            metrics::describe_histogram!("payfleet_queue_wait_seconds", "Time a first delivery relayed by the outbox waited in its stage's queue, per stage");
             metrics::describe_counter!("payfleet_outbox_sent_total", "Outbox rows published and confirmed");
             metrics::describe_counter!("payfleet_outbox_returned_total", "Outbox publishes returned unroutable");
             metrics::describe_counter!("payfleet_webhooks_total", "Merchant webhook attempts by result");

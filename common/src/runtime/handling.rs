@@ -2,7 +2,11 @@
 //! lock, the stage's transaction(s), then ack, retry through a delay level,
 //! or dead-letter.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use lapin::{
     message::Delivery,
@@ -16,6 +20,7 @@ use super::{
     Shared,
     consumer::DeliveryProcessor,
     dead_letter::{self, ErrorKind},
+    inbound::{inbound, queue_wait},
     stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError, Undecodable},
     transaction::{self, Begun},
 };
@@ -323,7 +328,7 @@ impl<H: Handler> StageProcessor<H> {
             Err(error) => {
                 // Not routed anywhere: give it back to the queue rather than lose it.
                 tracing::warn!(%error, "cannot route the message onwards; requeueing it");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -403,6 +408,10 @@ impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
         );
         async {
             let started = Instant::now();
+            if let Some(waited) = queue_wait(&inbound) {
+                metrics::histogram!("payfleet_queue_wait_seconds", "stage" => inbound.stage.clone())
+                    .record(waited.as_secs_f64());
+            }
             let disposition = self.decide(&inbound).await;
             let label = self.settle(&delivery, &inbound, disposition).await;
             let stage = inbound.stage.clone();
@@ -413,16 +422,6 @@ impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
         .instrument(span)
         .await
     }
-}
-
-/// Upstream's headers without the fleet's internal ones.
-pub fn from_upstream(headers: lapin::types::FieldTable) -> lapin::types::FieldTable {
-    let mut map = headers.inner().clone();
-    map.retain(|key, _| {
-        let key = key.as_str().to_ascii_lowercase();
-        !key.starts_with(header::INTERNAL_PREFIX) || key == crate::messages::SIGNATURE_HEADER
-    });
-    map.into()
 }
 
 fn without(headers: lapin::types::FieldTable, key: &str) -> lapin::types::FieldTable {
@@ -450,45 +449,4 @@ async fn count_delivery(pool: &PgPool, inbound: &Inbound) -> Result<i64, sqlx::E
     .bind(&inbound.message_id)
     .fetch_one(pool)
     .await
-}
-
-/// The handler's view of a delivery. What upstream published to the ingress
-/// exchange keeps none of the fleet's internal `x-payfleet-*` headers (the
-/// attempt and suspect counters, failure and replay marks), only its
-/// signature: upstream cannot spend a message's retries or force the
-/// crash-loop path. The same holds for a message put straight on a queue
-/// through the default exchange. The fleet's own retries and replays arrive
-/// through the stages exchange, their headers intact.
-pub fn inbound(stage: &str, delivery: &Delivery, ingress_exchange: &str) -> Inbound {
-    let props = &delivery.properties;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    // The fleet publishes only through named exchanges: what came through
-    // the ingress exchange, or straight to a queue through the default
-    // exchange, is not the fleet's own.
-    let exchange = delivery.exchange.as_str();
-    if exchange == ingress_exchange || exchange.is_empty() {
-        headers = from_upstream(headers);
-    }
-    Inbound {
-        stage: stage.to_owned(),
-        message_id: props
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned())
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| dead_letter::body_message_id(&delivery.data)),
-        correlation_id: props
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str().to_owned()),
-        message_type: props.kind().as_ref().map(|t| t.as_str().to_owned()),
-        attempt: broker::header_i64(Some(&headers), header::ATTEMPT)
-            .unwrap_or(0)
-            .clamp(0, i64::from(u32::MAX)) as u32,
-        redelivered: delivery.redelivered,
-        suspect: delivery.redelivered || headers.contains_key(header::SUSPECT),
-        routing_key: delivery.routing_key.as_str().to_owned(),
-        headers,
-        body: delivery.data.clone(),
-    }
 }

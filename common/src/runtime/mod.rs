@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod dead_letter;
 pub mod handling;
+pub mod inbound;
 pub mod stage;
 pub mod transaction;
 

@@ -30,6 +30,10 @@ pub struct FleetRun {
     pub latency_ms: [f64; 4],
     /// Mean handling time per stage, milliseconds.
     pub handle_ms: BTreeMap<String, f64>,
+    /// Mean time a message relayed to a stage waited in its queue (first
+    /// deliveries), milliseconds; the first stage reads what upstream
+    /// published, which carries no relay stamp.
+    pub queue_wait_ms: BTreeMap<String, f64>,
     /// CPU milliseconds per payment, per process group.
     pub cpu_ms_per_payment: BTreeMap<String, f64>,
     /// Share of one core each group used during the run, percent.
@@ -43,14 +47,19 @@ pub struct FleetRun {
     pub invariant_failures: Vec<String>,
 }
 
-/// The per-stage sums and counts of `payfleet_handle_seconds` in this process.
-fn handle_sums() -> BTreeMap<String, (f64, f64)> {
+/// Per-stage (sum, count) of a histogram in seconds, as this process's
+/// metrics show it.
+type StageSums = BTreeMap<String, (f64, f64)>;
+
+/// The per-stage sums and counts of histogram `metric` in this process.
+fn stage_sums(metric: &str) -> StageSums {
     let text = telemetry::metrics_handle().render();
-    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let (sum_prefix, count_prefix) = (format!("{metric}_sum{{"), format!("{metric}_count{{"));
+    let mut out = StageSums::new();
     for line in text.lines() {
-        let (is_sum, rest) = if let Some(rest) = line.strip_prefix("payfleet_handle_seconds_sum{") {
+        let (is_sum, rest) = if let Some(rest) = line.strip_prefix(&sum_prefix) {
             (true, rest)
-        } else if let Some(rest) = line.strip_prefix("payfleet_handle_seconds_count{") {
+        } else if let Some(rest) = line.strip_prefix(&count_prefix) {
             (false, rest)
         } else {
             continue;
@@ -74,6 +83,21 @@ fn handle_sums() -> BTreeMap<String, (f64, f64)> {
     }
     out
 }
+
+/// Mean milliseconds per stage between two readings of [`stage_sums`].
+fn stage_means(before: &StageSums, after: &StageSums) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(stage, (sum, count))| {
+            let (sum0, count0) = before.get(stage).copied().unwrap_or_default();
+            let n = count - count0;
+            (n > 0.0).then(|| (stage.clone(), (sum - sum0) * 1000.0 / n))
+        })
+        .collect()
+}
+
+const HANDLE_METRIC: &str = "payfleet_handle_seconds";
+const QUEUE_WAIT_METRIC: &str = "payfleet_queue_wait_seconds";
 
 async fn counters(pool: &PgPool) -> anyhow::Result<(i64, Option<i64>)> {
     let commits: i64 = sqlx::query_scalar(
@@ -179,7 +203,8 @@ async fn measure(
     }
 
     let before = resources::sample();
-    let handled_before = handle_sums();
+    let handled_before = stage_sums(HANDLE_METRIC);
+    let waited_before = stage_sums(QUEUE_WAIT_METRIC);
     let (commits_before, statements_before) = counters(&pool).await?;
     let fleet = crate::fleet(settings.clone(), &[], gateway_url.is_some()).await?;
     let started = Instant::now();
@@ -209,7 +234,8 @@ async fn measure(
     let seconds = started.elapsed().as_secs_f64();
     let after = resources::sample();
     let (commits_after, statements_after) = counters(&pool).await?;
-    let handled_after = handle_sums();
+    let handled_after = stage_sums(HANDLE_METRIC);
+    let waited_after = stage_sums(QUEUE_WAIT_METRIC);
     live(Live::FleetDone);
     if let Some(publishing) = publishing {
         publishing.await.context("publisher task")??;
@@ -250,14 +276,8 @@ async fn measure(
             latency.2.unwrap_or(0.0),
             latency.3.unwrap_or(0.0),
         ],
-        handle_ms: handled_after
-            .iter()
-            .filter_map(|(stage, (sum, count))| {
-                let (sum0, count0) = handled_before.get(stage).copied().unwrap_or_default();
-                let n = count - count0;
-                (n > 0.0).then(|| (stage.clone(), (sum - sum0) * 1000.0 / n))
-            })
-            .collect(),
+        handle_ms: stage_means(&handled_before, &handled_after),
+        queue_wait_ms: stage_means(&waited_before, &waited_after),
         cpu_ms_per_payment: cpu
             .iter()
             .map(|(g, ms)| ((*g).to_owned(), ms / finished_count))

@@ -265,6 +265,11 @@ impl std::fmt::Display for Report {
         );
         let _ = writeln!(
             out,
+            "  queue wait      {}",
+            join(&median.queue_wait_ms, 1, " ms")
+        );
+        let _ = writeln!(
+            out,
             "  CPU             {}",
             join(&median.cpu_percent, 0, " %")
         );

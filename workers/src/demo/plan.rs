@@ -64,6 +64,38 @@ pub(super) struct Planned {
     pub(super) refused: bool,
 }
 
+/// A request that later requests copy.
+struct Original {
+    request: PaymentRequested,
+    copies: Copies,
+}
+
+/// What copies of one original were planned. An original gets duplicates
+/// or conflicts, never both: when the broker reorders (a crash, a busy
+/// lock), whichever copy arrives first makes the payment, and the counts
+/// stay the same only so — with both, a conflict arriving first would turn
+/// the original and its duplicate into two refusals. Conflicts each differ
+/// from the others (the n-th adds n to a quantity) for the same reason.
+#[derive(Clone, Copy)]
+enum Copies {
+    None,
+    Duplicates,
+    Conflicts(u32),
+}
+
+impl Copies {
+    /// Takes one more copy of `kind` if the original can have it.
+    fn admit(&mut self, kind: Kind) -> bool {
+        match (*self, kind) {
+            (Copies::None | Copies::Duplicates, Kind::Duplicate) => *self = Copies::Duplicates,
+            (Copies::None, Kind::Conflict) => *self = Copies::Conflicts(1),
+            (Copies::Conflicts(n), Kind::Conflict) => *self = Copies::Conflicts(n + 1),
+            _ => return false,
+        }
+        true
+    }
+}
+
 fn sign(body: &[u8]) -> Option<String> {
     Some(messages::sign(SHOP_KEY, body))
 }
@@ -76,7 +108,7 @@ pub(super) fn plan(
 ) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut planned: Vec<Planned> = Vec::with_capacity(requests);
-    let mut previous: Vec<(String, PaymentRequested)> = Vec::new();
+    let mut previous: Vec<Original> = Vec::new();
     let on_sale: Vec<&pricing::Product> = catalogue
         .products
         .iter()
@@ -85,7 +117,7 @@ pub(super) fn plan(
     while planned.len() < requests {
         let index = planned.len();
         let roll = rng.u32(0..100);
-        let kind = match roll {
+        let mut kind = match roll {
             0..=29 => Kind::Normal,
             30..=62 => channel_kind(&mut rng),
             63..=70 => Kind::InsufficientBalance,
@@ -99,6 +131,17 @@ pub(super) fn plan(
             94 => Kind::Poison,
             _ => Kind::Normal,
         };
+        // The copy's original; a kind of copy the original cannot take
+        // (see [`Copies`]) becomes a new payment instead.
+        let mut original = None;
+        if matches!(kind, Kind::Duplicate | Kind::Conflict) {
+            let index = rng.usize(0..previous.len());
+            if previous[index].copies.admit(kind) {
+                original = Some(index);
+            } else {
+                kind = Kind::Normal;
+            }
+        }
         let order_id = format!("{run_id}-{index:06}");
         let user = match kind {
             Kind::InsufficientBalance => format!("demo-poor-{}", rng.usize(0..POOR_USERS)),
@@ -202,7 +245,7 @@ pub(super) fn plan(
                 }
             }
             Kind::Duplicate => {
-                let (_, original) = &previous[rng.usize(0..previous.len())];
+                let original = &previous[original.expect("chosen above")].request;
                 let body = serde_json::to_vec(original).expect("serializable");
                 Planned {
                     kind,
@@ -214,9 +257,13 @@ pub(super) fn plan(
                 }
             }
             Kind::Conflict => {
-                let (_, original) = &previous[rng.usize(0..previous.len())];
-                let mut changed = original.clone();
-                changed.items[0].quantity += 1;
+                let original = &previous[original.expect("chosen above")];
+                let Copies::Conflicts(nth) = original.copies else {
+                    unreachable!("admitted as a conflict")
+                };
+                // each conflict differs from the original and from the others
+                let mut changed = original.request.clone();
+                changed.items[0].quantity += nth;
                 let body = serde_json::to_vec(&changed).expect("serializable");
                 Planned {
                     kind,
@@ -229,7 +276,10 @@ pub(super) fn plan(
             }
             _ => {
                 let body = serde_json::to_vec(&request).expect("serializable");
-                previous.push((order_id, request));
+                previous.push(Original {
+                    request,
+                    copies: Copies::None,
+                });
                 Planned {
                     kind,
                     message_id,
@@ -244,3 +294,6 @@ pub(super) fn plan(
     }
     planned
 }
+
+#[cfg(test)]
+mod tests;

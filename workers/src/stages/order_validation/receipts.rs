@@ -3,21 +3,20 @@
 
 use std::sync::Arc;
 
-use payfleet_common::{CancellationToken, runtime::Shared};
+use payfleet_common::{CancellationToken, retention, runtime::Shared};
 
-/// Deletes request receipts older than `older_than`, in a bounded batch.
+/// Deletes request receipts older than `older_than`, in batches until none is left.
 pub async fn prune_receipts(
     pool: &sqlx::PgPool,
     older_than: std::time::Duration,
 ) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
-        "DELETE FROM request_receipts WHERE ctid IN (
-             SELECT ctid FROM request_receipts WHERE first_received_at < now() - make_interval(secs => $1) LIMIT 10000)",
+    retention::prune_in_batches(
+        pool,
+        "DELETE FROM request_receipts WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM request_receipts WHERE first_received_at < now() - make_interval(secs => $1) LIMIT $2))",
+        older_than,
     )
-    .bind(older_than.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
+    .await
 }
 
 /// Prunes request receipts an hour before the inbox rows of the same
