@@ -1,4 +1,5 @@
-//! One measured run of the fleet in a fresh shadow environment: seed, publish
+//! One measured run of the fleet in a fresh shadow environment (its
+//! database a copy of the prepared catalogue and history): publish
 //! the requests (all before the fleet starts, or at a rate while it runs),
 //! time them to their final events, then check the invariants.
 
@@ -128,16 +129,40 @@ async fn finished(pool: &PgPool, like: &str) -> anyhow::Result<(i64, i64)> {
     .await?)
 }
 
-/// Runs the fleet once in shadow environment `name`.
+/// Creates shadow database `name` with the benchmark's catalogue and
+/// `options.history` payments of history, vacuumed and analyzed: every
+/// fleet run starts from a copy of it, so history is loaded once.
+pub async fn prepare_catalogue(
+    base: &Settings,
+    name: &str,
+    options: &Options,
+) -> anyhow::Result<Shadow> {
+    let shadow = Shadow::create(base, name).await?;
+    let pool = db::connect(&shadow.settings).await?;
+    workload::seed(&pool).await?;
+    if options.history > 0 {
+        let loaded_in = super::history::load(&shadow.settings, &pool, options.history).await?;
+        tracing::info!(payments = options.history, ?loaded_in, "history loaded");
+    } else {
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+    }
+    // a template database takes no connections while it is copied
+    pool.close().await;
+    Ok(shadow)
+}
+
+/// Runs the fleet once in shadow environment `name`, its database a copy
+/// of `catalogue` (see [`prepare_catalogue`]).
 pub async fn run(
     base: &Settings,
     name: &str,
+    catalogue: &str,
     options: &Options,
     seed: u64,
     gateway_url: Option<&str>,
     live: &mut (impl FnMut(Live<'_>) + Send),
 ) -> anyhow::Result<FleetRun> {
-    let shadow = Shadow::create(base, name).await?;
+    let shadow = Shadow::create_from(base, name, Some(catalogue)).await?;
     let measured = measure(&shadow.settings, name, options, seed, gateway_url, live).await;
     if !options.keep {
         shadow.remove().await?;
@@ -156,11 +181,6 @@ async fn measure(
     crate::apply_topology(settings).await?;
     let topology = Topology::from_settings(settings)?;
     let pool = db::connect(settings).await?;
-    workload::seed(&pool).await?;
-    if options.history > 0 {
-        let loaded_in = super::history::load(settings, &pool, options.history).await?;
-        tracing::info!(payments = options.history, ?loaded_in, "history loaded");
-    }
     if let Some(url) = gateway_url {
         crate::demo::seed_channels(&pool, url).await?;
     }

@@ -1,7 +1,8 @@
 //! `payfleet bench --history N`: N payments of history (25 days of them,
 //! with every row the fleet writes for a payment) loaded set-based into the
-//! shadow database before a run, then vacuumed and analyzed, so that a
-//! database after months of service is measured in minutes.
+//! shadow catalogue database that every run copies, then vacuumed and
+//! analyzed, so that a database after months of service is measured in
+//! minutes.
 
 use std::time::{Duration, Instant};
 

@@ -40,13 +40,19 @@ pub struct Options {
     /// Keep the shadow vhosts and databases.
     pub keep: bool,
     pub seed: u64,
-    /// Payments of history loaded into each fleet run's database first.
+    /// Payments of history loaded once, with the catalogue, into the
+    /// database every fleet run starts from a copy of.
     pub history: u64,
 }
 
 /// What a benchmark reports as it goes, for a live display.
 #[derive(Debug, Clone, Copy)]
 pub enum Live<'a> {
+    /// The catalogue and `history` payments of history are loaded.
+    CatalogueReady {
+        history: u64,
+        took: std::time::Duration,
+    },
     /// A null pipeline run (numbered from 1) is done.
     NullRun { run: usize, per_second: f64 },
     /// Where a fleet run stands, every 50 ms.
@@ -138,39 +144,29 @@ pub async fn run(
         None
     };
 
-    let mut null_per_second = Vec::new();
-    let mut fleet = Vec::new();
-    for run in 0..options.runs {
-        let null_name = format!("{name}_null{run}");
-        let null_shadow = shadow::Shadow::create(&base, &null_name).await?;
-        let elapsed =
-            null_pipeline::run(&null_shadow.settings, options.payments, NULL_BODY_BYTES).await;
-        if !options.keep {
-            null_shadow.remove().await?;
-        }
-        let rate = options.payments as f64 / elapsed?.as_secs_f64();
-        live(Live::NullRun {
-            run: run + 1,
-            per_second: rate,
-        });
-        null_per_second.push(rate);
-        let measured = fleet_run::run(
-            &base,
-            &format!("{name}_fleet{run}"),
-            &options,
-            options.seed.wrapping_add(run as u64),
-            gateway_url.as_deref(),
-            &mut live,
-        )
-        .await?;
-        live(Live::FleetRun {
-            run: run + 1,
-            measured: &measured,
-        });
-        fleet.push(measured);
-    }
+    let prepared_at = std::time::Instant::now();
+    let catalogue =
+        fleet_run::prepare_catalogue(&base, &format!("{name}_catalogue"), &options).await?;
+    live(Live::CatalogueReady {
+        history: options.history,
+        took: prepared_at.elapsed(),
+    });
+    let runs = interleaved_runs(
+        &base,
+        &name,
+        &catalogue.name,
+        &options,
+        gateway_url.as_deref(),
+        &mut live,
+    )
+    .await;
     gateway_stop.cancel();
+    if !options.keep {
+        catalogue.remove().await?;
+    }
+    let (null_per_second, fleet) = runs?;
     let null_median = median(&null_per_second);
+
     let fleet_median = median(&fleet.iter().map(|r| r.per_second).collect::<Vec<_>>());
     Ok(Report {
         ratio: if null_median > 0.0 {
@@ -184,6 +180,50 @@ pub async fn run(
         null_median,
         fleet_median,
     })
+}
+
+/// `options.runs` null pipeline runs, each followed by a fleet run.
+async fn interleaved_runs(
+    base: &Settings,
+    name: &str,
+    catalogue: &str,
+    options: &Options,
+    gateway_url: Option<&str>,
+    live: &mut (impl FnMut(Live<'_>) + Send),
+) -> anyhow::Result<(Vec<f64>, Vec<FleetRun>)> {
+    let mut null_per_second = Vec::new();
+    let mut fleet = Vec::new();
+    for run in 0..options.runs {
+        let null_name = format!("{name}_null{run}");
+        let null_shadow = shadow::Shadow::create(base, &null_name).await?;
+        let elapsed =
+            null_pipeline::run(&null_shadow.settings, options.payments, NULL_BODY_BYTES).await;
+        if !options.keep {
+            null_shadow.remove().await?;
+        }
+        let rate = options.payments as f64 / elapsed?.as_secs_f64();
+        live(Live::NullRun {
+            run: run + 1,
+            per_second: rate,
+        });
+        null_per_second.push(rate);
+        let measured = fleet_run::run(
+            base,
+            &format!("{name}_fleet{run}"),
+            catalogue,
+            options,
+            options.seed.wrapping_add(run as u64),
+            gateway_url,
+            live,
+        )
+        .await?;
+        live(Live::FleetRun {
+            run: run + 1,
+            measured: &measured,
+        });
+        fleet.push(measured);
+    }
+    Ok((null_per_second, fleet))
 }
 
 fn join(values: &BTreeMap<String, f64>, digits: usize, unit: &str) -> String {

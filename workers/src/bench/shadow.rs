@@ -20,8 +20,31 @@ impl Shadow {
     /// Creates vhost `name` (open to the broker user of `amqp_url`) and
     /// database `name` (migrated), with the Redis prefix `name`.
     pub async fn create(base: &Settings, name: &str) -> anyhow::Result<Self> {
+        Self::create_from(base, name, None).await
+    }
+
+    /// As [`Shadow::create`], the database a copy of shadow database
+    /// `template` (which must have no open connection): its rows, indexes
+    /// and statistics, copied file by file.
+    pub async fn create_from(
+        base: &Settings,
+        name: &str,
+        template: Option<&str>,
+    ) -> anyhow::Result<Self> {
         if !name.starts_with(PREFIX) {
             bail!("a shadow environment is named {PREFIX}…, not {name}");
+        }
+        if let Some(template) = template {
+            if !template.starts_with(PREFIX) {
+                bail!("a shadow database is copied only from {PREFIX}…, not {template}");
+            }
+            let mut admin = admin(base).await?;
+            sqlx::query(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\" STRATEGY FILE_COPY"
+            ))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("copying shadow database {template} to {name}"))?;
         }
         let amqp = url::Url::parse(&base.amqp_url).context("amqp_url")?;
         let user = if amqp.username().is_empty() {
@@ -58,10 +81,7 @@ pub async fn remove(settings: &Settings, name: &str) -> anyhow::Result<()> {
         bail!("only {PREFIX}… environments are removed, not {name}");
     }
     let _ = rabbitmqctl(&["delete_vhost", name]).await;
-    let admin_url = with_path(&settings.database_url, "postgres", "database_url")?;
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .context("connecting to the postgres database to drop the shadow one")?;
+    let mut admin = admin(settings).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
@@ -77,6 +97,14 @@ pub async fn remove(settings: &Settings, name: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A connection to the server's `postgres` database, to create and drop others.
+async fn admin(settings: &Settings) -> anyhow::Result<PgConnection> {
+    let admin_url = with_path(&settings.database_url, "postgres", "database_url")?;
+    PgConnection::connect(&admin_url)
+        .await
+        .context("connecting to the postgres database to create or drop a shadow one")
 }
 
 /// `url` with its path (vhost or database) replaced by `name`.

@@ -403,7 +403,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Load this many payments of history (25 days of them, every row the
-    /// fleet writes) into each fleet run's database before it is measured.
+    /// fleet writes) once, with the catalogue; each fleet run starts from
+    /// a copy of that database.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub history: u64,
 }

@@ -260,6 +260,15 @@ pub(crate) fn demo_live(live: Live<'_>) {
 /// `bench`: a line per measured run, and a fleet run's progress drawn over itself.
 pub(crate) fn bench_live(live: bench::Live<'_>) {
     match live {
+        bench::Live::CatalogueReady { history, took } => println!(
+            "  catalogue{} ready in {:.1} s; every fleet run starts from a copy",
+            if history > 0 {
+                format!(" with {history} payments of history")
+            } else {
+                String::new()
+            },
+            took.as_secs_f64()
+        ),
         bench::Live::NullRun { run, per_second } => {
             println!("  null  run {run}: {per_second:.0} messages/s through 6 hops");
         }
