@@ -141,11 +141,9 @@ pub async fn prepare_catalogue(
     let pool = db::connect(&shadow.settings).await?;
     workload::seed(&pool).await?;
     if options.history > 0 {
-        let loaded_in = super::history::load(&shadow.settings, &pool, options.history).await?;
-        tracing::info!(payments = options.history, ?loaded_in, "history loaded");
-    } else {
-        sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+        super::history::load(&shadow.settings, &pool, options.history).await?;
     }
+    sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
     // a template database takes no connections while it is copied
     pool.close().await;
     Ok(shadow)

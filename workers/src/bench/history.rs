@@ -4,8 +4,6 @@
 //! analyzed, so that a database after months of service is measured in
 //! minutes.
 
-use std::time::{Duration, Instant};
-
 use payfleet_common::Settings;
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -17,10 +15,9 @@ pub const SQL: &str = include_str!("history.sql");
 /// The merchant the history's payments belong to.
 const HISTORY_SHOP: &str = "shop";
 
-/// Loads `payments` of history into the database of `settings`; returns how
-/// long loading, vacuuming and analyzing took.
-pub async fn load(settings: &Settings, pool: &PgPool, payments: u64) -> anyhow::Result<Duration> {
-    let started = Instant::now();
+/// Loads `payments` of history, with the merchant and channels it refers
+/// to, into the database of `settings`; the caller vacuums and analyzes.
+pub async fn load(settings: &Settings, pool: &PgPool, payments: u64) -> anyhow::Result<()> {
     // The script's merchant and channels, as the live catalogue has them.
     seed::Catalogue {
         merchants: vec![seed::merchant(HISTORY_SHOP, "shop-secret").name("History shop")],
@@ -29,9 +26,7 @@ pub async fn load(settings: &Settings, pool: &PgPool, payments: u64) -> anyhow::
     }
     .seed(pool)
     .await?;
-    load_script(&settings.database_url, payments).await?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
-    Ok(started.elapsed())
+    load_script(&settings.database_url, payments).await
 }
 
 /// Runs the history script for `payments` on one session with triggers off
