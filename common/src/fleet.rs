@@ -18,6 +18,7 @@ use crate::{
     retention,
     runtime::{
         CallingStage, Shared, Stage,
+        batch::BatchSettings,
         consumer::{self, ConsumerSpec, DeliveryProcessor},
         dead_letter::Keeper,
         handling::{Calling, Handler, StageProcessor, Transactional},
@@ -63,6 +64,9 @@ pub struct Fleet {
     http: bool,
     routes: Option<axum::Router>,
     relay: bool,
+    /// Batching set here rather than by `batch_size` / `batch_wait_ms`
+    /// (stages outside the shipped topology, such as tests' probes).
+    batch_overrides: std::collections::HashMap<String, BatchSettings>,
 }
 
 impl Fleet {
@@ -121,6 +125,7 @@ impl Fleet {
             http: false,
             routes: None,
             relay: true,
+            batch_overrides: Default::default(),
         })
     }
 
@@ -130,6 +135,17 @@ impl Fleet {
 
     /// Adds a consumer of a one-transaction stage.
     pub fn stage<S: Stage>(self, stage: S) -> Result<Self, FleetError> {
+        self.handler(Transactional(stage))
+    }
+
+    /// Adds a consumer of a one-transaction stage that batches as `batch`
+    /// says, whatever the settings say.
+    pub fn stage_batched<S: Stage>(
+        mut self,
+        stage: S,
+        batch: BatchSettings,
+    ) -> Result<Self, FleetError> {
+        self.batch_overrides.insert(stage.name().to_owned(), batch);
         self.handler(Transactional(stage))
     }
 
@@ -143,8 +159,19 @@ impl Fleet {
         if !self.shared.topology.has_stage(&name) {
             return Err(FleetError::UnknownStage(name));
         }
-        let spec = self.spec(&name, self.shared.topology.input_queues(&name));
-        let processor = StageProcessor::new(handler, self.shared.clone());
+        let batch = self
+            .batch_overrides
+            .get(&name)
+            .copied()
+            .unwrap_or_else(|| self.shared.settings.batch_for(&name));
+        let mut spec = self.spec(&name, self.shared.topology.input_queues(&name));
+        if H::BATCHES && batch.size > 1 {
+            // One batch committing while the next fills.
+            let room = batch.size * crate::runtime::batch::CONCURRENT_BATCHES;
+            spec.max_in_flight = spec.max_in_flight.max(room);
+            spec.prefetch = spec.prefetch.max(u16::try_from(room).unwrap_or(u16::MAX));
+        }
+        let processor = StageProcessor::new(handler, self.shared.clone(), batch);
         self.consumers.push((name, starter(spec, processor)));
         Ok(self)
     }

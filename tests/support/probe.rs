@@ -40,12 +40,20 @@ CREATE TABLE probe_receipts (
     transfer_id uuid NOT NULL,
     message_id  text NOT NULL
 );
--- every handling attempt, committed outside the stage transaction
+-- every handling attempt, committed outside the stage transaction, with
+-- the stage transaction's id (messages of one batch share it)
 CREATE TABLE probe_attempts (
     id          bigserial PRIMARY KEY,
     transfer_id uuid NOT NULL,
+    message_id  text NOT NULL,
     attempt     integer NOT NULL,
+    tx_id       bigint NOT NULL,
     at          timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- what a conflicting transfer records for review
+CREATE TABLE probe_reviews (
+    transfer_id uuid NOT NULL,
+    message_id  text NOT NULL
 );
 "#;
 
@@ -67,6 +75,9 @@ pub struct Behaviour {
     /// Sleep inside the transaction, to widen race windows.
     #[serde(default)]
     pub slow_ms: u64,
+    /// Meet a conflicting final state: record it for review, apply nothing.
+    #[serde(default)]
+    pub conflict: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,12 +122,19 @@ impl Stage for TransferStage {
         inbound: &Inbound,
         m: &Transfer,
     ) -> Result<Outcome, StageError> {
-        // Logged on its own connection so it survives the rollback of a failed attempt.
-        sqlx::query("INSERT INTO probe_attempts (transfer_id, attempt) VALUES ($1, $2)")
-            .bind(m.transfer_id)
-            .bind(inbound.attempt as i32)
-            .execute(&self.pool)
+        let tx_id: i64 = sqlx::query_scalar("SELECT txid_current()")
+            .fetch_one(tx.conn())
             .await?;
+        // Logged on its own connection so it survives the rollback of a failed attempt.
+        sqlx::query(
+            "INSERT INTO probe_attempts (transfer_id, message_id, attempt, tx_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(m.transfer_id)
+        .bind(&inbound.message_id)
+        .bind(inbound.attempt as i32)
+        .bind(tx_id)
+        .execute(&self.pool)
+        .await?;
         let b = &m.behaviour;
         if b.abort && self.may_abort {
             eprintln!("probe-transfer: aborting on transfer {}", m.transfer_id);
@@ -133,6 +151,16 @@ impl Stage for TransferStage {
                 "transfer {}: ledger unavailable (attempt {})",
                 m.transfer_id, inbound.attempt
             )));
+        }
+        if b.conflict {
+            sqlx::query("INSERT INTO probe_reviews (transfer_id, message_id) VALUES ($1, $2)")
+                .bind(m.transfer_id)
+                .bind(&inbound.message_id)
+                .execute(tx.conn())
+                .await?;
+            return Ok(Outcome::Exception {
+                reason: format!("transfer {} conflicts with its final state", m.transfer_id),
+            });
         }
         if b.slow_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(b.slow_ms)).await;

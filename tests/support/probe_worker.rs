@@ -2,7 +2,9 @@
 //! dead-letter keeper, configured by `PAYFLEET_*` like any worker. Tests
 //! start, kill and restart it to cause real crashes.
 
-use payfleet_common::{Fleet, Settings, shutdown, telemetry};
+use std::time::Duration;
+
+use payfleet_common::{Fleet, Settings, runtime::batch::BatchSettings, shutdown, telemetry};
 use payfleet_tests::probe::{ReceiptStage, TransferStage};
 
 #[tokio::main]
@@ -13,10 +15,17 @@ async fn main() -> anyhow::Result<()> {
     let fleet = Fleet::connect(settings, topology).await?;
     let pool = fleet.shared().pool.clone();
     let fleet = fleet
-        .stage(TransferStage {
-            may_abort: true,
-            pool,
-        })?
+        // Batched as the shipped stages are, so that crashes hit batches too.
+        .stage_batched(
+            TransferStage {
+                may_abort: true,
+                pool,
+            },
+            BatchSettings {
+                size: 16,
+                wait: Duration::from_millis(2),
+            },
+        )?
         .stage(ReceiptStage)?
         .with_keeper()
         .with_http();

@@ -4,6 +4,7 @@
 
 mod load;
 mod redact;
+mod validate;
 
 pub use redact::{REDACTED, redact};
 
@@ -65,8 +66,24 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// Unacknowledged deliveries the broker may push to one stage consumer.
     pub prefetch: u16,
-    /// Deliveries one stage consumer handles at the same time.
+    /// Deliveries one stage consumer handles at the same time (a batching
+    /// stage takes at least two batches' worth, and prefetches as many).
     pub max_in_flight: usize,
+    /// Per stage: most deliveries handled in one PostgreSQL transaction, each
+    /// in its own savepoint (1: one transaction per delivery). A stage not
+    /// named takes 1; channel-call, which calls a third party between its
+    /// two transactions, always takes one delivery at a time.
+    pub batch_size: BTreeMap<String, u32>,
+    /// Per stage: how long a batch waits for more deliveries after its
+    /// first, in milliseconds (0: only what is already there). A stage not
+    /// named takes 0.
+    pub batch_wait_ms: BTreeMap<String, u64>,
+    /// How long a batched message waits for a row lock before it steps out
+    /// of its batch (rolled back to its savepoint, then handled alone after
+    /// the batch commits), in milliseconds. Bounds how long batches that
+    /// share rows wait for each other, well below PostgreSQL's
+    /// `deadlock_timeout`. 0: no bound of our own.
+    pub batch_lock_timeout_ms: u64,
     /// Classic (one node) or quorum (cluster) queues.
     pub queue_type: QueueType,
     /// Quorum queues only: deliveries before the broker itself dead-letters.
@@ -188,6 +205,21 @@ impl Default for Settings {
             db_max_connections: 16,
             prefetch: 32,
             max_in_flight: 16,
+            batch_size: per_stage(&[
+                ("order-validation", 32),
+                ("fund-freeze", 32),
+                ("callback", 32),
+                ("settlement", 32),
+                ("notification", 32),
+            ]),
+            batch_lock_timeout_ms: 50,
+            batch_wait_ms: per_stage(&[
+                ("order-validation", 2),
+                ("fund-freeze", 2),
+                ("callback", 2),
+                ("settlement", 2),
+                ("notification", 2),
+            ]),
             queue_type: QueueType::Classic,
             quorum_delivery_limit: 20,
             retry_delays: millis(&[1_000, 5_000, 30_000, 120_000, 600_000]),
@@ -346,6 +378,7 @@ impl Settings {
             return Err(invalid("callback_base_url", "must be an http(s) URL"));
         }
         self.validate_risk_thresholds()?;
+        self.validate_batches()?;
         if self.lock_ttl < Duration::from_millis(300) {
             return Err(invalid("lock_ttl_ms", "must be at least 300 ms"));
         }
@@ -366,57 +399,17 @@ impl Settings {
             .fold(Duration::ZERO, Duration::saturating_add)
     }
 
-    /// Both threshold maps name the same accepted currencies, with positive
-    /// amounts, and no challenge threshold above its block threshold.
-    fn validate_risk_thresholds(&self) -> Result<(), ConfigError> {
-        for (name, map) in [
-            ("risk_block_amount", &self.risk_block_amount),
-            ("risk_challenge_amount", &self.risk_challenge_amount),
-        ] {
-            for (currency, amount) in map {
-                if crate::money::currency(currency).is_err() {
-                    return Err(invalid(
-                        name,
-                        format!(
-                            "`{currency}` is not an accepted currency ({})",
-                            crate::money::CURRENCIES.join(", ")
-                        ),
-                    ));
-                }
-                if *amount == 0 {
-                    return Err(invalid(
-                        name,
-                        format!("{currency}: must be greater than zero"),
-                    ));
-                }
-            }
+    /// How `stage` batches: `batch_size` and `batch_wait_ms`.
+    pub fn batch_for(&self, stage: &str) -> crate::runtime::batch::BatchSettings {
+        crate::runtime::batch::BatchSettings {
+            size: self.batch_size.get(stage).copied().unwrap_or(1).max(1) as usize,
+            wait: Duration::from_millis(self.batch_wait_ms.get(stage).copied().unwrap_or(0)),
         }
-        for currency in self.risk_block_amount.keys() {
-            if !self.risk_challenge_amount.contains_key(currency) {
-                return Err(invalid(
-                    "risk_challenge_amount",
-                    format!("has no {currency} entry, but risk_block_amount has"),
-                ));
-            }
-        }
-        for (currency, challenge) in &self.risk_challenge_amount {
-            match self.risk_block_amount.get(currency) {
-                None => {
-                    return Err(invalid(
-                        "risk_block_amount",
-                        format!("has no {currency} entry, but risk_challenge_amount has"),
-                    ));
-                }
-                Some(block) if challenge > block => {
-                    return Err(invalid(
-                        "risk_challenge_amount",
-                        format!("{currency}: {challenge} exceeds risk_block_amount's {block}"),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+    }
+
+    /// `batch_lock_timeout_ms`, when there is one.
+    pub fn batch_lock_timeout(&self) -> Option<Duration> {
+        (self.batch_lock_timeout_ms > 0).then(|| Duration::from_millis(self.batch_lock_timeout_ms))
     }
 
     /// The CA of `tls_ca_file`, read and checked (empty when not set).
@@ -447,6 +440,13 @@ impl Settings {
             .map(|uri| uri.vhost)
             .unwrap_or_else(|_| "/".into())
     }
+}
+
+fn per_stage<T: Copy>(entries: &[(&str, T)]) -> BTreeMap<String, T> {
+    entries
+        .iter()
+        .map(|(stage, value)| ((*stage).to_owned(), *value))
+        .collect()
 }
 
 fn per_currency(entries: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -483,6 +483,31 @@ mod tests {
         assert_eq!(s.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.amqp_vhost(), "/");
         assert_eq!(database_name(&s.database_url).as_deref(), Some("payfleet"));
+    }
+
+    #[test]
+    fn batches_name_known_stages_and_sensible_values() {
+        let s = with("batch_size = { fund-freeze = 8 }").expect("valid");
+        assert_eq!(s.batch_for("fund-freeze").size, 8);
+        // a named stage keeps the other stages' defaults; one not named at
+        // all handles one delivery at a time
+        assert_eq!(s.batch_for("settlement").size, 32);
+        assert_eq!(s.batch_for("channel-call").size, 1);
+        let err = with("batch_size = { fund-freezer = 8 }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`batch_size`") && err.contains("fund-freezer"),
+            "{err}"
+        );
+        let err = with("batch_size = { settlement = 0 }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`batch_size`"), "{err}");
+        let err = with("batch_wait_ms = { callback = 5000 }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`batch_wait_ms`"), "{err}");
     }
 
     #[test]

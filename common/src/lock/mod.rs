@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 mod health;
 pub mod lease;
+mod many;
 use health::RedisHealth;
 
 #[derive(Debug, thiserror::Error)]
@@ -315,15 +316,8 @@ impl Locks {
         stage: &str,
         business_key: &str,
     ) -> Result<Option<(String, String)>, LockError> {
-        let key = self.key(stage, business_key);
-        let token = uuid::Uuid::new_v4().to_string();
         let mut set = redis::pipe();
-        set.cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.ttl.as_millis() as u64);
+        let (key, token) = self.push_set_nx(&mut set, stage, business_key);
         let (set,): (Option<String>,) = self.query(&set).await?;
         Ok(set.map(|_| (key, token)))
     }

@@ -3,8 +3,7 @@
 //! or dead-letter.
 
 use std::{
-    future::Future,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -13,16 +12,18 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
 };
 use sqlx::PgPool;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, mpsc, oneshot};
 use tracing::Instrument;
 
+pub use super::handler::{Calling, Handler, Processed, Transactional};
 use super::{
     Shared,
+    batch::{self, BatchSettings, Job},
     consumer::DeliveryProcessor,
     dead_letter::{self, ErrorKind},
     inbound::{inbound, queue_wait},
-    stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError, Undecodable},
-    transaction::{self, Begun},
+    stage::{Inbound, Outcome, StageError},
+    transaction,
 };
 use crate::{
     broker::{self, Outgoing, header},
@@ -30,164 +31,69 @@ use crate::{
     topology::Topology,
 };
 
-/// What the transactions of one delivery came to.
-#[derive(Debug)]
-pub enum Processed {
-    Committed {
-        outcome: Outcome,
-        emitted: usize,
-    },
-    /// The inbox already had it.
-    AlreadyProcessed,
-    /// Rolled back: it arrived before the state it needs.
-    NotYet(String),
-}
-
-/// The runtime's view of a stage, whichever form it has.
-pub trait Handler: Send + Sync + 'static {
-    type Message: Send + Sync + 'static;
-    fn name(&self) -> &str;
-    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable>;
-    fn lock_key(&self, message: &Self::Message) -> Option<String>;
-    fn process(
-        &self,
-        shared: &Shared,
-        inbound: &Inbound,
-        message: &Self::Message,
-    ) -> impl Future<Output = Result<Processed, StageError>> + Send;
-}
-
-/// A [`Stage`]: one transaction.
-pub struct Transactional<S>(pub S);
-
-impl<S: Stage> Handler for Transactional<S> {
-    type Message = S::Message;
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn decode(&self, inbound: &Inbound) -> Result<S::Message, Undecodable> {
-        self.0.decode(inbound)
-    }
-    fn lock_key(&self, message: &S::Message) -> Option<String> {
-        self.0.lock_key(message)
-    }
-    async fn process(
-        &self,
-        shared: &Shared,
-        inbound: &Inbound,
-        message: &S::Message,
-    ) -> Result<Processed, StageError> {
-        self.0
-            .before_transaction(&shared.pool, inbound, message)
-            .await?;
-        let mut cx =
-            match transaction::begin(&shared.pool, shared.topology.exchanges(), inbound).await? {
-                Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
-                Begun::Fresh(cx) => *cx,
-            };
-        let result = self.0.handle(&mut cx, inbound, message).await;
-        let emitted = transaction::complete(cx, inbound, &result).await?;
-        finish(result, emitted)
-    }
-}
-
-/// A [`CallingStage`]: intent, call, result.
-pub struct Calling<S>(pub S);
-
-impl<S: CallingStage> Handler for Calling<S> {
-    type Message = S::Message;
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn decode(&self, inbound: &Inbound) -> Result<S::Message, Undecodable> {
-        self.0.decode(inbound)
-    }
-    fn lock_key(&self, message: &S::Message) -> Option<String> {
-        self.0.lock_key(message)
-    }
-    async fn process(
-        &self,
-        shared: &Shared,
-        inbound: &Inbound,
-        message: &S::Message,
-    ) -> Result<Processed, StageError> {
-        if transaction::already_processed(&shared.pool, inbound).await? {
-            return Ok(Processed::AlreadyProcessed);
-        }
-        let exchanges = shared.topology.exchanges();
-        let mut cx = transaction::begin_plain(&shared.pool, exchanges, inbound).await?;
-        let intent = match self.0.record_intent(&mut cx, inbound, message).await? {
-            Intent::Call(intent) => intent,
-            Intent::Finished(outcome) => {
-                // Nothing to call: this transaction is the whole of the work.
-                if !transaction::claim_inbox(&mut cx, inbound).await? {
-                    return Ok(Processed::AlreadyProcessed);
-                }
-                let result = Ok(outcome);
-                let emitted = transaction::complete(cx, inbound, &result).await?;
-                return finish(result, emitted);
-            }
-        };
-        let emitted = transaction::commit_plain(cx).await?;
-        if emitted > 0 {
-            shared.outbox_wake.notify_one();
-        }
-        // No transaction or pooled connection is held across the call.
-        let reply = self.0.call(message, &intent).await;
-        let mut cx = match transaction::begin(&shared.pool, exchanges, inbound).await? {
-            Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
-            Begun::Fresh(cx) => *cx,
-        };
-        let result = self
-            .0
-            .record_result(&mut cx, inbound, message, intent, reply)
-            .await;
-        let emitted = transaction::complete(cx, inbound, &result).await?;
-        finish(result, emitted)
-    }
-}
-
-fn finish(result: Result<Outcome, StageError>, emitted: usize) -> Result<Processed, StageError> {
-    match result? {
-        Outcome::NotYet { reason } => Ok(Processed::NotYet(reason)),
-        outcome => Ok(Processed::Committed { outcome, emitted }),
-    }
-}
-
 /// Where a delivery goes once handled.
 #[derive(Debug)]
-enum Disposition {
+pub(super) enum Disposition {
     Ack(&'static str),
     /// A held lock: back through the shortest delay, the budget untouched.
     LockBusy,
     /// A transient failure: through the delay levels, counting an attempt.
     Retry(String),
     DeadLetter(ErrorKind, String),
+    /// Its batch ended without an answer (the batch's task died): given
+    /// back to the queue, to come again as a suspect handled alone.
+    Requeue(&'static str),
 }
 
 /// Runs deliveries of one stage through its handler.
-pub struct StageProcessor<H> {
-    handler: H,
+pub struct StageProcessor<H: Handler> {
+    handler: Arc<H>,
     shared: Arc<Shared>,
     /// Redelivered messages are handled alone, so that a crash during one is
     /// attributed to that message only.
-    solo: RwLock<()>,
+    solo: Arc<RwLock<()>>,
+    batch: BatchSettings,
+    /// Where first deliveries go to be batched, once the first one came.
+    batches: OnceLock<mpsc::Sender<Job<H::Message>>>,
 }
 
 impl<H: Handler> StageProcessor<H> {
-    pub fn new(handler: H, shared: Arc<Shared>) -> Arc<Self> {
+    /// A processor handling deliveries as `batch` says (a stage that cannot
+    /// batch handles each on its own whatever `batch` says).
+    pub fn new(handler: H, shared: Arc<Shared>, batch: BatchSettings) -> Arc<Self> {
         // Register the stage's series at start, so dashboards see zeros, not gaps.
         for result in ["applied", "stale", "duplicate", "retried", "dead_lettered"] {
             metrics::counter!("payfleet_messages_total", "stage" => handler.name().to_owned(), "result" => result).increment(0);
         }
         Arc::new(Self {
-            handler,
+            handler: Arc::new(handler),
             shared,
-            solo: RwLock::new(()),
+            solo: Arc::new(RwLock::new(())),
+            batch,
+            batches: OnceLock::new(),
         })
     }
 
-    async fn decide(&self, inbound: &Inbound) -> Disposition {
+    /// The stage's batching loop, started on first use; `None` when the
+    /// stage handles deliveries one at a time.
+    fn batches(&self) -> Option<&mpsc::Sender<Job<H::Message>>> {
+        if !H::BATCHES || self.batch.size <= 1 {
+            return None;
+        }
+        Some(self.batches.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(self.batch.size * batch::CONCURRENT_BATCHES);
+            tokio::spawn(batch::gather(
+                self.handler.clone(),
+                self.shared.clone(),
+                self.solo.clone(),
+                self.batch,
+                receiver,
+            ));
+            sender
+        }))
+    }
+
+    async fn decide(&self, inbound: &Arc<Inbound>) -> Disposition {
         let shared = &self.shared;
         let message = match self.handler.decode(inbound) {
             Ok(message) => message,
@@ -195,6 +101,23 @@ impl<H: Handler> StageProcessor<H> {
                 return Disposition::DeadLetter(ErrorKind::Poison, undecodable.to_string());
             }
         };
+        if !inbound.suspect
+            && let Some(batches) = self.batches()
+        {
+            let (done, answer) = oneshot::channel();
+            let job = Job {
+                inbound: inbound.clone(),
+                key: self.handler.lock_key(&message),
+                message,
+                done,
+            };
+            if batches.send(job).await.is_err() {
+                return Disposition::Requeue("the stage's batching has stopped");
+            }
+            return answer
+                .await
+                .unwrap_or(Disposition::Requeue("its batch ended without an answer"));
+        }
         let lock = match self.handler.lock_key(&message) {
             Some(key) => match shared.locks.try_acquire(&inbound.stage, &key).await {
                 Ok(Some(guard)) => Some(guard),
@@ -242,34 +165,7 @@ impl<H: Handler> StageProcessor<H> {
                 tracing::warn!(%error, "cannot clear the delivery count");
             }
         }
-        match processed {
-            Ok(Processed::Committed { outcome, emitted }) => {
-                if emitted > 0 {
-                    shared.outbox_wake.notify_one();
-                }
-                fault::point(fault::AFTER_COMMIT_BEFORE_ACK);
-                match outcome {
-                    Outcome::Applied => Disposition::Ack("applied"),
-                    Outcome::Stale { reason } => {
-                        tracing::info!(%reason, "stale duplicate; acked without effect");
-                        Disposition::Ack("stale")
-                    }
-                    Outcome::Exception { reason } => {
-                        tracing::warn!(%reason, "conflicting final state; recorded for review");
-                        Disposition::Ack("exception")
-                    }
-                    Outcome::NotYet { .. } => Disposition::Ack("applied"),
-                }
-            }
-            Ok(Processed::AlreadyProcessed) => Disposition::Ack("duplicate"),
-            Ok(Processed::NotYet(reason)) => {
-                Disposition::Retry(format!("arrived before the state it needs: {reason}"))
-            }
-            Err(StageError::Transient(reason)) => Disposition::Retry(reason),
-            Err(StageError::Permanent(reason)) => {
-                Disposition::DeadLetter(ErrorKind::Permanent, reason)
-            }
-        }
+        disposition(shared, processed)
     }
 
     async fn settle(
@@ -284,6 +180,14 @@ impl<H: Handler> StageProcessor<H> {
             Disposition::Ack(label) => {
                 ack(delivery).await;
                 return label;
+            }
+            Disposition::Requeue(reason) => {
+                tracing::warn!(
+                    reason,
+                    "requeueing the delivery; it comes back to be handled alone"
+                );
+                requeue(delivery).await;
+                return "requeued";
             }
             Disposition::LockBusy => {
                 let mut headers = inbound.headers.clone();
@@ -329,13 +233,7 @@ impl<H: Handler> StageProcessor<H> {
                 // Not routed anywhere: give it back to the queue rather than lose it.
                 tracing::warn!(%error, "cannot route the message onwards; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                requeue(delivery).await;
                 "requeued"
             }
         }
@@ -387,6 +285,43 @@ impl<H: Handler> StageProcessor<H> {
     }
 }
 
+/// Where a handled delivery goes, from what its transaction(s) came to.
+pub(super) fn disposition(
+    shared: &Shared,
+    processed: Result<Processed, StageError>,
+) -> Disposition {
+    match processed {
+        Ok(Processed::Committed { outcome, emitted }) => {
+            if emitted > 0 {
+                shared.outbox_wake.notify_one();
+            }
+            fault::point(fault::AFTER_COMMIT_BEFORE_ACK);
+            match outcome {
+                Outcome::Applied => Disposition::Ack("applied"),
+                Outcome::Stale { reason } => {
+                    tracing::info!(%reason, "stale duplicate; acked without effect");
+                    Disposition::Ack("stale")
+                }
+                Outcome::Exception { reason } => {
+                    tracing::warn!(%reason, "conflicting final state; recorded for review");
+                    Disposition::Ack("exception")
+                }
+                Outcome::NotYet { .. } => Disposition::Ack("applied"),
+            }
+        }
+        Ok(Processed::AlreadyProcessed) => Disposition::Ack("duplicate"),
+        Ok(Processed::NotYet(reason)) => {
+            Disposition::Retry(format!("arrived before the state it needs: {reason}"))
+        }
+        Err(
+            StageError::Transient(reason)
+            | StageError::Contention(reason)
+            | StageError::LockWait(reason),
+        ) => Disposition::Retry(reason),
+        Err(StageError::Permanent(reason)) => Disposition::DeadLetter(ErrorKind::Permanent, reason),
+    }
+}
+
 enum Gate<'a> {
     Solo(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
     Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
@@ -394,18 +329,12 @@ enum Gate<'a> {
 
 impl<H: Handler> DeliveryProcessor for StageProcessor<H> {
     async fn process(&self, delivery: Delivery) {
-        let inbound = inbound(
+        let inbound = Arc::new(inbound(
             self.handler.name(),
             &delivery,
             &self.shared.topology.exchanges().ingress,
-        );
-        let span = tracing::info_span!(
-            "handle",
-            stage = %inbound.stage,
-            message_id = %inbound.message_id,
-            payment_id = inbound.correlation_id.as_deref().unwrap_or(""),
-            attempt = inbound.attempt,
-        );
+        ));
+        let span = super::handler::handle_span(&inbound);
         async {
             let started = Instant::now();
             if let Some(waited) = queue_wait(&inbound) {
@@ -428,6 +357,17 @@ fn without(headers: lapin::types::FieldTable, key: &str) -> lapin::types::FieldT
     let mut map = headers.inner().clone();
     map.remove(key);
     map.into()
+}
+
+/// Gives the delivery back to its queue; the broker redelivers it flagged.
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
 
 async fn ack(delivery: &Delivery) {

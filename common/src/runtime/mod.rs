@@ -3,8 +3,10 @@
 //! the runtime does acks, retries through delay queues, dead letters, the
 //! crash-loop guard, Redis locks, the inbox, the outbox, spans and metrics.
 
+pub mod batch;
 pub mod consumer;
 pub mod dead_letter;
+pub mod handler;
 pub mod handling;
 pub mod inbound;
 pub mod stage;

@@ -102,6 +102,16 @@ pub enum StageError {
     /// Retrying cannot help: dead-lettered at once.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A deadlock or serialization failure: PostgreSQL aborted the whole
+    /// transaction, whatever savepoint was open. Retried like a transient
+    /// failure; a batch that meets one is re-run one message at a time.
+    #[error("contention: {0}")]
+    Contention(String),
+    /// A row lock not granted within `lock_timeout` (set on batches): only
+    /// the statement failed. A batched message steps out of its batch and
+    /// runs alone; otherwise retried like a transient failure.
+    #[error("lock wait: {0}")]
+    LockWait(String),
 }
 
 impl StageError {
@@ -115,11 +125,18 @@ impl StageError {
 
 impl From<sqlx::Error> for StageError {
     /// Integrity, data, syntax and trigger errors (SQLSTATE classes 22, 23,
-    /// 42, P0) will fail the same way again; everything else (connections,
-    /// pool timeouts, serialization failures, deadlocks) is transient.
+    /// 42, P0) will fail the same way again; deadlocks and serialization
+    /// failures are contention; everything else (connections, pool
+    /// timeouts) is transient.
     fn from(error: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &error {
             if let Some(code) = db.code() {
+                if code == "40P01" || code == "40001" {
+                    return StageError::Contention(error.to_string());
+                }
+                if code == "55P03" {
+                    return StageError::LockWait(error.to_string());
+                }
                 // P0: a check raised by a trigger (an unbalanced journal entry)
                 if matches!(&code[..2], "22" | "23" | "42" | "P0") {
                     return StageError::Permanent(error.to_string());

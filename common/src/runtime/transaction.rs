@@ -221,3 +221,139 @@ pub async fn clear_delivery_count(
         .await?;
     Ok(())
 }
+
+/// What a batched message left in its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Its result stands; this many emitted messages are kept.
+    Emitted(usize),
+    /// It waited too long for a row lock: nothing of it is kept, and it
+    /// runs alone once the batch has committed.
+    SteppedOut,
+}
+
+/// One transaction for a batch of deliveries, each inside its own savepoint:
+/// a message whose handler fails, is stale or is not yet due rolls back to
+/// its savepoint and takes nothing else with it. The emitted messages of
+/// every kept message are written with one statement at commit.
+///
+/// A batch holds every row lock it takes until it commits, so two batches
+/// (of one stage or of two) that share rows in different orders could
+/// deadlock. With a lock timeout, a message that waits that long for a row
+/// lock steps out instead: its savepoint is rolled back (which releases
+/// what it locked and ends its wait) and it runs alone after the commit.
+pub struct BatchTx {
+    cx: StageTx,
+    emitted: Vec<OutboxMessage>,
+    /// A savepoint is open (released lazily, with the next one's start).
+    open: bool,
+}
+
+impl BatchTx {
+    /// Begins the batch; `lock_timeout`, when set, bounds every row-lock
+    /// wait of its statements.
+    pub async fn begin(
+        pool: &PgPool,
+        exchanges: &ExchangeNames,
+        lock_timeout: Option<std::time::Duration>,
+    ) -> Result<Self, StageError> {
+        let mut tx = pool.begin().await?;
+        if let Some(timeout) = lock_timeout {
+            let set = format!("SET LOCAL lock_timeout = {}", timeout.as_millis().max(1));
+            sqlx::Executor::execute(&mut *tx, set.as_str()).await?;
+        }
+        Ok(Self {
+            cx: StageTx {
+                tx,
+                pool: pool.clone(),
+                emitted: Vec::new(),
+                exchanges: exchanges.clone(),
+                correlation_id: None,
+            },
+            emitted: Vec::new(),
+            open: false,
+        })
+    }
+
+    /// Opens the next message's savepoint and claims its inbox row; false
+    /// when the inbox already holds the message (nothing else is done).
+    /// An error here means the batch's transaction is lost.
+    pub async fn start(&mut self, inbound: &Inbound) -> Result<bool, StageError> {
+        let savepoint = if self.open {
+            "RELEASE SAVEPOINT message; SAVEPOINT message"
+        } else {
+            "SAVEPOINT message"
+        };
+        sqlx::Executor::execute(&mut *self.cx.tx, savepoint).await?;
+        self.open = true;
+        self.cx.correlation_id = inbound.correlation_id.clone();
+        self.cx.emitted.clear();
+        claim_inbox(&mut self.cx, inbound).await
+    }
+
+    /// The current message's transaction, for its handler.
+    pub fn tx(&mut self) -> &mut StageTx {
+        &mut self.cx
+    }
+
+    /// Ends the current message according to its handler's result, as
+    /// [`complete`] does for a transaction of its own: applied and exception
+    /// keep their effects and emitted messages; stale rolls back to the
+    /// savepoint and records only the inbox row; not-yet and errors roll
+    /// back to the savepoint, as does a lock wait, after which the message
+    /// steps out. An error here, or a handler's [`StageError::Contention`],
+    /// means the batch is lost.
+    pub async fn finish(
+        &mut self,
+        inbound: &Inbound,
+        result: &Result<Outcome, StageError>,
+    ) -> Result<Kept, StageError> {
+        match result {
+            Err(StageError::Contention(reason)) => {
+                return Err(StageError::Contention(reason.clone()));
+            }
+            Err(StageError::LockWait(_)) => {
+                self.cx.emitted.clear();
+                sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+                return Ok(Kept::SteppedOut);
+            }
+            Ok(Outcome::Applied) => {}
+            Ok(Outcome::Exception { .. }) => {
+                sqlx::query(
+                    "UPDATE inbox SET outcome = 'exception' WHERE stage = $1 AND message_id = $2",
+                )
+                .bind(&inbound.stage)
+                .bind(&inbound.message_id)
+                .execute(&mut *self.cx.tx)
+                .await?;
+            }
+            Ok(Outcome::Stale { .. }) => {
+                self.cx.emitted.clear();
+                sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+                sqlx::query(
+                    "INSERT INTO inbox (stage, message_id, outcome) VALUES ($1, $2, 'stale') ON CONFLICT DO NOTHING",
+                )
+                .bind(&inbound.stage)
+                .bind(&inbound.message_id)
+                .execute(&mut *self.cx.tx)
+                .await?;
+                return Ok(Kept::Emitted(0));
+            }
+            Ok(Outcome::NotYet { .. }) | Err(_) => {
+                self.cx.emitted.clear();
+                sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+                return Ok(Kept::Emitted(0));
+            }
+        }
+        let kept = self.cx.emitted.len();
+        self.emitted.append(&mut self.cx.emitted);
+        Ok(Kept::Emitted(kept))
+    }
+
+    /// Writes every kept message's outbox rows in one statement and commits.
+    pub async fn commit(mut self) -> Result<usize, StageError> {
+        outbox::insert(&mut self.cx.tx, &self.emitted).await?;
+        self.cx.tx.commit().await?;
+        Ok(self.emitted.len())
+    }
+}

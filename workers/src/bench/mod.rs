@@ -8,6 +8,7 @@
 //! It prints nothing: it reports its progress ([`Live`]) to the caller, and
 //! the report is a value (shown through its `Display`, or as JSON).
 
+pub mod final_events;
 pub mod fleet_run;
 pub mod history;
 pub mod null_pipeline;

@@ -65,6 +65,12 @@ impl From<AdapterError> for StageError {
                 StageError::Permanent(e) => {
                     StageError::Permanent(format!("reading channel `{channel}`: {e}"))
                 }
+                StageError::Contention(e) => {
+                    StageError::Contention(format!("reading channel `{channel}`: {e}"))
+                }
+                StageError::LockWait(e) => {
+                    StageError::LockWait(format!("reading channel `{channel}`: {e}"))
+                }
             },
             other => StageError::permanent(other),
         }
