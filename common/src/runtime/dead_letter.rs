@@ -4,12 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{
-    BasicProperties,
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-    types::FieldTable,
-};
+use lapin::{BasicProperties, message::Delivery, options::BasicAckOptions, types::FieldTable};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -218,13 +213,7 @@ impl DeliveryProcessor for Keeper {
             Err(error) => {
                 tracing::warn!(%error, "cannot store dead letter; requeueing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                super::handling::requeue(&delivery).await;
             }
         }
     }

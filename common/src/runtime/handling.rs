@@ -360,7 +360,7 @@ fn without(headers: lapin::types::FieldTable, key: &str) -> lapin::types::FieldT
 }
 
 /// Gives the delivery back to its queue; the broker redelivers it flagged.
-async fn requeue(delivery: &Delivery) {
+pub(super) async fn requeue(delivery: &Delivery) {
     let _ = delivery
         .acker
         .nack(BasicNackOptions {
