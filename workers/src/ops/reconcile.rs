@@ -81,11 +81,14 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     // Our fee for an attempt: the one booked with its money, else what a
     // success would cost at the payment's agreed fee; nothing for the rest.
     // The day is a range of created_at (in the session's time zone, as
-    // `created_at::date` was), so the (channel, created_at) index serves it.
+    // `created_at::date` was), so the (channel, created_at) index serves it;
+    // the payment's fee is looked up by its key for each attempt of the
+    // day, never by a join the planner may turn into a scan of payments.
     let ours: Vec<(AttemptId, PaymentId, Decimal, String, String, Decimal)> = sqlx::query_as(
         "SELECT a.id, a.payment_id, a.amount, a.currency::text, a.status,
-                COALESCE(a.fee, CASE WHEN a.status = 'succeeded' THEN p.channel_fee ELSE 0 END)
-         FROM payment_attempts a JOIN payments p ON p.id = a.payment_id
+                COALESCE(a.fee, CASE WHEN a.status = 'succeeded'
+                    THEN (SELECT p.channel_fee FROM payments p WHERE p.id = a.payment_id) ELSE 0 END)
+         FROM payment_attempts a
          WHERE a.channel = $1 AND a.created_at >= $2::date::timestamptz AND a.created_at < ($2::date + 1)::timestamptz",
     )
     .bind(channel)
