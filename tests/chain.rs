@@ -1470,48 +1470,6 @@ async fn concurrent_orders_never_use_a_coupon_past_its_per_user_limit() -> anyho
     chain.finish().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refund_request_is_refused_for_what_it_is_and_never_read_as_a_payment()
--> anyhow::Result<()> {
-    let mut chain = Chain::new("refundreq").await?;
-    chain.start(&[]).await?;
-    chain
-        .publish(&request("paid-first", "alice", &[("cup", 1)], "10.00"))
-        .await?;
-    assert_eq!(chain.outcome("paid-first").await?.0, "settled");
-    let body = serde_json::to_vec(&serde_json::json!({
-        "schema_version": 1, "merchant_id": SHOP, "merchant_order_id": "paid-first", "amount": "10.00", "currency": "CNY"
-    }))?;
-    let mut headers = FieldTable::default();
-    broker::set_header(
-        &mut headers,
-        messages::SIGNATURE_HEADER,
-        messages::sign(SHOP_KEY, &body),
-    );
-    let props = broker::properties(&Uuid::now_v7().to_string(), None, Some("refund.requested"))
-        .with_headers(headers);
-    chain
-        .env
-        .publish_raw("payfleet.ingress", "refund.requested", &body, props)
-        .await?;
-    wait_until(WAIT, "the refund request refused", || async {
-        Ok(chain
-            .env
-            .scalar_i64(
-                "SELECT count(*) FROM request_rejections WHERE reason = 'unsupported_message'",
-            )
-            .await?
-            == 1)
-    })
-    .await?;
-    let status: String = sqlx::query_scalar("SELECT status FROM payments")
-        .fetch_one(chain.pool())
-        .await?;
-    assert_eq!(status, "settled", "the paid payment is untouched");
-    assert_eq!(chain.balance("user", "alice").await?.0, d("990.00"));
-    chain.finish().await
-}
-
 /// Registers the hosts the shop's webhooks may go to (its merchant record).
 async fn register_notify_hosts(pool: &PgPool, hosts: &[&str]) -> anyhow::Result<()> {
     sqlx::query("UPDATE merchants SET notify_hosts = $2 WHERE id = $1")

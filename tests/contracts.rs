@@ -14,7 +14,8 @@ use jsonschema::Validator;
 use payfleet_common::messages::{
     self, AttemptId, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated,
     Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
-    RequestedItem, Resolution, SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
+    RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem, Resolution,
+    SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
 };
 use rust_decimal::Decimal;
 use serde::{Serialize, de::DeserializeOwned};
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 9] = [
+const MESSAGES: [&str; 12] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -32,6 +33,9 @@ const MESSAGES: [&str; 9] = [
     kind::STATUS_QUERY,
     kind::TRADE_CLOSE,
     "payment.event",
+    kind::REFUND_REQUESTED,
+    "refund.step",
+    "refund.event",
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -236,6 +240,9 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         kind::STATUS_QUERY => round_trip::<StatusQuery>(name, value, what),
         kind::TRADE_CLOSE => round_trip::<TradeClose>(name, value, what),
         "payment.event" => round_trip::<PaymentEvent>(name, value, what),
+        kind::REFUND_REQUESTED => round_trip::<RefundRequested>(name, value, what),
+        "refund.step" => round_trip::<RefundStep>(name, value, what),
+        "refund.event" => round_trip::<RefundEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -317,7 +324,13 @@ fn assert_conventions(name: &str, object_schema: &Value, path: &str) {
         } else if property["format"] == "uuid" || field == "id" || field.ends_with("_id") {
             let is_uuid = property["format"] == "uuid";
             // Ids chosen by merchants and users are plain strings.
-            let plain = ["merchant_id", "merchant_order_id", "user_id", "seller_id"];
+            let plain = [
+                "merchant_id",
+                "merchant_order_id",
+                "merchant_refund_id",
+                "user_id",
+                "seller_id",
+            ];
             assert!(is_uuid != plain.contains(&field.as_str()), "{at}: format");
             if is_uuid {
                 assert_eq!(property["type"], "string", "{at}: type");
@@ -620,6 +633,63 @@ fn every_rust_message_matches_its_schema() {
         });
         assert_valid("payment.event", &validator, &value, "every event type");
     }
+
+    let refund_requested = RefundRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: "demo-shop".into(),
+        merchant_refund_id: "DS-RF-1".into(),
+        merchant_order_id: Some("DS-20261202-000042".into()),
+        payment_id: Some(payment),
+        amount: d("20.00"),
+        currency: "CNY".into(),
+        reason: "customer_returned_goods".into(),
+        return_stock: true,
+        requested_at: now,
+    };
+    check_message(
+        kind::REFUND_REQUESTED,
+        &refund_requested,
+        &RefundRequested {
+            merchant_order_id: None,
+            payment_id: None,
+            return_stock: false,
+            ..refund_requested.clone()
+        },
+    );
+    let refund_id = id("5d3e0a7c-2f1b-8e4d-9c6a-0b1f2e3d4c5b");
+    let step = RefundStep {
+        result: Some(RefundResult::Failed),
+        reason: Some("refund_declined: refused".into()),
+        query_number: Some(2),
+        ..RefundStep::new(refund_id, payment)
+    };
+    check_message("refund.step", &step, &RefundStep::new(refund_id, payment));
+    let refund_event = RefundEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &refund_id.to_string(), event::REFUND_SUCCEEDED]),
+        event_type: event::REFUND_SUCCEEDED.into(),
+        refund_id,
+        merchant_id: "demo-shop".into(),
+        merchant_refund_id: "DS-RF-1".into(),
+        payment_id: Some(payment),
+        merchant_order_id: Some("DS-20261202-000042".into()),
+        status: "succeeded".into(),
+        amount: d("20.00"),
+        currency: "CNY".into(),
+        refunded_total: d("20.00"),
+        reason: Some("refund_declined: refused".into()),
+        occurred_at: now,
+    };
+    check_message(
+        "refund.event",
+        &refund_event,
+        &RefundEvent {
+            payment_id: None,
+            merchant_order_id: None,
+            reason: None,
+            ..refund_event.clone()
+        },
+    );
 }
 
 #[test]
@@ -664,6 +734,24 @@ fn the_schema_enums_are_the_rust_enums() {
         schema_enum(&schema("payment.event"), "event_type"),
         event_types,
         "payment.event event_type"
+    );
+    let results = [RefundResult::Succeeded, RefundResult::Failed];
+    for r in results {
+        match r {
+            RefundResult::Succeeded | RefundResult::Failed => {}
+        }
+    }
+    assert_eq!(
+        schema_enum(&schema("refund.step"), "result"),
+        wire_names(&results),
+        "refund.step result"
+    );
+    assert_eq!(
+        schema_enum(&schema("refund.event"), "event_type"),
+        [event::REFUND_SUCCEEDED, event::REFUND_FAILED]
+            .map(str::to_owned)
+            .into(),
+        "refund.event event_type"
     );
 }
 

@@ -19,9 +19,16 @@
 //! | `tok_over_charge` | charged 0.01 more than asked, and says so |
 //! | `tok_currency_mismatch` | charged the amount asked in another currency (USD; EUR when USD was asked), and says so |
 //! | `tok_no_webhook` | async: charged, but no webhook is ever sent (a status query finds it) |
+//! | `tok_refund_fails` | charged; a refund of it is refused for good: FAILED (`refund_declined`), nothing paid back |
+//! | `tok_refund_timeout` | charged; a refund of it is paid back, but answers only after `timeout_hold_ms` |
+//! | `tok_refund_pending` | charged; a refund of it answers PROCESSING and succeeds after the webhook delay |
+//!
+//! A refund's behaviour is chosen by its trade's payer token; any other
+//! token's refunds succeed at once. Refunds deduplicate on `refund_no`.
 //!
 //! API, per channel `C`: `POST /channels/C/payments`, `GET /channels/C/payments/{out_trade_no}`,
 //! `POST /channels/C/payments/{out_trade_no}/close`, `POST /channels/C/refunds`,
+//! `GET /channels/C/refunds/{refund_no}`,
 //! `GET /channels/C/statement?date=YYYY-MM-DD`. Webhooks are POSTed to the
 //! request's `notify_url` with `x-sandbox-timestamp` (Unix seconds) and
 //! `x-sandbox-signature` = hex HMAC-SHA256(channel secret, "{timestamp}.{body}").
@@ -47,13 +54,16 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod protocol;
+mod refunds;
 
 pub use protocol::*;
 
 #[derive(Default)]
 struct Store {
     trades: HashMap<(String, String), Trade>,
-    refunds: HashMap<(String, String), (String, Decimal)>,
+    refunds: HashMap<(String, String), Refund>,
+    /// The keys of the refunds still PROCESSING, settled when read.
+    processing: Vec<(String, String)>,
     sequence: u64,
 }
 
@@ -94,7 +104,11 @@ impl Gateway {
                 "/channels/{channel}/payments/{out_trade_no}/close",
                 post(close),
             )
-            .route("/channels/{channel}/refunds", post(refund))
+            .route("/channels/{channel}/refunds", post(refunds::create))
+            .route(
+                "/channels/{channel}/refunds/{refund_no}",
+                get(refunds::query),
+            )
             .route("/channels/{channel}/statement", get(statement))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self.clone())
@@ -119,9 +133,9 @@ impl Gateway {
 
     /// A trade as the gateway sees it (tests look here for the charge count).
     pub fn trade(&self, channel: &str, out_trade_no: &str) -> Option<Trade> {
-        self.store
-            .lock()
-            .expect("store")
+        let mut store = self.store.lock().expect("store");
+        store.settle_refunds(Utc::now());
+        store
             .trades
             .get(&(channel.to_owned(), out_trade_no.to_owned()))
             .cloned()
@@ -374,52 +388,43 @@ async fn close(
     }
 }
 
-async fn refund(
-    State(gw): State<Gateway>,
-    Path(channel): Path<String>,
-    Json(request): Json<CreateRefund>,
-) -> Response {
-    let mut store = gw.store.lock().expect("store");
-    let refund_key = (channel.clone(), request.refund_no.clone());
-    if let Some((out, amount)) = store.refunds.get(&refund_key) {
-        return (StatusCode::OK, Json(json!({"refund_no": request.refund_no, "out_trade_no": out, "amount": amount.to_string(), "status": "SUCCEEDED"}))).into_response();
-    }
-    let key = (channel, request.out_trade_no.clone());
-    let Some(trade) = store.trades.get_mut(&key) else {
-        return error(StatusCode::NOT_FOUND, "no such trade");
-    };
-    if trade.status != TradeStatus::Succeeded || trade.refunded + request.amount > trade.amount {
-        return error(StatusCode::CONFLICT, "not refundable");
-    }
-    trade.refunded += request.amount;
-    store
-        .refunds
-        .insert(refund_key, (request.out_trade_no.clone(), request.amount));
-    (StatusCode::OK, Json(json!({"refund_no": request.refund_no, "out_trade_no": request.out_trade_no, "amount": request.amount.to_string(), "status": "SUCCEEDED"}))).into_response()
-}
-
 #[derive(Deserialize)]
 struct StatementQuery {
     date: chrono::NaiveDate,
 }
 
-/// The day's statement: every trade created that day (UTC), as the channel sees it.
+/// The day's statement, as the channel sees it: every trade created that
+/// day (UTC), and every refund that paid money back that day.
 async fn statement(
     State(gw): State<Gateway>,
     Path(channel): Path<String>,
     Query(q): Query<StatementQuery>,
 ) -> Response {
-    let store = gw.store.lock().expect("store");
-    let mut rows: Vec<serde_json::Value> = store
+    let mut store = gw.store.lock().expect("store");
+    store.settle_refunds(Utc::now());
+    let mut trades: Vec<Trade> = store
         .trades
         .values()
         .filter(|t| t.channel == channel && t.created_at.date_naive() == q.date)
-        .map(trade_json)
+        .cloned()
         .collect();
-    rows.sort_by(|a, b| a["trade_no"].as_str().cmp(&b["trade_no"].as_str()));
-    (
-        StatusCode::OK,
-        Json(json!({"channel": channel, "date": q.date, "trades": rows})),
-    )
-        .into_response()
+    trades.sort_by(|a, b| a.trade_no.cmp(&b.trade_no));
+    let mut refunds: Vec<Refund> = store
+        .refunds
+        .values()
+        .filter(|r| {
+            r.channel == channel
+                && r.status == RefundStatus::Succeeded
+                && r.final_at.date_naive() == q.date
+        })
+        .cloned()
+        .collect();
+    refunds.sort_by(|a, b| (a.final_at, &a.refund_no).cmp(&(b.final_at, &b.refund_no)));
+    let statement = Statement {
+        channel,
+        date: q.date,
+        trades,
+        refunds,
+    };
+    (StatusCode::OK, Json(statement)).into_response()
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ pub enum TradeStatus {
     Closed,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Trade {
     pub channel: String,
     pub trade_no: String,
@@ -116,6 +116,46 @@ pub struct CreateRefund {
     pub refund_no: String,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    /// Accepted; the money goes back at `final_at`.
+    Processing,
+    Succeeded,
+    /// Refused for good: the money stays with the merchant.
+    Failed,
+}
+
+/// A refund as the gateway keeps it, deduplicated on (channel, refund_no).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refund {
+    pub channel: String,
+    pub refund_no: String,
+    pub out_trade_no: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub status: RefundStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// When it is (or becomes) final: a PROCESSING refund turns SUCCEEDED
+    /// then, the moment a statement dates it by.
+    pub final_at: DateTime<Utc>,
+}
+
+/// A channel's statement for a day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Statement {
+    pub channel: String,
+    pub date: NaiveDate,
+    /// Every trade created that day (UTC).
+    pub trades: Vec<Trade>,
+    /// Every refund that succeeded that day (UTC); statements from before
+    /// refunds were listed have none.
+    #[serde(default)]
+    pub refunds: Vec<Refund>,
 }
 
 /// A webhook body.

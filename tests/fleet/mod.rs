@@ -12,6 +12,8 @@
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod sandbox;
+
 use std::time::Duration;
 
 use lapin::{

@@ -74,30 +74,62 @@ const WHEN_QUIET: &[(&str, &str)] = &[
         WHERE s.reserved <> COALESCE((SELECT sum(quantity) FROM stock_reservations r WHERE r.sku = s.sku AND r.status = 'reserved'), 0)"),
     ("coupon uses equal their live redemptions",
      "SELECT count(*) FROM coupons c
-        WHERE c.used <> (SELECT count(*) FROM coupon_redemptions r WHERE r.coupon_code = c.code AND r.status <> 'released')"),
+        WHERE c.used <> (SELECT count(*) FROM coupon_redemptions r WHERE r.coupon_code = c.code AND r.status IN ('reserved', 'consumed'))"),
     ("every payment in exactly one terminal state",
      "SELECT count(*) FROM payments WHERE status NOT IN ('settled', 'failed', 'cancelled', 'rejected', 'challenged', 'exception')"),
     ("a settled payment has its journal entry, an unsettled one has none",
      "SELECT count(*) FROM payments p WHERE (p.status = 'settled') <>
         EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = p.id::text AND j.kind = 'payment')"),
-    ("each merchant's settled amount equals its sub-orders minus fees",
+    ("each merchant's settled amount equals its sub-orders minus fees, less what it gave back for paid refunds",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
             COALESCE((SELECT sum(d.amount - d.fee_amount) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
-                      WHERE d.seller_id = a.owner_id AND d.currency = a.currency AND p.status = 'settled'), 0)"),
-    ("the fee account holds the settled fees",
+                      WHERE d.seller_id = a.owner_id AND d.currency = a.currency AND p.status = 'settled'), 0)
+          - COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
+                      WHERE r.account_id = a.id AND r.status = 'booked'), 0)"),
+    ("the fee account holds the settled fees less the shares given back with paid refunds",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'platform'
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
             COALESCE((SELECT sum(d.fee_amount) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
-                      WHERE d.currency = a.currency AND p.status = 'settled'), 0)"),
-    ("the platform's accounts hold its fees less the channels' fees",
+                      WHERE d.currency = a.currency AND p.status = 'settled'), 0)
+          - COALESCE((SELECT sum(r.fee_back) FROM refund_allocations r
+                      WHERE r.currency = a.currency AND r.status = 'booked'), 0)"),
+    ("the platform's accounts hold its fees, less the shares given back and the channels' fees",
      "SELECT count(*) FROM (SELECT DISTINCT currency FROM accounts WHERE owner_kind IN ('platform', 'platform_cost')) c
         WHERE (SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
                 WHERE a.owner_kind IN ('platform', 'platform_cost') AND a.currency = c.currency) <>
               (SELECT COALESCE(sum(d.fee_amount), 0) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
                 WHERE p.status = 'settled' AND d.currency = c.currency)
+            - (SELECT COALESCE(sum(r.fee_back), 0) FROM refund_allocations r
+                WHERE r.currency = c.currency AND r.status = 'booked')
             - (SELECT COALESCE(sum(t.fee), 0) FROM payment_attempts t
                 WHERE t.fee IS NOT NULL AND t.charged_currency = c.currency)"),
+    ("a merchant's frozen balance is exactly its reservations for refunds in flight",
+     "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
+        AND a.frozen <> COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
+                                   WHERE r.account_id = a.id AND r.status = 'reserved'), 0)"),
+    ("no sub-order is refunded beyond what it settled",
+     "SELECT count(*) FROM transaction_details d
+        WHERE (SELECT COALESCE(sum(r.amount), 0) FROM refund_allocations r
+                WHERE r.detail_id = d.id AND r.status IN ('reserved', 'booked')) > d.amount"),
+    ("per payment, refunds paid or in flight never exceed what was paid",
+     "SELECT count(*) FROM payments p
+        WHERE (SELECT COALESCE(sum(r.amount), 0) FROM refunds r WHERE r.payment_id = p.id AND r.origin = 'upstream'
+                AND r.status IN ('reserved', 'sending', 'unknown', 'succeeded', 'exception'))
+            > (SELECT COALESCE(sum(d.amount), 0) FROM transaction_details d WHERE d.payment_id = p.id AND d.status = 'paid')"),
+    ("each refund's live parts add up to it: all of it while paid or in flight, nothing once refused or failed",
+     "SELECT count(*) FROM refunds f WHERE f.origin = 'upstream'
+        AND COALESCE((SELECT sum(r.amount) FROM refund_allocations r
+                       WHERE r.refund_id = f.id AND r.status IN ('reserved', 'booked')), 0)
+            <> CASE WHEN f.status IN ('reserved', 'sending', 'unknown', 'succeeded', 'exception') THEN f.amount ELSE 0 END"),
+    ("a paid refund is booked with its journal entry, and nothing else is",
+     "SELECT count(*) FROM refunds f WHERE f.origin = 'upstream'
+        AND ((f.status = 'succeeded') <> EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = f.id::text AND j.kind = 'refund')
+             OR (f.status IN ('succeeded', 'failed')) <> (f.booked_at IS NOT NULL))"),
+    ("every finished refund has its one outcome event",
+     "SELECT count(*) FROM refunds f WHERE f.origin = 'upstream' AND f.status IN ('succeeded', 'failed', 'refused')
+        AND NOT EXISTS (SELECT 1 FROM payment_events e WHERE e.refund_id = f.id
+                         AND e.event_type = CASE WHEN f.status = 'succeeded' THEN 'refund.succeeded' ELSE 'refund.failed' END)"),
     ("payer refunds payable equal the refunds still owed",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'payable' AND a.owner_id LIKE 'payer-refunds:%'
         AND a.total <> COALESCE((SELECT sum(r.amount) FROM refunds r WHERE r.status = 'owed'
@@ -111,7 +143,7 @@ const WHEN_QUIET: &[(&str, &str)] = &[
                                     AND NOT EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = t.id::text AND j.kind = 'charge_owed_back')), 0)"),
     ("every finished payment has its one outcome event",
      "SELECT count(*) FROM payments p WHERE NOT EXISTS (
-        SELECT 1 FROM payment_events e WHERE e.payment_id = p.id AND e.event_type = CASE
+        SELECT 1 FROM payment_events e WHERE e.payment_id = p.id AND e.refund_id IS NULL AND e.event_type = CASE
           WHEN p.status = 'settled' THEN 'payment.succeeded'
           WHEN p.status IN ('failed', 'cancelled') THEN 'payment.failed'
           WHEN p.status IN ('rejected', 'challenged') THEN 'payment.rejected'

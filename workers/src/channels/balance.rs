@@ -65,6 +65,19 @@ impl ChannelAdapter for BalanceChannel {
             })
         })
     }
+    fn query_refund(
+        &self,
+        attempt_id: AttemptId,
+        _refund_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>> {
+        // no refund goes to a channel: there is none to query
+        Box::pin(async move {
+            Err(RefundError::NothingCharged {
+                channel: BALANCE.to_owned(),
+                attempt_id,
+            })
+        })
+    }
     fn verify_webhook(
         &self,
         _headers: &HeaderMap,

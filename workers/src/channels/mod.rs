@@ -139,6 +139,10 @@ pub enum RefundError {
     /// The channel answered, but not that it paid back this amount.
     #[error("the channel did not confirm a refund of {amount}: {answer}")]
     Unconfirmed { amount: Decimal, answer: Value },
+    /// The channel knows no refund by this id: the ask never reached it,
+    /// so asking again with the same id is safe.
+    #[error("the {channel} channel knows no refund {refund_id}")]
+    NotFound { channel: String, refund_id: Uuid },
     /// The channel never took money for this attempt.
     #[error("the {channel} channel took no money for {attempt_id}: nothing to refund there")]
     NothingCharged {
@@ -183,6 +187,14 @@ pub trait ChannelAdapter: Send + Sync {
         refund_id: Uuid,
         amount: Decimal,
     ) -> Boxed<'a, Result<Value, RefundError>>;
+    /// What the channel says of a refund asked before, in the same shape
+    /// as `refund`'s answer: a refund whose answer was lost or still
+    /// processing is decided without asking again.
+    fn query_refund(
+        &self,
+        attempt_id: AttemptId,
+        refund_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>>;
     /// Verifies a webhook the channel posted (its signature, and that it
     /// was signed within `tolerance` of now) and reads it.
     fn verify_webhook(

@@ -281,7 +281,25 @@ impl ChannelAdapter for SandboxChannel {
         Box::pin(async move {
             let body = json!({"out_trade_no": attempt_id.to_string(), "refund_no": refund_id.to_string(), "amount": amount.to_string()});
             match send(self.http.post(self.url("/refunds")).json(&body)).await {
+                // SUCCEEDED, PROCESSING or FAILED alike: the caller reads `status`
                 Ok((status, raw)) if status.is_success() => Ok(raw),
+                Ok((status, body)) => Err(RefundError::Refused { status, body }),
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+    fn query_refund(
+        &self,
+        _attempt_id: AttemptId,
+        refund_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>> {
+        Box::pin(async move {
+            match send(self.http.get(self.url(&format!("/refunds/{refund_id}")))).await {
+                Ok((status, raw)) if status.is_success() => Ok(raw),
+                Ok((reqwest::StatusCode::NOT_FOUND, _)) => Err(RefundError::NotFound {
+                    channel: self.name.clone(),
+                    refund_id,
+                }),
                 Ok((status, body)) => Err(RefundError::Refused { status, body }),
                 Err(error) => Err(error.into()),
             }

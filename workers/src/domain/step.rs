@@ -6,12 +6,16 @@
 //! and is run as [`OnPayment`]; what it does reads from the locked payment
 //! on.
 //!
+//! A refund of the payment travels the same stages as [`Work::Refund`]
+//! (told apart by its AMQP `type`), under the same lock and row lock, so a
+//! refund and its payment, or two refunds of one payment, never interleave.
+//!
 //! It lives with the domain rather than in `payfleet_common`'s runtime
 //! because it needs the payment, which the runtime does not know.
 
 use payfleet_common::{
     PaymentId,
-    messages::{ChannelResult, OrderValidated, PaymentResolved},
+    messages::{ChannelResult, OrderValidated, PaymentResolved, RefundStep, kind},
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable, decode_json},
 };
 use serde::de::DeserializeOwned;
@@ -41,6 +45,28 @@ impl ForPayment for PaymentResolved {
     }
 }
 
+impl ForPayment for RefundStep {
+    fn payment_id(&self) -> PaymentId {
+        self.payment_id
+    }
+}
+
+/// What a payment step is handed: its own message, or a refund's hand-off.
+#[derive(Debug)]
+pub enum Work<M> {
+    Payment(M),
+    Refund(RefundStep),
+}
+
+impl<M: ForPayment> ForPayment for Work<M> {
+    fn payment_id(&self) -> PaymentId {
+        match self {
+            Work::Payment(m) => m.payment_id(),
+            Work::Refund(m) => m.payment_id,
+        }
+    }
+}
+
 /// A stage's work on one payment, row-locked in the stage's transaction.
 pub trait PaymentStep: Send + Sync + 'static {
     type Message: DeserializeOwned + ForPayment + Send + Sync + 'static;
@@ -54,23 +80,44 @@ pub trait PaymentStep: Send + Sync + 'static {
         message: &Self::Message,
         payment: Payment,
     ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+
+    /// A refund's step on the payment; a stage a refund never visits
+    /// refuses it as a message sent to the wrong queue.
+    fn handle_refund(
+        &self,
+        _tx: &mut StageTx,
+        message: &RefundStep,
+        _payment: Payment,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send {
+        let refund_id = message.refund_id;
+        async move {
+            Err(StageError::permanent(format!(
+                "{} takes no refund steps (refund {refund_id})",
+                Self::NAME
+            )))
+        }
+    }
 }
 
 /// Runs a [`PaymentStep`] as a stage.
 pub struct OnPayment<S>(pub S);
 
 impl<S: PaymentStep> Stage for OnPayment<S> {
-    type Message = S::Message;
+    type Message = Work<S::Message>;
 
     fn name(&self) -> &str {
         S::NAME
     }
 
-    fn decode(&self, inbound: &Inbound) -> Result<S::Message, Undecodable> {
-        decode_json(inbound)
+    fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable> {
+        if kind::is_refund_step(inbound.message_type.as_deref()) {
+            decode_json(inbound).map(Work::Refund)
+        } else {
+            decode_json(inbound).map(Work::Payment)
+        }
     }
 
-    fn lock_key(&self, m: &S::Message) -> Option<String> {
+    fn lock_key(&self, m: &Self::Message) -> Option<String> {
         Some(m.payment_id().to_string())
     }
 
@@ -78,7 +125,7 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
         &self,
         tx: &mut StageTx,
         _inbound: &Inbound,
-        m: &S::Message,
+        m: &Self::Message,
     ) -> Result<Outcome, StageError> {
         let id = m.payment_id();
         tx.set_correlation_id(&id.to_string());
@@ -87,6 +134,9 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
                 reason: format!("payment {id} not found"),
             });
         };
-        self.0.handle(tx, m, p).await
+        match m {
+            Work::Payment(m) => self.0.handle(tx, m, p).await,
+            Work::Refund(m) => self.0.handle_refund(tx, m, p).await,
+        }
     }
 }

@@ -114,6 +114,47 @@ pub async fn release(conn: &mut PgConnection, payment: PaymentId) -> Result<(), 
     Ok(())
 }
 
+/// A payment refunded in full with its stock asked back: the units it
+/// deducted are available again, in the buckets they came from (locked in
+/// (sku, bucket) order).
+pub async fn put_back(conn: &mut PgConnection, payment: PaymentId) -> Result<(), sqlx::Error> {
+    for (sku, bucket, quantity) in buckets_of(conn, payment, "deducted").await? {
+        sqlx::query(
+            "UPDATE stock_buckets SET available = available + $3 WHERE sku = $1 AND bucket = $2",
+        )
+        .bind(sku)
+        .bind(bucket)
+        .bind(quantity)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("UPDATE stock_reservations SET status = 'returned' WHERE payment_id = $1 AND status = 'deducted'")
+        .bind(payment)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The (sku, bucket, units) the payment's reservations in `status` took,
+/// in (sku, bucket) order: the order their buckets are locked in.
+async fn buckets_of(
+    conn: &mut PgConnection,
+    payment: PaymentId,
+    status: &str,
+) -> Result<Vec<(String, i16, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT rb.sku, rb.bucket, rb.quantity
+         FROM stock_reservation_buckets rb
+         JOIN stock_reservations r ON r.payment_id = rb.payment_id AND r.sku = rb.sku
+         WHERE rb.payment_id = $1 AND r.status = $2
+         ORDER BY rb.sku, rb.bucket",
+    )
+    .bind(payment)
+    .bind(status)
+    .fetch_all(conn)
+    .await
+}
+
 /// Takes the open reservation's units out of `reserved`, back into
 /// `available` when `give_back`; buckets locked in (sku, bucket) order first.
 async fn settle(
@@ -121,17 +162,7 @@ async fn settle(
     payment: PaymentId,
     give_back: bool,
 ) -> Result<(), sqlx::Error> {
-    let used: Vec<(String, i16, i32)> = sqlx::query_as(
-        "SELECT rb.sku, rb.bucket, rb.quantity
-         FROM stock_reservation_buckets rb
-         JOIN stock_reservations r ON r.payment_id = rb.payment_id AND r.sku = rb.sku
-         WHERE rb.payment_id = $1 AND r.status = 'reserved'
-         ORDER BY rb.sku, rb.bucket",
-    )
-    .bind(payment)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (sku, bucket, quantity) in used {
+    for (sku, bucket, quantity) in buckets_of(conn, payment, "reserved").await? {
         sqlx::query(
             "UPDATE stock_buckets SET reserved = reserved - $3,
                     available = available + CASE WHEN $4 THEN $3 ELSE 0 END

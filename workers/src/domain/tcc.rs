@@ -64,7 +64,7 @@ pub async fn coupon_uses(
     user_id: &str,
 ) -> Result<i64, StageError> {
     Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status <> 'released'",
+        "SELECT count(*) FROM coupon_redemptions WHERE coupon_code = $1 AND user_id = $2 AND status IN ('reserved', 'consumed')",
     )
     .bind(code)
     .bind(user_id)

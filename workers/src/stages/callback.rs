@@ -3,14 +3,15 @@
 //! move forward; duplicates change nothing; a result for an attempt not yet
 //! committed is retried; an amount or currency mismatch puts the payment in
 //! exception for review. A result is taken only for an attempt of its own
-//! payment at the channel that reported it.
+//! payment at the channel that reported it. A refund's result moves the
+//! refund the same way: forward only, a duplicate changes nothing.
 
 use chrono::Utc;
 use payfleet_common::{
     PaymentId,
     messages::{
-        ChannelResult, ChannelStatus, Outcome as Final, PaymentResolved, Resolution,
-        SCHEMA_VERSION, kind,
+        ChannelResult, ChannelStatus, Outcome as Final, PaymentResolved, RefundResult, RefundStep,
+        Resolution, SCHEMA_VERSION, kind,
     },
     runtime::{Outcome, StageError, StageTx},
 };
@@ -21,6 +22,7 @@ use crate::domain::{
     attempt::AttemptStatus,
     ledger::ChannelCharge,
     payment::{self, Payment, PaymentStatus},
+    refund::{self, RefundStatus},
     step::PaymentStep,
 };
 
@@ -84,6 +86,68 @@ impl PaymentStep for Callback {
         }
         apply(tx, m, &p, status).await
     }
+
+    /// A refund's result (the channel's answer, a status query's, or the
+    /// wallet's): its final status, then settlement books or releases it.
+    async fn handle_refund(
+        &self,
+        tx: &mut StageTx,
+        m: &RefundStep,
+        p: Payment,
+    ) -> Result<Outcome, StageError> {
+        let r = match refund::record::lock_handed(tx.conn(), m.refund_id).await? {
+            Ok(r) => r,
+            Err(waiting) => return Ok(waiting),
+        };
+        let Some(result) = m.result else {
+            return Err(StageError::permanent(format!(
+                "refund.result for refund {} carries no result",
+                r.id
+            )));
+        };
+        let to = match result {
+            RefundResult::Succeeded => RefundStatus::Succeeded,
+            RefundResult::Failed => RefundStatus::Failed,
+        };
+        let status = r.status()?;
+        if status == to {
+            return Ok(Outcome::Stale {
+                reason: format!("refund {} is already {}", r.id, status.as_str()),
+            });
+        }
+        if status.is_terminal() {
+            let reason = format!(
+                "refund {} is {} but the channel now says {}",
+                r.id,
+                status.as_str(),
+                to.as_str()
+            );
+            tracing::error!(refund_id = %r.id, %reason, "conflicting refund results");
+            return Ok(Outcome::Exception { reason });
+        }
+        if !status.may_move_to(to) {
+            return Ok(Outcome::NotYet {
+                reason: format!("refund {} is {}", r.id, status.as_str()),
+            });
+        }
+        refund::transition(tx.conn(), r.id, status, to).await?;
+        if let Some(reason) = &m.reason {
+            sqlx::query("UPDATE refunds SET detail = $2 WHERE id = $1")
+                .bind(r.id)
+                .bind(reason)
+                .execute(tx.conn())
+                .await?;
+        }
+        let mut resolved = RefundStep::new(r.id, p.id);
+        resolved.result = Some(result);
+        resolved.reason = m.reason.clone();
+        refund::hand_on(
+            tx,
+            crate::domain::handoff::SETTLEMENT,
+            kind::REFUND_RESOLVED,
+            &resolved,
+        )
+    }
 }
 
 /// A success after the payment was given up: the charge is owed back to
@@ -94,11 +158,12 @@ async fn owe_back_late_success(
     p: &Payment,
     status: PaymentStatus,
 ) -> Result<Outcome, StageError> {
-    let already_owed: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE attempt_id = $1)")
-            .bind(m.attempt_id)
-            .fetch_one(tx.conn())
-            .await?;
+    let already_owed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM refunds WHERE attempt_id = $1 AND origin = 'automatic')",
+    )
+    .bind(m.attempt_id)
+    .fetch_one(tx.conn())
+    .await?;
     if already_owed {
         return Ok(Outcome::Stale {
             reason: format!("refund for attempt {} already owed", m.attempt_id),

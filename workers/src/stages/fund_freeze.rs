@@ -8,7 +8,10 @@
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
-    messages::{FundsFrozen, OrderValidated, Outcome as Final, SCHEMA_VERSION, kind},
+    messages::{
+        FundsFrozen, OrderValidated, Outcome as Final, RefundResult, RefundStep, SCHEMA_VERSION,
+        kind,
+    },
     runtime::{Outcome, StageError, StageTx},
     transition::{self, Status},
 };
@@ -18,6 +21,7 @@ use sqlx::{Acquire, PgConnection};
 use crate::channels::BALANCE;
 use crate::domain::{
     payment::{self, Payment, PaymentStatus},
+    refund::{self, RefundStatus},
     step::PaymentStep,
     tcc,
 };
@@ -125,6 +129,43 @@ impl PaymentStep for FundFreeze {
             },
         )?;
         Ok(Outcome::Applied)
+    }
+
+    /// Try of a refund: check what is left and reserve each merchant's part
+    /// together, under the payment's row lock; a refusal reserves nothing.
+    async fn handle_refund(
+        &self,
+        tx: &mut StageTx,
+        m: &RefundStep,
+        p: Payment,
+    ) -> Result<Outcome, StageError> {
+        let r = match refund::record::lock_handed(tx.conn(), m.refund_id).await? {
+            Ok(r) => r,
+            Err(waiting) => return Ok(waiting),
+        };
+        let status = r.status()?;
+        if status != RefundStatus::Requested {
+            return Ok(Outcome::Stale {
+                reason: format!("refund {} is already {}", r.id, status.as_str()),
+            });
+        }
+        let mut savepoint = tx.conn().begin().await?;
+        match refund::reserve::reserve(&mut savepoint, &p, &r).await? {
+            Ok(()) => {
+                savepoint.commit().await?;
+                refund::hand_on(
+                    tx,
+                    crate::domain::handoff::CHANNEL_CALL,
+                    kind::REFUND_RESERVED,
+                    &RefundStep::new(r.id, p.id),
+                )
+            }
+            Err((reason, detail)) => {
+                savepoint.rollback().await?;
+                refund::record::refuse(tx.conn(), r.id, &format!("{reason}: {detail}")).await?;
+                refund::emit_outcome(tx, r.id, p.id, RefundResult::Failed, Some(reason))
+            }
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! settlement: TCC Confirm of a paid payment, or Cancel of one that failed
-//! (both in [`crate::domain::tcc`]), then the outcome to notification.
+//! (both in [`crate::domain::tcc`]), then the outcome to notification; and
+//! the same for a refund ([`crate::domain::refund::books`]): Confirm of one
+//! the channel paid, Cancel of one it refused.
 //!
 //! Hot accounts: a payment never updates a seller's or the fee account's
 //! row. Its postings are appended (`rolled_up = false`) and
@@ -9,13 +11,14 @@
 //! needs them to be.
 
 use payfleet_common::{
-    messages::{Outcome as Final, PaymentResolved, Resolution},
+    messages::{Outcome as Final, PaymentResolved, RefundResult, RefundStep, Resolution},
     runtime::{Outcome, StageError, StageTx},
 };
 
 use crate::domain::{
     handoff,
     payment::{self, Payment, PaymentStatus},
+    refund::{self, RefundStatus, books},
     step::PaymentStep,
     tcc::{cancel, confirm},
 };
@@ -60,5 +63,36 @@ impl PaymentStep for Settlement {
                 reason: format!("payment {} already {}", p.id, s.as_str()),
             }),
         }
+    }
+
+    async fn handle_refund(
+        &self,
+        tx: &mut StageTx,
+        m: &RefundStep,
+        p: Payment,
+    ) -> Result<Outcome, StageError> {
+        let r = match refund::record::lock_handed(tx.conn(), m.refund_id).await? {
+            Ok(r) => r,
+            Err(waiting) => return Ok(waiting),
+        };
+        let (booked, result) = match r.status()? {
+            RefundStatus::Succeeded => (
+                books::confirm(tx.conn(), &p, &r).await?,
+                RefundResult::Succeeded,
+            ),
+            RefundStatus::Failed => (books::cancel(tx.conn(), &r).await?, RefundResult::Failed),
+            status => {
+                return Ok(Outcome::NotYet {
+                    reason: format!("refund {} is still {}", r.id, status.as_str()),
+                });
+            }
+        };
+        if !booked {
+            return Ok(Outcome::Stale {
+                reason: format!("refund {} is already booked", r.id),
+            });
+        }
+        let reason = r.detail.clone().or_else(|| m.reason.clone());
+        refund::emit_outcome(tx, r.id, p.id, result, reason.as_deref())
     }
 }

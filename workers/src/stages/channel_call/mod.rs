@@ -7,8 +7,10 @@
 //! log. A timeout, connection error or 5xx is UNKNOWN — never failed, never a
 //! blind second charge: status queries through the delay levels decide, and
 //! when they run out the trade is closed (or the payment is paid after all).
+//! Refunds go back through the payment's channel the same way ([`refund`]).
 
 mod intent;
+mod refund;
 mod result;
 
 use std::{sync::Arc, time::Duration};
@@ -17,7 +19,7 @@ use chrono::Utc;
 use payfleet_common::lock::Locks;
 use payfleet_common::{
     AttemptId, PaymentId, Topology,
-    messages::{FundsFrozen, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
+    messages::{FundsFrozen, RefundStep, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
     outbox::OutboxMessage,
     runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx, Undecodable},
     transition::{self, Status},
@@ -31,12 +33,16 @@ use crate::{
 
 pub const NAME: &str = crate::domain::handoff::CHANNEL_CALL;
 
-/// The three kinds of work, told apart by the AMQP `type`.
+/// The kinds of work, told apart by the AMQP `type`.
 #[derive(Debug)]
 pub enum Work {
     Charge(FundsFrozen),
     Query(StatusQuery),
     Close(TradeClose),
+    /// A reserved refund to send back through the payment's channel.
+    Refund(RefundStep),
+    /// What became of a refund with no final answer.
+    RefundQuery(RefundStep),
 }
 
 impl Work {
@@ -45,6 +51,7 @@ impl Work {
             Work::Charge(m) => m.payment_id,
             Work::Query(m) => m.payment_id,
             Work::Close(m) => m.payment_id,
+            Work::Refund(m) | Work::RefundQuery(m) => m.payment_id,
         }
     }
 }
@@ -135,11 +142,13 @@ pub enum Call {
         reason: String,
         adapter: Arc<dyn ChannelAdapter>,
     },
+    Refund(refund::RefundCall),
 }
 
 pub enum Answer {
     Channel(ChannelReply),
     Close(CloseReply),
+    Refund(Result<serde_json::Value, crate::channels::RefundError>),
 }
 
 impl CallingStage for ChannelCall {
@@ -156,6 +165,8 @@ impl CallingStage for ChannelCall {
         match inbound.message_type.as_deref() {
             Some(kind::STATUS_QUERY) => serde_json::from_slice(body).map(Work::Query),
             Some(kind::TRADE_CLOSE) => serde_json::from_slice(body).map(Work::Close),
+            Some(kind::REFUND_RESERVED) => serde_json::from_slice(body).map(Work::Refund),
+            Some(kind::REFUND_QUERY) => serde_json::from_slice(body).map(Work::RefundQuery),
             _ => serde_json::from_slice(body).map(Work::Charge),
         }
         .map_err(|e| Undecodable::json(inbound, "channel-call", e))
@@ -171,6 +182,11 @@ impl CallingStage for ChannelCall {
         _inbound: &Inbound,
         work: &Work,
     ) -> Result<Intent<Call>, StageError> {
+        match work {
+            Work::Refund(m) => return self.intend_refund(tx, m, false).await,
+            Work::RefundQuery(m) => return self.intend_refund(tx, m, true).await,
+            _ => {}
+        }
         let payment_id = work.payment_id();
         tx.set_correlation_id(&payment_id.to_string());
         let Some(p) = payment::lock(tx.conn(), payment_id).await? else {
@@ -197,6 +213,7 @@ impl CallingStage for ChannelCall {
             Work::Charge(_) => self.intend_charge(tx, &p, &channel, adapter, latest).await,
             Work::Query(q) => intent::intend_query(tx, &p, &channel, adapter, latest, q).await,
             Work::Close(c) => intent::intend_close(tx, &p, &channel, adapter, latest, c).await,
+            Work::Refund(_) | Work::RefundQuery(_) => unreachable!("refunds are intended above"),
         }
     }
 
@@ -213,6 +230,7 @@ impl CallingStage for ChannelCall {
                 adapter,
                 ..
             } => Answer::Close(adapter.close(*attempt_id).await),
+            Call::Refund(refund) => Answer::Refund(refund.call().await),
         }
     }
 
@@ -224,6 +242,15 @@ impl CallingStage for ChannelCall {
         call: Call,
         answer: Answer,
     ) -> Result<Outcome, StageError> {
+        let (call, answer) = match (call, answer) {
+            (Call::Refund(refund), Answer::Refund(answer)) => {
+                return self.record_refund(tx, refund, answer).await;
+            }
+            (Call::Refund(_), _) => {
+                return Err(StageError::permanent("another answer to a refund call"));
+            }
+            other => other,
+        };
         let (payment_id, attempt_id, channel) = call.ids();
         tx.set_correlation_id(&payment_id.to_string());
         self.count_call(&call, &answer, attempt_id, &channel)
@@ -241,6 +268,7 @@ impl CallingStage for ChannelCall {
                     .await
             }
             (_, Answer::Close(_)) => Err(StageError::permanent("a close answer to another call")),
+            (_, Answer::Refund(_)) => Err(StageError::permanent("a refund answer to another call")),
         }
     }
 }

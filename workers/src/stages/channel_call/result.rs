@@ -39,6 +39,11 @@ impl Call {
                 adapter,
                 ..
             } => (*payment_id, *attempt_id, adapter.name().to_owned()),
+            Call::Refund(refund) => (
+                refund.refund.payment_id,
+                refund.attempt_id,
+                refund.refund.channel.clone(),
+            ),
         }
     }
 }
@@ -66,6 +71,7 @@ impl ChannelCall {
             Call::Charge { .. } => format!("{attempt_id}:charge"),
             Call::Query { number, .. } => format!("{attempt_id}:query:{number}"),
             Call::Close { .. } => format!("{attempt_id}:close"),
+            Call::Refund(refund) => format!("{}:refund", refund.refund.id),
         };
         routing::record(
             &self.redis,

@@ -13,6 +13,7 @@ mod judge;
 pub mod pricing;
 mod receipts;
 mod record;
+mod refund;
 mod request;
 pub mod risk;
 pub mod schema;
@@ -93,8 +94,21 @@ pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
     ]))
 }
 
+/// What upstream asked for: a payment, or a refund of one.
+#[derive(Debug)]
+pub enum Asked {
+    Payment(Request),
+    Refund(refund::RefundRequest),
+}
+
+/// Whether a delivery is a refund request (by its routing key or type).
+fn is_refund_request(inbound: &Inbound) -> bool {
+    inbound.routing_key == messages::kind::REFUND_REQUESTED
+        || inbound.message_type.as_deref() == Some(messages::kind::REFUND_REQUESTED)
+}
+
 impl Stage for OrderValidation {
-    type Message = Request;
+    type Message = Asked;
 
     fn name(&self) -> &str {
         NAME
@@ -103,37 +117,55 @@ impl Stage for OrderValidation {
     /// Only a body that is not JSON, or names no usable merchant and order,
     /// is undecodable (poison): it cannot be answered. Anything else is
     /// judged in `handle`, a body the schema refuses included.
-    fn decode(&self, inbound: &Inbound) -> Result<Request, Undecodable> {
+    fn decode(&self, inbound: &Inbound) -> Result<Asked, Undecodable> {
+        let kind = if is_refund_request(inbound) {
+            messages::kind::REFUND_REQUESTED
+        } else {
+            messages::kind::PAYMENT_REQUESTED
+        };
         // Capped before it is parsed: a body past the cap cannot be answered.
         if inbound.body.len() > self.max_body_bytes {
             return Err(Undecodable::TooLarge {
-                kind: messages::kind::PAYMENT_REQUESTED,
+                kind,
                 bytes: inbound.body.len(),
                 setting: "ingress_max_body_bytes",
                 limit: self.max_body_bytes,
             });
         }
-        let not_json = |e| Undecodable::json(inbound, messages::kind::PAYMENT_REQUESTED, e);
+        let not_json = |e| Undecodable::json(inbound, kind, e);
         let value: Value = serde_json::from_slice(&inbound.body).map_err(not_json)?;
-        let merchant_id = usable_id(&value, "merchant_id")?;
-        let merchant_order_id = usable_id(&value, "merchant_order_id")?;
+        if kind == messages::kind::REFUND_REQUESTED {
+            return refund::decode(inbound, value).map(Asked::Refund);
+        }
+        let merchant_id = usable_id(&value, messages::kind::PAYMENT_REQUESTED, "merchant_id")?;
+        let merchant_order_id = usable_id(
+            &value,
+            messages::kind::PAYMENT_REQUESTED,
+            "merchant_order_id",
+        )?;
         // serde_json's map is ordered by key: this is a canonical form.
         let canonical = serde_json::to_vec(&value).map_err(not_json)?;
-        Ok(Request {
+        Ok(Asked::Payment(Request {
             merchant_id,
             merchant_order_id,
             signature: broker::header_str(Some(&inbound.headers), messages::SIGNATURE_HEADER),
             content_hash: hex::encode(Sha256::digest(&canonical)),
             parsed: read_request(value),
             body: inbound.body.clone(),
-        })
+        }))
     }
 
-    fn lock_key(&self, request: &Request) -> Option<String> {
-        Some(format!(
-            "order:{}:{}",
-            request.merchant_id, request.merchant_order_id
-        ))
+    fn lock_key(&self, asked: &Asked) -> Option<String> {
+        Some(match asked {
+            Asked::Payment(request) => format!(
+                "order:{}:{}",
+                request.merchant_id, request.merchant_order_id
+            ),
+            Asked::Refund(request) => format!(
+                "refund-request:{}:{}",
+                request.merchant_id, request.merchant_refund_id
+            ),
+        })
     }
 
     /// Notes the first receipt of this message id, committed on its own so
@@ -142,7 +174,7 @@ impl Stage for OrderValidation {
         &self,
         pool: &sqlx::PgPool,
         inbound: &Inbound,
-        _request: &Request,
+        _asked: &Asked,
     ) -> Result<(), StageError> {
         sqlx::query(
             "INSERT INTO request_receipts (message_id) VALUES ($1) ON CONFLICT (message_id) DO NOTHING",
@@ -157,22 +189,22 @@ impl Stage for OrderValidation {
         &self,
         tx: &mut StageTx,
         inbound: &Inbound,
+        asked: &Asked,
+    ) -> Result<Outcome, StageError> {
+        match asked {
+            Asked::Payment(request) => self.handle_payment(tx, inbound, request).await,
+            Asked::Refund(request) => self.handle_refund(tx, inbound, request).await,
+        }
+    }
+}
+
+impl OrderValidation {
+    async fn handle_payment(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
         request: &Request,
     ) -> Result<Outcome, StageError> {
-        // The ingress binds refund requests too; their stage does not exist
-        // yet, so they are refused for what they are, never read as payments.
-        if inbound.routing_key == "refund.requested"
-            || inbound.message_type.as_deref() == Some("refund.requested")
-        {
-            return refuse(
-                tx,
-                inbound,
-                request,
-                "unsupported_message",
-                "refund requests are not handled by this fleet yet",
-            )
-            .await;
-        }
         let merchant_status = match self.authenticate(tx, inbound, request).await? {
             Ok(status) => status,
             Err(refused) => return Ok(refused),
@@ -226,31 +258,17 @@ impl OrderValidation {
         inbound: &Inbound,
         request: &Request,
     ) -> Result<Result<String, Outcome>, StageError> {
-        let merchant: Option<(String, String)> =
-            sqlx::query_as("SELECT signing_key, status FROM merchants WHERE id = $1")
-                .bind(&request.merchant_id)
-                .fetch_optional(tx.conn())
-                .await?;
-        let Some((signing_key, merchant_status)) = merchant else {
-            return refuse(tx, inbound, request, "unknown_merchant", "no such merchant")
-                .await
-                .map(Err);
-        };
-        let signed = request
-            .signature
-            .as_deref()
-            .is_some_and(|s| messages::verify(&signing_key, &request.body, s));
-        if !signed {
-            let detail = if request.signature.is_some() {
-                "signature does not match the body"
-            } else {
-                "no signature header"
-            };
-            return refuse(tx, inbound, request, "bad_signature", detail)
-                .await
-                .map(Err);
+        match signed_by(
+            tx,
+            &request.merchant_id,
+            request.signature.as_deref(),
+            &request.body,
+        )
+        .await?
+        {
+            Ok(status) => Ok(Ok(status)),
+            Err((reason, detail)) => refuse(tx, inbound, request, reason, detail).await.map(Err),
         }
-        Ok(Ok(merchant_status))
     }
 
     /// A request already seen (a stale duplicate, or the same merchant
@@ -373,6 +391,33 @@ impl OrderValidation {
         .await?;
         payment::emit_outcome(tx, id, Final::Rejected, Some(reason))
     }
+}
+
+/// The status of merchant `merchant_id` when `body` is signed with its
+/// key; otherwise the refusal's reason and detail.
+pub(super) async fn signed_by(
+    tx: &mut StageTx,
+    merchant_id: &str,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<Result<String, (&'static str, &'static str)>, StageError> {
+    let merchant: Option<(String, String)> =
+        sqlx::query_as("SELECT signing_key, status FROM merchants WHERE id = $1")
+            .bind(merchant_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    let Some((signing_key, merchant_status)) = merchant else {
+        return Ok(Err(("unknown_merchant", "no such merchant")));
+    };
+    if !signature.is_some_and(|s| messages::verify(&signing_key, body, s)) {
+        let detail = if signature.is_some() {
+            "signature does not match the body"
+        } else {
+            "no signature header"
+        };
+        return Ok(Err(("bad_signature", detail)));
+    }
+    Ok(Ok(merchant_status))
 }
 
 /// Refuses a request that creates no payment, with a `payment.rejected`

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
-    messages::{PaymentRequested, SCHEMA_VERSION, kind},
+    messages::{PaymentRequested, RefundRequested, SCHEMA_VERSION},
     runtime::Undecodable,
 };
 use serde_json::Value;
@@ -12,14 +12,18 @@ use super::schema;
 
 /// A usable merchant or merchant order id: 1 to 128 bytes, no control
 /// characters. Without both, a request cannot be answered.
-pub(super) fn usable_id(value: &Value, name: &str) -> Result<String, Undecodable> {
+pub(super) fn usable_id(
+    value: &Value,
+    kind: &'static str,
+    name: &str,
+) -> Result<String, Undecodable> {
     value
         .get(name)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control))
         .map(str::to_owned)
         .ok_or_else(|| Undecodable::MissingField {
-            kind: kind::PAYMENT_REQUESTED,
+            kind,
             field: name.to_owned(),
         })
 }
@@ -28,6 +32,18 @@ pub(super) fn usable_id(value: &Value, name: &str) -> Result<String, Undecodable
 /// one other than this fleet's, is `unsupported_schema_version`; anything else the committed
 /// schema refuses is `invalid_request`, with the pointer of the first violation.
 pub fn read_request(value: Value) -> Result<PaymentRequested, (&'static str, String)> {
+    read_checked(value, schema::first_violation)
+}
+
+/// Reads a JSON body as a `refund.requested`, as [`read_request`] does.
+pub fn read_refund_request(value: Value) -> Result<RefundRequested, (&'static str, String)> {
+    read_checked(value, schema::first_refund_violation)
+}
+
+fn read_checked<T: serde::de::DeserializeOwned>(
+    value: Value,
+    first_violation: fn(&Value) -> Option<schema::Violation>,
+) -> Result<T, (&'static str, String)> {
     match value.get("schema_version") {
         Some(version) if version == &Value::from(SCHEMA_VERSION) => {}
         version => {
@@ -41,7 +57,7 @@ pub fn read_request(value: Value) -> Result<PaymentRequested, (&'static str, Str
             ));
         }
     }
-    if let Some(violation) = schema::first_violation(&value) {
+    if let Some(violation) = first_violation(&value) {
         return Err(("invalid_request", violation.to_string()));
     }
     // What the schema lets through and the type cannot hold (an amount past

@@ -20,16 +20,21 @@ use std::sync::LazyLock;
 use jsonschema::{Validator, error::ValidationErrorKind};
 use serde_json::Value;
 
-/// The committed schema, as the binary was built with it.
+/// The committed schemas, as the binary was built with them.
 pub const SCHEMA: &str = include_str!("../../../../contracts/v1/payment.requested.schema.json");
+pub const REFUND_SCHEMA: &str =
+    include_str!("../../../../contracts/v1/refund.requested.schema.json");
 
-static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| {
-    let schema: Value = serde_json::from_str(SCHEMA).expect("the committed schema is JSON");
+fn compile(schema: &str) -> Validator {
+    let schema: Value = serde_json::from_str(schema).expect("the committed schema is JSON");
     jsonschema::draft202012::options()
         .should_validate_formats(true)
         .build(&schema)
         .expect("the committed schema compiles")
-});
+}
+
+static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(SCHEMA));
+static REFUND_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REFUND_SCHEMA));
 
 /// Longest detail kept from a validation message (it quotes the value).
 const DETAIL_MAX: usize = 300;
@@ -66,9 +71,18 @@ pub fn printable(text: &str) -> String {
     out
 }
 
-/// The first violation of the schema in `value`, if any.
+/// The first violation of the `payment.requested` schema in `value`, if any.
 pub fn first_violation(value: &Value) -> Option<Violation> {
-    let error = VALIDATOR.iter_errors(value).next()?;
+    first_violation_of(&VALIDATOR, value)
+}
+
+/// The first violation of the `refund.requested` schema in `value`, if any.
+pub fn first_refund_violation(value: &Value) -> Option<Violation> {
+    first_violation_of(&REFUND_VALIDATOR, value)
+}
+
+fn first_violation_of(validator: &Validator, value: &Value) -> Option<Violation> {
+    let error = validator.iter_errors(value).next()?;
     let mut pointer = error.instance_path().as_str().to_owned();
     // A missing or unexpected property is pointed at, not its parent.
     match error.kind() {

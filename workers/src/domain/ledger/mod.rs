@@ -11,10 +11,13 @@
 
 use payfleet_common::{AttemptId, PaymentId, money, runtime::StageError};
 use rust_decimal::Decimal;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::payment::{self, EXTERNAL_WORLD, PLATFORM_FEES};
+
+mod balances;
+pub use balances::{roll_up, top_up};
 
 /// An account by its business meaning.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +119,31 @@ impl Entry {
         amount: Decimal,
         currency: &str,
     ) -> Result<(), StageError> {
+        self.insert(conn, account, amount, currency, account.rolled_up_at_once())
+            .await
+    }
+
+    /// One leg whose amount the caller has already applied to the account's
+    /// balance (a merchant's refund taken from what it reserved), so the
+    /// roll-up never folds it in a second time.
+    pub async fn post_applied(
+        &self,
+        conn: &mut PgConnection,
+        account: Account<'_>,
+        amount: Decimal,
+        currency: &str,
+    ) -> Result<(), StageError> {
+        self.insert(conn, account, amount, currency, true).await
+    }
+
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        account: Account<'_>,
+        amount: Decimal,
+        currency: &str,
+        rolled_up: bool,
+    ) -> Result<(), StageError> {
         if amount.is_zero() {
             return Ok(());
         }
@@ -126,7 +154,7 @@ impl Entry {
             .bind(account_id)
             .bind(amount)
             .bind(currency)
-            .bind(account.rolled_up_at_once())
+            .bind(rolled_up)
             .execute(conn)
             .await?;
         Ok(())
@@ -378,7 +406,7 @@ async fn owe_refund(
 ) -> Result<(), StageError> {
     sqlx::query(
         "INSERT INTO refunds (id, payment_id, attempt_id, channel, amount, currency, reason, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (attempt_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (attempt_id) WHERE origin = 'automatic' DO NOTHING",
     )
     .bind(payfleet_common::messages::stable_id(&[
         "refund",
@@ -422,63 +450,4 @@ pub async fn refund_sent(
     entry
         .post(conn, Account::Clearing(channel), amount, currency)
         .await
-}
-
-/// Folds postings not yet in their account's balance into it, in one
-/// statement per batch (postings are claimed with SKIP LOCKED, so several
-/// roll-ups never count one twice). Returns the postings folded.
-pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
-    let folded: i64 = sqlx::query_scalar(
-        "WITH picked AS (
-             SELECT id FROM postings WHERE NOT rolled_up ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
-         marked AS (
-             UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id RETURNING p.account_id, p.amount),
-         sums AS (SELECT account_id, sum(amount) AS amount, count(*) AS n FROM marked GROUP BY account_id),
-         applied AS (
-             UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
-             FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external' RETURNING a.id)
-         SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint",
-    )
-    .bind(batch)
-    .fetch_one(pool)
-    .await?;
-    Ok(folded as u64)
-}
-
-/// Credits a wallet from outside payfleet (a top-up), journaled against the
-/// external account so balances stay equal to their postings.
-pub async fn top_up(
-    conn: &mut PgConnection,
-    user_id: &str,
-    currency: &str,
-    amount: Decimal,
-    reference: &str,
-) -> Result<(), StageError> {
-    let Some(entry) = Entry::open(conn, reference, EntryKind::TopUp, None).await? else {
-        return Ok(());
-    };
-    entry
-        .post(conn, Account::Wallet(user_id), amount, currency)
-        .await?;
-    entry.post(conn, Account::World, -amount, currency).await?;
-    let wallet = payment::account_id(conn, "user", user_id, currency).await?;
-    let (available, frozen): (Decimal, Decimal) = sqlx::query_as(
-        "UPDATE accounts SET total = total + $2, available = available + $2, updated_at = now() WHERE id = $1 RETURNING available, frozen",
-    )
-    .bind(wallet)
-    .bind(amount)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO account_statements (account_id, kind, amount, currency, available_after, frozen_after)
-         VALUES ($1, 'top_up', $2, $3, $4, $5)",
-    )
-    .bind(wallet)
-    .bind(amount)
-    .bind(currency)
-    .bind(available)
-    .bind(frozen)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

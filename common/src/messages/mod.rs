@@ -12,6 +12,9 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 pub use crate::ids::{AttemptId, PaymentId};
+pub use refund::{RefundEvent, RefundRequested, RefundResult, RefundStep};
+
+mod refund;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -28,6 +31,36 @@ pub mod kind {
     pub const PAYMENT_OUTCOME: &str = "payment.outcome";
     pub const STATUS_QUERY: &str = "status.query";
     pub const TRADE_CLOSE: &str = "trade.close";
+    /// Upstream asks for (part of) a settled payment back.
+    pub const REFUND_REQUESTED: &str = "refund.requested";
+    /// order-validation → fund-freeze: a refund request that passed its checks.
+    pub const REFUND_VALIDATED: &str = "refund.validated";
+    /// fund-freeze → channel-call: the refund is reserved on the merchants' side.
+    pub const REFUND_RESERVED: &str = "refund.reserved";
+    /// channel-call → itself through a delay level: what became of a refund
+    /// the channel gave no final answer to.
+    pub const REFUND_QUERY: &str = "refund.query";
+    /// channel-call → callback: the channel's (or the wallet's) answer.
+    pub const REFUND_RESULT: &str = "refund.result";
+    /// callback → settlement: the refund's final status, to book or release.
+    pub const REFUND_RESOLVED: &str = "refund.resolved";
+    /// Any stage with a refund's final word → notification.
+    pub const REFUND_OUTCOME: &str = "refund.outcome";
+
+    /// The refund hand-offs between stages: every one carries a [`super::RefundStep`].
+    pub const REFUND_STEPS: [&str; 6] = [
+        REFUND_VALIDATED,
+        REFUND_RESERVED,
+        REFUND_QUERY,
+        REFUND_RESULT,
+        REFUND_RESOLVED,
+        REFUND_OUTCOME,
+    ];
+
+    /// Whether an AMQP `type` is one of the refund hand-offs.
+    pub fn is_refund_step(message_type: Option<&str>) -> bool {
+        message_type.is_some_and(|t| REFUND_STEPS.contains(&t))
+    }
 }
 
 /// Routing keys (and `event_type`) of BI events on `payfleet.events`.
@@ -36,6 +69,8 @@ pub mod event {
     pub const FAILED: &str = "payment.failed";
     pub const REJECTED: &str = "payment.rejected";
     pub const EXCEPTION: &str = "payment.exception";
+    pub const REFUND_SUCCEEDED: &str = "refund.succeeded";
+    pub const REFUND_FAILED: &str = "refund.failed";
 }
 
 /// `payment.requested`: published by upstream on `payfleet.ingress`.
@@ -421,7 +456,7 @@ mod tests {
             webhook_signatures(&[secret.to_owned()], id, then, body),
         );
         assert!(!verify_webhook(secret, &old, body), "outside the tolerance");
-        let readme = include_str!("../../contracts/README.md");
+        let readme = include_str!("../../../contracts/README.md");
         for documented in [
             secret,
             id,

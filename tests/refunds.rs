@@ -1,0 +1,526 @@
+//! Refunds asked for by upstream, end to end over the real services and
+//! the sandbox gateway: full and partial refunds of wallet and channel
+//! payments, partial refunds in pieces, racing refunds, duplicates, a
+//! channel that refuses, times out or is left mid-call by a killed
+//! process, and a merchant whose balance is short. Every scenario ends with
+//! the invariants and the books against the channel's own statement.
+
+mod fleet;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use fleet::{
+    SHOP, SHOP_KEY, WAIT, d,
+    sandbox::{CARD, World},
+};
+use lapin::types::FieldTable;
+use payfleet_common::{
+    PaymentId, broker,
+    messages::{self, RefundRequested, SCHEMA_VERSION},
+};
+use payfleet_tests::wait_until;
+use payfleet_workers::domain::{ledger, refund::record::upstream_id};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Two teas (m1, 30.00 each, 1 % fee) and a fan (m2, 20.00, no fee) = 80.00.
+const PAID: &str = "80.00";
+
+async fn world(tag: &str) -> anyhow::Result<World> {
+    let mut world = World::new(tag, |_| {}, Duration::from_millis(100)).await?;
+    world.bind_events().await?;
+    let mut tx = world.pool().begin().await?;
+    ledger::top_up(&mut tx, "alice", "CNY", d("500.00"), "refund-test-wallet").await?;
+    tx.commit().await?;
+    world.start(&[]).await?;
+    Ok(world)
+}
+
+/// A settled payment of 80.00 for `order`, paid with `method` (`balance`
+/// or `card`) and the sandbox scenario `token`.
+async fn paid(world: &World, order: &str, method: &str, token: &str) -> anyhow::Result<PaymentId> {
+    let id = world.pay(order, method, token).await?;
+    assert_eq!(world.outcome(order).await?.0, "settled", "{order}");
+    Ok(id)
+}
+
+fn refund(refund_no: &str, order: &str, amount: &str) -> RefundRequested {
+    RefundRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: SHOP.into(),
+        merchant_refund_id: refund_no.into(),
+        merchant_order_id: Some(order.into()),
+        payment_id: None,
+        amount: d(amount),
+        currency: "CNY".into(),
+        reason: "customer_returned_goods".into(),
+        return_stock: false,
+        requested_at: Utc::now(),
+    }
+}
+
+/// Publishes a refund request as the shop would: signed, a new message id.
+async fn ask(world: &World, request: &RefundRequested) -> anyhow::Result<Uuid> {
+    let body = serde_json::to_vec(request)?;
+    let mut headers = FieldTable::default();
+    broker::set_header(
+        &mut headers,
+        messages::SIGNATURE_HEADER,
+        messages::sign(SHOP_KEY, &body),
+    );
+    let props = broker::properties(
+        &Uuid::now_v7().to_string(),
+        None,
+        Some(messages::kind::REFUND_REQUESTED),
+    )
+    .with_headers(headers);
+    world
+        .env
+        .publish_raw(
+            "payfleet.ingress",
+            messages::kind::REFUND_REQUESTED,
+            &body,
+            props,
+        )
+        .await?;
+    Ok(upstream_id(SHOP, &request.merchant_refund_id))
+}
+
+/// Waits until refund `id` is finished (booked, or refused) with its event
+/// emitted; its status and detail.
+async fn finished(world: &World, id: Uuid) -> anyhow::Result<(String, Option<String>)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let row: Option<(String, Option<String>, bool)> = sqlx::query_as(
+            "SELECT status, detail, EXISTS (SELECT 1 FROM payment_events e WHERE e.refund_id = f.id)
+             FROM refunds f WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(world.pool())
+        .await?;
+        match row {
+            Some((status, detail, true))
+                if ["succeeded", "failed", "refused"].contains(&status.as_str()) =>
+            {
+                return Ok((status, detail));
+            }
+            row if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("refund {id} not finished within {WAIT:?}: {row:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// (total, available, frozen) of an account in CNY, rolled up first.
+async fn balance(
+    world: &World,
+    kind: &str,
+    owner: &str,
+) -> anyhow::Result<(Decimal, Decimal, Decimal)> {
+    ledger::roll_up(world.pool(), 1_000_000).await?;
+    Ok(sqlx::query_as(
+        "SELECT total, available, frozen FROM accounts WHERE owner_kind = $1 AND owner_id = $2 AND currency = 'CNY'",
+    )
+    .bind(kind)
+    .bind(owner)
+    .fetch_one(world.pool())
+    .await?)
+}
+
+async fn refund_events(world: &World) -> anyhow::Result<Vec<Value>> {
+    Ok(world
+        .fleet
+        .events()
+        .await?
+        .into_iter()
+        .filter(|e| {
+            e["event_type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("refund."))
+        })
+        .collect())
+}
+
+async fn refunded_at_the_channel(world: &World, payment: PaymentId) -> anyhow::Result<Decimal> {
+    let attempt: Uuid = sqlx::query_scalar(
+        "SELECT id FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded'",
+    )
+    .bind(payment)
+    .fetch_one(world.pool())
+    .await?;
+    Ok(world
+        .gateway
+        .trade(CARD, &attempt.to_string())
+        .map(|t| t.refunded)
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_and_channel_payments_are_refunded_in_full_and_in_part() -> anyhow::Result<()> {
+    let world = world("refundfull").await?;
+    paid(&world, "w-full", "balance", "tok_success").await?;
+    assert_eq!(balance(&world, "user", "alice").await?.0, d("420.00"));
+    let full = ask(
+        &world,
+        &RefundRequested {
+            return_stock: true,
+            ..refund("rf-w-full", "w-full", PAID)
+        },
+    )
+    .await?;
+    assert_eq!(finished(&world, full).await?.0, "succeeded");
+    assert_eq!(
+        balance(&world, "user", "alice").await?,
+        (d("500.00"), d("500.00"), d("0")),
+        "the wallet has it all back"
+    );
+    assert_eq!(
+        balance(&world, "merchant", "m1").await?.0,
+        d("0.00"),
+        "m1 gave back 60.00 less its 0.60 fee"
+    );
+    assert_eq!(balance(&world, "merchant", "m2").await?.0, d("0.00"));
+    assert_eq!(
+        balance(&world, "platform", "fees").await?.0,
+        d("0.00"),
+        "the whole fee given back"
+    );
+    let stock: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, available::bigint FROM stock ORDER BY sku")
+            .fetch_all(world.pool())
+            .await?;
+    assert_eq!(
+        stock,
+        vec![("fan".into(), 100), ("tea".into(), 100)],
+        "the stock is back"
+    );
+
+    let card = paid(&world, "c-part", "card", "tok_success").await?;
+    let part = ask(&world, &refund("rf-c-part", "c-part", "20.00")).await?;
+    assert_eq!(finished(&world, part).await?.0, "succeeded");
+    assert_eq!(
+        refunded_at_the_channel(&world, card).await?,
+        d("20.00"),
+        "refunded once, at the original channel"
+    );
+    // 20.00 split by what each sub-order has left (60 : 20): 15.00 and 5.00;
+    // m1 keeps its fee share 0.15 of the refunded part back from the platform.
+    assert_eq!(balance(&world, "merchant", "m1").await?.0, d("44.55"));
+    assert_eq!(balance(&world, "merchant", "m2").await?.0, d("15.00"));
+    assert_eq!(balance(&world, "platform", "fees").await?.0, d("0.45"));
+    let events = refund_events(&world).await?;
+    let mut kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["merchant_refund_id"].as_str().unwrap_or(""),
+                e["event_type"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            ("rf-c-part", "refund.succeeded"),
+            ("rf-w-full", "refund.succeeded")
+        ]
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_partial_refunds_are_three_events_three_webhooks_and_three_wallet_credits()
+-> anyhow::Result<()> {
+    let world = world("refundthree").await?;
+    sqlx::query("UPDATE merchants SET notify_url = 'https://shop.example/hooks' WHERE id = $1")
+        .bind(SHOP)
+        .execute(world.pool())
+        .await?;
+    let payment = paid(&world, "w-three", "balance", "tok_success").await?;
+    let mut ids = Vec::new();
+    for (no, amount) in [("rf-1", "20.00"), ("rf-2", "30.00"), ("rf-3", "30.00")] {
+        let id = ask(&world, &refund(no, "w-three", amount)).await?;
+        assert_eq!(finished(&world, id).await?.0, "succeeded", "{no}");
+        ids.push(id);
+    }
+    let events = refund_events(&world).await?;
+    assert_eq!(events.len(), 3, "one event per refund: {events:?}");
+    let totals: Vec<&str> = events
+        .iter()
+        .map(|e| e["refunded_total"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(totals, vec!["20.00", "50.00", "80.00"]);
+    let webhooks: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT refund_id) FROM webhook_deliveries WHERE payment_id = $1 AND event_type = 'refund.succeeded'",
+    )
+    .bind(payment)
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(webhooks, 3);
+    let credits: Vec<Decimal> = sqlx::query_scalar(
+        "SELECT s.amount FROM account_statements s JOIN accounts a ON a.id = s.account_id
+         WHERE a.owner_id = 'alice' AND s.kind = 'refund' ORDER BY s.id",
+    )
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(credits, vec![d("20.00"), d("30.00"), d("30.00")]);
+    assert_eq!(balance(&world, "user", "alice").await?.0, d("500.00"));
+    assert_eq!(
+        balance(&world, "platform", "fees").await?.0,
+        d("0.00"),
+        "in pieces, exactly the whole fee back"
+    );
+    // Nothing is left: a fourth refund is refused for what it asks.
+    let fourth = ask(&world, &refund("rf-4", "w-three", "0.01")).await?;
+    let (status, detail) = finished(&world, fourth).await?;
+    assert_eq!(status, "refused");
+    assert!(detail.unwrap_or_default().starts_with("exceeds_refundable"));
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_partial_refunds_racing_for_more_than_is_left_one_wins() -> anyhow::Result<()> {
+    let world = world("refundrace").await?;
+    let payment = paid(&world, "c-race", "card", "tok_success").await?;
+    let (first, second) = (
+        refund("rf-a", "c-race", "50.00"),
+        refund("rf-b", "c-race", "50.00"),
+    );
+    let (a, b) = tokio::try_join!(ask(&world, &first), ask(&world, &second))?;
+    let mut outcomes = [finished(&world, a).await?, finished(&world, b).await?];
+    outcomes.sort();
+    assert_eq!(outcomes[0].0, "refused");
+    assert!(
+        outcomes[0]
+            .1
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("exceeds_refundable")
+    );
+    assert_eq!(outcomes[1].0, "succeeded");
+    assert_eq!(refunded_at_the_channel(&world, payment).await?, d("50.00"));
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_refund_request_is_one_refund_and_other_content_is_a_conflict()
+-> anyhow::Result<()> {
+    let world = world("refunddup").await?;
+    let payment = paid(&world, "c-dup", "card", "tok_success").await?;
+    let request = refund("rf-dup", "c-dup", "20.00");
+    let id = ask(&world, &request).await?;
+    assert_eq!(finished(&world, id).await?.0, "succeeded");
+    ask(&world, &request).await?;
+    ask(
+        &world,
+        &RefundRequested {
+            amount: d("21.00"),
+            ..request.clone()
+        },
+    )
+    .await?;
+    wait_until(WAIT, "the conflict refused", || async {
+        Ok(world
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM request_rejections WHERE reason = 'idempotency_conflict'",
+            )
+            .await?
+            == 1)
+    })
+    .await?;
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(
+        world.env.scalar_i64("SELECT count(*) FROM refunds").await?,
+        1
+    );
+    assert_eq!(
+        refunded_at_the_channel(&world, payment).await?,
+        d("20.00"),
+        "refunded once"
+    );
+    let events = refund_events(&world).await?;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "refund.succeeded").count(),
+        1
+    );
+    assert!(events.iter().any(|e| {
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("idempotency_conflict"))
+    }));
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_channel_refuses_releases_its_reservation() -> anyhow::Result<()> {
+    let world = world("refundfail").await?;
+    let payment = paid(&world, "c-fail", "card", "tok_refund_fails").await?;
+    let before = (
+        balance(&world, "merchant", "m1").await?,
+        balance(&world, "merchant", "m2").await?,
+    );
+    let id = ask(&world, &refund("rf-fail", "c-fail", "30.00")).await?;
+    let (status, detail) = finished(&world, id).await?;
+    assert_eq!(status, "failed");
+    assert!(detail.unwrap_or_default().starts_with("refund_declined"));
+    assert_eq!(refunded_at_the_channel(&world, payment).await?, d("0"));
+    let after = (
+        balance(&world, "merchant", "m1").await?,
+        balance(&world, "merchant", "m2").await?,
+    );
+    assert_eq!(
+        after, before,
+        "the sellers' reservations are released, nothing moved"
+    );
+    assert_eq!(after.0, (d("59.40"), d("59.40"), d("0.00")));
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_short_of_balance_is_refused() -> anyhow::Result<()> {
+    let world = world("refundshort").await?;
+    paid(&world, "w-short", "balance", "tok_success").await?;
+    // m1's balance leaves it (a payout, booked as a correction) ...
+    move_out_of_m1(&world, "m1-payout", d("-59.40")).await?;
+    let id = ask(&world, &refund("rf-short", "w-short", PAID)).await?;
+    let (status, detail) = finished(&world, id).await?;
+    assert_eq!(status, "refused");
+    assert!(
+        detail
+            .unwrap_or_default()
+            .starts_with("insufficient_merchant_balance"),
+        "refused for m1"
+    );
+    assert_eq!(
+        balance(&world, "merchant", "m2").await?,
+        (d("20.00"), d("20.00"), d("0.00")),
+        "m2 reserved nothing"
+    );
+    assert_eq!(balance(&world, "user", "alice").await?.0, d("420.00"));
+    // ... and comes back (the payout bounced), so the books close.
+    move_out_of_m1(&world, "m1-payout-returned", d("59.40")).await?;
+    world.finish().await
+}
+
+/// A balanced correction entry: m1 gains `amount` (negative: gives), the
+/// outside world the opposite.
+async fn move_out_of_m1(world: &World, reference: &str, amount: Decimal) -> anyhow::Result<()> {
+    sqlx::query(
+        "WITH e AS (INSERT INTO journal_entries (reference, kind) VALUES ($1, 'correction') RETURNING id)
+         INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up)
+         SELECT e.id, a.id, CASE WHEN a.owner_kind = 'merchant' THEN $2 ELSE -$2 END, 'CNY', false
+         FROM e, accounts a WHERE a.currency = 'CNY' AND ((a.owner_kind = 'merchant' AND a.owner_id = 'm1')
+                                                        OR (a.owner_kind = 'external' AND a.owner_id = 'world'))",
+    )
+    .bind(reference)
+    .bind(amount)
+    .execute(world.pool())
+    .await?;
+    ledger::roll_up(world.pool(), 1_000_000).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_whose_channel_times_out_is_resolved_by_a_query_and_sent_once()
+-> anyhow::Result<()> {
+    let world = world("refundtimeout").await?;
+    let payment = paid(&world, "c-timeout", "card", "tok_refund_timeout").await?;
+    let id = ask(&world, &refund("rf-timeout", "c-timeout", PAID)).await?;
+    assert_eq!(finished(&world, id).await?.0, "succeeded");
+    assert_eq!(
+        refunded_at_the_channel(&world, payment).await?,
+        d(PAID),
+        "refunded once"
+    );
+    let calls: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'call' FROM integration_log WHERE payload->>'refund_no' = $1 ORDER BY id",
+    )
+    .bind(id.to_string())
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(calls.first().map(String::as_str), Some("refund"));
+    assert!(
+        calls[1..].iter().all(|c| c == "refund_query") && calls.len() >= 2,
+        "{calls:?}"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_between_the_refund_call_and_its_result_refunds_once() -> anyhow::Result<()>
+{
+    let mut world = world("refundkill").await?;
+    let payment = paid(&world, "c-kill", "card", "tok_refund_timeout").await?;
+    // channel-call moves to a process of its own, to be killed mid-call.
+    world.stop().await;
+    world
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "callback",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    let caller = channel_call_process(&world)?;
+    let id = ask(&world, &refund("rf-kill", "c-kill", "25.00")).await?;
+    // The channel has the refund (it holds its answer), we have only our intent.
+    wait_until(
+        WAIT,
+        "the refund at the channel, ours still sending",
+        || async {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM refunds WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(world.pool())
+                    .await?;
+            Ok(status.as_deref() == Some("sending")
+                && world.gateway.refund(CARD, &id.to_string()).is_some())
+        },
+    )
+    .await?;
+    let mut caller = caller;
+    caller.kill().await?;
+    let _ = caller.wait().await;
+    let mut caller = channel_call_process(&world)?;
+    assert_eq!(finished(&world, id).await?.0, "succeeded");
+    assert_eq!(
+        refunded_at_the_channel(&world, payment).await?,
+        d("25.00"),
+        "one refund at the sandbox"
+    );
+    let calls: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'call' FROM integration_log WHERE payload->>'refund_no' = $1 ORDER BY id",
+    )
+    .bind(id.to_string())
+    .fetch_all(world.pool())
+    .await?;
+    assert!(
+        calls.iter().all(|c| c == "refund_query") && !calls.is_empty(),
+        "the killed call left no result; the one after it only asked: {calls:?}"
+    );
+    world.env.wait_drained(WAIT).await?;
+    caller.kill().await?;
+    world.finish().await
+}
+
+/// `payfleet worker channel-call` against the scenario, on a listener of its own.
+fn channel_call_process(world: &World) -> anyhow::Result<tokio::process::Child> {
+    Ok(fleet::payfleet(&world.env)
+        .args(["worker", "channel-call"])
+        .env(
+            "PAYFLEET_HTTP_ADDR",
+            format!("127.0.0.1:{}", payfleet_tests::free_port()),
+        )
+        .kill_on_drop(true)
+        .spawn()?)
+}

@@ -1,0 +1,68 @@
+//! Balances from postings: the hot accounts' roll-up, and a wallet's
+//! top-up from outside payfleet.
+
+use payfleet_common::runtime::StageError;
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+
+use super::{Account, Entry, EntryKind};
+use crate::domain::payment;
+
+/// Folds postings not yet in their account's balance into it, in one
+/// statement per batch (postings are claimed with SKIP LOCKED, so several
+/// roll-ups never count one twice). Returns the postings folded.
+pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+    let folded: i64 = sqlx::query_scalar(
+        "WITH picked AS (
+             SELECT id FROM postings WHERE NOT rolled_up ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+         marked AS (
+             UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id RETURNING p.account_id, p.amount),
+         sums AS (SELECT account_id, sum(amount) AS amount, count(*) AS n FROM marked GROUP BY account_id),
+         applied AS (
+             UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
+             FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external' RETURNING a.id)
+         SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint",
+    )
+    .bind(batch)
+    .fetch_one(pool)
+    .await?;
+    Ok(folded as u64)
+}
+
+/// Credits a wallet from outside payfleet (a top-up), journaled against the
+/// external account so balances stay equal to their postings.
+pub async fn top_up(
+    conn: &mut PgConnection,
+    user_id: &str,
+    currency: &str,
+    amount: Decimal,
+    reference: &str,
+) -> Result<(), StageError> {
+    let Some(entry) = Entry::open(conn, reference, EntryKind::TopUp, None).await? else {
+        return Ok(());
+    };
+    entry
+        .post(conn, Account::Wallet(user_id), amount, currency)
+        .await?;
+    entry.post(conn, Account::World, -amount, currency).await?;
+    let wallet = payment::account_id(conn, "user", user_id, currency).await?;
+    let (available, frozen): (Decimal, Decimal) = sqlx::query_as(
+        "UPDATE accounts SET total = total + $2, available = available + $2, updated_at = now() WHERE id = $1 RETURNING available, frozen",
+    )
+    .bind(wallet)
+    .bind(amount)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO account_statements (account_id, kind, amount, currency, available_after, frozen_after)
+         VALUES ($1, 'top_up', $2, $3, $4, $5)",
+    )
+    .bind(wallet)
+    .bind(amount)
+    .bind(currency)
+    .bind(available)
+    .bind(frozen)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The refund row as the stages read it.
+
+use chrono::{DateTime, Utc};
+use payfleet_common::{AttemptId, PaymentId, messages, runtime::StageError};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::RefundStatus;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Refund {
+    pub id: Uuid,
+    pub payment_id: PaymentId,
+    pub origin: String,
+    pub merchant_id: Option<String>,
+    pub merchant_refund_id: Option<String>,
+    /// The payment's succeeded charge at a channel; none for a wallet payment.
+    pub attempt_id: Option<AttemptId>,
+    /// The payment's channel (`balance` for the wallet).
+    pub channel: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub reason: String,
+    pub status: String,
+    pub return_stock: bool,
+    pub fee_back: Decimal,
+    pub detail: Option<String>,
+    pub booked_at: Option<DateTime<Utc>>,
+}
+
+impl Refund {
+    pub fn status(&self) -> Result<RefundStatus, StageError> {
+        RefundStatus::parse(&self.status)
+    }
+
+    /// Asked for by upstream (not owed by the platform on its own).
+    pub fn is_upstream(&self) -> bool {
+        self.origin == "upstream"
+    }
+
+    /// Paid back into the payer's wallet rather than at a channel.
+    pub fn to_wallet(&self) -> bool {
+        self.channel == crate::channels::BALANCE
+    }
+}
+
+const COLUMNS: &str =
+    "id, payment_id, origin, merchant_id, merchant_refund_id, attempt_id, channel, amount,
+     currency::text AS currency, reason, status, return_stock, fee_back, detail, booked_at";
+
+/// Loads and row-locks a refund for the rest of the transaction.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Refund>, StageError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM refunds WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Loads and row-locks a refund a stage was handed, or the outcome of a
+/// message that came before its refund exists (retried shortly).
+pub async fn lock_handed(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Result<Refund, payfleet_common::runtime::Outcome>, StageError> {
+    Ok(match lock(conn, id).await? {
+        Some(refund) => Ok(refund),
+        None => Err(payfleet_common::runtime::Outcome::NotYet {
+            reason: format!("refund {id} not found"),
+        }),
+    })
+}
+
+/// The refund id of a merchant's refund request: the same request always maps to it.
+pub fn upstream_id(merchant_id: &str, merchant_refund_id: &str) -> Uuid {
+    messages::stable_id(&["refund-request", merchant_id, merchant_refund_id])
+}
+
+/// What an upstream refund request becomes when it is accepted: a row in
+/// `requested`, for fund-freeze to reserve.
+pub struct NewUpstream<'a> {
+    pub id: Uuid,
+    pub payment_id: PaymentId,
+    pub merchant_id: &'a str,
+    pub merchant_refund_id: &'a str,
+    pub request_hash: &'a str,
+    pub attempt_id: Option<AttemptId>,
+    pub channel: &'a str,
+    pub amount: Decimal,
+    pub currency: &'a str,
+    pub reason: &'a str,
+    pub return_stock: bool,
+}
+
+impl NewUpstream<'_> {
+    /// Inserts the refund in `status` (`requested`, or `refused` with why).
+    pub async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        status: RefundStatus,
+        detail: Option<&str>,
+    ) -> Result<(), StageError> {
+        sqlx::query(
+            "INSERT INTO refunds (id, payment_id, origin, merchant_id, merchant_refund_id, request_hash, attempt_id,
+                                  channel, amount, currency, reason, return_stock, status, detail)
+             VALUES ($1, $2, 'upstream', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(self.id)
+        .bind(self.payment_id)
+        .bind(self.merchant_id)
+        .bind(self.merchant_refund_id)
+        .bind(self.request_hash)
+        .bind(self.attempt_id)
+        .bind(self.channel)
+        .bind(self.amount)
+        .bind(self.currency)
+        .bind(self.reason)
+        .bind(self.return_stock)
+        .bind(status.as_str())
+        .bind(detail)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Moves a refund to `refused` with why (compare-and-set from `requested`).
+pub async fn refuse(conn: &mut PgConnection, id: Uuid, detail: &str) -> Result<bool, StageError> {
+    let moved = super::transition(conn, id, RefundStatus::Requested, RefundStatus::Refused).await?;
+    sqlx::query("UPDATE refunds SET detail = $2 WHERE id = $1")
+        .bind(id)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(moved)
+}
