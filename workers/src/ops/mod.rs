@@ -1,4 +1,4 @@
-//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `publish` and `webhook`:
+//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `publish` and `webhook`:
 //! what on-call needs at 3 a.m., every action on record.
 
 pub mod dlq;
@@ -6,6 +6,7 @@ mod error;
 pub mod payment;
 pub mod publish;
 pub mod reconcile;
+pub mod refund;
 pub mod status;
 pub mod webhook;
 

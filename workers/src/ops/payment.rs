@@ -110,7 +110,13 @@ pub async fn show(pool: &PgPool, id: PaymentId) -> Result<Story> {
            UNION ALL SELECT a.at, 'notification', 'webhook attempt ' || a.attempt || ' to ' || d.url || ': ' || COALESCE(a.http_status::text, a.error)
                   FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.payment_id = $1
            UNION ALL SELECT stored_at, stage, 'dead letter ' || id || ' (' || error_kind || ', ' || status || '): ' || error_message FROM dead_letters WHERE correlation_id = $2
-           UNION ALL SELECT created_at, 'callback', 'refund owed ' || amount || ' ' || currency || ' (' || status || ')' FROM refunds WHERE payment_id = $1
+           UNION ALL SELECT created_at, CASE WHEN origin = 'upstream' THEN 'refund' ELSE 'callback' END,
+                  CASE WHEN origin = 'upstream' THEN 'refund ' || id || ' (' || merchant_refund_id || ') '
+                       ELSE 'refund owed ' END
+                  || amount || ' ' || currency || ' (' || status || COALESCE(' — ' || detail, '') || ')' FROM refunds WHERE payment_id = $1
+           UNION ALL SELECT p.created_at, 'refund', 'posting ' || a.owner_kind || ':' || a.owner_id || ' ' || p.amount || ' ' || p.currency
+                  FROM postings p JOIN journal_entries j ON j.id = p.entry_id JOIN accounts a ON a.id = p.account_id
+                  JOIN refunds r ON j.reference = r.id::text AND j.kind = 'refund' WHERE r.payment_id = $1 AND r.origin = 'upstream'
            UNION ALL SELECT at, 'ops', action || ' by ' || operator || ': ' || reason || ' — ' || before::text || ' → ' || after::text FROM manual_actions WHERE payment_id = $1
          ) t ORDER BY at, stage",
     )

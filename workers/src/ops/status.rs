@@ -41,6 +41,8 @@ pub struct FleetStatus {
     pub payments_by_status: BTreeMap<String, i64>,
     pub oldest_open_payment: Option<OpenPayment>,
     pub refunds_owed: i64,
+    /// Merchants' refunds whose status queries ran out: reserved, for ops.
+    pub refunds_in_exception: i64,
     pub attention: Vec<String>,
 }
 
@@ -117,10 +119,12 @@ pub async fn collect(
     )
     .fetch_optional(pool)
     .await?;
-    let refunds_owed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'owed'")
-            .fetch_one(pool)
-            .await?;
+    let (refunds_owed, refunds_in_exception): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM refunds WHERE status = 'owed'),
+                (SELECT count(*) FROM refunds WHERE status = 'exception')",
+    )
+    .fetch_one(pool)
+    .await?;
 
     let mut attention = Vec::new();
     let parked_total: i64 = parked.iter().map(|(_, n)| n).sum();
@@ -144,6 +148,11 @@ pub async fn collect(
             "{refunds_owed} refund(s) owed after a late success"
         ));
     }
+    if refunds_in_exception > 0 {
+        attention.push(format!(
+            "{refunds_in_exception} refund(s) unresolved at their channel, still reserved (payfleet refund list --status exception)"
+        ));
+    }
     Ok(FleetStatus {
         ingress_ready: count(&topology.spec.ingress.queue).ready,
         vhost,
@@ -163,6 +172,7 @@ pub async fn collect(
             status,
         }),
         refunds_owed,
+        refunds_in_exception,
         attention,
     })
 }

@@ -111,6 +111,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet payment show demo-shop:20261202-000042\n  payfleet payment resolve <id> --as failed --reason \"…\""
     )]
     Payment(PaymentCommand),
+    /// Refunds: those merchants asked for and those the platform owes on its own.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet refund list --status exception\n  payfleet refund show demo-shop:DS-RF-000001"
+    )]
+    Refund(RefundCommand),
     /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
     #[command(
         after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign"
@@ -342,6 +348,36 @@ pub(crate) enum WebhookCommand {
         /// How long the previous secrets stay active (30m, 2h, 7d).
         #[arg(long, default_value = "24h", value_parser = parse_age)]
         grace: chrono::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RefundCommand {
+    /// Refunds, newest first.
+    #[command(
+        after_help = "Examples:\n  payfleet refund list\n  payfleet refund list --status exception --merchant demo-shop --json"
+    )]
+    List {
+        /// Only refunds in this status (owed, sent, requested, reserved, sending, unknown, succeeded, failed, refused, exception).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this merchant's refunds.
+        #[arg(long)]
+        merchant: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One refund: its parts per seller, its channel calls, postings, event and webhooks.
+    #[command(
+        after_help = "Examples:\n  payfleet refund show 5d3e0a7c-…\n  payfleet refund show demo-shop:DS-RF-000001"
+    )]
+    Show {
+        /// `<refund id>` or `<merchant id>:<merchant refund id>`.
+        reference: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 

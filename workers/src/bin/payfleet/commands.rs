@@ -5,7 +5,7 @@ use anyhow::Context;
 use payfleet_common::{Settings, Topology, db};
 
 use crate::{
-    args::{BenchArgs, DlqCommand, PaymentCommand, WebhookCommand},
+    args::{BenchArgs, DlqCommand, PaymentCommand, RefundCommand, WebhookCommand},
     render,
 };
 
@@ -216,6 +216,37 @@ pub(crate) async fn webhook(settings: &Settings, command: WebhookCommand) -> any
                 "merchant {merchant}: new webhook secret {secret}; the previous ones stay active for {}h",
                 grace.num_hours()
             );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn refund(settings: &Settings, command: RefundCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops;
+    let pool = db::connect(settings).await?;
+    match command {
+        RefundCommand::List {
+            status,
+            merchant,
+            limit,
+            json,
+        } => {
+            let rows =
+                ops::refund::list(&pool, status.as_deref(), merchant.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                render::refunds(&rows);
+            }
+        }
+        RefundCommand::Show { reference, json } => {
+            let id = ops::refund::parse_reference(&reference)?;
+            let story = ops::refund::show(&pool, id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&story)?);
+            } else {
+                render::refund_story(&story);
+            }
         }
     }
     Ok(())

@@ -128,6 +128,69 @@ pub(crate) fn story(story: &Story) {
     }
 }
 
+/// `refund list`: one refund per line.
+pub(crate) fn refunds(rows: &[payfleet_workers::ops::refund::RefundRow]) {
+    for r in rows {
+        println!(
+            "{}  {}  {:<9} {:>10} {}  {:<9}  payment {}  {}{}",
+            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            r.id,
+            r.origin,
+            r.amount,
+            r.currency,
+            r.status,
+            r.payment_id,
+            match (&r.merchant_id, &r.merchant_refund_id) {
+                (Some(m), Some(no)) => format!("{m}:{no}"),
+                _ => r.reason.clone(),
+            },
+            r.detail
+                .as_ref()
+                .map(|d| format!(" — {d}"))
+                .unwrap_or_default()
+        );
+    }
+    println!("{} refund(s)", rows.len());
+}
+
+/// `refund show`: the refund, its parts per seller, then its story.
+pub(crate) fn refund_story(story: &payfleet_workers::ops::refund::RefundStory) {
+    let r = &story.refund;
+    println!(
+        "refund {} ({}{}): {} {} of payment {} at {}, status {}{}, fee share back {}, sent {} time(s){}",
+        r.id,
+        r.origin,
+        r.merchant_refund_id
+            .as_ref()
+            .map(|no| format!(" {}:{no}", r.merchant_id.as_deref().unwrap_or("-")))
+            .unwrap_or_default(),
+        r.amount,
+        r.currency,
+        r.payment_id,
+        r.channel,
+        r.status,
+        r.detail
+            .as_ref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+        r.fee_back,
+        r.sends,
+        r.last_error
+            .as_ref()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    );
+    for part in &story.parts {
+        println!(
+            "  seller {:<16} {:>10} less fee share {:>8}  {}",
+            part.seller_id, part.amount, part.fee_back, part.status
+        );
+    }
+    for line in &story.timeline {
+        println!("{}  {}", line.at.format("%Y-%m-%d %H:%M:%S%.3f"), line.what);
+    }
+}
+
 /// `payment resolve`: the payment's state before and after, as recorded.
 pub(crate) fn resolution(
     resolution: &Resolution,
