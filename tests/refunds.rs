@@ -278,16 +278,26 @@ async fn three_partial_refunds_are_three_events_three_webhooks_and_three_wallet_
     let (code, listed, _) = world.cli(&["refund", "list", "--merchant", SHOP]).await?;
     assert_eq!(code, 0);
     assert_eq!(listed.matches(" succeeded ").count(), 3, "{listed}");
-    let (code, shown, _) = world.cli(&["refund", "show", &format!("{SHOP}:rf-2")]).await?;
+    let (code, shown, _) = world
+        .cli(&["refund", "show", &format!("{SHOP}:rf-2")])
+        .await?;
     assert_eq!(code, 0);
-    assert!(shown.contains("seller m1") && shown.contains("seller m2"), "{shown}");
+    assert!(
+        shown.contains("seller m1") && shown.contains("seller m2"),
+        "{shown}"
+    );
     assert!(shown.contains("posting user:alice 30.00 CNY"), "{shown}");
     assert!(shown.contains("event refund.succeeded"), "{shown}");
-    let (_, story, _) = world.cli(&["payment", "show", &payment.to_string()]).await?;
+    let (_, story, _) = world
+        .cli(&["payment", "show", &payment.to_string()])
+        .await?;
     assert_eq!(story.matches("(rf-").count(), 3, "{story}");
     let (code, _, refused) = world.cli(&["refund", "list", "--status", "lost"]).await?;
     assert_ne!(code, 0);
-    assert!(refused.contains("--status `lost` is not a refund status"), "{refused}");
+    assert!(
+        refused.contains("--status `lost` is not a refund status"),
+        "{refused}"
+    );
     // Nothing is left: a fourth refund is refused for what it asks.
     let fourth = ask(&world, &refund("rf-4", "w-three", "0.01")).await?;
     let (status, detail) = finished(&world, fourth).await?;

@@ -8,6 +8,7 @@
 mod merchant;
 mod plan;
 mod publish;
+mod refunds;
 mod report;
 mod seed;
 
@@ -61,6 +62,13 @@ pub enum Live<'a> {
     Tick(Tick),
     /// The wait is over (finished or out of time).
     Ended,
+    /// The refunds asked for once the payments finished: how many have
+    /// ended (with their event), four times a second.
+    Refunds {
+        elapsed: Duration,
+        asked: usize,
+        finished: i64,
+    },
 }
 
 /// Where a run stands at one moment.
@@ -91,6 +99,7 @@ pub async fn carry(
     let publishing = load.publish(stop.child_token())?;
     let finished = load.wait(load.deadline(), &mut live).await?;
     publishing.await.context("publisher task")??;
+    let finished = finished && load.refund(stop.child_token(), &mut live).await?;
     stop.cancel();
     running.await.context("fleet task")??;
     Ok((finished, load.verify().await?))
@@ -295,6 +304,51 @@ impl Load {
         Ok(finished)
     }
 
+    /// Asks for refunds of some of the run's settled payments (see
+    /// [`refunds`]) and waits until each has ended with its event and
+    /// nothing is in flight (`true`), or its deadline has passed.
+    pub async fn refund(
+        &self,
+        stop: CancellationToken,
+        mut live: impl FnMut(Live<'_>) + Send,
+    ) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let requests = refunds::plan(&self.pool, &self.like).await?;
+        let publisher = Publisher::new(
+            broker::Endpoint::from_settings(&self.settings)?,
+            "payfleet-demo-upstream-refunds",
+            stop,
+        );
+        let published = AtomicU64::new(0);
+        let sent = refunds::publish(
+            &publisher,
+            &self.topology.exchanges().ingress,
+            &requests,
+            &published,
+        )
+        .await;
+        publisher.close().await;
+        sent?;
+        let deadline = started + Duration::from_secs(60 + requests.len() as u64 / 10);
+        let finished = loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let (finished, _) = refunds::finished(&self.pool, &self.like).await?;
+            live(Live::Refunds {
+                elapsed: started.elapsed(),
+                asked: requests.len(),
+                finished,
+            });
+            if finished == requests.len() as i64 && quiet(&self.pool, self.started_at).await? {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
+        live(Live::Ended);
+        Ok(finished)
+    }
+
     /// Rolls up the balances, checks every invariant and the books against
     /// the sandbox's own store, stops the sandbox and summarizes.
     pub async fn verify(self) -> anyhow::Result<Verdict> {
@@ -309,6 +363,8 @@ impl Load {
             webhooks_received,
         )
         .await?;
+        summary.push('\n');
+        summary.push_str(&refunds::summary(&self.pool, &self.like).await?);
         let mut report = invariants::all(&self.pool).await?;
         // The books against the sandbox's own store, while it still runs.
         let statements = invariants::against_channel_statements(&self.pool, self.started_at).await;

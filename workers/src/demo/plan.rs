@@ -30,7 +30,7 @@ pub(super) enum Kind {
 
 /// The channel mix: (weight, method, payer token). `card` goes to the sync
 /// sandbox channel, `wallet` to the async one.
-const CHANNEL_MIX: [(u32, &str, &str); 10] = [
+const CHANNEL_MIX: [(u32, &str, &str); 12] = [
     (30, "card", "tok_success"),
     (30, "wallet", "tok_success"),
     (8, "card", "tok_decline"),
@@ -41,6 +41,9 @@ const CHANNEL_MIX: [(u32, &str, &str); 10] = [
     (6, "wallet", "tok_out_of_order"),
     (3, "wallet", "tok_amount_mismatch"),
     (5, "wallet", "tok_no_webhook"),
+    // paid like tok_success; their refunds are refused, or answered too late
+    (3, "card", "tok_refund_fails"),
+    (3, "card", "tok_refund_timeout"),
 ];
 
 fn channel_kind(rng: &mut fastrand::Rng) -> Kind {

@@ -33,6 +33,25 @@ pub(super) async fn publish_all(
     .await
 }
 
+/// Publishes signed `refund.requested` bodies (message id, body,
+/// signature) with pipelined confirms; counts each confirmed one.
+pub(super) async fn publish_refund_requests(
+    publisher: &Publisher,
+    exchange: &str,
+    requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
+    published: &AtomicU64,
+) -> anyhow::Result<()> {
+    publish_kind(
+        publisher,
+        exchange,
+        messages::kind::REFUND_REQUESTED,
+        requests,
+        published,
+        None,
+    )
+    .await
+}
+
 /// Publishes payment requests (message id, body, signature) to the ingress
 /// exchange as a careful upstream would: pipelined confirms in windows of
 /// 100, or one at a time at `rate` per second (each request is taken from
@@ -41,6 +60,27 @@ pub(super) async fn publish_all(
 pub(crate) async fn publish_requests(
     publisher: &Publisher,
     exchange: &str,
+    requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
+    published: &AtomicU64,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    publish_kind(
+        publisher,
+        exchange,
+        messages::kind::PAYMENT_REQUESTED,
+        requests,
+        published,
+        rate,
+    )
+    .await
+}
+
+/// Publishes requests of AMQP type and routing key `kind`, as
+/// [`publish_requests`] does.
+async fn publish_kind(
+    publisher: &Publisher,
+    exchange: &str,
+    kind: &str,
     mut requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
     published: &AtomicU64,
     rate: Option<f64>,
@@ -60,8 +100,7 @@ pub(crate) async fn publish_requests(
             let Some((message_id, body, signature)) = requests.next() else {
                 break;
             };
-            let mut properties =
-                broker::properties(&message_id, None, Some(messages::kind::PAYMENT_REQUESTED));
+            let mut properties = broker::properties(&message_id, None, Some(kind));
             if let Some(signature) = signature {
                 let mut headers = lapin::types::FieldTable::default();
                 broker::set_header(&mut headers, messages::SIGNATURE_HEADER, signature.as_str());
@@ -69,7 +108,7 @@ pub(crate) async fn publish_requests(
             }
             let message = Outgoing {
                 exchange: exchange.to_owned(),
-                routing_key: messages::kind::PAYMENT_REQUESTED.to_owned(),
+                routing_key: kind.to_owned(),
                 body,
                 properties,
             };
@@ -82,7 +121,7 @@ pub(crate) async fn publish_requests(
         for (message, confirm) in confirms {
             broker::confirmed(confirm, &message)
                 .await
-                .context("publishing a payment request")?;
+                .with_context(|| format!("publishing a {kind}"))?;
             published.fetch_add(1, Ordering::Relaxed);
         }
     }

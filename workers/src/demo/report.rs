@@ -55,15 +55,15 @@ pub(super) async fn progress(
     })
 }
 
-/// Nothing left to relay, roll up or deliver.
 /// Nothing in flight: the outbox sent, postings rolled up, webhooks
-/// delivered, and this run's refunds paid back (its sandbox is gone after it).
+/// delivered, and this run's refunds paid back or ended (its sandbox is gone after it).
 pub(super) async fn quiet(pool: &PgPool, since: chrono::DateTime<Utc>) -> anyhow::Result<bool> {
     let (unsent, unrolled, webhooks, refunds): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
                 (SELECT count(*) FROM postings WHERE NOT rolled_up),
                 (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
-                (SELECT count(*) FROM refunds WHERE status = 'owed' AND created_at >= $1)",
+                (SELECT count(*) FROM refunds WHERE created_at >= $1
+                  AND status IN ('owed', 'requested', 'reserved', 'sending', 'unknown'))",
     )
     .bind(since)
     .fetch_one(pool)
@@ -121,7 +121,8 @@ pub(super) async fn summarize(
     let (queries, refunds_owed): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM integration_log l JOIN payments p ON p.id = l.payment_id
                  WHERE p.merchant_order_id LIKE $1 AND l.direction = 'query'),
-                (SELECT count(*) FROM refunds r JOIN payments p ON p.id = r.payment_id WHERE p.merchant_order_id LIKE $1)",
+                (SELECT count(*) FROM refunds r JOIN payments p ON p.id = r.payment_id
+                  WHERE p.merchant_order_id LIKE $1 AND r.origin = 'automatic')",
     )
     .bind(like)
     .fetch_one(pool)

@@ -317,6 +317,17 @@ pub(crate) fn demo_live(live: Live<'_>) {
             let _ = std::io::stdout().flush();
         }
         Live::Ended => println!(),
+        Live::Refunds {
+            elapsed,
+            asked,
+            finished,
+        } => {
+            print!(
+                "\r[{:>6.1}s] refunds asked {asked} · ended {finished}/{asked}   ",
+                elapsed.as_secs_f64()
+            );
+            let _ = std::io::stdout().flush();
+        }
     }
 }
 
