@@ -84,8 +84,9 @@ async fn payments_keep_settling_while_redis_is_down_and_nothing_applies_twice() 
         verdict.invariants.failures().join("; ")
     );
     assert_eq!(
-        verdict.webhook_ids as i64, verdict.payments,
-        "each payment notified, under one webhook id"
+        verdict.webhook_ids as i64,
+        verdict.payments + verdict.refunds,
+        "each payment and each refund notified, under one webhook id"
     );
 
     let unexpected = env.unexpected_dead_letters().await?;

@@ -29,7 +29,14 @@ use uuid::Uuid;
 const PAID: &str = "80.00";
 
 async fn world(tag: &str) -> anyhow::Result<World> {
-    let mut world = World::new(tag, |_| {}, Duration::from_millis(100)).await?;
+    world_with(tag, |_| {}).await
+}
+
+async fn world_with(
+    tag: &str,
+    adjust: impl FnOnce(&mut payfleet_common::Settings),
+) -> anyhow::Result<World> {
+    let mut world = World::new(tag, adjust, Duration::from_millis(100)).await?;
     world.bind_events().await?;
     let mut tx = world.pool().begin().await?;
     ledger::top_up(&mut tx, "alice", "CNY", d("500.00"), "refund-test-wallet").await?;
@@ -376,11 +383,20 @@ async fn a_duplicate_refund_request_is_one_refund_and_other_content_is_a_conflic
         kinds.iter().filter(|k| **k == "refund.succeeded").count(),
         1
     );
-    assert!(events.iter().any(|e| {
-        e["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("idempotency_conflict"))
-    }));
+    let conflict = events
+        .iter()
+        .find(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("idempotency_conflict"))
+        })
+        .expect("the conflict is reported");
+    assert_eq!(conflict["status"], "refused");
+    assert_ne!(
+        conflict["refund_id"],
+        Value::from(id.to_string()),
+        "the refusal does not report on the refund that succeeded"
+    );
     world.finish().await
 }
 
@@ -547,4 +563,102 @@ fn channel_call_process(world: &World) -> anyhow::Result<tokio::process::Child> 
         )
         .kill_on_drop(true)
         .spawn()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_never_reached_the_channel_is_sent_again_under_its_id() -> anyhow::Result<()>
+{
+    let world = world_with("refundresend", |s| {
+        s.status_query_delays = payfleet_common::config::millis(&[300, 600, 1_200, 2_400, 4_800]);
+    })
+    .await?;
+    let payment = paid(&world, "c-resend", "card", "tok_success").await?;
+    // The channel is unreachable when the refund is first sent ...
+    let base_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+        .bind(CARD)
+        .fetch_one(world.pool())
+        .await?;
+    set_base_url(
+        &world,
+        &format!("http://127.0.0.1:{}", payfleet_tests::free_port()),
+    )
+    .await?;
+    let id = ask(&world, &refund("rf-resend", "c-resend", "40.00")).await?;
+    wait_until(WAIT, "the refund unknown", || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM refunds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(world.pool())
+            .await?;
+        Ok(status.as_deref() == Some("unknown"))
+    })
+    .await?;
+    // ... and back: it has never heard of the refund, so it is sent again.
+    set_base_url(&world, &base_url).await?;
+    assert_eq!(finished(&world, id).await?.0, "succeeded");
+    assert_eq!(refunded_at_the_channel(&world, payment).await?, d("40.00"));
+    world.finish().await
+}
+
+async fn set_base_url(world: &World, url: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE channels SET base_url = $2 WHERE name = $1")
+        .bind(CARD)
+        .bind(url)
+        .execute(world.pool())
+        .await?;
+    Ok(())
+}
+
+/// A seller's account held by a refund's transaction (its Try holds it
+/// until the batch commits) does not hold the roll-up up: it folds every
+/// other account and leaves that one's postings for its next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roll_up_never_waits_on_an_account_a_refund_holds() -> anyhow::Result<()> {
+    let mut world = world("refundrollup").await?;
+    paid(&world, "w-held", "balance", "tok_success").await?;
+    world.stop().await;
+    ledger::roll_up(world.pool(), 1_000_000).await?;
+    let mut holder = world.pool().begin().await?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT id FROM accounts WHERE owner_kind = 'merchant' AND owner_id = 'm1' FOR NO KEY UPDATE",
+    )
+    .fetch_one(&mut *holder)
+    .await?;
+    booked_by_hand(&world, "rollup-test", Decimal::ONE).await?;
+    let folded = tokio::time::timeout(
+        Duration::from_secs(5),
+        ledger::roll_up(world.pool(), 1_000_000),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the roll-up waited on the held account"))??;
+    assert!(folded > 0, "the other accounts were folded");
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM postings WHERE NOT rolled_up AND account_id = $1")
+            .bind(held)
+            .fetch_one(world.pool())
+            .await?;
+    assert_eq!(
+        left, 1,
+        "the held account's posting waits for the next pass"
+    );
+    holder.rollback().await?;
+    booked_by_hand(&world, "rollup-test-reversed", -Decimal::ONE).await?;
+    world.finish().await
+}
+
+/// A balanced correction by hand: m1 gains `sign` × 1.00, m2 × 2.00, the
+/// outside world the opposite; postings to roll up (a second one with the
+/// opposite sign takes it back, so the books close).
+async fn booked_by_hand(world: &World, reference: &str, sign: Decimal) -> anyhow::Result<()> {
+    sqlx::query(
+        "WITH e AS (INSERT INTO journal_entries (reference, kind) VALUES ($1, 'correction') RETURNING id)
+         INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up)
+         SELECT e.id, a.id, $2 * CASE a.owner_id WHEN 'm1' THEN 1.00 WHEN 'm2' THEN 2.00 ELSE -3.00 END, 'CNY', false
+         FROM e, accounts a WHERE a.currency = 'CNY' AND a.owner_id IN ('m1', 'm2', 'world')
+           AND a.owner_kind IN ('merchant', 'external')",
+    )
+    .bind(reference)
+    .bind(sign)
+    .execute(world.pool())
+    .await?;
+    Ok(())
 }

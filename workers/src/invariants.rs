@@ -112,6 +112,11 @@ const WHEN_QUIET: &[(&str, &str)] = &[
      "SELECT count(*) FROM transaction_details d
         WHERE (SELECT COALESCE(sum(r.amount), 0) FROM refund_allocations r
                 WHERE r.detail_id = d.id AND r.status IN ('reserved', 'booked')) > d.amount"),
+    ("no sub-order gives back more platform fee than it paid, and one refunded in full gives back all of it",
+     "SELECT count(*) FROM transaction_details d
+        JOIN LATERAL (SELECT COALESCE(sum(r.amount), 0) AS refunded, COALESCE(sum(r.fee_back), 0) AS fee_back
+                        FROM refund_allocations r WHERE r.detail_id = d.id AND r.status = 'booked') b ON true
+        WHERE b.fee_back > d.fee_amount OR (b.refunded = d.amount AND d.amount > 0 AND b.fee_back <> d.fee_amount)"),
     ("per payment, refunds paid or in flight never exceed what was paid",
      "SELECT count(*) FROM payments p
         WHERE (SELECT COALESCE(sum(r.amount), 0) FROM refunds r WHERE r.payment_id = p.id AND r.origin = 'upstream'

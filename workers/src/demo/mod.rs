@@ -144,6 +144,8 @@ pub struct Verdict {
     pub webhook_ids: u64,
     /// Payments of this run that reached a terminal status.
     pub payments: i64,
+    /// Refunds of this run that ended with their event.
+    pub refunds: i64,
 }
 
 impl Verdict {
@@ -394,6 +396,7 @@ impl Load {
             ));
         }
         let payments = self.progress().await?.terminal;
+        let (refunds, _) = refunds::finished(&self.pool, &self.like).await?;
         self.pool.close().await;
         let webhook_ids = self.webhooks.ids.lock().expect("lock").len() as u64;
         Ok(Verdict {
@@ -402,6 +405,7 @@ impl Load {
             webhooks_received,
             webhook_ids,
             payments,
+            refunds,
         })
     }
 }

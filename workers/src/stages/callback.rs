@@ -95,7 +95,7 @@ impl PaymentStep for Callback {
         m: &RefundStep,
         p: Payment,
     ) -> Result<Outcome, StageError> {
-        let r = match refund::record::lock_handed(tx.conn(), m.refund_id).await? {
+        let r = match refund::record::lock_handed(tx.conn(), m.refund_id, p.id).await? {
             Ok(r) => r,
             Err(waiting) => return Ok(waiting),
         };

@@ -9,12 +9,22 @@ use super::{Account, Entry, EntryKind};
 use crate::domain::payment;
 
 /// Folds postings not yet in their account's balance into it, in one
-/// statement per batch (postings are claimed with SKIP LOCKED, so several
-/// roll-ups never count one twice). Returns the postings folded.
+/// statement per batch. It never waits: it takes the accounts nobody holds
+/// and their postings nobody holds (SKIP LOCKED both), so several roll-ups
+/// never count a posting twice, and a refund's Try, which folds a seller's
+/// postings and then holds the seller's account, never waits on it in a
+/// cycle. The accounts are taken `FOR NO KEY UPDATE`, as an update takes
+/// them: the key-share lock of a payment appending a posting does not
+/// keep them from the roll-up. Returns the postings folded.
 pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     let folded: i64 = sqlx::query_scalar(
-        "WITH picked AS (
-             SELECT id FROM postings WHERE NOT rolled_up ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+        "WITH free AS (
+             SELECT id FROM accounts
+             WHERE id IN (SELECT DISTINCT account_id FROM postings WHERE NOT rolled_up)
+             FOR NO KEY UPDATE SKIP LOCKED),
+         picked AS (
+             SELECT id FROM postings WHERE NOT rolled_up AND account_id IN (SELECT id FROM free)
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
          marked AS (
              UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id RETURNING p.account_id, p.amount),
          sums AS (SELECT account_id, sum(amount) AS amount, count(*) AS n FROM marked GROUP BY account_id),

@@ -92,8 +92,8 @@ pub async fn cancel(conn: &mut PgConnection, r: &Refund) -> Result<bool, StageEr
     .bind(r.id)
     .fetch_all(&mut *conn)
     .await?;
-    for (_, account, held) in merged_by_account(parts) {
-        sqlx::query(
+    for (seller, account, held) in merged_by_account(parts) {
+        let released = sqlx::query(
             "UPDATE accounts SET available = available + $2, frozen = frozen - $2, updated_at = now()
              WHERE id = $1 AND frozen >= $2",
         )
@@ -101,6 +101,12 @@ pub async fn cancel(conn: &mut PgConnection, r: &Refund) -> Result<bool, StageEr
         .bind(held)
         .execute(&mut *conn)
         .await?;
+        if released.rows_affected() == 0 {
+            return Err(StageError::permanent(format!(
+                "{seller} holds less frozen than refund {} reserved",
+                r.id
+            )));
+        }
     }
     Ok(true)
 }

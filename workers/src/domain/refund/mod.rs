@@ -109,7 +109,7 @@ impl RefundStatus {
 }
 
 /// Every move a refund's status may make, and what makes it.
-pub const MOVES: [(RefundStatus, RefundStatus, &str); 14] = {
+pub const MOVES: [(RefundStatus, RefundStatus, &str); 15] = {
     use RefundStatus::*;
     [
         (Owed, Sent, "the channel accepted it, to answer later"),
@@ -134,6 +134,11 @@ pub const MOVES: [(RefundStatus, RefundStatus, &str); 14] = {
         (Unknown, Failed, "a status query found it refused"),
         (Unknown, Exception, "the status queries ran out"),
         (Exception, Succeeded, "ops confirmed it with the channel"),
+        (
+            Exception,
+            Failed,
+            "ops confirmed with the channel that it never paid",
+        ),
     ]
 };
 

@@ -59,18 +59,26 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Refund>, S
     .await?)
 }
 
-/// Loads and row-locks a refund a stage was handed, or the outcome of a
-/// message that came before its refund exists (retried shortly).
+/// Loads and row-locks a refund a stage was handed with payment `payment`
+/// (row-locked by the stage), or the outcome of a message that came
+/// before its refund exists (retried shortly). A hand-off naming another
+/// payment than the refund's is refused: it would split the refund over
+/// the wrong sub-orders.
 pub async fn lock_handed(
     conn: &mut PgConnection,
     id: Uuid,
+    payment: PaymentId,
 ) -> Result<Result<Refund, payfleet_common::runtime::Outcome>, StageError> {
-    Ok(match lock(conn, id).await? {
-        Some(refund) => Ok(refund),
-        None => Err(payfleet_common::runtime::Outcome::NotYet {
+    match lock(conn, id).await? {
+        Some(refund) if refund.payment_id == payment => Ok(Ok(refund)),
+        Some(refund) => Err(StageError::permanent(format!(
+            "refund {id} is of payment {}, not of {payment}",
+            refund.payment_id
+        ))),
+        None => Ok(Err(payfleet_common::runtime::Outcome::NotYet {
             reason: format!("refund {id} not found"),
-        }),
-    })
+        })),
+    }
 }
 
 /// The refund id of a merchant's refund request: the same request always maps to it.
@@ -95,17 +103,19 @@ pub struct NewUpstream<'a> {
 }
 
 impl NewUpstream<'_> {
-    /// Inserts the refund in `status` (`requested`, or `refused` with why).
+    /// Inserts the refund in `status` (`requested`, or `refused` with
+    /// why); false when a refund with its id is already there.
     pub async fn insert(
         &self,
         conn: &mut PgConnection,
         status: RefundStatus,
         detail: Option<&str>,
-    ) -> Result<(), StageError> {
-        sqlx::query(
+    ) -> Result<bool, StageError> {
+        let inserted = sqlx::query(
             "INSERT INTO refunds (id, payment_id, origin, merchant_id, merchant_refund_id, request_hash, attempt_id,
                                   channel, amount, currency, reason, return_stock, status, detail)
-             VALUES ($1, $2, 'upstream', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             VALUES ($1, $2, 'upstream', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(self.id)
         .bind(self.payment_id)
@@ -122,7 +132,7 @@ impl NewUpstream<'_> {
         .bind(detail)
         .execute(conn)
         .await?;
-        Ok(())
+        Ok(inserted.rows_affected() == 1)
     }
 }
 

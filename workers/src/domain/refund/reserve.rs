@@ -191,9 +191,9 @@ pub async fn reserve(
 }
 
 /// Folds the sellers' postings not yet rolled up into their balances, so
-/// the reservation sees every settled sale. Postings first, then the
-/// accounts, in one statement: the same order as the roll-up, which skips
-/// what is locked, so the two never wait on each other in a cycle.
+/// the reservation sees every settled sale. The roll-up skips whatever
+/// account or posting is held ([`crate::domain::ledger::roll_up`]), so it
+/// never waits on this, nor this on it in a cycle.
 async fn fold_pending(conn: &mut PgConnection, accounts: &[i64]) -> Result<(), StageError> {
     sqlx::query(
         "WITH marked AS (

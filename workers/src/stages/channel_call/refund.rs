@@ -6,8 +6,10 @@
 //! queries through the delay levels decide; when they run out the refund
 //! stays reserved as an exception for ops — never sent again under a new
 //! id. A refund found still `sending` (the process died during the call)
-//! is asked about, not sent again. A wallet payment's refund needs no
-//! call: it is credited to the wallet by settlement.
+//! is asked about, not sent again; one the channel says it has never heard
+//! of (the send never reached it) is sent again under the same id — the
+//! channel's idempotency key makes that harmless. A wallet payment's
+//! refund needs no call: it is credited to the wallet by settlement.
 
 use std::sync::Arc;
 
@@ -33,20 +35,29 @@ use crate::{
 pub struct RefundCall {
     pub refund: Refund,
     pub attempt_id: AttemptId,
-    /// `Some(n)`: status query number n; `None`: the refund itself.
-    pub query: Option<u32>,
+    /// Send the refund (again, under its id), or ask what became of it.
+    pub ask: Ask,
+    /// 0 for the first send; then the number of the step in the
+    /// status-query schedule this call is.
+    pub number: u32,
     pub adapter: Arc<dyn ChannelAdapter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Send,
+    Query,
 }
 
 impl RefundCall {
     pub async fn call(&self) -> Result<Value, RefundError> {
-        match self.query {
-            None => {
+        match self.ask {
+            Ask::Send => {
                 self.adapter
                     .refund(self.attempt_id, self.refund.id, self.refund.amount)
                     .await
             }
-            Some(_) => {
+            Ask::Query => {
                 self.adapter
                     .query_refund(self.attempt_id, self.refund.id)
                     .await
@@ -61,6 +72,8 @@ enum Reading {
     Final(RefundResult, Option<String>),
     /// Accepted or processing, another amount, or no answer at all.
     Unknown(String),
+    /// The channel has no refund of this id: the send never reached it.
+    NeverReceived,
 }
 
 fn read(answer: &Result<Value, RefundError>, amount: Decimal) -> Reading {
@@ -88,6 +101,7 @@ fn read(answer: &Result<Value, RefundError>, amount: Decimal) -> Reading {
             RefundResult::Failed,
             Some(format!("refund_declined: HTTP {status}: {body}")),
         ),
+        Err(RefundError::NotFound { .. }) => Reading::NeverReceived,
         Err(error) => Reading::Unknown(error.to_string()),
     }
 }
@@ -107,12 +121,14 @@ impl ChannelCall {
             }));
         };
         let status = r.status()?;
-        let number = match (status, query) {
-            (RefundStatus::Reserved, false) => None,
+        let (ask, number) = match (status, query, m.query_number) {
+            (RefundStatus::Reserved, false, _) => (Ask::Send, 0),
             // Died during the call: ask, never send blindly again.
-            (RefundStatus::Sending, false) => Some(1),
-            (RefundStatus::Unknown, true) => Some(m.query_number.unwrap_or(1)),
-            (status, _) => {
+            (RefundStatus::Sending, false, _) => (Ask::Query, 1),
+            (RefundStatus::Unknown, true, number) => (Ask::Query, number.unwrap_or(1)),
+            // The channel had never heard of it: send it again, same id.
+            (RefundStatus::Unknown, false, Some(number)) => (Ask::Send, number),
+            (status, _, _) => {
                 return Ok(Intent::Finished(Outcome::Stale {
                     reason: format!("refund {} is {}", r.id, status.as_str()),
                 }));
@@ -147,7 +163,8 @@ impl ChannelCall {
         Ok(Intent::Call(Call::Refund(RefundCall {
             refund: r,
             attempt_id,
-            query: number,
+            ask,
+            number,
             adapter,
         })))
     }
@@ -162,10 +179,9 @@ impl ChannelCall {
     ) -> Result<Outcome, StageError> {
         let r = &call.refund;
         tx.set_correlation_id(&r.payment_id.to_string());
-        let what = if call.query.is_some() {
-            "refund_query"
-        } else {
-            "refund"
+        let what = match call.ask {
+            Ask::Send => "refund",
+            Ask::Query => "refund_query",
         };
         let payload = match &answer {
             Ok(raw) => {
@@ -201,28 +217,49 @@ impl ChannelCall {
                 refund::hand_on(tx, handoff::CALLBACK, kind::REFUND_RESULT, &step)
             }
             Reading::Unknown(why) => {
-                tracing::warn!(refund_id = %r.id, %why, "refund has no final answer yet");
-                if status == RefundStatus::Sending {
-                    refund::transition(tx.conn(), r.id, status, RefundStatus::Unknown).await?;
-                }
-                sqlx::query("UPDATE refunds SET last_error = $2 WHERE id = $1")
-                    .bind(r.id)
-                    .bind(&why)
-                    .execute(tx.conn())
-                    .await?;
-                self.next_refund_query(tx, r, call.query.map_or(1, |n| n + 1))
+                self.not_yet(tx, r, status, &why, kind::REFUND_QUERY, call.number + 1)
+                    .await
+            }
+            Reading::NeverReceived => {
+                let why = "the channel has no refund of this id: sending it again";
+                self.not_yet(tx, r, status, why, kind::REFUND_RESERVED, call.number + 1)
                     .await
             }
         }
     }
 
-    /// Schedules refund status query `number` through a delay level, or,
-    /// when the schedule has run out, leaves the refund reserved as an
-    /// exception for ops.
-    async fn next_refund_query(
+    /// No final answer: the refund is UNKNOWN, and `next` (a query, or a
+    /// send again) follows through the delay level of step `number`.
+    async fn not_yet(
         &self,
         tx: &mut StageTx,
         r: &Refund,
+        status: RefundStatus,
+        why: &str,
+        next: &str,
+        number: u32,
+    ) -> Result<Outcome, StageError> {
+        tracing::warn!(refund_id = %r.id, why, "refund has no final answer yet");
+        if status == RefundStatus::Sending {
+            refund::transition(tx.conn(), r.id, status, RefundStatus::Unknown).await?;
+        }
+        sqlx::query("UPDATE refunds SET last_error = $2 WHERE id = $1")
+            .bind(r.id)
+            .bind(why)
+            .execute(tx.conn())
+            .await?;
+        self.next_refund_step(tx, r, next, number).await
+    }
+
+    /// Schedules step `number` of the status-query schedule (`next`: a
+    /// query, or a send again) through a delay level, or, when the
+    /// schedule has run out, leaves the refund reserved as an exception
+    /// for ops.
+    async fn next_refund_step(
+        &self,
+        tx: &mut StageTx,
+        r: &Refund,
+        next: &str,
         number: u32,
     ) -> Result<Outcome, StageError> {
         let Some(delay) = self.query_delays.get(number as usize - 1) else {
@@ -244,7 +281,7 @@ impl ChannelCall {
         let message = OutboxMessage::json(
             &self.topology.exchanges().retry,
             &Topology::retry_routing_key(NAME, level),
-            kind::REFUND_QUERY,
+            next,
             Some(&r.payment_id.to_string()),
             &step,
         )

@@ -94,12 +94,13 @@ async fn accept(
         return_stock: parsed.return_stock,
     };
     if let Some((reason, detail)) = judge(parsed, &payment, attempt_id.is_some()) {
-        new.insert(
-            tx.conn(),
-            RefundStatus::Refused,
-            Some(&format!("{reason}: {detail}")),
-        )
-        .await?;
+        let detail = format!("{reason}: {detail}");
+        if !new
+            .insert(tx.conn(), RefundStatus::Refused, Some(&detail))
+            .await?
+        {
+            return Ok(recorded_meanwhile(refund_id));
+        }
         return refund::emit_outcome(
             tx,
             refund_id,
@@ -108,13 +109,23 @@ async fn accept(
             Some(reason),
         );
     }
-    new.insert(tx.conn(), RefundStatus::Requested, None).await?;
+    if !new.insert(tx.conn(), RefundStatus::Requested, None).await? {
+        return Ok(recorded_meanwhile(refund_id));
+    }
     refund::hand_on(
         tx,
         handoff::FUND_FREEZE,
         kind::REFUND_VALIDATED,
         &RefundStep::new(refund_id, payment.id),
     )
+}
+
+/// Another copy of the request recorded the refund first (possible only
+/// when the lock failed): this copy is a duplicate.
+fn recorded_meanwhile(refund_id: Uuid) -> Outcome {
+    Outcome::Stale {
+        reason: format!("refund {refund_id} recorded meanwhile by another copy"),
+    }
 }
 
 /// A request already seen: a duplicate (same content) or a conflict.
@@ -139,16 +150,9 @@ async fn seen(
     }
     let detail =
         format!("merchant refund id already used by refund {refund_id} with different content");
-    refuse_unbound(
-        tx,
-        inbound,
-        request,
-        refund_id,
-        "idempotency_conflict",
-        &detail,
-    )
-    .await
-    .map(Some)
+    refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
+        .await
+        .map(Some)
 }
 
 /// The payment a valid request names, as far as the refund needs it.
@@ -178,7 +182,7 @@ impl OrderValidation {
         {
             Ok(status) => status,
             Err((reason, detail)) => {
-                return refuse_unbound(tx, inbound, request, refund_id, reason, detail).await;
+                return refuse_unbound(tx, inbound, request, reason, detail).await;
             }
         };
         if let Some(outcome) = seen(tx, inbound, request, refund_id).await? {
@@ -187,19 +191,18 @@ impl OrderValidation {
         let parsed = match &request.parsed {
             Ok(parsed) => parsed,
             Err((reason, detail)) => {
-                return refuse_unbound(tx, inbound, request, refund_id, reason, detail).await;
+                return refuse_unbound(tx, inbound, request, reason, detail).await;
             }
         };
         if let Some((reason, detail)) = self.stale_request(tx, inbound, parsed.requested_at).await?
         {
-            return refuse_unbound(tx, inbound, request, refund_id, reason, &detail).await;
+            return refuse_unbound(tx, inbound, request, reason, &detail).await;
         }
         if merchant_status != "active" {
             return refuse_unbound(
                 tx,
                 inbound,
                 request,
-                refund_id,
                 "merchant_suspended",
                 "the merchant is suspended",
             )
@@ -208,8 +211,7 @@ impl OrderValidation {
         let payment = match find_payment(tx, &request.merchant_id, parsed).await? {
             Ok(payment) => payment,
             Err(detail) => {
-                return refuse_unbound(tx, inbound, request, refund_id, "unknown_payment", &detail)
-                    .await;
+                return refuse_unbound(tx, inbound, request, "unknown_payment", &detail).await;
             }
         };
         accept(tx, request, parsed, refund_id, payment).await
@@ -328,7 +330,6 @@ async fn refuse_unbound(
     tx: &mut StageTx,
     inbound: &Inbound,
     request: &RefundRequest,
-    refund_id: Uuid,
     reason: &str,
     detail: &str,
 ) -> Result<Outcome, StageError> {
@@ -343,14 +344,21 @@ async fn refuse_unbound(
     .bind(detail)
     .execute(tx.conn())
     .await?;
-    tx.set_correlation_id(&refund_id.to_string());
+    // No refund came of it: the event names the refused message, never the
+    // refund its key belongs to (a conflict, a forgery must not report on
+    // a refund that exists and may have succeeded).
+    let refusal_id = messages::stable_id(&["refused-refund-request", &inbound.message_id]);
+    tx.set_correlation_id(&refusal_id.to_string());
     let parsed = request.parsed.as_ref().ok();
     let event = RefundEvent {
         schema_version: SCHEMA_VERSION,
-        // Per refusal: a conflict must not share the first refund's event id.
-        event_id: messages::stable_id(&["refused-refund-request", &inbound.message_id]),
+        event_id: messages::stable_id(&[
+            "event",
+            &refusal_id.to_string(),
+            messages::event::REFUND_FAILED,
+        ]),
         event_type: messages::event::REFUND_FAILED.to_owned(),
-        refund_id,
+        refund_id: refusal_id,
         merchant_id: request.merchant_id.clone(),
         merchant_refund_id: request.merchant_refund_id.clone(),
         payment_id: None,
