@@ -662,3 +662,55 @@ async fn booked_by_hand(world: &World, reference: &str, sign: Decimal) -> anyhow
     .await?;
     Ok(())
 }
+
+/// `payfleet reconcile` matches the refunds the channel paid back with
+/// ours by refund id, and finds one the channel paid that we never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_matches_refunds_and_finds_one_we_never_asked() -> anyhow::Result<()> {
+    let mut world = world("refundrecon").await?;
+    let payment = paid(&world, "c-recon", "card", "tok_success").await?;
+    let id = ask(&world, &refund("rf-recon", "c-recon", "30.00")).await?;
+    assert_eq!(finished(&world, id).await?.0, "succeeded");
+    // Behind the fleet's back: a refund of the same trade at the channel.
+    let attempt: Uuid = sqlx::query_scalar(
+        "SELECT id FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded'",
+    )
+    .bind(payment)
+    .fetch_one(world.pool())
+    .await?;
+    let base_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+        .bind(CARD)
+        .fetch_one(world.pool())
+        .await?;
+    reqwest::Client::new()
+        .post(format!("{base_url}/channels/{CARD}/refunds"))
+        .json(&serde_json::json!({"out_trade_no": attempt.to_string(), "refund_no": "planted-refund", "amount": "5.00"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let today = Utc::now().date_naive().to_string();
+    let (code, out, _) = world
+        .cli(&["reconcile", "--date", &today, "--channel", CARD, "--json"])
+        .await?;
+    assert_eq!(code, 1, "a mismatch: {out}");
+    let summary: Value = serde_json::from_str(&out)?;
+    let summary = summary.as_array().map_or(&summary, |all| &all[0]);
+    assert_eq!(summary["counts"]["refund_matched"], 1, "{summary:#}");
+    let mismatches: Vec<(&str, &str)> = summary["mismatches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap_or(""),
+                m["attempt_id"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(mismatches, vec![("refund_missing_ours", "planted-refund")]);
+    // The books against the statement would fail on the planted refund, as
+    // they should: the invariants of our own books still hold.
+    world.stop_and_check().await?;
+    world.gateway_stop.cancel();
+    world.fleet.env.teardown().await
+}

@@ -1,7 +1,8 @@
 //! `payfleet reconcile`: downloads a channel's statement for a day and
 //! compares it with our attempts at that channel: matched, missing on our
-//! side, missing on theirs, amount, currency, status or fee mismatch. The
-//! result is stored (`reconciliation_runs`, `reconciliation_items`).
+//! side, missing on theirs, amount, currency, status or fee mismatch; and
+//! the refunds it paid back that day with ours, by refund id. The result is
+//! stored (`reconciliation_runs`, `reconciliation_items`).
 
 use std::collections::BTreeMap;
 
@@ -145,6 +146,7 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     for (out, trade) in theirs {
         items.push(("missing_ours", out, None, None, Some(trade)));
     }
+    items.extend(match_refunds(pool, channel, day, &statement).await?);
 
     let mut summary = Summary {
         channel: channel.to_owned(),
@@ -153,11 +155,12 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     };
     for (kind, attempt, payment, mine, trade) in &items {
         *summary.counts.entry(kind).or_default() += 1;
-        if *kind != "matched" {
+        if !matches!(*kind, "matched" | "refund_matched") {
             summary.mismatches.push(json!({"kind": kind, "attempt_id": attempt, "payment_id": payment, "ours": mine, "theirs": trade}));
         }
     }
-    let matched = summary.counts.get("matched").copied().unwrap_or(0);
+    let matched = summary.counts.get("matched").copied().unwrap_or(0)
+        + summary.counts.get("refund_matched").copied().unwrap_or(0);
     let mut tx = pool.begin().await?;
     let run: i64 = sqlx::query_scalar("INSERT INTO reconciliation_runs (channel, day, matched, mismatched) VALUES ($1, $2, $3, $4) RETURNING id")
         .bind(channel)
@@ -179,4 +182,88 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     }
     tx.commit().await?;
     Ok(summary)
+}
+
+/// The refunds the channel paid back on `day` (its statement's `refunds`)
+/// against ours that succeeded that day, by refund id (the channel's
+/// idempotency key): `refund_matched`, `refund_missing_ours` (the channel
+/// paid back money we have no refund for — investigate at once),
+/// `refund_missing_theirs` (we booked a refund the channel does not list),
+/// `refund_amount_mismatch`.
+async fn match_refunds(
+    pool: &PgPool,
+    channel: &str,
+    day: NaiveDate,
+    statement: &Value,
+) -> Result<
+    Vec<(
+        &'static str,
+        String,
+        Option<PaymentId>,
+        Option<Value>,
+        Option<Value>,
+    )>,
+> {
+    let mut theirs: BTreeMap<String, Value> = BTreeMap::new();
+    for refund in statement["refunds"].as_array().into_iter().flatten() {
+        if let Some(no) = refund["refund_no"].as_str() {
+            theirs.insert(no.to_owned(), refund.clone());
+        }
+    }
+    let ours: Vec<(uuid::Uuid, PaymentId, Decimal, String, String)> = sqlx::query_as(
+        "SELECT id, payment_id, amount, currency::text, origin FROM refunds
+         WHERE channel = $1 AND status = 'succeeded'
+           AND refunded_at >= $2::date::timestamptz AND refunded_at < ($2::date + 1)::timestamptz",
+    )
+    .bind(channel)
+    .bind(day)
+    .fetch_all(pool)
+    .await?;
+    let mut items = Vec::new();
+    for (id, payment, amount, currency, origin) in ours {
+        let mine = json!({"refund": amount.to_string(), "currency": currency, "origin": origin});
+        let Some(refund) = theirs.remove(&id.to_string()) else {
+            items.push((
+                "refund_missing_theirs",
+                id.to_string(),
+                Some(payment),
+                Some(mine),
+                None,
+            ));
+            continue;
+        };
+        let paid: Option<Decimal> = refund["amount"].as_str().and_then(|a| a.parse().ok());
+        let kind = if paid == Some(amount) {
+            "refund_matched"
+        } else {
+            "refund_amount_mismatch"
+        };
+        items.push((
+            kind,
+            id.to_string(),
+            Some(payment),
+            Some(mine),
+            Some(refund),
+        ));
+    }
+    for (no, refund) in theirs {
+        // Paid back that day, but ours is not (yet) succeeded on that day:
+        // the refund may be ours still in flight, or not ours at all.
+        let known: Option<(PaymentId, String)> = sqlx::query_as(
+            "SELECT payment_id, status FROM refunds WHERE id::text = $1 AND channel = $2",
+        )
+        .bind(&no)
+        .bind(channel)
+        .fetch_optional(pool)
+        .await?;
+        let mine = known.as_ref().map(|(_, status)| json!({"status": status}));
+        items.push((
+            "refund_missing_ours",
+            no,
+            known.map(|(p, _)| p),
+            mine,
+            Some(refund),
+        ));
+    }
+    Ok(items)
 }
