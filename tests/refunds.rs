@@ -714,3 +714,29 @@ async fn reconcile_matches_refunds_and_finds_one_we_never_asked() -> anyhow::Res
     world.gateway_stop.cancel();
     world.fleet.env.teardown().await
 }
+
+/// A refund the channel finishes later is reported by the channel's
+/// webhook, which resolves it long before the first status query would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_channel_finishes_later_is_resolved_by_its_webhook() -> anyhow::Result<()> {
+    let world = world_with("refundhook", |s| {
+        // a delay level of 20 s for the first query (as channels.rs's open attempts)
+        s.retry_delays = payfleet_common::config::millis(&[200, 400, 800, 20_000]);
+        s.status_query_delays = payfleet_common::config::millis(&[20_000]);
+    })
+    .await?;
+    let payment = paid(&world, "c-hook", "card", "tok_refund_pending").await?;
+    let id = ask(&world, &refund("rf-hook", "c-hook", "35.00")).await?;
+    assert_eq!(finished(&world, id).await?.0, "succeeded");
+    assert_eq!(refunded_at_the_channel(&world, payment).await?, d("35.00"));
+    let notices: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM integration_log WHERE direction = 'callback' AND payload->>'refund_no' = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(notices, 1, "resolved by the channel's webhook");
+    let (_, shown, _) = world.cli(&["refund", "show", &id.to_string()]).await?;
+    assert!(shown.contains("callback SUCCEEDED"), "{shown}");
+    world.finish().await
+}

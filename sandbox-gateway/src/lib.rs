@@ -21,7 +21,7 @@
 //! | `tok_no_webhook` | async: charged, but no webhook is ever sent (a status query finds it) |
 //! | `tok_refund_fails` | charged; a refund of it is refused for good: FAILED (`refund_declined`), nothing paid back |
 //! | `tok_refund_timeout` | charged; a refund of it is paid back, but answers only after `timeout_hold_ms` |
-//! | `tok_refund_pending` | charged; a refund of it answers PROCESSING and succeeds after the webhook delay |
+//! | `tok_refund_pending` | charged; a refund of it answers PROCESSING, succeeds after the webhook delay and is then reported by a refund webhook (`refund_no`, `status`) |
 //!
 //! A refund's behaviour is chosen by its trade's payer token; any other
 //! token's refunds succeed at once. Refunds deduplicate on `refund_no`.

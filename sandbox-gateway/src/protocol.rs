@@ -173,6 +173,21 @@ pub struct Notice {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// A refund's webhook body: sent when a PROCESSING refund becomes final.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefundNotice {
+    pub channel: String,
+    pub refund_no: String,
+    pub out_trade_no: String,
+    pub status: RefundStatus,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub reason: Option<String>,
+    /// When the gateway decided this status.
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// The headers a webhook carries its timestamp (Unix seconds) and its
 /// signature in.
 pub const TIMESTAMP_HEADER: &str = "x-sandbox-timestamp";

@@ -13,7 +13,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use super::{CreateRefund, Gateway, Refund, RefundStatus, Store, TradeStatus, error};
+use super::{
+    CreateRefund, Gateway, Refund, RefundNotice, RefundStatus, SIGNATURE_HEADER, Store,
+    TIMESTAMP_HEADER, TradeStatus, error, sign_notice,
+};
 
 impl Store {
     /// Turns the PROCESSING refunds whose time has come SUCCEEDED and pays
@@ -59,6 +62,49 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Posts a PROCESSING refund's final status, signed like every
+    /// webhook, once it has become final.
+    fn notify_refund_later(&self, refund: Refund, url: String, currency: String) {
+        let Some(channel) = self.channel(&refund.channel).cloned() else {
+            return;
+        };
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let wait = (refund.final_at - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait + std::time::Duration::from_millis(10)).await;
+            let Some(now) = gateway.refund(&refund.channel, &refund.refund_no) else {
+                return;
+            };
+            let notice = RefundNotice {
+                channel: now.channel.clone(),
+                refund_no: now.refund_no.clone(),
+                out_trade_no: now.out_trade_no.clone(),
+                status: now.status,
+                amount: now.amount,
+                currency,
+                reason: now.reason.clone(),
+                occurred_at: now.final_at,
+            };
+            let body = serde_json::to_vec(&notice).unwrap_or_default();
+            let timestamp = Utc::now().timestamp();
+            let _ = gateway
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header(TIMESTAMP_HEADER, timestamp.to_string())
+                .header(
+                    SIGNATURE_HEADER,
+                    sign_notice(&channel.secret, timestamp, &body),
+                )
+                .body(body)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await;
+        });
+    }
+}
+
 /// A refund's answer, to an ask and to a query alike.
 fn answer(refund: &Refund) -> Response {
     let mut body = json!({
@@ -82,7 +128,7 @@ pub(crate) async fn create(
         return error(StatusCode::BAD_REQUEST, "amount must be positive");
     }
     let now = Utc::now();
-    let (refund, hold) = {
+    let (refund, hold, notify) = {
         let mut store = gw.store.lock().expect("store");
         store.settle_refunds(now);
         let refund_key = (channel.clone(), request.refund_no.clone());
@@ -123,12 +169,24 @@ pub(crate) async fn create(
             created_at: now,
             final_at,
         };
+        // A refund that ends later is reported by webhook, to the trade's notify URL.
+        let notify = (status == RefundStatus::Processing)
+            .then(|| {
+                trade
+                    .notify_url
+                    .clone()
+                    .map(|url| (url, trade.currency.clone()))
+            })
+            .flatten();
         if status == RefundStatus::Processing {
             store.processing.push(refund_key.clone());
         }
         store.refunds.insert(refund_key, refund.clone());
-        (refund, hold)
+        (refund, hold, notify)
     };
+    if let Some((url, currency)) = notify {
+        gw.notify_refund_later(refund.clone(), url, currency);
+    }
     if hold {
         tokio::time::sleep(gw.config.timeout_hold).await;
     }

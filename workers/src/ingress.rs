@@ -11,7 +11,10 @@
 //! until it is. A notice is taken only for an attempt of the payment in its
 //! address, at the channel of its address, which is also the channel it
 //! names; anything else is refused with a 4xx, counted and logged as
-//! refused, and kept out of every payment's integration log.
+//! refused, and kept out of every payment's integration log. A notice
+//! about a refund of the attempt's charge (a refund the channel finished
+//! later) goes to callback as the refund's result, held to the addressed
+//! payment there.
 
 use std::sync::Arc;
 
@@ -25,7 +28,7 @@ use axum::{
 use payfleet_common::{
     AttemptId, PaymentId,
     broker::{self, Outgoing},
-    messages::{ChannelResult, ChannelStatus, SCHEMA_VERSION, kind},
+    messages::{ChannelResult, ChannelStatus, RefundStep, SCHEMA_VERSION, kind},
     runtime::Shared,
 };
 use serde_json::Value;
@@ -94,6 +97,22 @@ async fn receive(
     .await;
     if logged.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+    }
+    if let Some(refund) = &notice.refund {
+        let Some(result) = refund.result else {
+            return (StatusCode::OK, "noted\n");
+        };
+        let mut step = RefundStep::new(refund.refund_id, payment_id);
+        step.result = Some(result);
+        step.reason = notice.reason.clone();
+        return hand_to_callback(
+            shared,
+            channel_notice_id(&channel, &notice),
+            payment_id,
+            kind::REFUND_RESULT,
+            &step,
+        )
+        .await;
     }
     let Some(status) = notice.status else {
         return (StatusCode::OK, "noted\n");
@@ -187,13 +206,7 @@ async fn publish(
     status: ChannelStatus,
     notice: WebhookNotice,
 ) -> Answer {
-    // One id per channel notice: a duplicate webhook is the same message.
-    let message_id = payfleet_common::messages::stable_id(&[
-        "webhook",
-        channel,
-        &notice.reference,
-        &notice.event,
-    ]);
+    let message_id = channel_notice_id(channel, &notice);
     let result = ChannelResult {
         schema_version: SCHEMA_VERSION,
         payment_id,
@@ -206,7 +219,30 @@ async fn publish(
         reason: notice.reason,
         reported_at: notice.occurred_at,
     };
-    let Ok(body) = serde_json::to_vec(&result) else {
+    hand_to_callback(
+        shared,
+        message_id,
+        payment_id,
+        kind::CHANNEL_RESULT,
+        &result,
+    )
+    .await
+}
+
+/// One id per channel notice: a duplicate webhook is the same message.
+fn channel_notice_id(channel: &str, notice: &WebhookNotice) -> uuid::Uuid {
+    payfleet_common::messages::stable_id(&["webhook", channel, &notice.reference, &notice.event])
+}
+
+/// Publishes what a notice says to the callback stage, with a confirm.
+async fn hand_to_callback(
+    shared: &Shared,
+    message_id: uuid::Uuid,
+    payment_id: PaymentId,
+    message_type: &str,
+    body: &impl serde::Serialize,
+) -> Answer {
+    let Ok(body) = serde_json::to_vec(body) else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "encoding\n");
     };
     let message = Outgoing {
@@ -216,7 +252,7 @@ async fn publish(
         properties: broker::properties(
             &message_id.to_string(),
             Some(&payment_id.to_string()),
-            Some(kind::CHANNEL_RESULT),
+            Some(message_type),
         ),
     };
     match shared.publisher.publish(&message).await {

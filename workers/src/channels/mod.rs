@@ -100,6 +100,17 @@ pub struct WebhookNotice {
     /// body so the notice can be verified again later.
     pub signed_timestamp: String,
     pub signature: String,
+    /// Set when the notice is about a refund of the attempt's charge.
+    pub refund: Option<RefundNotice>,
+}
+
+/// What a refund's webhook says.
+#[derive(Debug, Clone)]
+pub struct RefundNotice {
+    /// Our refund id (the channel's idempotency key for it).
+    pub refund_id: Uuid,
+    /// Its final result; `None` while the channel is still processing it.
+    pub result: Option<payfleet_common::messages::RefundResult>,
 }
 
 /// Why a webhook is not taken.

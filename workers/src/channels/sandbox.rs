@@ -55,6 +55,74 @@ struct Notice {
     occurred_at: DateTime<Utc>,
 }
 
+/// A refund's status as the gateway states it in a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum RefundStatus {
+    Processing,
+    Succeeded,
+    Failed,
+}
+
+/// A refund's webhook body, as the gateway documents it (told from a
+/// trade's by its `refund_no`).
+#[derive(Debug, Deserialize)]
+struct RefundNoticeBody {
+    channel: String,
+    refund_no: String,
+    out_trade_no: String,
+    status: RefundStatus,
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    currency: String,
+    reason: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+/// Reads a refund's webhook.
+fn read_refund_notice(
+    body: &[u8],
+    signed_timestamp: String,
+    signature: String,
+) -> Result<WebhookNotice, WebhookRefusal> {
+    use payfleet_common::messages::RefundResult;
+    let notice: RefundNoticeBody =
+        serde_json::from_slice(body).map_err(|_| WebhookRefusal::Unreadable)?;
+    let attempt_id = notice
+        .out_trade_no
+        .parse::<AttemptId>()
+        .map_err(|_| WebhookRefusal::UnknownAttempt)?;
+    let refund_id = notice
+        .refund_no
+        .parse::<Uuid>()
+        .map_err(|_| WebhookRefusal::Unreadable)?;
+    if notice.amount.scale() > payfleet_common::money::MINOR_DIGITS
+        || notice.amount <= Decimal::ZERO
+        || !is_currency_code(&notice.currency)
+    {
+        return Err(WebhookRefusal::UnreadableMoney);
+    }
+    let result = match notice.status {
+        RefundStatus::Processing => None,
+        RefundStatus::Succeeded => Some(RefundResult::Succeeded),
+        RefundStatus::Failed => Some(RefundResult::Failed),
+    };
+    Ok(WebhookNotice {
+        attempt_id,
+        channel: notice.channel,
+        status: None,
+        amount: notice.amount,
+        currency: notice.currency,
+        reference: notice.refund_no,
+        event: format!("refund {:?}", notice.status),
+        reason: notice.reason,
+        occurred_at: notice.occurred_at,
+        signed_timestamp,
+        signature,
+        refund: Some(super::RefundNotice { refund_id, result }),
+    })
+}
+
 /// Whether `signature` (hex) is HMAC-SHA256(secret, "{timestamp}.{body}"),
 /// compared in constant time.
 fn signature_holds(secret: &str, timestamp: i64, body: &[u8], signature: &str) -> bool {
@@ -165,6 +233,13 @@ fn read_notice(
     signed_timestamp: String,
     signature: String,
 ) -> Result<WebhookNotice, WebhookRefusal> {
+    let is_refund = serde_json::from_slice::<Value>(body)
+        .map_err(|_| WebhookRefusal::Unreadable)?
+        .get("refund_no")
+        .is_some();
+    if is_refund {
+        return read_refund_notice(body, signed_timestamp, signature);
+    }
     let notice = serde_json::from_slice::<Notice>(body).map_err(|_| WebhookRefusal::Unreadable)?;
     if notice.amount.scale() > payfleet_common::money::MINOR_DIGITS
         || notice.amount <= Decimal::ZERO
@@ -193,6 +268,7 @@ fn read_notice(
         occurred_at: notice.occurred_at,
         signed_timestamp,
         signature,
+        refund: None,
     })
 }
 

@@ -121,7 +121,8 @@ pub async fn show(pool: &PgPool, id: Uuid) -> Result<RefundStory> {
     .await?;
     let timeline = sqlx::query_as(
         "SELECT at, what FROM (
-           SELECT created_at AS at, 'channel ' || channel || ': ' || (payload->>'call') || ' → ' || COALESCE(payload->>'answer', payload->>'error') AS what
+           SELECT created_at AS at, 'channel ' || channel || ': ' || COALESCE(payload->>'call', direction || ' ' || (payload->>'status'))
+                  || COALESCE(' → ' || COALESCE(payload->>'answer', payload->>'error'), '') AS what
              FROM integration_log WHERE payment_id = $2 AND payload->>'refund_no' = $1::text
            UNION ALL SELECT p.created_at, 'posting ' || a.owner_kind || ':' || a.owner_id || ' ' || p.amount || ' ' || p.currency
              FROM postings p JOIN journal_entries j ON j.id = p.entry_id JOIN accounts a ON a.id = p.account_id
