@@ -216,23 +216,27 @@ impl Gateway {
                 _ => {}
             }
             for notice in notices {
-                let body = serde_json::to_vec(&notice).unwrap_or_default();
-                let timestamp = Utc::now().timestamp();
-                let _ = gateway
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header(TIMESTAMP_HEADER, timestamp.to_string())
-                    .header(
-                        SIGNATURE_HEADER,
-                        sign_notice(&channel.secret, timestamp, &body),
-                    )
-                    .timeout(Duration::from_secs(5))
-                    .body(body)
-                    .send()
-                    .await;
+                gateway.post_signed(&url, &channel.secret, &notice).await;
             }
         });
+    }
+
+    /// POSTs a webhook body to `url`, signed with the channel's `secret`
+    /// over `"{timestamp}.{body}"`. The answer is ignored: the sandbox does
+    /// not send a webhook again (a status query finds what one missed).
+    async fn post_signed(&self, url: &str, secret: &str, notice: &impl serde::Serialize) {
+        let body = serde_json::to_vec(notice).unwrap_or_default();
+        let timestamp = Utc::now().timestamp();
+        let _ = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, sign_notice(secret, timestamp, &body))
+            .timeout(Duration::from_secs(5))
+            .body(body)
+            .send()
+            .await;
     }
 }
 

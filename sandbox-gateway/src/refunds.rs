@@ -13,10 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use super::{
-    CreateRefund, Gateway, Refund, RefundNotice, RefundStatus, SIGNATURE_HEADER, Store,
-    TIMESTAMP_HEADER, TradeStatus, error, sign_notice,
-};
+use super::{CreateRefund, Gateway, Refund, RefundNotice, RefundStatus, Store, TradeStatus, error};
 
 impl Store {
     /// Turns the PROCESSING refunds whose time has come SUCCEEDED and pays
@@ -86,21 +83,7 @@ impl Gateway {
                 reason: now.reason.clone(),
                 occurred_at: now.final_at,
             };
-            let body = serde_json::to_vec(&notice).unwrap_or_default();
-            let timestamp = Utc::now().timestamp();
-            let _ = gateway
-                .http
-                .post(&url)
-                .header("content-type", "application/json")
-                .header(TIMESTAMP_HEADER, timestamp.to_string())
-                .header(
-                    SIGNATURE_HEADER,
-                    sign_notice(&channel.secret, timestamp, &body),
-                )
-                .body(body)
-                .timeout(std::time::Duration::from_secs(5))
-                .send()
-                .await;
+            gateway.post_signed(&url, &channel.secret, &notice).await;
         });
     }
 }

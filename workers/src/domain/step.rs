@@ -20,7 +20,10 @@ use payfleet_common::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::domain::payment::{self, Payment};
+use crate::domain::{
+    payment::{self, Payment},
+    refund::{self, Refund},
+};
 
 /// A message about one payment.
 pub trait ForPayment {
@@ -81,13 +84,15 @@ pub trait PaymentStep: Send + Sync + 'static {
         payment: Payment,
     ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
 
-    /// A refund's step on the payment; a stage a refund never visits
-    /// refuses it as a message sent to the wrong queue.
+    /// A refund's step on the payment, with the refund row-locked too; a
+    /// stage a refund never visits refuses it as a message sent to the
+    /// wrong queue.
     fn handle_refund(
         &self,
         _tx: &mut StageTx,
         message: &RefundStep,
         _payment: Payment,
+        _refund: Refund,
     ) -> impl Future<Output = Result<Outcome, StageError>> + Send {
         let refund_id = message.refund_id;
         async move {
@@ -136,7 +141,12 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
         };
         match m {
             Work::Payment(m) => self.0.handle(tx, m, p).await,
-            Work::Refund(m) => self.0.handle_refund(tx, m, p).await,
+            Work::Refund(m) => {
+                match refund::record::lock_handed(tx.conn(), m.refund_id, p.id).await? {
+                    Ok(r) => self.0.handle_refund(tx, m, p, r).await,
+                    Err(waiting) => Ok(waiting),
+                }
+            }
         }
     }
 }

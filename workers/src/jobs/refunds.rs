@@ -78,6 +78,7 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
                     refund_id,
                     RefundStatus::Owed,
                     RefundStatus::Succeeded,
+                    None,
                 )
                 .await
                 .map_err(|error| anyhow::anyhow!("refund {refund_id}: {error}"))?;

@@ -22,7 +22,7 @@ use crate::domain::{
     attempt::AttemptStatus,
     ledger::ChannelCharge,
     payment::{self, Payment, PaymentStatus},
-    refund::{self, RefundStatus},
+    refund::{self, Refund, RefundStatus},
     step::PaymentStep,
 };
 
@@ -94,11 +94,8 @@ impl PaymentStep for Callback {
         tx: &mut StageTx,
         m: &RefundStep,
         p: Payment,
+        r: Refund,
     ) -> Result<Outcome, StageError> {
-        let r = match refund::record::lock_handed(tx.conn(), m.refund_id, p.id).await? {
-            Ok(r) => r,
-            Err(waiting) => return Ok(waiting),
-        };
         let Some(result) = m.result else {
             return Err(StageError::permanent(format!(
                 "refund.result for refund {} carries no result",
@@ -130,14 +127,7 @@ impl PaymentStep for Callback {
                 reason: format!("refund {} is {}", r.id, status.as_str()),
             });
         }
-        refund::transition(tx.conn(), r.id, status, to).await?;
-        if let Some(reason) = &m.reason {
-            sqlx::query("UPDATE refunds SET detail = $2 WHERE id = $1")
-                .bind(r.id)
-                .bind(reason)
-                .execute(tx.conn())
-                .await?;
-        }
+        refund::transition(tx.conn(), r.id, status, to, m.reason.as_deref()).await?;
         let mut resolved = RefundStep::new(r.id, p.id);
         resolved.result = Some(result);
         resolved.reason = m.reason.clone();

@@ -21,7 +21,7 @@ use sqlx::{Acquire, PgConnection};
 use crate::channels::BALANCE;
 use crate::domain::{
     payment::{self, Payment, PaymentStatus},
-    refund::{self, RefundStatus},
+    refund::{self, Refund, RefundStatus},
     step::PaymentStep,
     tcc,
 };
@@ -136,13 +136,10 @@ impl PaymentStep for FundFreeze {
     async fn handle_refund(
         &self,
         tx: &mut StageTx,
-        m: &RefundStep,
+        _m: &RefundStep,
         p: Payment,
+        r: Refund,
     ) -> Result<Outcome, StageError> {
-        let r = match refund::record::lock_handed(tx.conn(), m.refund_id, p.id).await? {
-            Ok(r) => r,
-            Err(waiting) => return Ok(waiting),
-        };
         let status = r.status()?;
         if status != RefundStatus::Requested {
             return Ok(Outcome::Stale {

@@ -18,7 +18,7 @@ use payfleet_common::{
 use crate::domain::{
     handoff,
     payment::{self, Payment, PaymentStatus},
-    refund::{self, RefundStatus, books},
+    refund::{self, Refund, RefundStatus, books},
     step::PaymentStep,
     tcc::{cancel, confirm},
 };
@@ -70,11 +70,8 @@ impl PaymentStep for Settlement {
         tx: &mut StageTx,
         m: &RefundStep,
         p: Payment,
+        r: Refund,
     ) -> Result<Outcome, StageError> {
-        let r = match refund::record::lock_handed(tx.conn(), m.refund_id, p.id).await? {
-            Ok(r) => r,
-            Err(waiting) => return Ok(waiting),
-        };
         let (booked, result) = match r.status()? {
             RefundStatus::Succeeded => (
                 books::confirm(tx.conn(), &p, &r).await?,

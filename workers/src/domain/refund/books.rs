@@ -121,8 +121,10 @@ async fn mark_booked(conn: &mut PgConnection, r: &Refund) -> Result<bool, StageE
     Ok(marked.rows_affected() == 1)
 }
 
-/// One amount per seller account, in account order (a stable lock order).
-fn merged_by_account(parts: Vec<(String, i64, Decimal)>) -> Vec<(String, i64, Decimal)> {
+/// One amount per seller account, in account order (a stable lock order),
+/// the zero ones left out: what Try reserves, Confirm takes and Cancel
+/// gives back.
+pub(super) fn merged_by_account(parts: Vec<(String, i64, Decimal)>) -> Vec<(String, i64, Decimal)> {
     let mut merged: Vec<(String, i64, Decimal)> = Vec::new();
     for (seller, account, amount) in parts {
         match merged.iter_mut().find(|(_, id, _)| *id == account) {

@@ -168,12 +168,14 @@ pub fn emit_outcome(
 }
 
 /// Compare-and-set of a refund's status (`from` → `to`), stamping
-/// `refunded_at` when it succeeds; true when it moved.
+/// `refunded_at` when it succeeds and keeping `detail` (why) when given;
+/// true when it moved.
 pub async fn transition(
     conn: &mut PgConnection,
     refund_id: Uuid,
     from: RefundStatus,
     to: RefundStatus,
+    detail: Option<&str>,
 ) -> Result<bool, StageError> {
     if !from.may_move_to(to) {
         return Err(StageError::permanent(format!(
@@ -184,12 +186,14 @@ pub async fn transition(
     }
     let moved = sqlx::query(
         "UPDATE refunds SET status = $3, claimed_until = NULL, last_error = NULL, updated_at = now(),
-                refunded_at = CASE WHEN $3 = 'succeeded' THEN now() ELSE refunded_at END
+                refunded_at = CASE WHEN $3 = 'succeeded' THEN now() ELSE refunded_at END,
+                detail = COALESCE($4, detail)
          WHERE id = $1 AND status = $2",
     )
     .bind(refund_id)
     .bind(from.as_str())
     .bind(to.as_str())
+    .bind(detail)
     .execute(conn)
     .await
     .map_err(StageError::from)?;

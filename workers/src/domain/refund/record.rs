@@ -34,11 +34,6 @@ impl Refund {
         RefundStatus::parse(&self.status)
     }
 
-    /// Asked for by upstream (not owed by the platform on its own).
-    pub fn is_upstream(&self) -> bool {
-        self.origin == "upstream"
-    }
-
     /// Paid back into the payer's wallet rather than at a channel.
     pub fn to_wallet(&self) -> bool {
         self.channel == crate::channels::BALANCE
@@ -138,11 +133,12 @@ impl NewUpstream<'_> {
 
 /// Moves a refund to `refused` with why (compare-and-set from `requested`).
 pub async fn refuse(conn: &mut PgConnection, id: Uuid, detail: &str) -> Result<bool, StageError> {
-    let moved = super::transition(conn, id, RefundStatus::Requested, RefundStatus::Refused).await?;
-    sqlx::query("UPDATE refunds SET detail = $2 WHERE id = $1")
-        .bind(id)
-        .bind(detail)
-        .execute(conn)
-        .await?;
-    Ok(moved)
+    super::transition(
+        conn,
+        id,
+        RefundStatus::Requested,
+        RefundStatus::Refused,
+        Some(detail),
+    )
+    .await
 }

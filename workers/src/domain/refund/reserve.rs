@@ -24,7 +24,7 @@ pub type Refusal = (&'static str, String);
 
 /// One sub-order's part of a refund.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Part {
+struct Part {
     pub detail_id: i64,
     pub seller_id: String,
     pub amount: Decimal,
@@ -33,7 +33,7 @@ pub struct Part {
 
 /// A sub-order as settled, with what earlier refunds already took of it.
 #[derive(Debug, Clone)]
-pub struct Settled {
+struct Settled {
     pub detail_id: i64,
     pub seller_id: String,
     pub amount: Decimal,
@@ -44,7 +44,7 @@ pub struct Settled {
 
 /// The sub-orders of a settled payment with what is already refunded or
 /// reserved for a refund.
-pub async fn settled_sub_orders(
+async fn settled_sub_orders(
     conn: &mut PgConnection,
     p: &Payment,
 ) -> Result<Vec<Settled>, StageError> {
@@ -76,7 +76,7 @@ pub async fn settled_sub_orders(
 
 /// Splits `amount` over the sub-orders by what each has left, each part
 /// with its platform-fee share; `Err` when less than `amount` is left.
-pub fn split(amount: Decimal, sub_orders: &[Settled]) -> Result<Vec<Part>, Decimal> {
+fn split(amount: Decimal, sub_orders: &[Settled]) -> Result<Vec<Part>, Decimal> {
     let left: Vec<Decimal> = sub_orders.iter().map(|s| s.amount - s.refunded).collect();
     let total_left: Decimal = left.iter().copied().sum();
     if amount > total_left || amount <= Decimal::ZERO {
@@ -126,23 +126,17 @@ pub async fn reserve(
     };
     // Each seller's account, and what it must hold back, in account order
     // (a stable lock order, so concurrent Trys never wait in a cycle).
-    let mut needs: Vec<(i64, String, Decimal)> = Vec::new();
     let mut accounts = Vec::with_capacity(parts.len());
+    let mut held_back = Vec::with_capacity(parts.len());
     for part in &parts {
         let account = payment::account_id(conn, "merchant", &part.seller_id, &r.currency).await?;
         accounts.push(account);
-        match needs.iter_mut().find(|(id, _, _)| *id == account) {
-            Some(need) => need.2 += part.amount - part.fee_back,
-            None => needs.push((account, part.seller_id.clone(), part.amount - part.fee_back)),
-        }
+        held_back.push((part.seller_id.clone(), account, part.amount - part.fee_back));
     }
-    needs.sort_by_key(|(id, _, _)| *id);
-    let ids: Vec<i64> = needs.iter().map(|(id, _, _)| *id).collect();
+    let needs = super::books::merged_by_account(held_back);
+    let ids: Vec<i64> = needs.iter().map(|(_, id, _)| *id).collect();
     fold_pending(conn, &ids).await?;
-    for (account, seller, need) in &needs {
-        if need.is_zero() {
-            continue;
-        }
+    for (seller, account, need) in &needs {
         let held = sqlx::query(
             "UPDATE accounts SET available = available - $2, frozen = frozen + $2, updated_at = now()
              WHERE id = $1 AND available >= $2",
@@ -181,7 +175,15 @@ pub async fn reserve(
         .bind(fee_back)
         .execute(&mut *conn)
         .await?;
-    if !super::transition(conn, r.id, RefundStatus::Requested, RefundStatus::Reserved).await? {
+    if !super::transition(
+        conn,
+        r.id,
+        RefundStatus::Requested,
+        RefundStatus::Reserved,
+        None,
+    )
+    .await?
+    {
         return Err(StageError::transient(format!(
             "refund {} left `requested` during its Try",
             r.id

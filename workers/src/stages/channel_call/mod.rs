@@ -122,6 +122,49 @@ impl ChannelCall {
             ),
         }
     }
+
+    /// First transaction of a call about the payment itself: only a
+    /// frozen payment is charged, asked about or closed.
+    async fn intend_on_payment(
+        &self,
+        tx: &mut StageTx,
+        payment_id: PaymentId,
+        work: OnPayment<'_>,
+    ) -> Result<Intent<Call>, StageError> {
+        tx.set_correlation_id(&payment_id.to_string());
+        let Some(p) = payment::lock(tx.conn(), payment_id).await? else {
+            return Ok(Intent::Finished(Outcome::NotYet {
+                reason: format!("payment {payment_id} not found"),
+            }));
+        };
+        let status = p.status()?;
+        if status != PaymentStatus::Frozen {
+            let reason = format!("payment {} is {}", p.id, status.as_str());
+            return Ok(Intent::Finished(
+                if status.is_terminal() || status == PaymentStatus::Paid {
+                    Outcome::Stale { reason }
+                } else {
+                    transition::classify(Some(status), PaymentStatus::Frozen, PaymentStatus::Paid)
+                        .outcome(reason)
+                },
+            ));
+        }
+        let channel = p.channel.clone().unwrap_or_else(|| BALANCE.to_owned());
+        let adapter = self.adapters.get(tx.conn(), &channel).await?;
+        let latest = intent::latest_attempt(tx, p.id).await?;
+        match work {
+            OnPayment::Charge => self.intend_charge(tx, &p, &channel, adapter, latest).await,
+            OnPayment::Query(q) => intent::intend_query(tx, &p, &channel, adapter, latest, q).await,
+            OnPayment::Close(c) => intent::intend_close(tx, &p, &channel, adapter, latest, c).await,
+        }
+    }
+}
+
+/// The work of channel-call on a payment's own charge.
+enum OnPayment<'a> {
+    Charge,
+    Query(&'a StatusQuery),
+    Close(&'a TradeClose),
 }
 
 /// What the first transaction decided to call.
@@ -182,38 +225,13 @@ impl CallingStage for ChannelCall {
         _inbound: &Inbound,
         work: &Work,
     ) -> Result<Intent<Call>, StageError> {
+        let id = work.payment_id();
         match work {
-            Work::Refund(m) => return self.intend_refund(tx, m, false).await,
-            Work::RefundQuery(m) => return self.intend_refund(tx, m, true).await,
-            _ => {}
-        }
-        let payment_id = work.payment_id();
-        tx.set_correlation_id(&payment_id.to_string());
-        let Some(p) = payment::lock(tx.conn(), payment_id).await? else {
-            return Ok(Intent::Finished(Outcome::NotYet {
-                reason: format!("payment {payment_id} not found"),
-            }));
-        };
-        let status = p.status()?;
-        if status != PaymentStatus::Frozen {
-            let reason = format!("payment {} is {}", p.id, status.as_str());
-            return Ok(Intent::Finished(
-                if status.is_terminal() || status == PaymentStatus::Paid {
-                    Outcome::Stale { reason }
-                } else {
-                    transition::classify(Some(status), PaymentStatus::Frozen, PaymentStatus::Paid)
-                        .outcome(reason)
-                },
-            ));
-        }
-        let channel = p.channel.clone().unwrap_or_else(|| BALANCE.to_owned());
-        let adapter = self.adapters.get(tx.conn(), &channel).await?;
-        let latest = intent::latest_attempt(tx, p.id).await?;
-        match work {
-            Work::Charge(_) => self.intend_charge(tx, &p, &channel, adapter, latest).await,
-            Work::Query(q) => intent::intend_query(tx, &p, &channel, adapter, latest, q).await,
-            Work::Close(c) => intent::intend_close(tx, &p, &channel, adapter, latest, c).await,
-            Work::Refund(_) | Work::RefundQuery(_) => unreachable!("refunds are intended above"),
+            Work::Refund(m) => self.intend_refund(tx, m, false).await,
+            Work::RefundQuery(m) => self.intend_refund(tx, m, true).await,
+            Work::Charge(_) => self.intend_on_payment(tx, id, OnPayment::Charge).await,
+            Work::Query(q) => self.intend_on_payment(tx, id, OnPayment::Query(q)).await,
+            Work::Close(c) => self.intend_on_payment(tx, id, OnPayment::Close(c)).await,
         }
     }
 

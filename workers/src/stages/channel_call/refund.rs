@@ -140,6 +140,7 @@ impl ChannelCall {
                 r.id,
                 RefundStatus::Reserved,
                 RefundStatus::Sending,
+                None,
             )
             .await?;
             if r.to_wallet() {
@@ -241,7 +242,7 @@ impl ChannelCall {
     ) -> Result<Outcome, StageError> {
         tracing::warn!(refund_id = %r.id, why, "refund has no final answer yet");
         if status == RefundStatus::Sending {
-            refund::transition(tx.conn(), r.id, status, RefundStatus::Unknown).await?;
+            refund::transition(tx.conn(), r.id, status, RefundStatus::Unknown, None).await?;
         }
         sqlx::query("UPDATE refunds SET last_error = $2 WHERE id = $1")
             .bind(r.id)
@@ -268,6 +269,7 @@ impl ChannelCall {
                 r.id,
                 RefundStatus::Unknown,
                 RefundStatus::Exception,
+                None,
             )
             .await?;
             metrics::counter!("payfleet_refunds_total", "result" => "exception").increment(1);

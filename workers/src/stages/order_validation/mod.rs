@@ -14,6 +14,7 @@ pub mod pricing;
 mod receipts;
 mod record;
 mod refund;
+mod refusal;
 mod request;
 pub mod risk;
 pub mod schema;
@@ -23,10 +24,8 @@ use payfleet_common::lock::Locks;
 use payfleet_common::{
     PaymentId, broker,
     messages::{self, Outcome as Final, PaymentRequested, SCHEMA_VERSION, kind},
-    money,
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable},
 };
-use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -35,6 +34,7 @@ use judge::Verdict;
 pub use judge::{PricedOrder, load_coupon};
 pub use receipts::{prune_receipts, run_receipt_pruning};
 use record::{insert_order, insert_payment};
+use refusal::{Rejection, refuse, signed_by};
 use request::usable_id;
 pub use request::{freshness, read_request};
 use risk::{Decision, RiskRules};
@@ -305,16 +305,8 @@ impl OrderValidation {
         // A signed request is no licence to replay it later (after the
         // merchant is reactivated, say): it must be fresh at its first receipt.
         if let Ok(parsed) = &request.parsed {
-            let first: Option<DateTime<Utc>> = sqlx::query_scalar(
-                "SELECT first_received_at FROM request_receipts WHERE message_id = $1",
-            )
-            .bind(&inbound.message_id)
-            .fetch_optional(tx.conn())
-            .await?;
-            // (written before this transaction; if pruned since, this is its first receipt)
-            let first = first.unwrap_or_else(Utc::now);
             if let Some((reason, detail)) =
-                freshness(parsed.requested_at, first, self.request_max_age)
+                self.stale_request(tx, inbound, parsed.requested_at).await?
             {
                 return refuse(tx, inbound, request, reason, &detail)
                     .await
@@ -322,6 +314,25 @@ impl OrderValidation {
             }
         }
         Ok(None)
+    }
+
+    /// A refusal when a request (payment or refund) was not fresh at its
+    /// first receipt, judged by `requested_at`.
+    async fn stale_request(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        requested_at: DateTime<Utc>,
+    ) -> Result<Option<(&'static str, String)>, StageError> {
+        let first: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT first_received_at FROM request_receipts WHERE message_id = $1",
+        )
+        .bind(&inbound.message_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        // (written before this transaction; if pruned since, this is its first receipt)
+        let first = first.unwrap_or_else(Utc::now);
+        Ok(freshness(requested_at, first, self.request_max_age))
     }
 
     /// An order that passed every check: risk decides whether it is
@@ -391,88 +402,4 @@ impl OrderValidation {
         .await?;
         payment::emit_outcome(tx, id, Final::Rejected, Some(reason))
     }
-}
-
-/// The status of merchant `merchant_id` when `body` is signed with its
-/// key; otherwise the refusal's reason and detail.
-pub(super) async fn signed_by(
-    tx: &mut StageTx,
-    merchant_id: &str,
-    signature: Option<&str>,
-    body: &[u8],
-) -> Result<Result<String, (&'static str, &'static str)>, StageError> {
-    let merchant: Option<(String, String)> =
-        sqlx::query_as("SELECT signing_key, status FROM merchants WHERE id = $1")
-            .bind(merchant_id)
-            .fetch_optional(tx.conn())
-            .await?;
-    let Some((signing_key, merchant_status)) = merchant else {
-        return Ok(Err(("unknown_merchant", "no such merchant")));
-    };
-    if !signature.is_some_and(|s| messages::verify(&signing_key, body, s)) {
-        let detail = if signature.is_some() {
-            "signature does not match the body"
-        } else {
-            "no signature header"
-        };
-        return Ok(Err(("bad_signature", detail)));
-    }
-    Ok(Ok(merchant_status))
-}
-
-/// Refuses a request that creates no payment, with a `payment.rejected`
-/// event for BI (its payment id derived from the message, not the order).
-async fn refuse(
-    tx: &mut StageTx,
-    inbound: &Inbound,
-    request: &Request,
-    reason: &str,
-    detail: &str,
-) -> Result<Outcome, StageError> {
-    sqlx::query(
-        "INSERT INTO request_rejections (message_id, merchant_id, merchant_order_id, reason, detail)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(&inbound.message_id)
-    .bind(&request.merchant_id)
-    .bind(&request.merchant_order_id)
-    .bind(reason)
-    .bind(detail)
-    .execute(tx.conn())
-    .await?;
-    let refusal_id = PaymentId::from(messages::stable_id(&[
-        "refused-request",
-        &inbound.message_id,
-    ]));
-    tx.set_correlation_id(&refusal_id.to_string());
-    let parsed = request.parsed.as_ref().ok();
-    let event = messages::PaymentEvent {
-        schema_version: SCHEMA_VERSION,
-        event_id: messages::stable_id(&[
-            "event",
-            &refusal_id.to_string(),
-            messages::event::REJECTED,
-        ]),
-        event_type: messages::event::REJECTED.to_owned(),
-        payment_id: refusal_id,
-        merchant_id: request.merchant_id.clone(),
-        merchant_order_id: request.merchant_order_id.clone(),
-        user_id: parsed.map(|p| p.user_id.clone()).unwrap_or_default(),
-        status: "rejected".to_owned(),
-        // Only what the contract allows travels on: an unusable amount or
-        // currency in the refused request is reported as 0 / XXX ("no currency").
-        amount: parsed
-            .and_then(|p| money::check_amount(p.expected_amount).ok())
-            .unwrap_or(Decimal::ZERO),
-        currency: parsed
-            .and_then(|p| money::currency(&p.currency).ok())
-            .unwrap_or("XXX")
-            .to_owned(),
-        reason: Some(format!("{reason}: {detail}")),
-        sub_orders: Vec::new(),
-        occurred_at: Utc::now(),
-    };
-    tx.emit_event(messages::event::REJECTED, &event)?;
-    tracing::info!(reason, detail, "request refused");
-    Ok(Outcome::Applied)
 }

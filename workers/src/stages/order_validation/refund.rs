@@ -9,7 +9,7 @@
 //! merchant is refused like a bad payment request, with a `refund.failed`
 //! event and nothing kept but the rejection.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use payfleet_common::{
     PaymentId, broker,
     messages::{
@@ -23,7 +23,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{OrderValidation, freshness, payment_id, request::read_refund_request, signed_by};
+use super::{OrderValidation, Rejection, payment_id, request::read_refund_request, signed_by};
 use crate::{
     channels::BALANCE,
     domain::{
@@ -216,26 +216,6 @@ impl OrderValidation {
         };
         accept(tx, request, parsed, refund_id, payment).await
     }
-
-    /// A refusal when the request was not fresh at its first receipt.
-    async fn stale_request(
-        &self,
-        tx: &mut StageTx,
-        inbound: &Inbound,
-        requested_at: DateTime<Utc>,
-    ) -> Result<Option<(&'static str, String)>, StageError> {
-        let first: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT first_received_at FROM request_receipts WHERE message_id = $1",
-        )
-        .bind(&inbound.message_id)
-        .fetch_optional(tx.conn())
-        .await?;
-        Ok(freshness(
-            requested_at,
-            first.unwrap_or_else(Utc::now),
-            self.request_max_age,
-        ))
-    }
 }
 
 /// The payment named by merchant order id or payment id, when it is this
@@ -333,17 +313,12 @@ async fn refuse_unbound(
     reason: &str,
     detail: &str,
 ) -> Result<Outcome, StageError> {
-    sqlx::query(
-        "INSERT INTO request_rejections (message_id, merchant_id, merchant_refund_id, reason, detail)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(&inbound.message_id)
-    .bind(&request.merchant_id)
-    .bind(&request.merchant_refund_id)
-    .bind(reason)
-    .bind(detail)
-    .execute(tx.conn())
-    .await?;
+    let rejection = Rejection {
+        merchant_id: &request.merchant_id,
+        merchant_order_id: None,
+        merchant_refund_id: Some(&request.merchant_refund_id),
+    };
+    rejection.record(tx, inbound, reason, detail).await?;
     // No refund came of it: the event names the refused message, never the
     // refund its key belongs to (a conflict, a forgery must not report on
     // a refund that exists and may have succeeded).

@@ -1,0 +1,125 @@
+//! Requests refused before they become a payment or a refund: who signed
+//! them, and the record and event of a refusal.
+
+use chrono::Utc;
+use payfleet_common::{
+    PaymentId,
+    messages::{self, SCHEMA_VERSION},
+    money,
+    runtime::{Inbound, Outcome, StageError, StageTx},
+};
+use rust_decimal::Decimal;
+
+use super::Request;
+
+/// The status of merchant `merchant_id` when `body` is signed with its
+/// key; otherwise the refusal's reason and detail.
+pub(super) async fn signed_by(
+    tx: &mut StageTx,
+    merchant_id: &str,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<Result<String, (&'static str, &'static str)>, StageError> {
+    let merchant: Option<(String, String)> =
+        sqlx::query_as("SELECT signing_key, status FROM merchants WHERE id = $1")
+            .bind(merchant_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    let Some((signing_key, merchant_status)) = merchant else {
+        return Ok(Err(("unknown_merchant", "no such merchant")));
+    };
+    if !signature.is_some_and(|s| messages::verify(&signing_key, body, s)) {
+        let detail = if signature.is_some() {
+            "signature does not match the body"
+        } else {
+            "no signature header"
+        };
+        return Ok(Err(("bad_signature", detail)));
+    }
+    Ok(Ok(merchant_status))
+}
+
+/// Whose request a refusal without a payment or a refund answers.
+pub(super) struct Rejection<'a> {
+    pub(super) merchant_id: &'a str,
+    pub(super) merchant_order_id: Option<&'a str>,
+    pub(super) merchant_refund_id: Option<&'a str>,
+}
+
+impl Rejection<'_> {
+    /// Keeps the refused message in `request_rejections` (once per message
+    /// id): it takes no merchant order or refund id.
+    pub(super) async fn record(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), StageError> {
+        sqlx::query(
+            "INSERT INTO request_rejections (message_id, merchant_id, merchant_order_id, merchant_refund_id, reason, detail)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(&inbound.message_id)
+        .bind(self.merchant_id)
+        .bind(self.merchant_order_id)
+        .bind(self.merchant_refund_id)
+        .bind(reason)
+        .bind(detail)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+/// Refuses a request that creates no payment, with a `payment.rejected`
+/// event for BI (its payment id derived from the message, not the order).
+pub(super) async fn refuse(
+    tx: &mut StageTx,
+    inbound: &Inbound,
+    request: &Request,
+    reason: &str,
+    detail: &str,
+) -> Result<Outcome, StageError> {
+    let rejection = Rejection {
+        merchant_id: &request.merchant_id,
+        merchant_order_id: Some(&request.merchant_order_id),
+        merchant_refund_id: None,
+    };
+    rejection.record(tx, inbound, reason, detail).await?;
+    let refusal_id = PaymentId::from(messages::stable_id(&[
+        "refused-request",
+        &inbound.message_id,
+    ]));
+    tx.set_correlation_id(&refusal_id.to_string());
+    let parsed = request.parsed.as_ref().ok();
+    let event = messages::PaymentEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&[
+            "event",
+            &refusal_id.to_string(),
+            messages::event::REJECTED,
+        ]),
+        event_type: messages::event::REJECTED.to_owned(),
+        payment_id: refusal_id,
+        merchant_id: request.merchant_id.clone(),
+        merchant_order_id: request.merchant_order_id.clone(),
+        user_id: parsed.map(|p| p.user_id.clone()).unwrap_or_default(),
+        status: "rejected".to_owned(),
+        // Only what the contract allows travels on: an unusable amount or
+        // currency in the refused request is reported as 0 / XXX ("no currency").
+        amount: parsed
+            .and_then(|p| money::check_amount(p.expected_amount).ok())
+            .unwrap_or(Decimal::ZERO),
+        currency: parsed
+            .and_then(|p| money::currency(&p.currency).ok())
+            .unwrap_or("XXX")
+            .to_owned(),
+        reason: Some(format!("{reason}: {detail}")),
+        sub_orders: Vec::new(),
+        occurred_at: Utc::now(),
+    };
+    tx.emit_event(messages::event::REJECTED, &event)?;
+    tracing::info!(reason, detail, "request refused");
+    Ok(Outcome::Applied)
+}
