@@ -13,8 +13,8 @@ ALTER TABLE refunds ADD CONSTRAINT refunds_reversal_is_upstream
 DROP INDEX refunds_merchant_refund;
 CREATE UNIQUE INDEX refunds_merchant_request ON refunds (merchant_id, kind, merchant_refund_id)
     WHERE origin = 'upstream';
--- `payfleet reconcile` finds a day's reversals by when they were asked.
-CREATE INDEX refunds_reversal_day ON refunds (created_at) WHERE kind = 'reversal';
+-- `payfleet reconcile` finds whether a channel's charge was reversed.
+CREATE INDEX refunds_reversal_of_attempt ON refunds (attempt_id) WHERE kind = 'reversal';
 
 -- The time of day (in the fleet's business-day zone, `business_time_zone`)
 -- after which the channel has settled the day's payments and reverses no

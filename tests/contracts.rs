@@ -14,8 +14,8 @@ use jsonschema::Validator;
 use payfleet_common::messages::{
     self, AttemptId, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated,
     Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
-    RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem, Resolution,
-    SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
+    PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem,
+    Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
 };
 use rust_decimal::Decimal;
 use serde::{Serialize, de::DeserializeOwned};
@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 12] = [
+const MESSAGES: [&str; 14] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -36,6 +36,8 @@ const MESSAGES: [&str; 12] = [
     kind::REFUND_REQUESTED,
     "refund.step",
     "refund.event",
+    kind::PAYMENT_REVERSE,
+    "reversal.event",
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -243,6 +245,8 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         kind::REFUND_REQUESTED => round_trip::<RefundRequested>(name, value, what),
         "refund.step" => round_trip::<RefundStep>(name, value, what),
         "refund.event" => round_trip::<RefundEvent>(name, value, what),
+        kind::PAYMENT_REVERSE => round_trip::<PaymentReverse>(name, value, what),
+        "reversal.event" => round_trip::<ReversalEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -328,6 +332,7 @@ fn assert_conventions(name: &str, object_schema: &Value, path: &str) {
                 "merchant_id",
                 "merchant_order_id",
                 "merchant_refund_id",
+                "merchant_reversal_id",
                 "user_id",
                 "seller_id",
             ];
@@ -690,6 +695,50 @@ fn every_rust_message_matches_its_schema() {
             ..refund_event.clone()
         },
     );
+
+    let reverse = PaymentReverse {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: "demo-shop".into(),
+        merchant_reversal_id: "DS-RV-1".into(),
+        merchant_order_id: Some("DS-20261202-000042".into()),
+        payment_id: Some(payment),
+        reason: "order_cancelled_by_customer".into(),
+        requested_at: now,
+    };
+    check_message(
+        kind::PAYMENT_REVERSE,
+        &reverse,
+        &PaymentReverse {
+            merchant_order_id: None,
+            payment_id: None,
+            ..reverse.clone()
+        },
+    );
+    let reversal_event = ReversalEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &refund_id.to_string(), event::REVERSED]),
+        event_type: event::REVERSED.into(),
+        reversal_id: refund_id,
+        merchant_id: "demo-shop".into(),
+        merchant_reversal_id: "DS-RV-1".into(),
+        payment_id: Some(payment),
+        merchant_order_id: Some("DS-20261202-000042".into()),
+        status: "succeeded".into(),
+        amount: d("80.00"),
+        currency: "CNY".into(),
+        reason: Some("reversal_window_closed: settled".into()),
+        occurred_at: now,
+    };
+    check_message(
+        "reversal.event",
+        &reversal_event,
+        &ReversalEvent {
+            payment_id: None,
+            merchant_order_id: None,
+            reason: None,
+            ..reversal_event.clone()
+        },
+    );
 }
 
 #[test]
@@ -752,6 +801,13 @@ fn the_schema_enums_are_the_rust_enums() {
             .map(str::to_owned)
             .into(),
         "refund.event event_type"
+    );
+    assert_eq!(
+        schema_enum(&schema("reversal.event"), "event_type"),
+        [event::REVERSED, event::REVERSAL_FAILED]
+            .map(str::to_owned)
+            .into(),
+        "reversal.event event_type"
     );
 }
 

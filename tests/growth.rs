@@ -475,7 +475,7 @@ async fn no_large_table_is_scanned_in_full_with_100k_payments_of_history() -> an
     ops::webhook::resend(&ops_pool, &ids, "growth", "webhook resend", Value::Null).await?;
     let today = Utc::now().date_naive();
     for channel in GatewayConfig::standard().channels {
-        ops::reconcile::reconcile(&ops_pool, &channel.name, today).await?;
+        ops::reconcile::reconcile(&ops_pool, &channel.name, today, chrono_tz::Tz::UTC).await?;
     }
     payfleet_common::retention::prune_inbox(&ops_pool, Duration::from_secs(30 * 86_400)).await?;
     payfleet_common::retention::prune_sent_outbox(&ops_pool, Duration::from_secs(86_400)).await?;

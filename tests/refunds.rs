@@ -127,7 +127,7 @@ async fn balance(
     kind: &str,
     owner: &str,
 ) -> anyhow::Result<(Decimal, Decimal, Decimal)> {
-    ledger::roll_up(world.pool(), 1_000_000).await?;
+    fleet::roll_up_all(world.pool()).await?;
     Ok(sqlx::query_as(
         "SELECT total, available, frozen FROM accounts WHERE owner_kind = $1 AND owner_id = $2 AND currency = 'CNY'",
     )
@@ -465,7 +465,7 @@ async fn move_out_of_m1(world: &World, reference: &str, amount: Decimal) -> anyh
     .bind(amount)
     .execute(world.pool())
     .await?;
-    ledger::roll_up(world.pool(), 1_000_000).await?;
+    fleet::roll_up_all(world.pool()).await?;
     Ok(())
 }
 
@@ -616,7 +616,7 @@ async fn the_roll_up_never_waits_on_an_account_a_refund_holds() -> anyhow::Resul
     let mut world = world("refundrollup").await?;
     paid(&world, "w-held", "balance", "tok_success").await?;
     world.stop().await;
-    ledger::roll_up(world.pool(), 1_000_000).await?;
+    fleet::roll_up_all(world.pool()).await?;
     let mut holder = world.pool().begin().await?;
     let held: i64 = sqlx::query_scalar(
         "SELECT id FROM accounts WHERE owner_kind = 'merchant' AND owner_id = 'm1' FOR NO KEY UPDATE",

@@ -22,14 +22,19 @@
 //! | `tok_refund_fails` | charged; a refund of it is refused for good: FAILED (`refund_declined`), nothing paid back |
 //! | `tok_refund_timeout` | charged; a refund of it is paid back, but answers only after `timeout_hold_ms` |
 //! | `tok_refund_pending` | charged; a refund of it answers PROCESSING, succeeds after the webhook delay and is then reported by a refund webhook (`refund_no`, `status`) |
+//! | `tok_reversal_timeout` | charged; a reversal of it is done at once, but answers only after `timeout_hold_ms` |
 //!
 //! A refund's behaviour is chosen by its trade's payer token; any other
 //! token's refunds succeed at once. Refunds deduplicate on `refund_no`.
+//! A trade paid today (in the gateway's business zone) and never refunded
+//! can be reversed whole until the channel's cut-off, which the channel's
+//! operator (a test) can move; reversals deduplicate on `reversal_no`.
 //!
 //! API, per channel `C`: `POST /channels/C/payments`, `GET /channels/C/payments/{out_trade_no}`,
 //! `POST /channels/C/payments/{out_trade_no}/close`, `POST /channels/C/refunds`,
-//! `GET /channels/C/refunds/{refund_no}`,
-//! `GET /channels/C/statement?date=YYYY-MM-DD`. Webhooks are POSTed to the
+//! `GET /channels/C/refunds/{refund_no}`, `POST /channels/C/reversals`,
+//! `GET /channels/C/reversals/{reversal_no}`, `PUT /channels/C/reversal-cutoff`,
+//! `GET /channels/C/statement?date=YYYY-MM-DD` (the day in the business zone). Webhooks are POSTed to the
 //! request's `notify_url` with `x-sandbox-timestamp` (Unix seconds) and
 //! `x-sandbox-signature` = hex HMAC-SHA256(channel secret, "{timestamp}.{body}").
 
@@ -55,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 mod protocol;
 mod refunds;
+mod reversals;
 
 pub use protocol::*;
 
@@ -64,6 +70,9 @@ struct Store {
     refunds: HashMap<(String, String), Refund>,
     /// The keys of the refunds still PROCESSING, settled when read.
     processing: Vec<(String, String)>,
+    reversals: HashMap<(String, String), Reversal>,
+    /// Reversal cut-offs moved since start, per channel.
+    cutoffs: HashMap<String, Option<chrono::NaiveTime>>,
     sequence: u64,
 }
 
@@ -108,6 +117,15 @@ impl Gateway {
             .route(
                 "/channels/{channel}/refunds/{refund_no}",
                 get(refunds::query),
+            )
+            .route("/channels/{channel}/reversals", post(reversals::create))
+            .route(
+                "/channels/{channel}/reversals/{reversal_no}",
+                get(reversals::query),
+            )
+            .route(
+                "/channels/{channel}/reversal-cutoff",
+                axum::routing::put(reversals::set_cutoff),
             )
             .route("/channels/{channel}/statement", get(statement))
             .route("/healthz", get(|| async { "ok\n" }))
@@ -385,7 +403,7 @@ async fn close(
             TradeStatus::Closed | TradeStatus::Failed => {
                 (StatusCode::OK, Json(trade_json(trade))).into_response()
             }
-            TradeStatus::Succeeded => {
+            TradeStatus::Succeeded | TradeStatus::Reversed => {
                 (StatusCode::CONFLICT, Json(trade_json(trade))).into_response()
             }
         },
@@ -397,19 +415,22 @@ struct StatementQuery {
     date: chrono::NaiveDate,
 }
 
-/// The day's statement, as the channel sees it: every trade created that
-/// day (UTC), and every refund that paid money back that day.
+/// The day's statement, as the channel sees it, the day taken in its
+/// business zone: every trade created that day, every refund that paid
+/// money back that day, and every reversal done that day.
 async fn statement(
     State(gw): State<Gateway>,
     Path(channel): Path<String>,
     Query(q): Query<StatementQuery>,
 ) -> Response {
+    let zone = gw.config.business_zone;
+    let on_day = |at: DateTime<Utc>| at.with_timezone(&zone).date_naive() == q.date;
     let mut store = gw.store.lock().expect("store");
     store.settle_refunds(Utc::now());
     let mut trades: Vec<Trade> = store
         .trades
         .values()
-        .filter(|t| t.channel == channel && t.created_at.date_naive() == q.date)
+        .filter(|t| t.channel == channel && on_day(t.created_at))
         .cloned()
         .collect();
     trades.sort_by(|a, b| a.trade_no.cmp(&b.trade_no));
@@ -417,18 +438,26 @@ async fn statement(
         .refunds
         .values()
         .filter(|r| {
-            r.channel == channel
-                && r.status == RefundStatus::Succeeded
-                && r.final_at.date_naive() == q.date
+            r.channel == channel && r.status == RefundStatus::Succeeded && on_day(r.final_at)
         })
         .cloned()
         .collect();
     refunds.sort_by(|a, b| (a.final_at, &a.refund_no).cmp(&(b.final_at, &b.refund_no)));
+    let mut reversals: Vec<Reversal> = store
+        .reversals
+        .values()
+        .filter(|r| {
+            r.channel == channel && r.status == ReversalStatus::Succeeded && on_day(r.created_at)
+        })
+        .cloned()
+        .collect();
+    reversals.sort_by(|a, b| (a.created_at, &a.reversal_no).cmp(&(b.created_at, &b.reversal_no)));
     let statement = Statement {
         channel,
         date: q.date,
         trades,
         refunds,
+        reversals,
     };
     (StatusCode::OK, Json(statement)).into_response()
 }

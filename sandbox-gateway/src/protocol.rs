@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono_tz::Tz;
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,11 @@ pub struct ChannelConfig {
     /// The channel's fee, e.g. 0.0060.
     #[serde(with = "rust_decimal::serde::str")]
     pub fee_rate: Decimal,
+    /// The time of day (in the gateway's business zone) at which it settles
+    /// the day's trades: a trade paid that day can be reversed until then,
+    /// later only refunded. None: the channel does not reverse.
+    #[serde(default)]
+    pub reversal_cutoff: Option<NaiveTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +44,14 @@ pub struct GatewayConfig {
     pub webhook_delay: Duration,
     pub slow: Duration,
     pub timeout_hold: Duration,
+    /// The zone its business day (statements, reversal cut-offs) is kept in.
+    pub business_zone: Tz,
+}
+
+/// The cut-off the standard channels reverse until: late in the day, so a
+/// test run at any hour but the last minutes of a day is before it.
+pub fn standard_reversal_cutoff() -> NaiveTime {
+    NaiveTime::from_hms_opt(23, 59, 0).expect("a valid time")
 }
 
 impl GatewayConfig {
@@ -51,17 +65,20 @@ impl GatewayConfig {
                     secret: "sandbox-wallet-secret".into(),
                     mode: Mode::Async,
                     fee_rate: Decimal::new(40, 4),
+                    reversal_cutoff: Some(standard_reversal_cutoff()),
                 },
                 ChannelConfig {
                     name: "sandbox-card".into(),
                     secret: "sandbox-card-secret".into(),
                     mode: Mode::Sync,
                     fee_rate: Decimal::new(120, 4),
+                    reversal_cutoff: Some(standard_reversal_cutoff()),
                 },
             ],
             webhook_delay: Duration::from_millis(300),
             slow: Duration::from_millis(1_500),
             timeout_hold: Duration::from_secs(30),
+            business_zone: Tz::UTC,
         }
     }
 }
@@ -73,6 +90,9 @@ pub enum TradeStatus {
     Succeeded,
     Failed,
     Closed,
+    /// Cancelled whole the day it was paid: the payer has it all back and
+    /// the channel keeps no fee.
+    Reversed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,17 +165,51 @@ pub struct Refund {
     pub final_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateReversal {
+    pub out_trade_no: String,
+    pub reversal_no: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReversalStatus {
+    /// The trade is cancelled: the payer has the whole amount back.
+    Succeeded,
+    /// Refused for good (`reversal_window_closed`: the trade is settled).
+    Failed,
+}
+
+/// A reversal as the gateway keeps it, deduplicated on (channel, reversal_no).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reversal {
+    pub channel: String,
+    pub reversal_no: String,
+    pub out_trade_no: String,
+    /// The whole trade.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: ReversalStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A channel's statement for a day.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Statement {
     pub channel: String,
     pub date: NaiveDate,
-    /// Every trade created that day (UTC).
+    /// Every trade created that day (in the gateway's business zone).
     pub trades: Vec<Trade>,
-    /// Every refund that succeeded that day (UTC); statements from before
+    /// Every refund that succeeded that day; statements from before
     /// refunds were listed have none.
     #[serde(default)]
     pub refunds: Vec<Refund>,
+    /// Every reversal that succeeded that day.
+    #[serde(default)]
+    pub reversals: Vec<Reversal>,
 }
 
 /// A webhook body.

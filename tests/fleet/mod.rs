@@ -38,6 +38,28 @@ pub const SHOP_KEY: &str = "shop-secret";
 /// BI's queue of every event (see [`Harness::bind_events`]).
 const EVENTS_QUEUE: &str = "test.events";
 
+/// Folds every posting into its account's balance, waiting out a roll-up
+/// running elsewhere (it skips what another holds, so one pass may miss
+/// what the fleet's own roll-up is folding at that moment).
+pub async fn roll_up_all(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        payfleet_workers::domain::ledger::roll_up(pool, 1_000_000).await?;
+        let pending: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM postings WHERE NOT rolled_up)")
+                .fetch_one(pool)
+                .await?;
+        if !pending {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "postings still not rolled up after {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn d(text: &str) -> Decimal {
     text.parse().expect("decimal literal")
 }

@@ -10,7 +10,9 @@ use payfleet_common::{
     AttemptId, CancellationToken, PaymentId, Settings,
     messages::{PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
-use payfleet_sandbox_gateway::{ChannelConfig, Gateway, GatewayConfig, Mode, Notice, sign_notice};
+use payfleet_sandbox_gateway::{
+    ChannelConfig, Gateway, GatewayConfig, Mode, Notice, sign_notice, standard_reversal_cutoff,
+};
 use payfleet_workers::{invariants, seed, stages::order_validation};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -58,29 +60,34 @@ impl World {
                     secret: "wallet-secret".into(),
                     mode: Mode::Async,
                     fee_rate: d("0.0040"),
+                    reversal_cutoff: Some(standard_reversal_cutoff()),
                 },
                 ChannelConfig {
                     name: CARD.into(),
                     secret: "card-secret".into(),
                     mode: Mode::Sync,
                     fee_rate: d("0.0120"),
+                    reversal_cutoff: Some(standard_reversal_cutoff()),
                 },
                 ChannelConfig {
                     name: NEW_CARD.into(),
                     secret: "new-card-secret".into(),
                     mode: Mode::Sync,
                     fee_rate: d("0.0060"),
+                    reversal_cutoff: Some(standard_reversal_cutoff()),
                 },
                 ChannelConfig {
                     name: NEW_WALLET.into(),
                     secret: "new-wallet-secret".into(),
                     mode: Mode::Async,
                     fee_rate: d("0.0020"),
+                    reversal_cutoff: Some(standard_reversal_cutoff()),
                 },
             ],
             webhook_delay,
             slow: Duration::from_millis(300),
             timeout_hold: Duration::from_secs(3),
+            ..GatewayConfig::standard()
         });
         let gateway_stop = CancellationToken::new();
         let (bound, _) = gateway
@@ -294,8 +301,12 @@ impl World {
                         COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount < 0), 0),
                         COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0),
                         COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount > 0), 0)
-                 FROM postings p JOIN accounts a ON a.id = p.account_id
+                 FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.id = p.entry_id
                  WHERE a.owner_id IN ('clearing:' || $1, 'channel-costs:' || $1)
+                   -- a reversed trade is listed REVERSED, with nothing moved: its payment and
+                   -- reversal entries net to nothing (checked trade by trade by the invariants)
+                   AND NOT EXISTS (SELECT 1 FROM refunds v WHERE v.kind = 'reversal' AND v.status = 'succeeded'
+                                    AND v.attempt_id = j.attempt_id)
                  GROUP BY a.currency",
             )
             .bind(&channel)
@@ -361,8 +372,10 @@ pub async fn seed(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
                 "wallet-secret",
                 &["wallet"],
                 d("0.0040"),
-            ),
-            seed::sandbox_channel(CARD, gateway_url, "card-secret", &["card"], d("0.0120")),
+            )
+            .reversal_cutoff(Some(standard_reversal_cutoff())),
+            seed::sandbox_channel(CARD, gateway_url, "card-secret", &["card"], d("0.0120"))
+                .reversal_cutoff(Some(standard_reversal_cutoff())),
         ],
     }
     .seed(pool)

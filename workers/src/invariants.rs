@@ -103,7 +103,10 @@ const WHEN_QUIET: &[(&str, &str)] = &[
             - (SELECT COALESCE(sum(r.fee_back), 0) FROM refund_allocations r
                 WHERE r.currency = c.currency AND r.status = 'booked')
             - (SELECT COALESCE(sum(t.fee), 0) FROM payment_attempts t
-                WHERE t.fee IS NOT NULL AND t.charged_currency = c.currency)"),
+                WHERE t.fee IS NOT NULL AND t.charged_currency = c.currency
+                  -- a channel keeps no fee on a charge it reversed
+                  AND NOT EXISTS (SELECT 1 FROM refunds v WHERE v.attempt_id = t.id
+                                   AND v.kind = 'reversal' AND v.status = 'succeeded'))"),
     ("a merchant's frozen balance is exactly its reservations for refunds in flight",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
         AND a.frozen <> COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
@@ -127,14 +130,16 @@ const WHEN_QUIET: &[(&str, &str)] = &[
         AND COALESCE((SELECT sum(r.amount) FROM refund_allocations r
                        WHERE r.refund_id = f.id AND r.status IN ('reserved', 'booked')), 0)
             <> CASE WHEN f.status IN ('reserved', 'sending', 'unknown', 'succeeded', 'exception') THEN f.amount ELSE 0 END"),
-    ("a paid refund is booked with its journal entry, and nothing else is",
+    ("a paid refund (reversal) is booked with its journal entry of its kind, and nothing else is",
      "SELECT count(*) FROM refunds f WHERE f.origin = 'upstream'
-        AND ((f.status = 'succeeded') <> EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = f.id::text AND j.kind = 'refund')
+        AND ((f.status = 'succeeded') <> EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = f.id::text AND j.kind = f.kind)
              OR (f.status IN ('succeeded', 'failed')) <> (f.booked_at IS NOT NULL))"),
     ("every finished refund has its one outcome event",
      "SELECT count(*) FROM refunds f WHERE f.origin = 'upstream' AND f.status IN ('succeeded', 'failed', 'refused')
         AND NOT EXISTS (SELECT 1 FROM payment_events e WHERE e.refund_id = f.id
-                         AND e.event_type = CASE WHEN f.status = 'succeeded' THEN 'refund.succeeded' ELSE 'refund.failed' END)"),
+                         AND e.event_type = CASE WHEN f.kind = 'reversal'
+                             THEN CASE WHEN f.status = 'succeeded' THEN 'payment.reversed' ELSE 'payment.reversal_failed' END
+                             ELSE CASE WHEN f.status = 'succeeded' THEN 'refund.succeeded' ELSE 'refund.failed' END END)"),
     ("payer refunds payable equal the refunds still owed",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'payable' AND a.owner_id LIKE 'payer-refunds:%'
         AND a.total <> COALESCE((SELECT sum(r.amount) FROM refunds r WHERE r.status = 'owed'
@@ -229,7 +234,8 @@ pub async fn against_channel_statements(
         .await?;
         let days: Vec<NaiveDate> = sqlx::query_scalar(
             "SELECT DISTINCT d::date FROM payment_attempts a,
-                    LATERAL (VALUES ((a.created_at AT TIME ZONE 'UTC')::date), ((a.created_at AT TIME ZONE 'UTC')::date + 1)) v(d)
+                    LATERAL (VALUES ((a.created_at AT TIME ZONE 'UTC')::date - 1), ((a.created_at AT TIME ZONE 'UTC')::date),
+                                    ((a.created_at AT TIME ZONE 'UTC')::date + 1)) v(d)
              WHERE a.channel = $1 AND a.created_at >= $2 ORDER BY 1",
         )
         .bind(&channel)
@@ -237,6 +243,7 @@ pub async fn against_channel_statements(
         .fetch_all(pool)
         .await?;
         let mut theirs: HashMap<String, Moved> = HashMap::new();
+        let mut reversed: std::collections::HashSet<String> = Default::default();
         for day in days {
             let url = format!(
                 "{}/channels/{channel}/statement?date={day}",
@@ -250,6 +257,23 @@ pub async fn against_channel_statements(
                 .json()
                 .await?;
             for trade in statement["trades"].as_array().into_iter().flatten() {
+                let out = trade["out_trade_no"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                // Reversed the day it was paid: the channel handed nothing
+                // over, kept no fee and owes nothing back.
+                if trade["status"] == "REVERSED" {
+                    reversed.insert(out.clone());
+                    theirs.insert(
+                        out,
+                        Moved {
+                            currency: trade["currency"].as_str().unwrap_or_default().to_owned(),
+                            ..Moved::default()
+                        },
+                    );
+                    continue;
+                }
                 if trade["status"] != "SUCCEEDED" {
                     continue;
                 }
@@ -259,10 +283,6 @@ pub async fn against_channel_statements(
                         .and_then(|v| v.parse().ok())
                         .ok_or_else(|| anyhow::anyhow!("{url}: trade without a readable {field}"))
                 };
-                let out = trade["out_trade_no"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
                 theirs.insert(
                     out,
                     Moved {
@@ -316,11 +336,15 @@ pub async fn against_channel_statements(
         }
         let (mut received, mut paid_back, mut fees, mut unlisted) = (0, 0, 0, 0);
         for (out, their) in &theirs {
-            let mine = match ours.remove(out).as_deref() {
+            let mut mine = match ours.remove(out).as_deref() {
                 Some([one]) => one.clone(),
                 // nothing booked, or booked in more than one currency
                 Some(_) | None => Moved::default(),
             };
+            if reversed.contains(out) {
+                // what we booked as received and then reversed, net
+                mine.received -= std::mem::take(&mut mine.paid_back);
+            }
             let same_currency = mine.currency == their.currency;
             received += i64::from(!same_currency || mine.received != their.received);
             paid_back += i64::from(!same_currency || mine.paid_back != their.paid_back);

@@ -193,6 +193,10 @@ pub struct Settings {
     /// for every TLS connection: `postgres://…?sslmode=verify-full`,
     /// `rediss://`, `amqps://` and https merchant webhooks.
     pub tls_ca_file: Option<String>,
+    /// The one time zone the fleet's business day is kept in (an IANA name):
+    /// same-day reversal cut-offs, `payfleet reconcile --date` and the
+    /// sandbox gateway's statements all count days in it.
+    pub business_time_zone: String,
 }
 
 impl Default for Settings {
@@ -273,6 +277,7 @@ impl Default for Settings {
             inbox_retention_days: 30,
             request_max_age: Duration::from_millis(3_600_000),
             tls_ca_file: None,
+            business_time_zone: "UTC".into(),
         }
     }
 }
@@ -360,6 +365,12 @@ impl Settings {
                 ),
             ));
         }
+        if let Err(reason) = self.business_time_zone.parse::<chrono_tz::Tz>() {
+            return Err(invalid(
+                "business_time_zone",
+                format!("{reason}: use an IANA zone name such as UTC or Asia/Shanghai"),
+            ));
+        }
         if self.webhook_delays.is_empty() || self.webhook_delays.iter().any(Duration::is_zero) {
             return Err(invalid(
                 "webhook_delays_ms",
@@ -434,6 +445,14 @@ impl Settings {
             .unwrap_or_else(|_| ("guest".into(), "guest".into()))
     }
 
+    /// The business day's zone (`business_time_zone`, checked by
+    /// [`Settings::validate`]; UTC if it was never validated).
+    pub fn business_zone(&self) -> chrono_tz::Tz {
+        self.business_time_zone
+            .parse()
+            .unwrap_or(chrono_tz::Tz::UTC)
+    }
+
     /// The RabbitMQ vhost named by `amqp_url`.
     pub fn amqp_vhost(&self) -> String {
         lapin::uri::AMQPUri::from_str(&self.amqp_url)
@@ -475,6 +494,17 @@ mod tests {
         Settings::from_figment(
             Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(toml)),
         )
+    }
+
+    #[test]
+    fn the_business_day_zone_is_an_iana_name() {
+        assert_eq!(with("").unwrap().business_zone(), chrono_tz::Tz::UTC);
+        let s = with("business_time_zone = \"Asia/Shanghai\"").unwrap();
+        assert_eq!(s.business_zone(), chrono_tz::Tz::Asia__Shanghai);
+        let err = with("business_time_zone = \"Mars/Olympus\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`business_time_zone`"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 pub use crate::ids::{AttemptId, PaymentId};
-pub use refund::{RefundEvent, RefundRequested, RefundResult, RefundStep};
+pub use refund::{
+    PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, ReversalEvent,
+};
 
 mod refund;
 
@@ -33,6 +35,9 @@ pub mod kind {
     pub const TRADE_CLOSE: &str = "trade.close";
     /// Upstream asks for (part of) a settled payment back.
     pub const REFUND_REQUESTED: &str = "refund.requested";
+    /// Upstream cancels a whole channel payment the channel has not settled
+    /// yet; it then runs as a refund of kind `reversal`, with the refund steps.
+    pub const PAYMENT_REVERSE: &str = "payment.reverse";
     /// order-validation → fund-freeze: a refund request that passed its checks.
     pub const REFUND_VALIDATED: &str = "refund.validated";
     /// fund-freeze → channel-call: the refund is reserved on the merchants' side.
@@ -71,6 +76,8 @@ pub mod event {
     pub const EXCEPTION: &str = "payment.exception";
     pub const REFUND_SUCCEEDED: &str = "refund.succeeded";
     pub const REFUND_FAILED: &str = "refund.failed";
+    pub const REVERSED: &str = "payment.reversed";
+    pub const REVERSAL_FAILED: &str = "payment.reversal_failed";
 }
 
 /// `payment.requested`: published by upstream on `payfleet.ingress`.

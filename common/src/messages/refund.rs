@@ -1,5 +1,6 @@
-//! The refund messages of contract v1: upstream's request, the hand-offs
-//! between stages, and the event.
+//! The refund and reversal messages of contract v1: upstream's requests,
+//! the hand-offs between stages (a reversal runs as a refund of the whole
+//! payment, with the same steps), and the events.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -97,6 +98,54 @@ pub struct RefundEvent {
     /// What the payment has had back in all, this refund included when it succeeded.
     #[serde(with = "rust_decimal::serde::str")]
     pub refunded_total: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// `payment.reverse`: published by upstream on `payfleet.ingress`, signed
+/// like a payment request. Cancels a whole channel payment the channel has
+/// not settled yet (the same business day, before the channel's cut-off);
+/// later, a refund is the way. The payment is named by the merchant's order
+/// id or by its payment id (at least one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentReverse {
+    pub schema_version: u32,
+    pub merchant_id: String,
+    /// The idempotency key: the same id with the same content is the same reversal.
+    pub merchant_reversal_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_order_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<PaymentId>,
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A reversal's BI event on `payfleet.events` (`payment.reversed`,
+/// `payment.reversal_failed`), and the body of its merchant webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReversalEvent {
+    pub schema_version: u32,
+    /// Stable per reversal and event type: consumers deduplicate on it.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub reversal_id: Uuid,
+    pub merchant_id: String,
+    pub merchant_reversal_id: String,
+    /// Absent when the request named no payment of this merchant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<PaymentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_order_id: Option<String>,
+    pub status: String,
+    /// The whole payment.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    /// Why it failed: `reversal_window_closed` means the channel has settled
+    /// the payment, and a refund is the way to give it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub occurred_at: DateTime<Utc>,

@@ -133,6 +133,7 @@ pub async fn run(
         // The sandbox with no webhook delay, calling back to this process.
         let mut config = payfleet_sandbox_gateway::GatewayConfig::standard();
         config.webhook_delay = std::time::Duration::ZERO;
+        config.business_zone = settings.business_zone();
         let gateway = payfleet_sandbox_gateway::Gateway::new(config);
         let (addr, _) = gateway
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())

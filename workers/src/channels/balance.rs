@@ -78,6 +78,31 @@ impl ChannelAdapter for BalanceChannel {
             })
         })
     }
+    fn reverse(
+        &self,
+        attempt_id: AttemptId,
+        _reversal_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>> {
+        // a wallet payment is refunded, never reversed: there is no trade
+        Box::pin(async move {
+            Err(RefundError::NothingCharged {
+                channel: BALANCE.to_owned(),
+                attempt_id,
+            })
+        })
+    }
+    fn query_reversal(
+        &self,
+        attempt_id: AttemptId,
+        _reversal_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>> {
+        Box::pin(async move {
+            Err(RefundError::NothingCharged {
+                channel: BALANCE.to_owned(),
+                attempt_id,
+            })
+        })
+    }
     fn verify_webhook(
         &self,
         _headers: &HeaderMap,

@@ -206,6 +206,21 @@ pub trait ChannelAdapter: Send + Sync {
         attempt_id: AttemptId,
         refund_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>>;
+    /// Cancels a charged attempt whole, the day it was paid and before the
+    /// channel's cut-off; `reversal_id` is the channel's idempotency key.
+    /// Answers in a refund's shape: `status` SUCCEEDED or FAILED (with a
+    /// `reason`; `reversal_window_closed` once the channel has settled it).
+    fn reverse(
+        &self,
+        attempt_id: AttemptId,
+        reversal_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>>;
+    /// What the channel says of a reversal asked before, as `reverse` answers.
+    fn query_reversal(
+        &self,
+        attempt_id: AttemptId,
+        reversal_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>>;
     /// Verifies a webhook the channel posted (its signature, and that it
     /// was signed within `tolerance` of now) and reads it.
     fn verify_webhook(

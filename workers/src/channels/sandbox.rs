@@ -38,6 +38,8 @@ enum TradeStatus {
     Succeeded,
     Failed,
     Closed,
+    /// Charged, then cancelled whole by a reversal of ours.
+    Reversed,
 }
 
 /// A webhook body, as the gateway documents it.
@@ -163,6 +165,30 @@ impl SandboxChannel {
     fn url(&self, path: &str) -> String {
         format!("{}/channels/{}{path}", self.base_url, self.name)
     }
+
+    /// Asks for money back (a refund or a reversal): SUCCEEDED, PROCESSING
+    /// or FAILED alike come back as the answer, for the caller to read `status`.
+    async fn give_back(&self, path: &str, body: Value) -> Result<Value, RefundError> {
+        match send(self.http.post(self.url(path)).json(&body)).await {
+            Ok((status, raw)) if status.is_success() => Ok(raw),
+            Ok((status, body)) => Err(RefundError::Refused { status, body }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// What became of a refund or a reversal asked before; one the channel
+    /// has never heard of is [`RefundError::NotFound`] (safe to ask again).
+    async fn ask_about(&self, path: String, id: Uuid) -> Result<Value, RefundError> {
+        match send(self.http.get(self.url(&path))).await {
+            Ok((status, raw)) if status.is_success() => Ok(raw),
+            Ok((reqwest::StatusCode::NOT_FOUND, _)) => Err(RefundError::NotFound {
+                channel: self.name.clone(),
+                refund_id: id,
+            }),
+            Ok((status, body)) => Err(RefundError::Refused { status, body }),
+            Err(error) => Err(error.into()),
+        }
+    }
 }
 
 /// The amount (a decimal string with at most two decimal places, never a
@@ -193,7 +219,8 @@ fn read_trade(raw: Value) -> ChannelReply {
         .map(str::to_owned);
     let reason = raw.get("reason").and_then(Value::as_str).map(str::to_owned);
     let status = match raw.get("status").and_then(Value::as_str) {
-        Some("SUCCEEDED") => ChannelStatus::Succeeded,
+        // a reversed trade was charged: its reversal is an operation of its own
+        Some("SUCCEEDED") | Some("REVERSED") => ChannelStatus::Succeeded,
         Some("FAILED") | Some("CLOSED") => ChannelStatus::Failed,
         Some("PENDING") => return ChannelReply::Pending { reference, raw },
         other => {
@@ -252,7 +279,8 @@ fn read_notice(
         .parse::<AttemptId>()
         .map_err(|_| WebhookRefusal::UnknownAttempt)?;
     let status = match notice.status {
-        TradeStatus::Succeeded => Some(ChannelStatus::Succeeded),
+        // a reversed trade was charged: its reversal is an operation of its own
+        TradeStatus::Succeeded | TradeStatus::Reversed => Some(ChannelStatus::Succeeded),
         TradeStatus::Failed | TradeStatus::Closed => Some(ChannelStatus::Failed),
         TradeStatus::Pending => None,
     };
@@ -354,32 +382,31 @@ impl ChannelAdapter for SandboxChannel {
         refund_id: Uuid,
         amount: Decimal,
     ) -> Boxed<'a, Result<Value, RefundError>> {
-        Box::pin(async move {
-            let body = json!({"out_trade_no": attempt_id.to_string(), "refund_no": refund_id.to_string(), "amount": amount.to_string()});
-            match send(self.http.post(self.url("/refunds")).json(&body)).await {
-                // SUCCEEDED, PROCESSING or FAILED alike: the caller reads `status`
-                Ok((status, raw)) if status.is_success() => Ok(raw),
-                Ok((status, body)) => Err(RefundError::Refused { status, body }),
-                Err(error) => Err(error.into()),
-            }
-        })
+        let body = json!({"out_trade_no": attempt_id.to_string(), "refund_no": refund_id.to_string(), "amount": amount.to_string()});
+        Box::pin(self.give_back("/refunds", body))
     }
     fn query_refund(
         &self,
         _attempt_id: AttemptId,
         refund_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>> {
-        Box::pin(async move {
-            match send(self.http.get(self.url(&format!("/refunds/{refund_id}")))).await {
-                Ok((status, raw)) if status.is_success() => Ok(raw),
-                Ok((reqwest::StatusCode::NOT_FOUND, _)) => Err(RefundError::NotFound {
-                    channel: self.name.clone(),
-                    refund_id,
-                }),
-                Ok((status, body)) => Err(RefundError::Refused { status, body }),
-                Err(error) => Err(error.into()),
-            }
-        })
+        Box::pin(self.ask_about(format!("/refunds/{refund_id}"), refund_id))
+    }
+    fn reverse(
+        &self,
+        attempt_id: AttemptId,
+        reversal_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>> {
+        let body =
+            json!({"out_trade_no": attempt_id.to_string(), "reversal_no": reversal_id.to_string()});
+        Box::pin(self.give_back("/reversals", body))
+    }
+    fn query_reversal(
+        &self,
+        _attempt_id: AttemptId,
+        reversal_id: Uuid,
+    ) -> Boxed<'_, Result<Value, RefundError>> {
+        Box::pin(self.ask_about(format!("/reversals/{reversal_id}"), reversal_id))
     }
     fn verify_webhook(
         &self,

@@ -190,9 +190,11 @@ impl Load {
 
         let (webhook_url, webhooks) = webhook_receiver().await?;
         // The third party: the sandbox gateway, in this process but with its own store.
-        let gateway = payfleet_sandbox_gateway::Gateway::new(
-            payfleet_sandbox_gateway::GatewayConfig::standard(),
-        );
+        let gateway =
+            payfleet_sandbox_gateway::Gateway::new(payfleet_sandbox_gateway::GatewayConfig {
+                business_zone: settings.business_zone(),
+                ..payfleet_sandbox_gateway::GatewayConfig::standard()
+            });
         let gateway_stop = CancellationToken::new();
         let (gateway_addr, _) = gateway
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())

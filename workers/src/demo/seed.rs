@@ -43,6 +43,7 @@ pub fn sandbox_channels(gateway_url: &str) -> Vec<seeder::Channel> {
                 &[method],
                 channel.fee_rate,
             )
+            .reversal_cutoff(channel.reversal_cutoff)
         })
         .collect()
 }

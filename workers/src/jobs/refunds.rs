@@ -89,7 +89,7 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
                     .await
                     .map_err(|error| anyhow::anyhow!("booking refund {refund_id}: {error}"))?;
                 }
-                metrics::counter!("payfleet_refunds_total", "result" => "succeeded").increment(1);
+                metrics::counter!("payfleet_refunds_total", "kind" => "refund", "result" => "succeeded").increment(1);
                 tracing::info!(%payment_id, %refund_id, %amount, channel, "late charge refunded");
             }
             Err(error) => {
@@ -98,7 +98,7 @@ async fn send_owed(shared: &Shared, adapters: &Adapters) -> anyhow::Result<()> {
                     .bind(error.to_string())
                     .execute(&mut *tx)
                     .await?;
-                metrics::counter!("payfleet_refunds_total", "result" => "retried").increment(1);
+                metrics::counter!("payfleet_refunds_total", "kind" => "refund", "result" => "retried").increment(1);
                 tracing::warn!(%payment_id, %refund_id, %error, "refund not accepted by the channel; trying again later");
             }
         }

@@ -1,12 +1,16 @@
 //! `payfleet reconcile`: downloads a channel's statement for a day and
 //! compares it with our attempts at that channel: matched, missing on our
-//! side, missing on theirs, amount, currency, status or fee mismatch; and
-//! the refunds it paid back that day with ours, by refund id. The result is
-//! stored (`reconciliation_runs`, `reconciliation_items`).
+//! side, missing on theirs, amount, currency, status or fee mismatch (a
+//! reversed charge is REVERSED with no fee on both sides); and the refunds
+//! it paid back and the reversals it made that day with ours, by refund
+//! (reversal) id. The day is the fleet's business day (`business_time_zone`),
+//! as the channel's statement counts it. The result is stored
+//! (`reconciliation_runs`, `reconciliation_items`).
 
 use std::collections::BTreeMap;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
 use payfleet_common::{AttemptId, PaymentId};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -43,6 +47,23 @@ fn same_status(ours: &str, theirs: &str) -> bool {
     }
 }
 
+/// The first instant of `day` in `zone`, and of the day after.
+pub fn day_bounds(day: NaiveDate, zone: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = |d: NaiveDate| {
+        let midnight = d.and_hms_opt(0, 0, 0).expect("midnight exists");
+        // A zone whose clocks skip midnight starts the day at the first
+        // instant after the gap.
+        zone.from_local_datetime(&midnight)
+            .earliest()
+            .or_else(|| {
+                zone.from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                    .earliest()
+            })
+            .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
+    };
+    (start(day), start(day.succ_opt().unwrap_or(day)))
+}
+
 /// The channels with a statement to download (a `base_url`), by name.
 pub async fn statement_channels(pool: &PgPool) -> Result<Vec<String>> {
     Ok(
@@ -52,7 +73,8 @@ pub async fn statement_channels(pool: &PgPool) -> Result<Vec<String>> {
     )
 }
 
-pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<Summary> {
+pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -> Result<Summary> {
+    let (from, until) = day_bounds(day, zone);
     let base_url: Option<Option<String>> =
         sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
             .bind(channel)
@@ -80,30 +102,29 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
         }
     }
     // Our fee for an attempt: the one booked with its money, else what a
-    // success would cost at the payment's agreed fee; nothing for the rest.
-    // The day is a range of created_at (in the session's time zone, as
-    // `created_at::date` was), so the (channel, created_at) index serves it;
-    // the payment's fee is looked up by its key for each attempt of the
-    // day, never by a join the planner may turn into a scan of payments.
+    // success would cost at the payment's agreed fee; nothing for the rest,
+    // nor for a charge we reversed (the channel keeps no fee on it). The
+    // day is a range of created_at, so the (channel, created_at) index
+    // serves it; the payment's fee and the reversal are looked up by key
+    // for each attempt of the day, never by a join the planner may turn
+    // into a scan of payments.
     let ours: Vec<(AttemptId, PaymentId, Decimal, String, String, Decimal)> = sqlx::query_as(
-        "SELECT a.id, a.payment_id, a.amount, a.currency::text, a.status,
-                COALESCE(a.fee, CASE WHEN a.status = 'succeeded'
-                    THEN (SELECT p.channel_fee FROM payments p WHERE p.id = a.payment_id) ELSE 0 END)
-         FROM payment_attempts a
-         WHERE a.channel = $1 AND a.created_at >= $2::date::timestamptz AND a.created_at < ($2::date + 1)::timestamptz",
+        "SELECT id, payment_id, amount, currency, CASE WHEN reversed THEN 'reversed' ELSE status END,
+                CASE WHEN reversed THEN 0 ELSE fee END
+         FROM (SELECT a.id, a.payment_id, a.amount, a.currency::text AS currency, a.status,
+                      COALESCE(a.fee, CASE WHEN a.status = 'succeeded'
+                          THEN (SELECT p.channel_fee FROM payments p WHERE p.id = a.payment_id) ELSE 0 END) AS fee,
+                      EXISTS (SELECT 1 FROM refunds r WHERE r.attempt_id = a.id AND r.kind = 'reversal'
+                                                        AND r.status = 'succeeded') AS reversed
+               FROM payment_attempts a
+               WHERE a.channel = $1 AND a.created_at >= $2 AND a.created_at < $3) attempts",
     )
     .bind(channel)
-    .bind(day)
+    .bind(from)
+    .bind(until)
     .fetch_all(pool)
     .await?;
 
-    type Item = (
-        &'static str,
-        String,
-        Option<PaymentId>,
-        Option<Value>,
-        Option<Value>,
-    );
     let mut items: Vec<Item> = Vec::new();
     for (attempt, payment, amount, currency, status, fee) in &ours {
         let mine = json!({"amount": amount.to_string(), "currency": currency, "status": status, "fee": fee.to_string()});
@@ -126,7 +147,9 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
                     "amount_mismatch"
                 } else if trade["currency"].as_str() != Some(currency.as_str()) {
                     "currency_mismatch"
-                } else if !same_status(status, their_status) {
+                } else if !(same_status(status, their_status)
+                    || (status == "reversed" && their_status == "REVERSED"))
+                {
                     "status_mismatch"
                 } else if money("fee") != Some(*fee) {
                     "fee_mismatch"
@@ -146,7 +169,9 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     for (out, trade) in theirs {
         items.push(("missing_ours", out, None, None, Some(trade)));
     }
-    items.extend(match_refunds(pool, channel, day, &statement).await?);
+    for kind in [GivenBack::Refund, GivenBack::Reversal] {
+        items.extend(match_given_back(pool, channel, (from, until), &statement, kind).await?);
+    }
 
     let mut summary = Summary {
         channel: channel.to_owned(),
@@ -155,12 +180,14 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     };
     for (kind, attempt, payment, mine, trade) in &items {
         *summary.counts.entry(kind).or_default() += 1;
-        if !matches!(*kind, "matched" | "refund_matched") {
+        if !matches!(*kind, "matched" | "refund_matched" | "reversal_matched") {
             summary.mismatches.push(json!({"kind": kind, "attempt_id": attempt, "payment_id": payment, "ours": mine, "theirs": trade}));
         }
     }
-    let matched = summary.counts.get("matched").copied().unwrap_or(0)
-        + summary.counts.get("refund_matched").copied().unwrap_or(0);
+    let matched: usize = ["matched", "refund_matched", "reversal_matched"]
+        .iter()
+        .filter_map(|kind| summary.counts.get(kind))
+        .sum();
     let mut tx = pool.begin().await?;
     let run: i64 = sqlx::query_scalar("INSERT INTO reconciliation_runs (channel, day, matched, mismatched) VALUES ($1, $2, $3, $4) RETURNING id")
         .bind(channel)
@@ -184,47 +211,90 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate) -> Result<S
     Ok(summary)
 }
 
-/// The refunds the channel paid back on `day` (its statement's `refunds`)
-/// against ours that succeeded that day, by refund id (the channel's
-/// idempotency key): `refund_matched`, `refund_missing_ours` (the channel
-/// paid back money we have no refund for — investigate at once),
-/// `refund_missing_theirs` (we booked a refund the channel does not list),
-/// `refund_amount_mismatch`.
-async fn match_refunds(
+/// Money a channel gave back for a charge, listed on its statement.
+#[derive(Debug, Clone, Copy)]
+enum GivenBack {
+    Refund,
+    Reversal,
+}
+
+impl GivenBack {
+    /// The statement's list, the id field of its entries, our `refunds.kind`
+    /// and the items' kinds (matched, missing ours, missing theirs, amount).
+    fn names(self) -> (&'static str, &'static str, &'static str, [&'static str; 4]) {
+        match self {
+            GivenBack::Refund => (
+                "refunds",
+                "refund_no",
+                "refund",
+                [
+                    "refund_matched",
+                    "refund_missing_ours",
+                    "refund_missing_theirs",
+                    "refund_amount_mismatch",
+                ],
+            ),
+            GivenBack::Reversal => (
+                "reversals",
+                "reversal_no",
+                "reversal",
+                [
+                    "reversal_matched",
+                    "reversal_missing_ours",
+                    "reversal_missing_theirs",
+                    "reversal_amount_mismatch",
+                ],
+            ),
+        }
+    }
+}
+
+type Item = (
+    &'static str,
+    String,
+    Option<PaymentId>,
+    Option<Value>,
+    Option<Value>,
+);
+
+/// The refunds (or reversals) the channel made on the day (its
+/// statement's `refunds` / `reversals`) against ours that succeeded that
+/// day, by id (the channel's idempotency key): `*_matched`,
+/// `*_missing_ours` (the channel gave back money we have no refund for —
+/// investigate at once), `*_missing_theirs` (we booked one the channel
+/// does not list), `*_amount_mismatch`.
+async fn match_given_back(
     pool: &PgPool,
     channel: &str,
-    day: NaiveDate,
+    (from, until): (DateTime<Utc>, DateTime<Utc>),
     statement: &Value,
-) -> Result<
-    Vec<(
-        &'static str,
-        String,
-        Option<PaymentId>,
-        Option<Value>,
-        Option<Value>,
-    )>,
-> {
+    given_back: GivenBack,
+) -> Result<Vec<Item>> {
+    let (list, id_field, our_kind, [matched, missing_ours, missing_theirs, amount_mismatch]) =
+        given_back.names();
     let mut theirs: BTreeMap<String, Value> = BTreeMap::new();
-    for refund in statement["refunds"].as_array().into_iter().flatten() {
-        if let Some(no) = refund["refund_no"].as_str() {
-            theirs.insert(no.to_owned(), refund.clone());
+    for entry in statement[list].as_array().into_iter().flatten() {
+        if let Some(no) = entry[id_field].as_str() {
+            theirs.insert(no.to_owned(), entry.clone());
         }
     }
     let ours: Vec<(uuid::Uuid, PaymentId, Decimal, String, String)> = sqlx::query_as(
         "SELECT id, payment_id, amount, currency::text, origin FROM refunds
-         WHERE channel = $1 AND status = 'succeeded'
-           AND refunded_at >= $2::date::timestamptz AND refunded_at < ($2::date + 1)::timestamptz",
+         WHERE channel = $1 AND status = 'succeeded' AND kind = $4
+           AND refunded_at >= $2 AND refunded_at < $3",
     )
     .bind(channel)
-    .bind(day)
+    .bind(from)
+    .bind(until)
+    .bind(our_kind)
     .fetch_all(pool)
     .await?;
     let mut items = Vec::new();
     for (id, payment, amount, currency, origin) in ours {
-        let mine = json!({"refund": amount.to_string(), "currency": currency, "origin": origin});
-        let Some(refund) = theirs.remove(&id.to_string()) else {
+        let mine = json!({our_kind: amount.to_string(), "currency": currency, "origin": origin});
+        let Some(entry) = theirs.remove(&id.to_string()) else {
             items.push((
-                "refund_missing_theirs",
+                missing_theirs,
                 id.to_string(),
                 Some(payment),
                 Some(mine),
@@ -232,23 +302,17 @@ async fn match_refunds(
             ));
             continue;
         };
-        let paid: Option<Decimal> = refund["amount"].as_str().and_then(|a| a.parse().ok());
+        let paid: Option<Decimal> = entry["amount"].as_str().and_then(|a| a.parse().ok());
         let kind = if paid == Some(amount) {
-            "refund_matched"
+            matched
         } else {
-            "refund_amount_mismatch"
+            amount_mismatch
         };
-        items.push((
-            kind,
-            id.to_string(),
-            Some(payment),
-            Some(mine),
-            Some(refund),
-        ));
+        items.push((kind, id.to_string(), Some(payment), Some(mine), Some(entry)));
     }
-    for (no, refund) in theirs {
-        // Paid back that day, but ours is not (yet) succeeded on that day:
-        // the refund may be ours still in flight, or not ours at all.
+    for (no, entry) in theirs {
+        // Given back that day, but ours is not (yet) succeeded on that day:
+        // it may be ours still in flight, or not ours at all.
         let known: Option<(PaymentId, String)> = sqlx::query_as(
             "SELECT payment_id, status FROM refunds WHERE id::text = $1 AND channel = $2",
         )
@@ -257,13 +321,7 @@ async fn match_refunds(
         .fetch_optional(pool)
         .await?;
         let mine = known.as_ref().map(|(_, status)| json!({"status": status}));
-        items.push((
-            "refund_missing_ours",
-            no,
-            known.map(|(p, _)| p),
-            mine,
-            Some(refund),
-        ));
+        items.push((missing_ours, no, known.map(|(p, _)| p), mine, Some(entry)));
     }
     Ok(items)
 }

@@ -1,6 +1,7 @@
-//! `payfleet refund`: the refunds, asked for by merchants or owed by the
-//! platform on its own, and one refund's whole story — its split over the
-//! sellers, its journal entry and every call to the channel.
+//! `payfleet refund`: the refunds (same-day reversals among them), asked
+//! for by merchants or owed by the platform on its own, and one refund's
+//! whole story — its split over the sellers, its journal entry and every
+//! call to the channel.
 
 use chrono::{DateTime, Utc};
 use payfleet_common::PaymentId;
@@ -9,17 +10,22 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Error, Result};
-use crate::domain::refund::{RefundStatus, record::upstream_id};
+use crate::domain::refund::{
+    RefundStatus,
+    record::{reversal_id, upstream_id},
+};
 
-/// `<refund id>` or `<merchant id>:<merchant refund id>`.
-pub fn parse_reference(reference: &str) -> Result<Uuid> {
+/// The refunds `<refund id>` or `<merchant id>:<merchant refund or reversal id>`
+/// may name (a merchant's refund ids and reversal ids are separate namespaces).
+pub fn parse_reference(reference: &str) -> Result<Vec<Uuid>> {
     if let Ok(id) = reference.parse::<Uuid>() {
-        return Ok(id);
+        return Ok(vec![id]);
     }
     match reference.split_once(':') {
-        Some((merchant, refund)) if !merchant.is_empty() && !refund.is_empty() => {
-            Ok(upstream_id(merchant, refund))
-        }
+        Some((merchant, refund)) if !merchant.is_empty() && !refund.is_empty() => Ok(vec![
+            upstream_id(merchant, refund),
+            reversal_id(merchant, refund),
+        ]),
         _ => Err(Error::refused(format!(
             "`{reference}` is neither a refund id nor merchant-id:merchant-refund-id"
         ))),
@@ -33,6 +39,8 @@ pub struct RefundRow {
     pub payment_id: PaymentId,
     /// `upstream` (asked for by the merchant) or `automatic` (owed by the platform).
     pub origin: String,
+    /// `refund`, or `reversal` (the whole payment, cancelled the day it was paid).
+    pub kind: String,
     pub merchant_id: Option<String>,
     pub merchant_refund_id: Option<String>,
     pub channel: String,
@@ -49,7 +57,7 @@ pub struct RefundRow {
     pub booked_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, payment_id, origin, merchant_id, merchant_refund_id, channel, amount, currency::text AS currency,
+const COLUMNS: &str = "id, payment_id, origin, kind, merchant_id, merchant_refund_id, channel, amount, currency::text AS currency,
      status, reason, detail, fee_back, sends, last_error, created_at, updated_at, booked_at";
 
 /// Refunds, newest first, by status and merchant when given.
@@ -103,16 +111,22 @@ pub struct RefundStory {
     pub timeline: Vec<Line>,
 }
 
-/// Refund `id` with its parts and its story: calls, postings, events.
-pub async fn show(pool: &PgPool, id: Uuid) -> Result<RefundStory> {
-    let refund: Option<RefundRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM refunds WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+/// The refund among `ids` (see [`parse_reference`]) with its parts and
+/// its story: calls, postings, events.
+pub async fn show(pool: &PgPool, ids: &[Uuid]) -> Result<RefundStory> {
+    let refund: Option<RefundRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM refunds WHERE id = ANY($1) ORDER BY kind LIMIT 1"
+    ))
+    .bind(ids)
+    .fetch_optional(pool)
+    .await?;
     let Some(refund) = refund else {
-        return Err(Error::not_found(format!("no refund {id}")));
+        return Err(Error::not_found(format!(
+            "no refund {}",
+            ids.first().map(Uuid::to_string).unwrap_or_default()
+        )));
     };
+    let id = refund.id;
     let parts = sqlx::query_as(
         "SELECT seller_id, amount, fee_back, status FROM refund_allocations WHERE refund_id = $1 ORDER BY seller_id",
     )

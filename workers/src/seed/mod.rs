@@ -244,6 +244,17 @@ pub struct Channel {
     pub webhook_secret: String,
     pub methods: Vec<String>,
     pub fee_rate: Decimal,
+    /// The time of day (business zone) after which it reverses nothing
+    /// paid that day; none: it does not reverse.
+    pub reversal_cutoff: Option<chrono::NaiveTime>,
+}
+
+impl Channel {
+    /// Reverses the day's payments until `cutoff` (in the business zone).
+    pub fn reversal_cutoff(mut self, cutoff: Option<chrono::NaiveTime>) -> Self {
+        self.reversal_cutoff = cutoff;
+        self
+    }
 }
 
 /// Sandbox channel `name` at `base_url` for `methods`, charging `fee_rate`.
@@ -260,6 +271,7 @@ pub fn sandbox_channel(
         webhook_secret: webhook_secret.to_owned(),
         methods: methods.iter().map(|m| (*m).to_owned()).collect(),
         fee_rate,
+        reversal_cutoff: None,
     }
 }
 

@@ -198,18 +198,20 @@ pub async fn channels(conn: &mut PgConnection, rows: &[Channel]) -> anyhow::Resu
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate)
-         SELECT name, 'sandbox', url, secret, string_to_array(methods, ' '), fee
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
-              AS t(name, url, secret, methods, fee)
+        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate, reversal_cutoff)
+         SELECT name, 'sandbox', url, secret, string_to_array(methods, ' '), fee, cutoff
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::time[])
+              AS t(name, url, secret, methods, fee, cutoff)
          ON CONFLICT (name) DO UPDATE SET base_url = EXCLUDED.base_url, webhook_secret = EXCLUDED.webhook_secret,
-                                          methods = EXCLUDED.methods, fee_rate = EXCLUDED.fee_rate, status = 'active'",
+                                          methods = EXCLUDED.methods, fee_rate = EXCLUDED.fee_rate,
+                                          reversal_cutoff = EXCLUDED.reversal_cutoff, status = 'active'",
     )
     .bind(rows.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.base_url.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.webhook_secret.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.methods.join(" ")).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.fee_rate).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.reversal_cutoff).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -133,6 +133,7 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet reconcile --date 2026-12-02\n  payfleet reconcile --date 2026-12-02 --channel sandbox-card --json"
     )]
     Reconcile {
+        /// The business day (in the `business_time_zone` setting, as the channel's statement counts it).
         #[arg(long)]
         date: chrono::NaiveDate,
         /// One channel (default: every channel with a statement).

@@ -240,8 +240,8 @@ pub(crate) async fn refund(settings: &Settings, command: RefundCommand) -> anyho
             }
         }
         RefundCommand::Show { reference, json } => {
-            let id = ops::refund::parse_reference(&reference)?;
-            let story = ops::refund::show(&pool, id).await?;
+            let ids = ops::refund::parse_reference(&reference)?;
+            let story = ops::refund::show(&pool, &ids).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&story)?);
             } else {

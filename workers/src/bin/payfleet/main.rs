@@ -172,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut config = payfleet_sandbox_gateway::GatewayConfig::standard();
             config.webhook_delay = std::time::Duration::from_millis(webhook_delay_ms);
+            config.business_zone = settings.business_zone();
             let channels: Vec<String> = config
                 .channels
                 .iter()
@@ -233,8 +234,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut clean = true;
             for channel in channels {
-                let summary =
-                    payfleet_workers::ops::reconcile::reconcile(&pool, &channel, date).await?;
+                let summary = payfleet_workers::ops::reconcile::reconcile(
+                    &pool,
+                    &channel,
+                    date,
+                    settings.business_zone(),
+                )
+                .await?;
                 clean &= summary.clean();
                 if json {
                     println!("{}", serde_json::to_string_pretty(&summary)?);

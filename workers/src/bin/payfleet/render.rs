@@ -132,10 +132,11 @@ pub(crate) fn story(story: &Story) {
 pub(crate) fn refunds(rows: &[payfleet_workers::ops::refund::RefundRow]) {
     for r in rows {
         println!(
-            "{}  {}  {:<9} {:>10} {}  {:<9}  payment {}  {}{}",
+            "{}  {}  {:<9} {:<8} {:>10} {}  {:<9}  payment {}  {}{}",
             r.created_at.format("%Y-%m-%d %H:%M:%S"),
             r.id,
             r.origin,
+            r.kind,
             r.amount,
             r.currency,
             r.status,
@@ -157,7 +158,8 @@ pub(crate) fn refunds(rows: &[payfleet_workers::ops::refund::RefundRow]) {
 pub(crate) fn refund_story(story: &payfleet_workers::ops::refund::RefundStory) {
     let r = &story.refund;
     println!(
-        "refund {} ({}{}): {} {} of payment {} at {}, status {}{}, fee share back {}, sent {} time(s){}",
+        "{} {} ({}{}): {} {} of payment {} at {}, status {}{}, fee share back {}, sent {} time(s){}",
+        r.kind,
         r.id,
         r.origin,
         r.merchant_refund_id

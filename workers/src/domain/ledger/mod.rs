@@ -70,6 +70,7 @@ pub enum EntryKind {
     ChargeHeld,
     ChargeOwedBack,
     Refund,
+    Reversal,
 }
 
 impl EntryKind {
@@ -80,6 +81,7 @@ impl EntryKind {
             EntryKind::ChargeHeld => "charge_held",
             EntryKind::ChargeOwedBack => "charge_owed_back",
             EntryKind::Refund => "refund",
+            EntryKind::Reversal => "reversal",
         }
     }
 }

@@ -9,6 +9,13 @@
 //! platform's cost, as it was booked with the payment. A refund that makes
 //! the payment whole gives back its coupon use, and its stock when asked.
 //!
+//! A reversal (the whole payment, cancelled by the channel the day it was
+//! paid) posts the `reversal` entry: the same legs, except that the
+//! channel keeps no fee — what it handed over for the charge goes back
+//! through clearing (+(A − F)) and the fee it had taken is no longer the
+//! platform's cost (`channel-costs` +F). Every leg of the payment is
+//! undone; its stock and coupon come back.
+//!
 //! Cancel gives each seller back what Try reserved.
 
 use payfleet_common::runtime::StageError;
@@ -27,8 +34,12 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment, r: &Refund) -> Result
     if !mark_booked(conn, r).await? {
         return Ok(false);
     }
-    let Some(entry) = Entry::open(conn, &r.id.to_string(), EntryKind::Refund, r.attempt_id).await?
-    else {
+    let kind = if r.is_reversal() {
+        EntryKind::Reversal
+    } else {
+        EntryKind::Refund
+    };
+    let Some(entry) = Entry::open(conn, &r.id.to_string(), kind, r.attempt_id).await? else {
         return Err(StageError::permanent(format!(
             "refund {} already has its journal entry but was not booked",
             r.id
@@ -65,6 +76,19 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment, r: &Refund) -> Result
         .await?;
     if r.to_wallet() {
         credit_wallet(conn, p, r, &entry).await?;
+    } else if r.is_reversal() {
+        let fee = channel_fee(conn, r).await?;
+        entry
+            .post(
+                conn,
+                Account::Clearing(&r.channel),
+                r.amount - fee,
+                &r.currency,
+            )
+            .await?;
+        entry
+            .post(conn, Account::ChannelCosts(&r.channel), fee, &r.currency)
+            .await?;
     } else {
         entry
             .post(conn, Account::Clearing(&r.channel), r.amount, &r.currency)
@@ -109,6 +133,22 @@ pub async fn cancel(conn: &mut PgConnection, r: &Refund) -> Result<bool, StageEr
         }
     }
     Ok(true)
+}
+
+/// The fee the channel took on the reversed charge, as booked with the payment.
+async fn channel_fee(conn: &mut PgConnection, r: &Refund) -> Result<Decimal, StageError> {
+    let fee: Option<Option<Decimal>> =
+        sqlx::query_scalar("SELECT fee FROM payment_attempts WHERE id = $1")
+            .bind(r.attempt_id)
+            .fetch_optional(conn)
+            .await?;
+    match fee {
+        Some(Some(fee)) => Ok(fee),
+        _ => Err(StageError::permanent(format!(
+            "reversal {}: the charge {:?} it reverses has no booked fee",
+            r.id, r.attempt_id
+        ))),
+    }
 }
 
 async fn mark_booked(conn: &mut PgConnection, r: &Refund) -> Result<bool, StageError> {

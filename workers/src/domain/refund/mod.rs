@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::domain::handoff;
 
-pub use record::{Refund, lock};
+pub use record::{Refund, RefundKind, lock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RefundStatus {

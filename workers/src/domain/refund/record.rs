@@ -13,6 +13,9 @@ pub struct Refund {
     pub id: Uuid,
     pub payment_id: PaymentId,
     pub origin: String,
+    /// `refund`, or `reversal`: the whole payment cancelled the day it was
+    /// paid, the channel's fee included.
+    pub kind: String,
     pub merchant_id: Option<String>,
     pub merchant_refund_id: Option<String>,
     /// The payment's succeeded charge at a channel; none for a wallet payment.
@@ -38,10 +41,40 @@ impl Refund {
     pub fn to_wallet(&self) -> bool {
         self.channel == crate::channels::BALANCE
     }
+
+    pub fn is_reversal(&self) -> bool {
+        self.kind == RefundKind::Reversal.as_str()
+    }
+
+    /// Its kind as a metric label (two values).
+    pub fn kind_label(&self) -> &'static str {
+        if self.is_reversal() {
+            RefundKind::Reversal.as_str()
+        } else {
+            RefundKind::Refund.as_str()
+        }
+    }
+}
+
+/// What upstream asked for: part of a settled payment back, or the whole
+/// of today's payment cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundKind {
+    Refund,
+    Reversal,
+}
+
+impl RefundKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundKind::Refund => "refund",
+            RefundKind::Reversal => "reversal",
+        }
+    }
 }
 
 const COLUMNS: &str =
-    "id, payment_id, origin, merchant_id, merchant_refund_id, attempt_id, channel, amount,
+    "id, payment_id, origin, kind, merchant_id, merchant_refund_id, attempt_id, channel, amount,
      currency::text AS currency, reason, status, return_stock, fee_back, detail, booked_at";
 
 /// Loads and row-locks a refund for the rest of the transaction.
@@ -81,10 +114,27 @@ pub fn upstream_id(merchant_id: &str, merchant_refund_id: &str) -> Uuid {
     messages::stable_id(&["refund-request", merchant_id, merchant_refund_id])
 }
 
+/// The id of a merchant's reversal (a refund row of kind `reversal`): its
+/// reversal ids are a namespace of their own.
+pub fn reversal_id(merchant_id: &str, merchant_reversal_id: &str) -> Uuid {
+    messages::stable_id(&["reversal-request", merchant_id, merchant_reversal_id])
+}
+
+impl RefundKind {
+    /// The refund row's id for the merchant's request id of this kind.
+    pub fn id_of(self, merchant_id: &str, merchant_request_id: &str) -> Uuid {
+        match self {
+            RefundKind::Refund => upstream_id(merchant_id, merchant_request_id),
+            RefundKind::Reversal => reversal_id(merchant_id, merchant_request_id),
+        }
+    }
+}
+
 /// What an upstream refund request becomes when it is accepted: a row in
 /// `requested`, for fund-freeze to reserve.
 pub struct NewUpstream<'a> {
     pub id: Uuid,
+    pub kind: RefundKind,
     pub payment_id: PaymentId,
     pub merchant_id: &'a str,
     pub merchant_refund_id: &'a str,
@@ -108,8 +158,8 @@ impl NewUpstream<'_> {
     ) -> Result<bool, StageError> {
         let inserted = sqlx::query(
             "INSERT INTO refunds (id, payment_id, origin, merchant_id, merchant_refund_id, request_hash, attempt_id,
-                                  channel, amount, currency, reason, return_stock, status, detail)
-             VALUES ($1, $2, 'upstream', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                  channel, amount, currency, reason, return_stock, status, detail, kind)
+             VALUES ($1, $2, 'upstream', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(self.id)
@@ -125,6 +175,7 @@ impl NewUpstream<'_> {
         .bind(self.return_stock)
         .bind(status.as_str())
         .bind(detail)
+        .bind(self.kind.as_str())
         .execute(conn)
         .await?;
         Ok(inserted.rows_affected() == 1)

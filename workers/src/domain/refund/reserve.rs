@@ -107,6 +107,22 @@ fn split(amount: Decimal, sub_orders: &[Settled]) -> Result<Vec<Part>, Decimal> 
         .collect())
 }
 
+/// A reversal cancels the payment whole: with any refund of it paid or in
+/// flight (a race lost to a refund included) there is nothing whole left
+/// to cancel. `None` for a refund, or a reversal with nothing refunded.
+fn whole_left(p: &Payment, r: &Refund, sub_orders: &[Settled]) -> Option<Refusal> {
+    let refunded: Decimal = sub_orders.iter().map(|s| s.refunded).sum();
+    (r.is_reversal() && !refunded.is_zero()).then(|| {
+        (
+            "already_refunded",
+            format!(
+                "{refunded} {} of payment {} is refunded or being refunded: refund what is left instead",
+                r.currency, p.id
+            ),
+        )
+    })
+}
+
 /// Try: reserves refund `r` of payment `p` (row-locked by the caller),
 /// inside a savepoint the caller rolls back on a refusal.
 pub async fn reserve(
@@ -115,6 +131,9 @@ pub async fn reserve(
     r: &Refund,
 ) -> Result<Result<(), Refusal>, StageError> {
     let sub_orders = settled_sub_orders(conn, p).await?;
+    if let Some(refusal) = whole_left(p, r, &sub_orders) {
+        return Ok(Err(refusal));
+    }
     let parts = match split(r.amount, &sub_orders) {
         Ok(parts) => parts,
         Err(left) => {

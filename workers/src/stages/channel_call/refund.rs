@@ -1,4 +1,5 @@
-//! A refund at its payment's original channel, whatever the channel's
+//! A refund (or a same-day reversal: the same steps, the channel's
+//! reversal call) at its payment's original channel, whatever the channel's
 //! circuit breaker says (the money can only go back the way it came), with
 //! the refund id as the channel's idempotency key. intent → call → result,
 //! as for charges: the refund is committed `sending` before the call; a
@@ -51,17 +52,12 @@ pub enum Ask {
 
 impl RefundCall {
     pub async fn call(&self) -> Result<Value, RefundError> {
-        match self.ask {
-            Ask::Send => {
-                self.adapter
-                    .refund(self.attempt_id, self.refund.id, self.refund.amount)
-                    .await
-            }
-            Ask::Query => {
-                self.adapter
-                    .query_refund(self.attempt_id, self.refund.id)
-                    .await
-            }
+        let (attempt, id) = (self.attempt_id, self.refund.id);
+        match (self.ask, self.refund.is_reversal()) {
+            (Ask::Send, false) => self.adapter.refund(attempt, id, self.refund.amount).await,
+            (Ask::Query, false) => self.adapter.query_refund(attempt, id).await,
+            (Ask::Send, true) => self.adapter.reverse(attempt, id).await,
+            (Ask::Query, true) => self.adapter.query_reversal(attempt, id).await,
         }
     }
 }
@@ -76,7 +72,9 @@ enum Reading {
     NeverReceived,
 }
 
-fn read(answer: &Result<Value, RefundError>, amount: Decimal) -> Reading {
+/// Reads a refund's (or reversal's) answer; `declined` is the reason code
+/// of a refusal the channel gives no code of its own for.
+fn read(answer: &Result<Value, RefundError>, amount: Decimal, declined: &str) -> Reading {
     match answer {
         Ok(raw) => match raw["status"].as_str() {
             Some("SUCCEEDED")
@@ -89,17 +87,21 @@ fn read(answer: &Result<Value, RefundError>, amount: Decimal) -> Reading {
             }
             Some("FAILED") => Reading::Final(
                 RefundResult::Failed,
-                Some(format!(
-                    "refund_declined: {}",
-                    raw["reason"].as_str().unwrap_or("refused by the channel")
-                )),
+                Some(match raw["reason"].as_str() {
+                    // the channel's own code: a reversal past its cut-off
+                    Some(reason) if reason.starts_with("reversal_window_closed") => {
+                        reason.to_owned()
+                    }
+                    Some(reason) => format!("{declined}: {reason}"),
+                    None => format!("{declined}: refused by the channel"),
+                }),
             ),
             _ => Reading::Unknown(format!("no final answer: {raw}")),
         },
         // The channel refused the request itself (not refundable there).
         Err(RefundError::Refused { status, body }) if status.is_client_error() => Reading::Final(
             RefundResult::Failed,
-            Some(format!("refund_declined: HTTP {status}: {body}")),
+            Some(format!("{declined}: HTTP {status}: {body}")),
         ),
         Err(RefundError::NotFound { .. }) => Reading::NeverReceived,
         Err(error) => Reading::Unknown(error.to_string()),
@@ -180,9 +182,11 @@ impl ChannelCall {
     ) -> Result<Outcome, StageError> {
         let r = &call.refund;
         tx.set_correlation_id(&r.payment_id.to_string());
-        let what = match call.ask {
-            Ask::Send => "refund",
-            Ask::Query => "refund_query",
+        let what = match (call.ask, r.is_reversal()) {
+            (Ask::Send, false) => "refund",
+            (Ask::Query, false) => "refund_query",
+            (Ask::Send, true) => "reversal",
+            (Ask::Query, true) => "reversal_query",
         };
         let payload = match &answer {
             Ok(raw) => {
@@ -208,9 +212,14 @@ impl ChannelCall {
                 reason: format!("refund {} is already {}", r.id, status.as_str()),
             });
         }
-        match read(&answer, r.amount) {
+        let declined = if r.is_reversal() {
+            "reversal_declined"
+        } else {
+            "refund_declined"
+        };
+        match read(&answer, r.amount, declined) {
             Reading::Final(result, reason) => {
-                metrics::counter!("payfleet_refunds_total", "result" => if result == RefundResult::Succeeded { "succeeded" } else { "failed" })
+                metrics::counter!("payfleet_refunds_total", "kind" => r.kind_label(), "result" => if result == RefundResult::Succeeded { "succeeded" } else { "failed" })
                     .increment(1);
                 let mut step = RefundStep::new(r.id, r.payment_id);
                 step.result = Some(result);
@@ -272,7 +281,8 @@ impl ChannelCall {
                 None,
             )
             .await?;
-            metrics::counter!("payfleet_refunds_total", "result" => "exception").increment(1);
+            metrics::counter!("payfleet_refunds_total", "kind" => r.kind_label(), "result" => "exception")
+                .increment(1);
             tracing::error!(refund_id = %r.id, payment_id = %r.payment_id,
                 "refund unresolved after {} status queries: left reserved for ops", number - 1);
             return Ok(Outcome::Applied);
@@ -300,7 +310,7 @@ mod tests {
     #[test]
     fn only_a_refund_paid_in_full_or_refused_is_final() {
         let amount: Decimal = "30.00".parse().unwrap();
-        let ok = |raw: Value| read(&Ok(raw), amount);
+        let ok = |raw: Value| read(&Ok(raw), amount, "refund_declined");
         assert_eq!(
             ok(json!({"status": "SUCCEEDED", "amount": "30.00"})),
             Reading::Final(RefundResult::Succeeded, None)
@@ -316,5 +326,23 @@ mod tests {
         ] {
             assert!(matches!(ok(raw), Reading::Unknown(_)));
         }
+    }
+
+    #[test]
+    fn a_reversal_past_the_cut_off_keeps_the_channels_reason() {
+        let amount: Decimal = "30.00".parse().unwrap();
+        let closed = json!({"status": "FAILED", "amount": "30.00",
+            "reason": "reversal_window_closed: today's cut-off 22:00:00 (UTC) has passed; refund instead"});
+        match read(&Ok(closed), amount, "reversal_declined") {
+            Reading::Final(RefundResult::Failed, Some(reason)) => {
+                assert!(reason.starts_with("reversal_window_closed: "), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let other = json!({"status": "FAILED", "reason": "risk"});
+        assert_eq!(
+            read(&Ok(other), amount, "reversal_declined"),
+            Reading::Final(RefundResult::Failed, Some("reversal_declined: risk".into()))
+        );
     }
 }

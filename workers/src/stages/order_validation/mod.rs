@@ -16,6 +16,7 @@ mod record;
 mod refund;
 mod refusal;
 mod request;
+mod reversal;
 pub mod risk;
 pub mod schema;
 
@@ -29,7 +30,10 @@ use payfleet_common::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::payment::{self, PaymentStatus};
+use crate::domain::{
+    payment::{self, PaymentStatus},
+    refund::RefundKind,
+};
 use judge::Verdict;
 pub use judge::{PricedOrder, load_coupon};
 pub use receipts::{prune_receipts, run_receipt_pruning};
@@ -69,6 +73,8 @@ pub struct OrderValidation {
     pub request_max_age: chrono::Duration,
     /// `ingress_max_body_bytes`: a larger body is not read at all.
     pub max_body_bytes: usize,
+    /// `business_time_zone`: the day a reversal's cut-off belongs to.
+    pub business_zone: chrono_tz::Tz,
 }
 
 impl OrderValidation {
@@ -81,6 +87,7 @@ impl OrderValidation {
             request_max_age: chrono::Duration::from_std(settings.request_max_age)
                 .unwrap_or(chrono::Duration::MAX),
             max_body_bytes: settings.ingress_max_body_bytes as usize,
+            business_zone: settings.business_zone(),
         }
     }
 }
@@ -94,17 +101,25 @@ pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
     ]))
 }
 
-/// What upstream asked for: a payment, or a refund of one.
+/// What upstream asked for: a payment, or a refund or reversal of one.
 #[derive(Debug)]
 pub enum Asked {
     Payment(Request),
     Refund(refund::RefundRequest),
 }
 
-/// Whether a delivery is a refund request (by its routing key or type).
-fn is_refund_request(inbound: &Inbound) -> bool {
-    inbound.routing_key == messages::kind::REFUND_REQUESTED
-        || inbound.message_type.as_deref() == Some(messages::kind::REFUND_REQUESTED)
+/// Whether a delivery is a refund or a reversal request (by its routing
+/// key or type); `None` for a payment request.
+fn refund_request_kind(inbound: &Inbound) -> Option<RefundKind> {
+    let is =
+        |kind: &str| inbound.routing_key == kind || inbound.message_type.as_deref() == Some(kind);
+    if is(messages::kind::REFUND_REQUESTED) {
+        Some(RefundKind::Refund)
+    } else if is(messages::kind::PAYMENT_REVERSE) {
+        Some(RefundKind::Reversal)
+    } else {
+        None
+    }
 }
 
 impl Stage for OrderValidation {
@@ -118,10 +133,11 @@ impl Stage for OrderValidation {
     /// is undecodable (poison): it cannot be answered. Anything else is
     /// judged in `handle`, a body the schema refuses included.
     fn decode(&self, inbound: &Inbound) -> Result<Asked, Undecodable> {
-        let kind = if is_refund_request(inbound) {
-            messages::kind::REFUND_REQUESTED
-        } else {
-            messages::kind::PAYMENT_REQUESTED
+        let refund_kind = refund_request_kind(inbound);
+        let kind = match refund_kind {
+            Some(RefundKind::Refund) => messages::kind::REFUND_REQUESTED,
+            Some(RefundKind::Reversal) => messages::kind::PAYMENT_REVERSE,
+            None => messages::kind::PAYMENT_REQUESTED,
         };
         // Capped before it is parsed: a body past the cap cannot be answered.
         if inbound.body.len() > self.max_body_bytes {
@@ -134,8 +150,8 @@ impl Stage for OrderValidation {
         }
         let not_json = |e| Undecodable::json(inbound, kind, e);
         let value: Value = serde_json::from_slice(&inbound.body).map_err(not_json)?;
-        if kind == messages::kind::REFUND_REQUESTED {
-            return refund::decode(inbound, value).map(Asked::Refund);
+        if let Some(refund_kind) = refund_kind {
+            return refund::decode(inbound, value, refund_kind).map(Asked::Refund);
         }
         let merchant_id = usable_id(&value, messages::kind::PAYMENT_REQUESTED, "merchant_id")?;
         let merchant_order_id = usable_id(
@@ -162,8 +178,10 @@ impl Stage for OrderValidation {
                 request.merchant_id, request.merchant_order_id
             ),
             Asked::Refund(request) => format!(
-                "refund-request:{}:{}",
-                request.merchant_id, request.merchant_refund_id
+                "{}-request:{}:{}",
+                request.kind.as_str(),
+                request.merchant_id,
+                request.merchant_request_id
             ),
         })
     }

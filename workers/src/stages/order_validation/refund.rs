@@ -1,7 +1,9 @@
-//! order-validation of a `refund.requested`: the signature, the merchant,
-//! the idempotency key (merchant, merchant refund id; compared by content
-//! like payments), freshness, the committed schema, and the payment — the
-//! merchant's own and settled, in the refund's currency. An accepted
+//! order-validation of a `refund.requested` or a `payment.reverse` (a
+//! reversal: a refund of the whole payment, of kind `reversal`, judged
+//! further in [`super::reversal`]): the signature, the merchant,
+//! the idempotency key (merchant, merchant refund or reversal id; compared
+//! by content like payments), freshness, the committed schema, and the
+//! payment — the merchant's own and settled, in the refund's currency. An accepted
 //! request becomes a refund in `requested`, handed to fund-freeze, whose
 //! Try checks what is left and reserves it. A request refused once it
 //! names a payment is kept as a `refused` refund (so its id stays taken)
@@ -13,7 +15,8 @@ use chrono::Utc;
 use payfleet_common::{
     PaymentId, broker,
     messages::{
-        self, RefundEvent, RefundRequested, RefundResult, RefundStep, SCHEMA_VERSION, kind,
+        self, PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep,
+        ReversalEvent, SCHEMA_VERSION, kind,
     },
     money,
     runtime::{Inbound, Outcome, StageError, StageTx, Undecodable},
@@ -23,101 +26,177 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{OrderValidation, Rejection, payment_id, request::read_refund_request, signed_by};
+use super::{
+    OrderValidation, Rejection, payment_id,
+    request::{read_refund_request, read_reversal_request},
+    reversal, signed_by,
+};
 use crate::{
     channels::BALANCE,
     domain::{
         handoff,
         ledger::ChannelCharge,
         payment::PaymentStatus,
-        refund::{self, RefundStatus, record::NewUpstream},
+        refund::{self, RefundKind, RefundStatus, record::NewUpstream},
     },
 };
 
-/// A refund request as far as it could be read before any database lookup.
+/// A refund or reversal request as far as it could be read before any
+/// database lookup.
 #[derive(Debug)]
 pub struct RefundRequest {
+    pub kind: RefundKind,
     pub merchant_id: String,
-    pub merchant_refund_id: String,
+    /// The merchant's refund id, or its reversal id for a reversal.
+    pub merchant_request_id: String,
     pub signature: Option<String>,
     pub body: Vec<u8>,
     pub content_hash: String,
-    pub parsed: Result<RefundRequested, (&'static str, String)>,
+    pub parsed: Result<Ask, (&'static str, String)>,
 }
 
-/// Only a body without a usable merchant and merchant refund id cannot be
-/// answered (poison); anything else is judged.
-pub(super) fn decode(inbound: &Inbound, value: Value) -> Result<RefundRequest, Undecodable> {
-    let merchant_id = super::usable_id(&value, kind::REFUND_REQUESTED, "merchant_id")?;
-    let merchant_refund_id =
-        super::usable_id(&value, kind::REFUND_REQUESTED, "merchant_refund_id")?;
-    let canonical = serde_json::to_vec(&value)
-        .map_err(|e| Undecodable::json(inbound, kind::REFUND_REQUESTED, e))?;
+/// What a valid request asks for, whichever its kind.
+#[derive(Debug)]
+pub struct Ask {
+    merchant_order_id: Option<String>,
+    payment_id: Option<PaymentId>,
+    /// What to give back and in which currency; none: the whole payment (a reversal).
+    amount: Option<(Decimal, String)>,
+    reason: String,
+    return_stock: bool,
+    requested_at: chrono::DateTime<Utc>,
+}
+
+impl From<RefundRequested> for Ask {
+    fn from(r: RefundRequested) -> Self {
+        Ask {
+            merchant_order_id: r.merchant_order_id,
+            payment_id: r.payment_id,
+            amount: Some((r.amount, r.currency)),
+            reason: r.reason,
+            return_stock: r.return_stock,
+            requested_at: r.requested_at,
+        }
+    }
+}
+
+impl From<PaymentReverse> for Ask {
+    /// A reversal takes back every leg of the payment, its stock included.
+    fn from(r: PaymentReverse) -> Self {
+        Ask {
+            merchant_order_id: r.merchant_order_id,
+            payment_id: r.payment_id,
+            amount: None,
+            reason: r.reason,
+            return_stock: true,
+            requested_at: r.requested_at,
+        }
+    }
+}
+
+/// The message kind of a request of `kind`, and its merchant id field.
+fn message_of(kind: RefundKind) -> (&'static str, &'static str) {
+    match kind {
+        RefundKind::Refund => (kind::REFUND_REQUESTED, "merchant_refund_id"),
+        RefundKind::Reversal => (kind::PAYMENT_REVERSE, "merchant_reversal_id"),
+    }
+}
+
+/// Only a body without a usable merchant and merchant refund (reversal) id
+/// cannot be answered (poison); anything else is judged.
+pub(super) fn decode(
+    inbound: &Inbound,
+    value: Value,
+    refund_kind: RefundKind,
+) -> Result<RefundRequest, Undecodable> {
+    let (message, id_field) = message_of(refund_kind);
+    let merchant_id = super::usable_id(&value, message, "merchant_id")?;
+    let merchant_request_id = super::usable_id(&value, message, id_field)?;
+    let canonical =
+        serde_json::to_vec(&value).map_err(|e| Undecodable::json(inbound, message, e))?;
+    let parsed = match refund_kind {
+        RefundKind::Refund => read_refund_request(value).map(Ask::from),
+        RefundKind::Reversal => read_reversal_request(value).map(Ask::from),
+    };
     Ok(RefundRequest {
+        kind: refund_kind,
         merchant_id,
-        merchant_refund_id,
+        merchant_request_id,
         signature: broker::header_str(Some(&inbound.headers), messages::SIGNATURE_HEADER),
         content_hash: hex::encode(Sha256::digest(&canonical)),
-        parsed: read_refund_request(value),
+        parsed,
         body: inbound.body.clone(),
     })
 }
 
-/// A request that passed the checks needing no lock: the refund in
-/// `requested`, for fund-freeze's Try; or, refused by the business checks,
-/// kept `refused` and reported.
-async fn accept(
-    tx: &mut StageTx,
-    request: &RefundRequest,
-    parsed: &RefundRequested,
-    refund_id: Uuid,
-    payment: Refundable,
-) -> Result<Outcome, StageError> {
-    tx.set_correlation_id(&payment.id.to_string());
-    let attempt_id = match payment.channel.as_str() {
-        BALANCE => None,
-        _ => ChannelCharge::of_payment(tx.conn(), payment.id)
-            .await?
-            .map(|charge| charge.attempt_id),
-    };
-    let new = NewUpstream {
-        id: refund_id,
-        payment_id: payment.id,
-        merchant_id: &request.merchant_id,
-        merchant_refund_id: &request.merchant_refund_id,
-        request_hash: &request.content_hash,
-        attempt_id,
-        channel: &payment.channel,
-        amount: parsed.amount,
-        currency: &parsed.currency,
-        reason: &parsed.reason,
-        return_stock: parsed.return_stock,
-    };
-    if let Some((reason, detail)) = judge(parsed, &payment, attempt_id.is_some()) {
-        let detail = format!("{reason}: {detail}");
-        if !new
-            .insert(tx.conn(), RefundStatus::Refused, Some(&detail))
-            .await?
-        {
+impl OrderValidation {
+    /// A request that passed the checks needing no lock: the refund in
+    /// `requested`, for fund-freeze's Try; or, refused by the business checks,
+    /// kept `refused` and reported.
+    async fn accept_refund(
+        &self,
+        tx: &mut StageTx,
+        request: &RefundRequest,
+        parsed: &Ask,
+        refund_id: Uuid,
+        payment: Refundable,
+    ) -> Result<Outcome, StageError> {
+        tx.set_correlation_id(&payment.id.to_string());
+        let attempt_id = match payment.channel.as_str() {
+            BALANCE => None,
+            _ => ChannelCharge::of_payment(tx.conn(), payment.id)
+                .await?
+                .map(|charge| charge.attempt_id),
+        };
+        let (amount, currency) = parsed
+            .amount
+            .clone()
+            .unwrap_or_else(|| (payment.amount, payment.currency.clone()));
+        let new = NewUpstream {
+            id: refund_id,
+            kind: request.kind,
+            payment_id: payment.id,
+            merchant_id: &request.merchant_id,
+            merchant_refund_id: &request.merchant_request_id,
+            request_hash: &request.content_hash,
+            attempt_id,
+            channel: &payment.channel,
+            amount,
+            currency: &currency,
+            reason: &parsed.reason,
+            return_stock: parsed.return_stock,
+        };
+        let mut refusal = judge(amount, &currency, &payment, attempt_id.is_some());
+        if refusal.is_none() && request.kind == RefundKind::Reversal {
+            refusal =
+                reversal::window(tx.conn(), payment.id, self.business_zone, Utc::now()).await?;
+        }
+        if let Some((reason, detail)) = refusal {
+            let detail = format!("{reason}: {detail}");
+            if !new
+                .insert(tx.conn(), RefundStatus::Refused, Some(&detail))
+                .await?
+            {
+                return Ok(recorded_meanwhile(refund_id));
+            }
+            return refund::emit_outcome(
+                tx,
+                refund_id,
+                payment.id,
+                RefundResult::Failed,
+                Some(reason),
+            );
+        }
+        if !new.insert(tx.conn(), RefundStatus::Requested, None).await? {
             return Ok(recorded_meanwhile(refund_id));
         }
-        return refund::emit_outcome(
+        refund::hand_on(
             tx,
-            refund_id,
-            payment.id,
-            RefundResult::Failed,
-            Some(reason),
-        );
+            handoff::FUND_FREEZE,
+            kind::REFUND_VALIDATED,
+            &RefundStep::new(refund_id, payment.id),
+        )
     }
-    if !new.insert(tx.conn(), RefundStatus::Requested, None).await? {
-        return Ok(recorded_meanwhile(refund_id));
-    }
-    refund::hand_on(
-        tx,
-        handoff::FUND_FREEZE,
-        kind::REFUND_VALIDATED,
-        &RefundStep::new(refund_id, payment.id),
-    )
 }
 
 /// Another copy of the request recorded the refund first (possible only
@@ -145,11 +224,17 @@ async fn seen(
     };
     if hash == request.content_hash {
         return Ok(Some(Outcome::Stale {
-            reason: format!("duplicate request of refund {refund_id} ({status})"),
+            reason: format!(
+                "duplicate request of {} {refund_id} ({status})",
+                request.kind.as_str()
+            ),
         }));
     }
-    let detail =
-        format!("merchant refund id already used by refund {refund_id} with different content");
+    let detail = format!(
+        "merchant {} id already used by {} {refund_id} with different content",
+        request.kind.as_str(),
+        request.kind.as_str()
+    );
     refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
         .await
         .map(Some)
@@ -159,6 +244,7 @@ async fn seen(
 struct Refundable {
     id: PaymentId,
     status: String,
+    amount: Decimal,
     currency: String,
     channel: String,
 }
@@ -170,8 +256,9 @@ impl OrderValidation {
         inbound: &Inbound,
         request: &RefundRequest,
     ) -> Result<Outcome, StageError> {
-        let refund_id =
-            refund::record::upstream_id(&request.merchant_id, &request.merchant_refund_id);
+        let refund_id = request
+            .kind
+            .id_of(&request.merchant_id, &request.merchant_request_id);
         let merchant_status = match signed_by(
             tx,
             &request.merchant_id,
@@ -214,7 +301,8 @@ impl OrderValidation {
                 return refuse_unbound(tx, inbound, request, "unknown_payment", &detail).await;
             }
         };
-        accept(tx, request, parsed, refund_id, payment).await
+        self.accept_refund(tx, request, parsed, refund_id, payment)
+            .await
     }
 }
 
@@ -223,7 +311,7 @@ impl OrderValidation {
 async fn find_payment(
     tx: &mut StageTx,
     merchant_id: &str,
-    parsed: &RefundRequested,
+    parsed: &Ask,
 ) -> Result<Result<Refundable, String>, StageError> {
     let by_order = parsed
         .merchant_order_id
@@ -243,17 +331,18 @@ async fn find_payment(
             ));
         }
     };
-    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT status, currency::text, channel FROM payments WHERE id = $1 AND merchant_id = $2",
+    let row: Option<(String, Decimal, String, Option<String>)> = sqlx::query_as(
+        "SELECT status, amount, currency::text, channel FROM payments WHERE id = $1 AND merchant_id = $2",
     )
     .bind(id)
     .bind(merchant_id)
     .fetch_optional(tx.conn())
     .await?;
     Ok(match row {
-        Some((status, currency, channel)) => Ok(Refundable {
+        Some((status, amount, currency, channel)) => Ok(Refundable {
             id,
             status,
+            amount,
             currency,
             channel: channel.unwrap_or_else(|| BALANCE.to_owned()),
         }),
@@ -264,7 +353,8 @@ async fn find_payment(
 /// The business checks that need no lock: the payment settled, the amount
 /// positive and in the payment's currency. What is left is Try's to judge.
 fn judge(
-    parsed: &RefundRequested,
+    amount: Decimal,
+    currency: &str,
     payment: &Refundable,
     charged_at_channel: bool,
 ) -> Option<(&'static str, String)> {
@@ -277,19 +367,16 @@ fn judge(
             ),
         ));
     }
-    if money::check_amount(parsed.amount).is_err() || parsed.amount <= Decimal::ZERO {
+    if money::check_amount(amount).is_err() || amount <= Decimal::ZERO {
         return Some((
             "invalid_amount",
-            format!("{} is not a positive amount", parsed.amount),
+            format!("{amount} is not a positive amount"),
         ));
     }
-    if parsed.currency != payment.currency {
+    if currency != payment.currency {
         return Some((
             "currency_mismatch",
-            format!(
-                "the payment is in {}, not {}",
-                payment.currency, parsed.currency
-            ),
+            format!("the payment is in {}, not {currency}", payment.currency),
         ));
     }
     if payment.channel != BALANCE && !charged_at_channel {
@@ -305,7 +392,8 @@ fn judge(
 }
 
 /// Refuses a request that names no payment of the merchant (or cannot be
-/// trusted to): a rejection row and a `refund.failed` event, nothing else.
+/// trusted to): a rejection row and a `refund.failed` (`payment.reversal_failed`)
+/// event, nothing else.
 async fn refuse_unbound(
     tx: &mut StageTx,
     inbound: &Inbound,
@@ -313,10 +401,12 @@ async fn refuse_unbound(
     reason: &str,
     detail: &str,
 ) -> Result<Outcome, StageError> {
+    let reversal = request.kind == RefundKind::Reversal;
     let rejection = Rejection {
         merchant_id: &request.merchant_id,
         merchant_order_id: None,
-        merchant_refund_id: Some(&request.merchant_refund_id),
+        merchant_refund_id: (!reversal).then_some(request.merchant_request_id.as_str()),
+        merchant_reversal_id: reversal.then_some(request.merchant_request_id.as_str()),
     };
     rejection.record(tx, inbound, reason, detail).await?;
     // No refund came of it: the event names the refused message, never the
@@ -324,33 +414,59 @@ async fn refuse_unbound(
     // a refund that exists and may have succeeded).
     let refusal_id = messages::stable_id(&["refused-refund-request", &inbound.message_id]);
     tx.set_correlation_id(&refusal_id.to_string());
-    let parsed = request.parsed.as_ref().ok();
-    let event = RefundEvent {
-        schema_version: SCHEMA_VERSION,
-        event_id: messages::stable_id(&[
-            "event",
-            &refusal_id.to_string(),
-            messages::event::REFUND_FAILED,
-        ]),
-        event_type: messages::event::REFUND_FAILED.to_owned(),
-        refund_id: refusal_id,
-        merchant_id: request.merchant_id.clone(),
-        merchant_refund_id: request.merchant_refund_id.clone(),
-        payment_id: None,
-        merchant_order_id: None,
-        status: RefundStatus::Refused.as_str().to_owned(),
-        amount: parsed
-            .and_then(|p| money::check_amount(p.amount).ok())
-            .unwrap_or(Decimal::ZERO),
-        currency: parsed
-            .and_then(|p| money::currency(&p.currency).ok())
-            .unwrap_or("XXX")
-            .to_owned(),
-        refunded_total: Decimal::ZERO,
-        reason: Some(format!("{reason}: {detail}")),
-        occurred_at: Utc::now(),
-    };
-    tx.emit_event(messages::event::REFUND_FAILED, &event)?;
-    tracing::info!(reason, detail, "refund request refused");
+    let asked = request.parsed.as_ref().ok().and_then(|p| p.amount.as_ref());
+    let amount = asked
+        .and_then(|(amount, _)| money::check_amount(*amount).ok())
+        .unwrap_or(Decimal::ZERO);
+    let currency = asked
+        .and_then(|(_, currency)| money::currency(currency).ok())
+        .unwrap_or("XXX")
+        .to_owned();
+    let status = RefundStatus::Refused.as_str().to_owned();
+    let why = Some(format!("{reason}: {detail}"));
+    if reversal {
+        let event_type = messages::event::REVERSAL_FAILED;
+        let event = ReversalEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: messages::stable_id(&["event", &refusal_id.to_string(), event_type]),
+            event_type: event_type.to_owned(),
+            reversal_id: refusal_id,
+            merchant_id: request.merchant_id.clone(),
+            merchant_reversal_id: request.merchant_request_id.clone(),
+            payment_id: None,
+            merchant_order_id: None,
+            status,
+            amount,
+            currency,
+            reason: why,
+            occurred_at: Utc::now(),
+        };
+        tx.emit_event(event_type, &event)?;
+    } else {
+        let event_type = messages::event::REFUND_FAILED;
+        let event = RefundEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: messages::stable_id(&["event", &refusal_id.to_string(), event_type]),
+            event_type: event_type.to_owned(),
+            refund_id: refusal_id,
+            merchant_id: request.merchant_id.clone(),
+            merchant_refund_id: request.merchant_request_id.clone(),
+            payment_id: None,
+            merchant_order_id: None,
+            status,
+            amount,
+            currency,
+            refunded_total: Decimal::ZERO,
+            reason: why,
+            occurred_at: Utc::now(),
+        };
+        tx.emit_event(event_type, &event)?;
+    }
+    tracing::info!(
+        reason,
+        detail,
+        kind = request.kind.as_str(),
+        "refund request refused"
+    );
     Ok(Outcome::Applied)
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
-    messages::{PaymentRequested, RefundRequested, SCHEMA_VERSION},
+    messages::{PaymentRequested, PaymentReverse, RefundRequested, SCHEMA_VERSION},
     runtime::Undecodable,
 };
 use serde_json::Value;
@@ -38,6 +38,11 @@ pub fn read_request(value: Value) -> Result<PaymentRequested, (&'static str, Str
 /// Reads a JSON body as a `refund.requested`, as [`read_request`] does.
 pub fn read_refund_request(value: Value) -> Result<RefundRequested, (&'static str, String)> {
     read_checked(value, schema::first_refund_violation)
+}
+
+/// Reads a JSON body as a `payment.reverse`, as [`read_request`] does.
+pub fn read_reversal_request(value: Value) -> Result<PaymentReverse, (&'static str, String)> {
+    read_checked(value, schema::first_reversal_violation)
 }
 
 fn read_checked<T: serde::de::DeserializeOwned>(

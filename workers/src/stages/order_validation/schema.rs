@@ -34,7 +34,11 @@ fn compile(schema: &str) -> Validator {
 }
 
 static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(SCHEMA));
+pub const REVERSAL_SCHEMA: &str =
+    include_str!("../../../../contracts/v1/payment.reverse.schema.json");
+
 static REFUND_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REFUND_SCHEMA));
+static REVERSAL_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REVERSAL_SCHEMA));
 
 /// Longest detail kept from a validation message (it quotes the value).
 const DETAIL_MAX: usize = 300;
@@ -74,6 +78,11 @@ pub fn printable(text: &str) -> String {
 /// The first violation of the `payment.requested` schema in `value`, if any.
 pub fn first_violation(value: &Value) -> Option<Violation> {
     first_violation_of(&VALIDATOR, value)
+}
+
+/// The first violation of the `payment.reverse` schema in `value`, if any.
+pub fn first_reversal_violation(value: &Value) -> Option<Violation> {
+    first_violation_of(&REVERSAL_VALIDATOR, value)
 }
 
 /// The first violation of the `refund.requested` schema in `value`, if any.
