@@ -17,13 +17,16 @@ use payfleet_common::messages::{
     PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem,
     Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
 };
+use payfleet_common::messages::{
+    PaymentStanding, RefundStanding, StatusErrorCode, StatusLookup, StatusReply, StatusRequest,
+};
 use rust_decimal::Decimal;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 14] = [
+const MESSAGES: [&str; 16] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -38,6 +41,8 @@ const MESSAGES: [&str; 14] = [
     "refund.event",
     kind::PAYMENT_REVERSE,
     "reversal.event",
+    kind::STATUS_REQUEST,
+    kind::STATUS_REPLY,
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -247,6 +252,8 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         "refund.event" => round_trip::<RefundEvent>(name, value, what),
         kind::PAYMENT_REVERSE => round_trip::<PaymentReverse>(name, value, what),
         "reversal.event" => round_trip::<ReversalEvent>(name, value, what),
+        kind::STATUS_REQUEST => round_trip::<StatusRequest>(name, value, what),
+        kind::STATUS_REPLY => round_trip::<StatusReply>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -1043,4 +1050,167 @@ fn the_readme_lists_every_message_and_payment_method() {
             "contracts/README.md has no row for the payment method `{method}`"
         );
     }
+}
+
+/// A message whose schema asks for one of several shapes (`oneOf`):
+/// every shape validates, and together they have the schema's fields,
+/// with the ones they all carry its `required`.
+fn check_shapes(name: &str, shapes: &[Value]) {
+    let validator = validator_for(name);
+    for (index, shape) in shapes.iter().enumerate() {
+        assert_valid(name, &validator, shape, &format!("{name} shape {index}"));
+    }
+    assert_shape_fields(&schema(name), shapes, name);
+}
+
+/// Together the shapes have the object schema's fields, and the ones they
+/// all carry are its `required`.
+fn assert_shape_fields(object_schema: &Value, shapes: &[Value], what: &str) {
+    let mut all = BTreeSet::new();
+    let mut common: Option<BTreeSet<String>> = None;
+    for shape in shapes {
+        let fields = keys(shape);
+        all.extend(fields.iter().cloned());
+        common = Some(match common {
+            Some(common) => common.intersection(&fields).cloned().collect(),
+            None => fields,
+        });
+    }
+    assert_eq!(
+        all,
+        keys(&object_schema["properties"]),
+        "{what}: the Rust fields of every shape (left) differ from the schema's properties (right)"
+    );
+    assert_eq!(
+        common.unwrap_or_default(),
+        strings(&object_schema["required"]),
+        "{what}: the fields every shape has (left) differ from the schema's `required` (right)"
+    );
+}
+
+#[test]
+fn status_requests_and_replies_match_their_schemas() {
+    let payment = PaymentId::from(id("b942a61c-37b0-88f7-af96-85f022daf950"));
+    let now = t("2026-12-03T10:10:02.318811Z");
+    let lookups = [
+        StatusLookup::Payment(payment),
+        StatusLookup::MerchantOrder("DS-20261202-000043".into()),
+        StatusLookup::MerchantRefund("DS-RF-20261202-000001".into()),
+        StatusLookup::MerchantReversal("DS-RV-20261202-000001".into()),
+    ];
+    let requests: Vec<Value> = lookups
+        .iter()
+        .map(|lookup| {
+            let request = StatusRequest {
+                requested_at: now,
+                ..StatusRequest::new("demo-shop", lookup.clone())
+            };
+            assert_eq!(request.lookup().as_ref(), Some(lookup));
+            to_json(&request)
+        })
+        .collect();
+    let name = kind::STATUS_REQUEST;
+    check_shapes(name, &requests);
+    let validator = validator_for(name);
+    let mut two = requests[0].clone();
+    two["merchant_order_id"] = json!("DS-20261202-000043");
+    assert_invalid(name, &validator, &two, "two lookups");
+    let mut none = requests[0].clone();
+    none.as_object_mut().expect("object").remove("payment_id");
+    assert_invalid(name, &validator, &none, "no lookup");
+    let mut unknown = requests[1].clone();
+    unknown["surprise"] = json!(true);
+    assert_invalid(name, &validator, &unknown, "an unknown field");
+    assert!(serde_json::from_value::<StatusRequest>(unknown).is_err());
+
+    let refund = RefundStanding {
+        refund_id: id("5d3e0a7c-2f1b-8e4d-9c6a-0b1f2e3d4c5b"),
+        kind: "refund".into(),
+        origin: "upstream".into(),
+        merchant_refund_id: Some("DS-RF-20261202-000001".into()),
+        amount: d("30.00"),
+        currency: "CNY".into(),
+        status: "succeeded".into(),
+        reason: "customer_returned_goods".into(),
+        detail: Some("refund_declined: refused".into()),
+        created_at: now,
+        updated_at: now,
+        refunded_at: Some(now),
+    };
+    let automatic = RefundStanding {
+        origin: "automatic".into(),
+        merchant_refund_id: None,
+        detail: None,
+        refunded_at: None,
+        ..refund.clone()
+    };
+    let standing = PaymentStanding {
+        payment_id: payment,
+        merchant_order_id: "DS-20261202-000043".into(),
+        status: "settled".into(),
+        reason: Some("amount_mismatch".into()),
+        amount: d("89.00"),
+        currency: "CNY".into(),
+        payment_method: "card".into(),
+        channel: Some("sandbox-card".into()),
+        refunded_total: d("30.00"),
+        created_at: now,
+        updated_at: now,
+        finished_at: Some(now),
+        refunds: vec![refund.clone(), automatic.clone()],
+    };
+    let bare = PaymentStanding {
+        reason: None,
+        channel: None,
+        finished_at: None,
+        refunds: Vec::new(),
+        ..standing.clone()
+    };
+    let name = kind::STATUS_REPLY;
+    let reply_schema = schema(name);
+    let found = StatusReply::found(standing.clone(), Some(refund.refund_id));
+    let found_bare = StatusReply::found(bare.clone(), None);
+    let refused = StatusReply::refused(StatusErrorCode::NotFound, "no such payment");
+    check_shapes(
+        name,
+        &[to_json(&found), to_json(&found_bare), to_json(&refused)],
+    );
+    assert_shape_fields(
+        &reply_schema["$defs"]["payment"],
+        &[to_json(&bare), to_json(&standing)],
+        "status.reply payment",
+    );
+    assert_shape_fields(
+        &reply_schema["$defs"]["refund"],
+        &[to_json(&refund), to_json(&automatic)],
+        "status.reply refund",
+    );
+    let validator = validator_for(name);
+    let mut both = to_json(&found);
+    both["error"] = to_json(&refused)["error"].clone();
+    assert_invalid(name, &validator, &both, "data and an error at once");
+    let mut named = to_json(&refused);
+    named["refund_id"] = json!(refund.refund_id);
+    assert_invalid(name, &validator, &named, "a refund named without data");
+    assert_eq!(
+        strings(&reply_schema["$defs"]["error"]["properties"]["code"]["enum"]),
+        wire_names(&all_status_error_codes()),
+        "status.reply error codes"
+    );
+}
+
+fn all_status_error_codes() -> Vec<StatusErrorCode> {
+    for code in StatusErrorCode::ALL {
+        match code {
+            StatusErrorCode::InvalidRequest
+            | StatusErrorCode::UnsupportedSchemaVersion
+            | StatusErrorCode::UnknownMerchant
+            | StatusErrorCode::BadSignature
+            | StatusErrorCode::RequestExpired
+            | StatusErrorCode::InvalidRequestedAt
+            | StatusErrorCode::NotFound
+            | StatusErrorCode::Unavailable => {}
+        }
+    }
+    StatusErrorCode::ALL.to_vec()
 }

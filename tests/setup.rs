@@ -50,10 +50,12 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
     )];
 
     let first = run(&vars, &["topology", "apply"])?;
-    // 6 exchanges; 6 stages x (work + 5 delay levels + DLQ) + ingress + unrouted events
-    assert!(first.contains("50 created, 0 already present"), "{first}");
+    // 6 exchanges; 6 stages x (work + 5 delay levels + DLQ) + ingress +
+    // unrouted events + status requests
+    assert!(first.contains("51 created, 0 already present"), "{first}");
     for queue in [
         "payfleet.ingress",
+        "payfleet.status-requests",
         "payfleet.settlement.retry.4",
         "payfleet.notification.dlq",
     ] {
@@ -75,10 +77,10 @@ async fn topology_apply_creates_everything_once_and_export_imports() -> anyhow::
         anyhow::Ok(serde_json::from_str::<Value>(&listed)?)
     };
     let queues_after_first = queue_names(&listing(vhost.clone()).await?);
-    assert_eq!(queues_after_first.len(), 44);
+    assert_eq!(queues_after_first.len(), 45);
 
     let second = run(&vars, &["topology", "apply"])?;
-    assert!(second.contains("0 created, 50 already present"), "{second}");
+    assert!(second.contains("0 created, 51 already present"), "{second}");
     assert_eq!(
         queue_names(&listing(vhost.clone()).await?),
         queues_after_first,

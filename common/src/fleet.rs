@@ -176,6 +176,25 @@ impl Fleet {
         Ok(self)
     }
 
+    /// Adds a consumer outside the chain (no stage: no retries, inbox or
+    /// outbox), whose `processor` acks every delivery itself, with a
+    /// prefetch and an in-flight bound of its own rather than the stages'.
+    pub fn consumer<P: DeliveryProcessor>(
+        mut self,
+        name: &str,
+        queues: Vec<String>,
+        prefetch: u16,
+        max_in_flight: usize,
+        processor: Arc<P>,
+    ) -> Self {
+        let mut spec = self.spec(name, queues);
+        spec.prefetch = prefetch;
+        spec.max_in_flight = max_in_flight;
+        self.consumers
+            .push((name.to_owned(), starter(spec, processor)));
+        self
+    }
+
     /// Adds a background task (a sweeper, a roll-up) that runs until the
     /// stop signal and is awaited before the outbox is flushed.
     pub fn background<F, Fut>(mut self, name: &str, task: F) -> Self

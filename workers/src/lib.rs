@@ -16,6 +16,7 @@ pub mod ops;
 pub mod seed;
 #[deny(clippy::too_many_lines)]
 pub mod stages;
+pub mod status_requests;
 pub mod upstream_user;
 
 use domain::step::OnPayment;
@@ -25,6 +26,18 @@ use stages::{callback, channel_call, fund_freeze, notification, order_validation
 
 /// Every stage, in chain order.
 pub const STAGES: [&str; 6] = domain::handoff::STAGES;
+
+/// What `payfleet worker` may run: the stages, and the status-requests
+/// consumer that answers upstream's status requests outside the chain.
+pub const WORKERS: [&str; 7] = [
+    STAGES[0],
+    STAGES[1],
+    STAGES[2],
+    STAGES[3],
+    STAGES[4],
+    STAGES[5],
+    status_requests::NAME,
+];
 
 /// Declares the committed topology on the vhost of `amqp_url` (idempotent).
 /// One connection to the broker of `settings` for a command, failing fast
@@ -54,9 +67,9 @@ pub async fn apply_topology(
     Ok(report?)
 }
 
-/// A fleet process running `stages` (all when empty), with the outbox
-/// relay, the dead-letter keeper, the expiry sweeper, the balance roll-up
-/// and the webhook sender.
+/// A fleet process running `stages` (all when empty; the status-requests
+/// consumer counts as one), with the outbox relay, the dead-letter keeper,
+/// the expiry sweeper, the balance roll-up and the webhook sender.
 pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fleet, FleetError> {
     let topology =
         Topology::from_settings(&settings).map_err(|e| FleetError::UnknownStage(e.to_string()))?;
@@ -87,6 +100,9 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         fleet = fleet
             .stage(notification::Notification)?
             .background("webhooks", notification::run_webhooks);
+    }
+    if wanted(status_requests::NAME) {
+        fleet = status_requests::serve(fleet, &settings);
     }
     fleet = fleet
         .with_keeper()

@@ -3,6 +3,9 @@
 //! write matches the ingress exchange's name alone, so it cannot publish to
 //! `payfleet.stages`, the retry or dead-letter exchanges, the default
 //! exchange, or `payfleet.events`, nor declare, bind or consume anything.
+//! Status requests go through the ingress exchange too, and RabbitMQ's
+//! direct reply-to (`amq.rabbitmq.reply-to`) needs no permission, so the
+//! user can ask where its payments stand without any further right.
 //! The management plugin stays off: `rabbitmqctl` does the work.
 
 use anyhow::{Context, bail};

@@ -15,8 +15,13 @@ pub use crate::ids::{AttemptId, PaymentId};
 pub use refund::{
     PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, ReversalEvent,
 };
+pub use status::{
+    MAX_REFUNDS_LISTED, PaymentStanding, RefundStanding, StatusError, StatusErrorCode,
+    StatusLookup, StatusReply, StatusRequest,
+};
 
 mod refund;
+mod status;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -51,6 +56,10 @@ pub mod kind {
     pub const REFUND_RESOLVED: &str = "refund.resolved";
     /// Any stage with a refund's final word → notification.
     pub const REFUND_OUTCOME: &str = "refund.outcome";
+    /// Upstream asks where a payment or refund stands (not `STATUS_QUERY`,
+    /// the fleet's own question to a channel); answered by `STATUS_REPLY`.
+    pub const STATUS_REQUEST: &str = "status.request";
+    pub const STATUS_REPLY: &str = "status.reply";
 
     /// The refund hand-offs between stages: every one carries a [`super::RefundStep`].
     pub const REFUND_STEPS: [&str; 6] = [

@@ -38,12 +38,23 @@ pub struct UnroutedSpec {
     pub max_length: u32,
 }
 
+/// Upstream's status requests: a queue bound to the ingress exchange, read
+/// by the status-requests consumer (no stage), whose requests expire unread.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusRequestsSpec {
+    pub queue: String,
+    pub routing_key: String,
+    pub message_ttl_ms: u32,
+    pub max_length: u32,
+}
+
 /// The topology as data, before settings are applied.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TopologySpec {
     pub exchanges: ExchangeNames,
     pub ingress: IngressSpec,
     pub events_unrouted: UnroutedSpec,
+    pub status_requests: StatusRequestsSpec,
     pub stages: Vec<String>,
 }
 
@@ -126,6 +137,16 @@ pub struct ApplyReport {
 impl TopologySpec {
     pub fn parse(text: &str) -> Result<Self, TopologyError> {
         let spec: TopologySpec = toml::from_str(text)?;
+        if spec
+            .ingress
+            .routing_keys
+            .contains(&spec.status_requests.routing_key)
+        {
+            return Err(TopologyError::Invalid(format!(
+                "status requests' routing key `{}` would reach the ingress queue",
+                spec.status_requests.routing_key
+            )));
+        }
         if spec.stages.is_empty() {
             return Err(TopologyError::Invalid("no stages".into()));
         }
@@ -341,7 +362,23 @@ impl Topology {
             name: self.spec.events_unrouted.queue.clone(),
             args: unrouted,
         });
+        queues.push(self.status_requests_decl());
         queues
+    }
+
+    /// Status requests wait at most `message_ttl_ms`, then vanish (no
+    /// dead-letter exchange: a query changes nothing); a full queue refuses
+    /// publishes rather than grow.
+    fn status_requests_decl(&self) -> QueueDecl {
+        let spec = &self.spec.status_requests;
+        let mut args = self.durable_args();
+        args.insert("x-message-ttl", Arg::Int(i64::from(spec.message_ttl_ms)));
+        args.insert("x-max-length", Arg::Int(i64::from(spec.max_length)));
+        args.insert("x-overflow", Arg::Str("reject-publish".into()));
+        QueueDecl {
+            name: spec.queue.clone(),
+            args,
+        }
     }
 
     pub fn binding_decls(&self) -> Vec<BindingDecl> {
@@ -381,6 +418,11 @@ impl Topology {
             queue: self.spec.events_unrouted.queue.clone(),
             routing_key: String::new(),
         });
+        bindings.push(BindingDecl {
+            exchange: x.ingress.clone(),
+            queue: self.spec.status_requests.queue.clone(),
+            routing_key: self.spec.status_requests.routing_key.clone(),
+        });
         bindings
     }
 }
@@ -412,8 +454,31 @@ mod tests {
             }
         }
         assert!(names.contains(&"payfleet.ingress".to_owned()));
-        // 6 stages x (work + 5 delays + dlq) + ingress + unrouted events
-        assert_eq!(names.len(), 6 * 7 + 2);
+        // 6 stages x (work + 5 delays + dlq) + ingress + unrouted events + status requests
+        assert_eq!(names.len(), 6 * 7 + 3);
+    }
+
+    #[test]
+    fn status_requests_come_through_the_ingress_exchange_and_expire() {
+        let t = topology();
+        let q = t
+            .queue_decls()
+            .into_iter()
+            .find(|q| q.name == "payfleet.status-requests")
+            .unwrap();
+        assert_eq!(q.args["x-message-ttl"], Arg::Int(30_000));
+        assert_eq!(q.args["x-overflow"], Arg::Str("reject-publish".into()));
+        assert!(!q.args.contains_key("x-dead-letter-exchange"));
+        let bound: Vec<_> = t
+            .binding_decls()
+            .into_iter()
+            .filter(|b| b.queue == "payfleet.status-requests")
+            .map(|b| (b.exchange, b.routing_key))
+            .collect();
+        assert_eq!(
+            bound,
+            vec![("payfleet.ingress".to_owned(), "status.request".to_owned())]
+        );
     }
 
     #[test]

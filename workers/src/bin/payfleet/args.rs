@@ -39,13 +39,14 @@ pub(crate) enum Command {
     )]
     Topology(TopologyCommand),
     /// Run one or more stages as a worker process (with the outbox relay, the
-    /// dead-letter keeper, the expiry sweeper and the balance roll-up).
+    /// dead-letter keeper, the expiry sweeper and the balance roll-up);
+    /// `status-requests` answers upstream's status requests.
     #[command(
-        after_help = "Examples:\n  payfleet worker order-validation fund-freeze\n  payfleet worker settlement   # scale one stage by starting more of these"
+        after_help = "Examples:\n  payfleet worker order-validation fund-freeze\n  payfleet worker settlement   # scale one stage by starting more of these\n  payfleet worker status-requests"
     )]
     Worker {
-        /// Stages to run in this process.
-        #[arg(required = true, value_parser = clap::builder::PossibleValuesParser::new(payfleet_workers::STAGES))]
+        /// Stages (or `status-requests`) to run in this process.
+        #[arg(required = true, value_parser = clap::builder::PossibleValuesParser::new(payfleet_workers::WORKERS))]
         stages: Vec<String>,
     },
     /// Run every stage and the HTTP endpoints in one process, until stopped;

@@ -25,7 +25,7 @@ pub const SCHEMA: &str = include_str!("../../../../contracts/v1/payment.requeste
 pub const REFUND_SCHEMA: &str =
     include_str!("../../../../contracts/v1/refund.requested.schema.json");
 
-fn compile(schema: &str) -> Validator {
+pub fn compile(schema: &str) -> Validator {
     let schema: Value = serde_json::from_str(schema).expect("the committed schema is JSON");
     jsonschema::draft202012::options()
         .should_validate_formats(true)
@@ -90,7 +90,7 @@ pub fn first_refund_violation(value: &Value) -> Option<Violation> {
     first_violation_of(&REFUND_VALIDATOR, value)
 }
 
-fn first_violation_of(validator: &Validator, value: &Value) -> Option<Violation> {
+pub fn first_violation_of(validator: &Validator, value: &Value) -> Option<Violation> {
     let error = validator.iter_errors(value).next()?;
     let mut pointer = error.instance_path().as_str().to_owned();
     // A missing or unexpected property is pointed at, not its parent.
