@@ -11,6 +11,7 @@ mod publish;
 mod refunds;
 mod report;
 mod seed;
+mod status;
 
 pub(crate) use publish::publish_requests;
 pub use report::Progress;
@@ -100,6 +101,9 @@ pub async fn carry(
     let finished = load.wait(load.deadline(), &mut live).await?;
     publishing.await.context("publisher task")??;
     let finished = finished && load.refund(stop.child_token(), &mut live).await?;
+    if finished {
+        load.ask_statuses().await?;
+    }
     stop.cancel();
     running.await.context("fleet task")??;
     Ok((finished, load.verify().await?))
@@ -128,6 +132,8 @@ pub struct Load {
     expected_dead: i64,
     started: Instant,
     started_at: chrono::DateTime<Utc>,
+    /// What the status queries asked after the refunds found, when asked.
+    statuses: Option<status::Asked>,
     published: Arc<AtomicU64>,
     webhooks: Arc<WebhookCount>,
     gateway_stop: CancellationToken,
@@ -222,6 +228,7 @@ impl Load {
             plan,
             started: Instant::now(),
             started_at: Utc::now(),
+            statuses: None,
             published: Arc::new(AtomicU64::new(0)),
             webhooks,
             gateway_stop,
@@ -353,6 +360,13 @@ impl Load {
         Ok(finished)
     }
 
+    /// Asks where some of the run's payments, refunds and reversals stand,
+    /// as the shop would, and as a stranger and a forger would (see [`status`]).
+    pub async fn ask_statuses(&mut self) -> anyhow::Result<()> {
+        self.statuses = Some(status::ask(&self.settings, &self.pool, &self.like).await?);
+        Ok(())
+    }
+
     /// Rolls up the balances, checks every invariant and the books against
     /// the sandbox's own store, stops the sandbox and summarizes.
     pub async fn verify(self) -> anyhow::Result<Verdict> {
@@ -370,6 +384,11 @@ impl Load {
         summary.push('\n');
         summary.push_str(&refunds::summary(&self.pool, &self.like).await?);
         let mut report = invariants::all(&self.pool).await?;
+        if let Some(statuses) = &self.statuses {
+            summary.push('\n');
+            summary.push_str(&statuses.summary());
+            report.checks.push(statuses.check());
+        }
         // The books against the sandbox's own store, while it still runs.
         let statements = invariants::against_channel_statements(&self.pool, self.started_at).await;
         self.gateway_stop.cancel();

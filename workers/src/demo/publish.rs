@@ -33,19 +33,21 @@ pub(super) async fn publish_all(
     .await
 }
 
-/// Publishes signed `refund.requested` bodies (message id, body,
-/// signature) with pipelined confirms; counts each confirmed one.
-pub(super) async fn publish_refund_requests(
+/// Publishes signed upstream bodies of `kind` (`refund.requested`,
+/// `payment.reverse`: message id, body, signature) with pipelined
+/// confirms; counts each confirmed one.
+pub(super) async fn publish_upstream(
     publisher: &Publisher,
     exchange: &str,
-    requests: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
+    kind: &str,
+    requests: Vec<(String, Vec<u8>, Option<String>)>,
     published: &AtomicU64,
 ) -> anyhow::Result<()> {
     publish_kind(
         publisher,
         exchange,
-        messages::kind::REFUND_REQUESTED,
-        requests,
+        kind,
+        requests.into_iter(),
         published,
         None,
     )
