@@ -13,8 +13,10 @@ ALTER TABLE refunds ADD CONSTRAINT refunds_reversal_is_upstream
 DROP INDEX refunds_merchant_refund;
 CREATE UNIQUE INDEX refunds_merchant_request ON refunds (merchant_id, kind, merchant_refund_id)
     WHERE origin = 'upstream';
--- `payfleet reconcile` finds whether a channel's charge was reversed.
+-- `payfleet reconcile` finds whether a channel's charge was reversed, and
+-- a day's refunds and reversals by when they succeeded.
 CREATE INDEX refunds_reversal_of_attempt ON refunds (attempt_id) WHERE kind = 'reversal';
+CREATE INDEX refunds_succeeded_at ON refunds (refunded_at) WHERE status = 'succeeded';
 
 -- The time of day (in the fleet's business-day zone, `business_time_zone`)
 -- after which the channel has settled the day's payments and reverses no

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fleet::{
-    SHOP, SHOP_KEY, WAIT, d,
+    SHOP, WAIT, d,
     sandbox::{CARD, World},
 };
-use lapin::types::FieldTable;
 use payfleet_common::{
-    PaymentId, broker,
+    PaymentId,
     messages::{self, RefundRequested, SCHEMA_VERSION},
 };
 use payfleet_tests::wait_until;
@@ -70,27 +69,8 @@ fn refund(refund_no: &str, order: &str, amount: &str) -> RefundRequested {
 
 /// Publishes a refund request as the shop would: signed, a new message id.
 async fn ask(world: &World, request: &RefundRequested) -> anyhow::Result<Uuid> {
-    let body = serde_json::to_vec(request)?;
-    let mut headers = FieldTable::default();
-    broker::set_header(
-        &mut headers,
-        messages::SIGNATURE_HEADER,
-        messages::sign(SHOP_KEY, &body),
-    );
-    let props = broker::properties(
-        &Uuid::now_v7().to_string(),
-        None,
-        Some(messages::kind::REFUND_REQUESTED),
-    )
-    .with_headers(headers);
     world
-        .env
-        .publish_raw(
-            "payfleet.ingress",
-            messages::kind::REFUND_REQUESTED,
-            &body,
-            props,
-        )
+        .publish_signed(messages::kind::REFUND_REQUESTED, request)
         .await?;
     Ok(upstream_id(SHOP, &request.merchant_refund_id))
 }
@@ -98,27 +78,7 @@ async fn ask(world: &World, request: &RefundRequested) -> anyhow::Result<Uuid> {
 /// Waits until refund `id` is finished (booked, or refused) with its event
 /// emitted; its status and detail.
 async fn finished(world: &World, id: Uuid) -> anyhow::Result<(String, Option<String>)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let row: Option<(String, Option<String>, bool)> = sqlx::query_as(
-            "SELECT status, detail, EXISTS (SELECT 1 FROM payment_events e WHERE e.refund_id = f.id)
-             FROM refunds f WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(world.pool())
-        .await?;
-        match row {
-            Some((status, detail, true))
-                if ["succeeded", "failed", "refused"].contains(&status.as_str()) =>
-            {
-                return Ok((status, detail));
-            }
-            row if tokio::time::Instant::now() > deadline => {
-                anyhow::bail!("refund {id} not finished within {WAIT:?}: {row:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    world.refund_finished(id).await
 }
 
 /// (total, available, frozen) of an account in CNY, rolled up first.

@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use chrono::{NaiveTime, Utc};
 use fleet::{
-    SHOP, SHOP_KEY, WAIT, d,
+    SHOP, d,
     sandbox::{CARD, World},
 };
-use lapin::types::FieldTable;
 use payfleet_common::{
-    PaymentId, broker,
+    PaymentId,
     messages::{self, PaymentReverse, RefundRequested, SCHEMA_VERSION},
 };
 use payfleet_sandbox_gateway::TradeStatus;
@@ -59,22 +58,8 @@ fn reversal(reversal_no: &str, order: &str) -> PaymentReverse {
     }
 }
 
-/// Publishes `body` of `kind` as the shop would: signed, a new message id.
 async fn publish(world: &World, kind: &str, body: &impl serde::Serialize) -> anyhow::Result<()> {
-    let body = serde_json::to_vec(body)?;
-    let mut headers = FieldTable::default();
-    broker::set_header(
-        &mut headers,
-        messages::SIGNATURE_HEADER,
-        messages::sign(SHOP_KEY, &body),
-    );
-    let props =
-        broker::properties(&Uuid::now_v7().to_string(), None, Some(kind)).with_headers(headers);
-    world
-        .env
-        .publish_raw("payfleet.ingress", kind, &body, props)
-        .await?;
-    Ok(())
+    world.publish_signed(kind, body).await
 }
 
 async fn reverse(world: &World, request: &PaymentReverse) -> anyhow::Result<Uuid> {
@@ -82,30 +67,8 @@ async fn reverse(world: &World, request: &PaymentReverse) -> anyhow::Result<Uuid
     Ok(reversal_id(SHOP, &request.merchant_reversal_id))
 }
 
-/// Waits until refund or reversal `id` is finished with its event emitted;
-/// its status and detail.
 async fn finished(world: &World, id: Uuid) -> anyhow::Result<(String, Option<String>)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let row: Option<(String, Option<String>, bool)> = sqlx::query_as(
-            "SELECT status, detail, EXISTS (SELECT 1 FROM payment_events e WHERE e.refund_id = f.id)
-             FROM refunds f WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(world.pool())
-        .await?;
-        match row {
-            Some((status, detail, true))
-                if ["succeeded", "failed", "refused"].contains(&status.as_str()) =>
-            {
-                return Ok((status, detail));
-            }
-            row if tokio::time::Instant::now() > deadline => {
-                anyhow::bail!("{id} not finished within {WAIT:?}: {row:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    world.refund_finished(id).await
 }
 
 /// The total of an account in CNY, rolled up first (zero when it has none).

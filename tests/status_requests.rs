@@ -74,27 +74,8 @@ async fn refunded(
         return_stock: false,
         requested_at: Utc::now(),
     };
-    let body = serde_json::to_vec(&request)?;
-    let mut headers = FieldTable::default();
-    broker::set_header(
-        &mut headers,
-        messages::SIGNATURE_HEADER,
-        messages::sign(SHOP_KEY, &body),
-    );
-    let props = broker::properties(
-        &Uuid::now_v7().to_string(),
-        None,
-        Some(messages::kind::REFUND_REQUESTED),
-    )
-    .with_headers(headers);
     world
-        .env
-        .publish_raw(
-            "payfleet.ingress",
-            messages::kind::REFUND_REQUESTED,
-            &body,
-            props,
-        )
+        .publish_signed(messages::kind::REFUND_REQUESTED, &request)
         .await?;
     let id = upstream_id(SHOP, refund_no);
     wait_until(WAIT, "the refund booked", || async {

@@ -22,7 +22,9 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{CreateReversal, Gateway, Reversal, ReversalStatus, Store, TradeStatus, error};
+use super::{
+    CreateReversal, Gateway, RefundStatus, Reversal, ReversalStatus, Store, TradeStatus, error,
+};
 
 impl Gateway {
     /// A reversal as the gateway sees it (tests count them here).
@@ -118,19 +120,23 @@ pub(crate) async fn create(
         let Some(trade) = store.trades.get(&key).cloned() else {
             return error(StatusCode::NOT_FOUND, "no such trade");
         };
-        let refunds_of_trade = store
-            .refunds
-            .values()
-            .any(|r| r.channel == channel && r.out_trade_no == request.out_trade_no);
+        // a refund paid back or still processing; a refused one took nothing
+        let refunds_of_trade = store.refunds.values().any(|r| {
+            r.channel == channel
+                && r.out_trade_no == request.out_trade_no
+                && r.status != RefundStatus::Failed
+        });
         if trade.status != TradeStatus::Succeeded || refunds_of_trade {
             return error(
                 StatusCode::CONFLICT,
                 "not reversible: only a paid trade with no refund is reversed",
             );
         }
-        let closed = trade
-            .paid_at
-            .and_then(|paid_at| gw.window_closed(&store, &channel, paid_at, now));
+        // a paid trade without its time of payment is not reversed blindly
+        let closed = match trade.paid_at {
+            Some(paid_at) => gw.window_closed(&store, &channel, paid_at, now),
+            None => Some(format!("{channel} has no time of payment for it")),
+        };
         let status = if closed.is_some() {
             ReversalStatus::Failed
         } else {

@@ -225,6 +225,62 @@ impl World {
         Ok(response.status().as_u16())
     }
 
+    /// Publishes `body` of message `kind` (`refund.requested`,
+    /// `payment.reverse`, …) to the ingress as the shop would: signed with
+    /// its key, under a new message id.
+    pub async fn publish_signed(
+        &self,
+        kind: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(body)?;
+        let mut headers = lapin::types::FieldTable::default();
+        payfleet_common::broker::set_header(
+            &mut headers,
+            payfleet_common::messages::SIGNATURE_HEADER,
+            payfleet_common::messages::sign(SHOP_KEY, &body),
+        );
+        let props = payfleet_common::broker::properties(
+            &uuid::Uuid::now_v7().to_string(),
+            None,
+            Some(kind),
+        )
+        .with_headers(headers);
+        self.env
+            .publish_raw("payfleet.ingress", kind, &body, props)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until refund (or reversal) `id` is finished — succeeded,
+    /// failed or refused — with its event emitted; its status and detail.
+    pub async fn refund_finished(
+        &self,
+        id: uuid::Uuid,
+    ) -> anyhow::Result<(String, Option<String>)> {
+        let deadline = tokio::time::Instant::now() + super::WAIT;
+        loop {
+            let row: Option<(String, Option<String>, bool)> = sqlx::query_as(
+                "SELECT status, detail, EXISTS (SELECT 1 FROM payment_events e WHERE e.refund_id = f.id)
+                 FROM refunds f WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+            match row {
+                Some((status, detail, true))
+                    if ["succeeded", "failed", "refused"].contains(&status.as_str()) =>
+                {
+                    return Ok((status, detail));
+                }
+                row if tokio::time::Instant::now() > deadline => {
+                    anyhow::bail!("refund {id} not finished within {:?}: {row:?}", super::WAIT)
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     pub async fn events(&self, id: PaymentId) -> anyhow::Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT event_type FROM payment_events WHERE payment_id = $1 ORDER BY event_type",

@@ -18,6 +18,17 @@ use super::{
 /// payment method that pays from the wallet.
 pub const BALANCE: &str = "balance";
 
+/// No money goes back through the wallet channel: a wallet payment's
+/// refund is credited by settlement, and a wallet payment is never reversed.
+fn nothing_charged<'a>(attempt_id: AttemptId) -> Boxed<'a, Result<Value, RefundError>> {
+    Box::pin(async move {
+        Err(RefundError::NothingCharged {
+            channel: BALANCE.to_owned(),
+            attempt_id,
+        })
+    })
+}
+
 /// The user's wallet: Try froze the funds, so the charge succeeds at once and
 /// Confirm moves the frozen money. There is no trade to query or close.
 pub struct BalanceChannel;
@@ -58,12 +69,7 @@ impl ChannelAdapter for BalanceChannel {
         _refund_id: Uuid,
         _amount: Decimal,
     ) -> Boxed<'a, Result<Value, RefundError>> {
-        Box::pin(async move {
-            Err(RefundError::NothingCharged {
-                channel: BALANCE.to_owned(),
-                attempt_id,
-            })
-        })
+        nothing_charged(attempt_id)
     }
     fn query_refund(
         &self,
@@ -71,12 +77,7 @@ impl ChannelAdapter for BalanceChannel {
         _refund_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>> {
         // no refund goes to a channel: there is none to query
-        Box::pin(async move {
-            Err(RefundError::NothingCharged {
-                channel: BALANCE.to_owned(),
-                attempt_id,
-            })
-        })
+        nothing_charged(attempt_id)
     }
     fn reverse(
         &self,
@@ -84,24 +85,14 @@ impl ChannelAdapter for BalanceChannel {
         _reversal_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>> {
         // a wallet payment is refunded, never reversed: there is no trade
-        Box::pin(async move {
-            Err(RefundError::NothingCharged {
-                channel: BALANCE.to_owned(),
-                attempt_id,
-            })
-        })
+        nothing_charged(attempt_id)
     }
     fn query_reversal(
         &self,
         attempt_id: AttemptId,
         _reversal_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>> {
-        Box::pin(async move {
-            Err(RefundError::NothingCharged {
-                channel: BALANCE.to_owned(),
-                attempt_id,
-            })
-        })
+        nothing_charged(attempt_id)
     }
     fn verify_webhook(
         &self,

@@ -85,16 +85,7 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -
             "channel `{channel}` has no statement to download (not a sandbox channel)"
         )));
     };
-    let url = format!(
-        "{}/channels/{channel}/statement?date={day}",
-        base_url.trim_end_matches('/')
-    );
-    let statement: Value = reqwest::get(&url)
-        .await
-        .doing_with(|| format!("downloading {url}"))?
-        .error_for_status()?
-        .json()
-        .await?;
+    let statement = fetch_statement(&base_url, channel, day).await?;
     let mut theirs: BTreeMap<String, Value> = BTreeMap::new();
     for trade in statement["trades"].as_array().into_iter().flatten() {
         if let Some(out) = trade["out_trade_no"].as_str() {
@@ -129,13 +120,14 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -
     for (attempt, payment, amount, currency, status, fee) in &ours {
         let mine = json!({"amount": amount.to_string(), "currency": currency, "status": status, "fee": fee.to_string()});
         match theirs.remove(&attempt.to_string()) {
-            None if status == AttemptStatus::Succeeded.as_str() => items.push((
-                "missing_theirs",
-                attempt.to_string(),
-                Some(*payment),
-                Some(mine),
-                None,
-            )),
+            None if status == AttemptStatus::Succeeded.as_str() || status == "reversed" => items
+                .push((
+                    "missing_theirs",
+                    attempt.to_string(),
+                    Some(*payment),
+                    Some(mine),
+                    None,
+                )),
             // never reached the channel (declined before, or failed to send): nothing to match
             None => {}
             Some(trade) => {
@@ -169,8 +161,21 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -
     for (out, trade) in theirs {
         items.push(("missing_ours", out, None, None, Some(trade)));
     }
+    // A refund or reversal done by the channel late on the day before may
+    // be ours only after midnight (a status query found it): listed there,
+    // it is not missing.
+    let day_before = fetch_statement(&base_url, channel, day.pred_opt().unwrap_or(day)).await?;
     for kind in [GivenBack::Refund, GivenBack::Reversal] {
-        items.extend(match_given_back(pool, channel, (from, until), &statement, kind).await?);
+        items.extend(
+            match_given_back(
+                pool,
+                channel,
+                (from, until),
+                (&statement, &day_before),
+                kind,
+            )
+            .await?,
+        );
     }
 
     let mut summary = Summary {
@@ -209,6 +214,20 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -
     }
     tx.commit().await?;
     Ok(summary)
+}
+
+/// The channel's statement for `day`.
+async fn fetch_statement(base_url: &str, channel: &str, day: NaiveDate) -> Result<Value> {
+    let url = format!(
+        "{}/channels/{channel}/statement?date={day}",
+        base_url.trim_end_matches('/')
+    );
+    Ok(reqwest::get(&url)
+        .await
+        .doing_with(|| format!("downloading {url}"))?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
 /// Money a channel gave back for a charge, listed on its statement.
@@ -258,48 +277,59 @@ type Item = (
 );
 
 /// The refunds (or reversals) the channel made on the day (its
-/// statement's `refunds` / `reversals`) against ours that succeeded that
-/// day, by id (the channel's idempotency key): `*_matched`,
-/// `*_missing_ours` (the channel gave back money we have no refund for —
-/// investigate at once), `*_missing_theirs` (we booked one the channel
-/// does not list), `*_amount_mismatch`.
+/// statement's `refunds` / `reversals`) against ours, by id (the channel's
+/// idempotency key) — ours that succeeded that day, and any of ours the
+/// statement lists whenever we learned of it: `*_matched`, `*_missing_ours`
+/// (the channel gave back money we have no refund for — investigate at
+/// once), `*_missing_theirs` (we booked one the channel lists neither that
+/// day nor the day before), `*_amount_mismatch`.
 async fn match_given_back(
     pool: &PgPool,
     channel: &str,
     (from, until): (DateTime<Utc>, DateTime<Utc>),
-    statement: &Value,
+    (statement, day_before): (&Value, &Value),
     given_back: GivenBack,
 ) -> Result<Vec<Item>> {
     let (list, id_field, our_kind, [matched, missing_ours, missing_theirs, amount_mismatch]) =
         given_back.names();
-    let mut theirs: BTreeMap<String, Value> = BTreeMap::new();
-    for entry in statement[list].as_array().into_iter().flatten() {
-        if let Some(no) = entry[id_field].as_str() {
-            theirs.insert(no.to_owned(), entry.clone());
-        }
-    }
+    let listed = |statement: &Value| -> BTreeMap<String, Value> {
+        statement[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| Some((entry[id_field].as_str()?.to_owned(), entry.clone())))
+            .collect()
+    };
+    let mut theirs = listed(statement);
+    let listed_before = listed(day_before);
+    let ids: Vec<uuid::Uuid> = theirs.keys().filter_map(|no| no.parse().ok()).collect();
     let ours: Vec<(uuid::Uuid, PaymentId, Decimal, String, String)> = sqlx::query_as(
         "SELECT id, payment_id, amount, currency::text, origin FROM refunds
-         WHERE channel = $1 AND status = 'succeeded' AND kind = $4
-           AND refunded_at >= $2 AND refunded_at < $3",
+         WHERE channel = $1 AND status = 'succeeded' AND kind = $4 AND refunded_at >= $2 AND refunded_at < $3
+         UNION
+         SELECT id, payment_id, amount, currency::text, origin FROM refunds
+         WHERE id = ANY($5) AND channel = $1 AND status = 'succeeded' AND kind = $4",
     )
     .bind(channel)
     .bind(from)
     .bind(until)
     .bind(our_kind)
+    .bind(&ids)
     .fetch_all(pool)
     .await?;
     let mut items = Vec::new();
     for (id, payment, amount, currency, origin) in ours {
         let mine = json!({our_kind: amount.to_string(), "currency": currency, "origin": origin});
         let Some(entry) = theirs.remove(&id.to_string()) else {
-            items.push((
-                missing_theirs,
-                id.to_string(),
-                Some(payment),
-                Some(mine),
-                None,
-            ));
+            if !listed_before.contains_key(&id.to_string()) {
+                items.push((
+                    missing_theirs,
+                    id.to_string(),
+                    Some(payment),
+                    Some(mine),
+                    None,
+                ));
+            }
             continue;
         };
         let paid: Option<Decimal> = entry["amount"].as_str().and_then(|a| a.parse().ok());

@@ -114,13 +114,23 @@ pub struct RefundStory {
 /// The refund among `ids` (see [`parse_reference`]) with its parts and
 /// its story: calls, postings, events.
 pub async fn show(pool: &PgPool, ids: &[Uuid]) -> Result<RefundStory> {
-    let refund: Option<RefundRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM refunds WHERE id = ANY($1) ORDER BY kind LIMIT 1"
+    let mut found: Vec<RefundRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM refunds WHERE id = ANY($1) ORDER BY kind"
     ))
     .bind(ids)
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    let Some(refund) = refund else {
+    if found.len() > 1 {
+        let named: Vec<String> = found
+            .iter()
+            .map(|r| format!("{} {}", r.kind, r.id))
+            .collect();
+        return Err(Error::refused(format!(
+            "the merchant's id names both {}: show one by its id",
+            named.join(" and ")
+        )));
+    }
+    let Some(refund) = found.pop() else {
         return Err(Error::not_found(format!(
             "no refund {}",
             ids.first().map(Uuid::to_string).unwrap_or_default()

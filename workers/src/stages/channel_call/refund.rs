@@ -72,9 +72,9 @@ enum Reading {
     NeverReceived,
 }
 
-/// Reads a refund's (or reversal's) answer; `declined` is the reason code
-/// of a refusal the channel gives no code of its own for.
-fn read(answer: &Result<Value, RefundError>, amount: Decimal, declined: &str) -> Reading {
+/// Reads a refund's (or reversal's) answer to `ask`; `declined` is the
+/// reason code of a refusal the channel gives no code of its own for.
+fn read(answer: &Result<Value, RefundError>, ask: Ask, amount: Decimal, declined: &str) -> Reading {
     match answer {
         Ok(raw) => match raw["status"].as_str() {
             Some("SUCCEEDED")
@@ -98,11 +98,18 @@ fn read(answer: &Result<Value, RefundError>, amount: Decimal, declined: &str) ->
             ),
             _ => Reading::Unknown(format!("no final answer: {raw}")),
         },
-        // The channel refused the request itself (not refundable there).
-        Err(RefundError::Refused { status, body }) if status.is_client_error() => Reading::Final(
-            RefundResult::Failed,
-            Some(format!("{declined}: HTTP {status}: {body}")),
-        ),
+        // The channel refused the send itself (not refundable there). A
+        // query's 4xx (throttled, unauthorised, …) says nothing of what the
+        // channel did: the money may be back with the payer, so it is no
+        // answer, never a failure that would release the reservation.
+        Err(RefundError::Refused { status, body })
+            if ask == Ask::Send && status.is_client_error() =>
+        {
+            Reading::Final(
+                RefundResult::Failed,
+                Some(format!("{declined}: HTTP {status}: {body}")),
+            )
+        }
         Err(RefundError::NotFound { .. }) => Reading::NeverReceived,
         Err(error) => Reading::Unknown(error.to_string()),
     }
@@ -217,7 +224,7 @@ impl ChannelCall {
         } else {
             "refund_declined"
         };
-        match read(&answer, r.amount, declined) {
+        match read(&answer, call.ask, r.amount, declined) {
             Reading::Final(result, reason) => {
                 metrics::counter!("payfleet_refunds_total", "kind" => r.kind_label(), "result" => if result == RefundResult::Succeeded { "succeeded" } else { "failed" })
                     .increment(1);
@@ -310,7 +317,7 @@ mod tests {
     #[test]
     fn only_a_refund_paid_in_full_or_refused_is_final() {
         let amount: Decimal = "30.00".parse().unwrap();
-        let ok = |raw: Value| read(&Ok(raw), amount, "refund_declined");
+        let ok = |raw: Value| read(&Ok(raw), Ask::Send, amount, "refund_declined");
         assert_eq!(
             ok(json!({"status": "SUCCEEDED", "amount": "30.00"})),
             Reading::Final(RefundResult::Succeeded, None)
@@ -329,11 +336,30 @@ mod tests {
     }
 
     #[test]
+    fn a_client_error_refuses_a_send_but_answers_no_query() {
+        let amount: Decimal = "30.00".parse().unwrap();
+        let throttled = || {
+            Err(RefundError::Refused {
+                status: reqwest::StatusCode::TOO_MANY_REQUESTS,
+                body: json!({"error": "slow down"}),
+            })
+        };
+        assert!(matches!(
+            read(&throttled(), Ask::Query, amount, "reversal_declined"),
+            Reading::Unknown(_)
+        ));
+        assert!(matches!(
+            read(&throttled(), Ask::Send, amount, "reversal_declined"),
+            Reading::Final(RefundResult::Failed, Some(_))
+        ));
+    }
+
+    #[test]
     fn a_reversal_past_the_cut_off_keeps_the_channels_reason() {
         let amount: Decimal = "30.00".parse().unwrap();
         let closed = json!({"status": "FAILED", "amount": "30.00",
             "reason": "reversal_window_closed: today's cut-off 22:00:00 (UTC) has passed; refund instead"});
-        match read(&Ok(closed), amount, "reversal_declined") {
+        match read(&Ok(closed), Ask::Send, amount, "reversal_declined") {
             Reading::Final(RefundResult::Failed, Some(reason)) => {
                 assert!(reason.starts_with("reversal_window_closed: "), "{reason}")
             }
@@ -341,7 +367,7 @@ mod tests {
         }
         let other = json!({"status": "FAILED", "reason": "risk"});
         assert_eq!(
-            read(&Ok(other), amount, "reversal_declined"),
+            read(&Ok(other), Ask::Query, amount, "reversal_declined"),
             Reading::Final(RefundResult::Failed, Some("reversal_declined: risk".into()))
         );
     }

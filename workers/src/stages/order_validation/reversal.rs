@@ -2,7 +2,7 @@
 //! reversal cancels the whole charge at the channel before the channel has
 //! settled it — the day it was paid (in the fleet's business-day zone,
 //! `business_time_zone`) and before the channel's cut-off
-//! (`channels.reversal_cutoff`). The channel has the last word (it may
+//! (`channels.reversal_cutoff`), the day being the one the charge was paid. The channel has the last word (it may
 //! refuse with `reversal_window_closed` too); this check spares it a call
 //! that cannot succeed and tells upstream at once to refund instead.
 
@@ -19,9 +19,12 @@ struct Charge {
     /// What the channel charged, against what the payment asked.
     charged: (Decimal, String),
     asked: (Decimal, String),
-    /// When the trade was opened at the channel: the day it belongs to.
-    opened_at: DateTime<Utc>,
+    /// When the channel charged it (as we learned it): the day it belongs to.
+    paid_at: DateTime<Utc>,
     cutoff: Option<NaiveTime>,
+    /// The channel's fee as booked with the payment; the reversal gives it
+    /// back, so a charge without one cannot be reversed.
+    fee: Option<Decimal>,
 }
 
 /// Why payment `payment_id` (settled, charged at a channel) cannot be
@@ -40,10 +43,11 @@ pub(super) async fn window(
         String,
         DateTime<Utc>,
         Option<NaiveTime>,
+        Option<Decimal>,
     );
     let row: Option<Row> = sqlx::query_as(
         "SELECT a.channel, COALESCE(a.charged_amount, a.amount), COALESCE(a.charged_currency, a.currency)::text,
-                p.amount, p.currency::text, a.created_at, c.reversal_cutoff
+                p.amount, p.currency::text, COALESCE(a.resolved_at, a.created_at), c.reversal_cutoff, a.fee
          FROM payment_attempts a JOIN payments p ON p.id = a.payment_id JOIN channels c ON c.name = a.channel
          WHERE a.payment_id = $1 AND a.status = 'succeeded' AND a.channel <> $2
          ORDER BY a.created_at DESC LIMIT 1",
@@ -52,7 +56,8 @@ pub(super) async fn window(
     .bind(crate::channels::BALANCE)
     .fetch_optional(conn)
     .await?;
-    let Some((channel, charged, charged_currency, asked, currency, opened_at, cutoff)) = row else {
+    let Some((channel, charged, charged_currency, asked, currency, paid_at, cutoff, fee)) = row
+    else {
         return Ok(Some((
             "not_reversible",
             format!(
@@ -64,8 +69,9 @@ pub(super) async fn window(
         channel,
         charged: (charged, charged_currency),
         asked: (asked, currency),
-        opened_at,
+        paid_at,
         cutoff,
+        fee,
     };
     Ok(judge(&charge, zone, now))
 }
@@ -87,7 +93,13 @@ fn judge(charge: &Charge, zone: Tz, now: DateTime<Utc>) -> Option<(&'static str,
             ),
         ));
     }
-    let paid_day = charge.opened_at.with_timezone(&zone).date_naive();
+    if charge.fee.is_none() {
+        return Some((
+            "not_reversible",
+            format!("the fee {channel} took on the charge is not booked: refund instead"),
+        ));
+    }
+    let paid_day = charge.paid_at.with_timezone(&zone).date_naive();
     let now_local = now.with_timezone(&zone);
     if paid_day != now_local.date_naive() || now_local.time() >= cutoff {
         return Some((
@@ -104,14 +116,15 @@ fn judge(charge: &Charge, zone: Tz, now: DateTime<Utc>) -> Option<(&'static str,
 mod tests {
     use super::*;
 
-    fn charge(opened_at: &str, cutoff: &str) -> Charge {
+    fn charge(paid_at: &str, cutoff: &str) -> Charge {
         let amount = (Decimal::new(8000, 2), "CNY".to_owned());
         Charge {
             channel: "sandbox-card".into(),
             charged: amount.clone(),
             asked: amount,
-            opened_at: opened_at.parse().unwrap(),
+            paid_at: paid_at.parse().unwrap(),
             cutoff: Some(cutoff.parse().unwrap()),
+            fee: Some(Decimal::new(96, 2)),
         }
     }
 
@@ -133,7 +146,7 @@ mod tests {
     #[test]
     fn the_day_and_the_cut_off_are_the_business_zones() {
         // 17:00 UTC on the 6th is 01:00 on the 7th in Shanghai: a payment
-        // opened at 15:00 UTC (23:00 there) belongs to the day before.
+        // paid at 15:00 UTC (23:00 there) belongs to the day before.
         let paid = charge("2026-12-06T15:00:00Z", "23:30:00");
         let shanghai = Tz::Asia__Shanghai;
         assert_eq!(judge(&paid, Tz::UTC, at("2026-12-06T17:00:00Z")), None);
