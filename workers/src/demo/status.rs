@@ -69,7 +69,8 @@ impl Asked {
 }
 
 /// One lookup of the shop's, and what the books say its reply must hold:
-/// the payment's status and refunded total, and the asked refund's status.
+/// the payment's status and what it has had back in all (its succeeded
+/// refunds and reversal), and the asked refund's status.
 struct Expected {
     lookup: StatusLookup,
     payment_status: String,
@@ -121,8 +122,9 @@ pub(super) async fn ask(settings: &Settings, pool: &PgPool, like: &str) -> anyho
 /// Ten payments, five refunds and the reversals of the run, by the shop's
 /// own ids, with what the books say of each.
 async fn expectations(pool: &PgPool, like: &str) -> anyhow::Result<Vec<Expected>> {
-    let refunded_total = "(SELECT COALESCE(sum(o.amount), 0) FROM refunds o WHERE o.payment_id = p.id
-                            AND o.origin = 'upstream' AND o.kind = 'refund' AND o.status = 'succeeded')";
+    let refunded_total =
+        "(SELECT COALESCE(sum(o.amount), 0) FROM refunds o WHERE o.payment_id = p.id
+                            AND o.origin = 'upstream' AND o.status = 'succeeded')";
     let payments: Vec<(String, String, Decimal)> = sqlx::query_as(&format!(
         "SELECT p.merchant_order_id, p.status, {refunded_total} FROM payments p
          WHERE p.merchant_id = $1 AND p.merchant_order_id LIKE $2
@@ -193,7 +195,14 @@ fn judge(asked: &mut Asked, expected: &Expected, reply: &StatusReply) {
     {
         asked.agreed += 1;
     } else {
-        asked.disagreed.push(what);
+        asked.disagreed.push(format!(
+            "{what}: the books say {} / {} back / refund {:?}, the reply {} / {} / {refund_status:?}",
+            expected.payment_status,
+            expected.refunded_total,
+            expected.refund_status,
+            payment.status,
+            payment.refunded_total
+        ));
     }
 }
 

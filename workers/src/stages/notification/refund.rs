@@ -104,7 +104,7 @@ struct Row {
     amount: Decimal,
     currency: String,
     detail: Option<String>,
-    /// What the payment has had back in all through refunds.
+    /// What the payment has had back in all: its refunds and a reversal.
     refunded_total: Decimal,
     payment_url: Option<String>,
     merchant_url: Option<String>,
@@ -129,8 +129,7 @@ impl Row {
             "SELECT r.kind, r.merchant_id, r.merchant_refund_id, p.merchant_order_id, r.status, r.amount,
                     r.currency::text, r.detail,
                     (SELECT COALESCE(sum(o.amount), 0) FROM refunds o
-                      WHERE o.payment_id = r.payment_id AND o.origin = 'upstream' AND o.kind = 'refund'
-                        AND o.status = 'succeeded'),
+                      WHERE o.payment_id = r.payment_id AND o.origin = 'upstream' AND o.status = 'succeeded'),
                     p.notify_url, m.notify_url
              FROM refunds r JOIN payments p ON p.id = r.payment_id JOIN merchants m ON m.id = r.merchant_id
              WHERE r.id = $1 AND r.origin = 'upstream'",
