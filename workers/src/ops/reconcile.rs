@@ -355,3 +355,34 @@ async fn match_given_back(
     }
     Ok(items)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_business_day_is_midnight_to_midnight_in_its_zone() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 6).unwrap();
+        assert_eq!(
+            day_bounds(day, Tz::UTC),
+            (at("2026-12-06T00:00:00Z"), at("2026-12-07T00:00:00Z"))
+        );
+        assert_eq!(
+            day_bounds(day, Tz::Asia__Shanghai),
+            (at("2026-12-05T16:00:00Z"), at("2026-12-06T16:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_day_whose_midnight_the_clocks_skip_starts_after_the_gap() {
+        // São Paulo moved its clocks from 00:00 to 01:00 on 2018-11-04.
+        let day = NaiveDate::from_ymd_opt(2018, 11, 4).unwrap();
+        let (start, end) = day_bounds(day, Tz::America__Sao_Paulo);
+        assert_eq!(start, at("2018-11-04T03:00:00Z"));
+        assert_eq!(end, at("2018-11-05T02:00:00Z"));
+    }
+}
