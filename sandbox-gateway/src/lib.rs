@@ -34,6 +34,8 @@
 //! `POST /channels/C/payments/{out_trade_no}/close`, `POST /channels/C/refunds`,
 //! `GET /channels/C/refunds/{refund_no}`, `POST /channels/C/reversals`,
 //! `GET /channels/C/reversals/{reversal_no}`, `PUT /channels/C/reversal-cutoff`,
+//! `POST /channels/C/payouts`, `GET /channels/C/payouts/{payout_no}` (payouts:
+//! see `payouts.rs` for the account tokens),
 //! `GET /channels/C/statement?date=YYYY-MM-DD` (the day in the business zone). Webhooks are POSTed to the
 //! request's `notify_url` with `x-sandbox-timestamp` (Unix seconds) and
 //! `x-sandbox-signature` = hex HMAC-SHA256(channel secret, "{timestamp}.{body}").
@@ -58,6 +60,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod payouts;
 mod protocol;
 mod refunds;
 mod reversals;
@@ -71,6 +74,7 @@ struct Store {
     /// The keys of the refunds still PROCESSING, settled when read.
     processing: Vec<(String, String)>,
     reversals: HashMap<(String, String), Reversal>,
+    payouts: HashMap<(String, String), Payout>,
     /// Reversal cut-offs moved since start, per channel.
     cutoffs: HashMap<String, Option<chrono::NaiveTime>>,
     sequence: u64,
@@ -86,6 +90,11 @@ pub struct Gateway {
 /// A channel's fee on `amount`, to the cent (half away from zero).
 fn fee(amount: Decimal, rate: Decimal) -> Decimal {
     (amount * rate).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Whether `code` reads as an ISO 4217 code (three capital letters).
+fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -126,6 +135,11 @@ impl Gateway {
             .route(
                 "/channels/{channel}/reversal-cutoff",
                 axum::routing::put(reversals::set_cutoff),
+            )
+            .route("/channels/{channel}/payouts", post(payouts::create))
+            .route(
+                "/channels/{channel}/payouts/{payout_no}",
+                get(payouts::query),
             )
             .route("/channels/{channel}/statement", get(statement))
             .route("/healthz", get(|| async { "ok\n" }))
@@ -427,6 +441,7 @@ async fn statement(
     let on_day = |at: DateTime<Utc>| at.with_timezone(&zone).date_naive() == q.date;
     let mut store = gw.store.lock().expect("store");
     store.settle_refunds(Utc::now());
+    store.settle_payouts(Utc::now());
     let mut trades: Vec<Trade> = store
         .trades
         .values()
@@ -452,12 +467,22 @@ async fn statement(
         .cloned()
         .collect();
     reversals.sort_by(|a, b| (a.created_at, &a.reversal_no).cmp(&(b.created_at, &b.reversal_no)));
+    let mut payouts: Vec<Payout> = store
+        .payouts
+        .values()
+        .filter(|p| {
+            p.channel == channel && p.status != PayoutStatus::Failed && on_day(p.created_at)
+        })
+        .cloned()
+        .collect();
+    payouts.sort_by(|a, b| (a.created_at, &a.payout_no).cmp(&(b.created_at, &b.payout_no)));
     let statement = Statement {
         channel,
         date: q.date,
         trades,
         refunds,
         reversals,
+        payouts,
     };
     (StatusCode::OK, Json(statement)).into_response()
 }

@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub timeout_hold: Duration,
     /// The zone its business day (statements, reversal cut-offs) is kept in.
     pub business_zone: Tz,
+    /// How long after paying an `acct_returned` payout its bank sends it back.
+    pub payout_return_delay: Duration,
 }
 
 /// The cut-off the standard channels reverse until: late in the day, so a
@@ -79,6 +81,7 @@ impl GatewayConfig {
             slow: Duration::from_millis(1_500),
             timeout_hold: Duration::from_secs(30),
             business_zone: Tz::UTC,
+            payout_return_delay: Duration::from_secs(2),
         }
     }
 }
@@ -196,6 +199,69 @@ pub struct Reversal {
     pub created_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatePayout {
+    /// Our idempotency key: a second ask with it answers the first and never pays twice.
+    pub payout_no: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    /// The payee's bank card or account, tokenised; the sandbox picks its
+    /// scenario by it (see the crate's docs).
+    pub account: String,
+    #[serde(default)]
+    pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PayoutStatus {
+    /// The money left for the payee's account.
+    Succeeded,
+    /// Refused for good: no money left.
+    Failed,
+    /// Paid, then sent back by the payee's bank (a closed account): the
+    /// money is back with the channel, and so with us.
+    Returned,
+}
+
+/// A payout as the gateway keeps it, deduplicated on (channel, payout_no).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payout {
+    pub channel: String,
+    pub payout_no: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub account: String,
+    pub status: PayoutStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The channel's fee on it (none on a failed one; a returned one keeps it).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fee: Decimal,
+    pub created_at: DateTime<Utc>,
+    /// When a returned payout came back (or, while SUCCEEDED, will).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub notify_url: Option<String>,
+}
+
+/// A payout's webhook body: sent when a payout is returned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PayoutNotice {
+    pub channel: String,
+    pub payout_no: String,
+    pub status: PayoutStatus,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub reason: Option<String>,
+    /// When the gateway decided this status.
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// A channel's statement for a day.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Statement {
@@ -210,6 +276,10 @@ pub struct Statement {
     /// Every reversal that succeeded that day.
     #[serde(default)]
     pub reversals: Vec<Reversal>,
+    /// Every payout that paid money out that day (a returned one as
+    /// RETURNED, with when it came back).
+    #[serde(default)]
+    pub payouts: Vec<Payout>,
 }
 
 /// A webhook body.
