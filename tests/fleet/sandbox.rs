@@ -233,12 +233,22 @@ impl World {
         kind: &str,
         body: &impl serde::Serialize,
     ) -> anyhow::Result<()> {
+        self.publish_signed_with(SHOP_KEY, kind, body).await
+    }
+
+    /// Publishes `body` of message `kind` signed with `key`, under a new message id.
+    pub async fn publish_signed_with(
+        &self,
+        key: &str,
+        kind: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(body)?;
         let mut headers = lapin::types::FieldTable::default();
         payfleet_common::broker::set_header(
             &mut headers,
             payfleet_common::messages::SIGNATURE_HEADER,
-            payfleet_common::messages::sign(SHOP_KEY, &body),
+            payfleet_common::messages::sign(key, &body),
         );
         let props = payfleet_common::broker::properties(
             &uuid::Uuid::now_v7().to_string(),

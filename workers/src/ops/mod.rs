@@ -1,8 +1,9 @@
-//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `publish` and `webhook`:
+//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `publish` and `webhook`:
 //! what on-call needs at 3 a.m., every action on record.
 
 pub mod dlq;
 mod error;
+pub mod merchant;
 pub mod payment;
 pub mod publish;
 pub mod reconcile;

@@ -3,6 +3,7 @@
 //! fresh, then the payment or refund from PostgreSQL. Every refusal is an
 //! error reply, never data.
 
+use crate::domain::merchant::RequestKeys;
 use std::{sync::LazyLock, time::Duration};
 
 use chrono::Utc;
@@ -96,18 +97,17 @@ async fn read(
         let message = "at /merchant_id: missing, not a string, empty, over 128 bytes or holding a control character";
         return refuse(Code::InvalidRequest, message.to_owned());
     };
-    let signing_key: Option<String> =
-        sqlx::query_scalar("SELECT signing_key FROM merchants WHERE id = $1")
-            .bind(merchant_id)
-            .fetch_optional(pool)
-            .await?;
-    let Some(signing_key) = signing_key else {
+    let keys = {
+        let mut conn = pool.acquire().await?;
+        RequestKeys::load(&mut conn, merchant_id).await?
+    };
+    let Some(keys) = keys else {
         return refuse(Code::UnknownMerchant, "no such merchant".to_owned());
     };
     let signature = broker::header_str(headers, messages::SIGNATURE_HEADER);
     if !signature
         .as_deref()
-        .is_some_and(|s| messages::verify(&signing_key, body, s))
+        .is_some_and(|s| keys.verify(body, s, chrono::Utc::now()))
     {
         let message = match signature {
             Some(_) => "signature does not match the body",

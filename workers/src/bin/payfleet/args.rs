@@ -118,6 +118,15 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet refund list --status exception\n  payfleet refund show demo-shop:DS-RF-000001"
     )]
     Refund(RefundCommand),
+    /// Merchants without SQL: onboard one, suspend or activate it, show it, rotate its request key.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  payfleet merchant add tea-house --name \"Tea House\" --fee-rate 0.0060 --notify-url https://tea.example/payfleet
+  payfleet merchant suspend tea-house --reason \"chargebacks under review\"
+  payfleet merchant rotate-key tea-house --grace 24h"
+    )]
+    Merchant(MerchantCommand),
     /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
     #[command(
         after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign"
@@ -350,6 +359,63 @@ pub(crate) enum WebhookCommand {
         /// How long the previous secrets stay active (30m, 2h, 7d).
         #[arg(long, default_value = "24h", value_parser = parse_age)]
         grace: chrono::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MerchantCommand {
+    /// Onboard a merchant: active, with a new request key, shown once.
+    Add {
+        /// Its id: what its requests name as `merchant_id`.
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// The platform's fee on its sales (0.0060 = 0.6 %).
+        #[arg(long, default_value = "0")]
+        fee_rate: rust_decimal::Decimal,
+        /// Where its webhooks go (else each payment's own notify URL).
+        #[arg(long)]
+        notify_url: Option<String>,
+        #[arg(long, default_value = "onboarding")]
+        reason: String,
+        /// Who acts, for the audit (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse a merchant's requests from now on (`merchant_suspended`).
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Take a suspended merchant's requests again.
+    Activate {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// A merchant, its request key's fingerprint, and every action on it.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new request key, shown once; the one before stays valid for the grace period.
+    RotateKey {
+        id: String,
+        /// How long the previous key stays valid (0, 30m, 2h, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_age)]
+        grace: chrono::Duration,
+        #[arg(long, default_value = "key rotation")]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
     },
 }
 

@@ -5,7 +5,7 @@ use anyhow::Context;
 use payfleet_common::{Settings, Topology, db};
 
 use crate::{
-    args::{BenchArgs, DlqCommand, PaymentCommand, RefundCommand, WebhookCommand},
+    args::{BenchArgs, DlqCommand, MerchantCommand, PaymentCommand, RefundCommand, WebhookCommand},
     render,
 };
 
@@ -315,6 +315,103 @@ pub(crate) async fn bench(settings: &Settings, args: BenchArgs) -> anyhow::Resul
     }
     if !report.invariants_hold() {
         anyhow::bail!("invariants broken during the benchmark");
+    }
+    Ok(())
+}
+
+pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops::{
+        self,
+        merchant::{Acting, NewMerchant},
+    };
+    let pool = db::connect(settings).await?;
+    match command {
+        MerchantCommand::Add {
+            id,
+            name,
+            fee_rate,
+            notify_url,
+            reason,
+            operator,
+            json,
+        } => {
+            let operator = ops::operator(operator);
+            let new = NewMerchant {
+                id,
+                name,
+                fee_rate,
+                notify_url,
+            };
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            let (merchant, key) = ops::merchant::add(&pool, &new, &acting).await?;
+            if json {
+                let mut shown = serde_json::to_value(&merchant)?;
+                shown["request_key"] = serde_json::Value::from(key);
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                render::merchant(&merchant);
+                println!("request key (shown once; sign requests with it): {key}");
+            }
+        }
+        MerchantCommand::Suspend {
+            id,
+            reason,
+            operator,
+        } => {
+            let operator = ops::operator(operator);
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            render::merchant(&ops::merchant::set_active(&pool, &id, false, &acting).await?);
+        }
+        MerchantCommand::Activate {
+            id,
+            reason,
+            operator,
+        } => {
+            let operator = ops::operator(operator);
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            render::merchant(&ops::merchant::set_active(&pool, &id, true, &acting).await?);
+        }
+        MerchantCommand::Show { id, json } => {
+            let story = ops::merchant::show(&pool, &id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&story)?);
+            } else {
+                render::merchant(&story.merchant);
+                for action in &story.actions {
+                    println!(
+                        "  {}  {:<10} by {}: {}",
+                        action.at.format("%Y-%m-%d %H:%M:%S"),
+                        action.action,
+                        action.operator,
+                        action.reason
+                    );
+                }
+            }
+        }
+        MerchantCommand::RotateKey {
+            id,
+            grace,
+            reason,
+            operator,
+        } => {
+            let operator = ops::operator(operator);
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            let (merchant, key) = ops::merchant::rotate_key(&pool, &id, grace, &acting).await?;
+            render::merchant(&merchant);
+            println!("new request key (shown once): {key}");
+        }
     }
     Ok(())
 }

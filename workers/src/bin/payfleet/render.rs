@@ -367,3 +367,30 @@ pub(crate) fn bench_live(live: bench::Live<'_>) {
         ),
     }
 }
+
+/// A merchant in two lines: who, status, fee, where its webhooks go, its key.
+pub(crate) fn merchant(m: &payfleet_workers::ops::merchant::MerchantView) {
+    println!(
+        "merchant {} ({}): {}{} · fee rate {} · webhooks to {}",
+        m.id,
+        m.name,
+        m.status,
+        m.status_reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        m.fee_rate,
+        m.notify_url
+            .as_deref()
+            .unwrap_or("each payment's notify URL")
+    );
+    println!(
+        "  request key {}{}",
+        m.key_fingerprint,
+        match (&m.previous_key_fingerprint, m.previous_key_expires_at) {
+            (Some(previous), Some(until)) if until > chrono::Utc::now() =>
+                format!(" · previous key {previous} valid until {until}"),
+            _ => String::new(),
+        }
+    );
+}

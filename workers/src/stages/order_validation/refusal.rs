@@ -11,6 +11,7 @@ use payfleet_common::{
 use rust_decimal::Decimal;
 
 use super::Request;
+use crate::domain::merchant::RequestKeys;
 
 /// The status of merchant `merchant_id` when `body` is signed with its
 /// key; otherwise the refusal's reason and detail.
@@ -20,15 +21,10 @@ pub(super) async fn signed_by(
     signature: Option<&str>,
     body: &[u8],
 ) -> Result<Result<String, (&'static str, &'static str)>, StageError> {
-    let merchant: Option<(String, String)> =
-        sqlx::query_as("SELECT signing_key, status FROM merchants WHERE id = $1")
-            .bind(merchant_id)
-            .fetch_optional(tx.conn())
-            .await?;
-    let Some((signing_key, merchant_status)) = merchant else {
+    let Some(keys) = RequestKeys::load(tx.conn(), merchant_id).await? else {
         return Ok(Err(("unknown_merchant", "no such merchant")));
     };
-    if !signature.is_some_and(|s| messages::verify(&signing_key, body, s)) {
+    if !signature.is_some_and(|s| keys.verify(body, s, Utc::now())) {
         let detail = if signature.is_some() {
             "signature does not match the body"
         } else {
@@ -36,7 +32,7 @@ pub(super) async fn signed_by(
         };
         return Ok(Err(("bad_signature", detail)));
     }
-    Ok(Ok(merchant_status))
+    Ok(Ok(keys.status))
 }
 
 /// Whose request a refusal without a payment or a refund answers.

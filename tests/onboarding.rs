@@ -1,0 +1,256 @@
+//! Running payfleet without SQL: a merchant onboarded, suspended, activated
+//! and given a new request key by command, each audited, with the fleet
+//! taking or refusing its signed requests accordingly — the key before a
+//! rotation valid for its grace period and not after. Bad arguments get one
+//! clear line and a non-zero exit. Every scenario ends with the invariants.
+
+mod fleet;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use fleet::{WAIT, d, sandbox::World};
+use payfleet_common::messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION};
+use payfleet_workers::{domain::ledger, stages::order_validation};
+use serde_json::Value;
+
+const TEA_HOUSE: &str = "tea-house";
+
+async fn world(tag: &str) -> anyhow::Result<World> {
+    let mut world = World::new(tag, |_| {}, Duration::from_millis(100)).await?;
+    let mut tx = world.pool().begin().await?;
+    ledger::top_up(
+        &mut tx,
+        "alice",
+        "CNY",
+        d("500.00"),
+        "onboarding-test-wallet",
+    )
+    .await?;
+    tx.commit().await?;
+    world.start(&[]).await?;
+    Ok(world)
+}
+
+/// A wallet payment of one tea (30.00) from the tea house, signed with `key`.
+async fn pay(world: &World, order: &str, key: &str) -> anyhow::Result<()> {
+    let request = PaymentRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: TEA_HOUSE.into(),
+        merchant_order_id: order.into(),
+        user_id: "alice".into(),
+        currency: "CNY".into(),
+        items: vec![RequestedItem {
+            sku: "tea".into(),
+            quantity: 1,
+        }],
+        coupon_code: None,
+        payment_method: "balance".into(),
+        payer_token: None,
+        expected_amount: d("30.00"),
+        notify_url: None,
+        requested_at: Utc::now(),
+    };
+    world
+        .publish_signed_with(key, messages::kind::PAYMENT_REQUESTED, &request)
+        .await
+}
+
+/// How the tea house's order `order` ended: its payment's status, or the
+/// reason its request was refused before it became one.
+async fn ended(world: &World, order: &str) -> anyhow::Result<String> {
+    let id = order_validation::payment_id(TEA_HOUSE, order);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let settled: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM payments WHERE id = $1 AND status IN ('settled', 'failed', 'rejected')",
+        )
+        .bind(id)
+        .fetch_optional(world.pool())
+        .await?;
+        let refused: Option<String> = sqlx::query_scalar(
+            "SELECT reason FROM request_rejections WHERE merchant_id = $1 AND merchant_order_id = $2",
+        )
+        .bind(TEA_HOUSE)
+        .bind(order)
+        .fetch_optional(world.pool())
+        .await?;
+        if let Some(ended) = settled.or(refused) {
+            return Ok(ended);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{order} did not end within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_onboarded_by_command_is_suspended_activated_and_given_a_new_key()
+-> anyhow::Result<()> {
+    let world = world("onboard").await?;
+    let (code, out, err) = world
+        .cli(&[
+            "merchant",
+            "add",
+            TEA_HOUSE,
+            "--name",
+            "Tea House",
+            "--fee-rate",
+            "0.0060",
+            "--notify-url",
+            "https://tea.example/payfleet",
+            "--operator",
+            "ops-alice",
+            "--json",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let added: Value = serde_json::from_str(&out)?;
+    let first_key = added["request_key"]
+        .as_str()
+        .expect("the key, once")
+        .to_owned();
+    assert!(
+        first_key.starts_with("pfk_") && first_key.len() == 68,
+        "{first_key}"
+    );
+    assert_eq!(added["status"], "active");
+    assert_eq!(added["fee_rate"], "0.0060");
+
+    pay(&world, "o-1", &first_key).await?;
+    assert_eq!(ended(&world, "o-1").await?, "settled");
+
+    // Suspended: refused, with the reason its requests get.
+    let (code, out, err) = world
+        .cli(&[
+            "merchant",
+            "suspend",
+            TEA_HOUSE,
+            "--reason",
+            "chargebacks under review",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("suspended (chargebacks under review)"),
+        "{out}"
+    );
+    pay(&world, "o-2", &first_key).await?;
+    assert_eq!(ended(&world, "o-2").await?, "merchant_suspended");
+    let (code, _, err) = world
+        .cli(&["merchant", "suspend", TEA_HOUSE, "--reason", "again"])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("already suspended"), "{err}");
+    let (code, _, _) = world
+        .cli(&["merchant", "activate", TEA_HOUSE, "--reason", "cleared"])
+        .await?;
+    assert_eq!(code, 0);
+    pay(&world, "o-3", &first_key).await?;
+    assert_eq!(ended(&world, "o-3").await?, "settled");
+
+    // A new key; the one before is valid for the grace period, then not.
+    let (code, out, err) = world
+        .cli(&["merchant", "rotate-key", TEA_HOUSE, "--grace", "4s"])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let new_key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("new request key (shown once): "))
+        .expect("the new key")
+        .to_owned();
+    assert_ne!(new_key, first_key);
+    assert!(out.contains("previous key"), "{out}");
+    pay(&world, "o-4", &first_key).await?;
+    pay(&world, "o-5", &new_key).await?;
+    assert_eq!(
+        ended(&world, "o-4").await?,
+        "settled",
+        "the old key, within its grace"
+    );
+    assert_eq!(ended(&world, "o-5").await?, "settled");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pay(&world, "o-6", &first_key).await?;
+    pay(&world, "o-7", &new_key).await?;
+    assert_eq!(
+        ended(&world, "o-6").await?,
+        "bad_signature",
+        "past its grace"
+    );
+    assert_eq!(ended(&world, "o-7").await?, "settled");
+
+    // Every action on record, keys only by fingerprint.
+    let (code, out, _) = world
+        .cli(&["merchant", "show", TEA_HOUSE, "--json"])
+        .await?;
+    assert_eq!(code, 0);
+    let story: Value = serde_json::from_str(&out)?;
+    let actions: Vec<&str> = story["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["rotate_key", "activate", "suspend", "add"]);
+    let audit: String = sqlx::query_scalar(
+        "SELECT string_agg(before::text || after::text, ' ') FROM merchant_actions WHERE merchant_id = $1",
+    )
+    .bind(TEA_HOUSE)
+    .fetch_one(world.pool())
+    .await?;
+    assert!(
+        !audit.contains(&first_key) && !audit.contains(&new_key),
+        "no key in the audit"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_merchant_commands_get_one_clear_line_and_change_nothing() -> anyhow::Result<()> {
+    let world = world("onboardbad").await?;
+    for (args, says) in [
+        (
+            vec!["merchant", "add", "m-x", "--name", "X", "--fee-rate", "1.5"],
+            "--fee-rate 1.5",
+        ),
+        (
+            vec![
+                "merchant",
+                "add",
+                "m-x",
+                "--name",
+                "X",
+                "--notify-url",
+                "ftp://x",
+            ],
+            "--notify-url",
+        ),
+        (
+            vec!["merchant", "add", "m1", "--name", "Again"],
+            "already exists",
+        ),
+        (vec!["merchant", "show", "nobody"], "no merchant `nobody`"),
+        (
+            vec!["merchant", "rotate-key", "nobody"],
+            "no merchant `nobody`",
+        ),
+        (vec!["merchant", "suspend", "m1"], "--reason"),
+        (
+            vec!["merchant", "rotate-key", "m1", "--grace", "soon"],
+            "--grace",
+        ),
+    ] {
+        let (code, out, err) = world.cli(&args).await?;
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (merchants, actions): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM merchants WHERE id = 'm-x'), (SELECT count(*) FROM merchant_actions)",
+    )
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!((merchants, actions), (0, 0));
+    world.finish().await
+}

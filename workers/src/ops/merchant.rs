@@ -1,0 +1,329 @@
+//! `payfleet merchant add | suspend | activate | show | rotate-key`: a
+//! merchant onboarded and managed without SQL. Every action is audited in
+//! `merchant_actions` with who, why, and the merchant before and after
+//! (request keys only by fingerprint). The request key is made by the
+//! database (`new_request_key()`) and told once, to the operator who made
+//! it; a rotated key keeps the one before valid for a stated grace period.
+//! Webhook secrets rotate on their own (`payfleet webhook rotate-secret`).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+
+use super::{Error, Result};
+
+/// What `merchant add` is given.
+#[derive(Debug, Clone)]
+pub struct NewMerchant {
+    pub id: String,
+    pub name: String,
+    /// The platform's fee on its sales, e.g. 0.0060.
+    pub fee_rate: Decimal,
+    pub notify_url: Option<String>,
+}
+
+/// A merchant as the commands show it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MerchantView {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub fee_rate: Decimal,
+    pub notify_url: Option<String>,
+    /// The first 12 hex digits of SHA-256 of the request key: enough to
+    /// tell keys apart, nothing to sign with.
+    pub key_fingerprint: String,
+    pub previous_key_fingerprint: Option<String>,
+    pub previous_key_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One line of a merchant's audit trail.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Action {
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub operator: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MerchantStory {
+    pub merchant: MerchantView,
+    pub actions: Vec<Action>,
+}
+
+/// Who acts and why, for the audit.
+#[derive(Debug, Clone)]
+pub struct Acting<'a> {
+    pub operator: &'a str,
+    pub reason: &'a str,
+}
+
+fn fingerprint(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))[..12].to_owned()
+}
+
+/// Checks what `add` is given; the refusal names the field.
+fn check(new: &NewMerchant) -> Result<()> {
+    let usable = |s: &str| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control);
+    if !usable(&new.id) {
+        return Err(Error::refused(
+            "merchant id: 1 to 128 bytes, no control characters",
+        ));
+    }
+    if !usable(&new.name) {
+        return Err(Error::refused(
+            "--name: 1 to 128 bytes, no control characters",
+        ));
+    }
+    if new.fee_rate < Decimal::ZERO || new.fee_rate >= Decimal::ONE || new.fee_rate.scale() > 4 {
+        return Err(Error::refused(format!(
+            "--fee-rate {}: a rate from 0 up to (not including) 1, at most 4 decimals (0.0060 = 0.6 %)",
+            new.fee_rate
+        )));
+    }
+    if let Some(url) = &new.notify_url {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::refused(format!("--notify-url `{url}`: {e}")))?;
+        if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
+            return Err(Error::refused(format!(
+                "--notify-url `{url}`: an http(s) URL with a host"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String)> {
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Decimal,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, name, status, status_reason, fee_rate, notify_url, signing_key,
+                previous_signing_key, previous_key_expires_at, created_at, updated_at
+         FROM merchants WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    let Some((
+        id,
+        name,
+        status,
+        status_reason,
+        fee_rate,
+        notify_url,
+        key,
+        previous,
+        until,
+        created,
+        updated,
+    )) = row
+    else {
+        return Err(Error::not_found(format!("no merchant `{id}`")));
+    };
+    let merchant = MerchantView {
+        id,
+        name,
+        status,
+        status_reason,
+        fee_rate,
+        notify_url,
+        key_fingerprint: fingerprint(&key),
+        previous_key_fingerprint: previous.as_deref().map(fingerprint),
+        previous_key_expires_at: until,
+        created_at: created,
+        updated_at: updated,
+    };
+    Ok((merchant, key))
+}
+
+async fn audit(
+    conn: &mut PgConnection,
+    id: &str,
+    action: &str,
+    acting: &Acting<'_>,
+    before: Option<&MerchantView>,
+    after: &MerchantView,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO merchant_actions (merchant_id, action, operator, reason, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(action)
+    .bind(acting.operator)
+    .bind(acting.reason)
+    .bind(before.map(serde_json::to_value).transpose()?)
+    .bind(serde_json::to_value(after)?)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Onboards a merchant, active, with a new request key; returns it with
+/// the key (told this once). Its webhook secret is made with it.
+pub async fn add(
+    pool: &PgPool,
+    new: &NewMerchant,
+    acting: &Acting<'_>,
+) -> Result<(MerchantView, String)> {
+    check(new)?;
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url)
+         VALUES ($1, $2, new_request_key(), $3, $4) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&new.id)
+    .bind(&new.name)
+    .bind(new.fee_rate)
+    .bind(&new.notify_url)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(Error::refused(format!(
+            "merchant `{}` already exists: `payfleet merchant show {}`",
+            new.id, new.id
+        )));
+    }
+    let (merchant, key) = view(&mut tx, &new.id).await?;
+    audit(&mut tx, &new.id, "add", acting, None, &merchant).await?;
+    tx.commit().await?;
+    Ok((merchant, key))
+}
+
+/// Suspends (`active = false`) or activates a merchant; a suspended
+/// merchant's requests are refused as `merchant_suspended`.
+pub async fn set_active(
+    pool: &PgPool,
+    id: &str,
+    active: bool,
+    acting: &Acting<'_>,
+) -> Result<MerchantView> {
+    let (to, action) = if active {
+        ("active", "activate")
+    } else {
+        ("suspended", "suspend")
+    };
+    let mut tx = pool.begin().await?;
+    let (before, _) = view(&mut tx, id).await?;
+    if before.status == to {
+        return Err(Error::refused(format!("merchant `{id}` is already {to}")));
+    }
+    sqlx::query(
+        "UPDATE merchants SET status = $2, status_reason = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to)
+    .bind((!active).then_some(acting.reason))
+    .execute(&mut *tx)
+    .await?;
+    let (after, _) = view(&mut tx, id).await?;
+    audit(&mut tx, id, action, acting, Some(&before), &after).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// Gives a merchant a new request key; the one before stays valid for
+/// `grace` (zero: not at all). Returns the merchant and the new key.
+pub async fn rotate_key(
+    pool: &PgPool,
+    id: &str,
+    grace: chrono::Duration,
+    acting: &Acting<'_>,
+) -> Result<(MerchantView, String)> {
+    if grace < chrono::Duration::zero() {
+        return Err(Error::refused("--grace: not negative"));
+    }
+    let mut tx = pool.begin().await?;
+    // the row lock orders two rotations of one merchant
+    sqlx::query("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let (before, _) = view(&mut tx, id).await?;
+    sqlx::query(
+        "UPDATE merchants SET previous_signing_key = CASE WHEN $2 > 0 THEN signing_key END,
+                              previous_key_expires_at = CASE WHEN $2 > 0 THEN now() + make_interval(secs => $2) END,
+                              signing_key = new_request_key(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(grace.num_milliseconds() as f64 / 1000.0)
+    .execute(&mut *tx)
+    .await?;
+    let (after, key) = view(&mut tx, id).await?;
+    audit(&mut tx, id, "rotate_key", acting, Some(&before), &after).await?;
+    tx.commit().await?;
+    Ok((after, key))
+}
+
+/// A merchant and its audit trail, newest first.
+pub async fn show(pool: &PgPool, id: &str) -> Result<MerchantStory> {
+    let mut conn = pool.acquire().await?;
+    let (merchant, _) = view(&mut conn, id).await?;
+    let actions = sqlx::query_as(
+        "SELECT at, action, operator, reason FROM merchant_actions WHERE merchant_id = $1 ORDER BY at DESC, id DESC",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(MerchantStory { merchant, actions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(id: &str, fee: &str, url: Option<&str>) -> NewMerchant {
+        NewMerchant {
+            id: id.into(),
+            name: "Tea House".into(),
+            fee_rate: fee.parse().unwrap(),
+            notify_url: url.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn what_add_is_given_is_checked_with_the_field_named() {
+        assert!(
+            check(&new(
+                "tea-house",
+                "0.0060",
+                Some("https://tea.example/hooks")
+            ))
+            .is_ok()
+        );
+        let refused = |m: NewMerchant| check(&m).unwrap_err().to_string();
+        assert!(refused(new("", "0", None)).starts_with("merchant id"));
+        assert!(refused(new("a\u{7}b", "0", None)).starts_with("merchant id"));
+        assert!(refused(new("m", "1", None)).starts_with("--fee-rate"));
+        assert!(refused(new("m", "-0.01", None)).starts_with("--fee-rate"));
+        assert!(refused(new("m", "0.00001", None)).starts_with("--fee-rate"));
+        assert!(refused(new("m", "0", Some("ftp://x"))).starts_with("--notify-url"));
+        assert!(refused(new("m", "0", Some("not a url"))).starts_with("--notify-url"));
+    }
+
+    #[test]
+    fn a_fingerprint_tells_keys_apart_and_gives_nothing_to_sign_with() {
+        let a = fingerprint("pfk_aaaa");
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, fingerprint("pfk_aaab"));
+        assert!(!a.contains("aaaa"));
+    }
+}
