@@ -625,7 +625,7 @@ async fn a_channel_added_while_the_fleet_runs_is_routed_to_and_charged() -> anyh
     // Added after start-up: a card channel cheaper than the first, and a
     // cheaper still that no adapter can call (a sandbox row with no base_url).
     world
-        .add_channel(NEW_CARD, "new-card-secret", "card", "0.0060")
+        .add_channel(NEW_CARD, "new-card-webhook-secret", "card", "0.0060")
         .await?;
     sqlx::query(
         "INSERT INTO channels (name, kind, methods, fee_rate) VALUES ('sandbox-nowhere', 'sandbox', ARRAY['card'], 0.0010)",

@@ -1,15 +1,20 @@
 //! Running payfleet without SQL: a merchant onboarded, suspended, activated
 //! and given a new request key by command, each audited, with the fleet
 //! taking or refusing its signed requests accordingly — the key before a
-//! rotation valid for its grace period and not after. Bad arguments get one
-//! clear line and a non-zero exit. Every scenario ends with the invariants.
+//! rotation valid for its grace period and not after; a channel added to
+//! the routing table, taken out and put back, payments routed accordingly.
+//! Bad arguments get one clear line and a non-zero exit. Every scenario
+//! ends with the invariants.
 
 mod fleet;
 
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet::{WAIT, d, sandbox::World};
+use fleet::{
+    WAIT, d,
+    sandbox::{CARD, NEW_CARD, World},
+};
 use payfleet_common::messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION};
 use payfleet_workers::{domain::ledger, stages::order_validation};
 use serde_json::Value;
@@ -252,5 +257,181 @@ async fn bad_merchant_commands_get_one_clear_line_and_change_nothing() -> anyhow
     .fetch_one(world.pool())
     .await?;
     assert_eq!((merchants, actions), (0, 0));
+    world.finish().await
+}
+
+/// The channel the shop's card payment `order` went to.
+async fn routed(world: &World, order: &str) -> anyhow::Result<String> {
+    assert_eq!(world.outcome(order).await?.0, "settled", "{order}");
+    Ok(
+        sqlx::query_scalar("SELECT channel FROM payments WHERE id = $1")
+            .bind(order_validation::payment_id(fleet::SHOP, order))
+            .fetch_one(world.pool())
+            .await?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_added_by_command_takes_payments_until_disabled() -> anyhow::Result<()> {
+    let world = world("onboardchannel").await?;
+    let base_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
+        .bind(CARD)
+        .fetch_one(world.pool())
+        .await?;
+    let dir = std::env::temp_dir().join(format!("payfleet-onboarding-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let secret_file = dir.join("new-card.secret");
+    std::fs::write(&secret_file, "new-card-webhook-secret\n")?;
+    let secret_path = secret_file.to_string_lossy().into_owned();
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "channel",
+            "add",
+            NEW_CARD,
+            "--base-url",
+            &base_url,
+            "--webhook-secret-file",
+            &secret_path,
+            "--methods",
+            "card",
+            "--fee-rate",
+            "0.0060",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let args = add(&["--reversal-cutoff", "22:00"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = world.cli(&args).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reversal cut-off 22:00:00"), "{out}");
+    let (code, _, err) = world.cli(&args).await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+
+    // The cheaper channel takes the card payments.
+    world.pay("c-1", "card", "tok_success").await?;
+    assert_eq!(routed(&world, "c-1").await?, NEW_CARD);
+    let (code, out, err) = world
+        .cli(&[
+            "channel",
+            "disable",
+            NEW_CARD,
+            "--reason",
+            "acquirer incident",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    world.pay("c-2", "card", "tok_success").await?;
+    assert_eq!(routed(&world, "c-2").await?, CARD, "out of routing");
+    let (code, out, _) = world.cli(&["channel", "list"]).await?;
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(NEW_CARD))
+        .expect("listed");
+    assert!(
+        line.contains("disabled (acquirer incident)") && line.contains("breaker closed"),
+        "{line}"
+    );
+    let (code, _, _) = world
+        .cli(&["channel", "enable", NEW_CARD, "--reason", "incident over"])
+        .await?;
+    assert_eq!(code, 0);
+    world.pay("c-3", "card", "tok_success").await?;
+    assert_eq!(routed(&world, "c-3").await?, NEW_CARD);
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM channel_actions WHERE channel = $1 ORDER BY id")
+            .bind(NEW_CARD)
+            .fetch_all(world.pool())
+            .await?;
+    assert_eq!(actions, ["add", "disable", "enable"]);
+    let audit: String =
+        sqlx::query_scalar("SELECT string_agg(after::text, ' ') FROM channel_actions")
+            .fetch_one(world.pool())
+            .await?;
+    assert!(!audit.contains("new-card-webhook-secret"), "no secret in the audit");
+
+    for (args, says) in [
+        (
+            vec![
+                "channel",
+                "add",
+                "x",
+                "--base-url",
+                "ftp://x",
+                "--webhook-secret-file",
+                secret_path.as_str(),
+                "--methods",
+                "card",
+                "--fee-rate",
+                "0",
+            ],
+            "--base-url",
+        ),
+        (
+            vec![
+                "channel",
+                "add",
+                "x",
+                "--base-url",
+                "https://x.example",
+                "--webhook-secret-file",
+                secret_path.as_str(),
+                "--methods",
+                "cash",
+                "--fee-rate",
+                "0",
+            ],
+            "--methods cash",
+        ),
+        (
+            vec![
+                "channel",
+                "add",
+                "x",
+                "--base-url",
+                "https://x.example",
+                "--webhook-secret-file",
+                "/nonexistent/secret",
+                "--methods",
+                "card",
+                "--fee-rate",
+                "0",
+            ],
+            "--webhook-secret-file",
+        ),
+        (
+            vec![
+                "channel",
+                "add",
+                "x",
+                "--base-url",
+                "https://x.example",
+                "--webhook-secret-file",
+                secret_path.as_str(),
+                "--methods",
+                "card",
+                "--fee-rate",
+                "0",
+                "--reversal-cutoff",
+                "25:00",
+            ],
+            "not a time of day",
+        ),
+        (
+            vec!["channel", "disable", "balance", "--reason", "no"],
+            "always routed",
+        ),
+        (
+            vec!["channel", "enable", "nowhere", "--reason", "no"],
+            "no channel `nowhere`",
+        ),
+    ] {
+        let (code, out, err) = world.cli(&args).await?;
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
     world.finish().await
 }

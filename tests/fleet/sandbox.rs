@@ -71,7 +71,7 @@ impl World {
                 },
                 ChannelConfig {
                     name: NEW_CARD.into(),
-                    secret: "new-card-secret".into(),
+                    secret: "new-card-webhook-secret".into(),
                     mode: Mode::Sync,
                     fee_rate: d("0.0060"),
                     reversal_cutoff: Some(standard_reversal_cutoff()),

@@ -1,6 +1,7 @@
-//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `publish` and `webhook`:
+//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `channel`, `publish` and `webhook`:
 //! what on-call needs at 3 a.m., every action on record.
 
+pub mod channel;
 pub mod dlq;
 mod error;
 pub mod merchant;

@@ -127,6 +127,12 @@ pub(crate) enum Command {
   payfleet merchant rotate-key tea-house --grace 24h"
     )]
     Merchant(MerchantCommand),
+    /// The routing table without SQL: add a channel, take it out of routing and back, list them with their breakers.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet channel add acme-card --base-url https://pay.acme.example --webhook-secret-file /etc/payfleet/acme.secret --methods card --fee-rate 0.0120 --reversal-cutoff 22:00\n  payfleet channel disable acme-card --reason \"acquirer incident\"\n  payfleet channel list"
+    )]
+    Channel(ChannelCommand),
     /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
     #[command(
         after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign"
@@ -417,6 +423,61 @@ pub(crate) enum MerchantCommand {
         #[arg(long)]
         operator: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ChannelCommand {
+    /// Add a channel (the sandbox gateway's HTTP protocol), active.
+    Add {
+        name: String,
+        /// Where its API is.
+        #[arg(long)]
+        base_url: String,
+        /// A file holding the secret its webhooks are signed with (kept out of the process list).
+        #[arg(long, value_name = "FILE")]
+        webhook_secret_file: PathBuf,
+        /// The payment methods it takes, comma-separated (card, wallet).
+        #[arg(long, value_delimiter = ',', required = true)]
+        methods: Vec<String>,
+        /// Its fee on what it charges (0.0120 = 1.2 %).
+        #[arg(long)]
+        fee_rate: rust_decimal::Decimal,
+        /// The time of day (business zone) after which it reverses nothing paid that day; none: it does not reverse.
+        #[arg(long, value_parser = parse_time_of_day)]
+        reversal_cutoff: Option<chrono::NaiveTime>,
+        #[arg(long, default_value = "onboarding")]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Take a channel out of routing (payments already there finish there).
+    Disable {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Put a disabled channel back into routing.
+    Enable {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// The routing table: methods, fees, status, reversal cut-off and circuit breaker.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `22:00` or `22:00:00`.
+fn parse_time_of_day(text: &str) -> Result<chrono::NaiveTime, String> {
+    chrono::NaiveTime::parse_from_str(text, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(text, "%H:%M"))
+        .map_err(|_| format!("`{text}` is not a time of day (22:00 or 22:00:00)"))
 }
 
 #[derive(Subcommand)]

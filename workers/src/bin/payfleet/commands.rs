@@ -5,7 +5,10 @@ use anyhow::Context;
 use payfleet_common::{Settings, Topology, db};
 
 use crate::{
-    args::{BenchArgs, DlqCommand, MerchantCommand, PaymentCommand, RefundCommand, WebhookCommand},
+    args::{
+        BenchArgs, ChannelCommand, DlqCommand, MerchantCommand, PaymentCommand, RefundCommand,
+        WebhookCommand,
+    },
     render,
 };
 
@@ -411,6 +414,82 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
             let (merchant, key) = ops::merchant::rotate_key(&pool, &id, grace, &acting).await?;
             render::merchant(&merchant);
             println!("new request key (shown once): {key}");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn channel(settings: &Settings, command: ChannelCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops::{self, channel::NewChannel, merchant::Acting};
+    let pool = db::connect(settings).await?;
+    match command {
+        ChannelCommand::Add {
+            name,
+            base_url,
+            webhook_secret_file,
+            methods,
+            fee_rate,
+            reversal_cutoff,
+            reason,
+            operator,
+        } => {
+            let webhook_secret =
+                std::fs::read_to_string(&webhook_secret_file).with_context(|| {
+                    format!("--webhook-secret-file {}", webhook_secret_file.display())
+                })?;
+            let operator = ops::operator(operator);
+            let new = NewChannel {
+                name,
+                base_url,
+                webhook_secret,
+                methods,
+                fee_rate,
+                reversal_cutoff,
+            };
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            render::channels(&[ops::channel::add(&pool, &new, &acting).await?]);
+        }
+        ChannelCommand::Disable {
+            name,
+            reason,
+            operator,
+        } => {
+            let operator = ops::operator(operator);
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            render::channels(&[ops::channel::set_enabled(&pool, &name, false, &acting).await?]);
+        }
+        ChannelCommand::Enable {
+            name,
+            reason,
+            operator,
+        } => {
+            let operator = ops::operator(operator);
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            render::channels(&[ops::channel::set_enabled(&pool, &name, true, &acting).await?]);
+        }
+        ChannelCommand::List { json } => {
+            let redis = payfleet_common::lock::Locks::with_extra_ca(
+                &settings.redis_url,
+                &settings.redis_key_prefix,
+                settings.lock_ttl,
+                &settings.extra_ca()?,
+            )?;
+            let channels =
+                ops::channel::list(&pool, Some((&redis, &settings.redis_key_prefix))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&channels)?);
+            } else {
+                render::channels(&channels);
+            }
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use args::{Cli, Command, TopologyCommand};
 use clap::Parser;
-use commands::{bench, dlq, merchant, payment, refund, webhook};
+use commands::{bench, channel, dlq, merchant, payment, refund, webhook};
 use payfleet_common::{Settings, Topology, db, telemetry};
 
 fn main() -> ExitCode {
@@ -222,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Payment(command) => payment(&settings, command).await?,
         Command::Refund(command) => refund(&settings, command).await?,
         Command::Merchant(command) => merchant(&settings, command).await?,
+        Command::Channel(command) => channel(&settings, command).await?,
         Command::Webhook(command) => webhook(&settings, command).await?,
         Command::Reconcile {
             date,

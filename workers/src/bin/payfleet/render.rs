@@ -394,3 +394,24 @@ pub(crate) fn merchant(m: &payfleet_workers::ops::merchant::MerchantView) {
         }
     );
 }
+
+/// `channel list` (and what `add`, `disable`, `enable` leave): one channel per line.
+pub(crate) fn channels(rows: &[payfleet_workers::ops::channel::ChannelView]) {
+    for c in rows {
+        println!(
+            "{:<16} {:<8} {:<12} fee {:<7} {:<8}{} reversal cut-off {} · breaker {}",
+            c.name,
+            c.kind,
+            c.methods.join(","),
+            c.fee_rate,
+            c.status,
+            c.status_reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            c.reversal_cutoff
+                .map_or_else(|| "none".to_owned(), |t| t.to_string()),
+            c.breaker.unwrap_or("-")
+        );
+    }
+}

@@ -1,4 +1,4 @@
--- Merchants onboarded and managed by command (`payfleet merchant …`)
+-- Merchants and channels onboarded and managed by command (`payfleet merchant …`)
 -- rather than SQL. A merchant signs its requests with its request key
 -- (`signing_key`); a rotation makes a new one and keeps the one before
 -- valid until `previous_key_expires_at` (the grace period), so upstream
@@ -29,3 +29,19 @@ CREATE TABLE merchant_actions (
     at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX merchant_actions_merchant ON merchant_actions (merchant_id, at);
+
+-- The routing table without SQL (`payfleet channel add | disable | enable`):
+-- why a channel was taken out by hand, and every action on record (the
+-- webhook secret never).
+ALTER TABLE channels ADD COLUMN status_reason text;
+CREATE TABLE channel_actions (
+    id       bigserial PRIMARY KEY,
+    channel  text NOT NULL REFERENCES channels(name),
+    action   text NOT NULL CHECK (action IN ('add', 'disable', 'enable')),
+    operator text NOT NULL,
+    reason   text NOT NULL,
+    before   jsonb,
+    after    jsonb NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX channel_actions_channel ON channel_actions (channel, at);
