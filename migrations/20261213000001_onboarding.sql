@@ -45,3 +45,9 @@ CREATE TABLE channel_actions (
     at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX channel_actions_channel ON channel_actions (channel, at);
+
+-- `payfleet merchant balance`: a merchant's sales still in flight, and
+-- what it was credited on a day.
+CREATE INDEX transaction_details_awaiting_by_seller ON transaction_details (seller_id)
+    WHERE status = 'awaiting_payment';
+CREATE INDEX postings_account_day ON postings (account_id, created_at);

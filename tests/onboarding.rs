@@ -350,7 +350,10 @@ async fn a_channel_added_by_command_takes_payments_until_disabled() -> anyhow::R
         sqlx::query_scalar("SELECT string_agg(after::text, ' ') FROM channel_actions")
             .fetch_one(world.pool())
             .await?;
-    assert!(!audit.contains("new-card-webhook-secret"), "no secret in the audit");
+    assert!(
+        !audit.contains("new-card-webhook-secret"),
+        "no secret in the audit"
+    );
 
     for (args, says) in [
         (

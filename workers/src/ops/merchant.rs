@@ -286,6 +286,56 @@ pub async fn show(pool: &PgPool, id: &str) -> Result<MerchantStory> {
     Ok(MerchantStory { merchant, actions })
 }
 
+/// A merchant's balance in one currency, as the seed's merchant balance
+/// query asks it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Balance {
+    pub currency: String,
+    /// What it holds and may give back or be paid: its settled sales less
+    /// fees and refunds, the postings not yet rolled up included.
+    pub available: Decimal,
+    /// Held for refunds in flight (Try reserved, the channel not yet answered).
+    pub reserved: Decimal,
+    /// Its part (less fees) of payments taken but not yet settled.
+    pub in_flight: Decimal,
+    /// Credited today (the business day) for settled sales.
+    pub settled_today: Decimal,
+}
+
+/// Merchant `id`'s balance per currency; `today` is the business day's
+/// first and next day's first instant.
+pub async fn balance(
+    pool: &PgPool,
+    id: &str,
+    (from, until): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Vec<Balance>> {
+    let mut conn = pool.acquire().await?;
+    view(&mut conn, id).await?;
+    Ok(sqlx::query_as(
+        "WITH own AS (SELECT id, currency::text AS currency, available, frozen FROM accounts
+                      WHERE owner_kind = 'merchant' AND owner_id = $1),
+              flight AS (SELECT currency::text AS currency, sum(amount - fee_amount) AS amount
+                         FROM transaction_details WHERE seller_id = $1 AND status = 'awaiting_payment'
+                         GROUP BY currency)
+         SELECT COALESCE(o.currency, f.currency) AS currency,
+                COALESCE(o.available, 0)
+                  + COALESCE((SELECT sum(p.amount) FROM postings p
+                              WHERE p.account_id = o.id AND NOT p.rolled_up), 0) AS available,
+                COALESCE(o.frozen, 0) AS reserved,
+                COALESCE(f.amount, 0) AS in_flight,
+                COALESCE((SELECT sum(p.amount) FROM postings p JOIN journal_entries j ON j.id = p.entry_id
+                          WHERE p.account_id = o.id AND p.created_at >= $2 AND p.created_at < $3
+                            AND j.kind = 'payment'), 0) AS settled_today
+         FROM own o FULL JOIN flight f ON f.currency = o.currency
+         ORDER BY 1",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(until)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -412,6 +412,12 @@ pub(crate) enum MerchantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What a merchant holds per currency: available, reserved for refunds, in flight, settled today.
+    Balance {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A new request key, shown once; the one before stays valid for the grace period.
     RotateKey {
         id: String,

@@ -400,6 +400,27 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
                 }
             }
         }
+        MerchantCommand::Balance { id, json } => {
+            let today = ops::reconcile::day_bounds(
+                chrono::Utc::now()
+                    .with_timezone(&settings.business_zone())
+                    .date_naive(),
+                settings.business_zone(),
+            );
+            let balances = ops::merchant::balance(&pool, &id, today).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&balances)?);
+            } else if balances.is_empty() {
+                println!("merchant {id}: no balance yet");
+            } else {
+                for b in &balances {
+                    println!(
+                        "merchant {id} {}: available {} · reserved for refunds {} · in flight {} · settled today {}",
+                        b.currency, b.available, b.reserved, b.in_flight, b.settled_today
+                    );
+                }
+            }
+        }
         MerchantCommand::RotateKey {
             id,
             grace,
