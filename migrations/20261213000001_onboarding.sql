@@ -51,3 +51,14 @@ CREATE INDEX channel_actions_channel ON channel_actions (channel, at);
 CREATE INDEX transaction_details_awaiting_by_seller ON transaction_details (seller_id)
     WHERE status = 'awaiting_payment';
 CREATE INDEX postings_account_day ON postings (account_id, created_at);
+
+-- Payers registered by command (`payfleet user add`), on record.
+CREATE TABLE user_actions (
+    id       bigserial PRIMARY KEY,
+    user_id  text NOT NULL REFERENCES users(id),
+    action   text NOT NULL CHECK (action IN ('add')),
+    operator text NOT NULL,
+    reason   text NOT NULL,
+    after    jsonb NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);

@@ -251,6 +251,11 @@ async fn bad_merchant_commands_get_one_clear_line_and_change_nothing() -> anyhow
         assert_ne!(code, 0, "{args:?}: {out}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    let (code, out, err) = world.cli(&["user", "add", "bob", "--name", "Bob"]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = world.cli(&["wallet", "show", "bob"]).await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("user bob (Bob): active") && out.contains("no wallet yet"), "{out}");
     let (merchants, actions): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM merchants WHERE id = 'm-x'), (SELECT count(*) FROM merchant_actions)",
     )

@@ -1,4 +1,4 @@
-//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `channel`, `publish` and `webhook`:
+//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `channel`, `user`, `wallet`, `publish` and `webhook`:
 //! what on-call needs at 3 a.m., every action on record.
 
 pub mod channel;
@@ -10,6 +10,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod refund;
 pub mod status;
+pub mod user;
 pub mod webhook;
 
 pub use error::{BoxError, Error, Result};

@@ -133,6 +133,15 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet channel add acme-card --base-url https://pay.acme.example --webhook-secret-file /etc/payfleet/acme.secret --methods card --fee-rate 0.0120 --reversal-cutoff 22:00\n  payfleet channel disable acme-card --reason \"acquirer incident\"\n  payfleet channel list"
     )]
     Channel(ChannelCommand),
+    /// Payers without SQL: register one.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  payfleet user add u-1042 --name \"Li Wei\""
+    )]
+    User(UserCommand),
+    /// A payer's wallets: balances and statement.
+    #[command(subcommand, after_help = "Example:\n  payfleet wallet show u-1042")]
+    Wallet(WalletCommand),
     /// Publish a payment request from a JSON file to the ingress exchange, with a publisher confirm.
     #[command(
         after_help = "Example:\n  payfleet publish --file contracts/v1/examples/payment.requested.json --sign"
@@ -484,6 +493,32 @@ fn parse_time_of_day(text: &str) -> Result<chrono::NaiveTime, String> {
     chrono::NaiveTime::parse_from_str(text, "%H:%M:%S")
         .or_else(|_| chrono::NaiveTime::parse_from_str(text, "%H:%M"))
         .map_err(|_| format!("`{text}` is not a time of day (22:00 or 22:00:00)"))
+}
+
+#[derive(Subcommand)]
+pub(crate) enum UserCommand {
+    /// Register a payer, active; its wallets open with their first top-up.
+    Add {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "onboarding")]
+        reason: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum WalletCommand {
+    /// Balances per currency and the latest statement lines, newest first.
+    Show {
+        user: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -7,7 +7,7 @@ use payfleet_common::{Settings, Topology, db};
 use crate::{
     args::{
         BenchArgs, ChannelCommand, DlqCommand, MerchantCommand, PaymentCommand, RefundCommand,
-        WebhookCommand,
+        UserCommand, WalletCommand, WebhookCommand,
     },
     render,
 };
@@ -512,6 +512,72 @@ pub(crate) async fn channel(settings: &Settings, command: ChannelCommand) -> any
                 render::channels(&channels);
             }
         }
+    }
+    Ok(())
+}
+
+pub(crate) async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops::{self, merchant::Acting};
+    let pool = db::connect(settings).await?;
+    let UserCommand::Add {
+        id,
+        name,
+        reason,
+        operator,
+    } = command;
+    let operator = ops::operator(operator);
+    let acting = Acting {
+        operator: &operator,
+        reason: &reason,
+    };
+    let user = ops::user::add(&pool, &id, &name, &acting).await?;
+    println!("user {} ({}): {}", user.id, user.name, user.status);
+    Ok(())
+}
+
+pub(crate) async fn wallet(settings: &Settings, command: WalletCommand) -> anyhow::Result<()> {
+    use payfleet_workers::ops;
+    let pool = db::connect(settings).await?;
+    let WalletCommand::Show { user, limit, json } = command;
+    let story = ops::user::wallet(&pool, &user, limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&story)?);
+        return Ok(());
+    }
+    let u = &story.user;
+    println!(
+        "user {} ({}): {}{}",
+        u.id,
+        u.name,
+        u.status,
+        if u.blocked {
+            ", on the risk block list"
+        } else {
+            ""
+        }
+    );
+    if story.wallets.is_empty() {
+        println!("  no wallet yet: one opens with its first top-up");
+    }
+    for w in &story.wallets {
+        println!(
+            "  wallet {}: total {} · available {} · frozen {} ({})",
+            w.currency, w.total, w.available, w.frozen, w.status
+        );
+    }
+    for line in &story.statement {
+        println!(
+            "  {}  {:<8} {:>10} {}  available {} · frozen {}{}",
+            line.at.format("%Y-%m-%d %H:%M:%S"),
+            line.kind,
+            line.amount,
+            line.currency,
+            line.available_after,
+            line.frozen_after,
+            line.payment_id
+                .map(|p| format!(" · payment {p}"))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use args::{Cli, Command, TopologyCommand};
 use clap::Parser;
-use commands::{bench, channel, dlq, merchant, payment, refund, webhook};
+use commands::{bench, channel, dlq, merchant, payment, refund, user, wallet, webhook};
 use payfleet_common::{Settings, Topology, db, telemetry};
 
 fn main() -> ExitCode {
@@ -223,6 +223,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Refund(command) => refund(&settings, command).await?,
         Command::Merchant(command) => merchant(&settings, command).await?,
         Command::Channel(command) => channel(&settings, command).await?,
+        Command::User(command) => user(&settings, command).await?,
+        Command::Wallet(command) => wallet(&settings, command).await?,
         Command::Webhook(command) => webhook(&settings, command).await?,
         Command::Reconcile {
             date,
