@@ -39,6 +39,17 @@ async fn world(tag: &str) -> anyhow::Result<World> {
 
 /// A wallet payment of one tea (30.00) from the tea house, signed with `key`.
 async fn pay(world: &World, order: &str, key: &str) -> anyhow::Result<()> {
+    pay_for(world, order, key, "tea", "30.00").await
+}
+
+/// A wallet payment of one `sku` at `price` from the tea house.
+async fn pay_for(
+    world: &World,
+    order: &str,
+    key: &str,
+    sku: &str,
+    price: &str,
+) -> anyhow::Result<()> {
     let request = PaymentRequested {
         schema_version: SCHEMA_VERSION,
         merchant_id: TEA_HOUSE.into(),
@@ -46,13 +57,13 @@ async fn pay(world: &World, order: &str, key: &str) -> anyhow::Result<()> {
         user_id: "alice".into(),
         currency: "CNY".into(),
         items: vec![RequestedItem {
-            sku: "tea".into(),
+            sku: sku.into(),
             quantity: 1,
         }],
         coupon_code: None,
         payment_method: "balance".into(),
         payer_token: None,
-        expected_amount: d("30.00"),
+        expected_amount: d(price),
         notify_url: None,
         requested_at: Utc::now(),
     };
@@ -255,7 +266,10 @@ async fn bad_merchant_commands_get_one_clear_line_and_change_nothing() -> anyhow
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, _) = world.cli(&["wallet", "show", "bob"]).await?;
     assert_eq!(code, 0);
-    assert!(out.contains("user bob (Bob): active") && out.contains("no wallet yet"), "{out}");
+    assert!(
+        out.contains("user bob (Bob): active") && out.contains("no wallet yet"),
+        "{out}"
+    );
     let (merchants, actions): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM merchants WHERE id = 'm-x'), (SELECT count(*) FROM merchant_actions)",
     )
@@ -440,6 +454,119 @@ async fn a_channel_added_by_command_takes_payments_until_disabled() -> anyhow::R
         assert_ne!(code, 0, "{args:?}: {out}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_is_imported_whole_once_and_a_bad_file_changes_nothing() -> anyhow::Result<()> {
+    let world = world("onboardcatalogue").await?;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contracts/catalogue/example.json"
+    );
+    // The example's seller is not a merchant yet: refused, nothing written.
+    let (code, _, err) = world.cli(&["catalogue", "import", example]).await?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("seller `tea-house` is not a merchant"),
+        "{err}"
+    );
+    let (code, out, err) = world
+        .cli(&[
+            "merchant",
+            "add",
+            TEA_HOUSE,
+            "--name",
+            "Tea House",
+            "--json",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let key = serde_json::from_str::<Value>(&out)?["request_key"]
+        .as_str()
+        .expect("the key")
+        .to_owned();
+
+    let (code, out, err) = world
+        .cli(&["catalogue", "import", example, "--json"])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        report,
+        serde_json::json!({"products_added": 2, "products_updated": 0, "products_unchanged": 0,
+                           "stock_units_added": 540, "tiers_set": 1, "coupons_added": 1, "coupons_unchanged": 0})
+    );
+    let (code, out, _) = world.cli(&["catalogue", "import", example]).await?;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("nothing changed (2 products, 1 coupons as they were)"),
+        "{out}"
+    );
+
+    // A file changing an issued coupon's terms is refused whole: its new
+    // product is not added either.
+    let mut changed: Value = serde_json::from_str(&std::fs::read_to_string(example)?)?;
+    changed["coupons"][0]["total_limit"] = 5.into();
+    changed["products"][1]["unit_price"] = "300.00".into();
+    changed["products"]
+        .as_array_mut()
+        .expect("products")
+        .push(serde_json::json!({"sku": "cup-celadon", "seller": TEA_HOUSE, "name": "Cup", "unit_price": "25.00", "currency": "CNY"}));
+    let dir = std::env::temp_dir().join(format!("payfleet-catalogue-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("changed.json");
+    std::fs::write(&path, serde_json::to_vec(&changed)?)?;
+    let path = path.to_string_lossy().into_owned();
+    let (code, _, err) = world.cli(&["catalogue", "import", &path]).await?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("coupon `TEA-20-OFF-200` was issued with other terms"),
+        "{err}"
+    );
+    let (cups, teapot): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM products WHERE sku = 'cup-celadon'),
+                (SELECT unit_price::text FROM products WHERE sku = 'teapot-yixing')",
+    )
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(
+        (cups, teapot.as_str()),
+        (0, "320.00"),
+        "nothing half-imported"
+    );
+    // Without the coupon change: the price change and the new product.
+    changed["coupons"][0]["total_limit"] = 1000.into();
+    std::fs::write(&path, serde_json::to_vec(&changed)?)?;
+    let (code, out, err) = world.cli(&["catalogue", "import", &path]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("products 1 added, 1 updated, 1 unchanged"),
+        "{out}"
+    );
+    let (code, _, err) = world
+        .cli(&["catalogue", "import", "/nonexistent.json"])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("reading /nonexistent.json"), "{err}");
+    std::fs::write(&path, br#"{"products": [{"sku": "x"}]}"#)?;
+    let (code, _, err) = world.cli(&["catalogue", "import", &path]).await?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not follow the catalogue schema at /products/0"),
+        "{err}"
+    );
+
+    // What was imported is sold.
+    pay_for(&world, "o-oolong", &key, "tea-oolong-250g", "89.00").await?;
+    assert_eq!(ended(&world, "o-oolong").await?, "settled");
+    let units: i64 = sqlx::query_scalar(
+        "SELECT sum(available)::bigint FROM stock_buckets WHERE sku = 'tea-oolong-250g'",
+    )
+    .fetch_one(world.pool())
+    .await?;
+    assert_eq!(units, 499);
     std::fs::remove_dir_all(&dir).ok();
     world.finish().await
 }

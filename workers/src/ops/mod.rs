@@ -1,6 +1,7 @@
-//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `channel`, `user`, `wallet`, `publish` and `webhook`:
+//! The ops tooling behind `payfleet dlq`, `status`, `payment`, `refund`, `merchant`, `channel`, `user`, `wallet`, `catalogue`, `publish` and `webhook`:
 //! what on-call needs at 3 a.m., every action on record.
 
+pub mod catalogue;
 pub mod channel;
 pub mod dlq;
 mod error;

@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 mod write;
 
 pub use crate::stages::order_validation::pricing::{CouponRule, LadderStep};
+pub(crate) use write::coupon_columns;
 pub use write::{channels, coupons, merchants, products, users};
 
 /// A merchant: a shop that sends requests (signed with `signing_key`) or
@@ -191,14 +192,14 @@ impl Product {
     }
 }
 
-/// A coupon, valid from `valid_from_s` to `valid_until_s` seconds from now.
+/// A coupon, valid from `valid_from` to `valid_until`.
 #[derive(Debug, Clone)]
 pub struct Coupon {
     pub code: String,
     pub rule: CouponRule,
     pub currency: String,
-    pub valid_from_s: i64,
-    pub valid_until_s: i64,
+    pub valid_from: chrono::DateTime<chrono::Utc>,
+    pub valid_until: chrono::DateTime<chrono::Utc>,
     pub total_limit: i32,
     pub per_user_limit: i32,
 }
@@ -212,8 +213,8 @@ pub fn coupon(code: &str, rule: CouponRule) -> Coupon {
         code: code.to_owned(),
         rule,
         currency: "CNY".to_owned(),
-        valid_from_s: -DAY_S,
-        valid_until_s: DAY_S,
+        valid_from: chrono::Utc::now() - chrono::Duration::seconds(DAY_S),
+        valid_until: chrono::Utc::now() + chrono::Duration::seconds(DAY_S),
         total_limit: 100,
         per_user_limit: 1,
     }
@@ -222,8 +223,9 @@ pub fn coupon(code: &str, rule: CouponRule) -> Coupon {
 impl Coupon {
     /// Valid from `from_days` to `until_days` days from now (negative: ago).
     pub fn valid_days(mut self, from_days: i64, until_days: i64) -> Self {
-        self.valid_from_s = from_days * DAY_S;
-        self.valid_until_s = until_days * DAY_S;
+        let now = chrono::Utc::now();
+        self.valid_from = now + chrono::Duration::seconds(from_days * DAY_S);
+        self.valid_until = now + chrono::Duration::seconds(until_days * DAY_S);
         self
     }
 

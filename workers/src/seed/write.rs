@@ -65,8 +65,10 @@ pub async fn users(conn: &mut PgConnection, rows: &[User]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Writes products, tops their stock up to at least what is described,
-/// and writes their price tiers.
+/// Writes products (an existing SKU of the same seller takes the name,
+/// spec, warehouse, price, currency and status described), tops their
+/// stock up to at least what is described, and writes their price tiers
+/// (a tier's price as described).
 pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -78,7 +80,10 @@ pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Resu
                 CASE WHEN on_sale THEN 'on_sale' ELSE 'off_shelf' END
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::boolean[])
               AS t(sku, seller, name, spec, warehouse, price, currency, on_sale)
-         ON CONFLICT (sku) DO NOTHING",
+         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, spec = EXCLUDED.spec, warehouse = EXCLUDED.warehouse,
+                                         unit_price = EXCLUDED.unit_price, currency = EXCLUDED.currency,
+                                         status = EXCLUDED.status
+             WHERE products.merchant_id = EXCLUDED.merchant_id",
     )
     .bind(&skus)
     .bind(rows.iter().map(|p| p.merchant_id.clone()).collect::<Vec<_>>())
@@ -115,7 +120,7 @@ pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Resu
         sqlx::query(
             "INSERT INTO price_tiers (sku, min_quantity, unit_price)
              SELECT * FROM unnest($1::text[], $2::integer[], $3::numeric[])
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (sku, min_quantity) DO UPDATE SET unit_price = EXCLUDED.unit_price",
         )
         .bind(tiers.iter().map(|t| t.0).collect::<Vec<_>>())
         .bind(tiers.iter().map(|t| t.1).collect::<Vec<_>>())
@@ -127,7 +132,7 @@ pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Resu
 }
 
 /// The coupon's columns: (kind, threshold, amount off, percent off, cap, ladder).
-type CouponColumns = (
+pub(crate) type CouponColumns = (
     &'static str,
     Option<Decimal>,
     Option<Decimal>,
@@ -136,7 +141,7 @@ type CouponColumns = (
     Option<String>,
 );
 
-fn coupon_columns(rule: &CouponRule) -> CouponColumns {
+pub(crate) fn coupon_columns(rule: &CouponRule) -> CouponColumns {
     match rule {
         CouponRule::FullReduction {
             threshold,
@@ -169,10 +174,10 @@ pub async fn coupons(conn: &mut PgConnection, rows: &[Coupon]) -> anyhow::Result
         "INSERT INTO coupons (code, kind, currency, threshold, amount_off, percent_off, cap, ladder,
                               valid_from, valid_until, total_limit, per_user_limit)
          SELECT code, kind, currency, threshold, amount_off, percent_off, cap, ladder::jsonb,
-                now() + from_s * interval '1 second', now() + until_s * interval '1 second', total, per_user
+                valid_from, valid_until, total, per_user
          FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[],
-                     $7::numeric[], $8::text[], $9::bigint[], $10::bigint[], $11::integer[], $12::integer[])
-              AS t(code, kind, currency, threshold, amount_off, percent_off, cap, ladder, from_s, until_s, total, per_user)
+                     $7::numeric[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::integer[], $12::integer[])
+              AS t(code, kind, currency, threshold, amount_off, percent_off, cap, ladder, valid_from, valid_until, total, per_user)
          ON CONFLICT (code) DO NOTHING",
     )
     .bind(rows.iter().map(|c| c.code.clone()).collect::<Vec<_>>())
@@ -183,8 +188,8 @@ pub async fn coupons(conn: &mut PgConnection, rows: &[Coupon]) -> anyhow::Result
     .bind(columns.iter().map(|c| c.3).collect::<Vec<_>>())
     .bind(columns.iter().map(|c| c.4).collect::<Vec<_>>())
     .bind(columns.iter().map(|c| c.5.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|c| c.valid_from_s).collect::<Vec<_>>())
-    .bind(rows.iter().map(|c| c.valid_until_s).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.valid_from).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.valid_until).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.total_limit).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.per_user_limit).collect::<Vec<_>>())
     .execute(conn)

@@ -6,6 +6,10 @@ use clap::{Parser, Subcommand};
 // Ages (`30s`, `15m`, `2h`, `7d`) and times are read the one way ops reads them.
 use payfleet_workers::ops::{parse_age, webhook::parse_time};
 
+use crate::onboarding::{
+    CatalogueCommand, ChannelCommand, MerchantCommand, UserCommand, WalletCommand,
+};
+
 #[derive(Parser)]
 #[command(
     name = "payfleet",
@@ -133,6 +137,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet channel add acme-card --base-url https://pay.acme.example --webhook-secret-file /etc/payfleet/acme.secret --methods card --fee-rate 0.0120 --reversal-cutoff 22:00\n  payfleet channel disable acme-card --reason \"acquirer incident\"\n  payfleet channel list"
     )]
     Channel(ChannelCommand),
+    /// Products, stock, price tiers and coupons from a JSON file (contracts/catalogue/catalogue.schema.json).
+    #[command(
+        subcommand,
+        after_help = "Example:\n  payfleet catalogue import contracts/catalogue/example.json"
+    )]
+    Catalogue(CatalogueCommand),
     /// Payers without SQL: register one.
     #[command(
         subcommand,
@@ -374,150 +384,6 @@ pub(crate) enum WebhookCommand {
         /// How long the previous secrets stay active (30m, 2h, 7d).
         #[arg(long, default_value = "24h", value_parser = parse_age)]
         grace: chrono::Duration,
-    },
-}
-
-#[derive(Subcommand)]
-pub(crate) enum MerchantCommand {
-    /// Onboard a merchant: active, with a new request key, shown once.
-    Add {
-        /// Its id: what its requests name as `merchant_id`.
-        id: String,
-        #[arg(long)]
-        name: String,
-        /// The platform's fee on its sales (0.0060 = 0.6 %).
-        #[arg(long, default_value = "0")]
-        fee_rate: rust_decimal::Decimal,
-        /// Where its webhooks go (else each payment's own notify URL).
-        #[arg(long)]
-        notify_url: Option<String>,
-        #[arg(long, default_value = "onboarding")]
-        reason: String,
-        /// Who acts, for the audit (default: $USER).
-        #[arg(long)]
-        operator: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Refuse a merchant's requests from now on (`merchant_suspended`).
-    Suspend {
-        id: String,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-    /// Take a suspended merchant's requests again.
-    Activate {
-        id: String,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-    /// A merchant, its request key's fingerprint, and every action on it.
-    Show {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// What a merchant holds per currency: available, reserved for refunds, in flight, settled today.
-    Balance {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// A new request key, shown once; the one before stays valid for the grace period.
-    RotateKey {
-        id: String,
-        /// How long the previous key stays valid (0, 30m, 2h, 7d).
-        #[arg(long, default_value = "24h", value_parser = parse_age)]
-        grace: chrono::Duration,
-        #[arg(long, default_value = "key rotation")]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-pub(crate) enum ChannelCommand {
-    /// Add a channel (the sandbox gateway's HTTP protocol), active.
-    Add {
-        name: String,
-        /// Where its API is.
-        #[arg(long)]
-        base_url: String,
-        /// A file holding the secret its webhooks are signed with (kept out of the process list).
-        #[arg(long, value_name = "FILE")]
-        webhook_secret_file: PathBuf,
-        /// The payment methods it takes, comma-separated (card, wallet).
-        #[arg(long, value_delimiter = ',', required = true)]
-        methods: Vec<String>,
-        /// Its fee on what it charges (0.0120 = 1.2 %).
-        #[arg(long)]
-        fee_rate: rust_decimal::Decimal,
-        /// The time of day (business zone) after which it reverses nothing paid that day; none: it does not reverse.
-        #[arg(long, value_parser = parse_time_of_day)]
-        reversal_cutoff: Option<chrono::NaiveTime>,
-        #[arg(long, default_value = "onboarding")]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-    /// Take a channel out of routing (payments already there finish there).
-    Disable {
-        name: String,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-    /// Put a disabled channel back into routing.
-    Enable {
-        name: String,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-    /// The routing table: methods, fees, status, reversal cut-off and circuit breaker.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// `22:00` or `22:00:00`.
-fn parse_time_of_day(text: &str) -> Result<chrono::NaiveTime, String> {
-    chrono::NaiveTime::parse_from_str(text, "%H:%M:%S")
-        .or_else(|_| chrono::NaiveTime::parse_from_str(text, "%H:%M"))
-        .map_err(|_| format!("`{text}` is not a time of day (22:00 or 22:00:00)"))
-}
-
-#[derive(Subcommand)]
-pub(crate) enum UserCommand {
-    /// Register a payer, active; its wallets open with their first top-up.
-    Add {
-        id: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "onboarding")]
-        reason: String,
-        #[arg(long)]
-        operator: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-pub(crate) enum WalletCommand {
-    /// Balances per currency and the latest statement lines, newest first.
-    Show {
-        user: String,
-        #[arg(long, default_value_t = 20)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
     },
 }
 

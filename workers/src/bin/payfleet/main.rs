@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod onboarding;
 mod render;
 
 use std::process::ExitCode;
@@ -9,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use args::{Cli, Command, TopologyCommand};
 use clap::Parser;
-use commands::{bench, channel, dlq, merchant, payment, refund, user, wallet, webhook};
+use commands::{bench, dlq, payment, refund, webhook};
+use onboarding::{catalogue, channel, merchant, user, wallet};
 use payfleet_common::{Settings, Topology, db, telemetry};
 
 fn main() -> ExitCode {
@@ -224,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merchant(command) => merchant(&settings, command).await?,
         Command::Channel(command) => channel(&settings, command).await?,
         Command::User(command) => user(&settings, command).await?,
+        Command::Catalogue(command) => catalogue(&settings, command).await?,
         Command::Wallet(command) => wallet(&settings, command).await?,
         Command::Webhook(command) => webhook(&settings, command).await?,
         Command::Reconcile {
