@@ -570,3 +570,126 @@ async fn a_catalogue_is_imported_whole_once_and_a_bad_file_changes_nothing() -> 
     std::fs::remove_dir_all(&dir).ok();
     world.finish().await
 }
+
+/// The README's "A fresh database, set up for real use", step by step,
+/// then a card payment through what those steps set up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_is_set_up_for_real_use_with_the_commands_alone() -> anyhow::Result<()> {
+    use payfleet_sandbox_gateway::{Gateway, GatewayConfig};
+    let mut harness = fleet::Harness::new("freshdb", true, |_| {}).await?;
+    let gateway = Gateway::new(GatewayConfig {
+        webhook_delay: Duration::from_millis(100),
+        ..GatewayConfig::standard()
+    });
+    let gateway_stop = payfleet_common::CancellationToken::new();
+    let (bound, _) = gateway
+        .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
+        .await?;
+    let dir = std::env::temp_dir().join(format!("payfleet-freshdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("sandbox-card.secret");
+    std::fs::write(&secret, "sandbox-card-secret\n")?;
+    let (secret, base_url) = (
+        secret.to_string_lossy().into_owned(),
+        format!("http://{bound}"),
+    );
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contracts/catalogue/example.json"
+    );
+    let mut key = String::new();
+    for step in [
+        vec!["migrate"],
+        vec!["topology", "apply"],
+        vec![
+            "merchant",
+            "add",
+            TEA_HOUSE,
+            "--name",
+            "Tea House",
+            "--fee-rate",
+            "0.0060",
+            "--json",
+        ],
+        vec![
+            "channel",
+            "add",
+            "sandbox-card",
+            "--base-url",
+            &base_url,
+            "--webhook-secret-file",
+            &secret,
+            "--methods",
+            "card",
+            "--fee-rate",
+            "0.0120",
+            "--reversal-cutoff",
+            "22:00",
+        ],
+        vec!["catalogue", "import", example],
+        vec!["user", "add", "u-1042", "--name", "Li Wei"],
+    ] {
+        let (code, out, err) = fleet::cli(&harness.env, &step).await?;
+        assert_eq!(code, 0, "{step:?}: {out}{err}");
+        if step[0] == "merchant" {
+            key = serde_json::from_str::<Value>(&out)?["request_key"]
+                .as_str()
+                .expect("the key")
+                .to_owned();
+        }
+    }
+    harness.start(&[]).await?;
+    let request = PaymentRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: TEA_HOUSE.into(),
+        merchant_order_id: "first-order".into(),
+        user_id: "u-1042".into(),
+        currency: "CNY".into(),
+        items: vec![RequestedItem {
+            sku: "teapot-yixing".into(),
+            quantity: 1,
+        }],
+        coupon_code: None,
+        payment_method: "card".into(),
+        payer_token: Some("tok_success".into()),
+        expected_amount: d("320.00"),
+        notify_url: None,
+        requested_at: Utc::now(),
+    };
+    harness.env.publish_payment_request(&key, &request).await?;
+    let id = order_validation::payment_id(TEA_HOUSE, "first-order");
+    payfleet_tests::wait_until(WAIT, "the first payment settled", || async {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
+                .bind(id)
+                .fetch_optional(harness.pool())
+                .await?;
+        Ok(status.as_deref() == Some("settled"))
+    })
+    .await?;
+    // The channel charged it, and the merchant was credited less its fee.
+    let attempt: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded'",
+    )
+    .bind(id)
+    .fetch_one(harness.pool())
+    .await?;
+    assert_eq!(
+        gateway
+            .trade("sandbox-card", &attempt.to_string())
+            .map(|t| t.charges),
+        Some(1)
+    );
+    harness.stop_and_check().await?;
+    let (code, out, _) =
+        fleet::cli(&harness.env, &["merchant", "balance", TEA_HOUSE, "--json"]).await?;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)?[0]["available"],
+        "318.08",
+        "320.00 less 0.6 %"
+    );
+    gateway_stop.cancel();
+    std::fs::remove_dir_all(&dir).ok();
+    harness.env.teardown().await
+}
