@@ -79,15 +79,18 @@ pub struct Signals {
 
 impl Signals {
     /// The stages (and the status-requests consumer) whose input queues no
-    /// consumer reads.
+    /// consumer reads, in chain order.
     pub fn stages_without_consumers(&self) -> Vec<String> {
-        let mut consumers: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut consumers: Vec<(&str, i64)> = Vec::new();
         for q in self
             .queues
             .iter()
             .filter(|q| matches!(q.kind, QueueKind::Work | QueueKind::Ingress))
         {
-            *consumers.entry(q.stage.as_str()).or_default() += q.consumers;
+            match consumers.iter_mut().find(|(stage, _)| *stage == q.stage) {
+                Some((_, n)) => *n += q.consumers,
+                None => consumers.push((&q.stage, q.consumers)),
+            }
         }
         consumers
             .into_iter()
