@@ -9,5 +9,5 @@ FROM debian:bookworm-slim
 RUN useradd --system --no-create-home payfleet
 COPY --from=build /src/target/release/payfleet /usr/local/bin/payfleet
 USER payfleet
-EXPOSE 9464
+EXPOSE 9464 9465
 ENTRYPOINT ["payfleet"]

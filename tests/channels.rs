@@ -1468,7 +1468,7 @@ async fn a_channel_notice_is_kept_as_received_and_verifies_again_from_the_stored
     let status = reqwest::Client::new()
         .post(format!(
             "http://127.0.0.1:{}/callbacks/{WALLET}/{id}",
-            world.http_port()
+            world.ingress_port()
         ))
         .header("x-sandbox-timestamp", timestamp.to_string())
         .header(

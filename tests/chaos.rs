@@ -43,6 +43,8 @@ struct Process {
     stages: &'static [&'static str],
     env: Vec<(String, String)>,
     http_addr: String,
+    /// Where its webhook ingress listens (the sandbox's webhooks go to one).
+    ingress_addr: String,
     child: Option<tokio::process::Child>,
     /// Retries counted by earlier lives of this process.
     retries_before: u64,
@@ -60,6 +62,7 @@ impl Process {
         command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PAYFLEET_HTTP_ADDR", &self.http_addr)
+            .env("PAYFLEET_INGRESS_ADDR", &self.ingress_addr)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
@@ -165,6 +168,7 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         s.database_url = format!("postgres://postgres@127.0.0.1:{pg_port}/{database}");
         s.redis_url = format!("redis://127.0.0.1:{redis_port}/0");
         s.http_addr = format!("127.0.0.1:{}", free_port());
+        s.ingress_addr = format!("127.0.0.1:{}", free_port());
         // four pools share the suite's cluster of 60 connections
         s.db_max_connections = 8;
     })
@@ -178,11 +182,16 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
         .map(|(i, stages)| Process {
             stages,
             env: worker_env.clone(),
-            // the last one listens where the sandbox sends its webhooks
             http_addr: if i == PROCESSES.len() - 1 {
                 load.settings.http_addr.clone()
             } else {
                 format!("127.0.0.1:{}", free_port())
+            },
+            // the last one listens where the sandbox sends its webhooks
+            ingress_addr: if i == PROCESSES.len() - 1 {
+                load.settings.ingress_addr.clone()
+            } else {
+                "127.0.0.1:0".into()
             },
             child: None,
             retries_before: 0,

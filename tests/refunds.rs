@@ -521,6 +521,8 @@ fn channel_call_process(world: &World) -> anyhow::Result<tokio::process::Child> 
             "PAYFLEET_HTTP_ADDR",
             format!("127.0.0.1:{}", payfleet_tests::free_port()),
         )
+        // the in-process fleet holds the world's webhook ingress
+        .env("PAYFLEET_INGRESS_ADDR", "127.0.0.1:0")
         .kill_on_drop(true)
         .spawn()?)
 }

@@ -1,5 +1,6 @@
 //! One fleet process: the stage consumers it was given, the outbox relay,
-//! the dead-letter keeper and the HTTP endpoints, started together and
+//! the dead-letter keeper and the HTTP endpoints (the operators' and, on
+//! an address of its own, the public webhook ingress), started together and
 //! stopped in order (consumers drain, then the relay flushes, then the
 //! connections close), within a bounded time.
 
@@ -62,7 +63,8 @@ pub struct Fleet {
     background: Vec<(String, Background)>,
     keeper: bool,
     http: bool,
-    routes: Option<axum::Router>,
+    /// The public webhook ingress, served on `ingress_addr`.
+    ingress: Option<axum::Router>,
     relay: bool,
     /// Batching set here rather than by `batch_size` / `batch_wait_ms`
     /// (stages outside the shipped topology, such as tests' probes).
@@ -123,7 +125,7 @@ impl Fleet {
             background: Vec::new(),
             keeper: false,
             http: false,
-            routes: None,
+            ingress: None,
             relay: true,
             batch_overrides: Default::default(),
         })
@@ -221,13 +223,13 @@ impl Fleet {
         self
     }
 
-    /// Serves these routes beside the telemetry endpoints (implies HTTP).
-    pub fn with_routes(mut self, routes: axum::Router) -> Self {
-        self.routes = Some(match self.routes.take() {
+    /// Serves these public routes (the webhook ingress) on `ingress_addr`,
+    /// a listener apart from the operators' endpoints.
+    pub fn with_ingress(mut self, routes: axum::Router) -> Self {
+        self.ingress = Some(match self.ingress.take() {
             Some(existing) => existing.merge(routes),
             None => routes,
         });
-        self.http = true;
         self
     }
 
@@ -272,16 +274,23 @@ impl Fleet {
         }
         if self.http {
             let addr = shared.settings.http_socket_addr();
-            let bound = telemetry::serve_http(
+            let bound = telemetry::serve_ops(
                 addr,
                 self.health.clone(),
                 shared.pool.clone(),
-                self.routes.take(),
+                shared.locks.clone(),
                 final_stop.clone(),
             )
             .await
             .map_err(|source| FleetError::Http { addr, source })?;
             tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+        }
+        if let Some(routes) = self.ingress.take() {
+            let addr = shared.settings.ingress_socket_addr();
+            let bound = telemetry::serve_routes(addr, routes, final_stop.clone())
+                .await
+                .map_err(|source| FleetError::Http { addr, source })?;
+            tracing::info!(%bound, "serving the webhook ingress");
         }
 
         let mut consumers = JoinSet::new();

@@ -8,12 +8,15 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::{LogFormat, Settings};
+use crate::{
+    config::{LogFormat, Settings},
+    lock::Locks,
+};
 
 /// Installs the tracing subscriber once per process (later calls are no-ops).
 pub fn init_tracing(settings: &Settings) {
@@ -39,6 +42,10 @@ pub fn init_tracing(settings: &Settings) {
     });
 }
 
+/// Request received → final event, per payment: seconds to tens of minutes
+/// (status queries, expiry), so buckets of its own.
+pub const END_TO_END_HISTOGRAM: &str = "payfleet_payment_end_to_end_seconds";
+
 /// The process-wide Prometheus recorder.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -48,6 +55,14 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                .expect("static bucket list is valid")
+                .set_buckets_for_metric(
+                    Matcher::Full(END_TO_END_HISTOGRAM.into()),
+                    &[
+                        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+                        1800.0,
+                    ],
+                )
                 .expect("static bucket list is valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -61,6 +76,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_counter!("payfleet_outbox_returned_total", "Outbox publishes returned unroutable");
             metrics::describe_counter!("payfleet_webhooks_total", "Merchant webhook attempts by result");
             metrics::describe_counter!("payfleet_webhooks_in_total", "Channel webhooks received by result");
+            metrics::describe_counter!("payfleet_batch_stepped_out_total", "Batched messages that waited too long for a row lock and ran alone after the commit, per stage");
+            metrics::describe_counter!("payfleet_batches_rerun_total", "Batches PostgreSQL aborted as a whole and re-ran one message at a time, per stage");
+            metrics::describe_histogram!("payfleet_batch_messages", "Deliveries per batch transaction, per stage");
+            metrics::describe_gauge!(crate::lock::DEGRADED_GAUGE, "1 while Redis does not answer (locks are PostgreSQL leases), else 0");
             handle
         })
         .clone()
@@ -105,37 +124,54 @@ impl Health {
 }
 
 #[derive(Clone)]
-struct HttpState {
+struct OpsState {
     health: Health,
     pool: PgPool,
+    locks: Locks,
     metrics: PrometheusHandle,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
-/// `extra` adds the routes of the stages a process runs (webhook ingress).
-pub async fn serve_http(
+/// Serves the operators' endpoints — `/metrics`, `/healthz`, `/readyz` —
+/// on `addr` until `cancel` fires.
+pub async fn serve_ops(
     addr: SocketAddr,
     health: Health,
     pool: PgPool,
-    extra: Option<Router>,
+    locks: Locks,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let state = HttpState {
+    let state = OpsState {
         health,
         pool,
+        locks,
         metrics: metrics_handle(),
     };
-    let mut app = Router::new()
+    let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+            get(|State(s): State<OpsState>| async move { s.metrics.render() }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    if let Some(extra) = extra {
-        app = app.merge(extra);
-    }
+    serve(addr, app, cancel).await
+}
+
+/// Serves `routes` (the public webhook ingress) on `addr`, apart from the
+/// operators' endpoints, until `cancel` fires.
+pub async fn serve_routes(
+    addr: SocketAddr,
+    routes: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    serve(addr, routes, cancel).await
+}
+
+async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -143,25 +179,36 @@ pub async fn serve_http(
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await;
         if let Err(error) = served {
-            tracing::warn!(%error, "HTTP endpoint stopped");
+            tracing::warn!(%error, %bound, "HTTP endpoint stopped");
         }
     });
     Ok(bound)
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+/// Ready when every consumer is connected to the broker and PostgreSQL
+/// answers; Redis being away is reported (the fleet runs degraded on
+/// PostgreSQL leases) but never makes the process unready.
+async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
     let not_ready = s.health.not_ready();
     if !not_ready.is_empty() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not connected: {}\n", not_ready.join(", ")),
+            format!("broker: not connected: {}\n", not_ready.join(", ")),
         );
     }
-    match sqlx::query("SELECT 1").execute(&s.pool).await {
-        Ok(_) => (StatusCode::OK, "ready\n".into()),
-        Err(error) => (
+    if let Err(error) = sqlx::query("SELECT 1").execute(&s.pool).await {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("PostgreSQL: {error}\n"),
-        ),
+        );
     }
+    let redis = if s.locks.degraded() {
+        "redis: degraded (locks are PostgreSQL leases)"
+    } else {
+        "redis: ok"
+    };
+    (
+        StatusCode::OK,
+        format!("ready\nbroker: ok\nPostgreSQL: ok\n{redis}\n"),
+    )
 }

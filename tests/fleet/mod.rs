@@ -90,9 +90,11 @@ pub async fn start_fleet(
 /// A scenario's services and the fleet it runs in this process.
 pub struct Harness {
     pub env: TestEnv,
-    /// The port of the fleet's HTTP listener (health, webhooks from the
-    /// channels), when the fleet serves one.
+    /// The port of the fleet's operators' listener (`/metrics`, health),
+    /// when the fleet serves one.
     pub http_port: Option<u16>,
+    /// The port of its webhook ingress (the channels' webhooks), then.
+    pub ingress_port: Option<u16>,
     running: Option<RunningFleet>,
 }
 
@@ -105,10 +107,12 @@ impl Harness {
         adjust: impl FnOnce(&mut Settings),
     ) -> anyhow::Result<Self> {
         let http_port = http.then(free_port);
+        let ingress_port = http.then(free_port);
         let env = TestEnv::with(tag, |s| {
-            if let Some(port) = http_port {
+            if let (Some(port), Some(ingress)) = (http_port, ingress_port) {
                 s.http_addr = format!("127.0.0.1:{port}");
-                s.callback_base_url = format!("http://127.0.0.1:{port}");
+                s.ingress_addr = format!("127.0.0.1:{ingress}");
+                s.callback_base_url = format!("http://127.0.0.1:{ingress}");
             }
             s.sweep_interval = std::time::Duration::from_millis(200);
             s.rollup_interval = std::time::Duration::from_millis(100);
@@ -118,6 +122,7 @@ impl Harness {
         Ok(Self {
             env,
             http_port,
+            ingress_port,
             running: None,
         })
     }

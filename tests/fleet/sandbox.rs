@@ -121,9 +121,14 @@ impl World {
         .await
     }
 
-    /// The port the fleet's HTTP listener is on.
+    /// The port the fleet's operators' listener (`/metrics`, health) is on.
     pub fn http_port(&self) -> u16 {
         self.fleet.http_port.expect("the world's fleet listens")
+    }
+
+    /// The port the fleet's webhook ingress is on (the channels' webhooks).
+    pub fn ingress_port(&self) -> u16 {
+        self.fleet.ingress_port.expect("the world's fleet listens")
     }
 
     /// Adds a channel to the routing table, at the gateway the others use.
@@ -215,7 +220,7 @@ impl World {
         let response = reqwest::Client::new()
             .post(format!(
                 "http://127.0.0.1:{}/callbacks/{channel}/{payment}",
-                self.http_port()
+                self.ingress_port()
             ))
             .header("x-sandbox-timestamp", timestamp.to_string())
             .header("x-sandbox-signature", sign_notice(secret, timestamp, &body))

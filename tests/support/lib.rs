@@ -65,6 +65,7 @@ fn test_settings(name: &str) -> Settings {
         max_in_flight: 8,
         db_max_connections: 10,
         http_addr: "127.0.0.1:0".into(),
+        ingress_addr: "127.0.0.1:0".into(),
         // the tests' merchant receivers listen on 127.0.0.1
         webhook_allow_loopback: true,
         ..Settings::default()

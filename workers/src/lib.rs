@@ -14,6 +14,7 @@ pub mod jobs;
 mod layout;
 pub mod ops;
 pub mod seed;
+pub mod signals;
 #[deny(clippy::too_many_lines)]
 pub mod stages;
 pub mod status_requests;
@@ -104,13 +105,16 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
     if wanted(status_requests::NAME) {
         fleet = status_requests::serve(fleet, &settings);
     }
+    signals::collector::describe();
+    signals::collector::record_build_info();
     fleet = fleet
         .with_keeper()
+        .background("signals", signals::collector::run)
         .background("expiry-sweeper", sweeper::run)
         .background("balance-roll-up", sweeper::run_roll_up);
     if http {
         let ingress = ingress::router(fleet.shared().clone());
-        fleet = fleet.with_http().with_routes(ingress);
+        fleet = fleet.with_http().with_ingress(ingress);
     }
     Ok(fleet)
 }

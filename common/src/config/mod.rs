@@ -120,8 +120,11 @@ pub struct Settings {
     #[serde(rename = "shutdown_timeout_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub shutdown_timeout: Duration,
-    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    /// Address of `/metrics`, `/healthz` and `/readyz` (the operators' side).
     pub http_addr: String,
+    /// Address of the public webhook ingress (`/callbacks/…`), apart from
+    /// the operators' endpoints so that only it need face the channels.
+    pub ingress_addr: String,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
@@ -177,8 +180,15 @@ pub struct Settings {
     #[serde(rename = "callback_tolerance_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub callback_tolerance: Duration,
-    /// RabbitMQ's management API (`payfleet status`); credentials come from `amqp_url`.
-    pub management_url: String,
+    /// How often this process refreshes the gauges read from PostgreSQL,
+    /// RabbitMQ and Redis (queue depths, outbox lag, …); 0: not here.
+    #[serde(rename = "signals_interval_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub signals_interval: Duration,
+    /// A payment open (validated, frozen, paid) longer than this is stuck.
+    #[serde(rename = "stuck_payment_after_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub stuck_payment_after: Duration,
     /// Purged dead letters are deleted after this many days (`payfleet dlq purge --delete-expired`).
     pub dead_letter_retention_days: u32,
     /// Inbox rows (processed message ids) are kept this many days: the
@@ -237,6 +247,7 @@ impl Default for Settings {
             outbox_poll: Duration::from_millis(1_000),
             shutdown_timeout: Duration::from_millis(20_000),
             http_addr: "127.0.0.1:9464".into(),
+            ingress_addr: "127.0.0.1:9465".into(),
             log_format: LogFormat::Text,
             log_filter: "info,sqlx=warn,lapin=warn,lapin::channel=off".into(),
             payment_ttl: Duration::from_millis(900_000),
@@ -270,9 +281,10 @@ impl Default for Settings {
             rollup_interval: Duration::from_millis(1_000),
             channel_timeout: Duration::from_millis(5_000),
             status_query_delays: millis(&[5_000, 30_000, 120_000, 600_000]),
-            callback_base_url: "http://127.0.0.1:9464".into(),
+            callback_base_url: "http://127.0.0.1:9465".into(),
             callback_tolerance: Duration::from_millis(300_000),
-            management_url: "http://127.0.0.1:15672".into(),
+            signals_interval: Duration::from_millis(15_000),
+            stuck_payment_after: Duration::from_millis(1_800_000),
             dead_letter_retention_days: 90,
             inbox_retention_days: 30,
             request_max_age: Duration::from_millis(3_600_000),
@@ -317,8 +329,7 @@ impl Settings {
         redis::Client::open(self.redis_url.as_str())
             .map_err(|e| invalid("redis_url", e.to_string()))?;
         self.extra_ca()?;
-        SocketAddr::from_str(&self.http_addr)
-            .map_err(|e| invalid("http_addr", format!("{e}: expected host:port")))?;
+        self.validate_listeners()?;
         let positive = [
             ("db_max_connections", u64::from(self.db_max_connections)),
             ("prefetch", u64::from(self.prefetch)),
@@ -433,16 +444,10 @@ impl Settings {
         // validated in `validate`
         SocketAddr::from_str(&self.http_addr).unwrap_or_else(|_| ([127, 0, 0, 1], 9464).into())
     }
-    /// User and password of `amqp_url` (for the management API).
-    pub fn amqp_credentials(&self) -> (String, String) {
-        lapin::uri::AMQPUri::from_str(&self.amqp_url)
-            .map(|uri| {
-                (
-                    uri.authority.userinfo.username.clone(),
-                    uri.authority.userinfo.password.clone(),
-                )
-            })
-            .unwrap_or_else(|_| ("guest".into(), "guest".into()))
+
+    pub fn ingress_socket_addr(&self) -> SocketAddr {
+        // validated in `validate`
+        SocketAddr::from_str(&self.ingress_addr).unwrap_or_else(|_| ([127, 0, 0, 1], 9465).into())
     }
 
     /// The business day's zone (`business_time_zone`, checked by
@@ -538,6 +543,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`batch_wait_ms`"), "{err}");
+    }
+
+    #[test]
+    fn the_webhook_ingress_listens_apart_from_the_operators_endpoints() {
+        let s = with("").expect("defaults are valid");
+        assert_ne!(s.http_socket_addr(), s.ingress_socket_addr());
+        assert!(s.callback_base_url.ends_with(&s.ingress_addr));
+        let err = with("ingress_addr = \"127.0.0.1:9464\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`ingress_addr`"), "{err}");
+        let err = with("ingress_addr = \"everywhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`ingress_addr`") && err.contains("PAYFLEET_INGRESS_ADDR"),
+            "{err}"
+        );
+        // two ports the system picks
+        with("http_addr = \"127.0.0.1:0\"\ningress_addr = \"127.0.0.1:0\"").expect("valid");
+        let err = with("stuck_payment_after_ms = 0").unwrap_err().to_string();
+        assert!(err.contains("`stuck_payment_after_ms`"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The checks of settings that relate several values to each other.
 
+use std::{net::SocketAddr, str::FromStr};
+
 use super::{ConfigError, Settings, invalid};
 
 impl Settings {
@@ -88,6 +90,33 @@ impl Settings {
                 }
                 Some(_) => {}
             }
+        }
+        Ok(())
+    }
+
+    /// The operators' endpoints and the public webhook ingress listen on
+    /// two addresses (a port of 0 lets the system pick, so two may be 0);
+    /// a stuck payment is one open for some time.
+    pub(super) fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let parse = |name: &'static str, value: &str| {
+            SocketAddr::from_str(value)
+                .map_err(|e| invalid(name, format!("{e}: expected host:port")))
+        };
+        let http = parse("http_addr", &self.http_addr)?;
+        let ingress = parse("ingress_addr", &self.ingress_addr)?;
+        if http.port() != 0 && http == ingress {
+            return Err(invalid(
+                "ingress_addr",
+                format!(
+                    "must differ from http_addr ({http}): the webhook ingress listens apart from /metrics"
+                ),
+            ));
+        }
+        if self.stuck_payment_after.is_zero() {
+            return Err(invalid(
+                "stuck_payment_after_ms",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }

@@ -139,7 +139,8 @@ pub async fn run(
             .serve("127.0.0.1:0".parse()?, gateway_stop.clone())
             .await?;
         let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        base.http_addr = http.to_string();
+        base.http_addr = "127.0.0.1:0".into();
+        base.ingress_addr = http.to_string();
         base.callback_base_url = format!("http://{http}");
         Some(format!("http://{addr}"))
     } else {

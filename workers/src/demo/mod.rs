@@ -119,7 +119,7 @@ pub const PLAN_SEED: u64 = 42;
 /// `payfleet run --demo`, as worker processes for the chaos suite).
 pub struct Load {
     /// The settings the fleet must run with: the sandbox calls back to
-    /// `http_addr`, and the merchant's webhooks go to loopback.
+    /// `ingress_addr`, and the merchant's webhooks go to loopback.
     pub settings: Settings,
     pub run_id: String,
     pub requests: usize,
@@ -181,8 +181,8 @@ impl Load {
             bail!("--demo needs at least one request");
         }
         if settings.callback_base_url == Settings::default().callback_base_url {
-            // the sandbox's webhooks come to the fleet's own HTTP endpoint
-            settings.callback_base_url = format!("http://{}", settings.http_addr);
+            // the sandbox's webhooks come to the fleet's own webhook ingress
+            settings.callback_base_url = format!("http://{}", settings.ingress_addr);
         }
         // the demo merchant's webhook receiver listens on 127.0.0.1
         settings.webhook_allow_loopback = true;

@@ -66,6 +66,8 @@ caused_by!(
     payfleet_common::topology::TopologyError,
     payfleet_common::broker::PublishError,
     crate::channels::registry::AdapterError,
+    crate::signals::SignalsError,
+    payfleet_common::lock::LockError,
 );
 
 impl From<anyhow::Error> for Error {

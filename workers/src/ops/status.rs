@@ -1,58 +1,27 @@
-//! `payfleet status`: the fleet at a glance, from the broker and from
-//! PostgreSQL; a non-zero exit when something needs attention (parked dead
-//! letters, an outbox lagging, a payment stuck), so it can drive an alert.
-//!
-//! Queue figures come from the RabbitMQ management API when it is enabled,
-//! and otherwise from AMQP passive declares, which give ready and consumer
-//! counts but not unacked ones: those are then shown as unavailable.
+//! `payfleet status`: the fleet at a glance, from the very reading the
+//! fleet's gauges come from ([`crate::signals::collect`]), and what in it
+//! needs attention — the conditions the alert rules page on — so that a
+//! non-zero exit can drive an alert where no Prometheus runs.
 
 use std::collections::BTreeMap;
 
-use payfleet_common::{Settings, Topology};
+use payfleet_common::{Settings, Topology, lock::Locks};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::PgPool;
 
 use super::Result;
-
-#[derive(Debug, Default, Serialize)]
-pub struct StageStatus {
-    pub ready: i64,
-    /// Only the management API knows it; `None` without it.
-    pub unacked: Option<i64>,
-    pub consumers: i64,
-    /// Messages waiting in each delay level.
-    pub retrying: Vec<i64>,
-    pub dlq_ready: i64,
-    pub dead_letters_parked: i64,
-}
+use crate::signals::{self, QueueKind, Signals};
 
 #[derive(Debug, Serialize)]
 pub struct FleetStatus {
     pub vhost: String,
-    /// Where the queue figures came from: `management_api` or `amqp`.
-    pub queue_source: &'static str,
-    /// What could not be shown, and why.
-    pub unavailable: Vec<String>,
-    pub stages: BTreeMap<String, StageStatus>,
-    pub ingress_ready: i64,
-    pub outbox_backlog: i64,
-    pub outbox_oldest_seconds: Option<f64>,
+    /// The figures of the gauges, read by the same code.
+    #[serde(flatten)]
+    pub signals: Signals,
+    /// Every payment by status (shown only here: a full count).
     pub payments_by_status: BTreeMap<String, i64>,
-    pub oldest_open_payment: Option<OpenPayment>,
-    pub refunds_owed: i64,
-    /// Merchants' refunds whose status queries ran out: reserved, for ops.
-    pub refunds_in_exception: i64,
+    /// What needs attention, one line each; empty when nothing does.
     pub attention: Vec<String>,
-}
-
-/// The payment open longest (its fields in the order `--json` has always
-/// shown them).
-#[derive(Debug, Serialize)]
-pub struct OpenPayment {
-    pub age_seconds: f64,
-    pub payment_id: payfleet_common::PaymentId,
-    pub status: String,
 }
 
 pub struct Thresholds {
@@ -66,221 +35,149 @@ pub async fn collect(
     thresholds: &Thresholds,
 ) -> Result<FleetStatus> {
     let topology = Topology::from_settings(settings)?;
-    let vhost = settings.amqp_vhost();
-    let mut unavailable = Vec::new();
-    let queues = match from_management_api(settings, &vhost).await {
-        Ok(queues) => queues,
-        Err(why) => {
-            unavailable.push(format!(
-                "unacked counts: {why}; enable it with `rabbitmq-plugins enable rabbitmq_management`"
-            ));
-            from_passive_declares(settings, &topology).await?
-        }
-    };
-    let count = |queue: &str| queues.get(queue).copied().unwrap_or_default();
-
-    let parked: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT stage, count(*) FROM dead_letters WHERE status = 'parked' GROUP BY stage",
+    let locks = Locks::with_extra_ca(
+        &settings.redis_url,
+        &settings.redis_key_prefix,
+        settings.lock_ttl,
+        &settings.extra_ca()?,
+    )?;
+    let connection = crate::connect_broker(settings, "payfleet-status").await?;
+    let read = signals::collect(
+        &topology,
+        pool,
+        &connection,
+        &locks,
+        &settings.redis_key_prefix,
+        thresholds.stuck,
     )
-    .fetch_all(pool)
-    .await?;
-    let mut stages = BTreeMap::new();
-    for stage in topology.stages() {
-        let work = Topology::work_queue(stage);
-        stages.insert(
-            stage.clone(),
-            StageStatus {
-                ready: count(&work).ready,
-                unacked: count(&work).unacked,
-                consumers: count(&work).consumers,
-                retrying: (0..topology.retry_delays.len())
-                    .map(|level| count(&Topology::retry_queue(stage, level)).ready)
-                    .collect(),
-                dlq_ready: count(&Topology::dead_letter_queue(stage)).ready,
-                dead_letters_parked: parked
-                    .iter()
-                    .find(|(s, _)| s == stage)
-                    .map(|(_, n)| *n)
-                    .unwrap_or(0),
-            },
-        );
-    }
-    let (backlog, oldest): (i64, Option<f64>) =
-        sqlx::query_as("SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(pool)
-            .await?;
+    .await;
+    let _ = connection.close(200, "status read".into()).await;
+    let signals = read?;
     let by_status: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status")
             .fetch_all(pool)
             .await?;
-    let oldest_open: Option<(payfleet_common::PaymentId, String, f64)> = sqlx::query_as(
-        "SELECT id, status, extract(epoch FROM now() - created_at)::float8 FROM payments
-         WHERE status IN ('validated', 'frozen', 'paid') ORDER BY created_at LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let (refunds_owed, refunds_in_exception): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM refunds WHERE status = 'owed'),
-                (SELECT count(*) FROM refunds WHERE status = 'exception')",
-    )
-    .fetch_one(pool)
-    .await?;
-
-    let mut attention = Vec::new();
-    let parked_total: i64 = parked.iter().map(|(_, n)| n).sum();
-    if parked_total > 0 {
-        attention.push(format!(
-            "{parked_total} dead letter(s) parked (payfleet dlq list)"
-        ));
-    }
-    if let Some(age) = oldest.filter(|age| *age > thresholds.outbox_lag.num_seconds() as f64) {
-        attention.push(format!(
-            "outbox lagging: oldest unsent row is {age:.0} s old"
-        ));
-    }
-    if let Some((id, status, age)) = &oldest_open {
-        if *age > thresholds.stuck.num_seconds() as f64 {
-            attention.push(format!("payment {id} stuck in {status} for {age:.0} s"));
-        }
-    }
-    if refunds_owed > 0 {
-        attention.push(format!(
-            "{refunds_owed} refund(s) owed after a late success"
-        ));
-    }
-    if refunds_in_exception > 0 {
-        attention.push(format!(
-            "{refunds_in_exception} refund(s) unresolved at their channel, still reserved (payfleet refund list --status exception)"
-        ));
-    }
     Ok(FleetStatus {
-        ingress_ready: count(&topology.spec.ingress.queue).ready,
-        vhost,
-        queue_source: if unavailable.is_empty() {
-            "management_api"
-        } else {
-            "amqp"
-        },
-        unavailable,
-        stages,
-        outbox_backlog: backlog,
-        outbox_oldest_seconds: oldest,
+        vhost: settings.amqp_vhost(),
+        attention: attention(&signals, thresholds),
+        signals,
         payments_by_status: by_status.into_iter().collect(),
-        oldest_open_payment: oldest_open.map(|(payment_id, status, age_seconds)| OpenPayment {
-            age_seconds,
-            payment_id,
-            status,
-        }),
-        refunds_owed,
-        refunds_in_exception,
-        attention,
     })
 }
 
-/// One queue's figures.
-#[derive(Debug, Default, Clone, Copy)]
-struct QueueCounts {
-    ready: i64,
-    unacked: Option<i64>,
-    consumers: i64,
-}
-
-/// Every queue of the vhost from the management API, or why it could not
-/// be asked.
-async fn from_management_api(
-    settings: &Settings,
-    vhost: &str,
-) -> Result<BTreeMap<String, QueueCounts>, String> {
-    let (user, password) = settings.amqp_credentials();
-    let url = format!(
-        "{}/api/queues/{}",
-        settings.management_url.trim_end_matches('/'),
-        encode(vhost)
-    );
-    let unreachable = |e: reqwest::Error| {
-        format!("the RabbitMQ management API at management_url ({url}) answered no: {e}")
-    };
-    let queues: Vec<Value> = reqwest::Client::new()
-        .get(&url)
-        .basic_auth(user, Some(password))
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(unreachable)?
-        .json()
-        .await
-        .map_err(unreachable)?;
-    let field = |q: &Value, name: &str| q.get(name).and_then(Value::as_i64);
-    Ok(queues
-        .iter()
-        .filter_map(|q| {
-            let counts = QueueCounts {
-                ready: field(q, "messages_ready").unwrap_or(0),
-                unacked: Some(field(q, "messages_unacknowledged").unwrap_or(0)),
-                consumers: field(q, "consumers").unwrap_or(0),
-            };
-            Some((q.get("name")?.as_str()?.to_owned(), counts))
-        })
-        .collect())
-}
-
-/// The topology's queues by AMQP passive declares: ready and consumer
-/// counts, straight from the broker, without the management plugin.
-async fn from_passive_declares(
-    settings: &Settings,
-    topology: &Topology,
-) -> Result<BTreeMap<String, QueueCounts>> {
-    let connection = crate::connect_broker(settings, "payfleet-status").await?;
-    let mut queues = vec![topology.spec.ingress.queue.clone()];
-    for stage in topology.stages() {
-        queues.push(Topology::work_queue(stage));
-        queues.push(Topology::dead_letter_queue(stage));
-        for level in 0..topology.retry_delays.len() {
-            queues.push(Topology::retry_queue(stage, level));
-        }
+/// The conditions the alert rules page on (ops/prometheus/payfleet.rules.yml)
+/// that one reading can show, each said with what to run next.
+pub fn attention(s: &Signals, thresholds: &Thresholds) -> Vec<String> {
+    let mut lines = Vec::new();
+    for stage in s.stages_without_consumers() {
+        lines.push(format!(
+            "no consumer reads {stage}'s queue (start `payfleet worker {stage}` or `payfleet run`)"
+        ));
     }
-    let mut counts = BTreeMap::new();
-    let mut channel = connection.create_channel().await?;
-    for queue in queues {
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(q) => {
-                counts.insert(
-                    queue,
-                    QueueCounts {
-                        ready: i64::from(q.message_count()),
-                        unacked: None,
-                        consumers: i64::from(q.consumer_count()),
-                    },
-                );
-            }
-            // A missing queue closes the channel: count it as empty (as the
-            // management API's listing would, by leaving it out) and go on.
-            Err(_) => channel = connection.create_channel().await?,
-        }
+    let parked = s.parked_total();
+    if parked > 0 {
+        lines.push(format!(
+            "{parked} dead letter(s) parked (payfleet dlq list)"
+        ));
     }
-    let _ = connection.close(200, "status read".into()).await;
-    Ok(counts)
+    if let Some(age) = s
+        .outbox_oldest_seconds
+        .filter(|age| *age > thresholds.outbox_lag.num_seconds() as f64)
+    {
+        lines.push(format!(
+            "outbox lagging: oldest unsent row is {age:.0} s old"
+        ));
+    }
+    let stuck = s.stuck_total();
+    if stuck > 0 {
+        let oldest = s
+            .oldest_open_payment
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "; oldest {} in {} for {:.0} s",
+                    p.payment_id, p.status, p.age_seconds
+                )
+            })
+            .unwrap_or_default();
+        lines.push(format!(
+            "{stuck} payment(s) open longer than {} s{oldest} (payfleet payment show)",
+            s.stuck_after_seconds
+        ));
+    }
+    if s.payments_in_exception > 0 {
+        lines.push(format!(
+            "{} payment(s) in exception, held for review (payfleet payment show / resolve)",
+            s.payments_in_exception
+        ));
+    }
+    if s.refunds_owed > 0 {
+        lines.push(format!(
+            "{} refund(s) owed after a late success",
+            s.refunds_owed
+        ));
+    }
+    if s.refunds_in_exception > 0 {
+        lines.push(format!(
+            "{} refund(s) unresolved at their channel, still reserved (payfleet refund list --status exception)",
+            s.refunds_in_exception
+        ));
+    }
+    for (channel, _) in s.breakers_open.iter().filter(|(_, open)| **open) {
+        lines.push(format!(
+            "channel {channel}'s circuit breaker is open: payments are routed elsewhere or refused"
+        ));
+    }
+    if s.redis_degraded {
+        lines.push("Redis does not answer: the fleet runs degraded on PostgreSQL leases".into());
+    }
+    lines
 }
 
-fn encode(vhost: &str) -> String {
-    vhost
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A stage's row in the table: its work queue, delay levels and DLQ.
+pub struct StageRow {
+    pub stage: String,
+    pub ready: i64,
+    pub consumers: i64,
+    pub retrying: Vec<i64>,
+    pub dlq_ready: i64,
+    pub parked: i64,
+}
+
+impl FleetStatus {
+    /// One row per stage (and the status-requests consumer), in chain order.
+    pub fn stage_rows(&self) -> Vec<StageRow> {
+        let s = &self.signals;
+        s.queues
+            .iter()
+            .filter(|q| q.kind == QueueKind::Work)
+            .map(|work| {
+                let of = |kind| {
+                    s.queues
+                        .iter()
+                        .filter(move |q| q.stage == work.stage && q.kind == kind)
+                };
+                StageRow {
+                    stage: work.stage.clone(),
+                    ready: work.messages,
+                    consumers: work.consumers,
+                    retrying: of(QueueKind::Retry).map(|q| q.messages).collect(),
+                    dlq_ready: of(QueueKind::Dlq).map(|q| q.messages).sum(),
+                    parked: s
+                        .dead_letters_parked
+                        .get(&work.stage)
+                        .map_or(0, |p| p.values().sum()),
+                }
+            })
+            .collect()
+    }
+
+    pub fn ingress_ready(&self) -> i64 {
+        self.signals
+            .queues
+            .iter()
+            .filter(|q| q.kind == QueueKind::Ingress)
+            .map(|q| q.messages)
+            .sum()
+    }
 }

@@ -93,9 +93,15 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet webhook list --merchant demo-shop --status exhausted --since 24h\n  payfleet webhook resend --payment demo-shop:DS-20261202-000042\n  payfleet webhook resend --merchant demo-shop --since 2026-12-02T00:00:00Z --until 2026-12-03T00:00:00Z\n  payfleet webhook rotate-secret --merchant demo-shop --grace 24h"
     )]
     Webhook(WebhookCommand),
-    /// Per stage ready / unacked / retrying / consumers, dead letters, outbox lag, payments; exits 2 when something needs attention.
+    /// Per stage ready / consumers / retrying, dead letters, outbox lag, open payments, exceptions, breakers, Redis: the figures of the fleet's gauges.
+    ///
+    /// Exit codes: 0 nothing needs attention; 3 something needs attention (each
+    /// condition printed as an ATTENTION line: a stage without consumers, parked
+    /// dead letters, an outbox lagging, stuck payments, payments or refunds in
+    /// exception, refunds owed, a channel's breaker open, Redis degraded);
+    /// 1 the status could not be read; 2 a usage error.
     #[command(
-        after_help = "Examples:\n  payfleet status\n  payfleet status --json\n  payfleet status --watch"
+        after_help = "Examples:\n  payfleet status\n  payfleet status --json\n  payfleet status --watch\n  payfleet status --stuck-after 10m || page-oncall   # exit 3: needs attention"
     )]
     Status {
         #[arg(long)]
@@ -106,9 +112,9 @@ pub(crate) enum Command {
         /// Outbox rows older than this need attention.
         #[arg(long, default_value = "60s", value_parser = parse_age)]
         outbox_lag: chrono::Duration,
-        /// A payment open longer than this needs attention.
-        #[arg(long, default_value = "30m", value_parser = parse_age)]
-        stuck_after: chrono::Duration,
+        /// A payment open longer than this needs attention [default: stuck_payment_after_ms, 30m].
+        #[arg(long, value_parser = parse_age)]
+        stuck_after: Option<chrono::Duration>,
     },
     /// One payment's story, and the manual actions that unstick it.
     #[command(

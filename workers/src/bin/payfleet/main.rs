@@ -62,7 +62,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.downcast_ref::<NeedsAttention>().is_some() => ExitCode::from(2),
+        Err(error) if error.downcast_ref::<NeedsAttention>().is_some() => {
+            ExitCode::from(NEEDS_ATTENTION)
+        }
         Err(error) => {
             eprintln!(
                 "payfleet: {}",
@@ -199,7 +201,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&settings).await?;
             let thresholds = payfleet_workers::ops::status::Thresholds {
                 outbox_lag,
-                stuck: stuck_after,
+                stuck: match stuck_after {
+                    Some(age) => age,
+                    None => chrono::Duration::from_std(settings.stuck_payment_after)?,
+                },
             };
             loop {
                 let status =
@@ -284,7 +289,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `status` found something that needs attention (exit code 2).
+/// The exit code of `status` when something needs attention: apart from
+/// 1 (a failure) and 2 (a usage error).
+const NEEDS_ATTENTION: u8 = 3;
+
+/// `status` found something that needs attention (exit code 3).
 #[derive(Debug)]
 struct NeedsAttention;
 

@@ -235,33 +235,32 @@ pub(crate) fn reconciliation(summary: &Summary) {
 
 /// `status`: the fleet at a glance.
 pub(crate) fn status(status: &FleetStatus) {
+    let s = &status.signals;
     println!(
         "payfleet on vhost {} — ingress ready {}",
-        status.vhost, status.ingress_ready
+        status.vhost,
+        status.ingress_ready()
     );
     println!(
-        "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
-        "stage", "ready", "unacked", "consumers", "retrying (per level)", "dlq", "parked"
+        "{:<18} {:>7} {:>9}  {:<24} {:>6} {:>7}",
+        "stage", "ready", "consumers", "retrying (per level)", "dlq", "parked"
     );
-    for (stage, s) in &status.stages {
-        let retrying: Vec<String> = s.retrying.iter().map(i64::to_string).collect();
+    for row in status.stage_rows() {
+        let retrying: Vec<String> = row.retrying.iter().map(i64::to_string).collect();
         println!(
-            "{:<18} {:>7} {:>8} {:>9}  {:<24} {:>6} {:>7}",
-            stage,
-            s.ready,
-            s.unacked
-                .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
-            s.consumers,
+            "{:<18} {:>7} {:>9}  {:<24} {:>6} {:>7}",
+            row.stage,
+            row.ready,
+            row.consumers,
             retrying.join("/"),
-            s.dlq_ready,
-            s.dead_letters_parked
+            row.dlq_ready,
+            row.parked
         );
     }
     println!(
         "outbox: {} unsent{}",
-        status.outbox_backlog,
-        status
-            .outbox_oldest_seconds
+        s.outbox_unsent,
+        s.outbox_oldest_seconds
             .map(|a| format!(", oldest {a:.1} s"))
             .unwrap_or_default()
     );
@@ -278,15 +277,32 @@ pub(crate) fn status(status: &FleetStatus) {
             payments.join(", ")
         }
     );
-    if let Some(oldest) = &status.oldest_open_payment {
+    if let Some(oldest) = &s.oldest_open_payment {
         println!(
             "oldest open payment: {} ({}, {:.0} s)",
             oldest.payment_id, oldest.status, oldest.age_seconds
         );
     }
-    for line in &status.unavailable {
-        println!("not shown: {line}");
+    println!(
+        "exceptions: {} payment(s), {} refund(s); refunds owed: {}",
+        s.payments_in_exception, s.refunds_in_exception, s.refunds_owed
+    );
+    let breakers: Vec<String> = s
+        .breakers_open
+        .iter()
+        .map(|(channel, open)| format!("{channel} {}", if *open { "OPEN" } else { "closed" }))
+        .collect();
+    if !breakers.is_empty() {
+        println!("breakers: {}", breakers.join(", "));
     }
+    println!(
+        "redis: {}",
+        if s.redis_degraded {
+            "degraded (PostgreSQL leases)"
+        } else {
+            "ok"
+        }
+    );
     if status.attention.is_empty() {
         println!("ok: nothing needs attention");
     } else {

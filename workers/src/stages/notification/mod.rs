@@ -105,6 +105,7 @@ async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome,
             reason: format!("payment {} not found", m.payment_id),
         });
     };
+    crate::signals::outcomes::observe(tx.conn(), m.payment_id).await?;
     operation
         .publish(tx, event_id, &event.merchant_id, &event, notify_url)
         .await
