@@ -47,10 +47,12 @@ CREATE TABLE channel_actions (
 CREATE INDEX channel_actions_channel ON channel_actions (channel, at);
 
 -- `payfleet merchant balance`: a merchant's sales still in flight, and
--- what it was credited on a day.
-CREATE INDEX transaction_details_awaiting_by_seller ON transaction_details (seller_id)
+-- what it was credited on a day. Each build holds off writes to its table
+-- while it runs; on a large live database create them first with CREATE
+-- INDEX CONCURRENTLY under the same names: this migration then skips them.
+CREATE INDEX IF NOT EXISTS transaction_details_awaiting_by_seller ON transaction_details (seller_id)
     WHERE status = 'awaiting_payment';
-CREATE INDEX postings_account_day ON postings (account_id, created_at);
+CREATE INDEX IF NOT EXISTS postings_account_day ON postings (account_id, created_at);
 
 -- Payers registered by command (`payfleet user add`), on record.
 CREATE TABLE user_actions (

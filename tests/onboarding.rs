@@ -72,6 +72,12 @@ async fn pay_for(
         .await
 }
 
+async fn rotate(world: &World, grace: &str) -> anyhow::Result<(i32, String, String)> {
+    world
+        .cli(&["merchant", "rotate-key", TEA_HOUSE, "--grace", grace])
+        .await
+}
+
 /// How the tea house's order `order` ended: its payment's status, or the
 /// reason its request was refused before it became one.
 async fn ended(world: &World, order: &str) -> anyhow::Result<String> {
@@ -168,34 +174,45 @@ async fn a_merchant_onboarded_by_command_is_suspended_activated_and_given_a_new_
     assert_eq!(ended(&world, "o-3").await?, "settled");
 
     // A new key; the one before is valid for the grace period, then not.
-    let (code, out, err) = world
-        .cli(&["merchant", "rotate-key", TEA_HOUSE, "--grace", "4s"])
-        .await?;
+    let (code, out, err) = rotate(&world, "1h").await?;
     assert_eq!(code, 0, "{out}{err}");
-    let new_key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("new request key (shown once): "))
-        .expect("the new key")
-        .to_owned();
-    assert_ne!(new_key, first_key);
+    let read_key = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("new request key (shown once): "))
+            .expect("the new key")
+            .to_owned()
+    };
+    let second_key = read_key(&out);
+    assert_ne!(second_key, first_key);
     assert!(out.contains("previous key"), "{out}");
     pay(&world, "o-4", &first_key).await?;
-    pay(&world, "o-5", &new_key).await?;
+    pay(&world, "o-5", &second_key).await?;
     assert_eq!(
         ended(&world, "o-4").await?,
         "settled",
         "the old key, within its grace"
     );
     assert_eq!(ended(&world, "o-5").await?, "settled");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    pay(&world, "o-6", &first_key).await?;
-    pay(&world, "o-7", &new_key).await?;
+    // A second rotation while the first's grace runs would drop the key
+    // the merchant may still sign with: refused.
+    let (code, _, err) = rotate(&world, "1h").await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("within a rotation's grace period"), "{err}");
+    // A leaked key: --grace 0 ends every older key at once.
+    let (code, out, err) = rotate(&world, "0").await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let third_key = read_key(&out);
+    pay(&world, "o-6", &second_key).await?;
+    pay(&world, "o-7", &third_key).await?;
     assert_eq!(
         ended(&world, "o-6").await?,
         "bad_signature",
-        "past its grace"
+        "ended at once"
     );
     assert_eq!(ended(&world, "o-7").await?, "settled");
+    let (code, _, err) = rotate(&world, "8d").await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("--grace: from 0"), "{err}");
 
     // Every action on record, keys only by fingerprint.
     let (code, out, _) = world
@@ -209,17 +226,60 @@ async fn a_merchant_onboarded_by_command_is_suspended_activated_and_given_a_new_
         .flatten()
         .filter_map(|a| a["action"].as_str())
         .collect();
-    assert_eq!(actions, ["rotate_key", "activate", "suspend", "add"]);
+    assert_eq!(
+        actions,
+        ["rotate_key", "rotate_key", "activate", "suspend", "add"]
+    );
     let audit: String = sqlx::query_scalar(
         "SELECT string_agg(before::text || after::text, ' ') FROM merchant_actions WHERE merchant_id = $1",
     )
     .bind(TEA_HOUSE)
     .fetch_one(world.pool())
     .await?;
-    assert!(
-        !audit.contains(&first_key) && !audit.contains(&new_key),
-        "no key in the audit"
+    for key in [&first_key, &second_key, &third_key] {
+        assert!(!audit.contains(key.as_str()), "no key in the audit");
+    }
+
+    // The payer's wallet: 500.00 topped up, five teas of 30.00 paid.
+    let (code, out, err) = world.cli(&["wallet", "show", "alice", "--json"]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let story: Value = serde_json::from_str(&out)?;
+    let money = |v: &Value| -> rust_decimal::Decimal {
+        v.as_str().and_then(|a| a.parse().ok()).expect("an amount")
+    };
+    assert_eq!(
+        money(&story["wallets"][0]["total"]),
+        d("350.00"),
+        "{story:#}"
     );
+    assert_eq!(money(&story["wallets"][0]["frozen"]), d("0"));
+    let kinds: Vec<&str> = story["statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "debit").count(),
+        5,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"top_up"), "oldest last: {kinds:?}");
+
+    // The seller of the five settled teas: 30.00 each less its 1 % fee.
+    let (code, out, err) = world.cli(&["merchant", "balance", "m1", "--json"]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let balances: Value = serde_json::from_str(&out)?;
+    let cny = &balances[0];
+    assert_eq!(cny["currency"], "CNY", "{balances:#}");
+    for (figure, expected) in [
+        ("available", "148.50"),
+        ("reserved", "0"),
+        ("in_flight", "0"),
+        ("settled_today", "148.50"),
+    ] {
+        assert_eq!(money(&cny[figure]), d(expected), "{figure}: {balances:#}");
+    }
     world.finish().await
 }
 
@@ -292,7 +352,7 @@ async fn routed(world: &World, order: &str) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_added_by_command_takes_payments_until_disabled() -> anyhow::Result<()> {
-    let world = world("onboardchannel").await?;
+    let mut world = world("onboardchannel").await?;
     let base_url: String = sqlx::query_scalar("SELECT base_url FROM channels WHERE name = $1")
         .bind(CARD)
         .fetch_one(world.pool())
@@ -365,6 +425,57 @@ async fn a_channel_added_by_command_takes_payments_until_disabled() -> anyhow::R
             .fetch_all(world.pool())
             .await?;
     assert_eq!(actions, ["add", "disable", "enable"]);
+
+    // A payment routed to the channel before it was taken out, and not yet
+    // charged (channel-call is not running): nothing is sent there, it fails.
+    world.stop().await;
+    world
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "callback",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    let waiting = world.pay("c-4", "card", "tok_success").await?;
+    payfleet_tests::wait_until(WAIT, "c-4 frozen at the new channel", || async {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, channel FROM payments WHERE id = $1")
+                .bind(waiting)
+                .fetch_optional(world.pool())
+                .await?;
+        Ok(row == Some(("frozen".to_owned(), Some(NEW_CARD.to_owned()))))
+    })
+    .await?;
+    let (code, _, _) = world
+        .cli(&[
+            "channel",
+            "disable",
+            NEW_CARD,
+            "--reason",
+            "second incident",
+        ])
+        .await?;
+    assert_eq!(code, 0);
+    world.stop().await;
+    world.start(&[]).await?;
+    let (status, reason) = world.outcome("c-4").await?;
+    assert_eq!(status, "failed");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("channel_disabled")),
+        "{reason:?}"
+    );
+    let (attempt, _, attempt_status) = world.attempt(waiting).await?;
+    assert_eq!(attempt_status, "failed");
+    assert_eq!(
+        world.charges(NEW_CARD, attempt),
+        0,
+        "nothing sent to the disabled channel"
+    );
+
     let audit: String =
         sqlx::query_scalar("SELECT string_agg(after::text, ' ') FROM channel_actions")
             .fetch_one(world.pool())
@@ -496,7 +607,7 @@ async fn a_catalogue_is_imported_whole_once_and_a_bad_file_changes_nothing() -> 
     assert_eq!(
         report,
         serde_json::json!({"products_added": 2, "products_updated": 0, "products_unchanged": 0,
-                           "stock_units_added": 540, "tiers_set": 1, "coupons_added": 1, "coupons_unchanged": 0})
+                           "stock_units_added": 540, "tiers_set": 1, "tiers_removed": 0, "coupons_added": 1, "coupons_unchanged": 0})
     );
     let (code, out, _) = world.cli(&["catalogue", "import", example]).await?;
     assert_eq!(code, 0);
@@ -536,13 +647,19 @@ async fn a_catalogue_is_imported_whole_once_and_a_bad_file_changes_nothing() -> 
         (0, "320.00"),
         "nothing half-imported"
     );
-    // Without the coupon change: the price change and the new product.
+    // Without the coupon change: the price change, the new product, and
+    // the oolong's tier gone.
     changed["coupons"][0]["total_limit"] = 1000.into();
+    changed["products"][0]
+        .as_object_mut()
+        .expect("a product")
+        .remove("tiers");
     std::fs::write(&path, serde_json::to_vec(&changed)?)?;
     let (code, out, err) = world.cli(&["catalogue", "import", &path]).await?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("products 1 added, 1 updated, 1 unchanged"),
+        out.contains("products 1 added, 1 updated, 1 unchanged")
+            && out.contains("price tiers 0 set, 1 removed"),
         "{out}"
     );
     let (code, _, err) = world

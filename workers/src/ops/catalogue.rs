@@ -126,13 +126,20 @@ pub struct Report {
     /// Units added to bring stock up to what the file says.
     pub stock_units_added: i64,
     pub tiers_set: usize,
+    /// Tiers of the file's SKUs the file no longer lists.
+    pub tiers_removed: usize,
     pub coupons_added: usize,
     pub coupons_unchanged: usize,
 }
 
 impl Report {
     pub fn changed_anything(&self) -> bool {
-        self.products_added + self.products_updated + self.tiers_set + self.coupons_added > 0
+        self.products_added
+            + self.products_updated
+            + self.tiers_set
+            + self.tiers_removed
+            + self.coupons_added
+            > 0
             || self.stock_units_added > 0
     }
 }
@@ -160,6 +167,14 @@ fn check(file: &File) -> Result<()> {
                 p.sku
             )));
         }
+        let mut quantities: Vec<i32> = p.tiers.iter().map(|t| t.min_quantity).collect();
+        quantities.sort_unstable();
+        if quantities.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::refused(format!(
+                "/products/{n} ({}): two tiers from the same quantity",
+                p.sku
+            )));
+        }
         if skus.insert(p.sku.as_str(), n).is_some() {
             return Err(Error::refused(format!(
                 "/products/{n}: SKU `{}` is listed twice",
@@ -175,6 +190,14 @@ fn check(file: &File) -> Result<()> {
                 c.code
             )));
         }
+        if let RuleIn::Percentage { percent_off, .. } = &c.rule
+            && (*percent_off <= Decimal::ZERO || *percent_off >= Decimal::ONE_HUNDRED)
+        {
+            return Err(Error::refused(format!(
+                "/coupons/{n} ({}): percent_off must be more than 0 and less than 100",
+                c.code
+            )));
+        }
         if codes.insert(c.code.as_str(), n).is_some() {
             return Err(Error::refused(format!(
                 "/coupons/{n}: code `{}` is listed twice",
@@ -183,6 +206,10 @@ fn check(file: &File) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
 /// Imports the catalogue in `text`; what it changed.
@@ -311,8 +338,9 @@ pub async fn import(pool: &PgPool, text: &str) -> Result<Report> {
                 code: c.code,
                 rule: c.rule.into(),
                 currency: c.currency,
-                valid_from: c.valid_from,
-                valid_until: c.valid_until,
+                // PostgreSQL keeps microseconds: compared as it will keep them
+                valid_from: to_micros(c.valid_from),
+                valid_until: to_micros(c.valid_until),
                 total_limit: c.total_limit,
                 per_user_limit: c.per_user_limit,
             })
@@ -320,6 +348,23 @@ pub async fn import(pool: &PgPool, text: &str) -> Result<Report> {
         ..Catalogue::default()
     };
     catalogue.write(&mut tx).await.map_err(Error::from)?;
+    // The file lists each of its SKUs' tiers whole: one it no longer lists
+    // would otherwise stay in force.
+    let (tier_skus, tier_quantities): (Vec<String>, Vec<i32>) = catalogue
+        .products
+        .iter()
+        .flat_map(|p| p.tiers.iter().map(|(q, _)| (p.sku.clone(), *q)))
+        .unzip();
+    report.tiers_removed = sqlx::query(
+        "DELETE FROM price_tiers t WHERE t.sku = ANY($1)
+           AND (t.sku, t.min_quantity) NOT IN (SELECT * FROM unnest($2::text[], $3::integer[]))",
+    )
+    .bind(&skus)
+    .bind(&tier_skus)
+    .bind(&tier_quantities)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected() as usize;
     // An issued code keeps its terms: the writer left it as it was, and
     // a file that says otherwise is refused whole.
     for (n, coupon) in catalogue.coupons.iter().enumerate() {

@@ -57,6 +57,9 @@ pub struct MerchantStory {
     pub actions: Vec<Action>,
 }
 
+/// The longest a previous request key stays valid after a rotation.
+const MAX_GRACE: chrono::Duration = chrono::Duration::days(7);
+
 /// Who acts and why, for the audit.
 #[derive(Debug, Clone)]
 pub struct Acting<'a> {
@@ -90,10 +93,14 @@ fn check(new: &NewMerchant) -> Result<()> {
     if let Some(url) = &new.notify_url {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| Error::refused(format!("--notify-url `{url}`: {e}")))?;
-        if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
-            return Err(Error::refused(format!(
-                "--notify-url `{url}`: an http(s) URL with a host"
-            )));
+        if !matches!(parsed.scheme(), "https" | "http")
+            || parsed.host_str().is_none()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(Error::refused(
+                "--notify-url: an http(s) URL with a host and no credentials in it",
+            ));
         }
     }
     Ok(())
@@ -176,13 +183,13 @@ async fn audit(
     Ok(())
 }
 
-/// Onboards a merchant, active, with a new request key; returns it with
-/// the key (told this once). Its webhook secret is made with it.
+/// Onboards a merchant, active, with a new request key and webhook
+/// secret; returns it with both (told this once).
 pub async fn add(
     pool: &PgPool,
     new: &NewMerchant,
     acting: &Acting<'_>,
-) -> Result<(MerchantView, String)> {
+) -> Result<(MerchantView, Keys)> {
     check(new)?;
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
@@ -203,8 +210,30 @@ pub async fn add(
     }
     let (merchant, key) = view(&mut tx, &new.id).await?;
     audit(&mut tx, &new.id, "add", acting, None, &merchant).await?;
+    // Made with the merchant (a trigger): told once, with the request key.
+    let webhook_secret: String = sqlx::query_scalar(
+        "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND expires_at IS NULL",
+    )
+    .bind(&new.id)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok((merchant, key))
+    Ok((
+        merchant,
+        Keys {
+            request_key: key,
+            webhook_secret,
+        },
+    ))
+}
+
+/// A new merchant's secrets, told once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Keys {
+    /// What it signs its requests with.
+    pub request_key: String,
+    /// What payfleet signs its webhooks with (Standard Webhooks).
+    pub webhook_secret: String,
 }
 
 /// Suspends (`active = false`) or activates a merchant; a suspended
@@ -221,6 +250,10 @@ pub async fn set_active(
         ("suspended", "suspend")
     };
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     let (before, _) = view(&mut tx, id).await?;
     if before.status == to {
         return Err(Error::refused(format!("merchant `{id}` is already {to}")));
@@ -247,16 +280,32 @@ pub async fn rotate_key(
     grace: chrono::Duration,
     acting: &Acting<'_>,
 ) -> Result<(MerchantView, String)> {
-    if grace < chrono::Duration::zero() {
-        return Err(Error::refused("--grace: not negative"));
+    if grace < chrono::Duration::zero() || grace > MAX_GRACE {
+        return Err(Error::refused(format!(
+            "--grace: from 0 (the old key ends now) to {} days",
+            MAX_GRACE.num_days()
+        )));
     }
     let mut tx = pool.begin().await?;
-    // the row lock orders two rotations of one merchant
-    sqlx::query("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    // The row lock orders two rotations of one merchant; the second finds
+    // the first's grace period running and is refused, so the key the
+    // merchant still signs with is never dropped by a repeated command.
+    let grace_running: Option<Option<bool>> = sqlx::query_scalar(
+        "SELECT previous_key_expires_at > now() FROM merchants WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let (before, _) = view(&mut tx, id).await?;
+    if grace_running.flatten() == Some(true) && !grace.is_zero() {
+        return Err(Error::refused(format!(
+            "merchant `{id}` is within a rotation's grace period (its previous key is valid until {}): \
+             wait for it to end, or rotate with --grace 0 to end every older key now (a leaked key)",
+            before
+                .previous_key_expires_at
+                .map_or_else(|| "-".to_owned(), |t| t.to_string())
+        )));
+    }
     sqlx::query(
         "UPDATE merchants SET previous_signing_key = CASE WHEN $2 > 0 THEN signing_key END,
                               previous_key_expires_at = CASE WHEN $2 > 0 THEN now() + make_interval(secs => $2) END,
@@ -298,7 +347,8 @@ pub struct Balance {
     pub reserved: Decimal,
     /// Its part (less fees) of payments taken but not yet settled.
     pub in_flight: Decimal,
-    /// Credited today (the business day) for settled sales.
+    /// Credited today (the business day) for settled sales, less what
+    /// same-day reversals took back.
     pub settled_today: Decimal,
 }
 
@@ -325,7 +375,7 @@ pub async fn balance(
                 COALESCE(f.amount, 0) AS in_flight,
                 COALESCE((SELECT sum(p.amount) FROM postings p JOIN journal_entries j ON j.id = p.entry_id
                           WHERE p.account_id = o.id AND p.created_at >= $2 AND p.created_at < $3
-                            AND j.kind = 'payment'), 0) AS settled_today
+                            AND j.kind IN ('payment', 'reversal')), 0) AS settled_today
          FROM own o FULL JOIN flight f ON f.currency = o.currency
          ORDER BY 1",
     )

@@ -34,13 +34,14 @@ pub fn parse_age(text: &str) -> Result<chrono::Duration, String> {
     let n: i64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 2h or 7d"))?;
-    Ok(match unit {
-        "" | "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+    let duration = match unit {
+        "" | "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (s, m, h, d)")),
-    })
+    };
+    duration.ok_or_else(|| format!("`{text}` is too long a duration"))
 }
 
 #[cfg(test)]
@@ -56,6 +57,11 @@ mod tests {
             chrono::Duration::minutes(15)
         );
         assert_eq!(super::parse_age("2d").unwrap(), chrono::Duration::days(2));
+        assert!(
+            super::parse_age("200000000000d")
+                .unwrap_err()
+                .contains("too long")
+        );
         assert!(super::parse_age("soon").is_err());
         assert!(super::parse_age("3w").is_err());
     }

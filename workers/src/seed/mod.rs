@@ -4,10 +4,13 @@
 //! (set-based, so a catalogue of thousands is written at once). The demo,
 //! the benchmark and the tests describe their catalogues with it.
 //!
-//! Writing is idempotent: a row that exists is left as it is (a merchant's
-//! notify URL and a channel's routing are brought up to date), stock is
-//! topped up to at least what is described, and a wallet's top-up is a
-//! journal entry under its reference, written once.
+//! Writing is idempotent: a row that exists is left as it is, except what
+//! is brought up to date — a merchant's notify URL, a channel's routing,
+//! a product's name, price, currency, status, spec and warehouse (of the
+//! same seller) and its tiers' prices; stock is topped up to at least what
+//! is described, an issued coupon keeps its terms, and a wallet's top-up
+//! is a journal entry under its reference, written once. `payfleet
+//! catalogue import` writes through the same functions.
 
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};

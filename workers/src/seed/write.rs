@@ -83,7 +83,10 @@ pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Resu
          ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, spec = EXCLUDED.spec, warehouse = EXCLUDED.warehouse,
                                          unit_price = EXCLUDED.unit_price, currency = EXCLUDED.currency,
                                          status = EXCLUDED.status
-             WHERE products.merchant_id = EXCLUDED.merchant_id",
+             WHERE products.merchant_id = EXCLUDED.merchant_id
+               AND (products.name, products.spec, products.warehouse, products.unit_price, products.currency, products.status)
+                   IS DISTINCT FROM
+                   (EXCLUDED.name, EXCLUDED.spec, EXCLUDED.warehouse, EXCLUDED.unit_price, EXCLUDED.currency, EXCLUDED.status)",
     )
     .bind(&skus)
     .bind(rows.iter().map(|p| p.merchant_id.clone()).collect::<Vec<_>>())
@@ -120,7 +123,8 @@ pub async fn products(conn: &mut PgConnection, rows: &[Product]) -> anyhow::Resu
         sqlx::query(
             "INSERT INTO price_tiers (sku, min_quantity, unit_price)
              SELECT * FROM unnest($1::text[], $2::integer[], $3::numeric[])
-             ON CONFLICT (sku, min_quantity) DO UPDATE SET unit_price = EXCLUDED.unit_price",
+             ON CONFLICT (sku, min_quantity) DO UPDATE SET unit_price = EXCLUDED.unit_price
+                 WHERE price_tiers.unit_price <> EXCLUDED.unit_price",
         )
         .bind(tiers.iter().map(|t| t.0).collect::<Vec<_>>())
         .bind(tiers.iter().map(|t| t.1).collect::<Vec<_>>())

@@ -64,7 +64,7 @@ pub(crate) enum MerchantCommand {
     /// A new request key, shown once; the one before stays valid for the grace period.
     RotateKey {
         id: String,
-        /// How long the previous key stays valid (0, 30m, 2h, 7d).
+        /// How long the previous key stays valid (0 ends it now, as for a leaked key; at most 7d).
         #[arg(long, default_value = "24h", value_parser = parse_age)]
         grace: chrono::Duration,
         #[arg(long, default_value = "key rotation")]
@@ -193,14 +193,22 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
                 operator: &operator,
                 reason: &reason,
             };
-            let (merchant, key) = ops::merchant::add(&pool, &new, &acting).await?;
+            let (merchant, keys) = ops::merchant::add(&pool, &new, &acting).await?;
             if json {
                 let mut shown = serde_json::to_value(&merchant)?;
-                shown["request_key"] = serde_json::Value::from(key);
+                shown["request_key"] = serde_json::Value::from(keys.request_key);
+                shown["webhook_secret"] = serde_json::Value::from(keys.webhook_secret);
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 render::merchant(&merchant);
-                println!("request key (shown once; sign requests with it): {key}");
+                println!(
+                    "request key (shown once; sign requests with it): {}",
+                    keys.request_key
+                );
+                println!(
+                    "webhook secret (shown once; check our webhooks with it): {}",
+                    keys.webhook_secret
+                );
             }
         }
         MerchantCommand::Suspend {
@@ -448,13 +456,14 @@ pub(crate) async fn catalogue(
         );
     } else {
         println!(
-            "{}: products {} added, {} updated, {} unchanged · {} stock units added · {} price tiers set · coupons {} added, {} unchanged",
+            "{}: products {} added, {} updated, {} unchanged · {} stock units added · price tiers {} set, {} removed · coupons {} added, {} unchanged",
             file.display(),
             report.products_added,
             report.products_updated,
             report.products_unchanged,
             report.stock_units_added,
             report.tiers_set,
+            report.tiers_removed,
             report.coupons_added,
             report.coupons_unchanged
         );

@@ -62,6 +62,27 @@ impl ChannelCall {
                     reason: format!("attempt {id} already {s}"),
                 }));
             }
+            None if channel_disabled(tx, channel).await? => {
+                // Taken out of routing by hand (an incident) after this
+                // payment was routed to it: nothing is sent there; the
+                // payment fails and its reservations are released.
+                sqlx::query(
+                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
+                     VALUES ($1, $2, $3, $4, $5, 'failed', now())",
+                )
+                .bind(AttemptId::new())
+                .bind(p.id)
+                .bind(channel)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .execute(tx.conn())
+                .await?;
+                let reason = format!(
+                    "channel_disabled: {channel} was taken out of routing before the charge was sent"
+                );
+                resolve_failed(tx, p.id, &reason)?;
+                return Ok(Intent::Finished(Outcome::Applied));
+            }
             None => {
                 let id = AttemptId::new();
                 sqlx::query(
@@ -175,4 +196,14 @@ pub(super) async fn intend_close(
             Ok(Intent::Finished(Outcome::Applied))
         }
     }
+}
+
+/// Whether ops took `channel` out of routing (`payfleet channel disable`).
+async fn channel_disabled(tx: &mut StageTx, channel: &str) -> Result<bool, StageError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM channels WHERE name = $1 AND status = 'disabled')",
+    )
+    .bind(channel)
+    .fetch_one(tx.conn())
+    .await?)
 }

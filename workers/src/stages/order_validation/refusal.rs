@@ -24,7 +24,7 @@ pub(super) async fn signed_by(
     let Some(keys) = RequestKeys::load(tx.conn(), merchant_id).await? else {
         return Ok(Err(("unknown_merchant", "no such merchant")));
     };
-    if !signature.is_some_and(|s| keys.verify(body, s, Utc::now())) {
+    if !signature.is_some_and(|s| keys.verify(body, s)) {
         let detail = if signature.is_some() {
             "signature does not match the body"
         } else {
