@@ -130,19 +130,18 @@ async fn audit(
 pub async fn add(pool: &PgPool, new: &NewChannel, acting: &Acting<'_>) -> Result<ChannelView> {
     check(new)?;
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate, reversal_cutoff)
-         VALUES ($1, 'sandbox', $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+    let methods: Vec<&str> = new.methods.iter().map(String::as_str).collect();
+    let channel = crate::seed::sandbox_channel(
+        &new.name,
+        &new.base_url,
+        new.webhook_secret.trim(),
+        &methods,
+        new.fee_rate,
     )
-    .bind(&new.name)
-    .bind(&new.base_url)
-    .bind(new.webhook_secret.trim())
-    .bind(&new.methods)
-    .bind(new.fee_rate)
-    .bind(new.reversal_cutoff)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    .reversal_cutoff(new.reversal_cutoff);
+    let created = crate::seed::channels(&mut tx, &[channel]).await?;
+    if created.is_empty() {
+        // (the transaction, and the writer's update of the existing row, roll back)
         return Err(Error::refused(format!(
             "channel `{}` already exists: `payfleet channel list`",
             new.name

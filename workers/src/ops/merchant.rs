@@ -192,17 +192,16 @@ pub async fn add(
 ) -> Result<(MerchantView, Keys)> {
     check(new)?;
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url)
-         VALUES ($1, $2, new_request_key(), $3, $4) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&new.id)
-    .bind(&new.name)
-    .bind(new.fee_rate)
-    .bind(&new.notify_url)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    let key: String = sqlx::query_scalar("SELECT new_request_key()")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut merchant = crate::seed::merchant(&new.id, &key)
+        .name(&new.name)
+        .fee_rate(new.fee_rate);
+    merchant.notify_url = new.notify_url.clone();
+    let created = crate::seed::merchants(&mut tx, &[merchant]).await?;
+    if created.is_empty() {
+        // (the transaction, and the writer's update of the existing row, roll back)
         return Err(Error::refused(format!(
             "merchant `{}` already exists: `payfleet merchant show {}`",
             new.id, new.id

@@ -64,19 +64,17 @@ pub async fn add(pool: &PgPool, id: &str, name: &str, acting: &Acting<'_>) -> Re
         ));
     }
     let mut tx = pool.begin().await?;
-    let added: Option<UserView> = sqlx::query_as(
-        "INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
-         RETURNING id, name, status, blocked, created_at",
-    )
-    .bind(id)
-    .bind(name)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(user) = added else {
+    let created = crate::seed::users(&mut tx, &[crate::seed::user(id).name(name)]).await?;
+    if created.is_empty() {
         return Err(Error::refused(format!(
             "user `{id}` already exists: `payfleet wallet show {id}`"
         )));
-    };
+    }
+    let user: UserView =
+        sqlx::query_as("SELECT id, name, status, blocked, created_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
     sqlx::query(
         "INSERT INTO user_actions (user_id, action, operator, reason, after) VALUES ($1, 'add', $2, $3, $4)",
     )

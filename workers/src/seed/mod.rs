@@ -9,8 +9,13 @@
 //! a product's name, price, currency, status, spec and warehouse (of the
 //! same seller) and its tiers' prices; stock is topped up to at least what
 //! is described, an issued coupon keeps its terms, and a wallet's top-up
-//! is a journal entry under its reference, written once. `payfleet
-//! catalogue import` writes through the same functions.
+//! is a journal entry under its reference, written once.
+//!
+//! There is one way to create a merchant, a payer, a channel or a product:
+//! these writers. The onboarding commands (`payfleet merchant add`,
+//! `user add`, `channel add`, `catalogue import`) write through them too,
+//! adding their checks and their audit; the writers say which rows they
+//! created, so a command refuses what already exists.
 
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
@@ -305,6 +310,7 @@ impl Catalogue {
         users(conn, &self.users).await?;
         products(conn, &self.products).await?;
         coupons(conn, &self.coupons).await?;
-        channels(conn, &self.channels).await
+        channels(conn, &self.channels).await?;
+        Ok(())
     }
 }

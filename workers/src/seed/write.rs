@@ -7,17 +7,21 @@ use super::{Channel, Coupon, CouponRule, Merchant, Product, User};
 use crate::domain::ledger;
 
 /// Writes merchants; an existing one gets the notify URL described.
-pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Result<()> {
+/// Returns the ids it created (the others existed). `payfleet merchant
+/// add` creates its merchant through this too: there is one way to make
+/// a merchant.
+pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Result<Vec<String>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let column = |f: fn(&Merchant) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
+    let written: Vec<(String, bool)> = sqlx::query_as(
         "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url, notify_hosts)
          SELECT id, name, key, fee, url, string_to_array(hosts, ' ')
          FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[])
               AS t(id, name, key, fee, url, hosts)
-         ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url",
+         ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url
+         RETURNING id, xmax = 0",
     )
     .bind(column(|m| m.id.clone()))
     .bind(column(|m| m.name.clone()))
@@ -29,25 +33,35 @@ pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Re
             .collect::<Vec<_>>(),
     )
     .bind(column(|m| m.notify_hosts.join(" ")))
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(created(written))
 }
 
-/// Writes users, then tops up their wallets through the books.
-pub async fn users(conn: &mut PgConnection, rows: &[User]) -> anyhow::Result<()> {
+/// The ids of an `INSERT … ON CONFLICT DO UPDATE … RETURNING id, xmax = 0`
+/// that were inserted rather than updated.
+fn created(written: Vec<(String, bool)>) -> Vec<String> {
+    written
+        .into_iter()
+        .filter_map(|(id, inserted)| inserted.then_some(id))
+        .collect()
+}
+
+/// Writes users, then tops up their wallets through the books. Returns
+/// the ids it created; `payfleet user add` creates its user through this.
+pub async fn users(conn: &mut PgConnection, rows: &[User]) -> anyhow::Result<Vec<String>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query(
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO users (id, name, blocked)
          SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[])
-         ON CONFLICT (id) DO NOTHING",
+         ON CONFLICT (id) DO NOTHING RETURNING id",
     )
     .bind(rows.iter().map(|u| u.id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|u| u.name.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|u| u.blocked).collect::<Vec<_>>())
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
     for user in rows {
         for top_up in &user.top_ups {
@@ -62,7 +76,7 @@ pub async fn users(conn: &mut PgConnection, rows: &[User]) -> anyhow::Result<()>
             .map_err(|e| anyhow::anyhow!("topping up {}: {e}", user.id))?;
         }
     }
-    Ok(())
+    Ok(inserted)
 }
 
 /// Writes products (an existing SKU of the same seller takes the name,
@@ -201,19 +215,22 @@ pub async fn coupons(conn: &mut PgConnection, rows: &[Coupon]) -> anyhow::Result
     Ok(())
 }
 
-/// Writes channels; an existing one is pointed where described and made active.
-pub async fn channels(conn: &mut PgConnection, rows: &[Channel]) -> anyhow::Result<()> {
+/// Writes channels; an existing one is pointed where described and made
+/// active. Returns the names it created; `payfleet channel add` creates
+/// its channel through this.
+pub async fn channels(conn: &mut PgConnection, rows: &[Channel]) -> anyhow::Result<Vec<String>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query(
+    let written: Vec<(String, bool)> = sqlx::query_as(
         "INSERT INTO channels (name, kind, base_url, webhook_secret, methods, fee_rate, reversal_cutoff)
          SELECT name, 'sandbox', url, secret, string_to_array(methods, ' '), fee, cutoff
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::time[])
               AS t(name, url, secret, methods, fee, cutoff)
          ON CONFLICT (name) DO UPDATE SET base_url = EXCLUDED.base_url, webhook_secret = EXCLUDED.webhook_secret,
                                           methods = EXCLUDED.methods, fee_rate = EXCLUDED.fee_rate,
-                                          reversal_cutoff = EXCLUDED.reversal_cutoff, status = 'active'",
+                                          reversal_cutoff = EXCLUDED.reversal_cutoff, status = 'active'
+         RETURNING name, xmax = 0",
     )
     .bind(rows.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.base_url.clone()).collect::<Vec<_>>())
@@ -221,7 +238,7 @@ pub async fn channels(conn: &mut PgConnection, rows: &[Channel]) -> anyhow::Resu
     .bind(rows.iter().map(|c| c.methods.join(" ")).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.fee_rate).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.reversal_cutoff).collect::<Vec<_>>())
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(created(written))
 }
