@@ -363,9 +363,12 @@ pub async fn balance(
     Ok(sqlx::query_as(
         "WITH own AS (SELECT id, currency::text AS currency, available, frozen FROM accounts
                       WHERE owner_kind = 'merchant' AND owner_id = $1),
-              flight AS (SELECT currency::text AS currency, sum(amount - fee_amount) AS amount
-                         FROM transaction_details WHERE seller_id = $1 AND status = 'awaiting_payment'
-                         GROUP BY currency)
+              -- the open payments (few, by their partial index), then their details
+              flight AS (SELECT d.currency::text AS currency, sum(d.amount - d.fee_amount) AS amount
+                         FROM payments p JOIN transaction_details d ON d.payment_id = p.id
+                         WHERE p.status IN ('validated', 'frozen', 'paid')
+                           AND d.seller_id = $1 AND d.status = 'awaiting_payment'
+                         GROUP BY d.currency)
          SELECT COALESCE(o.currency, f.currency) AS currency,
                 COALESCE(o.available, 0)
                   + COALESCE((SELECT sum(p.amount) FROM postings p
