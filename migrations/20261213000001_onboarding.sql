@@ -46,13 +46,13 @@ CREATE TABLE channel_actions (
 );
 CREATE INDEX channel_actions_channel ON channel_actions (channel, at);
 
--- `payfleet merchant balance`: what a merchant was credited on a day. A
--- BRIN index: postings are appended in time order, so a block range per
--- few pages finds a day's postings while costing the hot path next to
--- nothing (a b-tree on every posting measurably slowed settlement). On a
--- large live database create it first with CREATE INDEX CONCURRENTLY
--- under the same name: this migration then skips it.
-CREATE INDEX IF NOT EXISTS postings_created_brin ON postings USING brin (created_at);
+-- `payfleet merchant balance`: a merchant's sales still in flight, and
+-- what it was credited on a day. Each build holds off writes to its table
+-- while it runs; on a large live database create them first with CREATE
+-- INDEX CONCURRENTLY under the same names: this migration then skips them.
+CREATE INDEX IF NOT EXISTS transaction_details_awaiting_by_seller ON transaction_details (seller_id)
+    WHERE status = 'awaiting_payment';
+CREATE INDEX IF NOT EXISTS postings_account_day ON postings (account_id, created_at);
 
 -- Payers registered by command (`payfleet user add`), on record.
 CREATE TABLE user_actions (
