@@ -252,6 +252,10 @@ pub struct OwnRedis {
     pub port: u16,
     args: Vec<String>,
     child: Option<tokio::process::Child>,
+    /// While stopped, the port is held by a listener that drops every
+    /// connection: another test's server started meanwhile cannot take the
+    /// freed port and answer this test's clients as if Redis were back.
+    placeholder: Option<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
 }
 
@@ -287,6 +291,7 @@ impl OwnRedis {
             port,
             args,
             child: None,
+            placeholder: None,
             _dir: dir,
         };
         redis.start_again().await?;
@@ -295,6 +300,10 @@ impl OwnRedis {
 
     /// Starts the (stopped) server on the same port and waits until it listens.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if let Some(placeholder) = self.placeholder.take() {
+            placeholder.abort();
+            let _ = placeholder.await;
+        }
         let child = tokio::process::Command::new("redis-server")
             .args(&self.args)
             .stdin(Stdio::null())
@@ -317,10 +326,23 @@ impl OwnRedis {
         .await
     }
 
-    /// Kills the server (nothing it held survives).
+    /// Kills the server (nothing it held survives), keeping its port.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
+        }
+        // The killed server's socket may linger a moment: hold the port as
+        // soon as it is free.
+        for _ in 0..100 {
+            if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                self.placeholder = Some(tokio::spawn(async move {
+                    while let Ok((connection, _)) = listener.accept().await {
+                        drop(connection);
+                    }
+                }));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
