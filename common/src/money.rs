@@ -18,6 +18,10 @@ pub enum MoneyError {
     Negative(String),
 }
 
+/// ISO 4217's code for "no currency": what a refusal reports when the
+/// request's own currency could not be used.
+pub const NO_CURRENCY: &str = "XXX";
+
 /// A validated currency code.
 pub fn currency(code: &str) -> Result<&'static str, MoneyError> {
     CURRENCIES

@@ -10,7 +10,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::{Error, Result, merchant::Acting};
+use super::{
+    Error, Result,
+    merchant::{Acting, Audited},
+};
 use crate::{
     channels::{BALANCE, routing},
     stages::order_validation::METHODS,
@@ -103,28 +106,10 @@ async fn view(conn: &mut PgConnection, name: &str) -> Result<ChannelView> {
         .ok_or_else(|| Error::not_found(format!("no channel `{name}`")))
 }
 
-async fn audit(
-    conn: &mut PgConnection,
-    name: &str,
-    action: &str,
-    acting: &Acting<'_>,
-    before: Option<&ChannelView>,
-    after: &ChannelView,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO channel_actions (channel, action, operator, reason, before, after)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(name)
-    .bind(action)
-    .bind(acting.operator)
-    .bind(acting.reason)
-    .bind(before.map(serde_json::to_value).transpose()?)
-    .bind(serde_json::to_value(after)?)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+const CHANNEL_ACTIONS: Audited = Audited {
+    table: "channel_actions",
+    subject: "channel",
+};
 
 /// Adds a channel to the routing table, active.
 pub async fn add(pool: &PgPool, new: &NewChannel, acting: &Acting<'_>) -> Result<ChannelView> {
@@ -148,7 +133,16 @@ pub async fn add(pool: &PgPool, new: &NewChannel, acting: &Acting<'_>) -> Result
         )));
     }
     let added = view(&mut tx, &new.name).await?;
-    audit(&mut tx, &new.name, "add", acting, None, &added).await?;
+    CHANNEL_ACTIONS
+        .record(
+            &mut tx,
+            &new.name,
+            "add",
+            acting,
+            None::<&ChannelView>,
+            &added,
+        )
+        .await?;
     tx.commit().await?;
     Ok(added)
 }
@@ -183,7 +177,9 @@ pub async fn set_enabled(
         .execute(&mut *tx)
         .await?;
     let after = view(&mut tx, name).await?;
-    audit(&mut tx, name, action, acting, Some(&before), &after).await?;
+    CHANNEL_ACTIONS
+        .record(&mut tx, name, action, acting, Some(&before), &after)
+        .await?;
     tx.commit().await?;
     Ok(after)
 }

@@ -73,7 +73,7 @@ fn fingerprint(key: &str) -> String {
 
 /// Checks what `add` is given; the refusal names the field.
 fn check(new: &NewMerchant) -> Result<()> {
-    let usable = |s: &str| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control);
+    let usable = crate::stages::order_validation::is_usable_id;
     if !usable(&new.id) {
         return Err(Error::refused(
             "merchant id: 1 to 128 bytes, no control characters",
@@ -160,27 +160,45 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
     Ok((merchant, key))
 }
 
-async fn audit(
-    conn: &mut PgConnection,
-    id: &str,
-    action: &str,
-    acting: &Acting<'_>,
-    before: Option<&MerchantView>,
-    after: &MerchantView,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO merchant_actions (merchant_id, action, operator, reason, before, after)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(id)
-    .bind(action)
-    .bind(acting.operator)
-    .bind(acting.reason)
-    .bind(before.map(serde_json::to_value).transpose()?)
-    .bind(serde_json::to_value(after)?)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Where an onboarding action is audited: the table, and its column
+/// naming what was acted on (`merchant_actions.merchant_id`,
+/// `channel_actions.channel`).
+pub(super) struct Audited {
+    pub(super) table: &'static str,
+    pub(super) subject: &'static str,
+}
+
+const MERCHANT_ACTIONS: Audited = Audited {
+    table: "merchant_actions",
+    subject: "merchant_id",
+};
+
+impl Audited {
+    /// Records `action` on `subject` by `acting`, with the subject before
+    /// (none when it was just made) and after.
+    pub(super) async fn record(
+        &self,
+        conn: &mut PgConnection,
+        subject: &str,
+        action: &str,
+        acting: &Acting<'_>,
+        before: Option<&impl Serialize>,
+        after: &impl Serialize,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO {} ({}, action, operator, reason, before, after) VALUES ($1, $2, $3, $4, $5, $6)",
+            self.table, self.subject
+        ))
+        .bind(subject)
+        .bind(action)
+        .bind(acting.operator)
+        .bind(acting.reason)
+        .bind(before.map(serde_json::to_value).transpose()?)
+        .bind(serde_json::to_value(after)?)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Onboards a merchant, active, with a new request key and webhook
@@ -208,7 +226,16 @@ pub async fn add(
         )));
     }
     let (merchant, key) = view(&mut tx, &new.id).await?;
-    audit(&mut tx, &new.id, "add", acting, None, &merchant).await?;
+    MERCHANT_ACTIONS
+        .record(
+            &mut tx,
+            &new.id,
+            "add",
+            acting,
+            None::<&MerchantView>,
+            &merchant,
+        )
+        .await?;
     // Made with the merchant (a trigger): told once, with the request key.
     let webhook_secret: String = sqlx::query_scalar(
         "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND expires_at IS NULL",
@@ -266,7 +293,9 @@ pub async fn set_active(
     .execute(&mut *tx)
     .await?;
     let (after, _) = view(&mut tx, id).await?;
-    audit(&mut tx, id, action, acting, Some(&before), &after).await?;
+    MERCHANT_ACTIONS
+        .record(&mut tx, id, action, acting, Some(&before), &after)
+        .await?;
     tx.commit().await?;
     Ok(after)
 }
@@ -316,7 +345,9 @@ pub async fn rotate_key(
     .execute(&mut *tx)
     .await?;
     let (after, key) = view(&mut tx, id).await?;
-    audit(&mut tx, id, "rotate_key", acting, Some(&before), &after).await?;
+    MERCHANT_ACTIONS
+        .record(&mut tx, id, "rotate_key", acting, Some(&before), &after)
+        .await?;
     tx.commit().await?;
     Ok((after, key))
 }

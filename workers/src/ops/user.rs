@@ -52,7 +52,7 @@ pub struct WalletStory {
 
 /// Registers a payer, active; its wallets open with their first top-up.
 pub async fn add(pool: &PgPool, id: &str, name: &str, acting: &Acting<'_>) -> Result<UserView> {
-    let usable = |s: &str| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control);
+    let usable = crate::stages::order_validation::is_usable_id;
     if !usable(id) {
         return Err(Error::refused(
             "user id: 1 to 128 bytes, no control characters",

@@ -16,6 +16,7 @@ use super::{
     result::{log, resolve_failed},
 };
 use crate::{
+    channels::BALANCE,
     channels::{ChannelAdapter, ChargeRequest},
     domain::{attempt::AttemptStatus, payment::Payment},
 };
@@ -62,21 +63,12 @@ impl ChannelCall {
                     reason: format!("attempt {id} already {s}"),
                 }));
             }
-            None if channel_disabled(tx, channel).await? => {
+            // The wallet is never disabled: no query on its hot path.
+            None if channel != BALANCE && channel_disabled(tx, channel).await? => {
                 // Taken out of routing by hand (an incident) after this
                 // payment was routed to it: nothing is sent there; the
                 // payment fails and its reservations are released.
-                sqlx::query(
-                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
-                     VALUES ($1, $2, $3, $4, $5, 'failed', now())",
-                )
-                .bind(AttemptId::new())
-                .bind(p.id)
-                .bind(channel)
-                .bind(p.amount)
-                .bind(&p.currency)
-                .execute(tx.conn())
-                .await?;
+                insert_finished_attempt(tx, p, channel, AttemptStatus::Failed).await?;
                 let reason = format!(
                     "channel_disabled: {channel} was taken out of routing before the charge was sent"
                 );
@@ -180,22 +172,35 @@ pub(super) async fn intend_close(
         // and leave a closed attempt so a charge arriving late is refused.
         _ => {
             if latest.is_none() {
-                sqlx::query(
-                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
-                     VALUES ($1, $2, $3, $4, $5, 'closed', now())",
-                )
-                .bind(AttemptId::new())
-                .bind(p.id)
-                .bind(channel)
-                .bind(p.amount)
-                .bind(&p.currency)
-                .execute(tx.conn())
-                .await?;
+                insert_finished_attempt(tx, p, channel, AttemptStatus::Closed).await?;
             }
             resolve_failed(tx, p.id, &c.reason)?;
             Ok(Intent::Finished(Outcome::Applied))
         }
     }
+}
+
+/// Records an attempt that never reached the channel, already `status`
+/// (closed before any charge, or failed because the channel was disabled).
+async fn insert_finished_attempt(
+    tx: &mut StageTx,
+    p: &Payment,
+    channel: &str,
+    status: AttemptStatus,
+) -> Result<(), StageError> {
+    sqlx::query(
+        "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status, resolved_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now())",
+    )
+    .bind(AttemptId::new())
+    .bind(p.id)
+    .bind(channel)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(status.as_str())
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 /// Whether ops took `channel` out of routing (`payfleet channel disable`).

@@ -40,7 +40,7 @@ pub use receipts::{prune_receipts, run_receipt_pruning};
 use record::{insert_order, insert_payment};
 use refusal::{Rejection, refuse, signed_by};
 use request::usable_id;
-pub use request::{freshness, read_request};
+pub use request::{freshness, is_usable_id, read_request};
 use risk::{Decision, RiskRules};
 
 pub const NAME: &str = crate::domain::handoff::ORDER_VALIDATION;

@@ -44,7 +44,7 @@ pub(super) async fn insert_payment(
     .bind(&r.payment_method)
     .bind(route.map(|(channel, _)| channel))
     // a rejected request may carry an unusable currency or amount: stored as XXX / 0
-    .bind(money::currency(&r.currency).unwrap_or("XXX"))
+    .bind(money::currency(&r.currency).unwrap_or(money::NO_CURRENCY))
     .bind(money::check_amount(r.expected_amount).unwrap_or(Decimal::ZERO))
     .bind(status.as_str())
     .bind(reason)

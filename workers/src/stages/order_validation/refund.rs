@@ -420,7 +420,7 @@ async fn refuse_unbound(
         .unwrap_or(Decimal::ZERO);
     let currency = asked
         .and_then(|(_, currency)| money::currency(currency).ok())
-        .unwrap_or("XXX")
+        .unwrap_or(money::NO_CURRENCY)
         .to_owned();
     let status = RefundStatus::Refused.as_str().to_owned();
     let why = Some(format!("{reason}: {detail}"));

@@ -113,7 +113,7 @@ pub(super) async fn refuse(
             .unwrap_or(Decimal::ZERO),
         currency: parsed
             .and_then(|p| money::currency(&p.currency).ok())
-            .unwrap_or("XXX")
+            .unwrap_or(money::NO_CURRENCY)
             .to_owned(),
         reason: Some(format!("{reason}: {detail}")),
         sub_orders: Vec::new(),

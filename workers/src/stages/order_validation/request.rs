@@ -10,6 +10,12 @@ use serde_json::Value;
 
 use super::schema;
 
+/// Whether `text` may be an id upstream sends or an operator gives (a
+/// merchant, an order, a user): 1 to 128 bytes, no control characters.
+pub fn is_usable_id(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 128 && !text.chars().any(char::is_control)
+}
+
 /// A usable merchant or merchant order id: 1 to 128 bytes, no control
 /// characters. Without both, a request cannot be answered.
 pub(super) fn usable_id(
@@ -20,7 +26,7 @@ pub(super) fn usable_id(
     value
         .get(name)
         .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control))
+        .filter(|s| is_usable_id(s))
         .map(str::to_owned)
         .ok_or_else(|| Undecodable::MissingField {
             kind,
