@@ -15,7 +15,8 @@ use payfleet_common::messages::{
     self, AttemptId, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated,
     Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
     PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem,
-    Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TradeClose, event, kind,
+    Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TradeClose, WithdrawalEvent,
+    WithdrawalRequested, WithdrawalResult, WithdrawalStep, event, kind,
 };
 use payfleet_common::messages::{
     PaymentStanding, RefundStanding, StatusErrorCode, StatusLookup, StatusReply, StatusRequest,
@@ -26,7 +27,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 16] = [
+const MESSAGES: [&str; 19] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -43,6 +44,9 @@ const MESSAGES: [&str; 16] = [
     "reversal.event",
     kind::STATUS_REQUEST,
     kind::STATUS_REPLY,
+    kind::WITHDRAWAL_REQUESTED,
+    "withdrawal.step",
+    "withdrawal.event",
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -254,6 +258,9 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         "reversal.event" => round_trip::<ReversalEvent>(name, value, what),
         kind::STATUS_REQUEST => round_trip::<StatusRequest>(name, value, what),
         kind::STATUS_REPLY => round_trip::<StatusReply>(name, value, what),
+        kind::WITHDRAWAL_REQUESTED => round_trip::<WithdrawalRequested>(name, value, what),
+        "withdrawal.step" => round_trip::<WithdrawalStep>(name, value, what),
+        "withdrawal.event" => round_trip::<WithdrawalEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -287,6 +294,21 @@ fn all_resolutions() -> Vec<Resolution> {
     for v in all {
         match v {
             Resolution::Paid | Resolution::Failed => {}
+        }
+    }
+    all.to_vec()
+}
+
+fn all_withdrawal_results() -> Vec<WithdrawalResult> {
+    let all = [
+        WithdrawalResult::Succeeded,
+        WithdrawalResult::Failed,
+        WithdrawalResult::Returned,
+    ];
+    for v in all {
+        match v {
+            WithdrawalResult::Succeeded | WithdrawalResult::Failed | WithdrawalResult::Returned => {
+            }
         }
     }
     all.to_vec()
@@ -334,12 +356,14 @@ fn assert_conventions(name: &str, object_schema: &Value, path: &str) {
             assert_eq!(property["const"], json!(SCHEMA_VERSION), "{at}: const");
         } else if property["format"] == "uuid" || field == "id" || field.ends_with("_id") {
             let is_uuid = property["format"] == "uuid";
-            // Ids chosen by merchants and users are plain strings.
+            // Ids chosen by merchants, requesters and users are plain strings.
             let plain = [
                 "merchant_id",
                 "merchant_order_id",
                 "merchant_refund_id",
                 "merchant_reversal_id",
+                "requester_id",
+                "request_id",
                 "user_id",
                 "seller_id",
             ];
@@ -746,6 +770,92 @@ fn every_rust_message_matches_its_schema() {
             ..reversal_event.clone()
         },
     );
+
+    let withdrawal_requested = WithdrawalRequested {
+        schema_version: SCHEMA_VERSION,
+        requester_id: "demo-shop".into(),
+        request_id: "DS-WD-1".into(),
+        user_id: "user-1002".into(),
+        amount: d("250.00"),
+        currency: "CNY".into(),
+        payee_account: "acct_success".into(),
+        notify_url: Some("https://shop.example/payfleet/webhooks".into()),
+        requested_at: now,
+    };
+    check_message(
+        kind::WITHDRAWAL_REQUESTED,
+        &withdrawal_requested,
+        &WithdrawalRequested {
+            notify_url: None,
+            ..withdrawal_requested.clone()
+        },
+    );
+    let withdrawal_id = id("2b03a531-9cbd-81ff-897f-05f70ba8fd60");
+    let withdrawal_step = WithdrawalStep {
+        result: Some(WithdrawalResult::Succeeded),
+        reason: Some("account_closed".into()),
+        channel_fee: Some(d("2.00")),
+        query_number: Some(2),
+        ..WithdrawalStep::new(withdrawal_id)
+    };
+    check_message(
+        "withdrawal.step",
+        &withdrawal_step,
+        &WithdrawalStep::new(withdrawal_id),
+    );
+    let validator = validator_for("withdrawal.step");
+    for result in all_withdrawal_results() {
+        let value = to_json(&WithdrawalStep {
+            result: Some(result),
+            ..withdrawal_step.clone()
+        });
+        assert_valid("withdrawal.step", &validator, &value, "every result");
+    }
+    let withdrawal_event = WithdrawalEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&[
+            "event",
+            &withdrawal_id.to_string(),
+            event::WITHDRAWAL_RETURNED,
+        ]),
+        event_type: event::WITHDRAWAL_RETURNED.into(),
+        withdrawal_id,
+        requester_id: "demo-shop".into(),
+        request_id: "DS-WD-1".into(),
+        user_id: "user-1002".into(),
+        status: "returned".into(),
+        amount: d("250.00"),
+        fee: d("0.25"),
+        currency: "CNY".into(),
+        reason: Some("account_closed".into()),
+        occurred_at: now,
+    };
+    check_message(
+        "withdrawal.event",
+        &withdrawal_event,
+        &WithdrawalEvent {
+            reason: None,
+            ..withdrawal_event.clone()
+        },
+    );
+    // A refusal that names no withdrawal: what the request had was unusable.
+    let refusal = WithdrawalEvent {
+        event_type: event::WITHDRAWAL_FAILED.into(),
+        user_id: String::new(),
+        status: "refused".into(),
+        amount: Decimal::ZERO,
+        fee: Decimal::ZERO,
+        currency: "XXX".into(),
+        reason: Some("invalid_request: at /amount: 7 is not of type \"string\"".into()),
+        ..withdrawal_event.clone()
+    };
+    let validator = validator_for("withdrawal.event");
+    assert_valid(
+        "withdrawal.event",
+        &validator,
+        &to_json(&refusal),
+        "a refusal with amount 0, currency XXX and no user",
+    );
 }
 
 #[test]
@@ -816,6 +926,42 @@ fn the_schema_enums_are_the_rust_enums() {
             .into(),
         "reversal.event event_type"
     );
+    assert_eq!(
+        schema_enum(&schema("withdrawal.step"), "result"),
+        wire_names(&all_withdrawal_results()),
+        "withdrawal.step result"
+    );
+    assert_eq!(
+        schema_enum(&schema("withdrawal.event"), "event_type"),
+        [
+            event::WITHDRAWAL_SUCCEEDED,
+            event::WITHDRAWAL_FAILED,
+            event::WITHDRAWAL_RETURNED,
+        ]
+        .map(str::to_owned)
+        .into(),
+        "withdrawal.event event_type"
+    );
+}
+
+/// A step schema names every AMQP type its hand-offs travel as.
+#[test]
+fn the_step_schemas_name_every_hand_off() {
+    for (name, types) in [
+        ("refund.step", &kind::REFUND_STEPS),
+        ("withdrawal.step", &kind::WITHDRAWAL_STEPS),
+    ] {
+        let description = schema(name)["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        for message_type in types {
+            assert!(
+                description.contains(&format!("`{message_type}`")),
+                "{name}.schema.json does not describe the hand-off `{message_type}`"
+            );
+        }
+    }
 }
 
 #[test]
@@ -977,6 +1123,99 @@ fn the_schemas_refuse_what_the_contract_forbids() {
             json!([{"sub_order_id": "x", "seller_id": "s", "amount": "1", "fee": "0"}]),
             "a sub-order id that is not a uuid",
         ),
+    ] {
+        let mut changed = example.clone();
+        changed[field] = value;
+        assert_invalid(name, &validator, &changed, what);
+    }
+
+    let name = kind::WITHDRAWAL_REQUESTED;
+    let validator = validator_for(name);
+    let example = example_file(name);
+    for (field, value, what) in [
+        ("surprise", json!(true), "an unknown field"),
+        ("schema_version", json!(2), "schema_version 2"),
+        ("amount", json!(250.0), "an amount as a number"),
+        ("amount", json!("250.001"), "three decimals"),
+        ("amount", json!("2.5e2"), "an exponent"),
+        ("currency", json!("cny"), "a lower-case currency"),
+        ("request_id", json!(""), "an empty request id"),
+        (
+            "request_id",
+            json!("wd\u{0}1"),
+            "a control character in an id",
+        ),
+        (
+            "requester_id",
+            json!("r".repeat(129)),
+            "a requester id of 129 characters",
+        ),
+        (
+            "user_id",
+            json!("u".repeat(129)),
+            "a user id of 129 characters",
+        ),
+        ("payee_account", json!(""), "an empty payee account"),
+        (
+            "payee_account",
+            json!("a".repeat(129)),
+            "a payee account of 129 characters",
+        ),
+        (
+            "notify_url",
+            json!("ftp://shop.example/"),
+            "a notify_url that is not http(s)",
+        ),
+        (
+            "notify_url",
+            json!(format!("https://shop.example/{}", "p".repeat(2030))),
+            "a notify_url over 2048 characters",
+        ),
+        ("notify_url", Value::Null, "null for the notify_url"),
+        (
+            "requested_at",
+            json!("2026-12-06 10:02"),
+            "a time that is not RFC 3339",
+        ),
+    ] {
+        let mut changed = example.clone();
+        changed[field] = value;
+        assert_invalid(name, &validator, &changed, what);
+    }
+    for field in ["user_id", "amount", "currency", "payee_account"] {
+        let mut missing = example.clone();
+        missing.as_object_mut().expect("object").remove(field);
+        assert_invalid(name, &validator, &missing, &format!("no {field}"));
+    }
+    let mut unknown = example.clone();
+    unknown["surprise"] = json!(true);
+    assert!(serde_json::from_value::<WithdrawalRequested>(unknown).is_err());
+    let mut longest = example.clone();
+    longest["payee_account"] = json!("a".repeat(128));
+    assert_valid(
+        name,
+        &validator,
+        &longest,
+        "a payee account of 128 characters",
+    );
+
+    let name = "withdrawal.event";
+    let validator = validator_for(name);
+    let example = example_file(name);
+    for (field, value, what) in [
+        (
+            "event_type",
+            json!("withdrawal.pending"),
+            "an unknown event type",
+        ),
+        ("status", json!("paid"), "an unknown status"),
+        (
+            "withdrawal_id",
+            json!("wd-1"),
+            "a withdrawal id that is not a uuid",
+        ),
+        ("fee", json!(0.25), "a fee as a number"),
+        ("surprise", json!(true), "an unknown field"),
     ] {
         let mut changed = example.clone();
         changed[field] = value;

@@ -471,7 +471,7 @@ async fn a_process_killed_between_the_refund_call_and_its_result_refunds_once() 
             "notification",
         ])
         .await?;
-    let caller = channel_call_process(&world)?;
+    let caller = world.channel_call_process()?;
     let id = ask(&world, &refund("rf-kill", "c-kill", "25.00")).await?;
     // The channel has the refund (it holds its answer), we have only our intent.
     wait_until(
@@ -491,7 +491,7 @@ async fn a_process_killed_between_the_refund_call_and_its_result_refunds_once() 
     let mut caller = caller;
     caller.kill().await?;
     let _ = caller.wait().await;
-    let mut caller = channel_call_process(&world)?;
+    let mut caller = world.channel_call_process()?;
     assert_eq!(finished(&world, id).await?.0, "succeeded");
     assert_eq!(
         refunded_at_the_channel(&world, payment).await?,
@@ -511,20 +511,6 @@ async fn a_process_killed_between_the_refund_call_and_its_result_refunds_once() 
     world.env.wait_drained(WAIT).await?;
     caller.kill().await?;
     world.finish().await
-}
-
-/// `payfleet worker channel-call` against the scenario, on a listener of its own.
-fn channel_call_process(world: &World) -> anyhow::Result<tokio::process::Child> {
-    Ok(fleet::payfleet(&world.env)
-        .args(["worker", "channel-call"])
-        .env(
-            "PAYFLEET_HTTP_ADDR",
-            format!("127.0.0.1:{}", payfleet_tests::free_port()),
-        )
-        // the in-process fleet holds the world's webhook ingress
-        .env("PAYFLEET_INGRESS_ADDR", "127.0.0.1:0")
-        .kill_on_drop(true)
-        .spawn()?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

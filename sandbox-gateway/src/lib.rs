@@ -44,7 +44,6 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use axum::{
@@ -60,6 +59,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod notify;
 mod payouts;
 mod protocol;
 mod refunds;
@@ -252,24 +252,6 @@ impl Gateway {
             }
         });
     }
-
-    /// POSTs a webhook body to `url`, signed with the channel's `secret`
-    /// over `"{timestamp}.{body}"`. The answer is ignored: the sandbox does
-    /// not send a webhook again (a status query finds what one missed).
-    async fn post_signed(&self, url: &str, secret: &str, notice: &impl serde::Serialize) {
-        let body = serde_json::to_vec(notice).unwrap_or_default();
-        let timestamp = Utc::now().timestamp();
-        let _ = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, sign_notice(secret, timestamp, &body))
-            .timeout(Duration::from_secs(5))
-            .body(body)
-            .send()
-            .await;
-    }
 }
 
 /// The currency a `tok_currency_mismatch` trade is charged in.
@@ -431,7 +413,8 @@ struct StatementQuery {
 
 /// The day's statement, as the channel sees it, the day taken in its
 /// business zone: every trade created that day, every refund that paid
-/// money back that day, and every reversal done that day.
+/// money back that day, every reversal done that day, and every payout
+/// that paid money out that day (neither a failed nor a processing one).
 async fn statement(
     State(gw): State<Gateway>,
     Path(channel): Path<String>,
@@ -470,9 +453,7 @@ async fn statement(
     let mut payouts: Vec<Payout> = store
         .payouts
         .values()
-        .filter(|p| {
-            p.channel == channel && p.status != PayoutStatus::Failed && on_day(p.created_at)
-        })
+        .filter(|p| p.channel == channel && p.status.paid_out() && on_day(p.created_at))
         .cloned()
         .collect();
     payouts.sort_by(|a, b| (a.created_at, &a.payout_no).cmp(&(b.created_at, &b.payout_no)));

@@ -10,10 +10,12 @@
 //! | --- | --- |
 //! | `acct_invalid` | refused for good: FAILED (`account_invalid`), nothing paid |
 //! | `acct_timeout` | paid at once, but the answer comes only after `timeout_hold_ms` |
-//! | `acct_returned` | paid (SUCCEEDED), then sent back by the payee's bank after `payout_return_delay`: RETURNED (`account_closed`), reported by a signed webhook to the payout's `notify_url` |
+//! | `acct_returned` | paid (SUCCEEDED), then sent back by the payee's bank after `payout_return_delay`: RETURNED (`account_closed`), reported by a signed webhook to the payout's `notify_url`, sent again until it is taken (2xx) |
+//! | `acct_pending` | accepted but never decided: PROCESSING for good, no fee taken, nothing paid (not on the statement); a re-send and a query answer the same |
 //! | any other | paid at once: SUCCEEDED |
 //!
-//! The channel takes its fee on every payout it pays, a returned one too.
+//! The channel takes its fee on every payout it pays, a returned one too;
+//! the statement lists those, never a failed or a processing one.
 
 use axum::{
     Json,
@@ -56,7 +58,8 @@ impl Gateway {
     }
 
     /// Posts a returned payout's notice, signed like every webhook, once
-    /// its bank has sent it back.
+    /// its bank has sent it back, until the receiver takes it: nothing
+    /// else would tell it of the return.
     fn notify_return_later(&self, payout: Payout, url: String) {
         let Some(channel) = self.channel(&payout.channel).cloned() else {
             return;
@@ -75,10 +78,13 @@ impl Gateway {
                 status: now.status,
                 amount: now.amount,
                 currency: now.currency.clone(),
+                fee: now.fee,
                 reason: now.reason.clone(),
                 occurred_at: at,
             };
-            gateway.post_signed(&url, &channel.secret, &notice).await;
+            gateway
+                .post_signed_until_taken(&url, &channel.secret, &notice)
+                .await;
         });
     }
 }
@@ -126,22 +132,24 @@ pub(crate) async fn create(
         }
         let refused = request.account == "acct_invalid";
         let returns = request.account == "acct_returned";
+        let status = match request.account.as_str() {
+            "acct_invalid" => PayoutStatus::Failed,
+            "acct_pending" => PayoutStatus::Processing,
+            _ => PayoutStatus::Succeeded,
+        };
         let payout = Payout {
             channel,
             payout_no: request.payout_no,
             amount: request.amount,
             currency: request.currency,
             account: request.account.clone(),
-            status: if refused {
-                PayoutStatus::Failed
-            } else {
-                PayoutStatus::Succeeded
-            },
+            status,
             reason: refused.then(|| "account_invalid".to_owned()),
-            fee: if refused {
-                Decimal::ZERO
-            } else {
+            // a fee only on money that left
+            fee: if status.paid_out() {
                 fee(request.amount, config.fee_rate)
+            } else {
+                Decimal::ZERO
             },
             created_at: now,
             returned_at: returns.then(|| {
@@ -303,6 +311,30 @@ mod tests {
             (StatusCode::OK, failed)
         );
         assert!(gw.statement().await.payouts.is_empty(), "nothing paid out");
+    }
+
+    #[tokio::test]
+    async fn a_pending_payout_stays_processing_without_a_fee_and_off_the_statement() {
+        let gw = running().await;
+        let processing = json!({"payout_no": "p-wait", "amount": "250.00", "currency": "CNY", "fee": "0",
+                                "status": "PROCESSING"});
+        assert_eq!(
+            gw.pay("p-wait", "acct_pending").await,
+            (StatusCode::OK, processing.clone())
+        );
+        // never decided: not by time, nor by a re-send
+        tokio::time::sleep(RETURN_DELAY + Duration::from_millis(50)).await;
+        assert_eq!(
+            gw.pay("p-wait", "acct_pending").await,
+            (StatusCode::OK, processing.clone()),
+            "a re-send answers the same"
+        );
+        assert_eq!(gw.query("p-wait").await, (StatusCode::OK, processing));
+        assert!(gw.statement().await.payouts.is_empty(), "nothing paid out");
+        assert_eq!(
+            gw.gw.payout(CARD, "p-wait").map(|p| p.status),
+            Some(PayoutStatus::Processing)
+        );
     }
 
     #[tokio::test]

@@ -223,6 +223,16 @@ pub enum PayoutStatus {
     /// Paid, then sent back by the payee's bank (a closed account): the
     /// money is back with the channel, and so with us.
     Returned,
+    /// Accepted, not decided (yet): no money has left.
+    Processing,
+}
+
+impl PayoutStatus {
+    /// Whether the money left the channel for the payee (a returned
+    /// payout's did, then came back): what a statement lists.
+    pub fn paid_out(self) -> bool {
+        matches!(self, PayoutStatus::Succeeded | PayoutStatus::Returned)
+    }
 }
 
 /// A payout as the gateway keeps it, deduplicated on (channel, payout_no).
@@ -237,7 +247,8 @@ pub struct Payout {
     pub status: PayoutStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The channel's fee on it (none on a failed one; a returned one keeps it).
+    /// The channel's fee on it (none on a failed or a processing one; a
+    /// returned one keeps it).
     #[serde(with = "rust_decimal::serde::str")]
     pub fee: Decimal,
     pub created_at: DateTime<Utc>,
@@ -257,6 +268,9 @@ pub struct PayoutNotice {
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
+    /// The channel's fee on the payout: it keeps it on a return too.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fee: Decimal,
     pub reason: Option<String>,
     /// When the gateway decided this status.
     pub occurred_at: DateTime<Utc>,

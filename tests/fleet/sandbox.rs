@@ -131,6 +131,21 @@ impl World {
         self.fleet.ingress_port.expect("the world's fleet listens")
     }
 
+    /// `payfleet worker channel-call` against the scenario, on a listener
+    /// of its own: a process a test can kill mid-call.
+    pub fn channel_call_process(&self) -> anyhow::Result<tokio::process::Child> {
+        Ok(fleet::payfleet(&self.env)
+            .args(["worker", "channel-call"])
+            .env(
+                "PAYFLEET_HTTP_ADDR",
+                format!("127.0.0.1:{}", payfleet_tests::free_port()),
+            )
+            // the in-process fleet holds the world's webhook ingress
+            .env("PAYFLEET_INGRESS_ADDR", "127.0.0.1:0")
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
     /// Adds a channel to the routing table, at the gateway the others use.
     pub async fn add_channel(
         &self,
@@ -340,6 +355,8 @@ impl World {
         for (channel, base_url) in channels {
             // per currency: (handed over, fees, refunded) as the channel says
             let mut theirs: BTreeMap<String, (Decimal, Decimal, Decimal)> = BTreeMap::new();
+            // per currency: (paid out of what it holds for us, its fees) on payouts
+            let mut their_payouts: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
             let today = Utc::now().date_naive();
             for day in [today.pred_opt().unwrap_or(today), today] {
                 let statement: Value = reqwest::get(format!(
@@ -366,7 +383,42 @@ impl World {
                     sums.2 += money("refunded")?;
                     *channel_fees.entry(currency).or_default() += money("fee")?;
                 }
+                for payout in statement["payouts"].as_array().into_iter().flatten() {
+                    let money = |field: &str| -> anyhow::Result<Decimal> {
+                        Ok(payout[field].as_str().unwrap_or_default().parse()?)
+                    };
+                    let currency = payout["currency"].as_str().unwrap_or_default().to_owned();
+                    let sums = their_payouts.entry(currency.clone()).or_default();
+                    // a returned payout's money came back; the channel kept its fee
+                    if payout["status"] == "SUCCEEDED" {
+                        sums.0 += money("amount")?;
+                    }
+                    sums.0 += money("fee")?;
+                    sums.1 += money("fee")?;
+                    *channel_fees.entry(currency).or_default() += money("fee")?;
+                }
             }
+            let our_payouts: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
+                "SELECT a.currency::text,
+                        COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external'), 0),
+                        COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'platform_cost'), 0)
+                 FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.id = p.entry_id
+                 WHERE a.owner_id IN ('clearing:' || $1, 'channel-costs:' || $1)
+                   AND j.kind IN ('withdrawal', 'withdrawal_returned')
+                 GROUP BY a.currency",
+            )
+            .bind(&channel)
+            .fetch_all(self.pool())
+            .await?;
+            let our_payouts: BTreeMap<String, (Decimal, Decimal)> = our_payouts
+                .into_iter()
+                .map(|(currency, paid_out, fees)| (currency, (paid_out, fees)))
+                .collect();
+            assert_eq!(
+                our_payouts, their_payouts,
+                "{channel}: per currency, the clearing account paid out the payouts (and their fees) and the platform \
+                 bore the fees, as the channel's statement lists them"
+            );
             let ours: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
                 "SELECT a.currency::text,
                         COALESCE(-sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount < 0), 0),
@@ -374,6 +426,7 @@ impl World {
                         COALESCE(sum(p.amount) FILTER (WHERE a.owner_kind = 'external' AND p.amount > 0), 0)
                  FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.id = p.entry_id
                  WHERE a.owner_id IN ('clearing:' || $1, 'channel-costs:' || $1)
+                   AND j.kind NOT IN ('withdrawal', 'withdrawal_returned')
                    -- a reversed trade is listed REVERSED, with nothing moved: its payment and
                    -- reversal entries net to nothing (checked trade by trade by the invariants)
                    AND NOT EXISTS (SELECT 1 FROM refunds v WHERE v.kind = 'reversal' AND v.status = 'succeeded'
@@ -404,6 +457,9 @@ impl World {
                       JOIN payments p ON p.id = d.payment_id WHERE p.status = 'settled' AND d.currency = c.currency)
                     - (SELECT COALESCE(sum(r.fee_back), 0) FROM refund_allocations r
                         WHERE r.status = 'booked' AND r.currency = c.currency)
+                    -- the withdrawal fees of payouts made and not returned
+                    + (SELECT COALESCE(sum(w.fee), 0) FROM withdrawals w
+                        WHERE w.status = 'succeeded' AND w.currency = c.currency)
              FROM (SELECT DISTINCT currency FROM accounts WHERE owner_kind IN ('platform', 'platform_cost')) c",
         )
         .fetch_all(self.pool())

@@ -1,20 +1,27 @@
-//! Webhook ingress: `POST /callbacks/<channel>/<payment id>`. The channel's
-//! adapter verifies the notice (its signature and timestamp window) and
-//! reads it; the ingress knows no channel by name. It stores the raw
-//! payload in the integration log (with the body byte for byte and the
-//! signed timestamp and signature as sent, so it can be verified again),
-//! publishes the result to the callback stage with a confirm, and answers
-//! 200 fast. A bad or stale signature gets 401 and changes nothing; a
-//! notice that decides nothing yet (pending) is logged and acknowledged
-//! (statuses never move backwards). A webhook for an attempt not yet
-//! committed is published all the same: the callback stage retries it
-//! until it is. A notice is taken only for an attempt of the payment in its
-//! address, at the channel of its address, which is also the channel it
-//! names; anything else is refused with a 4xx, counted and logged as
-//! refused, and kept out of every payment's integration log. A notice
-//! about a refund of the attempt's charge (a refund the channel finished
-//! later) goes to callback as the refund's result, held to the addressed
-//! payment there.
+//! Webhook ingress: `POST /callbacks/<channel>/<payment id>` for trades
+//! and their refunds, `POST /callbacks/<channel>/payouts/<withdrawal id>`
+//! for payouts. The channel's adapter verifies the notice (its signature
+//! and timestamp window) and reads it; the ingress knows no channel by name.
+//! It stores the raw payload in the integration log (with the body byte for
+//! byte and the signed timestamp and signature as sent, so it can be
+//! verified again), publishes the result to the callback stage with a
+//! confirm, and answers 200 fast. A bad or stale signature gets 401 and
+//! changes nothing; a notice that decides nothing yet (pending) is logged
+//! and acknowledged (statuses never move backwards). A webhook for an
+//! attempt not yet committed is published all the same: the callback stage
+//! retries it until it is. A notice is taken only for an attempt of the
+//! payment in its address, at the channel of its address, which is also
+//! the channel it names; anything else is refused with a 4xx, counted and
+//! logged as refused, and kept out of every payment's integration log. A
+//! notice about a refund of the attempt's charge (a refund the channel
+//! finished later) goes to callback as the refund's result, held to the
+//! addressed payment there.
+//!
+//! A payout's notice (a paid payout sent back by the payee's bank, say) is
+//! taken the same way for the withdrawal in its address, at the channel
+//! that pays it out: it goes to the payouts' integration log
+//! (`withdrawal_log`) and, when final, to callback as the withdrawal's
+//! result; a duplicate notice is the same message.
 
 use std::sync::Arc;
 
@@ -28,12 +35,15 @@ use axum::{
 use payfleet_common::{
     AttemptId, PaymentId,
     broker::{self, Outgoing},
-    messages::{ChannelResult, ChannelStatus, RefundStep, SCHEMA_VERSION, kind},
+    messages::{ChannelResult, ChannelStatus, RefundStep, SCHEMA_VERSION, kind, stable_id},
     runtime::Shared,
 };
 use serde_json::Value;
+use uuid::Uuid;
 
-use crate::channels::{AdapterError, Adapters, WebhookNotice, WebhookRefusal};
+mod payout;
+
+use crate::channels::{AdapterError, Adapters, ChannelAdapter, WebhookNotice, WebhookRefusal};
 
 /// The payment's route, and the owner and channel of the notice's attempt
 /// when it is committed.
@@ -50,6 +60,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let adapters = Adapters::new(shared.settings.channel_timeout);
     Router::new()
         .route("/callbacks/{channel}/{payment_id}", post(receive))
+        .route(
+            "/callbacks/{channel}/payouts/{withdrawal_id}",
+            post(payout::receive),
+        )
         .with_state(Arc::new(Ingress { shared, adapters }))
 }
 
@@ -108,7 +122,7 @@ async fn receive(
         return hand_to_callback(
             shared,
             channel_notice_id(&channel, &notice),
-            payment_id,
+            &payment_id.to_string(),
             kind::REFUND_RESULT,
             &step,
         )
@@ -128,36 +142,48 @@ async fn verify(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<WebhookNotice, Answer> {
-    let adapter = match ingress.adapters.get(&ingress.shared.pool, channel).await {
-        Ok(adapter) => adapter,
-        Err(AdapterError::Unknown(_) | AdapterError::Unbuildable { .. }) => {
-            return Err((StatusCode::NOT_FOUND, "unknown channel\n"));
-        }
-        Err(error) => {
-            tracing::warn!(%error, "webhook ingress: channel unavailable");
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "try again\n"));
-        }
-    };
+    let adapter = adapter(ingress, channel).await?;
     let tolerance = ingress.shared.settings.callback_tolerance;
     adapter
         .verify_webhook(headers, body, tolerance)
-        .map_err(|refusal| match refusal {
-            WebhookRefusal::NotTaken => (StatusCode::NOT_FOUND, "unknown channel\n"),
-            WebhookRefusal::BadSignature => {
-                metrics::counter!("payfleet_webhooks_in_total", "result" => "bad_signature")
-                    .increment(1);
-                (StatusCode::UNAUTHORIZED, "bad signature\n")
-            }
-            WebhookRefusal::Stale => {
-                metrics::counter!("payfleet_webhooks_in_total", "result" => "stale").increment(1);
-                (StatusCode::UNAUTHORIZED, "stale timestamp\n")
-            }
-            WebhookRefusal::Unreadable => (StatusCode::BAD_REQUEST, "unreadable notice\n"),
-            WebhookRefusal::UnreadableMoney => {
-                (StatusCode::BAD_REQUEST, "unreadable amount or currency\n")
-            }
-            WebhookRefusal::UnknownAttempt => (StatusCode::BAD_REQUEST, "unknown out_trade_no\n"),
-        })
+        .map_err(refusal_answer)
+}
+
+/// The adapter of the channel in a notice's address, or the answer that
+/// refuses the notice.
+async fn adapter(ingress: &Ingress, channel: &str) -> Result<Arc<dyn ChannelAdapter>, Answer> {
+    match ingress.adapters.get(&ingress.shared.pool, channel).await {
+        Ok(adapter) => Ok(adapter),
+        Err(AdapterError::Unknown(_) | AdapterError::Unbuildable { .. }) => {
+            Err((StatusCode::NOT_FOUND, "unknown channel\n"))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "webhook ingress: channel unavailable");
+            Err((StatusCode::SERVICE_UNAVAILABLE, "try again\n"))
+        }
+    }
+}
+
+/// The answer to a notice its adapter refused, counted when it is a
+/// forgery or a replay; a trade's and a payout's alike.
+fn refusal_answer(refusal: WebhookRefusal) -> Answer {
+    match refusal {
+        WebhookRefusal::NotTaken => (StatusCode::NOT_FOUND, "unknown channel\n"),
+        WebhookRefusal::BadSignature => {
+            metrics::counter!("payfleet_webhooks_in_total", "result" => "bad_signature")
+                .increment(1);
+            (StatusCode::UNAUTHORIZED, "bad signature\n")
+        }
+        WebhookRefusal::Stale => {
+            metrics::counter!("payfleet_webhooks_in_total", "result" => "stale").increment(1);
+            (StatusCode::UNAUTHORIZED, "stale timestamp\n")
+        }
+        WebhookRefusal::Unreadable => (StatusCode::BAD_REQUEST, "unreadable notice\n"),
+        WebhookRefusal::UnreadableMoney => {
+            (StatusCode::BAD_REQUEST, "unreadable amount or currency\n")
+        }
+        WebhookRefusal::UnknownAttempt => (StatusCode::BAD_REQUEST, "unknown out_trade_no\n"),
+    }
 }
 
 /// Why a notice for `attempt_id` does not belong to `payment_id` at
@@ -222,7 +248,7 @@ async fn publish(
     hand_to_callback(
         shared,
         message_id,
-        payment_id,
+        &payment_id.to_string(),
         kind::CHANNEL_RESULT,
         &result,
     )
@@ -230,15 +256,16 @@ async fn publish(
 }
 
 /// One id per channel notice: a duplicate webhook is the same message.
-fn channel_notice_id(channel: &str, notice: &WebhookNotice) -> uuid::Uuid {
-    payfleet_common::messages::stable_id(&["webhook", channel, &notice.reference, &notice.event])
+fn channel_notice_id(channel: &str, notice: &WebhookNotice) -> Uuid {
+    stable_id(&["webhook", channel, &notice.reference, &notice.event])
 }
 
-/// Publishes what a notice says to the callback stage, with a confirm.
+/// Publishes what a notice says to the callback stage, with a confirm;
+/// `correlation_id` is the payment's or the withdrawal's id.
 async fn hand_to_callback(
     shared: &Shared,
-    message_id: uuid::Uuid,
-    payment_id: PaymentId,
+    message_id: Uuid,
+    correlation_id: &str,
     message_type: &str,
     body: &impl serde::Serialize,
 ) -> Answer {
@@ -251,7 +278,7 @@ async fn hand_to_callback(
         body,
         properties: broker::properties(
             &message_id.to_string(),
-            Some(&payment_id.to_string()),
+            Some(correlation_id),
             Some(message_type),
         ),
     };
@@ -275,8 +302,7 @@ fn refuse(
     attempt_id: AttemptId,
     status: StatusCode,
     why: &'static str,
-) -> (StatusCode, &'static str) {
-    metrics::counter!("payfleet_webhooks_in_total", "result" => "refused").increment(1);
+) -> Answer {
     tracing::warn!(
         channel,
         %payment_id,
@@ -284,5 +310,11 @@ fn refuse(
         why = why.trim_end(),
         "webhook refused"
     );
+    refused(status, why)
+}
+
+/// Counts a refused notice and answers it with `status`.
+fn refused(status: StatusCode, why: &'static str) -> Answer {
+    metrics::counter!("payfleet_webhooks_in_total", "result" => "refused").increment(1);
     (status, why)
 }

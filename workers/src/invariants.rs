@@ -2,7 +2,10 @@
 //! at every commit (constraints enforce it; checked anyway); the second once
 //! the fleet is quiet (nothing in flight, roll-ups done). The demo and every
 //! end-to-end test run both. [`against_channel_statements`] checks the books
-//! against the independent party: each channel's own statement.
+//! against the independent party: each channel's own statement, its
+//! trades here and its payouts in `payouts`.
+
+mod payouts;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,9 +60,11 @@ const WHEN_QUIET: &[(&str, &str)] = &[
     ("each account balance equals the sum of its postings",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind <> 'external'
         AND a.total <> COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0)"),
-    ("frozen amounts equal the open freezes",
+    ("a wallet's frozen amount is its open payments' freezes and its withdrawals not yet paid out or released",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'user'
-        AND a.frozen <> COALESCE((SELECT sum(amount) FROM reservations r WHERE r.account_id = a.id AND r.status = 'tried'), 0)"),
+        AND a.frozen <> COALESCE((SELECT sum(amount) FROM reservations r WHERE r.account_id = a.id AND r.status = 'tried'), 0)
+                      + COALESCE((SELECT sum(amount) FROM withdrawals w WHERE w.account_id = a.id
+                                   AND w.status IN ('frozen', 'sending', 'unknown', 'exception')), 0)"),
     ("each stock bucket's reserved units are the open reservations it gave",
      "SELECT count(*) FROM stock_buckets b
         WHERE b.reserved <> COALESCE((SELECT sum(rb.quantity) FROM stock_reservation_buckets rb
@@ -87,13 +92,14 @@ const WHEN_QUIET: &[(&str, &str)] = &[
                       WHERE d.seller_id = a.owner_id AND d.currency = a.currency AND p.status = 'settled'), 0)
           - COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
                       WHERE r.account_id = a.id AND r.status = 'booked'), 0)"),
-    ("the fee account holds the settled fees less the shares given back with paid refunds",
+    ("the fee account holds the settled fees less the shares given back with paid refunds, and the fees of withdrawals paid out and not returned",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'platform'
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
             COALESCE((SELECT sum(d.fee_amount) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
                       WHERE d.currency = a.currency AND p.status = 'settled'), 0)
           - COALESCE((SELECT sum(r.fee_back) FROM refund_allocations r
-                      WHERE r.currency = a.currency AND r.status = 'booked'), 0)"),
+                      WHERE r.currency = a.currency AND r.status = 'booked'), 0)
+          + COALESCE((SELECT sum(w.fee) FROM withdrawals w WHERE w.currency = a.currency AND w.status = 'succeeded'), 0)"),
     ("the platform's accounts hold its fees, less the shares given back and the channels' fees",
      "SELECT count(*) FROM (SELECT DISTINCT currency FROM accounts WHERE owner_kind IN ('platform', 'platform_cost')) c
         WHERE (SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
@@ -106,7 +112,12 @@ const WHEN_QUIET: &[(&str, &str)] = &[
                 WHERE t.fee IS NOT NULL AND t.charged_currency = c.currency
                   -- a channel keeps no fee on a charge it reversed
                   AND NOT EXISTS (SELECT 1 FROM refunds v WHERE v.attempt_id = t.id
-                                   AND v.kind = 'reversal' AND v.status = 'succeeded'))"),
+                                   AND v.kind = 'reversal' AND v.status = 'succeeded'))
+            -- withdrawals: the platform keeps the fee of those paid out and
+            -- not returned; the payout channel keeps its fee on every payout it made
+            + (SELECT COALESCE(sum(w.fee), 0) FROM withdrawals w WHERE w.currency = c.currency AND w.status = 'succeeded')
+            - (SELECT COALESCE(sum(w.channel_fee), 0) FROM withdrawals w
+                WHERE w.currency = c.currency AND w.status IN ('succeeded', 'returned'))"),
     ("a merchant's frozen balance is exactly its reservations for refunds in flight",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
         AND a.frozen <> COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
@@ -140,6 +151,30 @@ const WHEN_QUIET: &[(&str, &str)] = &[
                          AND e.event_type = CASE WHEN f.kind = 'reversal'
                              THEN CASE WHEN f.status = 'succeeded' THEN 'payment.reversed' ELSE 'payment.reversal_failed' END
                              ELSE CASE WHEN f.status = 'succeeded' THEN 'refund.succeeded' ELSE 'refund.failed' END END)"),
+    ("every withdrawal is finished, or an exception left frozen for ops",
+     "SELECT count(*) FROM withdrawals WHERE status NOT IN ('refused', 'failed', 'succeeded', 'returned', 'exception')"),
+    ("a paid-out withdrawal has its entry, a returned one its return entry too, and only those",
+     "SELECT count(*) FROM withdrawals w
+        WHERE (w.status IN ('succeeded', 'returned')) <> EXISTS (SELECT 1 FROM journal_entries j
+                                                                  WHERE j.reference = w.id::text AND j.kind = 'withdrawal')
+           OR (w.status = 'returned') <> EXISTS (SELECT 1 FROM journal_entries j
+                                                  WHERE j.reference = w.id::text AND j.kind = 'withdrawal_returned')
+           OR (w.status IN ('succeeded', 'returned', 'failed')) <> (w.booked_at IS NOT NULL)
+           OR (w.status = 'returned') <> (w.returned_booked_at IS NOT NULL)"),
+    ("a withdrawal's wallet lost exactly what was paid out and not returned",
+     "SELECT count(*) FROM withdrawals w
+        WHERE COALESCE((SELECT sum(p.amount) FROM postings p JOIN journal_entries j ON j.id = p.entry_id
+                         JOIN accounts a ON a.id = p.account_id
+                        WHERE j.reference = w.id::text AND a.owner_kind = 'user'), 0)
+              <> CASE WHEN w.status = 'succeeded' THEN -w.amount ELSE 0 END"),
+    ("every finished withdrawal has its outcome events",
+     "SELECT count(*) FROM withdrawals w
+        WHERE (w.status IN ('refused', 'failed') AND NOT EXISTS (SELECT 1 FROM payment_events e
+                 WHERE e.withdrawal_id = w.id AND e.event_type = 'withdrawal.failed'))
+           OR (w.status IN ('succeeded', 'returned') AND NOT EXISTS (SELECT 1 FROM payment_events e
+                 WHERE e.withdrawal_id = w.id AND e.event_type = 'withdrawal.succeeded'))
+           OR (w.status = 'returned' AND NOT EXISTS (SELECT 1 FROM payment_events e
+                 WHERE e.withdrawal_id = w.id AND e.event_type = 'withdrawal.returned'))"),
     ("payer refunds payable equal the refunds still owed",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'payable' AND a.owner_id LIKE 'payer-refunds:%'
         AND a.total <> COALESCE((SELECT sum(r.amount) FROM refunds r WHERE r.status = 'owed'
@@ -316,6 +351,8 @@ pub async fn against_channel_statements(
              FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.id = p.entry_id
              WHERE ((a.owner_kind = 'external' AND a.owner_id = 'clearing:' || $1)
                     OR (a.owner_kind = 'platform_cost' AND a.owner_id = 'channel-costs:' || $1))
+               -- payouts are matched on their own (`payouts`)
+               AND j.kind NOT IN ('withdrawal', 'withdrawal_returned')
                AND (j.attempt_id = ANY($2) OR (j.attempt_id IS NULL AND j.created_at >= $3))
              GROUP BY j.attempt_id, a.currency",
         )
@@ -374,6 +411,9 @@ pub async fn against_channel_statements(
                 violations,
             });
         }
+        report.checks.extend(
+            payouts::against_statement_payouts(pool, &http, (&channel, &base_url), since).await?,
+        );
     }
     Ok(report)
 }

@@ -83,7 +83,7 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
             .background("request-receipts", order_validation::run_receipt_pruning);
     }
     if wanted(fund_freeze::NAME) {
-        fleet = fleet.stage(OnPayment(fund_freeze::FundFreeze))?;
+        fleet = fleet.stage(OnPayment(fund_freeze::FundFreeze::new(&settings)))?;
     }
     if wanted(channel_call::NAME) {
         let redis = fleet.shared().locks.clone();

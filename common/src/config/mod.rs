@@ -145,6 +145,16 @@ pub struct Settings {
     #[serde(rename = "risk_velocity_window_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub risk_velocity_window: Duration,
+    /// Withdrawals: the platform's fee, in basis points of what leaves the
+    /// wallet (10 = 0.1 %), rounded to the cent; the payee receives the rest.
+    pub withdrawal_fee_basis_points: u32,
+    /// Withdrawals: per currency, the most one withdrawal may take, in whole
+    /// units. A currency with no entry takes no withdrawals (`unsupported_currency`).
+    pub withdrawal_limit_per_withdrawal: BTreeMap<String, u64>,
+    /// Withdrawals: per currency, the most one user may withdraw in a business
+    /// day (of `business_time_zone`), in whole units; the same currencies as
+    /// `withdrawal_limit_per_withdrawal`, none below it.
+    pub withdrawal_limit_per_day: BTreeMap<String, u64>,
     /// Merchant webhook retry schedule (delay before each retry).
     #[serde(rename = "webhook_delays_ms")]
     #[serde_as(as = "Vec<DurationMilliSeconds<u64>>")]
@@ -268,6 +278,23 @@ impl Default for Settings {
                 ("HKD", 22_000),
                 ("SGD", 3_800),
             ]),
+            withdrawal_fee_basis_points: 10,
+            withdrawal_limit_per_withdrawal: per_currency(&[
+                ("CNY", 50_000),
+                ("USD", 7_000),
+                ("EUR", 6_500),
+                ("GBP", 5_500),
+                ("HKD", 55_000),
+                ("SGD", 9_500),
+            ]),
+            withdrawal_limit_per_day: per_currency(&[
+                ("CNY", 200_000),
+                ("USD", 28_000),
+                ("EUR", 26_000),
+                ("GBP", 22_000),
+                ("HKD", 220_000),
+                ("SGD", 38_000),
+            ]),
             risk_velocity_limit: 20,
             risk_velocity_window: Duration::from_millis(3_600_000),
             // 10 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h, 12 h: about a day in all
@@ -356,50 +383,14 @@ impl Settings {
                 return Err(invalid(name, "must be greater than zero"));
             }
         }
-        if self.retry_delays.is_empty() {
-            return Err(invalid("retry_delays_ms", "needs at least one delay level"));
-        }
-        if self.retry_delays.windows(2).any(|w| w[0] >= w[1]) || self.retry_delays[0].is_zero() {
-            return Err(invalid(
-                "retry_delays_ms",
-                "delays must be positive and strictly increasing",
-            ));
-        }
-        let schedule = self.retry_schedule();
-        if self.request_max_age <= schedule {
-            return Err(invalid(
-                "request_max_age_ms",
-                format!(
-                    "must be longer than the whole retry schedule: {} ms ({} retries over retry_delays_ms)",
-                    schedule.as_millis(),
-                    self.max_attempts.saturating_sub(1)
-                ),
-            ));
-        }
-        if let Err(reason) = self.business_time_zone.parse::<chrono_tz::Tz>() {
-            return Err(invalid(
-                "business_time_zone",
-                format!("{reason}: use an IANA zone name such as UTC or Asia/Shanghai"),
-            ));
-        }
-        if self.webhook_delays.is_empty() || self.webhook_delays.iter().any(Duration::is_zero) {
-            return Err(invalid(
-                "webhook_delays_ms",
-                "needs at least one positive delay",
-            ));
-        }
-        if self.status_query_delays.is_empty() {
-            return Err(invalid(
-                "status_query_delays_ms",
-                "needs at least one delay",
-            ));
-        }
+        self.validate_schedules()?;
         if !(self.callback_base_url.starts_with("http://")
             || self.callback_base_url.starts_with("https://"))
         {
             return Err(invalid("callback_base_url", "must be an http(s) URL"));
         }
         self.validate_risk_thresholds()?;
+        self.validate_withdrawal_limits()?;
         self.validate_batches()?;
         if self.lock_ttl < Duration::from_millis(300) {
             return Err(invalid("lock_ttl_ms", "must be at least 300 ms"));
@@ -636,6 +627,44 @@ mod tests {
             (
                 "risk_challenge_amount = { USD = 8000 }",
                 "`risk_challenge_amount`",
+            ),
+        ];
+        for (toml, named) in cases {
+            let err = with(toml).unwrap_err().to_string();
+            assert!(err.contains(named), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn withdrawal_limits_are_per_currency_and_a_bad_one_names_its_setting() {
+        let s = with("").expect("defaults are valid");
+        for currency in crate::money::CURRENCIES {
+            assert!(
+                s.withdrawal_limit_per_withdrawal.contains_key(*currency)
+                    && s.withdrawal_limit_per_day.contains_key(*currency),
+                "{currency}"
+            );
+        }
+        let cases = [
+            (
+                "withdrawal_fee_basis_points = 10000",
+                "`withdrawal_fee_basis_points`",
+            ),
+            (
+                "withdrawal_fee_basis_points = -1",
+                "`withdrawal_fee_basis_points`",
+            ),
+            (
+                "withdrawal_limit_per_withdrawal = { CNY = 300000 }",
+                "`withdrawal_limit_per_withdrawal`",
+            ),
+            (
+                "withdrawal_limit_per_day = { XYZ = 10 }",
+                "`withdrawal_limit_per_day`",
+            ),
+            (
+                "withdrawal_limit_per_day = { USD = 0 }",
+                "`withdrawal_limit_per_day`",
             ),
         ];
         for (toml, named) in cases {

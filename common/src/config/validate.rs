@@ -1,6 +1,6 @@
 //! The checks of settings that relate several values to each other.
 
-use std::{net::SocketAddr, str::FromStr};
+use std::{collections::BTreeMap, net::SocketAddr, str::FromStr, time::Duration};
 
 use super::{ConfigError, Settings, invalid};
 
@@ -44,54 +44,75 @@ impl Settings {
     /// Both threshold maps name the same accepted currencies, with positive
     /// amounts, and no challenge threshold above its block threshold.
     pub(super) fn validate_risk_thresholds(&self) -> Result<(), ConfigError> {
-        for (name, map) in [
-            ("risk_block_amount", &self.risk_block_amount),
+        per_currency_pair(
             ("risk_challenge_amount", &self.risk_challenge_amount),
-        ] {
-            for (currency, amount) in map {
-                if crate::money::currency(currency).is_err() {
-                    return Err(invalid(
-                        name,
-                        format!(
-                            "`{currency}` is not an accepted currency ({})",
-                            crate::money::CURRENCIES.join(", ")
-                        ),
-                    ));
-                }
-                if *amount == 0 {
-                    return Err(invalid(
-                        name,
-                        format!("{currency}: must be greater than zero"),
-                    ));
-                }
-            }
+            ("risk_block_amount", &self.risk_block_amount),
+        )
+    }
+
+    /// The retry, request, webhook and status-query schedules, and the
+    /// business day's zone.
+    pub(super) fn validate_schedules(&self) -> Result<(), ConfigError> {
+        if self.retry_delays.is_empty() {
+            return Err(invalid("retry_delays_ms", "needs at least one delay level"));
         }
-        for currency in self.risk_block_amount.keys() {
-            if !self.risk_challenge_amount.contains_key(currency) {
-                return Err(invalid(
-                    "risk_challenge_amount",
-                    format!("has no {currency} entry, but risk_block_amount has"),
-                ));
-            }
+        if self.retry_delays.windows(2).any(|w| w[0] >= w[1]) || self.retry_delays[0].is_zero() {
+            return Err(invalid(
+                "retry_delays_ms",
+                "delays must be positive and strictly increasing",
+            ));
         }
-        for (currency, challenge) in &self.risk_challenge_amount {
-            match self.risk_block_amount.get(currency) {
-                None => {
-                    return Err(invalid(
-                        "risk_block_amount",
-                        format!("has no {currency} entry, but risk_challenge_amount has"),
-                    ));
-                }
-                Some(block) if challenge > block => {
-                    return Err(invalid(
-                        "risk_challenge_amount",
-                        format!("{currency}: {challenge} exceeds risk_block_amount's {block}"),
-                    ));
-                }
-                Some(_) => {}
-            }
+        let schedule = self.retry_schedule();
+        if self.request_max_age <= schedule {
+            return Err(invalid(
+                "request_max_age_ms",
+                format!(
+                    "must be longer than the whole retry schedule: {} ms ({} retries over retry_delays_ms)",
+                    schedule.as_millis(),
+                    self.max_attempts.saturating_sub(1)
+                ),
+            ));
+        }
+        if let Err(reason) = self.business_time_zone.parse::<chrono_tz::Tz>() {
+            return Err(invalid(
+                "business_time_zone",
+                format!("{reason}: use an IANA zone name such as UTC or Asia/Shanghai"),
+            ));
+        }
+        if self.webhook_delays.is_empty() || self.webhook_delays.iter().any(Duration::is_zero) {
+            return Err(invalid(
+                "webhook_delays_ms",
+                "needs at least one positive delay",
+            ));
+        }
+        if self.status_query_delays.is_empty() {
+            return Err(invalid(
+                "status_query_delays_ms",
+                "needs at least one delay",
+            ));
         }
         Ok(())
+    }
+
+    /// The withdrawal limits name the same accepted currencies, with
+    /// positive amounts, and no per-withdrawal limit above the daily one.
+    pub(super) fn validate_withdrawal_limits(&self) -> Result<(), ConfigError> {
+        if self.withdrawal_fee_basis_points >= 10_000 {
+            return Err(invalid(
+                "withdrawal_fee_basis_points",
+                format!(
+                    "{} would take the whole withdrawal: at most 9999",
+                    self.withdrawal_fee_basis_points
+                ),
+            ));
+        }
+        per_currency_pair(
+            (
+                "withdrawal_limit_per_withdrawal",
+                &self.withdrawal_limit_per_withdrawal,
+            ),
+            ("withdrawal_limit_per_day", &self.withdrawal_limit_per_day),
+        )
     }
 
     /// The operators' endpoints and the public webhook ingress listen on
@@ -120,4 +141,58 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Two per-currency maps of whole units (a lower and a higher threshold):
+/// the same accepted currencies in both, each amount positive, and none of
+/// the lower above its higher.
+fn per_currency_pair(
+    (low_name, low): (&'static str, &BTreeMap<String, u64>),
+    (high_name, high): (&'static str, &BTreeMap<String, u64>),
+) -> Result<(), ConfigError> {
+    for (name, map) in [(low_name, low), (high_name, high)] {
+        for (currency, amount) in map {
+            if crate::money::currency(currency).is_err() {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "`{currency}` is not an accepted currency ({})",
+                        crate::money::CURRENCIES.join(", ")
+                    ),
+                ));
+            }
+            if *amount == 0 {
+                return Err(invalid(
+                    name,
+                    format!("{currency}: must be greater than zero"),
+                ));
+            }
+        }
+    }
+    for currency in high.keys() {
+        if !low.contains_key(currency) {
+            return Err(invalid(
+                low_name,
+                format!("has no {currency} entry, but {high_name} has"),
+            ));
+        }
+    }
+    for (currency, lower) in low {
+        match high.get(currency) {
+            None => {
+                return Err(invalid(
+                    high_name,
+                    format!("has no {currency} entry, but {low_name} has"),
+                ));
+            }
+            Some(higher) if lower > higher => {
+                return Err(invalid(
+                    low_name,
+                    format!("{currency}: {lower} exceeds {high_name}'s {higher}"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }

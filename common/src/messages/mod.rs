@@ -19,9 +19,11 @@ pub use status::{
     MAX_REFUNDS_LISTED, PaymentStanding, RefundStanding, StatusError, StatusErrorCode,
     StatusLookup, StatusReply, StatusRequest,
 };
+pub use withdrawal::{WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep};
 
 mod refund;
 mod status;
+mod withdrawal;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -61,6 +63,37 @@ pub mod kind {
     pub const STATUS_REQUEST: &str = "status.request";
     pub const STATUS_REPLY: &str = "status.reply";
 
+    /// A registered requester moves money out of a user's wallet to a bank.
+    pub const WITHDRAWAL_REQUESTED: &str = "withdrawal.requested";
+    /// order-validation → fund-freeze: a withdrawal request that passed its checks.
+    pub const WITHDRAWAL_VALIDATED: &str = "withdrawal.validated";
+    /// fund-freeze → channel-call: the amount is frozen in the wallet.
+    pub const WITHDRAWAL_FROZEN: &str = "withdrawal.frozen";
+    /// channel-call → itself through a delay level: what became of a payout
+    /// the channel gave no final answer to.
+    pub const WITHDRAWAL_QUERY: &str = "withdrawal.query";
+    /// channel-call or the webhook ingress → callback: the channel's answer.
+    pub const WITHDRAWAL_RESULT: &str = "withdrawal.result";
+    /// callback → settlement: the withdrawal's final status, to book or release.
+    pub const WITHDRAWAL_RESOLVED: &str = "withdrawal.resolved";
+    /// Any stage with a withdrawal's final word → notification.
+    pub const WITHDRAWAL_OUTCOME: &str = "withdrawal.outcome";
+
+    /// The withdrawal hand-offs between stages: every one carries a [`super::WithdrawalStep`].
+    pub const WITHDRAWAL_STEPS: [&str; 6] = [
+        WITHDRAWAL_VALIDATED,
+        WITHDRAWAL_FROZEN,
+        WITHDRAWAL_QUERY,
+        WITHDRAWAL_RESULT,
+        WITHDRAWAL_RESOLVED,
+        WITHDRAWAL_OUTCOME,
+    ];
+
+    /// Whether an AMQP `type` is one of the withdrawal hand-offs.
+    pub fn is_withdrawal_step(message_type: Option<&str>) -> bool {
+        message_type.is_some_and(|t| WITHDRAWAL_STEPS.contains(&t))
+    }
+
     /// The refund hand-offs between stages: every one carries a [`super::RefundStep`].
     pub const REFUND_STEPS: [&str; 6] = [
         REFUND_VALIDATED,
@@ -87,6 +120,9 @@ pub mod event {
     pub const REFUND_FAILED: &str = "refund.failed";
     pub const REVERSED: &str = "payment.reversed";
     pub const REVERSAL_FAILED: &str = "payment.reversal_failed";
+    pub const WITHDRAWAL_SUCCEEDED: &str = "withdrawal.succeeded";
+    pub const WITHDRAWAL_FAILED: &str = "withdrawal.failed";
+    pub const WITHDRAWAL_RETURNED: &str = "withdrawal.returned";
 }
 
 /// `payment.requested`: published by upstream on `payfleet.ingress`.

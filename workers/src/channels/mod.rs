@@ -1,5 +1,5 @@
 //! Channels: the [`ChannelAdapter`] trait every payment channel implements
-//! (charge, query, close, refund, verify a webhook), the adapters (the user's wallet,
+//! (charge, query, close, refund, pay out, verify a webhook), the adapters (the user's wallet,
 //! [`balance`]; the sandbox gateway over HTTP, [`sandbox`]), the registry
 //! that builds them from the `channels` table ([`registry`]) and routing
 //! with its circuit breaker ([`routing`]). Stages and the ingress reach a
@@ -113,6 +113,35 @@ pub struct RefundNotice {
     pub result: Option<payfleet_common::messages::RefundResult>,
 }
 
+/// What we ask a payout channel to pay: `payout_no` is our withdrawal id,
+/// the channel's idempotency key, so a re-send pays once.
+#[derive(Debug, Clone)]
+pub struct PayoutRequest {
+    pub payout_no: Uuid,
+    /// What the payee receives.
+    pub amount: Decimal,
+    pub currency: String,
+    /// The payee's bank card or account, as the channel tokenised it.
+    pub payee_account: String,
+    /// Where the channel posts a later change (a return by the payee's bank).
+    pub notify_url: String,
+}
+
+/// A payout channel's webhook about a payout, verified and read.
+#[derive(Debug, Clone)]
+pub struct PayoutNotice {
+    /// Our withdrawal id (the payout's `payout_no`).
+    pub payout_no: Uuid,
+    /// The channel the notice names itself.
+    pub channel: String,
+    /// The answer in the shape of `payout` / `query_payout`'s.
+    pub answer: Value,
+    /// The signed timestamp and the signature as sent, kept with the raw
+    /// body so the notice can be verified again later.
+    pub signed_timestamp: String,
+    pub signature: String,
+}
+
 /// Why a webhook is not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookRefusal {
@@ -152,8 +181,16 @@ pub enum RefundError {
     Unconfirmed { amount: Decimal, answer: Value },
     /// The channel knows no refund by this id: the ask never reached it,
     /// so asking again with the same id is safe.
-    #[error("the {channel} channel knows no refund {refund_id}")]
-    NotFound { channel: String, refund_id: Uuid },
+    #[error("the {channel} channel knows no {what} {id}")]
+    NotFound {
+        channel: String,
+        /// `refund`, `reversal` or `payout`.
+        what: &'static str,
+        id: Uuid,
+    },
+    /// The channel pays nobody out (the user's wallet, say).
+    #[error("the {channel} channel makes no payouts (payout {payout_no})")]
+    NoPayouts { channel: String, payout_no: Uuid },
     /// The channel never took money for this attempt.
     #[error("the {channel} channel took no money for {attempt_id}: nothing to refund there")]
     NothingCharged {
@@ -221,6 +258,37 @@ pub trait ChannelAdapter: Send + Sync {
         attempt_id: AttemptId,
         reversal_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>>;
+    /// Pays a payee out of what the channel holds for us; `request.payout_no`
+    /// is the idempotency key. Answers `{payout_no, amount, currency, fee,
+    /// status, reason?}` with `status` SUCCEEDED, FAILED, RETURNED or
+    /// PROCESSING; a channel that pays nobody out refuses.
+    fn payout<'a>(&'a self, request: &'a PayoutRequest) -> Boxed<'a, Result<Value, RefundError>> {
+        Box::pin(async move {
+            Err(RefundError::NoPayouts {
+                channel: self.name().to_owned(),
+                payout_no: request.payout_no,
+            })
+        })
+    }
+    /// What the channel says of a payout asked before, as `payout` answers;
+    /// one it has never heard of is [`RefundError::NotFound`] (safe to send again).
+    fn query_payout(&self, payout_no: Uuid) -> Boxed<'_, Result<Value, RefundError>> {
+        Box::pin(async move {
+            Err(RefundError::NoPayouts {
+                channel: self.name().to_owned(),
+                payout_no,
+            })
+        })
+    }
+    /// Verifies a payout's webhook the channel posted, as `verify_webhook` does.
+    fn verify_payout_notice(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+        _tolerance: Duration,
+    ) -> Result<PayoutNotice, WebhookRefusal> {
+        Err(WebhookRefusal::NotTaken)
+    }
     /// Verifies a webhook the channel posted (its signature, and that it
     /// was signed within `tolerance` of now) and reads it.
     fn verify_webhook(

@@ -1,5 +1,6 @@
 //! A channel of the sandbox gateway, over HTTP; its webhooks are signed
-//! with the channel's secret in the `x-sandbox-*` headers.
+//! with the channel's secret in the `x-sandbox-*` headers. Its payouts
+//! (asks, queries and their notices) are in [`payouts`].
 //!
 //! The adapter is a client of the gateway's documented HTTP API and links
 //! to none of the gateway's code: it has its own reading of the webhook
@@ -21,9 +22,11 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::{
-    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, RefundError, Unreachable,
-    WebhookNotice, WebhookRefusal, is_currency_code,
+    Boxed, ChannelAdapter, ChannelReply, ChargeRequest, CloseReply, PayoutNotice, PayoutRequest,
+    RefundError, Unreachable, WebhookNotice, WebhookRefusal, is_currency_code,
 };
+
+mod payouts;
 
 /// The header a webhook carries its timestamp (Unix seconds) in.
 const TIMESTAMP_HEADER: &str = "x-sandbox-timestamp";
@@ -166,8 +169,9 @@ impl SandboxChannel {
         format!("{}/channels/{}{path}", self.base_url, self.name)
     }
 
-    /// Asks for money back (a refund or a reversal): SUCCEEDED, PROCESSING
-    /// or FAILED alike come back as the answer, for the caller to read `status`.
+    /// Asks for money back (a refund or a reversal) or out (a payout):
+    /// SUCCEEDED, PROCESSING or FAILED alike come back as the answer, for
+    /// the caller to read `status`.
     async fn give_back(&self, path: &str, body: Value) -> Result<Value, RefundError> {
         match send(self.http.post(self.url(path)).json(&body)).await {
             Ok((status, raw)) if status.is_success() => Ok(raw),
@@ -176,14 +180,50 @@ impl SandboxChannel {
         }
     }
 
-    /// What became of a refund or a reversal asked before; one the channel
+    /// The signed timestamp and the signature a webhook carries, once the
+    /// signature holds for `body` and was made within `tolerance` of now.
+    fn signed(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        tolerance: Duration,
+    ) -> Result<(String, String), WebhookRefusal> {
+        let Some(secret) = &self.webhook_secret else {
+            return Err(WebhookRefusal::NotTaken);
+        };
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (signed_timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
+        let timestamp: i64 = signed_timestamp.parse().unwrap_or(0);
+        let age_ms = (Utc::now().timestamp() - timestamp).abs() * 1000;
+        if !signature_holds(secret, timestamp, body, &signature) {
+            return Err(WebhookRefusal::BadSignature);
+        }
+        if age_ms as u64 > u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX) {
+            return Err(WebhookRefusal::Stale);
+        }
+        Ok((signed_timestamp, signature))
+    }
+
+    /// What became of a refund, a reversal or a payout asked before; one the channel
     /// has never heard of is [`RefundError::NotFound`] (safe to ask again).
-    async fn ask_about(&self, path: String, id: Uuid) -> Result<Value, RefundError> {
+    async fn ask_about(
+        &self,
+        what: &'static str,
+        path: String,
+        id: Uuid,
+    ) -> Result<Value, RefundError> {
         match send(self.http.get(self.url(&path))).await {
             Ok((status, raw)) if status.is_success() => Ok(raw),
             Ok((reqwest::StatusCode::NOT_FOUND, _)) => Err(RefundError::NotFound {
                 channel: self.name.clone(),
-                refund_id: id,
+                what,
+                id,
             }),
             Ok((status, body)) => Err(RefundError::Refused { status, body }),
             Err(error) => Err(error.into()),
@@ -390,7 +430,7 @@ impl ChannelAdapter for SandboxChannel {
         _attempt_id: AttemptId,
         refund_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>> {
-        Box::pin(self.ask_about(format!("/refunds/{refund_id}"), refund_id))
+        Box::pin(self.ask_about("refund", format!("/refunds/{refund_id}"), refund_id))
     }
     fn reverse(
         &self,
@@ -406,7 +446,7 @@ impl ChannelAdapter for SandboxChannel {
         _attempt_id: AttemptId,
         reversal_id: Uuid,
     ) -> Boxed<'_, Result<Value, RefundError>> {
-        Box::pin(self.ask_about(format!("/reversals/{reversal_id}"), reversal_id))
+        Box::pin(self.ask_about("reversal", format!("/reversals/{reversal_id}"), reversal_id))
     }
     fn verify_webhook(
         &self,
@@ -414,26 +454,23 @@ impl ChannelAdapter for SandboxChannel {
         body: &[u8],
         tolerance: Duration,
     ) -> Result<WebhookNotice, WebhookRefusal> {
-        let Some(secret) = &self.webhook_secret else {
-            return Err(WebhookRefusal::NotTaken);
-        };
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let (signed_timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
-        let timestamp: i64 = signed_timestamp.parse().unwrap_or(0);
-        let age_ms = (Utc::now().timestamp() - timestamp).abs() * 1000;
-        if !signature_holds(secret, timestamp, body, &signature) {
-            return Err(WebhookRefusal::BadSignature);
-        }
-        if age_ms as u64 > u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX) {
-            return Err(WebhookRefusal::Stale);
-        }
+        let (signed_timestamp, signature) = self.signed(headers, body, tolerance)?;
         read_notice(body, signed_timestamp, signature)
+    }
+    fn payout<'a>(&'a self, request: &'a PayoutRequest) -> Boxed<'a, Result<Value, RefundError>> {
+        Box::pin(payouts::pay(self, request))
+    }
+    fn query_payout(&self, payout_no: Uuid) -> Boxed<'_, Result<Value, RefundError>> {
+        Box::pin(payouts::query(self, payout_no))
+    }
+    fn verify_payout_notice(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        tolerance: Duration,
+    ) -> Result<PayoutNotice, WebhookRefusal> {
+        let (signed_timestamp, signature) = self.signed(headers, body, tolerance)?;
+        payouts::read_notice(body, signed_timestamp, signature)
     }
 }
 

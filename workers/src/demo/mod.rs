@@ -12,6 +12,7 @@ mod refunds;
 mod report;
 mod seed;
 mod status;
+mod withdrawals;
 
 pub(crate) use publish::publish_requests;
 pub use report::Progress;
@@ -63,8 +64,8 @@ pub enum Live<'a> {
     Tick(Tick),
     /// The wait is over (finished or out of time).
     Ended,
-    /// The refunds asked for once the payments finished: how many have
-    /// ended (with their event), four times a second.
+    /// The refunds and withdrawals asked for once the payments finished:
+    /// how many have ended (with their events), four times a second.
     Refunds {
         elapsed: Duration,
         asked: usize,
@@ -152,6 +153,9 @@ pub struct Verdict {
     pub payments: i64,
     /// Refunds of this run that ended with their event.
     pub refunds: i64,
+    /// Events of this run's withdrawals (a returned payout has two): each
+    /// is a webhook to the requester.
+    pub withdrawal_events: i64,
 }
 
 impl Verdict {
@@ -179,6 +183,14 @@ impl Load {
     ) -> anyhow::Result<Self> {
         if requests == 0 {
             bail!("--demo needs at least one request");
+        }
+        if settings.ingress_socket_addr().port() == 0 {
+            // The sandbox must know where to send its webhooks: a payout
+            // the bank sends back is learned of only by its notice.
+            let free = std::net::TcpListener::bind((settings.ingress_socket_addr().ip(), 0))
+                .and_then(|listener| listener.local_addr())
+                .context("finding a free port for the webhook ingress")?;
+            settings.ingress_addr = free.to_string();
         }
         if settings.callback_base_url == Settings::default().callback_base_url {
             // the sandbox's webhooks come to the fleet's own webhook ingress
@@ -325,31 +337,33 @@ impl Load {
     ) -> anyhow::Result<bool> {
         let started = Instant::now();
         let requests = refunds::plan(&self.pool, &self.like).await?;
+        let withdrawals = withdrawals::plan(&self.run_id);
         let publisher = Publisher::new(
             broker::Endpoint::from_settings(&self.settings)?,
             "payfleet-demo-upstream-refunds",
             stop,
         );
         let published = AtomicU64::new(0);
-        let sent = refunds::publish(
-            &publisher,
-            &self.topology.exchanges().ingress,
-            &requests,
-            &published,
-        )
-        .await;
+        let exchange = &self.topology.exchanges().ingress;
+        let mut sent = refunds::publish(&publisher, exchange, &requests, &published).await;
+        if sent.is_ok() {
+            sent = withdrawals::publish(&publisher, exchange, &withdrawals, &published).await;
+        }
         publisher.close().await;
         sent?;
+        let asked = requests.len() + withdrawals::expected(&withdrawals) as usize;
         let deadline = started + Duration::from_secs(60 + requests.len() as u64 / 10);
         let finished = loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let (finished, _) = refunds::finished(&self.pool, &self.like).await?;
+            let (refunds_ended, _) = refunds::finished(&self.pool, &self.like).await?;
+            let (withdrawals_ended, _) = withdrawals::finished(&self.pool, &self.like).await?;
+            let finished = refunds_ended + withdrawals_ended;
             live(Live::Refunds {
                 elapsed: started.elapsed(),
-                asked: requests.len(),
+                asked,
                 finished,
             });
-            if finished == requests.len() as i64 && quiet(&self.pool, self.started_at).await? {
+            if finished == asked as i64 && quiet(&self.pool, self.started_at).await? {
                 break true;
             }
             if Instant::now() > deadline {
@@ -383,6 +397,8 @@ impl Load {
         .await?;
         summary.push('\n');
         summary.push_str(&refunds::summary(&self.pool, &self.like).await?);
+        summary.push('\n');
+        summary.push_str(&withdrawals::summary(&self.pool, &self.like).await?);
         let mut report = invariants::all(&self.pool).await?;
         if let Some(statuses) = &self.statuses {
             summary.push('\n');
@@ -418,6 +434,7 @@ impl Load {
         }
         let payments = self.progress().await?.terminal;
         let (refunds, _) = refunds::finished(&self.pool, &self.like).await?;
+        let withdrawal_events = withdrawals::events(&self.pool, &self.like).await?;
         self.pool.close().await;
         let webhook_ids = self.webhooks.ids.lock().expect("lock").len() as u64;
         Ok(Verdict {
@@ -427,6 +444,7 @@ impl Load {
             webhook_ids,
             payments,
             refunds,
+            withdrawal_events,
         })
     }
 }

@@ -5,7 +5,7 @@ use sqlx::PgPool;
 
 use crate::{
     seed::{self as seeder, CouponRule, LadderStep},
-    stages::order_validation::{self, pricing},
+    stages::order_validation::{self, pricing, withdrawal::PAYOUT_METHOD},
 };
 
 use super::{SHOP, SHOP_KEY};
@@ -31,16 +31,17 @@ pub fn sandbox_channels(gateway_url: &str) -> Vec<seeder::Channel> {
         .channels
         .into_iter()
         .map(|channel| {
-            let method = if channel.name == "sandbox-card" {
-                "card"
+            // the card channel also pays withdrawals out
+            let methods: &[&str] = if channel.name == "sandbox-card" {
+                &["card", PAYOUT_METHOD]
             } else {
-                "wallet"
+                &["wallet"]
             };
             seeder::sandbox_channel(
                 &channel.name,
                 gateway_url,
                 &channel.secret,
-                &[method],
+                methods,
                 channel.fee_rate,
             )
             .reversal_cutoff(channel.reversal_cutoff)

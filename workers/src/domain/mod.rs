@@ -14,6 +14,7 @@ pub mod step;
 pub mod stock;
 pub mod tcc;
 pub mod webhook_delivery;
+pub mod withdrawal;
 
 use payfleet_common::runtime::StageError;
 

@@ -9,13 +9,15 @@
 //! A refund of the payment travels the same stages as [`Work::Refund`]
 //! (told apart by its AMQP `type`), under the same lock and row lock, so a
 //! refund and its payment, or two refunds of one payment, never interleave.
+//! A withdrawal travels them as [`Work::Withdrawal`], under a lock of its
+//! own id and its own row lock: it belongs to no payment.
 //!
 //! It lives with the domain rather than in `payfleet_common`'s runtime
 //! because it needs the payment, which the runtime does not know.
 
 use payfleet_common::{
     PaymentId,
-    messages::{ChannelResult, OrderValidated, PaymentResolved, RefundStep, kind},
+    messages::{ChannelResult, OrderValidated, PaymentResolved, RefundStep, WithdrawalStep, kind},
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable, decode_json},
 };
 use serde::de::DeserializeOwned;
@@ -23,6 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::domain::{
     payment::{self, Payment},
     refund::{self, Refund},
+    withdrawal::{self, Withdrawal},
 };
 
 /// A message about one payment.
@@ -54,20 +57,13 @@ impl ForPayment for RefundStep {
     }
 }
 
-/// What a payment step is handed: its own message, or a refund's hand-off.
+/// What a payment step is handed: its own message, a refund's hand-off,
+/// or a withdrawal's.
 #[derive(Debug)]
 pub enum Work<M> {
     Payment(M),
     Refund(RefundStep),
-}
-
-impl<M: ForPayment> ForPayment for Work<M> {
-    fn payment_id(&self) -> PaymentId {
-        match self {
-            Work::Payment(m) => m.payment_id(),
-            Work::Refund(m) => m.payment_id,
-        }
-    }
+    Withdrawal(WithdrawalStep),
 }
 
 /// A stage's work on one payment, row-locked in the stage's transaction.
@@ -83,6 +79,23 @@ pub trait PaymentStep: Send + Sync + 'static {
         message: &Self::Message,
         payment: Payment,
     ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+
+    /// A withdrawal's step, with the withdrawal row-locked; a stage a
+    /// withdrawal never visits refuses it as a message sent to the wrong queue.
+    fn handle_withdrawal(
+        &self,
+        _tx: &mut StageTx,
+        message: &WithdrawalStep,
+        _withdrawal: Withdrawal,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send {
+        let withdrawal_id = message.withdrawal_id;
+        async move {
+            Err(StageError::permanent(format!(
+                "{} takes no withdrawal steps (withdrawal {withdrawal_id})",
+                Self::NAME
+            )))
+        }
+    }
 
     /// A refund's step on the payment, with the refund row-locked too; a
     /// stage a refund never visits refuses it as a message sent to the
@@ -117,13 +130,19 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
     fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable> {
         if kind::is_refund_step(inbound.message_type.as_deref()) {
             decode_json(inbound).map(Work::Refund)
+        } else if kind::is_withdrawal_step(inbound.message_type.as_deref()) {
+            decode_json(inbound).map(Work::Withdrawal)
         } else {
             decode_json(inbound).map(Work::Payment)
         }
     }
 
     fn lock_key(&self, m: &Self::Message) -> Option<String> {
-        Some(m.payment_id().to_string())
+        Some(match m {
+            Work::Payment(m) => m.payment_id().to_string(),
+            Work::Refund(m) => m.payment_id.to_string(),
+            Work::Withdrawal(m) => withdrawal::lock_key(m.withdrawal_id),
+        })
     }
 
     async fn handle(
@@ -132,21 +151,52 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
         _inbound: &Inbound,
         m: &Self::Message,
     ) -> Result<Outcome, StageError> {
-        let id = m.payment_id();
-        tx.set_correlation_id(&id.to_string());
-        let Some(p) = payment::lock(tx.conn(), id).await? else {
-            return Ok(Outcome::NotYet {
-                reason: format!("payment {id} not found"),
-            });
-        };
         match m {
-            Work::Payment(m) => self.0.handle(tx, m, p).await,
+            Work::Payment(m) => match locked_payment(tx, m.payment_id()).await? {
+                Ok(p) => self.0.handle(tx, m, p).await,
+                Err(waiting) => Ok(waiting),
+            },
             Work::Refund(m) => {
+                let p = match locked_payment(tx, m.payment_id).await? {
+                    Ok(p) => p,
+                    Err(waiting) => return Ok(waiting),
+                };
                 match refund::record::lock_handed(tx.conn(), m.refund_id, p.id).await? {
                     Ok(r) => self.0.handle_refund(tx, m, p, r).await,
                     Err(waiting) => Ok(waiting),
                 }
             }
+            Work::Withdrawal(m) => on_withdrawal(&self.0, tx, m).await,
         }
+    }
+}
+
+/// The payment `id`, row-locked, with its id as the correlation id; or a
+/// retry shortly while it is not there yet.
+async fn locked_payment(
+    tx: &mut StageTx,
+    id: PaymentId,
+) -> Result<Result<Payment, Outcome>, StageError> {
+    tx.set_correlation_id(&id.to_string());
+    Ok(payment::lock(tx.conn(), id)
+        .await?
+        .ok_or_else(|| Outcome::NotYet {
+            reason: format!("payment {id} not found"),
+        }))
+}
+
+/// A withdrawal's step: its id is the correlation id, and the withdrawal
+/// is row-locked, or the step is retried shortly while it is not there yet.
+async fn on_withdrawal<S: PaymentStep>(
+    step: &S,
+    tx: &mut StageTx,
+    m: &WithdrawalStep,
+) -> Result<Outcome, StageError> {
+    tx.set_correlation_id(&m.withdrawal_id.to_string());
+    match withdrawal::lock(tx.conn(), m.withdrawal_id).await? {
+        Some(w) => step.handle_withdrawal(tx, m, w).await,
+        None => Ok(Outcome::NotYet {
+            reason: format!("withdrawal {} not found", m.withdrawal_id),
+        }),
     }
 }

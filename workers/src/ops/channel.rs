@@ -1,5 +1,6 @@
 //! `payfleet channel add | disable | enable | list`: the routing table
-//! without SQL. A channel takes the payment methods it is added for, at
+//! without SQL. A channel takes the payment methods it is added for (and
+//! `payout`: it pays withdrawals out), at
 //! its fee rate; disabled by hand it is out of routing until enabled (its
 //! circuit breaker does the same by itself while the channel fails). Every
 //! action is audited in `channel_actions` (the webhook secret never).
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::{
     channels::{BALANCE, routing},
-    stages::order_validation::METHODS,
+    stages::order_validation::{METHODS, withdrawal::PAYOUT_METHOD},
 };
 
 /// What `channel add` is given: a sandbox-protocol channel over HTTP.
@@ -78,7 +79,13 @@ fn check(new: &NewChannel) -> Result<()> {
             "--webhook-secret-file: the secret must hold at least 16 characters",
         ));
     }
-    let takes: Vec<&str> = METHODS.iter().copied().filter(|m| *m != BALANCE).collect();
+    // its payment methods, and payouts (it pays withdrawals out)
+    let takes: Vec<&str> = METHODS
+        .iter()
+        .copied()
+        .filter(|m| *m != BALANCE)
+        .chain([PAYOUT_METHOD])
+        .collect();
     if new.methods.is_empty() || new.methods.iter().any(|m| !takes.contains(&m.as_str())) {
         return Err(Error::refused(format!(
             "--methods {}: one or more of {}",

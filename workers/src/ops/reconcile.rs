@@ -3,9 +3,12 @@
 //! side, missing on theirs, amount, currency, status or fee mismatch (a
 //! reversed charge is REVERSED with no fee on both sides); and the refunds
 //! it paid back and the reversals it made that day with ours, by refund
-//! (reversal) id. The day is the fleet's business day (`business_time_zone`),
+//! (reversal) id; and the payouts it made with our withdrawals, by payout_no
+//! (`payouts`). The day is the fleet's business day (`business_time_zone`),
 //! as the channel's statement counts it. The result is stored
 //! (`reconciliation_runs`, `reconciliation_items`).
+
+mod payouts;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +22,14 @@ use sqlx::PgPool;
 
 use super::{Error, Result, error::Doing};
 use crate::domain::attempt::AttemptStatus;
+
+/// The item kinds that are no mismatch.
+const MATCHED: [&str; 4] = [
+    "matched",
+    "refund_matched",
+    "reversal_matched",
+    "payout_matched",
+];
 
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
@@ -177,6 +188,9 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -
             .await?,
         );
     }
+    items.extend(
+        payouts::match_payouts(pool, channel, (from, until), (&statement, &day_before)).await?,
+    );
 
     let mut summary = Summary {
         channel: channel.to_owned(),
@@ -185,11 +199,11 @@ pub async fn reconcile(pool: &PgPool, channel: &str, day: NaiveDate, zone: Tz) -
     };
     for (kind, attempt, payment, mine, trade) in &items {
         *summary.counts.entry(kind).or_default() += 1;
-        if !matches!(*kind, "matched" | "refund_matched" | "reversal_matched") {
+        if !MATCHED.contains(kind) {
             summary.mismatches.push(json!({"kind": kind, "attempt_id": attempt, "payment_id": payment, "ours": mine, "theirs": trade}));
         }
     }
-    let matched: usize = ["matched", "refund_matched", "reversal_matched"]
+    let matched: usize = MATCHED
         .iter()
         .filter_map(|kind| summary.counts.get(kind))
         .sum();
@@ -268,6 +282,8 @@ impl GivenBack {
     }
 }
 
+/// One reconciliation item: its kind, the id it is about (an attempt, a
+/// refund or reversal id, a payout_no), the payment if any, ours, theirs.
 type Item = (
     &'static str,
     String,

@@ -123,6 +123,12 @@ pub fn attention(s: &Signals, thresholds: &Thresholds) -> Vec<String> {
             s.refunds_in_exception
         ));
     }
+    if s.withdrawals_in_exception > 0 {
+        lines.push(format!(
+            "{} withdrawal(s) whose payout the channel never answered, still frozen: ask the channel by withdrawal id (payfleet reconcile lists what it paid)",
+            s.withdrawals_in_exception
+        ));
+    }
     for (channel, _) in s.breakers_open.iter().filter(|(_, open)| **open) {
         lines.push(format!(
             "channel {channel}'s circuit breaker is open: payments are routed elsewhere or refused"

@@ -28,7 +28,9 @@ pub struct Filter {
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Delivery {
     pub id: Uuid,
-    pub payment_id: PaymentId,
+    /// The payment (or its refund) the event is about; none for a withdrawal's.
+    pub payment_id: Option<PaymentId>,
+    pub withdrawal_id: Option<Uuid>,
     pub merchant_id: String,
     pub event_type: String,
     pub url: String,
@@ -58,7 +60,8 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 
 pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<Delivery>> {
     Ok(sqlx::query_as(
-        "SELECT d.id, d.payment_id, d.merchant_id, d.event_type, d.url, d.status, d.attempts, d.created_at, d.delivered_at,
+        "SELECT d.id, d.payment_id, d.withdrawal_id, d.merchant_id, d.event_type, d.url, d.status, d.attempts,
+                d.created_at, d.delivered_at,
                 (SELECT COALESCE(a.error, a.http_status::text) FROM webhook_attempts a
                  WHERE a.delivery_id = d.id ORDER BY a.attempt DESC LIMIT 1) AS last_error
          FROM webhook_deliveries d

@@ -216,6 +216,8 @@ impl Exported {
         );
         gauge!("payfleet_exceptions_open", "kind" => "payment").set(s.payments_in_exception as f64);
         gauge!("payfleet_exceptions_open", "kind" => "refund").set(s.refunds_in_exception as f64);
+        gauge!("payfleet_exceptions_open", "kind" => "withdrawal")
+            .set(s.withdrawals_in_exception as f64);
         gauge!("payfleet_refunds_owed").set(s.refunds_owed as f64);
         for gone in self
             .channels

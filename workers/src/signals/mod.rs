@@ -69,6 +69,8 @@ pub struct Signals {
     pub payments_in_exception: i64,
     /// Merchants' refunds whose status queries ran out: reserved, for ops.
     pub refunds_in_exception: i64,
+    /// Withdrawals whose payout's status queries ran out: still frozen, for ops.
+    pub withdrawals_in_exception: i64,
     /// Late successes owed back to the payer; the fleet refunds them.
     pub refunds_owed: i64,
     /// Per active third-party channel: whether its circuit breaker is open.
@@ -156,14 +158,19 @@ pub async fn collect(
     }
     let stuck_seconds = stuck_after.num_seconds();
     let (payments_open, oldest_open_payment) = open_payments(pool, stuck_seconds).await?;
-    let (payments_in_exception, refunds_in_exception, refunds_owed): (i64, i64, i64) =
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM payments WHERE status = 'exception'),
+    let (payments_in_exception, refunds_in_exception, refunds_owed, withdrawals_in_exception): (
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payments WHERE status = 'exception'),
                     (SELECT count(*) FROM refunds WHERE status = 'exception'),
-                    (SELECT count(*) FROM refunds WHERE status = 'owed')",
-        )
-        .fetch_one(pool)
-        .await?;
+                    (SELECT count(*) FROM refunds WHERE status = 'owed'),
+                    (SELECT count(*) FROM withdrawals WHERE status = 'exception')",
+    )
+    .fetch_one(pool)
+    .await?;
     let breakers_open = breakers(pool, locks, redis_prefix).await?;
     Ok(Signals {
         queues,
@@ -175,6 +182,7 @@ pub async fn collect(
         stuck_after_seconds: stuck_seconds,
         payments_in_exception,
         refunds_in_exception,
+        withdrawals_in_exception,
         refunds_owed,
         breakers_open,
         redis_degraded: redis_degraded(locks).await,

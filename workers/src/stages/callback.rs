@@ -4,14 +4,15 @@
 //! committed is retried; an amount or currency mismatch puts the payment in
 //! exception for review. A result is taken only for an attempt of its own
 //! payment at the channel that reported it. A refund's result moves the
-//! refund the same way: forward only, a duplicate changes nothing.
+//! refund the same way: forward only, a duplicate changes nothing; and a
+//! payout's result moves its withdrawal ([`on_payout_result`]).
 
 use chrono::Utc;
 use payfleet_common::{
     PaymentId,
     messages::{
         ChannelResult, ChannelStatus, Outcome as Final, PaymentResolved, RefundResult, RefundStep,
-        Resolution, SCHEMA_VERSION, kind,
+        Resolution, SCHEMA_VERSION, WithdrawalStep, kind,
     },
     runtime::{Outcome, StageError, StageTx},
 };
@@ -24,7 +25,11 @@ use crate::domain::{
     payment::{self, Payment, PaymentStatus},
     refund::{self, Refund, RefundStatus},
     step::PaymentStep,
+    withdrawal::Withdrawal,
 };
+
+mod payout;
+use payout::on_payout_result;
 
 pub const NAME: &str = crate::domain::handoff::CALLBACK;
 
@@ -85,6 +90,15 @@ impl PaymentStep for Callback {
             .await?;
         }
         apply(tx, m, &p, status).await
+    }
+
+    async fn handle_withdrawal(
+        &self,
+        tx: &mut StageTx,
+        m: &WithdrawalStep,
+        w: Withdrawal,
+    ) -> Result<Outcome, StageError> {
+        on_payout_result(tx, m, w).await
     }
 
     /// A refund's result (the channel's answer, a status query's, or the

@@ -4,13 +4,14 @@
 //! business failure with a reason, and reserves nothing; so is a coupon
 //! outside its validity window by the time the Try runs. A Try that arrives
 //! after its payment was cancelled (it expired while this message waited) is
-//! refused.
+//! refused. A withdrawal's Try freezes its amount in the wallet
+//! ([`withdrawal::books::freeze`]).
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
     messages::{
         FundsFrozen, OrderValidated, Outcome as Final, RefundResult, RefundStep, SCHEMA_VERSION,
-        kind,
+        WithdrawalResult, WithdrawalStep, kind,
     },
     runtime::{Outcome, StageError, StageTx},
     transition::{self, Status},
@@ -24,11 +25,23 @@ use crate::domain::{
     refund::{self, Refund, RefundStatus},
     step::PaymentStep,
     tcc,
+    withdrawal::{self, Withdrawal, WithdrawalStatus},
 };
 
 pub const NAME: &str = crate::domain::handoff::FUND_FREEZE;
 
-pub struct FundFreeze;
+pub struct FundFreeze {
+    /// A withdrawal's daily limit, judged by its Try under the wallet's lock.
+    withdrawal_limits: withdrawal::Limits,
+}
+
+impl FundFreeze {
+    pub fn new(settings: &payfleet_common::Settings) -> Self {
+        Self {
+            withdrawal_limits: withdrawal::Limits::new(settings),
+        }
+    }
+}
 
 /// Why a Try could not reserve.
 enum Shortfall {
@@ -131,6 +144,15 @@ impl PaymentStep for FundFreeze {
         Ok(Outcome::Applied)
     }
 
+    async fn handle_withdrawal(
+        &self,
+        tx: &mut StageTx,
+        _m: &WithdrawalStep,
+        w: Withdrawal,
+    ) -> Result<Outcome, StageError> {
+        try_withdrawal(tx, &self.withdrawal_limits, w).await
+    }
+
     /// Try of a refund: check what is left and reserve each merchant's part
     /// together, under the payment's row lock; a refusal reserves nothing.
     async fn handle_refund(
@@ -162,6 +184,48 @@ impl PaymentStep for FundFreeze {
                 refund::record::refuse(tx.conn(), r.id, &format!("{reason}: {detail}")).await?;
                 refund::emit_outcome(tx, r.id, p.id, RefundResult::Failed, Some(reason))
             }
+        }
+    }
+}
+
+/// Try of a withdrawal: freeze the amount in the wallet, judging the
+/// balance and the daily limit under the wallet's row lock; a refusal
+/// freezes nothing and the withdrawal is `refused`.
+async fn try_withdrawal(
+    tx: &mut StageTx,
+    limits: &withdrawal::Limits,
+    w: Withdrawal,
+) -> Result<Outcome, StageError> {
+    let status = w.status()?;
+    if status != WithdrawalStatus::Requested {
+        return Ok(Outcome::Stale {
+            reason: format!("withdrawal {} is already {}", w.id, status.as_str()),
+        });
+    }
+    let day = limits.day_of(&w.currency, w.created_at);
+    let mut savepoint = tx.conn().begin().await?;
+    match withdrawal::books::freeze(&mut savepoint, &w, day).await? {
+        Ok(()) => {
+            savepoint.commit().await?;
+            withdrawal::hand_on(
+                tx,
+                crate::domain::handoff::CHANNEL_CALL,
+                kind::WITHDRAWAL_FROZEN,
+                &WithdrawalStep::new(w.id),
+            )
+        }
+        Err((reason, detail)) => {
+            savepoint.rollback().await?;
+            let detail = format!("{reason}: {detail}");
+            withdrawal::transition(
+                tx.conn(),
+                w.id,
+                WithdrawalStatus::Requested,
+                WithdrawalStatus::Refused,
+                Some(&detail),
+            )
+            .await?;
+            withdrawal::emit_outcome(tx, w.id, WithdrawalResult::Failed, Some(reason))
         }
     }
 }

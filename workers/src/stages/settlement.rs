@@ -1,7 +1,9 @@
 //! settlement: TCC Confirm of a paid payment, or Cancel of one that failed
 //! (both in [`crate::domain::tcc`]), then the outcome to notification; and
 //! the same for a refund ([`crate::domain::refund::books`]): Confirm of one
-//! the channel paid, Cancel of one it refused.
+//! the channel paid, Cancel of one it refused; and for a withdrawal
+//! ([`crate::domain::withdrawal::books`]): Confirm of a paid payout, Cancel
+//! of a refused one, and the credit back of one the payee's bank returned.
 //!
 //! Hot accounts: a payment never updates a seller's or the fee account's
 //! row. Its postings are appended (`rolled_up = false`) and
@@ -11,7 +13,10 @@
 //! needs them to be.
 
 use payfleet_common::{
-    messages::{Outcome as Final, PaymentResolved, RefundResult, RefundStep, Resolution},
+    messages::{
+        Outcome as Final, PaymentResolved, RefundResult, RefundStep, Resolution, WithdrawalResult,
+        WithdrawalStep,
+    },
     runtime::{Outcome, StageError, StageTx},
 };
 
@@ -21,6 +26,7 @@ use crate::domain::{
     refund::{self, Refund, RefundStatus, books},
     step::PaymentStep,
     tcc::{cancel, confirm},
+    withdrawal::{self, Withdrawal, WithdrawalStatus},
 };
 
 pub const NAME: &str = handoff::SETTLEMENT;
@@ -63,6 +69,52 @@ impl PaymentStep for Settlement {
                 reason: format!("payment {} already {}", p.id, s.as_str()),
             }),
         }
+    }
+
+    /// Books a withdrawal as its status now stands, each movement once,
+    /// and reports what it booked.
+    async fn handle_withdrawal(
+        &self,
+        tx: &mut StageTx,
+        m: &WithdrawalStep,
+        w: Withdrawal,
+    ) -> Result<Outcome, StageError> {
+        let reason = w.detail.clone().or_else(|| m.reason.clone());
+        let mut booked = Vec::new();
+        match w.status()? {
+            WithdrawalStatus::Succeeded | WithdrawalStatus::Returned => {
+                if withdrawal::books::confirm(tx.conn(), &w).await? {
+                    booked.push(WithdrawalResult::Succeeded);
+                }
+                if w.status()? == WithdrawalStatus::Returned
+                    && withdrawal::books::credit_back(tx.conn(), &w).await?
+                {
+                    booked.push(WithdrawalResult::Returned);
+                }
+            }
+            WithdrawalStatus::Failed => {
+                if withdrawal::books::cancel(tx.conn(), &w).await? {
+                    booked.push(WithdrawalResult::Failed);
+                }
+            }
+            status => {
+                return Ok(Outcome::NotYet {
+                    reason: format!("withdrawal {} is still {}", w.id, status.as_str()),
+                });
+            }
+        }
+        if booked.is_empty() {
+            return Ok(Outcome::Stale {
+                reason: format!("withdrawal {} is already booked", w.id),
+            });
+        }
+        for result in booked {
+            let why = (result != WithdrawalResult::Succeeded)
+                .then_some(reason.as_deref())
+                .flatten();
+            withdrawal::emit_outcome(tx, w.id, result, why)?;
+        }
+        Ok(Outcome::Applied)
     }
 
     async fn handle_refund(

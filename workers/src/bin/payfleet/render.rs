@@ -77,12 +77,15 @@ pub(crate) fn dead_letter(d: &dlq::DeadLetter) -> anyhow::Result<()> {
 pub(crate) fn webhooks(rows: &[webhook::Delivery]) {
     println!(
         "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  last error",
-        "payment", "merchant", "event", "status", "att", "created", "url"
+        "payment or withdrawal", "merchant", "event", "status", "att", "created", "url"
     );
     for d in rows {
         println!(
             "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  {}",
-            d.payment_id,
+            d.payment_id
+                .map(|id| id.to_string())
+                .or_else(|| d.withdrawal_id.map(|id| id.to_string()))
+                .unwrap_or_default(),
             d.merchant_id,
             d.event_type,
             d.status,
@@ -284,8 +287,8 @@ pub(crate) fn status(status: &FleetStatus) {
         );
     }
     println!(
-        "exceptions: {} payment(s), {} refund(s); refunds owed: {}",
-        s.payments_in_exception, s.refunds_in_exception, s.refunds_owed
+        "exceptions: {} payment(s), {} refund(s), {} withdrawal(s); refunds owed: {}",
+        s.payments_in_exception, s.refunds_in_exception, s.withdrawals_in_exception, s.refunds_owed
     );
     let breakers: Vec<String> = s
         .breakers_open
@@ -341,7 +344,7 @@ pub(crate) fn demo_live(live: Live<'_>) {
             finished,
         } => {
             print!(
-                "\r[{:>6.1}s] refunds asked {asked} · ended {finished}/{asked}   ",
+                "\r[{:>6.1}s] refunds and withdrawals asked {asked} · ended {finished}/{asked}   ",
                 elapsed.as_secs_f64()
             );
             let _ = std::io::stdout().flush();

@@ -71,6 +71,8 @@ pub enum EntryKind {
     ChargeOwedBack,
     Refund,
     Reversal,
+    Withdrawal,
+    WithdrawalReturned,
 }
 
 impl EntryKind {
@@ -82,6 +84,8 @@ impl EntryKind {
             EntryKind::ChargeOwedBack => "charge_owed_back",
             EntryKind::Refund => "refund",
             EntryKind::Reversal => "reversal",
+            EntryKind::Withdrawal => "withdrawal",
+            EntryKind::WithdrawalReturned => "withdrawal_returned",
         }
     }
 }

@@ -7,9 +7,11 @@
 //! log. A timeout, connection error or 5xx is UNKNOWN — never failed, never a
 //! blind second charge: status queries through the delay levels decide, and
 //! when they run out the trade is closed (or the payment is paid after all).
-//! Refunds go back through the payment's channel the same way ([`refund`]).
+//! Refunds go back through the payment's channel the same way ([`refund`]),
+//! and withdrawals are paid out through their payout channel ([`payout`]).
 
 mod intent;
+mod payout;
 mod refund;
 mod result;
 
@@ -19,7 +21,9 @@ use chrono::Utc;
 use payfleet_common::lock::Locks;
 use payfleet_common::{
     AttemptId, PaymentId, Topology,
-    messages::{FundsFrozen, RefundStep, SCHEMA_VERSION, StatusQuery, TradeClose, kind},
+    messages::{
+        FundsFrozen, RefundStep, SCHEMA_VERSION, StatusQuery, TradeClose, WithdrawalStep, kind,
+    },
     outbox::OutboxMessage,
     runtime::{CallingStage, Inbound, Intent, Outcome, StageError, StageTx, Undecodable},
     transition::{self, Status},
@@ -43,16 +47,25 @@ pub enum Work {
     Refund(RefundStep),
     /// What became of a refund with no final answer.
     RefundQuery(RefundStep),
+    /// A frozen withdrawal to pay out (or to send again, same id).
+    Payout(WithdrawalStep),
+    /// What became of a payout with no final answer.
+    PayoutQuery(WithdrawalStep),
 }
 
 impl Work {
-    fn payment_id(&self) -> PaymentId {
-        match self {
+    /// The key of the lock the work runs under: its payment's, or its withdrawal's.
+    fn lock_key(&self) -> String {
+        let payment_id = match self {
             Work::Charge(m) => m.payment_id,
             Work::Query(m) => m.payment_id,
             Work::Close(m) => m.payment_id,
             Work::Refund(m) | Work::RefundQuery(m) => m.payment_id,
-        }
+            Work::Payout(m) | Work::PayoutQuery(m) => {
+                return crate::domain::withdrawal::lock_key(m.withdrawal_id);
+            }
+        };
+        payment_id.to_string()
     }
 }
 
@@ -78,6 +91,33 @@ impl ChannelCall {
         }
     }
 
+    /// Hands `body`, of AMQP type `next`, back to channel-call through the
+    /// delay level of step `number` (1-based) of the status-query
+    /// schedule; false, and nothing sent, when the schedule has run out.
+    fn schedule_step(
+        &self,
+        tx: &mut StageTx,
+        next: &str,
+        number: u32,
+        correlation_id: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<bool, StageError> {
+        let Some(delay) = self.query_delays.get(number as usize - 1) else {
+            return Ok(false);
+        };
+        let level = self.topology.level_for_delay(*delay);
+        let message = OutboxMessage::json(
+            &self.topology.exchanges().retry,
+            &Topology::retry_routing_key(NAME, level),
+            next,
+            Some(correlation_id),
+            body,
+        )
+        .map_err(StageError::permanent)?;
+        tx.emit(message);
+        Ok(true)
+    }
+
     /// Schedules status query `number` (1-based) through a delay level, or
     /// asks for the trade to be closed when the schedule has run out.
     fn next_query(
@@ -87,27 +127,23 @@ impl ChannelCall {
         attempt_id: AttemptId,
         number: u32,
     ) -> Result<(), StageError> {
-        match self.query_delays.get(number as usize - 1) {
-            Some(delay) => {
-                let level = self.topology.level_for_delay(*delay);
-                let message = OutboxMessage::json(
-                    &self.topology.exchanges().retry,
-                    &Topology::retry_routing_key(NAME, level),
-                    kind::STATUS_QUERY,
-                    Some(&payment_id.to_string()),
-                    &StatusQuery {
-                        schema_version: SCHEMA_VERSION,
-                        payment_id,
-                        attempt_id,
-                        query_number: number,
-                        scheduled_at: Utc::now(),
-                    },
-                )
-                .map_err(StageError::permanent)?;
-                tx.emit(message);
-                Ok(())
-            }
-            None => tx.emit_to_stage(
+        let query = StatusQuery {
+            schema_version: SCHEMA_VERSION,
+            payment_id,
+            attempt_id,
+            query_number: number,
+            scheduled_at: Utc::now(),
+        };
+        let scheduled = self.schedule_step(
+            tx,
+            kind::STATUS_QUERY,
+            number,
+            &payment_id.to_string(),
+            &query,
+        )?;
+        match scheduled {
+            true => Ok(()),
+            false => tx.emit_to_stage(
                 NAME,
                 kind::TRADE_CLOSE,
                 &TradeClose {
@@ -186,11 +222,13 @@ pub enum Call {
         adapter: Arc<dyn ChannelAdapter>,
     },
     Refund(refund::RefundCall),
+    Payout(payout::PayoutCall),
 }
 
 pub enum Answer {
     Channel(ChannelReply),
     Close(CloseReply),
+    /// A refund's or a payout's answer.
     Refund(Result<serde_json::Value, crate::channels::RefundError>),
 }
 
@@ -210,13 +248,15 @@ impl CallingStage for ChannelCall {
             Some(kind::TRADE_CLOSE) => serde_json::from_slice(body).map(Work::Close),
             Some(kind::REFUND_RESERVED) => serde_json::from_slice(body).map(Work::Refund),
             Some(kind::REFUND_QUERY) => serde_json::from_slice(body).map(Work::RefundQuery),
+            Some(kind::WITHDRAWAL_FROZEN) => serde_json::from_slice(body).map(Work::Payout),
+            Some(kind::WITHDRAWAL_QUERY) => serde_json::from_slice(body).map(Work::PayoutQuery),
             _ => serde_json::from_slice(body).map(Work::Charge),
         }
         .map_err(|e| Undecodable::json(inbound, "channel-call", e))
     }
 
     fn lock_key(&self, m: &Work) -> Option<String> {
-        Some(m.payment_id().to_string())
+        Some(m.lock_key())
     }
 
     async fn record_intent(
@@ -225,13 +265,23 @@ impl CallingStage for ChannelCall {
         _inbound: &Inbound,
         work: &Work,
     ) -> Result<Intent<Call>, StageError> {
-        let id = work.payment_id();
         match work {
             Work::Refund(m) => self.intend_refund(tx, m, false).await,
             Work::RefundQuery(m) => self.intend_refund(tx, m, true).await,
-            Work::Charge(_) => self.intend_on_payment(tx, id, OnPayment::Charge).await,
-            Work::Query(q) => self.intend_on_payment(tx, id, OnPayment::Query(q)).await,
-            Work::Close(c) => self.intend_on_payment(tx, id, OnPayment::Close(c)).await,
+            Work::Payout(m) => self.intend_payout(tx, m, false).await,
+            Work::PayoutQuery(m) => self.intend_payout(tx, m, true).await,
+            Work::Charge(m) => {
+                self.intend_on_payment(tx, m.payment_id, OnPayment::Charge)
+                    .await
+            }
+            Work::Query(q) => {
+                self.intend_on_payment(tx, q.payment_id, OnPayment::Query(q))
+                    .await
+            }
+            Work::Close(c) => {
+                self.intend_on_payment(tx, c.payment_id, OnPayment::Close(c))
+                    .await
+            }
         }
     }
 
@@ -249,6 +299,7 @@ impl CallingStage for ChannelCall {
                 ..
             } => Answer::Close(adapter.close(*attempt_id).await),
             Call::Refund(refund) => Answer::Refund(refund.call().await),
+            Call::Payout(payout) => Answer::Refund(payout.call().await),
         }
     }
 
@@ -264,12 +315,21 @@ impl CallingStage for ChannelCall {
             (Call::Refund(refund), Answer::Refund(answer)) => {
                 return self.record_refund(tx, refund, answer).await;
             }
-            (Call::Refund(_), _) => {
-                return Err(StageError::permanent("another answer to a refund call"));
+            (Call::Payout(payout), Answer::Refund(answer)) => {
+                return self.record_payout(tx, payout, answer).await;
+            }
+            (Call::Refund(_) | Call::Payout(_), _) => {
+                return Err(StageError::permanent(
+                    "another answer to a refund or payout call",
+                ));
             }
             other => other,
         };
-        let (payment_id, attempt_id, channel) = call.ids();
+        let Some((payment_id, attempt_id, channel)) = call.ids() else {
+            return Err(StageError::permanent(
+                "a refund or payout call without its answer",
+            ));
+        };
         tx.set_correlation_id(&payment_id.to_string());
         self.count_call(&call, &answer, attempt_id, &channel)
             .await?;

@@ -15,15 +15,14 @@
 use std::sync::Arc;
 
 use payfleet_common::{
-    AttemptId, Topology,
+    AttemptId,
     messages::{RefundResult, RefundStep, kind},
-    outbox::OutboxMessage,
     runtime::{Intent, Outcome, StageError, StageTx},
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::{Call, ChannelCall, NAME};
+use super::{Call, ChannelCall};
 use crate::{
     channels::{ChannelAdapter, RefundError},
     domain::{
@@ -46,19 +45,62 @@ pub struct RefundCall {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ask {
+    /// The first send.
     Send,
+    /// A send again under the same id, after a query found the channel
+    /// had never heard of it. A refusal of it says nothing for certain:
+    /// the first send may have landed since, and a channel may refuse the
+    /// reused id as a client error. Only queries decide.
+    Resend,
     Query,
+}
+
+impl Ask {
+    /// Whether this call sends (rather than asks).
+    pub fn sends(self) -> bool {
+        matches!(self, Ask::Send | Ask::Resend)
+    }
 }
 
 impl RefundCall {
     pub async fn call(&self) -> Result<Value, RefundError> {
         let (attempt, id) = (self.attempt_id, self.refund.id);
-        match (self.ask, self.refund.is_reversal()) {
-            (Ask::Send, false) => self.adapter.refund(attempt, id, self.refund.amount).await,
-            (Ask::Query, false) => self.adapter.query_refund(attempt, id).await,
-            (Ask::Send, true) => self.adapter.reverse(attempt, id).await,
-            (Ask::Query, true) => self.adapter.query_reversal(attempt, id).await,
+        match (self.ask.sends(), self.refund.is_reversal()) {
+            (true, false) => self.adapter.refund(attempt, id, self.refund.amount).await,
+            (false, false) => self.adapter.query_refund(attempt, id).await,
+            (true, true) => self.adapter.reverse(attempt, id).await,
+            (false, true) => self.adapter.query_reversal(attempt, id).await,
         }
+    }
+}
+
+/// Where a refund or a payout stands, for what to ask its channel next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Reserved (frozen): never sent.
+    Ready,
+    /// Committed as being sent.
+    Sending,
+    /// Sent, without a final answer.
+    Unknown,
+    /// Decided, or not ours to send.
+    Done,
+}
+
+/// What to ask the channel of a call in `standing`, on a status query
+/// (`query`) or a send (`number`: its step of the status-query schedule
+/// when it is a send again): the first send of one ready; a query of one
+/// found still sending — the process died during the call, and it is never
+/// sent blindly again; the scheduled query of one without an answer; a send
+/// again, under the same id, of one the channel had never heard of. `None`:
+/// nothing to ask.
+pub fn next_ask(standing: Standing, query: bool, number: Option<u32>) -> Option<(Ask, u32)> {
+    match (standing, query, number) {
+        (Standing::Ready, false, _) => Some((Ask::Send, 0)),
+        (Standing::Sending, false, _) => Some((Ask::Query, 1)),
+        (Standing::Unknown, true, number) => Some((Ask::Query, number.unwrap_or(1))),
+        (Standing::Unknown, false, Some(number)) => Some((Ask::Resend, number)),
+        _ => None,
     }
 }
 
@@ -98,10 +140,11 @@ fn read(answer: &Result<Value, RefundError>, ask: Ask, amount: Decimal, declined
             ),
             _ => Reading::Unknown(format!("no final answer: {raw}")),
         },
-        // The channel refused the send itself (not refundable there). A
-        // query's 4xx (throttled, unauthorised, …) says nothing of what the
-        // channel did: the money may be back with the payer, so it is no
-        // answer, never a failure that would release the reservation.
+        // The channel refused the first send itself (not refundable there).
+        // A query's or a send-again's 4xx (throttled, unauthorised, the id
+        // reused, …) says nothing of what the channel did: the money may be
+        // back with the payer, so it is no answer, never a failure that
+        // would release the reservation.
         Err(RefundError::Refused { status, body })
             if ask == Ask::Send && status.is_client_error() =>
         {
@@ -130,18 +173,16 @@ impl ChannelCall {
             }));
         };
         let status = r.status()?;
-        let (ask, number) = match (status, query, m.query_number) {
-            (RefundStatus::Reserved, false, _) => (Ask::Send, 0),
-            // Died during the call: ask, never send blindly again.
-            (RefundStatus::Sending, false, _) => (Ask::Query, 1),
-            (RefundStatus::Unknown, true, number) => (Ask::Query, number.unwrap_or(1)),
-            // The channel had never heard of it: send it again, same id.
-            (RefundStatus::Unknown, false, Some(number)) => (Ask::Send, number),
-            (status, _, _) => {
-                return Ok(Intent::Finished(Outcome::Stale {
-                    reason: format!("refund {} is {}", r.id, status.as_str()),
-                }));
-            }
+        let standing = match status {
+            RefundStatus::Reserved => Standing::Ready,
+            RefundStatus::Sending => Standing::Sending,
+            RefundStatus::Unknown => Standing::Unknown,
+            _ => Standing::Done,
+        };
+        let Some((ask, number)) = next_ask(standing, query, m.query_number) else {
+            return Ok(Intent::Finished(Outcome::Stale {
+                reason: format!("refund {} is {}", r.id, status.as_str()),
+            }));
         };
         if status == RefundStatus::Reserved {
             refund::transition(
@@ -189,11 +230,11 @@ impl ChannelCall {
     ) -> Result<Outcome, StageError> {
         let r = &call.refund;
         tx.set_correlation_id(&r.payment_id.to_string());
-        let what = match (call.ask, r.is_reversal()) {
-            (Ask::Send, false) => "refund",
-            (Ask::Query, false) => "refund_query",
-            (Ask::Send, true) => "reversal",
-            (Ask::Query, true) => "reversal_query",
+        let what = match (call.ask.sends(), r.is_reversal()) {
+            (true, false) => "refund",
+            (false, false) => "refund_query",
+            (true, true) => "reversal",
+            (false, true) => "reversal_query",
         };
         let payload = match &answer {
             Ok(raw) => {
@@ -279,7 +320,10 @@ impl ChannelCall {
         next: &str,
         number: u32,
     ) -> Result<Outcome, StageError> {
-        let Some(delay) = self.query_delays.get(number as usize - 1) else {
+        let mut step = RefundStep::new(r.id, r.payment_id);
+        step.query_number = Some(number);
+        let correlation_id = r.payment_id.to_string();
+        if !self.schedule_step(tx, next, number, &correlation_id, &step)? {
             refund::transition(
                 tx.conn(),
                 r.id,
@@ -292,20 +336,7 @@ impl ChannelCall {
                 .increment(1);
             tracing::error!(refund_id = %r.id, payment_id = %r.payment_id,
                 "refund unresolved after {} status queries: left reserved for ops", number - 1);
-            return Ok(Outcome::Applied);
-        };
-        let level = self.topology.level_for_delay(*delay);
-        let mut step = RefundStep::new(r.id, r.payment_id);
-        step.query_number = Some(number);
-        let message = OutboxMessage::json(
-            &self.topology.exchanges().retry,
-            &Topology::retry_routing_key(NAME, level),
-            next,
-            Some(&r.payment_id.to_string()),
-            &step,
-        )
-        .map_err(StageError::permanent)?;
-        tx.emit(message);
+        }
         Ok(Outcome::Applied)
     }
 }
@@ -336,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_error_refuses_a_send_but_answers_no_query() {
+    fn a_client_error_refuses_a_first_send_but_answers_no_query_or_send_again() {
         let amount: Decimal = "30.00".parse().unwrap();
         let throttled = || {
             Err(RefundError::Refused {
@@ -344,10 +375,12 @@ mod tests {
                 body: json!({"error": "slow down"}),
             })
         };
-        assert!(matches!(
-            read(&throttled(), Ask::Query, amount, "reversal_declined"),
-            Reading::Unknown(_)
-        ));
+        for ask in [Ask::Query, Ask::Resend] {
+            assert!(matches!(
+                read(&throttled(), ask, amount, "reversal_declined"),
+                Reading::Unknown(_)
+            ));
+        }
         assert!(matches!(
             read(&throttled(), Ask::Send, amount, "reversal_declined"),
             Reading::Final(RefundResult::Failed, Some(_))

@@ -19,9 +19,10 @@ use crate::{
 };
 
 impl Call {
-    /// The payment, the attempt and the channel the call was for.
-    pub(super) fn ids(&self) -> (PaymentId, AttemptId, String) {
-        match self {
+    /// The payment, the attempt and the channel a call about a payment's
+    /// own charge was for; none for a refund's or a payout's call.
+    pub(super) fn ids(&self) -> Option<(PaymentId, AttemptId, String)> {
+        Some(match self {
             Call::Charge { request, adapter } => (
                 request.payment_id,
                 request.attempt_id,
@@ -39,12 +40,8 @@ impl Call {
                 adapter,
                 ..
             } => (*payment_id, *attempt_id, adapter.name().to_owned()),
-            Call::Refund(refund) => (
-                refund.refund.payment_id,
-                refund.attempt_id,
-                refund.refund.channel.clone(),
-            ),
-        }
+            Call::Refund(_) | Call::Payout(_) => return None,
+        })
     }
 }
 
@@ -72,6 +69,7 @@ impl ChannelCall {
             Call::Query { number, .. } => format!("{attempt_id}:query:{number}"),
             Call::Close { .. } => format!("{attempt_id}:close"),
             Call::Refund(refund) => format!("{}:refund", refund.refund.id),
+            Call::Payout(payout) => format!("{}:payout", payout.withdrawal.id),
         };
         routing::record(
             &self.redis,

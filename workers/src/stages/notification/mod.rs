@@ -1,5 +1,5 @@
 //! notification: the last stage. Publishes one versioned BI event per
-//! payment and outcome (deduplicated by a stable event id) and queues a
+//! payment (refund, withdrawal) and outcome (deduplicated by a stable event id) and queues a
 //! signed webhook to the merchant's notify URL. Webhooks are sent by
 //! [`run_webhooks`], outside any transaction, on their own exponential
 //! schedule; every attempt is logged and an exhausted delivery is
@@ -10,6 +10,7 @@
 mod refund;
 pub mod webhook_target;
 mod webhooks;
+mod withdrawal;
 
 pub use webhooks::{rotate_webhook_secret, run_webhooks};
 
@@ -17,7 +18,8 @@ use chrono::Utc;
 use payfleet_common::{
     PaymentId,
     messages::{
-        self, EventSubOrder, PaymentEvent, PaymentOutcome, RefundStep, SCHEMA_VERSION, kind,
+        self, EventSubOrder, PaymentEvent, PaymentOutcome, RefundStep, SCHEMA_VERSION,
+        WithdrawalStep, kind,
     },
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable},
 };
@@ -41,11 +43,12 @@ pub use payfleet_common::messages::{
 
 pub struct Notification;
 
-/// A payment's final word, or a refund's.
+/// A payment's final word, a refund's, or a withdrawal's.
 #[derive(Debug)]
 pub enum Final {
     Payment(PaymentOutcome),
     Refund(RefundStep),
+    Withdrawal(WithdrawalStep),
 }
 
 impl Stage for Notification {
@@ -58,6 +61,8 @@ impl Stage for Notification {
     fn decode(&self, inbound: &Inbound) -> Result<Final, Undecodable> {
         if inbound.message_type.as_deref() == Some(kind::REFUND_OUTCOME) {
             payfleet_common::runtime::decode_json(inbound).map(Final::Refund)
+        } else if inbound.message_type.as_deref() == Some(kind::WITHDRAWAL_OUTCOME) {
+            payfleet_common::runtime::decode_json(inbound).map(Final::Withdrawal)
         } else {
             payfleet_common::runtime::decode_json(inbound).map(Final::Payment)
         }
@@ -67,6 +72,7 @@ impl Stage for Notification {
         Some(match m {
             Final::Payment(m) => m.payment_id.to_string(),
             Final::Refund(m) => m.payment_id.to_string(),
+            Final::Withdrawal(m) => crate::domain::withdrawal::lock_key(m.withdrawal_id),
         })
     }
 
@@ -79,6 +85,7 @@ impl Stage for Notification {
         match m {
             Final::Payment(m) => notify_payment(tx, m).await,
             Final::Refund(m) => refund::notify(tx, m).await,
+            Final::Withdrawal(m) => withdrawal::notify(tx, m).await,
         }
     }
 }
@@ -87,8 +94,9 @@ impl Stage for Notification {
 async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome, StageError> {
     tx.set_correlation_id(&m.payment_id.to_string());
     let operation = Operation {
-        payment_id: m.payment_id,
+        payment_id: Some(m.payment_id),
         refund_id: None,
+        withdrawal_id: None,
         event_type: m.outcome.event_type(),
     };
     let event_id = messages::stable_id(&["event", &m.payment_id.to_string(), operation.event_type]);
@@ -111,11 +119,12 @@ async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome,
         .await
 }
 
-/// The payment, or one of its refunds, that an event is about: each has
-/// its own event of a type, and its own webhook.
+/// The payment, one of its refunds, or a withdrawal, that an event is
+/// about: each has its own event of a type, and its own webhook.
 struct Operation<'a> {
-    payment_id: PaymentId,
+    payment_id: Option<PaymentId>,
     refund_id: Option<Uuid>,
+    withdrawal_id: Option<Uuid>,
     event_type: &'a str,
 }
 
@@ -123,12 +132,13 @@ impl Operation<'_> {
     /// Records the event as emitted; false when it already was.
     async fn claim_event(&self, tx: &mut StageTx, event_id: Uuid) -> Result<bool, StageError> {
         let new = sqlx::query(
-            "INSERT INTO payment_events (event_id, payment_id, refund_id, event_type) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO payment_events (event_id, payment_id, refund_id, withdrawal_id, event_type)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(event_id)
         .bind(self.payment_id)
         .bind(self.refund_id)
+        .bind(self.withdrawal_id)
         .bind(self.event_type)
         .execute(tx.conn())
         .await?;
@@ -148,12 +158,14 @@ impl Operation<'_> {
         tx.emit_event(self.event_type, event)?;
         if let Some(url) = notify_url {
             sqlx::query(
-                "INSERT INTO webhook_deliveries (id, payment_id, refund_id, merchant_id, event_type, url, payload, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                "INSERT INTO webhook_deliveries (id, payment_id, refund_id, withdrawal_id, merchant_id, event_type,
+                                                 url, payload, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
             )
             .bind(messages::stable_id(&["webhook", &event_id.to_string()]))
             .bind(self.payment_id)
             .bind(self.refund_id)
+            .bind(self.withdrawal_id)
             .bind(merchant_id)
             .bind(self.event_type)
             .bind(url)

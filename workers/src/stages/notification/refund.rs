@@ -34,8 +34,9 @@ pub(super) async fn notify(tx: &mut StageTx, m: &RefundStep) -> Result<Outcome, 
         (RefundKind::Reversal, RefundResult::Failed) => event::REVERSAL_FAILED,
     };
     let operation = Operation {
-        payment_id: m.payment_id,
+        payment_id: Some(m.payment_id),
         refund_id: Some(m.refund_id),
+        withdrawal_id: None,
         event_type,
     };
     let event_id = messages::stable_id(&["event", &m.refund_id.to_string(), event_type]);

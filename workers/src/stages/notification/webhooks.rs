@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use payfleet_common::{
-    CancellationToken, PaymentId, broker, messages,
+    CancellationToken, broker, messages,
     runtime::{
         Inbound, Shared,
         dead_letter::{self, ErrorKind},
@@ -25,7 +25,8 @@ use crate::domain::webhook_delivery::{self, DeliveryStatus};
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
-    payment_id: PaymentId,
+    /// The payment or the withdrawal the event is about: the correlation id.
+    subject_id: Uuid,
     url: String,
     payload: Value,
     attempts: i32,
@@ -77,7 +78,7 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                         WHERE status = 'pending' AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
                         ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED)
            AND m.id = d.merchant_id
-         RETURNING d.id, d.payment_id, d.url, d.payload, d.attempts, d.schedule_from,
+         RETURNING d.id, COALESCE(d.payment_id, d.withdrawal_id) AS subject_id, d.url, d.payload, d.attempts, d.schedule_from,
                    ARRAY(SELECT s.secret FROM merchant_webhook_secrets s
                          WHERE s.merchant_id = m.id AND (s.expires_at IS NULL OR s.expires_at > now())
                          ORDER BY s.created_at DESC) AS secrets,
@@ -178,7 +179,7 @@ async fn record(
             // Permanent: on record in webhook_attempts, not retried.
             webhook_delivery::finish(pool, d.id, attempt, DeliveryStatus::Refused).await?;
             metrics::counter!("payfleet_webhooks_total", "result" => "refused").increment(1);
-            tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook target refused");
+            tracing::warn!(delivery = %d.id, subject_id = %d.subject_id, %error, "webhook target refused");
         }
         Some(error) => {
             let schedule = &shared.settings.webhook_delays;
@@ -207,7 +208,7 @@ async fn record(
                         .await?;
                     metrics::counter!("payfleet_webhooks_total", "result" => "exhausted")
                         .increment(1);
-                    tracing::warn!(delivery = %d.id, payment_id = %d.payment_id, %error, "webhook retries exhausted; dead-lettered");
+                    tracing::warn!(delivery = %d.id, subject_id = %d.subject_id, %error, "webhook retries exhausted; dead-lettered");
                 }
             }
         }
@@ -270,7 +271,7 @@ async fn dead_letter_webhook(
     let inbound = Inbound {
         stage: NAME.to_owned(),
         message_id: d.id.to_string(),
-        correlation_id: Some(d.payment_id.to_string()),
+        correlation_id: Some(d.subject_id.to_string()),
         message_type: Some(WEBHOOK_DELIVERY_TYPE.to_owned()),
         attempt: 0,
         redelivered: false,

@@ -1,7 +1,9 @@
 //! order-validation: the first stage. Turns an upstream `payment.requested`
 //! into a validated payment (→ fund-freeze) or a rejection with a reason
 //! (→ notification), checking the signature, the parties, the catalogue's
-//! prices and stock, the coupon and the risk rules.
+//! prices and stock, the coupon and the risk rules. Refund and reversal
+//! requests ([`refund`]) and withdrawal requests ([`withdrawal`]) are
+//! judged here the same way.
 //!
 //! Idempotency: the payment id is derived from (merchant, merchant order id);
 //! the same id with the same content is a stale duplicate, with other content
@@ -19,6 +21,7 @@ mod request;
 mod reversal;
 pub mod risk;
 pub mod schema;
+pub mod withdrawal;
 
 use chrono::{DateTime, Utc};
 use payfleet_common::lock::Locks;
@@ -75,6 +78,8 @@ pub struct OrderValidation {
     pub max_body_bytes: usize,
     /// `business_time_zone`: the day a reversal's cut-off belongs to.
     pub business_zone: chrono_tz::Tz,
+    /// A withdrawal's fee and per-withdrawal limit.
+    pub withdrawal_limits: crate::domain::withdrawal::Limits,
 }
 
 impl OrderValidation {
@@ -88,6 +93,7 @@ impl OrderValidation {
                 .unwrap_or(chrono::Duration::MAX),
             max_body_bytes: settings.ingress_max_body_bytes as usize,
             business_zone: settings.business_zone(),
+            withdrawal_limits: crate::domain::withdrawal::Limits::new(settings),
         }
     }
 }
@@ -101,11 +107,19 @@ pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
     ]))
 }
 
-/// What upstream asked for: a payment, or a refund or reversal of one.
+/// What upstream asked for: a payment, a refund or reversal of one, or a
+/// withdrawal from a wallet.
 #[derive(Debug)]
 pub enum Asked {
     Payment(Request),
     Refund(refund::RefundRequest),
+    Withdrawal(withdrawal::WithdrawalRequest),
+}
+
+/// Whether a delivery is a withdrawal request (by its routing key or type).
+fn is_withdrawal_request(inbound: &Inbound) -> bool {
+    let kind = messages::kind::WITHDRAWAL_REQUESTED;
+    inbound.routing_key == kind || inbound.message_type.as_deref() == Some(kind)
 }
 
 /// Whether a delivery is a refund or a reversal request (by its routing
@@ -134,9 +148,11 @@ impl Stage for OrderValidation {
     /// judged in `handle`, a body the schema refuses included.
     fn decode(&self, inbound: &Inbound) -> Result<Asked, Undecodable> {
         let refund_kind = refund_request_kind(inbound);
+        let withdrawal = is_withdrawal_request(inbound);
         let kind = match refund_kind {
             Some(RefundKind::Refund) => messages::kind::REFUND_REQUESTED,
             Some(RefundKind::Reversal) => messages::kind::PAYMENT_REVERSE,
+            None if withdrawal => messages::kind::WITHDRAWAL_REQUESTED,
             None => messages::kind::PAYMENT_REQUESTED,
         };
         // Capped before it is parsed: a body past the cap cannot be answered.
@@ -152,6 +168,9 @@ impl Stage for OrderValidation {
         let value: Value = serde_json::from_slice(&inbound.body).map_err(not_json)?;
         if let Some(refund_kind) = refund_kind {
             return refund::decode(inbound, value, refund_kind).map(Asked::Refund);
+        }
+        if withdrawal {
+            return withdrawal::decode(inbound, value).map(Asked::Withdrawal);
         }
         let merchant_id = usable_id(&value, messages::kind::PAYMENT_REQUESTED, "merchant_id")?;
         let merchant_order_id = usable_id(
@@ -183,6 +202,7 @@ impl Stage for OrderValidation {
                 request.merchant_id,
                 request.merchant_request_id
             ),
+            Asked::Withdrawal(request) => withdrawal::lock_key(request),
         })
     }
 
@@ -212,6 +232,7 @@ impl Stage for OrderValidation {
         match asked {
             Asked::Payment(request) => self.handle_payment(tx, inbound, request).await,
             Asked::Refund(request) => self.handle_refund(tx, inbound, request).await,
+            Asked::Withdrawal(request) => self.handle_withdrawal(tx, inbound, request).await,
         }
     }
 }

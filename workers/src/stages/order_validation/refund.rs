@@ -407,6 +407,7 @@ async fn refuse_unbound(
         merchant_order_id: None,
         merchant_refund_id: (!reversal).then_some(request.merchant_request_id.as_str()),
         merchant_reversal_id: reversal.then_some(request.merchant_request_id.as_str()),
+        withdrawal_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     // No refund came of it: the event names the refused message, never the

@@ -41,6 +41,7 @@ pub(super) struct Rejection<'a> {
     pub(super) merchant_order_id: Option<&'a str>,
     pub(super) merchant_refund_id: Option<&'a str>,
     pub(super) merchant_reversal_id: Option<&'a str>,
+    pub(super) withdrawal_request_id: Option<&'a str>,
 }
 
 impl Rejection<'_> {
@@ -55,14 +56,15 @@ impl Rejection<'_> {
     ) -> Result<(), StageError> {
         sqlx::query(
             "INSERT INTO request_rejections (message_id, merchant_id, merchant_order_id, merchant_refund_id,
-                                             merchant_reversal_id, reason, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
+                                             merchant_reversal_id, withdrawal_request_id, reason, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(&inbound.message_id)
         .bind(self.merchant_id)
         .bind(self.merchant_order_id)
         .bind(self.merchant_refund_id)
         .bind(self.merchant_reversal_id)
+        .bind(self.withdrawal_request_id)
         .bind(reason)
         .bind(detail)
         .execute(tx.conn())
@@ -85,6 +87,7 @@ pub(super) async fn refuse(
         merchant_order_id: Some(&request.merchant_order_id),
         merchant_refund_id: None,
         merchant_reversal_id: None,
+        withdrawal_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     let refusal_id = PaymentId::from(messages::stable_id(&[

@@ -1,9 +1,11 @@
-//! Reading a `payment.requested` before any database lookup: the ids it
+//! Reading a request (a payment, a refund, a withdrawal) before any database lookup: the ids it
 //! must carry to be answered, the committed schema, and how fresh it is.
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
-    messages::{PaymentRequested, PaymentReverse, RefundRequested, SCHEMA_VERSION},
+    messages::{
+        PaymentRequested, PaymentReverse, RefundRequested, SCHEMA_VERSION, WithdrawalRequested,
+    },
     runtime::Undecodable,
 };
 use serde_json::Value;
@@ -49,6 +51,13 @@ pub fn read_refund_request(value: Value) -> Result<RefundRequested, (&'static st
 /// Reads a JSON body as a `payment.reverse`, as [`read_request`] does.
 pub fn read_reversal_request(value: Value) -> Result<PaymentReverse, (&'static str, String)> {
     read_checked(value, schema::first_reversal_violation)
+}
+
+/// Reads a JSON body as a `withdrawal.requested`, as [`read_request`] does.
+pub fn read_withdrawal_request(
+    value: Value,
+) -> Result<WithdrawalRequested, (&'static str, String)> {
+    read_checked(value, schema::first_withdrawal_violation)
 }
 
 fn read_checked<T: serde::de::DeserializeOwned>(

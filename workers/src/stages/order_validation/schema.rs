@@ -37,7 +37,11 @@ static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(SCHEMA));
 pub const REVERSAL_SCHEMA: &str =
     include_str!("../../../../contracts/v1/payment.reverse.schema.json");
 
+pub const WITHDRAWAL_SCHEMA: &str =
+    include_str!("../../../../contracts/v1/withdrawal.requested.schema.json");
+
 static REFUND_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REFUND_SCHEMA));
+static WITHDRAWAL_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(WITHDRAWAL_SCHEMA));
 static REVERSAL_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REVERSAL_SCHEMA));
 
 /// Longest detail kept from a validation message (it quotes the value).
@@ -88,6 +92,11 @@ pub fn first_reversal_violation(value: &Value) -> Option<Violation> {
 /// The first violation of the `refund.requested` schema in `value`, if any.
 pub fn first_refund_violation(value: &Value) -> Option<Violation> {
     first_violation_of(&REFUND_VALIDATOR, value)
+}
+
+/// The first violation of the `withdrawal.requested` schema in `value`, if any.
+pub fn first_withdrawal_violation(value: &Value) -> Option<Violation> {
+    first_violation_of(&WITHDRAWAL_VALIDATOR, value)
 }
 
 pub fn first_violation_of(validator: &Validator, value: &Value) -> Option<Violation> {

@@ -1,0 +1,115 @@
+//! A withdrawal's fee and limits, from the settings: the fee in basis
+//! points, the most one withdrawal may take and the most a user may
+//! withdraw in a business day, per currency. order-validation judges the
+//! fee and the per-withdrawal limit; the daily limit is judged by Try,
+//! under the wallet's row lock, so two withdrawals of one user asked at
+//! once cannot both slip under it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use payfleet_common::{Settings, money};
+use rust_decimal::Decimal;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    fee_basis_points: u32,
+    per_withdrawal: BTreeMap<String, u64>,
+    per_day: BTreeMap<String, u64>,
+    zone: chrono_tz::Tz,
+}
+
+impl Limits {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            fee_basis_points: settings.withdrawal_fee_basis_points,
+            per_withdrawal: settings.withdrawal_limit_per_withdrawal.clone(),
+            per_day: settings.withdrawal_limit_per_day.clone(),
+            zone: settings.business_zone(),
+        }
+    }
+
+    /// The platform's fee on withdrawing `amount`, rounded to the cent.
+    pub fn fee(&self, amount: Decimal) -> Decimal {
+        money::round(amount * Decimal::from(self.fee_basis_points) / Decimal::from(10_000))
+    }
+
+    /// Why one withdrawal of `amount` in `currency` is refused by the
+    /// per-withdrawal limit, if it is.
+    pub fn per_withdrawal_refusal(
+        &self,
+        amount: Decimal,
+        currency: &str,
+    ) -> Option<(&'static str, String)> {
+        let Some(limit) = self.per_withdrawal.get(currency) else {
+            return Some((
+                "unsupported_currency",
+                format!(
+                    "no withdrawals in {currency} (withdrawal_limit_per_withdrawal names none)"
+                ),
+            ));
+        };
+        (amount > Decimal::from(*limit)).then(|| {
+            (
+                "over_limit",
+                format!("{amount} {currency} is over the limit of {limit} {currency} a withdrawal"),
+            )
+        })
+    }
+
+    /// The daily limit in `currency` for a withdrawal asked `at`: the
+    /// business day it was asked in, whenever Try judges it, so a
+    /// withdrawal asked before midnight and frozen after counts in one day.
+    pub fn day_of(&self, currency: &str, at: DateTime<Utc>) -> Day {
+        let day = at.with_timezone(&self.zone).date_naive();
+        let (start, end) = crate::ops::reconcile::day_bounds(day, self.zone);
+        Day {
+            limit: self.per_day.get(currency).map(|l| Decimal::from(*l)),
+            start,
+            end,
+        }
+    }
+}
+
+/// A business day's withdrawal limit: `[start, end)` in UTC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Day {
+    pub limit: Option<Decimal>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fee_is_rounded_to_the_cent_and_the_limits_are_per_currency() {
+        let limits = Limits::new(&Settings::default());
+        // 10 basis points by default
+        assert_eq!(limits.fee(Decimal::new(100_000, 2)), Decimal::new(100, 2));
+        assert_eq!(limits.fee(Decimal::new(1_005, 2)), Decimal::new(1, 2));
+        assert_eq!(limits.fee(Decimal::new(4, 2)), Decimal::ZERO);
+        assert_eq!(
+            limits.per_withdrawal_refusal(Decimal::from(50_000), "CNY"),
+            None
+        );
+        assert_eq!(
+            limits
+                .per_withdrawal_refusal(Decimal::new(5_000_001, 2), "CNY")
+                .map(|r| r.0),
+            Some("over_limit")
+        );
+        assert_eq!(
+            limits
+                .per_withdrawal_refusal(Decimal::ONE, "JPY")
+                .map(|r| r.0),
+            Some("unsupported_currency")
+        );
+        let now = Utc::now();
+        let day = limits.day_of("CNY", now);
+        assert_eq!(day.limit, Some(Decimal::from(200_000)));
+        assert!(day.start <= now && now < day.end);
+        assert_eq!(limits.day_of("JPY", now).limit, None);
+    }
+}

@@ -1,0 +1,351 @@
+//! order-validation of a `withdrawal.requested`: the requester's signature
+//! and status, the idempotency key (requester, request id; compared by
+//! content like payments), freshness, the committed schema, then the
+//! business checks: the amount and its fee, the per-withdrawal limit, the
+//! user and its wallet, risk, and a payout channel. An accepted request
+//! becomes a withdrawal in `requested`, handed to fund-freeze, whose Try
+//! freezes the amount and judges the daily limit under the wallet's lock.
+//! A request refused by the business checks is kept `refused` (its id
+//! stays taken) and reported through notification; one that cannot be
+//! trusted or read is refused like a bad payment request, with a
+//! `withdrawal.failed` event and nothing kept but the rejection.
+
+use chrono::Utc;
+use payfleet_common::{
+    broker,
+    messages::{
+        self, SCHEMA_VERSION, WithdrawalEvent, WithdrawalRequested, WithdrawalResult,
+        WithdrawalStep, kind,
+    },
+    money,
+    runtime::{Inbound, Outcome, StageError, StageTx, Undecodable},
+};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    OrderValidation, Rejection,
+    request::read_withdrawal_request,
+    risk::{self, Decision},
+    signed_by,
+};
+use crate::domain::{
+    handoff,
+    withdrawal::{self, WithdrawalStatus, record::NewWithdrawal},
+};
+
+/// The method a channel lists to pay payees out.
+pub const PAYOUT_METHOD: &str = "payout";
+
+/// A withdrawal request as far as it could be read before any database lookup.
+#[derive(Debug)]
+pub struct WithdrawalRequest {
+    pub requester_id: String,
+    pub request_id: String,
+    pub signature: Option<String>,
+    pub body: Vec<u8>,
+    pub content_hash: String,
+    pub parsed: Result<WithdrawalRequested, (&'static str, String)>,
+}
+
+/// Only a body without a usable requester and request id cannot be
+/// answered (poison); anything else is judged.
+pub(super) fn decode(inbound: &Inbound, value: Value) -> Result<WithdrawalRequest, Undecodable> {
+    let message = kind::WITHDRAWAL_REQUESTED;
+    let requester_id = super::usable_id(&value, message, "requester_id")?;
+    let request_id = super::usable_id(&value, message, "request_id")?;
+    let canonical =
+        serde_json::to_vec(&value).map_err(|e| Undecodable::json(inbound, message, e))?;
+    Ok(WithdrawalRequest {
+        requester_id,
+        request_id,
+        signature: broker::header_str(Some(&inbound.headers), messages::SIGNATURE_HEADER),
+        content_hash: hex::encode(Sha256::digest(&canonical)),
+        parsed: read_withdrawal_request(value),
+        body: inbound.body.clone(),
+    })
+}
+
+/// The lock of a withdrawal request while order-validation judges it.
+pub(super) fn lock_key(request: &WithdrawalRequest) -> String {
+    format!(
+        "withdrawal-request:{}:{}",
+        request.requester_id, request.request_id
+    )
+}
+
+/// What the business checks found: the wallet and the payout channel, or
+/// why the withdrawal is refused (with the wallet when one was found).
+struct Judged {
+    wallet: Option<i64>,
+    channel: Option<String>,
+    refusal: Option<(&'static str, String)>,
+}
+
+impl OrderValidation {
+    pub(super) async fn handle_withdrawal(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        request: &WithdrawalRequest,
+    ) -> Result<Outcome, StageError> {
+        let id = withdrawal::withdrawal_id(&request.requester_id, &request.request_id);
+        let requester_status = match signed_by(
+            tx,
+            &request.requester_id,
+            request.signature.as_deref(),
+            &request.body,
+        )
+        .await?
+        {
+            Ok(status) => status,
+            Err((reason, detail)) => {
+                return refuse_unbound(tx, inbound, request, reason, detail).await;
+            }
+        };
+        if let Some(outcome) = seen(tx, inbound, request, id).await? {
+            return Ok(outcome);
+        }
+        let parsed = match &request.parsed {
+            Ok(parsed) => parsed,
+            Err((reason, detail)) => {
+                return refuse_unbound(tx, inbound, request, reason, detail).await;
+            }
+        };
+        if let Some((reason, detail)) = self.stale_request(tx, inbound, parsed.requested_at).await?
+        {
+            return refuse_unbound(tx, inbound, request, reason, &detail).await;
+        }
+        if requester_status != "active" {
+            let detail = "the requester is suspended";
+            return refuse_unbound(tx, inbound, request, "merchant_suspended", detail).await;
+        }
+        // An amount that cannot be a withdrawal at all is not kept either.
+        if let Err(detail) = storable_amount(parsed.amount) {
+            return refuse_unbound(tx, inbound, request, "invalid_amount", &detail).await;
+        }
+        tx.set_correlation_id(&id.to_string());
+        let fee = self.withdrawal_limits.fee(parsed.amount);
+        let judged = self.judge_withdrawal(tx, id, parsed, fee).await?;
+        let new = NewWithdrawal {
+            id,
+            requester_id: &request.requester_id,
+            request_id: &request.request_id,
+            request_hash: &request.content_hash,
+            user_id: &parsed.user_id,
+            account_id: judged.wallet,
+            amount: parsed.amount,
+            // the fee may not reach the amount: a refused one keeps none
+            fee: if fee < parsed.amount {
+                fee
+            } else {
+                Decimal::ZERO
+            },
+            currency: &parsed.currency,
+            payee_account: &parsed.payee_account,
+            channel: judged.channel.as_deref(),
+            notify_url: parsed.notify_url.as_deref(),
+        };
+        if let Some((reason, detail)) = judged.refusal {
+            let detail = format!("{reason}: {detail}");
+            if !new
+                .insert(tx.conn(), WithdrawalStatus::Refused, Some(&detail))
+                .await?
+            {
+                return Ok(recorded_meanwhile(id));
+            }
+            tracing::info!(reason, detail, "withdrawal refused");
+            return withdrawal::emit_outcome(tx, id, WithdrawalResult::Failed, Some(reason));
+        }
+        if !new
+            .insert(tx.conn(), WithdrawalStatus::Requested, None)
+            .await?
+        {
+            return Ok(recorded_meanwhile(id));
+        }
+        withdrawal::hand_on(
+            tx,
+            handoff::FUND_FREEZE,
+            kind::WITHDRAWAL_VALIDATED,
+            &WithdrawalStep::new(id),
+        )
+    }
+
+    /// The business checks of a readable request; what Try judges (the
+    /// balance, the daily limit) is left to Try.
+    async fn judge_withdrawal(
+        &self,
+        tx: &mut StageTx,
+        id: Uuid,
+        r: &WithdrawalRequested,
+        fee: Decimal,
+    ) -> Result<Judged, StageError> {
+        let refused = |wallet, reason, detail| Judged {
+            wallet,
+            channel: None,
+            refusal: Some((reason, detail)),
+        };
+        if r.amount <= fee {
+            let detail = format!("{} is not more than the withdrawal fee of {fee}", r.amount);
+            return Ok(refused(None, "invalid_amount", detail));
+        }
+        if let Some((reason, detail)) = self
+            .withdrawal_limits
+            .per_withdrawal_refusal(r.amount, &r.currency)
+        {
+            return Ok(refused(None, reason, detail));
+        }
+        let user: Option<(String, bool)> =
+            sqlx::query_as("SELECT status, blocked FROM users WHERE id = $1")
+                .bind(&r.user_id)
+                .fetch_optional(tx.conn())
+                .await?;
+        let Some((user_status, user_blocked)) = user else {
+            return Ok(refused(None, "unknown_user", r.user_id.clone()));
+        };
+        if user_status != "active" {
+            return Ok(refused(None, "user_frozen", r.user_id.clone()));
+        }
+        let wallet: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2",
+        )
+        .bind(&r.user_id)
+        .bind(&r.currency)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((wallet, wallet_status)) = wallet else {
+            let detail = format!("user {} has no {} wallet", r.user_id, r.currency);
+            return Ok(refused(None, "no_wallet", detail));
+        };
+        if wallet_status != "active" {
+            let detail = format!("wallet is {wallet_status}");
+            return Ok(refused(Some(wallet), "wallet_not_active", detail));
+        }
+        let (decision, reasons) = risk::decide(
+            &self.risk,
+            &self.redis,
+            &r.user_id,
+            user_blocked,
+            payfleet_common::PaymentId::from(id),
+            r.amount,
+            &r.currency,
+        )
+        .await;
+        // No one reviews a withdrawal in flight: what risk would challenge is refused.
+        if decision != Decision::Allow {
+            return Ok(refused(Some(wallet), "risk_blocked", reasons.join(", ")));
+        }
+        let channel: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM channels WHERE status = 'active' AND $1 = ANY (methods)
+             ORDER BY fee_rate, name LIMIT 1",
+        )
+        .bind(PAYOUT_METHOD)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some(channel) = channel else {
+            let detail = "no active channel pays payees out".to_owned();
+            return Ok(refused(Some(wallet), "no_payout_channel", detail));
+        };
+        Ok(Judged {
+            wallet: Some(wallet),
+            channel: Some(channel),
+            refusal: None,
+        })
+    }
+}
+
+/// Whether `amount` can be kept as a withdrawal's: positive, in cents, and
+/// within the books' range (numeric(20, 2)); otherwise why not.
+fn storable_amount(amount: Decimal) -> Result<(), String> {
+    let most = Decimal::from(10_i64.pow(18));
+    if money::check_amount(amount).is_err() || amount <= Decimal::ZERO || amount >= most {
+        return Err(format!("{amount} is not a positive amount in cents"));
+    }
+    Ok(())
+}
+
+/// Another copy of the request recorded the withdrawal first (possible
+/// only when the lock failed): this copy is a duplicate.
+fn recorded_meanwhile(id: Uuid) -> Outcome {
+    Outcome::Stale {
+        reason: format!("withdrawal {id} recorded meanwhile by another copy"),
+    }
+}
+
+/// A request already seen: a duplicate (same content) or a conflict.
+async fn seen(
+    tx: &mut StageTx,
+    inbound: &Inbound,
+    request: &WithdrawalRequest,
+    id: Uuid,
+) -> Result<Option<Outcome>, StageError> {
+    let existing: Option<(String, String)> =
+        sqlx::query_as("SELECT request_hash, status FROM withdrawals WHERE id = $1")
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?;
+    let Some((hash, status)) = existing else {
+        return Ok(None);
+    };
+    if hash == request.content_hash {
+        return Ok(Some(Outcome::Stale {
+            reason: format!("duplicate request of withdrawal {id} ({status})"),
+        }));
+    }
+    let detail = format!("request id already used by withdrawal {id} with different content");
+    refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
+        .await
+        .map(Some)
+}
+
+/// Refuses a request that creates no withdrawal (it cannot be trusted or
+/// read, or its id is taken): a rejection row and a `withdrawal.failed`
+/// event naming the refused message, never the withdrawal its key
+/// belongs to (a conflict must not report on one that may have succeeded).
+async fn refuse_unbound(
+    tx: &mut StageTx,
+    inbound: &Inbound,
+    request: &WithdrawalRequest,
+    reason: &str,
+    detail: &str,
+) -> Result<Outcome, StageError> {
+    let rejection = Rejection {
+        merchant_id: &request.requester_id,
+        merchant_order_id: None,
+        merchant_refund_id: None,
+        merchant_reversal_id: None,
+        withdrawal_request_id: Some(&request.request_id),
+    };
+    rejection.record(tx, inbound, reason, detail).await?;
+    let refusal_id = messages::stable_id(&["refused-withdrawal-request", &inbound.message_id]);
+    tx.set_correlation_id(&refusal_id.to_string());
+    let parsed = request.parsed.as_ref().ok();
+    let event_type = messages::event::WITHDRAWAL_FAILED;
+    let event = WithdrawalEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &refusal_id.to_string(), event_type]),
+        event_type: event_type.to_owned(),
+        withdrawal_id: refusal_id,
+        requester_id: request.requester_id.clone(),
+        request_id: request.request_id.clone(),
+        user_id: parsed.map(|p| p.user_id.clone()).unwrap_or_default(),
+        status: WithdrawalStatus::Refused.as_str().to_owned(),
+        // Only what the contract allows travels on: an unusable amount or
+        // currency is reported as 0 / XXX ("no currency").
+        amount: parsed
+            .and_then(|p| money::check_amount(p.amount).ok())
+            .unwrap_or(Decimal::ZERO),
+        fee: Decimal::ZERO,
+        currency: parsed
+            .and_then(|p| money::currency(&p.currency).ok())
+            .unwrap_or(money::NO_CURRENCY)
+            .to_owned(),
+        reason: Some(format!("{reason}: {detail}")),
+        occurred_at: Utc::now(),
+    };
+    tx.emit_event(event_type, &event)?;
+    tracing::info!(reason, detail, "withdrawal request refused");
+    Ok(Outcome::Applied)
+}
