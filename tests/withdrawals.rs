@@ -511,6 +511,50 @@ async fn withdrawals_past_the_balance_the_limits_or_the_parties_are_refused_with
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_not_acting_for_users_cannot_withdraw_from_a_wallet() -> anyhow::Result<()> {
+    let world = world("wdstranger").await?;
+    // m1 sells goods: its key is genuine, but it may not move alice's money.
+    let request = WithdrawalRequested {
+        requester_id: "m1".into(),
+        ..withdrawal("wd-by-m1", "100.00", "acct_success")
+    };
+    world
+        .publish_signed_with("k1", messages::kind::WITHDRAWAL_REQUESTED, &request)
+        .await?;
+    wait_until(WAIT, "the request refused", || async {
+        Ok(world
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM request_rejections
+                 WHERE reason = 'requester_not_permitted' AND merchant_id = 'm1' AND withdrawal_request_id = 'wd-by-m1'",
+            )
+            .await?
+            == 1)
+    })
+    .await?;
+    world.env.wait_drained(WAIT).await?;
+    let kept = world
+        .env
+        .scalar_i64("SELECT count(*) FROM withdrawals")
+        .await?;
+    assert_eq!(kept, 0, "nothing kept, nothing frozen");
+    assert_eq!(wallet(&world).await?, (d(WALLET), d(WALLET), d("0")));
+    assert_eq!(
+        at_the_sandbox(&world, withdrawal_id("m1", "wd-by-m1")),
+        None
+    );
+    let events = events(&world).await?;
+    assert_eq!(types_of(&events), ["withdrawal.failed"]);
+    assert!(
+        events[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("requester_not_permitted")),
+        "{events:?}"
+    );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_withdrawals_asked_at_once_cannot_both_slip_under_the_daily_limit() -> anyhow::Result<()>
 {
     let world = world_with("wdrace", |s| {

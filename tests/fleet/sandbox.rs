@@ -482,7 +482,8 @@ pub async fn seed(pool: &PgPool, gateway_url: &str) -> anyhow::Result<()> {
         |sku, seller, name, price| seed::product(sku, seller, d(price)).name(name).stock(100);
     seed::Catalogue {
         merchants: vec![
-            seed::merchant(SHOP, SHOP_KEY).name("Shop"),
+            // the shop doubles as the platform's wallet application
+            seed::merchant(SHOP, SHOP_KEY).name("Shop").acts_for_users(),
             seed::merchant("m1", "k1").name("M1").fee_rate(d("0.0100")),
             seed::merchant("m2", "k2").name("M2"),
         ],

@@ -47,6 +47,10 @@ use crate::{domain::ledger, invariants};
 
 pub const SHOP: &str = "demo-shop";
 pub const SHOP_KEY: &str = "demo-shop-signing-key";
+/// The platform's wallet application, registered like a merchant to act
+/// for users: it asks the demo's withdrawals.
+pub const WALLET_APP: &str = "demo-wallet-app";
+pub const WALLET_APP_KEY: &str = "demo-wallet-app-signing-key";
 
 /// Runs the demo quietly; returns an error when it did not finish cleanly
 /// or an invariant broke.
@@ -220,10 +224,11 @@ impl Load {
         seed_channels(&pool, &format!("http://{gateway_addr}")).await?;
         let run_id = Utc::now().format("%Y%m%d%H%M%S").to_string();
         let catalogue = seed_catalogue(&pool, &run_id, &webhook_url).await?;
+        // one endpoint stands in for the shop's and the wallet application's
         *webhooks.secrets.write().expect("lock") = sqlx::query_scalar(
-            "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = $1 AND (expires_at IS NULL OR expires_at > now())",
+            "SELECT secret FROM merchant_webhook_secrets WHERE merchant_id = ANY($1) AND (expires_at IS NULL OR expires_at > now())",
         )
-        .bind(SHOP)
+        .bind([SHOP, WALLET_APP])
         .fetch_all(&pool)
         .await?;
         let plan = plan(requests, seed, &run_id, &catalogue);

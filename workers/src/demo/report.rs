@@ -55,13 +55,14 @@ pub(super) async fn progress(
     })
 }
 
-/// Nothing in flight: the outbox sent, postings rolled up, webhooks
-/// delivered, and this run's refunds paid back or ended (its sandbox is gone after it).
+/// Nothing in flight: the outbox sent, postings rolled up, this run's
+/// webhooks delivered and its refunds paid back or ended (an earlier run's
+/// receiver and sandbox are gone: what it left retrying is not waited for).
 pub(super) async fn quiet(pool: &PgPool, since: chrono::DateTime<Utc>) -> anyhow::Result<bool> {
     let (unsent, unrolled, webhooks, refunds): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
                 (SELECT count(*) FROM postings WHERE NOT rolled_up),
-                (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
+                (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND created_at >= $1),
                 (SELECT count(*) FROM refunds WHERE created_at >= $1
                   AND status IN ('owed', 'requested', 'reserved', 'sending', 'unknown'))",
     )

@@ -8,7 +8,7 @@ use crate::{
     stages::order_validation::{self, pricing, withdrawal::PAYOUT_METHOD},
 };
 
-use super::{SHOP, SHOP_KEY};
+use super::{SHOP, SHOP_KEY, WALLET_APP, WALLET_APP_KEY};
 
 const SELLERS: [(&str, &str); 3] = [
     ("seller-a", "0.0060"),
@@ -186,6 +186,10 @@ fn catalogue(run_id: &str, webhook_url: &str) -> seeder::Catalogue {
         seeder::merchant(SHOP, SHOP_KEY)
             .name("Demo Shop")
             .notify_url(webhook_url),
+        seeder::merchant(WALLET_APP, WALLET_APP_KEY)
+            .name("Demo Wallet")
+            .notify_url(webhook_url)
+            .acts_for_users(),
     ];
     merchants.extend(SELLERS.map(|(seller, fee)| {
         seeder::merchant(seller, &format!("{seller}-key")).fee_rate(money(fee))

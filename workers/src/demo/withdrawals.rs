@@ -1,6 +1,6 @@
 //! The demo's withdrawals: once its payments have their outcomes, some of
 //! its users withdraw from their wallets to a bank account, asked for by
-//! the shop as their requester — payouts that succeed, one the bank
+//! the platform's wallet application — payouts that succeed, one the bank
 //! account refuses, one whose answer times out (a status query finds it
 //! paid), one the payee's bank sends back a moment later (credited back
 //! once), one larger than the wallet holds (refused by Try), the same
@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 
 use super::{
-    SHOP,
+    WALLET_APP, WALLET_APP_KEY,
     seed::{POOR_USERS, USERS},
 };
 
@@ -27,7 +27,7 @@ const RETURNED_BY_THE_BANK: &str = "acct_returned";
 pub(super) fn plan(run_id: &str) -> Vec<WithdrawalRequested> {
     let ask = |n: usize, user: String, amount: i64, account: &str| WithdrawalRequested {
         schema_version: SCHEMA_VERSION,
-        requester_id: SHOP.to_owned(),
+        requester_id: WALLET_APP.to_owned(),
         request_id: format!("{run_id}-wd{n:03}"),
         user_id: user,
         amount: Decimal::new(amount, 2),
@@ -124,7 +124,7 @@ pub(super) async fn summary(pool: &PgPool, like: &str) -> anyhow::Result<String>
     ))
 }
 
-/// Publishes the planned withdrawal requests, signed by the shop.
+/// Publishes the planned withdrawal requests, signed by the wallet application.
 pub(super) async fn publish(
     publisher: &payfleet_common::broker::Publisher,
     exchange: &str,
@@ -134,7 +134,7 @@ pub(super) async fn publish(
     let mut signed = Vec::with_capacity(requests.len());
     for request in requests {
         let body = serde_json::to_vec(request)?;
-        let signature = payfleet_common::messages::sign(super::SHOP_KEY, &body);
+        let signature = payfleet_common::messages::sign(WALLET_APP_KEY, &body);
         signed.push((uuid::Uuid::now_v7().to_string(), body, Some(signature)));
     }
     super::publish::publish_upstream(

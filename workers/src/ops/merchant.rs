@@ -22,6 +22,8 @@ pub struct NewMerchant {
     /// The platform's fee on its sales, e.g. 0.0060.
     pub fee_rate: Decimal,
     pub notify_url: Option<String>,
+    /// May ask to move users' wallets (the platform's wallet application).
+    pub acts_for_users: bool,
 }
 
 /// A merchant as the commands show it.
@@ -38,6 +40,7 @@ pub struct MerchantView {
     pub key_fingerprint: String,
     pub previous_key_fingerprint: Option<String>,
     pub previous_key_expires_at: Option<DateTime<Utc>>,
+    pub acts_for_users: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -117,12 +120,13 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
         String,
         Option<String>,
         Option<DateTime<Utc>>,
+        bool,
         DateTime<Utc>,
         DateTime<Utc>,
     );
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, name, status, status_reason, fee_rate, notify_url, signing_key,
-                previous_signing_key, previous_key_expires_at, created_at, updated_at
+                previous_signing_key, previous_key_expires_at, acts_for_users, created_at, updated_at
          FROM merchants WHERE id = $1",
     )
     .bind(id)
@@ -138,6 +142,7 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
         key,
         previous,
         until,
+        acts_for_users,
         created,
         updated,
     )) = row
@@ -154,6 +159,7 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
         key_fingerprint: fingerprint(&key),
         previous_key_fingerprint: previous.as_deref().map(fingerprint),
         previous_key_expires_at: until,
+        acts_for_users,
         created_at: created,
         updated_at: updated,
     };
@@ -217,6 +223,7 @@ pub async fn add(
         .name(&new.name)
         .fee_rate(new.fee_rate);
     merchant.notify_url = new.notify_url.clone();
+    merchant.acts_for_users = new.acts_for_users;
     let created = crate::seed::merchants(&mut tx, &[merchant]).await?;
     if created.is_empty() {
         // (the transaction, and the writer's update of the existing row, roll back)
@@ -429,6 +436,7 @@ mod tests {
             name: "Tea House".into(),
             fee_rate: fee.parse().unwrap(),
             notify_url: url.map(str::to_owned),
+            acts_for_users: false,
         }
     }
 

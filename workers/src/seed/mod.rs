@@ -37,10 +37,13 @@ pub struct Merchant {
     pub fee_rate: Decimal,
     pub notify_url: Option<String>,
     pub notify_hosts: Vec<String>,
+    /// May ask to move users' wallets (withdrawals): the platform's wallet
+    /// application, never a merchant selling goods.
+    pub acts_for_users: bool,
 }
 
 /// A merchant `id` whose requests are signed with `signing_key`; named
-/// after its id, no fee, no webhook URL.
+/// after its id, no fee, no webhook URL, acting for no user.
 pub fn merchant(id: &str, signing_key: &str) -> Merchant {
     Merchant {
         id: id.to_owned(),
@@ -49,6 +52,7 @@ pub fn merchant(id: &str, signing_key: &str) -> Merchant {
         fee_rate: Decimal::ZERO,
         notify_url: None,
         notify_hosts: Vec::new(),
+        acts_for_users: false,
     }
 }
 
@@ -67,6 +71,12 @@ impl Merchant {
     /// Where its payment webhooks go.
     pub fn notify_url(mut self, url: &str) -> Self {
         self.notify_url = Some(url.to_owned());
+        self
+    }
+
+    /// May ask to move users' wallets (the platform's wallet application).
+    pub fn acts_for_users(mut self) -> Self {
+        self.acts_for_users = true;
         self
     }
 

@@ -16,10 +16,10 @@ pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Re
     }
     let column = |f: fn(&Merchant) -> String| rows.iter().map(f).collect::<Vec<_>>();
     let written: Vec<(String, bool)> = sqlx::query_as(
-        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url, notify_hosts)
-         SELECT id, name, key, fee, url, string_to_array(hosts, ' ')
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[])
-              AS t(id, name, key, fee, url, hosts)
+        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url, notify_hosts, acts_for_users)
+         SELECT id, name, key, fee, url, string_to_array(hosts, ' '), for_users
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[], $7::boolean[])
+              AS t(id, name, key, fee, url, hosts, for_users)
          ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url
          RETURNING id, xmax = 0",
     )
@@ -33,6 +33,7 @@ pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Re
             .collect::<Vec<_>>(),
     )
     .bind(column(|m| m.notify_hosts.join(" ")))
+    .bind(rows.iter().map(|m| m.acts_for_users).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
     Ok(created(written))

@@ -25,6 +25,10 @@ pub(crate) enum MerchantCommand {
         /// Where its webhooks go (else each payment's own notify URL).
         #[arg(long)]
         notify_url: Option<String>,
+        /// The platform's wallet application: it may ask to move users'
+        /// wallets (withdrawals). A merchant selling goods never may.
+        #[arg(long)]
+        acts_for_users: bool,
         #[arg(long, default_value = "onboarding")]
         reason: String,
         /// Who acts, for the audit (default: $USER).
@@ -178,6 +182,7 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
             name,
             fee_rate,
             notify_url,
+            acts_for_users,
             reason,
             operator,
             json,
@@ -188,6 +193,7 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
                 name,
                 fee_rate,
                 notify_url,
+                acts_for_users,
             };
             let acting = Acting {
                 operator: &operator,

@@ -390,7 +390,7 @@ pub(crate) fn bench_live(live: bench::Live<'_>) {
 /// A merchant in two lines: who, status, fee, where its webhooks go, its key.
 pub(crate) fn merchant(m: &payfleet_workers::ops::merchant::MerchantView) {
     println!(
-        "merchant {} ({}): {}{} · fee rate {} · webhooks to {}",
+        "merchant {} ({}): {}{} · fee rate {} · webhooks to {}{}",
         m.id,
         m.name,
         m.status,
@@ -401,7 +401,12 @@ pub(crate) fn merchant(m: &payfleet_workers::ops::merchant::MerchantView) {
         m.fee_rate,
         m.notify_url
             .as_deref()
-            .unwrap_or("each payment's notify URL")
+            .unwrap_or("each payment's notify URL"),
+        if m.acts_for_users {
+            " · acts for users (may withdraw from their wallets)"
+        } else {
+            ""
+        }
     );
     println!(
         "  request key {}{}",

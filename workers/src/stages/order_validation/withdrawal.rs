@@ -68,6 +68,35 @@ pub(super) fn decode(inbound: &Inbound, value: Value) -> Result<WithdrawalReques
     })
 }
 
+/// The requester's status when it signed the request and is registered
+/// to act for users (a merchant's key must never reach users' wallets);
+/// else why the request cannot be trusted.
+async fn trusted_requester(
+    tx: &mut StageTx,
+    request: &WithdrawalRequest,
+) -> Result<Result<String, (&'static str, String)>, StageError> {
+    let requester = &request.requester_id;
+    let signed = signed_by(tx, requester, request.signature.as_deref(), &request.body).await?;
+    let status = match signed {
+        Ok(status) => status,
+        Err((reason, detail)) => return Ok(Err((reason, detail.to_owned()))),
+    };
+    let acts: Option<bool> =
+        sqlx::query_scalar("SELECT acts_for_users FROM merchants WHERE id = $1")
+            .bind(requester)
+            .fetch_optional(tx.conn())
+            .await?;
+    if acts != Some(true) {
+        return Ok(Err((
+            "requester_not_permitted",
+            format!(
+                "requester {requester} may not move users' wallets: only one registered to act for users (the platform's wallet application) may"
+            ),
+        )));
+    }
+    Ok(Ok(status))
+}
+
 /// The lock of a withdrawal request while order-validation judges it.
 pub(super) fn lock_key(request: &WithdrawalRequest) -> String {
     format!(
@@ -92,17 +121,10 @@ impl OrderValidation {
         request: &WithdrawalRequest,
     ) -> Result<Outcome, StageError> {
         let id = withdrawal::withdrawal_id(&request.requester_id, &request.request_id);
-        let requester_status = match signed_by(
-            tx,
-            &request.requester_id,
-            request.signature.as_deref(),
-            &request.body,
-        )
-        .await?
-        {
+        let requester_status = match trusted_requester(tx, request).await? {
             Ok(status) => status,
             Err((reason, detail)) => {
-                return refuse_unbound(tx, inbound, request, reason, detail).await;
+                return refuse_unbound(tx, inbound, request, reason, &detail).await;
             }
         };
         if let Some(outcome) = seen(tx, inbound, request, id).await? {
