@@ -302,7 +302,8 @@ async fn a_payout_whose_answer_times_out_is_found_by_a_query_and_paid_once() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payout_whose_queries_run_out_stays_frozen_as_an_exception() -> anyhow::Result<()> {
+async fn a_payout_whose_queries_run_out_stays_frozen_as_an_exception_until_the_channel_says()
+-> anyhow::Result<()> {
     let world = world_with("wdpending", |s| {
         s.status_query_delays = payfleet_common::config::millis(&[100, 200]);
     })
@@ -323,6 +324,53 @@ async fn a_payout_whose_queries_run_out_stays_frozen_as_an_exception() -> anyhow
     assert_eq!(sends, 1, "one payout, then only queries");
     assert!(events(&world).await?.is_empty(), "nothing is final yet");
     assert!(postings(&world, id).await?.is_empty());
+    // Ops ask again by hand while the channel still has not decided:
+    // nothing moves.
+    let reference = format!("{SHOP}:wd-pending");
+    let (code, out, err) = world
+        .cli(&[
+            "withdrawal",
+            "requery",
+            &reference,
+            "--operator",
+            "ops-anna",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no final answer"), "{out}");
+    assert_eq!(reaches(&world, id, &["exception"]).await?.0, "exception");
+    // The payee's bank pays it at last; asked by hand, the channel says so
+    // and the withdrawal is booked once, out of its freeze.
+    assert!(world.gateway.pay_pending_payout(CARD, &id.to_string()));
+    let (code, out, err) = world
+        .cli(&[
+            "withdrawal",
+            "requery",
+            &reference,
+            "--operator",
+            "ops-anna",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("says succeeded"), "{out}");
+    reaches(&world, id, &["succeeded"]).await?;
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(wallet(&world).await?, (d("600.00"), d("600.00"), d("0")));
+    assert_eq!(types_of(&events(&world).await?), ["withdrawal.succeeded"]);
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT operator FROM manual_actions WHERE withdrawal_id = $1 AND action = 'requery'",
+    )
+    .bind(id)
+    .fetch_all(world.pool())
+    .await?;
+    assert_eq!(audited, ["ops-anna", "ops-anna"]);
+    let (code, out, _) = world.cli(&["withdrawal", "show", &reference]).await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("ops requery by ops-anna"), "{out}");
+    // Nothing open at the channel any more: a requery is refused.
+    let (code, _, err) = world.cli(&["withdrawal", "requery", &reference]).await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("is succeeded"), "{err}");
     world.finish().await
 }
 

@@ -11,7 +11,7 @@
 //! | `acct_invalid` | refused for good: FAILED (`account_invalid`), nothing paid |
 //! | `acct_timeout` | paid at once, but the answer comes only after `timeout_hold_ms` |
 //! | `acct_returned` | paid (SUCCEEDED), then sent back by the payee's bank after `payout_return_delay`: RETURNED (`account_closed`), reported by a signed webhook to the payout's `notify_url`, sent again until it is taken (2xx) |
-//! | `acct_pending` | accepted but never decided: PROCESSING for good, no fee taken, nothing paid (not on the statement); a re-send and a query answer the same |
+//! | `acct_pending` | accepted but never decided: PROCESSING for good (unless a test pays it with `Gateway::pay_pending_payout`), no fee taken, nothing paid (not on the statement); a re-send and a query answer the same |
 //! | any other | paid at once: SUCCEEDED |
 //!
 //! The channel takes its fee on every payout it pays, a returned one too;
@@ -55,6 +55,27 @@ impl Gateway {
             .payouts
             .get(&(channel.to_owned(), payout_no.to_owned()))
             .cloned()
+    }
+
+    /// Pays a payout left PROCESSING (`acct_pending`) as its bank finally
+    /// did, taking the channel's fee; false when there is no such payout
+    /// still processing. No notice is sent: a status query finds it.
+    pub fn pay_pending_payout(&self, channel: &str, payout_no: &str) -> bool {
+        let Some(fee_rate) = self.channel(channel).map(|c| c.fee_rate) else {
+            return false;
+        };
+        let mut store = self.store.lock().expect("store");
+        match store
+            .payouts
+            .get_mut(&(channel.to_owned(), payout_no.to_owned()))
+        {
+            Some(payout) if payout.status == PayoutStatus::Processing => {
+                payout.status = PayoutStatus::Succeeded;
+                payout.fee = fee(payout.amount, fee_rate);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Posts a returned payout's notice, signed like every webhook, once

@@ -13,6 +13,7 @@ pub mod refund;
 pub mod status;
 pub mod user;
 pub mod webhook;
+pub mod withdrawal;
 
 pub use error::{BoxError, Error, Result};
 

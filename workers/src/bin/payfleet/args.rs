@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand};
 // Ages (`30s`, `15m`, `2h`, `7d`) and times are read the one way ops reads them.
 use payfleet_workers::ops::{parse_age, webhook::parse_time};
 
-use crate::onboarding::{
-    CatalogueCommand, ChannelCommand, MerchantCommand, UserCommand, WalletCommand,
+use crate::{
+    onboarding::{CatalogueCommand, ChannelCommand, MerchantCommand, UserCommand, WalletCommand},
+    withdrawal::WithdrawalCommand,
 };
 
 #[derive(Parser)]
@@ -128,6 +129,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  payfleet refund list --status exception\n  payfleet refund show demo-shop:DS-RF-000001"
     )]
     Refund(RefundCommand),
+    /// Users' withdrawals: list them, show one, ask the payout channel about one by hand.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payfleet withdrawal list --status exception\n  payfleet withdrawal requery <id>"
+    )]
+    Withdrawal(WithdrawalCommand),
     /// Merchants without SQL: onboard one, suspend or activate it, show it, rotate its request key.
     #[command(
         subcommand,

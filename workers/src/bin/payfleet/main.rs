@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod onboarding;
 mod render;
+mod withdrawal;
 
 use std::process::ExitCode;
 
@@ -228,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Payment(command) => payment(&settings, command).await?,
         Command::Refund(command) => refund(&settings, command).await?,
+        Command::Withdrawal(command) => withdrawal::withdrawal(&settings, command).await?,
         Command::Merchant(command) => merchant(&settings, command).await?,
         Command::Channel(command) => channel(&settings, command).await?,
         Command::User(command) => user(&settings, command).await?,
