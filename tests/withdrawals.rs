@@ -432,6 +432,15 @@ async fn a_payout_returned_by_the_bank_is_credited_back_once() -> anyhow::Result
         types_of(&events),
         ["withdrawal.succeeded", "withdrawal.returned"]
     );
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|e| e["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["succeeded", "returned"],
+        "each event its own status"
+    );
     world.finish().await
 }
 

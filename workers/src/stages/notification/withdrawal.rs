@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::Operation;
+use crate::domain::withdrawal::WithdrawalStatus;
 
 pub(super) async fn notify(tx: &mut StageTx, m: &WithdrawalStep) -> Result<Outcome, StageError> {
     let id = m.withdrawal_id;
@@ -55,7 +56,13 @@ pub(super) async fn notify(tx: &mut StageTx, m: &WithdrawalStep) -> Result<Outco
         requester_id: row.requester_id.clone(),
         request_id: row.request_id,
         user_id: row.user_id,
-        status: row.status,
+        // what the event reports, not where the row stands by now (a paid
+        // payout may already be back when its success is told)
+        status: match result {
+            WithdrawalResult::Succeeded => WithdrawalStatus::Succeeded.as_str().to_owned(),
+            WithdrawalResult::Returned => WithdrawalStatus::Returned.as_str().to_owned(),
+            WithdrawalResult::Failed => row.status,
+        },
         amount: row.amount,
         fee: row.fee,
         currency: row.currency,
