@@ -367,10 +367,86 @@ async fn a_payout_whose_queries_run_out_stays_frozen_as_an_exception_until_the_c
     let (code, out, _) = world.cli(&["withdrawal", "show", &reference]).await?;
     assert_eq!(code, 0);
     assert!(out.contains("ops requery by ops-anna"), "{out}");
-    // Nothing open at the channel any more: a requery is refused.
-    let (code, _, err) = world.cli(&["withdrawal", "requery", &reference]).await?;
+    // Asked again, the channel says what the books say: nothing moves.
+    let (code, out, _) = world.cli(&["withdrawal", "requery", &reference]).await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("as the books do"), "{out}");
+    // A refused withdrawal has nothing at any channel: a requery is refused.
+    let refused = ask(
+        &world,
+        &withdrawal("wd-too-much", "9000.00", "acct_success"),
+    )
+    .await?;
+    reaches(&world, refused, &["refused"]).await?;
+    let (code, _, err) = world
+        .cli(&["withdrawal", "requery", &format!("{SHOP}:wd-too-much")])
+        .await?;
     assert_ne!(code, 0);
-    assert!(err.contains("is succeeded"), "{err}");
+    assert!(err.contains("is refused"), "{err}");
+    // Its bank sends it back; the channel's notice gives no reason. The
+    // event must not carry what the exception once said.
+    let (_, payout, _) = at_the_sandbox(&world, id).expect("the payout at the sandbox");
+    assert!(world.gateway.return_payout_quietly(CARD, &id.to_string()));
+    let notice = serde_json::json!({
+        "channel": CARD, "payout_no": id.to_string(), "status": "RETURNED",
+        "amount": payout.to_string(), "currency": "CNY", "occurred_at": Utc::now(),
+    });
+    assert_eq!(notify(&world, id, serde_json::to_vec(&notice)?).await?, 200);
+    reaches(&world, id, &["returned"]).await?;
+    world.env.wait_drained(WAIT).await?;
+    let returned = events(&world)
+        .await?
+        .into_iter()
+        .find(|e| e["event_type"] == "withdrawal.returned")
+        .expect("withdrawal.returned");
+    assert!(
+        !returned["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exception"),
+        "{returned}"
+    );
+    assert_eq!(wallet(&world).await?, (d(WALLET), d(WALLET), d("0")));
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_the_channel_never_received_is_sent_again_by_ops_under_its_id()
+-> anyhow::Result<()> {
+    let world = world_with("wdsendagain", |s| {
+        s.status_query_delays = payfleet_common::config::millis(&[100, 200]);
+    })
+    .await?;
+    // The channel's payouts are down for the whole query schedule: every
+    // send is refused with a 503 and no query finds a payout.
+    world.gateway.set_payouts_down(true);
+    let id = ask(&world, &withdrawal("wd-lost", "300.00", "acct_success")).await?;
+    reaches(&world, id, &["exception"]).await?;
+    assert_eq!(wallet(&world).await?, (d(WALLET), d("700.00"), d("300.00")));
+    assert_eq!(at_the_sandbox(&world, id), None);
+    world.gateway.set_payouts_down(false);
+    let reference = id.to_string();
+    let (code, out, err) = world.cli(&["withdrawal", "requery", &reference]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("never reached it"), "{out}");
+    assert_eq!(reaches(&world, id, &["exception"]).await?.0, "exception");
+    // Sent again under the same id: paid once, booked once out of the freeze.
+    let (code, out, err) = world
+        .cli(&["withdrawal", "requery", &reference, "--send-again"])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("says succeeded"), "{out}");
+    reaches(&world, id, &["succeeded"]).await?;
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(wallet(&world).await?, (d("700.00"), d("700.00"), d("0")));
+    let (status, ..) = at_the_sandbox(&world, id).expect("one payout at the sandbox");
+    assert_eq!(status, "SUCCEEDED");
+    // Once paid, sending again is refused: it is no exception any more.
+    let (code, _, err) = world
+        .cli(&["withdrawal", "requery", &reference, "--send-again"])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("not an exception"), "{err}");
     world.finish().await
 }
 
@@ -496,6 +572,56 @@ async fn a_signed_notice_of_another_amount_or_currency_moves_nothing() -> anyhow
     .fetch_one(world.pool())
     .await?;
     assert_eq!(logged, 2);
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_told_without_the_known_fee_or_never_told_is_credited_back_once()
+-> anyhow::Result<()> {
+    let world = world("wdquietreturn").await?;
+    // The bank sends a paid payout back; the channel's notice states the
+    // payout's amount and currency but not the fee it told us already.
+    let id = ask(
+        &world,
+        &withdrawal("wd-back-nofee", "500.00", "acct_success"),
+    )
+    .await?;
+    reaches(&world, id, &["succeeded"]).await?;
+    let (_, payout, _) = at_the_sandbox(&world, id).expect("the payout at the sandbox");
+    assert!(world.gateway.return_payout_quietly(CARD, &id.to_string()));
+    let notice = serde_json::json!({
+        "channel": CARD, "payout_no": id.to_string(), "status": "RETURNED",
+        "amount": payout.to_string(), "currency": "CNY",
+        "reason": "account_closed", "occurred_at": Utc::now(),
+    });
+    assert_eq!(notify(&world, id, serde_json::to_vec(&notice)?).await?, 200);
+    reaches(&world, id, &["returned"]).await?;
+    // Another one comes back and the channel never says so: ops ask.
+    let quiet = ask(
+        &world,
+        &withdrawal("wd-back-quiet", "200.00", "acct_success"),
+    )
+    .await?;
+    reaches(&world, quiet, &["succeeded"]).await?;
+    let reference = format!("{SHOP}:wd-back-quiet");
+    let (code, out, err) = world.cli(&["withdrawal", "requery", &reference]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("as the books do"), "{out}");
+    assert!(
+        world
+            .gateway
+            .return_payout_quietly(CARD, &quiet.to_string())
+    );
+    let (code, out, err) = world.cli(&["withdrawal", "requery", &reference]).await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("says returned"), "{out}");
+    reaches(&world, quiet, &["returned"]).await?;
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(
+        wallet(&world).await?,
+        (d(WALLET), d(WALLET), d("0")),
+        "both credited back, once"
+    );
     world.finish().await
 }
 

@@ -75,6 +75,9 @@ struct Store {
     processing: Vec<(String, String)>,
     reversals: HashMap<(String, String), Reversal>,
     payouts: HashMap<(String, String), Payout>,
+    /// While set, a payout asked for never reaches the payee's bank: 503,
+    /// nothing kept (tests).
+    payouts_down: bool,
     /// Reversal cut-offs moved since start, per channel.
     cutoffs: HashMap<String, Option<chrono::NaiveTime>>,
     sequence: u64,

@@ -57,6 +57,12 @@ impl Gateway {
             .cloned()
     }
 
+    /// Takes payouts down (every one asked for answers 503 and is never
+    /// kept, so a query finds none) or back up, as a bank outage would.
+    pub fn set_payouts_down(&self, down: bool) {
+        self.store.lock().expect("store").payouts_down = down;
+    }
+
     /// Pays a payout left PROCESSING (`acct_pending`) as its bank finally
     /// did, taking the channel's fee; false when there is no such payout
     /// still processing. No notice is sent: a status query finds it.
@@ -72,6 +78,24 @@ impl Gateway {
             Some(payout) if payout.status == PayoutStatus::Processing => {
                 payout.status = PayoutStatus::Succeeded;
                 payout.fee = fee(payout.amount, fee_rate);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Turns a paid payout RETURNED at once, as if its bank sent it back and
+    /// the notice were lost (tests); false when there is no such paid payout.
+    pub fn return_payout_quietly(&self, channel: &str, payout_no: &str) -> bool {
+        let mut store = self.store.lock().expect("store");
+        match store
+            .payouts
+            .get_mut(&(channel.to_owned(), payout_no.to_owned()))
+        {
+            Some(payout) if payout.status == PayoutStatus::Succeeded => {
+                payout.status = PayoutStatus::Returned;
+                payout.reason = Some("account_closed".to_owned());
+                payout.returned_at = Some(Utc::now());
                 true
             }
             _ => false,
@@ -150,6 +174,9 @@ pub(crate) async fn create(
         let key = (channel.clone(), request.payout_no.clone());
         if let Some(existing) = store.payouts.get(&key) {
             return answer(existing);
+        }
+        if store.payouts_down {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "payouts are down");
         }
         let refused = request.account == "acct_invalid";
         let returns = request.account == "acct_returned";

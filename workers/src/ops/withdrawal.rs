@@ -1,12 +1,14 @@
 //! `payfleet withdrawal`: users' withdrawals, one withdrawal's whole story
 //! (its payout calls and notices, postings, events, webhooks, ops
 //! actions), and asking the payout channel by hand about one still open
-//! there — the way out of `exception` when the channel's word is awaited.
+//! there (or paid, for a return whose notice never came) — the way out of
+//! `exception`, sending again under the same id when the channel never
+//! received the payout.
 
 use chrono::{DateTime, Utc};
 use payfleet_common::{
     Settings, Topology,
-    messages::{WithdrawalStep, kind},
+    messages::{WithdrawalResult, WithdrawalStep, kind},
     outbox::{self, OutboxMessage},
 };
 use rust_decimal::Decimal;
@@ -24,6 +26,7 @@ use crate::{
             answer::{Reading, read_answer},
         },
     },
+    stages::channel_call::payout,
 };
 
 /// The withdrawal `<withdrawal id>` or `<requester id>:<request id>` names.
@@ -155,35 +158,51 @@ pub enum Answer {
         result: String,
         reason: Option<String>,
     },
+    /// The channel says what the books already say (a paid payout still
+    /// paid): nothing to hand on.
+    AsBooked { result: String },
     /// The channel has no payout of this id: it never reached it. Nothing
-    /// moves; settle it with the channel.
+    /// moves; `--send-again` sends it again under its id.
     NeverReceived,
     /// Processing, another amount, or no answer: why.
     NoAnswer { why: String },
 }
 
-/// `withdrawal requery`: asks the payout channel about a withdrawal still
-/// open there (`sending`, `unknown` or `exception`) now; a final answer is
-/// read as channel-call reads one and goes to callback like a status
-/// query's. Logged and audited; nothing is sent again.
+/// `withdrawal requery`: asks the payout channel now about a withdrawal
+/// still open there (`sending`, `unknown` or `exception`), or paid
+/// (`succeeded`: a return whose notice never came); a final answer is read
+/// as channel-call reads one and goes to callback like a status query's.
+/// With `send_again`, an `exception` the channel has never heard of (the
+/// send never reached it, the queries ran out meanwhile) is sent again
+/// under the same id — harmless by the channel's idempotency key, as
+/// channel-call does on its own. Logged and audited.
 pub async fn requery(
     settings: &Settings,
     pool: &PgPool,
     id: Uuid,
     operator: &str,
+    send_again: bool,
 ) -> Result<Answer> {
     let Some(w) = withdrawal::find(pool, id).await? else {
         return Err(Error::not_found(format!("no withdrawal {id}")));
     };
     let status = w.status().map_err(|e| Error::refused(e.to_string()))?;
-    let (WithdrawalStatus::Sending | WithdrawalStatus::Unknown | WithdrawalStatus::Exception) =
-        status
+    let (WithdrawalStatus::Sending
+    | WithdrawalStatus::Unknown
+    | WithdrawalStatus::Exception
+    | WithdrawalStatus::Succeeded) = status
     else {
         return Err(Error::refused(format!(
-            "withdrawal {id} is {}: nothing is open at its channel to ask about",
+            "withdrawal {id} is {}: nothing at its channel can change it",
             status.as_str()
         )));
     };
+    if send_again && status != WithdrawalStatus::Exception {
+        return Err(Error::refused(format!(
+            "--send-again: withdrawal {id} is {}, not an exception; channel-call still handles it",
+            status.as_str()
+        )));
+    }
     let Some(channel) = w.channel.clone() else {
         return Err(Error::refused(format!(
             "withdrawal {id} names no payout channel"
@@ -192,46 +211,38 @@ pub async fn requery(
     let adapter = Adapters::new(settings.channel_timeout)
         .get(pool, &channel)
         .await?;
-    let reply = adapter.query_payout(id).await;
-    let (answer, step) = match &reply {
-        Ok(raw) => match read_answer(raw, &w) {
-            Reading::Final(result, reason, fee) => {
-                let mut step = WithdrawalStep::new(id);
-                step.result = Some(result);
-                step.reason = reason.clone();
-                step.channel_fee = fee;
-                let result = serde_json::to_value(result)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                (Answer::Final { result, reason }, Some(step))
-            }
-            Reading::Unknown(why) => (Answer::NoAnswer { why }, None),
-            Reading::NeverReceived => (Answer::NeverReceived, None),
-        },
-        Err(RefundError::NotFound { .. }) => (Answer::NeverReceived, None),
-        Err(error) => (
-            Answer::NoAnswer {
-                why: error.to_string(),
-            },
-            None,
-        ),
-    };
+    let mut calls = vec![("manual requery", adapter.query_payout(id).await)];
+    let mut reading = read_reply(&calls[0].1, &w);
+    if send_again && reading == Reading::NeverReceived {
+        let url = payout::notify_url(&settings.callback_base_url, &channel, id);
+        let sent = adapter.payout(&payout::request(&w, url)).await;
+        reading = payout::read_send_again(&sent, &w);
+        calls.push(("manual payout again", sent));
+    }
+    let (answer, step) = answer_of(reading, status, id)?;
     let said = serde_json::to_value(&answer)?;
     let mut tx = pool.begin().await?;
-    let mut logged = json!({"call": "manual requery", "operator": operator, "payout_no": id});
-    match &reply {
-        Ok(raw) => logged["answer"] = raw.clone(),
-        Err(error) => logged["error"] = json!(error.to_string()),
+    for (call, reply) in &calls {
+        let mut logged = json!({"call": call, "operator": operator, "payout_no": id});
+        match reply {
+            Ok(raw) => logged["answer"] = raw.clone(),
+            Err(error) => logged["error"] = json!(error.to_string()),
+        }
+        sqlx::query(
+            "INSERT INTO withdrawal_log (withdrawal_id, channel, direction, payload) VALUES ($1, $2, 'request', $3)",
+        )
+        .bind(id)
+        .bind(&channel)
+        .bind(logged)
+        .execute(&mut *tx)
+        .await?;
     }
-    sqlx::query(
-        "INSERT INTO withdrawal_log (withdrawal_id, channel, direction, payload) VALUES ($1, $2, 'request', $3)",
-    )
-    .bind(id)
-    .bind(&channel)
-    .bind(logged)
-    .execute(&mut *tx)
-    .await?;
+    if calls.len() > 1 {
+        sqlx::query("UPDATE withdrawals SET sends = sends + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
     if let Some(step) = step {
         let topology = Topology::from_settings(settings)?;
         let message = OutboxMessage::json(
@@ -245,14 +256,60 @@ pub async fn requery(
     }
     sqlx::query(
         "INSERT INTO manual_actions (withdrawal_id, action, operator, reason, before, after)
-         VALUES ($1, 'requery', $2, 'status asked by hand', $3, $4)",
+         VALUES ($1, 'requery', $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(operator)
+    .bind(if calls.len() > 1 {
+        "status asked by hand; the payout sent again under its id"
+    } else {
+        "status asked by hand"
+    })
     .bind(json!({"status": status.as_str()}))
     .bind(&said)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(answer)
+}
+
+/// A status query's reply, read as channel-call reads one.
+fn read_reply(
+    reply: &std::result::Result<serde_json::Value, RefundError>,
+    w: &withdrawal::Withdrawal,
+) -> Reading {
+    match reply {
+        Ok(raw) => read_answer(raw, w),
+        Err(RefundError::NotFound { .. }) => Reading::NeverReceived,
+        Err(error) => Reading::Unknown(error.to_string()),
+    }
+}
+
+/// What ops are told, and the result to hand to callback if any.
+fn answer_of(
+    reading: Reading,
+    status: WithdrawalStatus,
+    id: Uuid,
+) -> Result<(Answer, Option<WithdrawalStep>)> {
+    Ok(match reading {
+        Reading::Final(WithdrawalResult::Succeeded, ..)
+            if status == WithdrawalStatus::Succeeded =>
+        {
+            let result = "succeeded".to_owned();
+            (Answer::AsBooked { result }, None)
+        }
+        Reading::Final(result, reason, fee) => {
+            let mut step = WithdrawalStep::new(id);
+            step.result = Some(result);
+            step.reason = reason.clone();
+            step.channel_fee = fee;
+            let result = serde_json::to_value(result)?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (Answer::Final { result, reason }, Some(step))
+        }
+        Reading::Unknown(why) => (Answer::NoAnswer { why }, None),
+        Reading::NeverReceived => (Answer::NeverReceived, None),
+    })
 }

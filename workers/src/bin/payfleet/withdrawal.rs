@@ -35,13 +35,18 @@ pub(crate) enum WithdrawalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Ask the payout channel now about a withdrawal still open there (sending, unknown, exception);
-    /// a final answer goes to the callback stage, which books it. Nothing is sent again; audited.
+    /// Ask the payout channel now about a withdrawal still open there (sending, unknown, exception)
+    /// or paid (succeeded: a bank's return whose notice never came); a final answer goes to the
+    /// callback stage, which books it. Nothing is sent again; audited.
     #[command(
-        after_help = "Example:\n  payfleet withdrawal requery demo-wallet-app:20261206-wd009"
+        after_help = "Examples:\n  payfleet withdrawal requery demo-wallet-app:20261206-wd009\n  payfleet withdrawal requery 5d3e0a7c-… --send-again --operator anna"
     )]
     Requery {
         reference: String,
+        /// For an exception the channel has never heard of: send the payout again under the
+        /// same id (the channel's idempotency key; a second payout is impossible).
+        #[arg(long)]
+        send_again: bool,
         #[arg(long)]
         operator: Option<String>,
     },
@@ -81,11 +86,13 @@ pub(crate) async fn withdrawal(
         }
         WithdrawalCommand::Requery {
             reference,
+            send_again,
             operator,
         } => {
             let id = ops::withdrawal::parse_reference(&reference)?;
             let operator = ops::operator(operator);
-            let answer = ops::withdrawal::requery(settings, &pool, id, &operator).await?;
+            let answer =
+                ops::withdrawal::requery(settings, &pool, id, &operator, send_again).await?;
             println!(
                 "withdrawal {id}: {}",
                 match answer {
@@ -93,8 +100,11 @@ pub(crate) async fn withdrawal(
                         "the channel says {result}{}; handed to callback",
                         reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     ),
+                    Answer::AsBooked { result } =>
+                        format!("the channel says {result}, as the books do; nothing moved"),
                     Answer::NeverReceived =>
-                        "the channel has no payout of this id: it never reached it; nothing moved"
+                        "the channel has no payout of this id: it never reached it; nothing moved \
+                         (--send-again sends it again under its id)"
                             .to_owned(),
                     Answer::NoAnswer { why } => format!("no final answer ({why}); nothing moved"),
                 }

@@ -40,13 +40,19 @@ pub fn read_answer(raw: &Value, w: &Withdrawal) -> Reading {
             // The channel's fee on money that left is part of the answer:
             // the books charge it to the platform. In cents, never
             // negative nor more than the payout; without one a query gets
-            // the whole answer.
-            match stated("fee").filter(|f| {
+            // the whole answer — unless the fee is known already (kept
+            // with the payout's success): a bank's return need not repeat it.
+            let readable = stated("fee").filter(|f| {
                 !f.is_sign_negative()
                     && f.normalize().scale() <= money::MINOR_DIGITS
                     && *f <= w.payout_amount()
-            }) {
+            });
+            let stated_none = matches!(raw.get("fee"), None | Some(Value::Null));
+            match readable {
                 Some(fee) => Reading::Final(result, reason, Some(fee)),
+                None if stated_none && w.channel_fee.is_some() => {
+                    Reading::Final(result, reason, None)
+                }
                 None => Reading::Unknown(format!("no readable fee: {raw}")),
             }
         }
@@ -117,6 +123,21 @@ pub(crate) mod tests {
             ok(json!({"status": "FAILED", "reason": "account_invalid"})),
             Reading::Final(WithdrawalResult::Failed, Some(reason), None) if reason == "payout_declined: account_invalid"
         ));
+        // A return of a payout whose fee is known already need not repeat it
+        // (a garbled one is still no answer).
+        let paid = Withdrawal {
+            channel_fee: Some("2.50".parse().unwrap()),
+            status: "succeeded".into(),
+            ..withdrawal()
+        };
+        let back = json!({"status": "RETURNED", "amount": "249.75", "currency": "CNY", "reason": "account_closed"});
+        assert!(matches!(
+            read_answer(&back, &paid),
+            Reading::Final(WithdrawalResult::Returned, Some(_), None)
+        ));
+        let garbled =
+            json!({"status": "RETURNED", "amount": "249.75", "currency": "CNY", "fee": "-1"});
+        assert!(matches!(read_answer(&garbled, &paid), Reading::Unknown(_)));
         for raw in [
             json!({"status": "SUCCEEDED", "amount": "250.00", "currency": "CNY"}),
             json!({"status": "RETURNED", "amount": "100.00", "currency": "CNY"}),

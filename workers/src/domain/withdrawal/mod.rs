@@ -182,7 +182,8 @@ pub async fn transition(
         "UPDATE withdrawals SET status = $3, updated_at = now(),
                 paid_at = CASE WHEN $3 = 'succeeded' THEN now() ELSE paid_at END,
                 returned_at = CASE WHEN $3 = 'returned' THEN now() ELSE returned_at END,
-                detail = COALESCE($4, detail)
+                -- what an exception said no longer holds once the channel has paid
+                detail = CASE WHEN $3 = 'succeeded' THEN $4 ELSE COALESCE($4, detail) END
          WHERE id = $1 AND status = $2",
     )
     .bind(withdrawal_id)

@@ -42,18 +42,17 @@ fn listed(statement: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// What a listed payout says of our withdrawal (`status`, `amount` leaving
-/// the wallet, our `fee`, `currency`): the payee got amount − fee in our
-/// currency (else an amount mismatch), SUCCEEDED ↔ succeeded and RETURNED ↔
-/// returned (else a status mismatch: one we do not hold as paid out too).
-fn classify(
-    status: &str,
-    amount: Decimal,
-    fee: Decimal,
-    currency: &str,
-    payout: &Value,
-) -> &'static str {
-    let paid: Option<Decimal> = payout["amount"].as_str().and_then(|a| a.parse().ok());
+/// What a listed payout says of our withdrawal (its status, the amount
+/// leaving the wallet, our fee, currency and the channel's fee as our books
+/// charged it): the payee got amount − fee in our currency (else an amount
+/// mismatch), SUCCEEDED ↔ succeeded and RETURNED ↔ returned (else a status
+/// mismatch: one we do not hold as paid out too), and the channel took the
+/// fee our books charged the platform (else a fee mismatch).
+fn classify(ours: &Row, payout: &Value) -> &'static str {
+    let (_, amount, fee, currency, status, channel_fee) = ours;
+    let (amount, fee, currency) = (*amount, *fee, currency.as_str());
+    let money = |field: &str| -> Option<Decimal> { payout[field].as_str()?.parse().ok() };
+    let paid = money("amount");
     if paid != Some(amount - fee) || payout["currency"].as_str() != Some(currency) {
         return "payout_amount_mismatch";
     }
@@ -62,10 +61,12 @@ fn classify(
         (Ok(WithdrawalStatus::Succeeded), Some("SUCCEEDED"))
             | (Ok(WithdrawalStatus::Returned), Some("RETURNED"))
     );
-    if same {
-        "payout_matched"
-    } else {
+    if !same {
         "payout_status_mismatch"
+    } else if money("fee") != Some(channel_fee.unwrap_or(Decimal::ZERO)) {
+        "payout_fee_mismatch"
+    } else {
+        "payout_matched"
     }
 }
 
@@ -102,21 +103,19 @@ pub(super) async fn match_payouts(
     .fetch_all(pool)
     .await?;
     let mut items: Vec<Item> = Vec::new();
-    for (id, amount, fee, currency, status, channel_fee) in ours {
+    for row in ours {
+        let (id, amount, fee, currency, status, channel_fee) = &row;
+        let (amount, fee) = (*amount, *fee);
         let no = id.to_string();
         let mine = json!({
             "amount": amount.to_string(), "fee": fee.to_string(), "payout": (amount - fee).to_string(),
             "currency": currency, "status": status, "channel_fee": channel_fee.map(|f| f.to_string()),
         });
         match theirs.remove(&no) {
-            Some(payout) => items.push((
-                classify(&status, amount, fee, &currency, &payout),
-                no,
-                None,
-                Some(mine),
-                Some(payout),
-            )),
-            None if paid_out(&status) && !listed_before.contains_key(&no) => {
+            Some(payout) => {
+                items.push((classify(&row, &payout), no, None, Some(mine), Some(payout)))
+            }
+            None if paid_out(status) && !listed_before.contains_key(&no) => {
                 items.push(("payout_missing_theirs", no, None, Some(mine), None));
             }
             // Listed the day before, or never paid out: nothing to match.
@@ -172,7 +171,26 @@ mod tests {
     #[test]
     fn a_payout_matches_what_the_payee_got_and_the_status() {
         let (amount, fee) = (d("250.00"), d("0.25"));
-        let check = |status: &str, listed: &Value| classify(status, amount, fee, "CNY", listed);
+        let ours = |status: &str, channel_fee: &str| -> Row {
+            let (id, currency) = (Uuid::nil(), "CNY".to_owned());
+            (
+                id,
+                amount,
+                fee,
+                currency,
+                status.to_owned(),
+                Some(d(channel_fee)),
+            )
+        };
+        let check = |status: &str, listed: &Value| classify(&ours(status, "3.00"), listed);
+        // the channel took another fee than our books charged the platform
+        assert_eq!(
+            classify(
+                &ours("succeeded", "2.50"),
+                &payout("249.75", "CNY", "SUCCEEDED")
+            ),
+            "payout_fee_mismatch"
+        );
         assert_eq!(
             check("succeeded", &payout("249.75", "CNY", "SUCCEEDED")),
             "payout_matched"

@@ -11,7 +11,7 @@
 //! and withdrawals are paid out through their payout channel ([`payout`]).
 
 mod intent;
-mod payout;
+pub(crate) mod payout;
 mod refund;
 mod result;
 

@@ -52,18 +52,37 @@ impl PayoutCall {
         let w = &self.withdrawal;
         match self.ask {
             Ask::Send | Ask::Resend => {
-                let request = PayoutRequest {
-                    payout_no: w.id,
-                    amount: w.payout_amount(),
-                    currency: w.currency.clone(),
-                    payee_account: w.payee_account.clone(),
-                    notify_url: self.notify_url.clone(),
-                };
-                self.adapter.payout(&request).await
+                self.adapter
+                    .payout(&request(w, self.notify_url.clone()))
+                    .await
             }
             Ask::Query => self.adapter.query_payout(w.id).await,
         }
     }
+}
+
+/// Where the channel sends its notices about payout `id`.
+pub(crate) fn notify_url(callback_base_url: &str, channel: &str, id: uuid::Uuid) -> String {
+    let base = callback_base_url.trim_end_matches('/');
+    format!("{base}/callbacks/{channel}/payouts/{id}")
+}
+
+/// The payout request for `w`: its id as the channel's idempotency key,
+/// the payee's amount (the withdrawal less its fee).
+pub(crate) fn request(w: &Withdrawal, notify_url: String) -> PayoutRequest {
+    PayoutRequest {
+        payout_no: w.id,
+        amount: w.payout_amount(),
+        currency: w.currency.clone(),
+        payee_account: w.payee_account.clone(),
+        notify_url,
+    }
+}
+
+/// Reads the answer to a payout sent again under its id (as ops'
+/// `withdrawal requery --send-again` sends one): its refusal is no answer.
+pub(crate) fn read_send_again(answer: &Result<Value, RefundError>, w: &Withdrawal) -> Reading {
+    read(answer, Ask::Resend, w)
 }
 
 /// Reads a payout's answer to `ask`: a reply in the channel's shape as
@@ -142,10 +161,7 @@ impl ChannelCall {
             )));
         };
         let adapter = self.adapters.get(tx.conn(), &channel).await?;
-        let notify_url = format!(
-            "{}/callbacks/{channel}/payouts/{}",
-            self.callback_base_url, w.id
-        );
+        let notify_url = notify_url(&self.callback_base_url, &channel, w.id);
         Ok(Intent::Call(Call::Payout(PayoutCall {
             withdrawal: w,
             channel,
