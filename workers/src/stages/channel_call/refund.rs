@@ -141,12 +141,17 @@ fn read(answer: &Result<Value, RefundError>, ask: Ask, amount: Decimal, declined
             _ => Reading::Unknown(format!("no final answer: {raw}")),
         },
         // The channel refused the first send itself (not refundable there).
-        // A query's or a send-again's 4xx (throttled, unauthorised, the id
-        // reused, …) says nothing of what the channel did: the money may be
-        // back with the payer, so it is no answer, never a failure that
-        // would release the reservation.
+        // A throttle or a timeout of it, and a query's or a send-again's
+        // 4xx (unauthorised, the id reused, …), say nothing of what the
+        // channel did: the money may be back with the payer, so it is no
+        // answer, never a failure that would release the reservation.
         Err(RefundError::Refused { status, body })
-            if ask == Ask::Send && status.is_client_error() =>
+            if ask == Ask::Send
+                && status.is_client_error()
+                && !matches!(
+                    *status,
+                    reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::REQUEST_TIMEOUT
+                ) =>
         {
             Reading::Final(
                 RefundResult::Failed,
@@ -369,22 +374,33 @@ mod tests {
     #[test]
     fn a_client_error_refuses_a_first_send_but_answers_no_query_or_send_again() {
         let amount: Decimal = "30.00".parse().unwrap();
-        let throttled = || {
+        let refused = |status| {
             Err(RefundError::Refused {
-                status: reqwest::StatusCode::TOO_MANY_REQUESTS,
-                body: json!({"error": "slow down"}),
+                status,
+                body: json!({"error": "no"}),
             })
         };
+        let not_refundable = || refused(reqwest::StatusCode::CONFLICT);
         for ask in [Ask::Query, Ask::Resend] {
             assert!(matches!(
-                read(&throttled(), ask, amount, "reversal_declined"),
+                read(&not_refundable(), ask, amount, "reversal_declined"),
                 Reading::Unknown(_)
             ));
         }
         assert!(matches!(
-            read(&throttled(), Ask::Send, amount, "reversal_declined"),
+            read(&not_refundable(), Ask::Send, amount, "reversal_declined"),
             Reading::Final(RefundResult::Failed, Some(_))
         ));
+        // a throttle or a timeout of the first send is no refusal
+        for status in [
+            reqwest::StatusCode::TOO_MANY_REQUESTS,
+            reqwest::StatusCode::REQUEST_TIMEOUT,
+        ] {
+            assert!(matches!(
+                read(&refused(status), Ask::Send, amount, "refund_declined"),
+                Reading::Unknown(_)
+            ));
+        }
     }
 
     #[test]
