@@ -456,10 +456,10 @@ async fn statement(
     let mut payouts: Vec<Payout> = store
         .payouts
         .values()
-        .filter(|p| p.channel == channel && p.status.paid_out() && on_day(p.created_at))
+        .filter(|p| p.channel == channel && p.status.paid_out() && p.paid_at.is_some_and(on_day))
         .cloned()
         .collect();
-    payouts.sort_by(|a, b| (a.created_at, &a.payout_no).cmp(&(b.created_at, &b.payout_no)));
+    payouts.sort_by(|a, b| (a.paid_at, &a.payout_no).cmp(&(b.paid_at, &b.payout_no)));
     let statement = Statement {
         channel,
         date: q.date,

@@ -15,7 +15,8 @@
 //! | any other | paid at once: SUCCEEDED |
 //!
 //! The channel takes its fee on every payout it pays, a returned one too;
-//! the statement lists those, never a failed or a processing one.
+//! the statement lists those on the day the money left, never a failed or
+//! a processing one.
 
 use axum::{
     Json,
@@ -78,6 +79,7 @@ impl Gateway {
             Some(payout) if payout.status == PayoutStatus::Processing => {
                 payout.status = PayoutStatus::Succeeded;
                 payout.fee = fee(payout.amount, fee_rate);
+                payout.paid_at = Some(Utc::now());
                 true
             }
             _ => false,
@@ -200,6 +202,7 @@ pub(crate) async fn create(
                 Decimal::ZERO
             },
             created_at: now,
+            paid_at: status.paid_out().then_some(now),
             returned_at: returns.then(|| {
                 now + TimeDelta::from_std(gw.config.payout_return_delay).unwrap_or(TimeDelta::MAX)
             }),
@@ -383,6 +386,23 @@ mod tests {
             gw.gw.payout(CARD, "p-wait").map(|p| p.status),
             Some(PayoutStatus::Processing)
         );
+    }
+
+    #[tokio::test]
+    async fn a_payout_paid_days_after_it_was_asked_is_listed_on_the_day_it_was_paid() {
+        let gw = running().await;
+        gw.pay("p-late", "acct_pending").await;
+        // asked yesterday, decided by its bank today
+        let key = (CARD.to_owned(), "p-late".to_owned());
+        if let Some(payout) = gw.gw.store.lock().expect("store").payouts.get_mut(&key) {
+            payout.created_at -= TimeDelta::days(1);
+        }
+        assert!(gw.gw.pay_pending_payout(CARD, "p-late"));
+        let listed = gw.statement().await.payouts;
+        assert_eq!(listed.len(), 1, "on today's statement");
+        assert_eq!(listed[0].status, PayoutStatus::Succeeded);
+        assert!(listed[0].fee > Decimal::ZERO, "with the channel's fee");
+        assert!(!gw.gw.pay_pending_payout(CARD, "p-late"), "paid once");
     }
 
     #[tokio::test]

@@ -252,6 +252,9 @@ pub struct Payout {
     #[serde(with = "rust_decimal::serde::str")]
     pub fee: Decimal,
     pub created_at: DateTime<Utc>,
+    /// When the money left (the statement lists a payout on that day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<DateTime<Utc>>,
     /// When a returned payout came back (or, while SUCCEEDED, will).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub returned_at: Option<DateTime<Utc>>,
