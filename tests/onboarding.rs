@@ -220,6 +220,28 @@ async fn a_merchant_onboarded_by_command_is_suspended_activated_and_given_a_new_
         .await?;
     assert_eq!(code, 0);
     let story: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        story["merchant"]["acts_for_users"], false,
+        "a shop never moves users' wallets"
+    );
+    // The platform's wallet application is registered the same way, to act for users.
+    let (code, out, err) = world
+        .cli(&[
+            "merchant",
+            "add",
+            "wallet-app",
+            "--name",
+            "Wallet",
+            "--acts-for-users",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("acts for users"), "{out}");
+    let acts: bool =
+        sqlx::query_scalar("SELECT acts_for_users FROM merchants WHERE id = 'wallet-app'")
+            .fetch_one(world.pool())
+            .await?;
+    assert!(acts);
     let actions: Vec<&str> = story["actions"]
         .as_array()
         .into_iter()
