@@ -845,7 +845,7 @@ fn every_rust_message_matches_its_schema() {
         status: "refused".into(),
         amount: Decimal::ZERO,
         fee: Decimal::ZERO,
-        currency: "XXX".into(),
+        currency: payfleet_common::money::NO_CURRENCY.into(),
         reason: Some("invalid_request: at /amount: 7 is not of type \"string\"".into()),
         ..withdrawal_event.clone()
     };
@@ -854,7 +854,7 @@ fn every_rust_message_matches_its_schema() {
         "withdrawal.event",
         &validator,
         &to_json(&refusal),
-        "a refusal with amount 0, currency XXX and no user",
+        "a refusal with amount 0, the no-currency code and no user",
     );
 }
 

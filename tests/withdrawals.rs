@@ -387,10 +387,7 @@ async fn a_payout_whose_queries_run_out_stays_frozen_as_an_exception_until_the_c
     // event must not carry what the exception once said.
     let (_, payout, _) = at_the_sandbox(&world, id).expect("the payout at the sandbox");
     assert!(world.gateway.return_payout_quietly(CARD, &id.to_string()));
-    let notice = serde_json::json!({
-        "channel": CARD, "payout_no": id.to_string(), "status": "RETURNED",
-        "amount": payout.to_string(), "currency": "CNY", "occurred_at": Utc::now(),
-    });
+    let notice = returned_notice(id, payout, "CNY");
     assert_eq!(notify(&world, id, serde_json::to_vec(&notice)?).await?, 200);
     reaches(&world, id, &["returned"]).await?;
     world.env.wait_drained(WAIT).await?;
@@ -520,6 +517,15 @@ async fn a_payout_returned_by_the_bank_is_credited_back_once() -> anyhow::Result
     world.finish().await
 }
 
+/// The card channel's notice that the payee's bank sent payout `id` of
+/// `amount` in `currency` back (no fee, no reason: add them where wanted).
+fn returned_notice(id: Uuid, amount: Decimal, currency: &str) -> Value {
+    serde_json::json!({
+        "channel": CARD, "payout_no": id.to_string(), "status": "RETURNED",
+        "amount": amount.to_string(), "currency": currency, "occurred_at": Utc::now(),
+    })
+}
+
 /// Posts a payout notice `body` to the fleet's ingress as the card
 /// channel, signed with its secret; the HTTP status it gets.
 async fn notify(world: &World, id: Uuid, body: Vec<u8>) -> anyhow::Result<u16> {
@@ -551,11 +557,9 @@ async fn a_signed_notice_of_another_amount_or_currency_moves_nothing() -> anyhow
     // for: a return of 100.00, and a return of the right figure in dollars.
     let payout = at_the_sandbox(&world, id).map(|p| p.1);
     for (amount, currency) in [(Some(d("100.00")), "CNY"), (payout, "USD")] {
-        let notice = serde_json::json!({
-            "channel": CARD, "payout_no": id.to_string(), "status": "RETURNED",
-            "amount": amount.unwrap_or_default().to_string(), "currency": currency,
-            "fee": "1.00", "reason": "account_closed", "occurred_at": Utc::now(),
-        });
+        let mut notice = returned_notice(id, amount.unwrap_or_default(), currency);
+        notice["fee"] = "1.00".into();
+        notice["reason"] = "account_closed".into();
         let status = notify(&world, id, serde_json::to_vec(&notice)?).await?;
         assert_eq!(status, 422, "{amount:?} {currency} refused");
     }
@@ -589,11 +593,8 @@ async fn a_return_told_without_the_known_fee_or_never_told_is_credited_back_once
     reaches(&world, id, &["succeeded"]).await?;
     let (_, payout, _) = at_the_sandbox(&world, id).expect("the payout at the sandbox");
     assert!(world.gateway.return_payout_quietly(CARD, &id.to_string()));
-    let notice = serde_json::json!({
-        "channel": CARD, "payout_no": id.to_string(), "status": "RETURNED",
-        "amount": payout.to_string(), "currency": "CNY",
-        "reason": "account_closed", "occurred_at": Utc::now(),
-    });
+    let mut notice = returned_notice(id, payout, "CNY");
+    notice["reason"] = "account_closed".into();
     assert_eq!(notify(&world, id, serde_json::to_vec(&notice)?).await?, 200);
     reaches(&world, id, &["returned"]).await?;
     // Another one comes back and the channel never says so: ops ask.

@@ -442,3 +442,11 @@ impl OrderValidation {
         payment::emit_outcome(tx, id, Final::Rejected, Some(reason))
     }
 }
+
+/// Another copy of a request recorded its `what` (a refund, a withdrawal)
+/// first (possible only when the lock failed): this copy is a duplicate.
+fn recorded_meanwhile(what: &str, id: uuid::Uuid) -> Outcome {
+    Outcome::Stale {
+        reason: format!("{what} {id} recorded meanwhile by another copy"),
+    }
+}

@@ -177,7 +177,7 @@ impl OrderValidation {
                 .insert(tx.conn(), RefundStatus::Refused, Some(&detail))
                 .await?
             {
-                return Ok(recorded_meanwhile(refund_id));
+                return Ok(super::recorded_meanwhile("refund", refund_id));
             }
             return refund::emit_outcome(
                 tx,
@@ -188,7 +188,7 @@ impl OrderValidation {
             );
         }
         if !new.insert(tx.conn(), RefundStatus::Requested, None).await? {
-            return Ok(recorded_meanwhile(refund_id));
+            return Ok(super::recorded_meanwhile("refund", refund_id));
         }
         refund::hand_on(
             tx,
@@ -196,14 +196,6 @@ impl OrderValidation {
             kind::REFUND_VALIDATED,
             &RefundStep::new(refund_id, payment.id),
         )
-    }
-}
-
-/// Another copy of the request recorded the refund first (possible only
-/// when the lock failed): this copy is a duplicate.
-fn recorded_meanwhile(refund_id: Uuid) -> Outcome {
-    Outcome::Stale {
-        reason: format!("refund {refund_id} recorded meanwhile by another copy"),
     }
 }
 

@@ -176,7 +176,7 @@ impl OrderValidation {
                 .insert(tx.conn(), WithdrawalStatus::Refused, Some(&detail))
                 .await?
             {
-                return Ok(recorded_meanwhile(id));
+                return Ok(super::recorded_meanwhile("withdrawal", id));
             }
             tracing::info!(reason, detail, "withdrawal refused");
             return withdrawal::emit_outcome(tx, id, WithdrawalResult::Failed, Some(reason));
@@ -185,7 +185,7 @@ impl OrderValidation {
             .insert(tx.conn(), WithdrawalStatus::Requested, None)
             .await?
         {
-            return Ok(recorded_meanwhile(id));
+            return Ok(super::recorded_meanwhile("withdrawal", id));
         }
         withdrawal::hand_on(
             tx,
@@ -286,14 +286,6 @@ fn storable_amount(amount: Decimal) -> Result<(), String> {
         return Err(format!("{amount} is not a positive amount in cents"));
     }
     Ok(())
-}
-
-/// Another copy of the request recorded the withdrawal first (possible
-/// only when the lock failed): this copy is a duplicate.
-fn recorded_meanwhile(id: Uuid) -> Outcome {
-    Outcome::Stale {
-        reason: format!("withdrawal {id} recorded meanwhile by another copy"),
-    }
 }
 
 /// A request already seen: a duplicate (same content) or a conflict.
