@@ -15,8 +15,8 @@ use payfleet_common::messages::{
     self, AttemptId, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated,
     Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
     PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem,
-    Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TradeClose, WithdrawalEvent,
-    WithdrawalRequested, WithdrawalResult, WithdrawalStep, event, kind,
+    Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TopUpEvent, TopUpRequested, TradeClose,
+    WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep, event, kind,
 };
 use payfleet_common::messages::{
     PaymentStanding, RefundStanding, StatusErrorCode, StatusLookup, StatusReply, StatusRequest,
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 19] = [
+const MESSAGES: [&str; 21] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -47,6 +47,8 @@ const MESSAGES: [&str; 19] = [
     kind::WITHDRAWAL_REQUESTED,
     "withdrawal.step",
     "withdrawal.event",
+    kind::TOPUP_REQUESTED,
+    "topup.event",
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -261,6 +263,8 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         kind::WITHDRAWAL_REQUESTED => round_trip::<WithdrawalRequested>(name, value, what),
         "withdrawal.step" => round_trip::<WithdrawalStep>(name, value, what),
         "withdrawal.event" => round_trip::<WithdrawalEvent>(name, value, what),
+        kind::TOPUP_REQUESTED => round_trip::<TopUpRequested>(name, value, what),
+        "topup.event" => round_trip::<TopUpEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -838,6 +842,50 @@ fn every_rust_message_matches_its_schema() {
             ..withdrawal_event.clone()
         },
     );
+    let top_up_requested = TopUpRequested {
+        schema_version: SCHEMA_VERSION,
+        requester_id: "demo-wallet-app".into(),
+        request_id: "WA-TU-1".into(),
+        user_id: "user-1002".into(),
+        amount: d("200.00"),
+        currency: "CNY".into(),
+        payment_method: "card".into(),
+        payer_token: Some("tok_success".into()),
+        notify_url: Some("https://wallet.example/payfleet/webhooks".into()),
+        requested_at: now,
+    };
+    check_message(
+        kind::TOPUP_REQUESTED,
+        &top_up_requested,
+        &TopUpRequested {
+            payer_token: None,
+            notify_url: None,
+            ..top_up_requested.clone()
+        },
+    );
+    let top_up_id = PaymentId::from(id("0b8e2f4a-6c1d-8e5f-a7b9-c3d5e7f9a1b2"));
+    let top_up_event = TopUpEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &top_up_id.to_string(), event::TOPUP_FAILED]),
+        event_type: event::TOPUP_FAILED.into(),
+        top_up_id,
+        requester_id: "demo-wallet-app".into(),
+        request_id: "WA-TU-1".into(),
+        user_id: "user-1002".into(),
+        status: "failed".into(),
+        amount: d("200.00"),
+        currency: "CNY".into(),
+        reason: Some("declined: insufficient_funds".into()),
+        occurred_at: now,
+    };
+    check_message(
+        "topup.event",
+        &top_up_event,
+        &TopUpEvent {
+            reason: None,
+            ..top_up_event.clone()
+        },
+    );
     // A refusal that names no withdrawal: what the request had was unusable.
     let refusal = WithdrawalEvent {
         event_type: event::WITHDRAWAL_FAILED.into(),
@@ -941,6 +989,34 @@ fn the_schema_enums_are_the_rust_enums() {
         .map(str::to_owned)
         .into(),
         "withdrawal.event event_type"
+    );
+    let top_up_event_types: BTreeSet<String> = all_outcomes()
+        .into_iter()
+        .map(|o| o.top_up_event_type().to_owned())
+        .collect();
+    assert_eq!(
+        top_up_event_types,
+        [
+            event::TOPUP_SUCCEEDED,
+            event::TOPUP_FAILED,
+            event::TOPUP_EXCEPTION,
+        ]
+        .map(str::to_owned)
+        .into(),
+        "every outcome has a top-up event"
+    );
+    assert_eq!(
+        schema_enum(&schema("topup.event"), "event_type"),
+        top_up_event_types,
+        "topup.event event_type"
+    );
+    assert_eq!(
+        schema_enum(&schema(kind::TOPUP_REQUESTED), "payment_method"),
+        accepted_methods()
+            .into_iter()
+            .filter(|m| m != "balance")
+            .collect(),
+        "topup.requested payment_method: every third-party method, never the wallet itself"
     );
 }
 

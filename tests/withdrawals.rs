@@ -16,6 +16,7 @@ use chrono::Utc;
 use fleet::{
     SHOP, WAIT, d,
     sandbox::{CARD, World},
+    types_of,
 };
 use payfleet_common::messages::{self, SCHEMA_VERSION, WithdrawalRequested};
 use payfleet_tests::wait_until;
@@ -105,44 +106,17 @@ async fn reaches(
 
 /// (total, available, frozen) of alice's CNY wallet.
 async fn wallet(world: &World) -> anyhow::Result<(Decimal, Decimal, Decimal)> {
-    Ok(sqlx::query_as(
-        "SELECT total, available, frozen FROM accounts WHERE owner_kind = 'user' AND owner_id = 'alice' AND currency = 'CNY'",
-    )
-    .fetch_one(world.pool())
-    .await?)
+    fleet::wallet_of(world.pool(), "alice", "CNY").await
 }
 
 /// The postings of withdrawal `id`'s entries: (entry kind, account, amount).
 async fn postings(world: &World, id: Uuid) -> anyhow::Result<Vec<(String, String, Decimal)>> {
-    Ok(sqlx::query_as(
-        "SELECT j.kind, a.owner_id, p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
-         JOIN journal_entries j ON j.id = p.entry_id WHERE j.reference = $1 ORDER BY j.id, a.owner_id",
-    )
-    .bind(id.to_string())
-    .fetch_all(world.pool())
-    .await?)
+    fleet::entry_postings(world.pool(), id).await
 }
 
 /// The withdrawal events BI received, in order.
 async fn events(world: &World) -> anyhow::Result<Vec<Value>> {
-    Ok(world
-        .fleet
-        .events()
-        .await?
-        .into_iter()
-        .filter(|e| {
-            e["event_type"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("withdrawal."))
-        })
-        .collect())
-}
-
-fn types_of(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap_or_default())
-        .collect()
+    world.fleet.events_of("withdrawal.").await
 }
 
 /// The payout of withdrawal `id` at the sandbox: (status, amount, fee), as

@@ -38,6 +38,45 @@ pub const SHOP_KEY: &str = "shop-secret";
 /// BI's queue of every event (see [`Harness::bind_events`]).
 const EVENTS_QUEUE: &str = "test.events";
 
+/// The types of `events`, in order.
+pub fn types_of(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// (total, available, frozen) of `user`'s wallet in `currency`.
+pub async fn wallet_of(
+    pool: &PgPool,
+    user: &str,
+    currency: &str,
+) -> anyhow::Result<(Decimal, Decimal, Decimal)> {
+    Ok(sqlx::query_as(
+        "SELECT total, available, frozen FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2",
+    )
+    .bind(user)
+    .bind(currency)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The postings of the journal entries referencing `reference` (a
+/// withdrawal's or a top-up's id): (entry kind, account, amount), in the
+/// order of the entries, each by account.
+pub async fn entry_postings(
+    pool: &PgPool,
+    reference: impl std::fmt::Display,
+) -> anyhow::Result<Vec<(String, String, Decimal)>> {
+    Ok(sqlx::query_as(
+        "SELECT j.kind, a.owner_id, p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
+         JOIN journal_entries j ON j.id = p.entry_id WHERE j.reference = $1 ORDER BY j.id, a.owner_id",
+    )
+    .bind(reference.to_string())
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Folds every posting into its account's balance, waiting out a roll-up
 /// running elsewhere (it skips what another holds, so one pass may miss
 /// what the fleet's own roll-up is folding at that moment).
@@ -193,6 +232,21 @@ impl Harness {
         }
         let _ = connection.close(200, "read".into()).await;
         Ok(events)
+    }
+
+    /// The events BI received whose type starts with `prefix`
+    /// (`withdrawal.`, `topup.`), in order. Reading takes them off the queue.
+    pub async fn events_of(&self, prefix: &str) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .events()
+            .await?
+            .into_iter()
+            .filter(|e| {
+                e["event_type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(prefix))
+            })
+            .collect())
     }
 
     /// Publishes `request` to the ingress, signed by the shop.

@@ -82,9 +82,24 @@ const WHEN_QUIET: &[(&str, &str)] = &[
         WHERE c.used <> (SELECT count(*) FROM coupon_redemptions r WHERE r.coupon_code = c.code AND r.status IN ('reserved', 'consumed'))"),
     ("every payment in exactly one terminal state",
      "SELECT count(*) FROM payments WHERE status NOT IN ('settled', 'failed', 'cancelled', 'rejected', 'challenged', 'exception')"),
-    ("a settled payment has its journal entry, an unsettled one has none",
+    ("a settled payment has its journal entry (a top-up its top_up entry), an unsettled one has none",
      "SELECT count(*) FROM payments p WHERE (p.status = 'settled') <>
-        EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = p.id::text AND j.kind = 'payment')"),
+        EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = p.id::text
+                 AND j.kind = CASE WHEN p.kind = 'top_up' THEN 'top_up' ELSE 'payment' END)"),
+    ("a settled top-up's wallet gained exactly what its channel charged, and an unsettled one's nothing",
+     "SELECT count(*) FROM payments p WHERE p.kind = 'top_up'
+        AND COALESCE((SELECT sum(q.amount) FROM postings q JOIN journal_entries j ON j.id = q.entry_id
+                       JOIN accounts a ON a.id = q.account_id
+                      WHERE j.reference = p.id::text AND a.owner_kind = 'user' AND a.owner_id = p.user_id), 0)
+            <> CASE WHEN p.status = 'settled'
+                    THEN (SELECT COALESCE(t.charged_amount, t.amount) FROM payment_attempts t
+                           WHERE t.payment_id = p.id AND t.status = 'succeeded'
+                             AND COALESCE(t.charged_currency, t.currency) = p.currency)
+                    ELSE 0 END"),
+    ("a top-up has no order, and pays no seller",
+     "SELECT count(*) FROM payments p WHERE p.kind = 'top_up'
+        AND (EXISTS (SELECT 1 FROM orders o WHERE o.payment_id = p.id)
+             OR EXISTS (SELECT 1 FROM transaction_details d WHERE d.payment_id = p.id))"),
     ("each merchant's settled amount equals its sub-orders minus fees, less what it gave back for paid refunds",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
@@ -186,9 +201,13 @@ const WHEN_QUIET: &[(&str, &str)] = &[
                                     AND t.charged_currency = a.currency
                                     AND EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = t.id::text AND j.kind = 'charge_held')
                                     AND NOT EXISTS (SELECT 1 FROM journal_entries j WHERE j.reference = t.id::text AND j.kind = 'charge_owed_back')), 0)"),
-    ("every finished payment has its one outcome event",
+    ("every finished payment (top-up) has its one outcome event",
      "SELECT count(*) FROM payments p WHERE NOT EXISTS (
         SELECT 1 FROM payment_events e WHERE e.payment_id = p.id AND e.refund_id IS NULL AND e.event_type = CASE
+          WHEN p.kind = 'top_up' THEN CASE
+            WHEN p.status = 'settled' THEN 'topup.succeeded'
+            WHEN p.status IN ('failed', 'cancelled', 'rejected', 'challenged') THEN 'topup.failed'
+            ELSE 'topup.exception' END
           WHEN p.status = 'settled' THEN 'payment.succeeded'
           WHEN p.status IN ('failed', 'cancelled') THEN 'payment.failed'
           WHEN p.status IN ('rejected', 'challenged') THEN 'payment.rejected'

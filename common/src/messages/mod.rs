@@ -19,10 +19,12 @@ pub use status::{
     MAX_REFUNDS_LISTED, PaymentStanding, RefundStanding, StatusError, StatusErrorCode,
     StatusLookup, StatusReply, StatusRequest,
 };
+pub use top_up::{TopUpEvent, TopUpRequested};
 pub use withdrawal::{WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep};
 
 mod refund;
 mod status;
+mod top_up;
 mod withdrawal;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -63,6 +65,8 @@ pub mod kind {
     pub const STATUS_REQUEST: &str = "status.request";
     pub const STATUS_REPLY: &str = "status.reply";
 
+    /// A registered requester fills a user's wallet through a channel.
+    pub const TOPUP_REQUESTED: &str = "topup.requested";
     /// A registered requester moves money out of a user's wallet to a bank.
     pub const WITHDRAWAL_REQUESTED: &str = "withdrawal.requested";
     /// order-validation → fund-freeze: a withdrawal request that passed its checks.
@@ -123,6 +127,9 @@ pub mod event {
     pub const WITHDRAWAL_SUCCEEDED: &str = "withdrawal.succeeded";
     pub const WITHDRAWAL_FAILED: &str = "withdrawal.failed";
     pub const WITHDRAWAL_RETURNED: &str = "withdrawal.returned";
+    pub const TOPUP_SUCCEEDED: &str = "topup.succeeded";
+    pub const TOPUP_FAILED: &str = "topup.failed";
+    pub const TOPUP_EXCEPTION: &str = "topup.exception";
 }
 
 /// `payment.requested`: published by upstream on `payfleet.ingress`.
@@ -264,6 +271,15 @@ impl Outcome {
             Outcome::Failed => event::FAILED,
             Outcome::Rejected => event::REJECTED,
             Outcome::Exception => event::EXCEPTION,
+        }
+    }
+
+    /// The event of a top-up that ended so: a refusal is a failure too.
+    pub fn top_up_event_type(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => event::TOPUP_SUCCEEDED,
+            Outcome::Failed | Outcome::Rejected => event::TOPUP_FAILED,
+            Outcome::Exception => event::TOPUP_EXCEPTION,
         }
     }
 }

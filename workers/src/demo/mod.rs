@@ -12,6 +12,7 @@ mod refunds;
 mod report;
 mod seed;
 mod status;
+mod top_ups;
 mod withdrawals;
 
 pub(crate) use publish::publish_requests;
@@ -21,7 +22,7 @@ pub(crate) use seed::seed_channels;
 
 use merchant::{WebhookCount, webhook_receiver};
 use plan::{Kind, Planned, plan};
-use publish::publish_all;
+use publish::{publish_all, publish_for_users};
 use report::{progress, quiet, summarize};
 use seed::seed_catalogue;
 
@@ -160,6 +161,8 @@ pub struct Verdict {
     /// Events of this run's withdrawals (a returned payout has two): each
     /// is a webhook to the requester.
     pub withdrawal_events: i64,
+    /// Events of this run's top-ups (one each): each is a webhook to the requester.
+    pub top_up_events: i64,
 }
 
 impl Verdict {
@@ -343,6 +346,7 @@ impl Load {
         let started = Instant::now();
         let requests = refunds::plan(&self.pool, &self.like).await?;
         let withdrawals = withdrawals::plan(&self.run_id);
+        let top_ups = top_ups::plan(&self.run_id);
         let publisher = Publisher::new(
             broker::Endpoint::from_settings(&self.settings)?,
             "payfleet-demo-upstream-refunds",
@@ -352,17 +356,26 @@ impl Load {
         let exchange = &self.topology.exchanges().ingress;
         let mut sent = refunds::publish(&publisher, exchange, &requests, &published).await;
         if sent.is_ok() {
-            sent = withdrawals::publish(&publisher, exchange, &withdrawals, &published).await;
+            let kind = payfleet_common::messages::kind::WITHDRAWAL_REQUESTED;
+            sent = publish_for_users(&publisher, exchange, kind, &withdrawals, &published).await;
+        }
+        if sent.is_ok() {
+            let kind = payfleet_common::messages::kind::TOPUP_REQUESTED;
+            sent = publish_for_users(&publisher, exchange, kind, &top_ups, &published).await;
         }
         publisher.close().await;
         sent?;
-        let asked = requests.len() + withdrawals::expected(&withdrawals) as usize;
+        let asked = requests.len()
+            + withdrawals::expected(&withdrawals) as usize
+            + top_ups::expected(&top_ups) as usize;
+        let top_ups_like = top_ups::like(&self.run_id);
         let deadline = started + Duration::from_secs(60 + requests.len() as u64 / 10);
         let finished = loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let (refunds_ended, _) = refunds::finished(&self.pool, &self.like).await?;
             let (withdrawals_ended, _) = withdrawals::finished(&self.pool, &self.like).await?;
-            let finished = refunds_ended + withdrawals_ended;
+            let top_ups_ended = top_ups::finished(&self.pool, &top_ups_like).await?;
+            let finished = refunds_ended + withdrawals_ended + top_ups_ended;
             live(Live::Refunds {
                 elapsed: started.elapsed(),
                 asked,
@@ -404,6 +417,9 @@ impl Load {
         summary.push_str(&refunds::summary(&self.pool, &self.like).await?);
         summary.push('\n');
         summary.push_str(&withdrawals::summary(&self.pool, &self.like).await?);
+        summary.push('\n');
+        let top_ups_like = top_ups::like(&self.run_id);
+        summary.push_str(&top_ups::summary(&self.pool, &top_ups_like).await?);
         let mut report = invariants::all(&self.pool).await?;
         if let Some(statuses) = &self.statuses {
             summary.push('\n');
@@ -440,6 +456,7 @@ impl Load {
         let payments = self.progress().await?.terminal;
         let (refunds, _) = refunds::finished(&self.pool, &self.like).await?;
         let withdrawal_events = withdrawals::events(&self.pool, &self.like).await?;
+        let top_up_events = top_ups::events(&self.pool, &top_ups_like).await?;
         self.pool.close().await;
         let webhook_ids = self.webhooks.ids.lock().expect("lock").len() as u64;
         Ok(Verdict {
@@ -450,6 +467,7 @@ impl Load {
             payments,
             refunds,
             withdrawal_events,
+            top_up_events,
         })
     }
 }

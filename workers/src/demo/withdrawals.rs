@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 
 use super::{
-    WALLET_APP, WALLET_APP_KEY,
+    WALLET_APP,
     seed::{POOR_USERS, USERS},
 };
 
@@ -122,27 +122,4 @@ pub(super) async fn summary(pool: &PgPool, like: &str) -> anyhow::Result<String>
         "withdrawals",
         parts.join(", ")
     ))
-}
-
-/// Publishes the planned withdrawal requests, signed by the wallet application.
-pub(super) async fn publish(
-    publisher: &payfleet_common::broker::Publisher,
-    exchange: &str,
-    requests: &[WithdrawalRequested],
-    published: &std::sync::atomic::AtomicU64,
-) -> anyhow::Result<()> {
-    let mut signed = Vec::with_capacity(requests.len());
-    for request in requests {
-        let body = serde_json::to_vec(request)?;
-        let signature = payfleet_common::messages::sign(WALLET_APP_KEY, &body);
-        signed.push((uuid::Uuid::now_v7().to_string(), body, Some(signature)));
-    }
-    super::publish::publish_upstream(
-        publisher,
-        exchange,
-        payfleet_common::messages::kind::WITHDRAWAL_REQUESTED,
-        signed,
-        published,
-    )
-    .await
 }

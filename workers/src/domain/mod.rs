@@ -13,6 +13,7 @@ pub mod refund;
 pub mod step;
 pub mod stock;
 pub mod tcc;
+pub mod top_up;
 pub mod webhook_delivery;
 pub mod withdrawal;
 

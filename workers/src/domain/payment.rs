@@ -135,10 +135,37 @@ impl Status for PaymentStatus {
     }
 }
 
+/// What a payment pays for: a merchant's order, or the payer's own wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentKind {
+    /// An order of goods: settlement pays the sellers.
+    Purchase,
+    /// A wallet top-up (`topup.requested`): no order; settlement credits
+    /// the payer's wallet with what the channel charged.
+    TopUp,
+}
+
+impl PaymentKind {
+    pub const ALL: [PaymentKind; 2] = [PaymentKind::Purchase, PaymentKind::TopUp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentKind::Purchase => "purchase",
+            PaymentKind::TopUp => "top_up",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, StageError> {
+        super::parse_status(&Self::ALL, Self::as_str, text, "payment kind")
+    }
+}
+
 /// The columns stages read.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Payment {
     pub id: PaymentId,
+    /// `purchase` or `top_up` ([`PaymentKind`]).
+    pub kind: String,
     pub merchant_id: String,
     pub merchant_order_id: String,
     pub user_id: String,
@@ -161,9 +188,23 @@ impl Payment {
     pub fn status(&self) -> Result<PaymentStatus, StageError> {
         PaymentStatus::parse(&self.status)
     }
+
+    pub fn kind(&self) -> Result<PaymentKind, StageError> {
+        PaymentKind::parse(&self.kind)
+    }
+
+    /// The channel's fee on a charge of `charged`: the fee the route stated
+    /// when the channel charged the amount asked, else at the same rate.
+    pub fn channel_fee_on(&self, charged: Decimal) -> Decimal {
+        if charged == self.amount {
+            self.channel_fee
+        } else {
+            payfleet_common::money::round(self.channel_fee * charged / self.amount)
+        }
+    }
 }
 
-const COLUMNS: &str = "id, merchant_id, merchant_order_id, user_id, method, channel, currency, amount, status, reason, notify_url, expires_at,
+const COLUMNS: &str = "id, kind, merchant_id, merchant_order_id, user_id, method, channel, currency, amount, status, reason, notify_url, expires_at,
      payer_token, channel_fee, close_requested_at";
 
 /// Loads and row-locks a payment for the rest of the transaction.

@@ -17,7 +17,7 @@ use sqlx::PgConnection;
 
 use crate::domain::{
     ledger::{Account, ChannelCharge, Entry, EntryKind},
-    payment::{self, Payment, PaymentStatus},
+    payment::{self, Payment, PaymentKind, PaymentStatus},
 };
 
 /// A payment's reservation of its amount (the wallet's freeze, or a mark
@@ -106,6 +106,44 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
                 })?,
         ),
     };
+    match (p.kind()?, charge) {
+        // A top-up: the wallet gains what the channel charged.
+        (PaymentKind::TopUp, Some(charge)) => super::top_up::book(conn, p, &charge).await?,
+        (PaymentKind::TopUp, None) => {
+            return Err(StageError::permanent(format!(
+                "top-up {} holds a wallet freeze: a wallet is never filled from itself",
+                p.id
+            )));
+        }
+        (PaymentKind::Purchase, charge) => book_purchase(conn, p, wallet, amount, charge).await?,
+    }
+    if !payment::transition(
+        conn,
+        p.id,
+        PaymentStatus::Paid,
+        PaymentStatus::Settled,
+        None,
+    )
+    .await?
+    {
+        return Err(StageError::transient(format!(
+            "payment {} left `paid` during Confirm",
+            p.id
+        )));
+    }
+    Ok(())
+}
+
+/// The books of a paid purchase: the payer's money (the wallet's freeze,
+/// or what the channel charged) goes to the sellers and the platform, and
+/// the reserved stock and coupon are taken.
+async fn book_purchase(
+    conn: &mut PgConnection,
+    p: &Payment,
+    wallet: Option<i64>,
+    amount: Decimal,
+    charge: Option<ChannelCharge>,
+) -> Result<(), StageError> {
     let attempt = charge.as_ref().map(|c| c.attempt_id);
     let Some(entry) = Entry::open(conn, &p.id.to_string(), EntryKind::Payment, attempt).await?
     else {
@@ -130,20 +168,6 @@ pub async fn confirm(conn: &mut PgConnection, p: &Payment) -> Result<(), StageEr
     };
     credit_sellers(conn, p, &entry, settled).await?;
     deduct_reservations(conn, p.id).await?;
-    if !payment::transition(
-        conn,
-        p.id,
-        PaymentStatus::Paid,
-        PaymentStatus::Settled,
-        None,
-    )
-    .await?
-    {
-        return Err(StageError::transient(format!(
-            "payment {} left `paid` during Confirm",
-            p.id
-        )));
-    }
     Ok(())
 }
 
@@ -201,12 +225,9 @@ async fn bring_in_charge(
             p.id, p.currency, charge.amount, charge.currency
         )));
     }
-    let fee = if charge.amount == p.amount {
-        p.channel_fee
-    } else {
-        money::round(p.channel_fee * charge.amount / p.amount)
-    };
-    charge.bring_in(conn, entry, fee).await?;
+    charge
+        .bring_in(conn, entry, p.channel_fee_on(charge.amount))
+        .await?;
     let settled = charge.amount.min(amount);
     charge
         .owe_back_excess(conn, entry, charge.amount - settled)

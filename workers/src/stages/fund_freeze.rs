@@ -21,7 +21,7 @@ use sqlx::{Acquire, PgConnection};
 
 use crate::channels::BALANCE;
 use crate::domain::{
-    payment::{self, Payment, PaymentStatus},
+    payment::{self, Payment, PaymentKind, PaymentStatus},
     refund::{self, Refund, RefundStatus},
     step::PaymentStep,
     tcc,
@@ -235,6 +235,12 @@ async fn reserve(
     conn: &mut PgConnection,
     p: &payment::Payment,
 ) -> Result<Result<(), Shortfall>, StageError> {
+    // A top-up has no order: the channel takes the money, nothing is
+    // reserved but the mark that Confirm and Cancel finish.
+    if p.kind()? == PaymentKind::TopUp {
+        open_reservation(conn, p, None).await?;
+        return Ok(Ok(()));
+    }
     // Wallet payments: available → frozen, never below zero. A third-party
     // channel takes the money itself, so only stock and coupon are reserved.
     let account_id = if p.channel.as_deref().unwrap_or(BALANCE) == BALANCE {
@@ -245,13 +251,7 @@ async fn reserve(
     } else {
         None
     };
-    sqlx::query("INSERT INTO reservations (payment_id, account_id, amount, currency, status) VALUES ($1, $2, $3, $4, 'tried')")
-        .bind(p.id)
-        .bind(account_id)
-        .bind(p.amount)
-        .bind(&p.currency)
-        .execute(&mut *conn)
-        .await?;
+    open_reservation(conn, p, account_id).await?;
     if let Err(shortfall) = reserve_stock(conn, p).await? {
         return Ok(Err(shortfall));
     }
@@ -279,6 +279,23 @@ async fn reserve(
         .execute(&mut *conn)
         .await?;
     Ok(Ok(()))
+}
+
+/// The payment's reservation, `tried`: of the wallet's freeze, or (no
+/// wallet) a mark for a channel payment.
+async fn open_reservation(
+    conn: &mut PgConnection,
+    p: &payment::Payment,
+    wallet: Option<i64>,
+) -> Result<(), StageError> {
+    sqlx::query("INSERT INTO reservations (payment_id, account_id, amount, currency, status) VALUES ($1, $2, $3, $4, 'tried')")
+        .bind(p.id)
+        .bind(wallet)
+        .bind(p.amount)
+        .bind(&p.currency)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Freezes the payment's amount in the payer's wallet; the wallet's id.

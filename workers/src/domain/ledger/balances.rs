@@ -1,7 +1,7 @@
 //! Balances from postings: the hot accounts' roll-up, and a wallet's
 //! top-up from outside payfleet.
 
-use payfleet_common::runtime::StageError;
+use payfleet_common::{PaymentId, runtime::StageError};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 
@@ -39,8 +39,8 @@ pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     Ok(folded as u64)
 }
 
-/// Credits a wallet from outside payfleet (a top-up), journaled against the
-/// external account so balances stay equal to their postings.
+/// Credits a wallet from outside payfleet (a seeded top-up), journaled
+/// against the external account so balances stay equal to their postings.
 pub async fn top_up(
     conn: &mut PgConnection,
     user_id: &str,
@@ -51,10 +51,24 @@ pub async fn top_up(
     let Some(entry) = Entry::open(conn, reference, EntryKind::TopUp, None).await? else {
         return Ok(());
     };
+    entry.post(conn, Account::World, -amount, currency).await?;
+    credit_wallet(conn, &entry, user_id, currency, amount, None).await
+}
+
+/// The wallet leg of `entry`: the wallet gains `amount`, in its balance
+/// at once (wallets are updated in the transaction that moves them) and
+/// on its statement as a top-up, naming the payment that brought it.
+pub async fn credit_wallet(
+    conn: &mut PgConnection,
+    entry: &Entry,
+    user_id: &str,
+    currency: &str,
+    amount: Decimal,
+    payment_id: Option<PaymentId>,
+) -> Result<(), StageError> {
     entry
         .post(conn, Account::Wallet(user_id), amount, currency)
         .await?;
-    entry.post(conn, Account::World, -amount, currency).await?;
     let wallet = payment::account_id(conn, "user", user_id, currency).await?;
     let (available, frozen): (Decimal, Decimal) = sqlx::query_as(
         "UPDATE accounts SET total = total + $2, available = available + $2, updated_at = now() WHERE id = $1 RETURNING available, frozen",
@@ -64,10 +78,11 @@ pub async fn top_up(
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query(
-        "INSERT INTO account_statements (account_id, kind, amount, currency, available_after, frozen_after)
-         VALUES ($1, 'top_up', $2, $3, $4, $5)",
+        "INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+         VALUES ($1, $2, 'top_up', $3, $4, $5, $6)",
     )
     .bind(wallet)
+    .bind(payment_id)
     .bind(amount)
     .bind(currency)
     .bind(available)

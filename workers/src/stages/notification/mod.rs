@@ -18,7 +18,7 @@ use chrono::Utc;
 use payfleet_common::{
     PaymentId,
     messages::{
-        self, EventSubOrder, PaymentEvent, PaymentOutcome, RefundStep, SCHEMA_VERSION,
+        self, EventSubOrder, PaymentEvent, PaymentOutcome, RefundStep, SCHEMA_VERSION, TopUpEvent,
         WithdrawalStep, kind,
     },
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable},
@@ -90,14 +90,24 @@ impl Stage for Notification {
     }
 }
 
-/// The payment's event, and its webhook when it has somewhere to go.
+/// The payment's event (a top-up's own event for a top-up), and its
+/// webhook when it has somewhere to go.
 async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome, StageError> {
     tx.set_correlation_id(&m.payment_id.to_string());
+    let Some(paid) = PaidFor::load(tx, m).await? else {
+        return Ok(Outcome::NotYet {
+            reason: format!("payment {} not found", m.payment_id),
+        });
+    };
     let operation = Operation {
         payment_id: Some(m.payment_id),
         refund_id: None,
         withdrawal_id: None,
-        event_type: m.outcome.event_type(),
+        event_type: if paid.top_up {
+            m.outcome.top_up_event_type()
+        } else {
+            m.outcome.event_type()
+        },
     };
     let event_id = messages::stable_id(&["event", &m.payment_id.to_string(), operation.event_type]);
     if !operation.claim_event(tx, event_id).await? {
@@ -108,14 +118,20 @@ async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome,
             ),
         });
     }
-    let Some((event, notify_url)) = load_event(tx, m, event_id, operation.event_type).await? else {
-        return Ok(Outcome::NotYet {
-            reason: format!("payment {} not found", m.payment_id),
-        });
-    };
     crate::signals::outcomes::observe(tx.conn(), m.payment_id).await?;
+    let notify_url = paid.notify_url();
+    let merchant_id = paid.merchant_id.clone();
+    if paid.top_up {
+        let event = paid.top_up_event(m, event_id, operation.event_type);
+        return operation
+            .publish(tx, event_id, &merchant_id, &event, notify_url)
+            .await;
+    }
+    let event = paid
+        .payment_event(tx, m, event_id, operation.event_type)
+        .await?;
     operation
-        .publish(tx, event_id, &event.merchant_id, &event, notify_url)
+        .publish(tx, event_id, &merchant_id, &event, notify_url)
         .await
 }
 
@@ -178,86 +194,110 @@ impl Operation<'_> {
     }
 }
 
-/// The event of a payment's outcome, as the payment reads now, and where
-/// its webhook goes (if anywhere); `None` while the payment is not found.
-async fn load_event(
-    tx: &mut StageTx,
-    m: &PaymentOutcome,
-    event_id: Uuid,
-    event_type: &str,
-) -> Result<Option<(PaymentEvent, Option<String>)>, StageError> {
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        Decimal,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount, p.currency::text, p.reason,
-                p.notify_url, m.notify_url
-         FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
-    )
-    .bind(m.payment_id)
-    .fetch_optional(tx.conn())
-    .await?;
-    let Some((
-        merchant_id,
-        merchant_order_id,
-        user_id,
-        status,
-        amount,
-        currency,
-        reason,
-        payment_notify_url,
-        merchant_notify_url,
-    )) = row
-    else {
-        return Ok(None);
-    };
-    let sub_orders: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
-        "SELECT id, seller_id, payable_amount, fee_amount FROM sub_orders WHERE payment_id = $1 ORDER BY seller_id, warehouse",
-    )
-    .bind(m.payment_id)
-    .fetch_all(tx.conn())
-    .await?;
-    let reason = reason.or_else(|| m.reason.clone());
-    // A URL refused as invalid_notify_url is never a delivery target:
-    // the rejection goes to the merchant's registered URL, if any.
-    let refused_url = reason
-        .as_deref()
-        .is_some_and(|r| r.starts_with("invalid_notify_url"));
-    let notify_url = if refused_url {
-        merchant_notify_url
-    } else {
-        payment_notify_url.or(merchant_notify_url)
-    };
-    let event = PaymentEvent {
-        schema_version: SCHEMA_VERSION,
-        event_id,
-        event_type: event_type.to_owned(),
-        payment_id: m.payment_id,
-        merchant_id,
-        merchant_order_id,
-        user_id,
-        status,
-        amount,
-        currency,
-        reason,
-        sub_orders: sub_orders
-            .into_iter()
-            .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
-                sub_order_id,
-                seller_id,
-                amount,
-                fee,
-            })
-            .collect(),
-        occurred_at: Utc::now(),
-    };
-    Ok(Some((event, notify_url)))
+/// A payment as its outcome's event reads it now.
+#[derive(sqlx::FromRow)]
+struct PaidFor {
+    top_up: bool,
+    merchant_id: String,
+    merchant_order_id: String,
+    user_id: String,
+    status: String,
+    amount: Decimal,
+    currency: String,
+    reason: Option<String>,
+    payment_notify_url: Option<String>,
+    merchant_notify_url: Option<String>,
+}
+
+impl PaidFor {
+    /// `None` while the payment is not found.
+    async fn load(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Option<PaidFor>, StageError> {
+        let found: Option<PaidFor> = sqlx::query_as(
+            "SELECT p.kind = 'top_up' AS top_up, p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount,
+                    p.currency::text AS currency, p.reason, p.notify_url AS payment_notify_url,
+                    m.notify_url AS merchant_notify_url
+             FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
+        )
+        .bind(m.payment_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        Ok(found.map(|mut paid| {
+            paid.reason = paid.reason.or_else(|| m.reason.clone());
+            paid
+        }))
+    }
+
+    /// Where the webhook goes, if anywhere. A URL refused as
+    /// invalid_notify_url is never a delivery target: the rejection goes
+    /// to the merchant's registered URL, if any.
+    fn notify_url(&self) -> Option<String> {
+        let refused_url = self
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("invalid_notify_url"));
+        if refused_url {
+            self.merchant_notify_url.clone()
+        } else {
+            self.payment_notify_url
+                .clone()
+                .or_else(|| self.merchant_notify_url.clone())
+        }
+    }
+
+    /// A purchase's event, with its sub-orders.
+    async fn payment_event(
+        self,
+        tx: &mut StageTx,
+        m: &PaymentOutcome,
+        event_id: Uuid,
+        event_type: &str,
+    ) -> Result<PaymentEvent, StageError> {
+        let sub_orders: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
+            "SELECT id, seller_id, payable_amount, fee_amount FROM sub_orders WHERE payment_id = $1 ORDER BY seller_id, warehouse",
+        )
+        .bind(m.payment_id)
+        .fetch_all(tx.conn())
+        .await?;
+        Ok(PaymentEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id,
+            event_type: event_type.to_owned(),
+            payment_id: m.payment_id,
+            merchant_id: self.merchant_id,
+            merchant_order_id: self.merchant_order_id,
+            user_id: self.user_id,
+            status: self.status,
+            amount: self.amount,
+            currency: self.currency,
+            reason: self.reason,
+            sub_orders: sub_orders
+                .into_iter()
+                .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
+                    sub_order_id,
+                    seller_id,
+                    amount,
+                    fee,
+                })
+                .collect(),
+            occurred_at: Utc::now(),
+        })
+    }
+
+    /// A top-up's event: its requester and request id, no order.
+    fn top_up_event(self, m: &PaymentOutcome, event_id: Uuid, event_type: &str) -> TopUpEvent {
+        TopUpEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id,
+            event_type: event_type.to_owned(),
+            top_up_id: m.payment_id,
+            requester_id: self.merchant_id,
+            request_id: self.merchant_order_id,
+            user_id: self.user_id,
+            status: self.status,
+            amount: self.amount,
+            currency: self.currency,
+            reason: self.reason,
+            occurred_at: Utc::now(),
+        }
+    }
 }

@@ -2,8 +2,8 @@
 //! into a validated payment (→ fund-freeze) or a rejection with a reason
 //! (→ notification), checking the signature, the parties, the catalogue's
 //! prices and stock, the coupon and the risk rules. Refund and reversal
-//! requests ([`refund`]) and withdrawal requests ([`withdrawal`]) are
-//! judged here the same way.
+//! requests ([`refund`]), withdrawal requests ([`withdrawal`]) and top-up
+//! requests ([`top_up`]) are judged here the same way.
 //!
 //! Idempotency: the payment id is derived from (merchant, merchant order id);
 //! the same id with the same content is a stale duplicate, with other content
@@ -11,6 +11,7 @@
 //! that are forged or not a payment at all are refused without taking the
 //! merchant order id (`request_rejections`).
 
+mod for_users;
 mod judge;
 pub mod pricing;
 mod receipts;
@@ -21,6 +22,7 @@ mod request;
 mod reversal;
 pub mod risk;
 pub mod schema;
+pub mod top_up;
 pub mod withdrawal;
 
 use chrono::{DateTime, Utc};
@@ -107,18 +109,18 @@ pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
     ]))
 }
 
-/// What upstream asked for: a payment, a refund or reversal of one, or a
-/// withdrawal from a wallet.
+/// What upstream asked for: a payment, a refund or reversal of one, a
+/// withdrawal from a wallet, or a top-up of one.
 #[derive(Debug)]
 pub enum Asked {
     Payment(Request),
     Refund(refund::RefundRequest),
     Withdrawal(withdrawal::WithdrawalRequest),
+    TopUp(top_up::TopUpRequest),
 }
 
-/// Whether a delivery is a withdrawal request (by its routing key or type).
-fn is_withdrawal_request(inbound: &Inbound) -> bool {
-    let kind = messages::kind::WITHDRAWAL_REQUESTED;
+/// Whether a delivery is a request of `kind` (by its routing key or type).
+fn is_request_of(inbound: &Inbound, kind: &str) -> bool {
     inbound.routing_key == kind || inbound.message_type.as_deref() == Some(kind)
 }
 
@@ -148,11 +150,13 @@ impl Stage for OrderValidation {
     /// judged in `handle`, a body the schema refuses included.
     fn decode(&self, inbound: &Inbound) -> Result<Asked, Undecodable> {
         let refund_kind = refund_request_kind(inbound);
-        let withdrawal = is_withdrawal_request(inbound);
+        let withdrawal = is_request_of(inbound, messages::kind::WITHDRAWAL_REQUESTED);
+        let top_up = is_request_of(inbound, messages::kind::TOPUP_REQUESTED);
         let kind = match refund_kind {
             Some(RefundKind::Refund) => messages::kind::REFUND_REQUESTED,
             Some(RefundKind::Reversal) => messages::kind::PAYMENT_REVERSE,
             None if withdrawal => messages::kind::WITHDRAWAL_REQUESTED,
+            None if top_up => messages::kind::TOPUP_REQUESTED,
             None => messages::kind::PAYMENT_REQUESTED,
         };
         // Capped before it is parsed: a body past the cap cannot be answered.
@@ -171,6 +175,9 @@ impl Stage for OrderValidation {
         }
         if withdrawal {
             return withdrawal::decode(inbound, value).map(Asked::Withdrawal);
+        }
+        if top_up {
+            return top_up::decode(inbound, value).map(Asked::TopUp);
         }
         let merchant_id = usable_id(&value, messages::kind::PAYMENT_REQUESTED, "merchant_id")?;
         let merchant_order_id = usable_id(
@@ -203,6 +210,7 @@ impl Stage for OrderValidation {
                 request.merchant_request_id
             ),
             Asked::Withdrawal(request) => withdrawal::lock_key(request),
+            Asked::TopUp(request) => top_up::lock_key(request),
         })
     }
 
@@ -233,6 +241,7 @@ impl Stage for OrderValidation {
             Asked::Payment(request) => self.handle_payment(tx, inbound, request).await,
             Asked::Refund(request) => self.handle_refund(tx, inbound, request).await,
             Asked::Withdrawal(request) => self.handle_withdrawal(tx, inbound, request).await,
+            Asked::TopUp(request) => self.handle_top_up(tx, inbound, request).await,
         }
     }
 }

@@ -323,15 +323,20 @@ async fn find_payment(
             ));
         }
     };
-    let row: Option<(String, Decimal, String, Option<String>)> = sqlx::query_as(
-        "SELECT status, amount, currency::text, channel FROM payments WHERE id = $1 AND merchant_id = $2",
+    let row: Option<(String, Decimal, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT status, amount, currency::text, channel, kind = 'top_up' FROM payments WHERE id = $1 AND merchant_id = $2",
     )
     .bind(id)
     .bind(merchant_id)
     .fetch_optional(tx.conn())
     .await?;
     Ok(match row {
-        Some((status, amount, currency, channel)) => Ok(Refundable {
+        // The money of a top-up is the user's own, in the wallet: it
+        // leaves by a withdrawal, never by refunding the top-up.
+        Some((.., true)) => Err(format!(
+            "{id} is a wallet top-up, not a payment: its money leaves the wallet by a withdrawal"
+        )),
+        Some((status, amount, currency, channel, false)) => Ok(Refundable {
             id,
             status,
             amount,
@@ -400,6 +405,7 @@ async fn refuse_unbound(
         merchant_refund_id: (!reversal).then_some(request.merchant_request_id.as_str()),
         merchant_reversal_id: reversal.then_some(request.merchant_request_id.as_str()),
         withdrawal_request_id: None,
+        top_up_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     // No refund came of it: the event names the refused message, never the
@@ -408,13 +414,10 @@ async fn refuse_unbound(
     let refusal_id = messages::stable_id(&["refused-refund-request", &inbound.message_id]);
     tx.set_correlation_id(&refusal_id.to_string());
     let asked = request.parsed.as_ref().ok().and_then(|p| p.amount.as_ref());
-    let amount = asked
-        .and_then(|(amount, _)| money::check_amount(*amount).ok())
-        .unwrap_or(Decimal::ZERO);
-    let currency = asked
-        .and_then(|(_, currency)| money::currency(currency).ok())
-        .unwrap_or(money::NO_CURRENCY)
-        .to_owned();
+    let (amount, currency) = super::refusal::reported_money(
+        asked.map(|(amount, _)| *amount),
+        asked.map(|(_, currency)| currency.as_str()),
+    );
     let status = RefundStatus::Refused.as_str().to_owned();
     let why = Some(format!("{reason}: {detail}"));
     if reversal {

@@ -42,6 +42,7 @@ pub(super) struct Rejection<'a> {
     pub(super) merchant_refund_id: Option<&'a str>,
     pub(super) merchant_reversal_id: Option<&'a str>,
     pub(super) withdrawal_request_id: Option<&'a str>,
+    pub(super) top_up_request_id: Option<&'a str>,
 }
 
 impl Rejection<'_> {
@@ -56,8 +57,9 @@ impl Rejection<'_> {
     ) -> Result<(), StageError> {
         sqlx::query(
             "INSERT INTO request_rejections (message_id, merchant_id, merchant_order_id, merchant_refund_id,
-                                             merchant_reversal_id, withdrawal_request_id, reason, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
+                                             merchant_reversal_id, withdrawal_request_id, top_up_request_id,
+                                             reason, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(&inbound.message_id)
         .bind(self.merchant_id)
@@ -65,12 +67,28 @@ impl Rejection<'_> {
         .bind(self.merchant_refund_id)
         .bind(self.merchant_reversal_id)
         .bind(self.withdrawal_request_id)
+        .bind(self.top_up_request_id)
         .bind(reason)
         .bind(detail)
         .execute(tx.conn())
         .await?;
         Ok(())
     }
+}
+
+/// The amount and currency a refused request's event may carry: only what
+/// the contract allows travels on, so an unusable amount or currency is
+/// reported as 0 / XXX ("no currency").
+pub(super) fn reported_money(amount: Option<Decimal>, currency: Option<&str>) -> (Decimal, String) {
+    (
+        amount
+            .and_then(|a| money::check_amount(a).ok())
+            .unwrap_or(Decimal::ZERO),
+        currency
+            .and_then(|c| money::currency(c).ok())
+            .unwrap_or(money::NO_CURRENCY)
+            .to_owned(),
+    )
 }
 
 /// Refuses a request that creates no payment, with a `payment.rejected`
@@ -88,6 +106,7 @@ pub(super) async fn refuse(
         merchant_refund_id: None,
         merchant_reversal_id: None,
         withdrawal_request_id: None,
+        top_up_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     let refusal_id = PaymentId::from(messages::stable_id(&[
@@ -96,6 +115,10 @@ pub(super) async fn refuse(
     ]));
     tx.set_correlation_id(&refusal_id.to_string());
     let parsed = request.parsed.as_ref().ok();
+    let (amount, currency) = reported_money(
+        parsed.map(|p| p.expected_amount),
+        parsed.map(|p| p.currency.as_str()),
+    );
     let event = messages::PaymentEvent {
         schema_version: SCHEMA_VERSION,
         event_id: messages::stable_id(&[
@@ -109,15 +132,8 @@ pub(super) async fn refuse(
         merchant_order_id: request.merchant_order_id.clone(),
         user_id: parsed.map(|p| p.user_id.clone()).unwrap_or_default(),
         status: "rejected".to_owned(),
-        // Only what the contract allows travels on: an unusable amount or
-        // currency in the refused request is reported as 0 / XXX ("no currency").
-        amount: parsed
-            .and_then(|p| money::check_amount(p.expected_amount).ok())
-            .unwrap_or(Decimal::ZERO),
-        currency: parsed
-            .and_then(|p| money::currency(&p.currency).ok())
-            .unwrap_or(money::NO_CURRENCY)
-            .to_owned(),
+        amount,
+        currency,
         reason: Some(format!("{reason}: {detail}")),
         sub_orders: Vec::new(),
         occurred_at: Utc::now(),

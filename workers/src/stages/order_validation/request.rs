@@ -1,4 +1,4 @@
-//! Reading a request (a payment, a refund, a withdrawal) before any database lookup: the ids it
+//! Reading a request (a payment, a refund, a withdrawal, a top-up) before any database lookup: the ids it
 //! must carry to be answered, the committed schema, and how fresh it is.
 
 use chrono::{DateTime, Utc};
@@ -58,6 +58,13 @@ pub fn read_withdrawal_request(
     value: Value,
 ) -> Result<WithdrawalRequested, (&'static str, String)> {
     read_checked(value, schema::first_withdrawal_violation)
+}
+
+/// Reads a JSON body as a `topup.requested`, as [`read_request`] does.
+pub fn read_top_up_request(
+    value: Value,
+) -> Result<payfleet_common::messages::TopUpRequested, (&'static str, String)> {
+    read_checked(value, schema::first_top_up_violation)
 }
 
 fn read_checked<T: serde::de::DeserializeOwned>(

@@ -12,7 +12,6 @@
 
 use chrono::Utc;
 use payfleet_common::{
-    broker,
     messages::{
         self, SCHEMA_VERSION, WithdrawalEvent, WithdrawalRequested, WithdrawalResult,
         WithdrawalStep, kind,
@@ -22,14 +21,14 @@ use payfleet_common::{
 };
 use rust_decimal::Decimal;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
     OrderValidation, Rejection,
+    refusal::reported_money,
+    for_users::{self, ForUser},
     request::read_withdrawal_request,
     risk::{self, Decision},
-    signed_by,
 };
 use crate::domain::{
     handoff,
@@ -40,61 +39,17 @@ use crate::domain::{
 pub const PAYOUT_METHOD: &str = "payout";
 
 /// A withdrawal request as far as it could be read before any database lookup.
-#[derive(Debug)]
-pub struct WithdrawalRequest {
-    pub requester_id: String,
-    pub request_id: String,
-    pub signature: Option<String>,
-    pub body: Vec<u8>,
-    pub content_hash: String,
-    pub parsed: Result<WithdrawalRequested, (&'static str, String)>,
-}
+pub type WithdrawalRequest = ForUser<WithdrawalRequested>;
 
 /// Only a body without a usable requester and request id cannot be
 /// answered (poison); anything else is judged.
 pub(super) fn decode(inbound: &Inbound, value: Value) -> Result<WithdrawalRequest, Undecodable> {
-    let message = kind::WITHDRAWAL_REQUESTED;
-    let requester_id = super::usable_id(&value, message, "requester_id")?;
-    let request_id = super::usable_id(&value, message, "request_id")?;
-    let canonical =
-        serde_json::to_vec(&value).map_err(|e| Undecodable::json(inbound, message, e))?;
-    Ok(WithdrawalRequest {
-        requester_id,
-        request_id,
-        signature: broker::header_str(Some(&inbound.headers), messages::SIGNATURE_HEADER),
-        content_hash: hex::encode(Sha256::digest(&canonical)),
-        parsed: read_withdrawal_request(value),
-        body: inbound.body.clone(),
-    })
-}
-
-/// The requester's status when it signed the request and is registered
-/// to act for users (a merchant's key must never reach users' wallets);
-/// else why the request cannot be trusted.
-async fn trusted_requester(
-    tx: &mut StageTx,
-    request: &WithdrawalRequest,
-) -> Result<Result<String, (&'static str, String)>, StageError> {
-    let requester = &request.requester_id;
-    let signed = signed_by(tx, requester, request.signature.as_deref(), &request.body).await?;
-    let status = match signed {
-        Ok(status) => status,
-        Err((reason, detail)) => return Ok(Err((reason, detail.to_owned()))),
-    };
-    let acts: Option<bool> =
-        sqlx::query_scalar("SELECT acts_for_users FROM merchants WHERE id = $1")
-            .bind(requester)
-            .fetch_optional(tx.conn())
-            .await?;
-    if acts != Some(true) {
-        return Ok(Err((
-            "requester_not_permitted",
-            format!(
-                "requester {requester} may not move users' wallets: only one registered to act for users (the platform's wallet application) may"
-            ),
-        )));
-    }
-    Ok(Ok(status))
+    for_users::decode(
+        inbound,
+        value,
+        kind::WITHDRAWAL_REQUESTED,
+        read_withdrawal_request,
+    )
 }
 
 /// The lock of a withdrawal request while order-validation judges it.
@@ -121,7 +76,7 @@ impl OrderValidation {
         request: &WithdrawalRequest,
     ) -> Result<Outcome, StageError> {
         let id = withdrawal::withdrawal_id(&request.requester_id, &request.request_id);
-        let requester_status = match trusted_requester(tx, request).await? {
+        let requester_status = match for_users::trusted_requester(tx, request).await? {
             Ok(status) => status,
             Err((reason, detail)) => {
                 return refuse_unbound(tx, inbound, request, reason, &detail).await;
@@ -219,32 +174,11 @@ impl OrderValidation {
         {
             return Ok(refused(None, reason, detail));
         }
-        let user: Option<(String, bool)> =
-            sqlx::query_as("SELECT status, blocked FROM users WHERE id = $1")
-                .bind(&r.user_id)
-                .fetch_optional(tx.conn())
-                .await?;
-        let Some((user_status, user_blocked)) = user else {
-            return Ok(refused(None, "unknown_user", r.user_id.clone()));
-        };
-        if user_status != "active" {
-            return Ok(refused(None, "user_frozen", r.user_id.clone()));
-        }
-        let wallet: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2",
-        )
-        .bind(&r.user_id)
-        .bind(&r.currency)
-        .fetch_optional(tx.conn())
-        .await?;
-        let Some((wallet, wallet_status)) = wallet else {
-            let detail = format!("user {} has no {} wallet", r.user_id, r.currency);
-            return Ok(refused(None, "no_wallet", detail));
-        };
-        if wallet_status != "active" {
-            let detail = format!("wallet is {wallet_status}");
-            return Ok(refused(Some(wallet), "wallet_not_active", detail));
-        }
+        let (wallet, user_blocked) =
+            match for_users::usable_wallet(tx, &r.user_id, &r.currency).await? {
+                Ok(found) => found,
+                Err((wallet, reason, detail)) => return Ok(refused(wallet, reason, detail)),
+            };
         let (decision, reasons) = risk::decide(
             &self.risk,
             &self.redis,
@@ -280,7 +214,7 @@ impl OrderValidation {
 
 /// Whether `amount` can be kept as a withdrawal's: positive, in cents, and
 /// within the books' range (numeric(20, 2)); otherwise why not.
-fn storable_amount(amount: Decimal) -> Result<(), String> {
+pub(super) fn storable_amount(amount: Decimal) -> Result<(), String> {
     let most = Decimal::from(10_i64.pow(18));
     if money::check_amount(amount).is_err() || amount <= Decimal::ZERO || amount >= most {
         return Err(format!("{amount} is not a positive amount in cents"));
@@ -295,23 +229,13 @@ async fn seen(
     request: &WithdrawalRequest,
     id: Uuid,
 ) -> Result<Option<Outcome>, StageError> {
-    let existing: Option<(String, String)> =
-        sqlx::query_as("SELECT request_hash, status FROM withdrawals WHERE id = $1")
-            .bind(id)
-            .fetch_optional(tx.conn())
-            .await?;
-    let Some((hash, status)) = existing else {
-        return Ok(None);
-    };
-    if hash == request.content_hash {
-        return Ok(Some(Outcome::Stale {
-            reason: format!("duplicate request of withdrawal {id} ({status})"),
-        }));
+    match for_users::kept_before(tx, for_users::Kept::Withdrawal, request, id).await? {
+        None => Ok(None),
+        Some(Ok(duplicate)) => Ok(Some(duplicate)),
+        Some(Err(detail)) => refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
+            .await
+            .map(Some),
     }
-    let detail = format!("request id already used by withdrawal {id} with different content");
-    refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
-        .await
-        .map(Some)
 }
 
 /// Refuses a request that creates no withdrawal (it cannot be trusted or
@@ -331,11 +255,16 @@ async fn refuse_unbound(
         merchant_refund_id: None,
         merchant_reversal_id: None,
         withdrawal_request_id: Some(&request.request_id),
+        top_up_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     let refusal_id = messages::stable_id(&["refused-withdrawal-request", &inbound.message_id]);
     tx.set_correlation_id(&refusal_id.to_string());
     let parsed = request.parsed.as_ref().ok();
+    let (amount, currency) = reported_money(
+        parsed.map(|p| p.amount),
+        parsed.map(|p| p.currency.as_str()),
+    );
     let event_type = messages::event::WITHDRAWAL_FAILED;
     let event = WithdrawalEvent {
         schema_version: SCHEMA_VERSION,
@@ -346,16 +275,9 @@ async fn refuse_unbound(
         request_id: request.request_id.clone(),
         user_id: parsed.map(|p| p.user_id.clone()).unwrap_or_default(),
         status: WithdrawalStatus::Refused.as_str().to_owned(),
-        // Only what the contract allows travels on: an unusable amount or
-        // currency is reported as 0 / XXX ("no currency").
-        amount: parsed
-            .and_then(|p| money::check_amount(p.amount).ok())
-            .unwrap_or(Decimal::ZERO),
+        amount,
         fee: Decimal::ZERO,
-        currency: parsed
-            .and_then(|p| money::currency(&p.currency).ok())
-            .unwrap_or(money::NO_CURRENCY)
-            .to_owned(),
+        currency,
         reason: Some(format!("{reason}: {detail}")),
         occurred_at: Utc::now(),
     };

@@ -1,0 +1,158 @@
+//! Requests that move a user's wallet on the user's behalf (a withdrawal,
+//! a top-up): they come from a registered requester acting for users (the
+//! platform's wallet application), keyed by (requester, request id) and
+//! compared by content like payments.
+
+use payfleet_common::{
+    broker, messages,
+    runtime::{Inbound, Outcome, StageError, StageTx, Undecodable},
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::signed_by;
+
+/// A request acting for a user, as far as it could be read before any
+/// database lookup.
+#[derive(Debug)]
+pub struct ForUser<T> {
+    pub requester_id: String,
+    pub request_id: String,
+    pub signature: Option<String>,
+    pub body: Vec<u8>,
+    pub content_hash: String,
+    pub parsed: Result<T, (&'static str, String)>,
+}
+
+/// Only a body without a usable requester and request id cannot be
+/// answered (poison); anything else is judged.
+pub(super) fn decode<T>(
+    inbound: &Inbound,
+    value: Value,
+    message: &'static str,
+    read: fn(Value) -> Result<T, (&'static str, String)>,
+) -> Result<ForUser<T>, Undecodable> {
+    let requester_id = super::usable_id(&value, message, "requester_id")?;
+    let request_id = super::usable_id(&value, message, "request_id")?;
+    let canonical =
+        serde_json::to_vec(&value).map_err(|e| Undecodable::json(inbound, message, e))?;
+    Ok(ForUser {
+        requester_id,
+        request_id,
+        signature: broker::header_str(Some(&inbound.headers), messages::SIGNATURE_HEADER),
+        content_hash: hex::encode(Sha256::digest(&canonical)),
+        parsed: read(value),
+        body: inbound.body.clone(),
+    })
+}
+
+/// The requester's status when it signed the request and is registered
+/// to act for users (a merchant's key must never reach users' wallets);
+/// else why the request cannot be trusted.
+pub(super) async fn trusted_requester<T>(
+    tx: &mut StageTx,
+    request: &ForUser<T>,
+) -> Result<Result<String, (&'static str, String)>, StageError> {
+    let requester = &request.requester_id;
+    let signed = signed_by(tx, requester, request.signature.as_deref(), &request.body).await?;
+    let status = match signed {
+        Ok(status) => status,
+        Err((reason, detail)) => return Ok(Err((reason, detail.to_owned()))),
+    };
+    let acts: Option<bool> =
+        sqlx::query_scalar("SELECT acts_for_users FROM merchants WHERE id = $1")
+            .bind(requester)
+            .fetch_optional(tx.conn())
+            .await?;
+    if acts != Some(true) {
+        return Ok(Err((
+            "requester_not_permitted",
+            format!(
+                "requester {requester} may not move users' wallets: only one registered to act for users (the platform's wallet application) may"
+            ),
+        )));
+    }
+    Ok(Ok(status))
+}
+
+/// What a user's wallet in `currency` is for a request acting for the
+/// user: its id and the user's risk flag, or why none can be used.
+pub(super) async fn usable_wallet(
+    tx: &mut StageTx,
+    user_id: &str,
+    currency: &str,
+) -> Result<Result<(i64, bool), (Option<i64>, &'static str, String)>, StageError> {
+    let user: Option<(String, bool)> =
+        sqlx::query_as("SELECT status, blocked FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    let Some((user_status, user_blocked)) = user else {
+        return Ok(Err((None, "unknown_user", user_id.to_owned())));
+    };
+    if user_status != "active" {
+        return Ok(Err((None, "user_frozen", user_id.to_owned())));
+    }
+    let wallet: Option<(i64, String)> = sqlx::query_as(
+        "SELECT id, status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2",
+    )
+    .bind(user_id)
+    .bind(currency)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some((wallet, wallet_status)) = wallet else {
+        let detail = format!("user {user_id} has no {currency} wallet");
+        return Ok(Err((None, "no_wallet", detail)));
+    };
+    if wallet_status != "active" {
+        let detail = format!("wallet is {wallet_status}");
+        return Ok(Err((Some(wallet), "wallet_not_active", detail)));
+    }
+    Ok(Ok((wallet, user_blocked)))
+}
+
+/// Where a request acting for a user is kept once accepted.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kept {
+    Withdrawal,
+    TopUp,
+}
+
+impl Kept {
+    fn what(self) -> &'static str {
+        match self {
+            Kept::Withdrawal => "withdrawal",
+            Kept::TopUp => "top-up",
+        }
+    }
+}
+
+/// A request already kept under `id`: `Ok` of the stale duplicate's
+/// outcome (same content), `Err` of a conflict's detail (other content).
+pub(super) async fn kept_before<T>(
+    tx: &mut StageTx,
+    kept: Kept,
+    request: &ForUser<T>,
+    id: uuid::Uuid,
+) -> Result<Option<Result<Outcome, String>>, StageError> {
+    let sql = match kept {
+        Kept::Withdrawal => "SELECT request_hash, status FROM withdrawals WHERE id = $1",
+        Kept::TopUp => "SELECT request_hash, status FROM payments WHERE id = $1",
+    };
+    let existing: Option<(String, String)> = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+    let what = kept.what();
+    Ok(existing.map(|(hash, status)| {
+        if hash == request.content_hash {
+            Ok(Outcome::Stale {
+                reason: format!("duplicate request of {what} {id} ({status})"),
+            })
+        } else {
+            Err(format!(
+                "request id already used by {what} {id} with different content"
+            ))
+        }
+    }))
+}
