@@ -23,9 +23,9 @@ use serde_json::Value;
 
 use super::{
     OrderValidation, Rejection,
-    refusal::reported_money,
     for_users::{self, ForUser},
     record::unique_is_transient,
+    refusal::reported_money,
     request::read_top_up_request,
     risk::{self, Decision},
     withdrawal::storable_amount,

@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use super::{
     OrderValidation, Rejection,
-    refusal::reported_money,
     for_users::{self, ForUser},
+    refusal::reported_money,
     request::read_withdrawal_request,
     risk::{self, Decision},
 };
