@@ -14,9 +14,10 @@ use jsonschema::Validator;
 use payfleet_common::messages::{
     self, AttemptId, ChannelResult, ChannelStatus, EventSubOrder, FundsFrozen, OrderValidated,
     Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
-    PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, RequestedItem,
-    Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TopUpEvent, TopUpRequested, TradeClose,
-    WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep, event, kind,
+    PaymentReverse, PayoutEvent, PayoutRequested, RefundEvent, RefundRequested, RefundResult,
+    RefundStep, RequestedItem, Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TopUpEvent,
+    TopUpRequested, TradeClose, WithdrawalEvent, WithdrawalRequested, WithdrawalResult,
+    WithdrawalStep, event, kind,
 };
 use payfleet_common::messages::{
     PaymentStanding, RefundStanding, StatusErrorCode, StatusLookup, StatusReply, StatusRequest,
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 21] = [
+const MESSAGES: [&str; 23] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -49,6 +50,8 @@ const MESSAGES: [&str; 21] = [
     "withdrawal.event",
     kind::TOPUP_REQUESTED,
     "topup.event",
+    kind::PAYOUT_REQUESTED,
+    "payout.event",
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -265,6 +268,8 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         "withdrawal.event" => round_trip::<WithdrawalEvent>(name, value, what),
         kind::TOPUP_REQUESTED => round_trip::<TopUpRequested>(name, value, what),
         "topup.event" => round_trip::<TopUpEvent>(name, value, what),
+        kind::PAYOUT_REQUESTED => round_trip::<PayoutRequested>(name, value, what),
+        "payout.event" => round_trip::<PayoutEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -863,6 +868,45 @@ fn every_rust_message_matches_its_schema() {
             ..top_up_requested.clone()
         },
     );
+    let payout_requested = PayoutRequested {
+        schema_version: SCHEMA_VERSION,
+        merchant_id: "seller-a".into(),
+        request_id: "SA-PO-1".into(),
+        amount: d("1200.00"),
+        currency: "CNY".into(),
+        notify_url: Some("https://seller-a.example/payfleet/webhooks".into()),
+        requested_at: now,
+    };
+    check_message(
+        kind::PAYOUT_REQUESTED,
+        &payout_requested,
+        &PayoutRequested {
+            notify_url: None,
+            ..payout_requested.clone()
+        },
+    );
+    let payout_id = id("8f1a3c5e-7b9d-8f1a-a3c5-e7b9d1f3a5c7");
+    let payout_event = PayoutEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &payout_id.to_string(), event::PAYOUT_RETURNED]),
+        event_type: event::PAYOUT_RETURNED.into(),
+        payout_id,
+        merchant_id: "seller-a".into(),
+        request_id: "SA-PO-1".into(),
+        status: "returned".into(),
+        amount: d("1200.00"),
+        currency: "CNY".into(),
+        reason: Some("account_closed".into()),
+        occurred_at: now,
+    };
+    check_message(
+        "payout.event",
+        &payout_event,
+        &PayoutEvent {
+            reason: None,
+            ..payout_event.clone()
+        },
+    );
     let top_up_id = PaymentId::from(id("0b8e2f4a-6c1d-8e5f-a7b9-c3d5e7f9a1b2"));
     let top_up_event = TopUpEvent {
         schema_version: SCHEMA_VERSION,
@@ -1017,6 +1061,22 @@ fn the_schema_enums_are_the_rust_enums() {
             .filter(|m| m != "balance")
             .collect(),
         "topup.requested payment_method: every third-party method, never the wallet itself"
+    );
+    assert_eq!(
+        schema_enum(&schema("payout.event"), "event_type"),
+        [
+            event::PAYOUT_SUCCEEDED,
+            event::PAYOUT_FAILED,
+            event::PAYOUT_RETURNED,
+        ]
+        .map(str::to_owned)
+        .into(),
+        "payout.event event_type"
+    );
+    assert_eq!(
+        schema_enum(&schema("payout.event"), "status"),
+        schema_enum(&schema("withdrawal.event"), "status"),
+        "a payout has a withdrawal's statuses"
     );
 }
 

@@ -242,6 +242,33 @@ async fn a_merchant_onboarded_by_command_is_suspended_activated_and_given_a_new_
             .fetch_one(world.pool())
             .await?;
     assert!(acts);
+    // A seller registered with its bank account is paid out; a bad token is refused.
+    let (code, out, err) = world
+        .cli(&[
+            "merchant",
+            "add",
+            "paid-seller",
+            "--name",
+            "Paid Seller",
+            "--payout-account",
+            "acct_paid_seller",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pays out to acct_paid_seller"), "{out}");
+    let (code, _, err) = world
+        .cli(&[
+            "merchant",
+            "add",
+            "bad-seller",
+            "--name",
+            "Bad",
+            "--payout-account",
+            "",
+        ])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("--payout-account"), "{err}");
     let actions: Vec<&str> = story["actions"]
         .as_array()
         .into_iter()

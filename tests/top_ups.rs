@@ -156,16 +156,10 @@ async fn a_card_top_up_credits_the_wallet_once_with_the_channel_fee_on_the_platf
             }),
         )
         .await?;
-    wait_until(WAIT, "the refund of a top-up refused", || async {
-        Ok(world
-            .env
-            .scalar_i64(
-                "SELECT count(*) FROM request_rejections WHERE reason = 'unknown_payment' AND merchant_refund_id = 'rf-top-up'",
-            )
-            .await?
-            == 1)
-    })
-    .await?;
+    world
+        .fleet
+        .wait_refused("unknown_payment", "merchant_refund_id", "rf-top-up")
+        .await?;
     world.env.wait_drained(WAIT).await?;
     assert_eq!(wallet(&world).await?.0, d("210.00"), "nothing taken back");
     world.finish().await
@@ -252,16 +246,10 @@ async fn a_duplicate_request_is_one_top_up_and_other_content_is_a_conflict() -> 
         },
     )
     .await?;
-    wait_until(WAIT, "the conflict refused", || async {
-        Ok(world
-            .env
-            .scalar_i64(
-                "SELECT count(*) FROM request_rejections WHERE reason = 'idempotency_conflict' AND top_up_request_id = 'tu-dup'",
-            )
-            .await?
-            == 1)
-    })
-    .await?;
+    world
+        .fleet
+        .wait_refused("idempotency_conflict", "top_up_request_id", "tu-dup")
+        .await?;
     world.env.wait_drained(WAIT).await?;
     assert_eq!(
         world
@@ -333,16 +321,10 @@ async fn refused_top_ups_move_nothing_and_say_why() -> anyhow::Result<()> {
         world.reaches(no_wallet, "rejected").await?.as_deref(),
         Some("no_wallet: user alice has no USD wallet")
     );
-    wait_until(WAIT, "the seller's request refused", || async {
-        Ok(world
-            .env
-            .scalar_i64(
-                "SELECT count(*) FROM request_rejections WHERE reason = 'requester_not_permitted' AND top_up_request_id = 'tu-seller'",
-            )
-            .await?
-            == 1)
-    })
-    .await?;
+    world
+        .fleet
+        .wait_refused("requester_not_permitted", "top_up_request_id", "tu-seller")
+        .await?;
     world.env.wait_drained(WAIT).await?;
     let balance = d(WALLET_BALANCE);
     assert_eq!(wallet(&world).await?, (balance, balance, d("0")));

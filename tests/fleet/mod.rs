@@ -234,6 +234,19 @@ impl Harness {
         Ok(events)
     }
 
+    /// Waits until a request naming `id` in `column` of the rejections
+    /// (`top_up_request_id`, `withdrawal_request_id`, `merchant_refund_id`)
+    /// is refused `reason`, once.
+    pub async fn wait_refused(&self, reason: &str, column: &str, id: &str) -> anyhow::Result<()> {
+        let sql = format!(
+            "SELECT count(*) FROM request_rejections WHERE reason = '{reason}' AND {column} = '{id}'"
+        );
+        wait_until(WAIT, &format!("{id} refused {reason}"), || async {
+            Ok(self.env.scalar_i64(&sql).await? == 1)
+        })
+        .await
+    }
+
     /// The events BI received whose type starts with `prefix`
     /// (`withdrawal.`, `topup.`), in order. Reading takes them off the queue.
     pub async fn events_of(&self, prefix: &str) -> anyhow::Result<Vec<Value>> {

@@ -100,13 +100,15 @@ const WHEN_QUIET: &[(&str, &str)] = &[
      "SELECT count(*) FROM payments p WHERE p.kind = 'top_up'
         AND (EXISTS (SELECT 1 FROM orders o WHERE o.payment_id = p.id)
              OR EXISTS (SELECT 1 FROM transaction_details d WHERE d.payment_id = p.id))"),
-    ("each merchant's settled amount equals its sub-orders minus fees, less what it gave back for paid refunds",
+    ("each merchant's settled amount equals its sub-orders minus fees, less what it gave back for paid refunds and what was paid out to it and not returned",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
             COALESCE((SELECT sum(d.amount - d.fee_amount) FROM transaction_details d JOIN payments p ON p.id = d.payment_id
                       WHERE d.seller_id = a.owner_id AND d.currency = a.currency AND p.status = 'settled'), 0)
           - COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
-                      WHERE r.account_id = a.id AND r.status = 'booked'), 0)"),
+                      WHERE r.account_id = a.id AND r.status = 'booked'), 0)
+          - COALESCE((SELECT sum(w.amount) FROM withdrawals w
+                      WHERE w.owner_kind = 'merchant' AND w.account_id = a.id AND w.status = 'succeeded'), 0)"),
     ("the fee account holds the settled fees less the shares given back with paid refunds, and the fees of withdrawals paid out and not returned",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'platform'
         AND COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0) <>
@@ -133,10 +135,13 @@ const WHEN_QUIET: &[(&str, &str)] = &[
             + (SELECT COALESCE(sum(w.fee), 0) FROM withdrawals w WHERE w.currency = c.currency AND w.status = 'succeeded')
             - (SELECT COALESCE(sum(w.channel_fee), 0) FROM withdrawals w
                 WHERE w.currency = c.currency AND w.status IN ('succeeded', 'returned'))"),
-    ("a merchant's frozen balance is exactly its reservations for refunds in flight",
+    ("a merchant's frozen balance is exactly its reservations for refunds in flight and its payouts not yet paid out or released",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'merchant'
         AND a.frozen <> COALESCE((SELECT sum(r.amount - r.fee_back) FROM refund_allocations r
-                                   WHERE r.account_id = a.id AND r.status = 'reserved'), 0)"),
+                                   WHERE r.account_id = a.id AND r.status = 'reserved'), 0)
+                      + COALESCE((SELECT sum(w.amount) FROM withdrawals w WHERE w.account_id = a.id
+                                   AND w.owner_kind = 'merchant'
+                                   AND w.status IN ('frozen', 'sending', 'unknown', 'exception')), 0)"),
     ("no sub-order is refunded beyond what it settled",
      "SELECT count(*) FROM transaction_details d
         WHERE (SELECT COALESCE(sum(r.amount), 0) FROM refund_allocations r
@@ -176,20 +181,25 @@ const WHEN_QUIET: &[(&str, &str)] = &[
                                                   WHERE j.reference = w.id::text AND j.kind = 'withdrawal_returned')
            OR (w.status IN ('succeeded', 'returned', 'failed')) <> (w.booked_at IS NOT NULL)
            OR (w.status = 'returned') <> (w.returned_booked_at IS NOT NULL)"),
-    ("a withdrawal's wallet lost exactly what was paid out and not returned",
+    ("a withdrawal's wallet (a payout's merchant) lost exactly what was paid out and not returned",
      "SELECT count(*) FROM withdrawals w
         WHERE COALESCE((SELECT sum(p.amount) FROM postings p JOIN journal_entries j ON j.id = p.entry_id
                          JOIN accounts a ON a.id = p.account_id
-                        WHERE j.reference = w.id::text AND a.owner_kind = 'user'), 0)
-              <> CASE WHEN w.status = 'succeeded' THEN -w.amount ELSE 0 END"),
-    ("every finished withdrawal has its outcome events",
+                        WHERE j.reference = w.id::text AND a.owner_kind IN ('user', 'merchant')), 0)
+              <> CASE WHEN w.status = 'succeeded' THEN -w.amount ELSE 0 END
+           OR EXISTS (SELECT 1 FROM postings p JOIN journal_entries j ON j.id = p.entry_id
+                       JOIN accounts a ON a.id = p.account_id
+                      WHERE j.reference = w.id::text AND a.owner_kind IN ('user', 'merchant')
+                        AND p.account_id IS DISTINCT FROM w.account_id)"),
+    ("every finished withdrawal (payout) has its outcome events",
      "SELECT count(*) FROM withdrawals w
+        CROSS JOIN LATERAL (SELECT CASE w.owner_kind WHEN 'merchant' THEN 'payout.' ELSE 'withdrawal.' END AS kind) k
         WHERE (w.status IN ('refused', 'failed') AND NOT EXISTS (SELECT 1 FROM payment_events e
-                 WHERE e.withdrawal_id = w.id AND e.event_type = 'withdrawal.failed'))
+                 WHERE e.withdrawal_id = w.id AND e.event_type = k.kind || 'failed'))
            OR (w.status IN ('succeeded', 'returned') AND NOT EXISTS (SELECT 1 FROM payment_events e
-                 WHERE e.withdrawal_id = w.id AND e.event_type = 'withdrawal.succeeded'))
+                 WHERE e.withdrawal_id = w.id AND e.event_type = k.kind || 'succeeded'))
            OR (w.status = 'returned' AND NOT EXISTS (SELECT 1 FROM payment_events e
-                 WHERE e.withdrawal_id = w.id AND e.event_type = 'withdrawal.returned'))"),
+                 WHERE e.withdrawal_id = w.id AND e.event_type = k.kind || 'returned'))"),
     ("payer refunds payable equal the refunds still owed",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'payable' AND a.owner_id LIKE 'payer-refunds:%'
         AND a.total <> COALESCE((SELECT sum(r.amount) FROM refunds r WHERE r.status = 'owed'

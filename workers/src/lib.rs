@@ -111,7 +111,8 @@ pub async fn fleet(settings: Settings, stages: &[&str], http: bool) -> Result<Fl
         .with_keeper()
         .background("signals", signals::collector::run)
         .background("expiry-sweeper", sweeper::run)
-        .background("balance-roll-up", sweeper::run_roll_up);
+        .background("balance-roll-up", sweeper::run_roll_up)
+        .background("daily-payouts", jobs::payouts::run);
     if http {
         let ingress = ingress::router(fleet.shared().clone());
         fleet = fleet.with_http().with_ingress(ingress);

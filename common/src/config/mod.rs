@@ -155,6 +155,13 @@ pub struct Settings {
     /// day (of `business_time_zone`), in whole units; the same currencies as
     /// `withdrawal_limit_per_withdrawal`, none below it.
     pub withdrawal_limit_per_day: BTreeMap<String, u64>,
+    /// Merchant payouts: per currency, the least a settlement payout may be,
+    /// in whole units. A currency with no entry takes no payouts (`unsupported_currency`).
+    pub merchant_payout_minimum: BTreeMap<String, u64>,
+    /// Merchant payouts: the share of a merchant's settled balance kept back
+    /// from every payout, in basis points (1000 = 10 %): what refunds and
+    /// chargebacks may still take.
+    pub merchant_payout_holdback_basis_points: u32,
     /// Merchant webhook retry schedule (delay before each retry).
     #[serde(rename = "webhook_delays_ms")]
     #[serde_as(as = "Vec<DurationMilliSeconds<u64>>")]
@@ -287,6 +294,15 @@ impl Default for Settings {
                 ("HKD", 55_000),
                 ("SGD", 9_500),
             ]),
+            merchant_payout_minimum: per_currency(&[
+                ("CNY", 100),
+                ("USD", 15),
+                ("EUR", 15),
+                ("GBP", 12),
+                ("HKD", 120),
+                ("SGD", 20),
+            ]),
+            merchant_payout_holdback_basis_points: 1_000,
             withdrawal_limit_per_day: per_currency(&[
                 ("CNY", 200_000),
                 ("USD", 28_000),

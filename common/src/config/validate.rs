@@ -106,6 +106,25 @@ impl Settings {
                 ),
             ));
         }
+        if self.merchant_payout_holdback_basis_points >= 10_000 {
+            return Err(invalid(
+                "merchant_payout_holdback_basis_points",
+                format!(
+                    "{} would keep back the whole balance: at most 9999",
+                    self.merchant_payout_holdback_basis_points
+                ),
+            ));
+        }
+        if let Some((currency, _)) = self
+            .merchant_payout_minimum
+            .iter()
+            .find(|(currency, minimum)| crate::money::currency(currency).is_err() || **minimum == 0)
+        {
+            return Err(invalid(
+                "merchant_payout_minimum",
+                format!("{currency}: a supported currency with a minimum of at least 1"),
+            ));
+        }
         per_currency_pair(
             (
                 "withdrawal_limit_per_withdrawal",

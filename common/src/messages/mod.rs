@@ -12,6 +12,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 pub use crate::ids::{AttemptId, PaymentId};
+pub use payout::{PayoutEvent, PayoutRequested};
 pub use refund::{
     PaymentReverse, RefundEvent, RefundRequested, RefundResult, RefundStep, ReversalEvent,
 };
@@ -22,6 +23,7 @@ pub use status::{
 pub use top_up::{TopUpEvent, TopUpRequested};
 pub use withdrawal::{WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep};
 
+mod payout;
 mod refund;
 mod status;
 mod top_up;
@@ -65,6 +67,8 @@ pub mod kind {
     pub const STATUS_REQUEST: &str = "status.request";
     pub const STATUS_REPLY: &str = "status.reply";
 
+    /// A merchant asks for its settled balance to be paid out to its bank.
+    pub const PAYOUT_REQUESTED: &str = "payout.requested";
     /// A registered requester fills a user's wallet through a channel.
     pub const TOPUP_REQUESTED: &str = "topup.requested";
     /// A registered requester moves money out of a user's wallet to a bank.
@@ -130,6 +134,9 @@ pub mod event {
     pub const TOPUP_SUCCEEDED: &str = "topup.succeeded";
     pub const TOPUP_FAILED: &str = "topup.failed";
     pub const TOPUP_EXCEPTION: &str = "topup.exception";
+    pub const PAYOUT_SUCCEEDED: &str = "payout.succeeded";
+    pub const PAYOUT_FAILED: &str = "payout.failed";
+    pub const PAYOUT_RETURNED: &str = "payout.returned";
 }
 
 /// `payment.requested`: published by upstream on `payfleet.ingress`.

@@ -6,6 +6,7 @@
 //! the summary.
 
 mod merchant;
+mod payouts;
 mod plan;
 mod publish;
 mod refunds;
@@ -22,7 +23,7 @@ pub(crate) use seed::seed_channels;
 
 use merchant::{WebhookCount, webhook_receiver};
 use plan::{Kind, Planned, plan};
-use publish::{publish_all, publish_for_users};
+use publish::{publish_all, publish_signed_by};
 use report::{progress, quiet, summarize};
 use seed::seed_catalogue;
 
@@ -69,7 +70,7 @@ pub enum Live<'a> {
     Tick(Tick),
     /// The wait is over (finished or out of time).
     Ended,
-    /// The refunds and withdrawals asked for once the payments finished:
+    /// The refunds, withdrawals, top-ups and payouts asked for once the payments finished:
     /// how many have ended (with their events), four times a second.
     Refunds {
         elapsed: Duration,
@@ -347,6 +348,8 @@ impl Load {
         let requests = refunds::plan(&self.pool, &self.like).await?;
         let withdrawals = withdrawals::plan(&self.run_id);
         let top_ups = top_ups::plan(&self.run_id);
+        let limits = crate::domain::withdrawal::Limits::new(&self.settings);
+        let payouts = payouts::plan(&self.pool, &limits, &self.run_id).await?;
         let publisher = Publisher::new(
             broker::Endpoint::from_settings(&self.settings)?,
             "payfleet-demo-upstream-refunds",
@@ -355,27 +358,43 @@ impl Load {
         let published = AtomicU64::new(0);
         let exchange = &self.topology.exchanges().ingress;
         let mut sent = refunds::publish(&publisher, exchange, &requests, &published).await;
+        let kind = payfleet_common::messages::kind::WITHDRAWAL_REQUESTED;
         if sent.is_ok() {
-            let kind = payfleet_common::messages::kind::WITHDRAWAL_REQUESTED;
-            sent = publish_for_users(&publisher, exchange, kind, &withdrawals, &published).await;
+            let to = (exchange.as_str(), kind);
+            sent =
+                publish_signed_by(&publisher, to, WALLET_APP_KEY, &withdrawals, &published).await;
         }
         if sent.is_ok() {
-            let kind = payfleet_common::messages::kind::TOPUP_REQUESTED;
-            sent = publish_for_users(&publisher, exchange, kind, &top_ups, &published).await;
+            let to = (
+                exchange.as_str(),
+                payfleet_common::messages::kind::TOPUP_REQUESTED,
+            );
+            sent = publish_signed_by(&publisher, to, WALLET_APP_KEY, &top_ups, &published).await;
+        }
+        if sent.is_ok() {
+            let to = (
+                exchange.as_str(),
+                payfleet_common::messages::kind::PAYOUT_REQUESTED,
+            );
+            let key = payouts::seller_key();
+            sent = publish_signed_by(&publisher, to, &key, &payouts, &published).await;
         }
         publisher.close().await;
         sent?;
         let asked = requests.len()
             + withdrawals::expected(&withdrawals) as usize
-            + top_ups::expected(&top_ups) as usize;
+            + top_ups::expected(&top_ups) as usize
+            + payouts.len();
         let top_ups_like = top_ups::like(&self.run_id);
+        let payouts_like = payouts::like(&self.run_id);
         let deadline = started + Duration::from_secs(60 + requests.len() as u64 / 10);
         let finished = loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let (refunds_ended, _) = refunds::finished(&self.pool, &self.like).await?;
             let (withdrawals_ended, _) = withdrawals::finished(&self.pool, &self.like).await?;
             let top_ups_ended = top_ups::finished(&self.pool, &top_ups_like).await?;
-            let finished = refunds_ended + withdrawals_ended + top_ups_ended;
+            let payouts_ended = payouts::finished(&self.pool, &payouts_like).await?;
+            let finished = refunds_ended + withdrawals_ended + top_ups_ended + payouts_ended;
             live(Live::Refunds {
                 elapsed: started.elapsed(),
                 asked,
@@ -420,6 +439,8 @@ impl Load {
         summary.push('\n');
         let top_ups_like = top_ups::like(&self.run_id);
         summary.push_str(&top_ups::summary(&self.pool, &top_ups_like).await?);
+        summary.push('\n');
+        summary.push_str(&payouts::summary(&self.pool, &payouts::like(&self.run_id)).await?);
         let mut report = invariants::all(&self.pool).await?;
         if let Some(statuses) = &self.statuses {
             summary.push('\n');

@@ -33,20 +33,20 @@ pub(super) async fn publish_all(
     .await
 }
 
-/// Publishes `requests` of `kind` as the platform's wallet application
-/// asks them (withdrawals, top-ups): each signed with its request key,
-/// under a new message id.
-pub(super) async fn publish_for_users<T: serde::Serialize>(
+/// Publishes `requests` of `kind` as the requester whose request key is
+/// `key` asks them (the wallet application's withdrawals and top-ups, a
+/// seller's payouts): each signed, under a new message id.
+pub(super) async fn publish_signed_by<T: serde::Serialize>(
     publisher: &Publisher,
-    exchange: &str,
-    kind: &str,
+    (exchange, kind): (&str, &str),
+    key: &str,
     requests: &[T],
     published: &AtomicU64,
 ) -> anyhow::Result<()> {
     let mut signed = Vec::with_capacity(requests.len());
     for request in requests {
         let body = serde_json::to_vec(request)?;
-        let signature = messages::sign(super::WALLET_APP_KEY, &body);
+        let signature = messages::sign(key, &body);
         signed.push((uuid::Uuid::now_v7().to_string(), body, Some(signature)));
     }
     publish_upstream(publisher, exchange, kind, signed, published).await

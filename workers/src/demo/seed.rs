@@ -18,6 +18,10 @@ const SELLERS: [(&str, &str); 3] = [
 pub(super) const USERS: usize = 200;
 pub(super) const POOR_USERS: usize = 20;
 pub(super) const BLOCKED_USER: &str = "demo-user-blocked";
+/// The seller the demo pays out, and the sandbox's bank account token it
+/// registered (a payout there is paid at once).
+pub(super) const PAID_OUT_SELLER: &str = "seller-a";
+const PAID_OUT_ACCOUNT: &str = "acct_success";
 
 pub(super) struct Catalogue {
     pub(super) products: Vec<pricing::Product>,
@@ -192,7 +196,13 @@ fn catalogue(run_id: &str, webhook_url: &str) -> seeder::Catalogue {
             .acts_for_users(),
     ];
     merchants.extend(SELLERS.map(|(seller, fee)| {
-        seeder::merchant(seller, &format!("{seller}-key")).fee_rate(money(fee))
+        let merchant = seeder::merchant(seller, &format!("{seller}-key")).fee_rate(money(fee));
+        // the seller the demo pays out has a bank account registered
+        if seller == PAID_OUT_SELLER {
+            merchant.payout_account(PAID_OUT_ACCOUNT)
+        } else {
+            merchant
+        }
     }));
     let mut users: Vec<seeder::User> = (0..USERS)
         .map(|i| {

@@ -24,6 +24,8 @@ pub struct NewMerchant {
     pub notify_url: Option<String>,
     /// May ask to move users' wallets (the platform's wallet application).
     pub acts_for_users: bool,
+    /// The bank account its settled balance is paid out to.
+    pub payout_account: Option<String>,
 }
 
 /// A merchant as the commands show it.
@@ -41,6 +43,8 @@ pub struct MerchantView {
     pub previous_key_fingerprint: Option<String>,
     pub previous_key_expires_at: Option<DateTime<Utc>>,
     pub acts_for_users: bool,
+    /// The bank account its settled balance is paid out to (none: never paid out).
+    pub payout_account: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -93,6 +97,11 @@ fn check(new: &NewMerchant) -> Result<()> {
             new.fee_rate
         )));
     }
+    if new.payout_account.as_deref().is_some_and(|a| !usable(a)) {
+        return Err(Error::refused(
+            "--payout-account: 1 to 128 bytes, no control characters",
+        ));
+    }
     if let Some(url) = &new.notify_url {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| Error::refused(format!("--notify-url `{url}`: {e}")))?;
@@ -121,12 +130,14 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
         Option<String>,
         Option<DateTime<Utc>>,
         bool,
+        Option<String>,
         DateTime<Utc>,
         DateTime<Utc>,
     );
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, name, status, status_reason, fee_rate, notify_url, signing_key,
-                previous_signing_key, previous_key_expires_at, acts_for_users, created_at, updated_at
+                previous_signing_key, previous_key_expires_at, acts_for_users, payout_account,
+                created_at, updated_at
          FROM merchants WHERE id = $1",
     )
     .bind(id)
@@ -143,6 +154,7 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
         previous,
         until,
         acts_for_users,
+        payout_account,
         created,
         updated,
     )) = row
@@ -160,6 +172,7 @@ async fn view(conn: &mut PgConnection, id: &str) -> Result<(MerchantView, String
         previous_key_fingerprint: previous.as_deref().map(fingerprint),
         previous_key_expires_at: until,
         acts_for_users,
+        payout_account,
         created_at: created,
         updated_at: updated,
     };
@@ -224,6 +237,7 @@ pub async fn add(
         .fee_rate(new.fee_rate);
     merchant.notify_url = new.notify_url.clone();
     merchant.acts_for_users = new.acts_for_users;
+    merchant.payout_account = new.payout_account.clone();
     let created = crate::seed::merchants(&mut tx, &[merchant]).await?;
     if created.is_empty() {
         // (the transaction, and the writer's update of the existing row, roll back)
@@ -382,6 +396,11 @@ pub struct Balance {
     pub available: Decimal,
     /// Held for refunds in flight (Try reserved, the channel not yet answered).
     pub reserved: Decimal,
+    /// On its way to the merchant's bank: payouts frozen and not yet paid
+    /// out or released.
+    pub paying_out: Decimal,
+    /// Paid out to the merchant's bank account (returned payouts not counted).
+    pub paid_out: Decimal,
     /// Its part (less fees) of payments taken but not yet settled.
     pub in_flight: Decimal,
     /// Credited today (the business day) for settled sales, less what
@@ -411,12 +430,18 @@ pub async fn balance(
                 COALESCE(o.available, 0)
                   + COALESCE((SELECT sum(p.amount) FROM postings p
                               WHERE p.account_id = o.id AND NOT p.rolled_up), 0) AS available,
-                COALESCE(o.frozen, 0) AS reserved,
+                COALESCE(o.frozen, 0) - COALESCE(w.paying_out, 0) AS reserved,
+                COALESCE(w.paying_out, 0) AS paying_out,
+                COALESCE(w.paid_out, 0) AS paid_out,
                 COALESCE(f.amount, 0) AS in_flight,
                 COALESCE((SELECT sum(p.amount) FROM postings p JOIN journal_entries j ON j.id = p.entry_id
                           WHERE p.account_id = o.id AND p.created_at >= $2 AND p.created_at < $3
                             AND j.kind IN ('payment', 'reversal')), 0) AS settled_today
          FROM own o FULL JOIN flight f ON f.currency = o.currency
+         LEFT JOIN LATERAL (
+             SELECT sum(amount) FILTER (WHERE status IN ('frozen', 'sending', 'unknown', 'exception')) AS paying_out,
+                    sum(amount) FILTER (WHERE status = 'succeeded') AS paid_out
+             FROM withdrawals WHERE owner_kind = 'merchant' AND user_id = $1 AND currency = o.currency) w ON true
          ORDER BY 1",
     )
     .bind(id)
@@ -437,6 +462,7 @@ mod tests {
             fee_rate: fee.parse().unwrap(),
             notify_url: url.map(str::to_owned),
             acts_for_users: false,
+            payout_account: None,
         }
     }
 

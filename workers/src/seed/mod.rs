@@ -40,6 +40,9 @@ pub struct Merchant {
     /// May ask to move users' wallets (withdrawals): the platform's wallet
     /// application, never a merchant selling goods.
     pub acts_for_users: bool,
+    /// The bank account its settled balance is paid out to, as the payout
+    /// channel tokenised it; none: it is never paid out.
+    pub payout_account: Option<String>,
 }
 
 /// A merchant `id` whose requests are signed with `signing_key`; named
@@ -53,6 +56,7 @@ pub fn merchant(id: &str, signing_key: &str) -> Merchant {
         notify_url: None,
         notify_hosts: Vec::new(),
         acts_for_users: false,
+        payout_account: None,
     }
 }
 
@@ -77,6 +81,12 @@ impl Merchant {
     /// May ask to move users' wallets (the platform's wallet application).
     pub fn acts_for_users(mut self) -> Self {
         self.acts_for_users = true;
+        self
+    }
+
+    /// The bank account its settled balance is paid out to.
+    pub fn payout_account(mut self, account: &str) -> Self {
+        self.payout_account = Some(account.to_owned());
         self
     }
 

@@ -6,7 +6,8 @@ use sqlx::PgConnection;
 use super::{Channel, Coupon, CouponRule, Merchant, Product, User};
 use crate::domain::ledger;
 
-/// Writes merchants; an existing one gets the notify URL described.
+/// Writes merchants; an existing one gets the notify URL described (and
+/// the payout account, when one is).
 /// Returns the ids it created (the others existed). `payfleet merchant
 /// add` creates its merchant through this too: there is one way to make
 /// a merchant.
@@ -16,11 +17,13 @@ pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Re
     }
     let column = |f: fn(&Merchant) -> String| rows.iter().map(f).collect::<Vec<_>>();
     let written: Vec<(String, bool)> = sqlx::query_as(
-        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url, notify_hosts, acts_for_users)
-         SELECT id, name, key, fee, url, string_to_array(hosts, ' '), for_users
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[], $7::boolean[])
-              AS t(id, name, key, fee, url, hosts, for_users)
-         ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url
+        "INSERT INTO merchants (id, name, signing_key, fee_rate, notify_url, notify_hosts, acts_for_users, payout_account)
+         SELECT id, name, key, fee, url, string_to_array(hosts, ' '), for_users, payout
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[], $7::boolean[],
+                     $8::text[])
+              AS t(id, name, key, fee, url, hosts, for_users, payout)
+         ON CONFLICT (id) DO UPDATE SET notify_url = EXCLUDED.notify_url,
+             payout_account = COALESCE(EXCLUDED.payout_account, merchants.payout_account)
          RETURNING id, xmax = 0",
     )
     .bind(column(|m| m.id.clone()))
@@ -34,6 +37,11 @@ pub async fn merchants(conn: &mut PgConnection, rows: &[Merchant]) -> anyhow::Re
     )
     .bind(column(|m| m.notify_hosts.join(" ")))
     .bind(rows.iter().map(|m| m.acts_for_users).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|m| m.payout_account.clone())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(conn)
     .await?;
     Ok(created(written))

@@ -202,9 +202,8 @@ async fn try_withdrawal(
             reason: format!("withdrawal {} is already {}", w.id, status.as_str()),
         });
     }
-    let day = limits.day_of(&w.currency, w.created_at);
     let mut savepoint = tx.conn().begin().await?;
-    match withdrawal::books::freeze(&mut savepoint, &w, day).await? {
+    match withdrawal::books::freeze(&mut savepoint, &w, limits).await? {
         Ok(()) => {
             savepoint.commit().await?;
             withdrawal::hand_on(

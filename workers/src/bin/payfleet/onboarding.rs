@@ -29,6 +29,9 @@ pub(crate) enum MerchantCommand {
         /// wallets (withdrawals). A merchant selling goods never may.
         #[arg(long)]
         acts_for_users: bool,
+        /// The bank account its settled balance is paid out to.
+        #[arg(long)]
+        payout_account: Option<String>,
         #[arg(long, default_value = "onboarding")]
         reason: String,
         /// Who acts, for the audit (default: $USER).
@@ -183,6 +186,7 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
             fee_rate,
             notify_url,
             acts_for_users,
+            payout_account,
             reason,
             operator,
             json,
@@ -194,6 +198,7 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
                 fee_rate,
                 notify_url,
                 acts_for_users,
+                payout_account,
             };
             let acting = Acting {
                 operator: &operator,
@@ -273,8 +278,14 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
             } else {
                 for b in &balances {
                     println!(
-                        "merchant {id} {}: available {} · reserved for refunds {} · in flight {} · settled today {}",
-                        b.currency, b.available, b.reserved, b.in_flight, b.settled_today
+                        "merchant {id} {}: available {} · reserved for refunds {} · in flight {} · settled today {} · paying out {} · paid out {}",
+                        b.currency,
+                        b.available,
+                        b.reserved,
+                        b.in_flight,
+                        b.settled_today,
+                        b.paying_out,
+                        b.paid_out
                     );
                 }
             }

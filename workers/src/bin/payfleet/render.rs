@@ -344,7 +344,7 @@ pub(crate) fn demo_live(live: Live<'_>) {
             finished,
         } => {
             print!(
-                "\r[{:>6.1}s] refunds and withdrawals asked {asked} · ended {finished}/{asked}   ",
+                "\r[{:>6.1}s] refunds, withdrawals, top-ups and payouts asked {asked} · ended {finished}/{asked}   ",
                 elapsed.as_secs_f64()
             );
             let _ = std::io::stdout().flush();
@@ -408,6 +408,9 @@ pub(crate) fn merchant(m: &payfleet_workers::ops::merchant::MerchantView) {
             ""
         }
     );
+    if let Some(account) = &m.payout_account {
+        println!("  pays out to {account}");
+    }
     println!(
         "  request key {}{}",
         m.key_fingerprint,

@@ -39,6 +39,26 @@ pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     Ok(folded as u64)
 }
 
+/// Folds the postings of hot `accounts` not yet rolled up into their
+/// balances, so a reservation on them (a refund's, a payout's) sees every
+/// settled sale. The roll-up skips whatever
+/// account or posting is held ([`crate::domain::ledger::roll_up`]), so it
+/// never waits on this, nor this on it in a cycle.
+pub async fn fold_pending(conn: &mut PgConnection, accounts: &[i64]) -> Result<(), StageError> {
+    sqlx::query(
+        "WITH marked AS (
+             UPDATE postings SET rolled_up = true
+             WHERE account_id = ANY($1) AND NOT rolled_up RETURNING account_id, amount),
+         sums AS (SELECT account_id, sum(amount) AS amount FROM marked GROUP BY account_id)
+         UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
+         FROM sums WHERE a.id = sums.account_id",
+    )
+    .bind(accounts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Credits a wallet from outside payfleet (a seeded top-up), journaled
 /// against the external account so balances stay equal to their postings.
 pub async fn top_up(

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::domain::payment::{self, EXTERNAL_WORLD, PLATFORM_FEES};
 
 mod balances;
-pub use balances::{credit_wallet, roll_up, top_up};
+pub use balances::{credit_wallet, fold_pending, roll_up, top_up};
 
 /// An account by its business meaning.
 #[derive(Debug, Clone, Copy)]

@@ -154,7 +154,7 @@ pub async fn reserve(
     }
     let needs = super::books::merged_by_account(held_back);
     let ids: Vec<i64> = needs.iter().map(|(_, id, _)| *id).collect();
-    fold_pending(conn, &ids).await?;
+    crate::domain::ledger::fold_pending(conn, &ids).await?;
     for (seller, account, need) in &needs {
         let held = sqlx::query(
             "UPDATE accounts SET available = available - $2, frozen = frozen + $2, updated_at = now()
@@ -209,25 +209,6 @@ pub async fn reserve(
         )));
     }
     Ok(Ok(()))
-}
-
-/// Folds the sellers' postings not yet rolled up into their balances, so
-/// the reservation sees every settled sale. The roll-up skips whatever
-/// account or posting is held ([`crate::domain::ledger::roll_up`]), so it
-/// never waits on this, nor this on it in a cycle.
-async fn fold_pending(conn: &mut PgConnection, accounts: &[i64]) -> Result<(), StageError> {
-    sqlx::query(
-        "WITH marked AS (
-             UPDATE postings SET rolled_up = true
-             WHERE account_id = ANY($1) AND NOT rolled_up RETURNING account_id, amount),
-         sums AS (SELECT account_id, sum(amount) AS amount FROM marked GROUP BY account_id)
-         UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
-         FROM sums WHERE a.id = sums.account_id",
-    )
-    .bind(accounts)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ pub(crate) mod tests {
             id: uuid::Uuid::nil(),
             requester_id: "m-1".into(),
             request_id: "w-1".into(),
+            owner_kind: "user".into(),
             user_id: "u-1".into(),
             account_id: Some(1),
             amount: "252.75".parse().unwrap(),

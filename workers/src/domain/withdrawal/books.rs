@@ -9,7 +9,7 @@ use payfleet_common::runtime::StageError;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use super::{WithdrawalStatus, limits::Day, record::Withdrawal};
+use super::{Limits, WithdrawalStatus, limits::Day, record::Withdrawal};
 use crate::domain::ledger::{Account, Entry, EntryKind};
 
 /// Why Try cannot freeze: its reason code and a detail.
@@ -17,12 +17,14 @@ pub type Refusal = (&'static str, String);
 
 /// Try: available → frozen in the wallet, never below zero, under the
 /// wallet's row lock; the withdrawal moves to `frozen`. A wallet short of
-/// the amount or no longer active, or a user past the daily limit
-/// of the business day it was asked in (`day`), freezes nothing.
+/// the amount or no longer active, or a user past the daily limit of the
+/// business day it was asked in, freezes nothing. A merchant's payout
+/// freezes on the merchant's account, its postings folded in first, and
+/// never takes the holdback.
 pub async fn freeze(
     conn: &mut PgConnection,
     w: &Withdrawal,
-    day: Day,
+    limits: &Limits,
 ) -> Result<Result<(), Refusal>, StageError> {
     let Some(wallet) = w.account_id else {
         return Err(StageError::permanent(format!(
@@ -30,6 +32,9 @@ pub async fn freeze(
             w.id
         )));
     };
+    if w.is_merchant_payout() {
+        crate::domain::ledger::fold_pending(conn, &[wallet]).await?;
+    }
     let row: Option<(String, Decimal)> =
         sqlx::query_as("SELECT status, available FROM accounts WHERE id = $1 FOR UPDATE")
             .bind(wallet)
@@ -47,7 +52,20 @@ pub async fn freeze(
             format!("{}'s {} wallet is {status}", w.user_id, w.currency),
         )));
     }
-    if available < w.amount {
+    if w.is_merchant_payout() {
+        let payable = limits.payable(available);
+        if payable < w.amount {
+            return Ok(Err((
+                "insufficient_balance",
+                format!(
+                    "{} {c} asked, {payable} {c} payable of the {available} {c} {} holds (the rest is held back)",
+                    w.amount,
+                    w.user_id,
+                    c = w.currency
+                ),
+            )));
+        }
+    } else if available < w.amount {
         return Ok(Err((
             "insufficient_balance",
             format!(
@@ -56,8 +74,11 @@ pub async fn freeze(
             ),
         )));
     }
-    if let Some(refusal) = over_daily_limit(conn, w, day).await? {
-        return Ok(Err(refusal));
+    if !w.is_merchant_payout() {
+        let day = limits.day_of(&w.currency, w.created_at);
+        if let Some(refusal) = over_daily_limit(conn, w, day).await? {
+            return Ok(Err(refusal));
+        }
     }
     let (available_after, frozen_after) = move_balance(conn, wallet, -w.amount, w.amount).await?;
     statement_line(conn, wallet, w, "freeze", available_after, frozen_after).await?;
@@ -133,9 +154,8 @@ pub async fn confirm(conn: &mut PgConnection, w: &Withdrawal) -> Result<bool, St
         )));
     };
     let c = w.currency.as_str();
-    entry
-        .post(conn, Account::Wallet(&w.user_id), -w.amount, c)
-        .await?;
+    // the owner's balance moved above: its leg is applied already
+    entry.post_applied(conn, owner(w), -w.amount, c).await?;
     entry.post(conn, Account::PlatformFees, w.fee, c).await?;
     entry
         .post(
@@ -196,9 +216,7 @@ pub async fn credit_back(conn: &mut PgConnection, w: &Withdrawal) -> Result<bool
         .post(conn, Account::Clearing(channel), -w.payout_amount(), c)
         .await?;
     entry.post(conn, Account::PlatformFees, -w.fee, c).await?;
-    entry
-        .post(conn, Account::Wallet(&w.user_id), w.amount, c)
-        .await?;
+    entry.post_applied(conn, owner(w), w.amount, c).await?;
     Ok(true)
 }
 
@@ -212,6 +230,16 @@ async fn stamp(conn: &mut PgConnection, w: &Withdrawal, column: &str) -> Result<
     .execute(conn)
     .await?;
     Ok(stamped.rows_affected() == 1)
+}
+
+/// The account whose money leaves: the user's wallet, or the merchant's
+/// account of a settlement payout.
+fn owner(w: &Withdrawal) -> Account<'_> {
+    if w.is_merchant_payout() {
+        Account::Merchant(&w.user_id)
+    } else {
+        Account::Wallet(&w.user_id)
+    }
 }
 
 fn wallet_and_channel(w: &Withdrawal) -> Result<(i64, &str), StageError> {

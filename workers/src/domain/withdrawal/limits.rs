@@ -17,6 +17,8 @@ pub struct Limits {
     per_withdrawal: BTreeMap<String, u64>,
     per_day: BTreeMap<String, u64>,
     zone: chrono_tz::Tz,
+    payout_minimum: BTreeMap<String, u64>,
+    holdback_basis_points: u32,
 }
 
 impl Limits {
@@ -26,7 +28,41 @@ impl Limits {
             per_withdrawal: settings.withdrawal_limit_per_withdrawal.clone(),
             per_day: settings.withdrawal_limit_per_day.clone(),
             zone: settings.business_zone(),
+            payout_minimum: settings.merchant_payout_minimum.clone(),
+            holdback_basis_points: settings.merchant_payout_holdback_basis_points,
         }
+    }
+
+    /// Why a merchant's settlement payout of `amount` in `currency` is
+    /// refused by the minimum, if it is.
+    pub fn payout_minimum_refusal(
+        &self,
+        amount: Decimal,
+        currency: &str,
+    ) -> Option<(&'static str, String)> {
+        let Some(minimum) = self.payout_minimum.get(currency) else {
+            return Some((
+                "unsupported_currency",
+                format!("no payouts in {currency} (merchant_payout_minimum names none)"),
+            ));
+        };
+        (amount < Decimal::from(*minimum)).then(|| {
+            (
+                "below_minimum",
+                format!("{amount} {currency} is below the payout minimum of {minimum} {currency}"),
+            )
+        })
+    }
+
+    /// What a merchant holding `available` may be paid out: all of it but
+    /// the holdback (`merchant_payout_holdback_basis_points`, rounded up to
+    /// the cent, so what is kept back is never short).
+    pub fn payable(&self, available: Decimal) -> Decimal {
+        if available <= Decimal::ZERO {
+            return Decimal::ZERO;
+        }
+        let held = available * Decimal::from(self.holdback_basis_points) / Decimal::from(10_000);
+        available - held.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::AwayFromZero)
     }
 
     /// The platform's fee on withdrawing `amount`, rounded to the cent.

@@ -13,8 +13,12 @@ pub struct Withdrawal {
     pub id: Uuid,
     pub requester_id: String,
     pub request_id: String,
+    /// `user`, or `merchant` for a merchant's settlement payout.
+    pub owner_kind: String,
+    /// The owner whose money leaves: the user, or the merchant of a payout.
     pub user_id: String,
-    /// The wallet it leaves; none when it was refused before one was found.
+    /// The account it leaves (the wallet, or the merchant's account); none
+    /// when it was refused before one was found.
     pub account_id: Option<i64>,
     /// What leaves the wallet.
     pub amount: Decimal,
@@ -38,6 +42,11 @@ impl Withdrawal {
         WithdrawalStatus::parse(&self.status)
     }
 
+    /// A merchant's settlement payout (its owner is a merchant account).
+    pub fn is_merchant_payout(&self) -> bool {
+        self.owner_kind == OWNER_MERCHANT
+    }
+
     /// What the payee is paid: the amount less the platform's fee.
     pub fn payout_amount(&self) -> Decimal {
         self.amount - self.fee
@@ -49,8 +58,11 @@ pub fn withdrawal_id(requester_id: &str, request_id: &str) -> Uuid {
     messages::stable_id(&["withdrawal", requester_id, request_id])
 }
 
+/// `withdrawals.owner_kind` of a merchant's settlement payout.
+pub const OWNER_MERCHANT: &str = "merchant";
+
 const COLUMNS: &str =
-    "id, requester_id, request_id, user_id, account_id, amount, fee, currency::text AS currency,
+    "id, requester_id, request_id, owner_kind, user_id, account_id, amount, fee, currency::text AS currency,
      payee_account, channel, channel_fee, status, detail, booked_at, returned_booked_at, created_at";
 
 /// Loads and row-locks a withdrawal for the rest of the transaction.
@@ -78,6 +90,8 @@ pub struct NewWithdrawal<'a> {
     pub requester_id: &'a str,
     pub request_id: &'a str,
     pub request_hash: &'a str,
+    /// `user`, or [`OWNER_MERCHANT`] for a settlement payout.
+    pub owner_kind: &'a str,
     pub user_id: &'a str,
     pub account_id: Option<i64>,
     pub amount: Decimal,
@@ -99,8 +113,8 @@ impl NewWithdrawal<'_> {
     ) -> Result<bool, StageError> {
         let inserted = sqlx::query(
             "INSERT INTO withdrawals (id, requester_id, request_id, request_hash, user_id, account_id, amount, fee,
-                                      currency, payee_account, channel, notify_url, status, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                      currency, payee_account, channel, notify_url, status, detail, owner_kind)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT DO NOTHING",
         )
         .bind(self.id)
@@ -117,6 +131,7 @@ impl NewWithdrawal<'_> {
         .bind(self.notify_url)
         .bind(status.as_str())
         .bind(detail)
+        .bind(self.owner_kind)
         .execute(conn)
         .await?;
         Ok(inserted.rows_affected() == 1)

@@ -24,15 +24,15 @@ pub struct ForUser<T> {
     pub parsed: Result<T, (&'static str, String)>,
 }
 
-/// Only a body without a usable requester and request id cannot be
-/// answered (poison); anything else is judged.
+/// Only a body without a usable requester (its field `requester_field`)
+/// and request id cannot be answered (poison); anything else is judged.
 pub(super) fn decode<T>(
     inbound: &Inbound,
     value: Value,
-    message: &'static str,
+    (message, requester_field): (&'static str, &'static str),
     read: fn(Value) -> Result<T, (&'static str, String)>,
 ) -> Result<ForUser<T>, Undecodable> {
-    let requester_id = super::usable_id(&value, message, "requester_id")?;
+    let requester_id = super::usable_id(&value, message, requester_field)?;
     let request_id = super::usable_id(&value, message, "request_id")?;
     let canonical =
         serde_json::to_vec(&value).map_err(|e| Undecodable::json(inbound, message, e))?;
@@ -116,6 +116,7 @@ pub(super) async fn usable_wallet(
 pub(super) enum Kept {
     Withdrawal,
     TopUp,
+    Payout,
 }
 
 impl Kept {
@@ -123,6 +124,7 @@ impl Kept {
         match self {
             Kept::Withdrawal => "withdrawal",
             Kept::TopUp => "top-up",
+            Kept::Payout => "payout",
         }
     }
 }
@@ -136,7 +138,9 @@ pub(super) async fn kept_before<T>(
     id: uuid::Uuid,
 ) -> Result<Option<Result<Outcome, String>>, StageError> {
     let sql = match kept {
-        Kept::Withdrawal => "SELECT request_hash, status FROM withdrawals WHERE id = $1",
+        Kept::Withdrawal | Kept::Payout => {
+            "SELECT request_hash, status FROM withdrawals WHERE id = $1"
+        }
         Kept::TopUp => "SELECT request_hash, status FROM payments WHERE id = $1",
     };
     let existing: Option<(String, String)> = sqlx::query_as(sql)

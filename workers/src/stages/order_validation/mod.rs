@@ -13,6 +13,7 @@
 
 mod for_users;
 mod judge;
+pub mod payout;
 pub mod pricing;
 mod receipts;
 mod record;
@@ -110,13 +111,14 @@ pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
 }
 
 /// What upstream asked for: a payment, a refund or reversal of one, a
-/// withdrawal from a wallet, or a top-up of one.
+/// withdrawal from a wallet, a top-up of one, or a merchant's payout.
 #[derive(Debug)]
 pub enum Asked {
     Payment(Request),
     Refund(refund::RefundRequest),
     Withdrawal(withdrawal::WithdrawalRequest),
     TopUp(top_up::TopUpRequest),
+    Payout(payout::PayoutRequest),
 }
 
 /// Whether a delivery is a request of `kind` (by its routing key or type).
@@ -152,11 +154,13 @@ impl Stage for OrderValidation {
         let refund_kind = refund_request_kind(inbound);
         let withdrawal = is_request_of(inbound, messages::kind::WITHDRAWAL_REQUESTED);
         let top_up = is_request_of(inbound, messages::kind::TOPUP_REQUESTED);
+        let payout = is_request_of(inbound, messages::kind::PAYOUT_REQUESTED);
         let kind = match refund_kind {
             Some(RefundKind::Refund) => messages::kind::REFUND_REQUESTED,
             Some(RefundKind::Reversal) => messages::kind::PAYMENT_REVERSE,
             None if withdrawal => messages::kind::WITHDRAWAL_REQUESTED,
             None if top_up => messages::kind::TOPUP_REQUESTED,
+            None if payout => messages::kind::PAYOUT_REQUESTED,
             None => messages::kind::PAYMENT_REQUESTED,
         };
         // Capped before it is parsed: a body past the cap cannot be answered.
@@ -178,6 +182,9 @@ impl Stage for OrderValidation {
         }
         if top_up {
             return top_up::decode(inbound, value).map(Asked::TopUp);
+        }
+        if payout {
+            return payout::decode(inbound, value).map(Asked::Payout);
         }
         let merchant_id = usable_id(&value, messages::kind::PAYMENT_REQUESTED, "merchant_id")?;
         let merchant_order_id = usable_id(
@@ -211,6 +218,7 @@ impl Stage for OrderValidation {
             ),
             Asked::Withdrawal(request) => withdrawal::lock_key(request),
             Asked::TopUp(request) => top_up::lock_key(request),
+            Asked::Payout(request) => payout::lock_key(request),
         })
     }
 
@@ -242,6 +250,7 @@ impl Stage for OrderValidation {
             Asked::Refund(request) => self.handle_refund(tx, inbound, request).await,
             Asked::Withdrawal(request) => self.handle_withdrawal(tx, inbound, request).await,
             Asked::TopUp(request) => self.handle_top_up(tx, inbound, request).await,
+            Asked::Payout(request) => self.handle_payout(tx, inbound, request).await,
         }
     }
 }

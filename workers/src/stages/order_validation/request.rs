@@ -67,6 +67,13 @@ pub fn read_top_up_request(
     read_checked(value, schema::first_top_up_violation)
 }
 
+/// Reads a JSON body as a `payout.requested`, as [`read_request`] does.
+pub fn read_payout_request(
+    value: Value,
+) -> Result<payfleet_common::messages::PayoutRequested, (&'static str, String)> {
+    read_checked(value, schema::first_payout_violation)
+}
+
 fn read_checked<T: serde::de::DeserializeOwned>(
     value: Value,
     first_violation: fn(&Value) -> Option<schema::Violation>,

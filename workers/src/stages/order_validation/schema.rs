@@ -42,6 +42,9 @@ pub const WITHDRAWAL_SCHEMA: &str =
 
 static REFUND_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REFUND_SCHEMA));
 static WITHDRAWAL_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(WITHDRAWAL_SCHEMA));
+pub const PAYOUT_SCHEMA: &str =
+    include_str!("../../../../contracts/v1/payout.requested.schema.json");
+static PAYOUT_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(PAYOUT_SCHEMA));
 pub const TOP_UP_SCHEMA: &str =
     include_str!("../../../../contracts/v1/topup.requested.schema.json");
 static TOP_UP_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(TOP_UP_SCHEMA));
@@ -95,6 +98,11 @@ pub fn first_reversal_violation(value: &Value) -> Option<Violation> {
 /// The first violation of the `refund.requested` schema in `value`, if any.
 pub fn first_refund_violation(value: &Value) -> Option<Violation> {
     first_violation_of(&REFUND_VALIDATOR, value)
+}
+
+/// The first violation of the `payout.requested` schema in `value`, if any.
+pub fn first_payout_violation(value: &Value) -> Option<Violation> {
+    first_violation_of(&PAYOUT_VALIDATOR, value)
 }
 
 /// The first violation of the `topup.requested` schema in `value`, if any.

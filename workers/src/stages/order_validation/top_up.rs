@@ -41,7 +41,12 @@ pub type TopUpRequest = ForUser<TopUpRequested>;
 /// Only a body without a usable requester and request id cannot be
 /// answered (poison); anything else is judged.
 pub(super) fn decode(inbound: &Inbound, value: Value) -> Result<TopUpRequest, Undecodable> {
-    for_users::decode(inbound, value, kind::TOPUP_REQUESTED, read_top_up_request)
+    for_users::decode(
+        inbound,
+        value,
+        (kind::TOPUP_REQUESTED, "requester_id"),
+        read_top_up_request,
+    )
 }
 
 /// The lock of a top-up request while order-validation judges it.

@@ -47,7 +47,7 @@ pub(super) fn decode(inbound: &Inbound, value: Value) -> Result<WithdrawalReques
     for_users::decode(
         inbound,
         value,
-        kind::WITHDRAWAL_REQUESTED,
+        (kind::WITHDRAWAL_REQUESTED, "requester_id"),
         read_withdrawal_request,
     )
 }
@@ -111,6 +111,7 @@ impl OrderValidation {
             requester_id: &request.requester_id,
             request_id: &request.request_id,
             request_hash: &request.content_hash,
+            owner_kind: "user",
             user_id: &parsed.user_id,
             account_id: judged.wallet,
             amount: parsed.amount,

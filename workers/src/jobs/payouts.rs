@@ -1,0 +1,148 @@
+//! The daily settlement payouts (T+1): once a business day of
+//! `business_time_zone`, every active merchant with a registered bank
+//! account is paid what settled before the day began, less the holdback
+//! (`merchant_payout_holdback_basis_points`), when that is at least the
+//! currency's minimum (`merchant_payout_minimum`). Each is a payout of
+//! request id `settlement-<day>-<currency>`: the unique (merchant, request id) makes
+//! it once per merchant, currency and day however many processes run the
+//! job, and it takes the payout's path from fund-freeze on (Try judges
+//! the balance again under the account's lock).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use payfleet_common::{
+    CancellationToken, Topology,
+    messages::{WithdrawalStep, kind},
+    outbox::{self, OutboxMessage},
+    runtime::{Shared, StageError},
+};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{
+    handoff,
+    withdrawal::{
+        Limits, WithdrawalStatus,
+        record::{NewWithdrawal, OWNER_MERCHANT},
+    },
+};
+use crate::stages::order_validation::{payout::payout_id, withdrawal::PAYOUT_METHOD};
+
+/// How often a process looks for the day's payouts still to make.
+const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The request id of a merchant's daily payout in `currency` on business day `day`.
+pub fn daily_request_id(day: NaiveDate, currency: &str) -> String {
+    format!("settlement-{day}-{currency}")
+}
+
+/// Runs [`schedule`] every ten minutes; the first run comes after the first
+/// interval, so a process that restarts does not race its own start-up.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let limits = Limits::new(&shared.settings);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let topology = match Topology::from_settings(&shared.settings) {
+            Ok(topology) => topology,
+            Err(error) => {
+                tracing::warn!(%error, "daily payouts: no topology");
+                continue;
+            }
+        };
+        let zone = shared.settings.business_zone();
+        match schedule(&shared.pool, &topology, &limits, zone, Utc::now()).await {
+            Ok(made) if !made.is_empty() => {
+                tracing::info!(payouts = made.len(), "daily payouts asked")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "daily payouts failed"),
+        }
+    }
+}
+
+/// Asks today's payout of every merchant that is owed one and has none
+/// yet; the ids of the payouts it made.
+pub async fn schedule(
+    pool: &PgPool,
+    topology: &Topology,
+    limits: &Limits,
+    zone: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StageError> {
+    let day = now.with_timezone(&zone).date_naive();
+    let (day_start, _) = crate::ops::reconcile::day_bounds(day, zone);
+    let channel: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM channels WHERE status = 'active' AND $1 = ANY (methods) ORDER BY fee_rate, name LIMIT 1",
+    )
+    .bind(PAYOUT_METHOD)
+    .fetch_optional(pool)
+    .await?;
+    let Some(channel) = channel else {
+        return Ok(Vec::new());
+    };
+    // What each merchant held before the day began: its balance (postings
+    // not yet rolled up included) less what today's postings brought.
+    let owed: Vec<(String, String, i64, String, Decimal)> = sqlx::query_as(
+        "SELECT m.id, m.payout_account, a.id, a.currency::text,
+                a.available + COALESCE((SELECT sum(p.amount) FROM postings p WHERE p.account_id = a.id AND NOT p.rolled_up), 0)
+                  - COALESCE((SELECT sum(p.amount) FROM postings p WHERE p.account_id = a.id AND p.created_at >= $1), 0)
+         FROM merchants m JOIN accounts a ON a.owner_kind = 'merchant' AND a.owner_id = m.id
+         WHERE m.status = 'active' AND m.payout_account IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM withdrawals w WHERE w.requester_id = m.id
+                            AND w.owner_kind = 'merchant' AND w.request_id = 'settlement-' || $2 || '-' || a.currency)
+         ORDER BY m.id, a.currency",
+    )
+    .bind(day_start)
+    .bind(day.to_string())
+    .fetch_all(pool)
+    .await?;
+    let mut made = Vec::new();
+    for (merchant, payee_account, account, currency, before_today) in owed {
+        let amount = limits.payable(before_today);
+        if limits.payout_minimum_refusal(amount, &currency).is_some() {
+            continue;
+        }
+        let day_request = daily_request_id(day, &currency);
+        let id = payout_id(&merchant, &day_request);
+        let new = NewWithdrawal {
+            id,
+            requester_id: &merchant,
+            request_id: &day_request,
+            // the schedule's own request: no upstream body to compare with
+            request_hash: "scheduled",
+            owner_kind: OWNER_MERCHANT,
+            user_id: &merchant,
+            account_id: Some(account),
+            amount,
+            fee: Decimal::ZERO,
+            currency: &currency,
+            payee_account: &payee_account,
+            channel: Some(&channel),
+            notify_url: None,
+        };
+        let mut tx = pool.begin().await?;
+        if !new
+            .insert(&mut tx, WithdrawalStatus::Requested, None)
+            .await?
+        {
+            continue;
+        }
+        let message = OutboxMessage::json(
+            &topology.exchanges().stages,
+            handoff::FUND_FREEZE,
+            kind::WITHDRAWAL_VALIDATED,
+            Some(&id.to_string()),
+            &WithdrawalStep::new(id),
+        )
+        .map_err(StageError::permanent)?;
+        outbox::insert(&mut tx, &[message]).await?;
+        tx.commit().await?;
+        made.push(id);
+    }
+    Ok(made)
+}
