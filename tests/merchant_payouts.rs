@@ -121,18 +121,18 @@ fn at_the_sandbox(world: &World, id: Uuid) -> Option<(Decimal, Decimal)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_is_paid_out_on_request_once_keeping_the_holdback() -> anyhow::Result<()> {
-    let world = world_with_sales("popaid", 5).await?;
-    // five sales of 59.40: 297.00, of which 10 % (29.70) is held back
+    let world = world_with_sales("popaid", 10).await?;
+    // ten sales of 59.40: 594.00, of which 10 % (59.40) is held back
     assert_eq!(
         m1_account(&world).await?,
-        (d("297.00"), d("297.00"), d("0"))
+        (d("594.00"), d("594.00"), d("0"))
     );
-    let too_much = ask(&world, &payout("po-too-much", "270.00")).await?;
+    let too_much = ask(&world, &payout("po-too-much", "540.00")).await?;
     let too_little = ask(&world, &payout("po-too-little", "50.00")).await?;
     let detail = reaches(&world, too_much, "refused").await?;
     assert!(
         detail.as_deref().is_some_and(
-            |d| d.starts_with("insufficient_balance: 270.00 CNY asked, 267.30 CNY payable")
+            |d| d.starts_with("insufficient_balance: 540.00 CNY asked, 534.60 CNY payable")
         ),
         "{detail:?}"
     );
@@ -143,15 +143,41 @@ async fn a_merchant_is_paid_out_on_request_once_keeping_the_holdback() -> anyhow
             .is_some_and(|d| d.starts_with("below_minimum")),
         "{detail:?}"
     );
-    let request = payout("po-1", "200.00");
+    let request = payout("po-1", "400.00");
     let id = ask(&world, &request).await?;
     reaches(&world, id, "succeeded").await?;
+    // The holdback is a share of the sales, not of what is left: a second
+    // payout cannot wear it down (194.00 left, 59.40 of it held back).
+    let second = ask(&world, &payout("po-2", "150.00")).await?;
+    let detail = reaches(&world, second, "refused").await?;
+    assert!(
+        detail.as_deref().is_some_and(
+            |d| d.starts_with("insufficient_balance: 150.00 CNY asked, 134.60 CNY payable")
+        ),
+        "{detail:?}"
+    );
+    // The daily payout's ids are not the merchant's to take.
+    world
+        .publish_signed_with(
+            M1_KEY,
+            messages::kind::PAYOUT_REQUESTED,
+            &payout("settlement-2099-01-01-CNY", "100.00"),
+        )
+        .await?;
+    world
+        .fleet
+        .wait_refused(
+            "reserved_request_id",
+            "withdrawal_request_id",
+            "settlement-2099-01-01-CNY",
+        )
+        .await?;
     // the same request again is the same payout; its id with other content is refused
     ask(&world, &request).await?;
     ask(
         &world,
         &PayoutRequested {
-            amount: d("100.00"),
+            amount: d("120.00"),
             ..request.clone()
         },
     )
@@ -161,21 +187,24 @@ async fn a_merchant_is_paid_out_on_request_once_keeping_the_holdback() -> anyhow
         .wait_refused("idempotency_conflict", "withdrawal_request_id", "po-1")
         .await?;
     world.env.wait_drained(WAIT).await?;
-    // The sandbox paid 200.00 once, and took 1.20 % (2.40) for it.
-    assert_eq!(at_the_sandbox(&world, id), Some((d("200.00"), d("2.40"))));
-    assert_eq!(m1_account(&world).await?, (d("97.00"), d("97.00"), d("0")));
+    // The sandbox paid 400.00 once, and took 1.20 % (4.80) for it.
+    assert_eq!(at_the_sandbox(&world, id), Some((d("400.00"), d("4.80"))));
+    assert_eq!(
+        m1_account(&world).await?,
+        (d("194.00"), d("194.00"), d("0"))
+    );
     let mut expected = vec![
         (
             "withdrawal".to_owned(),
             format!("channel-costs:{CARD}"),
-            d("-2.40"),
+            d("-4.80"),
         ),
         (
             "withdrawal".to_owned(),
             format!("clearing:{CARD}"),
-            d("202.40"),
+            d("404.80"),
         ),
-        ("withdrawal".to_owned(), "m1".to_owned(), d("-200.00")),
+        ("withdrawal".to_owned(), "m1".to_owned(), d("-400.00")),
     ];
     expected.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(entry_postings(world.pool(), id).await?, expected);
@@ -185,6 +214,8 @@ async fn a_merchant_is_paid_out_on_request_once_keeping_the_holdback() -> anyhow
     assert_eq!(
         types,
         [
+            "payout.failed",
+            "payout.failed",
             "payout.failed",
             "payout.failed",
             "payout.failed",
@@ -199,7 +230,7 @@ async fn a_merchant_is_paid_out_on_request_once_keeping_the_holdback() -> anyhow
     assert_eq!(paid["merchant_id"], "m1");
     let (code, out, err) = world.cli(&["merchant", "balance", "m1"]).await?;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("paid out 200.00"), "{out}");
+    assert!(out.contains("paid out 400.00"), "{out}");
     world.finish().await
 }
 

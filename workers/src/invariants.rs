@@ -91,9 +91,12 @@ const WHEN_QUIET: &[(&str, &str)] = &[
         AND COALESCE((SELECT sum(q.amount) FROM postings q JOIN journal_entries j ON j.id = q.entry_id
                        JOIN accounts a ON a.id = q.account_id
                       WHERE j.reference = p.id::text AND a.owner_kind = 'user' AND a.owner_id = p.user_id), 0)
-            <> CASE WHEN p.status = 'settled'
-                    THEN (SELECT COALESCE(t.charged_amount, t.amount) FROM payment_attempts t
-                           WHERE t.payment_id = p.id AND t.status = 'succeeded'
+            -- what the attempt its entry names was charged (none: the entry is missing)
+            IS DISTINCT FROM CASE WHEN p.status = 'settled'
+                    THEN (SELECT COALESCE(t.charged_amount, t.amount) FROM journal_entries j
+                           JOIN payment_attempts t ON t.id = j.attempt_id
+                           WHERE j.reference = p.id::text AND j.kind = 'top_up'
+                             AND t.payment_id = p.id AND t.status = 'succeeded'
                              AND COALESCE(t.charged_currency, t.currency) = p.currency)
                     ELSE 0 END"),
     ("a top-up has no order, and pays no seller",

@@ -158,9 +158,9 @@ pub struct Settings {
     /// Merchant payouts: per currency, the least a settlement payout may be,
     /// in whole units. A currency with no entry takes no payouts (`unsupported_currency`).
     pub merchant_payout_minimum: BTreeMap<String, u64>,
-    /// Merchant payouts: the share of a merchant's settled balance kept back
-    /// from every payout, in basis points (1000 = 10 %): what refunds and
-    /// chargebacks may still take.
+    /// Merchant payouts: the share of a merchant's sales of the last 30 days
+    /// its payouts must leave on its account, in basis points (1000 = 10 %):
+    /// what refunds and chargebacks may still take.
     pub merchant_payout_holdback_basis_points: u32,
     /// Merchant webhook retry schedule (delay before each retry).
     #[serde(rename = "webhook_delays_ms")]

@@ -48,7 +48,20 @@ pub(super) async fn plan(
         notify_url: None,
         requested_at: Utc::now(),
     };
-    let half = (limits.payable(balance) / Decimal::TWO).round_dp(2);
+    let account: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM accounts WHERE owner_kind = 'merchant' AND owner_id = $1 AND currency = 'CNY'",
+    )
+    .bind(PAID_OUT_SELLER)
+    .fetch_optional(pool)
+    .await?;
+    let payable = match account {
+        Some(account) => {
+            let mut conn = pool.acquire().await?;
+            crate::domain::withdrawal::limits::payable(&mut conn, limits, account, balance).await?
+        }
+        None => Decimal::ZERO,
+    };
+    let half = (payable / Decimal::TWO).round_dp(2);
     let mut requests = Vec::new();
     if limits.payout_minimum_refusal(half, "CNY").is_none() {
         requests.push(ask(1, half));

@@ -1,7 +1,7 @@
 //! The daily settlement payouts (T+1): once a business day of
 //! `business_time_zone`, every active merchant with a registered bank
 //! account is paid what settled before the day began, less the holdback
-//! (`merchant_payout_holdback_basis_points`), when that is at least the
+//! (a share of its sales of the last 30 days), when that is at least the
 //! currency's minimum (`merchant_payout_minimum`). Each is a payout of
 //! request id `settlement-<day>-<currency>`: the unique (merchant, request id) makes
 //! it once per merchant, currency and day however many processes run the
@@ -25,28 +25,36 @@ use crate::domain::{
     handoff,
     withdrawal::{
         Limits, WithdrawalStatus,
+        limits::payable,
         record::{NewWithdrawal, OWNER_MERCHANT},
     },
 };
-use crate::stages::order_validation::{payout::payout_id, withdrawal::PAYOUT_METHOD};
+use crate::stages::order_validation::{
+    payout::{DAILY_PREFIX, payout_id},
+    withdrawal::PAYOUT_METHOD,
+};
 
 /// How often a process looks for the day's payouts still to make.
 const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// The first look after a process starts: soon, so processes restarted
+/// more often than [`EVERY`] still make the day's payouts.
+const FIRST: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The request id of a merchant's daily payout in `currency` on business day `day`.
 pub fn daily_request_id(day: NaiveDate, currency: &str) -> String {
-    format!("settlement-{day}-{currency}")
+    format!("{DAILY_PREFIX}{day}-{currency}")
 }
 
-/// Runs [`schedule`] every ten minutes; the first run comes after the first
-/// interval, so a process that restarts does not race its own start-up.
+/// Runs [`schedule`] half a minute after start-up, then every ten minutes.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let limits = Limits::new(&shared.settings);
+    let mut wait = FIRST;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
+        wait = EVERY;
         let topology = match Topology::from_settings(&shared.settings) {
             Ok(topology) => topology,
             Err(error) => {
@@ -85,12 +93,16 @@ pub async fn schedule(
     let Some(channel) = channel else {
         return Ok(Vec::new());
     };
-    // What each merchant held before the day began: its balance (postings
-    // not yet rolled up included) less what today's postings brought.
-    let owed: Vec<(String, String, i64, String, Decimal)> = sqlx::query_as(
-        "SELECT m.id, m.payout_account, a.id, a.currency::text,
+    // What each merchant may be paid of what it held before the day began:
+    // its balance now (postings not yet rolled up included) less what
+    // today's credits brought. Its debits need no undoing: a refund's or a
+    // payout's debit leaves the frozen amount, never the available one.
+    let owed: Vec<Owed> = sqlx::query_as(
+        "SELECT m.id AS merchant, m.payout_account, a.id AS account, a.currency::text AS currency,
                 a.available + COALESCE((SELECT sum(p.amount) FROM postings p WHERE p.account_id = a.id AND NOT p.rolled_up), 0)
-                  - COALESCE((SELECT sum(p.amount) FROM postings p WHERE p.account_id = a.id AND p.created_at >= $1), 0)
+                  - COALESCE((SELECT sum(p.amount) FROM postings p
+                               WHERE p.account_id = a.id AND p.created_at >= $1 AND p.amount > 0), 0)
+                  AS before_today
          FROM merchants m JOIN accounts a ON a.owner_kind = 'merchant' AND a.owner_id = m.id
          WHERE m.status = 'active' AND m.payout_account IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM withdrawals w WHERE w.requester_id = m.id
@@ -102,47 +114,83 @@ pub async fn schedule(
     .fetch_all(pool)
     .await?;
     let mut made = Vec::new();
-    for (merchant, payee_account, account, currency, before_today) in owed {
-        let amount = limits.payable(before_today);
-        if limits.payout_minimum_refusal(amount, &currency).is_some() {
-            continue;
+    for owed in owed {
+        // one merchant's trouble never keeps the others from being paid
+        match pay_one(pool, topology, limits, (&channel, day), &owed).await {
+            Ok(Some(id)) => made.push(id),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                %error,
+                merchant = owed.merchant,
+                currency = owed.currency,
+                "daily payout not asked"
+            ),
         }
-        let day_request = daily_request_id(day, &currency);
-        let id = payout_id(&merchant, &day_request);
-        let new = NewWithdrawal {
-            id,
-            requester_id: &merchant,
-            request_id: &day_request,
-            // the schedule's own request: no upstream body to compare with
-            request_hash: "scheduled",
-            owner_kind: OWNER_MERCHANT,
-            user_id: &merchant,
-            account_id: Some(account),
-            amount,
-            fee: Decimal::ZERO,
-            currency: &currency,
-            payee_account: &payee_account,
-            channel: Some(&channel),
-            notify_url: None,
-        };
-        let mut tx = pool.begin().await?;
-        if !new
-            .insert(&mut tx, WithdrawalStatus::Requested, None)
-            .await?
-        {
-            continue;
-        }
-        let message = OutboxMessage::json(
-            &topology.exchanges().stages,
-            handoff::FUND_FREEZE,
-            kind::WITHDRAWAL_VALIDATED,
-            Some(&id.to_string()),
-            &WithdrawalStep::new(id),
-        )
-        .map_err(StageError::permanent)?;
-        outbox::insert(&mut tx, &[message]).await?;
-        tx.commit().await?;
-        made.push(id);
     }
     Ok(made)
+}
+
+/// A merchant that may be owed a payout in one currency.
+#[derive(sqlx::FromRow)]
+struct Owed {
+    merchant: String,
+    payout_account: String,
+    account: i64,
+    currency: String,
+    /// What it held before the day began.
+    before_today: Decimal,
+}
+
+/// Asks one merchant's payout of the day in one currency, unless it is
+/// owed less than the minimum or another process asked it first.
+async fn pay_one(
+    pool: &PgPool,
+    topology: &Topology,
+    limits: &Limits,
+    (channel, day): (&str, NaiveDate),
+    owed: &Owed,
+) -> Result<Option<Uuid>, StageError> {
+    let mut tx = pool.begin().await?;
+    let amount = payable(&mut tx, limits, owed.account, owed.before_today).await?;
+    if limits
+        .payout_minimum_refusal(amount, &owed.currency)
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let day_request = daily_request_id(day, &owed.currency);
+    let id = payout_id(&owed.merchant, &day_request);
+    let new = NewWithdrawal {
+        id,
+        requester_id: &owed.merchant,
+        request_id: &day_request,
+        // the schedule's own request: no upstream body to compare with
+        request_hash: "scheduled",
+        owner_kind: OWNER_MERCHANT,
+        user_id: &owed.merchant,
+        account_id: Some(owed.account),
+        amount,
+        fee: Decimal::ZERO,
+        currency: &owed.currency,
+        payee_account: &owed.payout_account,
+        channel: Some(channel),
+        notify_url: None,
+    };
+    if !new
+        .insert(&mut tx, WithdrawalStatus::Requested, None)
+        .await?
+    {
+        return Ok(None);
+    }
+    let message = OutboxMessage::json(
+        &topology.exchanges().stages,
+        handoff::FUND_FREEZE,
+        kind::WITHDRAWAL_VALIDATED,
+        Some(&id.to_string()),
+        &WithdrawalStep::new(id),
+    )
+    .map_err(StageError::permanent)?;
+    outbox::insert(&mut tx, &[message]).await?;
+    tx.commit().await?;
+    Ok(Some(id))
 }

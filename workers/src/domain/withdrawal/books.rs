@@ -35,8 +35,10 @@ pub async fn freeze(
     if w.is_merchant_payout() {
         crate::domain::ledger::fold_pending(conn, &[wallet]).await?;
     }
+    // NO KEY: a settlement appending a posting to a merchant's account
+    // (a key-share lock) need not wait for this Try.
     let row: Option<(String, Decimal)> =
-        sqlx::query_as("SELECT status, available FROM accounts WHERE id = $1 FOR UPDATE")
+        sqlx::query_as("SELECT status, available FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
             .bind(wallet)
             .fetch_optional(&mut *conn)
             .await?;
@@ -53,17 +55,8 @@ pub async fn freeze(
         )));
     }
     if w.is_merchant_payout() {
-        let payable = limits.payable(available);
-        if payable < w.amount {
-            return Ok(Err((
-                "insufficient_balance",
-                format!(
-                    "{} {c} asked, {payable} {c} payable of the {available} {c} {} holds (the rest is held back)",
-                    w.amount,
-                    w.user_id,
-                    c = w.currency
-                ),
-            )));
+        if let Some(refusal) = payout_refusal(conn, w, limits, wallet, available).await? {
+            return Ok(Err(refusal));
         }
     } else if available < w.amount {
         return Ok(Err((
@@ -93,6 +86,38 @@ pub async fn freeze(
     Ok(Ok(()))
 }
 
+/// Why merchant payout `w` cannot be frozen on `account`, holding
+/// `available`, if it cannot: the merchant suspended since it was asked,
+/// or the amount past what is payable (the balance less the holdback).
+async fn payout_refusal(
+    conn: &mut PgConnection,
+    w: &Withdrawal,
+    limits: &Limits,
+    account: i64,
+    available: Decimal,
+) -> Result<Option<Refusal>, StageError> {
+    let merchant_status: String = sqlx::query_scalar("SELECT status FROM merchants WHERE id = $1")
+        .bind(&w.user_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if merchant_status != "active" {
+        let detail = format!("{} is {merchant_status}", w.user_id);
+        return Ok(Some(("merchant_suspended", detail)));
+    }
+    let payable = super::limits::payable(conn, limits, account, available).await?;
+    Ok((payable < w.amount).then(|| {
+        (
+            "insufficient_balance",
+            format!(
+                "{} {c} asked, {payable} {c} payable of the {available} {c} {} holds (the rest is held back)",
+                w.amount,
+                w.user_id,
+                c = w.currency
+            ),
+        )
+    }))
+}
+
 /// Why `w` would take its user past the daily limit, if it would: what the
 /// user has withdrawn or has on its way out in the currency on the
 /// business day `w` was asked (under the wallet's row lock every Try of
@@ -108,7 +133,8 @@ async fn over_daily_limit(
     };
     let today: Decimal = sqlx::query_scalar(
         "SELECT COALESCE(sum(amount), 0) FROM withdrawals
-         WHERE user_id = $1 AND currency = $2 AND created_at >= $3 AND created_at < $5 AND id <> $4
+         WHERE user_id = $1 AND owner_kind = 'user' AND currency = $2
+           AND created_at >= $3 AND created_at < $5 AND id <> $4
            AND status IN ('frozen', 'sending', 'unknown', 'exception', 'succeeded')",
     )
     .bind(&w.user_id)

@@ -54,15 +54,15 @@ impl Limits {
         })
     }
 
-    /// What a merchant holding `available` may be paid out: all of it but
-    /// the holdback (`merchant_payout_holdback_basis_points`, rounded up to
-    /// the cent, so what is kept back is never short).
-    pub fn payable(&self, available: Decimal) -> Decimal {
-        if available <= Decimal::ZERO {
-            return Decimal::ZERO;
-        }
-        let held = available * Decimal::from(self.holdback_basis_points) / Decimal::from(10_000);
-        available - held.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::AwayFromZero)
+    /// What a merchant whose sales of the last [`HOLDBACK_WINDOW_DAYS`]
+    /// came to `recent_sales` must keep on its account: the holdback
+    /// (`merchant_payout_holdback_basis_points` of them, rounded up to the
+    /// cent, so it is never short). It is a share of sales, never of what
+    /// is left: payouts cannot wear it down.
+    pub fn holdback(&self, recent_sales: Decimal) -> Decimal {
+        let share = recent_sales.max(Decimal::ZERO) * Decimal::from(self.holdback_basis_points)
+            / Decimal::from(10_000);
+        share.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::AwayFromZero)
     }
 
     /// The platform's fee on withdrawing `amount`, rounded to the cent.
@@ -105,6 +105,31 @@ impl Limits {
             end,
         }
     }
+}
+
+/// The days of sales a merchant's holdback is a share of: what refunds
+/// and chargebacks may still take back.
+pub const HOLDBACK_WINDOW_DAYS: i32 = 30;
+
+/// What merchant account `account`, holding `available`, may be paid out
+/// now: all of it but the holdback on its sales of the last
+/// [`HOLDBACK_WINDOW_DAYS`] (never below zero).
+pub async fn payable(
+    conn: &mut sqlx::PgConnection,
+    limits: &Limits,
+    account: i64,
+    available: Decimal,
+) -> Result<Decimal, payfleet_common::runtime::StageError> {
+    let recent_sales: Decimal = sqlx::query_scalar(
+        "SELECT COALESCE(sum(p.amount), 0) FROM postings p JOIN journal_entries j ON j.id = p.entry_id
+         WHERE p.account_id = $1 AND j.kind = 'payment' AND p.amount > 0
+           AND p.created_at >= now() - make_interval(days => $2)",
+    )
+    .bind(account)
+    .bind(HOLDBACK_WINDOW_DAYS)
+    .fetch_one(conn)
+    .await?;
+    Ok((available - limits.holdback(recent_sales)).max(Decimal::ZERO))
 }
 
 /// A business day's withdrawal limit: `[start, end)` in UTC.

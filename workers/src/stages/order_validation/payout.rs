@@ -33,6 +33,10 @@ use crate::domain::{
     },
 };
 
+/// The prefix of the daily payout's request ids (`settlement-<day>-<currency>`):
+/// a merchant's own request may not take one, so it never blocks a day's payout.
+pub const DAILY_PREFIX: &str = "settlement-";
+
 /// A payout request as far as it could be read before any database lookup.
 pub type PayoutRequest = ForUser<PayoutRequested>;
 
@@ -102,6 +106,10 @@ impl OrderValidation {
         if merchant_status != "active" {
             let detail = "the merchant is suspended";
             return refuse_unbound(tx, inbound, request, "merchant_suspended", detail).await;
+        }
+        if request.request_id.starts_with(DAILY_PREFIX) {
+            let detail = format!("request ids starting `{DAILY_PREFIX}` are the daily payout's");
+            return refuse_unbound(tx, inbound, request, "reserved_request_id", &detail).await;
         }
         if let Err(detail) = storable_amount(parsed.amount) {
             return refuse_unbound(tx, inbound, request, "invalid_amount", &detail).await;
@@ -190,7 +198,7 @@ async fn keep(
             .insert(tx.conn(), WithdrawalStatus::Refused, Some(&detail))
             .await?
         {
-            return Ok(super::recorded_meanwhile("payout", new.id));
+            return Err(taken_meanwhile(new.id));
         }
         tracing::info!(reason, detail, "payout refused");
         return withdrawal::emit_outcome(tx, new.id, WithdrawalResult::Failed, Some(reason));
@@ -199,7 +207,7 @@ async fn keep(
         .insert(tx.conn(), WithdrawalStatus::Requested, None)
         .await?
     {
-        return Ok(super::recorded_meanwhile("payout", new.id));
+        return Err(taken_meanwhile(new.id));
     }
     withdrawal::hand_on(
         tx,
@@ -207,6 +215,13 @@ async fn keep(
         kind::WITHDRAWAL_VALIDATED,
         &messages::WithdrawalStep::new(new.id),
     )
+}
+
+/// The payout's id was taken while this request was judged (by another
+/// copy when the lock was lost). Judged again, the request is a duplicate
+/// or a conflict, and answered as one: never dropped without its event.
+fn taken_meanwhile(id: Uuid) -> StageError {
+    StageError::transient(format!("payout {id} recorded meanwhile: judged again"))
 }
 
 /// A request already seen: a duplicate (same content) or a conflict.
