@@ -305,21 +305,9 @@ async fn refused_top_ups_move_nothing_and_say_why() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let no_wallet = ask(
-        &world,
-        &TopUpRequested {
-            currency: "USD".into(),
-            ..top_up("tu-usd", "20.00", "card", "tok_success")
-        },
-    )
-    .await?;
     assert_eq!(
         world.reaches(unknown, "rejected").await?.as_deref(),
         Some("unknown_user: nobody")
-    );
-    assert_eq!(
-        world.reaches(no_wallet, "rejected").await?.as_deref(),
-        Some("no_wallet: user alice has no USD wallet")
     );
     world
         .fleet
@@ -345,9 +333,39 @@ async fn refused_top_ups_move_nothing_and_say_why() -> anyhow::Result<()> {
         })
         .collect();
     reasons.sort();
+    assert_eq!(reasons, ["requester_not_permitted", "unknown_user"]);
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_top_up_opens_the_wallet_and_a_frozen_wallet_takes_none() -> anyhow::Result<()> {
+    let world = world("tuopen").await?;
+    let usd = |id: &str| TopUpRequested {
+        currency: "USD".into(),
+        ..top_up(id, "20.00", "card", "tok_success")
+    };
+    // alice has no USD wallet: her first USD top-up opens it
+    let first = ask(&world, &usd("tu-usd-1")).await?;
+    world.reaches(first, "settled").await?;
+    let opened = fleet::wallet_of(world.pool(), "alice", "USD").await?;
+    assert_eq!(opened, (d("20.00"), d("20.00"), d("0")));
+    // a wallet frozen by ops takes no money in
+    sqlx::query("UPDATE accounts SET status = 'frozen' WHERE owner_kind = 'user' AND owner_id = 'alice' AND currency = 'USD'")
+        .execute(world.pool())
+        .await?;
+    let refused = ask(&world, &usd("tu-usd-2")).await?;
     assert_eq!(
-        reasons,
-        ["no_wallet", "requester_not_permitted", "unknown_user"]
+        world.reaches(refused, "rejected").await?.as_deref(),
+        Some("wallet_not_active: wallet is frozen")
+    );
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(
+        fleet::wallet_of(world.pool(), "alice", "USD").await?,
+        opened
+    );
+    assert_eq!(
+        types_of(&events(&world).await?),
+        ["topup.succeeded", "topup.failed"]
     );
     world.finish().await
 }
@@ -427,5 +445,80 @@ async fn an_expired_top_up_is_closed_at_the_channel_and_a_late_charge_is_owed_ba
         ["topup.failed", "topup.exception"],
         "expired, then the late charge reported for ops"
     );
+    world.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_an_operator_attests_is_a_top_up_at_the_deposit_channel() -> anyhow::Result<()> {
+    let world = world("tudeposit").await?;
+    let attest = |reference: &'static str, amount: &'static str| {
+        let world = &world;
+        async move {
+            world
+                .cli(&[
+                    "wallet",
+                    "top-up",
+                    "alice",
+                    "--amount",
+                    amount,
+                    "--currency",
+                    "CNY",
+                    "--reference",
+                    reference,
+                    "--operator",
+                    "ops-anna",
+                ])
+                .await
+        }
+    };
+    let (code, out, err) = attest("bank-2026-001", "300.00").await?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("credited"), "{out}");
+    let id = top_up_id("payfleet-ops", "bank-2026-001");
+    world.reaches(id, "settled").await?;
+    // through the top-up path: one entry from the deposit channel's
+    // clearing account, no fee, and the wallet's statement line
+    assert_eq!(
+        postings(&world, id).await?,
+        [
+            ("top_up".to_owned(), "alice".to_owned(), d("300.00")),
+            ("top_up".to_owned(), "clearing:ops".to_owned(), d("-300.00")),
+        ]
+    );
+    let balance = d(WALLET_BALANCE) + d("300.00");
+    assert_eq!(wallet(&world).await?, (balance, balance, d("0")));
+    // attested again, the same deposit: nothing more
+    let (code, out, _) = attest("bank-2026-001", "300.00").await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("attested before"), "{out}");
+    // the same reference for another amount, an unknown user, a bad amount: refused
+    let (code, _, err) = attest("bank-2026-001", "30.00").await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("attested before for another deposit"), "{err}");
+    let (code, _, err) = attest("bank-2026-002", "0.001").await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("--amount"), "{err}");
+    let (code, _, err) = world
+        .cli(&[
+            "wallet",
+            "top-up",
+            "nobody",
+            "--amount",
+            "5.00",
+            "--reference",
+            "bank-x",
+        ])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("no user `nobody`"), "{err}");
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(wallet(&world).await?.0, balance, "credited once");
+    let audited: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, operator FROM manual_actions WHERE payment_id = $1")
+            .bind(id)
+            .fetch_all(world.pool())
+            .await?;
+    assert_eq!(audited, [("deposit".to_owned(), "ops-anna".to_owned())]);
+    assert_eq!(types_of(&events(&world).await?), ["topup.succeeded"]);
     world.finish().await
 }

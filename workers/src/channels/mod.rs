@@ -15,11 +15,13 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub mod balance;
+pub mod deposit;
 pub mod registry;
 pub mod routing;
 pub mod sandbox;
 
 pub use balance::{BALANCE, BalanceChannel};
+pub use deposit::{DEPOSIT, DepositChannel};
 pub use registry::{AdapterError, Adapters};
 pub use sandbox::SandboxChannel;
 

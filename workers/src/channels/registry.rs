@@ -15,7 +15,7 @@ use std::{
 use payfleet_common::runtime::StageError;
 use sqlx::PgExecutor;
 
-use crate::channels::{BalanceChannel, ChannelAdapter, SandboxChannel};
+use crate::channels::{BalanceChannel, ChannelAdapter, DepositChannel, SandboxChannel};
 
 /// What an adapter is built from: a channel's row, as far as it matters.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -29,7 +29,7 @@ pub struct ChannelRow {
 /// the wallet needs nothing, a sandbox channel needs where to call.
 pub fn buildable(kind: &str, base_url: Option<&str>) -> bool {
     match kind {
-        super::BALANCE => true,
+        super::BALANCE | super::DEPOSIT => true,
         "sandbox" => base_url.is_some_and(|url| !url.trim().is_empty()),
         _ => false,
     }
@@ -146,6 +146,7 @@ fn build(
                     error: e.to_string(),
                 })
         }
+        (super::DEPOSIT, _) => Ok(Arc::new(DepositChannel)),
         _ => Ok(Arc::new(BalanceChannel)),
     }
 }

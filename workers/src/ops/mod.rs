@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod channel;
+pub mod deposit;
 pub mod dlq;
 mod error;
 pub mod merchant;

@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use payfleet_workers::ops::{parse_age, webhook::parse_time};
 
 use crate::{
-    onboarding::{CatalogueCommand, ChannelCommand, MerchantCommand, UserCommand, WalletCommand},
+    onboarding::{CatalogueCommand, ChannelCommand, MerchantCommand, UserCommand},
+    wallet::WalletCommand,
     withdrawal::WithdrawalCommand,
 };
 

@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod onboarding;
 mod render;
+mod wallet;
 mod withdrawal;
 
 use std::process::ExitCode;
@@ -12,8 +13,9 @@ use anyhow::Context;
 use args::{Cli, Command, TopologyCommand};
 use clap::Parser;
 use commands::{bench, dlq, payment, refund, webhook};
-use onboarding::{catalogue, channel, merchant, user, wallet};
+use onboarding::{catalogue, channel, merchant, user};
 use payfleet_common::{Settings, Topology, db, telemetry};
+use wallet::wallet;
 
 fn main() -> ExitCode {
     // One rustls crypto provider for every TLS client in the process.

@@ -1,5 +1,5 @@
-//! The onboarding commands: `payfleet merchant`, `channel`, `user`,
-//! `wallet` and `catalogue` — setting payfleet up for real use without SQL.
+//! The onboarding commands: `payfleet merchant`, `channel`, `user` and
+//! `catalogue` (`wallet` is in `wallet.rs`) — setting payfleet up for real use without SQL.
 //! Their arguments and how each runs; the work is in `payfleet_workers::ops`.
 
 use std::path::PathBuf;
@@ -158,18 +158,6 @@ pub(crate) enum UserCommand {
         reason: String,
         #[arg(long)]
         operator: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-pub(crate) enum WalletCommand {
-    /// Balances per currency and the latest statement lines, newest first.
-    Show {
-        user: String,
-        #[arg(long, default_value_t = 20)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -401,53 +389,6 @@ pub(crate) async fn user(settings: &Settings, command: UserCommand) -> anyhow::R
     };
     let user = ops::user::add(&pool, &id, &name, &acting).await?;
     println!("user {} ({}): {}", user.id, user.name, user.status);
-    Ok(())
-}
-
-pub(crate) async fn wallet(settings: &Settings, command: WalletCommand) -> anyhow::Result<()> {
-    use payfleet_workers::ops;
-    let pool = db::connect(settings).await?;
-    let WalletCommand::Show { user, limit, json } = command;
-    let story = ops::user::wallet(&pool, &user, limit).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&story)?);
-        return Ok(());
-    }
-    let u = &story.user;
-    println!(
-        "user {} ({}): {}{}",
-        u.id,
-        u.name,
-        u.status,
-        if u.blocked {
-            ", on the risk block list"
-        } else {
-            ""
-        }
-    );
-    if story.wallets.is_empty() {
-        println!("  no wallet yet: one opens with its first top-up");
-    }
-    for w in &story.wallets {
-        println!(
-            "  wallet {}: total {} · available {} · frozen {} ({})",
-            w.currency, w.total, w.available, w.frozen, w.status
-        );
-    }
-    for line in &story.statement {
-        println!(
-            "  {}  {:<8} {:>10} {}  available {} · frozen {}{}",
-            line.at.format("%Y-%m-%d %H:%M:%S"),
-            line.kind,
-            line.amount,
-            line.currency,
-            line.available_after,
-            line.frozen_after,
-            line.payment_id
-                .map(|p| format!(" · payment {p}"))
-                .unwrap_or_default()
-        );
-    }
     Ok(())
 }
 

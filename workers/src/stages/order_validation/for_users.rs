@@ -76,12 +76,15 @@ pub(super) async fn trusted_requester<T>(
 }
 
 /// What a user's wallet in `currency` is for a request acting for the
-/// user: its id and the user's risk flag, or why none can be used.
+/// user: its id (none when it has none yet and `may_open` it: a top-up
+/// opens the wallet it fills) and the user's risk flag, or why none can
+/// be used.
 pub(super) async fn usable_wallet(
     tx: &mut StageTx,
     user_id: &str,
     currency: &str,
-) -> Result<Result<(i64, bool), (Option<i64>, &'static str, String)>, StageError> {
+    may_open: bool,
+) -> Result<Result<(Option<i64>, bool), (Option<i64>, &'static str, String)>, StageError> {
     let user: Option<(String, bool)> =
         sqlx::query_as("SELECT status, blocked FROM users WHERE id = $1")
             .bind(user_id)
@@ -101,6 +104,9 @@ pub(super) async fn usable_wallet(
     .fetch_optional(tx.conn())
     .await?;
     let Some((wallet, wallet_status)) = wallet else {
+        if may_open {
+            return Ok(Ok((None, user_blocked)));
+        }
         let detail = format!("user {user_id} has no {currency} wallet");
         return Ok(Err((None, "no_wallet", detail)));
     };
@@ -108,7 +114,7 @@ pub(super) async fn usable_wallet(
         let detail = format!("wallet is {wallet_status}");
         return Ok(Err((Some(wallet), "wallet_not_active", detail)));
     }
-    Ok(Ok((wallet, user_blocked)))
+    Ok(Ok((Some(wallet), user_blocked)))
 }
 
 /// Where a request acting for a user is kept once accepted.

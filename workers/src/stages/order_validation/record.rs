@@ -64,7 +64,7 @@ pub(super) async fn insert_payment(
 
 /// A unique violation here means a concurrent duplicate won (the lock was
 /// lost): retry, and the retry sees its row.
-pub(super) fn unique_is_transient(error: sqlx::Error) -> StageError {
+pub(crate) fn unique_is_transient(error: sqlx::Error) -> StageError {
     if let sqlx::Error::Database(db) = &error {
         if db.code().as_deref() == Some("23505") {
             return StageError::transient(format!("concurrent duplicate: {error}"));

@@ -119,7 +119,9 @@ impl OrderValidation {
         let judged = self.judge_top_up(tx, id, parsed).await?;
         let new = NewTopUp {
             id,
-            request,
+            requester_id: &request.requester_id,
+            request_id: &request.request_id,
+            content_hash: &request.content_hash,
             parsed,
         };
         match judged {
@@ -128,7 +130,7 @@ impl OrderValidation {
                 channel_fee,
             } => {
                 new.insert(
-                    tx,
+                    tx.conn(),
                     PaymentStatus::Validated,
                     None,
                     Some((&channel, channel_fee)),
@@ -154,7 +156,7 @@ impl OrderValidation {
                 detail,
             } => {
                 let detail = format!("{reason}: {detail}");
-                new.insert(tx, status, Some(&detail), None, self.payment_ttl)
+                new.insert(tx.conn(), status, Some(&detail), None, self.payment_ttl)
                     .await?;
                 tracing::info!(reason, detail, "top-up refused");
                 payment::emit_outcome(tx, id, Final::Rejected, Some(reason))
@@ -175,7 +177,9 @@ impl OrderValidation {
             reason,
             detail,
         };
-        let user_blocked = match for_users::usable_wallet(tx, &r.user_id, &r.currency).await? {
+        // a user with no wallet in the currency yet: the top-up opens it
+        let user_blocked = match for_users::usable_wallet(tx, &r.user_id, &r.currency, true).await?
+        {
             Ok((_, blocked)) => blocked,
             Err((_, reason, detail)) => {
                 return Ok(refused(PaymentStatus::Rejected, reason, detail));
@@ -226,17 +230,21 @@ impl OrderValidation {
     }
 }
 
-/// A top-up about to be kept as a payment of kind `top_up`.
-struct NewTopUp<'a> {
-    id: PaymentId,
-    request: &'a TopUpRequest,
-    parsed: &'a TopUpRequested,
+/// A top-up about to be kept as a payment of kind `top_up`: by
+/// order-validation, or by `payfleet wallet top-up` for a deposit an
+/// operator attests.
+pub struct NewTopUp<'a> {
+    pub id: PaymentId,
+    pub requester_id: &'a str,
+    pub request_id: &'a str,
+    pub content_hash: &'a str,
+    pub parsed: &'a TopUpRequested,
 }
 
 impl NewTopUp<'_> {
-    async fn insert(
+    pub async fn insert(
         &self,
-        tx: &mut StageTx,
+        conn: &mut sqlx::PgConnection,
         status: PaymentStatus,
         reason: Option<&str>,
         route: Option<(&str, Decimal)>,
@@ -252,9 +260,9 @@ impl NewTopUp<'_> {
         )
         .bind(self.id)
         .bind(PaymentKind::TopUp.as_str())
-        .bind(&self.request.requester_id)
-        .bind(&self.request.request_id)
-        .bind(&self.request.content_hash)
+        .bind(self.requester_id)
+        .bind(self.request_id)
+        .bind(self.content_hash)
         .bind(&r.user_id)
         .bind(&r.payment_method)
         .bind(route.map(|(channel, _)| channel))
@@ -268,7 +276,7 @@ impl NewTopUp<'_> {
         .bind(status != PaymentStatus::Validated)
         .bind(&r.payer_token)
         .bind(route.map_or(Decimal::ZERO, |(_, fee)| fee))
-        .execute(tx.conn())
+        .execute(conn)
         .await
         .map_err(unique_is_transient)?;
         Ok(())

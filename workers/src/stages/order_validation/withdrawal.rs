@@ -176,8 +176,12 @@ impl OrderValidation {
             return Ok(refused(None, reason, detail));
         }
         let (wallet, user_blocked) =
-            match for_users::usable_wallet(tx, &r.user_id, &r.currency).await? {
-                Ok(found) => found,
+            match for_users::usable_wallet(tx, &r.user_id, &r.currency, false).await? {
+                Ok((Some(wallet), blocked)) => (wallet, blocked),
+                Ok((None, _)) => {
+                    let detail = format!("user {} has no {} wallet", r.user_id, r.currency);
+                    return Ok(refused(None, "no_wallet", detail));
+                }
                 Err((wallet, reason, detail)) => return Ok(refused(wallet, reason, detail)),
             };
         let (decision, reasons) = risk::decide(
