@@ -14,14 +14,12 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub mod balance;
-pub mod deposit;
+pub mod in_house;
 pub mod registry;
 pub mod routing;
 pub mod sandbox;
 
-pub use balance::{BALANCE, BalanceChannel};
-pub use deposit::{DEPOSIT, DepositChannel};
+pub use in_house::{BALANCE, DEPOSIT, DEPOSIT_CHANNEL, InHouseChannel, WALLET_CHANNEL};
 pub use registry::{AdapterError, Adapters};
 pub use sandbox::SandboxChannel;
 

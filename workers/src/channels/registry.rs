@@ -15,7 +15,7 @@ use std::{
 use payfleet_common::runtime::StageError;
 use sqlx::PgExecutor;
 
-use crate::channels::{BalanceChannel, ChannelAdapter, DepositChannel, SandboxChannel};
+use crate::channels::{ChannelAdapter, DEPOSIT_CHANNEL, SandboxChannel, WALLET_CHANNEL};
 
 /// What an adapter is built from: a channel's row, as far as it matters.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -146,8 +146,8 @@ fn build(
                     error: e.to_string(),
                 })
         }
-        (super::DEPOSIT, _) => Ok(Arc::new(DepositChannel)),
-        _ => Ok(Arc::new(BalanceChannel)),
+        (super::DEPOSIT, _) => Ok(Arc::new(DEPOSIT_CHANNEL)),
+        _ => Ok(Arc::new(WALLET_CHANNEL)),
     }
 }
 
