@@ -274,3 +274,49 @@ async fn the_daily_payout_pays_what_settled_before_the_day_once_per_merchant() -
     assert_eq!(types_of(&events(&world).await?), ["payout.succeeded"]);
     world.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_suspended_before_its_payouts_try_is_not_paid() -> anyhow::Result<()> {
+    let mut world = world_with_sales("posuspend", 5).await?;
+    fleet::roll_up_all(world.pool()).await?;
+    // The fleet is down when tomorrow's payout is asked, and ops suspend
+    // m1 before its Try can run.
+    world.stop().await;
+    let settings = world.env.settings.clone();
+    let tomorrow = Utc::now() + chrono::Duration::days(1);
+    let made = payouts::schedule(
+        world.pool(),
+        &Topology::from_settings(&settings)?,
+        &Limits::new(&settings),
+        settings.business_zone(),
+        tomorrow,
+    )
+    .await?;
+    assert_eq!(made.len(), 1, "{made:?}");
+    let (code, out, err) = world
+        .cli(&[
+            "merchant",
+            "suspend",
+            "m1",
+            "--reason",
+            "chargebacks under review",
+        ])
+        .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    world.start(&[]).await?;
+    let detail = reaches(&world, made[0], "refused").await?;
+    assert!(
+        detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("merchant_suspended")),
+        "{detail:?}"
+    );
+    world.env.wait_drained(WAIT).await?;
+    assert_eq!(at_the_sandbox(&world, made[0]), None, "nothing paid out");
+    assert_eq!(
+        m1_account(&world).await?,
+        (d("297.00"), d("297.00"), d("0"))
+    );
+    assert_eq!(types_of(&events(&world).await?), ["payout.failed"]);
+    world.finish().await
+}
