@@ -78,7 +78,7 @@ impl Rejection<'_> {
 
 /// The amount and currency a refused request's event may carry: only what
 /// the contract allows travels on, so an unusable amount or currency is
-/// reported as 0 / XXX ("no currency").
+/// reported as 0 / [`money::NO_CURRENCY`] (ISO 4217 "no currency").
 pub(super) fn reported_money(amount: Option<Decimal>, currency: Option<&str>) -> (Decimal, String) {
     (
         amount
