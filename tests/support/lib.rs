@@ -320,8 +320,14 @@ impl TestEnv {
                 .await?;
             if total == 0 && unsent == 0 {
                 let since = *empty_since.get_or_insert_with(Instant::now);
+                // A passive declare counts ready messages only: one a consumer
+                // holds (collecting its batch, or in a slow transaction) is
+                // invisible to it. The broker's own count includes those.
                 if since.elapsed() > longest + Duration::from_millis(500) {
-                    return Ok(());
+                    if self.messages_held_or_ready(&queues).await? == 0 {
+                        return Ok(());
+                    }
+                    empty_since = None;
                 }
             } else {
                 empty_since = None;
@@ -333,6 +339,28 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Messages in `queues` ready or delivered and not yet acked, as
+    /// `rabbitmqctl list_queues` counts them.
+    async fn messages_held_or_ready(&self, queues: &[String]) -> anyhow::Result<u64> {
+        let listed = rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "messages",
+            "--formatter",
+            "json",
+        ])
+        .await?;
+        let listed: Vec<Value> = serde_json::from_str(&listed)
+            .with_context(|| format!("rabbitmqctl list_queues output: {listed}"))?;
+        Ok(listed
+            .iter()
+            .filter(|q| queues.iter().any(|name| q["name"] == name.as_str()))
+            .filter_map(|q| q["messages"].as_u64())
+            .sum())
     }
 
     /// Dead letters in the store.
