@@ -6,6 +6,7 @@
 //! trades here and its payouts in `payouts`.
 
 mod payouts;
+mod transfers;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -60,11 +61,13 @@ const WHEN_QUIET: &[(&str, &str)] = &[
     ("each account balance equals the sum of its postings",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind <> 'external'
         AND a.total <> COALESCE((SELECT sum(amount) FROM postings p WHERE p.account_id = a.id), 0)"),
-    ("a wallet's frozen amount is its open payments' freezes and its withdrawals not yet paid out or released",
+    ("a wallet's frozen amount is its open payments' freezes, its withdrawals not yet paid out or released and its transfers not yet confirmed",
      "SELECT count(*) FROM accounts a WHERE a.owner_kind = 'user'
         AND a.frozen <> COALESCE((SELECT sum(amount) FROM reservations r WHERE r.account_id = a.id AND r.status = 'tried'), 0)
                       + COALESCE((SELECT sum(amount) FROM withdrawals w WHERE w.account_id = a.id
-                                   AND w.status IN ('frozen', 'sending', 'unknown', 'exception')), 0)"),
+                                   AND w.status IN ('frozen', 'sending', 'unknown', 'exception')), 0)
+                      + COALESCE((SELECT sum(amount) FROM transfers t WHERE t.payer_account_id = a.id
+                                   AND t.status = 'frozen'), 0)"),
     ("each stock bucket's reserved units are the open reservations it gave",
      "SELECT count(*) FROM stock_buckets b
         WHERE b.reserved <> COALESCE((SELECT sum(rb.quantity) FROM stock_reservation_buckets rb
@@ -254,6 +257,7 @@ pub async fn at_every_commit(pool: &PgPool) -> Result<Report, sqlx::Error> {
 pub async fn all(pool: &PgPool) -> Result<Report, sqlx::Error> {
     let mut report = at_every_commit(pool).await?;
     run(pool, WHEN_QUIET, &mut report).await?;
+    run(pool, transfers::WHEN_QUIET, &mut report).await?;
     Ok(report)
 }
 

@@ -80,6 +80,8 @@ fn leak_name(key: &str) -> &'static str {
         "withdrawal_fee_basis_points",
         "withdrawal_limit_per_withdrawal",
         "withdrawal_limit_per_day",
+        "transfer_limit_per_transfer",
+        "transfer_limit_per_day",
         "merchant_payout_minimum",
         "merchant_payout_holdback_basis_points",
         "webhook_delays_ms",

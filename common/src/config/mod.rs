@@ -155,6 +155,14 @@ pub struct Settings {
     /// day (of `business_time_zone`), in whole units; the same currencies as
     /// `withdrawal_limit_per_withdrawal`, none below it.
     pub withdrawal_limit_per_day: BTreeMap<String, u64>,
+    /// Transfers: per currency, the most one transfer between wallets may
+    /// move, in whole units. A currency with no entry takes no transfers
+    /// (`unsupported_currency`).
+    pub transfer_limit_per_transfer: BTreeMap<String, u64>,
+    /// Transfers: per currency, the most one user may transfer out in a
+    /// business day (of `business_time_zone`), in whole units; the same
+    /// currencies as `transfer_limit_per_transfer`, none below it.
+    pub transfer_limit_per_day: BTreeMap<String, u64>,
     /// Merchant payouts: per currency, the least a settlement payout may be,
     /// in whole units. A currency with no entry takes no payouts (`unsupported_currency`).
     pub merchant_payout_minimum: BTreeMap<String, u64>,
@@ -293,6 +301,22 @@ impl Default for Settings {
                 ("GBP", 5_500),
                 ("HKD", 55_000),
                 ("SGD", 9_500),
+            ]),
+            transfer_limit_per_transfer: per_currency(&[
+                ("CNY", 50_000),
+                ("USD", 7_000),
+                ("EUR", 6_500),
+                ("GBP", 5_500),
+                ("HKD", 55_000),
+                ("SGD", 9_500),
+            ]),
+            transfer_limit_per_day: per_currency(&[
+                ("CNY", 200_000),
+                ("USD", 28_000),
+                ("EUR", 26_000),
+                ("GBP", 22_000),
+                ("HKD", 220_000),
+                ("SGD", 38_000),
             ]),
             merchant_payout_minimum: per_currency(&[
                 ("CNY", 100),
@@ -681,6 +705,14 @@ mod tests {
             (
                 "withdrawal_limit_per_day = { USD = 0 }",
                 "`withdrawal_limit_per_day`",
+            ),
+            (
+                "transfer_limit_per_transfer = { CNY = 300000 }",
+                "`transfer_limit_per_transfer`",
+            ),
+            (
+                "transfer_limit_per_day = { XYZ = 10 }",
+                "`transfer_limit_per_day`",
             ),
         ];
         for (toml, named) in cases {

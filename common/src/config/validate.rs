@@ -131,6 +131,13 @@ impl Settings {
                 &self.withdrawal_limit_per_withdrawal,
             ),
             ("withdrawal_limit_per_day", &self.withdrawal_limit_per_day),
+        )?;
+        per_currency_pair(
+            (
+                "transfer_limit_per_transfer",
+                &self.transfer_limit_per_transfer,
+            ),
+            ("transfer_limit_per_day", &self.transfer_limit_per_day),
         )
     }
 

@@ -21,12 +21,14 @@ pub use status::{
     StatusLookup, StatusReply, StatusRequest,
 };
 pub use top_up::{TopUpEvent, TopUpRequested};
+pub use transfer::{TransferEvent, TransferRequested, TransferResult, TransferStep};
 pub use withdrawal::{WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep};
 
 mod payout;
 mod refund;
 mod status;
 mod top_up;
+mod transfer;
 mod withdrawal;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -112,6 +114,23 @@ pub mod kind {
         REFUND_OUTCOME,
     ];
 
+    /// A registered requester moves money from one user's wallet to another's.
+    pub const TRANSFER_REQUESTED: &str = "transfer.requested";
+    /// order-validation → fund-freeze: a transfer request that passed its checks.
+    pub const TRANSFER_VALIDATED: &str = "transfer.validated";
+    /// fund-freeze → settlement: the amount is frozen on the payer's wallet.
+    pub const TRANSFER_FROZEN: &str = "transfer.frozen";
+    /// Any stage with a transfer's final word → notification.
+    pub const TRANSFER_OUTCOME: &str = "transfer.outcome";
+
+    /// The transfer hand-offs between stages: every one carries a [`super::TransferStep`].
+    pub const TRANSFER_STEPS: [&str; 3] = [TRANSFER_VALIDATED, TRANSFER_FROZEN, TRANSFER_OUTCOME];
+
+    /// Whether an AMQP `type` is one of the transfer hand-offs.
+    pub fn is_transfer_step(message_type: Option<&str>) -> bool {
+        message_type.is_some_and(|t| TRANSFER_STEPS.contains(&t))
+    }
+
     /// Whether an AMQP `type` is one of the refund hand-offs.
     pub fn is_refund_step(message_type: Option<&str>) -> bool {
         message_type.is_some_and(|t| REFUND_STEPS.contains(&t))
@@ -137,6 +156,8 @@ pub mod event {
     pub const PAYOUT_SUCCEEDED: &str = "payout.succeeded";
     pub const PAYOUT_FAILED: &str = "payout.failed";
     pub const PAYOUT_RETURNED: &str = "payout.returned";
+    pub const TRANSFER_SUCCEEDED: &str = "transfer.succeeded";
+    pub const TRANSFER_FAILED: &str = "transfer.failed";
 }
 
 /// `payment.requested`: published by upstream on `payfleet.ingress`.

@@ -14,6 +14,7 @@ pub mod step;
 pub mod stock;
 pub mod tcc;
 pub mod top_up;
+pub mod transfer;
 pub mod webhook_delivery;
 pub mod withdrawal;
 

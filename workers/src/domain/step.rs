@@ -10,14 +10,18 @@
 //! (told apart by its AMQP `type`), under the same lock and row lock, so a
 //! refund and its payment, or two refunds of one payment, never interleave.
 //! A withdrawal travels them as [`Work::Withdrawal`], under a lock of its
-//! own id and its own row lock: it belongs to no payment.
+//! own id and its own row lock: it belongs to no payment. So does a
+//! transfer between wallets, as [`Work::Transfer`].
 //!
 //! It lives with the domain rather than in `payfleet_common`'s runtime
 //! because it needs the payment, which the runtime does not know.
 
 use payfleet_common::{
     PaymentId,
-    messages::{ChannelResult, OrderValidated, PaymentResolved, RefundStep, WithdrawalStep, kind},
+    messages::{
+        ChannelResult, OrderValidated, PaymentResolved, RefundStep, TransferStep, WithdrawalStep,
+        kind,
+    },
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable, decode_json},
 };
 use serde::de::DeserializeOwned;
@@ -25,6 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::domain::{
     payment::{self, Payment},
     refund::{self, Refund},
+    transfer::{self, Transfer},
     withdrawal::{self, Withdrawal},
 };
 
@@ -64,6 +69,7 @@ pub enum Work<M> {
     Payment(M),
     Refund(RefundStep),
     Withdrawal(WithdrawalStep),
+    Transfer(TransferStep),
 }
 
 /// A stage's work on one payment, row-locked in the stage's transaction.
@@ -92,6 +98,23 @@ pub trait PaymentStep: Send + Sync + 'static {
         async move {
             Err(StageError::permanent(format!(
                 "{} takes no withdrawal steps (withdrawal {withdrawal_id})",
+                Self::NAME
+            )))
+        }
+    }
+
+    /// A transfer's step, with the transfer row-locked; a stage a transfer
+    /// never visits refuses it as a message sent to the wrong queue.
+    fn handle_transfer(
+        &self,
+        _tx: &mut StageTx,
+        message: &TransferStep,
+        _transfer: Transfer,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send {
+        let transfer_id = message.transfer_id;
+        async move {
+            Err(StageError::permanent(format!(
+                "{} takes no transfer steps (transfer {transfer_id})",
                 Self::NAME
             )))
         }
@@ -132,6 +155,8 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
             decode_json(inbound).map(Work::Refund)
         } else if kind::is_withdrawal_step(inbound.message_type.as_deref()) {
             decode_json(inbound).map(Work::Withdrawal)
+        } else if kind::is_transfer_step(inbound.message_type.as_deref()) {
+            decode_json(inbound).map(Work::Transfer)
         } else {
             decode_json(inbound).map(Work::Payment)
         }
@@ -142,6 +167,7 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
             Work::Payment(m) => m.payment_id().to_string(),
             Work::Refund(m) => m.payment_id.to_string(),
             Work::Withdrawal(m) => withdrawal::lock_key(m.withdrawal_id),
+            Work::Transfer(m) => transfer::lock_key(m.transfer_id),
         })
     }
 
@@ -167,6 +193,15 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
                 }
             }
             Work::Withdrawal(m) => on_withdrawal(&self.0, tx, m).await,
+            Work::Transfer(m) => {
+                tx.set_correlation_id(&m.transfer_id.to_string());
+                match transfer::lock(tx.conn(), m.transfer_id).await? {
+                    Some(t) => self.0.handle_transfer(tx, m, t).await,
+                    None => Ok(Outcome::NotYet {
+                        reason: format!("transfer {} not found", m.transfer_id),
+                    }),
+                }
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use payfleet_common::{
     messages::{
         FundsFrozen, OrderValidated, Outcome as Final, RefundResult, RefundStep, SCHEMA_VERSION,
-        WithdrawalResult, WithdrawalStep, kind,
+        TransferResult, TransferStep, WithdrawalResult, WithdrawalStep, kind,
     },
     runtime::{Outcome, StageError, StageTx},
     transition::{self, Status},
@@ -25,6 +25,7 @@ use crate::domain::{
     refund::{self, Refund, RefundStatus},
     step::PaymentStep,
     tcc,
+    transfer::{self, Transfer, TransferStatus},
     withdrawal::{self, Withdrawal, WithdrawalStatus},
 };
 
@@ -33,12 +34,15 @@ pub const NAME: &str = crate::domain::handoff::FUND_FREEZE;
 pub struct FundFreeze {
     /// A withdrawal's daily limit, judged by its Try under the wallet's lock.
     withdrawal_limits: withdrawal::Limits,
+    /// A transfer's daily limit, judged by its Try under the payer's wallet lock.
+    transfer_limits: transfer::Limits,
 }
 
 impl FundFreeze {
     pub fn new(settings: &payfleet_common::Settings) -> Self {
         Self {
             withdrawal_limits: withdrawal::Limits::new(settings),
+            transfer_limits: transfer::Limits::new(settings),
         }
     }
 }
@@ -151,6 +155,49 @@ impl PaymentStep for FundFreeze {
         w: Withdrawal,
     ) -> Result<Outcome, StageError> {
         try_withdrawal(tx, &self.withdrawal_limits, w).await
+    }
+
+    /// Try of a transfer: freeze the amount on the payer's wallet, judging
+    /// the balance and the daily limit under its row lock, then straight
+    /// to settlement (no channel is asked); a refusal freezes nothing and
+    /// the transfer is `refused`.
+    async fn handle_transfer(
+        &self,
+        tx: &mut StageTx,
+        _m: &TransferStep,
+        t: Transfer,
+    ) -> Result<Outcome, StageError> {
+        let status = t.status()?;
+        if status != TransferStatus::Requested {
+            return Ok(Outcome::Stale {
+                reason: format!("transfer {} is already {}", t.id, status.as_str()),
+            });
+        }
+        let mut savepoint = tx.conn().begin().await?;
+        match transfer::books::freeze(&mut savepoint, &t, &self.transfer_limits).await? {
+            Ok(()) => {
+                savepoint.commit().await?;
+                transfer::hand_on(
+                    tx,
+                    crate::domain::handoff::SETTLEMENT,
+                    kind::TRANSFER_FROZEN,
+                    &TransferStep::new(t.id),
+                )
+            }
+            Err((reason, detail)) => {
+                savepoint.rollback().await?;
+                let detail = format!("{reason}: {detail}");
+                transfer::transition(
+                    tx.conn(),
+                    t.id,
+                    TransferStatus::Requested,
+                    TransferStatus::Refused,
+                    Some(&detail),
+                )
+                .await?;
+                transfer::emit_outcome(tx, t.id, TransferResult::Failed, Some(reason))
+            }
+        }
     }
 
     /// Try of a refund: check what is left and reserve each merchant's part

@@ -3,19 +3,23 @@
 //! the same for a refund ([`crate::domain::refund::books`]): Confirm of one
 //! the channel paid, Cancel of one it refused; and for a withdrawal
 //! ([`crate::domain::withdrawal::books`]): Confirm of a paid payout, Cancel
-//! of a refused one, and the credit back of one the payee's bank returned.
+//! of a refused one, and the credit back of one the payee's bank returned;
+//! and for a transfer ([`crate::domain::transfer::books`]): Confirm of a
+//! frozen one, or Cancel when the payee's wallet stopped taking money.
 //!
 //! Hot accounts: a payment never updates a seller's or the fee account's
 //! row. Its postings are appended (`rolled_up = false`) and
 //! [`crate::domain::ledger::roll_up`] folds them into the balances in
 //! batches, so a thousand payments to one merchant do not queue on one row
-//! lock. Wallets are updated in the payment's transaction, as the freeze
-//! needs them to be.
+//! lock. A wallet's own spending (a payment's, a withdrawal's, a transfer's
+//! payer side) is applied in the transaction, as the freeze needs it to
+//! be; a transfer's credit to its payee is appended and rolled up like a
+//! sale, so a popular payee's row is never held by a transfer.
 
 use payfleet_common::{
     messages::{
-        Outcome as Final, PaymentResolved, RefundResult, RefundStep, Resolution, WithdrawalResult,
-        WithdrawalStep,
+        Outcome as Final, PaymentResolved, RefundResult, RefundStep, Resolution, TransferResult,
+        TransferStep, WithdrawalResult, WithdrawalStep,
     },
     runtime::{Outcome, StageError, StageTx},
 };
@@ -26,6 +30,7 @@ use crate::domain::{
     refund::{self, Refund, RefundStatus, books},
     step::PaymentStep,
     tcc::{cancel, confirm},
+    transfer::{self, Transfer, TransferStatus},
     withdrawal::{self, Withdrawal, WithdrawalStatus},
 };
 
@@ -115,6 +120,29 @@ impl PaymentStep for Settlement {
             withdrawal::emit_outcome(tx, w.id, result, why)?;
         }
         Ok(Outcome::Applied)
+    }
+
+    /// Confirm of a frozen transfer (the payer debited, the payee
+    /// credited), or Cancel when the payee's wallet no longer takes money.
+    async fn handle_transfer(
+        &self,
+        tx: &mut StageTx,
+        _m: &TransferStep,
+        t: Transfer,
+    ) -> Result<Outcome, StageError> {
+        let status = t.status()?;
+        if status != TransferStatus::Frozen {
+            return Ok(Outcome::Stale {
+                reason: format!("transfer {} is already {}", t.id, status.as_str()),
+            });
+        }
+        match transfer::books::confirm(tx.conn(), &t).await? {
+            Ok(()) => transfer::emit_outcome(tx, t.id, TransferResult::Succeeded, None),
+            Err((reason, detail)) => {
+                transfer::books::cancel(tx.conn(), &t, &format!("{reason}: {detail}")).await?;
+                transfer::emit_outcome(tx, t.id, TransferResult::Failed, Some(reason))
+            }
+        }
     }
 
     async fn handle_refund(

@@ -9,7 +9,8 @@ use super::{Account, Entry, EntryKind};
 use crate::domain::payment;
 
 /// Folds postings not yet in their account's balance into it, in one
-/// statement per batch. It never waits: it takes the accounts nobody holds
+/// statement per batch, and writes the statement line of each transfer
+/// credit it folds into a payee's wallet. It never waits: it takes the accounts nobody holds
 /// and their postings nobody holds (SKIP LOCKED both), so several roll-ups
 /// never count a posting twice, and a refund's Try, which folds a seller's
 /// postings and then holds the seller's account, never waits on it in a
@@ -26,12 +27,25 @@ pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
              SELECT id FROM postings WHERE NOT rolled_up AND account_id IN (SELECT id FROM free)
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
          marked AS (
-             UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id RETURNING p.account_id, p.amount),
+             UPDATE postings p SET rolled_up = true FROM picked WHERE p.id = picked.id
+             RETURNING p.id, p.account_id, p.amount, p.currency, p.entry_id),
          sums AS (SELECT account_id, sum(amount) AS amount, count(*) AS n FROM marked GROUP BY account_id),
          applied AS (
              UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
-             FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external' RETURNING a.id)
-         SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint",
+             FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external'
+             RETURNING a.id, a.owner_kind, a.available, a.frozen),
+         -- a transfer's credit reaches the payee's statement as it reaches
+         -- the balance: each line shows the balance after it, in posting order
+         credited AS (
+             INSERT INTO account_statements (account_id, transfer_id, kind, amount, currency, available_after, frozen_after)
+             SELECT m.account_id, j.reference::uuid, 'credit', m.amount, m.currency,
+                    a.available - COALESCE(sum(m.amount) OVER (PARTITION BY m.account_id ORDER BY m.id DESC
+                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),
+                    a.frozen
+             FROM marked m JOIN applied a ON a.id = m.account_id AND a.owner_kind = 'user'
+             JOIN journal_entries j ON j.id = m.entry_id AND j.kind = 'transfer'
+             ON CONFLICT DO NOTHING)
+         SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint"
     )
     .bind(batch)
     .fetch_one(pool)

@@ -73,6 +73,7 @@ pub enum EntryKind {
     Reversal,
     Withdrawal,
     WithdrawalReturned,
+    Transfer,
 }
 
 impl EntryKind {
@@ -86,6 +87,7 @@ impl EntryKind {
             EntryKind::Reversal => "reversal",
             EntryKind::Withdrawal => "withdrawal",
             EntryKind::WithdrawalReturned => "withdrawal_returned",
+            EntryKind::Transfer => "transfer",
         }
     }
 }
@@ -142,6 +144,32 @@ impl Entry {
         self.insert(conn, account, amount, currency, true).await
     }
 
+    /// One leg on account `account_id`, which the caller already knows.
+    /// `applied`: the caller has moved the account's balance itself; else
+    /// the roll-up folds the leg in (a transfer's payee, whose row no
+    /// transfer holds).
+    pub async fn post_on(
+        &self,
+        conn: &mut PgConnection,
+        account_id: i64,
+        amount: Decimal,
+        currency: &str,
+        applied: bool,
+    ) -> Result<(), StageError> {
+        if amount.is_zero() {
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up) VALUES ($1, $2, $3, $4, $5)")
+            .bind(self.id)
+            .bind(account_id)
+            .bind(amount)
+            .bind(currency)
+            .bind(applied)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     async fn insert(
         &self,
         conn: &mut PgConnection,
@@ -155,15 +183,8 @@ impl Entry {
         }
         let (kind, owner) = account.key();
         let account_id = payment::account_id(conn, kind, &owner, currency).await?;
-        sqlx::query("INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up) VALUES ($1, $2, $3, $4, $5)")
-            .bind(self.id)
-            .bind(account_id)
-            .bind(amount)
-            .bind(currency)
-            .bind(rolled_up)
-            .execute(conn)
-            .await?;
-        Ok(())
+        self.post_on(conn, account_id, amount, currency, rolled_up)
+            .await
     }
 }
 

@@ -280,7 +280,7 @@ fn wallet_and_channel(w: &Withdrawal) -> Result<(i64, &str), StageError> {
 
 /// Moves a wallet's balance: `available` and `frozen` by these amounts,
 /// `total` by their sum; returns the balances after.
-async fn move_balance(
+pub(crate) async fn move_balance(
     conn: &mut PgConnection,
     wallet: i64,
     available: Decimal,

@@ -1,5 +1,5 @@
 //! notification: the last stage. Publishes one versioned BI event per
-//! payment (refund, withdrawal) and outcome (deduplicated by a stable event id) and queues a
+//! payment (refund, withdrawal, transfer) and outcome (deduplicated by a stable event id) and queues a
 //! signed webhook to the merchant's notify URL. Webhooks are sent by
 //! [`run_webhooks`], outside any transaction, on their own exponential
 //! schedule; every attempt is logged and an exhausted delivery is
@@ -8,6 +8,7 @@
 //! once and marked `refused`, never retried.
 
 mod refund;
+mod transfer;
 pub mod webhook_target;
 mod webhooks;
 mod withdrawal;
@@ -19,7 +20,7 @@ use payfleet_common::{
     PaymentId,
     messages::{
         self, EventSubOrder, PaymentEvent, PaymentOutcome, RefundStep, SCHEMA_VERSION, TopUpEvent,
-        WithdrawalStep, kind,
+        TransferStep, WithdrawalStep, kind,
     },
     runtime::{Inbound, Outcome, Stage, StageError, StageTx, Undecodable},
 };
@@ -49,6 +50,7 @@ pub enum Final {
     Payment(PaymentOutcome),
     Refund(RefundStep),
     Withdrawal(WithdrawalStep),
+    Transfer(TransferStep),
 }
 
 impl Stage for Notification {
@@ -63,6 +65,8 @@ impl Stage for Notification {
             payfleet_common::runtime::decode_json(inbound).map(Final::Refund)
         } else if inbound.message_type.as_deref() == Some(kind::WITHDRAWAL_OUTCOME) {
             payfleet_common::runtime::decode_json(inbound).map(Final::Withdrawal)
+        } else if inbound.message_type.as_deref() == Some(kind::TRANSFER_OUTCOME) {
+            payfleet_common::runtime::decode_json(inbound).map(Final::Transfer)
         } else {
             payfleet_common::runtime::decode_json(inbound).map(Final::Payment)
         }
@@ -73,6 +77,7 @@ impl Stage for Notification {
             Final::Payment(m) => m.payment_id.to_string(),
             Final::Refund(m) => m.payment_id.to_string(),
             Final::Withdrawal(m) => crate::domain::withdrawal::lock_key(m.withdrawal_id),
+            Final::Transfer(m) => crate::domain::transfer::lock_key(m.transfer_id),
         })
     }
 
@@ -86,6 +91,7 @@ impl Stage for Notification {
             Final::Payment(m) => notify_payment(tx, m).await,
             Final::Refund(m) => refund::notify(tx, m).await,
             Final::Withdrawal(m) => withdrawal::notify(tx, m).await,
+            Final::Transfer(m) => transfer::notify(tx, m).await,
         }
     }
 }
@@ -103,6 +109,7 @@ async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome,
         payment_id: Some(m.payment_id),
         refund_id: None,
         withdrawal_id: None,
+        transfer_id: None,
         event_type: if paid.top_up {
             m.outcome.top_up_event_type()
         } else {
@@ -141,6 +148,7 @@ struct Operation<'a> {
     payment_id: Option<PaymentId>,
     refund_id: Option<Uuid>,
     withdrawal_id: Option<Uuid>,
+    transfer_id: Option<Uuid>,
     event_type: &'a str,
 }
 
@@ -148,13 +156,14 @@ impl Operation<'_> {
     /// Records the event as emitted; false when it already was.
     async fn claim_event(&self, tx: &mut StageTx, event_id: Uuid) -> Result<bool, StageError> {
         let new = sqlx::query(
-            "INSERT INTO payment_events (event_id, payment_id, refund_id, withdrawal_id, event_type)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO payment_events (event_id, payment_id, refund_id, withdrawal_id, transfer_id, event_type)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(event_id)
         .bind(self.payment_id)
         .bind(self.refund_id)
         .bind(self.withdrawal_id)
+        .bind(self.transfer_id)
         .bind(self.event_type)
         .execute(tx.conn())
         .await?;
@@ -174,14 +183,15 @@ impl Operation<'_> {
         tx.emit_event(self.event_type, event)?;
         if let Some(url) = notify_url {
             sqlx::query(
-                "INSERT INTO webhook_deliveries (id, payment_id, refund_id, withdrawal_id, merchant_id, event_type,
-                                                 url, payload, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                "INSERT INTO webhook_deliveries (id, payment_id, refund_id, withdrawal_id, transfer_id, merchant_id,
+                                                 event_type, url, payload, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
             )
             .bind(messages::stable_id(&["webhook", &event_id.to_string()]))
             .bind(self.payment_id)
             .bind(self.refund_id)
             .bind(self.withdrawal_id)
+            .bind(self.transfer_id)
             .bind(merchant_id)
             .bind(self.event_type)
             .bind(url)

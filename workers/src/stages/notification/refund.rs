@@ -37,6 +37,7 @@ pub(super) async fn notify(tx: &mut StageTx, m: &RefundStep) -> Result<Outcome, 
         payment_id: Some(m.payment_id),
         refund_id: Some(m.refund_id),
         withdrawal_id: None,
+        transfer_id: None,
         event_type,
     };
     let event_id = messages::stable_id(&["event", &m.refund_id.to_string(), event_type]);

@@ -78,7 +78,7 @@ async fn deliver_due(shared: &Shared, client: &reqwest::Client) -> Result<usize,
                         WHERE status = 'pending' AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
                         ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED)
            AND m.id = d.merchant_id
-         RETURNING d.id, COALESCE(d.payment_id, d.withdrawal_id) AS subject_id, d.url, d.payload, d.attempts, d.schedule_from,
+         RETURNING d.id, COALESCE(d.payment_id, d.withdrawal_id, d.transfer_id) AS subject_id, d.url, d.payload, d.attempts, d.schedule_from,
                    ARRAY(SELECT s.secret FROM merchant_webhook_secrets s
                          WHERE s.merchant_id = m.id AND (s.expires_at IS NULL OR s.expires_at > now())
                          ORDER BY s.created_at DESC) AS secrets,

@@ -35,6 +35,7 @@ pub(super) async fn notify(tx: &mut StageTx, m: &WithdrawalStep) -> Result<Outco
         payment_id: None,
         refund_id: None,
         withdrawal_id: Some(id),
+        transfer_id: None,
         event_type,
     };
     let event_id = messages::stable_id(&["event", &id.to_string(), event_type]);

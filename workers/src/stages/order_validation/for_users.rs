@@ -1,5 +1,5 @@
 //! Requests that move a user's wallet on the user's behalf (a withdrawal,
-//! a top-up): they come from a registered requester acting for users (the
+//! a top-up, a transfer): they come from a registered requester acting for users (the
 //! platform's wallet application), keyed by (requester, request id) and
 //! compared by content like payments.
 
@@ -123,6 +123,7 @@ pub(super) enum Kept {
     Withdrawal,
     TopUp,
     Payout,
+    Transfer,
 }
 
 impl Kept {
@@ -131,6 +132,7 @@ impl Kept {
             Kept::Withdrawal => "withdrawal",
             Kept::TopUp => "top-up",
             Kept::Payout => "payout",
+            Kept::Transfer => "transfer",
         }
     }
 }
@@ -148,6 +150,7 @@ pub(super) async fn kept_before<T>(
             "SELECT request_hash, status FROM withdrawals WHERE id = $1"
         }
         Kept::TopUp => "SELECT request_hash, status FROM payments WHERE id = $1",
+        Kept::Transfer => "SELECT request_hash, status FROM transfers WHERE id = $1",
     };
     let existing: Option<(String, String)> = sqlx::query_as(sql)
         .bind(id)

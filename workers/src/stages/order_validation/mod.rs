@@ -24,6 +24,7 @@ mod reversal;
 pub mod risk;
 pub mod schema;
 pub mod top_up;
+pub mod transfer;
 pub mod withdrawal;
 
 use chrono::{DateTime, Utc};
@@ -83,6 +84,8 @@ pub struct OrderValidation {
     pub business_zone: chrono_tz::Tz,
     /// A withdrawal's fee and per-withdrawal limit.
     pub withdrawal_limits: crate::domain::withdrawal::Limits,
+    /// A transfer's per-transfer limit.
+    pub transfer_limits: crate::domain::transfer::Limits,
 }
 
 impl OrderValidation {
@@ -97,6 +100,7 @@ impl OrderValidation {
             max_body_bytes: settings.ingress_max_body_bytes as usize,
             business_zone: settings.business_zone(),
             withdrawal_limits: crate::domain::withdrawal::Limits::new(settings),
+            transfer_limits: crate::domain::transfer::Limits::new(settings),
         }
     }
 }
@@ -111,7 +115,8 @@ pub fn payment_id(merchant_id: &str, merchant_order_id: &str) -> PaymentId {
 }
 
 /// What upstream asked for: a payment, a refund or reversal of one, a
-/// withdrawal from a wallet, a top-up of one, or a merchant's payout.
+/// withdrawal from a wallet, a top-up of one, a transfer between two, or a
+/// merchant's payout.
 #[derive(Debug)]
 pub enum Asked {
     Payment(Request),
@@ -119,6 +124,7 @@ pub enum Asked {
     Withdrawal(withdrawal::WithdrawalRequest),
     TopUp(top_up::TopUpRequest),
     Payout(payout::PayoutRequest),
+    Transfer(transfer::TransferRequest),
 }
 
 /// Whether a delivery is a request of `kind` (by its routing key or type).
@@ -155,12 +161,14 @@ impl Stage for OrderValidation {
         let withdrawal = is_request_of(inbound, messages::kind::WITHDRAWAL_REQUESTED);
         let top_up = is_request_of(inbound, messages::kind::TOPUP_REQUESTED);
         let payout = is_request_of(inbound, messages::kind::PAYOUT_REQUESTED);
+        let transfer = is_request_of(inbound, messages::kind::TRANSFER_REQUESTED);
         let kind = match refund_kind {
             Some(RefundKind::Refund) => messages::kind::REFUND_REQUESTED,
             Some(RefundKind::Reversal) => messages::kind::PAYMENT_REVERSE,
             None if withdrawal => messages::kind::WITHDRAWAL_REQUESTED,
             None if top_up => messages::kind::TOPUP_REQUESTED,
             None if payout => messages::kind::PAYOUT_REQUESTED,
+            None if transfer => messages::kind::TRANSFER_REQUESTED,
             None => messages::kind::PAYMENT_REQUESTED,
         };
         // Capped before it is parsed: a body past the cap cannot be answered.
@@ -185,6 +193,9 @@ impl Stage for OrderValidation {
         }
         if payout {
             return payout::decode(inbound, value).map(Asked::Payout);
+        }
+        if transfer {
+            return transfer::decode(inbound, value).map(Asked::Transfer);
         }
         let merchant_id = usable_id(&value, messages::kind::PAYMENT_REQUESTED, "merchant_id")?;
         let merchant_order_id = usable_id(
@@ -219,6 +230,7 @@ impl Stage for OrderValidation {
             Asked::Withdrawal(request) => withdrawal::lock_key(request),
             Asked::TopUp(request) => top_up::lock_key(request),
             Asked::Payout(request) => payout::lock_key(request),
+            Asked::Transfer(request) => transfer::lock_key(request),
         })
     }
 
@@ -251,6 +263,7 @@ impl Stage for OrderValidation {
             Asked::Withdrawal(request) => self.handle_withdrawal(tx, inbound, request).await,
             Asked::TopUp(request) => self.handle_top_up(tx, inbound, request).await,
             Asked::Payout(request) => self.handle_payout(tx, inbound, request).await,
+            Asked::Transfer(request) => self.handle_transfer(tx, inbound, request).await,
         }
     }
 }

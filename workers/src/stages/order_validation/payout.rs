@@ -257,6 +257,7 @@ async fn refuse_unbound(
         merchant_reversal_id: None,
         withdrawal_request_id: Some(&request.request_id),
         top_up_request_id: None,
+        transfer_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     let refusal_id = messages::stable_id(&["refused-payout-request", &inbound.message_id]);

@@ -406,6 +406,7 @@ async fn refuse_unbound(
         merchant_reversal_id: reversal.then_some(request.merchant_request_id.as_str()),
         withdrawal_request_id: None,
         top_up_request_id: None,
+        transfer_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     // No refund came of it: the event names the refused message, never the

@@ -43,6 +43,7 @@ pub(super) struct Rejection<'a> {
     pub(super) merchant_reversal_id: Option<&'a str>,
     pub(super) withdrawal_request_id: Option<&'a str>,
     pub(super) top_up_request_id: Option<&'a str>,
+    pub(super) transfer_request_id: Option<&'a str>,
 }
 
 impl Rejection<'_> {
@@ -58,8 +59,8 @@ impl Rejection<'_> {
         sqlx::query(
             "INSERT INTO request_rejections (message_id, merchant_id, merchant_order_id, merchant_refund_id,
                                              merchant_reversal_id, withdrawal_request_id, top_up_request_id,
-                                             reason, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING",
+                                             transfer_request_id, reason, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(&inbound.message_id)
         .bind(self.merchant_id)
@@ -68,6 +69,7 @@ impl Rejection<'_> {
         .bind(self.merchant_reversal_id)
         .bind(self.withdrawal_request_id)
         .bind(self.top_up_request_id)
+        .bind(self.transfer_request_id)
         .bind(reason)
         .bind(detail)
         .execute(tx.conn())
@@ -107,6 +109,7 @@ pub(super) async fn refuse(
         merchant_reversal_id: None,
         withdrawal_request_id: None,
         top_up_request_id: None,
+        transfer_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     let refusal_id = PaymentId::from(messages::stable_id(&[

@@ -1,4 +1,4 @@
-//! Reading a request (a payment, a refund, a withdrawal, a top-up) before any database lookup: the ids it
+//! Reading a request (a payment, a refund, a withdrawal, a top-up, a transfer) before any database lookup: the ids it
 //! must carry to be answered, the committed schema, and how fresh it is.
 
 use chrono::{DateTime, Utc};
@@ -65,6 +65,13 @@ pub fn read_top_up_request(
     value: Value,
 ) -> Result<payfleet_common::messages::TopUpRequested, (&'static str, String)> {
     read_checked(value, schema::first_top_up_violation)
+}
+
+/// Reads a JSON body as a `transfer.requested`, as [`read_request`] does.
+pub fn read_transfer_request(
+    value: Value,
+) -> Result<payfleet_common::messages::TransferRequested, (&'static str, String)> {
+    read_checked(value, schema::first_transfer_violation)
 }
 
 /// Reads a JSON body as a `payout.requested`, as [`read_request`] does.

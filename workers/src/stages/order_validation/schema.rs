@@ -48,6 +48,9 @@ static PAYOUT_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(PAYOUT_S
 pub const TOP_UP_SCHEMA: &str =
     include_str!("../../../../contracts/v1/topup.requested.schema.json");
 static TOP_UP_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(TOP_UP_SCHEMA));
+pub const TRANSFER_SCHEMA: &str =
+    include_str!("../../../../contracts/v1/transfer.requested.schema.json");
+static TRANSFER_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(TRANSFER_SCHEMA));
 static REVERSAL_VALIDATOR: LazyLock<Validator> = LazyLock::new(|| compile(REVERSAL_SCHEMA));
 
 /// Longest detail kept from a validation message (it quotes the value).
@@ -108,6 +111,11 @@ pub fn first_payout_violation(value: &Value) -> Option<Violation> {
 /// The first violation of the `topup.requested` schema in `value`, if any.
 pub fn first_top_up_violation(value: &Value) -> Option<Violation> {
     first_violation_of(&TOP_UP_VALIDATOR, value)
+}
+
+/// The first violation of the `transfer.requested` schema in `value`, if any.
+pub fn first_transfer_violation(value: &Value) -> Option<Violation> {
+    first_violation_of(&TRANSFER_VALIDATOR, value)
 }
 
 /// The first violation of the `withdrawal.requested` schema in `value`, if any.

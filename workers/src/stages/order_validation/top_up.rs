@@ -316,6 +316,7 @@ async fn refuse_unbound(
         merchant_reversal_id: None,
         withdrawal_request_id: None,
         top_up_request_id: Some(&request.request_id),
+        transfer_request_id: None,
     };
     rejection.record(tx, inbound, reason, detail).await?;
     let refusal_id = PaymentId::from(messages::stable_id(&[
