@@ -16,8 +16,8 @@ use payfleet_common::messages::{
     Outcome, PaymentEvent, PaymentId, PaymentOutcome, PaymentRequested, PaymentResolved,
     PaymentReverse, PayoutEvent, PayoutRequested, RefundEvent, RefundRequested, RefundResult,
     RefundStep, RequestedItem, Resolution, ReversalEvent, SCHEMA_VERSION, StatusQuery, TopUpEvent,
-    TopUpRequested, TradeClose, WithdrawalEvent, WithdrawalRequested, WithdrawalResult,
-    WithdrawalStep, event, kind,
+    TopUpRequested, TradeClose, TransferEvent, TransferRequested, TransferResult, TransferStep,
+    WithdrawalEvent, WithdrawalRequested, WithdrawalResult, WithdrawalStep, event, kind,
 };
 use payfleet_common::messages::{
     PaymentStanding, RefundStanding, StatusErrorCode, StatusLookup, StatusReply, StatusRequest,
@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Every message of contract v1, by schema name.
-const MESSAGES: [&str; 23] = [
+const MESSAGES: [&str; 26] = [
     kind::PAYMENT_REQUESTED,
     kind::ORDER_VALIDATED,
     kind::FUNDS_FROZEN,
@@ -52,6 +52,9 @@ const MESSAGES: [&str; 23] = [
     "topup.event",
     kind::PAYOUT_REQUESTED,
     "payout.event",
+    kind::TRANSFER_REQUESTED,
+    "transfer.step",
+    "transfer.event",
 ];
 
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -270,6 +273,9 @@ fn round_trip_as(name: &str, value: &Value, what: &str) {
         "topup.event" => round_trip::<TopUpEvent>(name, value, what),
         kind::PAYOUT_REQUESTED => round_trip::<PayoutRequested>(name, value, what),
         "payout.event" => round_trip::<PayoutEvent>(name, value, what),
+        kind::TRANSFER_REQUESTED => round_trip::<TransferRequested>(name, value, what),
+        "transfer.step" => round_trip::<TransferStep>(name, value, what),
+        "transfer.event" => round_trip::<TransferEvent>(name, value, what),
         other => panic!("no Rust type for {other}"),
     }
 }
@@ -318,6 +324,16 @@ fn all_withdrawal_results() -> Vec<WithdrawalResult> {
         match v {
             WithdrawalResult::Succeeded | WithdrawalResult::Failed | WithdrawalResult::Returned => {
             }
+        }
+    }
+    all.to_vec()
+}
+
+fn all_transfer_results() -> Vec<TransferResult> {
+    let all = [TransferResult::Succeeded, TransferResult::Failed];
+    for v in all {
+        match v {
+            TransferResult::Succeeded | TransferResult::Failed => {}
         }
     }
     all.to_vec()
@@ -374,6 +390,8 @@ fn assert_conventions(name: &str, object_schema: &Value, path: &str) {
                 "requester_id",
                 "request_id",
                 "user_id",
+                "payer_user_id",
+                "payee_user_id",
                 "seller_id",
             ];
             assert!(is_uuid != plain.contains(&field.as_str()), "{at}: format");
@@ -847,6 +865,63 @@ fn every_rust_message_matches_its_schema() {
             ..withdrawal_event.clone()
         },
     );
+    let transfer_requested = TransferRequested {
+        schema_version: SCHEMA_VERSION,
+        requester_id: "payfleet-wallet-app".into(),
+        request_id: "WA-TR-1".into(),
+        payer_user_id: "user-1001".into(),
+        payee_user_id: "user-1002".into(),
+        amount: d("88.00"),
+        currency: "CNY".into(),
+        memo: Some("dinner".into()),
+        notify_url: Some("https://wallet.example/payfleet/webhooks".into()),
+        requested_at: now,
+    };
+    check_message(
+        kind::TRANSFER_REQUESTED,
+        &transfer_requested,
+        &TransferRequested {
+            memo: None,
+            notify_url: None,
+            ..transfer_requested.clone()
+        },
+    );
+    let transfer_id = id("5b0e6c1a-57d2-8a4e-9f0b-2f3c1d7e8a90");
+    let transfer_step = TransferStep {
+        result: Some(TransferResult::Failed),
+        reason: Some("insufficient_balance".into()),
+        ..TransferStep::new(transfer_id)
+    };
+    check_message(
+        "transfer.step",
+        &transfer_step,
+        &TransferStep::new(transfer_id),
+    );
+    let transfer_event = TransferEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id: messages::stable_id(&["event", &transfer_id.to_string(), event::TRANSFER_FAILED]),
+        event_type: event::TRANSFER_FAILED.into(),
+        transfer_id,
+        requester_id: "payfleet-wallet-app".into(),
+        request_id: "WA-TR-1".into(),
+        payer_user_id: "user-1001".into(),
+        payee_user_id: "user-1002".into(),
+        status: "failed".into(),
+        amount: d("88.00"),
+        currency: "CNY".into(),
+        memo: Some("dinner".into()),
+        reason: Some("payee_wallet_not_active: user-1002's CNY wallet is frozen".into()),
+        occurred_at: now,
+    };
+    check_message(
+        "transfer.event",
+        &transfer_event,
+        &TransferEvent {
+            memo: None,
+            reason: None,
+            ..transfer_event.clone()
+        },
+    );
     let top_up_requested = TopUpRequested {
         schema_version: SCHEMA_VERSION,
         requester_id: "demo-wallet-app".into(),
@@ -1034,6 +1109,19 @@ fn the_schema_enums_are_the_rust_enums() {
         .into(),
         "withdrawal.event event_type"
     );
+    assert_eq!(
+        schema_enum(&schema("transfer.step"), "result"),
+        wire_names(&all_transfer_results()),
+        "transfer.step result"
+    );
+    assert_eq!(
+        schema_enum(&schema("transfer.event"), "event_type"),
+        [event::TRANSFER_SUCCEEDED, event::TRANSFER_FAILED]
+            .map(str::to_owned)
+            .into(),
+        "transfer.event event_type"
+    );
+
     let top_up_event_types: BTreeSet<String> = all_outcomes()
         .into_iter()
         .map(|o| o.top_up_event_type().to_owned())
@@ -1084,8 +1172,9 @@ fn the_schema_enums_are_the_rust_enums() {
 #[test]
 fn the_step_schemas_name_every_hand_off() {
     for (name, types) in [
-        ("refund.step", &kind::REFUND_STEPS),
-        ("withdrawal.step", &kind::WITHDRAWAL_STEPS),
+        ("refund.step", &kind::REFUND_STEPS[..]),
+        ("withdrawal.step", &kind::WITHDRAWAL_STEPS[..]),
+        ("transfer.step", &kind::TRANSFER_STEPS[..]),
     ] {
         let description = schema(name)["description"]
             .as_str()

@@ -24,7 +24,10 @@ use uuid::Uuid;
 /// alice's CNY wallet when a scenario starts; bob's and carol's hold 5.00.
 const ALICE_HOLDS: &str = "100.00";
 
-async fn world(tag: &str, adjust: impl FnOnce(&mut payfleet_common::Settings)) -> anyhow::Result<World> {
+async fn world(
+    tag: &str,
+    adjust: impl FnOnce(&mut payfleet_common::Settings),
+) -> anyhow::Result<World> {
     let world = World::new(tag, adjust, Duration::from_millis(100)).await?;
     world.bind_events().await?;
     seed::Catalogue {
@@ -196,18 +199,36 @@ async fn every_refusal_names_its_reason_and_moves_nothing() -> anyhow::Result<()
         request
     };
     let cases = [
-        (transfer("tr-self", "alice", "alice", "1.00"), "transfer_to_self"),
-        (transfer("tr-frozen", "alice", "bob", "1.00"), "payee_wallet_not_active"),
+        (
+            transfer("tr-self", "alice", "alice", "1.00"),
+            "transfer_to_self",
+        ),
+        (
+            transfer("tr-frozen", "alice", "bob", "1.00"),
+            "payee_wallet_not_active",
+        ),
         (usd("tr-closed", "carol", "dave"), "payee_wallet_not_active"),
-        (transfer("tr-nobody", "alice", "zed", "1.00"), "unknown_payee"),
+        (
+            transfer("tr-nobody", "alice", "zed", "1.00"),
+            "unknown_payee",
+        ),
         // dave holds only a (closed) USD wallet: a CNY transfer cannot reach him
-        (transfer("tr-no-cny", "alice", "dave", "1.00"), "currency_mismatch"),
+        (
+            transfer("tr-no-cny", "alice", "dave", "1.00"),
+            "currency_mismatch",
+        ),
         // alice holds no USD wallet to pay from
         (usd("tr-no-usd", "alice", "carol"), "no_wallet"),
         (transfer("tr-big", "alice", "carol", "56.00"), "over_limit"),
-        (transfer("tr-short", "carol", "alice", "5.01"), "insufficient_balance"),
+        (
+            transfer("tr-short", "carol", "alice", "5.01"),
+            "insufficient_balance",
+        ),
         (transfer("tr-day-1", "alice", "carol", "50.00"), "succeeded"),
-        (transfer("tr-day-2", "alice", "carol", "20.00"), "over_daily_limit"),
+        (
+            transfer("tr-day-2", "alice", "carol", "20.00"),
+            "over_daily_limit",
+        ),
     ];
     for (request, expected) in &cases {
         let id = ask(&world, request).await?;
@@ -248,15 +269,20 @@ async fn every_refusal_names_its_reason_and_moves_nothing() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_transfers_draining_one_wallet_never_take_it_below_zero()
--> anyhow::Result<()> {
+async fn concurrent_transfers_draining_one_wallet_never_take_it_below_zero() -> anyhow::Result<()> {
     // thirty transfers of one payer within the hour: not a risk here
     let mut world = world("trdrain", |s| s.risk_velocity_limit = 1_000).await?;
     // Everything is queued before the fleet starts, so the Trys race.
     let mut ids = Vec::new();
     for n in 0..30 {
         let payee = if n % 2 == 0 { "bob" } else { "carol" };
-        ids.push(ask(&world, &transfer(&format!("tr-drain-{n}"), "alice", payee, "7.00")).await?);
+        ids.push(
+            ask(
+                &world,
+                &transfer(&format!("tr-drain-{n}"), "alice", payee, "7.00"),
+            )
+            .await?,
+        );
     }
     world.start(&[]).await?;
     let mut succeeded = 0;
@@ -302,9 +328,11 @@ async fn a_payee_wallet_frozen_between_try_and_confirm_releases_the_payers_freez
     );
     world.stop().await;
     // ops freeze bob's wallet meanwhile
-    sqlx::query("UPDATE accounts SET status = 'frozen' WHERE owner_kind = 'user' AND owner_id = 'bob'")
-        .execute(world.pool())
-        .await?;
+    sqlx::query(
+        "UPDATE accounts SET status = 'frozen' WHERE owner_kind = 'user' AND owner_id = 'bob'",
+    )
+    .execute(world.pool())
+    .await?;
     world.start(&[]).await?;
     let (status, detail) = finished(&world, id).await?;
     assert_eq!(status, "failed");

@@ -56,7 +56,9 @@ pub async fn freeze(
             ),
         )));
     }
-    if let Some(refusal) = over_daily_limit(conn, t, limits.day_of(&t.currency, t.created_at)).await? {
+    if let Some(refusal) =
+        over_daily_limit(conn, t, limits.day_of(&t.currency, t.created_at)).await?
+    {
         return Ok(Err(refusal));
     }
     let (available_after, frozen_after) = move_balance(conn, payer, -t.amount, t.amount).await?;
@@ -114,7 +116,10 @@ async fn over_daily_limit(
 /// its row now), payee +A (appended; the roll-up folds it in). A payee's
 /// wallet that stopped taking money since the request was judged (frozen
 /// or closed by ops) refuses it: the caller cancels.
-pub async fn confirm(conn: &mut PgConnection, t: &Transfer) -> Result<Result<(), Refusal>, StageError> {
+pub async fn confirm(
+    conn: &mut PgConnection,
+    t: &Transfer,
+) -> Result<Result<(), Refusal>, StageError> {
     let (payer, payee) = t.wallets()?;
     // Not locked: a popular payee's row is never held by a transfer.
     let payee_status: String = sqlx::query_scalar("SELECT status FROM accounts WHERE id = $1")
@@ -124,7 +129,10 @@ pub async fn confirm(conn: &mut PgConnection, t: &Transfer) -> Result<Result<(),
     if payee_status != "active" {
         return Ok(Err((
             "payee_wallet_not_active",
-            format!("{}'s {} wallet is {payee_status}", t.payee_user_id, t.currency),
+            format!(
+                "{}'s {} wallet is {payee_status}",
+                t.payee_user_id, t.currency
+            ),
         )));
     }
     if !super::transition(
@@ -141,7 +149,8 @@ pub async fn confirm(conn: &mut PgConnection, t: &Transfer) -> Result<Result<(),
             t.id
         )));
     }
-    let (available_after, frozen_after) = move_balance(conn, payer, Decimal::ZERO, -t.amount).await?;
+    let (available_after, frozen_after) =
+        move_balance(conn, payer, Decimal::ZERO, -t.amount).await?;
     statement_line(conn, payer, t, "debit", available_after, frozen_after).await?;
     let Some(entry) = Entry::open(conn, &t.id.to_string(), EntryKind::Transfer, None).await? else {
         return Err(StageError::permanent(format!(

@@ -91,14 +91,26 @@ impl TransferStatus {
 pub const MOVES: [(TransferStatus, TransferStatus, &str); 4] = {
     use TransferStatus::*;
     [
-        (Requested, Frozen, "Try froze the amount on the payer's wallet"),
+        (
+            Requested,
+            Frozen,
+            "Try froze the amount on the payer's wallet",
+        ),
         (
             Requested,
             Refused,
             "Try found the payer's wallet short, not usable or past its daily limit",
         ),
-        (Frozen, Succeeded, "Confirm debited the payer and credited the payee"),
-        (Frozen, Failed, "the payee's wallet stopped taking money: the freeze is released"),
+        (
+            Frozen,
+            Succeeded,
+            "Confirm debited the payer and credited the payee",
+        ),
+        (
+            Frozen,
+            Failed,
+            "the payee's wallet stopped taking money: the freeze is released",
+        ),
     ]
 };
 

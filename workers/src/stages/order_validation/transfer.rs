@@ -83,8 +83,7 @@ impl OrderValidation {
             None => {}
             Some(Ok(duplicate)) => return Ok(duplicate),
             Some(Err(detail)) => {
-                return refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
-                    .await;
+                return refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail).await;
             }
         }
         let parsed = match &request.parsed {
@@ -131,7 +130,10 @@ impl OrderValidation {
             tracing::info!(reason, detail, "transfer refused");
             return transfer::emit_outcome(tx, id, TransferResult::Failed, Some(reason));
         }
-        if !new.insert(tx.conn(), TransferStatus::Requested, None).await? {
+        if !new
+            .insert(tx.conn(), TransferStatus::Requested, None)
+            .await?
+        {
             return Ok(super::recorded_meanwhile("transfer", id));
         }
         transfer::hand_on(
