@@ -186,9 +186,19 @@ async fn every_refusal_names_its_reason_and_moves_nothing() -> anyhow::Result<()
         s.transfer_limit_per_day.insert("CNY".into(), 60);
     })
     .await?;
+    // ops freeze bob's wallet; dave's USD wallet was closed
+    let (code, out, err) = world
+        .cli(&["wallet", "freeze", "bob", "--reason", "fraud review"])
+        .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("wallet CNY of bob: frozen"), "{out}");
+    let (code, _, err) = world
+        .cli(&["wallet", "freeze", "zed", "--reason", "fraud review"])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("user `zed` has no open CNY wallet"), "{err}");
     sqlx::query(
-        "UPDATE accounts SET status = CASE owner_id WHEN 'bob' THEN 'frozen' ELSE 'closed' END
-         WHERE owner_kind = 'user' AND owner_id IN ('bob', 'dave')",
+        "UPDATE accounts SET status = 'closed' WHERE owner_kind = 'user' AND owner_id = 'dave'",
     )
     .execute(world.pool())
     .await?;
@@ -265,6 +275,11 @@ async fn every_refusal_names_its_reason_and_moves_nothing() -> anyhow::Result<()
         .scalar_i64("SELECT count(*) FROM transfers")
         .await?;
     assert_eq!(kept, cases.len() as i64, "every judged request is kept");
+    let audited = world
+        .env
+        .scalar_i64("SELECT count(*) FROM user_actions WHERE user_id = 'bob' AND action = 'freeze_wallet' AND reason = 'fraud review'")
+        .await?;
+    assert_eq!(audited, 1, "the freeze is audited");
     world.finish().await
 }
 
@@ -328,11 +343,10 @@ async fn a_payee_wallet_frozen_between_try_and_confirm_releases_the_payers_freez
     );
     world.stop().await;
     // ops freeze bob's wallet meanwhile
-    sqlx::query(
-        "UPDATE accounts SET status = 'frozen' WHERE owner_kind = 'user' AND owner_id = 'bob'",
-    )
-    .execute(world.pool())
-    .await?;
+    let (code, _, err) = world
+        .cli(&["wallet", "freeze", "bob", "--reason", "chargeback dispute"])
+        .await?;
+    assert_eq!(code, 0, "{err}");
     world.start(&[]).await?;
     let (status, detail) = finished(&world, id).await?;
     assert_eq!(status, "failed");

@@ -1,6 +1,8 @@
-//! `payfleet user add` and `payfleet wallet show`: a payer registered
-//! without SQL, and its wallets as the books hold them — balances and the
-//! statement (every top-up, freeze, unfreeze, debit and refund). A wallet
+//! `payfleet user add`, `payfleet wallet show` and `payfleet wallet
+//! freeze|unfreeze`: a payer registered without SQL, its wallets as the
+//! books hold them — balances and the statement (every top-up, freeze,
+//! unfreeze, debit, credit and refund) — and an operator stopping a
+//! wallet's money from moving, audited. A wallet
 //! is credited only through the books (a top-up's journal entry), never by
 //! editing a balance.
 
@@ -40,6 +42,8 @@ pub struct StatementLine {
     pub available_after: Decimal,
     pub frozen_after: Decimal,
     pub payment_id: Option<uuid::Uuid>,
+    pub withdrawal_id: Option<uuid::Uuid>,
+    pub transfer_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,7 +111,7 @@ pub async fn wallet(pool: &PgPool, id: &str, limit: i64) -> Result<WalletStory> 
     .await?;
     let statement = sqlx::query_as(
         "SELECT s.created_at AS at, s.currency::text AS currency, s.kind, s.amount, s.available_after,
-                s.frozen_after, s.payment_id
+                s.frozen_after, s.payment_id, s.withdrawal_id, s.transfer_id
          FROM account_statements s JOIN accounts a ON a.id = s.account_id
          WHERE a.owner_kind = 'user' AND a.owner_id = $1
          ORDER BY s.id DESC LIMIT $2",
@@ -121,4 +125,50 @@ pub async fn wallet(pool: &PgPool, id: &str, limit: i64) -> Result<WalletStory> 
         wallets,
         statement,
     })
+}
+
+/// Freezes (`frozen`) or reopens (`active`) `user`'s wallet in `currency`:
+/// a frozen wallet pays nothing and takes no transfer, top-up or
+/// withdrawal; what is already frozen in it for operations in flight
+/// finishes as it would. Audited in `user_actions`; returns the wallet.
+pub async fn set_wallet_status(
+    pool: &PgPool,
+    user: &str,
+    currency: &str,
+    frozen: bool,
+    acting: &Acting<'_>,
+) -> Result<Wallet> {
+    let (status, action) = if frozen {
+        ("frozen", "freeze_wallet")
+    } else {
+        ("active", "unfreeze_wallet")
+    };
+    let mut tx = pool.begin().await?;
+    let wallet: Option<Wallet> = sqlx::query_as(
+        "UPDATE accounts SET status = $3, updated_at = now()
+         WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status <> 'closed'
+         RETURNING currency::text AS currency, status, total, available, frozen",
+    )
+    .bind(user)
+    .bind(currency)
+    .bind(status)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(wallet) = wallet else {
+        return Err(Error::not_found(format!(
+            "user `{user}` has no open {currency} wallet: `payfleet wallet show {user}`"
+        )));
+    };
+    sqlx::query(
+        "INSERT INTO user_actions (user_id, action, operator, reason, after) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(user)
+    .bind(action)
+    .bind(acting.operator)
+    .bind(acting.reason)
+    .bind(serde_json::to_value(&wallet)?)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(wallet)
 }

@@ -1,6 +1,7 @@
-//! `payfleet wallet`: a user's wallets and statement, and the deposits an
+//! `payfleet wallet`: a user's wallets and statement, the deposits an
 //! operator attests (`wallet top-up`), which go through the top-up path at
-//! the deposit channel, never as a direct balance edit.
+//! the deposit channel, never as a direct balance edit, and an operator
+//! freezing a wallet and reopening it (`wallet freeze|unfreeze`).
 
 use std::time::Duration;
 
@@ -17,6 +18,29 @@ pub(crate) enum WalletCommand {
         limit: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// Stop a wallet's money moving: it pays nothing and receives no
+    /// transfer, top-up or withdrawal until it is unfrozen. Audited.
+    Freeze {
+        user: String,
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        #[arg(long)]
+        reason: String,
+        /// Who freezes it, for the audit (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Let a frozen wallet's money move again. Audited.
+    Unfreeze {
+        user: String,
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        #[arg(long)]
+        reason: String,
+        /// Who unfreezes it, for the audit (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
     },
     /// Credit a deposit the user paid the platform outside any channel (a
     /// bank transfer, cash), attested by you: a top-up at the deposit
@@ -47,8 +71,34 @@ pub(crate) enum WalletCommand {
 
 pub(crate) async fn wallet(settings: &Settings, command: WalletCommand) -> anyhow::Result<()> {
     let pool = db::connect(settings).await?;
+    let freezing = matches!(command, WalletCommand::Freeze { .. });
     match command {
         WalletCommand::Show { user, limit, json } => show(&pool, &user, limit, json).await,
+        WalletCommand::Freeze {
+            user,
+            currency,
+            reason,
+            operator,
+        }
+        | WalletCommand::Unfreeze {
+            user,
+            currency,
+            reason,
+            operator,
+        } => {
+            let operator = ops::operator(operator);
+            let acting = Acting {
+                operator: &operator,
+                reason: &reason,
+            };
+            let w =
+                ops::user::set_wallet_status(&pool, &user, &currency, freezing, &acting).await?;
+            println!(
+                "wallet {} of {user}: {} (total {} · available {} · frozen {})",
+                w.currency, w.status, w.total, w.available, w.frozen
+            );
+            Ok(())
+        }
         WalletCommand::TopUp {
             user,
             amount,
@@ -147,9 +197,12 @@ async fn show(pool: &sqlx::PgPool, user: &str, limit: i64, json: bool) -> anyhow
             line.currency,
             line.available_after,
             line.frozen_after,
-            line.payment_id
-                .map(|p| format!(" · payment {p}"))
-                .unwrap_or_default()
+            match (line.payment_id, line.withdrawal_id, line.transfer_id) {
+                (Some(p), _, _) => format!(" · payment {p}"),
+                (_, Some(w), _) => format!(" · withdrawal {w}"),
+                (_, _, Some(t)) => format!(" · transfer {t}"),
+                _ => String::new(),
+            }
         );
     }
     Ok(())
