@@ -85,8 +85,12 @@ async fn payments_keep_settling_while_redis_is_down_and_nothing_applies_twice() 
     );
     assert_eq!(
         verdict.webhook_ids as i64,
-        verdict.payments + verdict.refunds + verdict.withdrawal_events + verdict.top_up_events,
-        "each payment, refund, withdrawal and top-up event notified, under one webhook id"
+        verdict.payments
+            + verdict.refunds
+            + verdict.withdrawal_events
+            + verdict.top_up_events
+            + verdict.transfer_events,
+        "each payment, refund, withdrawal, top-up and transfer event notified, under one webhook id"
     );
 
     let unexpected = env.unexpected_dead_letters().await?;

@@ -5,6 +5,7 @@
 //! prints nothing itself: the binary draws the progress line and prints
 //! the summary.
 
+mod after_payments;
 mod merchant;
 mod payouts;
 mod plan;
@@ -14,6 +15,7 @@ mod report;
 mod seed;
 mod status;
 mod top_ups;
+mod transfers;
 mod withdrawals;
 
 pub(crate) use publish::publish_requests;
@@ -164,6 +166,8 @@ pub struct Verdict {
     pub withdrawal_events: i64,
     /// Events of this run's top-ups (one each): each is a webhook to the requester.
     pub top_up_events: i64,
+    /// Events of this run's transfers kept (one each): each is a webhook to the requester.
+    pub transfer_events: i64,
 }
 
 impl Verdict {
@@ -336,81 +340,6 @@ impl Load {
         Ok(finished)
     }
 
-    /// Asks for refunds of some of the run's settled payments (see
-    /// [`refunds`]) and waits until each has ended with its event and
-    /// nothing is in flight (`true`), or its deadline has passed.
-    pub async fn refund(
-        &self,
-        stop: CancellationToken,
-        mut live: impl FnMut(Live<'_>) + Send,
-    ) -> anyhow::Result<bool> {
-        let started = Instant::now();
-        let requests = refunds::plan(&self.pool, &self.like).await?;
-        let withdrawals = withdrawals::plan(&self.run_id);
-        let top_ups = top_ups::plan(&self.run_id);
-        let limits = crate::domain::withdrawal::Limits::new(&self.settings);
-        let payouts = payouts::plan(&self.pool, &limits, &self.run_id).await?;
-        let publisher = Publisher::new(
-            broker::Endpoint::from_settings(&self.settings)?,
-            "payfleet-demo-upstream-refunds",
-            stop,
-        );
-        let published = AtomicU64::new(0);
-        let exchange = &self.topology.exchanges().ingress;
-        let mut sent = refunds::publish(&publisher, exchange, &requests, &published).await;
-        let kind = payfleet_common::messages::kind::WITHDRAWAL_REQUESTED;
-        if sent.is_ok() {
-            let to = (exchange.as_str(), kind);
-            sent =
-                publish_signed_by(&publisher, to, WALLET_APP_KEY, &withdrawals, &published).await;
-        }
-        if sent.is_ok() {
-            let to = (
-                exchange.as_str(),
-                payfleet_common::messages::kind::TOPUP_REQUESTED,
-            );
-            sent = publish_signed_by(&publisher, to, WALLET_APP_KEY, &top_ups, &published).await;
-        }
-        if sent.is_ok() {
-            let to = (
-                exchange.as_str(),
-                payfleet_common::messages::kind::PAYOUT_REQUESTED,
-            );
-            let key = payouts::seller_key();
-            sent = publish_signed_by(&publisher, to, &key, &payouts, &published).await;
-        }
-        publisher.close().await;
-        sent?;
-        let asked = requests.len()
-            + withdrawals::expected(&withdrawals) as usize
-            + top_ups::expected(&top_ups) as usize
-            + payouts.len();
-        let top_ups_like = top_ups::like(&self.run_id);
-        let payouts_like = payouts::like(&self.run_id);
-        let deadline = started + Duration::from_secs(60 + requests.len() as u64 / 10);
-        let finished = loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let (refunds_ended, _) = refunds::finished(&self.pool, &self.like).await?;
-            let (withdrawals_ended, _) = withdrawals::finished(&self.pool, &self.like).await?;
-            let top_ups_ended = top_ups::finished(&self.pool, &top_ups_like).await?;
-            let payouts_ended = payouts::finished(&self.pool, &payouts_like).await?;
-            let finished = refunds_ended + withdrawals_ended + top_ups_ended + payouts_ended;
-            live(Live::Refunds {
-                elapsed: started.elapsed(),
-                asked,
-                finished,
-            });
-            if finished == asked as i64 && quiet(&self.pool, self.started_at).await? {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-        };
-        live(Live::Ended);
-        Ok(finished)
-    }
-
     /// Asks where some of the run's payments, refunds and reversals stand,
     /// as the shop would, and as a stranger and a forger would (see [`status`]).
     pub async fn ask_statuses(&mut self) -> anyhow::Result<()> {
@@ -441,6 +370,9 @@ impl Load {
         summary.push_str(&top_ups::summary(&self.pool, &top_ups_like).await?);
         summary.push('\n');
         summary.push_str(&payouts::summary(&self.pool, &payouts::like(&self.run_id)).await?);
+        summary.push('\n');
+        let transfers_like = transfers::like(&self.run_id);
+        summary.push_str(&transfers::summary(&self.pool, &transfers_like).await?);
         let mut report = invariants::all(&self.pool).await?;
         if let Some(statuses) = &self.statuses {
             summary.push('\n');
@@ -478,6 +410,7 @@ impl Load {
         let (refunds, _) = refunds::finished(&self.pool, &self.like).await?;
         let withdrawal_events = withdrawals::events(&self.pool, &self.like).await?;
         let top_up_events = top_ups::events(&self.pool, &top_ups_like).await?;
+        let transfer_events = transfers::events(&self.pool, &transfers_like).await?;
         self.pool.close().await;
         let webhook_ids = self.webhooks.ids.lock().expect("lock").len() as u64;
         Ok(Verdict {
@@ -489,6 +422,7 @@ impl Load {
             refunds,
             withdrawal_events,
             top_up_events,
+            transfer_events,
         })
     }
 }
