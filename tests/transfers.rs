@@ -409,10 +409,11 @@ async fn a_popular_payee_keeps_receiving_while_its_wallet_row_is_held() -> anyho
     assert_eq!(pending, 200);
     holder.rollback().await?;
     assert_eq!(wallet(&world, "bob").await?, held("305.00"));
-    // bob's statement shows each credit with the balance after it, in order.
+    // bob's statement shows each credit with the balance after it, line
+    // after line: a reader adding them up in order gets his balance.
     let lines: Vec<(Decimal, Decimal)> = sqlx::query_as(
         "SELECT s.amount, s.available_after FROM account_statements s JOIN accounts a ON a.id = s.account_id
-         WHERE a.owner_id = 'bob' AND s.kind = 'credit' ORDER BY s.available_after",
+         WHERE a.owner_id = 'bob' AND s.kind = 'credit' ORDER BY s.id",
     )
     .fetch_all(world.pool())
     .await?;

@@ -15,8 +15,9 @@ pub(super) const WHEN_QUIET: &[(&str, &str)] = &[
                          WHERE j.reference = t.id::text AND p.account_id = t.payee_account_id), 0)
               <> CASE WHEN t.status = 'succeeded' THEN t.amount ELSE 0 END
            OR EXISTS (SELECT 1 FROM postings p JOIN journal_entries j ON j.id = p.entry_id
-                       WHERE j.reference = t.id::text AND j.kind = 'transfer'
-                         AND p.account_id NOT IN (t.payer_account_id, t.payee_account_id))
+                       WHERE j.reference = t.id::text
+                         AND p.account_id IS DISTINCT FROM t.payer_account_id
+                         AND p.account_id IS DISTINCT FROM t.payee_account_id)
            OR (t.status = 'succeeded') <> EXISTS (SELECT 1 FROM journal_entries j
                                                  WHERE j.reference = t.id::text AND j.kind = 'transfer')"),
     ("a transfer's payer and payee are two wallets of two users in its currency",
@@ -36,10 +37,18 @@ pub(super) const WHEN_QUIET: &[(&str, &str)] = &[
                 WHERE s.transfer_id = t.id AND s.account_id = t.payee_account_id AND s.amount = t.amount)
               IS DISTINCT FROM CASE WHEN t.status = 'succeeded' THEN 'credit' END
            OR EXISTS (SELECT 1 FROM account_statements s WHERE s.transfer_id = t.id
-                       AND s.account_id NOT IN (t.payer_account_id, t.payee_account_id))"),
+                       AND s.account_id IS DISTINCT FROM t.payer_account_id
+                       AND s.account_id IS DISTINCT FROM t.payee_account_id)"),
+    ("a wallet's latest statement line shows its balance: every movement is on its statement, in order",
+     "SELECT count(*) FROM accounts a
+        JOIN LATERAL (SELECT s.available_after, s.frozen_after FROM account_statements s
+                       WHERE s.account_id = a.id ORDER BY s.id DESC LIMIT 1) last ON true
+        WHERE a.owner_kind = 'user' AND (last.available_after <> a.available OR last.frozen_after <> a.frozen)"),
     ("every finished transfer has its one outcome event",
      "SELECT count(*) FROM transfers t
         WHERE t.status IN ('refused', 'succeeded', 'failed')
-          AND (SELECT count(*) FROM payment_events e WHERE e.transfer_id = t.id
-                AND e.event_type = CASE WHEN t.status = 'succeeded' THEN 'transfer.succeeded' ELSE 'transfer.failed' END) <> 1"),
+          AND (SELECT count(*) FILTER (WHERE e.event_type = CASE WHEN t.status = 'succeeded'
+                                            THEN 'transfer.succeeded' ELSE 'transfer.failed' END)
+                      || '/' || count(*)
+                 FROM payment_events e WHERE e.transfer_id = t.id) <> '1/1'"),
 ];

@@ -144,6 +144,15 @@ pub async fn set_wallet_status(
         ("active", "unfreeze_wallet")
     };
     let mut tx = pool.begin().await?;
+    // FOR UPDATE waits for every transfer Confirm crediting the wallet
+    // (each holds it key-share): none credits it after this commits.
+    sqlx::query(
+        "SELECT 1 FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 FOR UPDATE",
+    )
+    .bind(user)
+    .bind(currency)
+    .execute(&mut *tx)
+    .await?;
     let wallet: Option<Wallet> = sqlx::query_as(
         "UPDATE accounts SET status = $3, updated_at = now()
          WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status <> 'closed'

@@ -35,15 +35,18 @@ pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
              FROM sums WHERE a.id = sums.account_id AND a.owner_kind <> 'external'
              RETURNING a.id, a.owner_kind, a.available, a.frozen),
          -- a transfer's credit reaches the payee's statement as it reaches
-         -- the balance: each line shows the balance after it, in posting order
+         -- the balance: each line, written in posting order, shows the
+         -- balance after it (the balance now less every later posting folded)
+         folded AS (
+             SELECT m.id, m.account_id, m.amount, m.currency, m.entry_id, a.frozen,
+                    a.available - COALESCE(sum(m.amount) OVER (PARTITION BY m.account_id ORDER BY m.id
+                                            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0) AS available_after
+             FROM marked m JOIN applied a ON a.id = m.account_id AND a.owner_kind = 'user'),
          credited AS (
              INSERT INTO account_statements (account_id, transfer_id, kind, amount, currency, available_after, frozen_after)
-             SELECT m.account_id, j.reference::uuid, 'credit', m.amount, m.currency,
-                    a.available - COALESCE(sum(m.amount) OVER (PARTITION BY m.account_id ORDER BY m.id DESC
-                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),
-                    a.frozen
-             FROM marked m JOIN applied a ON a.id = m.account_id AND a.owner_kind = 'user'
-             JOIN journal_entries j ON j.id = m.entry_id AND j.kind = 'transfer'
+             SELECT f.account_id, j.reference::uuid, 'credit', f.amount, f.currency, f.available_after, f.frozen
+             FROM folded f JOIN journal_entries j ON j.id = f.entry_id AND j.kind = 'transfer'
+             ORDER BY f.account_id, f.id
              ON CONFLICT DO NOTHING)
          SELECT COALESCE((SELECT sum(n) FROM sums), 0)::bigint"
     )
@@ -53,16 +56,19 @@ pub async fn roll_up(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     Ok(folded as u64)
 }
 
-/// Folds the postings of hot `accounts` not yet rolled up into their
-/// balances, so a reservation on them (a refund's, a payout's) sees every
-/// settled sale. The roll-up skips whatever
+/// Folds the postings of hot merchant `accounts` not yet rolled up into
+/// their balances, so a reservation on them (a refund's, a payout's) sees
+/// every settled sale. Never a wallet: a wallet's credits are folded by
+/// [`roll_up`] alone, which writes their statement lines. The roll-up skips whatever
 /// account or posting is held ([`crate::domain::ledger::roll_up`]), so it
 /// never waits on this, nor this on it in a cycle.
 pub async fn fold_pending(conn: &mut PgConnection, accounts: &[i64]) -> Result<(), StageError> {
     sqlx::query(
         "WITH marked AS (
              UPDATE postings SET rolled_up = true
-             WHERE account_id = ANY($1) AND NOT rolled_up RETURNING account_id, amount),
+             WHERE account_id = ANY($1) AND NOT rolled_up
+               AND account_id IN (SELECT id FROM accounts WHERE id = ANY($1) AND owner_kind <> 'user')
+             RETURNING account_id, amount),
          sums AS (SELECT account_id, sum(amount) AS amount FROM marked GROUP BY account_id)
          UPDATE accounts a SET total = a.total + sums.amount, available = a.available + sums.amount, updated_at = now()
          FROM sums WHERE a.id = sums.account_id",

@@ -63,14 +63,17 @@ pub async fn freeze(
     }
     let (available_after, frozen_after) = move_balance(conn, payer, -t.amount, t.amount).await?;
     statement_line(conn, payer, t, "freeze", available_after, frozen_after).await?;
-    super::transition(
+    if !super::transition(
         conn,
         t.id,
         TransferStatus::Requested,
         TransferStatus::Frozen,
         None,
     )
-    .await?;
+    .await?
+    {
+        return Err(moved_meanwhile(t));
+    }
     Ok(Ok(()))
 }
 
@@ -121,11 +124,15 @@ pub async fn confirm(
     t: &Transfer,
 ) -> Result<Result<(), Refusal>, StageError> {
     let (payer, payee) = t.wallets()?;
-    // Not locked: a popular payee's row is never held by a transfer.
-    let payee_status: String = sqlx::query_scalar("SELECT status FROM accounts WHERE id = $1")
-        .bind(payee)
-        .fetch_one(&mut *conn)
-        .await?;
+    // A key-share lock, as the posting's own reference to the wallet takes:
+    // it never waits on another transfer, a roll-up or the payee's own
+    // spending, but an operator freezing the wallet (`FOR UPDATE`) waits
+    // for this Confirm, or this Confirm sees the wallet frozen.
+    let payee_status: String =
+        sqlx::query_scalar("SELECT status FROM accounts WHERE id = $1 FOR KEY SHARE")
+            .bind(payee)
+            .fetch_one(&mut *conn)
+            .await?;
     if payee_status != "active" {
         return Ok(Err((
             "payee_wallet_not_active",
@@ -144,10 +151,7 @@ pub async fn confirm(
     )
     .await?
     {
-        return Err(StageError::permanent(format!(
-            "transfer {} moved while it was row-locked",
-            t.id
-        )));
+        return Err(moved_meanwhile(t));
     }
     let (available_after, frozen_after) =
         move_balance(conn, payer, Decimal::ZERO, -t.amount).await?;
@@ -177,13 +181,16 @@ pub async fn cancel(conn: &mut PgConnection, t: &Transfer, detail: &str) -> Resu
     )
     .await?
     {
-        return Err(StageError::permanent(format!(
-            "transfer {} moved while it was row-locked",
-            t.id
-        )));
+        return Err(moved_meanwhile(t));
     }
     let (available_after, frozen_after) = move_balance(conn, payer, t.amount, -t.amount).await?;
     statement_line(conn, payer, t, "unfreeze", available_after, frozen_after).await
+}
+
+/// A status move that found the transfer elsewhere: the callers hold its
+/// row lock and checked its status, so this is a defect, never a race.
+fn moved_meanwhile(t: &Transfer) -> StageError {
+    StageError::permanent(format!("transfer {} moved while it was row-locked", t.id))
 }
 
 /// A line of the payer's statement for this transfer.
