@@ -72,7 +72,7 @@ pub enum Live<'a> {
     Tick(Tick),
     /// The wait is over (finished or out of time).
     Ended,
-    /// The refunds, withdrawals, top-ups and payouts asked for once the payments finished:
+    /// The refunds, withdrawals, top-ups, payouts and transfers asked for once the payments finished:
     /// how many have ended (with their events), four times a second.
     Refunds {
         elapsed: Duration,

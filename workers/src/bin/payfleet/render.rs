@@ -344,7 +344,7 @@ pub(crate) fn demo_live(live: Live<'_>) {
             finished,
         } => {
             print!(
-                "\r[{:>6.1}s] refunds, withdrawals, top-ups and payouts asked {asked} · ended {finished}/{asked}   ",
+                "\r[{:>6.1}s] refunds, withdrawals, top-ups, payouts and transfers asked {asked} · ended {finished}/{asked}   ",
                 elapsed.as_secs_f64()
             );
             let _ = std::io::stdout().flush();
