@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration
 use fleet::{WAIT, d, sandbox::CARD, sandbox::World};
 use payfleet_common::lock::Locks;
 use payfleet_tests::wait_until;
-use payfleet_workers::{channels::routing, domain::ledger};
+use payfleet_workers::{channels::routing, domain::ledger, seed};
 use serde_json::Value;
 
 fn ops_file(path: &str) -> PathBuf {
@@ -283,6 +283,12 @@ async fn status_exits_3_with_a_line_for_each_condition_that_needs_attention() ->
     let mut tx = world.pool().begin().await?;
     ledger::top_up(&mut tx, "alice", "CNY", d("500.00"), "attention-wallet").await?;
     tx.commit().await?;
+    seed::Catalogue {
+        users: vec![seed::user("bob").wallet("CNY", d("1.00"), "attention-bob")],
+        ..Default::default()
+    }
+    .seed(world.pool())
+    .await?;
     world.start(&[]).await?;
     let (code, out) = status(&world, &[], &[]).await?;
     assert_eq!(code, 0, "{out}");
@@ -357,9 +363,46 @@ async fn status_exits_3_with_a_line_for_each_condition_that_needs_attention() ->
         &[("PAYFLEET_STUCK_PAYMENT_AFTER_MS", "1000")],
     )
     .await?;
+    // a transfer accepted while fund-freeze and settlement are down
+    let transfer = payfleet_common::messages::TransferRequested {
+        schema_version: payfleet_common::messages::SCHEMA_VERSION,
+        requester_id: fleet::SHOP.into(),
+        request_id: "T-1".into(),
+        payer_user_id: "alice".into(),
+        payee_user_id: "bob".into(),
+        amount: d("12.00"),
+        currency: "CNY".into(),
+        memo: None,
+        notify_url: None,
+        requested_at: chrono::Utc::now(),
+    };
+    world
+        .publish_signed(
+            payfleet_common::messages::kind::TRANSFER_REQUESTED,
+            &transfer,
+        )
+        .await?;
+    wait_until(WAIT, "T-1 kept", || async {
+        Ok(world
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM transfers WHERE request_id = 'T-1' AND status = 'requested'",
+            )
+            .await?
+            == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    attention(
+        &world,
+        "1 transfer(s) accepted but unfinished longer than 1 s",
+        &[("PAYFLEET_STUCK_PAYMENT_AFTER_MS", "1000")],
+    )
+    .await?;
     let (code, out) = status(&world, &["--stuck-after", "1s", "--json"], &[]).await?;
     assert_eq!(code, 3, "{out}");
     let json: Value = serde_json::from_str(&out)?;
+    assert_eq!(json["transfers_stuck"], 1, "{out}");
     assert_eq!(json["payments_open"]["validated"]["stuck"], 1, "{out}");
     assert_eq!(json["payments_in_exception"], 1, "{out}");
 
@@ -384,5 +427,15 @@ async fn status_exits_3_with_a_line_for_each_condition_that_needs_attention() ->
         .await?;
     world.start(&[]).await?;
     assert_eq!(world.outcome("A-2").await?.0, "settled");
+    wait_until(WAIT, "T-1 moved", || async {
+        Ok(world
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM transfers WHERE request_id = 'T-1' AND status = 'succeeded'",
+            )
+            .await?
+            == 1)
+    })
+    .await?;
     world.finish().await
 }

@@ -39,11 +39,13 @@ pub(super) const WHEN_QUIET: &[(&str, &str)] = &[
            OR EXISTS (SELECT 1 FROM account_statements s WHERE s.transfer_id = t.id
                        AND s.account_id IS DISTINCT FROM t.payer_account_id
                        AND s.account_id IS DISTINCT FROM t.payee_account_id)"),
-    ("a wallet's latest statement line shows its balance: every movement is on its statement, in order",
+    ("the latest statement line of a wallet a transfer moved shows its balance: every movement is on its statement, in order",
      "SELECT count(*) FROM accounts a
         JOIN LATERAL (SELECT s.available_after, s.frozen_after FROM account_statements s
                        WHERE s.account_id = a.id ORDER BY s.id DESC LIMIT 1) last ON true
-        WHERE a.owner_kind = 'user' AND (last.available_after <> a.available OR last.frozen_after <> a.frozen)"),
+        WHERE a.owner_kind = 'user'
+          AND EXISTS (SELECT 1 FROM account_statements s WHERE s.account_id = a.id AND s.transfer_id IS NOT NULL)
+          AND (last.available_after <> a.available OR last.frozen_after <> a.frozen)"),
     ("every finished transfer has its one outcome event",
      "SELECT count(*) FROM transfers t
         WHERE t.status IN ('refused', 'succeeded', 'failed')

@@ -129,6 +129,12 @@ pub fn attention(s: &Signals, thresholds: &Thresholds) -> Vec<String> {
             s.withdrawals_in_exception
         ));
     }
+    if s.transfers_stuck > 0 {
+        lines.push(format!(
+            "{} transfer(s) accepted but unfinished longer than {} s, the payer's money possibly frozen: is fund-freeze or settlement running? (payfleet dlq list)",
+            s.transfers_stuck, s.stuck_after_seconds
+        ));
+    }
     for (channel, _) in s.breakers_open.iter().filter(|(_, open)| **open) {
         lines.push(format!(
             "channel {channel}'s circuit breaker is open: payments are routed elsewhere or refused"

@@ -28,9 +28,11 @@ pub struct Filter {
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Delivery {
     pub id: Uuid,
-    /// The payment (or its refund) the event is about; none for a withdrawal's.
+    /// The payment (or its refund) the event is about; none for a
+    /// withdrawal's or a transfer's.
     pub payment_id: Option<PaymentId>,
     pub withdrawal_id: Option<Uuid>,
+    pub transfer_id: Option<Uuid>,
     pub merchant_id: String,
     pub event_type: String,
     pub url: String,
@@ -60,7 +62,7 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 
 pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<Delivery>> {
     Ok(sqlx::query_as(
-        "SELECT d.id, d.payment_id, d.withdrawal_id, d.merchant_id, d.event_type, d.url, d.status, d.attempts,
+        "SELECT d.id, d.payment_id, d.withdrawal_id, d.transfer_id, d.merchant_id, d.event_type, d.url, d.status, d.attempts,
                 d.created_at, d.delivered_at,
                 (SELECT COALESCE(a.error, a.http_status::text) FROM webhook_attempts a
                  WHERE a.delivery_id = d.id ORDER BY a.attempt DESC LIMIT 1) AS last_error

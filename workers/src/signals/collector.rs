@@ -58,6 +58,10 @@ pub fn describe() {
         "Held for ops: payments and refunds in exception, by kind (payment, refund)"
     );
     describe_gauge!(
+        "payfleet_transfers_stuck",
+        "Transfers accepted but unfinished (requested, or frozen on the payer's wallet) longer than stuck_payment_after_ms"
+    );
+    describe_gauge!(
         "payfleet_refunds_owed",
         "Refunds owed after a late success, waiting for the refund sender"
     );
@@ -219,6 +223,7 @@ impl Exported {
         gauge!("payfleet_exceptions_open", "kind" => "withdrawal")
             .set(s.withdrawals_in_exception as f64);
         gauge!("payfleet_refunds_owed").set(s.refunds_owed as f64);
+        gauge!("payfleet_transfers_stuck").set(s.transfers_stuck as f64);
         for gone in self
             .channels
             .difference(&s.breakers_open.keys().cloned().collect())

@@ -71,6 +71,11 @@ pub struct Signals {
     pub refunds_in_exception: i64,
     /// Withdrawals whose payout's status queries ran out: still frozen, for ops.
     pub withdrawals_in_exception: i64,
+    /// Transfers accepted but not finished (requested, or frozen on the
+    /// payer's wallet) for longer than the stuck threshold: a transfer has
+    /// no channel to wait for, so one this old waits on a stage or a dead
+    /// letter, with the payer's money possibly frozen.
+    pub transfers_stuck: i64,
     /// Late successes owed back to the payer; the fleet refunds them.
     pub refunds_owed: i64,
     /// Per active third-party channel: whether its circuit breaker is open.
@@ -158,19 +163,24 @@ pub async fn collect(
     }
     let stuck_seconds = stuck_after.num_seconds();
     let (payments_open, oldest_open_payment) = open_payments(pool, stuck_seconds).await?;
-    let (payments_in_exception, refunds_in_exception, refunds_owed, withdrawals_in_exception): (
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = sqlx::query_as(
+    let held: (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM payments WHERE status = 'exception'),
-                    (SELECT count(*) FROM refunds WHERE status = 'exception'),
-                    (SELECT count(*) FROM refunds WHERE status = 'owed'),
-                    (SELECT count(*) FROM withdrawals WHERE status = 'exception')",
+                (SELECT count(*) FROM refunds WHERE status = 'exception'),
+                (SELECT count(*) FROM refunds WHERE status = 'owed'),
+                (SELECT count(*) FROM withdrawals WHERE status = 'exception'),
+                (SELECT count(*) FROM transfers WHERE status IN ('requested', 'frozen')
+                  AND created_at < now() - make_interval(secs => $1))",
     )
+    .bind(stuck_seconds as f64)
     .fetch_one(pool)
     .await?;
+    let (
+        payments_in_exception,
+        refunds_in_exception,
+        refunds_owed,
+        withdrawals_in_exception,
+        transfers_stuck,
+    ) = held;
     let breakers_open = breakers(pool, locks, redis_prefix).await?;
     Ok(Signals {
         queues,
@@ -183,6 +193,7 @@ pub async fn collect(
         payments_in_exception,
         refunds_in_exception,
         withdrawals_in_exception,
+        transfers_stuck,
         refunds_owed,
         breakers_open,
         redis_degraded: redis_degraded(locks).await,

@@ -77,7 +77,7 @@ pub(crate) fn dead_letter(d: &dlq::DeadLetter) -> anyhow::Result<()> {
 pub(crate) fn webhooks(rows: &[webhook::Delivery]) {
     println!(
         "{:<36}  {:<16} {:<18} {:<10} {:>4}  {:<20}  {:<40}  last error",
-        "payment or withdrawal", "merchant", "event", "status", "att", "created", "url"
+        "payment, withdrawal or transfer", "merchant", "event", "status", "att", "created", "url"
     );
     for d in rows {
         println!(
@@ -85,6 +85,7 @@ pub(crate) fn webhooks(rows: &[webhook::Delivery]) {
             d.payment_id
                 .map(|id| id.to_string())
                 .or_else(|| d.withdrawal_id.map(|id| id.to_string()))
+                .or_else(|| d.transfer_id.map(|id| id.to_string()))
                 .unwrap_or_default(),
             d.merchant_id,
             d.event_type,
@@ -287,8 +288,12 @@ pub(crate) fn status(status: &FleetStatus) {
         );
     }
     println!(
-        "exceptions: {} payment(s), {} refund(s), {} withdrawal(s); refunds owed: {}",
-        s.payments_in_exception, s.refunds_in_exception, s.withdrawals_in_exception, s.refunds_owed
+        "exceptions: {} payment(s), {} refund(s), {} withdrawal(s); refunds owed: {}; transfers stuck: {}",
+        s.payments_in_exception,
+        s.refunds_in_exception,
+        s.withdrawals_in_exception,
+        s.refunds_owed,
+        s.transfers_stuck
     );
     let breakers: Vec<String> = s
         .breakers_open
