@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use payfleet_common::{
-    CancellationToken, broker,
-    broker::{Outgoing, Publisher},
+    CancellationToken,
+    broker::Publisher,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
-use payfleet_tests::TestEnv;
+use payfleet_tests::{TestEnv, publish_signed_requests};
 use payfleet_workers::{domain::ledger, invariants, seed};
 use rust_decimal::Decimal;
 
@@ -124,52 +124,26 @@ async fn run(
     sku: impl Fn(usize) -> String,
 ) -> anyhow::Result<(f64, Duration)> {
     let started = Instant::now();
-    for window in (0..count).collect::<Vec<_>>().chunks(200) {
-        let mut confirms = Vec::new();
-        for i in window {
-            let request = PaymentRequested {
-                schema_version: SCHEMA_VERSION,
-                merchant_id: SHOP.into(),
-                merchant_order_id: format!("{tag}-{i}"),
-                user_id: format!("u{}", i % USERS),
-                currency: "CNY".into(),
-                items: vec![RequestedItem {
-                    sku: sku(*i),
-                    quantity: 1,
-                }],
-                coupon_code: None,
-                payment_method: "balance".into(),
-                payer_token: None,
-                expected_amount: Decimal::new(1000, 2),
-                notify_url: None,
-                requested_at: Utc::now(),
-            };
-            let body = serde_json::to_vec(&request)?;
-            let mut headers = lapin::types::FieldTable::default();
-            broker::set_header(
-                &mut headers,
-                messages::SIGNATURE_HEADER,
-                messages::sign(KEY, &body),
-            );
-            let properties = broker::properties(
-                &uuid::Uuid::now_v7().to_string(),
-                None,
-                Some(messages::kind::PAYMENT_REQUESTED),
-            )
-            .with_headers(headers);
-            let message = Outgoing {
-                exchange: "payfleet.ingress".into(),
-                routing_key: messages::kind::PAYMENT_REQUESTED.into(),
-                body,
-                properties,
-            };
-            let confirm = publisher.start(&message).await?;
-            confirms.push((message, confirm));
-        }
-        for (message, confirm) in confirms {
-            broker::confirmed(confirm, &message).await?;
-        }
-    }
+    let requests: Vec<PaymentRequested> = (0..count)
+        .map(|i| PaymentRequested {
+            schema_version: SCHEMA_VERSION,
+            merchant_id: SHOP.into(),
+            merchant_order_id: format!("{tag}-{i}"),
+            user_id: format!("u{}", i % USERS),
+            currency: "CNY".into(),
+            items: vec![RequestedItem {
+                sku: sku(i),
+                quantity: 1,
+            }],
+            coupon_code: None,
+            payment_method: "balance".into(),
+            payer_token: None,
+            expected_amount: Decimal::new(1000, 2),
+            notify_url: None,
+            requested_at: Utc::now(),
+        })
+        .collect();
+    publish_signed_requests(publisher, messages::kind::PAYMENT_REQUESTED, KEY, &requests).await?;
     let like = format!("{tag}-%");
     loop {
         let done: i64 = sqlx::query_scalar(

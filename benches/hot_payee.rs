@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use payfleet_common::{
-    CancellationToken, broker,
-    broker::{Outgoing, Publisher},
+    CancellationToken,
+    broker::Publisher,
     messages::{self, SCHEMA_VERSION, TransferRequested},
 };
-use payfleet_tests::TestEnv;
+use payfleet_tests::{TestEnv, publish_signed_requests};
 use payfleet_workers::{domain::ledger, invariants, seed};
 use rust_decimal::Decimal;
 
@@ -126,47 +126,27 @@ async fn run(
     payee: impl Fn(usize) -> String,
 ) -> anyhow::Result<(f64, Duration)> {
     let started = Instant::now();
-    for window in (0..count).collect::<Vec<_>>().chunks(200) {
-        let mut confirms = Vec::new();
-        for i in window {
-            let request = TransferRequested {
-                schema_version: SCHEMA_VERSION,
-                requester_id: WALLET_APP.into(),
-                request_id: format!("{tag}-{i}"),
-                payer_user_id: format!("u{}", i % PAYERS),
-                payee_user_id: payee(*i),
-                amount: Decimal::new(100, 2),
-                currency: "CNY".into(),
-                memo: None,
-                notify_url: None,
-                requested_at: Utc::now(),
-            };
-            let body = serde_json::to_vec(&request)?;
-            let mut headers = lapin::types::FieldTable::default();
-            broker::set_header(
-                &mut headers,
-                messages::SIGNATURE_HEADER,
-                messages::sign(KEY, &body),
-            );
-            let properties = broker::properties(
-                &uuid::Uuid::now_v7().to_string(),
-                None,
-                Some(messages::kind::TRANSFER_REQUESTED),
-            )
-            .with_headers(headers);
-            let message = Outgoing {
-                exchange: "payfleet.ingress".into(),
-                routing_key: messages::kind::TRANSFER_REQUESTED.into(),
-                body,
-                properties,
-            };
-            let confirm = publisher.start(&message).await?;
-            confirms.push((message, confirm));
-        }
-        for (message, confirm) in confirms {
-            broker::confirmed(confirm, &message).await?;
-        }
-    }
+    let requests: Vec<TransferRequested> = (0..count)
+        .map(|i| TransferRequested {
+            schema_version: SCHEMA_VERSION,
+            requester_id: WALLET_APP.into(),
+            request_id: format!("{tag}-{i}"),
+            payer_user_id: format!("u{}", i % PAYERS),
+            payee_user_id: payee(i),
+            amount: Decimal::new(100, 2),
+            currency: "CNY".into(),
+            memo: None,
+            notify_url: None,
+            requested_at: Utc::now(),
+        })
+        .collect();
+    publish_signed_requests(
+        publisher,
+        messages::kind::TRANSFER_REQUESTED,
+        KEY,
+        &requests,
+    )
+    .await?;
     let like = format!("{tag}-%");
     loop {
         let (done, refused): (i64, i64) = sqlx::query_as(

@@ -711,3 +711,41 @@ pub fn transfer(account: &str, amount: &str) -> Transfer {
         behaviour: Behaviour::default(),
     }
 }
+
+/// Publishes `requests` of message `kind` to the ingress exchange as
+/// upstream would: each signed with `key` under a new message id, with
+/// publisher confirms awaited two hundred at a time (the benchmarks' load).
+pub async fn publish_signed_requests<T: serde::Serialize>(
+    publisher: &payfleet_common::broker::Publisher,
+    kind: &str,
+    key: &str,
+    requests: &[T],
+) -> anyhow::Result<()> {
+    use payfleet_common::{broker, messages};
+    for window in requests.chunks(200) {
+        let mut confirms = Vec::new();
+        for request in window {
+            let body = serde_json::to_vec(request)?;
+            let mut headers = lapin::types::FieldTable::default();
+            broker::set_header(
+                &mut headers,
+                messages::SIGNATURE_HEADER,
+                messages::sign(key, &body),
+            );
+            let properties = broker::properties(&Uuid::now_v7().to_string(), None, Some(kind))
+                .with_headers(headers);
+            let message = broker::Outgoing {
+                exchange: "payfleet.ingress".into(),
+                routing_key: kind.into(),
+                body,
+                properties,
+            };
+            let confirm = publisher.start(&message).await?;
+            confirms.push((message, confirm));
+        }
+        for (message, confirm) in confirms {
+            broker::confirmed(confirm, &message).await?;
+        }
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@
 pub mod attempt;
 pub mod handoff;
 pub mod ledger;
+pub mod limits;
 pub mod merchant;
 pub mod payment;
 pub mod refund;

@@ -42,7 +42,7 @@ impl FundFreeze {
     pub fn new(settings: &payfleet_common::Settings) -> Self {
         Self {
             withdrawal_limits: withdrawal::Limits::new(settings),
-            transfer_limits: transfer::Limits::new(settings),
+            transfer_limits: transfer::Limits::for_transfers(settings),
         }
     }
 }

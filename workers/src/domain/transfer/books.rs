@@ -14,7 +14,8 @@ use sqlx::PgConnection;
 use super::{Limits, TransferStatus, record::Transfer};
 use crate::domain::{
     ledger::{Entry, EntryKind},
-    withdrawal::{books::move_balance, limits::Day},
+    limits::Day,
+    withdrawal::books::move_balance,
 };
 
 /// Why a transfer cannot go on: its reason code and a detail.

@@ -19,7 +19,6 @@
 //! ```
 
 pub mod books;
-pub mod limits;
 pub mod record;
 
 use payfleet_common::{
@@ -31,7 +30,9 @@ use uuid::Uuid;
 
 use crate::domain::handoff;
 
-pub use limits::Limits;
+/// A transfer's per-transfer and daily limits (`transfer_limit_per_transfer`,
+/// `transfer_limit_per_day`).
+pub type Limits = crate::domain::limits::AmountLimits;
 pub use record::{Transfer, lock, lock_key, transfer_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

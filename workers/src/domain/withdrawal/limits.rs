@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use payfleet_common::{Settings, money};
 use rust_decimal::Decimal;
 
+use crate::domain::limits::AmountLimits;
+pub use crate::domain::limits::Day;
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     fee_basis_points: u32,
-    per_withdrawal: BTreeMap<String, u64>,
-    per_day: BTreeMap<String, u64>,
-    zone: chrono_tz::Tz,
+    amounts: AmountLimits,
     payout_minimum: BTreeMap<String, u64>,
     holdback_basis_points: u32,
 }
@@ -25,9 +26,7 @@ impl Limits {
     pub fn new(settings: &Settings) -> Self {
         Self {
             fee_basis_points: settings.withdrawal_fee_basis_points,
-            per_withdrawal: settings.withdrawal_limit_per_withdrawal.clone(),
-            per_day: settings.withdrawal_limit_per_day.clone(),
-            zone: settings.business_zone(),
+            amounts: AmountLimits::for_withdrawals(settings),
             payout_minimum: settings.merchant_payout_minimum.clone(),
             holdback_basis_points: settings.merchant_payout_holdback_basis_points,
         }
@@ -77,33 +76,14 @@ impl Limits {
         amount: Decimal,
         currency: &str,
     ) -> Option<(&'static str, String)> {
-        let Some(limit) = self.per_withdrawal.get(currency) else {
-            return Some((
-                "unsupported_currency",
-                format!(
-                    "no withdrawals in {currency} (withdrawal_limit_per_withdrawal names none)"
-                ),
-            ));
-        };
-        (amount > Decimal::from(*limit)).then(|| {
-            (
-                "over_limit",
-                format!("{amount} {currency} is over the limit of {limit} {currency} a withdrawal"),
-            )
-        })
+        self.amounts.per_one_refusal(amount, currency)
     }
 
     /// The daily limit in `currency` for a withdrawal asked `at`: the
     /// business day it was asked in, whenever Try judges it, so a
     /// withdrawal asked before midnight and frozen after counts in one day.
     pub fn day_of(&self, currency: &str, at: DateTime<Utc>) -> Day {
-        let day = at.with_timezone(&self.zone).date_naive();
-        let (start, end) = crate::ops::reconcile::day_bounds(day, self.zone);
-        Day {
-            limit: self.per_day.get(currency).map(|l| Decimal::from(*l)),
-            start,
-            end,
-        }
+        self.amounts.day_of(currency, at)
     }
 }
 
@@ -130,14 +110,6 @@ pub async fn payable(
     .fetch_one(conn)
     .await?;
     Ok((available - limits.holdback(recent_sales)).max(Decimal::ZERO))
-}
-
-/// A business day's withdrawal limit: `[start, end)` in UTC.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Day {
-    pub limit: Option<Decimal>,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
 }
 
 #[cfg(test)]

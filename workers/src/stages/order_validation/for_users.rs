@@ -3,14 +3,17 @@
 //! platform's wallet application), keyed by (requester, request id) and
 //! compared by content like payments.
 
+use chrono::{DateTime, Utc};
 use payfleet_common::{
-    broker, messages,
+    broker,
+    messages::{self, TopUpRequested, TransferRequested, WithdrawalRequested},
     runtime::{Inbound, Outcome, StageError, StageTx, Undecodable},
 };
+use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::signed_by;
+use super::{OrderValidation, signed_by, withdrawal::storable_amount};
 
 /// A request acting for a user, as far as it could be read before any
 /// database lookup.
@@ -168,4 +171,77 @@ pub(super) async fn kept_before<T>(
             ))
         }
     }))
+}
+
+/// What a request acting for a user says of its time and money, as the
+/// shared opening reads them.
+pub(super) trait MovesMoney {
+    fn requested_at(&self) -> DateTime<Utc>;
+    fn amount(&self) -> Decimal;
+}
+
+macro_rules! moves_money {
+    ($($request:ty),*) => {$(
+        impl MovesMoney for $request {
+            fn requested_at(&self) -> DateTime<Utc> {
+                self.requested_at
+            }
+            fn amount(&self) -> Decimal {
+                self.amount
+            }
+        }
+    )*};
+}
+moves_money!(WithdrawalRequested, TopUpRequested, TransferRequested);
+
+/// How the opening every request acting for a user shares ended.
+pub(super) enum Opening<'a, T> {
+    /// Trusted, new, readable, fresh, from an active requester, with an
+    /// amount that can be kept: the kind's own checks judge it.
+    Judge(&'a T),
+    /// The same request again: its duplicate's outcome.
+    Seen(Outcome),
+    /// Refused before anything is kept: the reason and its detail.
+    Refused(&'static str, String),
+}
+
+impl OrderValidation {
+    /// The opening of a request acting for a user, kept as `kept` under
+    /// `id`: the requester's signature and standing, the idempotency key,
+    /// the committed schema, freshness, an active requester and a
+    /// storable amount, in that order.
+    pub(super) async fn open_for_user<'a, T: MovesMoney>(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        (request, kept, id): (&'a ForUser<T>, Kept, uuid::Uuid),
+    ) -> Result<Opening<'a, T>, StageError> {
+        let requester_status = match trusted_requester(tx, request).await? {
+            Ok(status) => status,
+            Err((reason, detail)) => return Ok(Opening::Refused(reason, detail)),
+        };
+        match kept_before(tx, kept, request, id).await? {
+            None => {}
+            Some(Ok(duplicate)) => return Ok(Opening::Seen(duplicate)),
+            Some(Err(detail)) => return Ok(Opening::Refused("idempotency_conflict", detail)),
+        }
+        let parsed = match &request.parsed {
+            Ok(parsed) => parsed,
+            Err((reason, detail)) => return Ok(Opening::Refused(reason, detail.clone())),
+        };
+        if let Some((reason, detail)) = self
+            .stale_request(tx, inbound, parsed.requested_at())
+            .await?
+        {
+            return Ok(Opening::Refused(reason, detail));
+        }
+        if requester_status != "active" {
+            let detail = "the requester is suspended".to_owned();
+            return Ok(Opening::Refused("merchant_suspended", detail));
+        }
+        if let Err(detail) = storable_amount(parsed.amount()) {
+            return Ok(Opening::Refused("invalid_amount", detail));
+        }
+        Ok(Opening::Judge(parsed))
+    }
 }

@@ -100,7 +100,7 @@ impl OrderValidation {
             max_body_bytes: settings.ingress_max_body_bytes as usize,
             business_zone: settings.business_zone(),
             withdrawal_limits: crate::domain::withdrawal::Limits::new(settings),
-            transfer_limits: crate::domain::transfer::Limits::new(settings),
+            transfer_limits: crate::domain::transfer::Limits::for_transfers(settings),
         }
     }
 }

@@ -23,12 +23,11 @@ use serde_json::Value;
 
 use super::{
     OrderValidation, Rejection,
-    for_users::{self, ForUser},
+    for_users::{self, ForUser, Opening},
     record::unique_is_transient,
     refusal::reported_money,
     request::read_top_up_request,
     risk::{self, Decision},
-    withdrawal::storable_amount,
 };
 use crate::domain::{
     handoff,
@@ -85,32 +84,14 @@ impl OrderValidation {
         request: &TopUpRequest,
     ) -> Result<Outcome, StageError> {
         let id = top_up_id(&request.requester_id, &request.request_id);
-        let requester_status = match for_users::trusted_requester(tx, request).await? {
-            Ok(status) => status,
-            Err((reason, detail)) => {
+        let opening = (request, for_users::Kept::TopUp, id.into());
+        let parsed = match self.open_for_user(tx, inbound, opening).await? {
+            Opening::Judge(parsed) => parsed,
+            Opening::Seen(duplicate) => return Ok(duplicate),
+            Opening::Refused(reason, detail) => {
                 return refuse_unbound(tx, inbound, request, reason, &detail).await;
             }
         };
-        if let Some(outcome) = seen(tx, inbound, request, id).await? {
-            return Ok(outcome);
-        }
-        let parsed = match &request.parsed {
-            Ok(parsed) => parsed,
-            Err((reason, detail)) => {
-                return refuse_unbound(tx, inbound, request, reason, detail).await;
-            }
-        };
-        if let Some((reason, detail)) = self.stale_request(tx, inbound, parsed.requested_at).await?
-        {
-            return refuse_unbound(tx, inbound, request, reason, &detail).await;
-        }
-        if requester_status != "active" {
-            let detail = "the requester is suspended";
-            return refuse_unbound(tx, inbound, request, "merchant_suspended", detail).await;
-        }
-        if let Err(detail) = storable_amount(parsed.amount) {
-            return refuse_unbound(tx, inbound, request, "invalid_amount", &detail).await;
-        }
         if money::currency(&parsed.currency).is_err() {
             let detail = parsed.currency.clone();
             return refuse_unbound(tx, inbound, request, "unsupported_currency", &detail).await;
@@ -280,22 +261,6 @@ impl NewTopUp<'_> {
         .await
         .map_err(unique_is_transient)?;
         Ok(())
-    }
-}
-
-/// A request already seen: a duplicate (same content) or a conflict.
-async fn seen(
-    tx: &mut StageTx,
-    inbound: &Inbound,
-    request: &TopUpRequest,
-    id: PaymentId,
-) -> Result<Option<Outcome>, StageError> {
-    match for_users::kept_before(tx, for_users::Kept::TopUp, request, id.into()).await? {
-        None => Ok(None),
-        Some(Ok(duplicate)) => Ok(Some(duplicate)),
-        Some(Err(detail)) => refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
-            .await
-            .map(Some),
     }
 }
 

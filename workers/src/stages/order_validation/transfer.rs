@@ -23,11 +23,10 @@ use uuid::Uuid;
 
 use super::{
     OrderValidation, Rejection,
-    for_users::{self, ForUser},
+    for_users::{self, ForUser, Opening},
     refusal::reported_money,
     request::read_transfer_request,
     risk::{self, Decision},
-    withdrawal::storable_amount,
 };
 use crate::domain::{
     handoff,
@@ -73,36 +72,14 @@ impl OrderValidation {
         request: &TransferRequest,
     ) -> Result<Outcome, StageError> {
         let id = transfer::transfer_id(&request.requester_id, &request.request_id);
-        let requester_status = match for_users::trusted_requester(tx, request).await? {
-            Ok(status) => status,
-            Err((reason, detail)) => {
+        let opening = (request, for_users::Kept::Transfer, id);
+        let parsed = match self.open_for_user(tx, inbound, opening).await? {
+            Opening::Judge(parsed) => parsed,
+            Opening::Seen(duplicate) => return Ok(duplicate),
+            Opening::Refused(reason, detail) => {
                 return refuse_unbound(tx, inbound, request, reason, &detail).await;
             }
         };
-        match for_users::kept_before(tx, for_users::Kept::Transfer, request, id).await? {
-            None => {}
-            Some(Ok(duplicate)) => return Ok(duplicate),
-            Some(Err(detail)) => {
-                return refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail).await;
-            }
-        }
-        let parsed = match &request.parsed {
-            Ok(parsed) => parsed,
-            Err((reason, detail)) => {
-                return refuse_unbound(tx, inbound, request, reason, detail).await;
-            }
-        };
-        if let Some((reason, detail)) = self.stale_request(tx, inbound, parsed.requested_at).await?
-        {
-            return refuse_unbound(tx, inbound, request, reason, &detail).await;
-        }
-        if requester_status != "active" {
-            let detail = "the requester is suspended";
-            return refuse_unbound(tx, inbound, request, "merchant_suspended", detail).await;
-        }
-        if let Err(detail) = storable_amount(parsed.amount) {
-            return refuse_unbound(tx, inbound, request, "invalid_amount", &detail).await;
-        }
         tx.set_correlation_id(&id.to_string());
         let judged = self.judge_transfer(tx, id, parsed).await?;
         let new = NewTransfer {
@@ -161,9 +138,7 @@ impl OrderValidation {
             let detail = format!("{} cannot transfer to itself", r.payer_user_id);
             return refused(judged, "transfer_to_self", detail);
         }
-        if let Some((reason, detail)) = self
-            .transfer_limits
-            .per_transfer_refusal(r.amount, &r.currency)
+        if let Some((reason, detail)) = self.transfer_limits.per_one_refusal(r.amount, &r.currency)
         {
             return refused(judged, reason, detail);
         }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::{
     OrderValidation, Rejection,
-    for_users::{self, ForUser},
+    for_users::{self, ForUser, Opening},
     refusal::reported_money,
     request::read_withdrawal_request,
     risk::{self, Decision},
@@ -76,33 +76,14 @@ impl OrderValidation {
         request: &WithdrawalRequest,
     ) -> Result<Outcome, StageError> {
         let id = withdrawal::withdrawal_id(&request.requester_id, &request.request_id);
-        let requester_status = match for_users::trusted_requester(tx, request).await? {
-            Ok(status) => status,
-            Err((reason, detail)) => {
+        let opening = (request, for_users::Kept::Withdrawal, id);
+        let parsed = match self.open_for_user(tx, inbound, opening).await? {
+            Opening::Judge(parsed) => parsed,
+            Opening::Seen(duplicate) => return Ok(duplicate),
+            Opening::Refused(reason, detail) => {
                 return refuse_unbound(tx, inbound, request, reason, &detail).await;
             }
         };
-        if let Some(outcome) = seen(tx, inbound, request, id).await? {
-            return Ok(outcome);
-        }
-        let parsed = match &request.parsed {
-            Ok(parsed) => parsed,
-            Err((reason, detail)) => {
-                return refuse_unbound(tx, inbound, request, reason, detail).await;
-            }
-        };
-        if let Some((reason, detail)) = self.stale_request(tx, inbound, parsed.requested_at).await?
-        {
-            return refuse_unbound(tx, inbound, request, reason, &detail).await;
-        }
-        if requester_status != "active" {
-            let detail = "the requester is suspended";
-            return refuse_unbound(tx, inbound, request, "merchant_suspended", detail).await;
-        }
-        // An amount that cannot be a withdrawal at all is not kept either.
-        if let Err(detail) = storable_amount(parsed.amount) {
-            return refuse_unbound(tx, inbound, request, "invalid_amount", &detail).await;
-        }
         tx.set_correlation_id(&id.to_string());
         let fee = self.withdrawal_limits.fee(parsed.amount);
         let judged = self.judge_withdrawal(tx, id, parsed, fee).await?;
@@ -225,22 +206,6 @@ pub(super) fn storable_amount(amount: Decimal) -> Result<(), String> {
         return Err(format!("{amount} is not a positive amount in cents"));
     }
     Ok(())
-}
-
-/// A request already seen: a duplicate (same content) or a conflict.
-async fn seen(
-    tx: &mut StageTx,
-    inbound: &Inbound,
-    request: &WithdrawalRequest,
-    id: Uuid,
-) -> Result<Option<Outcome>, StageError> {
-    match for_users::kept_before(tx, for_users::Kept::Withdrawal, request, id).await? {
-        None => Ok(None),
-        Some(Ok(duplicate)) => Ok(Some(duplicate)),
-        Some(Err(detail)) => refuse_unbound(tx, inbound, request, "idempotency_conflict", &detail)
-            .await
-            .map(Some),
-    }
 }
 
 /// Refuses a request that creates no withdrawal (it cannot be trusted or
