@@ -75,7 +75,7 @@ impl AmountLimits {
     /// before midnight and frozen after counts in one day.
     pub fn day_of(&self, currency: &str, at: DateTime<Utc>) -> Day {
         let day = at.with_timezone(&self.zone).date_naive();
-        let (start, end) = crate::ops::reconcile::day_bounds(day, self.zone);
+        let (start, end) = crate::domain::business_day::day_bounds(day, self.zone);
         Day {
             limit: self.per_day.get(currency).map(|l| Decimal::from(*l)),
             start,

@@ -5,6 +5,7 @@
 //! another stage.
 
 pub mod attempt;
+pub mod business_day;
 pub mod handoff;
 pub mod ledger;
 pub mod limits;

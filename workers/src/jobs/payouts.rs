@@ -83,7 +83,7 @@ pub async fn schedule(
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, StageError> {
     let day = now.with_timezone(&zone).date_naive();
-    let (day_start, _) = crate::ops::reconcile::day_bounds(day, zone);
+    let (day_start, _) = crate::domain::business_day::day_bounds(day, zone);
     let channel: Option<String> = sqlx::query_scalar(
         "SELECT name FROM channels WHERE status = 'active' AND $1 = ANY (methods) ORDER BY fee_rate, name LIMIT 1",
     )

@@ -12,7 +12,7 @@ mod payouts;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use payfleet_common::{AttemptId, PaymentId};
 use rust_decimal::Decimal;
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::{Error, Result, error::Doing};
-use crate::domain::attempt::AttemptStatus;
+use crate::domain::{attempt::AttemptStatus, business_day::day_bounds};
 
 /// The item kinds that are no mismatch.
 const MATCHED: [&str; 4] = [
@@ -56,23 +56,6 @@ fn same_status(ours: &str, theirs: &str) -> bool {
         "PENDING" => ours.is_open(),
         _ => false,
     }
-}
-
-/// The first instant of `day` in `zone`, and of the day after.
-pub fn day_bounds(day: NaiveDate, zone: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = |d: NaiveDate| {
-        let midnight = d.and_hms_opt(0, 0, 0).expect("midnight exists");
-        // A zone whose clocks skip midnight starts the day at the first
-        // instant after the gap.
-        zone.from_local_datetime(&midnight)
-            .earliest()
-            .or_else(|| {
-                zone.from_local_datetime(&(midnight + chrono::Duration::hours(1)))
-                    .earliest()
-            })
-            .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
-    };
-    (start(day), start(day.succ_opt().unwrap_or(day)))
 }
 
 /// The channels with a statement to download (a `base_url`), by name.

@@ -252,7 +252,7 @@ pub(crate) async fn merchant(settings: &Settings, command: MerchantCommand) -> a
             }
         }
         MerchantCommand::Balance { id, json } => {
-            let today = ops::reconcile::day_bounds(
+            let today = payfleet_workers::domain::business_day::day_bounds(
                 chrono::Utc::now()
                     .with_timezone(&settings.business_zone())
                     .date_naive(),

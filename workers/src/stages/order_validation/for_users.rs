@@ -13,7 +13,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{OrderValidation, signed_by, withdrawal::storable_amount};
+use payfleet_common::money;
+
+use super::{OrderValidation, signed_by};
 
 /// A request acting for a user, as far as it could be read before any
 /// database lookup.
@@ -118,6 +120,17 @@ pub(super) async fn usable_wallet(
         return Ok(Err((Some(wallet), "wallet_not_active", detail)));
     }
     Ok(Ok((Some(wallet), user_blocked)))
+}
+
+/// Whether `amount` can be kept as a request's (a withdrawal's, a
+/// top-up's, a transfer's, a payout's): positive, in cents, and
+/// within the books' range (numeric(20, 2)); otherwise why not.
+pub(super) fn storable_amount(amount: Decimal) -> Result<(), String> {
+    let most = Decimal::from(10_i64.pow(18));
+    if money::check_amount(amount).is_err() || amount <= Decimal::ZERO || amount >= most {
+        return Err(format!("{amount} is not a positive amount in cents"));
+    }
+    Ok(())
 }
 
 /// Where a request acting for a user is kept once accepted.

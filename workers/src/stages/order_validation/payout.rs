@@ -19,11 +19,12 @@ use uuid::Uuid;
 
 use super::{
     OrderValidation, Rejection,
+    for_users::storable_amount,
     for_users::{self, ForUser},
     refusal::reported_money,
     request::read_payout_request,
     signed_by,
-    withdrawal::{PAYOUT_METHOD, storable_amount},
+    withdrawal::PAYOUT_METHOD,
 };
 use crate::domain::{
     handoff, payment,

@@ -16,7 +16,6 @@ use payfleet_common::{
         self, SCHEMA_VERSION, WithdrawalEvent, WithdrawalRequested, WithdrawalResult,
         WithdrawalStep, kind,
     },
-    money,
     runtime::{Inbound, Outcome, StageError, StageTx, Undecodable},
 };
 use rust_decimal::Decimal;
@@ -196,16 +195,6 @@ impl OrderValidation {
             refusal: None,
         })
     }
-}
-
-/// Whether `amount` can be kept as a withdrawal's: positive, in cents, and
-/// within the books' range (numeric(20, 2)); otherwise why not.
-pub(super) fn storable_amount(amount: Decimal) -> Result<(), String> {
-    let most = Decimal::from(10_i64.pow(18));
-    if money::check_amount(amount).is_err() || amount <= Decimal::ZERO || amount >= most {
-        return Err(format!("{amount} is not a positive amount in cents"));
-    }
-    Ok(())
 }
 
 /// Refuses a request that creates no withdrawal (it cannot be trusted or
