@@ -13,7 +13,7 @@ use payfleet_common::{
     broker::Publisher,
     messages::{self, PaymentRequested, RequestedItem, SCHEMA_VERSION},
 };
-use payfleet_tests::{TestEnv, publish_signed_requests};
+use payfleet_tests::{TestEnv, bench_settings, publish_signed_requests};
 use payfleet_workers::{domain::ledger, invariants, seed};
 use rust_decimal::Decimal;
 
@@ -29,14 +29,8 @@ async fn main() -> anyhow::Result<()> {
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000);
     let env = TestEnv::with("hotbench", |s| {
-        s.prefetch = 64;
-        s.max_in_flight = 32;
-        s.db_max_connections = 24;
-        s.risk_velocity_limit = 1_000_000;
-        s.risk_challenge_amount.insert("CNY".into(), 1_000_000);
-        s.risk_block_amount.insert("CNY".into(), 1_000_000);
+        bench_settings(s);
         s.payment_ttl = std::time::Duration::from_millis(3_600_000);
-        s.log_filter = "warn".into();
     })
     .await?;
     seed(&env).await?;

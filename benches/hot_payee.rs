@@ -16,7 +16,7 @@ use payfleet_common::{
     broker::Publisher,
     messages::{self, SCHEMA_VERSION, TransferRequested},
 };
-use payfleet_tests::{TestEnv, publish_signed_requests};
+use payfleet_tests::{TestEnv, bench_settings, publish_signed_requests};
 use payfleet_workers::{domain::ledger, invariants, seed};
 use rust_decimal::Decimal;
 
@@ -32,16 +32,7 @@ async fn main() -> anyhow::Result<()> {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000);
-    let env = TestEnv::with("hotpayee", |s| {
-        s.prefetch = 64;
-        s.max_in_flight = 32;
-        s.db_max_connections = 24;
-        s.risk_velocity_limit = 1_000_000;
-        s.risk_challenge_amount.insert("CNY".into(), 1_000_000);
-        s.risk_block_amount.insert("CNY".into(), 1_000_000);
-        s.log_filter = "warn".into();
-    })
-    .await?;
+    let env = TestEnv::with("hotpayee", bench_settings).await?;
     seed(&env).await?;
     let fleet = payfleet_workers::fleet(env.settings.clone(), &[], false).await?;
     let stop = CancellationToken::new();

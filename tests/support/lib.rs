@@ -712,6 +712,18 @@ pub fn transfer(account: &str, amount: &str) -> Transfer {
     }
 }
 
+/// The settings the hot-account benchmarks load the fleet with: a wide
+/// prefetch and pool, risk out of the way, quiet logs.
+pub fn bench_settings(s: &mut Settings) {
+    s.prefetch = 64;
+    s.max_in_flight = 32;
+    s.db_max_connections = 24;
+    s.risk_velocity_limit = 1_000_000;
+    s.risk_challenge_amount.insert("CNY".into(), 1_000_000);
+    s.risk_block_amount.insert("CNY".into(), 1_000_000);
+    s.log_filter = "warn".into();
+}
+
 /// Publishes `requests` of message `kind` to the ingress exchange as
 /// upstream would: each signed with `key` under a new message id, with
 /// publisher confirms awaited two hundred at a time (the benchmarks' load).

@@ -156,8 +156,7 @@ pub async fn transition(
         )));
     }
     let moved = sqlx::query(
-        "UPDATE transfers SET status = $3, updated_at = now(), detail = COALESCE($4, detail),
-                booked_at = CASE WHEN $3 IN ('succeeded', 'failed') THEN now() ELSE booked_at END
+        "UPDATE transfers SET status = $3, updated_at = now(), detail = COALESCE($4, detail)
          WHERE id = $1 AND status = $2",
     )
     .bind(transfer_id)

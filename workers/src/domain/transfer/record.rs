@@ -20,7 +20,6 @@ pub struct Transfer {
     pub payee_account_id: Option<i64>,
     pub amount: Decimal,
     pub currency: String,
-    pub memo: Option<String>,
     pub status: String,
     pub detail: Option<String>,
     /// When it was asked: the business day its daily limit counts in.
@@ -59,7 +58,7 @@ pub fn lock_key(id: Uuid) -> String {
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Transfer>, StageError> {
     Ok(sqlx::query_as(
         "SELECT id, requester_id, request_id, payer_user_id, payee_user_id, payer_account_id, payee_account_id,
-                amount, currency::text AS currency, memo, status, detail, created_at
+                amount, currency::text AS currency, status, detail, created_at
          FROM transfers WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
