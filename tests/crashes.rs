@@ -137,6 +137,36 @@ async fn killed_after_commit_before_ack_nothing_is_lost_or_doubled() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_handing_committed_rows_to_its_relay_they_are_published_once_the_lease_ends()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("killhandoff").await?;
+    env.add_account("acct").await?;
+    publish_transfers(&env, 30, Behaviour::default()).await?;
+    // (the transfers arrive together: one batch may commit them all)
+    let fault = format!("{}@1", fault::AFTER_COMMIT_BEFORE_HANDOFF);
+    expect_abort(env.spawn_worker(WORKER, &[("PAYFLEET_FAULT", &fault)])?).await?;
+    // The first commit's rows are its dead relay's for the lease: claimed,
+    // their first attempt counted, never published.
+    let stranded = env
+        .scalar_i64(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND publish_attempts = 1 AND claimed_until IS NOT NULL",
+        )
+        .await?;
+    assert!(stranded >= 1, "the killed process left claimed rows unsent");
+
+    finish_with_fresh_worker(&env, "all 30 transfers after the restart", 30).await?;
+    assert!(
+        env.scalar_i64("SELECT count(*) FROM outbox WHERE publish_attempts >= 2")
+            .await?
+            >= stranded,
+        "a pass of the fresh relay took the stranded rows once their lease ran out"
+    );
+    assert_eq!(env.assert_quiet_invariants().await?, 30);
+    assert!(env.dead_letters().await?.is_empty());
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_publish_and_marking_sent_the_republish_is_recognised() -> anyhow::Result<()>
 {
     let env = TestEnv::with("killrelay", |s| {

@@ -9,6 +9,9 @@ use std::sync::{
 
 /// After a stage's transaction committed, before the input is acked.
 pub const AFTER_COMMIT_BEFORE_ACK: &str = "after-commit-before-ack";
+/// After a stage's transaction committed, before its outbox rows are handed
+/// to the relay (they are claimed by this process until the lease runs out).
+pub const AFTER_COMMIT_BEFORE_HANDOFF: &str = "after-commit-before-handoff";
 /// After the relay's publishes were confirmed, before the rows are marked sent.
 pub const AFTER_PUBLISH_BEFORE_MARK_SENT: &str = "after-publish-before-mark-sent";
 /// After the dead-letter keeper committed a row, before it acks the DLQ message.

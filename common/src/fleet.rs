@@ -65,7 +65,8 @@ pub struct Fleet {
     http: bool,
     /// The public webhook ingress, served on `ingress_addr`.
     ingress: Option<axum::Router>,
-    relay: bool,
+    /// What this process's stages hand their relay; `None` without one.
+    handed: Option<outbox::HandedRows>,
     /// Batching set here rather than by `batch_size` / `batch_wait_ms`
     /// (stages outside the shipped topology, such as tests' probes).
     batch_overrides: std::collections::HashMap<String, BatchSettings>,
@@ -109,6 +110,8 @@ impl Fleet {
             "payfleet-publisher",
             final_stop.clone(),
         );
+        let outbox_wake = Arc::new(Notify::new());
+        let (outbox, handed) = outbox::Handoff::new(settings.outbox_lease, outbox_wake.clone());
         Ok(Self {
             final_stop,
             shared: Arc::new(Shared {
@@ -118,7 +121,8 @@ impl Fleet {
                 locks,
                 extra_ca,
                 publisher,
-                outbox_wake: Arc::new(Notify::new()),
+                outbox_wake,
+                outbox,
             }),
             health: Health::default(),
             consumers: Vec::new(),
@@ -126,7 +130,7 @@ impl Fleet {
             keeper: false,
             http: false,
             ingress: None,
-            relay: true,
+            handed: Some(handed),
             batch_overrides: Default::default(),
         })
     }
@@ -235,7 +239,8 @@ impl Fleet {
 
     /// Leaves the outbox to other processes.
     pub fn without_relay(mut self) -> Self {
-        self.relay = false;
+        // With no receiver, stages write their rows unclaimed for any relay.
+        self.handed = None;
         self
     }
 
@@ -298,7 +303,7 @@ impl Fleet {
             self.health.expect(&name);
             consumers.spawn(start(self.health.clone(), stop.clone()));
         }
-        let relay = self.relay.then(|| {
+        let relay = self.handed.map(|handed| {
             let config = RelayConfig {
                 batch_size: shared.settings.outbox_batch_size,
                 lease: shared.settings.outbox_lease,
@@ -310,6 +315,7 @@ impl Fleet {
                 shared.pool.clone(),
                 shared.publisher.clone(),
                 shared.outbox_wake.clone(),
+                handed,
                 config,
                 relay_stop.clone(),
             ));

@@ -1,10 +1,17 @@
 //! The outbox: messages for the next stage and events are inserted in the
 //! same transaction as the effects that caused them, then relayed to RabbitMQ
 //! with pipelined publisher confirms and `mandatory`. A returned message is a
-//! failure: its row stays and is retried with backoff. The relay wakes on
-//! commit (and polls as a fallback); rows are claimed with a lease, so several
-//! relays share the table and a crashed relay's rows are picked up again —
-//! with the same message id, which the next stage's inbox recognises.
+//! failure: its row stays and is retried with backoff.
+//!
+//! A stage's rows are inserted already claimed by its own process's relay
+//! (for the relay's lease) and handed to it in memory once they commit: the
+//! relay publishes them at once and marks them sent, without claiming or
+//! reading them back. Rows written elsewhere (jobs, ops commands) are
+//! claimed by a relay pass, which runs when woken and polls as a fallback.
+//! Either way a claim is a lease, so several relays share the table, and
+//! the rows of a process that died before marking them are picked up again
+//! once it runs out — with the same message id, which the next stage's
+//! inbox recognises.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +19,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -53,48 +60,137 @@ impl OutboxMessage {
     }
 }
 
-/// Inserts rows in the caller's transaction (one statement for all of them).
+/// Inserts rows in the caller's transaction (one statement for all of
+/// them), for a relay pass to claim.
 pub async fn insert(
     conn: &mut PgConnection,
     messages: &[OutboxMessage],
 ) -> Result<(), sqlx::Error> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut exchanges = Vec::with_capacity(messages.len());
-    let mut keys = Vec::with_capacity(messages.len());
-    let mut correlations = Vec::with_capacity(messages.len());
-    let mut types = Vec::with_capacity(messages.len());
-    let mut headers = Vec::with_capacity(messages.len());
-    let mut bodies = Vec::with_capacity(messages.len());
-    for m in messages {
-        ids.push(m.message_id.clone());
-        exchanges.push(m.exchange.clone());
-        keys.push(m.routing_key.clone());
-        correlations.push(m.correlation_id.clone());
-        types.push(m.message_type.clone());
-        headers.push(m.headers.clone());
-        bodies.push(m.body.clone());
-    }
-    sqlx::query(
-        "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, message_type, headers, body)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[])",
-    )
-    .bind(ids)
-    .bind(exchanges)
-    .bind(keys)
-    .bind(correlations)
-    .bind(types)
-    .bind(headers)
-    .bind(bodies)
-    .execute(conn)
-    .await?;
+    insert_rows(conn, messages.to_vec(), None).await?;
     Ok(())
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
+/// Inserts the messages in one statement, claimed for `lease` (with their
+/// first publish attempt counted) when given; their rows.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    messages: Vec<OutboxMessage>,
+    lease: Option<Duration>,
+) -> Result<Vec<Row>, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<(i64, String)> = sqlx::query_as(
+        "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, message_type, headers, body,
+                             claimed_until, publish_attempts)
+         SELECT m.*, now() + make_interval(secs => $8), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[]) AS m
+         RETURNING id, message_id",
+    )
+    .bind(messages.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.exchange.as_str()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.routing_key.as_str()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.correlation_id.as_deref()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.message_type.as_deref()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| &m.headers).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>())
+    .bind(lease.map(|l| l.as_secs_f64()))
+    .fetch_all(conn)
+    .await?;
+    let attempts = i32::from(lease.is_some());
+    let ids: std::collections::HashMap<String, i64> =
+        ids.into_iter().map(|(id, message)| (message, id)).collect();
+    Ok(messages
+        .into_iter()
+        .map(|m| Row {
+            id: ids[&m.message_id],
+            message_id: m.message_id,
+            exchange: m.exchange,
+            routing_key: m.routing_key,
+            correlation_id: m.correlation_id,
+            message_type: m.message_type,
+            headers: m.headers,
+            body: m.body,
+            publish_attempts: attempts,
+        })
+        .collect())
+}
+
+/// A committed transaction's rows on their way to the relay.
+pub type HandedRows = mpsc::UnboundedReceiver<Vec<Row>>;
+
+/// Where a committing transaction's outbox rows go: to this process's relay
+/// in memory when it runs one, otherwise to the table alone (any relay's
+/// pass takes them).
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    sender: mpsc::UnboundedSender<Vec<Row>>,
+    /// How long rows handed over are the relay's alone.
+    lease: Duration,
+    wake: Arc<Notify>,
+}
+
+/// Rows inserted in a transaction not yet committed.
+#[derive(Debug)]
+#[must_use = "hand the rows over once the transaction commits"]
+pub struct Inserted {
+    rows: Vec<Row>,
+    claimed: bool,
+}
+
+impl Inserted {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+impl Handoff {
+    /// A handoff to the relay that reads the receiver; `wake` starts a pass
+    /// of it for rows written without a handoff.
+    pub fn new(lease: Duration, wake: Arc<Notify>) -> (Self, HandedRows) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (
+            Self {
+                sender,
+                lease,
+                wake,
+            },
+            receiver,
+        )
+    }
+
+    /// Inserts the messages in the caller's transaction (one statement),
+    /// claimed by this process's relay while it runs.
+    pub async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<Inserted, sqlx::Error> {
+        let claimed = !self.sender.is_closed();
+        let lease = claimed.then_some(self.lease);
+        let rows = insert_rows(conn, messages, lease).await?;
+        Ok(Inserted { rows, claimed })
+    }
+
+    /// After the commit: the relay publishes the rows now.
+    pub fn hand_over(&self, inserted: Inserted) {
+        if inserted.rows.is_empty() {
+            return;
+        }
+        // A relay gone meanwhile leaves them to the lease and the next pass.
+        if !inserted.claimed || self.sender.send(inserted.rows).is_err() {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// An outbox row a relay owns for now.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Row {
     id: i64,
     message_id: String,
     exchange: String,
@@ -116,33 +212,64 @@ pub struct RelayConfig {
     pub flush_timeout: Duration,
 }
 
-/// Relays committed outbox rows until cancelled, then flushes what is left.
+/// Relays committed outbox rows until cancelled, then flushes what is left:
+/// the rows handed over first, then passes over the table when woken or
+/// every `poll`.
 pub async fn run_relay(
     pool: PgPool,
     publisher: Publisher,
     wake: Arc<Notify>,
+    mut handed: HandedRows,
     config: RelayConfig,
     cancel: CancellationToken,
 ) {
+    let mut pass_due = true;
+    // A steady tick: handed-over rows arriving more often than `poll` must
+    // not keep postponing the passes (a dead process's rows, retries).
+    let mut poll = tokio::time::interval(config.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let relayed = match relay_once(&pool, &publisher, &config).await {
-            Ok(n) => n,
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay pass failed");
-                0
+        if pass_due {
+            let relayed = match relay_once(&pool, &publisher, &config).await {
+                Ok(n) => n,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay pass failed");
+                    0
+                }
+            };
+            // more may be waiting
+            pass_due = relayed as u32 >= config.batch_size;
+            if pass_due {
+                continue;
             }
-        };
-        if relayed as u32 >= config.batch_size {
-            continue; // more may be waiting
         }
         tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(config.poll) => {}
+            biased;
+            Some(rows) = handed.recv() => {
+                let rows = take_more(&mut handed, rows, config.batch_size);
+                if let Err(error) = publish(&pool, &publisher, rows).await {
+                    tracing::warn!(%error, "marking handed-over outbox rows failed; the lease gives them to a later pass");
+                }
+            }
+            _ = wake.notified() => pass_due = true,
+            _ = poll.tick() => pass_due = true,
             _ = cancel.cancelled() => break,
         }
     }
     // Shutdown: publish what the last transactions committed.
     let deadline = tokio::time::Instant::now() + config.flush_timeout;
+    handed.close();
+    while let Ok(rows) = handed.try_recv() {
+        let rows = take_more(&mut handed, rows, config.batch_size);
+        match tokio::time::timeout_at(deadline, publish(&pool, &publisher, rows)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "outbox flush at shutdown failed; rows stay for the next relay");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
     while tokio::time::Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, relay_once(&pool, &publisher, &config)).await {
             Ok(Ok(0)) | Err(_) => break,
@@ -153,6 +280,17 @@ pub async fn run_relay(
             }
         }
     }
+}
+
+/// `rows` and what else was handed over meanwhile, up to about `batch_size`.
+fn take_more(handed: &mut HandedRows, mut rows: Vec<Row>, batch_size: u32) -> Vec<Row> {
+    while rows.len() < batch_size as usize {
+        match handed.try_recv() {
+            Ok(more) => rows.extend(more),
+            Err(_) => break,
+        }
+    }
+    rows
 }
 
 /// One pass: claim a batch, publish it pipelined, mark what was confirmed.
@@ -175,6 +313,16 @@ pub async fn relay_once(
     .bind(config.lease.as_secs_f64())
     .fetch_all(pool)
     .await?;
+    publish(pool, publisher, rows).await
+}
+
+/// Publishes rows this relay owns, pipelined, and marks what was confirmed;
+/// what was not is kept for another try. Returns the number of rows.
+async fn publish(
+    pool: &PgPool,
+    publisher: &Publisher,
+    rows: Vec<Row>,
+) -> Result<usize, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }

@@ -39,7 +39,7 @@ impl Default for Settings {
             ingress_max_length: 100_000,
             ingress_max_body_bytes: 131_072,
             outbox_batch_size: 256,
-            outbox_lease: Duration::from_millis(30_000),
+            outbox_lease: Duration::from_millis(10_000),
             outbox_poll: Duration::from_millis(1_000),
             shutdown_timeout: Duration::from_millis(20_000),
             http_addr: "127.0.0.1:9464".into(),

@@ -109,7 +109,9 @@ pub struct Settings {
     pub ingress_max_body_bytes: u32,
     /// Outbox rows one relay pass claims and publishes with pipelined confirms.
     pub outbox_batch_size: u32,
-    /// How long a claimed outbox row is reserved for the relay that claimed it.
+    /// How long outbox rows are reserved for the relay that claimed them, or
+    /// to which a stage of its process handed them: after a crash, rows
+    /// committed but not yet published wait this long for another relay.
     #[serde(rename = "outbox_lease_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub outbox_lease: Duration,

@@ -184,7 +184,7 @@ pub(super) async fn run<H: Handler>(
     drop(gate);
     shared.locks.release_many(held).await;
     for (job, result) in runnable.into_iter().zip(results) {
-        let disposition = disposition(shared, result);
+        let disposition = disposition(result);
         job.answer(disposition);
     }
 }

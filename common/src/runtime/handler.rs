@@ -17,7 +17,6 @@ use super::{
 pub enum Processed {
     Committed {
         outcome: Outcome,
-        emitted: usize,
     },
     /// The inbox already had it.
     AlreadyProcessed,
@@ -72,14 +71,13 @@ impl<S: Stage> Handler for Transactional<S> {
         self.0
             .before_transaction(&shared.pool, inbound, message)
             .await?;
-        let mut cx =
-            match transaction::begin(&shared.pool, shared.topology.exchanges(), inbound).await? {
-                Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
-                Begun::Fresh(cx) => *cx,
-            };
+        let mut cx = match transaction::begin(shared, inbound).await? {
+            Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
+            Begun::Fresh(cx) => *cx,
+        };
         let result = self.0.handle(&mut cx, inbound, message).await;
-        let emitted = transaction::complete(cx, inbound, &result).await?;
-        finish(result, emitted)
+        transaction::complete(cx, inbound, &result).await?;
+        finish(result)
     }
 
     async fn process_batch(
@@ -97,8 +95,7 @@ impl<S: Stage> Handler for Transactional<S> {
             );
         }
         let lock_timeout = shared.settings.batch_lock_timeout();
-        let mut batch =
-            BatchTx::begin(&shared.pool, shared.topology.exchanges(), lock_timeout).await?;
+        let mut batch = BatchTx::begin(shared, lock_timeout).await?;
         let mut results = Vec::with_capacity(items.len());
         for ((inbound, message), before) in items.iter().zip(before) {
             if let Err(error) = before {
@@ -124,7 +121,7 @@ impl<S: Stage> Handler for Transactional<S> {
                 Err(lost) => return Err(lost),
             };
             match batch.finish(inbound, &result).await? {
-                Kept::Emitted(kept) => results.push(Some(finish(result, kept))),
+                Kept::Stands => results.push(Some(finish(result))),
                 Kept::SteppedOut => results.push(None),
             }
         }
@@ -170,8 +167,7 @@ impl<S: CallingStage> Handler for Calling<S> {
         if transaction::already_processed(&shared.pool, inbound).await? {
             return Ok(Processed::AlreadyProcessed);
         }
-        let exchanges = shared.topology.exchanges();
-        let mut cx = transaction::begin_plain(&shared.pool, exchanges, inbound).await?;
+        let mut cx = transaction::begin_plain(shared, inbound).await?;
         let intent = match self.0.record_intent(&mut cx, inbound, message).await? {
             Intent::Call(intent) => intent,
             Intent::Finished(outcome) => {
@@ -180,17 +176,14 @@ impl<S: CallingStage> Handler for Calling<S> {
                     return Ok(Processed::AlreadyProcessed);
                 }
                 let result = Ok(outcome);
-                let emitted = transaction::complete(cx, inbound, &result).await?;
-                return finish(result, emitted);
+                transaction::complete(cx, inbound, &result).await?;
+                return finish(result);
             }
         };
-        let emitted = transaction::commit_plain(cx).await?;
-        if emitted > 0 {
-            shared.outbox_wake.notify_one();
-        }
+        transaction::commit_plain(cx).await?;
         // No transaction or pooled connection is held across the call.
         let reply = self.0.call(message, &intent).await;
-        let mut cx = match transaction::begin(&shared.pool, exchanges, inbound).await? {
+        let mut cx = match transaction::begin(shared, inbound).await? {
             Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
             Begun::Fresh(cx) => *cx,
         };
@@ -198,8 +191,8 @@ impl<S: CallingStage> Handler for Calling<S> {
             .0
             .record_result(&mut cx, inbound, message, intent, reply)
             .await;
-        let emitted = transaction::complete(cx, inbound, &result).await?;
-        finish(result, emitted)
+        transaction::complete(cx, inbound, &result).await?;
+        finish(result)
     }
 
     async fn process_batch(
@@ -215,10 +208,10 @@ impl<S: CallingStage> Handler for Calling<S> {
     }
 }
 
-fn finish(result: Result<Outcome, StageError>, emitted: usize) -> Result<Processed, StageError> {
+fn finish(result: Result<Outcome, StageError>) -> Result<Processed, StageError> {
     match result? {
         Outcome::NotYet { reason } => Ok(Processed::NotYet(reason)),
-        outcome => Ok(Processed::Committed { outcome, emitted }),
+        outcome => Ok(Processed::Committed { outcome }),
     }
 }
 

@@ -165,7 +165,7 @@ impl<H: Handler> StageProcessor<H> {
                 tracing::warn!(%error, "cannot clear the delivery count");
             }
         }
-        disposition(shared, processed)
+        disposition(processed)
     }
 
     async fn settle(
@@ -286,15 +286,9 @@ impl<H: Handler> StageProcessor<H> {
 }
 
 /// Where a handled delivery goes, from what its transaction(s) came to.
-pub(super) fn disposition(
-    shared: &Shared,
-    processed: Result<Processed, StageError>,
-) -> Disposition {
+pub(super) fn disposition(processed: Result<Processed, StageError>) -> Disposition {
     match processed {
-        Ok(Processed::Committed { outcome, emitted }) => {
-            if emitted > 0 {
-                shared.outbox_wake.notify_one();
-            }
+        Ok(Processed::Committed { outcome }) => {
             fault::point(fault::AFTER_COMMIT_BEFORE_ACK);
             match outcome {
                 Outcome::Applied => Disposition::Ack("applied"),

@@ -34,6 +34,9 @@ pub struct Shared {
     pub extra_ca: crate::tls::ExtraCa,
     /// The publishing connection (separate from every consuming one).
     pub publisher: Publisher,
-    /// Woken after each commit that wrote outbox rows.
+    /// Starts a relay pass, after a commit that wrote outbox rows without
+    /// the handoff.
     pub outbox_wake: Arc<Notify>,
+    /// Hands a stage's committed outbox rows to this process's relay.
+    pub outbox: crate::outbox::Handoff,
 }

@@ -4,8 +4,9 @@
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use super::Shared;
 use super::stage::{Inbound, Outcome, StageError};
-use crate::outbox::{self, OutboxMessage};
+use crate::outbox::{Handoff, OutboxMessage};
 use crate::topology::ExchangeNames;
 
 /// The transaction a handler works in, and the messages it emits.
@@ -16,6 +17,8 @@ pub struct StageTx {
     emitted: Vec<OutboxMessage>,
     exchanges: ExchangeNames,
     correlation_id: Option<String>,
+    /// Where the outbox rows go once this commits.
+    handoff: Handoff,
 }
 
 impl std::fmt::Debug for StageTx {
@@ -104,28 +107,42 @@ pub async fn already_processed(pool: &PgPool, inbound: &Inbound) -> Result<bool,
 }
 
 /// A transaction without an inbox claim (a calling stage's intent).
-pub async fn begin_plain(
-    pool: &PgPool,
-    exchanges: &ExchangeNames,
-    inbound: &Inbound,
-) -> Result<StageTx, StageError> {
-    Ok(StageTx {
-        tx: pool.begin().await?,
-        pool: pool.clone(),
-        emitted: Vec::new(),
-        exchanges: exchanges.clone(),
-        correlation_id: inbound.correlation_id.clone(),
-    })
+pub async fn begin_plain(shared: &Shared, inbound: &Inbound) -> Result<StageTx, StageError> {
+    let mut cx = StageTx::begin(shared).await?;
+    cx.correlation_id = inbound.correlation_id.clone();
+    Ok(cx)
+}
+
+impl StageTx {
+    async fn begin(shared: &Shared) -> Result<Self, StageError> {
+        Ok(Self {
+            tx: shared.pool.begin().await?,
+            pool: shared.pool.clone(),
+            emitted: Vec::new(),
+            exchanges: shared.topology.exchanges().clone(),
+            correlation_id: None,
+            handoff: shared.outbox.clone(),
+        })
+    }
+
+    /// Writes the emitted messages' outbox rows (one statement), commits and
+    /// hands the rows to the relay. Returns how many there were.
+    async fn commit_with(mut self, emitted: Vec<OutboxMessage>) -> Result<usize, StageError> {
+        let inserted = self.handoff.insert(&mut self.tx, emitted).await?;
+        let written = inserted.len();
+        self.tx.commit().await?;
+        if !inserted.is_empty() {
+            crate::fault::point(crate::fault::AFTER_COMMIT_BEFORE_HANDOFF);
+        }
+        self.handoff.hand_over(inserted);
+        Ok(written)
+    }
 }
 
 /// Begins the transaction and claims the inbox row. A concurrent handler of
 /// the same message waits here until the other commits, then sees the row.
-pub async fn begin(
-    pool: &PgPool,
-    exchanges: &ExchangeNames,
-    inbound: &Inbound,
-) -> Result<Begun, StageError> {
-    let mut cx = begin_plain(pool, exchanges, inbound).await?;
+pub async fn begin(shared: &Shared, inbound: &Inbound) -> Result<Begun, StageError> {
+    let mut cx = begin_plain(shared, inbound).await?;
     if claim_inbox(&mut cx, inbound).await? {
         Ok(Begun::Fresh(Box::new(cx)))
     } else {
@@ -146,8 +163,8 @@ pub async fn claim_inbox(cx: &mut StageTx, inbound: &Inbound) -> Result<bool, St
     Ok(claimed.rows_affected() == 1)
 }
 
-/// Commits or rolls back according to the handler's result. Returns the
-/// number of outbox rows committed (the relay is woken when non-zero).
+/// Commits or rolls back according to the handler's result, and hands the
+/// outbox rows to the relay. Returns the number of rows committed.
 pub async fn complete(
     mut cx: StageTx,
     inbound: &Inbound,
@@ -170,13 +187,11 @@ pub async fn complete(
             .execute(&mut *cx.tx)
             .await?;
     }
-    let emitted = std::mem::take(&mut cx.emitted);
-    outbox::insert(&mut cx.tx, &emitted).await?;
     if inbound.suspect {
         clear_delivery_count(&mut *cx.tx, inbound).await?;
     }
-    cx.tx.commit().await?;
-    Ok(emitted.len())
+    let emitted = std::mem::take(&mut cx.emitted);
+    cx.commit_with(emitted).await
 }
 
 /// A stale message changes nothing, whatever the handler wrote or buffered
@@ -204,9 +219,7 @@ async fn complete_stale(cx: StageTx, inbound: &Inbound) -> Result<usize, StageEr
 /// Commits a calling stage's intent with what it emitted.
 pub async fn commit_plain(mut cx: StageTx) -> Result<usize, StageError> {
     let emitted = std::mem::take(&mut cx.emitted);
-    outbox::insert(&mut cx.tx, &emitted).await?;
-    cx.tx.commit().await?;
-    Ok(emitted.len())
+    cx.commit_with(emitted).await
 }
 
 /// Forgets a suspect's delivery count once a delivery finished without a crash.
@@ -225,8 +238,8 @@ pub async fn clear_delivery_count(
 /// What a batched message left in its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
-    /// Its result stands; this many emitted messages are kept.
-    Emitted(usize),
+    /// Its result stands, with the messages it emitted.
+    Stands,
     /// It waited too long for a row lock: nothing of it is kept, and it
     /// runs alone once the batch has committed.
     SteppedOut,
@@ -253,23 +266,16 @@ impl BatchTx {
     /// Begins the batch; `lock_timeout`, when set, bounds every row-lock
     /// wait of its statements.
     pub async fn begin(
-        pool: &PgPool,
-        exchanges: &ExchangeNames,
+        shared: &Shared,
         lock_timeout: Option<std::time::Duration>,
     ) -> Result<Self, StageError> {
-        let mut tx = pool.begin().await?;
+        let mut cx = StageTx::begin(shared).await?;
         if let Some(timeout) = lock_timeout {
             let set = format!("SET LOCAL lock_timeout = {}", timeout.as_millis().max(1));
-            sqlx::Executor::execute(&mut *tx, set.as_str()).await?;
+            sqlx::Executor::execute(&mut *cx.tx, set.as_str()).await?;
         }
         Ok(Self {
-            cx: StageTx {
-                tx,
-                pool: pool.clone(),
-                emitted: Vec::new(),
-                exchanges: exchanges.clone(),
-                correlation_id: None,
-            },
+            cx,
             emitted: Vec::new(),
             open: false,
         })
@@ -337,23 +343,20 @@ impl BatchTx {
                 .bind(&inbound.message_id)
                 .execute(&mut *self.cx.tx)
                 .await?;
-                return Ok(Kept::Emitted(0));
+                return Ok(Kept::Stands);
             }
             Ok(Outcome::NotYet { .. }) | Err(_) => {
                 self.cx.emitted.clear();
                 sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
-                return Ok(Kept::Emitted(0));
+                return Ok(Kept::Stands);
             }
         }
-        let kept = self.cx.emitted.len();
         self.emitted.append(&mut self.cx.emitted);
-        Ok(Kept::Emitted(kept))
+        Ok(Kept::Stands)
     }
 
     /// Writes every kept message's outbox rows in one statement and commits.
-    pub async fn commit(mut self) -> Result<usize, StageError> {
-        outbox::insert(&mut self.cx.tx, &self.emitted).await?;
-        self.cx.tx.commit().await?;
-        Ok(self.emitted.len())
+    pub async fn commit(self) -> Result<usize, StageError> {
+        self.cx.commit_with(self.emitted).await
     }
 }
