@@ -133,3 +133,95 @@ async fn racing_trys_never_oversell_the_last_units() -> anyhow::Result<()> {
     );
     env.teardown().await
 }
+
+async fn payment_with_id(env: &TestEnv, id: PaymentId, order: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO payments (id, merchant_id, merchant_order_id, request_hash, user_id, method, currency, amount,
+                               status, expires_at, requested_at)
+         VALUES ($1, 'shop', $2, 'h', 'u', 'balance', 'CNY', 1, 'validated', now() + interval '1 hour', now())",
+    )
+    .bind(id)
+    .bind(order)
+    .execute(&env.pool)
+    .await?;
+    Ok(())
+}
+
+/// A Try that finds a free bucket takes its units from that one bucket,
+/// whatever plan PostgreSQL picks for the statement that chooses and
+/// updates it. After a VACUUM and before any ANALYZE of `stock_buckets`
+/// (what autovacuum's first pass over the table leaves between its two
+/// halves) the planner thinks a SKU has one bucket and may join the buckets
+/// in a nested loop with the choice (FOR UPDATE SKIP LOCKED LIMIT 1) on its
+/// inner side: run again for every bucket, it skips those the statement has
+/// just updated and chooses the next, so every bucket from the payment's
+/// own to the last gave the units, and only the first was recorded.
+#[tokio::test]
+async fn a_try_takes_its_units_from_one_bucket_whatever_the_plan() -> anyhow::Result<()> {
+    let env = TestEnv::new("stockplan").await?;
+    // The table's statistics stay as the VACUUM below leaves them.
+    sqlx::raw_sql("ALTER TABLE stock_buckets SET (autovacuum_enabled = false)")
+        .execute(&env.pool)
+        .await?;
+    seed::Catalogue {
+        merchants: vec![seed::merchant("shop", "k").name("Shop")],
+        products: vec![
+            seed::product("vac", "shop", Decimal::ONE)
+                .name("Vacuumed")
+                .stock(800),
+        ],
+        ..Default::default()
+    }
+    .seed(&env.pool)
+    .await?;
+    sqlx::raw_sql("VACUUM stock_buckets")
+        .execute(&env.pool)
+        .await?;
+    let (tuples, statistics): (f32, i64) = sqlx::query_as(
+        "SELECT c.reltuples, (SELECT count(*) FROM pg_stats s WHERE s.tablename = 'stock_buckets')
+         FROM pg_class c WHERE c.oid = 'stock_buckets'::regclass",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!((tuples, statistics), (8.0, 0), "vacuumed, never analyzed");
+
+    // A payment whose search starts at bucket 0, the first the scan meets.
+    let id = loop {
+        let id = PaymentId::new();
+        if id.as_uuid().as_u128() % 8 == 0 {
+            break id;
+        }
+    };
+    payment_with_id(&env, id, "plan-0").await?;
+    let mut tx = env.pool.begin().await?;
+    assert!(stock::reserve(&mut tx, id, "vac", 2).await?);
+    tx.commit().await?;
+    let gave: Vec<(i16, i32, i32)> = sqlx::query_as(
+        "SELECT bucket, available, reserved FROM stock_buckets WHERE sku = 'vac' AND reserved <> 0 ORDER BY bucket",
+    )
+    .fetch_all(&env.pool)
+    .await?;
+    assert_eq!(
+        gave,
+        vec![(0, 98, 2)],
+        "two units from bucket 0, none from another"
+    );
+
+    // Cancel puts them back where they came from: no unit made or lost.
+    let mut tx = env.pool.begin().await?;
+    stock::release(&mut tx, id).await?;
+    tx.commit().await?;
+    let (available, reserved): (i32, i32) =
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE sku = 'vac'")
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!((available, reserved), (800, 0));
+    let report = payfleet_workers::invariants::all(&env.pool).await?;
+    let broken: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.name.contains("stock") && c.violations != 0)
+        .collect();
+    assert!(broken.is_empty(), "{broken:?}");
+    env.teardown().await
+}

@@ -18,12 +18,18 @@ pub async fn reserve(
 ) -> Result<bool, sqlx::Error> {
     // Start the search at a bucket of the payment's own, so concurrent Trys spread.
     let start = (payment.as_uuid().as_u128() % 8) as i16;
+    // The choice is a MATERIALIZED CTE, so it runs once: as a subquery in
+    // FROM, a plan may run it again for every bucket of the SKU (a nested
+    // loop with it inside), and each run skips the buckets this statement
+    // has already updated and picks the next, taking the units again.
     let one: Option<i16> = sqlx::query_scalar(
-        "UPDATE stock_buckets b SET available = b.available - $2, reserved = b.reserved + $2
-         FROM (SELECT bucket FROM stock_buckets
-                WHERE sku = $1 AND available >= $2
-                ORDER BY (bucket - $3 + 8) % 8
-                LIMIT 1 FOR UPDATE SKIP LOCKED) free
+        "WITH free AS MATERIALIZED (
+             SELECT bucket FROM stock_buckets
+              WHERE sku = $1 AND available >= $2
+              ORDER BY (bucket - $3 + 8) % 8
+              LIMIT 1 FOR UPDATE SKIP LOCKED)
+         UPDATE stock_buckets b SET available = b.available - $2, reserved = b.reserved + $2
+         FROM free
          WHERE b.sku = $1 AND b.bucket = free.bucket
          RETURNING b.bucket",
     )
