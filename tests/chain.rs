@@ -6,7 +6,7 @@
 mod fleet;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -303,6 +303,69 @@ async fn a_balance_payment_is_settled_with_every_cent_accounted_for() -> anyhow:
     assert_eq!(events[0]["amount"], "70.00");
     assert_eq!(events[0]["currency"], "CNY");
     assert_eq!(events[0]["sub_orders"][0]["fee"], "0.70");
+    chain.finish().await
+}
+
+/// A wallet charge has nobody outside to wait for: channel-call records
+/// its intent, the wallet's answer and the result in one transaction, and
+/// wallet charges arriving together share a batch's transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_charges_are_one_transaction_each_and_share_batches() -> anyhow::Result<()> {
+    // This test's process records its own fleet's metrics.
+    let metrics = payfleet_common::telemetry::metrics_handle();
+    let mut chain = Chain::new("walletbatch").await?;
+    let orders: Vec<String> = (0..12).map(|i| format!("w-{i}")).collect();
+    for order in &orders {
+        chain
+            .publish(&request(order, "alice", &[("cup", 1)], "10.00"))
+            .await?;
+    }
+    chain.start(&[]).await?;
+    for order in &orders {
+        assert_eq!(chain.outcome(order).await?.0, "settled");
+    }
+    // The transaction that wrote each attempt's request and response logs.
+    let written_in: Vec<(String, String)> = sqlx::query_as(
+        "SELECT attempt_id::text, xmin::text FROM integration_log
+         WHERE channel = 'balance' AND direction IN ('request', 'response')",
+    )
+    .fetch_all(chain.pool())
+    .await?;
+    let mut by_attempt: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (attempt, transaction) in written_in {
+        by_attempt.entry(attempt).or_default().insert(transaction);
+    }
+    assert_eq!(by_attempt.len(), 12, "one wallet attempt per payment");
+    assert!(
+        by_attempt
+            .values()
+            .all(|transactions| transactions.len() == 1),
+        "each wallet charge's request and response in one transaction: {by_attempt:?}"
+    );
+    // (Rows written in savepoints carry the savepoint's own xid: which
+    // charges shared a batch is read from the batch-size histogram.)
+    let rendered = metrics.render();
+    let sample = |name: &str| {
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}{{stage=\"channel-call\"}} ")))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (batched, batches) = (
+        sample("payfleet_batch_messages_sum"),
+        sample("payfleet_batch_messages_count"),
+    );
+    assert!(
+        batched >= 12.0 && batches < batched,
+        "channel-call took the wallet charges in batches: {batched} in {batches}"
+    );
+    ledger::roll_up(chain.pool(), 1000).await?;
+    assert_eq!(
+        chain.balance("user", "alice").await?.0,
+        d("880.00"),
+        "twelve 10.00 charges taken once each"
+    );
     chain.finish().await
 }
 

@@ -18,6 +18,7 @@ impl Default for Settings {
             batch_size: per_stage(&[
                 ("order-validation", 32),
                 ("fund-freeze", 32),
+                ("channel-call", 32),
                 ("callback", 32),
                 ("settlement", 32),
                 ("notification", 32),
@@ -26,6 +27,7 @@ impl Default for Settings {
             batch_wait_ms: per_stage(&[
                 ("order-validation", 2),
                 ("fund-freeze", 2),
+                ("channel-call", 2),
                 ("callback", 2),
                 ("settlement", 2),
                 ("notification", 2),

@@ -417,9 +417,10 @@ mod tests {
     fn batches_name_known_stages_and_sensible_values() {
         let s = with("batch_size = { fund-freeze = 8 }").expect("valid");
         assert_eq!(s.batch_for("fund-freeze").size, 8);
-        // a named stage keeps the other stages' defaults; one not named at
-        // all handles one delivery at a time
+        // a named stage keeps the other stages' defaults
         assert_eq!(s.batch_for("settlement").size, 32);
+        assert_eq!(s.batch_for("channel-call").size, 32);
+        let s = with("batch_size = { channel-call = 1 }").expect("valid");
         assert_eq!(s.batch_for("channel-call").size, 1);
         let err = with("batch_size = { fund-freezer = 8 }")
             .unwrap_err()

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::{
     Shared,
     stage::{CallingStage, Inbound, Intent, Outcome, Stage, StageError, Undecodable},
-    transaction::{self, BatchTx, Begun, Kept},
+    transaction::{self, BatchTx, Begun, Kept, StageTx},
 };
 
 /// What the transactions of one delivery came to.
@@ -38,6 +38,18 @@ pub trait Handler: Send + Sync + 'static {
         inbound: &Inbound,
         message: &Self::Message,
     ) -> impl Future<Output = Result<Processed, StageError>> + Send;
+    /// Whether this message may join a batch (when the stage batches).
+    fn batchable(&self, _message: &Self::Message) -> bool {
+        Self::BATCHES
+    }
+    /// Handles one message inside a batch's savepoint, its inbox row
+    /// claimed; `None` when it cannot be handled there and must run alone.
+    fn handle_in_batch(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &Self::Message,
+    ) -> impl Future<Output = Result<Option<Outcome>, StageError>> + Send;
     /// Handles `items` together, one result per item in their order; an
     /// error means nothing of the batch was committed.
     fn process_batch(
@@ -94,52 +106,82 @@ impl<S: Stage> Handler for Transactional<S> {
                     .await,
             );
         }
-        let lock_timeout = shared.settings.batch_lock_timeout();
-        let mut batch = BatchTx::begin(shared, lock_timeout).await?;
-        let mut results = Vec::with_capacity(items.len());
-        for ((inbound, message), before) in items.iter().zip(before) {
-            if let Err(error) = before {
-                results.push(Some(Err(error)));
+        run_batch(self, shared, items, before).await
+    }
+
+    async fn handle_in_batch(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &S::Message,
+    ) -> Result<Option<Outcome>, StageError> {
+        self.0.handle(tx, inbound, message).await.map(Some)
+    }
+}
+
+/// One transaction for `items`, each in its own savepoint (`before`: what
+/// each item's work before the transaction came to; an error there is its
+/// result). What steps out of the batch (a lock wait, or work a batch
+/// cannot hold) runs alone once the batch has committed.
+async fn run_batch<H: Handler>(
+    handler: &H,
+    shared: &Shared,
+    items: &[(&Inbound, &H::Message)],
+    before: Vec<Result<(), StageError>>,
+) -> Result<Vec<Result<Processed, StageError>>, StageError> {
+    let lock_timeout = shared.settings.batch_lock_timeout();
+    let mut batch = BatchTx::begin(shared, lock_timeout).await?;
+    let mut results = Vec::with_capacity(items.len());
+    for ((inbound, message), before) in items.iter().zip(before) {
+        if let Err(error) = before {
+            results.push(Some(Err(error)));
+            continue;
+        }
+        let span = handle_span(inbound);
+        span.record("batched", items.len());
+        // An error from the batch itself means the whole batch is lost.
+        let result = match batch.start(inbound).await {
+            Ok(true) => {
+                handler
+                    .handle_in_batch(batch.tx(), inbound, message)
+                    .instrument(span)
+                    .await
+            }
+            Ok(false) => {
+                results.push(Some(Ok(Processed::AlreadyProcessed)));
                 continue;
             }
-            let span = handle_span(inbound);
-            span.record("batched", items.len());
-            // An error from the batch itself means the whole batch is lost.
-            let result = match batch.start(inbound).await {
-                Ok(true) => {
-                    self.0
-                        .handle(batch.tx(), inbound, message)
-                        .instrument(span)
-                        .await
-                }
-                Ok(false) => {
-                    results.push(Some(Ok(Processed::AlreadyProcessed)));
-                    continue;
-                }
-                // Its inbox row is being written by another transaction.
-                Err(StageError::LockWait(reason)) => Err(StageError::LockWait(reason)),
-                Err(lost) => return Err(lost),
-            };
-            match batch.finish(inbound, &result).await? {
-                Kept::Stands => results.push(Some(finish(result))),
-                Kept::SteppedOut => results.push(None),
+            // Its inbox row is being written by another transaction.
+            Err(StageError::LockWait(reason)) => Err(StageError::LockWait(reason)),
+            Err(lost) => return Err(lost),
+        };
+        let result = match result {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => {
+                batch.step_out().await?;
+                results.push(None);
+                continue;
             }
+            Err(error) => Err(error),
+        };
+        match batch.finish(inbound, &result).await? {
+            Kept::Stands => results.push(Some(finish(result))),
+            Kept::SteppedOut => results.push(None),
         }
-        batch.commit().await?;
-        // What stepped out runs alone, now that the batch's locks are gone.
-        let mut all = Vec::with_capacity(results.len());
-        for (result, (inbound, message)) in results.into_iter().zip(items) {
-            all.push(match result {
-                Some(result) => result,
-                None => {
-                    metrics::counter!("payfleet_batch_stepped_out_total", "stage" => self.0.name().to_owned())
-                        .increment(1);
-                    self.process(shared, inbound, message).await
-                }
-            });
-        }
-        Ok(all)
     }
+    batch.commit().await?;
+    let mut all = Vec::with_capacity(results.len());
+    for (result, (inbound, message)) in results.into_iter().zip(items) {
+        all.push(match result {
+            Some(result) => result,
+            None => {
+                metrics::counter!("payfleet_batch_stepped_out_total", "stage" => handler.name().to_owned())
+                    .increment(1);
+                handler.process(shared, inbound, message).await
+            }
+        });
+    }
+    Ok(all)
 }
 
 /// A [`CallingStage`]: intent, call, result.
@@ -147,8 +189,9 @@ pub struct Calling<S>(pub S);
 
 impl<S: CallingStage> Handler for Calling<S> {
     type Message = S::Message;
-    /// Its intent is committed before the call: one delivery at a time.
-    const BATCHES: bool = false;
+    /// Only work answered at once joins a batch: a third party's call has
+    /// its intent committed first, one delivery at a time.
+    const BATCHES: bool = true;
     fn name(&self) -> &str {
         self.0.name()
     }
@@ -157,6 +200,9 @@ impl<S: CallingStage> Handler for Calling<S> {
     }
     fn lock_key(&self, message: &S::Message) -> Option<String> {
         self.0.lock_key(message)
+    }
+    fn batchable(&self, message: &S::Message) -> bool {
+        self.0.may_batch(message)
     }
     async fn process(
         &self,
@@ -169,13 +215,14 @@ impl<S: CallingStage> Handler for Calling<S> {
         }
         let mut cx = transaction::begin_plain(shared, inbound).await?;
         let intent = match self.0.record_intent(&mut cx, inbound, message).await? {
-            Intent::Call(intent) => intent,
-            Intent::Finished(outcome) => {
-                // Nothing to call: this transaction is the whole of the work.
+            Intent::Call(intent) if !self.0.answers_at_once(&intent) => intent,
+            // Nothing to call, or nobody outside to wait for: this
+            // transaction is the whole of the work.
+            intent => {
                 if !transaction::claim_inbox(&mut cx, inbound).await? {
                     return Ok(Processed::AlreadyProcessed);
                 }
-                let result = Ok(outcome);
+                let result = self.at_once(&mut cx, inbound, message, intent).await;
                 transaction::complete(cx, inbound, &result).await?;
                 return finish(result);
             }
@@ -200,11 +247,43 @@ impl<S: CallingStage> Handler for Calling<S> {
         shared: &Shared,
         items: &[(&Inbound, &S::Message)],
     ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
-        let mut results = Vec::with_capacity(items.len());
-        for (inbound, message) in items {
-            results.push(self.process(shared, inbound, message).await);
+        let before = items.iter().map(|_| Ok(())).collect();
+        run_batch(self, shared, items, before).await
+    }
+
+    async fn handle_in_batch(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &S::Message,
+    ) -> Result<Option<Outcome>, StageError> {
+        match self.0.record_intent(tx, inbound, message).await? {
+            // A third party's call after all: its intent must commit first.
+            Intent::Call(intent) if !self.0.answers_at_once(&intent) => Ok(None),
+            intent => self.at_once(tx, inbound, message, intent).await.map(Some),
         }
-        Ok(results)
+    }
+}
+
+impl<S: CallingStage> Calling<S> {
+    /// Finishes, inside the intent's own transaction, work with nothing to
+    /// call or a call answered at once.
+    async fn at_once(
+        &self,
+        tx: &mut StageTx,
+        inbound: &Inbound,
+        message: &S::Message,
+        intent: Intent<S::Intent>,
+    ) -> Result<Outcome, StageError> {
+        match intent {
+            Intent::Finished(outcome) => Ok(outcome),
+            Intent::Call(intent) => {
+                let reply = self.0.call(message, &intent).await;
+                self.0
+                    .record_result(tx, inbound, message, intent, reply)
+                    .await
+            }
+        }
     }
 }
 

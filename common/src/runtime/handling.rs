@@ -102,6 +102,7 @@ impl<H: Handler> StageProcessor<H> {
             }
         };
         if !inbound.suspect
+            && self.handler.batchable(&message)
             && let Some(batches) = self.batches()
         {
             let (done, answer) = oneshot::channel();

@@ -203,7 +203,9 @@ pub enum Intent<I> {
 
 /// A stage that calls a third party: commit the intent → call outside any
 /// transaction → commit the result. No transaction, row lock or pooled
-/// connection is held across the call.
+/// connection is held across the call. A call answered inside the process
+/// at once (see [`CallingStage::answers_at_once`]) is made inside the
+/// intent's transaction instead, and may share a batch.
 pub trait CallingStage: Send + Sync + 'static {
     type Message: Send + Sync + 'static;
     type Intent: Send + Sync + 'static;
@@ -222,7 +224,22 @@ pub trait CallingStage: Send + Sync + 'static {
         message: &Self::Message,
     ) -> impl Future<Output = Result<Intent<Self::Intent>, StageError>> + Send;
 
-    /// The call, with no transaction open.
+    /// Whether `intent`'s call is answered inside this process at once
+    /// (nobody outside to wait for, nothing to lose in a crash): then the
+    /// intent, the call and the result share one transaction.
+    fn answers_at_once(&self, _intent: &Self::Intent) -> bool {
+        false
+    }
+
+    /// Whether `message` is expected to be answered at once, so that it may
+    /// share a batch's transaction; one that turns out to need a third
+    /// party steps out of the batch and runs alone.
+    fn may_batch(&self, _message: &Self::Message) -> bool {
+        false
+    }
+
+    /// The call, with no transaction open (none but the intent's when it
+    /// is answered at once).
     fn call(
         &self,
         message: &Self::Message,

@@ -319,8 +319,7 @@ impl BatchTx {
                 return Err(StageError::Contention(reason.clone()));
             }
             Err(StageError::LockWait(_)) => {
-                self.cx.emitted.clear();
-                sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+                self.step_out().await?;
                 return Ok(Kept::SteppedOut);
             }
             Ok(Outcome::Applied) => {}
@@ -353,6 +352,14 @@ impl BatchTx {
         }
         self.emitted.append(&mut self.cx.emitted);
         Ok(Kept::Stands)
+    }
+
+    /// Undoes the current message (it cannot be handled in a batch): it
+    /// runs alone once the batch has committed.
+    pub async fn step_out(&mut self) -> Result<(), StageError> {
+        self.cx.emitted.clear();
+        sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+        Ok(())
     }
 
     /// Writes every kept message's outbox rows in one statement and commits.

@@ -57,9 +57,17 @@ impl InHouseChannel {
     }
 }
 
+/// Whether `channel` is one of the channels resolved inside payfleet.
+pub fn is_in_house(channel: &str) -> bool {
+    channel == BALANCE || channel == DEPOSIT
+}
+
 impl ChannelAdapter for InHouseChannel {
     fn name(&self) -> &str {
         self.name
+    }
+    fn answers_at_once(&self) -> bool {
+        true
     }
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply> {
         Box::pin(async move {

@@ -224,6 +224,11 @@ impl From<reqwest::Error> for Unreachable {
 /// A payment channel.
 pub trait ChannelAdapter: Send + Sync {
     fn name(&self) -> &str;
+    /// Whether it answers charges, queries and closes inside payfleet at
+    /// once, with nobody outside to wait for (see [`in_house`]).
+    fn answers_at_once(&self) -> bool {
+        false
+    }
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> Boxed<'a, ChannelReply>;
     fn query<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, ChannelReply>;
     fn close<'a>(&'a self, attempt_id: AttemptId) -> Boxed<'a, CloseReply>;

@@ -259,6 +259,22 @@ impl CallingStage for ChannelCall {
         Some(m.lock_key())
     }
 
+    /// A charge, query or close at an in-house channel (the wallet, the
+    /// deposit channel): intent, answer and result in one transaction.
+    fn answers_at_once(&self, call: &Call) -> bool {
+        match call {
+            Call::Charge { adapter, .. }
+            | Call::Query { adapter, .. }
+            | Call::Close { adapter, .. } => adapter.answers_at_once(),
+            Call::Refund(_) | Call::Payout(_) => false,
+        }
+    }
+
+    /// A wallet payment's (or an attested deposit's) charge shares a batch.
+    fn may_batch(&self, work: &Work) -> bool {
+        matches!(work, Work::Charge(m) if crate::channels::in_house::is_in_house(&m.channel))
+    }
+
     async fn record_intent(
         &self,
         tx: &mut StageTx,
