@@ -81,7 +81,7 @@ impl<S: Stage> Handler for Transactional<S> {
         message: &S::Message,
     ) -> Result<Processed, StageError> {
         self.0
-            .before_transaction(&shared.pool, inbound, message)
+            .before_transaction(&shared.pool, &[(inbound, message)])
             .await?;
         let mut cx = match transaction::begin(shared, inbound).await? {
             Begun::AlreadyProcessed => return Ok(Processed::AlreadyProcessed),
@@ -97,16 +97,10 @@ impl<S: Stage> Handler for Transactional<S> {
         shared: &Shared,
         items: &[(&Inbound, &S::Message)],
     ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
-        // Each committed on its own before the batch begins.
-        let mut before = Vec::with_capacity(items.len());
-        for (inbound, message) in items {
-            before.push(
-                self.0
-                    .before_transaction(&shared.pool, inbound, message)
-                    .await,
-            );
-        }
-        run_batch(self, shared, items, before).await
+        // Committed on its own before the batch begins (when it fails, the
+        // batch's messages are handled one at a time, each doing its own).
+        self.0.before_transaction(&shared.pool, items).await?;
+        run_batch(self, shared, items).await
     }
 
     async fn handle_in_batch(
@@ -119,24 +113,18 @@ impl<S: Stage> Handler for Transactional<S> {
     }
 }
 
-/// One transaction for `items`, each in its own savepoint (`before`: what
-/// each item's work before the transaction came to; an error there is its
-/// result). What steps out of the batch (a lock wait, or work a batch
-/// cannot hold) runs alone once the batch has committed.
+/// One transaction for `items`, each in its own savepoint. What steps out
+/// of the batch (a lock wait, or work a batch cannot hold) runs alone once
+/// the batch has committed.
 async fn run_batch<H: Handler>(
     handler: &H,
     shared: &Shared,
     items: &[(&Inbound, &H::Message)],
-    before: Vec<Result<(), StageError>>,
 ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
     let lock_timeout = shared.settings.batch_lock_timeout();
     let mut batch = BatchTx::begin(shared, lock_timeout).await?;
     let mut results = Vec::with_capacity(items.len());
-    for ((inbound, message), before) in items.iter().zip(before) {
-        if let Err(error) = before {
-            results.push(Some(Err(error)));
-            continue;
-        }
+    for (inbound, message) in items {
         let span = handle_span(inbound);
         span.record("batched", items.len());
         // An error from the batch itself means the whole batch is lost.
@@ -247,8 +235,7 @@ impl<S: CallingStage> Handler for Calling<S> {
         shared: &Shared,
         items: &[(&Inbound, &S::Message)],
     ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
-        let before = items.iter().map(|_| Ok(())).collect();
-        run_batch(self, shared, items, before).await
+        run_batch(self, shared, items).await
     }
 
     async fn handle_in_batch(

@@ -171,12 +171,12 @@ pub trait Stage: Send + Sync + 'static {
 
     /// Work committed on its own before the stage's transaction begins, so
     /// that neither a rollback nor a retry undoes it (order-validation notes
-    /// when it first received a request). Nothing by default.
+    /// when it first received a request): for every message of a batch at
+    /// once, or for one. Nothing by default.
     fn before_transaction(
         &self,
         _pool: &PgPool,
-        _inbound: &Inbound,
-        _message: &Self::Message,
+        _items: &[(&Inbound, &Self::Message)],
     ) -> impl Future<Output = Result<(), StageError>> + Send {
         async { Ok(()) }
     }

@@ -234,18 +234,23 @@ impl Stage for OrderValidation {
         })
     }
 
-    /// Notes the first receipt of this message id, committed on its own so
-    /// that a retry or a replay keeps the first one.
+    /// Notes the first receipt of these message ids (one statement for a
+    /// batch), committed on its own so that a retry or a replay keeps the
+    /// first one.
     async fn before_transaction(
         &self,
         pool: &sqlx::PgPool,
-        inbound: &Inbound,
-        _asked: &Asked,
+        items: &[(&Inbound, &Asked)],
     ) -> Result<(), StageError> {
+        let ids: Vec<&str> = items
+            .iter()
+            .map(|(inbound, _)| inbound.message_id.as_str())
+            .collect();
         sqlx::query(
-            "INSERT INTO request_receipts (message_id) VALUES ($1) ON CONFLICT (message_id) DO NOTHING",
+            "INSERT INTO request_receipts (message_id) SELECT * FROM UNNEST($1::text[])
+             ON CONFLICT (message_id) DO NOTHING",
         )
-        .bind(&inbound.message_id)
+        .bind(ids)
         .execute(pool)
         .await?;
         Ok(())
