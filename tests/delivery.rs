@@ -510,3 +510,102 @@ async fn rows_past_their_retention_are_pruned_in_batches_and_everything_else_kep
     );
     env.teardown().await
 }
+
+/// A relay's passes (rows no stage handed over: jobs', ops commands', a dead
+/// process's) still run while stages hand it rows faster than it publishes
+/// them: the poll tick is not postponed by the handoffs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_flooded_with_handed_rows_still_passes_over_the_table() -> anyhow::Result<()> {
+    use payfleet_common::CancellationToken;
+    use payfleet_common::{
+        broker,
+        outbox::{self, Handoff, OutboxMessage, RelayConfig},
+    };
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use tokio::sync::Notify;
+
+    let env = TestEnv::new("relaypass").await?;
+    let stop = CancellationToken::new();
+    let publisher = broker::Publisher::new(
+        broker::Endpoint::from_settings(&env.settings)?,
+        "relay-test",
+        stop.clone(),
+    );
+    let wake = Arc::new(Notify::new());
+    let lease = Duration::from_secs(10);
+    let (handoff, handed) = Handoff::new(lease, wake.clone());
+    let relay = tokio::spawn(outbox::run_relay(
+        env.pool.clone(),
+        publisher.clone(),
+        wake,
+        handed,
+        RelayConfig {
+            batch_size: 256,
+            lease,
+            poll: Duration::from_millis(100),
+            flush_timeout: Duration::from_secs(2),
+        },
+        stop.clone(),
+    ));
+    let exchange = env.topology.exchanges().stages.clone();
+    let message = move |n: u64| {
+        OutboxMessage::json(&exchange, TRANSFER_STAGE, "flood", None, &n).expect("a number is JSON")
+    };
+    // Four stages committing and handing rows over as fast as they can.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let mut feeders = Vec::new();
+    for feeder in 0..4u64 {
+        let (pool, handoff, flooding) = (env.pool.clone(), handoff.clone(), flooding.clone());
+        let message = message.clone();
+        feeders.push(tokio::spawn(async move {
+            let mut n = feeder << 32;
+            while flooding.load(Ordering::Relaxed) {
+                n += 1;
+                let mut tx = pool.begin().await?;
+                let inserted = handoff.insert(&mut tx, vec![message(n)]).await?;
+                tx.commit().await?;
+                handoff.hand_over(inserted);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A row written without a handoff and without a wake: only a pass finds it.
+    let mut tx = env.pool.begin().await?;
+    let lone = message(u64::MAX);
+    outbox::insert(&mut tx, std::slice::from_ref(&lone)).await?;
+    tx.commit().await?;
+    let found = wait_until(
+        Duration::from_secs(5),
+        "the lone row published by a pass",
+        || async {
+            Ok(sqlx::query_scalar::<_, bool>(
+                "SELECT sent_at IS NOT NULL FROM outbox WHERE message_id = $1",
+            )
+            .bind(&lone.message_id)
+            .fetch_one(&env.pool)
+            .await?)
+        },
+    )
+    .await;
+    let handed_over = env
+        .scalar_i64(
+            "SELECT count(*) FROM outbox WHERE publish_attempts = 1 AND message_type = 'flood'",
+        )
+        .await?;
+    flooding.store(false, Ordering::Relaxed);
+    for feeder in feeders {
+        feeder.await??;
+    }
+    stop.cancel();
+    relay.await?;
+    found?;
+    assert!(
+        handed_over > 100,
+        "the relay was flooded ({handed_over} rows handed over)"
+    );
+    env.teardown().await
+}

@@ -13,7 +13,13 @@
 //! once it runs out — with the same message id, which the next stage's
 //! inbox recognises.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -71,7 +77,7 @@ pub async fn insert(
 }
 
 /// Inserts the messages in one statement, claimed for `lease` (with their
-/// first publish attempt counted) when given; their rows.
+/// first publish attempt counted) when given; their rows, in order.
 async fn insert_rows(
     conn: &mut PgConnection,
     messages: Vec<OutboxMessage>,
@@ -80,12 +86,18 @@ async fn insert_rows(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<(i64, String)> = sqlx::query_as(
+    // Rows are inserted in the messages' order, so their ids ascend with it.
+    // The lease runs from the insert (`clock_timestamp`), not from the
+    // transaction's start: a long transaction still hands over a live lease.
+    let mut ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO outbox (message_id, exchange, routing_key, correlation_id, message_type, headers, body,
                              claimed_until, publish_attempts)
-         SELECT m.*, now() + make_interval(secs => $8), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[]) AS m
-         RETURNING id, message_id",
+         SELECT m.message_id, m.exchange, m.routing_key, m.correlation_id, m.message_type, m.headers, m.body,
+                clock_timestamp() + make_interval(secs => $8), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[])
+              WITH ORDINALITY AS m (message_id, exchange, routing_key, correlation_id, message_type, headers, body, n)
+         ORDER BY m.n
+         RETURNING id",
     )
     .bind(messages.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>())
     .bind(messages.iter().map(|m| m.exchange.as_str()).collect::<Vec<_>>())
@@ -97,13 +109,13 @@ async fn insert_rows(
     .bind(lease.map(|l| l.as_secs_f64()))
     .fetch_all(conn)
     .await?;
+    ids.sort_unstable();
     let attempts = i32::from(lease.is_some());
-    let ids: std::collections::HashMap<String, i64> =
-        ids.into_iter().map(|(id, message)| (message, id)).collect();
-    Ok(messages
+    Ok(ids
         .into_iter()
-        .map(|m| Row {
-            id: ids[&m.message_id],
+        .zip(messages)
+        .map(|(id, m)| Row {
+            id,
             message_id: m.message_id,
             exchange: m.exchange,
             routing_key: m.routing_key,
@@ -116,15 +128,66 @@ async fn insert_rows(
         .collect())
 }
 
+/// Rows handed over and not yet taken by the relay, at most: beyond, rows
+/// are written for a pass instead, so a stalled broker (a memory alarm
+/// blocks publishers) cannot pile bodies up in memory.
+const MOST_HANDED_ROWS: usize = 16_384;
+
+/// One commit's rows, and until when they are the relay's alone.
+#[derive(Debug)]
+pub struct Handed {
+    rows: Vec<Row>,
+    lease_ends: Instant,
+}
+
 /// A committed transaction's rows on their way to the relay.
-pub type HandedRows = mpsc::UnboundedReceiver<Vec<Row>>;
+#[derive(Debug)]
+pub struct HandedRows {
+    receiver: mpsc::UnboundedReceiver<Handed>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl HandedRows {
+    /// What was handed over next (waiting for it).
+    async fn recv(&mut self) -> Option<Handed> {
+        let handed = self.receiver.recv().await?;
+        self.queued.fetch_sub(handed.rows.len(), Ordering::Relaxed);
+        Some(handed)
+    }
+
+    /// What was handed over next, if anything is waiting.
+    fn try_recv(&mut self) -> Option<Handed> {
+        let handed = self.receiver.try_recv().ok()?;
+        self.queued.fetch_sub(handed.rows.len(), Ordering::Relaxed);
+        Some(handed)
+    }
+
+    /// `first` and what else is waiting, up to about `batch_size` rows;
+    /// rows whose lease has ended are left to a pass (another relay may
+    /// have claimed them).
+    fn take(&mut self, first: Handed, batch_size: u32) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let mut next = Some(first);
+        while let Some(handed) = next {
+            if handed.lease_ends > Instant::now() {
+                rows.extend(handed.rows);
+            }
+            if rows.len() >= batch_size as usize {
+                break;
+            }
+            next = self.try_recv();
+        }
+        rows
+    }
+}
 
 /// Where a committing transaction's outbox rows go: to this process's relay
 /// in memory when it runs one, otherwise to the table alone (any relay's
 /// pass takes them).
 #[derive(Debug, Clone)]
 pub struct Handoff {
-    sender: mpsc::UnboundedSender<Vec<Row>>,
+    sender: mpsc::UnboundedSender<Handed>,
+    queued: Arc<AtomicUsize>,
     /// How long rows handed over are the relay's alone.
     lease: Duration,
     wake: Arc<Notify>,
@@ -135,7 +198,8 @@ pub struct Handoff {
 #[must_use = "hand the rows over once the transaction commits"]
 pub struct Inserted {
     rows: Vec<Row>,
-    claimed: bool,
+    /// Until when they are this relay's, when claimed for it.
+    lease_ends: Option<Instant>,
 }
 
 impl Inserted {
@@ -153,27 +217,32 @@ impl Handoff {
     /// of it for rows written without a handoff.
     pub fn new(lease: Duration, wake: Arc<Notify>) -> (Self, HandedRows) {
         let (sender, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         (
             Self {
                 sender,
+                queued: queued.clone(),
                 lease,
                 wake,
             },
-            receiver,
+            HandedRows { receiver, queued },
         )
     }
 
     /// Inserts the messages in the caller's transaction (one statement),
-    /// claimed by this process's relay while it runs.
+    /// claimed by this process's relay while it runs and has room.
     pub async fn insert(
         &self,
         conn: &mut PgConnection,
         messages: Vec<OutboxMessage>,
     ) -> Result<Inserted, sqlx::Error> {
-        let claimed = !self.sender.is_closed();
-        let lease = claimed.then_some(self.lease);
+        let claim = !self.sender.is_closed()
+            && self.queued.load(Ordering::Relaxed) + messages.len() <= MOST_HANDED_ROWS;
+        let lease = claim.then_some(self.lease);
+        // Taken before the insert, the deadline is never later than the row's.
+        let lease_ends = lease.map(|lease| Instant::now() + lease);
         let rows = insert_rows(conn, messages, lease).await?;
-        Ok(Inserted { rows, claimed })
+        Ok(Inserted { rows, lease_ends })
     }
 
     /// After the commit: the relay publishes the rows now.
@@ -181,8 +250,24 @@ impl Handoff {
         if inserted.rows.is_empty() {
             return;
         }
-        // A relay gone meanwhile leaves them to the lease and the next pass.
-        if !inserted.claimed || self.sender.send(inserted.rows).is_err() {
+        let handed = match inserted.lease_ends {
+            Some(lease_ends) => {
+                let count = inserted.rows.len();
+                self.queued.fetch_add(count, Ordering::Relaxed);
+                let sent = self.sender.send(Handed {
+                    rows: inserted.rows,
+                    lease_ends,
+                });
+                if sent.is_err() {
+                    self.queued.fetch_sub(count, Ordering::Relaxed);
+                }
+                sent.is_ok()
+            }
+            None => false,
+        };
+        // Unclaimed, or the relay is gone: the next pass takes them (a
+        // claimed row once its lease ends).
+        if !handed {
             self.wake.notify_one();
         }
     }
@@ -225,7 +310,7 @@ pub async fn run_relay(
 ) {
     let mut pass_due = true;
     // A steady tick: handed-over rows arriving more often than `poll` must
-    // not keep postponing the passes (a dead process's rows, retries).
+    // not keep postponing the passes (jobs' rows, retries, a dead process's).
     let mut poll = tokio::time::interval(config.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -243,24 +328,30 @@ pub async fn run_relay(
                 continue;
             }
         }
+        // The tick and the wake come first: under a steady stream of
+        // handed-over rows the passes still run.
         tokio::select! {
             biased;
-            Some(rows) = handed.recv() => {
-                let rows = take_more(&mut handed, rows, config.batch_size);
+            _ = cancel.cancelled() => break,
+            _ = poll.tick() => pass_due = true,
+            _ = wake.notified() => pass_due = true,
+            Some(first) = handed.recv() => {
+                let rows = handed.take(first, config.batch_size);
                 if let Err(error) = publish(&pool, &publisher, rows).await {
                     tracing::warn!(%error, "marking handed-over outbox rows failed; the lease gives them to a later pass");
                 }
             }
-            _ = wake.notified() => pass_due = true,
-            _ = poll.tick() => pass_due = true,
-            _ = cancel.cancelled() => break,
         }
     }
-    // Shutdown: publish what the last transactions committed.
+    // Shutdown: publish what the last transactions committed, the rows
+    // handed over first (`recv` ends once every send in progress is in).
     let deadline = tokio::time::Instant::now() + config.flush_timeout;
-    handed.close();
-    while let Ok(rows) = handed.try_recv() {
-        let rows = take_more(&mut handed, rows, config.batch_size);
+    handed.receiver.close();
+    loop {
+        let rows = match tokio::time::timeout_at(deadline, handed.recv()).await {
+            Ok(Some(first)) => handed.take(first, config.batch_size),
+            Ok(None) | Err(_) => break,
+        };
         match tokio::time::timeout_at(deadline, publish(&pool, &publisher, rows)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
@@ -280,17 +371,6 @@ pub async fn run_relay(
             }
         }
     }
-}
-
-/// `rows` and what else was handed over meanwhile, up to about `batch_size`.
-fn take_more(handed: &mut HandedRows, mut rows: Vec<Row>, batch_size: u32) -> Vec<Row> {
-    while rows.len() < batch_size as usize {
-        match handed.try_recv() {
-            Ok(more) => rows.extend(more),
-            Err(_) => break,
-        }
-    }
-    rows
 }
 
 /// One pass: claim a batch, publish it pipelined, mark what was confirmed.
