@@ -171,7 +171,7 @@ impl Fleet {
             .copied()
             .unwrap_or_else(|| self.shared.settings.batch_for(&name));
         let mut spec = self.spec(&name, self.shared.topology.input_queues(&name));
-        if H::BATCHES && batch.size > 1 {
+        if batch.size > 1 {
             // One batch committing while the next fills.
             let room = batch.size * crate::runtime::batch::CONCURRENT_BATCHES;
             spec.max_in_flight = spec.max_in_flight.max(room);

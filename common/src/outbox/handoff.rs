@@ -23,7 +23,7 @@ const MOST_HANDED_ROWS: usize = 16_384;
 
 /// One commit's rows, and until when they are the relay's alone.
 #[derive(Debug)]
-pub struct Handed {
+pub(super) struct Handed {
     rows: Vec<Row>,
     lease_ends: Instant,
 }
@@ -91,10 +91,6 @@ pub struct Inserted {
 }
 
 impl Inserted {
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

@@ -24,7 +24,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use self::handoff::{Handed, HandedRows, Handoff, Inserted};
+pub use self::handoff::{HandedRows, Handoff, Inserted};
 use crate::{
     broker::{self, Outgoing, PublishError, Publisher},
     fault,

@@ -27,8 +27,6 @@ pub enum Processed {
 /// The runtime's view of a stage, whichever form it has.
 pub trait Handler: Send + Sync + 'static {
     type Message: Send + Sync + 'static;
-    /// Whether several deliveries may share one transaction.
-    const BATCHES: bool;
     fn name(&self) -> &str;
     fn decode(&self, inbound: &Inbound) -> Result<Self::Message, Undecodable>;
     fn lock_key(&self, message: &Self::Message) -> Option<String>;
@@ -40,7 +38,7 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Processed, StageError>> + Send;
     /// Whether this message may join a batch (when the stage batches).
     fn batchable(&self, _message: &Self::Message) -> bool {
-        Self::BATCHES
+        true
     }
     /// Handles one message inside a batch's savepoint, its inbox row
     /// claimed; `None` when it cannot be handled there and must run alone.
@@ -64,7 +62,6 @@ pub struct Transactional<S>(pub S);
 
 impl<S: Stage> Handler for Transactional<S> {
     type Message = S::Message;
-    const BATCHES: bool = true;
     fn name(&self) -> &str {
         self.0.name()
     }
@@ -177,9 +174,6 @@ pub struct Calling<S>(pub S);
 
 impl<S: CallingStage> Handler for Calling<S> {
     type Message = S::Message;
-    /// Only work answered at once joins a batch: a third party's call has
-    /// its intent committed first, one delivery at a time.
-    const BATCHES: bool = true;
     fn name(&self) -> &str {
         self.0.name()
     }
@@ -189,6 +183,8 @@ impl<S: CallingStage> Handler for Calling<S> {
     fn lock_key(&self, message: &S::Message) -> Option<String> {
         self.0.lock_key(message)
     }
+    /// Only work answered at once joins a batch: a third party's call has
+    /// its intent committed first, one delivery at a time.
     fn batchable(&self, message: &S::Message) -> bool {
         self.0.may_batch(message)
     }

@@ -77,7 +77,7 @@ impl<H: Handler> StageProcessor<H> {
     /// The stage's batching loop, started on first use; `None` when the
     /// stage handles deliveries one at a time.
     fn batches(&self) -> Option<&mpsc::Sender<Job<H::Message>>> {
-        if !H::BATCHES || self.batch.size <= 1 {
+        if self.batch.size <= 1 {
             return None;
         }
         Some(self.batches.get_or_init(|| {

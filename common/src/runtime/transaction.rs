@@ -126,16 +126,15 @@ impl StageTx {
     }
 
     /// Writes the emitted messages' outbox rows (one statement), commits and
-    /// hands the rows to the relay. Returns how many there were.
-    async fn commit_with(mut self, emitted: Vec<OutboxMessage>) -> Result<usize, StageError> {
+    /// hands the rows to the relay.
+    async fn commit_with(mut self, emitted: Vec<OutboxMessage>) -> Result<(), StageError> {
         let inserted = self.handoff.insert(&mut self.tx, emitted).await?;
-        let written = inserted.len();
         self.tx.commit().await?;
         if !inserted.is_empty() {
             crate::fault::point(crate::fault::AFTER_COMMIT_BEFORE_HANDOFF);
         }
         self.handoff.hand_over(inserted);
-        Ok(written)
+        Ok(())
     }
 }
 
@@ -164,19 +163,19 @@ pub async fn claim_inbox(cx: &mut StageTx, inbound: &Inbound) -> Result<bool, St
 }
 
 /// Commits or rolls back according to the handler's result, and hands the
-/// outbox rows to the relay. Returns the number of rows committed.
+/// outbox rows to the relay.
 pub async fn complete(
     mut cx: StageTx,
     inbound: &Inbound,
     result: &Result<Outcome, StageError>,
-) -> Result<usize, StageError> {
+) -> Result<(), StageError> {
     let inbox_outcome = match result {
         Ok(Outcome::Applied) => "applied",
         Ok(Outcome::Stale { .. }) => return complete_stale(cx, inbound).await,
         Ok(Outcome::Exception { .. }) => "exception",
         Ok(Outcome::NotYet { .. }) | Err(_) => {
             cx.tx.rollback().await?;
-            return Ok(0);
+            return Ok(());
         }
     };
     if inbox_outcome != "applied" {
@@ -198,7 +197,7 @@ pub async fn complete(
 /// before it knew (a row updated ahead of the status check): its transaction
 /// rolls back, and only the inbox remembers the message, in a transaction of
 /// its own.
-async fn complete_stale(cx: StageTx, inbound: &Inbound) -> Result<usize, StageError> {
+async fn complete_stale(cx: StageTx, inbound: &Inbound) -> Result<(), StageError> {
     let StageTx { tx, pool, .. } = cx;
     tx.rollback().await?;
     let mut tx = pool.begin().await?;
@@ -213,11 +212,11 @@ async fn complete_stale(cx: StageTx, inbound: &Inbound) -> Result<usize, StageEr
         clear_delivery_count(&mut *tx, inbound).await?;
     }
     tx.commit().await?;
-    Ok(0)
+    Ok(())
 }
 
 /// Commits a calling stage's intent with what it emitted.
-pub async fn commit_plain(mut cx: StageTx) -> Result<usize, StageError> {
+pub async fn commit_plain(mut cx: StageTx) -> Result<(), StageError> {
     let emitted = std::mem::take(&mut cx.emitted);
     cx.commit_with(emitted).await
 }
@@ -363,7 +362,7 @@ impl BatchTx {
     }
 
     /// Writes every kept message's outbox rows in one statement and commits.
-    pub async fn commit(self) -> Result<usize, StageError> {
+    pub async fn commit(self) -> Result<(), StageError> {
         self.cx.commit_with(self.emitted).await
     }
 }
