@@ -120,30 +120,26 @@ async fn run_batch<H: Handler>(
 ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
     let lock_timeout = shared.settings.batch_lock_timeout();
     let mut batch = BatchTx::begin(shared, lock_timeout).await?;
+    let inbounds: Vec<&Inbound> = items.iter().map(|(inbound, _)| *inbound).collect();
+    // An error from the batch itself means the whole batch is lost.
+    let fresh = batch.claim_inboxes(&inbounds).await?;
     let mut results = Vec::with_capacity(items.len());
-    for (inbound, message) in items {
+    for ((inbound, message), fresh) in items.iter().zip(fresh) {
+        if !fresh {
+            results.push(Some(Ok(Processed::AlreadyProcessed)));
+            continue;
+        }
         let span = handle_span(inbound);
         span.record("batched", items.len());
-        // An error from the batch itself means the whole batch is lost.
-        let result = match batch.start(inbound).await {
-            Ok(true) => {
-                handler
-                    .handle_in_batch(batch.tx(), inbound, message)
-                    .instrument(span)
-                    .await
-            }
-            Ok(false) => {
-                results.push(Some(Ok(Processed::AlreadyProcessed)));
-                continue;
-            }
-            // Its inbox row is being written by another transaction.
-            Err(StageError::LockWait(reason)) => Err(StageError::LockWait(reason)),
-            Err(lost) => return Err(lost),
-        };
+        batch.start(inbound).await?;
+        let result = handler
+            .handle_in_batch(batch.tx(), inbound, message)
+            .instrument(span)
+            .await;
         let result = match result {
             Ok(Some(outcome)) => Ok(outcome),
             Ok(None) => {
-                batch.step_out().await?;
+                batch.step_out(inbound).await?;
                 results.push(None);
                 continue;
             }

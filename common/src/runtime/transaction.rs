@@ -246,8 +246,11 @@ pub enum Kept {
 
 /// One transaction for a batch of deliveries, each inside its own savepoint:
 /// a message whose handler fails, is stale or is not yet due rolls back to
-/// its savepoint and takes nothing else with it. The emitted messages of
-/// every kept message are written with one statement at commit.
+/// its savepoint and takes nothing else with it. The inbox rows of the
+/// whole batch are claimed with one statement before the first savepoint,
+/// so a message that rolls back gives its claim back explicitly. The
+/// emitted messages of every kept message are written with one statement
+/// at commit.
 ///
 /// A batch holds every row lock it takes until it commits, so two batches
 /// (of one stage or of two) that share rows in different orders could
@@ -280,10 +283,39 @@ impl BatchTx {
         })
     }
 
-    /// Opens the next message's savepoint and claims its inbox row; false
-    /// when the inbox already holds the message (nothing else is done).
-    /// An error here means the batch's transaction is lost.
-    pub async fn start(&mut self, inbound: &Inbound) -> Result<bool, StageError> {
+    /// Claims the inbox rows of `inbounds` with one statement: for each, in
+    /// order, whether it is fresh (false: the inbox already holds it, or an
+    /// earlier delivery of the batch has the same id). A claim another
+    /// transaction is writing waits for it (at most the batch's lock
+    /// timeout). Rows are inserted in key order, as two batches sharing ids
+    /// must not deadlock. An error here means the batch's transaction is lost.
+    pub async fn claim_inboxes(&mut self, inbounds: &[&Inbound]) -> Result<Vec<bool>, StageError> {
+        let (stages, ids): (Vec<&str>, Vec<&str>) = inbounds
+            .iter()
+            .map(|inbound| (inbound.stage.as_str(), inbound.message_id.as_str()))
+            .unzip();
+        let claimed: Vec<(String, String)> = sqlx::query_as(
+            "INSERT INTO inbox (stage, message_id, outcome) \
+             SELECT stage, message_id, 'applied' FROM UNNEST($1::text[], $2::text[]) AS m (stage, message_id) \
+             ORDER BY stage, message_id \
+             ON CONFLICT DO NOTHING RETURNING stage, message_id",
+        )
+        .bind(&stages)
+        .bind(&ids)
+        .fetch_all(&mut *self.cx.tx)
+        .await?;
+        let mut claimed: std::collections::HashSet<(String, String)> =
+            claimed.into_iter().collect();
+        Ok(inbounds
+            .iter()
+            .map(|inbound| claimed.remove(&(inbound.stage.clone(), inbound.message_id.clone())))
+            .collect())
+    }
+
+    /// Opens the next message's savepoint (its inbox row already claimed by
+    /// [`Self::claim_inboxes`]). An error here means the batch's
+    /// transaction is lost.
+    pub async fn start(&mut self, inbound: &Inbound) -> Result<(), StageError> {
         let savepoint = if self.open {
             "RELEASE SAVEPOINT message; SAVEPOINT message"
         } else {
@@ -293,7 +325,7 @@ impl BatchTx {
         self.open = true;
         self.cx.correlation_id = inbound.correlation_id.clone();
         self.cx.emitted.clear();
-        claim_inbox(&mut self.cx, inbound).await
+        Ok(())
     }
 
     /// The current message's transaction, for its handler.
@@ -318,7 +350,7 @@ impl BatchTx {
                 return Err(StageError::Contention(reason.clone()));
             }
             Err(StageError::LockWait(_)) => {
-                self.step_out().await?;
+                self.step_out(inbound).await?;
                 return Ok(Kept::SteppedOut);
             }
             Ok(Outcome::Applied) => {}
@@ -332,10 +364,9 @@ impl BatchTx {
                 .await?;
             }
             Ok(Outcome::Stale { .. }) => {
-                self.cx.emitted.clear();
-                sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+                self.roll_back_message().await?;
                 sqlx::query(
-                    "INSERT INTO inbox (stage, message_id, outcome) VALUES ($1, $2, 'stale') ON CONFLICT DO NOTHING",
+                    "UPDATE inbox SET outcome = 'stale' WHERE stage = $1 AND message_id = $2",
                 )
                 .bind(&inbound.stage)
                 .bind(&inbound.message_id)
@@ -344,8 +375,8 @@ impl BatchTx {
                 return Ok(Kept::Stands);
             }
             Ok(Outcome::NotYet { .. }) | Err(_) => {
-                self.cx.emitted.clear();
-                sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+                self.roll_back_message().await?;
+                self.give_back_claim(inbound).await?;
                 return Ok(Kept::Stands);
             }
         }
@@ -354,10 +385,27 @@ impl BatchTx {
     }
 
     /// Undoes the current message (it cannot be handled in a batch): it
-    /// runs alone once the batch has committed.
-    pub async fn step_out(&mut self) -> Result<(), StageError> {
+    /// runs alone once the batch has committed, its inbox row unclaimed.
+    pub async fn step_out(&mut self, inbound: &Inbound) -> Result<(), StageError> {
+        self.roll_back_message().await?;
+        self.give_back_claim(inbound).await
+    }
+
+    /// Drops what the current message did and emitted since its savepoint.
+    async fn roll_back_message(&mut self) -> Result<(), StageError> {
         self.cx.emitted.clear();
         sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT message").await?;
+        Ok(())
+    }
+
+    /// Deletes the batch's claim of a message that kept nothing, so that
+    /// its next delivery, or its run alone, is handled.
+    async fn give_back_claim(&mut self, inbound: &Inbound) -> Result<(), StageError> {
+        sqlx::query("DELETE FROM inbox WHERE stage = $1 AND message_id = $2")
+            .bind(&inbound.stage)
+            .bind(&inbound.message_id)
+            .execute(&mut *self.cx.tx)
+            .await?;
         Ok(())
     }
 
