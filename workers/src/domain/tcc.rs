@@ -204,8 +204,9 @@ async fn debit_wallet(
         frozen_after,
     )
     .await?;
+    // The wallet's balance moved above: its leg is applied.
     entry
-        .post(conn, Account::Wallet(&p.user_id), -amount, &p.currency)
+        .post_on(conn, wallet, -amount, &p.currency, true)
         .await?;
     Ok(amount)
 }
@@ -253,21 +254,14 @@ async fn credit_sellers(
             .await?;
     let mut fees = Decimal::ZERO;
     let mut credited = Decimal::ZERO;
+    let mut legs = Vec::with_capacity(details.len() + 1);
     for (seller, payable, fee) in &details {
-        entry
-            .post(
-                conn,
-                Account::Merchant(seller),
-                *payable - *fee,
-                &p.currency,
-            )
-            .await?;
+        legs.push((Account::Merchant(seller), *payable - *fee));
         fees += *fee;
         credited += *payable;
     }
-    entry
-        .post(conn, Account::PlatformFees, fees, &p.currency)
-        .await?;
+    legs.push((Account::PlatformFees, fees));
+    entry.post_all(conn, &p.currency, &legs).await?;
     if credited != settled {
         return Err(StageError::permanent(format!(
             "payment {}: sub-orders sum to {credited} but {settled} is settled",

@@ -170,6 +170,72 @@ impl Entry {
         Ok(())
     }
 
+    /// Several legs in one currency, each as [`Self::post`] writes it, with
+    /// one statement when every account exists (the usual case); accounts
+    /// not opened yet are opened first, then the legs written.
+    pub async fn post_all(
+        &self,
+        conn: &mut PgConnection,
+        currency: &str,
+        legs: &[(Account<'_>, Decimal)],
+    ) -> Result<(), StageError> {
+        let legs: Vec<_> = legs
+            .iter()
+            .filter(|(_, amount)| !amount.is_zero())
+            .collect();
+        if legs.is_empty() {
+            return Ok(());
+        }
+        let mut kinds = Vec::with_capacity(legs.len());
+        let mut owners = Vec::with_capacity(legs.len());
+        let mut amounts = Vec::with_capacity(legs.len());
+        let mut applied = Vec::with_capacity(legs.len());
+        for (account, amount) in &legs {
+            let (kind, owner) = account.key();
+            kinds.push(kind);
+            owners.push(owner);
+            amounts.push(*amount);
+            applied.push(account.rolled_up_at_once());
+        }
+        // Writes every leg or, when an account is missing, none.
+        let insert_when_all_accounts_exist = sqlx::query_scalar::<_, i64>(
+            "WITH legs AS (
+                 SELECT * FROM UNNEST($3::text[], $4::text[], $5::numeric[], $6::bool[])
+                     WITH ORDINALITY AS l (owner_kind, owner_id, amount, rolled_up, n)
+             ), found AS (
+                 SELECT a.id, l.amount, l.rolled_up, l.n FROM legs l
+                 JOIN accounts a ON a.owner_kind = l.owner_kind AND a.owner_id = l.owner_id AND a.currency = $2
+             ), written AS (
+                 INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up)
+                 SELECT $1, id, amount, $2, rolled_up FROM found
+                 WHERE (SELECT count(*) FROM found) = (SELECT count(*) FROM legs)
+                 ORDER BY n
+                 RETURNING 1
+             )
+             SELECT count(*) FROM written",
+        )
+        .bind(self.id)
+        .bind(currency)
+        .bind(&kinds)
+        .bind(&owners)
+        .bind(&amounts)
+        .bind(&applied);
+        if insert_when_all_accounts_exist.fetch_one(&mut *conn).await? > 0 {
+            return Ok(());
+        }
+        for (account, amount) in legs {
+            self.insert(
+                conn,
+                *account,
+                *amount,
+                currency,
+                account.rolled_up_at_once(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn insert(
         &self,
         conn: &mut PgConnection,
