@@ -179,31 +179,30 @@ async fn debit_wallet(
     wallet: i64,
     amount: Decimal,
 ) -> Result<Decimal, StageError> {
-    let debited: Option<(Decimal, Decimal)> = sqlx::query_as(
-        "UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now() WHERE id = $1 AND frozen >= $2
-         RETURNING available, frozen",
+    // The debit and its statement line in one statement.
+    let debited: Option<i64> = sqlx::query_scalar(
+        "WITH moved AS (
+             UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now()
+             WHERE id = $1 AND frozen >= $2
+             RETURNING id, available, frozen
+         ), line AS (
+             INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+             SELECT id, $3, 'debit', $2, $4, available, frozen FROM moved WHERE $2 <> 0
+         )
+         SELECT id FROM moved",
     )
     .bind(wallet)
     .bind(amount)
+    .bind(p.id)
+    .bind(&p.currency)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((available_after, frozen_after)) = debited else {
+    if debited.is_none() {
         return Err(StageError::permanent(format!(
             "wallet {wallet} holds less frozen than payment {} reserved",
             p.id
         )));
-    };
-    statement(
-        conn,
-        wallet,
-        p.id,
-        "debit",
-        amount,
-        &p.currency,
-        available_after,
-        frozen_after,
-    )
-    .await?;
+    }
     // The wallet's balance moved above: its leg is applied.
     entry
         .post_on(conn, wallet, -amount, &p.currency, true)

@@ -349,33 +349,30 @@ async fn freeze_wallet(
     conn: &mut PgConnection,
     p: &payment::Payment,
 ) -> Result<Result<i64, Shortfall>, StageError> {
-    let wallet: Option<(i64, Decimal, Decimal)> = sqlx::query_as(
-        "UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
-         WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
-         RETURNING id, available, frozen",
+    // The freeze and its statement line in one statement.
+    let wallet: Option<i64> = sqlx::query_scalar(
+        "WITH moved AS (
+             UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
+             WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2 AND status = 'active' AND available >= $3
+             RETURNING id, available, frozen
+         ), line AS (
+             INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
+             SELECT id, $4, 'freeze', $3, $2, available, frozen FROM moved WHERE $3 <> 0
+         )
+         SELECT id FROM moved",
     )
     .bind(&p.user_id)
     .bind(&p.currency)
     .bind(p.amount)
+    .bind(p.id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((account_id, available_after, frozen_after)) = wallet else {
+    let Some(account_id) = wallet else {
         return Ok(Err(Shortfall::Balance(format!(
             "{} {} needed",
             p.amount, p.currency
         ))));
     };
-    tcc::statement(
-        conn,
-        account_id,
-        p.id,
-        "freeze",
-        p.amount,
-        &p.currency,
-        available_after,
-        frozen_after,
-    )
-    .await?;
     Ok(Ok(account_id))
 }
 
