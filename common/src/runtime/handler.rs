@@ -120,9 +120,12 @@ async fn run_batch<H: Handler>(
 ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
     let lock_timeout = shared.settings.batch_lock_timeout();
     let mut batch = BatchTx::begin(shared, lock_timeout).await?;
-    let inbounds: Vec<&Inbound> = items.iter().map(|(inbound, _)| *inbound).collect();
+    let message_ids: Vec<&str> = items
+        .iter()
+        .map(|(inbound, _)| inbound.message_id.as_str())
+        .collect();
     // An error from the batch itself means the whole batch is lost.
-    let fresh = batch.claim_inboxes(&inbounds).await?;
+    let fresh = batch.claim_inboxes(handler.name(), &message_ids).await?;
     let mut results = Vec::with_capacity(items.len());
     for ((inbound, message), fresh) in items.iter().zip(fresh) {
         if !fresh {

@@ -1,6 +1,8 @@
 //! The stage transaction: the inbox claim, the handler's effects and the
 //! outbox rows commit together or not at all.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
@@ -283,33 +285,30 @@ impl BatchTx {
         })
     }
 
-    /// Claims the inbox rows of `inbounds` with one statement: for each, in
-    /// order, whether it is fresh (false: the inbox already holds it, or an
-    /// earlier delivery of the batch has the same id). A claim another
-    /// transaction is writing waits for it (at most the batch's lock
-    /// timeout). Rows are inserted in key order, as two batches sharing ids
-    /// must not deadlock. An error here means the batch's transaction is lost.
-    pub async fn claim_inboxes(&mut self, inbounds: &[&Inbound]) -> Result<Vec<bool>, StageError> {
-        let (stages, ids): (Vec<&str>, Vec<&str>) = inbounds
-            .iter()
-            .map(|inbound| (inbound.stage.as_str(), inbound.message_id.as_str()))
-            .unzip();
-        let claimed: Vec<(String, String)> = sqlx::query_as(
+    /// Claims the inbox rows of `stage`'s messages `message_ids` (a batch is
+    /// of one stage) with one statement: for each, in order, whether it is
+    /// fresh (false: the inbox already holds it, or an earlier delivery of
+    /// the batch has the same id). A claim another transaction is writing
+    /// waits for it (at most the batch's lock timeout). Rows are inserted in
+    /// id order, as two batches sharing ids must not deadlock. An error here
+    /// means the batch's transaction is lost.
+    pub async fn claim_inboxes(
+        &mut self,
+        stage: &str,
+        message_ids: &[&str],
+    ) -> Result<Vec<bool>, StageError> {
+        let claimed: Vec<String> = sqlx::query_scalar(
             "INSERT INTO inbox (stage, message_id, outcome) \
-             SELECT stage, message_id, 'applied' FROM UNNEST($1::text[], $2::text[]) AS m (stage, message_id) \
-             ORDER BY stage, message_id \
-             ON CONFLICT DO NOTHING RETURNING stage, message_id",
+             SELECT $1, message_id, 'applied' FROM UNNEST($2::text[]) AS message_id \
+             ORDER BY message_id \
+             ON CONFLICT DO NOTHING RETURNING message_id",
         )
-        .bind(&stages)
-        .bind(&ids)
+        .bind(stage)
+        .bind(message_ids)
         .fetch_all(&mut *self.cx.tx)
         .await?;
-        let mut claimed: std::collections::HashSet<(String, String)> =
-            claimed.into_iter().collect();
-        Ok(inbounds
-            .iter()
-            .map(|inbound| claimed.remove(&(inbound.stage.clone(), inbound.message_id.clone())))
-            .collect())
+        let mut claimed: HashSet<String> = claimed.into_iter().collect();
+        Ok(message_ids.iter().map(|id| claimed.remove(*id)).collect())
     }
 
     /// Opens the next message's savepoint (its inbox row already claimed by

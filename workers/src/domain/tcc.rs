@@ -180,7 +180,7 @@ async fn debit_wallet(
     amount: Decimal,
 ) -> Result<Decimal, StageError> {
     // The debit and its statement line in one statement.
-    let debited: Option<i64> = sqlx::query_scalar(
+    let debited = sqlx::query_scalar::<_, i64>(
         "WITH moved AS (
              UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now()
              WHERE id = $1 AND frozen >= $2
@@ -196,8 +196,9 @@ async fn debit_wallet(
     .bind(p.id)
     .bind(&p.currency)
     .fetch_optional(&mut *conn)
-    .await?;
-    if debited.is_none() {
+    .await?
+    .is_some();
+    if !debited {
         return Err(StageError::permanent(format!(
             "wallet {wallet} holds less frozen than payment {} reserved",
             p.id
