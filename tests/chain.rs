@@ -20,7 +20,6 @@ use payfleet_common::{
 };
 use payfleet_tests::wait_until;
 use payfleet_workers::{
-    domain::ledger,
     seed::{self, CouponRule, LadderStep},
     stages::order_validation,
 };
@@ -248,7 +247,7 @@ async fn a_balance_payment_is_settled_with_every_cent_accounted_for() -> anyhow:
         .publish(&request("o-1", "alice", &[("tea", 2), ("cup", 1)], "70.00"))
         .await?;
     assert_eq!(chain.outcome("o-1").await?.0, "settled");
-    ledger::roll_up(chain.pool(), 1000).await?;
+    fleet::roll_up_all(chain.pool()).await?;
 
     assert_eq!(
         chain.balance("user", "alice").await?,
@@ -359,7 +358,7 @@ async fn wallet_charges_are_one_transaction_each_and_share_batches() -> anyhow::
         transactions < results,
         "channel-call took wallet charges that arrived together in one transaction: {results} results from {transactions} transactions"
     );
-    ledger::roll_up(chain.pool(), 1000).await?;
+    fleet::roll_up_all(chain.pool()).await?;
     assert_eq!(
         chain.balance("user", "alice").await?.0,
         d("880.00"),
@@ -656,7 +655,7 @@ async fn a_cart_across_three_merchants_splits_and_pays_each_less_its_fee() -> an
         ))
         .await?;
     assert_eq!(chain.outcome("cart").await?.0, "settled");
-    ledger::roll_up(chain.pool(), 1000).await?;
+    fleet::roll_up_all(chain.pool()).await?;
     let subs: Vec<(String, String, Decimal, Decimal)> =
         sqlx::query_as("SELECT seller_id, warehouse, payable_amount, fee_amount FROM sub_orders ORDER BY seller_id").fetch_all(chain.pool()).await?;
     assert_eq!(
