@@ -3,13 +3,14 @@
 //! publishers, and must not stall consumers) with confirms and `mandatory`,
 //! and helpers for our headers.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
+    uri::AMQPUri,
 };
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -78,6 +79,13 @@ pub fn reconnect_backoff() -> ExponentialBuilder {
         .without_max_times()
 }
 
+/// The largest AMQP frame a connection proposes unless its URL says
+/// otherwise. lapin keeps room for 32 frames to read and 32 to write on
+/// every connection, so the broker's default of 128 KiB costs 8 MiB a
+/// connection (a fleet opens more than ten); our messages take a few KiB,
+/// and a larger body travels in several frames.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
 /// Where RabbitMQ is and how to trust it: `amqps://` URLs verify the
 /// broker against the platform's roots and the CA of `tls_ca_file`.
 #[derive(Clone, Debug)]
@@ -108,13 +116,25 @@ impl Endpoint {
     async fn open(&self, name: &str) -> Result<Connection, lapin::Error> {
         crate::tls::install_crypto_provider();
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        Connection::connect_with_config(
-            &self.url,
+        Connection::connect_uri_with_config(
+            self.uri()?,
             props,
             self.tls.amqp(),
             lapin::runtime::default_runtime()?,
         )
         .await
+    }
+
+    /// The URL, with frames of [`FRAME_MAX`] unless it names `frame_max`.
+    fn uri(&self) -> Result<AMQPUri, lapin::Error> {
+        let mut uri = AMQPUri::from_str(&self.url).map_err(|reason| {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("`amqp_url` is not an AMQP URL: {reason}"),
+            ))
+        })?;
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
+        Ok(uri)
     }
 }
 
@@ -449,6 +469,22 @@ pub fn properties_to_json(props: &BasicProperties) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_proposes_small_frames_unless_its_url_names_a_size() {
+        let plain = Endpoint::plain("amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(plain.uri().expect("valid").query.frame_max, Some(FRAME_MAX));
+        let named = Endpoint::plain("amqp://127.0.0.1/v?frame_max=131072&heartbeat=30");
+        let uri = named.uri().expect("valid");
+        assert_eq!(uri.query.frame_max, Some(131_072));
+        assert_eq!(uri.query.heartbeat, Some(30));
+        assert_eq!(uri.vhost, "v");
+        let err = Endpoint::plain("http://nope")
+            .uri()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`amqp_url`"), "{err}");
+    }
 
     #[test]
     fn headers_survive_a_json_round_trip() {
