@@ -432,3 +432,28 @@ async fn what_is_not_the_askers_own_or_not_well_asked_gets_an_error_and_no_data(
     assert!(world.env.unexpected_dead_letters().await?.is_empty());
     world.finish().await
 }
+
+/// One upstream connection asks again and again: each ask opens a channel,
+/// consumes direct reply-to and closes the channel. The reply consumer once
+/// sent its cancel after the close (a method on a closed channel), the
+/// broker closed the whole connection, and the next ask failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_asks_many_times_and_every_ask_is_answered() -> anyhow::Result<()> {
+    let world = world("status_many").await?;
+    let payment = paid(&world, "st-many").await?;
+    let connection = world.env.amqp().await?;
+    let request = StatusRequest::new(SHOP, StatusLookup::MerchantOrder("st-many".into()));
+    for ask in 1..=150 {
+        let reply = client::ask(&connection, &request, SHOP_KEY, ASK_TIMEOUT)
+            .await
+            .map_err(|error| anyhow::anyhow!("ask {ask} of 150 on one connection: {error}"))?;
+        assert_eq!(
+            reply.payment.map(|p| p.payment_id),
+            Some(payment),
+            "ask {ask}"
+        );
+    }
+    assert!(connection.status().connected());
+    let _ = connection.close(200, "asked".into()).await;
+    world.finish().await
+}

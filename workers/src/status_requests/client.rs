@@ -58,20 +58,23 @@ pub async fn ask_raw(
 ) -> Result<StatusReply, AskError> {
     let spec = TopologySpec::parse(TOPOLOGY_TOML).map_err(|e| AskError::Topology(e.to_string()))?;
     let channel = connection.create_channel().await?;
+    let mut consumer = None;
     let asked = tokio::time::timeout(timeout, async {
         // Direct reply-to: consume the pseudo-queue (without acks) before
         // publishing, on the channel that publishes.
-        let mut replies = channel
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let replies = consumer.insert(
+            channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?,
+        );
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -121,5 +124,10 @@ pub async fn ask_raw(
     .await
     .unwrap_or(Err(AskError::Timeout(timeout)));
     let _ = channel.close(200, "asked".into()).await;
+    // The reply consumer goes only now, cancelled by the close. Dropped
+    // while still consuming, it sends its cancel on its own, which can
+    // reach the broker after the close: a method on a closed channel is a
+    // connection error, and every later ask on the connection fails.
+    drop(consumer);
     asked
 }
