@@ -166,8 +166,9 @@ async fn book_purchase(
             )));
         }
     };
-    credit_sellers(conn, p, &entry, settled).await?;
-    deduct_reservations(conn, p.id).await?;
+    let payable = mark_paid(conn, p.id).await?;
+    credit_sellers(conn, p, &entry, settled, &payable).await?;
+    super::stock::deduct(&mut *conn, p.id).await?;
     Ok(())
 }
 
@@ -179,7 +180,8 @@ async fn debit_wallet(
     wallet: i64,
     amount: Decimal,
 ) -> Result<Decimal, StageError> {
-    // The debit and its statement line in one statement.
+    // The debit, its statement line and the wallet's leg of the entry in
+    // one statement; the leg is posted applied, as the balance moved here.
     let debited = sqlx::query_scalar::<_, i64>(
         "WITH moved AS (
              UPDATE accounts SET total = total - $2, frozen = frozen - $2, updated_at = now()
@@ -188,6 +190,9 @@ async fn debit_wallet(
          ), line AS (
              INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
              SELECT id, $3, 'debit', $2, $4, available, frozen FROM moved WHERE $2 <> 0
+         ), leg AS (
+             INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up)
+             SELECT $5, id, -$2, $4, true FROM moved WHERE $2 <> 0
          )
          SELECT id FROM moved",
     )
@@ -195,6 +200,7 @@ async fn debit_wallet(
     .bind(amount)
     .bind(p.id)
     .bind(&p.currency)
+    .bind(entry.id())
     .fetch_optional(&mut *conn)
     .await?
     .is_some();
@@ -204,10 +210,6 @@ async fn debit_wallet(
             p.id
         )));
     }
-    // The wallet's balance moved above: its leg is applied.
-    entry
-        .post_on(conn, wallet, -amount, &p.currency, true)
-        .await?;
     Ok(amount)
 }
 
@@ -239,6 +241,29 @@ async fn bring_in_charge(
     Ok(settled)
 }
 
+/// The order is paid and its coupon consumed; its transaction details
+/// are marked paid and returned (seller, amount, fee) in seller order,
+/// after any shortfall taken from them.
+async fn mark_paid(
+    conn: &mut PgConnection,
+    id: PaymentId,
+) -> Result<Vec<(String, Decimal, Decimal)>, StageError> {
+    Ok(sqlx::query_as(
+        "WITH coupon AS (
+             UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'
+         ), paid_order AS (
+             UPDATE orders SET status = 'paid' WHERE payment_id = $1
+         ), paid AS (
+             UPDATE transaction_details SET status = 'paid' WHERE payment_id = $1
+             RETURNING seller_id, amount, fee_amount
+         )
+         SELECT seller_id, amount, fee_amount FROM paid ORDER BY seller_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 /// Each seller gains its sub-orders less their fees, the platform the
 /// fees; together exactly what is settled.
 async fn credit_sellers(
@@ -246,19 +271,15 @@ async fn credit_sellers(
     p: &Payment,
     entry: &Entry,
     settled: Decimal,
+    payable: &[(String, Decimal, Decimal)],
 ) -> Result<(), StageError> {
-    let details: Vec<(String, Decimal, Decimal)> =
-        sqlx::query_as("SELECT seller_id, amount, fee_amount FROM transaction_details WHERE payment_id = $1 ORDER BY seller_id")
-            .bind(p.id)
-            .fetch_all(&mut *conn)
-            .await?;
     let mut fees = Decimal::ZERO;
     let mut credited = Decimal::ZERO;
-    let mut legs = Vec::with_capacity(details.len() + 1);
-    for (seller, payable, fee) in &details {
-        legs.push((Account::Merchant(seller), *payable - *fee));
+    let mut legs = Vec::with_capacity(payable.len() + 1);
+    for (seller, amount, fee) in payable {
+        legs.push((Account::Merchant(seller), *amount - *fee));
         fees += *fee;
-        credited += *payable;
+        credited += *amount;
     }
     legs.push((Account::PlatformFees, fees));
     entry.post_all(conn, &p.currency, &legs).await?;
@@ -268,24 +289,6 @@ async fn credit_sellers(
             p.id
         )));
     }
-    Ok(())
-}
-
-/// The reserved stock is deducted, the coupon consumed, the order paid.
-async fn deduct_reservations(conn: &mut PgConnection, id: PaymentId) -> Result<(), StageError> {
-    super::stock::deduct(&mut *conn, id).await?;
-    sqlx::query("UPDATE coupon_redemptions SET status = 'consumed' WHERE payment_id = $1 AND status = 'reserved'")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE transaction_details SET status = 'paid' WHERE payment_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE orders SET status = 'paid' WHERE payment_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -304,14 +307,13 @@ pub async fn cancel(
     }
     release_reservation(conn, p).await?;
     release_stock_and_coupon(conn, p.id).await?;
-    sqlx::query("UPDATE transaction_details SET status = 'cancelled' WHERE payment_id = $1")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE orders SET status = 'closed' WHERE payment_id = $1")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "WITH closed_order AS (UPDATE orders SET status = 'closed' WHERE payment_id = $1)
+         UPDATE transaction_details SET status = 'cancelled' WHERE payment_id = $1",
+    )
+    .bind(p.id)
+    .execute(&mut *conn)
+    .await?;
     payment::transition(conn, p.id, from, to, Some(reason)).await
 }
 

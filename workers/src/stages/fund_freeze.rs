@@ -289,41 +289,37 @@ async fn reserve(
     }
     // Wallet payments: available → frozen, never below zero. A third-party
     // channel takes the money itself, so only stock and coupon are reserved.
-    let account_id = if p.channel.as_deref().unwrap_or(BALANCE) == BALANCE {
-        match freeze_wallet(conn, p).await? {
-            Ok(account_id) => Some(account_id),
-            Err(shortfall) => return Ok(Err(shortfall)),
+    if p.channel.as_deref().unwrap_or(BALANCE) == BALANCE {
+        // The freeze opens the reservation in the same statement.
+        if let Err(shortfall) = freeze_wallet(conn, p).await? {
+            return Ok(Err(shortfall));
         }
     } else {
-        None
-    };
-    open_reservation(conn, p, account_id).await?;
+        open_reservation(conn, p, None).await?;
+    }
     if let Err(shortfall) = reserve_stock(conn, p).await? {
         return Ok(Err(shortfall));
     }
-    // Coupon: one use, within the total and the per-user limits.
-    let order: (Option<String>, Decimal) =
-        sqlx::query_as("SELECT coupon_code, discount_amount FROM orders WHERE payment_id = $1")
-            .bind(p.id)
-            .fetch_one(&mut *conn)
-            .await?;
-    if let (Some(code), discount) = order {
-        if let Err(shortfall) = reserve_coupon(conn, p, &code, discount).await? {
-            return Ok(Err(shortfall));
-        }
-    }
-    // One transaction detail per sub-order: where the money will go.
-    sqlx::query(
-        "INSERT INTO transaction_details (payment_id, sub_order_id, seller_id, amount, fee_amount, currency, status)
-         SELECT payment_id, id, seller_id, payable_amount, fee_amount, currency, 'awaiting_payment' FROM sub_orders WHERE payment_id = $1",
+    // One transaction detail per sub-order (where the money will go), the
+    // order awaiting payment, and its coupon, in one statement; a coupon
+    // refused below rolls all of it back with the savepoint.
+    let (coupon, discount): (Option<String>, Decimal) = sqlx::query_as(
+        "WITH details AS (
+             INSERT INTO transaction_details (payment_id, sub_order_id, seller_id, amount, fee_amount, currency, status)
+             SELECT payment_id, id, seller_id, payable_amount, fee_amount, currency, 'awaiting_payment' FROM sub_orders WHERE payment_id = $1
+         )
+         UPDATE orders SET status = 'awaiting_payment' WHERE payment_id = $1
+         RETURNING coupon_code, discount_amount",
     )
     .bind(p.id)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    sqlx::query("UPDATE orders SET status = 'awaiting_payment' WHERE payment_id = $1")
-        .bind(p.id)
-        .execute(&mut *conn)
-        .await?;
+    // Coupon: one use, within the total and the per-user limits.
+    if let Some(code) = coupon
+        && let Err(shortfall) = reserve_coupon(conn, p, &code, discount).await?
+    {
+        return Ok(Err(shortfall));
+    }
     Ok(Ok(()))
 }
 
@@ -344,12 +340,13 @@ async fn open_reservation(
     Ok(())
 }
 
-/// Freezes the payment's amount in the payer's wallet; the wallet's id.
+/// Freezes the payment's amount in the payer's wallet and opens the
+/// payment's reservation of it, `tried`.
 async fn freeze_wallet(
     conn: &mut PgConnection,
     p: &payment::Payment,
-) -> Result<Result<i64, Shortfall>, StageError> {
-    // The freeze and its statement line in one statement.
+) -> Result<Result<(), Shortfall>, StageError> {
+    // The freeze, its statement line and the reservation in one statement.
     let wallet: Option<i64> = sqlx::query_scalar(
         "WITH moved AS (
              UPDATE accounts SET available = available - $3, frozen = frozen + $3, updated_at = now()
@@ -358,6 +355,9 @@ async fn freeze_wallet(
          ), line AS (
              INSERT INTO account_statements (account_id, payment_id, kind, amount, currency, available_after, frozen_after)
              SELECT id, $4, 'freeze', $3, $2, available, frozen FROM moved WHERE $3 <> 0
+         ), reservation AS (
+             INSERT INTO reservations (payment_id, account_id, amount, currency, status)
+             SELECT $4, id, $3, $2, 'tried' FROM moved
          )
          SELECT id FROM moved",
     )
@@ -367,13 +367,13 @@ async fn freeze_wallet(
     .bind(p.id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(account_id) = wallet else {
+    if wallet.is_none() {
         return Ok(Err(Shortfall::Balance(format!(
             "{} {} needed",
             p.amount, p.currency
         ))));
-    };
-    Ok(Ok(account_id))
+    }
+    Ok(Ok(()))
 }
 
 /// Reserves each SKU's stock, in SKU order so concurrent Trys never deadlock.

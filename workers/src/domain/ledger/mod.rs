@@ -100,6 +100,12 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry's id, for a statement that writes a leg along with the
+    /// movement it books.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     /// Opens the entry `(reference, kind)`; `None` when it already exists, so
     /// an entry is written once however often its cause is redelivered.
     pub async fn open(

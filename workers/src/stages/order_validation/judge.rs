@@ -88,9 +88,9 @@ impl OrderValidation {
         self.check_shape(r)?;
         let user_blocked = check_payer(conn, r).await?;
         let skus: Vec<String> = r.items.iter().map(|i| i.sku.clone()).collect();
-        let products = load_products(conn, &skus).await?;
-        let priced_items = on_sale(&products, r)?;
-        check_stock(conn, r, &skus).await?;
+        let catalogue = Catalogue::load(conn, &skus).await?;
+        let priced_items = on_sale(&catalogue.products, r)?;
+        check_stock(&catalogue, r)?;
 
         let undiscounted = pricing::price_lines(&priced_items, Decimal::ZERO);
         let gross: Decimal = undiscounted.iter().map(|l| l.amount).sum();
@@ -130,7 +130,7 @@ impl OrderValidation {
         };
         let channel_fee = money::round(payable * route.fee_rate);
         let sub_orders = pricing::split(&lines);
-        let fee_rates = seller_fee_rates(conn, &sub_orders).await?;
+        let fee_rates = seller_fee_rates(&catalogue, &sub_orders)?;
         Ok(PricedOrder {
             route,
             channel_fee,
@@ -216,24 +216,23 @@ fn check_items(r: &PaymentRequested) -> Result<(), Stop> {
 /// The payer is an active user, with an active wallet in the currency when
 /// paying from it. Whether risk blocks the user is risk's to decide.
 async fn check_payer(conn: &mut PgConnection, r: &PaymentRequested) -> Result<bool, Stop> {
-    let user: Option<(String, bool)> =
-        sqlx::query_as("SELECT status, blocked FROM users WHERE id = $1")
-            .bind(&r.user_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some((user_status, user_blocked)) = user else {
+    // The user, and the status of its wallet in the currency if it has one.
+    let user: Option<(String, bool, Option<String>)> = sqlx::query_as(
+        "SELECT u.status, u.blocked,
+                (SELECT a.status FROM accounts a WHERE a.owner_kind = 'user' AND a.owner_id = u.id AND a.currency = $2)
+         FROM users u WHERE u.id = $1",
+    )
+    .bind(&r.user_id)
+    .bind(&r.currency)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((user_status, user_blocked, wallet)) = user else {
         return reject("unknown_user", r.user_id.clone());
     };
     if user_status != "active" {
         return reject("user_frozen", r.user_id.clone());
     }
     if r.payment_method == BALANCE {
-        let wallet: Option<String> =
-            sqlx::query_scalar("SELECT status FROM accounts WHERE owner_kind = 'user' AND owner_id = $1 AND currency = $2")
-                .bind(&r.user_id)
-                .bind(&r.currency)
-                .fetch_optional(&mut *conn)
-                .await?;
         match wallet.as_deref() {
             None => {
                 return reject(
@@ -273,22 +272,9 @@ fn on_sale<'p>(
 }
 
 /// Enough stock for every line (Try reserves it; this refuses early).
-async fn check_stock(
-    conn: &mut PgConnection,
-    r: &PaymentRequested,
-    skus: &[String],
-) -> Result<(), Stop> {
-    let stock: Vec<(String, i32)> =
-        sqlx::query_as("SELECT sku, available FROM stock WHERE sku = ANY($1)")
-            .bind(skus)
-            .fetch_all(&mut *conn)
-            .await?;
+fn check_stock(catalogue: &Catalogue, r: &PaymentRequested) -> Result<(), Stop> {
     for item in &r.items {
-        let available = stock
-            .iter()
-            .find(|(sku, _)| *sku == item.sku)
-            .map(|(_, a)| *a)
-            .unwrap_or(0);
+        let available = catalogue.available.get(&item.sku).copied().unwrap_or(0);
         if i64::from(available) < i64::from(item.quantity) {
             return reject(
                 "out_of_stock",
@@ -320,49 +306,91 @@ async fn coupon_discount(
 }
 
 /// Each seller's fee rate; every seller must be active.
-async fn seller_fee_rates(
-    conn: &mut PgConnection,
+fn seller_fee_rates(
+    catalogue: &Catalogue,
     sub_orders: &[pricing::SubOrder],
 ) -> Result<HashMap<String, Decimal>, Stop> {
-    let sellers: Vec<String> = sub_orders.iter().map(|s| s.seller_id.clone()).collect();
-    let fee_rates: Vec<(String, Decimal, String)> =
-        sqlx::query_as("SELECT id, fee_rate, status FROM merchants WHERE id = ANY($1)")
-            .bind(&sellers)
-            .fetch_all(&mut *conn)
-            .await?;
-    if let Some((seller, _, _)) = fee_rates.iter().find(|(_, _, status)| status != "active") {
-        return reject("seller_suspended", seller.clone());
+    let mut fee_rates = HashMap::with_capacity(sub_orders.len());
+    for sub in sub_orders {
+        let Some((rate, status)) = catalogue.sellers.get(&sub.seller_id) else {
+            continue;
+        };
+        if status != "active" {
+            return reject("seller_suspended", sub.seller_id.clone());
+        }
+        fee_rates.insert(sub.seller_id.clone(), *rate);
     }
-    Ok(fee_rates
-        .into_iter()
-        .map(|(id, rate, _)| (id, rate))
-        .collect())
+    Ok(fee_rates)
 }
 
-async fn load_products(
-    conn: &mut PgConnection,
-    skus: &[String],
-) -> Result<Vec<Product>, StageError> {
-    let rows: Vec<(String, String, String, Value, Decimal, String, String)> = sqlx::query_as(
-        "SELECT sku, merchant_id, warehouse, spec, unit_price, currency::text, status FROM products WHERE sku = ANY($1)",
-    )
-    .bind(skus)
-    .fetch_all(&mut *conn)
-    .await?;
-    let tiers: Vec<(String, i32, Decimal)> =
-        sqlx::query_as("SELECT sku, min_quantity, unit_price FROM price_tiers WHERE sku = ANY($1)")
-            .bind(skus)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(sku, seller_id, warehouse, spec, unit_price, currency, status)| Product {
-                tiers: tiers
-                    .iter()
-                    .filter(|t| t.0 == sku)
-                    .map(|t| (t.1, t.2))
-                    .collect(),
+/// What the catalogue says about a request's SKUs, read in one statement:
+/// the products with their price tiers, the units each has available, and
+/// each product's seller (its fee rate and status).
+struct Catalogue {
+    products: Vec<Product>,
+    available: HashMap<String, i32>,
+    sellers: HashMap<String, (Decimal, String)>,
+}
+
+type CatalogueRow = (
+    String,
+    String,
+    String,
+    Value,
+    Decimal,
+    String,
+    String,
+    Vec<i32>,
+    Vec<Decimal>,
+    Option<i32>,
+    Option<Decimal>,
+    Option<String>,
+);
+
+impl Catalogue {
+    async fn load(conn: &mut PgConnection, skus: &[String]) -> Result<Self, StageError> {
+        let rows: Vec<CatalogueRow> = sqlx::query_as(
+            "SELECT p.sku, p.merchant_id, p.warehouse, p.spec, p.unit_price, p.currency::text, p.status,
+                    ARRAY(SELECT t.min_quantity FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity),
+                    ARRAY(SELECT t.unit_price FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity),
+                    (SELECT s.available FROM stock s WHERE s.sku = p.sku),
+                    m.fee_rate, m.status
+             FROM products p LEFT JOIN merchants m ON m.id = p.merchant_id
+             WHERE p.sku = ANY($1)",
+        )
+        .bind(skus)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut catalogue = Catalogue {
+            products: Vec::with_capacity(rows.len()),
+            available: HashMap::with_capacity(rows.len()),
+            sellers: HashMap::new(),
+        };
+        for (
+            sku,
+            seller_id,
+            warehouse,
+            spec,
+            unit_price,
+            currency,
+            status,
+            tier_quantities,
+            tier_prices,
+            available,
+            fee_rate,
+            seller_status,
+        ) in rows
+        {
+            if let Some(available) = available {
+                catalogue.available.insert(sku.clone(), available);
+            }
+            if let (Some(rate), Some(seller_status)) = (fee_rate, seller_status) {
+                catalogue
+                    .sellers
+                    .insert(seller_id.clone(), (rate, seller_status));
+            }
+            catalogue.products.push(Product {
+                tiers: tier_quantities.into_iter().zip(tier_prices).collect(),
                 sku,
                 seller_id,
                 warehouse,
@@ -370,9 +398,10 @@ async fn load_products(
                 unit_price,
                 currency,
                 on_sale: status == "on_sale",
-            },
-        )
-        .collect())
+            });
+        }
+        Ok(catalogue)
+    }
 }
 
 type CouponRow = (
