@@ -609,3 +609,71 @@ async fn a_relay_flooded_with_handed_rows_still_passes_over_the_table() -> anyho
     );
     env.teardown().await
 }
+
+/// The relay gathers the sent marks of handed-over rows and writes them
+/// together; a lone row, with nothing after it and no pass due, is still
+/// marked within moments, and published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_handed_row_is_marked_sent_without_waiting_for_more() -> anyhow::Result<()> {
+    use payfleet_common::{
+        CancellationToken, broker,
+        outbox::{self, Handoff, OutboxMessage, RelayConfig},
+    };
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    let env = TestEnv::new("relaymark").await?;
+    let stop = CancellationToken::new();
+    let publisher = broker::Publisher::new(
+        broker::Endpoint::from_settings(&env.settings)?,
+        "relay-test",
+        stop.clone(),
+    );
+    let wake = Arc::new(Notify::new());
+    let lease = Duration::from_secs(60);
+    let (handoff, handed) = Handoff::new(lease, wake.clone());
+    let relay = tokio::spawn(outbox::run_relay(
+        env.pool.clone(),
+        publisher.clone(),
+        wake,
+        handed,
+        RelayConfig {
+            batch_size: 256,
+            lease,
+            // no pass within the test: only the handoff publishes and marks
+            poll: Duration::from_secs(3600),
+            flush_timeout: Duration::from_secs(2),
+        },
+        stop.clone(),
+    ));
+    let exchange = env.topology.exchanges().stages.clone();
+    // The first pass runs at start, on an empty table.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for rows in [1u64, 3] {
+        let messages = (0..rows)
+            .map(|n| OutboxMessage::json(&exchange, TRANSFER_STAGE, "lone", None, &(rows * 10 + n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = env.pool.begin().await?;
+        let inserted = handoff.insert(&mut tx, messages).await?;
+        tx.commit().await?;
+        handoff.hand_over(inserted);
+        wait_until(Duration::from_secs(2), "the handed rows marked sent", || async {
+            Ok(env
+                .scalar_i64("SELECT count(*) FROM outbox WHERE message_type = 'lone' AND sent_at IS NULL")
+                .await?
+                == 0)
+        })
+        .await?;
+    }
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM outbox WHERE message_type = 'lone' AND publish_attempts = 1"
+        )
+        .await?,
+        4,
+        "each row published once, by the handoff"
+    );
+    stop.cancel();
+    relay.await?;
+    env.teardown().await
+}

@@ -5,8 +5,9 @@
 //!
 //! A stage's rows are inserted already claimed by its own process's relay
 //! (for the relay's lease) and handed to it in memory once they commit: the
-//! relay publishes them at once and marks them sent, without claiming or
-//! reading them back. Rows written elsewhere (jobs, ops commands) are
+//! relay publishes them at once and marks them sent (gathering the marks
+//! of several rounds into one statement), without claiming or reading them
+//! back. Rows written elsewhere (jobs, ops commands) are
 //! claimed by a relay pass, which runs when woken and polls as a fallback.
 //! Either way a claim is a lease, so several relays share the table, and
 //! the rows of a process that died before marking them are picked up again
@@ -165,6 +166,7 @@ pub async fn run_relay(
     // not keep postponing the passes (jobs' rows, retries, a dead process's).
     let mut poll = tokio::time::interval(config.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut marks = SentMarks::new(config.batch_size as usize);
     loop {
         if pass_due {
             let relayed = match relay_once(&pool, &publisher, &config).await {
@@ -187,14 +189,17 @@ pub async fn run_relay(
             _ = cancel.cancelled() => break,
             _ = poll.tick() => pass_due = true,
             _ = wake.notified() => pass_due = true,
+            _ = marks.due() => marks.write(&pool).await,
             Some(first) = handed.recv() => {
                 let rows = handed.take(first, config.batch_size);
-                if let Err(error) = publish(&pool, &publisher, rows).await {
-                    tracing::warn!(%error, "marking handed-over outbox rows failed; the lease gives them to a later pass");
+                match publish_unmarked(&pool, &publisher, rows).await {
+                    Ok(sent) => marks.add(&pool, sent).await,
+                    Err(error) => tracing::warn!(%error, "handing outbox rows back failed; the lease gives them to a later pass"),
                 }
             }
         }
     }
+    marks.write(&pool).await;
     // Shutdown: publish what the last transactions committed, the rows
     // handed over first (`recv` ends once every send in progress is in).
     let deadline = tokio::time::Instant::now() + config.flush_timeout;
@@ -255,10 +260,23 @@ async fn publish(
     publisher: &Publisher,
     rows: Vec<Row>,
 ) -> Result<usize, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
     let claimed = rows.len();
+    let sent = publish_unmarked(pool, publisher, rows).await?;
+    mark_sent(pool, &sent).await?;
+    Ok(claimed)
+}
+
+/// Publishes rows this relay owns, pipelined; what was not confirmed is
+/// kept for another try. Returns the ids of the rows confirmed, which the
+/// caller marks sent (until then the relay's lease keeps them its own).
+async fn publish_unmarked(
+    pool: &PgPool,
+    publisher: &Publisher,
+    rows: Vec<Row>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
 
     let messages: Vec<Outgoing> = rows.iter().map(outgoing).collect();
     let mut pending = Vec::with_capacity(rows.len());
@@ -318,14 +336,73 @@ async fn publish(
             }
         }
     }
-    if !sent.is_empty() {
-        sqlx::query("UPDATE outbox SET sent_at = now(), claimed_until = NULL, last_error = NULL WHERE id = ANY($1)")
-            .bind(&sent)
-            .execute(pool)
-            .await?;
-        metrics::counter!("payfleet_outbox_sent_total").increment(sent.len() as u64);
+    Ok(sent)
+}
+
+/// Marks published rows sent.
+async fn mark_sent(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    Ok(claimed)
+    sqlx::query("UPDATE outbox SET sent_at = now(), claimed_until = NULL, last_error = NULL WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    metrics::counter!("payfleet_outbox_sent_total").increment(ids.len() as u64);
+    Ok(())
+}
+
+/// How long the relay may hold the sent marks of handed-over rows before
+/// writing them: far inside any lease, so no other relay takes the rows.
+pub const MARK_SENT_WITHIN: Duration = Duration::from_millis(20);
+
+/// The sent marks of handed-over rows, gathered and written with one
+/// statement when `batch_size` are held or [`MARK_SENT_WITHIN`] after the
+/// first. Marking a row rewrites it whole (body and all) and indexes it
+/// again, and in an open loop the relay's rounds carry a few rows each: one
+/// statement per round cost PostgreSQL about as much as all the rounds'
+/// rows. A mark that is never written (the process dies first) leaves the
+/// row to a pass once its lease ends, and the next stage's inbox recognises
+/// the second copy.
+struct SentMarks {
+    ids: Vec<i64>,
+    batch_size: usize,
+    due_at: Option<tokio::time::Instant>,
+}
+
+impl SentMarks {
+    fn new(batch_size: usize) -> Self {
+        Self {
+            ids: Vec::new(),
+            batch_size: batch_size.max(1),
+            due_at: None,
+        }
+    }
+
+    async fn add(&mut self, pool: &PgPool, sent: Vec<i64>) {
+        self.ids.extend(sent);
+        if self.ids.len() >= self.batch_size {
+            self.write(pool).await;
+        } else if !self.ids.is_empty() && self.due_at.is_none() {
+            self.due_at = Some(tokio::time::Instant::now() + MARK_SENT_WITHIN);
+        }
+    }
+
+    /// Resolves when marks are due; never while none are held.
+    async fn due(&self) {
+        match self.due_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn write(&mut self, pool: &PgPool) {
+        self.due_at = None;
+        let ids = std::mem::take(&mut self.ids);
+        if let Err(error) = mark_sent(pool, &ids).await {
+            tracing::warn!(%error, rows = ids.len(), "marking handed-over outbox rows sent failed; the lease gives them to a later pass");
+        }
+    }
 }
 
 /// Exponential from 200 ms, capped at 10 s.
