@@ -516,40 +516,15 @@ async fn rows_past_their_retention_are_pruned_in_batches_and_everything_else_kep
 /// them: the poll tick is not postponed by the handoffs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_flooded_with_handed_rows_still_passes_over_the_table() -> anyhow::Result<()> {
-    use payfleet_common::CancellationToken;
-    use payfleet_common::{
-        broker,
-        outbox::{self, Handoff, OutboxMessage, RelayConfig},
-    };
+    use payfleet_common::outbox::{self, OutboxMessage};
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     };
-    use tokio::sync::Notify;
 
     let env = TestEnv::new("relaypass").await?;
-    let stop = CancellationToken::new();
-    let publisher = broker::Publisher::new(
-        broker::Endpoint::from_settings(&env.settings)?,
-        "relay-test",
-        stop.clone(),
-    );
-    let wake = Arc::new(Notify::new());
-    let lease = Duration::from_secs(10);
-    let (handoff, handed) = Handoff::new(lease, wake.clone());
-    let relay = tokio::spawn(outbox::run_relay(
-        env.pool.clone(),
-        publisher.clone(),
-        wake,
-        handed,
-        RelayConfig {
-            batch_size: 256,
-            lease,
-            poll: Duration::from_millis(100),
-            flush_timeout: Duration::from_secs(2),
-        },
-        stop.clone(),
-    ));
+    let (handoff, stop, relay) =
+        start_relay(&env, Duration::from_secs(10), Duration::from_millis(100))?;
     let exchange = env.topology.exchanges().stages.clone();
     let message = move |n: u64| {
         OutboxMessage::json(&exchange, TRANSFER_STAGE, "flood", None, &n).expect("a number is JSON")
@@ -615,37 +590,12 @@ async fn a_relay_flooded_with_handed_rows_still_passes_over_the_table() -> anyho
 /// marked within moments, and published once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_handed_row_is_marked_sent_without_waiting_for_more() -> anyhow::Result<()> {
-    use payfleet_common::{
-        CancellationToken, broker,
-        outbox::{self, Handoff, OutboxMessage, RelayConfig},
-    };
-    use std::sync::Arc;
-    use tokio::sync::Notify;
+    use payfleet_common::outbox::OutboxMessage;
 
     let env = TestEnv::new("relaymark").await?;
-    let stop = CancellationToken::new();
-    let publisher = broker::Publisher::new(
-        broker::Endpoint::from_settings(&env.settings)?,
-        "relay-test",
-        stop.clone(),
-    );
-    let wake = Arc::new(Notify::new());
-    let lease = Duration::from_secs(60);
-    let (handoff, handed) = Handoff::new(lease, wake.clone());
-    let relay = tokio::spawn(outbox::run_relay(
-        env.pool.clone(),
-        publisher.clone(),
-        wake,
-        handed,
-        RelayConfig {
-            batch_size: 256,
-            lease,
-            // no pass within the test: only the handoff publishes and marks
-            poll: Duration::from_secs(3600),
-            flush_timeout: Duration::from_secs(2),
-        },
-        stop.clone(),
-    ));
+    // no pass within the test: only the handoff publishes and marks
+    let (handoff, stop, relay) =
+        start_relay(&env, Duration::from_secs(60), Duration::from_secs(3600))?;
     let exchange = env.topology.exchanges().stages.clone();
     // The first pass runs at start, on an empty table.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -676,4 +626,43 @@ async fn a_lone_handed_row_is_marked_sent_without_waiting_for_more() -> anyhow::
     stop.cancel();
     relay.await?;
     env.teardown().await
+}
+
+/// A relay of its own on `env`'s database and broker, with `lease` and
+/// `poll`: the handoff that feeds it, and what stops it.
+fn start_relay(
+    env: &TestEnv,
+    lease: Duration,
+    poll: Duration,
+) -> anyhow::Result<(
+    payfleet_common::outbox::Handoff,
+    payfleet_common::CancellationToken,
+    tokio::task::JoinHandle<()>,
+)> {
+    use payfleet_common::{
+        CancellationToken, broker,
+        outbox::{self, Handoff, RelayConfig},
+    };
+    let stop = CancellationToken::new();
+    let publisher = broker::Publisher::new(
+        broker::Endpoint::from_settings(&env.settings)?,
+        "relay-test",
+        stop.clone(),
+    );
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (handoff, handed) = Handoff::new(lease, wake.clone());
+    let relay = tokio::spawn(outbox::run_relay(
+        env.pool.clone(),
+        publisher,
+        wake,
+        handed,
+        RelayConfig {
+            batch_size: 256,
+            lease,
+            poll,
+            flush_timeout: Duration::from_secs(2),
+        },
+        stop.clone(),
+    ));
+    Ok((handoff, stop, relay))
 }
