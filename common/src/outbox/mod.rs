@@ -5,9 +5,9 @@
 //!
 //! A stage's rows are inserted already claimed by its own process's relay
 //! (for the relay's lease) and handed to it in memory once they commit: the
-//! relay publishes them at once and marks them sent (gathering the marks
-//! of several rounds into one statement), without claiming or reading them
-//! back. Rows written elsewhere (jobs, ops commands) are
+//! relay publishes them at once and marks them sent (a task of its own
+//! gathers the marks of several rounds into one statement), without
+//! claiming or reading them back. Rows written elsewhere (jobs, ops commands) are
 //! claimed by a relay pass, which runs when woken and polls as a fallback.
 //! Either way a claim is a lease, so several relays share the table, and
 //! the rows of a process that died before marking them are picked up again
@@ -166,7 +166,9 @@ pub async fn run_relay(
     // not keep postponing the passes (jobs' rows, retries, a dead process's).
     let mut poll = tokio::time::interval(config.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut marks = SentMarks::new(config.batch_size as usize);
+    // The sent marks of handed-over rows go to a task of their own, so that
+    // a publish waiting on the broker or a run of passes never holds them.
+    let (marks, marker) = spawn_marker(pool.clone(), config.batch_size as usize);
     loop {
         if pass_due {
             let relayed = match relay_once(&pool, &publisher, &config).await {
@@ -189,17 +191,24 @@ pub async fn run_relay(
             _ = cancel.cancelled() => break,
             _ = poll.tick() => pass_due = true,
             _ = wake.notified() => pass_due = true,
-            _ = marks.due() => marks.write(&pool).await,
             Some(first) = handed.recv() => {
                 let rows = handed.take(first, config.batch_size);
                 match publish_unmarked(&pool, &publisher, rows).await {
-                    Ok(sent) => marks.add(&pool, sent).await,
+                    Ok(sent) if !sent.is_empty() => {
+                        // (the marker ends only after this loop drops `marks`)
+                        let _ = marks.send(sent);
+                    }
+                    Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "handing outbox rows back failed; the lease gives them to a later pass"),
                 }
             }
         }
     }
-    marks.write(&pool).await;
+    // The marks held are written before the shutdown flush.
+    drop(marks);
+    if let Err(error) = marker.await {
+        tracing::warn!(%error, "the outbox sent marker ended abnormally");
+    }
     // Shutdown: publish what the last transactions committed, the rows
     // handed over first (`recv` ends once every send in progress is in).
     let deadline = tokio::time::Instant::now() + config.flush_timeout;
@@ -352,57 +361,50 @@ async fn mark_sent(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// How long the relay may hold the sent marks of handed-over rows before
-/// writing them: far inside any lease, so no other relay takes the rows.
+/// How long the sent marks of handed-over rows wait to be written with
+/// others, from the confirm of the first.
 pub const MARK_SENT_WITHIN: Duration = Duration::from_millis(20);
 
-/// The sent marks of handed-over rows, gathered and written with one
-/// statement when `batch_size` are held or [`MARK_SENT_WITHIN`] after the
-/// first. Marking a row rewrites it whole (body and all) and indexes it
-/// again, and in an open loop the relay's rounds carry a few rows each: one
-/// statement per round cost PostgreSQL about as much as all the rounds'
-/// rows. A mark that is never written (the process dies first) leaves the
-/// row to a pass once its lease ends, and the next stage's inbox recognises
-/// the second copy.
-struct SentMarks {
-    ids: Vec<i64>,
+/// Starts the task that writes the sent marks of handed-over rows: the ids
+/// sent to it are written with one statement once `batch_size` are held or
+/// [`MARK_SENT_WITHIN`] after the first, and what is held when the sender
+/// is dropped is written before the task ends. Marking a row rewrites it
+/// whole (body and all) and indexes it again, and in an open loop the
+/// relay's rounds carry a few rows each: one statement per round cost
+/// PostgreSQL about as much as all the rounds' rows. Until its mark is
+/// written a row is the relay's by its lease (from its insert); a mark
+/// that comes too late for it, or never (the process dies first), leaves
+/// the row to a pass, and the next stage's inbox recognises the copy.
+fn spawn_marker(
+    pool: PgPool,
     batch_size: usize,
-    due_at: Option<tokio::time::Instant>,
-}
-
-impl SentMarks {
-    fn new(batch_size: usize) -> Self {
-        Self {
-            ids: Vec::new(),
-            batch_size: batch_size.max(1),
-            due_at: None,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Vec<i64>>();
+    let batch_size = batch_size.max(1);
+    let task = tokio::spawn(async move {
+        while let Some(first) = receiver.recv().await {
+            let mut ids = first;
+            let due = tokio::time::Instant::now() + MARK_SENT_WITHIN;
+            while ids.len() < batch_size {
+                match tokio::time::timeout_at(due, receiver.recv()).await {
+                    Ok(Some(sent)) => ids.extend(sent),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // One retry: a mark lost here is a republish once the lease ends.
+            let written = match mark_sent(&pool, &ids).await {
+                Ok(()) => Ok(()),
+                Err(_) => mark_sent(&pool, &ids).await,
+            };
+            if let Err(error) = written {
+                tracing::warn!(%error, rows = ids.len(), "marking handed-over outbox rows sent failed; the lease gives them to a later pass");
+            }
         }
-    }
-
-    async fn add(&mut self, pool: &PgPool, sent: Vec<i64>) {
-        self.ids.extend(sent);
-        if self.ids.len() >= self.batch_size {
-            self.write(pool).await;
-        } else if !self.ids.is_empty() && self.due_at.is_none() {
-            self.due_at = Some(tokio::time::Instant::now() + MARK_SENT_WITHIN);
-        }
-    }
-
-    /// Resolves when marks are due; never while none are held.
-    async fn due(&self) {
-        match self.due_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    }
-
-    async fn write(&mut self, pool: &PgPool) {
-        self.due_at = None;
-        let ids = std::mem::take(&mut self.ids);
-        if let Err(error) = mark_sent(pool, &ids).await {
-            tracing::warn!(%error, rows = ids.len(), "marking handed-over outbox rows sent failed; the lease gives them to a later pass");
-        }
-    }
+    });
+    (sender, task)
 }
 
 /// Exponential from 200 ms, capped at 10 s.
