@@ -7,8 +7,8 @@
 //! (for the relay's lease) and handed to it in memory once they commit: the
 //! relay publishes them at once and marks them sent (a task of its own
 //! gathers the marks of several rounds into one statement), without
-//! claiming or reading them back. Rows written elsewhere (jobs, ops commands) are
-//! claimed by a relay pass, which runs when woken and polls as a fallback.
+//! claiming or reading them back. Rows written elsewhere (jobs, ops
+//! commands) are claimed by a relay pass, which runs when woken and polls as a fallback.
 //! Either way a claim is a lease, so several relays share the table, and
 //! the rows of a process that died before marking them are picked up again
 //! once it runs out — with the same message id, which the next stage's

@@ -332,29 +332,31 @@ struct Catalogue {
     sellers: HashMap<String, (Decimal, String)>,
 }
 
-type CatalogueRow = (
-    String,
-    String,
-    String,
-    Value,
-    Decimal,
-    String,
-    String,
-    Vec<i32>,
-    Vec<Decimal>,
-    Option<i32>,
-    Option<Decimal>,
-    Option<String>,
-);
+/// One product of the request, with what [`Catalogue`] reads beside it.
+#[derive(sqlx::FromRow)]
+struct CatalogueRow {
+    sku: String,
+    seller_id: String,
+    warehouse: String,
+    spec: Value,
+    unit_price: Decimal,
+    currency: String,
+    status: String,
+    tier_quantities: Vec<i32>,
+    tier_prices: Vec<Decimal>,
+    available: Option<i32>,
+    fee_rate: Option<Decimal>,
+    seller_status: Option<String>,
+}
 
 impl Catalogue {
     async fn load(conn: &mut PgConnection, skus: &[String]) -> Result<Self, StageError> {
         let rows: Vec<CatalogueRow> = sqlx::query_as(
-            "SELECT p.sku, p.merchant_id, p.warehouse, p.spec, p.unit_price, p.currency::text, p.status,
-                    ARRAY(SELECT t.min_quantity FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity),
-                    ARRAY(SELECT t.unit_price FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity),
-                    (SELECT s.available FROM stock s WHERE s.sku = p.sku),
-                    m.fee_rate, m.status
+            "SELECT p.sku, p.merchant_id AS seller_id, p.warehouse, p.spec, p.unit_price, p.currency::text AS currency, p.status,
+                    ARRAY(SELECT t.min_quantity FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity) AS tier_quantities,
+                    ARRAY(SELECT t.unit_price FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity) AS tier_prices,
+                    (SELECT s.available FROM stock s WHERE s.sku = p.sku) AS available,
+                    m.fee_rate, m.status AS seller_status
              FROM products p LEFT JOIN merchants m ON m.id = p.merchant_id
              WHERE p.sku = ANY($1)",
         )
@@ -366,38 +368,28 @@ impl Catalogue {
             available: HashMap::with_capacity(rows.len()),
             sellers: HashMap::new(),
         };
-        for (
-            sku,
-            seller_id,
-            warehouse,
-            spec,
-            unit_price,
-            currency,
-            status,
-            tier_quantities,
-            tier_prices,
-            available,
-            fee_rate,
-            seller_status,
-        ) in rows
-        {
-            if let Some(available) = available {
-                catalogue.available.insert(sku.clone(), available);
+        for row in rows {
+            if let Some(available) = row.available {
+                catalogue.available.insert(row.sku.clone(), available);
             }
-            if let (Some(rate), Some(seller_status)) = (fee_rate, seller_status) {
+            if let (Some(rate), Some(seller_status)) = (row.fee_rate, row.seller_status) {
                 catalogue
                     .sellers
-                    .insert(seller_id.clone(), (rate, seller_status));
+                    .insert(row.seller_id.clone(), (rate, seller_status));
             }
             catalogue.products.push(Product {
-                tiers: tier_quantities.into_iter().zip(tier_prices).collect(),
-                sku,
-                seller_id,
-                warehouse,
-                spec,
-                unit_price,
-                currency,
-                on_sale: status == "on_sale",
+                tiers: row
+                    .tier_quantities
+                    .into_iter()
+                    .zip(row.tier_prices)
+                    .collect(),
+                sku: row.sku,
+                seller_id: row.seller_id,
+                warehouse: row.warehouse,
+                spec: row.spec,
+                unit_price: row.unit_price,
+                currency: row.currency,
+                on_sale: row.status == "on_sale",
             });
         }
         Ok(catalogue)
