@@ -628,27 +628,118 @@ async fn a_lone_handed_row_is_marked_sent_without_waiting_for_more() -> anyhow::
     env.teardown().await
 }
 
-/// A relay of its own on `env`'s database and broker, with `lease` and
-/// `poll`: the handoff that feeds it, and what stops it.
-fn start_relay(
-    env: &TestEnv,
-    lease: Duration,
-    poll: Duration,
-) -> anyhow::Result<(
+type Relay = (
     payfleet_common::outbox::Handoff,
     payfleet_common::CancellationToken,
     tokio::task::JoinHandle<()>,
-)> {
+);
+
+/// A review found that a confirmed row's sent mark could wait for the
+/// relay's next publish, which waits on the broker for as long as the
+/// broker is silent: past the row's lease, a pass would publish the row
+/// again. Here the broker stops answering the relay right after one row's
+/// confirm, while the next row is published: the first row is marked sent
+/// all the same, and each row is published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_row_is_marked_sent_while_the_next_publish_waits_on_a_silent_broker()
+-> anyhow::Result<()> {
+    use payfleet_common::{broker::Endpoint, outbox::OutboxMessage};
+    use payfleet_tests::broker_proxy::BrokerProxy;
+
+    let env = TestEnv::new("relaysilent").await?;
+    let proxy = BrokerProxy::start("127.0.0.1:5672".parse()?).await?;
+    let endpoint = Endpoint::plain(&proxy.amqp_url(&env.settings.amqp_url)?);
+    // no pass within the test: only the handoff publishes and marks
+    let (handoff, stop, relay) = start_relay_at(
+        &env,
+        endpoint,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )?;
+    let exchange = env.topology.exchanges().stages.clone();
+    let hand_over = |body: &'static str| {
+        let handoff = handoff.clone();
+        let exchange = exchange.clone();
+        let pool = env.pool.clone();
+        async move {
+            let message = OutboxMessage::json(&exchange, TRANSFER_STAGE, "silent", None, &body)?;
+            let mut tx = pool.begin().await?;
+            let inserted = handoff.insert(&mut tx, vec![message]).await?;
+            tx.commit().await?;
+            handoff.hand_over(inserted);
+            anyhow::Ok(())
+        }
+    };
+    let sent = |body: &'static str| {
+        let pool = env.pool.clone();
+        async move {
+            anyhow::Ok(
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT sent_at IS NOT NULL FROM outbox WHERE body = convert_to($1, 'UTF8')",
+                )
+                .bind(format!("\"{body}\""))
+                .fetch_one(&pool)
+                .await?,
+            )
+        }
+    };
+    // The first pass runs at start, on an empty table.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.hold_after_next_confirm();
+    hand_over("first").await?;
+    proxy.holding(Duration::from_secs(10)).await?;
+    // The first row's confirm is in; from here the broker says nothing.
+    hand_over("second").await?;
+    wait_until(
+        Duration::from_secs(2),
+        "the confirmed row marked sent",
+        || sent("first"),
+    )
+    .await?;
+    assert!(
+        !sent("second").await?,
+        "the second row's publish is not confirmed while the broker is silent"
+    );
+    proxy.release();
+    wait_until(
+        Duration::from_secs(10),
+        "the second row marked sent",
+        || sent("second"),
+    )
+    .await?;
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM outbox WHERE message_type = 'silent' AND publish_attempts = 1"
+        )
+        .await?,
+        2,
+        "each row published once, by the handoff"
+    );
+    stop.cancel();
+    relay.await?;
+    env.teardown().await
+}
+
+/// A relay of its own on `env`'s database and broker, with `lease` and
+/// `poll`: the handoff that feeds it, and what stops it.
+fn start_relay(env: &TestEnv, lease: Duration, poll: Duration) -> anyhow::Result<Relay> {
+    let endpoint = payfleet_common::broker::Endpoint::from_settings(&env.settings)?;
+    start_relay_at(env, endpoint, lease, poll)
+}
+
+/// [`start_relay`], publishing to the broker at `endpoint`.
+fn start_relay_at(
+    env: &TestEnv,
+    endpoint: payfleet_common::broker::Endpoint,
+    lease: Duration,
+    poll: Duration,
+) -> anyhow::Result<Relay> {
     use payfleet_common::{
         CancellationToken, broker,
         outbox::{self, Handoff, RelayConfig},
     };
     let stop = CancellationToken::new();
-    let publisher = broker::Publisher::new(
-        broker::Endpoint::from_settings(&env.settings)?,
-        "relay-test",
-        stop.clone(),
-    );
+    let publisher = broker::Publisher::new(endpoint, "relay-test", stop.clone());
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let (handoff, handed) = Handoff::new(lease, wake.clone());
     let relay = tokio::spawn(outbox::run_relay(

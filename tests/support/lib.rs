@@ -3,6 +3,7 @@
 //! topology applied, its own Redis key prefix — runs fleets in-process or as
 //! real worker processes, and checks the invariants at the end.
 
+pub mod broker_proxy;
 pub mod probe;
 pub mod services;
 
