@@ -539,10 +539,7 @@ async fn a_relay_flooded_with_handed_rows_still_passes_over_the_table() -> anyho
             let mut n = feeder << 32;
             while flooding.load(Ordering::Relaxed) {
                 n += 1;
-                let mut tx = pool.begin().await?;
-                let inserted = handoff.insert(&mut tx, vec![message(n)]).await?;
-                tx.commit().await?;
-                handoff.hand_over(inserted);
+                commit_and_hand_over(&pool, &handoff, vec![message(n)]).await?;
             }
             anyhow::Ok(())
         }));
@@ -556,14 +553,7 @@ async fn a_relay_flooded_with_handed_rows_still_passes_over_the_table() -> anyho
     let found = wait_until(
         Duration::from_secs(5),
         "the lone row published by a pass",
-        || async {
-            Ok(sqlx::query_scalar::<_, bool>(
-                "SELECT sent_at IS NOT NULL FROM outbox WHERE message_id = $1",
-            )
-            .bind(&lone.message_id)
-            .fetch_one(&env.pool)
-            .await?)
-        },
+        || marked_sent(&env.pool, &lone.message_id),
     )
     .await;
     let handed_over = env
@@ -603,10 +593,7 @@ async fn a_lone_handed_row_is_marked_sent_without_waiting_for_more() -> anyhow::
         let messages = (0..rows)
             .map(|n| OutboxMessage::json(&exchange, TRANSFER_STAGE, "lone", None, &(rows * 10 + n)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = env.pool.begin().await?;
-        let inserted = handoff.insert(&mut tx, messages).await?;
-        tx.commit().await?;
-        handoff.hand_over(inserted);
+        commit_and_hand_over(&env.pool, &handoff, messages).await?;
         wait_until(Duration::from_secs(2), "the handed rows marked sent", || async {
             Ok(env
                 .scalar_i64("SELECT count(*) FROM outbox WHERE message_type = 'lone' AND sent_at IS NULL")
@@ -627,12 +614,6 @@ async fn a_lone_handed_row_is_marked_sent_without_waiting_for_more() -> anyhow::
     relay.await?;
     env.teardown().await
 }
-
-type Relay = (
-    payfleet_common::outbox::Handoff,
-    payfleet_common::CancellationToken,
-    tokio::task::JoinHandle<()>,
-);
 
 /// A review found that a confirmed row's sent mark could wait for the
 /// relay's next publish, which waits on the broker for as long as the
@@ -657,54 +638,30 @@ async fn a_confirmed_row_is_marked_sent_while_the_next_publish_waits_on_a_silent
         Duration::from_secs(3600),
     )?;
     let exchange = env.topology.exchanges().stages.clone();
-    let hand_over = |body: &'static str| {
-        let handoff = handoff.clone();
-        let exchange = exchange.clone();
-        let pool = env.pool.clone();
-        async move {
-            let message = OutboxMessage::json(&exchange, TRANSFER_STAGE, "silent", None, &body)?;
-            let mut tx = pool.begin().await?;
-            let inserted = handoff.insert(&mut tx, vec![message]).await?;
-            tx.commit().await?;
-            handoff.hand_over(inserted);
-            anyhow::Ok(())
-        }
-    };
-    let sent = |body: &'static str| {
-        let pool = env.pool.clone();
-        async move {
-            anyhow::Ok(
-                sqlx::query_scalar::<_, bool>(
-                    "SELECT sent_at IS NOT NULL FROM outbox WHERE body = convert_to($1, 'UTF8')",
-                )
-                .bind(format!("\"{body}\""))
-                .fetch_one(&pool)
-                .await?,
-            )
-        }
-    };
+    let first = OutboxMessage::json(&exchange, TRANSFER_STAGE, "silent", None, &1)?;
+    let second = OutboxMessage::json(&exchange, TRANSFER_STAGE, "silent", None, &2)?;
     // The first pass runs at start, on an empty table.
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.hold_after_next_confirm();
-    hand_over("first").await?;
+    commit_and_hand_over(&env.pool, &handoff, vec![first.clone()]).await?;
     proxy.holding(Duration::from_secs(10)).await?;
     // The first row's confirm is in; from here the broker says nothing.
-    hand_over("second").await?;
+    commit_and_hand_over(&env.pool, &handoff, vec![second.clone()]).await?;
     wait_until(
         Duration::from_secs(2),
         "the confirmed row marked sent",
-        || sent("first"),
+        || marked_sent(&env.pool, &first.message_id),
     )
     .await?;
     assert!(
-        !sent("second").await?,
+        !marked_sent(&env.pool, &second.message_id).await?,
         "the second row's publish is not confirmed while the broker is silent"
     );
     proxy.release();
     wait_until(
         Duration::from_secs(10),
         "the second row marked sent",
-        || sent("second"),
+        || marked_sent(&env.pool, &second.message_id),
     )
     .await?;
     assert_eq!(
@@ -719,6 +676,36 @@ async fn a_confirmed_row_is_marked_sent_while_the_next_publish_waits_on_a_silent
     relay.await?;
     env.teardown().await
 }
+
+/// Commits `messages` as a stage does: inserted for `handoff`'s relay, and
+/// handed to it once committed.
+async fn commit_and_hand_over(
+    pool: &sqlx::PgPool,
+    handoff: &payfleet_common::outbox::Handoff,
+    messages: Vec<payfleet_common::outbox::OutboxMessage>,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let inserted = handoff.insert(&mut tx, messages).await?;
+    tx.commit().await?;
+    handoff.hand_over(inserted);
+    Ok(())
+}
+
+/// Whether the outbox row of `message_id` is marked sent.
+async fn marked_sent(pool: &sqlx::PgPool, message_id: &str) -> anyhow::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT sent_at IS NOT NULL FROM outbox WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+type Relay = (
+    payfleet_common::outbox::Handoff,
+    payfleet_common::CancellationToken,
+    tokio::task::JoinHandle<()>,
+);
 
 /// A relay of its own on `env`'s database and broker, with `lease` and
 /// `poll`: the handoff that feeds it, and what stops it.

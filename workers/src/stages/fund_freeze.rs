@@ -284,7 +284,7 @@ async fn reserve(
     // A top-up has no order: the channel takes the money, nothing is
     // reserved but the mark that Confirm and Cancel finish.
     if p.kind()? == PaymentKind::TopUp {
-        open_reservation(conn, p, None).await?;
+        open_channel_reservation(conn, p).await?;
         return Ok(Ok(()));
     }
     // Wallet payments: available → frozen, never below zero. A third-party
@@ -295,7 +295,7 @@ async fn reserve(
             return Ok(Err(shortfall));
         }
     } else {
-        open_reservation(conn, p, None).await?;
+        open_channel_reservation(conn, p).await?;
     }
     if let Err(shortfall) = reserve_stock(conn, p).await? {
         return Ok(Err(shortfall));
@@ -323,16 +323,15 @@ async fn reserve(
     Ok(Ok(()))
 }
 
-/// The payment's reservation, `tried`: of the wallet's freeze, or (no
-/// wallet) a mark for a channel payment.
-async fn open_reservation(
+/// The reservation, `tried`, of a payment no wallet freezes (a channel
+/// payment, a top-up): a mark that Confirm and Cancel finish. A wallet's
+/// freeze opens its own ([`freeze_wallet`]).
+async fn open_channel_reservation(
     conn: &mut PgConnection,
     p: &payment::Payment,
-    wallet: Option<i64>,
 ) -> Result<(), StageError> {
-    sqlx::query("INSERT INTO reservations (payment_id, account_id, amount, currency, status) VALUES ($1, $2, $3, $4, 'tried')")
+    sqlx::query("INSERT INTO reservations (payment_id, account_id, amount, currency, status) VALUES ($1, NULL, $2, $3, 'tried')")
         .bind(p.id)
-        .bind(wallet)
         .bind(p.amount)
         .bind(&p.currency)
         .execute(conn)

@@ -353,11 +353,16 @@ impl Catalogue {
     async fn load(conn: &mut PgConnection, skus: &[String]) -> Result<Self, StageError> {
         let rows: Vec<CatalogueRow> = sqlx::query_as(
             "SELECT p.sku, p.merchant_id AS seller_id, p.warehouse, p.spec, p.unit_price, p.currency::text AS currency, p.status,
-                    ARRAY(SELECT t.min_quantity FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity) AS tier_quantities,
-                    ARRAY(SELECT t.unit_price FROM price_tiers t WHERE t.sku = p.sku ORDER BY t.min_quantity) AS tier_prices,
+                    COALESCE(t.quantities, '{}') AS tier_quantities, COALESCE(t.prices, '{}') AS tier_prices,
                     (SELECT s.available FROM stock s WHERE s.sku = p.sku) AS available,
                     m.fee_rate, m.status AS seller_status
-             FROM products p LEFT JOIN merchants m ON m.id = p.merchant_id
+             FROM products p
+             LEFT JOIN merchants m ON m.id = p.merchant_id
+             LEFT JOIN LATERAL (
+                 SELECT array_agg(min_quantity ORDER BY min_quantity) AS quantities,
+                        array_agg(unit_price ORDER BY min_quantity) AS prices
+                 FROM price_tiers WHERE sku = p.sku
+             ) t ON true
              WHERE p.sku = ANY($1)",
         )
         .bind(skus)
