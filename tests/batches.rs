@@ -78,6 +78,38 @@ async fn runs_in(env: &TestEnv, tx_id: i64) -> anyhow::Result<i64> {
     )
 }
 
+/// A transaction holding `account`'s row, which waits longest before
+/// looking for a deadlock: in a cycle, the fleet's backend is the victim.
+async fn hold_as_the_last_to_give_up(
+    env: &TestEnv,
+    account: &str,
+) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut holder = env.pool.begin().await?;
+    sqlx::query("SET LOCAL deadlock_timeout = '60s'")
+        .execute(&mut *holder)
+        .await?;
+    sqlx::query("UPDATE probe_accounts SET balance = balance WHERE account = $1")
+        .bind(account)
+        .execute(&mut *holder)
+        .await?;
+    Ok(holder)
+}
+
+/// Waits until one backend of the test's database waits on a lock.
+async fn one_waiting_on_a_lock(env: &TestEnv, what: &str) -> anyhow::Result<()> {
+    wait_until(WAIT, what, || async {
+        Ok(env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = '{}' AND wait_event_type = 'Lock'",
+                env.name
+            ))
+            .await?
+            == 1)
+    })
+    .await
+}
+
 async fn inbox_outcome(env: &TestEnv, message_id: &str) -> anyhow::Result<Option<String>> {
     Ok(sqlx::query_scalar(
         "SELECT outcome FROM inbox WHERE stage = 'probe-transfer' AND message_id = $1",
@@ -235,14 +267,7 @@ async fn a_deadlocked_batch_is_rolled_back_and_rerun_one_message_at_a_time_witho
     env.add_account("x").await?;
     env.add_account("y").await?;
     // Another transaction holds y, so the batch, after taking x, waits on y.
-    let mut blocker = env.pool.begin().await?;
-    // Ours waits longest: the batch's backend finds the cycle and is the victim.
-    sqlx::query("SET LOCAL deadlock_timeout = '60s'")
-        .execute(&mut *blocker)
-        .await?;
-    sqlx::query("UPDATE probe_accounts SET balance = balance WHERE account = 'y'")
-        .execute(&mut *blocker)
-        .await?;
+    let mut blocker = hold_as_the_last_to_give_up(&env, "y").await?;
     // Keys in this order: the batch handles to-x first, then to-y.
     let to_x = transfer("x", "5.00");
     let to_y = transfer("y", "7.00");
@@ -250,17 +275,7 @@ async fn a_deadlocked_batch_is_rolled_back_and_rerun_one_message_at_a_time_witho
     env.publish_transfer(&to_y, "m-y").await?;
     env.publish_transfer(&to_x, "m-x").await?;
     let fleet = batched_fleet(&env, 2, 1_000).await?;
-    wait_until(WAIT, "the batch waiting on y", || async {
-        Ok(env
-            .scalar_i64(&format!(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = '{}' AND wait_event_type = 'Lock'",
-                env.name
-            ))
-            .await?
-            == 1)
-    })
-    .await?;
+    one_waiting_on_a_lock(&env, "the batch waiting on y").await?;
     // Now take x: a deadlock. The batch is aborted as a whole, which frees x.
     sqlx::query("UPDATE probe_accounts SET balance = balance WHERE account = 'x'")
         .execute(&mut *blocker)
@@ -283,6 +298,45 @@ async fn a_deadlocked_batch_is_rolled_back_and_rerun_one_message_at_a_time_witho
     );
     assert!(env.dead_letters().await?.is_empty());
     assert_eq!(env.assert_quiet_invariants().await?, 2);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_message_deadlocked_in_its_own_transaction_is_rerun_without_a_retry()
+-> anyhow::Result<()> {
+    // A batch of one runs as the message's own transaction (no savepoint,
+    // no lock timeout); a deadlock there must still cost no attempt.
+    let env = TestEnv::new("batchlonedead").await?;
+    env.add_account("y").await?;
+    let mut blocker = hold_as_the_last_to_give_up(&env, "y").await?;
+    let to_y = transfer("y", "7.00");
+    env.publish_transfer(&to_y, "m-y").await?;
+    let fleet = batched_fleet(&env, 16, 0).await?;
+    one_waiting_on_a_lock(&env, "the message waiting on y").await?;
+    // The message holds its inbox claim: wanting it closes the cycle. The
+    // blocker rolls back, so the claim it won is not kept.
+    sqlx::query(
+        "INSERT INTO inbox (stage, message_id, outcome) VALUES ('probe-transfer', 'm-y', 'applied')",
+    )
+    .execute(&mut *blocker)
+    .await?;
+    blocker.rollback().await?;
+    env.wait_drained(WAIT).await?;
+    fleet.stop().await;
+
+    let y_runs = runs(&env, "m-y").await?;
+    assert_eq!(y_runs.len(), 2, "once deadlocked, once again: {y_runs:?}");
+    assert_ne!(y_runs[0].0, y_runs[1].0);
+    assert!(
+        y_runs.iter().all(|run| run.1 == 0),
+        "the deadlock spent no retry budget: {y_runs:?}"
+    );
+    assert_eq!(
+        inbox_outcome(&env, "m-y").await?.as_deref(),
+        Some("applied")
+    );
+    assert!(env.dead_letters().await?.is_empty());
+    assert_eq!(env.assert_quiet_invariants().await?, 1);
     env.teardown().await
 }
 

@@ -367,6 +367,132 @@ async fn wallet_charges_are_one_transaction_each_and_share_batches() -> anyhow::
     chain.finish().await
 }
 
+/// Paid wallet purchases that reach settlement together are confirmed
+/// set-based, several with one statement per table, and their books are
+/// what one Confirm at a time writes. The first burst meets merchants with
+/// no account yet, so its set-based Confirm is undone and each payment is
+/// confirmed alone (which opens them); the second is confirmed together,
+/// with several payments of one wallet in one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> anyhow::Result<()> {
+    let mut chain = Chain::new("settletogether").await?;
+    let cart: &[(&str, u32)] = &[("tea", 1), ("fan", 1), ("ink", 1)];
+    let mut coupon_order = request("p-8", "alice", &[("tea", 2)], "52.00");
+    coupon_order.coupon_code = Some("FULL50-8".into());
+    let bursts = [
+        vec![
+            request("w-0", "alice", cart, "83.33"),
+            request("w-1", "alice", &[("cup", 1)], "10.00"),
+        ],
+        vec![
+            request("p-0", "alice", &[("cup", 1)], "10.00"),
+            request("p-1", "alice", &[("cup", 1)], "10.00"),
+            request("p-2", "alice", &[("cup", 1)], "10.00"),
+            request("p-3", "alice", &[("cup", 1)], "10.00"),
+            request("p-4", "alice", &[("fan", 1)], "20.00"),
+            request("p-5", "alice", &[("fan", 1)], "20.00"),
+            request("p-6", "alice", cart, "83.33"),
+            request("p-7", "alice", cart, "83.33"),
+            coupon_order,
+        ],
+    ];
+    // Each burst is queued whole before the fleet starts, so that it
+    // reaches settlement together.
+    for burst in &bursts {
+        for r in burst {
+            chain.publish(r).await?;
+        }
+        chain.start(&[]).await?;
+        for r in burst {
+            assert_eq!(chain.outcome(&r.merchant_order_id).await?.0, "settled");
+        }
+        chain.fleet.stop().await;
+    }
+    let alice: i64 = chain
+        .env
+        .scalar_i64("SELECT id FROM accounts WHERE owner_kind = 'user' AND owner_id = 'alice'")
+        .await?;
+    let together: i64 = chain
+        .env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM (SELECT xmin::text FROM account_statements
+             WHERE account_id = {alice} AND kind = 'debit' GROUP BY 1 HAVING count(*) > 1) shared"
+        ))
+        .await?;
+    assert!(
+        together >= 1,
+        "some of alice's debits were written by one statement"
+    );
+
+    fleet::roll_up_all(chain.pool()).await?;
+    // 93.33 in the first burst, 298.66 in the second.
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("608.01"), d("608.01"), d("0.00"))
+    );
+    // Each seller gains its sub-orders less its fee; the platform the fees.
+    for (seller, gained) in [("m1", "190.08"), ("m2", "99.50"), ("m3", "99.99")] {
+        assert_eq!(
+            chain.balance("merchant", seller).await?.0,
+            d(gained),
+            "{seller}"
+        );
+    }
+    assert_eq!(chain.balance("platform", "fees").await?.0, d("2.42"));
+    for (sku, sold) in [("tea", 5), ("cup", 5), ("fan", 5), ("ink", 3)] {
+        assert_eq!(chain.stock(sku).await?, (100 - sold, 0), "{sku}");
+    }
+    let unfinished: i64 = chain
+        .env
+        .scalar_i64(
+            "SELECT (SELECT count(*) FROM orders WHERE status <> 'paid')
+                  + (SELECT count(*) FROM transaction_details WHERE status <> 'paid')
+                  + (SELECT count(*) FROM reservations WHERE status <> 'confirmed')
+                  + (SELECT count(*) FROM coupon_redemptions WHERE status <> 'consumed')",
+        )
+        .await?;
+    assert_eq!(
+        unfinished, 0,
+        "every order, sub-order, freeze and coupon use finished"
+    );
+    assert_statement_replays(chain.pool(), alice).await?;
+    chain.finish().await
+}
+
+/// A wallet's statement, replayed line by line from (0, 0), shows at each
+/// line the balances after that line's movement, and ends at the wallet's.
+async fn assert_statement_replays(pool: &PgPool, account: i64) -> anyhow::Result<()> {
+    let lines: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT kind, amount, available_after, frozen_after FROM account_statements
+         WHERE account_id = $1 ORDER BY id",
+    )
+    .bind(account)
+    .fetch_all(pool)
+    .await?;
+    let (mut available, mut frozen) = (Decimal::ZERO, Decimal::ZERO);
+    for (kind, amount, available_after, frozen_after) in &lines {
+        match kind.as_str() {
+            "top_up" | "credit" => available += amount,
+            "freeze" => (available, frozen) = (available - amount, frozen + amount),
+            "unfreeze" => (available, frozen) = (available + amount, frozen - amount),
+            "debit" => frozen -= amount,
+            other => anyhow::bail!("unknown statement line kind {other}"),
+        }
+        assert_eq!(
+            (available, frozen),
+            (*available_after, *frozen_after),
+            "the {kind} of {amount} in {lines:?}"
+        );
+    }
+    let (wallet_available, wallet_frozen): (Decimal, Decimal) =
+        sqlx::query_as("SELECT available, frozen FROM accounts WHERE id = $1")
+            .bind(account)
+            .fetch_one(pool)
+            .await?;
+    assert_eq!((available, frozen), (wallet_available, wallet_frozen));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn business_failures_and_rejections_are_results_with_reasons() -> anyhow::Result<()> {
     let mut chain = Chain::new("refusals").await?;

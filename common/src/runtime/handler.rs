@@ -48,6 +48,20 @@ pub trait Handler: Send + Sync + 'static {
         inbound: &Inbound,
         message: &Self::Message,
     ) -> impl Future<Output = Result<Option<Outcome>, StageError>> + Send;
+    /// Whether this message may be handled set-based with others of its
+    /// batch ([`Stage::together`]).
+    fn together(&self, _message: &Self::Message) -> bool {
+        false
+    }
+    /// Set-based work for several messages of a batch ([`Stage::handle_together`]).
+    fn handle_together(
+        &self,
+        _tx: &mut StageTx,
+        items: &[(&Inbound, &Self::Message)],
+    ) -> impl Future<Output = Result<Vec<bool>, StageError>> + Send {
+        let none = vec![false; items.len()];
+        async move { Ok(none) }
+    }
     /// Handles `items` together, one result per item in their order; an
     /// error means nothing of the batch was committed.
     fn process_batch(
@@ -94,6 +108,15 @@ impl<S: Stage> Handler for Transactional<S> {
         shared: &Shared,
         items: &[(&Inbound, &S::Message)],
     ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
+        // A batch of one is a message's own transaction: no savepoint, no
+        // lock timeout (nothing else of its batch waits behind it). A
+        // deadlock still costs no retry: the batch's re-run takes it.
+        if let [(inbound, message)] = items {
+            return match self.process(shared, inbound, message).await {
+                Err(error @ StageError::Contention(_)) => Err(error),
+                result => Ok(vec![result]),
+            };
+        }
         // Committed on its own before the batch begins (when it fails, the
         // batch's messages are handled one at a time, each doing its own).
         self.0.before_transaction(&shared.pool, items).await?;
@@ -107,6 +130,18 @@ impl<S: Stage> Handler for Transactional<S> {
         message: &S::Message,
     ) -> Result<Option<Outcome>, StageError> {
         self.0.handle(tx, inbound, message).await.map(Some)
+    }
+
+    fn together(&self, message: &S::Message) -> bool {
+        self.0.together(message)
+    }
+
+    async fn handle_together(
+        &self,
+        tx: &mut StageTx,
+        items: &[(&Inbound, &S::Message)],
+    ) -> Result<Vec<bool>, StageError> {
+        self.0.handle_together(tx, items).await
     }
 }
 
@@ -126,10 +161,17 @@ async fn run_batch<H: Handler>(
         .collect();
     // An error from the batch itself means the whole batch is lost.
     let fresh = batch.claim_inboxes(handler.name(), &message_ids).await?;
+    let applied_together = run_together(handler, &mut batch, items, &fresh).await?;
     let mut results = Vec::with_capacity(items.len());
-    for ((inbound, message), fresh) in items.iter().zip(fresh) {
+    for (((inbound, message), fresh), together) in items.iter().zip(fresh).zip(applied_together) {
         if !fresh {
             results.push(Some(Ok(Processed::AlreadyProcessed)));
+            continue;
+        }
+        if together {
+            results.push(Some(Ok(Processed::Committed {
+                outcome: Outcome::Applied,
+            })));
             continue;
         }
         let span = handle_span(inbound);
@@ -166,6 +208,55 @@ async fn run_batch<H: Handler>(
         });
     }
     Ok(all)
+}
+
+/// The set-based work of a batch, when two or more of its fresh messages
+/// admit it: which messages it applied. A failure of it (but a lost
+/// transaction) is undone, and every message is handled alone.
+async fn run_together<H: Handler>(
+    handler: &H,
+    batch: &mut BatchTx,
+    items: &[(&Inbound, &H::Message)],
+    fresh: &[bool],
+) -> Result<Vec<bool>, StageError> {
+    let mut applied = vec![false; items.len()];
+    let chosen: Vec<usize> = (0..items.len())
+        .filter(|&i| fresh[i] && handler.together(items[i].1))
+        .collect();
+    if chosen.len() < 2 {
+        return Ok(applied);
+    }
+    let group: Vec<(&Inbound, &H::Message)> = chosen.iter().map(|&i| items[i]).collect();
+    batch.start_together().await?;
+    match handler.handle_together(batch.tx(), &group).await {
+        Ok(done) if done.len() == group.len() => {
+            batch.keep_together();
+            for (i, done) in chosen.into_iter().zip(done) {
+                applied[i] = done;
+            }
+            let count = applied.iter().filter(|done| **done).count();
+            metrics::counter!("payfleet_messages_together_total", "stage" => handler.name().to_owned())
+                .increment(count as u64);
+        }
+        Ok(done) => {
+            tracing::warn!(
+                stage = handler.name(),
+                answers = done.len(),
+                messages = group.len(),
+                "set-based work answered for the wrong number of messages; undone"
+            );
+            batch.undo_together().await?;
+        }
+        Err(StageError::Contention(reason)) => return Err(StageError::Contention(reason)),
+        Err(error) => {
+            tracing::info!(%error, stage = handler.name(), messages = group.len(),
+                "set-based work undone; handling its messages one at a time");
+            metrics::counter!("payfleet_together_undone_total", "stage" => handler.name().to_owned())
+                .increment(1);
+            batch.undo_together().await?;
+        }
+    }
+    Ok(applied)
 }
 
 /// A [`CallingStage`]: intent, call, result.

@@ -181,6 +181,30 @@ pub trait Stage: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Whether `message` may be handled set-based with others of its batch
+    /// ([`Stage::handle_together`]). None by default.
+    fn together(&self, _message: &Self::Message) -> bool {
+        false
+    }
+
+    /// Handles several messages of a batch at once, with a few statements
+    /// for all of them instead of a few for each: called once per batch
+    /// with the fresh messages [`Stage::together`] admits (their inbox rows
+    /// claimed, sorted by lock key), inside a savepoint of their own.
+    /// Returns, per message, whether it was applied here (its emitted
+    /// messages set with `tx.set_correlation_id` first); one that was not
+    /// is handled alone afterwards as usual, so this leaves alone whatever
+    /// it does not apply. An error undoes all of it, and every message is
+    /// handled alone.
+    fn handle_together(
+        &self,
+        _tx: &mut StageTx,
+        items: &[(&Inbound, &Self::Message)],
+    ) -> impl Future<Output = Result<Vec<bool>, StageError>> + Send {
+        let none = vec![false; items.len()];
+        async move { Ok(none) }
+    }
+
     /// Applies the message inside `tx` (a transaction, or a savepoint when the
     /// runtime batches). The inbox row is already claimed; emit the messages
     /// for the next stage with `tx.emit…`.

@@ -117,8 +117,18 @@ pub async fn begin_plain(shared: &Shared, inbound: &Inbound) -> Result<StageTx, 
 
 impl StageTx {
     async fn begin(shared: &Shared) -> Result<Self, StageError> {
+        Self::begin_with(shared, None).await
+    }
+
+    /// Begins with `statement` (a `BEGIN` and what goes with it, in one
+    /// round trip) or a plain `BEGIN`.
+    async fn begin_with(shared: &Shared, statement: Option<String>) -> Result<Self, StageError> {
+        let tx = match statement {
+            Some(statement) => shared.pool.begin_with(statement).await?,
+            None => shared.pool.begin().await?,
+        };
         Ok(Self {
-            tx: shared.pool.begin().await?,
+            tx,
             pool: shared.pool.clone(),
             emitted: Vec::new(),
             exchanges: shared.topology.exchanges().clone(),
@@ -273,11 +283,14 @@ impl BatchTx {
         shared: &Shared,
         lock_timeout: Option<std::time::Duration>,
     ) -> Result<Self, StageError> {
-        let mut cx = StageTx::begin(shared).await?;
-        if let Some(timeout) = lock_timeout {
-            let set = format!("SET LOCAL lock_timeout = {}", timeout.as_millis().max(1));
-            sqlx::Executor::execute(&mut *cx.tx, set.as_str()).await?;
-        }
+        // The timeout travels with the BEGIN: one round trip, not two.
+        let begin = lock_timeout.map(|timeout| {
+            format!(
+                "BEGIN; SET LOCAL lock_timeout = {}",
+                timeout.as_millis().max(1)
+            )
+        });
+        let cx = StageTx::begin_with(shared, begin).await?;
         Ok(Self {
             cx,
             emitted: Vec::new(),
@@ -324,6 +337,28 @@ impl BatchTx {
         self.open = true;
         self.cx.correlation_id = inbound.correlation_id.clone();
         self.cx.emitted.clear();
+        Ok(())
+    }
+
+    /// Opens the savepoint of the batch's set-based work (before any
+    /// message's own savepoint).
+    pub async fn start_together(&mut self) -> Result<(), StageError> {
+        sqlx::Executor::execute(&mut *self.cx.tx, "SAVEPOINT together").await?;
+        self.cx.correlation_id = None;
+        self.cx.emitted.clear();
+        Ok(())
+    }
+
+    /// Keeps the set-based work and what it emitted.
+    pub fn keep_together(&mut self) {
+        self.emitted.append(&mut self.cx.emitted);
+    }
+
+    /// Drops the set-based work and what it emitted; its messages are
+    /// then handled one by one.
+    pub async fn undo_together(&mut self) -> Result<(), StageError> {
+        self.cx.emitted.clear();
+        sqlx::Executor::execute(&mut *self.cx.tx, "ROLLBACK TO SAVEPOINT together").await?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 pub mod attempt;
 pub mod business_day;
+pub mod confirm_many;
 pub mod handoff;
 pub mod ledger;
 pub mod limits;

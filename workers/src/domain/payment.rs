@@ -217,6 +217,42 @@ pub async fn lock(conn: &mut PgConnection, id: PaymentId) -> Result<Option<Payme
     .await?)
 }
 
+/// Loads and row-locks the payments `ids` that exist, in id order (the
+/// order a batch takes its payments' locks in).
+pub async fn lock_many(
+    conn: &mut PgConnection,
+    ids: &[PaymentId],
+) -> Result<Vec<Payment>, StageError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// [`transition`] of several payments at once, with no reason: how many moved.
+pub async fn transition_many(
+    conn: &mut PgConnection,
+    ids: &[PaymentId],
+    from: PaymentStatus,
+    to: PaymentStatus,
+) -> Result<u64, StageError> {
+    refuse_unlisted_move(from, to, "payments")?;
+    let moved = sqlx::query(
+        "UPDATE payments SET status = $3, updated_at = now(),
+                finished_at = CASE WHEN $4 THEN now() ELSE finished_at END
+         WHERE id = ANY($1) AND status = $2",
+    )
+    .bind(ids)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(to.is_terminal())
+    .execute(conn)
+    .await?;
+    Ok(moved.rows_affected())
+}
+
 /// Compare-and-set of the status; true when it moved. A move [`MOVES`]
 /// does not list is refused before anything is written.
 pub async fn transition(
@@ -226,13 +262,7 @@ pub async fn transition(
     to: PaymentStatus,
     reason: Option<&str>,
 ) -> Result<bool, StageError> {
-    if !from.may_move_to(to) {
-        return Err(StageError::permanent(format!(
-            "payment {id}: no move from {} to {}",
-            from.as_str(),
-            to.as_str()
-        )));
-    }
+    refuse_unlisted_move(from, to, &format!("payment {id}"))?;
     let finished = to.is_terminal();
     let moved = sqlx::query(
         "UPDATE payments SET status = $3, reason = COALESCE($4, reason), updated_at = now(),
@@ -247,6 +277,22 @@ pub async fn transition(
     .execute(conn)
     .await?;
     Ok(moved.rows_affected() == 1)
+}
+
+/// A move [`MOVES`] does not list, refused for `whom` before anything is written.
+fn refuse_unlisted_move(
+    from: PaymentStatus,
+    to: PaymentStatus,
+    whom: &str,
+) -> Result<(), StageError> {
+    if from.may_move_to(to) {
+        return Ok(());
+    }
+    Err(StageError::permanent(format!(
+        "{whom}: no move from {} to {}",
+        from.as_str(),
+        to.as_str()
+    )))
 }
 
 /// The account that owns `(kind, owner, currency)`, created when missing.

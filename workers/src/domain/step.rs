@@ -86,6 +86,23 @@ pub trait PaymentStep: Send + Sync + 'static {
         payment: Payment,
     ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
 
+    /// Whether `message` may be handled set-based with others of its batch.
+    fn together(&self, _message: &Self::Message) -> bool {
+        false
+    }
+
+    /// Handles several payments' messages at once (see
+    /// [`Stage::handle_together`]): whether each was applied; one that was
+    /// not is handled alone afterwards, so this leaves it untouched.
+    fn handle_together(
+        &self,
+        _tx: &mut StageTx,
+        messages: &[&Self::Message],
+    ) -> impl Future<Output = Result<Vec<bool>, StageError>> + Send {
+        let none = vec![false; messages.len()];
+        async move { Ok(none) }
+    }
+
     /// A withdrawal's step, with the withdrawal row-locked; a stage a
     /// withdrawal never visits refuses it as a message sent to the wrong queue.
     fn handle_withdrawal(
@@ -169,6 +186,29 @@ impl<S: PaymentStep> Stage for OnPayment<S> {
             Work::Withdrawal(m) => withdrawal::lock_key(m.withdrawal_id),
             Work::Transfer(m) => transfer::lock_key(m.transfer_id),
         })
+    }
+
+    fn together(&self, m: &Self::Message) -> bool {
+        matches!(m, Work::Payment(m) if self.0.together(m))
+    }
+
+    async fn handle_together(
+        &self,
+        tx: &mut StageTx,
+        items: &[(&Inbound, &Self::Message)],
+    ) -> Result<Vec<bool>, StageError> {
+        let messages: Vec<&S::Message> = items
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Work::Payment(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        if messages.len() != items.len() {
+            // `together` admits payment messages only.
+            return Ok(vec![false; items.len()]);
+        }
+        self.0.handle_together(tx, &messages).await
     }
 
     async fn handle(

@@ -125,6 +125,32 @@ pub async fn deduct(conn: &mut PgConnection, payment: PaymentId) -> Result<(), s
     settle(conn, payment, "deducted", false).await
 }
 
+/// Confirm of several payments at once: their reserved units leave the
+/// stock for good, each bucket updated once for all of them.
+pub async fn deduct_many(
+    conn: &mut PgConnection,
+    payments: &[PaymentId],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH closed AS (
+             UPDATE stock_reservations SET status = 'deducted'
+             WHERE payment_id = ANY($1) AND status = 'reserved'
+             RETURNING payment_id, sku
+         ), taken AS (
+             SELECT rb.sku, rb.bucket, sum(rb.quantity)::integer AS quantity
+             FROM stock_reservation_buckets rb
+             JOIN closed ON closed.payment_id = rb.payment_id AND closed.sku = rb.sku
+             GROUP BY rb.sku, rb.bucket
+         )
+         UPDATE stock_buckets b SET reserved = b.reserved - taken.quantity
+         FROM taken WHERE b.sku = taken.sku AND b.bucket = taken.bucket",
+    )
+    .bind(payments)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Cancel: the payment's reserved units are available again, in the buckets they came from.
 pub async fn release(conn: &mut PgConnection, payment: PaymentId) -> Result<(), sqlx::Error> {
     settle(conn, payment, "released", true).await

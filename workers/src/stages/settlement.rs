@@ -16,7 +16,10 @@
 //! be; a transfer's credit to its payee is appended and rolled up like a
 //! sale, so a popular payee's row is never held by a transfer.
 
+use std::collections::HashSet;
+
 use payfleet_common::{
+    PaymentId,
     messages::{
         Outcome as Final, PaymentResolved, RefundResult, RefundStep, Resolution, TransferResult,
         TransferStep, WithdrawalResult, WithdrawalStep,
@@ -25,6 +28,7 @@ use payfleet_common::{
 };
 
 use crate::domain::{
+    confirm_many::confirm_wallet_purchases,
     handoff,
     payment::{self, Payment, PaymentStatus},
     refund::{self, Refund, RefundStatus, books},
@@ -42,6 +46,35 @@ impl PaymentStep for Settlement {
     type Message = PaymentResolved;
 
     const NAME: &'static str = NAME;
+
+    /// A paid payment's Confirm may be done set-based with others.
+    fn together(&self, m: &PaymentResolved) -> bool {
+        m.resolution == Resolution::Paid
+    }
+
+    /// Confirms the batch's paid wallet purchases at once; the rest
+    /// (channel payments, top-ups, anything not `paid`) are handled alone.
+    async fn handle_together(
+        &self,
+        tx: &mut StageTx,
+        messages: &[&PaymentResolved],
+    ) -> Result<Vec<bool>, StageError> {
+        let ids: Vec<PaymentId> = messages.iter().map(|m| m.payment_id).collect();
+        let settled: HashSet<PaymentId> = confirm_wallet_purchases(tx.conn(), &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let mut applied = Vec::with_capacity(ids.len());
+        for id in ids {
+            let done = settled.contains(&id);
+            if done {
+                tx.set_correlation_id(&id.to_string());
+                payment::emit_outcome(tx, id, Final::Succeeded, None)?;
+            }
+            applied.push(done);
+        }
+        Ok(applied)
+    }
 
     async fn handle(
         &self,

@@ -193,41 +193,11 @@ impl Entry {
         if legs.is_empty() {
             return Ok(());
         }
-        let mut kinds = Vec::with_capacity(legs.len());
-        let mut owners = Vec::with_capacity(legs.len());
-        let mut amounts = Vec::with_capacity(legs.len());
-        let mut applied = Vec::with_capacity(legs.len());
-        for (account, amount) in &legs {
-            let (kind, owner) = account.key();
-            kinds.push(kind);
-            owners.push(owner);
-            amounts.push(*amount);
-            applied.push(account.rolled_up_at_once());
-        }
-        // Writes every leg or, when an account is missing, none.
-        let insert_when_all_accounts_exist = sqlx::query_scalar::<_, i64>(
-            "WITH legs AS (
-                 SELECT * FROM UNNEST($3::text[], $4::text[], $5::numeric[], $6::bool[])
-                     WITH ORDINALITY AS l (owner_kind, owner_id, amount, rolled_up, n)
-             ), found AS (
-                 SELECT a.id, l.amount, l.rolled_up, l.n FROM legs l
-                 JOIN accounts a ON a.owner_kind = l.owner_kind AND a.owner_id = l.owner_id AND a.currency = $2
-             ), written AS (
-                 INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up)
-                 SELECT $1, id, amount, $2, rolled_up FROM found
-                 WHERE (SELECT count(*) FROM found) = (SELECT count(*) FROM legs)
-                 ORDER BY n
-                 RETURNING 1
-             )
-             SELECT count(*) FROM written",
-        )
-        .bind(self.id)
-        .bind(currency)
-        .bind(&kinds)
-        .bind(&owners)
-        .bind(&amounts)
-        .bind(&applied);
-        if insert_when_all_accounts_exist.fetch_one(&mut *conn).await? > 0 {
+        let rows: Vec<LegRow> = legs
+            .iter()
+            .map(|(account, amount)| LegRow::to(self.id, *account, *amount, currency))
+            .collect();
+        if write_when_all_accounts_exist(conn, &rows).await? {
             return Ok(());
         }
         for (account, amount) in legs {
@@ -241,6 +211,39 @@ impl Entry {
             .await?;
         }
         Ok(())
+    }
+
+    /// Opens the entries of `kind` for `references` at once (no channel
+    /// attempt): each reference with its entry, or an error naming one
+    /// that already has its entry, with none opened.
+    pub async fn open_many(
+        conn: &mut PgConnection,
+        references: &[String],
+        kind: EntryKind,
+    ) -> Result<Vec<(String, Entry)>, StageError> {
+        let opened: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO journal_entries (reference, kind)
+             SELECT reference, $2 FROM UNNEST($1::text[]) AS reference ORDER BY reference
+             ON CONFLICT (reference, kind) DO NOTHING RETURNING reference, id",
+        )
+        .bind(references)
+        .bind(kind.as_str())
+        .fetch_all(conn)
+        .await?;
+        if opened.len() != references.len() {
+            let taken = references
+                .iter()
+                .find(|r| !opened.iter().any(|(o, _)| o == *r));
+            return Err(StageError::permanent(format!(
+                "{} entry {} already exists",
+                kind.as_str(),
+                taken.map_or("?", |r| r.as_str())
+            )));
+        }
+        Ok(opened
+            .into_iter()
+            .map(|(reference, id)| (reference, Entry { id }))
+            .collect())
     }
 
     async fn insert(
@@ -259,4 +262,113 @@ impl Entry {
         self.post_on(conn, account_id, amount, currency, rolled_up)
             .await
     }
+}
+
+/// Where a leg of [`post_many`] goes.
+#[derive(Debug, Clone, Copy)]
+pub enum LegTo<'a> {
+    /// An account the caller knows and has already moved itself (a wallet).
+    Applied(i64),
+    /// An account by its business meaning, as [`Entry::post`] posts it.
+    Account(Account<'a>),
+}
+
+/// Legs of several entries with one statement: `(entry, to, amount,
+/// currency)`, zero amounts skipped. All are written, or none and an
+/// error when an account is missing (the caller then posts one entry at a
+/// time, which opens it).
+pub async fn post_many(
+    conn: &mut PgConnection,
+    legs: &[(&Entry, LegTo<'_>, Decimal, &str)],
+) -> Result<(), StageError> {
+    let rows: Vec<LegRow> = legs
+        .iter()
+        .filter(|(_, _, amount, _)| !amount.is_zero())
+        .map(|(entry, to, amount, currency)| match to {
+            LegTo::Applied(id) => LegRow {
+                entry_id: entry.id,
+                account_id: Some(*id),
+                owner_kind: "",
+                owner_id: String::new(),
+                amount: *amount,
+                currency: (*currency).to_owned(),
+                rolled_up: true,
+            },
+            LegTo::Account(account) => LegRow::to(entry.id, *account, *amount, currency),
+        })
+        .collect();
+    if rows.is_empty() || write_when_all_accounts_exist(conn, &rows).await? {
+        return Ok(());
+    }
+    Err(StageError::permanent(
+        "an account of these legs is not opened yet; nothing was posted",
+    ))
+}
+
+/// One leg as written: its account by id, or by (kind, owner) in its currency.
+struct LegRow {
+    entry_id: i64,
+    account_id: Option<i64>,
+    owner_kind: &'static str,
+    owner_id: String,
+    amount: Decimal,
+    currency: String,
+    rolled_up: bool,
+}
+
+impl LegRow {
+    fn to(entry_id: i64, account: Account<'_>, amount: Decimal, currency: &str) -> Self {
+        let (owner_kind, owner_id) = account.key();
+        LegRow {
+            entry_id,
+            account_id: None,
+            owner_kind,
+            owner_id,
+            amount,
+            currency: currency.to_owned(),
+            rolled_up: account.rolled_up_at_once(),
+        }
+    }
+}
+
+/// Writes every row, in order, with one statement when each one's account
+/// exists; writes none and returns false when one does not.
+async fn write_when_all_accounts_exist(
+    conn: &mut PgConnection,
+    rows: &[LegRow],
+) -> Result<bool, StageError> {
+    let column = |f: fn(&LegRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let entry_ids: Vec<i64> = rows.iter().map(|r| r.entry_id).collect();
+    let account_ids: Vec<Option<i64>> = rows.iter().map(|r| r.account_id).collect();
+    let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
+    let rolled_up: Vec<bool> = rows.iter().map(|r| r.rolled_up).collect();
+    let written = sqlx::query_scalar::<_, i64>(
+        "WITH legs AS (
+             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::numeric[], $6::text[], $7::bool[])
+                 WITH ORDINALITY AS l (entry_id, account_id, owner_kind, owner_id, amount, currency, rolled_up, n)
+         ), found AS (
+             SELECT COALESCE(l.account_id, a.id) AS id, l.entry_id, l.amount, l.currency, l.rolled_up, l.n
+             FROM legs l
+             LEFT JOIN accounts a ON l.account_id IS NULL
+                 AND a.owner_kind = l.owner_kind AND a.owner_id = l.owner_id AND a.currency = l.currency
+             WHERE COALESCE(l.account_id, a.id) IS NOT NULL
+         ), written AS (
+             INSERT INTO postings (entry_id, account_id, amount, currency, rolled_up)
+             SELECT entry_id, id, amount, currency, rolled_up FROM found
+             WHERE (SELECT count(*) FROM found) = (SELECT count(*) FROM legs)
+             ORDER BY n
+             RETURNING 1
+         )
+         SELECT count(*) FROM written",
+    )
+    .bind(&entry_ids)
+    .bind(&account_ids)
+    .bind(column(|r| r.owner_kind.to_owned()))
+    .bind(column(|r| r.owner_id.clone()))
+    .bind(&amounts)
+    .bind(column(|r| r.currency.clone()))
+    .bind(&rolled_up)
+    .fetch_one(conn)
+    .await?;
+    Ok(written > 0)
 }
