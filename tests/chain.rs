@@ -459,6 +459,113 @@ async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> any
     chain.finish().await
 }
 
+/// A stock bucket another transaction holds leaves only its own payment
+/// to wait: the rest of the batch is confirmed together without waiting,
+/// and the held one is confirmed alone once the bucket is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> anyhow::Result<()> {
+    // A long wait for more, so that the four queued messages make one batch.
+    let mut chain = Chain::with("settleheld", |s| {
+        s.batch_wait_ms.insert("settlement".into(), 300);
+    })
+    .await?;
+    let burst = [
+        request("h-0", "alice", &[("cup", 1)], "10.00"),
+        request("h-1", "alice", &[("cup", 1)], "10.00"),
+        request("h-2", "alice", &[("fan", 1)], "20.00"),
+        request("h-3", "alice", &[("ink", 1)], "33.33"),
+    ];
+    for r in &burst {
+        chain.publish(r).await?;
+    }
+    // Everything but settlement: the four wait there, paid.
+    chain
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "channel-call",
+            "callback",
+            "notification",
+        ])
+        .await?;
+    wait_until(WAIT, "the four paid", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments WHERE status = 'paid'")
+            .await?
+            == 4)
+    })
+    .await?;
+    chain.fleet.stop().await;
+    let mut holder = chain.pool().begin().await?;
+    sqlx::query("SELECT 1 FROM stock_buckets WHERE sku = 'ink' FOR UPDATE")
+        .execute(&mut *holder)
+        .await?;
+    chain.start(&["settlement", "notification"]).await?;
+    for r in &burst[..3] {
+        assert_eq!(chain.outcome(&r.merchant_order_id).await?.0, "settled");
+    }
+    let held = order_validation::payment_id(SHOP, "h-3");
+    assert_eq!(
+        chain
+            .status(held)
+            .await?
+            .map(|(status, _)| status)
+            .as_deref(),
+        Some("paid"),
+        "the payment of the held bucket waits"
+    );
+    holder.commit().await?;
+    assert_eq!(chain.outcome("h-3").await?.0, "settled");
+
+    let alice: i64 = chain
+        .env
+        .scalar_i64("SELECT id FROM accounts WHERE owner_kind = 'user' AND owner_id = 'alice'")
+        .await?;
+    // Which statement wrote each debit line: the three together, the held one alone.
+    let written_by: Vec<(PaymentId, String)> = sqlx::query_as(
+        "SELECT payment_id, xmin::text FROM account_statements
+         WHERE account_id = $1 AND kind = 'debit' ORDER BY id",
+    )
+    .bind(alice)
+    .fetch_all(chain.pool())
+    .await?;
+    let held_by: Vec<&String> = written_by
+        .iter()
+        .filter(|(id, _)| *id == held)
+        .map(|(_, xmin)| xmin)
+        .collect();
+    let others: BTreeSet<&String> = written_by
+        .iter()
+        .filter(|(id, _)| *id != held)
+        .map(|(_, xmin)| xmin)
+        .collect();
+    assert_eq!(written_by.len(), 4);
+    assert_eq!(others.len(), 1, "the other three together: {written_by:?}");
+    assert!(
+        !others.contains(held_by[0]),
+        "the held one alone: {written_by:?}"
+    );
+    fleet::roll_up_all(chain.pool()).await?;
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("926.67"), d("926.67"), d("0.00"))
+    );
+    for (seller, gained) in [("m1", "19.80"), ("m2", "19.90"), ("m3", "33.33")] {
+        assert_eq!(
+            chain.balance("merchant", seller).await?.0,
+            d(gained),
+            "{seller}"
+        );
+    }
+    assert_eq!(chain.balance("platform", "fees").await?.0, d("0.30"));
+    for (sku, sold) in [("cup", 2), ("fan", 1), ("ink", 1)] {
+        assert_eq!(chain.stock(sku).await?, (100 - sold, 0), "{sku}");
+    }
+    assert_statement_replays(chain.pool(), alice).await?;
+    chain.finish().await
+}
+
 /// A wallet's statement, replayed line by line from (0, 0), shows at each
 /// line the balances after that line's movement, and ends at the wallet's.
 async fn assert_statement_replays(pool: &PgPool, account: i64) -> anyhow::Result<()> {

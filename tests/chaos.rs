@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use payfleet_common::lock::DEGRADED_GAUGE;
 use payfleet_tests::{
-    TestEnv, free_port,
+    TestEnv, free_port, free_ports,
     services::{OwnPostgres, OwnRedis},
     settings_env,
 };
@@ -167,8 +167,9 @@ async fn a_mixed_load_survives_random_crashes_and_outages() -> anyhow::Result<()
             .to_owned();
         s.database_url = format!("postgres://postgres@127.0.0.1:{pg_port}/{database}");
         s.redis_url = format!("redis://127.0.0.1:{redis_port}/0");
-        s.http_addr = format!("127.0.0.1:{}", free_port());
-        s.ingress_addr = format!("127.0.0.1:{}", free_port());
+        let [http, ingress] = free_ports::<2>();
+        s.http_addr = format!("127.0.0.1:{http}");
+        s.ingress_addr = format!("127.0.0.1:{ingress}");
         // four pools share the suite's cluster of 60 connections
         s.db_max_connections = 8;
     })

@@ -24,7 +24,7 @@ use payfleet_common::{
     PaymentId, Settings, broker,
     messages::{self, PaymentRequested},
 };
-use payfleet_tests::{RunningFleet, TestEnv, free_port, wait_until};
+use payfleet_tests::{RunningFleet, TestEnv, free_ports, wait_until};
 use payfleet_workers::{domain::ledger, invariants, stages::order_validation};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -145,8 +145,9 @@ impl Harness {
         http: bool,
         adjust: impl FnOnce(&mut Settings),
     ) -> anyhow::Result<Self> {
-        let http_port = http.then(free_port);
-        let ingress_port = http.then(free_port);
+        // Two distinct ports: the listeners must differ.
+        let ports = http.then(free_ports::<2>);
+        let (http_port, ingress_port) = (ports.map(|p| p[0]), ports.map(|p| p[1]));
         let env = TestEnv::with(tag, |s| {
             if let (Some(port), Some(ingress)) = (http_port, ingress_port) {
                 s.http_addr = format!("127.0.0.1:{port}");

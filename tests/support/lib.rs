@@ -676,13 +676,23 @@ impl Worker {
 /// that no outgoing connection of a test running beside this one is given
 /// the port between the moment it is chosen and the moment it is bound.
 pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports (as [`free_port`]): each stays bound until all
+/// are chosen, so two picks never return the same port.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let mut held = Vec::with_capacity(N);
     for _ in 0..1_000 {
         let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, listener));
+            if held.len() == N {
+                return std::array::from_fn(|i| held[i].0);
+            }
         }
     }
-    panic!("no free port between 20000 and 32000");
+    panic!("not {N} free ports between 20000 and 32000");
 }
 
 /// Polls `check` until it returns true, or fails after `within`.

@@ -8,9 +8,13 @@
 //! payment in another status — is left untouched, for
 //! [`super::tcc::confirm`] one at a time. Anything unexpected (an entry
 //! already written, a wallet holding less frozen, sub-orders that do not
-//! sum to the freeze, an account not opened yet) is an error: the caller
+//! sum to the freeze) is an error: the caller
 //! undoes all of it and confirms each payment alone, which names the
 //! payment at fault.
+//!
+//! The wallets and stock buckets are locked first, skipping those another
+//! transaction holds: their payments are left to the one-at-a-time path,
+//! so a lock held elsewhere never makes the whole batch wait or undo.
 //!
 //! Two payments of one wallet in a batch debit it once by their sum; each
 //! statement line still shows the balances after its own debit, in
@@ -80,17 +84,43 @@ pub async fn confirm_wallet_purchases(
     Ok(settled)
 }
 
-/// Confirms the wallet freezes of `purchases`, in payment id order; a
-/// purchase without one (a channel payment) is left as it is.
+/// Confirms the wallet freezes of `purchases`, in payment id order, after
+/// locking the wallets and stock buckets their Confirm moves. A purchase
+/// without a freeze (a channel payment), or one whose wallet or bucket
+/// another transaction holds (a Try of the same wallet in fund-freeze's
+/// batch), is left as it is: it runs alone and waits there on its own,
+/// while the rest of the batch goes on without waiting.
 async fn confirm_freezes(
     conn: &mut PgConnection,
     purchases: &[PaymentId],
     currencies: &HashMap<PaymentId, String>,
 ) -> Result<Vec<Confirming>, StageError> {
     let mut confirmed: Vec<(PaymentId, i64, Decimal)> = sqlx::query_as(
-        "UPDATE reservations SET status = 'confirmed', finished_at = now()
-         WHERE payment_id = ANY($1) AND status = 'tried' AND account_id IS NOT NULL
-         RETURNING payment_id, account_id, amount",
+        "WITH freezes AS (
+             SELECT payment_id, account_id FROM reservations
+             WHERE payment_id = ANY($1) AND status = 'tried' AND account_id IS NOT NULL
+         ), reserved AS (
+             SELECT rb.payment_id, rb.sku, rb.bucket
+             FROM stock_reservation_buckets rb
+             JOIN stock_reservations s ON s.payment_id = rb.payment_id AND s.sku = rb.sku
+             WHERE rb.payment_id IN (SELECT payment_id FROM freezes) AND s.status = 'reserved'
+         ), wallets AS (
+             SELECT id FROM accounts WHERE id IN (SELECT account_id FROM freezes)
+             ORDER BY id FOR UPDATE SKIP LOCKED
+         ), buckets AS (
+             SELECT sku, bucket FROM stock_buckets
+             WHERE (sku, bucket) IN (SELECT sku, bucket FROM reserved)
+             ORDER BY sku, bucket FOR UPDATE SKIP LOCKED
+         ), ready AS (
+             SELECT f.payment_id FROM freezes f
+             WHERE f.account_id IN (SELECT id FROM wallets)
+               AND NOT EXISTS (
+                   SELECT 1 FROM reserved r WHERE r.payment_id = f.payment_id
+                     AND (r.sku, r.bucket) NOT IN (SELECT sku, bucket FROM buckets))
+         )
+         UPDATE reservations r SET status = 'confirmed', finished_at = now()
+         FROM ready WHERE r.payment_id = ready.payment_id AND r.status = 'tried'
+         RETURNING r.payment_id, r.account_id, r.amount",
     )
     .bind(purchases)
     .fetch_all(&mut *conn)

@@ -178,8 +178,8 @@ impl Entry {
     }
 
     /// Several legs in one currency, each as [`Self::post`] writes it, with
-    /// one statement when every account exists (the usual case); accounts
-    /// not opened yet are opened first, then the legs written.
+    /// one statement when every account exists (the usual case); when one
+    /// does not, the missing accounts are opened, then the legs written.
     pub async fn post_all(
         &self,
         conn: &mut PgConnection,
@@ -197,20 +197,7 @@ impl Entry {
             .iter()
             .map(|(account, amount)| LegRow::to(self.id, *account, *amount, currency))
             .collect();
-        if write_when_all_accounts_exist(conn, &rows).await? {
-            return Ok(());
-        }
-        for (account, amount) in legs {
-            self.insert(
-                conn,
-                *account,
-                *amount,
-                currency,
-                account.rolled_up_at_once(),
-            )
-            .await?;
-        }
-        Ok(())
+        write_legs(conn, &rows).await
     }
 
     /// Opens the entries of `kind` for `references` at once (no channel
@@ -274,9 +261,8 @@ pub enum LegTo<'a> {
 }
 
 /// Legs of several entries with one statement: `(entry, to, amount,
-/// currency)`, zero amounts skipped. All are written, or none and an
-/// error when an account is missing (the caller then posts one entry at a
-/// time, which opens it).
+/// currency)`, zero amounts skipped; accounts not opened yet are opened
+/// first, as [`Entry::post_all`] does.
 pub async fn post_many(
     conn: &mut PgConnection,
     legs: &[(&Entry, LegTo<'_>, Decimal, &str)],
@@ -297,11 +283,38 @@ pub async fn post_many(
             LegTo::Account(account) => LegRow::to(entry.id, *account, *amount, currency),
         })
         .collect();
-    if rows.is_empty() || write_when_all_accounts_exist(conn, &rows).await? {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    write_legs(conn, &rows).await
+}
+
+/// Writes the rows with one statement; when an account is not opened yet,
+/// opens every missing one with one more (in key order, as two writers
+/// may open the same), then writes them.
+async fn write_legs(conn: &mut PgConnection, rows: &[LegRow]) -> Result<(), StageError> {
+    if write_when_all_accounts_exist(conn, rows).await? {
+        return Ok(());
+    }
+    let by_key: Vec<&LegRow> = rows.iter().filter(|r| r.account_id.is_none()).collect();
+    let kinds: Vec<&str> = by_key.iter().map(|r| r.owner_kind).collect();
+    let owners: Vec<&str> = by_key.iter().map(|r| r.owner_id.as_str()).collect();
+    let currencies: Vec<&str> = by_key.iter().map(|r| r.currency.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO accounts (owner_kind, owner_id, currency)
+         SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[], $3::text[]) ORDER BY 1, 2, 3
+         ON CONFLICT (owner_kind, owner_id, currency) DO NOTHING",
+    )
+    .bind(&kinds)
+    .bind(&owners)
+    .bind(&currencies)
+    .execute(&mut *conn)
+    .await?;
+    if write_when_all_accounts_exist(conn, rows).await? {
         return Ok(());
     }
     Err(StageError::permanent(
-        "an account of these legs is not opened yet; nothing was posted",
+        "an account of these legs could not be opened; nothing was posted",
     ))
 }
 
