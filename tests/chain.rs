@@ -370,8 +370,7 @@ async fn wallet_charges_are_one_transaction_each_and_share_batches() -> anyhow::
 /// Paid wallet purchases that reach settlement together are confirmed
 /// set-based, several with one statement per table, and their books are
 /// what one Confirm at a time writes. The first burst meets merchants with
-/// no account yet, so its set-based Confirm is undone and each payment is
-/// confirmed alone (which opens them); the second is confirmed together,
+/// no account yet (its legs open them); the second is confirmed together,
 /// with several payments of one wallet in one statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> anyhow::Result<()> {
