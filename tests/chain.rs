@@ -407,10 +407,7 @@ async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> any
         }
         chain.fleet.stop().await;
     }
-    let alice: i64 = chain
-        .env
-        .scalar_i64("SELECT id FROM accounts WHERE owner_kind = 'user' AND owner_id = 'alice'")
-        .await?;
+    let alice = wallet_account(&chain, "alice").await?;
     let together: i64 = chain
         .env
         .scalar_i64(&format!(
@@ -430,14 +427,12 @@ async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> any
         (d("608.01"), d("608.01"), d("0.00"))
     );
     // Each seller gains its sub-orders less its fee; the platform the fees.
-    for (seller, gained) in [("m1", "190.08"), ("m2", "99.50"), ("m3", "99.99")] {
-        assert_eq!(
-            chain.balance("merchant", seller).await?.0,
-            d(gained),
-            "{seller}"
-        );
-    }
-    assert_eq!(chain.balance("platform", "fees").await?.0, d("2.42"));
+    assert_sellers_and_fees(
+        &chain,
+        &[("m1", "190.08"), ("m2", "99.50"), ("m3", "99.99")],
+        "2.42",
+    )
+    .await?;
     for (sku, sold) in [("tea", 5), ("cup", 5), ("fan", 5), ("ink", 3)] {
         assert_eq!(chain.stock(sku).await?, (100 - sold, 0), "{sku}");
     }
@@ -517,10 +512,7 @@ async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> an
     holder.commit().await?;
     assert_eq!(chain.outcome("h-3").await?.0, "settled");
 
-    let alice: i64 = chain
-        .env
-        .scalar_i64("SELECT id FROM accounts WHERE owner_kind = 'user' AND owner_id = 'alice'")
-        .await?;
+    let alice = wallet_account(&chain, "alice").await?;
     // Which statement wrote each debit line: the three together, the held one alone.
     let written_by: Vec<(PaymentId, String)> = sqlx::query_as(
         "SELECT payment_id, xmin::text FROM account_statements
@@ -550,14 +542,12 @@ async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> an
         chain.balance("user", "alice").await?,
         (d("926.67"), d("926.67"), d("0.00"))
     );
-    for (seller, gained) in [("m1", "19.80"), ("m2", "19.90"), ("m3", "33.33")] {
-        assert_eq!(
-            chain.balance("merchant", seller).await?.0,
-            d(gained),
-            "{seller}"
-        );
-    }
-    assert_eq!(chain.balance("platform", "fees").await?.0, d("0.30"));
+    assert_sellers_and_fees(
+        &chain,
+        &[("m1", "19.80"), ("m2", "19.90"), ("m3", "33.33")],
+        "0.30",
+    )
+    .await?;
     for (sku, sold) in [("cup", 2), ("fan", 1), ("ink", 1)] {
         assert_eq!(chain.stock(sku).await?, (100 - sold, 0), "{sku}");
     }
@@ -567,6 +557,176 @@ async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> an
 
 /// A wallet's statement, replayed line by line from (0, 0), shows at each
 /// line the balances after that line's movement, and ends at the wallet's.
+/// Wallet captures that reach callback together are resolved set-based:
+/// their attempts succeed and their payments move to `paid` with one
+/// statement for all, and the books are what one at a time writes. A
+/// misdirected result and a duplicate queued with them still get their
+/// own outcomes: dead-lettered, and stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_successes_resolved_together_move_as_one_at_a_time() -> anyhow::Result<()> {
+    let mut chain = Chain::new("walletresolve").await?;
+    let orders: Vec<String> = (0..10).map(|i| format!("r-{i}")).collect();
+    let ids: Vec<String> = orders
+        .iter()
+        .map(|order| order_validation::payment_id(SHOP, order).to_string())
+        .collect();
+    // callback is not running: the wallet's results queue up for it
+    chain
+        .start(&[
+            "order-validation",
+            "fund-freeze",
+            "channel-call",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    for order in &orders {
+        chain
+            .publish(&request(order, "alice", &[("cup", 1)], "10.00"))
+            .await?;
+    }
+    wait_until(WAIT, "every result for callback sent", || async {
+        Ok(chain
+            .env
+            .scalar_i64(
+                "SELECT count(*) FROM outbox WHERE routing_key = 'callback' AND sent_at IS NOT NULL",
+            )
+            .await?
+            == 10)
+    })
+    .await?;
+    chain.fleet.stop().await;
+
+    // r-0's payment named with r-1's attempt, and a second copy of r-2's result
+    let (misdirected, duplicate) = (&ids[0], &ids[2]);
+    let other_attempt: Uuid =
+        sqlx::query_scalar("SELECT id FROM payment_attempts WHERE payment_id = $1::uuid")
+            .bind(&ids[1])
+            .fetch_one(chain.pool())
+            .await?;
+    let refused = messages::ChannelResult {
+        schema_version: SCHEMA_VERSION,
+        payment_id: misdirected.parse()?,
+        attempt_id: other_attempt.into(),
+        channel: "balance".into(),
+        status: messages::ChannelStatus::Succeeded,
+        amount: d("10.00"),
+        currency: "CNY".into(),
+        channel_reference: None,
+        reason: None,
+        reported_at: Utc::now(),
+    };
+    let copied: Vec<u8> = sqlx::query_scalar(
+        "SELECT body FROM outbox WHERE routing_key = 'callback' AND correlation_id = $1",
+    )
+    .bind(duplicate)
+    .fetch_one(chain.pool())
+    .await?;
+    let stages = chain.env.topology.exchanges().stages.clone();
+    for (payment, body) in [
+        (misdirected, serde_json::to_vec(&refused)?),
+        (duplicate, copied),
+    ] {
+        let props = broker::properties(
+            &Uuid::now_v7().to_string(),
+            Some(payment),
+            Some(messages::kind::CHANNEL_RESULT),
+        );
+        chain
+            .env
+            .publish_raw(&stages, "callback", &body, props)
+            .await?;
+    }
+
+    chain.start(&[]).await?;
+    for order in &orders {
+        assert_eq!(chain.outcome(order).await?.0, "settled");
+    }
+    wait_until(WAIT, "the misdirected result dead-lettered", || async {
+        Ok(chain.env.dead_letters().await?.iter().any(|dl| {
+            dl.stage == "callback"
+                && dl
+                    .error_message
+                    .contains(&format!("names attempt {other_attempt}"))
+        }))
+    })
+    .await?;
+    let (succeeded, resolved_at): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(resolved_at)
+         FROM payment_attempts WHERE payment_id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!(
+        (succeeded, resolved_at),
+        (10, 10),
+        "every attempt succeeded, once"
+    );
+    // Rows one statement wrote share its transaction id; one at a time,
+    // each message's savepoint has its own.
+    let together = chain
+        .env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM (SELECT xmin::text FROM payment_attempts
+             WHERE payment_id IN ('{}') GROUP BY 1 HAVING count(*) > 1) shared",
+            ids.join("', '")
+        ))
+        .await?;
+    assert!(
+        together >= 1,
+        "some attempts were resolved by one statement"
+    );
+    let told_settlement = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM outbox WHERE routing_key = 'settlement' AND correlation_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(chain.pool())
+    .await?;
+    assert_eq!(
+        told_settlement, 10,
+        "settlement is told once per payment, the duplicate is stale"
+    );
+
+    fleet::roll_up_all(chain.pool()).await?;
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("900.00"), d("900.00"), d("0.00")),
+        "ten 10.00 captures, each once"
+    );
+    assert_eq!(chain.stock("cup").await?, (90, 0));
+    let alice = wallet_account(&chain, "alice").await?;
+    assert_statement_replays(chain.pool(), alice).await?;
+    chain.finish().await
+}
+
+/// Each seller gained its sub-orders less its fee, and the platform the fees.
+async fn assert_sellers_and_fees(
+    chain: &Chain,
+    sellers: &[(&str, &str)],
+    fees: &str,
+) -> anyhow::Result<()> {
+    for (seller, gained) in sellers {
+        assert_eq!(
+            chain.balance("merchant", seller).await?.0,
+            d(gained),
+            "{seller}"
+        );
+    }
+    assert_eq!(chain.balance("platform", "fees").await?.0, d(fees));
+    Ok(())
+}
+
+/// The id of `user`'s wallet account.
+async fn wallet_account(chain: &Chain, user: &str) -> anyhow::Result<i64> {
+    chain
+        .env
+        .scalar_i64(&format!(
+            "SELECT id FROM accounts WHERE owner_kind = 'user' AND owner_id = '{user}'"
+        ))
+        .await
+}
+
 async fn assert_statement_replays(pool: &PgPool, account: i64) -> anyhow::Result<()> {
     let lines: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
         "SELECT kind, amount, available_after, frozen_after FROM account_statements

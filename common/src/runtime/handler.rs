@@ -48,20 +48,6 @@ pub trait Handler: Send + Sync + 'static {
         inbound: &Inbound,
         message: &Self::Message,
     ) -> impl Future<Output = Result<Option<Outcome>, StageError>> + Send;
-    /// Whether this message may be handled set-based with others of its
-    /// batch ([`Stage::together`]).
-    fn together(&self, _message: &Self::Message) -> bool {
-        false
-    }
-    /// Set-based work for several messages of a batch ([`Stage::handle_together`]).
-    fn handle_together(
-        &self,
-        _tx: &mut StageTx,
-        items: &[(&Inbound, &Self::Message)],
-    ) -> impl Future<Output = Result<Vec<bool>, StageError>> + Send {
-        let none = vec![false; items.len()];
-        async move { Ok(none) }
-    }
     /// Handles `items` together, one result per item in their order; an
     /// error means nothing of the batch was committed.
     fn process_batch(
@@ -120,7 +106,9 @@ impl<S: Stage> Handler for Transactional<S> {
         // Committed on its own before the batch begins (when it fails, the
         // batch's messages are handled one at a time, each doing its own).
         self.0.before_transaction(&shared.pool, items).await?;
-        run_batch(self, shared, items).await
+        let (mut batch, fresh) = open_batch(self, shared, items).await?;
+        let together = run_together(&self.0, &mut batch, items, &fresh).await?;
+        finish_batch(self, shared, batch, items, &fresh, &together).await
     }
 
     async fn handle_in_batch(
@@ -131,39 +119,39 @@ impl<S: Stage> Handler for Transactional<S> {
     ) -> Result<Option<Outcome>, StageError> {
         self.0.handle(tx, inbound, message).await.map(Some)
     }
-
-    fn together(&self, message: &S::Message) -> bool {
-        self.0.together(message)
-    }
-
-    async fn handle_together(
-        &self,
-        tx: &mut StageTx,
-        items: &[(&Inbound, &S::Message)],
-    ) -> Result<Vec<bool>, StageError> {
-        self.0.handle_together(tx, items).await
-    }
 }
 
-/// One transaction for `items`, each in its own savepoint. What steps out
-/// of the batch (a lock wait, or work a batch cannot hold) runs alone once
-/// the batch has committed.
-async fn run_batch<H: Handler>(
+/// The transaction of a batch, begun, with its inbox rows claimed: which
+/// of `items` are fresh. An error from the batch itself (here or in
+/// [`finish_batch`]) means the whole batch is lost.
+async fn open_batch<H: Handler>(
     handler: &H,
     shared: &Shared,
     items: &[(&Inbound, &H::Message)],
-) -> Result<Vec<Result<Processed, StageError>>, StageError> {
+) -> Result<(BatchTx, Vec<bool>), StageError> {
     let lock_timeout = shared.settings.batch_lock_timeout();
     let mut batch = BatchTx::begin(shared, lock_timeout).await?;
     let message_ids: Vec<&str> = items
         .iter()
         .map(|(inbound, _)| inbound.message_id.as_str())
         .collect();
-    // An error from the batch itself means the whole batch is lost.
     let fresh = batch.claim_inboxes(handler.name(), &message_ids).await?;
-    let applied_together = run_together(handler, &mut batch, items, &fresh).await?;
+    Ok((batch, fresh))
+}
+
+/// Handles the fresh `items` not `applied_together` each in its own
+/// savepoint, and commits. What steps out of the batch (a lock wait, or
+/// work a batch cannot hold) runs alone once the batch has committed.
+async fn finish_batch<H: Handler>(
+    handler: &H,
+    shared: &Shared,
+    mut batch: BatchTx,
+    items: &[(&Inbound, &H::Message)],
+    fresh: &[bool],
+    applied_together: &[bool],
+) -> Result<Vec<Result<Processed, StageError>>, StageError> {
     let mut results = Vec::with_capacity(items.len());
-    for (((inbound, message), fresh), together) in items.iter().zip(fresh).zip(applied_together) {
+    for (((inbound, message), &fresh), &together) in items.iter().zip(fresh).zip(applied_together) {
         if !fresh {
             results.push(Some(Ok(Processed::AlreadyProcessed)));
             continue;
@@ -210,48 +198,48 @@ async fn run_batch<H: Handler>(
     Ok(all)
 }
 
-/// The set-based work of a batch, when two or more of its fresh messages
-/// admit it: which messages it applied. A failure of it (but a lost
-/// transaction) is undone, and every message is handled alone.
-async fn run_together<H: Handler>(
-    handler: &H,
+/// The set-based work of a batch ([`Stage::handle_together`]), when two
+/// or more of its fresh messages admit it: which messages it applied. A
+/// failure of it (but a lost transaction) is undone, and every message is
+/// handled alone.
+async fn run_together<S: Stage>(
+    stage: &S,
     batch: &mut BatchTx,
-    items: &[(&Inbound, &H::Message)],
+    items: &[(&Inbound, &S::Message)],
     fresh: &[bool],
 ) -> Result<Vec<bool>, StageError> {
     let mut applied = vec![false; items.len()];
     let chosen: Vec<usize> = (0..items.len())
-        .filter(|&i| fresh[i] && handler.together(items[i].1))
+        .filter(|&i| fresh[i] && stage.together(items[i].1))
         .collect();
     if chosen.len() < 2 {
         return Ok(applied);
     }
-    let group: Vec<(&Inbound, &H::Message)> = chosen.iter().map(|&i| items[i]).collect();
+    let group: Vec<(&Inbound, &S::Message)> = chosen.iter().map(|&i| items[i]).collect();
     batch.start_together().await?;
-    match handler.handle_together(batch.tx(), &group).await {
-        Ok(done) if done.len() == group.len() => {
+    let done = match stage.handle_together(batch.tx(), &group).await {
+        Ok(done) if done.len() != group.len() => Err(StageError::Permanent(format!(
+            "set-based work answered for {} of {} messages",
+            done.len(),
+            group.len()
+        ))),
+        done => done,
+    };
+    match done {
+        Ok(done) => {
             batch.keep_together();
             for (i, done) in chosen.into_iter().zip(done) {
                 applied[i] = done;
             }
             let count = applied.iter().filter(|done| **done).count();
-            metrics::counter!("payfleet_messages_together_total", "stage" => handler.name().to_owned())
+            metrics::counter!("payfleet_messages_together_total", "stage" => stage.name().to_owned())
                 .increment(count as u64);
-        }
-        Ok(done) => {
-            tracing::warn!(
-                stage = handler.name(),
-                answers = done.len(),
-                messages = group.len(),
-                "set-based work answered for the wrong number of messages; undone"
-            );
-            batch.undo_together().await?;
         }
         Err(StageError::Contention(reason)) => return Err(StageError::Contention(reason)),
         Err(error) => {
-            tracing::info!(%error, stage = handler.name(), messages = group.len(),
+            tracing::info!(%error, stage = stage.name(), messages = group.len(),
                 "set-based work undone; handling its messages one at a time");
-            metrics::counter!("payfleet_together_undone_total", "stage" => handler.name().to_owned())
+            metrics::counter!("payfleet_together_undone_total", "stage" => stage.name().to_owned())
                 .increment(1);
             batch.undo_together().await?;
         }
@@ -321,7 +309,9 @@ impl<S: CallingStage> Handler for Calling<S> {
         shared: &Shared,
         items: &[(&Inbound, &S::Message)],
     ) -> Result<Vec<Result<Processed, StageError>>, StageError> {
-        run_batch(self, shared, items).await
+        let (batch, fresh) = open_batch(self, shared, items).await?;
+        let none_together = vec![false; items.len()];
+        finish_batch(self, shared, batch, items, &fresh, &none_together).await
     }
 
     async fn handle_in_batch(

@@ -63,10 +63,17 @@ pub async fn confirm_wallet_purchases(
     }
     let settled: Vec<PaymentId> = confirming.iter().map(|c| c.id).collect();
     let references: Vec<String> = settled.iter().map(ToString::to_string).collect();
-    let entries: HashMap<String, Entry> = Entry::open_many(conn, &references, EntryKind::Payment)
-        .await?
-        .into_iter()
+    let by_reference: HashMap<&str, PaymentId> = references
+        .iter()
+        .map(String::as_str)
+        .zip(settled.iter().copied())
         .collect();
+    let entries: HashMap<PaymentId, Entry> =
+        Entry::open_many(conn, &references, EntryKind::Payment)
+            .await?
+            .into_iter()
+            .map(|(reference, entry)| (by_reference[reference.as_str()], entry))
+            .collect();
     debit_wallets(conn, &confirming).await?;
     let payable = mark_paid(conn, &settled).await?;
     post_legs(conn, &confirming, &entries, &payable).await?;
@@ -222,13 +229,13 @@ async fn mark_paid(
 async fn post_legs(
     conn: &mut PgConnection,
     confirming: &[Confirming],
-    entries: &HashMap<String, Entry>,
+    entries: &HashMap<PaymentId, Entry>,
     payable: &HashMap<PaymentId, Vec<(String, Decimal, Decimal)>>,
 ) -> Result<(), StageError> {
     let none = Vec::new();
     let mut legs = Vec::with_capacity(confirming.len() * 3);
     for c in confirming {
-        let entry = &entries[&c.id.to_string()];
+        let entry = &entries[&c.id];
         let currency = c.currency.as_str();
         legs.push((entry, LegTo::Applied(c.wallet), -c.amount, currency));
         let details = payable.get(&c.id).unwrap_or(&none);

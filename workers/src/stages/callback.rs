@@ -16,7 +16,6 @@ use payfleet_common::{
     },
     runtime::{Outcome, StageError, StageTx},
 };
-use rust_decimal::Decimal;
 
 use crate::channels::BALANCE;
 use crate::domain::{
@@ -29,6 +28,7 @@ use crate::domain::{
 };
 
 mod payout;
+mod wallet_successes;
 use payout::on_payout_result;
 
 pub const NAME: &str = crate::domain::handoff::CALLBACK;
@@ -40,24 +40,39 @@ impl PaymentStep for Callback {
 
     const NAME: &'static str = NAME;
 
+    /// A wallet's success may be resolved set-based with others.
+    fn together(&self, m: &ChannelResult) -> bool {
+        wallet_successes::admits(m)
+    }
+
+    async fn handle_together(
+        &self,
+        tx: &mut StageTx,
+        messages: &[&ChannelResult],
+    ) -> Result<Vec<bool>, StageError> {
+        wallet_successes::resolve_wallet_successes(tx, messages).await
+    }
+
     async fn handle(
         &self,
         tx: &mut StageTx,
         m: &ChannelResult,
         p: Payment,
     ) -> Result<Outcome, StageError> {
-        refuse_misdirected(tx, m).await?;
-        let attempt: Option<(String, Decimal, String)> =
-            sqlx::query_as("SELECT status, amount, currency::text FROM payment_attempts WHERE id = $1 AND payment_id = $2")
-                .bind(m.attempt_id)
-                .bind(p.id)
-                .fetch_optional(tx.conn())
-                .await?;
-        let Some((attempt_status, _, _)) = attempt else {
+        let attempt: Option<(PaymentId, String, String)> = sqlx::query_as(
+            "SELECT payment_id, channel, status FROM payment_attempts WHERE id = $1",
+        )
+        .bind(m.attempt_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((payment_id, channel, attempt_status)) = attempt else {
             return Ok(Outcome::NotYet {
                 reason: format!("attempt {} not committed yet", m.attempt_id),
             });
         };
+        if let Some(refused) = misdirected(m, payment_id, &channel) {
+            return Err(refused);
+        }
         let attempt_status = AttemptStatus::parse(&attempt_status)?;
         let status = p.status()?;
         // Paid after we gave up on it (expired, closed, failed): the money
@@ -290,11 +305,11 @@ async fn apply(
                 None,
             )
             .await?;
-            resolve(tx, p, Resolution::Paid, None)
+            resolve(tx, p.id, Resolution::Paid, None)
         }
         (ChannelStatus::Failed, PaymentStatus::Frozen) => {
             let reason = m.reason.clone().unwrap_or_else(|| "declined".to_owned());
-            resolve(tx, p, Resolution::Failed, Some(reason))
+            resolve(tx, p.id, Resolution::Failed, Some(reason))
         }
         (ChannelStatus::Succeeded, PaymentStatus::Paid | PaymentStatus::Settled)
         | (ChannelStatus::Failed, PaymentStatus::Failed | PaymentStatus::Cancelled) => {
@@ -365,28 +380,21 @@ fn charge(p: &payment::Payment, m: &ChannelResult) -> ChannelCharge {
 }
 
 /// A result for another payment's attempt, or reported by another channel
-/// than the attempt's, resolves nothing: the ingress refuses such notices,
-/// and whatever sent this one, it is dead-lettered for review.
-async fn refuse_misdirected(tx: &mut StageTx, m: &ChannelResult) -> Result<(), StageError> {
-    let attempt: Option<(PaymentId, String)> =
-        sqlx::query_as("SELECT payment_id, channel FROM payment_attempts WHERE id = $1")
-            .bind(m.attempt_id)
-            .fetch_optional(tx.conn())
-            .await?;
-    match attempt {
-        Some((payment_id, channel)) if payment_id != m.payment_id || channel != m.channel => {
-            Err(StageError::permanent(format!(
-                "refused: a result from {} for payment {} names attempt {}, which is payment {payment_id}'s at {channel}",
-                m.channel, m.payment_id, m.attempt_id
-            )))
-        }
-        _ => Ok(()),
-    }
+/// than the attempt's (which is `payment_id`'s at `channel`), resolves
+/// nothing: the ingress refuses such notices, and whatever sent this one,
+/// it is dead-lettered for review.
+fn misdirected(m: &ChannelResult, payment_id: PaymentId, channel: &str) -> Option<StageError> {
+    (payment_id != m.payment_id || channel != m.channel).then(|| {
+        StageError::permanent(format!(
+            "refused: a result from {} for payment {} names attempt {}, which is payment {payment_id}'s at {channel}",
+            m.channel, m.payment_id, m.attempt_id
+        ))
+    })
 }
 
 fn resolve(
     tx: &mut StageTx,
-    p: &payment::Payment,
+    payment_id: PaymentId,
     resolution: Resolution,
     reason: Option<String>,
 ) -> Result<Outcome, StageError> {
@@ -395,7 +403,7 @@ fn resolve(
         kind::PAYMENT_RESOLVED,
         &PaymentResolved {
             schema_version: SCHEMA_VERSION,
-            payment_id: p.id,
+            payment_id,
             resolution,
             reason,
             resolved_at: Utc::now(),
