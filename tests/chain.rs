@@ -408,17 +408,12 @@ async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> any
         chain.fleet.stop().await;
     }
     let alice = wallet_account(&chain, "alice").await?;
-    let together: i64 = chain
-        .env
-        .scalar_i64(&format!(
-            "SELECT count(*) FROM (SELECT xmin::text FROM account_statements
-             WHERE account_id = {alice} AND kind = 'debit' GROUP BY 1 HAVING count(*) > 1) shared"
-        ))
-        .await?;
-    assert!(
-        together >= 1,
-        "some of alice's debits were written by one statement"
-    );
+    assert_some_written_together(
+        &chain,
+        &format!("account_statements WHERE account_id = {alice} AND kind = 'debit'"),
+        "alice's debits",
+    )
+    .await?;
 
     fleet::roll_up_all(chain.pool()).await?;
     // 93.33 in the first burst, 298.66 in the second.
@@ -555,8 +550,101 @@ async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> an
     chain.finish().await
 }
 
-/// A wallet's statement, replayed line by line from (0, 0), shows at each
-/// line the balances after that line's movement, and ends at the wallet's.
+/// Wallet purchases that reach fund-freeze together are tried
+/// set-based: their freezes, stock and details written with one statement
+/// for all, and their books what one Try at a time writes. A shortfall, a
+/// coupon and a SKU whose units no one bucket holds for the batch are
+/// tried alone, each with its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_purchases_tried_together_reserve_as_one_at_a_time() -> anyhow::Result<()> {
+    let mut chain = Chain::new("trytogether").await?;
+    let cart: &[(&str, u32)] = &[("tea", 1), ("fan", 1), ("ink", 1)];
+    let mut coupon_order = request("t-coupon", "alice", &[("tea", 2)], "52.00");
+    coupon_order.coupon_code = Some("FULL50-8".into());
+    let requests = [
+        request("t-0", "alice", &[("cup", 1)], "10.00"),
+        request("t-1", "alice", &[("cup", 2)], "20.00"),
+        request("t-2", "alice", cart, "83.33"),
+        request("t-3", "alice", cart, "83.33"),
+        request("t-4", "alice", &[("fan", 1)], "20.00"),
+        // bob has 5.00
+        request("t-short", "bob", &[("cup", 1)], "10.00"),
+        coupon_order,
+        // one seal in stock, two asked in the batch
+        request("t-rare-0", "alice", &[("rare", 1)], "50.00"),
+        request("t-rare-1", "alice", &[("rare", 1)], "50.00"),
+    ];
+    // fund-freeze is not running: the validated payments queue up for it
+    chain
+        .start(&[
+            "order-validation",
+            "channel-call",
+            "callback",
+            "settlement",
+            "notification",
+        ])
+        .await?;
+    for r in &requests {
+        chain.publish(r).await?;
+    }
+    wait_until(WAIT, "every payment validated", || async {
+        Ok(chain
+            .env
+            .scalar_i64("SELECT count(*) FROM payments WHERE status = 'validated'")
+            .await?
+            == requests.len() as i64)
+    })
+    .await?;
+    chain.fleet.stop().await;
+    chain.start(&[]).await?;
+
+    for order in ["t-0", "t-1", "t-2", "t-3", "t-4", "t-coupon"] {
+        assert_eq!(chain.outcome(order).await?.0, "settled", "{order}");
+    }
+    let (status, reason) = chain.outcome("t-short").await?;
+    assert_eq!(status, "failed");
+    assert!(
+        reason
+            .unwrap_or_default()
+            .starts_with("insufficient_balance")
+    );
+    let mut rare = Vec::new();
+    for order in ["t-rare-0", "t-rare-1"] {
+        let (status, reason) = chain.outcome(order).await?;
+        rare.push(format!("{status} {}", reason.unwrap_or_default()));
+    }
+    rare.sort();
+    assert_eq!(rare.len(), 2);
+    assert!(
+        rare[0].starts_with("failed out_of_stock") && rare[1] == "settled ",
+        "one seal sold, the other out of stock: {rare:?}"
+    );
+
+    let alice = wallet_account(&chain, "alice").await?;
+    assert_some_written_together(
+        &chain,
+        &format!("account_statements WHERE account_id = {alice} AND kind = 'freeze'"),
+        "alice's freezes",
+    )
+    .await?;
+    fleet::roll_up_all(chain.pool()).await?;
+    // 10 + 20 + 83.33 * 2 + 20 + 52 (60 less 8) + 50
+    assert_eq!(
+        chain.balance("user", "alice").await?,
+        (d("681.34"), d("681.34"), d("0.00"))
+    );
+    assert_eq!(
+        chain.balance("user", "bob").await?,
+        (d("5.00"), d("5.00"), d("0.00"))
+    );
+    for (sku, sold) in [("cup", 3), ("tea", 4), ("fan", 3), ("ink", 2)] {
+        assert_eq!(chain.stock(sku).await?, (100 - sold, 0), "{sku}");
+    }
+    assert_eq!(chain.stock("rare").await?, (0, 0));
+    assert_statement_replays(chain.pool(), alice).await?;
+    chain.finish().await
+}
+
 /// Wallet captures that reach callback together are resolved set-based:
 /// their attempts succeed and their payments move to `paid` with one
 /// statement for all, and the books are what one at a time writes. A
@@ -663,20 +751,15 @@ async fn wallet_successes_resolved_together_move_as_one_at_a_time() -> anyhow::R
         (10, 10),
         "every attempt succeeded, once"
     );
-    // Rows one statement wrote share its transaction id; one at a time,
-    // each message's savepoint has its own.
-    let together = chain
-        .env
-        .scalar_i64(&format!(
-            "SELECT count(*) FROM (SELECT xmin::text FROM payment_attempts
-             WHERE payment_id IN ('{}') GROUP BY 1 HAVING count(*) > 1) shared",
+    assert_some_written_together(
+        &chain,
+        &format!(
+            "payment_attempts WHERE payment_id IN ('{}')",
             ids.join("', '")
-        ))
-        .await?;
-    assert!(
-        together >= 1,
-        "some attempts were resolved by one statement"
-    );
+        ),
+        "the attempts",
+    )
+    .await?;
     let told_settlement = sqlx::query_scalar::<_, i64>(
         "SELECT count(*) FROM outbox WHERE routing_key = 'settlement' AND correlation_id = ANY($1)",
     )
@@ -717,6 +800,26 @@ async fn assert_sellers_and_fees(
     Ok(())
 }
 
+/// Some of the rows `from_where` (a table and its condition) were written
+/// by one statement for several payments: such rows share the transaction
+/// id of the savepoint they were written in, while one message at a time
+/// each has a savepoint, or a transaction, of its own.
+async fn assert_some_written_together(
+    chain: &Chain,
+    from_where: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let shared = chain
+        .env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM (SELECT xmin::text FROM {from_where}
+             GROUP BY 1 HAVING count(*) > 1) shared"
+        ))
+        .await?;
+    assert!(shared >= 1, "some of {what} were written by one statement");
+    Ok(())
+}
+
 /// The id of `user`'s wallet account.
 async fn wallet_account(chain: &Chain, user: &str) -> anyhow::Result<i64> {
     chain
@@ -727,6 +830,8 @@ async fn wallet_account(chain: &Chain, user: &str) -> anyhow::Result<i64> {
         .await
 }
 
+/// A wallet's statement, replayed line by line from (0, 0), shows at each
+/// line the balances after that line's movement, and ends at the wallet's.
 async fn assert_statement_replays(pool: &PgPool, account: i64) -> anyhow::Result<()> {
     let lines: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
         "SELECT kind, amount, available_after, frozen_after FROM account_statements

@@ -78,7 +78,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_counter!("payfleet_webhooks_in_total", "Channel webhooks received by result");
             metrics::describe_counter!("payfleet_batch_stepped_out_total", "Batched messages that waited too long for a row lock and ran alone after the commit, per stage");
             metrics::describe_counter!("payfleet_batches_rerun_total", "Batches PostgreSQL aborted as a whole and re-ran one message at a time, per stage");
-            metrics::describe_counter!("payfleet_messages_together_total", "Batched messages a stage applied set-based with others of their batch (settlement's wallet Confirms), per stage");
+            metrics::describe_counter!("payfleet_messages_together_total", "Batched messages a stage applied set-based with others of their batch (the Try, the resolution and the Confirm of plain wallet purchases), per stage");
             metrics::describe_counter!("payfleet_together_undone_total", "Set-based work of a batch undone (an entry already written, a wallet holding less frozen), its messages then handled one at a time, per stage");
             metrics::describe_histogram!("payfleet_batch_messages", "Deliveries per batch transaction, per stage");
             metrics::describe_gauge!(crate::lock::DEGRADED_GAUGE, "1 while Redis does not answer (locks are PostgreSQL leases), else 0");

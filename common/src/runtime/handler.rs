@@ -218,11 +218,19 @@ async fn run_together<S: Stage>(
     let group: Vec<(&Inbound, &S::Message)> = chosen.iter().map(|&i| items[i]).collect();
     batch.start_together().await?;
     let done = match stage.handle_together(batch.tx(), &group).await {
-        Ok(done) if done.len() != group.len() => Err(StageError::Permanent(format!(
-            "set-based work answered for {} of {} messages",
-            done.len(),
-            group.len()
-        ))),
+        Ok(done) if done.len() != group.len() => {
+            tracing::warn!(
+                stage = stage.name(),
+                answers = done.len(),
+                messages = group.len(),
+                "set-based work answered for the wrong number of messages"
+            );
+            Err(StageError::Permanent(format!(
+                "set-based work answered for {} of {} messages",
+                done.len(),
+                group.len()
+            )))
+        }
         done => done,
     };
     match done {

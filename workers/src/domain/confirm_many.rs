@@ -78,16 +78,7 @@ pub async fn confirm_wallet_purchases(
     let payable = mark_paid(conn, &settled).await?;
     post_legs(conn, &confirming, &entries, &payable).await?;
     stock::deduct_many(&mut *conn, &settled).await?;
-    let moved =
-        payment::transition_many(conn, &settled, PaymentStatus::Paid, PaymentStatus::Settled)
-            .await?;
-    if moved != settled.len() as u64 {
-        return Err(StageError::transient(format!(
-            "{} of {} payments left `paid` during Confirm",
-            settled.len() as u64 - moved,
-            settled.len()
-        )));
-    }
+    payment::transition_many(conn, &settled, PaymentStatus::Paid, PaymentStatus::Settled).await?;
     Ok(settled)
 }
 
@@ -111,10 +102,10 @@ async fn confirm_freezes(
              FROM stock_reservation_buckets rb
              JOIN stock_reservations s ON s.payment_id = rb.payment_id AND s.sku = rb.sku
              WHERE rb.payment_id IN (SELECT payment_id FROM freezes) AND s.status = 'reserved'
-         ), wallets AS (
+         ), wallets AS MATERIALIZED (
              SELECT id FROM accounts WHERE id IN (SELECT account_id FROM freezes)
              ORDER BY id FOR UPDATE SKIP LOCKED
-         ), buckets AS (
+         ), buckets AS MATERIALIZED (
              SELECT sku, bucket FROM stock_buckets
              WHERE (sku, bucket) IN (SELECT sku, bucket FROM reserved)
              ORDER BY sku, bucket FOR UPDATE SKIP LOCKED

@@ -18,6 +18,7 @@ pub mod stock;
 pub mod tcc;
 pub mod top_up;
 pub mod transfer;
+pub mod try_many;
 pub mod webhook_delivery;
 pub mod withdrawal;
 

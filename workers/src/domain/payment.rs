@@ -231,13 +231,15 @@ pub async fn lock_many(
     .await?)
 }
 
-/// [`transition`] of several payments at once, with no reason: how many moved.
+/// [`transition`] of several payments at once, with no reason; every one
+/// of them must move (their locks held), else an error names how many left
+/// `from` meanwhile.
 pub async fn transition_many(
     conn: &mut PgConnection,
     ids: &[PaymentId],
     from: PaymentStatus,
     to: PaymentStatus,
-) -> Result<u64, StageError> {
+) -> Result<(), StageError> {
     refuse_unlisted_move(from, to, "payments")?;
     let moved = sqlx::query(
         "UPDATE payments SET status = $3, updated_at = now(),
@@ -249,8 +251,18 @@ pub async fn transition_many(
     .bind(to.as_str())
     .bind(to.is_terminal())
     .execute(conn)
-    .await?;
-    Ok(moved.rows_affected())
+    .await?
+    .rows_affected();
+    if moved != ids.len() as u64 {
+        return Err(StageError::transient(format!(
+            "{} of {} payments left `{}` before moving to `{}`",
+            ids.len() as u64 - moved,
+            ids.len(),
+            from.as_str(),
+            to.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// Compare-and-set of the status; true when it moved. A move [`MOVES`]

@@ -7,8 +7,11 @@
 //! refused. A withdrawal's Try freezes its amount in the wallet
 //! ([`withdrawal::books::freeze`]).
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use payfleet_common::{
+    PaymentId,
     messages::{
         FundsFrozen, OrderValidated, Outcome as Final, RefundResult, RefundStep, SCHEMA_VERSION,
         TransferResult, TransferStep, WithdrawalResult, WithdrawalStep, kind,
@@ -26,6 +29,7 @@ use crate::domain::{
     step::PaymentStep,
     tcc,
     transfer::{self, Transfer, TransferStatus},
+    try_many::try_wallet_purchases,
     withdrawal::{self, Withdrawal, WithdrawalStatus},
 };
 
@@ -60,6 +64,28 @@ impl PaymentStep for FundFreeze {
     type Message = OrderValidated;
 
     const NAME: &'static str = NAME;
+
+    /// A payment's Try may be done set-based with others.
+    fn together(&self, _m: &OrderValidated) -> bool {
+        true
+    }
+
+    /// Tries the batch's plain wallet purchases at once (see
+    /// [`try_wallet_purchases`]); the rest are tried alone.
+    async fn handle_together(
+        &self,
+        tx: &mut StageTx,
+        messages: &[&OrderValidated],
+    ) -> Result<Vec<bool>, StageError> {
+        let ids: Vec<PaymentId> = messages.iter().map(|m| m.payment_id).collect();
+        let mut tried = HashSet::with_capacity(ids.len());
+        for p in try_wallet_purchases(tx.conn(), &ids).await? {
+            tx.set_correlation_id(&p.id.to_string());
+            hand_to_channel_call(tx, &p)?;
+            tried.insert(p.id);
+        }
+        Ok(ids.iter().map(|id| tried.contains(id)).collect())
+    }
 
     async fn handle(
         &self,
@@ -123,7 +149,6 @@ impl PaymentStep for FundFreeze {
                 return payment::emit_outcome(tx, p.id, Final::Failed, Some(reason));
             }
         }
-        let channel = p.channel.clone().unwrap_or_else(|| BALANCE.to_owned());
         payment::transition(
             tx.conn(),
             p.id,
@@ -132,20 +157,7 @@ impl PaymentStep for FundFreeze {
             None,
         )
         .await?;
-        tx.emit_to_stage(
-            crate::domain::handoff::CHANNEL_CALL,
-            kind::FUNDS_FROZEN,
-            &FundsFrozen {
-                schema_version: SCHEMA_VERSION,
-                payment_id: p.id,
-                amount: p.amount,
-                currency: p.currency.clone(),
-                channel,
-                expires_at: p.expires_at,
-                frozen_at: Utc::now(),
-            },
-        )?;
-        Ok(Outcome::Applied)
+        hand_to_channel_call(tx, &p)
     }
 
     async fn handle_withdrawal(
@@ -233,6 +245,24 @@ impl PaymentStep for FundFreeze {
             }
         }
     }
+}
+
+/// A frozen payment goes on to its channel.
+fn hand_to_channel_call(tx: &mut StageTx, p: &Payment) -> Result<Outcome, StageError> {
+    tx.emit_to_stage(
+        crate::domain::handoff::CHANNEL_CALL,
+        kind::FUNDS_FROZEN,
+        &FundsFrozen {
+            schema_version: SCHEMA_VERSION,
+            payment_id: p.id,
+            amount: p.amount,
+            currency: p.currency.clone(),
+            channel: p.channel.clone().unwrap_or_else(|| BALANCE.to_owned()),
+            expires_at: p.expires_at,
+            frozen_at: Utc::now(),
+        },
+    )?;
+    Ok(Outcome::Applied)
 }
 
 /// Try of a withdrawal: freeze the amount in the wallet, judging the

@@ -47,20 +47,13 @@ pub(super) async fn resolve_wallet_successes(
         return Ok(plain);
     }
     follow_open_attempts(tx, &open).await?;
-    let moved = payment::transition_many(
+    payment::transition_many(
         tx.conn(),
         &resolved,
         PaymentStatus::Frozen,
         PaymentStatus::Paid,
     )
     .await?;
-    if moved != resolved.len() as u64 {
-        return Err(StageError::transient(format!(
-            "{} of {} payments left `frozen` while being resolved",
-            resolved.len() as u64 - moved,
-            resolved.len()
-        )));
-    }
     for id in resolved {
         tx.set_correlation_id(&id.to_string());
         resolve(tx, id, Resolution::Paid, None)?;
