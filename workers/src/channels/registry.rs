@@ -100,6 +100,12 @@ impl Adapters {
         db: impl PgExecutor<'e>,
         channel: &str,
     ) -> Result<Arc<dyn ChannelAdapter>, AdapterError> {
+        // The wallet is the platform's own: its adapter needs nothing from
+        // its row, which ops can neither add, change nor disable
+        // (`ops::channel`), so its hot path reads no row.
+        if channel == super::BALANCE {
+            return Ok(Arc::new(WALLET_CHANNEL));
+        }
         let row: Option<ChannelRow> =
             sqlx::query_as("SELECT kind, base_url, webhook_secret FROM channels WHERE name = $1")
                 .bind(channel)

@@ -4,33 +4,21 @@
 //! receipt. Labels are bounded: a reason is cut to its code (no amounts,
 //! currencies or URLs), never a payment id.
 
-use payfleet_common::{PaymentId, runtime::StageError};
-use sqlx::PgConnection;
-
 /// The histogram of request received → final event.
 pub const END_TO_END: &str = payfleet_common::telemetry::END_TO_END_HISTOGRAM;
 
-/// Counts the outcome of `payment`, whose final event this transaction
-/// emits, and observes how long it took since order-validation received it.
-pub async fn observe(conn: &mut PgConnection, payment: PaymentId) -> Result<(), StageError> {
-    let row: Option<(String, Option<String>, Option<String>, f64)> = sqlx::query_as(
-        "SELECT status, reason, channel, extract(epoch FROM now() - created_at)::float8
-         FROM payments WHERE id = $1",
+/// Counts the outcome of a payment whose final event is being emitted (its
+/// status, stored reason and channel as the event's transaction reads
+/// them), and observes how long it took since order-validation received it.
+pub fn observe(status: &str, reason: Option<&str>, channel: Option<&str>, seconds: f64) {
+    metrics::counter!(
+        "payfleet_payment_outcomes_total",
+        "status" => status.to_owned(),
+        "reason" => reason_code(reason),
+        "channel" => channel.unwrap_or("none").to_owned(),
     )
-    .bind(payment)
-    .fetch_optional(conn)
-    .await?;
-    if let Some((status, reason, channel, seconds)) = row {
-        metrics::counter!(
-            "payfleet_payment_outcomes_total",
-            "status" => status.clone(),
-            "reason" => reason_code(reason.as_deref()),
-            "channel" => channel.unwrap_or_else(|| "none".into()),
-        )
-        .increment(1);
-        metrics::histogram!(END_TO_END, "status" => status).record(seconds.max(0.0));
-    }
-    Ok(())
+    .increment(1);
+    metrics::histogram!(END_TO_END, "status" => status.to_owned()).record(seconds.max(0.0));
 }
 
 /// A reason's code: its leading letters and underscores (`amount_at_least`

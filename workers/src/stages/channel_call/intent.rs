@@ -56,8 +56,8 @@ impl ChannelCall {
         }
         // An attempt found open after a crash is asked again under the
         // same id, which the channel deduplicates; a resolved one is done.
-        let attempt_id = match latest {
-            Some((id, s)) if s.is_open() => id,
+        let (attempt_id, new_attempt) = match latest {
+            Some((id, s)) if s.is_open() => (id, false),
             Some((id, s)) => {
                 return Ok(Intent::Finished(Outcome::Stale {
                     reason: format!("attempt {id} already {s}"),
@@ -75,20 +75,7 @@ impl ChannelCall {
                 resolve_failed(tx, p.id, &reason)?;
                 return Ok(Intent::Finished(Outcome::Applied));
             }
-            None => {
-                let id = AttemptId::new();
-                sqlx::query(
-                    "INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status) VALUES ($1, $2, $3, $4, $5, 'sending')",
-                )
-                .bind(id)
-                .bind(p.id)
-                .bind(channel)
-                .bind(p.amount)
-                .bind(&p.currency)
-                .execute(tx.conn())
-                .await?;
-                id
-            }
+            None => (AttemptId::new(), true),
         };
         let request = ChargeRequest {
             attempt_id,
@@ -99,11 +86,31 @@ impl ChannelCall {
             payer_token: p.payer_token.clone(),
             notify_url: format!("{}/callbacks/{channel}/{}", self.callback_base_url, p.id),
         };
-        log(tx, p.id, Some(attempt_id), channel, "request", json!({
+        let logged = json!({
             "call": "charge", "out_trade_no": attempt_id, "amount": p.amount.to_string(), "currency": p.currency,
             "notify_url": request.notify_url,
-        }))
-        .await?;
+        });
+        if new_attempt {
+            // The new attempt, `sending`, and the request's log in one statement.
+            sqlx::query(
+                "WITH attempt AS (
+                     INSERT INTO payment_attempts (id, payment_id, channel, amount, currency, status)
+                     VALUES ($1, $2, $3, $4, $5, 'sending')
+                 )
+                 INSERT INTO integration_log (payment_id, attempt_id, channel, direction, payload)
+                 VALUES ($2, $1, $3, 'request', $6)",
+            )
+            .bind(attempt_id)
+            .bind(p.id)
+            .bind(channel)
+            .bind(p.amount)
+            .bind(&p.currency)
+            .bind(logged)
+            .execute(tx.conn())
+            .await?;
+        } else {
+            log(tx, p.id, Some(attempt_id), channel, "request", logged).await?;
+        }
         Ok(Intent::Call(Call::Charge { request, adapter }))
     }
 }

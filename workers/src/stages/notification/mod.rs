@@ -125,7 +125,12 @@ async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome,
             ),
         });
     }
-    crate::signals::outcomes::observe(tx.conn(), m.payment_id).await?;
+    crate::signals::outcomes::observe(
+        &paid.status,
+        paid.stored_reason.as_deref(),
+        paid.channel.as_deref(),
+        paid.age_seconds,
+    );
     let notify_url = paid.notify_url();
     let merchant_id = paid.merchant_id.clone();
     if paid.top_up {
@@ -134,9 +139,7 @@ async fn notify_payment(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Outcome,
             .publish(tx, event_id, &merchant_id, &event, notify_url)
             .await;
     }
-    let event = paid
-        .payment_event(tx, m, event_id, operation.event_type)
-        .await?;
+    let event = paid.payment_event(m, event_id, operation.event_type);
     operation
         .publish(tx, event_id, &merchant_id, &event, notify_url)
         .await
@@ -214,19 +217,42 @@ struct PaidFor {
     status: String,
     amount: Decimal,
     currency: String,
+    /// The stored reason, else the outcome's.
     reason: Option<String>,
+    stored_reason: Option<String>,
+    channel: Option<String>,
+    /// Since order-validation received the request.
+    age_seconds: f64,
     payment_notify_url: Option<String>,
     merchant_notify_url: Option<String>,
+    /// A purchase's sub-orders, column by column in seller and warehouse
+    /// order (none for a top-up).
+    sub_order_ids: Option<Vec<Uuid>>,
+    sub_order_sellers: Option<Vec<String>>,
+    sub_order_amounts: Option<Vec<Decimal>>,
+    sub_order_fees: Option<Vec<Decimal>>,
 }
 
 impl PaidFor {
-    /// `None` while the payment is not found.
+    /// `None` while the payment is not found. One statement reads all the
+    /// event, the webhook and the outcome's metrics need.
     async fn load(tx: &mut StageTx, m: &PaymentOutcome) -> Result<Option<PaidFor>, StageError> {
         let found: Option<PaidFor> = sqlx::query_as(
             "SELECT p.kind = 'top_up' AS top_up, p.merchant_id, p.merchant_order_id, p.user_id, p.status, p.amount,
-                    p.currency::text AS currency, p.reason, p.notify_url AS payment_notify_url,
-                    m.notify_url AS merchant_notify_url
-             FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.id = $1",
+                    p.currency::text AS currency, p.reason, p.reason AS stored_reason, p.channel,
+                    extract(epoch FROM now() - p.created_at)::float8 AS age_seconds,
+                    p.notify_url AS payment_notify_url, m.notify_url AS merchant_notify_url,
+                    s.ids AS sub_order_ids, s.sellers AS sub_order_sellers,
+                    s.amounts AS sub_order_amounts, s.fees AS sub_order_fees
+             FROM payments p JOIN merchants m ON m.id = p.merchant_id
+             LEFT JOIN LATERAL (
+                 SELECT array_agg(id ORDER BY seller_id, warehouse) AS ids,
+                        array_agg(seller_id ORDER BY seller_id, warehouse) AS sellers,
+                        array_agg(payable_amount ORDER BY seller_id, warehouse) AS amounts,
+                        array_agg(fee_amount ORDER BY seller_id, warehouse) AS fees
+                 FROM sub_orders WHERE payment_id = p.id
+             ) s ON true
+             WHERE p.id = $1",
         )
         .bind(m.payment_id)
         .fetch_optional(tx.conn())
@@ -255,20 +281,22 @@ impl PaidFor {
     }
 
     /// A purchase's event, with its sub-orders.
-    async fn payment_event(
-        self,
-        tx: &mut StageTx,
-        m: &PaymentOutcome,
-        event_id: Uuid,
-        event_type: &str,
-    ) -> Result<PaymentEvent, StageError> {
-        let sub_orders: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
-            "SELECT id, seller_id, payable_amount, fee_amount FROM sub_orders WHERE payment_id = $1 ORDER BY seller_id, warehouse",
-        )
-        .bind(m.payment_id)
-        .fetch_all(tx.conn())
-        .await?;
-        Ok(PaymentEvent {
+    fn payment_event(self, m: &PaymentOutcome, event_id: Uuid, event_type: &str) -> PaymentEvent {
+        let sub_orders = self
+            .sub_order_ids
+            .unwrap_or_default()
+            .into_iter()
+            .zip(self.sub_order_sellers.unwrap_or_default())
+            .zip(self.sub_order_amounts.unwrap_or_default())
+            .zip(self.sub_order_fees.unwrap_or_default())
+            .map(|(((sub_order_id, seller_id), amount), fee)| EventSubOrder {
+                sub_order_id,
+                seller_id,
+                amount,
+                fee,
+            })
+            .collect();
+        PaymentEvent {
             schema_version: SCHEMA_VERSION,
             event_id,
             event_type: event_type.to_owned(),
@@ -280,17 +308,9 @@ impl PaidFor {
             amount: self.amount,
             currency: self.currency,
             reason: self.reason,
-            sub_orders: sub_orders
-                .into_iter()
-                .map(|(sub_order_id, seller_id, amount, fee)| EventSubOrder {
-                    sub_order_id,
-                    seller_id,
-                    amount,
-                    fee,
-                })
-                .collect(),
+            sub_orders,
             occurred_at: Utc::now(),
-        })
+        }
     }
 
     /// A top-up's event: its requester and request id, no order.

@@ -356,11 +356,16 @@ impl OrderValidation {
         request: &Request,
         id: PaymentId,
     ) -> Result<Option<Outcome>, StageError> {
-        let existing: Option<(String, String)> =
-            sqlx::query_as("SELECT request_hash, status FROM payments WHERE id = $1")
-                .bind(id)
-                .fetch_optional(tx.conn())
-                .await?;
+        // The payment, and the request's first receipt, in one round trip.
+        let (existing, first_received_at): (Option<(String, String)>, Option<DateTime<Utc>>) =
+            sqlx::query_as(
+                "SELECT (SELECT (request_hash, status) FROM payments WHERE id = $1),
+                        (SELECT first_received_at FROM request_receipts WHERE message_id = $2)",
+            )
+            .bind(id)
+            .bind(&inbound.message_id)
+            .fetch_one(tx.conn())
+            .await?;
         if let Some((hash, status)) = existing {
             if hash == request.content_hash {
                 return Ok(Some(Outcome::Stale {
@@ -380,9 +385,7 @@ impl OrderValidation {
         // A signed request is no licence to replay it later (after the
         // merchant is reactivated, say): it must be fresh at its first receipt.
         if let Ok(parsed) = &request.parsed {
-            if let Some((reason, detail)) =
-                self.stale_request(tx, inbound, parsed.requested_at).await?
-            {
+            if let Some((reason, detail)) = self.stale_at(parsed.requested_at, first_received_at) {
                 return refuse(tx, inbound, request, reason, &detail)
                     .await
                     .map(Some);
@@ -405,9 +408,17 @@ impl OrderValidation {
         .bind(&inbound.message_id)
         .fetch_optional(tx.conn())
         .await?;
-        // (written before this transaction; if pruned since, this is its first receipt)
-        let first = first.unwrap_or_else(Utc::now);
-        Ok(freshness(requested_at, first, self.request_max_age))
+        Ok(self.stale_at(requested_at, first))
+    }
+
+    /// [`freshness`] against the first receipt (none when pruned: this one).
+    fn stale_at(
+        &self,
+        requested_at: DateTime<Utc>,
+        first_received_at: Option<DateTime<Utc>>,
+    ) -> Option<(&'static str, String)> {
+        let first = first_received_at.unwrap_or_else(Utc::now);
+        freshness(requested_at, first, self.request_max_age)
     }
 
     /// An order that passed every check: risk decides whether it is
