@@ -71,6 +71,12 @@ impl Chain {
         self.fleet.env.teardown().await
     }
 
+    /// Starts every stage but `held`, whose messages wait in its queue.
+    async fn start_all_but(&mut self, held: &str) -> anyhow::Result<()> {
+        let stages: Vec<&str> = STAGES.into_iter().filter(|s| *s != held).collect();
+        self.start(&stages).await
+    }
+
     async fn balance(
         &self,
         kind: &str,
@@ -132,6 +138,26 @@ async fn assert_emitted_messages_match_contracts(pool: &PgPool) -> anyhow::Resul
         );
     }
     Ok(())
+}
+
+/// The stages in chain order.
+const STAGES: [&str; 6] = [
+    "order-validation",
+    "fund-freeze",
+    "channel-call",
+    "callback",
+    "settlement",
+    "notification",
+];
+
+/// A cart across three sellers: tea (m1), fan (m2) and ink (m3), 83.33.
+const CART: &[(&str, u32)] = &[("tea", 1), ("fan", 1), ("ink", 1)];
+
+/// Two teas (60.00) with FULL50-8: 52.00.
+fn coupon_order(order: &str) -> PaymentRequested {
+    let mut r = request(order, "alice", &[("tea", 2)], "52.00");
+    r.coupon_code = Some("FULL50-8".into());
+    r
 }
 
 fn request(order: &str, user: &str, items: &[(&str, u32)], expected: &str) -> PaymentRequested {
@@ -375,12 +401,9 @@ async fn wallet_charges_are_one_transaction_each_and_share_batches() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> anyhow::Result<()> {
     let mut chain = Chain::new("settletogether").await?;
-    let cart: &[(&str, u32)] = &[("tea", 1), ("fan", 1), ("ink", 1)];
-    let mut coupon_order = request("p-8", "alice", &[("tea", 2)], "52.00");
-    coupon_order.coupon_code = Some("FULL50-8".into());
     let bursts = [
         vec![
-            request("w-0", "alice", cart, "83.33"),
+            request("w-0", "alice", CART, "83.33"),
             request("w-1", "alice", &[("cup", 1)], "10.00"),
         ],
         vec![
@@ -390,9 +413,9 @@ async fn paid_wallet_purchases_confirmed_together_book_as_one_at_a_time() -> any
             request("p-3", "alice", &[("cup", 1)], "10.00"),
             request("p-4", "alice", &[("fan", 1)], "20.00"),
             request("p-5", "alice", &[("fan", 1)], "20.00"),
-            request("p-6", "alice", cart, "83.33"),
-            request("p-7", "alice", cart, "83.33"),
-            coupon_order,
+            request("p-6", "alice", CART, "83.33"),
+            request("p-7", "alice", CART, "83.33"),
+            coupon_order("p-8"),
         ],
     ];
     // Each burst is queued whole before the fleet starts, so that it
@@ -468,15 +491,7 @@ async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> an
         chain.publish(r).await?;
     }
     // Everything but settlement: the four wait there, paid.
-    chain
-        .start(&[
-            "order-validation",
-            "fund-freeze",
-            "channel-call",
-            "callback",
-            "notification",
-        ])
-        .await?;
+    chain.start_all_but("settlement").await?;
     wait_until(WAIT, "the four paid", || async {
         Ok(chain
             .env
@@ -557,33 +572,27 @@ async fn a_bucket_held_elsewhere_keeps_only_its_payment_out_of_the_batch() -> an
 /// tried alone, each with its own outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_purchases_tried_together_reserve_as_one_at_a_time() -> anyhow::Result<()> {
-    let mut chain = Chain::new("trytogether").await?;
-    let cart: &[(&str, u32)] = &[("tea", 1), ("fan", 1), ("ink", 1)];
-    let mut coupon_order = request("t-coupon", "alice", &[("tea", 2)], "52.00");
-    coupon_order.coupon_code = Some("FULL50-8".into());
+    // A long wait for more, so that the queued messages make one batch
+    // however busy the machine is.
+    let mut chain = Chain::with("trytogether", |s| {
+        s.batch_wait_ms.insert("fund-freeze".into(), 300);
+    })
+    .await?;
     let requests = [
         request("t-0", "alice", &[("cup", 1)], "10.00"),
         request("t-1", "alice", &[("cup", 2)], "20.00"),
-        request("t-2", "alice", cart, "83.33"),
-        request("t-3", "alice", cart, "83.33"),
+        request("t-2", "alice", CART, "83.33"),
+        request("t-3", "alice", CART, "83.33"),
         request("t-4", "alice", &[("fan", 1)], "20.00"),
         // bob has 5.00
         request("t-short", "bob", &[("cup", 1)], "10.00"),
-        coupon_order,
+        coupon_order("t-coupon"),
         // one seal in stock, two asked in the batch
         request("t-rare-0", "alice", &[("rare", 1)], "50.00"),
         request("t-rare-1", "alice", &[("rare", 1)], "50.00"),
     ];
     // fund-freeze is not running: the validated payments queue up for it
-    chain
-        .start(&[
-            "order-validation",
-            "channel-call",
-            "callback",
-            "settlement",
-            "notification",
-        ])
-        .await?;
+    chain.start_all_but("fund-freeze").await?;
     for r in &requests {
         chain.publish(r).await?;
     }
@@ -652,22 +661,19 @@ async fn wallet_purchases_tried_together_reserve_as_one_at_a_time() -> anyhow::R
 /// own outcomes: dead-lettered, and stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_successes_resolved_together_move_as_one_at_a_time() -> anyhow::Result<()> {
-    let mut chain = Chain::new("walletresolve").await?;
+    // A long wait for more, so that the queued messages make one batch
+    // however busy the machine is.
+    let mut chain = Chain::with("walletresolve", |s| {
+        s.batch_wait_ms.insert("callback".into(), 300);
+    })
+    .await?;
     let orders: Vec<String> = (0..10).map(|i| format!("r-{i}")).collect();
     let ids: Vec<String> = orders
         .iter()
         .map(|order| order_validation::payment_id(SHOP, order).to_string())
         .collect();
     // callback is not running: the wallet's results queue up for it
-    chain
-        .start(&[
-            "order-validation",
-            "fund-freeze",
-            "channel-call",
-            "settlement",
-            "notification",
-        ])
-        .await?;
+    chain.start_all_but("callback").await?;
     for order in &orders {
         chain
             .publish(&request(order, "alice", &[("cup", 1)], "10.00"))
@@ -1561,15 +1567,7 @@ async fn a_wallet_capture_after_the_payment_was_cancelled_changes_nothing() -> a
     })
     .await?;
     // callback is down: the wallet's capture waits in its queue while the payment expires.
-    chain
-        .start(&[
-            "order-validation",
-            "fund-freeze",
-            "channel-call",
-            "settlement",
-            "notification",
-        ])
-        .await?;
+    chain.start_all_but("callback").await?;
     chain
         .publish(&request("captured-late", "alice", &[("tea", 1)], "30.00"))
         .await?;

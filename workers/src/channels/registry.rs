@@ -83,6 +83,8 @@ type Built = (ChannelRow, Arc<dyn ChannelAdapter>);
 pub struct Adapters {
     timeout: Duration,
     built: Mutex<HashMap<String, Built>>,
+    /// The wallet's adapter, built once (see [`Adapters::get`]).
+    wallet: Arc<dyn ChannelAdapter>,
 }
 
 impl Adapters {
@@ -91,6 +93,7 @@ impl Adapters {
         Self {
             timeout,
             built: Mutex::new(HashMap::new()),
+            wallet: Arc::new(WALLET_CHANNEL),
         }
     }
 
@@ -104,7 +107,7 @@ impl Adapters {
         // its row, which ops can neither add, change nor disable
         // (`ops::channel`), so its hot path reads no row.
         if channel == super::BALANCE {
-            return Ok(Arc::new(WALLET_CHANNEL));
+            return Ok(self.wallet.clone());
         }
         let row: Option<ChannelRow> =
             sqlx::query_as("SELECT kind, base_url, webhook_secret FROM channels WHERE name = $1")
